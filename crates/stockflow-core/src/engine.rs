@@ -1,0 +1,114 @@
+//! The engine: dedup plus partitions, composed the one way every mode uses.
+//!
+//! The shell runs the two halves on different threads — [`admit`] on the
+//! single sequencer, [`Partition::apply_batch`] on each partition's writer —
+//! but in exactly the order [`Engine::apply`] does here, so this function is
+//! the specification the property tests check and recovery replays.
+
+use serde::{Deserialize, Serialize};
+
+use crate::dedup::{event_id_hash, Dedup};
+use crate::event::Batch;
+use crate::level::Outcome;
+use crate::limits::{DEDUP_ENTRIES_MAX_DEFAULT, DEDUP_RETENTION_NS_DEFAULT, PARTITIONS_DEFAULT};
+use crate::partition::{Exception, LevelView, Partition};
+use crate::time::Timestamp;
+
+/// The partition that owns (sku, locationId), stable across versions and
+/// machines (it is persisted implicitly by where levels live).
+pub fn route(sku: &str, location_id: &str, partitions: u16) -> u16 {
+    let h = xxhash_rust::xxh3::xxh3_64_with_seed(location_id.as_bytes(), xxhash_rust::xxh3::xxh3_64(sku.as_bytes()));
+    (h % u64::from(partitions)) as u16
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineConfig {
+    pub partitions: u16,
+    pub dedup_retention_ns: i64,
+    pub dedup_capacity: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            partitions: PARTITIONS_DEFAULT,
+            dedup_retention_ns: DEDUP_RETENTION_NS_DEFAULT,
+            dedup_capacity: DEDUP_ENTRIES_MAX_DEFAULT,
+        }
+    }
+}
+
+/// The sequencer's half: stamps server time on events without a timestamp
+/// and removes duplicates (earlier commits or earlier in this batch).
+/// Returns the request indexes of the duplicates removed.
+pub fn admit(dedup: &mut Dedup, batch: &mut Batch, now: Timestamp) -> Vec<u32> {
+    batch.stamp_missing_timestamps(now);
+    let mut duplicate_positions = Vec::new();
+    for (position, event) in batch.iter().enumerate() {
+        if !dedup.admit(event_id_hash(event.event_id), now) {
+            duplicate_positions.push(position);
+        }
+    }
+    if duplicate_positions.is_empty() {
+        return Vec::new();
+    }
+    let indexes = duplicate_positions.iter().map(|p| batch.get(*p).index).collect();
+    batch.retain_positions(|p| duplicate_positions.binary_search(&p).is_err());
+    indexes
+}
+
+/// What applying one batch did, by request index.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct BatchReport {
+    pub duplicates: Vec<u32>,
+    /// Accepted events that changed nothing, sorted by index.
+    pub exceptions: Vec<(u32, Outcome)>,
+}
+
+/// The whole state, single-threaded.
+#[derive(Debug)]
+pub struct Engine {
+    pub config: EngineConfig,
+    pub dedup: Dedup,
+    pub partitions: Vec<Partition>,
+}
+
+impl Engine {
+    pub fn new(config: EngineConfig) -> Engine {
+        Engine {
+            config,
+            dedup: Dedup::new(config.dedup_retention_ns, config.dedup_capacity),
+            partitions: (0..config.partitions).map(|_| Partition::default()).collect(),
+        }
+    }
+
+    /// Admits `batch` (removing duplicates from it) and applies it at `now`.
+    pub fn apply(&mut self, batch: &mut Batch, now: Timestamp) -> BatchReport {
+        let duplicates = admit(&mut self.dedup, batch, now);
+        let exceptions = self.apply_admitted(batch, now);
+        BatchReport { duplicates, exceptions }
+    }
+
+    /// Applies a batch that was already admitted (as the log holds it).
+    pub fn apply_admitted(&mut self, batch: &mut Batch, now: Timestamp) -> Vec<(u32, Outcome)> {
+        batch.compute_routes(self.config.partitions);
+        let mut exceptions: Vec<Exception> = Vec::new();
+        for (id, partition) in self.partitions.iter_mut().enumerate() {
+            partition.apply_batch(id as u16, batch, now, &mut exceptions);
+        }
+        exceptions.sort_by_key(|e| e.position);
+        exceptions.into_iter().map(|e| (batch.get(e.position as usize).index, e.outcome)).collect()
+    }
+
+    pub fn partition_of(&self, sku: &str, location_id: &str) -> &Partition {
+        &self.partitions[route(sku, location_id, self.config.partitions) as usize]
+    }
+
+    pub fn get(&self, sku: &str, location_id: &str) -> Option<LevelView> {
+        self.partition_of(sku, location_id).get(sku, location_id)
+    }
+
+    pub fn levels(&self) -> impl Iterator<Item = LevelView> + '_ {
+        self.partitions.iter().flat_map(Partition::iter)
+    }
+}

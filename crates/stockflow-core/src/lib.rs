@@ -1,0 +1,38 @@
+//! stockflow's engine core: canonical inventory events in, state changes out.
+//!
+//! Everything here is synchronous and deterministic: no IO, no clock, no
+//! async. Time comes in as an argument (`now`), so replaying the same
+//! batches at the same times rebuilds the same state, bit for bit.
+//!
+//! - [`parse_body`] turns a request body into a [`Batch`] of valid events
+//!   and a list of [`Rejected`] ones with reasons.
+//! - [`admit`] stamps server time and drops duplicate eventIds ([`Dedup`]).
+//! - [`Partition::apply_batch`] applies the contract's rules ([`Level`]) to
+//!   the levels a partition owns; [`route`] says which partition that is.
+//! - [`Engine`] composes the three the way every mode does.
+//!
+//! ```
+//! use stockflow_core::{parse_body, BodyFormat, Engine, EngineConfig, Timestamp};
+//! let body = br#"{"eventId":"e1","eventType":"RECEIPT","sku":"A","locationId":"S1","quantity":5}"#;
+//! let mut parsed = parse_body(body, BodyFormat::Json, 1000).unwrap();
+//! let mut engine = Engine::new(EngineConfig::default());
+//! engine.apply(&mut parsed.batch, Timestamp(0));
+//! assert_eq!(engine.get("A", "S1").unwrap().level.on_hand, 5);
+//! ```
+
+pub mod dedup;
+pub mod engine;
+pub mod event;
+pub mod level;
+pub mod limits;
+pub mod parse;
+pub mod partition;
+pub mod time;
+
+pub use dedup::{event_id_hash, Dedup, DedupSnapshot};
+pub use engine::{admit, route, BatchReport, Engine, EngineConfig};
+pub use event::{Batch, EventRef, EventType, Route};
+pub use level::{Level, Outcome, Rejection};
+pub use parse::{parse_body, BodyError, BodyFormat, Parsed, Rejected};
+pub use partition::{Exception, LevelView, Partition, PartitionSnapshot};
+pub use time::Timestamp;

@@ -1,0 +1,43 @@
+//! Every limit the engine enforces, in one place, with the reason for each.
+//!
+//! The shell has its own limits (request size, queue depths) in
+//! `stockflow::config`; the ones here shape what a valid event and a bounded
+//! state look like, so they belong to the core.
+
+/// Longest `eventId`, `sku`, `locationId`, `toLocationId`, `sourceSystem` and
+/// `correlationId`, in characters. Part of the public contract.
+pub const ID_CHARS_MAX: usize = 128;
+
+/// Largest absolute `quantity` of one event. No real stock movement is a
+/// billion units; the bound keeps every level far from `i64` overflow
+/// (9.2e18) so that sums stay exact instead of being clamped.
+pub const QUANTITY_ABS_MAX: i64 = 1_000_000_000;
+
+/// How far back (in event time, from the newest event seen at a level) the
+/// per-level history for COUNT reconciliation reaches. The contract asks for
+/// at least 24 h.
+pub const COUNT_HISTORY_WINDOW_NS: i64 = 24 * 3600 * 1_000_000_000;
+
+/// Most history entries one level keeps, whatever the window says. A level
+/// hit by more distinct event timestamps than this within the window loses
+/// its oldest entries; a COUNT older than what was lost is then rejected
+/// (`count_beyond_history`) rather than answered inexactly. 4096 entries is
+/// 64 KiB for one very hot level, and covers one event every 21 s for 24 h.
+pub const COUNT_HISTORY_ENTRIES_MAX: usize = 4096;
+
+/// Default number of state partitions. Each has a single writer; 12 spreads
+/// evenly over 1, 2, 3, 4 and 6 apply threads.
+pub const PARTITIONS_DEFAULT: u16 = 12;
+
+/// Upper bound on partitions: routes are stored as `u16`, and more partitions
+/// than this only add per-partition overhead on any plausible machine.
+pub const PARTITIONS_MAX: u16 = 1024;
+
+/// Default dedup retention: an eventId is remembered this long after it was
+/// committed (the contract asks for at least 7 days).
+pub const DEDUP_RETENTION_NS_DEFAULT: i64 = 7 * 24 * 3600 * 1_000_000_000;
+
+/// Default most eventIds remembered at once (about 45 bytes each in memory,
+/// so 4.5 GB at this bound). Past it the oldest are forgotten early and
+/// counted in `Dedup::evicted_early`, never silently.
+pub const DEDUP_ENTRIES_MAX_DEFAULT: usize = 100_000_000;

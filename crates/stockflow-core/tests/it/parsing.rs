@@ -1,0 +1,95 @@
+//! Body forms and validation reasons.
+
+use stockflow_core::{parse_body, BodyError, BodyFormat};
+
+/// Parses a one-event JSON body and returns the rejection reason.
+fn reason(event: &str) -> String {
+    let parsed = parse_body(event.as_bytes(), BodyFormat::Json, 10).unwrap();
+    assert_eq!(parsed.batch.len(), 0, "{event} should be rejected");
+    assert_eq!(parsed.rejected[0].raw, event, "raw payload is kept exactly");
+    parsed.rejected[0].reason.clone()
+}
+
+fn with(field: &str) -> String {
+    format!(r#"{{"eventId":"e","eventType":"RECEIPT","sku":"A","locationId":"S",{field}}}"#)
+}
+
+#[test]
+fn every_broken_rule_is_named_in_the_reason() {
+    let long = "x".repeat(129);
+    let cases = [
+        (with(r#""quantity":1.5"#), "quantity: must be a JSON integer, not a decimal"),
+        (with(r#""quantity":"5""#), "quantity: must be a JSON integer, not a string"),
+        (with(r#""quantity":0"#), "quantity: RECEIPT must be > 0"),
+        (with(r#""quantity":-3"#), "quantity: RECEIPT must be > 0"),
+        (with(r#""quantity":99999999999999999999"#), "quantity: out of range"),
+        (with(r#""quantity":1,"timestamp":"yesterday""#), "timestamp: \"yesterday\" is not an RFC 3339"),
+        (with(r#""quantity":1,"toLocationId":"B""#), "toLocationId: only allowed on TRANSFER_OUT"),
+        (with(r#""quantity":1,"sourceSystem":7"#), "sourceSystem: must be a string, not an integer"),
+        (with(r#""quantity":1,"quantity":2"#), "quantity: appears more than once"),
+        (r#"{"eventId":"e","eventType":"COUNT","sku":"A","locationId":"S","quantity":-1}"#.into(), "quantity: COUNT must be >= 0"),
+        (r#"{"eventId":"e","eventType":"ADJUSTMENT","sku":"A","locationId":"S","quantity":0}"#.into(), "quantity: ADJUSTMENT must not be 0"),
+        (r#"{"eventId":"e","eventType":"RESTOCK","sku":"A","locationId":"S","quantity":1}"#.into(), "eventType: unknown type \"RESTOCK\""),
+        (r#"{"eventType":"SALE","sku":"A","locationId":"S","quantity":1}"#.into(), "eventId: required"),
+        (r#"{"eventId":"","eventType":"SALE","sku":"A","locationId":"S","quantity":1}"#.into(), "eventId: must not be empty"),
+        (format!(r#"{{"eventId":"{long}","eventType":"SALE","sku":"A","locationId":"S","quantity":1}}"#), "eventId: longer than 128"),
+        (format!(r#"{{"eventId":"e","eventType":"SALE","sku":"{long}","locationId":"S","quantity":1}}"#), "sku: longer than 128"),
+        (r#"{"eventId":"e","eventType":"SALE","sku":"A","quantity":1}"#.into(), "locationId: required"),
+        (r#"{"eventId":"e","eventType":"TRANSFER_OUT","sku":"A","locationId":"S","toLocationId":"S","quantity":1}"#.into(), "toLocationId: must differ"),
+    ];
+    for (event, expected) in cases {
+        let got = reason(&event);
+        assert!(got.starts_with(expected), "{event}\n  expected reason starting {expected:?}\n  got {got:?}");
+    }
+}
+
+#[test]
+fn ids_are_measured_in_characters_not_bytes() {
+    let id = "é".repeat(128);
+    let body = format!(r#"{{"eventId":"{id}","eventType":"SALE","sku":"A","locationId":"S","quantity":1}}"#);
+    assert_eq!(parse_body(body.as_bytes(), BodyFormat::Json, 1).unwrap().batch.len(), 1);
+}
+
+#[test]
+fn arrays_keep_valid_events_and_report_each_invalid_one_by_index() {
+    let body = format!(
+        r#"[{}, 42, {}, {{"eventId":"bad","eventType":"SALE"}}]"#,
+        with(r#""quantity":1"#),
+        with(r#""quantity":2"#).replace(r#""e""#, r#""e2""#)
+    );
+    let parsed = parse_body(body.as_bytes(), BodyFormat::Json, 10).unwrap();
+    assert_eq!(parsed.batch.len(), 2);
+    let rejected: Vec<_> = parsed.rejected.iter().map(|r| (r.index, r.event_id.clone())).collect();
+    assert_eq!(rejected, vec![(1, None), (3, Some("bad".into()))]);
+    assert_eq!(parsed.rejected[0].reason, "event must be a JSON object, not a number");
+}
+
+#[test]
+fn ndjson_rejects_a_broken_line_and_keeps_the_rest() {
+    let body = format!("{}\n\n{{not json\n{}\n", with(r#""quantity":1"#), with(r#""quantity":2"#).replace(r#""e""#, r#""f""#));
+    let parsed = parse_body(body.as_bytes(), BodyFormat::Ndjson, 10).unwrap();
+    assert_eq!(parsed.batch.len(), 2);
+    assert_eq!(parsed.rejected.len(), 1);
+    assert_eq!(parsed.rejected[0].index, 1, "blank lines are not counted");
+    assert!(parsed.rejected[0].reason.starts_with("invalid JSON"));
+    assert_eq!(parsed.rejected[0].raw, "{not json");
+}
+
+#[test]
+fn whole_body_problems_are_errors_not_rejections() {
+    assert!(matches!(parse_body(b"{broken", BodyFormat::Json, 10), Err(BodyError::Malformed(_))));
+    assert!(matches!(parse_body(b"[1,", BodyFormat::Json, 10), Err(BodyError::Malformed(_))));
+    assert_eq!(parse_body(b"\"text\"", BodyFormat::Json, 10).unwrap_err(), BodyError::WrongShape);
+    assert!(matches!(parse_body(b"  ", BodyFormat::Json, 10), Err(BodyError::Malformed(_))));
+    let three = format!("[{0},{0},{0}]", with(r#""quantity":1"#));
+    assert_eq!(parse_body(three.as_bytes(), BodyFormat::Json, 2).unwrap_err(), BodyError::TooManyEvents { max: 2 });
+    assert_eq!(parse_body(b"[]", BodyFormat::Json, 2).unwrap().total(), 0);
+}
+
+#[test]
+fn escaped_strings_are_unescaped() {
+    let body = r#"{"eventId":"e\u0031","eventType":"SALE","sku":"A\"B","locationId":"S","quantity":1}"#;
+    let parsed = parse_body(body.as_bytes(), BodyFormat::Json, 1).unwrap();
+    let event = parsed.batch.get(0);
+    assert_eq!((event.event_id, event.sku), ("e1", "A\"B"));
+}
