@@ -1,1 +1,170 @@
-fn main(){}
+//! The `stockflow` command.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::bail;
+use clap::{Parser, Subcommand, ValueEnum};
+use stockflow::bench::{self, BenchOptions};
+use stockflow::config::Config;
+use stockflow::server::Server;
+use stockflow::simulate;
+
+/// Real-time inventory engine: ingest stock events, keep exact per
+/// SKU-location state (exactly once, durable), answer queries.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "STOCKFLOW_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Scenario {
+    /// Realistic POS/WMS/e-commerce mix at the given rate.
+    Random,
+    /// A fixed small scenario whose results are checked (see README).
+    Controlled,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum BenchMode {
+    Engine,
+    Http,
+    All,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server on a data directory.
+    Serve {
+        /// Where the log and checkpoints live (created if missing).
+        #[arg(long, default_value = "./stockflow-data", env = "STOCKFLOW_DATA_DIR")]
+        data_dir: PathBuf,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080", env = "STOCKFLOW_LISTEN")]
+        listen: SocketAddr,
+        /// State partitions; fixed when the data directory is created.
+        #[arg(long, default_value_t = stockflow_core::limits::PARTITIONS_DEFAULT, value_parser = clap::value_parser!(u16).range(1..=stockflow_core::limits::PARTITIONS_MAX as i64))]
+        partitions: u16,
+        /// Largest accepted request body in bytes (413 above).
+        #[arg(long, default_value_t = 16 << 20)]
+        body_limit_bytes: usize,
+        /// Take a checkpoint after this many events (restart replays at most this many).
+        #[arg(long, default_value_t = 2_000_000)]
+        checkpoint_events: u64,
+        /// How long eventIds are remembered for deduplication, in hours.
+        #[arg(long, default_value_t = 7 * 24)]
+        dedup_retention_hours: u32,
+    },
+    /// Start a server with a demo catalog and live simulated traffic.
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Keep the demo's data here (default: a temporary directory).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Simulated events per second.
+        #[arg(long, default_value_t = 200)]
+        rate: u32,
+    },
+    /// Send simulated traffic to a running server.
+    Simulate {
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// Events per second.
+        #[arg(long, default_value_t = 1000)]
+        rate: u32,
+        /// Seconds to run.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        #[arg(long, value_enum, default_value_t = Scenario::Random)]
+        scenario: Scenario,
+        /// Seed for the random scenario (eventIds include it).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+    /// Measure throughput and latency on a temporary data directory.
+    Bench {
+        #[arg(long, value_enum, default_value_t = BenchMode::All)]
+        mode: BenchMode,
+        /// Events to send.
+        #[arg(long, default_value_t = 2_000_000)]
+        events: usize,
+        /// Distinct SKU-location levels.
+        #[arg(long, default_value_t = 200_000)]
+        levels: usize,
+        /// Concurrent HTTP clients.
+        #[arg(long, default_value_t = 4)]
+        clients: usize,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(run(cli.command))
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve { data_dir, listen, partitions, body_limit_bytes, checkpoint_events, dedup_retention_hours } => {
+            let mut config = Config::new(data_dir);
+            config.engine.partitions = partitions;
+            config.body_bytes_max = body_limit_bytes;
+            config.checkpoint_events = checkpoint_events.max(1);
+            config.engine.dedup_retention_ns = i64::from(dedup_retention_hours) * 3600 * 1_000_000_000;
+            let server = Server::start(config, listen).await?;
+            println!("stockflow listening on {}", server.url());
+            stockflow::shutdown_signal().await;
+            server.stop().await
+        }
+        Command::Demo { listen, data_dir, rate } => stockflow::demo::run(listen, data_dir, rate).await,
+        Command::Simulate { url, rate, duration, scenario, seed } => {
+            let url = url.trim_end_matches('/').to_owned();
+            match scenario {
+                Scenario::Random => {
+                    let seed = seed.unwrap_or_else(rand::random);
+                    let totals = simulate::random(&url, rate, Duration::from_secs(duration), seed, false).await?;
+                    println!("seed {seed:x}: accepted {}, duplicates {}, rejected {}", totals.accepted, totals.duplicates, totals.rejected);
+                    Ok(())
+                }
+                Scenario::Controlled => {
+                    let (totals, mismatches) = simulate::controlled(&url).await?;
+                    println!("accepted {}, duplicates {}, rejected {}", totals.accepted, totals.duplicates, totals.rejected);
+                    if !mismatches.is_empty() {
+                        bail!("controlled scenario differs from the documented results:\n{}", mismatches.join("\n"));
+                    }
+                    println!("all levels as documented");
+                    Ok(())
+                }
+            }
+        }
+        Command::Bench { mode, events, levels, clients } => {
+            let options = BenchOptions { events, levels, engine_batch: 10_000, http_batch: 1_000, clients };
+            if matches!(mode, BenchMode::Engine | BenchMode::All) {
+                tokio::task::spawn_blocking(move || bench::engine(&options)).await??;
+            }
+            if matches!(mode, BenchMode::Http | BenchMode::All) {
+                bench::http(&options).await?;
+            }
+            Ok(())
+        }
+    }
+}

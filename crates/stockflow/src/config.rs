@@ -1,0 +1,55 @@
+//! The shell's limits and settings, each with its reason. The engine's own
+//! limits live in `stockflow_core::limits`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use stockflow_core::EngineConfig;
+
+/// Everything a running engine needs to know.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub engine: EngineConfig,
+    /// Largest request body (HTTP 413 above it). 16 MiB holds ~80k events.
+    pub body_bytes_max: usize,
+    /// Most events in one request; bounds the work a single request can ask.
+    pub request_events_max: usize,
+    /// Requests waiting for the sequencer before new ones get 503. Each is
+    /// at most `body_bytes_max`, so this bounds queued memory.
+    pub ingest_queue_max: usize,
+    /// Ingest requests being read or parsed at once before new ones get 429.
+    pub ingest_in_flight_max: usize,
+    /// Most events in one group commit (one log record, one fsync).
+    pub group_events_max: usize,
+    /// A log segment is closed past this size.
+    pub segment_bytes_max: u64,
+    /// A checkpoint is taken after this many events (and at shutdown);
+    /// restart replays at most this many events from the log.
+    pub checkpoint_events: u64,
+    /// Dead letters kept in memory for the API (all stay in the log).
+    pub dead_letters_in_memory_max: usize,
+    /// Threads applying events to partitions.
+    pub apply_threads: usize,
+    /// How long a graceful shutdown waits for in-flight requests.
+    pub shutdown_grace: Duration,
+}
+
+impl Config {
+    pub fn new(data_dir: PathBuf) -> Config {
+        Config {
+            data_dir,
+            engine: EngineConfig::default(),
+            body_bytes_max: 16 << 20,
+            request_events_max: 100_000,
+            ingest_queue_max: 256,
+            ingest_in_flight_max: 512,
+            group_events_max: 50_000,
+            segment_bytes_max: 256 << 20,
+            checkpoint_events: 2_000_000,
+            dead_letters_in_memory_max: 100_000,
+            apply_threads: std::thread::available_parallelism().map_or(2, |n| n.get()).min(4),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}

@@ -1,0 +1,42 @@
+//! The newest dead letters, in memory, for the API. Every dead letter is
+//! also in the log, so the memory bound loses nothing.
+
+use std::collections::BTreeMap;
+
+use crate::record::DeadLetter;
+
+#[derive(Debug)]
+pub struct DeadLetters {
+    by_id: BTreeMap<u64, DeadLetter>,
+    capacity: usize,
+    total: u64,
+}
+
+impl DeadLetters {
+    pub fn new(capacity: usize) -> DeadLetters {
+        DeadLetters { by_id: BTreeMap::new(), capacity, total: 0 }
+    }
+
+    pub fn insert(&mut self, letter: DeadLetter) {
+        self.by_id.insert(letter.id, letter);
+        self.total += 1;
+        while self.by_id.len() > self.capacity {
+            self.by_id.pop_first();
+        }
+    }
+
+    /// Up to `limit` letters with id > `after`, oldest first.
+    pub fn page(&self, after: Option<u64>, limit: usize) -> Vec<DeadLetter> {
+        let start = after.map_or(0, |a| a.saturating_add(1));
+        self.by_id.range(start..).take(limit).map(|(_, l)| l.clone()).collect()
+    }
+
+    /// Dead letters ever inserted (this process, including replay).
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    pub fn all(&self) -> Vec<DeadLetter> {
+        self.by_id.values().cloned().collect()
+    }
+}

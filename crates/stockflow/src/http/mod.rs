@@ -1,0 +1,79 @@
+//! The HTTP API (documented in `openapi.json`, served at /v1/openapi.json).
+//!
+//! Handlers only translate: bytes to `Parsed` for the pipeline, partition
+//! reads to JSON. They never touch the disk and never wait on a lock that a
+//! writer holds for more than one group's slice of a partition.
+
+mod error;
+mod ingest;
+mod query;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use tokio::sync::Semaphore;
+
+pub use error::ApiError;
+
+use crate::config::Config;
+use crate::pipeline::Pipeline;
+
+/// The OpenAPI 3.1 description of this API.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// What every handler can reach.
+pub struct AppState {
+    pub pipeline: Arc<Pipeline>,
+    pub config: Config,
+    /// Ingest requests being read or parsed; bounds memory held by bodies.
+    pub ingest_permits: Semaphore,
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/events", post(ingest::post_events))
+        .route("/v1/stock/{sku}/{location_id}", get(query::level))
+        .route("/v1/stock/{sku}", get(query::sku))
+        .route("/v1/locations/{location_id}/stock", get(query::location))
+        .route("/v1/dead-letters", get(query::dead_letters))
+        .route("/v1/openapi.json", get(openapi))
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(|| async { Json(json!({"status": "ready"})) }))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError::not_found("no such endpoint; see /v1/openapi.json") })
+        .layer(middleware::from_fn(track))
+        .with_state(state)
+}
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    let shared = &state.pipeline.shared;
+    metrics::gauge!("stockflow_levels").set(shared.levels() as f64);
+    metrics::gauge!("stockflow_dedup_entries").set(shared.dedup_entries.load(std::sync::atomic::Ordering::Relaxed) as f64);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::metrics::handle().render())
+}
+
+/// Records latency per route and logs server errors.
+async fn track(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = request.extensions().get::<MatchedPath>().map_or("unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().clone();
+    let response = next.run(request).await;
+    let status = response.status();
+    metrics::histogram!("stockflow_http_request_seconds", "route" => route.clone(), "method" => method.to_string())
+        .record(started.elapsed().as_secs_f64());
+    if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
+        tracing::error!(%method, %route, %status, "request failed");
+    }
+    response
+}

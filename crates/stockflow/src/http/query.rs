@@ -1,0 +1,125 @@
+//! The read side: levels, per-SKU totals, a location's levels, dead letters.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use stockflow_core::{route, LevelView};
+
+use super::{ApiError, AppState};
+
+const PAGE_DEFAULT: usize = 100;
+const PAGE_MAX: usize = 1000;
+
+pub fn level_json(view: &LevelView) -> Value {
+    let l = &view.level;
+    json!({
+        "sku": &*view.sku,
+        "locationId": &*view.location_id,
+        "onHand": l.on_hand,
+        "reserved": l.reserved,
+        "available": l.available(),
+        "inTransit": l.in_transit,
+        "version": l.version,
+        "updatedAt": l.updated_at.to_rfc3339(),
+    })
+}
+
+pub async fn level(State(state): State<Arc<AppState>>, Path((sku, location)): Path<(String, String)>) -> Result<Json<Value>, ApiError> {
+    let shared = &state.pipeline.shared;
+    let partition = route(&sku, &location, shared.partition_count());
+    let view = shared.partitions[partition as usize].read().get(&sku, &location);
+    view.map(|v| Json(level_json(&v)))
+        .ok_or_else(|| ApiError::not_found(format!("no stock level for sku {sku:?} at location {location:?}")))
+}
+
+pub async fn sku(State(state): State<Arc<AppState>>, Path(sku): Path<String>) -> Result<Json<Value>, ApiError> {
+    let mut views: Vec<LevelView> = Vec::new();
+    for partition in &state.pipeline.shared.partitions {
+        views.extend(partition.read().levels_of_sku(&sku));
+    }
+    if views.is_empty() {
+        return Err(ApiError::not_found(format!("no stock levels for sku {sku:?}")));
+    }
+    views.sort_by(|a, b| a.location_id.cmp(&b.location_id));
+    let (mut on_hand, mut reserved, mut available, mut in_transit) = (0i64, 0i64, 0i64, 0i64);
+    for v in &views {
+        on_hand += v.level.on_hand;
+        reserved += v.level.reserved;
+        available += v.level.available();
+        in_transit += v.level.in_transit;
+    }
+    Ok(Json(json!({
+        "sku": sku,
+        "totals": {"onHand": on_hand, "reserved": reserved, "available": available, "inTransit": in_transit},
+        "locations": views.iter().map(level_json).collect::<Vec<_>>(),
+    })))
+}
+
+#[derive(Deserialize)]
+pub struct Page {
+    limit: Option<String>,
+    after: Option<String>,
+}
+
+fn limit(page: &Page) -> Result<usize, ApiError> {
+    match &page.limit {
+        None => Ok(PAGE_DEFAULT),
+        Some(text) => match text.parse::<usize>() {
+            Ok(n) if (1..=PAGE_MAX).contains(&n) => Ok(n),
+            _ => Err(ApiError::bad_request(format!("limit must be an integer from 1 to {PAGE_MAX}"))),
+        },
+    }
+}
+
+pub async fn location(State(state): State<Arc<AppState>>, Path(location): Path<String>, Query(page): Query<Page>) -> Result<Json<Value>, ApiError> {
+    let limit = limit(&page)?;
+    let after = page.after.as_deref();
+    // Each partition holds this location's levels sorted by sku; merge the
+    // first `limit` of each.
+    let mut views: Vec<LevelView> = Vec::new();
+    for partition in &state.pipeline.shared.partitions {
+        views.extend(partition.read().levels_of_location(&location, after, limit));
+    }
+    if views.is_empty() && after.is_none() {
+        return Err(ApiError::not_found(format!("no stock levels at location {location:?}")));
+    }
+    views.sort_by(|a, b| a.sku.cmp(&b.sku));
+    let more = views.len() > limit;
+    views.truncate(limit);
+    let next = if more { views.last().map(|v| v.sku.to_string()) } else { None };
+    Ok(Json(json!({
+        "locationId": location,
+        "levels": views.iter().map(level_json).collect::<Vec<_>>(),
+        "nextAfter": next,
+    })))
+}
+
+pub async fn dead_letters(State(state): State<Arc<AppState>>, Query(page): Query<Page>) -> Result<Json<Value>, ApiError> {
+    let limit = limit(&page)?;
+    let after = match page.after.as_deref() {
+        None => None,
+        Some(text) => Some(text.parse::<u64>().map_err(|_| ApiError::bad_request("after must be a dead-letter id"))?),
+    };
+    let letters = state.pipeline.shared.dead_letters.read().page(after, limit + 1);
+    let more = letters.len() > limit;
+    let letters = &letters[..letters.len().min(limit)];
+    let items: Vec<Value> = letters
+        .iter()
+        .map(|l| {
+            json!({
+                "id": l.id,
+                "receivedAt": l.received_at.to_rfc3339(),
+                "source": l.source,
+                "index": l.index,
+                "eventId": l.event_id,
+                "reason": l.reason,
+                "payload": l.payload,
+            })
+        })
+        .collect();
+    let next = if more { letters.last().map(|l| l.id.to_string()) } else { None };
+    Ok(Json(json!({"deadLetters": items, "nextAfter": next})))
+}

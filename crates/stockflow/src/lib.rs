@@ -1,0 +1,31 @@
+//! The stockflow shell: everything around the deterministic core that does
+//! IO — the log and checkpoints on disk, the threaded write path, the HTTP
+//! API, metrics, and the CLI's demo, simulator and benchmark.
+
+pub mod config;
+pub mod dead_letters;
+pub mod pipeline;
+pub mod record;
+pub mod recovery;
+pub mod http;
+pub mod metrics;
+pub mod server;
+pub mod bench;
+pub mod demo;
+pub mod simulate;
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+}

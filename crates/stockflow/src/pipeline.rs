@@ -1,0 +1,453 @@
+//! The write path: sequencer → syncer → partition appliers.
+//!
+//! ```text
+//! HTTP handlers ──(bounded)──► sequencer ──► syncer ──► applier 0..W ──► replies
+//!   parse, validate            dedup, stamp   fdatasync    apply to owned
+//!                              time, encode,  (one per     partitions;
+//!                              append record  many groups) last one replies
+//! ```
+//! One group commit is one log record; a request is answered only after its
+//! record is fsynced and applied, so a following GET sees it. Each partition
+//! is written by exactly one applier, in log order, which is what makes the
+//! threaded path equal to `Engine::apply` (and to replay).
+//!
+//! Every channel is bounded: a full ingest queue answers 503, full internal
+//! queues push back on the stage before them.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
+use parking_lot::{Mutex, RwLock};
+use serde::Serialize;
+use stockflow_core::{admit, Batch, Dedup, Exception, Outcome, Parsed, Partition, Timestamp};
+use stockflow_log::{Appended, LogWriter};
+use tokio::sync::oneshot;
+
+use crate::config::Config;
+use crate::dead_letters::DeadLetters;
+use crate::record::{CommitGroupRef, DeadLetter};
+use crate::recovery::{CheckpointJob, CheckpointMeta, Recovered};
+
+/// The answer to one ingest request.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Receipt {
+    pub accepted: u64,
+    pub duplicates: u64,
+    pub rejected: u64,
+    pub errors: Vec<ReceiptError>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReceiptError {
+    pub index: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+    pub reason: String,
+}
+
+/// A body refused as a whole, to be kept as a dead letter.
+pub struct RefusedBody {
+    pub reason: String,
+    pub payload: String,
+}
+
+/// What a handler hands to the sequencer.
+struct Submission {
+    parsed: Parsed,
+    refused: Option<RefusedBody>,
+    source: &'static str,
+    reply: oneshot::Sender<Receipt>,
+}
+
+/// State readable by queries while the appliers write it.
+pub struct Shared {
+    pub partitions: Vec<RwLock<Partition>>,
+    pub dead_letters: RwLock<DeadLetters>,
+    /// Log records applied so far (for readiness and benchmarks).
+    pub applied_records: AtomicU64,
+    pub dedup_entries: AtomicU64,
+}
+
+impl Shared {
+    pub fn partition_count(&self) -> u16 {
+        self.partitions.len() as u16
+    }
+
+    pub fn levels(&self) -> usize {
+        self.partitions.iter().map(|p| p.read().len()).sum()
+    }
+}
+
+/// Ingest refused because the queue is full.
+#[derive(Debug, thiserror::Error)]
+#[error("ingest queue is full; retry shortly")]
+pub struct Overloaded;
+
+/// Handle to the running write path.
+pub struct Pipeline {
+    ingest: Mutex<Option<Sender<Submission>>>,
+    pub shared: Arc<Shared>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// A request inside a group commit.
+struct Request {
+    batch: Batch,
+    reply: Mutex<Option<(Receipt, oneshot::Sender<Receipt>)>>,
+}
+
+/// One group commit travelling through the stages.
+struct Group {
+    now: Timestamp,
+    requests: Vec<Request>,
+    dead_letters: Vec<DeadLetter>,
+    file: Appended,
+    appliers_left: AtomicUsize,
+    /// (request, exception) found by the appliers.
+    exceptions: Mutex<Vec<(usize, Exception)>>,
+    formed: Instant,
+    events: usize,
+}
+
+enum Stage {
+    Group(Arc<Group>),
+    Checkpoint(Arc<CheckpointJob>),
+}
+
+fn wall_clock() -> Timestamp {
+    Timestamp::from_datetime(chrono::Utc::now()).expect("the clock is within 1677..2262")
+}
+
+impl Pipeline {
+    /// Starts the threads on recovered state.
+    pub fn start(config: &Config, recovered: Recovered) -> std::io::Result<Pipeline> {
+        let Recovered { engine, dead_letters, log, next_dead_letter_id, last_now, events_since_checkpoint, lock } = recovered;
+        let shared = Arc::new(Shared {
+            partitions: engine.partitions.into_iter().map(RwLock::new).collect(),
+            dead_letters: RwLock::new(dead_letters),
+            applied_records: AtomicU64::new(log.next_record()),
+            dedup_entries: AtomicU64::new(engine.dedup.len() as u64),
+        });
+        let appliers = config.apply_threads.clamp(1, shared.partitions.len());
+        let (ingest_tx, ingest_rx) = bounded::<Submission>(config.ingest_queue_max);
+        let (sync_tx, sync_rx) = bounded::<Stage>(64);
+        let mut apply_txs = Vec::new();
+        let mut threads = Vec::new();
+        for worker in 0..appliers {
+            let (tx, rx) = bounded::<Stage>(64);
+            apply_txs.push(tx);
+            let shared = shared.clone();
+            threads.push(spawn(&format!("applier-{worker}"), move || applier(worker, appliers, &shared, &rx))?);
+        }
+        let syncer_shared = shared.clone();
+        threads.push(spawn("syncer", move || syncer(&sync_rx, &apply_txs, &syncer_shared))?);
+        let sequencer = Sequencer {
+            dedup: engine.dedup,
+            log,
+            next_dead_letter_id,
+            last_now,
+            events_since_checkpoint,
+            checkpoint_events: config.checkpoint_events,
+            group_events_max: config.group_events_max,
+            data_dir: config.data_dir.clone(),
+            partitions: shared.partition_count(),
+            checkpoint_parts: appliers + 1,
+            shared: shared.clone(),
+            buf: Vec::new(),
+            _lock: lock,
+        };
+        threads.push(spawn("sequencer", move || sequencer.run(&ingest_rx, &sync_tx))?);
+        Ok(Pipeline { ingest: Mutex::new(Some(ingest_tx)), shared, threads: Mutex::new(threads) })
+    }
+
+    /// Queues parsed events; the receiver yields the receipt once they are
+    /// durable and applied.
+    pub fn submit(&self, parsed: Parsed, source: &'static str) -> Result<oneshot::Receiver<Receipt>, Overloaded> {
+        self.send(parsed, None, source, false)
+    }
+
+    /// Keeps a refused body as a dead letter; resolves once it is durable.
+    pub fn submit_refused(&self, refused: RefusedBody, source: &'static str) -> Result<oneshot::Receiver<Receipt>, Overloaded> {
+        self.send(Parsed::default(), Some(refused), source, false)
+    }
+
+    /// Like [`Pipeline::submit`] but waits for queue space (benchmarks, import).
+    pub fn submit_blocking(&self, parsed: Parsed, source: &'static str) -> Result<oneshot::Receiver<Receipt>, Overloaded> {
+        self.send(parsed, None, source, true)
+    }
+
+    fn send(&self, parsed: Parsed, refused: Option<RefusedBody>, source: &'static str, wait: bool) -> Result<oneshot::Receiver<Receipt>, Overloaded> {
+        let (reply, rx) = oneshot::channel();
+        let submission = Submission { parsed, refused, source, reply };
+        let sender = self.ingest.lock().clone().ok_or(Overloaded)?;
+        if wait {
+            sender.send(submission).map_err(|_| Overloaded)?;
+        } else {
+            sender.try_send(submission).map_err(|e| match e {
+                TrySendError::Full(_) | TrySendError::Disconnected(_) => Overloaded,
+            })?;
+        }
+        Ok(rx)
+    }
+
+    /// Stops accepting, drains every stage, writes a final checkpoint and
+    /// joins the threads.
+    pub fn shutdown(&self) {
+        self.ingest.lock().take();
+        for thread in self.threads.lock().drain(..) {
+            if thread.join().is_err() {
+                tracing::error!("a pipeline thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn spawn(name: &str, body: impl FnOnce() + Send + 'static) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new().name(name.to_owned()).spawn(body)
+}
+
+/// Owns dedup and the log writer: decides what a group commit holds.
+struct Sequencer {
+    dedup: Dedup,
+    log: LogWriter,
+    next_dead_letter_id: u64,
+    /// `now` never goes backwards, even if the wall clock does.
+    last_now: Timestamp,
+    events_since_checkpoint: u64,
+    checkpoint_events: u64,
+    group_events_max: usize,
+    data_dir: std::path::PathBuf,
+    partitions: u16,
+    checkpoint_parts: usize,
+    shared: Arc<Shared>,
+    buf: Vec<u8>,
+    _lock: std::fs::File,
+}
+
+impl Sequencer {
+    fn run(mut self, ingest: &Receiver<Submission>, next: &Sender<Stage>) {
+        while let Ok(first) = ingest.recv() {
+            let mut submissions = vec![first];
+            let mut events = submissions[0].parsed.total();
+            while events < self.group_events_max {
+                let Ok(more) = ingest.try_recv() else { break };
+                events += more.parsed.total();
+                submissions.push(more);
+            }
+            let group = self.commit(submissions);
+            let events = group.events as u64;
+            if next.send(Stage::Group(group)).is_err() {
+                return;
+            }
+            self.events_since_checkpoint += events;
+            if self.events_since_checkpoint >= self.checkpoint_events {
+                self.checkpoint(next);
+            }
+        }
+        if self.events_since_checkpoint > 0 {
+            self.checkpoint(next);
+        }
+    }
+
+    /// Admits, encodes and appends one group; the record is not yet durable.
+    fn commit(&mut self, submissions: Vec<Submission>) -> Arc<Group> {
+        let formed = Instant::now();
+        let now = wall_clock().max(self.last_now);
+        self.last_now = now;
+        let mut requests = Vec::with_capacity(submissions.len());
+        let mut dead_letters = Vec::new();
+        let (mut accepted, mut duplicates_total, mut rejected_total) = (0u64, 0u64, 0u64);
+        for Submission { parsed, refused, source, reply } in submissions {
+            let Parsed { mut batch, rejected } = parsed;
+            let duplicates = admit(&mut self.dedup, &mut batch, now);
+            batch.compute_routes(self.partitions);
+            let mut receipt = Receipt {
+                accepted: batch.len() as u64,
+                duplicates: duplicates.len() as u64,
+                rejected: rejected.len() as u64,
+                errors: Vec::with_capacity(rejected.len()),
+            };
+            for r in rejected {
+                receipt.errors.push(ReceiptError { index: r.index, event_id: r.event_id.clone(), reason: r.reason.clone() });
+                dead_letters.push(self.dead_letter(now, source, Some(r.index), r.event_id, r.reason, r.raw));
+            }
+            if let Some(body) = refused {
+                dead_letters.push(self.dead_letter(now, source, None, None, body.reason, body.payload));
+            }
+            accepted += receipt.accepted;
+            duplicates_total += receipt.duplicates;
+            rejected_total += receipt.rejected;
+            requests.push(Request { batch, reply: Mutex::new(Some((receipt, reply))) });
+        }
+        let record = CommitGroupRef { now, batches: requests.iter().map(|r| &r.batch).collect(), dead_letters: &dead_letters };
+        self.buf = record.encode_into(std::mem::take(&mut self.buf));
+        let file = match self.log.append(&self.buf) {
+            Ok(file) => file,
+            Err(error) => poison("log append failed", &error),
+        };
+        metrics::counter!("stockflow_events_accepted_total").increment(accepted);
+        metrics::counter!("stockflow_events_duplicate_total").increment(duplicates_total);
+        metrics::counter!("stockflow_events_rejected_total").increment(rejected_total);
+        metrics::histogram!("stockflow_commit_batch_events").record(accepted as f64);
+        metrics::histogram!("stockflow_commit_record_bytes").record(self.buf.len() as f64);
+        self.shared.dedup_entries.store(self.dedup.len() as u64, Ordering::Relaxed);
+        metrics::gauge!("stockflow_dedup_evicted_early").set(self.dedup.evicted_early() as f64);
+        Arc::new(Group {
+            now,
+            events: accepted as usize,
+            requests,
+            dead_letters,
+            file,
+            appliers_left: AtomicUsize::new(0),
+            exceptions: Mutex::new(Vec::new()),
+            formed,
+        })
+    }
+
+    fn dead_letter(&mut self, now: Timestamp, source: &str, index: Option<u32>, event_id: Option<String>, reason: String, payload: String) -> DeadLetter {
+        let id = self.next_dead_letter_id;
+        self.next_dead_letter_id += 1;
+        DeadLetter { id, received_at: now, source: source.to_owned(), index, event_id, reason, payload }
+    }
+
+    fn checkpoint(&mut self, next: &Sender<Stage>) {
+        let meta = CheckpointMeta {
+            next_record: self.log.next_record(),
+            next_dead_letter_id: self.next_dead_letter_id,
+            last_now: self.last_now,
+            partitions: self.partitions,
+        };
+        match CheckpointJob::start(&self.data_dir, meta, &self.dedup, self.checkpoint_parts) {
+            Ok(job) => {
+                self.events_since_checkpoint = 0;
+                let _ = next.send(Stage::Checkpoint(Arc::new(job)));
+            }
+            // A failed checkpoint costs restart time, not data: the log has it all.
+            Err(error) => tracing::error!(%error, "checkpoint failed; will retry after more events"),
+        }
+    }
+}
+
+/// A failed write or fsync leaves the file in an unknown state; carrying on
+/// could acknowledge events that are not durable. Stop, and let recovery
+/// rebuild from what is really on disk.
+fn poison(what: &str, error: &dyn std::fmt::Display) -> ! {
+    tracing::error!(%error, "{what}; stopping so that recovery can rebuild from the disk");
+    eprintln!("stockflow: fatal: {what}: {error}");
+    std::process::abort();
+}
+
+/// Makes records durable, many per fdatasync, then hands them on.
+fn syncer(input: &Receiver<Stage>, appliers: &[Sender<Stage>], shared: &Shared) {
+    while let Ok(first) = input.recv() {
+        let mut stages = vec![first];
+        while let Ok(more) = input.try_recv() {
+            stages.push(more);
+            if stages.len() >= 256 {
+                break;
+            }
+        }
+        let mut synced: Vec<*const std::fs::File> = Vec::new();
+        for stage in &stages {
+            if let Stage::Group(group) = stage {
+                let file = Arc::as_ptr(&group.file.file);
+                if !synced.contains(&file) {
+                    if let Err(error) = group.file.file.sync_data() {
+                        poison("fdatasync of the log failed", &error);
+                    }
+                    synced.push(file);
+                }
+            }
+        }
+        for stage in stages {
+            match &stage {
+                Stage::Group(group) => {
+                    let mut letters = shared.dead_letters.write();
+                    group.dead_letters.iter().for_each(|l| letters.insert(l.clone()));
+                    metrics::counter!("stockflow_dead_letters_total").increment(group.dead_letters.len() as u64);
+                    group.appliers_left.store(appliers.len(), Ordering::Release);
+                }
+                Stage::Checkpoint(job) => {
+                    let result = job.write_dead_letters(&shared.dead_letters.read()).and_then(|()| job.part_done());
+                    if let Err(error) = result {
+                        tracing::error!(%error, "checkpoint of dead letters failed");
+                    }
+                }
+            }
+            for applier in appliers {
+                let forwarded = match &stage {
+                    Stage::Group(g) => Stage::Group(g.clone()),
+                    Stage::Checkpoint(j) => Stage::Checkpoint(j.clone()),
+                };
+                if applier.send(forwarded).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Applies groups to the partitions this worker owns (p % workers == worker).
+fn applier(worker: usize, workers: usize, shared: &Shared, input: &Receiver<Stage>) {
+    let owned: Vec<u16> = (0..shared.partition_count()).filter(|p| *p as usize % workers == worker).collect();
+    let mut found = Vec::new();
+    while let Ok(stage) = input.recv() {
+        match stage {
+            Stage::Group(group) => {
+                let mut exceptions = Vec::new();
+                for id in &owned {
+                    let mut partition = shared.partitions[*id as usize].write();
+                    for (request, item) in group.requests.iter().enumerate() {
+                        found.clear();
+                        partition.apply_batch(*id, &item.batch, group.now, &mut found);
+                        exceptions.extend(found.iter().map(|e| (request, *e)));
+                    }
+                }
+                if !exceptions.is_empty() {
+                    group.exceptions.lock().extend(exceptions);
+                }
+                if group.appliers_left.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    finish(&group, shared);
+                }
+            }
+            Stage::Checkpoint(job) => {
+                let mut result = Ok(());
+                for id in &owned {
+                    result = result.and_then(|()| job.write_partition(*id, &shared.partitions[*id as usize].read()));
+                }
+                if let Err(error) = result.and_then(|()| job.part_done()) {
+                    tracing::error!(%error, "checkpoint of partitions failed");
+                }
+            }
+        }
+    }
+}
+
+/// Runs on the last applier to finish a group: answers its requests.
+fn finish(group: &Group, shared: &Shared) {
+    let mut exceptions = std::mem::take(&mut *group.exceptions.lock());
+    exceptions.sort_by_key(|(request, e)| (*request, e.position));
+    for (number, request) in group.requests.iter().enumerate() {
+        let Some((mut receipt, reply)) = request.reply.lock().take() else { continue };
+        for (_, exception) in exceptions.iter().filter(|(r, _)| *r == number) {
+            if let Outcome::Rejected(why) = exception.outcome {
+                let event = request.batch.get(exception.position as usize);
+                receipt.errors.push(ReceiptError { index: event.index, event_id: Some(event.event_id.to_owned()), reason: why.as_str().to_owned() });
+            }
+        }
+        receipt.errors.sort_by_key(|e| e.index);
+        let _ = reply.send(receipt); // the client may have gone; the events still count
+    }
+    shared.applied_records.fetch_max(group.file.record + 1, Ordering::Release);
+    metrics::histogram!("stockflow_commit_latency_seconds").record(group.formed.elapsed().as_secs_f64());
+}

@@ -1,0 +1,54 @@
+//! What one log record holds: one group commit.
+//!
+//! A record is the unit of durability: every event in it, its dedup record
+//! (the eventId itself) and the dead letters rejected alongside are written
+//! in one frame and made durable by one fsync. State is derived from
+//! records, so an event counts if and only if its record is in the log.
+
+use serde::{Deserialize, Serialize};
+use stockflow_core::{Batch, Timestamp};
+
+/// A rejected event (or unparseable body), kept with its raw payload.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub id: u64,
+    pub received_at: Timestamp,
+    /// Where it came from (`http:/v1/events`).
+    pub source: String,
+    /// Position in the request; `None` when the whole body was refused.
+    pub index: Option<u32>,
+    pub event_id: Option<String>,
+    pub reason: String,
+    pub payload: String,
+}
+
+/// Encoded form of a group commit. Field order is the format; see
+/// ARCHITECTURE.md before changing it.
+#[derive(Serialize)]
+pub struct CommitGroupRef<'a> {
+    pub now: Timestamp,
+    pub batches: Vec<&'a Batch>,
+    pub dead_letters: &'a [DeadLetter],
+}
+
+/// Decoded form of [`CommitGroupRef`].
+#[derive(Deserialize)]
+pub struct CommitGroup {
+    pub now: Timestamp,
+    pub batches: Vec<Batch>,
+    pub dead_letters: Vec<DeadLetter>,
+}
+
+impl CommitGroupRef<'_> {
+    pub fn encode_into(&self, buf: Vec<u8>) -> Vec<u8> {
+        let mut buf = buf;
+        buf.clear();
+        postcard::to_extend(self, buf).expect("encoding into a Vec cannot fail")
+    }
+}
+
+impl CommitGroup {
+    pub fn decode(bytes: &[u8]) -> Result<CommitGroup, postcard::Error> {
+        postcard::from_bytes(bytes)
+    }
+}

@@ -1,0 +1,277 @@
+//! The data directory: its layout, checkpoints, and restart.
+//!
+//! ```text
+//! DATA_DIR/stockflow.json          format version and partition count
+//! DATA_DIR/LOCK                    held (flock) by the running process
+//! DATA_DIR/log/*.seg               the log: one record per group commit
+//! DATA_DIR/checkpoints/N/          state as of log record N (exclusive):
+//!     meta.snap dedup.snap dead-letters.snap part-PPPP.snap
+//! ```
+//! Restart = newest whole checkpoint + replay of the records after it. A
+//! checkpoint directory is written under `N.tmp` and renamed when every
+//! part is durable, so a half-written checkpoint is never loaded.
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use stockflow_core::{Dedup, DedupSnapshot, Engine, EngineConfig, Partition, PartitionSnapshot, Timestamp};
+use stockflow_log::{read_records, read_snapshot, write_snapshot, LogWriter};
+
+use crate::config::Config;
+use crate::dead_letters::DeadLetters;
+use crate::record::{CommitGroup, DeadLetter};
+
+const FORMAT: u32 = 1;
+/// Whole checkpoints kept; older ones are deleted after a new one lands.
+const CHECKPOINTS_KEPT: usize = 2;
+
+#[derive(Debug, Serialize, Deserialize)]
+struct DataDirMeta {
+    format: u32,
+    partitions: u16,
+}
+
+/// What a checkpoint says about the log.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct CheckpointMeta {
+    /// Records before this one are included.
+    pub next_record: u64,
+    pub next_dead_letter_id: u64,
+    pub last_now: Timestamp,
+    pub partitions: u16,
+}
+
+/// Everything a restart rebuilt.
+pub struct Recovered {
+    pub engine: Engine,
+    pub dead_letters: DeadLetters,
+    pub log: LogWriter,
+    pub next_dead_letter_id: u64,
+    pub last_now: Timestamp,
+    pub events_since_checkpoint: u64,
+    /// Holds the data directory's lock for the life of the process.
+    pub lock: File,
+}
+
+pub fn log_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("log")
+}
+
+fn checkpoints_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("checkpoints")
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    postcard::to_stdvec(value).expect("encoding into a Vec cannot fail")
+}
+
+fn load<T: DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
+    let bytes = read_snapshot(path)?;
+    postcard::from_bytes(&bytes).with_context(|| format!("{}: cannot decode", path.display()))
+}
+
+/// Opens the data directory: lock, layout check, checkpoint, log replay.
+pub fn recover(config: &Config) -> anyhow::Result<Recovered> {
+    let started = Instant::now();
+    let dir = &config.data_dir;
+    fs::create_dir_all(dir).with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    let lock = File::create(dir.join("LOCK"))?;
+    if lock.try_lock().is_err() {
+        bail!("{} is in use by another stockflow process; stop it or pick another --data-dir", dir.display());
+    }
+    let partitions = partitions_of(dir, config.engine.partitions)?;
+    let engine_config = EngineConfig { partitions, ..config.engine };
+
+    let (mut engine, mut dead_letters, mut meta) = match newest_checkpoint(dir)? {
+        Some(path) => load_checkpoint(&path, engine_config, config.dead_letters_in_memory_max)?,
+        None => (
+            Engine::new(engine_config),
+            DeadLetters::new(config.dead_letters_in_memory_max),
+            CheckpointMeta { next_record: 0, next_dead_letter_id: 0, last_now: Timestamp(0), partitions },
+        ),
+    };
+    let (log, opened) = LogWriter::open(&log_dir(dir), config.segment_bytes_max)?;
+    if opened.truncated_bytes > 0 {
+        tracing::warn!(bytes = opened.truncated_bytes, problem = ?opened.tail_problem, "cut a torn tail off the log (never acknowledged)");
+    }
+    if opened.next_record < meta.next_record {
+        bail!(
+            "the log ends at record {} but the checkpoint covers {}: the log was truncated or replaced; restore it",
+            opened.next_record,
+            meta.next_record
+        );
+    }
+    let mut events = 0u64;
+    let replayed_records = opened.next_record - meta.next_record;
+    for item in read_records(&log_dir(dir), meta.next_record)? {
+        let (number, payload) = item?;
+        let group = CommitGroup::decode(&payload).with_context(|| format!("log record {number} does not decode"))?;
+        for mut batch in group.batches {
+            events += batch.len() as u64;
+            let report = engine.apply(&mut batch, group.now);
+            debug_assert!(report.duplicates.is_empty(), "the log holds no duplicates");
+        }
+        for letter in group.dead_letters {
+            meta.next_dead_letter_id = meta.next_dead_letter_id.max(letter.id + 1);
+            dead_letters.insert(letter);
+        }
+        meta.last_now = meta.last_now.max(group.now);
+        meta.next_record = number + 1;
+    }
+    tracing::info!(
+        levels = engine.partitions.iter().map(Partition::len).sum::<usize>(),
+        replayed_records,
+        replayed_events = events,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "recovered"
+    );
+    Ok(Recovered {
+        engine,
+        dead_letters,
+        log,
+        next_dead_letter_id: meta.next_dead_letter_id,
+        last_now: meta.last_now,
+        events_since_checkpoint: events,
+        lock,
+    })
+}
+
+/// The partition count stored with the data; `requested` for a new one.
+fn partitions_of(dir: &Path, requested: u16) -> anyhow::Result<u16> {
+    let path = dir.join("stockflow.json");
+    match fs::read(&path) {
+        Ok(bytes) => {
+            let meta: DataDirMeta = serde_json::from_slice(&bytes).with_context(|| format!("{} is damaged", path.display()))?;
+            if meta.format != FORMAT {
+                bail!("{} has data format {}, this build reads {FORMAT}", dir.display(), meta.format);
+            }
+            if meta.partitions != requested {
+                tracing::warn!(stored = meta.partitions, requested, "partition count is fixed when a data directory is created; using the stored one");
+            }
+            Ok(meta.partitions)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let meta = DataDirMeta { format: FORMAT, partitions: requested };
+            write_snapshot_json(&path, &meta)?;
+            Ok(requested)
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+fn write_snapshot_json<T: Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, serde_json::to_vec_pretty(value)?)?;
+    File::open(&tmp)?.sync_all()?;
+    fs::rename(&tmp, path)?;
+    stockflow_log::sync_dir(path.parent().unwrap_or(Path::new(".")))?;
+    Ok(())
+}
+
+fn newest_checkpoint(dir: &Path) -> anyhow::Result<Option<PathBuf>> {
+    let root = checkpoints_dir(dir);
+    if !root.exists() {
+        return Ok(None);
+    }
+    let mut whole = Vec::new();
+    for entry in fs::read_dir(&root)? {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+        if name.ends_with(".tmp") {
+            fs::remove_dir_all(&path)?; // an interrupted checkpoint
+        } else if let Ok(record) = name.parse::<u64>() {
+            whole.push((record, path));
+        }
+    }
+    whole.sort();
+    Ok(whole.pop().map(|(_, path)| path))
+}
+
+fn load_checkpoint(path: &Path, config: EngineConfig, dead_letters_max: usize) -> anyhow::Result<(Engine, DeadLetters, CheckpointMeta)> {
+    let meta: CheckpointMeta = load(&path.join("meta.snap"))?;
+    if meta.partitions != config.partitions {
+        bail!("{}: checkpoint has {} partitions, data directory {}", path.display(), meta.partitions, config.partitions);
+    }
+    let dedup: DedupSnapshot = load(&path.join("dedup.snap"))?;
+    let letters: Vec<DeadLetter> = load(&path.join("dead-letters.snap"))?;
+    // Partitions decode in parallel: they are most of the bytes.
+    let partitions = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..config.partitions)
+            .map(|p| scope.spawn(move || load::<PartitionSnapshot>(&part_path(path, p)).map(Partition::restore)))
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("checkpoint loader panicked")).collect::<anyhow::Result<Vec<_>>>()
+    })?;
+    let mut dead_letters = DeadLetters::new(dead_letters_max);
+    letters.into_iter().for_each(|l| dead_letters.insert(l));
+    let engine = Engine {
+        config,
+        dedup: Dedup::restore(dedup, config.dedup_retention_ns, config.dedup_capacity),
+        partitions,
+    };
+    tracing::info!(checkpoint = %path.display(), next_record = meta.next_record, "loaded checkpoint");
+    Ok((engine, dead_letters, meta))
+}
+
+fn part_path(checkpoint: &Path, partition: u16) -> PathBuf {
+    checkpoint.join(format!("part-{partition:04}.snap"))
+}
+
+/// A checkpoint being written by several threads, each owning some of the
+/// state. The last one to finish makes it whole.
+pub struct CheckpointJob {
+    data_dir: PathBuf,
+    tmp: PathBuf,
+    meta: CheckpointMeta,
+    parts_left: AtomicUsize,
+    started: Instant,
+}
+
+impl CheckpointJob {
+    /// Starts a checkpoint as of `meta.next_record`, to be completed by
+    /// `parts` calls of [`CheckpointJob::part_done`].
+    pub fn start(data_dir: &Path, meta: CheckpointMeta, dedup: &Dedup, parts: usize) -> anyhow::Result<CheckpointJob> {
+        let tmp = checkpoints_dir(data_dir).join(format!("{:020}.tmp", meta.next_record));
+        fs::create_dir_all(&tmp)?;
+        write_snapshot(&tmp.join("dedup.snap"), &encode(&dedup.snapshot()))?;
+        Ok(CheckpointJob { data_dir: data_dir.to_owned(), tmp, meta, parts_left: AtomicUsize::new(parts), started: Instant::now() })
+    }
+
+    pub fn write_partition(&self, id: u16, partition: &Partition) -> anyhow::Result<()> {
+        write_snapshot(&part_path(&self.tmp, id), &encode(&partition.snapshot()))?;
+        Ok(())
+    }
+
+    pub fn write_dead_letters(&self, letters: &DeadLetters) -> anyhow::Result<()> {
+        write_snapshot(&self.tmp.join("dead-letters.snap"), &encode(&letters.all()))?;
+        Ok(())
+    }
+
+    /// Marks one part written; the last part renames the directory into
+    /// place and deletes old checkpoints.
+    pub fn part_done(&self) -> anyhow::Result<()> {
+        if self.parts_left.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return Ok(());
+        }
+        write_snapshot(&self.tmp.join("meta.snap"), &encode(&self.meta))?;
+        let root = checkpoints_dir(&self.data_dir);
+        let whole = root.join(format!("{:020}", self.meta.next_record));
+        fs::rename(&self.tmp, &whole)?;
+        stockflow_log::sync_dir(&root)?;
+        let mut old: Vec<PathBuf> = fs::read_dir(&root)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.parse::<u64>().is_ok()))
+            .collect();
+        old.sort();
+        let excess = old.len().saturating_sub(CHECKPOINTS_KEPT);
+        for path in &old[..excess] {
+            fs::remove_dir_all(path)?;
+        }
+        tracing::info!(next_record = self.meta.next_record, elapsed_ms = self.started.elapsed().as_millis() as u64, "checkpoint written");
+        metrics::counter!("stockflow_checkpoints_total").increment(1);
+        Ok(())
+    }
+}

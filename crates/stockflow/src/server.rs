@@ -1,0 +1,59 @@
+//! Starting and stopping a server: recovery, pipeline, HTTP listener.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, Semaphore};
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::http::{router, AppState};
+use crate::pipeline::Pipeline;
+use crate::recovery::recover;
+
+/// A running server.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub pipeline: Arc<Pipeline>,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl Server {
+    /// Recovers the data directory, starts the write path and listens.
+    pub async fn start(config: Config, listen: SocketAddr) -> anyhow::Result<Server> {
+        let recovering = config.clone();
+        let recovered = tokio::task::spawn_blocking(move || recover(&recovering)).await??;
+        let pipeline = Arc::new(Pipeline::start(&config, recovered)?);
+        let listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}; is another server running there?"))?;
+        let addr = listener.local_addr()?;
+        crate::metrics::handle();
+        let state = Arc::new(AppState { pipeline: pipeline.clone(), ingest_permits: Semaphore::new(config.ingest_in_flight_max), config });
+        let (stop, stopped) = oneshot::channel::<()>();
+        let app = router(state);
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            })
+            .await
+        });
+        tracing::info!(%addr, "listening");
+        Ok(Server { addr, pipeline, stop, task })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops listening, finishes in-flight requests, drains the pipeline
+    /// and writes a checkpoint.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        self.task.await??;
+        let pipeline = self.pipeline;
+        tokio::task::spawn_blocking(move || pipeline.shutdown()).await?;
+        Ok(())
+    }
+}
