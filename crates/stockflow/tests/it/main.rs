@@ -1,0 +1,39 @@
+//! Integration tests of the stockflow server: one binary, several modules.
+
+mod crash;
+mod http;
+
+use std::path::Path;
+
+use serde_json::Value;
+use stockflow::config::Config;
+use stockflow::server::Server;
+
+/// A server on a free port over `dir`, with `adjust` applied to the config.
+pub async fn start(dir: &Path, adjust: impl FnOnce(&mut Config)) -> Server {
+    let mut config = Config::new(dir.to_owned());
+    adjust(&mut config);
+    Server::start(config, "127.0.0.1:0".parse().unwrap()).await.expect("server starts")
+}
+
+pub async fn post(url: &str, content_type: &str, body: impl Into<String>) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{url}/v1/events"))
+        .header("content-type", content_type)
+        .body(body.into())
+        .send()
+        .await
+        .expect("server reachable");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+pub async fn get(url: &str, path: &str) -> (u16, Value) {
+    let response = reqwest::get(format!("{url}{path}")).await.expect("server reachable");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+pub fn event(id: &str, kind: &str, sku: &str, location: &str, quantity: i64) -> String {
+    format!(r#"{{"eventId":"{id}","eventType":"{kind}","sku":"{sku}","locationId":"{location}","quantity":{quantity}}}"#)
+}
