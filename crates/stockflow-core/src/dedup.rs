@@ -59,12 +59,21 @@ pub struct DedupSnapshot {
 impl Dedup {
     pub fn new(retention_ns: i64, capacity: usize) -> Dedup {
         assert!(capacity > 0, "dedup capacity must be positive");
-        Dedup { seen: HashSet::default(), order: VecDeque::new(), retention_ns, capacity, evicted_early: 0 }
+        Dedup {
+            seen: HashSet::default(),
+            order: VecDeque::new(),
+            retention_ns,
+            capacity,
+            evicted_early: 0,
+        }
     }
 
     /// True if `id` is new (and remembers it), false for a duplicate.
     pub fn admit(&mut self, id: u128, now: Timestamp) -> bool {
-        debug_assert!(self.order.back().is_none_or(|(t, _)| *t <= now), "now must not go backwards");
+        debug_assert!(
+            self.order.back().is_none_or(|(t, _)| *t <= now),
+            "now must not go backwards"
+        );
         self.expire(now);
         if !self.seen.insert(id) {
             return false;
@@ -109,7 +118,10 @@ impl Dedup {
     }
 
     pub fn snapshot(&self) -> DedupSnapshot {
-        DedupSnapshot { entries: self.order.iter().copied().collect(), evicted_early: self.evicted_early }
+        DedupSnapshot {
+            entries: self.order.iter().copied().collect(),
+            evicted_early: self.evicted_early,
+        }
     }
 
     pub fn restore(snapshot: DedupSnapshot, retention_ns: i64, capacity: usize) -> Dedup {

@@ -17,7 +17,10 @@ use crate::time::Timestamp;
 /// The partition that owns (sku, locationId), stable across versions and
 /// machines (it is persisted implicitly by where levels live).
 pub fn route(sku: &str, location_id: &str, partitions: u16) -> u16 {
-    let h = xxhash_rust::xxh3::xxh3_64_with_seed(location_id.as_bytes(), xxhash_rust::xxh3::xxh3_64(sku.as_bytes()));
+    let h = xxhash_rust::xxh3::xxh3_64_with_seed(
+        location_id.as_bytes(),
+        xxhash_rust::xxh3::xxh3_64(sku.as_bytes()),
+    );
     (h % u64::from(partitions)) as u16
 }
 
@@ -52,7 +55,10 @@ pub fn admit(dedup: &mut Dedup, batch: &mut Batch, now: Timestamp) -> Vec<u32> {
     if duplicate_positions.is_empty() {
         return Vec::new();
     }
-    let indexes = duplicate_positions.iter().map(|p| batch.get(*p).index).collect();
+    let indexes = duplicate_positions
+        .iter()
+        .map(|p| batch.get(*p).index)
+        .collect();
     batch.retain_positions(|p| duplicate_positions.binary_search(&p).is_err());
     indexes
 }
@@ -78,7 +84,9 @@ impl Engine {
         Engine {
             config,
             dedup: Dedup::new(config.dedup_retention_ns, config.dedup_capacity),
-            partitions: (0..config.partitions).map(|_| Partition::default()).collect(),
+            partitions: (0..config.partitions)
+                .map(|_| Partition::default())
+                .collect(),
         }
     }
 
@@ -86,7 +94,10 @@ impl Engine {
     pub fn apply(&mut self, batch: &mut Batch, now: Timestamp) -> BatchReport {
         let duplicates = admit(&mut self.dedup, batch, now);
         let exceptions = self.apply_admitted(batch, now);
-        BatchReport { duplicates, exceptions }
+        BatchReport {
+            duplicates,
+            exceptions,
+        }
     }
 
     /// Applies a batch that was already admitted (as the log holds it).
@@ -97,7 +108,10 @@ impl Engine {
             partition.apply_batch(id as u16, batch, now, &mut exceptions);
         }
         exceptions.sort_by_key(|e| e.position);
-        exceptions.into_iter().map(|e| (batch.get(e.position as usize).index, e.outcome)).collect()
+        exceptions
+            .into_iter()
+            .map(|e| (batch.get(e.position as usize).index, e.outcome))
+            .collect()
     }
 
     pub fn partition_of(&self, sku: &str, location_id: &str) -> &Partition {

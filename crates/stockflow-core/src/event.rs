@@ -122,7 +122,11 @@ pub struct Batch {
 
 impl Batch {
     pub fn with_capacity(events: usize, text_bytes: usize) -> Batch {
-        Batch { text: String::with_capacity(text_bytes), events: Vec::with_capacity(events), routes: Vec::new() }
+        Batch {
+            text: String::with_capacity(text_bytes),
+            events: Vec::with_capacity(events),
+            routes: Vec::new(),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -155,7 +159,10 @@ impl Batch {
         self.text.push_str(s);
         // Batches are bounded by the request size limit, far below 4 GiB.
         debug_assert!(self.text.len() <= u32::MAX as usize);
-        Span { start: start as u32, len: s.len() as u32 }
+        Span {
+            start: start as u32,
+            len: s.len() as u32,
+        }
     }
 
     fn str(&self, span: Span) -> &str {
@@ -214,7 +221,9 @@ impl Batch {
                 let e = self.get(i);
                 Route {
                     source: crate::route(e.sku, e.location_id, partitions),
-                    destination: e.to_location_id.map(|to| crate::route(e.sku, to, partitions)),
+                    destination: e
+                        .to_location_id
+                        .map(|to| crate::route(e.sku, to, partitions)),
                 }
             })
             .collect();

@@ -85,9 +85,17 @@ impl Level {
     }
 
     /// Applies the part of an event that lands on its own level.
-    pub fn apply(&mut self, event_type: EventType, q: i64, at: Timestamp, now: Timestamp) -> Outcome {
+    pub fn apply(
+        &mut self,
+        event_type: EventType,
+        q: i64,
+        at: Timestamp,
+        now: Timestamp,
+    ) -> Outcome {
         let outcome = match event_type {
-            EventType::Receipt | EventType::Return | EventType::Adjustment => self.change_on_hand(q, at),
+            EventType::Receipt | EventType::Return | EventType::Adjustment => {
+                self.change_on_hand(q, at)
+            }
             EventType::Sale | EventType::TransferOut => self.change_on_hand(-q, at),
             EventType::TransferIn => {
                 let arrived = q.min(self.in_transit);
@@ -171,7 +179,9 @@ impl Level {
             return Outcome::Rejected(Rejection::CountBeyondHistory);
         }
         let first_later = self.history.partition_point(|(t, _)| *t <= at);
-        let later = self.history[first_later..].iter().try_fold(0i64, |sum, (_, d)| sum.checked_add(*d));
+        let later = self.history[first_later..]
+            .iter()
+            .try_fold(0i64, |sum, (_, d)| sum.checked_add(*d));
         let Some(on_hand) = later.and_then(|later| later.checked_add(q)) else {
             return Outcome::Rejected(Rejection::QuantityOverflow);
         };
@@ -205,6 +215,6 @@ impl Level {
             self.history_floor = Some(self.history_floor.map_or(floor, |f| f.max(floor)));
             self.history.drain(..dropped);
         }
-        debug_assert!(self.history.windows(2).all(|w| w[0].0 < w[1].0 || w[0].0 == w[1].0));
+        debug_assert!(self.history.windows(2).all(|w| w[0].0 <= w[1].0));
     }
 }

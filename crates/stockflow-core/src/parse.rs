@@ -58,7 +58,9 @@ impl Parsed {
 pub enum BodyError {
     #[error("body is not valid JSON: {0}")]
     Malformed(String),
-    #[error("body must be a JSON object, a JSON array of objects, or NDJSON (application/x-ndjson)")]
+    #[error(
+        "body must be a JSON object, a JSON array of objects, or NDJSON (application/x-ndjson)"
+    )]
     WrongShape,
     #[error("body holds more than {max} events; split it into smaller batches")]
     TooManyEvents { max: usize },
@@ -66,7 +68,10 @@ pub enum BodyError {
 
 /// Parses and validates a body of at most `events_max` events.
 pub fn parse_body(body: &[u8], format: BodyFormat, events_max: usize) -> Result<Parsed, BodyError> {
-    let mut parsed = Parsed { batch: Batch::with_capacity(0, body.len() / 2), rejected: Vec::new() };
+    let mut parsed = Parsed {
+        batch: Batch::with_capacity(0, body.len() / 2),
+        rejected: Vec::new(),
+    };
     match format {
         BodyFormat::Ndjson => parse_ndjson(body, events_max, &mut parsed)?,
         BodyFormat::Json => parse_json(body, events_max, &mut parsed)?,
@@ -121,12 +126,22 @@ fn parse_json(body: &[u8], events_max: usize, parsed: &mut Parsed) -> Result<(),
 /// Parses one event's text. A syntax error rejects just this event when
 /// `syntax_error_is_event_error`, and the whole body otherwise (a body that
 /// is one broken object is a bad request, not a bad event).
-fn parse_one(text: &str, index: u32, parsed: &mut Parsed, syntax_error_is_event_error: bool) -> Result<(), BodyError> {
+fn parse_one(
+    text: &str,
+    index: u32,
+    parsed: &mut Parsed,
+    syntax_error_is_event_error: bool,
+) -> Result<(), BodyError> {
     let wire = match serde_json::from_str::<Wire<'_>>(text) {
         Ok(wire) => wire,
         Err(e) if syntax_error_is_event_error => {
             let reason = format!("invalid JSON: {e}");
-            parsed.rejected.push(Rejected { index, event_id: None, reason, raw: text.to_owned() });
+            parsed.rejected.push(Rejected {
+                index,
+                event_id: None,
+                reason,
+                raw: text.to_owned(),
+            });
             return Ok(());
         }
         Err(e) => return Err(BodyError::Malformed(e.to_string())),
@@ -135,7 +150,11 @@ fn parse_one(text: &str, index: u32, parsed: &mut Parsed, syntax_error_is_event_
         Ok(event) => parsed.batch.push(&event),
         Err(reason) => parsed.rejected.push(Rejected {
             index,
-            event_id: wire.event_id.as_ref().and_then(Field::as_str).map(str::to_owned),
+            event_id: wire
+                .event_id
+                .as_ref()
+                .and_then(Field::as_str)
+                .map(str::to_owned),
             reason,
             raw: text.to_owned(),
         }),
@@ -177,7 +196,10 @@ fn validate<'a>(wire: &'a Wire<'a>, index: u32) -> Result<EventRef<'a>, String> 
     }
     let source_system = optional_str(&wire.source_system, "sourceSystem")?;
     let correlation_id = optional_str(&wire.correlation_id, "correlationId")?;
-    for (value, name) in [(source_system, "sourceSystem"), (correlation_id, "correlationId")] {
+    for (value, name) in [
+        (source_system, "sourceSystem"),
+        (correlation_id, "correlationId"),
+    ] {
         if value.is_some_and(|v| char_count_over(v, ID_CHARS_MAX)) {
             return Err(format!("{name}: longer than {ID_CHARS_MAX} characters"));
         }
@@ -201,11 +223,22 @@ fn quantity(field: &Option<Field<'_>>, event_type: EventType) -> Result<i64, Str
         None | Some(Field::Null) => return Err("quantity: required".into()),
         Some(Field::Int(q)) => *q,
         Some(Field::Float) => return Err("quantity: must be a JSON integer, not a decimal".into()),
-        Some(Field::BigInt) => return Err(format!("quantity: out of range (|quantity| <= {QUANTITY_ABS_MAX})")),
-        Some(other) => return Err(format!("quantity: must be a JSON integer, not {}", other.kind())),
+        Some(Field::BigInt) => {
+            return Err(format!(
+                "quantity: out of range (|quantity| <= {QUANTITY_ABS_MAX})"
+            ))
+        }
+        Some(other) => {
+            return Err(format!(
+                "quantity: must be a JSON integer, not {}",
+                other.kind()
+            ))
+        }
     };
     if q.abs() > QUANTITY_ABS_MAX {
-        return Err(format!("quantity: out of range (|quantity| <= {QUANTITY_ABS_MAX})"));
+        return Err(format!(
+            "quantity: out of range (|quantity| <= {QUANTITY_ABS_MAX})"
+        ));
     }
     match event_type {
         EventType::Adjustment if q == 0 => Err("quantity: ADJUSTMENT must not be 0".into()),
@@ -316,7 +349,11 @@ impl<'de> Visitor<'de> for FieldVisitor {
     fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
         // serde_json hands integers beyond u64 over as floats.
         let whole_but_huge = v.fract() == 0.0 && v.abs() > i64::MAX as f64;
-        Ok(if whole_but_huge { Field::BigInt } else { Field::Float })
+        Ok(if whole_but_huge {
+            Field::BigInt
+        } else {
+            Field::Float
+        })
     }
     fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
         Ok(Field::Bool)
@@ -364,7 +401,10 @@ struct WireVisitor;
 
 impl<'de> WireVisitor {
     fn not_an_object<E>(kind: &str) -> Result<Wire<'de>, E> {
-        Ok(Wire { problem: Some(format!("event must be a JSON object, not {kind}")), ..Wire::default() })
+        Ok(Wire {
+            problem: Some(format!("event must be a JSON object, not {kind}")),
+            ..Wire::default()
+        })
     }
 }
 

@@ -65,26 +65,51 @@ impl Partition {
     /// Applies, in order, the parts of `batch` that land in partition `id`
     /// (see [`Batch::compute_routes`]), pushing every event that changed
     /// nothing to `exceptions`.
-    pub fn apply_batch(&mut self, id: u16, batch: &Batch, now: Timestamp, exceptions: &mut Vec<Exception>) {
+    pub fn apply_batch(
+        &mut self,
+        id: u16,
+        batch: &Batch,
+        now: Timestamp,
+        exceptions: &mut Vec<Exception>,
+    ) {
         let routes = batch.routes();
-        debug_assert_eq!(routes.len(), batch.len(), "routes must be computed before applying");
+        debug_assert_eq!(
+            routes.len(),
+            batch.len(),
+            "routes must be computed before applying"
+        );
         for (position, route) in routes.iter().enumerate() {
             if route.source != id && route.destination != Some(id) {
                 continue;
             }
             let event = batch.get(position);
-            let at = event.timestamp.expect("the sequencer stamps every event before it is applied");
+            let at = event
+                .timestamp
+                .expect("the sequencer stamps every event before it is applied");
             if route.source == id {
-                let outcome = self.level_mut(event.sku, event.location_id).apply(event.event_type, event.quantity, at, now);
+                let outcome = self.level_mut(event.sku, event.location_id).apply(
+                    event.event_type,
+                    event.quantity,
+                    at,
+                    now,
+                );
                 if matches!(outcome, Outcome::Rejected(_)) {
-                    exceptions.push(Exception { position: position as u32, outcome });
+                    exceptions.push(Exception {
+                        position: position as u32,
+                        outcome,
+                    });
                 }
             }
             if let (Some(to), true) = (event.to_location_id, route.destination == Some(id)) {
                 debug_assert_eq!(event.event_type, EventType::TransferOut);
-                let outcome = self.level_mut(event.sku, to).apply_in_transit(event.quantity, now);
+                let outcome = self
+                    .level_mut(event.sku, to)
+                    .apply_in_transit(event.quantity, now);
                 if matches!(outcome, Outcome::Rejected(_)) {
-                    exceptions.push(Exception { position: position as u32, outcome });
+                    exceptions.push(Exception {
+                        position: position as u32,
+                        outcome,
+                    });
                 }
             }
         }
@@ -100,7 +125,10 @@ impl Partition {
             self.levels.push((sku_sym, location_sym, Level::default()));
             self.by_sku.entry(sku_sym).or_default().push(slot);
             let sku_name = self.names[sku_sym as usize].clone();
-            self.by_location.entry(location_sym).or_default().insert(sku_name, slot);
+            self.by_location
+                .entry(location_sym)
+                .or_default()
+                .insert(sku_name, slot);
         }
         &mut self.levels[slot as usize].2
     }
@@ -139,12 +167,24 @@ impl Partition {
     }
 
     /// Up to `limit` levels of `location` with sku > `after`, by sku.
-    pub fn levels_of_location(&self, location: &str, after: Option<&str>, limit: usize) -> Vec<LevelView> {
-        let Some(skus) = self.symbols.get(location).and_then(|s| self.by_location.get(s)) else {
+    pub fn levels_of_location(
+        &self,
+        location: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Vec<LevelView> {
+        let Some(skus) = self
+            .symbols
+            .get(location)
+            .and_then(|s| self.by_location.get(s))
+        else {
             return Vec::new();
         };
         let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
-        skus.range::<str, _>((lower, Bound::Unbounded)).take(limit).map(|(_, slot)| self.view(*slot)).collect()
+        skus.range::<str, _>((lower, Bound::Unbounded))
+            .take(limit)
+            .map(|(_, slot)| self.view(*slot))
+            .collect()
     }
 
     /// Every level, in creation order.
@@ -157,7 +197,11 @@ impl Partition {
             .levels
             .iter()
             .map(|(sku, loc, level)| {
-                (self.names[*sku as usize].to_string(), self.names[*loc as usize].to_string(), level.clone())
+                (
+                    self.names[*sku as usize].to_string(),
+                    self.names[*loc as usize].to_string(),
+                    level.clone(),
+                )
             })
             .collect();
         PartitionSnapshot { levels }

@@ -7,7 +7,9 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
 /// A point in time, nanoseconds since 1970-01-01T00:00:00Z.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Timestamp(pub i64);
 
 impl Timestamp {
@@ -52,7 +54,13 @@ mod tests {
 
     #[test]
     fn rejects_what_is_not_rfc3339() {
-        for bad in ["2024-05-01", "2024-05-01 10:00:00", "yesterday", "2024-13-01T00:00:00Z", ""] {
+        for bad in [
+            "2024-05-01",
+            "2024-05-01 10:00:00",
+            "yesterday",
+            "2024-13-01T00:00:00Z",
+            "",
+        ] {
             assert_eq!(Timestamp::parse_rfc3339(bad), None, "{bad}");
         }
     }

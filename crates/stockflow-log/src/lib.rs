@@ -38,9 +38,16 @@ pub use snapshot::{read_snapshot, write_snapshot};
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
     #[error("{path}: {source}")]
-    Io { path: std::path::PathBuf, source: std::io::Error },
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: corrupt at byte {offset}: {what}; restore this file from a backup or move it away to start without it")]
-    Corrupt { path: std::path::PathBuf, offset: u64, what: String },
+    Corrupt {
+        path: std::path::PathBuf,
+        offset: u64,
+        what: String,
+    },
     #[error("record of {len} bytes is larger than the limit of {max} bytes")]
     TooLarge { len: usize, max: usize },
 }
@@ -53,7 +60,10 @@ trait IoContext<T> {
 
 impl<T> IoContext<T> for std::io::Result<T> {
     fn at(self, path: &std::path::Path) -> Result<T> {
-        self.map_err(|source| LogError::Io { path: path.to_owned(), source })
+        self.map_err(|source| LogError::Io {
+            path: path.to_owned(),
+            source,
+        })
     }
 }
 

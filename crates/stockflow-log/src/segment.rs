@@ -54,14 +54,24 @@ fn scan(bytes: &[u8]) -> Scan {
     loop {
         let rest = &bytes[offset..];
         if rest.is_empty() {
-            return Scan { records, valid_end: offset as u64, problem: None };
+            return Scan {
+                records,
+                valid_end: offset as u64,
+                problem: None,
+            };
         }
         match frame(rest) {
             Ok((_, used)) => {
                 offset += used;
                 records += 1;
             }
-            Err(problem) => return Scan { records, valid_end: offset as u64, problem: Some(problem) },
+            Err(problem) => {
+                return Scan {
+                    records,
+                    valid_end: offset as u64,
+                    problem: Some(problem),
+                }
+            }
         }
     }
 }
@@ -120,7 +130,14 @@ impl LogWriter {
         let existing = segments(dir)?;
         let Some((first, path)) = existing.last().cloned() else {
             let writer = Self::create_segment(dir, 0, segment_bytes_max)?;
-            return Ok((writer, Opened { next_record: 0, truncated_bytes: 0, tail_problem: None }));
+            return Ok((
+                writer,
+                Opened {
+                    next_record: 0,
+                    truncated_bytes: 0,
+                    tail_problem: None,
+                },
+            ));
         };
         let bytes = fs::read(&path).at(&path)?;
         if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
@@ -129,7 +146,11 @@ impl LogWriter {
                 fs::remove_file(&path).at(&path)?;
                 return Self::open(dir, segment_bytes_max);
             }
-            return Err(LogError::Corrupt { path, offset: 0, what: "not a stockflow log segment".into() });
+            return Err(LogError::Corrupt {
+                path,
+                offset: 0,
+                what: "not a stockflow log segment".into(),
+            });
         }
         let scanned = scan(&bytes);
         let truncated_bytes = bytes.len() as u64 - scanned.valid_end;
@@ -147,12 +168,23 @@ impl LogWriter {
             next_record,
             frame_buf: Vec::new(),
         };
-        Ok((writer, Opened { next_record, truncated_bytes, tail_problem: scanned.problem }))
+        Ok((
+            writer,
+            Opened {
+                next_record,
+                truncated_bytes,
+                tail_problem: scanned.problem,
+            },
+        ))
     }
 
     fn create_segment(dir: &Path, first_record: u64, segment_bytes_max: u64) -> Result<LogWriter> {
         let path = segment_path(dir, first_record);
-        let mut file = OpenOptions::new().create_new(true).append(true).open(&path).at(&path)?;
+        let mut file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)
+            .at(&path)?;
         file.write_all(MAGIC).at(&path)?;
         file.sync_all().at(&path)?;
         sync_dir(dir)?;
@@ -169,10 +201,15 @@ impl LogWriter {
     /// Writes one record (not yet durable: see [`Appended::file`]).
     pub fn append(&mut self, payload: &[u8]) -> Result<Appended> {
         if payload.len() > RECORD_BYTES_MAX {
-            return Err(LogError::TooLarge { len: payload.len(), max: RECORD_BYTES_MAX });
+            return Err(LogError::TooLarge {
+                len: payload.len(),
+                max: RECORD_BYTES_MAX,
+            });
         }
         let frame_len = (FRAME_HEADER + payload.len()) as u64;
-        if self.segment_bytes > MAGIC.len() as u64 && self.segment_bytes + frame_len > self.segment_bytes_max {
+        if self.segment_bytes > MAGIC.len() as u64
+            && self.segment_bytes + frame_len > self.segment_bytes_max
+        {
             // The old segment's Arc<File> stays with records already handed
             // out, so whoever syncs them still syncs the right file.
             *self = Self::create_segment(&self.dir, self.next_record, self.segment_bytes_max)?;
@@ -180,14 +217,18 @@ impl LogWriter {
         let len = payload.len() as u32;
         self.frame_buf.clear();
         self.frame_buf.extend_from_slice(&len.to_le_bytes());
-        self.frame_buf.extend_from_slice(&frame_crc(len, payload).to_le_bytes());
+        self.frame_buf
+            .extend_from_slice(&frame_crc(len, payload).to_le_bytes());
         self.frame_buf.extend_from_slice(payload);
         let path = segment_path(&self.dir, self.next_record);
         (&*self.file).write_all(&self.frame_buf).at(&path)?;
         self.segment_bytes += frame_len;
         let record = self.next_record;
         self.next_record += 1;
-        Ok(Appended { record, file: self.file.clone() })
+        Ok(Appended {
+            record,
+            file: self.file.clone(),
+        })
     }
 
     /// Makes everything appended so far durable.
@@ -202,10 +243,20 @@ impl LogWriter {
 
 /// Reads records numbered `from` onwards, verifying every checksum.
 pub fn read_records(dir: &Path, from: u64) -> Result<RecordIter> {
-    let all = segments(dir)?;
+    let mut all = segments(dir)?;
     // Start at the last segment whose first record is <= from.
-    let start = all.iter().rposition(|(first, _)| *first <= from).unwrap_or(0);
-    Ok(RecordIter { segments: all[start..].to_vec().into_iter(), current: None, from })
+    let start = all
+        .iter()
+        .rposition(|(first, _)| *first <= from)
+        .unwrap_or(0);
+    Ok(RecordIter {
+        segments: {
+            all.drain(..start);
+            all.into_iter()
+        },
+        current: None,
+        from,
+    })
 }
 
 /// Iterator over (record number, payload).
@@ -217,12 +268,18 @@ pub struct RecordIter {
 
 impl RecordIter {
     fn open_next(&mut self) -> Result<bool> {
-        let Some((first, path)) = self.segments.next() else { return Ok(false) };
+        let Some((first, path)) = self.segments.next() else {
+            return Ok(false);
+        };
         let mut reader = BufReader::with_capacity(1 << 20, File::open(&path).at(&path)?);
         let mut magic = [0u8; 8];
         reader.read_exact(&mut magic).at(&path)?;
         if &magic != MAGIC {
-            return Err(LogError::Corrupt { path, offset: 0, what: "not a stockflow log segment".into() });
+            return Err(LogError::Corrupt {
+                path,
+                offset: 0,
+                what: "not a stockflow log segment".into(),
+            });
         }
         self.current = Some((path, reader, first, MAGIC.len() as u64));
         Ok(true)
@@ -266,7 +323,11 @@ impl RecordIter {
 }
 
 fn corrupt(path: &Path, offset: u64, what: &str) -> LogError {
-    LogError::Corrupt { path: path.to_owned(), offset, what: what.into() }
+    LogError::Corrupt {
+        path: path.to_owned(),
+        offset,
+        what: what.into(),
+    }
 }
 
 /// Reads until `buf` is full or EOF; returns bytes read.

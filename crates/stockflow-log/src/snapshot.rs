@@ -15,8 +15,10 @@ pub fn write_snapshot(path: &Path, payload: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
     let mut file = File::create(&tmp).at(&tmp)?;
     file.write_all(MAGIC).at(&tmp)?;
-    file.write_all(&(payload.len() as u64).to_le_bytes()).at(&tmp)?;
-    file.write_all(&crc32c::crc32c(payload).to_le_bytes()).at(&tmp)?;
+    file.write_all(&(payload.len() as u64).to_le_bytes())
+        .at(&tmp)?;
+    file.write_all(&crc32c::crc32c(payload).to_le_bytes())
+        .at(&tmp)?;
     file.write_all(payload).at(&tmp)?;
     file.sync_all().at(&tmp)?;
     fs::rename(&tmp, path).at(path)?;
@@ -26,7 +28,11 @@ pub fn write_snapshot(path: &Path, payload: &[u8]) -> Result<()> {
 /// Reads a snapshot written by [`write_snapshot`], verifying its checksum.
 pub fn read_snapshot(path: &Path) -> Result<Vec<u8>> {
     let bytes = fs::read(path).at(path)?;
-    let corrupt = |what: &str| LogError::Corrupt { path: path.to_owned(), offset: 0, what: what.into() };
+    let corrupt = |what: &str| LogError::Corrupt {
+        path: path.to_owned(),
+        offset: 0,
+        what: what.into(),
+    };
     if bytes.len() < HEADER || &bytes[..8] != MAGIC {
         return Err(corrupt("not a stockflow snapshot"));
     }

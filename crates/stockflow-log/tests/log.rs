@@ -10,7 +10,10 @@ fn all(dir: &std::path::Path) -> Vec<(u64, Vec<u8>)> {
 }
 
 fn segment_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut files: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     files.sort();
     files
 }
@@ -25,7 +28,10 @@ fn records_survive_reopen_and_roll_over_segments() {
     }
     log.sync().unwrap();
     drop(log);
-    assert!(segment_files(dir.path()).len() >= 5, "100-byte segments hold at most two 48-byte frames");
+    assert!(
+        segment_files(dir.path()).len() >= 5,
+        "100-byte segments hold at most two 48-byte frames"
+    );
     let (mut log, opened) = LogWriter::open(dir.path(), 100).unwrap();
     assert_eq!((opened.next_record, opened.truncated_bytes), (10, 0));
     log.append(b"eleventh").unwrap();
@@ -33,26 +39,41 @@ fn records_survive_reopen_and_roll_over_segments() {
     assert_eq!(records.len(), 11);
     assert_eq!(records[3], (3, vec![3; 40]));
     assert_eq!(records[10], (10, b"eleventh".to_vec()));
-    let from_seven: Vec<u64> = read_records(dir.path(), 7).unwrap().map(|r| r.unwrap().0).collect();
+    let from_seven: Vec<u64> = read_records(dir.path(), 7)
+        .unwrap()
+        .map(|r| r.unwrap().0)
+        .collect();
     assert_eq!(from_seven, vec![7, 8, 9, 10]);
 }
 
 #[test]
 fn a_torn_tail_is_cut_off_and_writing_resumes_after_the_last_whole_record() {
-    for torn in [&[0x05u8][..], &[10, 0, 0, 0, 1, 2, 3, 4, 9], &[3, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3]] {
+    for torn in [
+        &[0x05u8][..],
+        &[10, 0, 0, 0, 1, 2, 3, 4, 9],
+        &[3, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3],
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let (mut log, _) = LogWriter::open(dir.path(), 1 << 20).unwrap();
         log.append(b"one").unwrap();
         log.append(b"two").unwrap();
         drop(log);
         let segment = segment_files(dir.path()).pop().unwrap();
-        OpenOptions::new().append(true).open(&segment).unwrap().write_all(torn).unwrap();
+        OpenOptions::new()
+            .append(true)
+            .open(&segment)
+            .unwrap()
+            .write_all(torn)
+            .unwrap();
         let (mut log, opened) = LogWriter::open(dir.path(), 1 << 20).unwrap();
         assert_eq!(opened.next_record, 2);
         assert_eq!(opened.truncated_bytes, torn.len() as u64);
         log.append(b"three").unwrap();
         let payloads: Vec<Vec<u8>> = all(dir.path()).into_iter().map(|(_, p)| p).collect();
-        assert_eq!(payloads, vec![b"one".to_vec(), b"two".to_vec(), b"three".to_vec()]);
+        assert_eq!(
+            payloads,
+            vec![b"one".to_vec(), b"two".to_vec(), b"three".to_vec()]
+        );
     }
 }
 
@@ -69,7 +90,10 @@ fn corruption_before_the_tail_is_an_error_not_a_skip() {
     let last = bytes.len() - 1;
     bytes[last] ^= 0xff;
     std::fs::write(&first, bytes).unwrap();
-    let error = read_records(dir.path(), 0).unwrap().find_map(Result::err).expect("corruption must surface");
+    let error = read_records(dir.path(), 0)
+        .unwrap()
+        .find_map(Result::err)
+        .expect("corruption must surface");
     assert!(matches!(error, LogError::Corrupt { .. }), "{error}");
 }
 
@@ -82,5 +106,8 @@ fn snapshots_are_whole_or_rejected() {
     let mut bytes = std::fs::read(&path).unwrap();
     *bytes.last_mut().unwrap() ^= 1;
     std::fs::write(&path, bytes).unwrap();
-    assert!(matches!(read_snapshot(&path), Err(LogError::Corrupt { .. })));
+    assert!(matches!(
+        read_snapshot(&path),
+        Err(LogError::Corrupt { .. })
+    ));
 }

@@ -36,7 +36,11 @@ pub fn workload(options: &BenchOptions, batch: usize) -> Vec<String> {
     let mut bodies = Vec::with_capacity(options.events / batch + 1);
     let mut body = String::with_capacity(batch * 180);
     for i in 0..options.events {
-        let id = if i > 0 && rng.random_bool(0.01) { rng.random_range(0..i) } else { i };
+        let id = if i > 0 && rng.random_bool(0.01) {
+            rng.random_range(0..i)
+        } else {
+            i
+        };
         let (kind, quantity) = match rng.random_range(0..10) {
             0..=3 => ("RECEIPT", rng.random_range(1..50)),
             4..=7 => ("SALE", rng.random_range(1..5)),
@@ -49,7 +53,10 @@ pub fn workload(options: &BenchOptions, batch: usize) -> Vec<String> {
             rng.random_range(0..locations)
         ));
         if (i + 1) % batch == 0 {
-            bodies.push(std::mem::replace(&mut body, String::with_capacity(batch * 180)));
+            bodies.push(std::mem::replace(
+                &mut body,
+                String::with_capacity(batch * 180),
+            ));
         }
     }
     if !body.is_empty() {
@@ -60,7 +67,12 @@ pub fn workload(options: &BenchOptions, batch: usize) -> Vec<String> {
 
 fn bar(len: u64, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(len);
-    bar.set_style(ProgressStyle::with_template(&format!("{what:>10} {{bar:40}} {{pos}}/{{len}} {{per_sec}}")).expect("valid template"));
+    bar.set_style(
+        ProgressStyle::with_template(&format!(
+            "{what:>10} {{bar:40}} {{pos}}/{{len}} {{per_sec}}"
+        ))
+        .expect("valid template"),
+    );
     bar
 }
 
@@ -72,7 +84,10 @@ fn ms(h: &Histogram<u64>, q: f64) -> f64 {
 pub fn engine(options: &BenchOptions) -> anyhow::Result<()> {
     let bodies = workload(options, options.engine_batch);
     let dir = tempfile::tempdir()?;
-    let config = Config { group_events_max: options.engine_batch, ..Config::new(dir.path().to_owned()) };
+    let config = Config {
+        group_events_max: options.engine_batch,
+        ..Config::new(dir.path().to_owned())
+    };
     let pipeline = Arc::new(Pipeline::start(&config, recover(&config)?)?);
     let progress = bar(bodies.len() as u64, "engine");
     let started = Instant::now();
@@ -94,9 +109,12 @@ pub fn engine(options: &BenchOptions) -> anyhow::Result<()> {
             let (tx, pipeline) = (tx.clone(), pipeline.clone());
             scope.spawn(move || {
                 for body in chunk {
-                    let parsed = parse_body(body.as_bytes(), BodyFormat::Ndjson, usize::MAX).expect("valid workload");
+                    let parsed = parse_body(body.as_bytes(), BodyFormat::Ndjson, usize::MAX)
+                        .expect("valid workload");
                     let sent = Instant::now();
-                    let receipt = pipeline.submit_blocking(parsed, "bench").expect("pipeline running");
+                    let receipt = pipeline
+                        .submit_blocking(parsed, "bench")
+                        .expect("pipeline running");
                     tx.send((sent, receipt)).expect("waiter running");
                 }
             });
@@ -117,10 +135,17 @@ pub fn engine(options: &BenchOptions) -> anyhow::Result<()> {
     );
     let stopping = Instant::now();
     pipeline.shutdown();
-    println!("engine: shutdown with final checkpoint took {:.2} s", stopping.elapsed().as_secs_f64());
+    println!(
+        "engine: shutdown with final checkpoint took {:.2} s",
+        stopping.elapsed().as_secs_f64()
+    );
     let reopening = Instant::now();
     let recovered = recover(&config)?;
-    println!("engine: restart (checkpoint load) took {:.2} s for {} levels", reopening.elapsed().as_secs_f64(), recovered.engine.levels().count());
+    println!(
+        "engine: restart (checkpoint load) took {:.2} s for {} levels",
+        reopening.elapsed().as_secs_f64(),
+        recovered.engine.levels().count()
+    );
     Ok(())
 }
 
@@ -137,12 +162,20 @@ pub async fn http(options: &BenchOptions) -> anyhow::Result<()> {
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for _ in 0..options.clients {
-        let (client, url, bodies, next, progress) = (client.clone(), url.clone(), bodies.clone(), next.clone(), progress.clone());
+        let (client, url, bodies, next, progress) = (
+            client.clone(),
+            url.clone(),
+            bodies.clone(),
+            next.clone(),
+            progress.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut h = Histogram::<u64>::new(3).expect("valid precision");
             loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some(body) = bodies.get(i) else { return Ok::<_, anyhow::Error>(h) };
+                let Some(body) = bodies.get(i) else {
+                    return Ok::<_, anyhow::Error>(h);
+                };
                 let sent = Instant::now();
                 crate::simulate::post_ndjson(&client, &url, body.clone()).await?;
                 h.record(sent.elapsed().as_micros() as u64).ok();
@@ -169,7 +202,13 @@ pub async fn http(options: &BenchOptions) -> anyhow::Result<()> {
 
     // Paced: 100k events/s offered as 100 batches of 1,000 per second for 5 s;
     // the reply comes after commit and apply, so its latency is event→queryable.
-    let paced = workload(&BenchOptions { events: 500_000, ..*options }, 1000);
+    let paced = workload(
+        &BenchOptions {
+            events: 500_000,
+            ..*options
+        },
+        1000,
+    );
     let mut h = Histogram::<u64>::new(3)?;
     let mut interval = tokio::time::interval(Duration::from_millis(10));
     let mut inflight = Vec::new();
@@ -179,23 +218,41 @@ pub async fn http(options: &BenchOptions) -> anyhow::Result<()> {
         let body = body.replace("\"b-", &format!("\"p{i}-"));
         inflight.push(tokio::spawn(async move {
             let sent = Instant::now();
-            crate::simulate::post_ndjson(&client, &url, body).await.map(|_| sent.elapsed())
+            crate::simulate::post_ndjson(&client, &url, body)
+                .await
+                .map(|_| sent.elapsed())
         }));
     }
     for task in inflight {
         h.record(task.await??.as_micros() as u64)?;
     }
-    println!("http: event→queryable at 100k events/s offered: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms", ms(&h, 0.5), ms(&h, 0.99), h.max() as f64 / 1000.0);
+    println!(
+        "http: event→queryable at 100k events/s offered: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        ms(&h, 0.5),
+        ms(&h, 0.99),
+        h.max() as f64 / 1000.0
+    );
 
     let mut gets = Histogram::<u64>::new(3)?;
     let mut rng = SmallRng::seed_from_u64(9);
     for _ in 0..20_000 {
         let (sku, location) = (rng.random_range(0..2000), rng.random_range(0..100));
         let sent = Instant::now();
-        let status = client.get(format!("{url}/v1/stock/SKU-{sku:06}/LOC-{location:04}")).send().await?.status();
+        let status = client
+            .get(format!("{url}/v1/stock/SKU-{sku:06}/LOC-{location:04}"))
+            .send()
+            .await?
+            .status();
         gets.record(sent.elapsed().as_micros() as u64)?;
-        anyhow::ensure!(status.is_success() || status == 404, "GET answered {status}");
+        anyhow::ensure!(
+            status.is_success() || status == 404,
+            "GET answered {status}"
+        );
     }
-    println!("http: GET level p50 {:.3} ms, p99 {:.3} ms (client and server on the same 2 cores)", ms(&gets, 0.5), ms(&gets, 0.99));
+    println!(
+        "http: GET level p50 {:.3} ms, p99 {:.3} ms (client and server on the same 2 cores)",
+        ms(&gets, 0.5),
+        ms(&gets, 0.99)
+    );
     server.stop().await
 }

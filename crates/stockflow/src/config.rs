@@ -48,7 +48,9 @@ impl Config {
             segment_bytes_max: 256 << 20,
             checkpoint_events: 2_000_000,
             dead_letters_in_memory_max: 100_000,
-            apply_threads: std::thread::available_parallelism().map_or(2, |n| n.get()).min(4),
+            apply_threads: std::thread::available_parallelism()
+                .map_or(2, |n| n.get())
+                .min(4),
             shutdown_grace: Duration::from_secs(10),
         }
     }

@@ -14,7 +14,11 @@ pub struct DeadLetters {
 
 impl DeadLetters {
     pub fn new(capacity: usize) -> DeadLetters {
-        DeadLetters { by_id: BTreeMap::new(), capacity, total: 0 }
+        DeadLetters {
+            by_id: BTreeMap::new(),
+            capacity,
+            total: 0,
+        }
     }
 
     pub fn insert(&mut self, letter: DeadLetter) {
@@ -28,7 +32,11 @@ impl DeadLetters {
     /// Up to `limit` letters with id > `after`, oldest first.
     pub fn page(&self, after: Option<u64>, limit: usize) -> Vec<DeadLetter> {
         let start = after.map_or(0, |a| a.saturating_add(1));
-        self.by_id.range(start..).take(limit).map(|(_, l)| l.clone()).collect()
+        self.by_id
+            .range(start..)
+            .take(limit)
+            .map(|(_, l)| l.clone())
+            .collect()
     }
 
     /// Dead letters ever inserted (this process, including replay).

@@ -11,7 +11,9 @@ use crate::simulate::{self, Catalog};
 pub async fn run(listen: SocketAddr, data_dir: Option<PathBuf>, rate: u32) -> anyhow::Result<()> {
     // Without --data-dir the demo keeps its data in a temporary directory
     // that is removed on exit.
-    let temporary = tempfile::Builder::new().prefix("stockflow-demo-").tempdir()?;
+    let temporary = tempfile::Builder::new()
+        .prefix("stockflow-demo-")
+        .tempdir()?;
     let dir = data_dir.unwrap_or_else(|| temporary.path().to_owned());
     let server = Server::start(Config::new(dir.clone()), listen).await?;
     let url = server.url();
@@ -23,10 +25,19 @@ pub async fn run(listen: SocketAddr, data_dir: Option<PathBuf>, rate: u32) -> an
     println!("  dead letters:         curl {url}/v1/dead-letters");
     println!("  API description:      curl {url}/v1/openapi.json");
     println!("  Prometheus metrics:   curl {url}/metrics");
-    println!("A simulator is sending {rate} events/s of POS, WMS and e-commerce traffic. Ctrl-C stops.");
+    println!(
+        "A simulator is sending {rate} events/s of POS, WMS and e-commerce traffic. Ctrl-C stops."
+    );
     let traffic_url = url.clone();
     let traffic = tokio::spawn(async move {
-        simulate::random(&traffic_url, rate, Duration::from_secs(365 * 24 * 3600), rand::random(), true).await
+        simulate::random(
+            &traffic_url,
+            rate,
+            Duration::from_secs(365 * 24 * 3600),
+            rand::random(),
+            true,
+        )
+        .await
     });
     crate::shutdown_signal().await;
     traffic.abort();
@@ -49,6 +60,11 @@ async fn seed(url: &str) -> anyhow::Result<()> {
         }
     }
     let totals = simulate::post_ndjson(&reqwest::Client::new(), url, body).await?;
-    println!("seeded {} products at {} locations ({} new receipts)", catalog.skus.len(), catalog.locations().count(), totals.accepted);
+    println!(
+        "seeded {} products at {} locations ({} new receipts)",
+        catalog.skus.len(),
+        catalog.locations().count(),
+        totals.accepted
+    );
     Ok(())
 }

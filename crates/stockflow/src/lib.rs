@@ -2,16 +2,16 @@
 //! IO — the log and checkpoints on disk, the threaded write path, the HTTP
 //! API, metrics, and the CLI's demo, simulator and benchmark.
 
+pub mod bench;
 pub mod config;
 pub mod dead_letters;
+pub mod demo;
+pub mod http;
+pub mod metrics;
 pub mod pipeline;
 pub mod record;
 pub mod recovery;
-pub mod http;
-pub mod metrics;
 pub mod server;
-pub mod bench;
-pub mod demo;
 pub mod simulate;
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -112,8 +112,11 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match cli.log_format {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().init(),
@@ -124,40 +127,80 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Serve { data_dir, listen, partitions, body_limit_bytes, checkpoint_events, dedup_retention_hours } => {
+        Command::Serve {
+            data_dir,
+            listen,
+            partitions,
+            body_limit_bytes,
+            checkpoint_events,
+            dedup_retention_hours,
+        } => {
             let mut config = Config::new(data_dir);
             config.engine.partitions = partitions;
             config.body_bytes_max = body_limit_bytes;
             config.checkpoint_events = checkpoint_events.max(1);
-            config.engine.dedup_retention_ns = i64::from(dedup_retention_hours) * 3600 * 1_000_000_000;
+            config.engine.dedup_retention_ns =
+                i64::from(dedup_retention_hours) * 3600 * 1_000_000_000;
             let server = Server::start(config, listen).await?;
             println!("stockflow listening on {}", server.url());
             stockflow::shutdown_signal().await;
             server.stop().await
         }
-        Command::Demo { listen, data_dir, rate } => stockflow::demo::run(listen, data_dir, rate).await,
-        Command::Simulate { url, rate, duration, scenario, seed } => {
+        Command::Demo {
+            listen,
+            data_dir,
+            rate,
+        } => stockflow::demo::run(listen, data_dir, rate).await,
+        Command::Simulate {
+            url,
+            rate,
+            duration,
+            scenario,
+            seed,
+        } => {
             let url = url.trim_end_matches('/').to_owned();
             match scenario {
                 Scenario::Random => {
                     let seed = seed.unwrap_or_else(rand::random);
-                    let totals = simulate::random(&url, rate, Duration::from_secs(duration), seed, false).await?;
-                    println!("seed {seed:x}: accepted {}, duplicates {}, rejected {}", totals.accepted, totals.duplicates, totals.rejected);
+                    let totals =
+                        simulate::random(&url, rate, Duration::from_secs(duration), seed, false)
+                            .await?;
+                    println!(
+                        "seed {seed:x}: accepted {}, duplicates {}, rejected {}",
+                        totals.accepted, totals.duplicates, totals.rejected
+                    );
                     Ok(())
                 }
                 Scenario::Controlled => {
                     let (totals, mismatches) = simulate::controlled(&url).await?;
-                    println!("accepted {}, duplicates {}, rejected {}", totals.accepted, totals.duplicates, totals.rejected);
+                    println!(
+                        "accepted {}, duplicates {}, rejected {}",
+                        totals.accepted, totals.duplicates, totals.rejected
+                    );
                     if !mismatches.is_empty() {
-                        bail!("controlled scenario differs from the documented results:\n{}", mismatches.join("\n"));
+                        bail!(
+                            "controlled scenario differs from the documented results:\n{}",
+                            mismatches.join("\n")
+                        );
                     }
                     println!("all levels as documented");
                     Ok(())
                 }
             }
         }
-        Command::Bench { mode, events, levels, clients } => {
-            let options = BenchOptions { events, levels, engine_batch: 10_000, http_batch: 1_000, clients };
+        Command::Bench {
+            mode,
+            events,
+            levels,
+            clients,
+        } => {
+            let options = BenchOptions {
+                events,
+                levels,
+                engine_batch: 10_000,
+                http_batch: 1_000,
+                clients,
+            };
             if matches!(mode, BenchMode::Engine | BenchMode::All) {
                 tokio::task::spawn_blocking(move || bench::engine(&options)).await??;
             }

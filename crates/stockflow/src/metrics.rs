@@ -10,13 +10,27 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 /// process; they share it).
 pub fn handle() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
-        let latency = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
-        let sizes = [1.0, 10.0, 100.0, 1_000.0, 5_000.0, 10_000.0, 25_000.0, 50_000.0, 100_000.0];
+        let latency = [
+            0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        ];
+        let sizes = [
+            1.0, 10.0, 100.0, 1_000.0, 5_000.0, 10_000.0, 25_000.0, 50_000.0, 100_000.0,
+        ];
         let bytes = [1e3, 1e4, 1e5, 1e6, 4e6, 1.6e7, 6.4e7];
         let recorder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &latency)
-            .and_then(|b| b.set_buckets_for_metric(Matcher::Full("stockflow_commit_batch_events".into()), &sizes))
-            .and_then(|b| b.set_buckets_for_metric(Matcher::Full("stockflow_commit_record_bytes".into()), &bytes))
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full("stockflow_commit_batch_events".into()),
+                    &sizes,
+                )
+            })
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full("stockflow_commit_record_bytes".into()),
+                    &bytes,
+                )
+            })
             .expect("bucket lists are non-empty")
             .build_recorder();
         let handle = recorder.handle();
@@ -30,16 +44,50 @@ pub fn handle() -> &'static PrometheusHandle {
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-    describe_counter!("stockflow_events_accepted_total", "Events committed and applied (each eventId once).");
-    describe_counter!("stockflow_events_duplicate_total", "Events ignored because their eventId was already committed.");
-    describe_counter!("stockflow_events_rejected_total", "Invalid events, kept as dead letters.");
-    describe_counter!("stockflow_dead_letters_total", "Dead letters written (rejected events and refused bodies).");
+    describe_counter!(
+        "stockflow_events_accepted_total",
+        "Events committed and applied (each eventId once)."
+    );
+    describe_counter!(
+        "stockflow_events_duplicate_total",
+        "Events ignored because their eventId was already committed."
+    );
+    describe_counter!(
+        "stockflow_events_rejected_total",
+        "Invalid events, kept as dead letters."
+    );
+    describe_counter!(
+        "stockflow_dead_letters_total",
+        "Dead letters written (rejected events and refused bodies)."
+    );
     describe_counter!("stockflow_checkpoints_total", "Checkpoints completed.");
-    describe_histogram!("stockflow_commit_latency_seconds", Unit::Seconds, "Group commit formed → durable and applied.");
-    describe_histogram!("stockflow_commit_batch_events", Unit::Count, "Events per group commit (one fsync).");
-    describe_histogram!("stockflow_commit_record_bytes", Unit::Bytes, "Bytes per log record.");
-    describe_histogram!("stockflow_http_request_seconds", Unit::Seconds, "HTTP request latency by route.");
+    describe_histogram!(
+        "stockflow_commit_latency_seconds",
+        Unit::Seconds,
+        "Group commit formed → durable and applied."
+    );
+    describe_histogram!(
+        "stockflow_commit_batch_events",
+        Unit::Count,
+        "Events per group commit (one fsync)."
+    );
+    describe_histogram!(
+        "stockflow_commit_record_bytes",
+        Unit::Bytes,
+        "Bytes per log record."
+    );
+    describe_histogram!(
+        "stockflow_http_request_seconds",
+        Unit::Seconds,
+        "HTTP request latency by route."
+    );
     describe_gauge!("stockflow_levels", "SKU-location levels held.");
-    describe_gauge!("stockflow_dedup_entries", "EventIds remembered for deduplication.");
-    describe_gauge!("stockflow_dedup_evicted_early", "EventIds forgotten before their retention because of the capacity bound.");
+    describe_gauge!(
+        "stockflow_dedup_entries",
+        "EventIds remembered for deduplication."
+    );
+    describe_gauge!(
+        "stockflow_dedup_evicted_early",
+        "EventIds forgotten before their retention because of the capacity bound."
+    );
 }

@@ -125,7 +125,15 @@ fn wall_clock() -> Timestamp {
 impl Pipeline {
     /// Starts the threads on recovered state.
     pub fn start(config: &Config, recovered: Recovered) -> std::io::Result<Pipeline> {
-        let Recovered { engine, dead_letters, log, next_dead_letter_id, last_now, events_since_checkpoint, lock } = recovered;
+        let Recovered {
+            engine,
+            dead_letters,
+            log,
+            next_dead_letter_id,
+            last_now,
+            events_since_checkpoint,
+            lock,
+        } = recovered;
         let shared = Arc::new(Shared {
             partitions: engine.partitions.into_iter().map(RwLock::new).collect(),
             dead_letters: RwLock::new(dead_letters),
@@ -141,10 +149,14 @@ impl Pipeline {
             let (tx, rx) = bounded::<Stage>(64);
             apply_txs.push(tx);
             let shared = shared.clone();
-            threads.push(spawn(&format!("applier-{worker}"), move || applier(worker, appliers, &shared, &rx))?);
+            threads.push(spawn(&format!("applier-{worker}"), move || {
+                applier(worker, appliers, &shared, &rx)
+            })?);
         }
         let syncer_shared = shared.clone();
-        threads.push(spawn("syncer", move || syncer(&sync_rx, &apply_txs, &syncer_shared))?);
+        threads.push(spawn("syncer", move || {
+            syncer(&sync_rx, &apply_txs, &syncer_shared)
+        })?);
         let sequencer = Sequencer {
             dedup: engine.dedup,
             log,
@@ -155,34 +167,64 @@ impl Pipeline {
             group_events_max: config.group_events_max,
             data_dir: config.data_dir.clone(),
             partitions: shared.partition_count(),
-            checkpoint_parts: appliers + 1,
+            // dedup + dead letters + every partition
+            checkpoint_parts: 2 + shared.partitions.len(),
             shared: shared.clone(),
             buf: Vec::new(),
             _lock: lock,
         };
-        threads.push(spawn("sequencer", move || sequencer.run(&ingest_rx, &sync_tx))?);
-        Ok(Pipeline { ingest: Mutex::new(Some(ingest_tx)), shared, threads: Mutex::new(threads) })
+        threads.push(spawn("sequencer", move || {
+            sequencer.run(&ingest_rx, &sync_tx)
+        })?);
+        Ok(Pipeline {
+            ingest: Mutex::new(Some(ingest_tx)),
+            shared,
+            threads: Mutex::new(threads),
+        })
     }
 
     /// Queues parsed events; the receiver yields the receipt once they are
     /// durable and applied.
-    pub fn submit(&self, parsed: Parsed, source: &'static str) -> Result<oneshot::Receiver<Receipt>, Overloaded> {
+    pub fn submit(
+        &self,
+        parsed: Parsed,
+        source: &'static str,
+    ) -> Result<oneshot::Receiver<Receipt>, Overloaded> {
         self.send(parsed, None, source, false)
     }
 
     /// Keeps a refused body as a dead letter; resolves once it is durable.
-    pub fn submit_refused(&self, refused: RefusedBody, source: &'static str) -> Result<oneshot::Receiver<Receipt>, Overloaded> {
+    pub fn submit_refused(
+        &self,
+        refused: RefusedBody,
+        source: &'static str,
+    ) -> Result<oneshot::Receiver<Receipt>, Overloaded> {
         self.send(Parsed::default(), Some(refused), source, false)
     }
 
     /// Like [`Pipeline::submit`] but waits for queue space (benchmarks, import).
-    pub fn submit_blocking(&self, parsed: Parsed, source: &'static str) -> Result<oneshot::Receiver<Receipt>, Overloaded> {
+    pub fn submit_blocking(
+        &self,
+        parsed: Parsed,
+        source: &'static str,
+    ) -> Result<oneshot::Receiver<Receipt>, Overloaded> {
         self.send(parsed, None, source, true)
     }
 
-    fn send(&self, parsed: Parsed, refused: Option<RefusedBody>, source: &'static str, wait: bool) -> Result<oneshot::Receiver<Receipt>, Overloaded> {
+    fn send(
+        &self,
+        parsed: Parsed,
+        refused: Option<RefusedBody>,
+        source: &'static str,
+        wait: bool,
+    ) -> Result<oneshot::Receiver<Receipt>, Overloaded> {
         let (reply, rx) = oneshot::channel();
-        let submission = Submission { parsed, refused, source, reply };
+        let submission = Submission {
+            parsed,
+            refused,
+            source,
+            reply,
+        };
         let sender = self.ingest.lock().clone().ok_or(Overloaded)?;
         if wait {
             sender.send(submission).map_err(|_| Overloaded)?;
@@ -203,6 +245,7 @@ impl Pipeline {
                 tracing::error!("a pipeline thread panicked");
             }
         }
+        crate::recovery::wait_for_checkpoint_writers(std::time::Duration::from_secs(120));
     }
 }
 
@@ -213,7 +256,9 @@ impl Drop for Pipeline {
 }
 
 fn spawn(name: &str, body: impl FnOnce() + Send + 'static) -> std::io::Result<JoinHandle<()>> {
-    std::thread::Builder::new().name(name.to_owned()).spawn(body)
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(body)
 }
 
 /// Owns dedup and the log writer: decides what a group commit holds.
@@ -267,8 +312,17 @@ impl Sequencer {
         let mut requests = Vec::with_capacity(submissions.len());
         let mut dead_letters = Vec::new();
         let (mut accepted, mut duplicates_total, mut rejected_total) = (0u64, 0u64, 0u64);
-        for Submission { parsed, refused, source, reply } in submissions {
-            let Parsed { mut batch, rejected } = parsed;
+        for Submission {
+            parsed,
+            refused,
+            source,
+            reply,
+        } in submissions
+        {
+            let Parsed {
+                mut batch,
+                rejected,
+            } = parsed;
             let duplicates = admit(&mut self.dedup, &mut batch, now);
             batch.compute_routes(self.partitions);
             let mut receipt = Receipt {
@@ -278,18 +332,43 @@ impl Sequencer {
                 errors: Vec::with_capacity(rejected.len()),
             };
             for r in rejected {
-                receipt.errors.push(ReceiptError { index: r.index, event_id: r.event_id.clone(), reason: r.reason.clone() });
-                dead_letters.push(self.dead_letter(now, source, Some(r.index), r.event_id, r.reason, r.raw));
+                receipt.errors.push(ReceiptError {
+                    index: r.index,
+                    event_id: r.event_id.clone(),
+                    reason: r.reason.clone(),
+                });
+                dead_letters.push(self.dead_letter(
+                    now,
+                    source,
+                    Some(r.index),
+                    r.event_id,
+                    r.reason,
+                    r.raw,
+                ));
             }
             if let Some(body) = refused {
-                dead_letters.push(self.dead_letter(now, source, None, None, body.reason, body.payload));
+                dead_letters.push(self.dead_letter(
+                    now,
+                    source,
+                    None,
+                    None,
+                    body.reason,
+                    body.payload,
+                ));
             }
             accepted += receipt.accepted;
             duplicates_total += receipt.duplicates;
             rejected_total += receipt.rejected;
-            requests.push(Request { batch, reply: Mutex::new(Some((receipt, reply))) });
+            requests.push(Request {
+                batch,
+                reply: Mutex::new(Some((receipt, reply))),
+            });
         }
-        let record = CommitGroupRef { now, batches: requests.iter().map(|r| &r.batch).collect(), dead_letters: &dead_letters };
+        let record = CommitGroupRef {
+            now,
+            batches: requests.iter().map(|r| &r.batch).collect(),
+            dead_letters: &dead_letters,
+        };
         self.buf = record.encode_into(std::mem::take(&mut self.buf));
         let file = match self.log.append(&self.buf) {
             Ok(file) => file,
@@ -300,7 +379,9 @@ impl Sequencer {
         metrics::counter!("stockflow_events_rejected_total").increment(rejected_total);
         metrics::histogram!("stockflow_commit_batch_events").record(accepted as f64);
         metrics::histogram!("stockflow_commit_record_bytes").record(self.buf.len() as f64);
-        self.shared.dedup_entries.store(self.dedup.len() as u64, Ordering::Relaxed);
+        self.shared
+            .dedup_entries
+            .store(self.dedup.len() as u64, Ordering::Relaxed);
         metrics::gauge!("stockflow_dedup_evicted_early").set(self.dedup.evicted_early() as f64);
         Arc::new(Group {
             now,
@@ -314,10 +395,26 @@ impl Sequencer {
         })
     }
 
-    fn dead_letter(&mut self, now: Timestamp, source: &str, index: Option<u32>, event_id: Option<String>, reason: String, payload: String) -> DeadLetter {
+    fn dead_letter(
+        &mut self,
+        now: Timestamp,
+        source: &str,
+        index: Option<u32>,
+        event_id: Option<String>,
+        reason: String,
+        payload: String,
+    ) -> DeadLetter {
         let id = self.next_dead_letter_id;
         self.next_dead_letter_id += 1;
-        DeadLetter { id, received_at: now, source: source.to_owned(), index, event_id, reason, payload }
+        DeadLetter {
+            id,
+            received_at: now,
+            source: source.to_owned(),
+            index,
+            event_id,
+            reason,
+            payload,
+        }
     }
 
     fn checkpoint(&mut self, next: &Sender<Stage>) {
@@ -330,10 +427,12 @@ impl Sequencer {
         match CheckpointJob::start(&self.data_dir, meta, &self.dedup, self.checkpoint_parts) {
             Ok(job) => {
                 self.events_since_checkpoint = 0;
-                let _ = next.send(Stage::Checkpoint(Arc::new(job)));
+                let _ = next.send(Stage::Checkpoint(job));
             }
             // A failed checkpoint costs restart time, not data: the log has it all.
-            Err(error) => tracing::error!(%error, "checkpoint failed; will retry after more events"),
+            Err(error) => {
+                tracing::error!(%error, "checkpoint failed; will retry after more events")
+            }
         }
     }
 }
@@ -373,16 +472,15 @@ fn syncer(input: &Receiver<Stage>, appliers: &[Sender<Stage>], shared: &Shared) 
             match &stage {
                 Stage::Group(group) => {
                     let mut letters = shared.dead_letters.write();
-                    group.dead_letters.iter().for_each(|l| letters.insert(l.clone()));
-                    metrics::counter!("stockflow_dead_letters_total").increment(group.dead_letters.len() as u64);
+                    group
+                        .dead_letters
+                        .iter()
+                        .for_each(|l| letters.insert(l.clone()));
+                    metrics::counter!("stockflow_dead_letters_total")
+                        .increment(group.dead_letters.len() as u64);
                     group.appliers_left.store(appliers.len(), Ordering::Release);
                 }
-                Stage::Checkpoint(job) => {
-                    let result = job.write_dead_letters(&shared.dead_letters.read()).and_then(|()| job.part_done());
-                    if let Err(error) = result {
-                        tracing::error!(%error, "checkpoint of dead letters failed");
-                    }
-                }
+                Stage::Checkpoint(job) => job.write_dead_letters(&shared.dead_letters.read()),
             }
             for applier in appliers {
                 let forwarded = match &stage {
@@ -399,7 +497,9 @@ fn syncer(input: &Receiver<Stage>, appliers: &[Sender<Stage>], shared: &Shared) 
 
 /// Applies groups to the partitions this worker owns (p % workers == worker).
 fn applier(worker: usize, workers: usize, shared: &Shared, input: &Receiver<Stage>) {
-    let owned: Vec<u16> = (0..shared.partition_count()).filter(|p| *p as usize % workers == worker).collect();
+    let owned: Vec<u16> = (0..shared.partition_count())
+        .filter(|p| *p as usize % workers == worker)
+        .collect();
     let mut found = Vec::new();
     while let Ok(stage) = input.recv() {
         match stage {
@@ -421,12 +521,8 @@ fn applier(worker: usize, workers: usize, shared: &Shared, input: &Receiver<Stag
                 }
             }
             Stage::Checkpoint(job) => {
-                let mut result = Ok(());
                 for id in &owned {
-                    result = result.and_then(|()| job.write_partition(*id, &shared.partitions[*id as usize].read()));
-                }
-                if let Err(error) = result.and_then(|()| job.part_done()) {
-                    tracing::error!(%error, "checkpoint of partitions failed");
+                    job.write_partition(*id, &shared.partitions[*id as usize].read());
                 }
             }
         }
@@ -438,16 +534,25 @@ fn finish(group: &Group, shared: &Shared) {
     let mut exceptions = std::mem::take(&mut *group.exceptions.lock());
     exceptions.sort_by_key(|(request, e)| (*request, e.position));
     for (number, request) in group.requests.iter().enumerate() {
-        let Some((mut receipt, reply)) = request.reply.lock().take() else { continue };
+        let Some((mut receipt, reply)) = request.reply.lock().take() else {
+            continue;
+        };
         for (_, exception) in exceptions.iter().filter(|(r, _)| *r == number) {
             if let Outcome::Rejected(why) = exception.outcome {
                 let event = request.batch.get(exception.position as usize);
-                receipt.errors.push(ReceiptError { index: event.index, event_id: Some(event.event_id.to_owned()), reason: why.as_str().to_owned() });
+                receipt.errors.push(ReceiptError {
+                    index: event.index,
+                    event_id: Some(event.event_id.to_owned()),
+                    reason: why.as_str().to_owned(),
+                });
             }
         }
         receipt.errors.sort_by_key(|e| e.index);
         let _ = reply.send(receipt); // the client may have gone; the events still count
     }
-    shared.applied_records.fetch_max(group.file.record + 1, Ordering::Release);
-    metrics::histogram!("stockflow_commit_latency_seconds").record(group.formed.elapsed().as_secs_f64());
+    shared
+        .applied_records
+        .fetch_max(group.file.record + 1, Ordering::Release);
+    metrics::histogram!("stockflow_commit_latency_seconds")
+        .record(group.formed.elapsed().as_secs_f64());
 }

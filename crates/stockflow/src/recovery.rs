@@ -14,11 +14,14 @@
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
-use stockflow_core::{Dedup, DedupSnapshot, Engine, EngineConfig, Partition, PartitionSnapshot, Timestamp};
+use stockflow_core::{
+    Dedup, DedupSnapshot, Engine, EngineConfig, Partition, PartitionSnapshot, Timestamp,
+};
 use stockflow_log::{read_records, read_snapshot, write_snapshot, LogWriter};
 
 use crate::config::Config;
@@ -78,20 +81,32 @@ fn load<T: DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
 pub fn recover(config: &Config) -> anyhow::Result<Recovered> {
     let started = Instant::now();
     let dir = &config.data_dir;
-    fs::create_dir_all(dir).with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create data directory {}", dir.display()))?;
     let lock = File::create(dir.join("LOCK"))?;
     if lock.try_lock().is_err() {
-        bail!("{} is in use by another stockflow process; stop it or pick another --data-dir", dir.display());
+        bail!(
+            "{} is in use by another stockflow process; stop it or pick another --data-dir",
+            dir.display()
+        );
     }
     let partitions = partitions_of(dir, config.engine.partitions)?;
-    let engine_config = EngineConfig { partitions, ..config.engine };
+    let engine_config = EngineConfig {
+        partitions,
+        ..config.engine
+    };
 
     let (mut engine, mut dead_letters, mut meta) = match newest_checkpoint(dir)? {
         Some(path) => load_checkpoint(&path, engine_config, config.dead_letters_in_memory_max)?,
         None => (
             Engine::new(engine_config),
             DeadLetters::new(config.dead_letters_in_memory_max),
-            CheckpointMeta { next_record: 0, next_dead_letter_id: 0, last_now: Timestamp(0), partitions },
+            CheckpointMeta {
+                next_record: 0,
+                next_dead_letter_id: 0,
+                last_now: Timestamp(0),
+                partitions,
+            },
         ),
     };
     let (log, opened) = LogWriter::open(&log_dir(dir), config.segment_bytes_max)?;
@@ -109,7 +124,8 @@ pub fn recover(config: &Config) -> anyhow::Result<Recovered> {
     let replayed_records = opened.next_record - meta.next_record;
     for item in read_records(&log_dir(dir), meta.next_record)? {
         let (number, payload) = item?;
-        let group = CommitGroup::decode(&payload).with_context(|| format!("log record {number} does not decode"))?;
+        let group = CommitGroup::decode(&payload)
+            .with_context(|| format!("log record {number} does not decode"))?;
         for mut batch in group.batches {
             events += batch.len() as u64;
             let report = engine.apply(&mut batch, group.now);
@@ -145,9 +161,14 @@ fn partitions_of(dir: &Path, requested: u16) -> anyhow::Result<u16> {
     let path = dir.join("stockflow.json");
     match fs::read(&path) {
         Ok(bytes) => {
-            let meta: DataDirMeta = serde_json::from_slice(&bytes).with_context(|| format!("{} is damaged", path.display()))?;
+            let meta: DataDirMeta = serde_json::from_slice(&bytes)
+                .with_context(|| format!("{} is damaged", path.display()))?;
             if meta.format != FORMAT {
-                bail!("{} has data format {}, this build reads {FORMAT}", dir.display(), meta.format);
+                bail!(
+                    "{} has data format {}, this build reads {FORMAT}",
+                    dir.display(),
+                    meta.format
+                );
             }
             if meta.partitions != requested {
                 tracing::warn!(stored = meta.partitions, requested, "partition count is fixed when a data directory is created; using the stored one");
@@ -155,7 +176,10 @@ fn partitions_of(dir: &Path, requested: u16) -> anyhow::Result<u16> {
             Ok(meta.partitions)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let meta = DataDirMeta { format: FORMAT, partitions: requested };
+            let meta = DataDirMeta {
+                format: FORMAT,
+                partitions: requested,
+            };
             write_snapshot_json(&path, &meta)?;
             Ok(requested)
         }
@@ -180,7 +204,11 @@ fn newest_checkpoint(dir: &Path) -> anyhow::Result<Option<PathBuf>> {
     let mut whole = Vec::new();
     for entry in fs::read_dir(&root)? {
         let path = entry?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_owned();
         if name.ends_with(".tmp") {
             fs::remove_dir_all(&path)?; // an interrupted checkpoint
         } else if let Ok(record) = name.parse::<u64>() {
@@ -191,19 +219,35 @@ fn newest_checkpoint(dir: &Path) -> anyhow::Result<Option<PathBuf>> {
     Ok(whole.pop().map(|(_, path)| path))
 }
 
-fn load_checkpoint(path: &Path, config: EngineConfig, dead_letters_max: usize) -> anyhow::Result<(Engine, DeadLetters, CheckpointMeta)> {
+fn load_checkpoint(
+    path: &Path,
+    config: EngineConfig,
+    dead_letters_max: usize,
+) -> anyhow::Result<(Engine, DeadLetters, CheckpointMeta)> {
     let meta: CheckpointMeta = load(&path.join("meta.snap"))?;
     if meta.partitions != config.partitions {
-        bail!("{}: checkpoint has {} partitions, data directory {}", path.display(), meta.partitions, config.partitions);
+        bail!(
+            "{}: checkpoint has {} partitions, data directory {}",
+            path.display(),
+            meta.partitions,
+            config.partitions
+        );
     }
     let dedup: DedupSnapshot = load(&path.join("dedup.snap"))?;
     let letters: Vec<DeadLetter> = load(&path.join("dead-letters.snap"))?;
     // Partitions decode in parallel: they are most of the bytes.
     let partitions = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..config.partitions)
-            .map(|p| scope.spawn(move || load::<PartitionSnapshot>(&part_path(path, p)).map(Partition::restore)))
+            .map(|p| {
+                scope.spawn(move || {
+                    load::<PartitionSnapshot>(&part_path(path, p)).map(Partition::restore)
+                })
+            })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("checkpoint loader panicked")).collect::<anyhow::Result<Vec<_>>>()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("checkpoint loader panicked"))
+            .collect::<anyhow::Result<Vec<_>>>()
     })?;
     let mut dead_letters = DeadLetters::new(dead_letters_max);
     letters.into_iter().for_each(|l| dead_letters.insert(l));
@@ -220,8 +264,29 @@ fn part_path(checkpoint: &Path, partition: u16) -> PathBuf {
     checkpoint.join(format!("part-{partition:04}.snap"))
 }
 
-/// A checkpoint being written by several threads, each owning some of the
-/// state. The last one to finish makes it whole.
+/// Checkpoint parts being written, so that shutdown can wait for them.
+static WRITERS_IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+struct InFlight;
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        WRITERS_IN_FLIGHT.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Waits (up to `limit`) for checkpoint parts still being written.
+pub fn wait_for_checkpoint_writers(limit: std::time::Duration) {
+    let deadline = Instant::now() + limit;
+    while WRITERS_IN_FLIGHT.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// A checkpoint being written in parts. The pipeline threads only encode
+/// their part in memory (at a group boundary, so the parts agree); writing
+/// and fsyncing happen on a short-lived thread per part, so a checkpoint
+/// never stalls ingest on the disk. The last part to land makes it whole.
 pub struct CheckpointJob {
     data_dir: PathBuf,
     tmp: PathBuf,
@@ -231,28 +296,57 @@ pub struct CheckpointJob {
 }
 
 impl CheckpointJob {
-    /// Starts a checkpoint as of `meta.next_record`, to be completed by
-    /// `parts` calls of [`CheckpointJob::part_done`].
-    pub fn start(data_dir: &Path, meta: CheckpointMeta, dedup: &Dedup, parts: usize) -> anyhow::Result<CheckpointJob> {
+    /// Starts a checkpoint as of `meta.next_record` with `parts` parts to
+    /// come from [`CheckpointJob::write_part`]; the dedup set is one of them
+    /// and is handed over here.
+    pub fn start(
+        data_dir: &Path,
+        meta: CheckpointMeta,
+        dedup: &Dedup,
+        parts: usize,
+    ) -> anyhow::Result<Arc<CheckpointJob>> {
         let tmp = checkpoints_dir(data_dir).join(format!("{:020}.tmp", meta.next_record));
         fs::create_dir_all(&tmp)?;
-        write_snapshot(&tmp.join("dedup.snap"), &encode(&dedup.snapshot()))?;
-        Ok(CheckpointJob { data_dir: data_dir.to_owned(), tmp, meta, parts_left: AtomicUsize::new(parts), started: Instant::now() })
+        let job = Arc::new(CheckpointJob {
+            data_dir: data_dir.to_owned(),
+            tmp,
+            meta,
+            parts_left: AtomicUsize::new(parts),
+            started: Instant::now(),
+        });
+        job.write_part("dedup.snap".into(), encode(&dedup.snapshot()));
+        Ok(job)
     }
 
-    pub fn write_partition(&self, id: u16, partition: &Partition) -> anyhow::Result<()> {
-        write_snapshot(&part_path(&self.tmp, id), &encode(&partition.snapshot()))?;
-        Ok(())
+    pub fn write_partition(self: &Arc<Self>, id: u16, partition: &Partition) {
+        self.write_part(format!("part-{id:04}.snap"), encode(&partition.snapshot()));
     }
 
-    pub fn write_dead_letters(&self, letters: &DeadLetters) -> anyhow::Result<()> {
-        write_snapshot(&self.tmp.join("dead-letters.snap"), &encode(&letters.all()))?;
-        Ok(())
+    pub fn write_dead_letters(self: &Arc<Self>, letters: &DeadLetters) {
+        self.write_part("dead-letters.snap".into(), encode(&letters.all()));
+    }
+
+    /// Writes one encoded part in the background.
+    fn write_part(self: &Arc<Self>, name: String, bytes: Vec<u8>) {
+        let job = self.clone();
+        WRITERS_IN_FLIGHT.fetch_add(1, Ordering::AcqRel);
+        let spawned = std::thread::Builder::new().name("checkpoint".into()).spawn(move || {
+            let _in_flight = InFlight;
+            let result = write_snapshot(&job.tmp.join(&name), &bytes).map_err(anyhow::Error::from).and_then(|()| job.part_done());
+            if let Err(error) = result {
+                // The log still has everything; only restart time suffers.
+                tracing::error!(%error, part = name, "checkpoint part failed; the next checkpoint will retry");
+            }
+        });
+        if let Err(error) = spawned {
+            WRITERS_IN_FLIGHT.fetch_sub(1, Ordering::AcqRel);
+            tracing::error!(%error, "cannot start a checkpoint writer thread");
+        }
     }
 
     /// Marks one part written; the last part renames the directory into
     /// place and deletes old checkpoints.
-    pub fn part_done(&self) -> anyhow::Result<()> {
+    fn part_done(&self) -> anyhow::Result<()> {
         if self.parts_left.fetch_sub(1, Ordering::AcqRel) != 1 {
             return Ok(());
         }
@@ -263,14 +357,22 @@ impl CheckpointJob {
         stockflow_log::sync_dir(&root)?;
         let mut old: Vec<PathBuf> = fs::read_dir(&root)?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.parse::<u64>().is_ok()))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.parse::<u64>().is_ok())
+            })
             .collect();
         old.sort();
         let excess = old.len().saturating_sub(CHECKPOINTS_KEPT);
         for path in &old[..excess] {
             fs::remove_dir_all(path)?;
         }
-        tracing::info!(next_record = self.meta.next_record, elapsed_ms = self.started.elapsed().as_millis() as u64, "checkpoint written");
+        tracing::info!(
+            next_record = self.meta.next_record,
+            elapsed_ms = self.started.elapsed().as_millis() as u64,
+            "checkpoint written"
+        );
         metrics::counter!("stockflow_checkpoints_total").increment(1);
         Ok(())
     }

@@ -27,20 +27,32 @@ impl Server {
         let recovering = config.clone();
         let recovered = tokio::task::spawn_blocking(move || recover(&recovering)).await??;
         let pipeline = Arc::new(Pipeline::start(&config, recovered)?);
-        let listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}; is another server running there?"))?;
+        let listener = TcpListener::bind(listen).await.with_context(|| {
+            format!("cannot listen on {listen}; is another server running there?")
+        })?;
         let addr = listener.local_addr()?;
         crate::metrics::handle();
-        let state = Arc::new(AppState { pipeline: pipeline.clone(), ingest_permits: Semaphore::new(config.ingest_in_flight_max), config });
+        let state = Arc::new(AppState {
+            pipeline: pipeline.clone(),
+            ingest_permits: Semaphore::new(config.ingest_in_flight_max),
+            config,
+        });
         let (stop, stopped) = oneshot::channel::<()>();
         let app = router(state);
         let task = tokio::spawn(async move {
-            axum::serve(listener, app).with_graceful_shutdown(async move {
-                let _ = stopped.await;
-            })
-            .await
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.await;
+                })
+                .await
         });
         tracing::info!(%addr, "listening");
-        Ok(Server { addr, pipeline, stop, task })
+        Ok(Server {
+            addr,
+            pipeline,
+            stop,
+            task,
+        })
     }
 
     pub fn url(&self) -> String {

@@ -37,7 +37,10 @@ impl Catalog {
     }
 
     pub fn locations(&self) -> impl Iterator<Item = &String> {
-        self.stores.iter().chain(&self.warehouses).chain(std::iter::once(&self.online))
+        self.stores
+            .iter()
+            .chain(&self.warehouses)
+            .chain(std::iter::once(&self.online))
     }
 }
 
@@ -81,31 +84,74 @@ impl Traffic {
         let store = self.rng.random_range(0..c.stores.len());
         let roll = self.rng.random_range(0..100);
         let (kind, location, quantity, source, extra) = match roll {
-            0..=54 => ("SALE", c.stores[store].clone(), self.rng.random_range(1..=3), "POS", String::new()),
+            0..=54 => (
+                "SALE",
+                c.stores[store].clone(),
+                self.rng.random_range(1..=3),
+                "POS",
+                String::new(),
+            ),
             55..=64 => {
                 let wh = &c.warehouses[self.rng.random_range(0..c.warehouses.len())];
-                ("RECEIPT", wh.clone(), self.rng.random_range(20..=100), "WMS", String::new())
+                (
+                    "RECEIPT",
+                    wh.clone(),
+                    self.rng.random_range(20..=100),
+                    "WMS",
+                    String::new(),
+                )
             }
             65..=68 => ("RETURN", c.stores[store].clone(), 1, "POS", String::new()),
             69..=70 => {
-                let q = if self.rng.random_bool(0.5) { 1 } else { -self.rng.random_range(1..=3) };
-                ("ADJUSTMENT", c.stores[store].clone(), q, "ERP", String::new())
+                let q = if self.rng.random_bool(0.5) {
+                    1
+                } else {
+                    -self.rng.random_range(1..=3)
+                };
+                (
+                    "ADJUSTMENT",
+                    c.stores[store].clone(),
+                    q,
+                    "ERP",
+                    String::new(),
+                )
             }
             71..=74 => {
                 let q = self.rng.random_range(5..=20);
                 self.transfers.push_back((sku, store, q));
                 let wh = &c.warehouses[self.rng.random_range(0..c.warehouses.len())];
-                ("TRANSFER_OUT", wh.clone(), q, "WMS", format!(r#","toLocationId":"{}""#, c.stores[store]))
+                (
+                    "TRANSFER_OUT",
+                    wh.clone(),
+                    q,
+                    "WMS",
+                    format!(r#","toLocationId":"{}""#, c.stores[store]),
+                )
             }
             75..=78 if !self.transfers.is_empty() => {
                 let (sku, store, q) = self.transfers.pop_front().expect("not empty");
-                return self.finish(out, &now, "TRANSFER_IN", sku, &c.stores[store].clone(), q, "WMS", "");
+                return self.finish(
+                    out,
+                    &now,
+                    "TRANSFER_IN",
+                    sku,
+                    &c.stores[store].clone(),
+                    q,
+                    "WMS",
+                    "",
+                );
             }
             75..=88 => {
                 let q = self.rng.random_range(1..=2);
                 let order = self.next;
                 self.holds.push_back((sku, q, order));
-                ("RESERVATION", c.online.clone(), q, "ECOM", format!(r#","correlationId":"order-{}-{order}""#, self.run))
+                (
+                    "RESERVATION",
+                    c.online.clone(),
+                    q,
+                    "ECOM",
+                    format!(r#","correlationId":"order-{}-{order}""#, self.run),
+                )
             }
             89..=98 if !self.holds.is_empty() => {
                 let (sku, q, order) = self.holds.pop_front().expect("not empty");
@@ -114,13 +160,29 @@ impl Traffic {
                 let online = c.online.clone();
                 return self.finish(out, &now, kind, sku, &online, q, "ECOM", &extra);
             }
-            _ => ("COUNT", c.stores[store].clone(), self.rng.random_range(0..=40), "ERP", String::new()),
+            _ => (
+                "COUNT",
+                c.stores[store].clone(),
+                self.rng.random_range(0..=40),
+                "ERP",
+                String::new(),
+            ),
         };
         self.finish(out, &now, kind, sku, &location, quantity, source, &extra);
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn finish(&mut self, out: &mut String, now: &str, kind: &str, sku: usize, location: &str, quantity: i64, source: &str, extra: &str) {
+    fn finish(
+        &mut self,
+        out: &mut String,
+        now: &str,
+        kind: &str,
+        sku: usize,
+        location: &str,
+        quantity: i64,
+        source: &str,
+        extra: &str,
+    ) {
         self.next += 1;
         let line = format!(
             "{{\"eventId\":\"sim-{}-{}\",\"eventType\":\"{kind}\",\"sku\":\"{}\",\"locationId\":\"{location}\",\"quantity\":{quantity},\"timestamp\":\"{now}\",\"sourceSystem\":\"{source}\"{extra}}}\n",
@@ -143,7 +205,11 @@ pub struct Totals {
 }
 
 /// POSTs one NDJSON body and returns the receipt's counts.
-pub async fn post_ndjson(client: &reqwest::Client, url: &str, body: String) -> anyhow::Result<Totals> {
+pub async fn post_ndjson(
+    client: &reqwest::Client,
+    url: &str,
+    body: String,
+) -> anyhow::Result<Totals> {
     let response = client
         .post(format!("{url}/v1/events"))
         .header("content-type", "application/x-ndjson")
@@ -153,21 +219,37 @@ pub async fn post_ndjson(client: &reqwest::Client, url: &str, body: String) -> a
         .with_context(|| format!("cannot reach {url}; is `stockflow serve` running?"))?;
     let status = response.status();
     if !status.is_success() {
-        bail!("{url} answered {status}: {}", response.text().await.unwrap_or_default());
+        bail!(
+            "{url} answered {status}: {}",
+            response.text().await.unwrap_or_default()
+        );
     }
     Ok(response.json().await?)
 }
 
 /// Sends random traffic at `rate` events/s for `duration`, in batches every
 /// 100 ms, showing progress unless `quiet`.
-pub async fn random(url: &str, rate: u32, duration: Duration, seed: u64, quiet: bool) -> anyhow::Result<Totals> {
+pub async fn random(
+    url: &str,
+    rate: u32,
+    duration: Duration,
+    seed: u64,
+    quiet: bool,
+) -> anyhow::Result<Totals> {
     let client = reqwest::Client::new();
     let mut traffic = Traffic::new(Catalog::demo(), seed);
     let tick = Duration::from_millis(100);
     let per_tick = (rate as f64 / 10.0).max(1.0);
     let total = (rate as f64 * duration.as_secs_f64()) as u64;
-    let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(total) };
-    bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} events {per_sec} eta {eta}").expect("valid template"));
+    let bar = if quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(total)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} events {per_sec} eta {eta}")
+            .expect("valid template"),
+    );
     let mut sums = Totals::default();
     let started = Instant::now();
     let mut sent = 0u64;
@@ -222,13 +304,37 @@ pub const CONTROLLED_EVENTS: &str = r#"{"eventId":"ctrl-01","eventType":"RECEIPT
 pub const CONTROLLED_EXPECTED: [Expected; 4] = [
     // 10 − 3 + 1 − 2 (fulfilled); 5 reserved − 2 fulfilled; the second
     // reservation (4 > 10−3+1−5 = 3 free) is rejected; the duplicate sale ignored.
-    Expected { sku: "CTRL-A", location: "STORE-1", on_hand: 6, reserved: 3, in_transit: 0 },
-    Expected { sku: "CTRL-A", location: "WH-1", on_hand: 80, reserved: 0, in_transit: 0 },
+    Expected {
+        sku: "CTRL-A",
+        location: "STORE-1",
+        on_hand: 6,
+        reserved: 3,
+        in_transit: 0,
+    },
+    Expected {
+        sku: "CTRL-A",
+        location: "WH-1",
+        on_hand: 80,
+        reserved: 0,
+        in_transit: 0,
+    },
     // 20 sent, 15 arrived.
-    Expected { sku: "CTRL-A", location: "STORE-2", on_hand: 15, reserved: 0, in_transit: 5 },
+    Expected {
+        sku: "CTRL-A",
+        location: "STORE-2",
+        on_hand: 15,
+        reserved: 0,
+        in_transit: 5,
+    },
     // Counted 40 at 10:10, minus the 10:20 sale; the 10:05 sale is absorbed
     // by the count; the 1.5 sale is rejected (dead letter).
-    Expected { sku: "CTRL-B", location: "STORE-1", on_hand: 35, reserved: 0, in_transit: 0 },
+    Expected {
+        sku: "CTRL-B",
+        location: "STORE-1",
+        on_hand: 35,
+        reserved: 0,
+        in_transit: 0,
+    },
 ];
 
 #[derive(Deserialize)]
@@ -246,11 +352,26 @@ pub async fn controlled(url: &str) -> anyhow::Result<(Totals, Vec<String>)> {
     let totals = post_ndjson(&client, url, CONTROLLED_EVENTS.to_owned()).await?;
     let mut mismatches = Vec::new();
     for e in &CONTROLLED_EXPECTED {
-        let got: LevelBody = client.get(format!("{url}/v1/stock/{}/{}", e.sku, e.location)).send().await?.error_for_status()?.json().await?;
-        let (want, have) = ((e.on_hand, e.reserved, e.in_transit), (got.on_hand, got.reserved, got.in_transit));
-        println!("{:<7} {:<8} expected onHand/reserved/inTransit {want:?}, got {have:?}", e.sku, e.location);
+        let got: LevelBody = client
+            .get(format!("{url}/v1/stock/{}/{}", e.sku, e.location))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let (want, have) = (
+            (e.on_hand, e.reserved, e.in_transit),
+            (got.on_hand, got.reserved, got.in_transit),
+        );
+        println!(
+            "{:<7} {:<8} expected onHand/reserved/inTransit {want:?}, got {have:?}",
+            e.sku, e.location
+        );
         if want != have {
-            mismatches.push(format!("{} at {}: expected {want:?}, got {have:?}", e.sku, e.location));
+            mismatches.push(format!(
+                "{} at {}: expected {want:?}, got {have:?}",
+                e.sku, e.location
+            ));
         }
     }
     Ok((totals, mismatches))

@@ -26,7 +26,11 @@ pub fn run(engine: &mut Engine, bodies: &[String]) -> Vec<BatchReport> {
         .iter()
         .map(|body| {
             let mut parsed = parse_body(body.as_bytes(), BodyFormat::Ndjson, 100_000).unwrap();
-            assert!(parsed.rejected.is_empty(), "unexpected rejections: {:?}", parsed.rejected);
+            assert!(
+                parsed.rejected.is_empty(),
+                "unexpected rejections: {:?}",
+                parsed.rejected
+            );
             engine.apply(&mut parsed.batch, now)
         })
         .collect()
@@ -34,7 +38,9 @@ pub fn run(engine: &mut Engine, bodies: &[String]) -> Vec<BatchReport> {
 
 /// (onHand, reserved, available, inTransit) of a level; panics if unseen.
 pub fn level(engine: &Engine, sku: &str, location: &str) -> (i64, i64, i64, i64) {
-    let view = engine.get(sku, location).unwrap_or_else(|| panic!("{sku}@{location} never seen"));
+    let view = engine
+        .get(sku, location)
+        .unwrap_or_else(|| panic!("{sku}@{location} never seen"));
     let l = view.level;
     (l.on_hand, l.reserved, l.available(), l.in_transit)
 }

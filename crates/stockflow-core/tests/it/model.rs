@@ -6,7 +6,9 @@
 use std::collections::{BTreeMap, HashSet};
 
 use proptest::prelude::*;
-use stockflow_core::{parse_body, Batch, BodyFormat, Engine, EngineConfig, Outcome, Rejection, Timestamp};
+use stockflow_core::{
+    parse_body, Batch, BodyFormat, Engine, EngineConfig, Outcome, Rejection, Timestamp,
+};
 
 #[derive(Clone, Debug)]
 struct Ev {
@@ -21,7 +23,10 @@ struct Ev {
 
 impl Ev {
     fn json(&self) -> String {
-        let to = self.to.map(|t| format!(r#","toLocationId":"{t}""#)).unwrap_or_default();
+        let to = self
+            .to
+            .map(|t| format!(r#","toLocationId":"{t}""#))
+            .unwrap_or_default();
         format!(
             r#"{{"eventId":"e{}","eventType":"{}","sku":"{}","locationId":"{}","quantity":{},"timestamp":"2024-01-01T10:{:02}:00Z"{to}}}"#,
             self.id, self.kind, self.sku, self.location, self.quantity, self.minute
@@ -75,7 +80,10 @@ impl Model {
             return;
         }
         let q = e.quantity;
-        let l = self.levels.entry((e.sku.into(), e.location.into())).or_default();
+        let l = self
+            .levels
+            .entry((e.sku.into(), e.location.into()))
+            .or_default();
         match e.kind {
             "RECEIPT" | "RETURN" | "ADJUSTMENT" => l.change_on_hand(q, e.minute),
             "SALE" => l.change_on_hand(-q, e.minute),
@@ -92,13 +100,21 @@ impl Model {
             }
             "COUNT" if l.count_time.is_some_and(|c| c >= e.minute) => {}
             "COUNT" => {
-                l.on_hand = q + l.applied.iter().filter(|(t, _)| *t > e.minute).map(|(_, d)| d).sum::<i64>();
+                l.on_hand = q + l
+                    .applied
+                    .iter()
+                    .filter(|(t, _)| *t > e.minute)
+                    .map(|(_, d)| d)
+                    .sum::<i64>();
                 l.count_time = Some(e.minute);
             }
             "TRANSFER_OUT" => {
                 l.change_on_hand(-q, e.minute);
                 if let Some(to) = e.to {
-                    self.levels.entry((e.sku.into(), to.into())).or_default().in_transit += q;
+                    self.levels
+                        .entry((e.sku.into(), to.into()))
+                        .or_default()
+                        .in_transit += q;
                 }
             }
             other => unreachable!("{other}"),
@@ -108,21 +124,54 @@ impl Model {
 
 fn event() -> impl Strategy<Value = Ev> {
     let kinds = prop::sample::select(vec![
-        "RECEIPT", "RECEIPT", "SALE", "RETURN", "ADJUSTMENT", "COUNT", "TRANSFER_OUT", "TRANSFER_IN", "RESERVATION",
-        "RESERVATION", "RELEASE", "FULFILLMENT",
+        "RECEIPT",
+        "RECEIPT",
+        "SALE",
+        "RETURN",
+        "ADJUSTMENT",
+        "COUNT",
+        "TRANSFER_OUT",
+        "TRANSFER_IN",
+        "RESERVATION",
+        "RESERVATION",
+        "RELEASE",
+        "FULFILLMENT",
     ]);
     let locations = ["S1", "S2", "S3", "DC"];
-    (0u8..60, kinds, prop::sample::select(vec!["A", "B"]), 0usize..4, prop::option::of(0usize..4), -2i64..12, 0i64..40)
+    (
+        0u8..60,
+        kinds,
+        prop::sample::select(vec!["A", "B"]),
+        0usize..4,
+        prop::option::of(0usize..4),
+        -2i64..12,
+        0i64..40,
+    )
         .prop_map(move |(id, kind, sku, loc, to, quantity, minute)| {
-            let to = to.filter(|t| kind == "TRANSFER_OUT" && *t != loc).map(|t| locations[t]);
-            Ev { id, kind, sku, location: locations[loc], to, quantity, minute }
+            let to = to
+                .filter(|t| kind == "TRANSFER_OUT" && *t != loc)
+                .map(|t| locations[t]);
+            Ev {
+                id,
+                kind,
+                sku,
+                location: locations[loc],
+                to,
+                quantity,
+                minute,
+            }
         })
 }
 
 fn state(engine: &Engine) -> BTreeMap<(String, String), (i64, i64, i64)> {
     engine
         .levels()
-        .map(|v| ((v.sku.to_string(), v.location_id.to_string()), (v.level.on_hand, v.level.reserved, v.level.in_transit)))
+        .map(|v| {
+            (
+                (v.sku.to_string(), v.location_id.to_string()),
+                (v.level.on_hand, v.level.reserved, v.level.in_transit),
+            )
+        })
         .collect()
 }
 

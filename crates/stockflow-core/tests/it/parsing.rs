@@ -39,15 +39,26 @@ fn every_broken_rule_is_named_in_the_reason() {
     ];
     for (event, expected) in cases {
         let got = reason(&event);
-        assert!(got.starts_with(expected), "{event}\n  expected reason starting {expected:?}\n  got {got:?}");
+        assert!(
+            got.starts_with(expected),
+            "{event}\n  expected reason starting {expected:?}\n  got {got:?}"
+        );
     }
 }
 
 #[test]
 fn ids_are_measured_in_characters_not_bytes() {
     let id = "é".repeat(128);
-    let body = format!(r#"{{"eventId":"{id}","eventType":"SALE","sku":"A","locationId":"S","quantity":1}}"#);
-    assert_eq!(parse_body(body.as_bytes(), BodyFormat::Json, 1).unwrap().batch.len(), 1);
+    let body = format!(
+        r#"{{"eventId":"{id}","eventType":"SALE","sku":"A","locationId":"S","quantity":1}}"#
+    );
+    assert_eq!(
+        parse_body(body.as_bytes(), BodyFormat::Json, 1)
+            .unwrap()
+            .batch
+            .len(),
+        1
+    );
 }
 
 #[test]
@@ -59,14 +70,25 @@ fn arrays_keep_valid_events_and_report_each_invalid_one_by_index() {
     );
     let parsed = parse_body(body.as_bytes(), BodyFormat::Json, 10).unwrap();
     assert_eq!(parsed.batch.len(), 2);
-    let rejected: Vec<_> = parsed.rejected.iter().map(|r| (r.index, r.event_id.clone())).collect();
+    let rejected: Vec<_> = parsed
+        .rejected
+        .iter()
+        .map(|r| (r.index, r.event_id.clone()))
+        .collect();
     assert_eq!(rejected, vec![(1, None), (3, Some("bad".into()))]);
-    assert_eq!(parsed.rejected[0].reason, "event must be a JSON object, not a number");
+    assert_eq!(
+        parsed.rejected[0].reason,
+        "event must be a JSON object, not a number"
+    );
 }
 
 #[test]
 fn ndjson_rejects_a_broken_line_and_keeps_the_rest() {
-    let body = format!("{}\n\n{{not json\n{}\n", with(r#""quantity":1"#), with(r#""quantity":2"#).replace(r#""e""#, r#""f""#));
+    let body = format!(
+        "{}\n\n{{not json\n{}\n",
+        with(r#""quantity":1"#),
+        with(r#""quantity":2"#).replace(r#""e""#, r#""f""#)
+    );
     let parsed = parse_body(body.as_bytes(), BodyFormat::Ndjson, 10).unwrap();
     assert_eq!(parsed.batch.len(), 2);
     assert_eq!(parsed.rejected.len(), 1);
@@ -77,18 +99,34 @@ fn ndjson_rejects_a_broken_line_and_keeps_the_rest() {
 
 #[test]
 fn whole_body_problems_are_errors_not_rejections() {
-    assert!(matches!(parse_body(b"{broken", BodyFormat::Json, 10), Err(BodyError::Malformed(_))));
-    assert!(matches!(parse_body(b"[1,", BodyFormat::Json, 10), Err(BodyError::Malformed(_))));
-    assert_eq!(parse_body(b"\"text\"", BodyFormat::Json, 10).unwrap_err(), BodyError::WrongShape);
-    assert!(matches!(parse_body(b"  ", BodyFormat::Json, 10), Err(BodyError::Malformed(_))));
+    assert!(matches!(
+        parse_body(b"{broken", BodyFormat::Json, 10),
+        Err(BodyError::Malformed(_))
+    ));
+    assert!(matches!(
+        parse_body(b"[1,", BodyFormat::Json, 10),
+        Err(BodyError::Malformed(_))
+    ));
+    assert_eq!(
+        parse_body(b"\"text\"", BodyFormat::Json, 10).unwrap_err(),
+        BodyError::WrongShape
+    );
+    assert!(matches!(
+        parse_body(b"  ", BodyFormat::Json, 10),
+        Err(BodyError::Malformed(_))
+    ));
     let three = format!("[{0},{0},{0}]", with(r#""quantity":1"#));
-    assert_eq!(parse_body(three.as_bytes(), BodyFormat::Json, 2).unwrap_err(), BodyError::TooManyEvents { max: 2 });
+    assert_eq!(
+        parse_body(three.as_bytes(), BodyFormat::Json, 2).unwrap_err(),
+        BodyError::TooManyEvents { max: 2 }
+    );
     assert_eq!(parse_body(b"[]", BodyFormat::Json, 2).unwrap().total(), 0);
 }
 
 #[test]
 fn escaped_strings_are_unescaped() {
-    let body = r#"{"eventId":"e\u0031","eventType":"SALE","sku":"A\"B","locationId":"S","quantity":1}"#;
+    let body =
+        r#"{"eventId":"e\u0031","eventType":"SALE","sku":"A\"B","locationId":"S","quantity":1}"#;
     let parsed = parse_body(body.as_bytes(), BodyFormat::Json, 1).unwrap();
     let event = parsed.batch.get(0);
     assert_eq!((event.event_id, event.sku), ("e1", "A\"B"));

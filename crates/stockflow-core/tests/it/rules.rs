@@ -7,14 +7,17 @@ use crate::{engine, ev, level, run};
 #[test]
 fn receipt_return_adjustment_sale_move_on_hand_and_sales_may_go_negative() {
     let mut e = engine();
-    run(&mut e, &[[
-        ev("1", "RECEIPT", "A", "S", 10, 1),
-        ev("2", "SALE", "A", "S", 4, 2),
-        ev("3", "RETURN", "A", "S", 1, 3),
-        ev("4", "ADJUSTMENT", "A", "S", -2, 4),
-        ev("5", "SALE", "A", "S", 20, 5),
-    ]
-    .join("\n")]);
+    run(
+        &mut e,
+        &[[
+            ev("1", "RECEIPT", "A", "S", 10, 1),
+            ev("2", "SALE", "A", "S", 4, 2),
+            ev("3", "RETURN", "A", "S", 1, 3),
+            ev("4", "ADJUSTMENT", "A", "S", -2, 4),
+            ev("5", "SALE", "A", "S", 20, 5),
+        ]
+        .join("\n")],
+    );
     assert_eq!(level(&e, "A", "S"), (-15, 0, 0, 0));
     assert_eq!(e.get("A", "S").unwrap().level.version, 5);
 }
@@ -25,12 +28,19 @@ fn a_duplicate_event_id_has_no_effect_whatever_its_content() {
     let reports = run(
         &mut e,
         &[
-            [ev("1", "RECEIPT", "A", "S", 10, 1), ev("1", "RECEIPT", "A", "S", 99, 1)].join("\n"),
+            [
+                ev("1", "RECEIPT", "A", "S", 10, 1),
+                ev("1", "RECEIPT", "A", "S", 99, 1),
+            ]
+            .join("\n"),
             ev("1", "SALE", "B", "T", 3, 2),
         ],
     );
     assert_eq!(level(&e, "A", "S"), (10, 0, 10, 0));
-    assert!(e.get("B", "T").is_none(), "a duplicate must not even create a level");
+    assert!(
+        e.get("B", "T").is_none(),
+        "a duplicate must not even create a level"
+    );
     assert_eq!(reports[0].duplicates, vec![1]);
     assert_eq!(reports[1].duplicates, vec![0]);
 }
@@ -39,7 +49,10 @@ fn a_duplicate_event_id_has_no_effect_whatever_its_content() {
 fn transfer_out_puts_stock_in_transit_at_the_destination_and_transfer_in_lands_it() {
     let mut e = engine();
     let out = r#"{"eventId":"t1","eventType":"TRANSFER_OUT","sku":"A","locationId":"DC","toLocationId":"S","quantity":4}"#;
-    run(&mut e, &[ev("r", "RECEIPT", "A", "DC", 10, 1), out.to_string()]);
+    run(
+        &mut e,
+        &[ev("r", "RECEIPT", "A", "DC", 10, 1), out.to_string()],
+    );
     assert_eq!(level(&e, "A", "DC"), (6, 0, 6, 0));
     assert_eq!(level(&e, "A", "S"), (0, 0, 0, 4));
     run(&mut e, &[ev("t2", "TRANSFER_IN", "A", "S", 3, 5)]);
@@ -79,9 +92,18 @@ fn reservations_never_exceed_what_is_free_and_release_and_fulfilment_undo_them()
         ]
         .join("\n")],
     );
-    assert_eq!(reports[0].exceptions, vec![(2, Outcome::Rejected(Rejection::InsufficientStock))]);
+    assert_eq!(
+        reports[0].exceptions,
+        vec![(2, Outcome::Rejected(Rejection::InsufficientStock))]
+    );
     assert_eq!(level(&e, "A", "S"), (5, 5, 0, 0));
-    run(&mut e, &[ev("f", "FULFILLMENT", "A", "S", 3, 5), ev("x", "RELEASE", "A", "S", 10, 6)]);
+    run(
+        &mut e,
+        &[
+            ev("f", "FULFILLMENT", "A", "S", 3, 5),
+            ev("x", "RELEASE", "A", "S", 10, 6),
+        ],
+    );
     assert_eq!(level(&e, "A", "S"), (2, 0, 2, 0));
 }
 
@@ -89,14 +111,24 @@ fn reservations_never_exceed_what_is_free_and_release_and_fulfilment_undo_them()
 fn a_reservation_on_an_unknown_level_is_rejected_not_an_error() {
     let mut e = engine();
     let reports = run(&mut e, &[ev("h", "RESERVATION", "A", "S", 1, 1)]);
-    assert_eq!(reports[0].exceptions, vec![(0, Outcome::Rejected(Rejection::InsufficientStock))]);
+    assert_eq!(
+        reports[0].exceptions,
+        vec![(0, Outcome::Rejected(Rejection::InsufficientStock))]
+    );
     assert_eq!(level(&e, "A", "S"), (0, 0, 0, 0));
 }
 
 #[test]
 fn available_is_never_negative() {
     let mut e = engine();
-    run(&mut e, &[ev("r", "RECEIPT", "A", "S", 5, 1), ev("h", "RESERVATION", "A", "S", 5, 2), ev("s", "SALE", "A", "S", 3, 3)]);
+    run(
+        &mut e,
+        &[
+            ev("r", "RECEIPT", "A", "S", 5, 1),
+            ev("h", "RESERVATION", "A", "S", 5, 2),
+            ev("s", "SALE", "A", "S", 3, 3),
+        ],
+    );
     assert_eq!(level(&e, "A", "S"), (2, 5, 0, 0));
 }
 
@@ -104,10 +136,25 @@ fn available_is_never_negative() {
 fn a_count_sets_on_hand_and_keeps_changes_timestamped_after_it() {
     let mut e = engine();
     // Events at 10:05 and 10:20 arrive before a count taken at 10:10.
-    run(&mut e, &[ev("r", "RECEIPT", "A", "S", 100, 5), ev("s", "SALE", "A", "S", 7, 20), ev("c", "COUNT", "A", "S", 50, 10)]);
+    run(
+        &mut e,
+        &[
+            ev("r", "RECEIPT", "A", "S", 100, 5),
+            ev("s", "SALE", "A", "S", 7, 20),
+            ev("c", "COUNT", "A", "S", 50, 10),
+        ],
+    );
     // 50 counted at 10:10, then the 10:20 sale of 7.
     assert_eq!(level(&e, "A", "S").0, 43);
-    assert_eq!(e.get("A", "S").unwrap().level.count_time().unwrap().to_rfc3339(), "2024-01-01T10:10:00Z");
+    assert_eq!(
+        e.get("A", "S")
+            .unwrap()
+            .level
+            .count_time()
+            .unwrap()
+            .to_rfc3339(),
+        "2024-01-01T10:10:00Z"
+    );
 }
 
 #[test]
@@ -133,10 +180,27 @@ fn an_event_older_than_the_count_is_absorbed_but_its_other_parts_apply() {
 #[test]
 fn a_count_not_newer_than_the_last_count_is_stale() {
     let mut e = engine();
-    run(&mut e, &[ev("c1", "COUNT", "A", "S", 20, 30), ev("c2", "COUNT", "A", "S", 99, 30), ev("c3", "COUNT", "A", "S", 77, 29)]);
+    run(
+        &mut e,
+        &[
+            ev("c1", "COUNT", "A", "S", 20, 30),
+            ev("c2", "COUNT", "A", "S", 99, 30),
+            ev("c3", "COUNT", "A", "S", 77, 29),
+        ],
+    );
     assert_eq!(level(&e, "A", "S").0, 20);
-    run(&mut e, &[ev("s", "SALE", "A", "S", 2, 40), ev("c4", "COUNT", "A", "S", 10, 35)]);
-    assert_eq!(level(&e, "A", "S").0, 8, "count at :35 then the sale at :40");
+    run(
+        &mut e,
+        &[
+            ev("s", "SALE", "A", "S", 2, 40),
+            ev("c4", "COUNT", "A", "S", 10, 35),
+        ],
+    );
+    assert_eq!(
+        level(&e, "A", "S").0,
+        8,
+        "count at :35 then the sale at :40"
+    );
 }
 
 #[test]
@@ -155,6 +219,9 @@ fn a_count_older_than_the_kept_history_is_rejected_rather_than_guessed() {
         old, next_day
     );
     let reports = run(&mut e, &[body]);
-    assert_eq!(reports[0].exceptions, vec![(2, Outcome::Rejected(Rejection::CountBeyondHistory))]);
+    assert_eq!(
+        reports[0].exceptions,
+        vec![(2, Outcome::Rejected(Rejection::CountBeyondHistory))]
+    );
     assert_eq!(level(&e, "A", "S").0, 6);
 }

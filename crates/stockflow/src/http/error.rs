@@ -16,7 +16,12 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into(), retry_after: None }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
     }
 
     pub fn not_found(message: impl Into<String>) -> ApiError {
@@ -28,15 +33,24 @@ impl ApiError {
     }
 
     pub fn overloaded(status: StatusCode, message: impl Into<String>) -> ApiError {
-        ApiError { retry_after: Some(1), ..ApiError::new(status, "overloaded", message) }
+        ApiError {
+            retry_after: Some(1),
+            ..ApiError::new(status, "overloaded", message)
+        }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut response = (self.status, Json(json!({"code": self.code, "message": self.message}))).into_response();
+        let mut response = (
+            self.status,
+            Json(json!({"code": self.code, "message": self.message})),
+        )
+            .into_response();
         if let Some(seconds) = self.retry_after {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }

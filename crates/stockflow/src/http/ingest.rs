@@ -16,29 +16,50 @@ const SOURCE: &str = "http:/v1/events";
 /// request does not stall the async workers serving queries.
 const PARSE_INLINE_BYTES_MAX: usize = 256 << 10;
 
-pub async fn post_events(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Result<Json<Receipt>, ApiError> {
-    let _permit = state
-        .ingest_permits
-        .try_acquire()
-        .map_err(|_| ApiError::overloaded(StatusCode::TOO_MANY_REQUESTS, "too many ingest requests in flight; retry shortly"))?;
+pub async fn post_events(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Receipt>, ApiError> {
+    let _permit = state.ingest_permits.try_acquire().map_err(|_| {
+        ApiError::overloaded(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many ingest requests in flight; retry shortly",
+        )
+    })?;
     let limit = state.config.body_bytes_max;
     let too_large = || {
-        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("body exceeds {limit} bytes; split it into smaller batches"))
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("body exceeds {limit} bytes; split it into smaller batches"),
+        )
     };
-    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
     let bytes = to_bytes(body, limit).await.map_err(|error| {
         let inner = error.into_inner();
-        if inner.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+        if inner
+            .downcast_ref::<http_body_util::LengthLimitError>()
+            .is_some()
+        {
             too_large()
         } else {
             ApiError::bad_request(format!("could not read the body: {inner}"))
         }
     })?;
-    let format = match headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
-        Some(t) if t.starts_with("application/x-ndjson") || t.starts_with("application/jsonl") => BodyFormat::Ndjson,
+    let format = match headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(t) if t.starts_with("application/x-ndjson") || t.starts_with("application/jsonl") => {
+            BodyFormat::Ndjson
+        }
         _ => BodyFormat::Json,
     };
     let events_max = state.config.request_events_max;
@@ -46,25 +67,54 @@ pub async fn post_events(State(state): State<Arc<AppState>>, headers: HeaderMap,
         let bytes = bytes.clone();
         tokio::task::spawn_blocking(move || parse_body(&bytes, format, events_max))
             .await
-            .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "parser failed"))?
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "parser failed",
+                )
+            })?
     } else {
         parse_body(&bytes, format, events_max)
     };
     let pipeline = &state.pipeline;
-    let overloaded = |_| ApiError::overloaded(StatusCode::SERVICE_UNAVAILABLE, "ingest queue is full; retry shortly");
-    let stopping = |_| ApiError::overloaded(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down; retry against a running instance");
+    let overloaded = |_| {
+        ApiError::overloaded(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ingest queue is full; retry shortly",
+        )
+    };
+    let stopping = |_| {
+        ApiError::overloaded(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server is shutting down; retry against a running instance",
+        )
+    };
     match parsed {
         Ok(parsed) => {
-            let receipt = pipeline.submit(parsed, SOURCE).map_err(overloaded)?.await.map_err(stopping)?;
+            let receipt = pipeline
+                .submit(parsed, SOURCE)
+                .map_err(overloaded)?
+                .await
+                .map_err(stopping)?;
             Ok(Json(receipt))
         }
-        Err(error @ BodyError::TooManyEvents { .. }) => {
-            Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_many_events", error.to_string()))
-        }
+        Err(error @ BodyError::TooManyEvents { .. }) => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_many_events",
+            error.to_string(),
+        )),
         Err(error) => {
             // A refused body is bad input too: keep it, then say why.
-            let refused = RefusedBody { reason: error.to_string(), payload: String::from_utf8_lossy(&bytes).into_owned() };
-            pipeline.submit_refused(refused, SOURCE).map_err(overloaded)?.await.map_err(stopping)?;
+            let refused = RefusedBody {
+                reason: error.to_string(),
+                payload: String::from_utf8_lossy(&bytes).into_owned(),
+            };
+            pipeline
+                .submit_refused(refused, SOURCE)
+                .map_err(overloaded)?
+                .await
+                .map_err(stopping)?;
             Err(ApiError::bad_request(error.to_string()))
         }
     }

@@ -45,7 +45,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/dead-letters", get(query::dead_letters))
         .route("/v1/openapi.json", get(openapi))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
-        .route("/readyz", get(|| async { Json(json!({"status": "ready"})) }))
+        .route(
+            "/readyz",
+            get(|| async { Json(json!({"status": "ready"})) }),
+        )
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::not_found("no such endpoint; see /v1/openapi.json") })
         .layer(middleware::from_fn(track))
@@ -59,14 +62,24 @@ async fn openapi() -> impl IntoResponse {
 async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     let shared = &state.pipeline.shared;
     metrics::gauge!("stockflow_levels").set(shared.levels() as f64);
-    metrics::gauge!("stockflow_dedup_entries").set(shared.dedup_entries.load(std::sync::atomic::Ordering::Relaxed) as f64);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::metrics::handle().render())
+    metrics::gauge!("stockflow_dedup_entries").set(
+        shared
+            .dedup_entries
+            .load(std::sync::atomic::Ordering::Relaxed) as f64,
+    );
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        crate::metrics::handle().render(),
+    )
 }
 
 /// Records latency per route and logs server errors.
 async fn track(request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let route = request.extensions().get::<MatchedPath>().map_or("unmatched".to_owned(), |p| p.as_str().to_owned());
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched".to_owned(), |p| p.as_str().to_owned());
     let method = request.method().clone();
     let response = next.run(request).await;
     let status = response.status();

@@ -27,21 +27,34 @@ pub fn level_json(view: &LevelView) -> Value {
     })
 }
 
-pub async fn level(State(state): State<Arc<AppState>>, Path((sku, location)): Path<(String, String)>) -> Result<Json<Value>, ApiError> {
+pub async fn level(
+    State(state): State<Arc<AppState>>,
+    Path((sku, location)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
     let shared = &state.pipeline.shared;
     let partition = route(&sku, &location, shared.partition_count());
-    let view = shared.partitions[partition as usize].read().get(&sku, &location);
-    view.map(|v| Json(level_json(&v)))
-        .ok_or_else(|| ApiError::not_found(format!("no stock level for sku {sku:?} at location {location:?}")))
+    let view = shared.partitions[partition as usize]
+        .read()
+        .get(&sku, &location);
+    view.map(|v| Json(level_json(&v))).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "no stock level for sku {sku:?} at location {location:?}"
+        ))
+    })
 }
 
-pub async fn sku(State(state): State<Arc<AppState>>, Path(sku): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn sku(
+    State(state): State<Arc<AppState>>,
+    Path(sku): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let mut views: Vec<LevelView> = Vec::new();
     for partition in &state.pipeline.shared.partitions {
         views.extend(partition.read().levels_of_sku(&sku));
     }
     if views.is_empty() {
-        return Err(ApiError::not_found(format!("no stock levels for sku {sku:?}")));
+        return Err(ApiError::not_found(format!(
+            "no stock levels for sku {sku:?}"
+        )));
     }
     views.sort_by(|a, b| a.location_id.cmp(&b.location_id));
     let (mut on_hand, mut reserved, mut available, mut in_transit) = (0i64, 0i64, 0i64, 0i64);
@@ -69,12 +82,18 @@ fn limit(page: &Page) -> Result<usize, ApiError> {
         None => Ok(PAGE_DEFAULT),
         Some(text) => match text.parse::<usize>() {
             Ok(n) if (1..=PAGE_MAX).contains(&n) => Ok(n),
-            _ => Err(ApiError::bad_request(format!("limit must be an integer from 1 to {PAGE_MAX}"))),
+            _ => Err(ApiError::bad_request(format!(
+                "limit must be an integer from 1 to {PAGE_MAX}"
+            ))),
         },
     }
 }
 
-pub async fn location(State(state): State<Arc<AppState>>, Path(location): Path<String>, Query(page): Query<Page>) -> Result<Json<Value>, ApiError> {
+pub async fn location(
+    State(state): State<Arc<AppState>>,
+    Path(location): Path<String>,
+    Query(page): Query<Page>,
+) -> Result<Json<Value>, ApiError> {
     let limit = limit(&page)?;
     let after = page.after.as_deref();
     // Each partition holds this location's levels sorted by sku; merge the
@@ -84,12 +103,18 @@ pub async fn location(State(state): State<Arc<AppState>>, Path(location): Path<S
         views.extend(partition.read().levels_of_location(&location, after, limit));
     }
     if views.is_empty() && after.is_none() {
-        return Err(ApiError::not_found(format!("no stock levels at location {location:?}")));
+        return Err(ApiError::not_found(format!(
+            "no stock levels at location {location:?}"
+        )));
     }
     views.sort_by(|a, b| a.sku.cmp(&b.sku));
     let more = views.len() > limit;
     views.truncate(limit);
-    let next = if more { views.last().map(|v| v.sku.to_string()) } else { None };
+    let next = if more {
+        views.last().map(|v| v.sku.to_string())
+    } else {
+        None
+    };
     Ok(Json(json!({
         "locationId": location,
         "levels": views.iter().map(level_json).collect::<Vec<_>>(),
@@ -97,13 +122,24 @@ pub async fn location(State(state): State<Arc<AppState>>, Path(location): Path<S
     })))
 }
 
-pub async fn dead_letters(State(state): State<Arc<AppState>>, Query(page): Query<Page>) -> Result<Json<Value>, ApiError> {
+pub async fn dead_letters(
+    State(state): State<Arc<AppState>>,
+    Query(page): Query<Page>,
+) -> Result<Json<Value>, ApiError> {
     let limit = limit(&page)?;
     let after = match page.after.as_deref() {
         None => None,
-        Some(text) => Some(text.parse::<u64>().map_err(|_| ApiError::bad_request("after must be a dead-letter id"))?),
+        Some(text) => Some(
+            text.parse::<u64>()
+                .map_err(|_| ApiError::bad_request("after must be a dead-letter id"))?,
+        ),
     };
-    let letters = state.pipeline.shared.dead_letters.read().page(after, limit + 1);
+    let letters = state
+        .pipeline
+        .shared
+        .dead_letters
+        .read()
+        .page(after, limit + 1);
     let more = letters.len() > limit;
     let letters = &letters[..letters.len().min(limit)];
     let items: Vec<Value> = letters
@@ -120,6 +156,10 @@ pub async fn dead_letters(State(state): State<Arc<AppState>>, Query(page): Query
             })
         })
         .collect();
-    let next = if more { letters.last().map(|l| l.id.to_string()) } else { None };
+    let next = if more {
+        letters.last().map(|l| l.id.to_string())
+    } else {
+        None
+    };
     Ok(Json(json!({"deadLetters": items, "nextAfter": next})))
 }

@@ -20,7 +20,19 @@ const BATCH: usize = 1000;
 /// ~1% redelivered ids and ~0.5% invalid events.
 fn workload(seed: u64) -> Vec<String> {
     let mut rng = SmallRng::seed_from_u64(seed);
-    let kinds = ["RECEIPT", "RECEIPT", "SALE", "SALE", "RESERVATION", "RELEASE", "FULFILLMENT", "TRANSFER_OUT", "TRANSFER_IN", "COUNT", "ADJUSTMENT"];
+    let kinds = [
+        "RECEIPT",
+        "RECEIPT",
+        "SALE",
+        "SALE",
+        "RESERVATION",
+        "RELEASE",
+        "FULFILLMENT",
+        "TRANSFER_OUT",
+        "TRANSFER_IN",
+        "COUNT",
+        "ADJUSTMENT",
+    ];
     let mut n = 0usize;
     (0..BATCHES)
         .map(|_| {
@@ -50,23 +62,44 @@ fn reference(bodies: &[String]) -> BTreeMap<(String, String), (i64, i64, i64)> {
         let mut parsed = parse_body(body.as_bytes(), BodyFormat::Ndjson, usize::MAX).unwrap();
         engine.apply(&mut parsed.batch, Timestamp(1_800_000_000_000_000_000));
     }
-    engine.levels().map(|v| ((v.sku.to_string(), v.location_id.to_string()), (v.level.on_hand, v.level.reserved, v.level.in_transit))).collect()
+    engine
+        .levels()
+        .map(|v| {
+            (
+                (v.sku.to_string(), v.location_id.to_string()),
+                (v.level.on_hand, v.level.reserved, v.level.in_transit),
+            )
+        })
+        .collect()
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 async fn spawn_server(dir: &std::path::Path, port: u16) -> Child {
     let child = Command::new(env!("CARGO_BIN_EXE_stockflow"))
-        .args(["serve", "--data-dir", dir.to_str().unwrap(), "--listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "serve",
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
         .args(["--checkpoint-events", "30000"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("stockflow binary runs");
     let deadline = Instant::now() + Duration::from_secs(60);
-    while reqwest::get(format!("http://127.0.0.1:{port}/healthz")).await.is_err() {
+    while reqwest::get(format!("http://127.0.0.1:{port}/healthz"))
+        .await
+        .is_err()
+    {
         assert!(Instant::now() < deadline, "server did not come up");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -75,7 +108,10 @@ async fn spawn_server(dir: &std::path::Path, port: u16) -> Child {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_ingest_loses_nothing_and_counts_nothing_twice() {
-    let seed: u64 = std::env::var("SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
+    let seed: u64 = std::env::var("SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
     println!("seed={seed} (replay with SEED={seed})");
     let bodies = workload(seed);
     let dir = tempfile::tempdir().unwrap();
@@ -90,7 +126,8 @@ async fn sigkill_mid_ingest_loses_nothing_and_counts_nothing_twice() {
             // Kill while this batch is in flight.
             let url = url.clone();
             let body = body.clone();
-            let in_flight = tokio::spawn(async move { post(&url, "application/x-ndjson", body).await });
+            let in_flight =
+                tokio::spawn(async move { post(&url, "application/x-ndjson", body).await });
             tokio::time::sleep(Duration::from_micros(300 * (seed % 10))).await;
             server.kill().unwrap();
             server.wait().unwrap();
@@ -113,14 +150,28 @@ async fn sigkill_mid_ingest_loses_nothing_and_counts_nothing_twice() {
         assert_eq!(status, 200);
         duplicates += receipt["duplicates"].as_u64().unwrap();
     }
-    assert!(duplicates >= 3 * 990, "acknowledged batches were recovered: {duplicates} duplicates on resend");
+    assert!(
+        duplicates >= 3 * 990,
+        "acknowledged batches were recovered: {duplicates} duplicates on resend"
+    );
     let expected = reference(&bodies);
     let mut actual = BTreeMap::new();
-    for sku in expected.keys().map(|(sku, _)| sku.clone()).collect::<std::collections::BTreeSet<_>>() {
+    for sku in expected
+        .keys()
+        .map(|(sku, _)| sku.clone())
+        .collect::<std::collections::BTreeSet<_>>()
+    {
         let (_, body) = get(&url, &format!("/v1/stock/{sku}")).await;
         for level in body["locations"].as_array().unwrap() {
-            let key = (sku.clone(), level["locationId"].as_str().unwrap().to_owned());
-            let value = (level["onHand"].as_i64().unwrap(), level["reserved"].as_i64().unwrap(), level["inTransit"].as_i64().unwrap());
+            let key = (
+                sku.clone(),
+                level["locationId"].as_str().unwrap().to_owned(),
+            );
+            let value = (
+                level["onHand"].as_i64().unwrap(),
+                level["reserved"].as_i64().unwrap(),
+                level["inTransit"].as_i64().unwrap(),
+            );
             actual.insert(key, value);
         }
     }

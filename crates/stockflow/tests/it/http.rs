@@ -9,25 +9,61 @@ async fn every_body_form_is_ingested_and_visible_to_the_next_get() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path(), |_| {}).await;
     let url = server.url();
-    let (status, receipt) = post(&url, "application/json", event("a", "RECEIPT", "SKU-1", "S1", 10)).await;
-    assert_eq!((status, receipt), (200, json!({"accepted": 1, "duplicates": 0, "rejected": 0, "errors": []})));
-    let array = format!("[{},{}]", event("b", "SALE", "SKU-1", "S1", 3), event("c", "RECEIPT", "SKU-1", "S2", 5));
+    let (status, receipt) = post(
+        &url,
+        "application/json",
+        event("a", "RECEIPT", "SKU-1", "S1", 10),
+    )
+    .await;
+    assert_eq!(
+        (status, receipt),
+        (
+            200,
+            json!({"accepted": 1, "duplicates": 0, "rejected": 0, "errors": []})
+        )
+    );
+    let array = format!(
+        "[{},{}]",
+        event("b", "SALE", "SKU-1", "S1", 3),
+        event("c", "RECEIPT", "SKU-1", "S2", 5)
+    );
     assert_eq!(post(&url, "application/json", array).await.1["accepted"], 2);
-    let lines = format!("{}\n{}\n", event("d", "RETURN", "SKU-1", "S1", 1), event("e", "RECEIPT", "SKU-2", "S1", 4));
-    assert_eq!(post(&url, "application/x-ndjson", lines).await.1["accepted"], 2);
+    let lines = format!(
+        "{}\n{}\n",
+        event("d", "RETURN", "SKU-1", "S1", 1),
+        event("e", "RECEIPT", "SKU-2", "S1", 4)
+    );
+    assert_eq!(
+        post(&url, "application/x-ndjson", lines).await.1["accepted"],
+        2
+    );
 
     let (status, level) = get(&url, "/v1/stock/SKU-1/S1").await;
     assert_eq!(status, 200);
     assert_eq!(
-        (level["sku"].clone(), level["locationId"].clone(), level["onHand"].clone(), level["available"].clone(), level["version"].clone()),
+        (
+            level["sku"].clone(),
+            level["locationId"].clone(),
+            level["onHand"].clone(),
+            level["available"].clone(),
+            level["version"].clone()
+        ),
         (json!("SKU-1"), json!("S1"), json!(8), json!(8), json!(3))
     );
     for field in ["reserved", "inTransit", "updatedAt"] {
         assert!(level.get(field).is_some(), "level has {field}");
     }
     let (_, sku) = get(&url, "/v1/stock/SKU-1").await;
-    assert_eq!(sku["totals"], json!({"onHand": 13, "reserved": 0, "available": 13, "inTransit": 0}));
-    let locations: Vec<&str> = sku["locations"].as_array().unwrap().iter().map(|l| l["locationId"].as_str().unwrap()).collect();
+    assert_eq!(
+        sku["totals"],
+        json!({"onHand": 13, "reserved": 0, "available": 13, "inTransit": 0})
+    );
+    let locations: Vec<&str> = sku["locations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["locationId"].as_str().unwrap())
+        .collect();
     assert_eq!(locations, ["S1", "S2"]);
     server.stop().await.unwrap();
 }
@@ -37,7 +73,12 @@ async fn duplicates_rejections_and_insufficient_stock_are_reported_by_index() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path(), |_| {}).await;
     let url = server.url();
-    post(&url, "application/json", event("r1", "RECEIPT", "A", "S", 2)).await;
+    post(
+        &url,
+        "application/json",
+        event("r1", "RECEIPT", "A", "S", 2),
+    )
+    .await;
     let bad = r#"{"eventId":"bad-1","eventType":"SALE","sku":"A","locationId":"S","quantity":"5"}"#;
     let body = format!(
         "[{},{},{},{}]",
@@ -56,12 +97,22 @@ async fn duplicates_rejections_and_insufficient_stock_are_reported_by_index() {
         ]})
     );
     let (_, level) = get(&url, "/v1/stock/A/S").await;
-    assert_eq!((level["onHand"].clone(), level["reserved"].clone(), level["available"].clone()), (json!(2), json!(2), json!(0)));
+    assert_eq!(
+        (
+            level["onHand"].clone(),
+            level["reserved"].clone(),
+            level["available"].clone()
+        ),
+        (json!(2), json!(2), json!(0))
+    );
 
     // The rejected event is kept verbatim; its eventId was not consumed.
     let (_, letters) = get(&url, "/v1/dead-letters").await;
     let letter = &letters["deadLetters"][0];
-    assert_eq!((letter["payload"].as_str().unwrap(), letter["index"].clone()), (bad, json!(1)));
+    assert_eq!(
+        (letter["payload"].as_str().unwrap(), letter["index"].clone()),
+        (bad, json!(1))
+    );
     let fixed = r#"{"eventId":"bad-1","eventType":"SALE","sku":"A","locationId":"S","quantity":1}"#;
     assert_eq!(post(&url, "application/json", fixed).await.1["accepted"], 1);
     server.stop().await.unwrap();
@@ -72,15 +123,30 @@ async fn oversized_and_unparseable_bodies_are_refused_with_a_reason() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path(), |c| c.body_bytes_max = 2_000).await;
     let url = server.url();
-    let big: Vec<String> = (0..40).map(|i| event(&format!("e{i}"), "RECEIPT", "A", "S", 1)).collect();
+    let big: Vec<String> = (0..40)
+        .map(|i| event(&format!("e{i}"), "RECEIPT", "A", "S", 1))
+        .collect();
     let (status, error) = post(&url, "application/json", format!("[{}]", big.join(","))).await;
-    assert_eq!((status, error["code"].as_str()), (413, Some("payload_too_large")));
+    assert_eq!(
+        (status, error["code"].as_str()),
+        (413, Some("payload_too_large"))
+    );
     let (status, error) = post(&url, "application/json", "{\"eventId\": oops").await;
     assert_eq!((status, error["code"].as_str()), (400, Some("bad_request")));
-    assert!(error["message"].as_str().unwrap().starts_with("body is not valid JSON"));
+    assert!(error["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("body is not valid JSON"));
     let (_, letters) = get(&url, "/v1/dead-letters").await;
-    assert_eq!(letters["deadLetters"][0]["payload"], "{\"eventId\": oops", "refused bodies are kept too");
-    assert_eq!(get(&url, "/v1/stock/A/S").await.0, 404, "nothing was applied");
+    assert_eq!(
+        letters["deadLetters"][0]["payload"], "{\"eventId\": oops",
+        "refused bodies are kept too"
+    );
+    assert_eq!(
+        get(&url, "/v1/stock/A/S").await.0,
+        404,
+        "nothing was applied"
+    );
     server.stop().await.unwrap();
 }
 
@@ -89,9 +155,18 @@ async fn unknown_things_are_404_with_code_and_message() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path(), |_| {}).await;
     let url = server.url();
-    for path in ["/v1/stock/nope/nowhere", "/v1/stock/nope", "/v1/locations/nowhere/stock", "/v1/nothing"] {
+    for path in [
+        "/v1/stock/nope/nowhere",
+        "/v1/stock/nope",
+        "/v1/locations/nowhere/stock",
+        "/v1/nothing",
+    ] {
         let (status, body) = get(&url, path).await;
-        assert_eq!((status, body["code"].as_str()), (404, Some("not_found")), "{path}");
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (404, Some("not_found")),
+            "{path}"
+        );
         assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
     }
     assert_eq!(get(&url, "/v1/locations/x/stock?limit=0").await.0, 400);
@@ -103,13 +178,29 @@ async fn a_location_pages_through_every_sku_in_order_across_partitions() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path(), |_| {}).await;
     let url = server.url();
-    let events: Vec<String> = (0..57).map(|i| event(&format!("e{i}"), "RECEIPT", &format!("SKU-{i:03}"), "STORE", i + 1)).collect();
+    let events: Vec<String> = (0..57)
+        .map(|i| {
+            event(
+                &format!("e{i}"),
+                "RECEIPT",
+                &format!("SKU-{i:03}"),
+                "STORE",
+                i + 1,
+            )
+        })
+        .collect();
     post(&url, "application/x-ndjson", events.join("\n")).await;
     let mut seen = Vec::new();
     let mut after = String::new();
     loop {
         let (_, page) = get(&url, &format!("/v1/locations/STORE/stock?limit=10{after}")).await;
-        seen.extend(page["levels"].as_array().unwrap().iter().map(|l| l["sku"].as_str().unwrap().to_owned()));
+        seen.extend(
+            page["levels"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| l["sku"].as_str().unwrap().to_owned()),
+        );
         match page["nextAfter"].as_str() {
             Some(next) => after = format!("&after={next}"),
             None => break,
@@ -127,9 +218,19 @@ async fn state_dead_letters_and_dedup_survive_a_restart_via_checkpoint_and_log_t
     let server = start(dir.path(), |c| c.checkpoint_events = 5).await;
     let url = server.url();
     for i in 0..12 {
-        post(&url, "application/json", event(&format!("e{i}"), "RECEIPT", "A", &format!("S{}", i % 3), 1)).await;
+        post(
+            &url,
+            "application/json",
+            event(&format!("e{i}"), "RECEIPT", "A", &format!("S{}", i % 3), 1),
+        )
+        .await;
     }
-    post(&url, "application/json", r#"{"eventId":"x","eventType":"NOPE","sku":"A","locationId":"S0","quantity":1}"#).await;
+    post(
+        &url,
+        "application/json",
+        r#"{"eventId":"x","eventType":"NOPE","sku":"A","locationId":"S0","quantity":1}"#,
+    )
+    .await;
     let out = r#"{"eventId":"t","eventType":"TRANSFER_OUT","sku":"A","locationId":"S0","toLocationId":"S9","quantity":2}"#;
     post(&url, "application/json", out).await;
     let (_, before) = get(&url, "/v1/stock/A").await;
@@ -140,9 +241,20 @@ async fn state_dead_letters_and_dedup_survive_a_restart_via_checkpoint_and_log_t
     let url = server.url();
     assert_eq!(get(&url, "/v1/stock/A").await.1, before);
     assert_eq!(get(&url, "/v1/stock/A/S9").await.1["inTransit"], 2);
-    let (_, receipt) = post(&url, "application/json", event("e3", "RECEIPT", "A", "S0", 1)).await;
+    let (_, receipt) = post(
+        &url,
+        "application/json",
+        event("e3", "RECEIPT", "A", "S0", 1),
+    )
+    .await;
     assert_eq!(receipt["duplicates"], 1, "dedup survives the restart");
-    assert_eq!(get(&url, "/v1/dead-letters").await.1["deadLetters"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        get(&url, "/v1/dead-letters").await.1["deadLetters"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
     server.stop().await.unwrap();
 }
 
@@ -152,7 +264,12 @@ async fn metrics_and_the_openapi_document_describe_the_running_api() {
     let server = start(dir.path(), |_| {}).await;
     let url = server.url();
     post(&url, "application/json", event("m", "RECEIPT", "A", "S", 1)).await;
-    let metrics = reqwest::get(format!("{url}/metrics")).await.unwrap().text().await.unwrap();
+    let metrics = reqwest::get(format!("{url}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     for name in [
         "stockflow_events_accepted_total",
         "stockflow_commit_latency_seconds_bucket",
@@ -165,7 +282,16 @@ async fn metrics_and_the_openapi_document_describe_the_running_api() {
     assert_eq!(status, 200);
     assert_eq!(doc["openapi"], "3.1.0");
     let paths: Vec<&String> = doc["paths"].as_object().unwrap().keys().collect();
-    for route in ["/v1/events", "/v1/stock/{sku}/{locationId}", "/v1/stock/{sku}", "/v1/locations/{locationId}/stock", "/v1/dead-letters", "/healthz", "/readyz", "/metrics"] {
+    for route in [
+        "/v1/events",
+        "/v1/stock/{sku}/{locationId}",
+        "/v1/stock/{sku}",
+        "/v1/locations/{locationId}/stock",
+        "/v1/dead-letters",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    ] {
         assert!(paths.iter().any(|p| *p == route), "openapi lacks {route}");
     }
     for probe in ["/healthz", "/readyz"] {

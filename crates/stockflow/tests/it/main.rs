@@ -13,7 +13,9 @@ use stockflow::server::Server;
 pub async fn start(dir: &Path, adjust: impl FnOnce(&mut Config)) -> Server {
     let mut config = Config::new(dir.to_owned());
     adjust(&mut config);
-    Server::start(config, "127.0.0.1:0".parse().unwrap()).await.expect("server starts")
+    Server::start(config, "127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("server starts")
 }
 
 pub async fn post(url: &str, content_type: &str, body: impl Into<String>) -> (u16, Value) {
@@ -29,11 +31,15 @@ pub async fn post(url: &str, content_type: &str, body: impl Into<String>) -> (u1
 }
 
 pub async fn get(url: &str, path: &str) -> (u16, Value) {
-    let response = reqwest::get(format!("{url}{path}")).await.expect("server reachable");
+    let response = reqwest::get(format!("{url}{path}"))
+        .await
+        .expect("server reachable");
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
 pub fn event(id: &str, kind: &str, sku: &str, location: &str, quantity: i64) -> String {
-    format!(r#"{{"eventId":"{id}","eventType":"{kind}","sku":"{sku}","locationId":"{location}","quantity":{quantity}}}"#)
+    format!(
+        r#"{{"eventId":"{id}","eventType":"{kind}","sku":"{sku}","locationId":"{location}","quantity":{quantity}}}"#
+    )
 }
