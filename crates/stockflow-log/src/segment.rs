@@ -76,21 +76,37 @@ fn scan(bytes: &[u8]) -> Scan {
     }
 }
 
+/// Reads a frame header: (payload length, checksum), or why it is invalid.
+fn frame_header(header: &[u8; FRAME_HEADER]) -> std::result::Result<(u32, u32), &'static str> {
+    let len = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes"));
+    let crc = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
+    if len as usize > RECORD_BYTES_MAX {
+        return Err("frame length out of range");
+    }
+    Ok((len, crc))
+}
+
+/// Checks a payload against the checksum of its header.
+fn verify(len: u32, crc: u32, payload: &[u8]) -> std::result::Result<(), &'static str> {
+    if frame_crc(len, payload) == crc {
+        Ok(())
+    } else {
+        Err("checksum mismatch")
+    }
+}
+
 /// Decodes one frame at the start of `bytes`: (payload, bytes used).
 fn frame(bytes: &[u8]) -> std::result::Result<(&[u8], usize), String> {
-    if bytes.len() < FRAME_HEADER {
-        return Err("short frame header".into());
-    }
-    let len = u32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes"));
-    let crc = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
+    let header: &[u8; FRAME_HEADER] = bytes
+        .get(..FRAME_HEADER)
+        .and_then(|h| h.try_into().ok())
+        .ok_or("short frame header")?;
+    let (len, crc) = frame_header(header)?;
     let end = FRAME_HEADER + len as usize;
-    if len as usize > RECORD_BYTES_MAX || bytes.len() < end {
-        return Err(format!("frame of {len} bytes runs past the end"));
-    }
-    let payload = &bytes[FRAME_HEADER..end];
-    if frame_crc(len, payload) != crc {
-        return Err("checksum mismatch".into());
-    }
+    let payload = bytes
+        .get(FRAME_HEADER..end)
+        .ok_or_else(|| format!("frame of {len} bytes runs past the end"))?;
+    verify(len, crc, payload)?;
     Ok((payload, end))
 }
 
@@ -300,18 +316,12 @@ impl RecordIter {
                 FRAME_HEADER => {}
                 _ => return Err(corrupt(path, *offset, "short frame header")),
             }
-            let len = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes"));
-            let crc = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
-            if len as usize > RECORD_BYTES_MAX {
-                return Err(corrupt(path, *offset, "frame length out of range"));
-            }
+            let (len, crc) = frame_header(&header).map_err(|what| corrupt(path, *offset, what))?;
             let mut payload = vec![0u8; len as usize];
             if read_full(reader, &mut payload).at(path)? != payload.len() {
                 return Err(corrupt(path, *offset, "frame runs past the end"));
             }
-            if frame_crc(len, &payload) != crc {
-                return Err(corrupt(path, *offset, "checksum mismatch"));
-            }
+            verify(len, crc, &payload).map_err(|what| corrupt(path, *offset, what))?;
             let number = *record;
             *record += 1;
             *offset += (FRAME_HEADER + payload.len()) as u64;

@@ -196,27 +196,36 @@ fn write_snapshot_json<T: Serialize>(path: &Path, value: &T) -> anyhow::Result<(
     Ok(())
 }
 
+/// Whole checkpoints under `root` as (record, path), oldest first. Their
+/// names are the zero-padded record number; `*.tmp` ones are not whole.
+fn whole_checkpoints(root: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
+    let mut whole = Vec::new();
+    for entry in fs::read_dir(root)? {
+        let path = entry?.path();
+        let record = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.parse::<u64>().ok());
+        if let Some(record) = record {
+            whole.push((record, path));
+        }
+    }
+    whole.sort();
+    Ok(whole)
+}
+
 fn newest_checkpoint(dir: &Path) -> anyhow::Result<Option<PathBuf>> {
     let root = checkpoints_dir(dir);
     if !root.exists() {
         return Ok(None);
     }
-    let mut whole = Vec::new();
     for entry in fs::read_dir(&root)? {
         let path = entry?.path();
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default()
-            .to_owned();
-        if name.ends_with(".tmp") {
+        if path.extension().is_some_and(|e| e == "tmp") {
             fs::remove_dir_all(&path)?; // an interrupted checkpoint
-        } else if let Ok(record) = name.parse::<u64>() {
-            whole.push((record, path));
         }
     }
-    whole.sort();
-    Ok(whole.pop().map(|(_, path)| path))
+    Ok(whole_checkpoints(&root)?.pop().map(|(_, path)| path))
 }
 
 fn load_checkpoint(
@@ -355,17 +364,9 @@ impl CheckpointJob {
         let whole = root.join(format!("{:020}", self.meta.next_record));
         fs::rename(&self.tmp, &whole)?;
         stockflow_log::sync_dir(&root)?;
-        let mut old: Vec<PathBuf> = fs::read_dir(&root)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.parse::<u64>().is_ok())
-            })
-            .collect();
-        old.sort();
+        let old = whole_checkpoints(&root)?;
         let excess = old.len().saturating_sub(CHECKPOINTS_KEPT);
-        for path in &old[..excess] {
+        for (_, path) in &old[..excess] {
             fs::remove_dir_all(path)?;
         }
         tracing::info!(
