@@ -79,11 +79,6 @@ impl Level {
         self.count_time
     }
 
-    /// Entries of COUNT history held (for memory accounting).
-    pub fn history_len(&self) -> usize {
-        self.history.len()
-    }
-
     /// Applies the part of an event that lands on its own level.
     pub fn apply(
         &mut self,

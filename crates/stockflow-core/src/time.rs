@@ -13,8 +13,6 @@ use serde::{Deserialize, Serialize};
 pub struct Timestamp(pub i64);
 
 impl Timestamp {
-    pub const MIN: Timestamp = Timestamp(i64::MIN);
-
     /// Parses an RFC 3339 date-time (`2024-05-01T10:00:00Z`,
     /// `2024-05-01T12:00:00.5+02:00`). `None` if malformed or outside the
     /// representable range.

@@ -2,7 +2,6 @@
 //! limits live in `stockflow_core::limits`.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use stockflow_core::EngineConfig;
 
@@ -31,8 +30,6 @@ pub struct Config {
     pub dead_letters_in_memory_max: usize,
     /// Threads applying events to partitions.
     pub apply_threads: usize,
-    /// How long a graceful shutdown waits for in-flight requests.
-    pub shutdown_grace: Duration,
 }
 
 impl Config {
@@ -51,7 +48,6 @@ impl Config {
             apply_threads: std::thread::available_parallelism()
                 .map_or(2, |n| n.get())
                 .min(4),
-            shutdown_grace: Duration::from_secs(10),
         }
     }
 }

@@ -9,7 +9,6 @@ use crate::record::DeadLetter;
 pub struct DeadLetters {
     by_id: BTreeMap<u64, DeadLetter>,
     capacity: usize,
-    total: u64,
 }
 
 impl DeadLetters {
@@ -17,13 +16,11 @@ impl DeadLetters {
         DeadLetters {
             by_id: BTreeMap::new(),
             capacity,
-            total: 0,
         }
     }
 
     pub fn insert(&mut self, letter: DeadLetter) {
         self.by_id.insert(letter.id, letter);
-        self.total += 1;
         while self.by_id.len() > self.capacity {
             self.by_id.pop_first();
         }
@@ -37,11 +34,6 @@ impl DeadLetters {
             .take(limit)
             .map(|(_, l)| l.clone())
             .collect()
-    }
-
-    /// Dead letters ever inserted (this process, including replay).
-    pub fn total(&self) -> u64 {
-        self.total
     }
 
     pub fn all(&self) -> Vec<DeadLetter> {
