@@ -8,7 +8,7 @@
 use std::collections::{HashSet, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 
-use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 use crate::time::Timestamp;
 
@@ -38,22 +38,101 @@ impl Hasher for IdentityHasher {
     }
 }
 
+/// (commit time, id) in commit order.
+type Entry = (Timestamp, u128);
+
+/// Entries per chunk of the FIFO. Full chunks are shared immutably with
+/// snapshots, so taking one costs a pointer copy per chunk, not a copy of
+/// the ids (the checkpoint encodes them on another thread).
+const CHUNK_ENTRIES: usize = 1 << 16;
+
 #[derive(Debug)]
 pub struct Dedup {
     seen: HashSet<u128, BuildHasherDefault<IdentityHasher>>,
-    /// (commit time, id) oldest first; commit times never decrease because
-    /// the shell passes a monotonic `now`.
-    order: VecDeque<(Timestamp, u128)>,
+    /// Entries oldest first, in chunks; the last chunk is the one being
+    /// filled. Commit times never decrease because the shell passes a
+    /// monotonic `now`.
+    chunks: VecDeque<Arc<Vec<Entry>>>,
+    /// Entries of the first chunk already forgotten.
+    head: usize,
+    len: usize,
     retention_ns: i64,
     capacity: usize,
     evicted_early: u64,
 }
 
-/// The stored form: ids with their commit time, oldest first.
-#[derive(Debug, Default, Serialize, Deserialize)]
+/// A point-in-time view of the remembered ids, cheap to take; see
+/// [`DedupSnapshot::encode`] for the stored form.
+#[derive(Clone, Debug)]
 pub struct DedupSnapshot {
-    pub entries: Vec<(Timestamp, u128)>,
-    pub evicted_early: u64,
+    chunks: Vec<Arc<Vec<Entry>>>,
+    head: usize,
+    evicted_early: u64,
+}
+
+/// Why stored dedup bytes cannot be read.
+#[derive(Debug, thiserror::Error)]
+#[error("dedup snapshot is {len} bytes, not a header plus whole {ENTRY_BYTES}-byte entries")]
+pub struct DedupDecodeError {
+    len: usize,
+}
+
+const HEADER_BYTES: usize = 8;
+const ENTRY_BYTES: usize = 8 + 16;
+
+impl DedupSnapshot {
+    pub fn len(&self) -> usize {
+        self.chunks.iter().map(|c| c.len()).sum::<usize>() - self.head
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn entries(&self) -> impl Iterator<Item = Entry> + '_ {
+        self.chunks
+            .iter()
+            .enumerate()
+            .flat_map(move |(i, c)| c[if i == 0 { self.head } else { 0 }..].iter().copied())
+    }
+
+    /// Fixed-width little-endian form: `evicted_early u64`, then per entry
+    /// `time i64, id u128`. Fixed width because it encodes ~10x faster
+    /// than varints and decodes without branches; the ids are random, so
+    /// varints would not shrink them anyway.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(HEADER_BYTES + self.len() * ENTRY_BYTES);
+        out.extend_from_slice(&self.evicted_early.to_le_bytes());
+        for (t, id) in self.entries() {
+            out.extend_from_slice(&t.0.to_le_bytes());
+            out.extend_from_slice(&id.to_le_bytes());
+        }
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<DedupSnapshot, DedupDecodeError> {
+        let error = DedupDecodeError { len: bytes.len() };
+        let (header, body) = bytes.split_at_checked(HEADER_BYTES).ok_or(error)?;
+        if body.len() % ENTRY_BYTES != 0 {
+            return Err(DedupDecodeError { len: bytes.len() });
+        }
+        let evicted_early = u64::from_le_bytes(header.try_into().expect("8 bytes"));
+        let entries: Vec<Entry> = body
+            .chunks_exact(ENTRY_BYTES)
+            .map(|e| {
+                let (t, id) = e.split_at(8);
+                (
+                    Timestamp(i64::from_le_bytes(t.try_into().expect("8 bytes"))),
+                    u128::from_le_bytes(id.try_into().expect("16 bytes")),
+                )
+            })
+            .collect();
+        Ok(DedupSnapshot {
+            chunks: vec![Arc::new(entries)],
+            head: 0,
+            evicted_early,
+        })
+    }
 }
 
 impl Dedup {
@@ -61,7 +140,9 @@ impl Dedup {
         assert!(capacity > 0, "dedup capacity must be positive");
         Dedup {
             seen: HashSet::default(),
-            order: VecDeque::new(),
+            chunks: VecDeque::new(),
+            head: 0,
+            len: 0,
             retention_ns,
             capacity,
             evicted_early: 0,
@@ -71,16 +152,19 @@ impl Dedup {
     /// True if `id` is new (and remembers it), false for a duplicate.
     pub fn admit(&mut self, id: u128, now: Timestamp) -> bool {
         debug_assert!(
-            self.order.back().is_none_or(|(t, _)| *t <= now),
+            self.chunks
+                .back()
+                .and_then(|c| c.last())
+                .is_none_or(|(t, _)| *t <= now),
             "now must not go backwards"
         );
         self.expire(now);
         if !self.seen.insert(id) {
             return false;
         }
-        self.order.push_back((now, id));
-        if self.order.len() > self.capacity {
-            if let Some((_, oldest)) = self.order.pop_front() {
+        self.push((now, id));
+        if self.len > self.capacity {
+            if let Some((_, oldest)) = self.pop_front() {
                 self.seen.remove(&oldest);
                 self.evicted_early += 1;
             }
@@ -88,14 +172,43 @@ impl Dedup {
         true
     }
 
+    fn push(&mut self, entry: Entry) {
+        match self.chunks.back_mut() {
+            // A snapshot may share the open chunk; make_mut then copies it
+            // (at most one chunk) and leaves the snapshot's view intact.
+            Some(last) if last.len() < CHUNK_ENTRIES => Arc::make_mut(last).push(entry),
+            _ => {
+                let mut chunk = Vec::with_capacity(CHUNK_ENTRIES);
+                chunk.push(entry);
+                self.chunks.push_back(Arc::new(chunk));
+            }
+        }
+        self.len += 1;
+    }
+
+    fn front(&self) -> Option<Entry> {
+        self.chunks.front().and_then(|c| c.get(self.head)).copied()
+    }
+
+    fn pop_front(&mut self) -> Option<Entry> {
+        let entry = self.front()?;
+        self.head += 1;
+        self.len -= 1;
+        if self.chunks.front().is_some_and(|c| self.head == c.len()) {
+            self.chunks.pop_front();
+            self.head = 0;
+        }
+        Some(entry)
+    }
+
     /// Forgets ids committed more than the retention period before `now`.
     pub fn expire(&mut self, now: Timestamp) {
         let horizon = now.saturating_sub_ns(self.retention_ns);
-        while let Some((t, id)) = self.order.front().copied() {
+        while let Some((t, id)) = self.front() {
             if t >= horizon {
                 break;
             }
-            self.order.pop_front();
+            self.pop_front();
             self.seen.remove(&id);
         }
     }
@@ -105,11 +218,11 @@ impl Dedup {
     }
 
     pub fn len(&self) -> usize {
-        self.order.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.order.is_empty()
+        self.len == 0
     }
 
     /// Ids forgotten before their retention ran out, because of capacity.
@@ -117,19 +230,21 @@ impl Dedup {
         self.evicted_early
     }
 
+    /// Shares the chunks: O(chunks), no id is copied.
     pub fn snapshot(&self) -> DedupSnapshot {
         DedupSnapshot {
-            entries: self.order.iter().copied().collect(),
+            chunks: self.chunks.iter().cloned().collect(),
+            head: self.head,
             evicted_early: self.evicted_early,
         }
     }
 
-    pub fn restore(snapshot: DedupSnapshot, retention_ns: i64, capacity: usize) -> Dedup {
+    pub fn restore(snapshot: &DedupSnapshot, retention_ns: i64, capacity: usize) -> Dedup {
         let mut dedup = Dedup::new(retention_ns, capacity);
-        dedup.seen.reserve(snapshot.entries.len());
-        for (t, id) in snapshot.entries {
-            dedup.seen.insert(id);
-            dedup.order.push_back((t, id));
+        dedup.seen.reserve(snapshot.len());
+        for entry in snapshot.entries() {
+            dedup.seen.insert(entry.1);
+            dedup.push(entry);
         }
         dedup.evicted_early = snapshot.evicted_early;
         dedup

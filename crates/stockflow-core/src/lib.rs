@@ -29,10 +29,10 @@ pub mod parse;
 pub mod partition;
 pub mod time;
 
-pub use dedup::{event_id_hash, Dedup, DedupSnapshot};
+pub use dedup::{event_id_hash, Dedup, DedupDecodeError, DedupSnapshot};
 pub use engine::{admit, route, BatchReport, Engine, EngineConfig};
 pub use event::{Batch, EventRef, EventType, Route};
 pub use level::{Level, Outcome, Rejection};
 pub use parse::{parse_body, BodyError, BodyFormat, Parsed, Rejected};
-pub use partition::{Exception, LevelView, Partition, PartitionSnapshot};
+pub use partition::{Exception, LevelView, Partition, PartitionSnapshot, PartitionSnapshotRef};
 pub use time::Timestamp;

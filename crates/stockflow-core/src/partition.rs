@@ -6,7 +6,8 @@ use std::ops::Bound;
 use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
-use serde::{Deserialize, Serialize};
+use serde::ser::SerializeStruct;
+use serde::{Deserialize, Serialize, Serializer};
 
 use crate::event::{Batch, EventType};
 use crate::level::{Level, Outcome};
@@ -28,6 +29,30 @@ pub struct LevelView {
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct PartitionSnapshot {
     pub levels: Vec<(String, String, Level)>,
+}
+
+/// Serialises as a [`PartitionSnapshot`]; see [`Partition::snapshot`].
+pub struct PartitionSnapshotRef<'a>(&'a Partition);
+
+impl Serialize for PartitionSnapshotRef<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        struct Levels<'a>(&'a Partition);
+        impl Serialize for Levels<'_> {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                let p = self.0;
+                serializer.collect_seq(p.levels.iter().map(|(sku, location, level)| {
+                    (
+                        &*p.names[*sku as usize],
+                        &*p.names[*location as usize],
+                        level,
+                    )
+                }))
+            }
+        }
+        let mut snapshot = serializer.serialize_struct("PartitionSnapshot", 1)?;
+        snapshot.serialize_field("levels", &Levels(self.0))?;
+        snapshot.end()
+    }
 }
 
 /// An event of a batch that changed nothing, with why.
@@ -192,19 +217,11 @@ impl Partition {
         (0..self.levels.len() as u32).map(|slot| self.view(slot))
     }
 
-    pub fn snapshot(&self) -> PartitionSnapshot {
-        let levels = self
-            .levels
-            .iter()
-            .map(|(sku, loc, level)| {
-                (
-                    self.names[*sku as usize].to_string(),
-                    self.names[*loc as usize].to_string(),
-                    level.clone(),
-                )
-            })
-            .collect();
-        PartitionSnapshot { levels }
+    /// The partition in its stored form, serialised straight from the live
+    /// structures (no copy of the levels), so a checkpoint's pause is just
+    /// the encoding.
+    pub fn snapshot(&self) -> PartitionSnapshotRef<'_> {
+        PartitionSnapshotRef(self)
     }
 
     pub fn restore(snapshot: PartitionSnapshot) -> Partition {

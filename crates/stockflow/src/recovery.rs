@@ -228,6 +228,19 @@ fn newest_checkpoint(dir: &Path) -> anyhow::Result<Option<PathBuf>> {
     Ok(whole_checkpoints(&root)?.pop().map(|(_, path)| path))
 }
 
+/// Deletes the newest whole checkpoint, leaving the one before it; false if
+/// there were fewer than two. Benchmarks use it to recreate the disk as a
+/// crash just before a checkpoint leaves it.
+pub fn drop_newest_checkpoint(dir: &Path) -> anyhow::Result<bool> {
+    let mut whole = whole_checkpoints(&checkpoints_dir(dir))?;
+    if whole.len() < 2 {
+        return Ok(false);
+    }
+    let (_, newest) = whole.pop().expect("two or more");
+    fs::remove_dir_all(newest)?;
+    Ok(true)
+}
+
 fn load_checkpoint(
     path: &Path,
     config: EngineConfig,
@@ -242,7 +255,9 @@ fn load_checkpoint(
             config.partitions
         );
     }
-    let dedup: DedupSnapshot = load(&path.join("dedup.snap"))?;
+    let dedup_path = path.join("dedup.snap");
+    let dedup = DedupSnapshot::decode(&read_snapshot(&dedup_path)?)
+        .with_context(|| format!("{}: cannot decode", dedup_path.display()))?;
     let letters: Vec<DeadLetter> = load(&path.join("dead-letters.snap"))?;
     // Partitions decode in parallel: they are most of the bytes.
     let partitions = std::thread::scope(|scope| {
@@ -262,7 +277,7 @@ fn load_checkpoint(
     letters.into_iter().for_each(|l| dead_letters.insert(l));
     let engine = Engine {
         config,
-        dedup: Dedup::restore(dedup, config.dedup_retention_ns, config.dedup_capacity),
+        dedup: Dedup::restore(&dedup, config.dedup_retention_ns, config.dedup_capacity),
         partitions,
     };
     tracing::info!(checkpoint = %path.display(), next_record = meta.next_record, "loaded checkpoint");
@@ -323,25 +338,33 @@ impl CheckpointJob {
             parts_left: AtomicUsize::new(parts),
             started: Instant::now(),
         });
-        job.write_part("dedup.snap".into(), encode(&dedup.snapshot()));
+        // Taking the view is O(chunks); the ids are encoded by the writer.
+        let dedup = dedup.snapshot();
+        job.write_part("dedup.snap".into(), move || dedup.encode());
         Ok(job)
     }
 
     pub fn write_partition(self: &Arc<Self>, id: u16, partition: &Partition) {
-        self.write_part(format!("part-{id:04}.snap"), encode(&partition.snapshot()));
+        let bytes = encode(&partition.snapshot());
+        self.write_part(format!("part-{id:04}.snap"), move || bytes);
     }
 
     pub fn write_dead_letters(self: &Arc<Self>, letters: &DeadLetters) {
-        self.write_part("dead-letters.snap".into(), encode(&letters.all()));
+        let bytes = encode(&letters.all());
+        self.write_part("dead-letters.snap".into(), move || bytes);
     }
 
-    /// Writes one encoded part in the background.
-    fn write_part(self: &Arc<Self>, name: String, bytes: Vec<u8>) {
+    /// Writes one part in the background; `bytes` runs on the writer thread.
+    fn write_part(
+        self: &Arc<Self>,
+        name: String,
+        bytes: impl FnOnce() -> Vec<u8> + Send + 'static,
+    ) {
         let job = self.clone();
         WRITERS_IN_FLIGHT.fetch_add(1, Ordering::AcqRel);
         let spawned = std::thread::Builder::new().name("checkpoint".into()).spawn(move || {
             let _in_flight = InFlight;
-            let result = write_snapshot(&job.tmp.join(&name), &bytes).map_err(anyhow::Error::from).and_then(|()| job.part_done());
+            let result = write_snapshot(&job.tmp.join(&name), &bytes()).map_err(anyhow::Error::from).and_then(|()| job.part_done());
             if let Err(error) = result {
                 // The log still has everything; only restart time suffers.
                 tracing::error!(%error, part = name, "checkpoint part failed; the next checkpoint will retry");

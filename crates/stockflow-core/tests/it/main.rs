@@ -1,5 +1,6 @@
 //! Integration tests of the engine core: one binary, several modules.
 
+mod dedup;
 mod model;
 mod parsing;
 mod rules;

@@ -7,7 +7,8 @@ use std::collections::{BTreeMap, HashSet};
 
 use proptest::prelude::*;
 use stockflow_core::{
-    parse_body, Batch, BodyFormat, Engine, EngineConfig, Outcome, Rejection, Timestamp,
+    event_id_hash, parse_body, Batch, BodyFormat, Dedup, DedupSnapshot, Engine, EngineConfig,
+    Outcome, Partition, PartitionSnapshot, Rejection, Timestamp,
 };
 
 #[derive(Clone, Debug)]
@@ -189,6 +190,8 @@ proptest! {
         let mut insufficient = Vec::new();
         let mut rejected = 0;
         let mut rest = &events[..];
+        // A checkpoint taken half-way: encoded dedup, partitions, log length.
+        let mut checkpoint: Option<(Vec<u8>, Vec<Vec<u8>>, usize)> = None;
         let mut now = Timestamp::parse_rfc3339("2024-01-01T12:00:00Z").unwrap();
         for cut in cuts.iter().cycle() {
             if rest.is_empty() { break; }
@@ -206,6 +209,10 @@ proptest! {
             // What the log would hold: the admitted batch, through its encoding.
             let bytes = postcard::to_stdvec(&parsed.batch).unwrap();
             logged.push((postcard::from_bytes(&bytes).unwrap(), now));
+            if checkpoint.is_none() && rest.len() <= events.len() / 2 {
+                let parts = engine.partitions.iter().map(|p| postcard::to_stdvec(&p.snapshot()).unwrap()).collect();
+                checkpoint = Some((engine.dedup.snapshot().encode(), parts, logged.len()));
+            }
         }
         let expected: BTreeMap<_, _> = model.levels.iter().map(|(k, l)| (k.clone(), (l.on_hand, l.reserved, l.in_transit))).collect();
         prop_assert_eq!(&state(&engine), &expected);
@@ -222,6 +229,31 @@ proptest! {
         for view in engine.levels() {
             let again = replayed.get(&view.sku, &view.location_id).map(|v| v.level);
             prop_assert_eq!(Some(view.level), again);
+        }
+
+        // Restart from the half-way checkpoint plus the log after it
+        // rebuilds identical state and remembers every eventId.
+        let (dedup, parts, logged_before) = checkpoint.expect("taken half-way");
+        let mut restarted = Engine {
+            config,
+            dedup: Dedup::restore(&DedupSnapshot::decode(&dedup).unwrap(), config.dedup_retention_ns, config.dedup_capacity),
+            partitions: parts.iter().map(|b| Partition::restore(postcard::from_bytes::<PartitionSnapshot>(b).unwrap())).collect(),
+        };
+        for (batch, at) in &mut logged[logged_before..] {
+            let mut batch = batch.clone();
+            let report = restarted.apply(&mut batch, *at);
+            prop_assert!(report.duplicates.is_empty(), "the log tail holds no duplicates");
+        }
+        for view in engine.levels() {
+            let again = restarted.get(&view.sku, &view.location_id).map(|v| v.level);
+            prop_assert_eq!(Some(view.level), again);
+        }
+        prop_assert_eq!(restarted.dedup.len(), engine.dedup.len());
+        for event in &events {
+            if event.valid() {
+                let hash = event_id_hash(&format!("e{}", event.id));
+                prop_assert!(restarted.dedup.contains(hash), "e{} forgotten", event.id);
+            }
         }
 
         // Sending everything again changes nothing.
