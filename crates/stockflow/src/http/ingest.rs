@@ -6,6 +6,7 @@ use axum::body::{to_bytes, Body};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
+use http_body_util::BodyExt;
 use stockflow_core::{parse_body, BodyError, BodyFormat};
 
 use super::{ApiError, AppState};
@@ -16,18 +17,32 @@ const SOURCE: &str = "http:/v1/events";
 /// request does not stall the async workers serving queries.
 const PARSE_INLINE_BYTES_MAX: usize = 256 << 10;
 
+/// Reads and drops a body we refuse, up to `limit` bytes, without keeping
+/// it. Answering before the client finished sending would close the
+/// connection under it, and it would see a broken pipe instead of our 429.
+async fn discard(mut body: Body, limit: usize) {
+    let mut read = 0;
+    while read <= limit {
+        match body.frame().await {
+            Some(Ok(frame)) => read += frame.data_ref().map_or(0, |d| d.len()),
+            _ => return,
+        }
+    }
+}
+
 pub async fn post_events(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Receipt>, ApiError> {
-    let _permit = state.ingest_permits.try_acquire().map_err(|_| {
-        ApiError::overloaded(
+    let limit = state.config.body_bytes_max;
+    let Ok(_permit) = state.ingest_permits.try_acquire() else {
+        discard(body, limit).await;
+        return Err(ApiError::overloaded(
             StatusCode::TOO_MANY_REQUESTS,
             "too many ingest requests in flight; retry shortly",
-        )
-    })?;
-    let limit = state.config.body_bytes_max;
+        ));
+    };
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,

@@ -299,3 +299,58 @@ async fn metrics_and_the_openapi_document_describe_the_running_api() {
     }
     server.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_is_refused_with_retry_after_and_refused_requests_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), |c| {
+        c.ingest_queue_max = 1;
+        c.ingest_in_flight_max = 3;
+    })
+    .await;
+    let url = server.url();
+    let client = reqwest::Client::new();
+    let per_request = 5_000;
+    let requests = (0..48).map(|r| {
+        let body: Vec<String> = (0..per_request)
+            .map(|i| event(&format!("r{r}-{i}"), "RECEIPT", "SKU-O", "S1", 1))
+            .collect();
+        let request = client
+            .post(format!("{url}/v1/events"))
+            .header("content-type", "application/x-ndjson")
+            .body(body.join("\n"));
+        tokio::spawn(async move {
+            request
+                .send()
+                .await
+                .expect("an answer, not a closed connection")
+        })
+    });
+    let mut answered = std::collections::BTreeMap::<u16, u64>::new();
+    for task in requests.collect::<Vec<_>>() {
+        let response = task.await.unwrap();
+        let status = response.status().as_u16();
+        if status != 200 {
+            assert!(matches!(status, 429 | 503), "overload answers {status}");
+            let retry: u64 = response.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!(retry >= 1, "Retry-After says when to come back");
+            let error: serde_json::Value = response.json().await.unwrap();
+            assert!(error["message"].as_str().unwrap().contains("retry"));
+        }
+        *answered.entry(status).or_default() += 1;
+    }
+    let ok = answered.get(&200).copied().unwrap_or(0);
+    assert!(ok > 0, "some requests got through: {answered:?}");
+    assert!(
+        ok < 48,
+        "a tiny queue must refuse some of 48 at once: {answered:?}"
+    );
+    // Exactly the acknowledged requests count: refused ones changed nothing.
+    let (_, level) = get(&url, "/v1/stock/SKU-O/S1").await;
+    assert_eq!(level["onHand"], json!(ok * per_request), "{answered:?}");
+    server.stop().await.unwrap();
+}
