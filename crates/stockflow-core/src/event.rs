@@ -189,6 +189,14 @@ impl Batch {
         (0..self.events.len()).map(|i| self.get(i))
     }
 
+    /// Renumbers each event's `index` (its position in the request), e.g.
+    /// from a translated line to the source message it came from.
+    pub fn remap_indexes(&mut self, map: impl Fn(u32) -> u32) {
+        for rec in &mut self.events {
+            rec.index = map(rec.index);
+        }
+    }
+
     /// Gives every event without a timestamp the server time `now`.
     pub fn stamp_missing_timestamps(&mut self, now: Timestamp) {
         for rec in &mut self.events {

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use stockflow_core::EngineConfig;
 
+use crate::sources::Sources;
+
 /// Everything a running engine needs to know.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -30,6 +32,8 @@ pub struct Config {
     pub dead_letters_in_memory_max: usize,
     /// Threads applying events to partitions.
     pub apply_threads: usize,
+    /// Source formats accepted at /v1/sources/{format}/events.
+    pub sources: Sources,
 }
 
 impl Config {
@@ -48,6 +52,7 @@ impl Config {
             apply_threads: std::thread::available_parallelism()
                 .map_or(2, |n| n.get())
                 .min(4),
+            sources: Sources::default(),
         }
     }
 }

@@ -7,12 +7,14 @@ pub mod config;
 pub mod dead_letters;
 pub mod demo;
 pub mod http;
+pub mod import;
 pub mod metrics;
 pub mod pipeline;
 pub mod record;
 pub mod recovery;
 pub mod server;
 pub mod simulate;
+pub mod sources;
 
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {

@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use parking_lot::{Mutex, RwLock};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use stockflow_core::{admit, Batch, Dedup, Exception, Outcome, Parsed, Partition, Timestamp};
 use stockflow_log::{Appended, LogWriter};
 use tokio::sync::oneshot;
@@ -32,7 +32,7 @@ use crate::record::{CommitGroupRef, DeadLetter};
 use crate::recovery::{CheckpointJob, CheckpointMeta, Recovered};
 
 /// The answer to one ingest request.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Receipt {
     pub accepted: u64,
     pub duplicates: u64,
@@ -40,11 +40,11 @@ pub struct Receipt {
     pub errors: Vec<ReceiptError>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ReceiptError {
     pub index: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event_id: Option<String>,
     pub reason: String,
 }
@@ -59,7 +59,7 @@ pub struct RefusedBody {
 struct Submission {
     parsed: Parsed,
     refused: Option<RefusedBody>,
-    source: &'static str,
+    source: String,
     reply: oneshot::Sender<Receipt>,
 }
 
@@ -188,7 +188,7 @@ impl Pipeline {
     pub fn submit(
         &self,
         parsed: Parsed,
-        source: &'static str,
+        source: &str,
     ) -> Result<oneshot::Receiver<Receipt>, Overloaded> {
         self.send(parsed, None, source, false)
     }
@@ -197,7 +197,7 @@ impl Pipeline {
     pub fn submit_refused(
         &self,
         refused: RefusedBody,
-        source: &'static str,
+        source: &str,
     ) -> Result<oneshot::Receiver<Receipt>, Overloaded> {
         self.send(Parsed::default(), Some(refused), source, false)
     }
@@ -206,7 +206,7 @@ impl Pipeline {
     pub fn submit_blocking(
         &self,
         parsed: Parsed,
-        source: &'static str,
+        source: &str,
     ) -> Result<oneshot::Receiver<Receipt>, Overloaded> {
         self.send(parsed, None, source, true)
     }
@@ -215,14 +215,14 @@ impl Pipeline {
         &self,
         parsed: Parsed,
         refused: Option<RefusedBody>,
-        source: &'static str,
+        source: &str,
         wait: bool,
     ) -> Result<oneshot::Receiver<Receipt>, Overloaded> {
         let (reply, rx) = oneshot::channel();
         let submission = Submission {
             parsed,
             refused,
-            source,
+            source: source.to_owned(),
             reply,
         };
         let sender = self.ingest.lock().clone().ok_or(Overloaded)?;
@@ -339,7 +339,7 @@ impl Sequencer {
                 });
                 dead_letters.push(self.dead_letter(
                     now,
-                    source,
+                    &source,
                     Some(r.index),
                     r.event_id,
                     r.reason,
@@ -349,7 +349,7 @@ impl Sequencer {
             if let Some(body) = refused {
                 dead_letters.push(self.dead_letter(
                     now,
-                    source,
+                    &source,
                     None,
                     None,
                     body.reason,

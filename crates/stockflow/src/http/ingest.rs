@@ -1,18 +1,19 @@
-//! POST /v1/events.
+//! POST /v1/events and POST /v1/sources/{format}/events.
 
 use std::sync::Arc;
 
 use axum::body::{to_bytes, Body};
-use axum::extract::State;
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
 use http_body_util::BodyExt;
-use stockflow_core::{parse_body, BodyError, BodyFormat};
+use stockflow_core::{parse_body, BodyError, BodyFormat, Parsed};
 
 use super::{ApiError, AppState};
 use crate::pipeline::{Receipt, RefusedBody};
 
-const SOURCE: &str = "http:/v1/events";
 /// Bodies larger than this are parsed on the blocking pool so that a big
 /// request does not stall the async workers serving queries.
 const PARSE_INLINE_BYTES_MAX: usize = 256 << 10;
@@ -34,6 +35,49 @@ pub async fn post_events(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Body,
+) -> Result<Json<Receipt>, ApiError> {
+    let events_max = state.config.request_events_max;
+    ingest(
+        &state,
+        &headers,
+        body,
+        "http:/v1/events",
+        move |bytes, framing| parse_body(bytes, framing, events_max),
+    )
+    .await
+}
+
+/// POST /v1/sources/{format}/events: a source system's own messages.
+pub async fn post_source_events(
+    State(state): State<Arc<AppState>>,
+    Path(format): Path<String>,
+    Query(params): Query<BTreeMap<String, String>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Receipt>, ApiError> {
+    let Some(mapping) = state.config.sources.get(&format).cloned() else {
+        let known: Vec<&str> = state.config.sources.names().collect();
+        return Err(ApiError::not_found(format!(
+            "no source format {format:?}; known formats: {}",
+            known.join(", ")
+        )));
+    };
+    let events_max = state.config.request_events_max;
+    let source = format!("source:{format}");
+    ingest(&state, &headers, body, &source, move |bytes, framing| {
+        crate::sources::translate(&mapping, bytes, framing, &params, events_max)
+    })
+    .await
+}
+
+/// The one ingest path: admission, body limits, parsing (off the async
+/// workers when big), the pipeline, and dead letters for refused bodies.
+async fn ingest(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    source: &str,
+    parse: impl FnOnce(&[u8], BodyFormat) -> Result<Parsed, BodyError> + Send + 'static,
 ) -> Result<Json<Receipt>, ApiError> {
     let limit = state.config.body_bytes_max;
     let Ok(_permit) = state.ingest_permits.try_acquire() else {
@@ -77,10 +121,9 @@ pub async fn post_events(
         }
         _ => BodyFormat::Json,
     };
-    let events_max = state.config.request_events_max;
     let parsed = if bytes.len() > PARSE_INLINE_BYTES_MAX {
         let bytes = bytes.clone();
-        tokio::task::spawn_blocking(move || parse_body(&bytes, format, events_max))
+        tokio::task::spawn_blocking(move || parse(&bytes, format))
             .await
             .map_err(|_| {
                 ApiError::new(
@@ -90,7 +133,7 @@ pub async fn post_events(
                 )
             })?
     } else {
-        parse_body(&bytes, format, events_max)
+        parse(&bytes, format)
     };
     let pipeline = &state.pipeline;
     let overloaded = |_| {
@@ -108,7 +151,7 @@ pub async fn post_events(
     match parsed {
         Ok(parsed) => {
             let receipt = pipeline
-                .submit(parsed, SOURCE)
+                .submit(parsed, source)
                 .map_err(overloaded)?
                 .await
                 .map_err(stopping)?;
@@ -126,7 +169,7 @@ pub async fn post_events(
                 payload: String::from_utf8_lossy(&bytes).into_owned(),
             };
             pipeline
-                .submit_refused(refused, SOURCE)
+                .submit_refused(refused, source)
                 .map_err(overloaded)?
                 .await
                 .map_err(stopping)?;

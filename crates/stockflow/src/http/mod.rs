@@ -39,6 +39,11 @@ pub struct AppState {
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/events", post(ingest::post_events))
+        .route(
+            "/v1/sources/{format}/events",
+            post(ingest::post_source_events),
+        )
+        .route("/v1/sources", get(query::sources))
         .route("/v1/stock/{sku}/{location_id}", get(query::level))
         .route("/v1/stock/{sku}", get(query::sku))
         .route("/v1/locations/{location_id}/stock", get(query::location))

@@ -163,3 +163,23 @@ pub async fn dead_letters(
     };
     Ok(Json(json!({"deadLetters": items, "nextAfter": next})))
 }
+
+/// GET /v1/sources: the formats accepted at /v1/sources/{format}/events,
+/// each with its mapping (so a user can copy one to write their own).
+pub async fn sources(State(state): State<Arc<AppState>>) -> Json<Value> {
+    let formats: Vec<Value> = state
+        .config
+        .sources
+        .all()
+        .map(|m| {
+            json!({
+                "format": m.format,
+                "description": m.description,
+                "input": m.input,
+                "endpoint": format!("/v1/sources/{}/events", m.format),
+                "mapping": m,
+            })
+        })
+        .collect();
+    Json(json!({ "formats": formats }))
+}

@@ -2,6 +2,8 @@
 
 mod crash;
 mod http;
+mod import;
+mod sources;
 
 use std::path::Path;
 
