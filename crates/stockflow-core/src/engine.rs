@@ -7,11 +7,12 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::catalog::{Catalog, CatalogChange};
 use crate::dedup::{event_id_hash, Dedup};
 use crate::event::Batch;
 use crate::level::Outcome;
 use crate::limits::{DEDUP_ENTRIES_MAX_DEFAULT, DEDUP_RETENTION_NS_DEFAULT, PARTITIONS_DEFAULT};
-use crate::partition::{Exception, LevelView, Partition};
+use crate::partition::{Exception, LevelView, Partition, Totals};
 use crate::time::Timestamp;
 
 /// The partition that owns (sku, locationId), stable across versions and
@@ -77,6 +78,7 @@ pub struct Engine {
     pub config: EngineConfig,
     pub dedup: Dedup,
     pub partitions: Vec<Partition>,
+    pub catalog: Catalog,
 }
 
 impl Engine {
@@ -87,7 +89,30 @@ impl Engine {
             partitions: (0..config.partitions)
                 .map(|_| Partition::default())
                 .collect(),
+            catalog: Catalog::default(),
         }
+    }
+
+    /// Applies catalog changes at `now`. In a log record they come before
+    /// the record's events.
+    pub fn apply_catalog(&mut self, changes: &[CatalogChange], now: Timestamp) {
+        for change in changes {
+            self.catalog.apply(change, now);
+            for partition in &mut self.partitions {
+                partition.apply_catalog(change);
+            }
+        }
+    }
+
+    /// Roll-up of `sku` over every location.
+    pub fn sku_totals(&self, sku: &str) -> Totals {
+        let mut totals = Totals::default();
+        for partition in &self.partitions {
+            if let Some(t) = partition.sku_totals(sku) {
+                totals.add(&t);
+            }
+        }
+        totals
     }
 
     /// Admits `batch` (removing duplicates from it) and applies it at `now`.

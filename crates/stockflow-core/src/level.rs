@@ -70,9 +70,25 @@ pub struct Level {
     history: Vec<(Timestamp, i64)>,
 }
 
+/// The quantities of a level, without its history: what roll-ups sum.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Numbers {
+    pub on_hand: i64,
+    pub reserved: i64,
+    pub in_transit: i64,
+}
+
 impl Level {
     pub fn available(&self) -> i64 {
         (self.on_hand - self.reserved).max(0)
+    }
+
+    pub fn numbers(&self) -> Numbers {
+        Numbers {
+            on_hand: self.on_hand,
+            reserved: self.reserved,
+            in_transit: self.in_transit,
+        }
     }
 
     pub fn count_time(&self) -> Option<Timestamp> {

@@ -20,6 +20,7 @@
 //! assert_eq!(engine.get("A", "S1").unwrap().level.on_hand, 5);
 //! ```
 
+pub mod catalog;
 pub mod dedup;
 pub mod engine;
 pub mod event;
@@ -29,10 +30,13 @@ pub mod parse;
 pub mod partition;
 pub mod time;
 
+pub use catalog::{Catalog, CatalogChange, Location, LocationType, Policy, Product};
 pub use dedup::{event_id_hash, Dedup, DedupDecodeError, DedupSnapshot};
 pub use engine::{admit, route, BatchReport, Engine, EngineConfig};
 pub use event::{Batch, EventRef, EventType, Route};
-pub use level::{Level, Outcome, Rejection};
+pub use level::{Level, Numbers, Outcome, Rejection};
 pub use parse::{parse_body, BodyError, BodyFormat, Parsed, Rejected};
-pub use partition::{Exception, LevelView, Partition, PartitionSnapshot, PartitionSnapshotRef};
+pub use partition::{
+    Exception, LevelView, Partition, PartitionSnapshot, PartitionSnapshotRef, Totals,
+};
 pub use time::Timestamp;

@@ -41,3 +41,10 @@ pub const DEDUP_RETENTION_NS_DEFAULT: i64 = 7 * 24 * 3600 * 1_000_000_000;
 /// so 4.5 GB at this bound). Past it the oldest are forgotten early and
 /// counted in `Dedup::evicted_early`, never silently.
 pub const DEDUP_ENTRIES_MAX_DEFAULT: usize = 100_000_000;
+
+/// Longest free-text catalog field (product and location names), in
+/// characters.
+pub const TEXT_CHARS_MAX: usize = 512;
+
+/// Price changes kept per product (oldest dropped first).
+pub const PRICE_HISTORY_MAX: usize = 100;

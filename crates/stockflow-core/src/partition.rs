@@ -9,8 +9,9 @@ use rustc_hash::FxHashMap;
 use serde::ser::SerializeStruct;
 use serde::{Deserialize, Serialize, Serializer};
 
+use crate::catalog::{Catalog, CatalogChange, Policy};
 use crate::event::{Batch, EventType};
-use crate::level::{Level, Outcome};
+use crate::level::{Level, Numbers, Outcome};
 use crate::time::Timestamp;
 
 /// An interned name (sku or locationId) within one partition.
@@ -63,7 +64,7 @@ pub struct Exception {
     pub outcome: Outcome,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Partition {
     /// Name ↔ symbol. Names live as long as the partition: levels are never
     /// deleted, so neither are their names.
@@ -76,7 +77,100 @@ pub struct Partition {
     by_sku: FxHashMap<Sym, Vec<u32>>,
     /// location → its levels here ordered by sku, for paginated queries.
     by_location: FxHashMap<Sym, BTreeMap<Arc<str>, u32>>,
+    /// Roll-ups, kept incrementally as levels change (see [`Totals`]):
+    /// per sku (indexed by symbol), per location, and per (sku, group)
+    /// where a group is `region:…`, `channel:…` or `type:…`.
+    sku_totals: Vec<Totals>,
+    location_totals: FxHashMap<Sym, Totals>,
+    group_totals: FxHashMap<Sym, Vec<(Sym, Totals)>>,
+    /// Products whose policy differs from the default, from the catalog.
+    policies: FxHashMap<Sym, Policy>,
+    /// Groups of each location the catalog describes; others are in
+    /// `type:unknown` only.
+    location_groups: FxHashMap<Sym, Vec<Sym>>,
+    /// The symbol of [`UNKNOWN_TYPE_GROUP`].
+    unknown_type: Sym,
 }
+
+impl Default for Partition {
+    fn default() -> Partition {
+        let mut partition = Partition {
+            symbols: FxHashMap::default(),
+            names: Vec::new(),
+            index: FxHashMap::default(),
+            levels: Vec::new(),
+            by_sku: FxHashMap::default(),
+            by_location: FxHashMap::default(),
+            sku_totals: Vec::new(),
+            location_totals: FxHashMap::default(),
+            group_totals: FxHashMap::default(),
+            policies: FxHashMap::default(),
+            location_groups: FxHashMap::default(),
+            unknown_type: 0,
+        };
+        partition.unknown_type = partition.intern(UNKNOWN_TYPE_GROUP);
+        partition
+    }
+}
+
+/// Sums over a set of levels. `available` honours each product's safety
+/// stock; `at_zero` and `below_threshold` count levels whose available is
+/// 0, or below the product's low-stock threshold.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Totals {
+    pub on_hand: i64,
+    pub reserved: i64,
+    pub available: i64,
+    pub in_transit: i64,
+    pub levels: i64,
+    pub at_zero: i64,
+    pub below_threshold: i64,
+}
+
+impl Totals {
+    /// One level's part in every roll-up it belongs to.
+    pub fn of(level: &Numbers, policy: Policy) -> Totals {
+        let available = policy.available(level);
+        Totals {
+            on_hand: level.on_hand,
+            reserved: level.reserved,
+            available,
+            in_transit: level.in_transit,
+            levels: 1,
+            at_zero: i64::from(available == 0),
+            below_threshold: i64::from(available < policy.low_stock_threshold),
+        }
+    }
+
+    pub fn add(&mut self, other: &Totals) {
+        self.on_hand += other.on_hand;
+        self.reserved += other.reserved;
+        self.available += other.available;
+        self.in_transit += other.in_transit;
+        self.levels += other.levels;
+        self.at_zero += other.at_zero;
+        self.below_threshold += other.below_threshold;
+    }
+
+    fn minus(mut self, other: &Totals) -> Totals {
+        self.on_hand -= other.on_hand;
+        self.reserved -= other.reserved;
+        self.available -= other.available;
+        self.in_transit -= other.in_transit;
+        self.levels -= other.levels;
+        self.at_zero -= other.at_zero;
+        self.below_threshold -= other.below_threshold;
+        self
+    }
+
+    fn is_zero(&self) -> bool {
+        *self == Totals::default()
+    }
+}
+
+/// The group every location is in until the catalog says what it is.
+const UNKNOWN_TYPE_GROUP: &str = "type:unknown";
 
 impl Partition {
     pub fn len(&self) -> usize {
@@ -112,12 +206,13 @@ impl Partition {
                 .timestamp
                 .expect("the sequencer stamps every event before it is applied");
             if route.source == id {
-                let outcome = self.level_mut(event.sku, event.location_id).apply(
-                    event.event_type,
-                    event.quantity,
-                    at,
-                    now,
-                );
+                let slot = self.slot(event.sku, event.location_id);
+                let before = self.levels[slot as usize].2.numbers();
+                let outcome =
+                    self.levels[slot as usize]
+                        .2
+                        .apply(event.event_type, event.quantity, at, now);
+                self.account(slot, &before);
                 if matches!(outcome, Outcome::Rejected(_)) {
                     exceptions.push(Exception {
                         position: position as u32,
@@ -127,9 +222,12 @@ impl Partition {
             }
             if let (Some(to), true) = (event.to_location_id, route.destination == Some(id)) {
                 debug_assert_eq!(event.event_type, EventType::TransferOut);
-                let outcome = self
-                    .level_mut(event.sku, to)
+                let slot = self.slot(event.sku, to);
+                let before = self.levels[slot as usize].2.numbers();
+                let outcome = self.levels[slot as usize]
+                    .2
                     .apply_in_transit(event.quantity, now);
+                self.account(slot, &before);
                 if matches!(outcome, Outcome::Rejected(_)) {
                     exceptions.push(Exception {
                         position: position as u32,
@@ -140,8 +238,9 @@ impl Partition {
         }
     }
 
-    /// The level, created empty if never seen.
-    pub fn level_mut(&mut self, sku: &str, location: &str) -> &mut Level {
+    /// The slot of a level, created empty (and counted in the roll-ups) if
+    /// never seen.
+    fn slot(&mut self, sku: &str, location: &str) -> u32 {
         let sku_sym = self.intern(sku);
         let location_sym = self.intern(location);
         let next = self.levels.len() as u32;
@@ -154,8 +253,135 @@ impl Partition {
                 .entry(location_sym)
                 .or_default()
                 .insert(sku_name, slot);
+            let created = Totals::of(&Numbers::default(), self.policy(sku_sym));
+            self.add_to_rollups(sku_sym, location_sym, &created);
         }
-        &mut self.levels[slot as usize].2
+        slot
+    }
+
+    fn policy(&self, sku: Sym) -> Policy {
+        self.policies.get(&sku).copied().unwrap_or_default()
+    }
+
+    /// Moves the roll-ups by what changed at `slot` since `before`.
+    fn account(&mut self, slot: u32, before: &Numbers) {
+        let (sku, location, level) = &self.levels[slot as usize];
+        let after = level.numbers();
+        if after == *before {
+            return;
+        }
+        let (sku, location) = (*sku, *location);
+        let policy = self.policy(sku);
+        let delta = Totals::of(&after, policy).minus(&Totals::of(before, policy));
+        self.add_to_rollups(sku, location, &delta);
+    }
+
+    fn add_to_rollups(&mut self, sku: Sym, location: Sym, delta: &Totals) {
+        self.sku_totals[sku as usize].add(delta);
+        self.location_totals.entry(location).or_default().add(delta);
+        let groups = match self.location_groups.get(&location) {
+            Some(groups) => groups.as_slice(),
+            None => std::slice::from_ref(&self.unknown_type),
+        };
+        let per_sku = self.group_totals.entry(sku).or_default();
+        for group in groups {
+            match per_sku.iter_mut().find(|(g, _)| g == group) {
+                Some((_, totals)) => totals.add(delta),
+                None => {
+                    let mut totals = Totals::default();
+                    totals.add(delta);
+                    per_sku.push((*group, totals));
+                }
+            }
+        }
+    }
+
+    /// Applies a catalog change: a product's policy or a location's groups
+    /// changed, so the roll-ups of its levels move.
+    pub fn apply_catalog(&mut self, change: &CatalogChange) {
+        match change {
+            CatalogChange::Product(product) => self.set_policy(&product.sku, product.policy()),
+            CatalogChange::Location(location) => {
+                self.set_groups(&location.location_id, &location.groups())
+            }
+        }
+    }
+
+    fn set_policy(&mut self, sku: &str, policy: Policy) {
+        let sku = self.intern(sku);
+        let old = self.policy(sku);
+        if old == policy {
+            return;
+        }
+        for slot in self.by_sku.get(&sku).cloned().unwrap_or_default() {
+            let (_, location, level) = &self.levels[slot as usize];
+            let n = level.numbers();
+            let delta = Totals::of(&n, policy).minus(&Totals::of(&n, old));
+            let location = *location;
+            self.add_to_rollups(sku, location, &delta);
+        }
+        if policy == Policy::default() {
+            self.policies.remove(&sku);
+        } else {
+            self.policies.insert(sku, policy);
+        }
+    }
+
+    fn set_groups(&mut self, location: &str, groups: &[String]) {
+        let location = self.intern(location);
+        let groups: Vec<Sym> = groups.iter().map(|g| self.intern(g)).collect();
+        let slots: Vec<u32> = self
+            .by_location
+            .get(&location)
+            .map(|levels| levels.values().copied().collect())
+            .unwrap_or_default();
+        // Take the levels out of their old groups, switch, put them back.
+        for slot in &slots {
+            let (sku, _, level) = &self.levels[*slot as usize];
+            let removed = Totals::default().minus(&Totals::of(&level.numbers(), self.policy(*sku)));
+            let sku = *sku;
+            self.add_to_groups(sku, location, &removed);
+        }
+        self.location_groups.insert(location, groups);
+        for slot in &slots {
+            let (sku, _, level) = &self.levels[*slot as usize];
+            let added = Totals::of(&level.numbers(), self.policy(*sku));
+            let sku = *sku;
+            self.add_to_groups(sku, location, &added);
+        }
+    }
+
+    /// Like [`Partition::add_to_rollups`] for the group roll-ups only.
+    fn add_to_groups(&mut self, sku: Sym, location: Sym, delta: &Totals) {
+        let groups = match self.location_groups.get(&location) {
+            Some(groups) => groups.clone(),
+            None => vec![self.unknown_type],
+        };
+        let per_sku = self.group_totals.entry(sku).or_default();
+        for group in groups {
+            match per_sku.iter_mut().find(|(g, _)| *g == group) {
+                Some((_, totals)) => totals.add(delta),
+                None => {
+                    let mut totals = Totals::default();
+                    totals.add(delta);
+                    per_sku.push((group, totals));
+                }
+            }
+        }
+        per_sku.retain(|(_, t)| !t.is_zero());
+    }
+
+    /// Rebuilds every roll-up from the levels.
+    fn recompute_rollups(&mut self) {
+        self.sku_totals = vec![Totals::default(); self.names.len()];
+        self.location_totals.clear();
+        self.group_totals.clear();
+        for slot in 0..self.levels.len() {
+            let (sku, location, level) = &self.levels[slot];
+            let totals = Totals::of(&level.numbers(), self.policy(*sku));
+            let (sku, location) = (*sku, *location);
+            self.add_to_rollups(sku, location, &totals);
+        }
     }
 
     fn intern(&mut self, name: &str) -> Sym {
@@ -166,6 +392,7 @@ impl Partition {
         let name: Arc<str> = Arc::from(name);
         self.names.push(name.clone());
         self.symbols.insert(name, sym);
+        self.sku_totals.push(Totals::default());
         sym
     }
 
@@ -224,11 +451,64 @@ impl Partition {
         PartitionSnapshotRef(self)
     }
 
-    pub fn restore(snapshot: PartitionSnapshot) -> Partition {
+    /// Rebuilds a partition from its stored levels and the catalog as of
+    /// the same log position; roll-ups are derived, never stored.
+    pub fn restore(snapshot: PartitionSnapshot, catalog: &Catalog) -> Partition {
         let mut partition = Partition::default();
-        for (sku, location, level) in snapshot.levels {
-            *partition.level_mut(&sku, &location) = level;
+        for product in catalog.products.values() {
+            let policy = product.policy();
+            if policy != Policy::default() {
+                let sku = partition.intern(&product.sku);
+                partition.policies.insert(sku, policy);
+            }
         }
+        for location in catalog.locations.values() {
+            let id = partition.intern(&location.location_id);
+            let groups = location
+                .groups()
+                .iter()
+                .map(|g| partition.intern(g))
+                .collect();
+            partition.location_groups.insert(id, groups);
+        }
+        for (sku, location, level) in snapshot.levels {
+            let slot = partition.slot(&sku, &location);
+            partition.levels[slot as usize].2 = level;
+        }
+        partition.recompute_rollups();
         partition
+    }
+
+    /// Roll-up of `sku` over its levels here.
+    pub fn sku_totals(&self, sku: &str) -> Option<Totals> {
+        let sym = *self.symbols.get(sku)?;
+        self.by_sku
+            .contains_key(&sym)
+            .then(|| self.sku_totals[sym as usize])
+    }
+
+    /// Roll-up of every level at `location` here.
+    pub fn location_totals(&self, location: &str) -> Option<Totals> {
+        self.location_totals
+            .get(self.symbols.get(location)?)
+            .copied()
+    }
+
+    /// Roll-ups of `sku` per group (`region:…`, `channel:…`, `type:…`).
+    pub fn group_totals(&self, sku: &str) -> Vec<(Arc<str>, Totals)> {
+        let Some(groups) = self.symbols.get(sku).and_then(|s| self.group_totals.get(s)) else {
+            return Vec::new();
+        };
+        groups
+            .iter()
+            .map(|(group, totals)| (self.names[*group as usize].clone(), *totals))
+            .collect()
+    }
+
+    /// Every location with a level here.
+    pub fn locations(&self) -> impl Iterator<Item = &Arc<str>> + '_ {
+        self.by_location
+            .keys()
+            .map(|sym| &self.names[*sym as usize])
     }
 }

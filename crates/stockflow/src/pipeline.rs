@@ -22,7 +22,10 @@ use std::time::Instant;
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
-use stockflow_core::{admit, Batch, Dedup, Exception, Outcome, Parsed, Partition, Timestamp};
+use stockflow_core::{
+    admit, Batch, Catalog, CatalogChange, Dedup, Exception, Outcome, Parsed, Partition, Rejected,
+    Timestamp,
+};
 use stockflow_log::{Appended, LogWriter};
 use tokio::sync::oneshot;
 
@@ -58,6 +61,7 @@ pub struct RefusedBody {
 /// What a handler hands to the sequencer.
 struct Submission {
     parsed: Parsed,
+    catalog: Vec<CatalogChange>,
     refused: Option<RefusedBody>,
     source: String,
     reply: oneshot::Sender<Receipt>,
@@ -66,6 +70,8 @@ struct Submission {
 /// State readable by queries while the appliers write it.
 pub struct Shared {
     pub partitions: Vec<RwLock<Partition>>,
+    /// Products and locations, updated in log order by the syncer.
+    pub catalog: RwLock<Catalog>,
     pub dead_letters: RwLock<DeadLetters>,
     /// Log records applied so far (for readiness and benchmarks).
     pub applied_records: AtomicU64,
@@ -103,6 +109,7 @@ struct Request {
 /// One group commit travelling through the stages.
 struct Group {
     now: Timestamp,
+    catalog: Vec<CatalogChange>,
     requests: Vec<Request>,
     dead_letters: Vec<DeadLetter>,
     file: Appended,
@@ -136,6 +143,7 @@ impl Pipeline {
         } = recovered;
         let shared = Arc::new(Shared {
             partitions: engine.partitions.into_iter().map(RwLock::new).collect(),
+            catalog: RwLock::new(engine.catalog),
             dead_letters: RwLock::new(dead_letters),
             applied_records: AtomicU64::new(log.next_record()),
             dedup_entries: AtomicU64::new(engine.dedup.len() as u64),
@@ -167,8 +175,8 @@ impl Pipeline {
             group_events_max: config.group_events_max,
             data_dir: config.data_dir.clone(),
             partitions: shared.partition_count(),
-            // dedup + dead letters + every partition
-            checkpoint_parts: 2 + shared.partitions.len(),
+            // dedup + dead letters + catalog + every partition
+            checkpoint_parts: 3 + shared.partitions.len(),
             shared: shared.clone(),
             buf: Vec::new(),
             _lock: lock,
@@ -191,6 +199,22 @@ impl Pipeline {
         source: &str,
     ) -> Result<oneshot::Receiver<Receipt>, Overloaded> {
         self.send(parsed, None, source, false)
+    }
+
+    /// Commits catalog changes (products, locations) through the log, and
+    /// the refused ones as dead letters; the receipt counts the changes as
+    /// accepted.
+    pub fn submit_catalog(
+        &self,
+        changes: Vec<CatalogChange>,
+        rejected: Vec<Rejected>,
+        source: &str,
+    ) -> Result<oneshot::Receiver<Receipt>, Overloaded> {
+        let parsed = Parsed {
+            batch: Batch::default(),
+            rejected,
+        };
+        self.send_all(parsed, changes, None, source, false)
     }
 
     /// Keeps a refused body as a dead letter; resolves once it is durable.
@@ -218,8 +242,20 @@ impl Pipeline {
         source: &str,
         wait: bool,
     ) -> Result<oneshot::Receiver<Receipt>, Overloaded> {
+        self.send_all(parsed, Vec::new(), refused, source, wait)
+    }
+
+    fn send_all(
+        &self,
+        parsed: Parsed,
+        catalog: Vec<CatalogChange>,
+        refused: Option<RefusedBody>,
+        source: &str,
+        wait: bool,
+    ) -> Result<oneshot::Receiver<Receipt>, Overloaded> {
         let (reply, rx) = oneshot::channel();
         let submission = Submission {
+            catalog,
             parsed,
             refused,
             source: source.to_owned(),
@@ -283,10 +319,10 @@ impl Sequencer {
     fn run(mut self, ingest: &Receiver<Submission>, next: &Sender<Stage>) {
         while let Ok(first) = ingest.recv() {
             let mut submissions = vec![first];
-            let mut events = submissions[0].parsed.total();
+            let mut events = submissions[0].parsed.total() + submissions[0].catalog.len();
             while events < self.group_events_max {
                 let Ok(more) = ingest.try_recv() else { break };
-                events += more.parsed.total();
+                events += more.parsed.total() + more.catalog.len();
                 submissions.push(more);
             }
             let group = self.commit(submissions);
@@ -311,9 +347,11 @@ impl Sequencer {
         self.last_now = now;
         let mut requests = Vec::with_capacity(submissions.len());
         let mut dead_letters = Vec::new();
+        let mut catalog = Vec::new();
         let (mut accepted, mut duplicates_total, mut rejected_total) = (0u64, 0u64, 0u64);
         for Submission {
             parsed,
+            catalog: changes,
             refused,
             source,
             reply,
@@ -326,7 +364,7 @@ impl Sequencer {
             let duplicates = admit(&mut self.dedup, &mut batch, now);
             batch.compute_routes(self.partitions);
             let mut receipt = Receipt {
-                accepted: batch.len() as u64,
+                accepted: (batch.len() + changes.len()) as u64,
                 duplicates: duplicates.len() as u64,
                 rejected: rejected.len() as u64,
                 errors: Vec::with_capacity(rejected.len()),
@@ -356,6 +394,7 @@ impl Sequencer {
                     body.payload,
                 ));
             }
+            catalog.extend(changes);
             accepted += receipt.accepted;
             duplicates_total += receipt.duplicates;
             rejected_total += receipt.rejected;
@@ -366,6 +405,7 @@ impl Sequencer {
         }
         let record = CommitGroupRef {
             now,
+            catalog: &catalog,
             batches: requests.iter().map(|r| &r.batch).collect(),
             dead_letters: &dead_letters,
         };
@@ -385,6 +425,7 @@ impl Sequencer {
         metrics::gauge!("stockflow_dedup_evicted_early").set(self.dedup.evicted_early() as f64);
         Arc::new(Group {
             now,
+            catalog,
             events: accepted as usize,
             requests,
             dead_letters,
@@ -471,6 +512,13 @@ fn syncer(input: &Receiver<Stage>, appliers: &[Sender<Stage>], shared: &Shared) 
         for stage in stages {
             match &stage {
                 Stage::Group(group) => {
+                    if !group.catalog.is_empty() {
+                        let mut catalog = shared.catalog.write();
+                        group
+                            .catalog
+                            .iter()
+                            .for_each(|c| catalog.apply(c, group.now));
+                    }
                     let mut letters = shared.dead_letters.write();
                     group
                         .dead_letters
@@ -480,7 +528,10 @@ fn syncer(input: &Receiver<Stage>, appliers: &[Sender<Stage>], shared: &Shared) 
                         .increment(group.dead_letters.len() as u64);
                     group.appliers_left.store(appliers.len(), Ordering::Release);
                 }
-                Stage::Checkpoint(job) => job.write_dead_letters(&shared.dead_letters.read()),
+                Stage::Checkpoint(job) => {
+                    job.write_dead_letters(&shared.dead_letters.read());
+                    job.write_catalog(&shared.catalog.read());
+                }
             }
             for applier in appliers {
                 let forwarded = match &stage {
@@ -507,6 +558,10 @@ fn applier(worker: usize, workers: usize, shared: &Shared, input: &Receiver<Stag
                 let mut exceptions = Vec::new();
                 for id in &owned {
                     let mut partition = shared.partitions[*id as usize].write();
+                    group
+                        .catalog
+                        .iter()
+                        .for_each(|c| partition.apply_catalog(c));
                     for (request, item) in group.requests.iter().enumerate() {
                         found.clear();
                         partition.apply_batch(*id, &item.batch, group.now, &mut found);

@@ -6,7 +6,7 @@
 //! records, so an event counts if and only if its record is in the log.
 
 use serde::{Deserialize, Serialize};
-use stockflow_core::{Batch, Timestamp};
+use stockflow_core::{Batch, CatalogChange, Timestamp};
 
 /// A rejected event (or unparseable body), kept with its raw payload.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,6 +27,8 @@ pub struct DeadLetter {
 #[derive(Serialize)]
 pub struct CommitGroupRef<'a> {
     pub now: Timestamp,
+    /// Applied before the batches.
+    pub catalog: &'a [CatalogChange],
     pub batches: Vec<&'a Batch>,
     pub dead_letters: &'a [DeadLetter],
 }
@@ -35,6 +37,7 @@ pub struct CommitGroupRef<'a> {
 #[derive(Deserialize)]
 pub struct CommitGroup {
     pub now: Timestamp,
+    pub catalog: Vec<CatalogChange>,
     pub batches: Vec<Batch>,
     pub dead_letters: Vec<DeadLetter>,
 }

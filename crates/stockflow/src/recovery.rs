@@ -5,7 +5,7 @@
 //! DATA_DIR/LOCK                    held (flock) by the running process
 //! DATA_DIR/log/*.seg               the log: one record per group commit
 //! DATA_DIR/checkpoints/N/          state as of log record N (exclusive):
-//!     meta.snap dedup.snap dead-letters.snap part-PPPP.snap
+//!     meta.snap dedup.snap dead-letters.snap catalog.snap part-PPPP.snap
 //! ```
 //! Restart = newest whole checkpoint + replay of the records after it. A
 //! checkpoint directory is written under `N.tmp` and renamed when every
@@ -20,7 +20,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use stockflow_core::{
-    Dedup, DedupSnapshot, Engine, EngineConfig, Partition, PartitionSnapshot, Timestamp,
+    Catalog, Dedup, DedupSnapshot, Engine, EngineConfig, Partition, PartitionSnapshot, Timestamp,
 };
 use stockflow_log::{read_records, read_snapshot, write_snapshot, LogWriter};
 
@@ -28,7 +28,8 @@ use crate::config::Config;
 use crate::dead_letters::DeadLetters;
 use crate::record::{CommitGroup, DeadLetter};
 
-const FORMAT: u32 = 1;
+/// 2: log records and checkpoints carry the catalog.
+const FORMAT: u32 = 2;
 /// Whole checkpoints kept; older ones are deleted after a new one lands.
 const CHECKPOINTS_KEPT: usize = 2;
 
@@ -126,6 +127,7 @@ pub fn recover(config: &Config) -> anyhow::Result<Recovered> {
         let (number, payload) = item?;
         let group = CommitGroup::decode(&payload)
             .with_context(|| format!("log record {number} does not decode"))?;
+        engine.apply_catalog(&group.catalog, group.now);
         for mut batch in group.batches {
             events += batch.len() as u64;
             let report = engine.apply(&mut batch, group.now);
@@ -259,12 +261,15 @@ fn load_checkpoint(
     let dedup = DedupSnapshot::decode(&read_snapshot(&dedup_path)?)
         .with_context(|| format!("{}: cannot decode", dedup_path.display()))?;
     let letters: Vec<DeadLetter> = load(&path.join("dead-letters.snap"))?;
+    let catalog: Catalog = load(&path.join("catalog.snap"))?;
     // Partitions decode in parallel: they are most of the bytes.
+    let catalog = &catalog;
     let partitions = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..config.partitions)
             .map(|p| {
                 scope.spawn(move || {
-                    load::<PartitionSnapshot>(&part_path(path, p)).map(Partition::restore)
+                    load::<PartitionSnapshot>(&part_path(path, p))
+                        .map(|snapshot| Partition::restore(snapshot, catalog))
                 })
             })
             .collect();
@@ -279,6 +284,7 @@ fn load_checkpoint(
         config,
         dedup: Dedup::restore(&dedup, config.dedup_retention_ns, config.dedup_capacity),
         partitions,
+        catalog: catalog.clone(),
     };
     tracing::info!(checkpoint = %path.display(), next_record = meta.next_record, "loaded checkpoint");
     Ok((engine, dead_letters, meta))
@@ -358,6 +364,11 @@ impl CheckpointJob {
     pub fn write_partition(self: &Arc<Self>, id: u16, partition: &Partition) {
         let bytes = encode(&partition.snapshot());
         self.write_part(format!("part-{id:04}.snap"), move || bytes);
+    }
+
+    pub fn write_catalog(self: &Arc<Self>, catalog: &Catalog) {
+        let bytes = encode(catalog);
+        self.write_part("catalog.snap".into(), move || bytes);
     }
 
     pub fn write_dead_letters(self: &Arc<Self>, letters: &DeadLetters) {

@@ -6,9 +6,12 @@
 use std::collections::{BTreeMap, HashSet};
 
 use proptest::prelude::*;
+use proptest::test_runner::TestCaseError;
+use stockflow_core::catalog::parse_product;
 use stockflow_core::{
-    event_id_hash, parse_body, Batch, BodyFormat, Dedup, DedupSnapshot, Engine, EngineConfig,
-    Outcome, Partition, PartitionSnapshot, Rejection, Timestamp,
+    event_id_hash, parse_body, Batch, BodyFormat, Catalog, CatalogChange, Dedup, DedupSnapshot,
+    Engine, EngineConfig, Location, LocationType, Outcome, Partition, PartitionSnapshot, Rejection,
+    Timestamp, Totals,
 };
 
 #[derive(Clone, Debug)]
@@ -164,6 +167,85 @@ fn event() -> impl Strategy<Value = Ev> {
         })
 }
 
+/// Encoded dedup, partitions and catalog, and the log length, taken
+/// half-way through a run.
+type Checkpoint = (Vec<u8>, Vec<Vec<u8>>, Vec<u8>, usize);
+
+/// A catalog change the proptest may interleave: a location's type and
+/// region, or a product's threshold and safety stock.
+fn catalog_change() -> impl Strategy<Value = CatalogChange> {
+    let location = (0usize..4, 0usize..3, prop::option::of(0usize..2)).prop_map(|(l, t, r)| {
+        let mut location = Location::unknown(["S1", "S2", "S3", "DC"][l]);
+        location.kind = [LocationType::Store, LocationType::Dc, LocationType::Online][t];
+        location.region = r.map(|r| ["East", "West"][r].to_owned());
+        CatalogChange::Location(location)
+    });
+    let product = (0usize..2, prop::option::of(0i64..8), prop::option::of(0i64..4)).prop_map(
+        |(p, threshold, safety)| {
+            let value = serde_json::json!({"name": "x", "lowStockThreshold": threshold, "safetyStock": safety});
+            CatalogChange::Product(parse_product(&value, Some(["A", "B"][p])).unwrap())
+        },
+    );
+    prop_oneof![location, product]
+}
+
+/// Roll-ups must equal plain sums over the levels, with each product's
+/// policy and each location's groups as the catalog says now.
+fn check_rollups(engine: &Engine) -> Result<(), TestCaseError> {
+    let mut by_sku: BTreeMap<String, Totals> = BTreeMap::new();
+    let mut by_location: BTreeMap<String, Totals> = BTreeMap::new();
+    let mut by_group: BTreeMap<(String, String), Totals> = BTreeMap::new();
+    for view in engine.levels() {
+        let totals = Totals::of(&view.level.numbers(), engine.catalog.policy(&view.sku));
+        by_sku.entry(view.sku.to_string()).or_default().add(&totals);
+        by_location
+            .entry(view.location_id.to_string())
+            .or_default()
+            .add(&totals);
+        let groups = engine
+            .catalog
+            .locations
+            .get(&*view.location_id)
+            .map_or_else(|| vec!["type:unknown".to_owned()], Location::groups);
+        for group in groups {
+            by_group
+                .entry((view.sku.to_string(), group))
+                .or_default()
+                .add(&totals);
+        }
+    }
+    for (sku, expected) in &by_sku {
+        prop_assert_eq!(&engine.sku_totals(sku), expected, "sku {}", sku);
+        let mut groups: BTreeMap<(String, String), Totals> = BTreeMap::new();
+        for partition in &engine.partitions {
+            for (group, totals) in partition.group_totals(sku) {
+                groups
+                    .entry((sku.clone(), group.to_string()))
+                    .or_default()
+                    .add(&totals);
+            }
+        }
+        groups.retain(|_, t| *t != Totals::default());
+        let mut wanted: BTreeMap<_, _> = by_group
+            .iter()
+            .filter(|((s, _), _)| s == sku)
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        wanted.retain(|_, t| *t != Totals::default());
+        prop_assert_eq!(groups, wanted, "groups of {}", sku);
+    }
+    for (location, expected) in &by_location {
+        let mut totals = Totals::default();
+        for partition in &engine.partitions {
+            if let Some(t) = partition.location_totals(location) {
+                totals.add(&t);
+            }
+        }
+        prop_assert_eq!(&totals, expected, "location {}", location);
+    }
+    Ok(())
+}
+
 fn state(engine: &Engine) -> BTreeMap<(String, String), (i64, i64, i64)> {
     engine
         .levels()
@@ -180,18 +262,19 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
 
     #[test]
-    fn engine_equals_the_reference_model(events in prop::collection::vec(event(), 1..120), cuts in prop::collection::vec(1usize..20, 1..10), partitions in 1u16..16) {
+    fn engine_equals_the_reference_model(events in prop::collection::vec(event(), 1..120), cuts in prop::collection::vec(1usize..20, 1..10), partitions in 1u16..16, changes in prop::collection::vec(prop::option::weighted(0.3, catalog_change()), 1..10)) {
         let mut model = Model::default();
         events.iter().for_each(|e| model.apply(e));
 
         let config = EngineConfig { partitions, ..EngineConfig::default() };
         let mut engine = Engine::new(config);
-        let mut logged: Vec<(Batch, Timestamp)> = Vec::new();
+        let mut logged: Vec<(Vec<CatalogChange>, Batch, Timestamp)> = Vec::new();
         let mut insufficient = Vec::new();
         let mut rejected = 0;
         let mut rest = &events[..];
         // A checkpoint taken half-way: encoded dedup, partitions, log length.
-        let mut checkpoint: Option<(Vec<u8>, Vec<Vec<u8>>, usize)> = None;
+        let mut checkpoint: Option<Checkpoint> = None;
+        let mut changes = changes.iter().cycle();
         let mut now = Timestamp::parse_rfc3339("2024-01-01T12:00:00Z").unwrap();
         for cut in cuts.iter().cycle() {
             if rest.is_empty() { break; }
@@ -201,6 +284,8 @@ proptest! {
             let mut parsed = parse_body(body.join("\n").as_bytes(), BodyFormat::Ndjson, 1000).unwrap();
             rejected += parsed.rejected.len();
             now = now.saturating_add_ns(1_000_000);
+            let catalog: Vec<CatalogChange> = changes.next().cloned().flatten().into_iter().collect();
+            engine.apply_catalog(&catalog, now);
             let report = engine.apply(&mut parsed.batch, now);
             for (index, outcome) in report.exceptions {
                 prop_assert_eq!(outcome, Outcome::Rejected(Rejection::InsufficientStock));
@@ -208,10 +293,12 @@ proptest! {
             }
             // What the log would hold: the admitted batch, through its encoding.
             let bytes = postcard::to_stdvec(&parsed.batch).unwrap();
-            logged.push((postcard::from_bytes(&bytes).unwrap(), now));
+            logged.push((catalog, postcard::from_bytes(&bytes).unwrap(), now));
+            check_rollups(&engine)?;
             if checkpoint.is_none() && rest.len() <= events.len() / 2 {
                 let parts = engine.partitions.iter().map(|p| postcard::to_stdvec(&p.snapshot()).unwrap()).collect();
-                checkpoint = Some((engine.dedup.snapshot().encode(), parts, logged.len()));
+                let catalog = postcard::to_stdvec(&engine.catalog).unwrap();
+                checkpoint = Some((engine.dedup.snapshot().encode(), parts, catalog, logged.len()));
             }
         }
         let expected: BTreeMap<_, _> = model.levels.iter().map(|(k, l)| (k.clone(), (l.on_hand, l.reserved, l.in_transit))).collect();
@@ -221,7 +308,8 @@ proptest! {
 
         // Replaying the log into a fresh engine rebuilds identical state.
         let mut replayed = Engine::new(config);
-        for (batch, at) in &mut logged {
+        for (catalog, batch, at) in &mut logged {
+            replayed.apply_catalog(catalog, *at);
             let report = replayed.apply(batch, *at);
             prop_assert!(report.duplicates.is_empty(), "the log holds no duplicates");
         }
@@ -233,14 +321,18 @@ proptest! {
 
         // Restart from the half-way checkpoint plus the log after it
         // rebuilds identical state and remembers every eventId.
-        let (dedup, parts, logged_before) = checkpoint.expect("taken half-way");
+        let (dedup, parts, catalog, logged_before) = checkpoint.expect("taken half-way");
+        let catalog: Catalog = postcard::from_bytes(&catalog).unwrap();
         let mut restarted = Engine {
             config,
             dedup: Dedup::restore(&DedupSnapshot::decode(&dedup).unwrap(), config.dedup_retention_ns, config.dedup_capacity),
-            partitions: parts.iter().map(|b| Partition::restore(postcard::from_bytes::<PartitionSnapshot>(b).unwrap())).collect(),
+            partitions: parts.iter().map(|b| Partition::restore(postcard::from_bytes::<PartitionSnapshot>(b).unwrap(), &catalog)).collect(),
+            catalog,
         };
-        for (batch, at) in &mut logged[logged_before..] {
+        check_rollups(&restarted)?;
+        for (catalog, batch, at) in &mut logged[logged_before..] {
             let mut batch = batch.clone();
+            restarted.apply_catalog(catalog, *at);
             let report = restarted.apply(&mut batch, *at);
             prop_assert!(report.duplicates.is_empty(), "the log tail holds no duplicates");
         }
@@ -249,6 +341,8 @@ proptest! {
             prop_assert_eq!(Some(view.level), again);
         }
         prop_assert_eq!(restarted.dedup.len(), engine.dedup.len());
+        check_rollups(&restarted)?;
+        check_rollups(&replayed)?;
         for event in &events {
             if event.valid() {
                 let hash = event_id_hash(&format!("e{}", event.id));

@@ -70,23 +70,13 @@ pub async fn post_source_events(
     .await
 }
 
-/// The one ingest path: admission, body limits, parsing (off the async
-/// workers when big), the pipeline, and dead letters for refused bodies.
-async fn ingest(
-    state: &AppState,
+/// Reads a body of at most `limit` bytes (413 above) and says how it is
+/// framed: NDJSON by its content type, else JSON.
+pub async fn read_body(
     headers: &HeaderMap,
     body: Body,
-    source: &str,
-    parse: impl FnOnce(&[u8], BodyFormat) -> Result<Parsed, BodyError> + Send + 'static,
-) -> Result<Json<Receipt>, ApiError> {
-    let limit = state.config.body_bytes_max;
-    let Ok(_permit) = state.ingest_permits.try_acquire() else {
-        discard(body, limit).await;
-        return Err(ApiError::overloaded(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too many ingest requests in flight; retry shortly",
-        ));
-    };
+    limit: usize,
+) -> Result<(axum::body::Bytes, BodyFormat), ApiError> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -121,6 +111,27 @@ async fn ingest(
         }
         _ => BodyFormat::Json,
     };
+    Ok((bytes, format))
+}
+
+/// The one ingest path: admission, body limits, parsing (off the async
+/// workers when big), the pipeline, and dead letters for refused bodies.
+async fn ingest(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    source: &str,
+    parse: impl FnOnce(&[u8], BodyFormat) -> Result<Parsed, BodyError> + Send + 'static,
+) -> Result<Json<Receipt>, ApiError> {
+    let limit = state.config.body_bytes_max;
+    let Ok(_permit) = state.ingest_permits.try_acquire() else {
+        discard(body, limit).await;
+        return Err(ApiError::overloaded(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many ingest requests in flight; retry shortly",
+        ));
+    };
+    let (bytes, format) = read_body(headers, body, limit).await?;
     let parsed = if bytes.len() > PARSE_INLINE_BYTES_MAX {
         let bytes = bytes.clone();
         tokio::task::spawn_blocking(move || parse(&bytes, format))

@@ -4,6 +4,7 @@
 //! reads to JSON. They never touch the disk and never wait on a lock that a
 //! writer holds for more than one group's slice of a partition.
 
+mod catalog;
 mod error;
 mod ingest;
 mod query;
@@ -44,6 +45,27 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(ingest::post_source_events),
         )
         .route("/v1/sources", get(query::sources))
+        .route(
+            "/v1/products",
+            get(catalog::list_products).post(catalog::post_products),
+        )
+        .route(
+            "/v1/products/{sku}",
+            get(catalog::get_product).put(catalog::put_product),
+        )
+        .route(
+            "/v1/locations",
+            get(catalog::list_locations).post(catalog::post_locations),
+        )
+        .route(
+            "/v1/locations/{location_id}",
+            get(catalog::get_location).put(catalog::put_location),
+        )
+        .route("/v1/items/{sku}", get(catalog::item))
+        .route(
+            "/v1/regions/{region}/stock/{sku}",
+            get(catalog::region_stock),
+        )
         .route("/v1/stock/{sku}/{location_id}", get(query::level))
         .route("/v1/stock/{sku}", get(query::sku))
         .route("/v1/locations/{location_id}/stock", get(query::location))

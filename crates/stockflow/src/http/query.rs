@@ -6,25 +6,35 @@ use axum::extract::{Path, Query, State};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use stockflow_core::{route, LevelView};
+use stockflow_core::{route, LevelView, Policy, Totals};
 
 use super::{ApiError, AppState};
 
 const PAGE_DEFAULT: usize = 100;
 const PAGE_MAX: usize = 1000;
 
-pub fn level_json(view: &LevelView) -> Value {
+/// A level as the API shows it. Where the product has a safety stock,
+/// `available` holds it back and the answer says so with `safetyStock`.
+pub fn level_json(view: &LevelView, policy: Policy) -> Value {
     let l = &view.level;
-    json!({
+    let mut level = json!({
         "sku": &*view.sku,
         "locationId": &*view.location_id,
         "onHand": l.on_hand,
         "reserved": l.reserved,
-        "available": l.available(),
+        "available": policy.available(&l.numbers()),
         "inTransit": l.in_transit,
         "version": l.version,
         "updatedAt": l.updated_at.to_rfc3339(),
-    })
+    });
+    if policy.safety_stock > 0 {
+        level["safetyStock"] = json!(policy.safety_stock);
+    }
+    level
+}
+
+fn policy(state: &AppState, sku: &str) -> Policy {
+    state.pipeline.shared.catalog.read().policy(sku)
 }
 
 pub async fn level(
@@ -36,7 +46,8 @@ pub async fn level(
     let view = shared.partitions[partition as usize]
         .read()
         .get(&sku, &location);
-    view.map(|v| Json(level_json(&v))).ok_or_else(|| {
+    let policy = policy(&state, &sku);
+    view.map(|v| Json(level_json(&v, policy))).ok_or_else(|| {
         ApiError::not_found(format!(
             "no stock level for sku {sku:?} at location {location:?}"
         ))
@@ -57,27 +68,25 @@ pub async fn sku(
         )));
     }
     views.sort_by(|a, b| a.location_id.cmp(&b.location_id));
-    let (mut on_hand, mut reserved, mut available, mut in_transit) = (0i64, 0i64, 0i64, 0i64);
+    let policy = policy(&state, &sku);
+    let mut totals = Totals::default();
     for v in &views {
-        on_hand += v.level.on_hand;
-        reserved += v.level.reserved;
-        available += v.level.available();
-        in_transit += v.level.in_transit;
+        totals.add(&Totals::of(&v.level.numbers(), policy));
     }
     Ok(Json(json!({
         "sku": sku,
-        "totals": {"onHand": on_hand, "reserved": reserved, "available": available, "inTransit": in_transit},
-        "locations": views.iter().map(level_json).collect::<Vec<_>>(),
+        "totals": {"onHand": totals.on_hand, "reserved": totals.reserved, "available": totals.available, "inTransit": totals.in_transit},
+        "locations": views.iter().map(|v| level_json(v, policy)).collect::<Vec<_>>(),
     })))
 }
 
 #[derive(Deserialize)]
 pub struct Page {
-    limit: Option<String>,
-    after: Option<String>,
+    pub limit: Option<String>,
+    pub after: Option<String>,
 }
 
-fn limit(page: &Page) -> Result<usize, ApiError> {
+pub fn limit(page: &Page) -> Result<usize, ApiError> {
     match &page.limit {
         None => Ok(PAGE_DEFAULT),
         Some(text) => match text.parse::<usize>() {
@@ -115,9 +124,16 @@ pub async fn location(
     } else {
         None
     };
+    let levels: Vec<Value> = {
+        let catalog = state.pipeline.shared.catalog.read();
+        views
+            .iter()
+            .map(|v| level_json(v, catalog.policy(&v.sku)))
+            .collect()
+    };
     Ok(Json(json!({
         "locationId": location,
-        "levels": views.iter().map(level_json).collect::<Vec<_>>(),
+        "levels": levels,
         "nextAfter": next,
     })))
 }

@@ -1,0 +1,358 @@
+//! The product catalog and location master: what a SKU is (name, price,
+//! thresholds) and where a location is (type, region, channel).
+//!
+//! Changes arrive as [`CatalogChange`]s through the same log as events, so
+//! they are durable, ordered with the events around them, and replayed
+//! identically. Products and locations are upserted whole; a price change
+//! is kept in the product's price history.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::level::Numbers;
+use crate::limits::{ID_CHARS_MAX, PRICE_HISTORY_MAX, TEXT_CHARS_MAX};
+use crate::time::Timestamp;
+
+/// Below this available quantity a level counts as low stock, unless the
+/// product says otherwise.
+pub const LOW_STOCK_THRESHOLD_DEFAULT: i64 = 10;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Product {
+    pub sku: String,
+    pub name: String,
+    pub category: String,
+    /// In minor units (cents): money is never a float here.
+    pub price_minor: Option<i64>,
+    pub currency: String,
+    pub low_stock_threshold: Option<i64>,
+    pub safety_stock: Option<i64>,
+    /// A JSON object as text: anything else the source said about it.
+    pub attributes: String,
+    pub updated_at: Timestamp,
+    /// (when, price in minor units), oldest first, bounded.
+    pub price_history: Vec<(Timestamp, i64)>,
+}
+
+impl Product {
+    /// What stock rules this product asks for.
+    pub fn policy(&self) -> Policy {
+        Policy {
+            low_stock_threshold: self
+                .low_stock_threshold
+                .unwrap_or(LOW_STOCK_THRESHOLD_DEFAULT),
+            safety_stock: self.safety_stock.unwrap_or(0),
+        }
+    }
+}
+
+/// The per-SKU numbers that shape `available` and low-stock counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Policy {
+    pub low_stock_threshold: i64,
+    /// Units held back: available = max(0, onHand − reserved − safetyStock).
+    pub safety_stock: i64,
+}
+
+impl Policy {
+    /// available = max(0, onHand − reserved − safetyStock).
+    pub fn available(&self, level: &Numbers) -> i64 {
+        (level.on_hand - level.reserved - self.safety_stock).max(0)
+    }
+}
+
+impl Default for Policy {
+    fn default() -> Policy {
+        Policy {
+            low_stock_threshold: LOW_STOCK_THRESHOLD_DEFAULT,
+            safety_stock: 0,
+        }
+    }
+}
+
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+pub enum LocationType {
+    Store,
+    Warehouse,
+    Online,
+    Dc,
+    #[default]
+    Unknown,
+}
+
+impl LocationType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LocationType::Store => "store",
+            LocationType::Warehouse => "warehouse",
+            LocationType::Online => "online",
+            LocationType::Dc => "dc",
+            LocationType::Unknown => "unknown",
+        }
+    }
+
+    fn from_wire(text: &str) -> Option<LocationType> {
+        [
+            LocationType::Store,
+            LocationType::Warehouse,
+            LocationType::Online,
+            LocationType::Dc,
+            LocationType::Unknown,
+        ]
+        .into_iter()
+        .find(|t| t.as_str() == text)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Location {
+    pub location_id: String,
+    pub name: String,
+    pub kind: LocationType,
+    pub region: Option<String>,
+    pub channel: Option<String>,
+    pub city: Option<String>,
+    pub updated_at: Timestamp,
+}
+
+impl Location {
+    /// The roll-up groups this location's stock counts in, e.g.
+    /// `region:West`, `channel:retail`, `type:store`.
+    pub fn groups(&self) -> Vec<String> {
+        let mut groups = vec![format!("type:{}", self.kind.as_str())];
+        if let Some(region) = &self.region {
+            groups.push(format!("region:{region}"));
+        }
+        if let Some(channel) = &self.channel {
+            groups.push(format!("channel:{channel}"));
+        }
+        groups
+    }
+
+    /// A location only seen in events.
+    pub fn unknown(location_id: &str) -> Location {
+        Location {
+            location_id: location_id.to_owned(),
+            name: location_id.to_owned(),
+            kind: LocationType::Unknown,
+            region: None,
+            channel: None,
+            city: None,
+            updated_at: Timestamp(0),
+        }
+    }
+}
+
+/// One upsert, as the log holds it (with `updated_at` still unset; the
+/// server time of its record is stamped when it is applied).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CatalogChange {
+    Product(Product),
+    Location(Location),
+}
+
+/// Products by sku and locations by id.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Catalog {
+    pub products: BTreeMap<String, Product>,
+    pub locations: BTreeMap<String, Location>,
+}
+
+impl Catalog {
+    /// Applies one change at server time `now`. A product's price history
+    /// grows when its price changes.
+    pub fn apply(&mut self, change: &CatalogChange, now: Timestamp) {
+        match change {
+            CatalogChange::Product(product) => {
+                let mut product = product.clone();
+                product.updated_at = now;
+                let mut history = self
+                    .products
+                    .get(&product.sku)
+                    .map(|old| old.price_history.clone())
+                    .unwrap_or_default();
+                if let Some(price) = product.price_minor {
+                    if history.last().is_none_or(|(_, last)| *last != price) {
+                        history.push((now, price));
+                        let excess = history.len().saturating_sub(PRICE_HISTORY_MAX);
+                        history.drain(..excess);
+                    }
+                }
+                product.price_history = history;
+                self.products.insert(product.sku.clone(), product);
+            }
+            CatalogChange::Location(location) => {
+                let mut location = location.clone();
+                location.updated_at = now;
+                self.locations
+                    .insert(location.location_id.clone(), location);
+            }
+        }
+    }
+
+    pub fn policy(&self, sku: &str) -> Policy {
+        self.products
+            .get(sku)
+            .map(Product::policy)
+            .unwrap_or_default()
+    }
+}
+
+/// Reads a product from its JSON form. Unknown top-level fields are kept
+/// in `attributes`, never dropped. `sku` from the path wins when given.
+pub fn parse_product(value: &Value, sku: Option<&str>) -> Result<Product, String> {
+    let object = value.as_object().ok_or("a product must be a JSON object")?;
+    let mut attributes = match object.get("attributes") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(map)) => map.clone(),
+        Some(_) => return Err("attributes: must be an object".into()),
+    };
+    const KNOWN: [&str; 9] = [
+        "sku",
+        "name",
+        "category",
+        "price",
+        "currency",
+        "lowStockThreshold",
+        "safetyStock",
+        "attributes",
+        "priceHistory",
+    ];
+    for (key, v) in object {
+        if !KNOWN.contains(&key.as_str()) {
+            attributes.insert(key.clone(), v.clone());
+        }
+    }
+    let body_sku = optional_text(object, "sku", ID_CHARS_MAX)?;
+    let sku = match (sku, body_sku) {
+        (Some(path), Some(body)) if path != body => {
+            return Err(format!(
+                "sku: the body says {body:?} but the path says {path:?}"
+            ))
+        }
+        (Some(path), _) => {
+            check_id(path, "sku")?;
+            path.to_owned()
+        }
+        (None, Some(body)) => body,
+        (None, None) => return Err("sku: required".into()),
+    };
+    let currency = optional_text(object, "currency", 3)?.unwrap_or_else(|| "USD".into());
+    if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Err(format!(
+            "currency: {currency:?} is not an ISO 4217 code like USD"
+        ));
+    }
+    Ok(Product {
+        name: optional_text(object, "name", TEXT_CHARS_MAX)?.ok_or("name: required")?,
+        sku,
+        category: optional_text(object, "category", ID_CHARS_MAX)?.unwrap_or_default(),
+        price_minor: price(object.get("price"))?,
+        currency,
+        low_stock_threshold: non_negative(object, "lowStockThreshold")?,
+        safety_stock: non_negative(object, "safetyStock")?,
+        attributes: Value::Object(attributes).to_string(),
+        updated_at: Timestamp(0),
+        price_history: Vec::new(),
+    })
+}
+
+/// Reads a location from its JSON form; the id from the path wins.
+pub fn parse_location(value: &Value, id: Option<&str>) -> Result<Location, String> {
+    let object = value
+        .as_object()
+        .ok_or("a location must be a JSON object")?;
+    let body_id = optional_text(object, "locationId", ID_CHARS_MAX)?;
+    let location_id = match (id, body_id) {
+        (Some(path), Some(body)) if path != body => {
+            return Err(format!(
+                "locationId: the body says {body:?} but the path says {path:?}"
+            ))
+        }
+        (Some(path), _) => {
+            check_id(path, "locationId")?;
+            path.to_owned()
+        }
+        (None, Some(body)) => body,
+        (None, None) => return Err("locationId: required".into()),
+    };
+    let kind = match optional_text(object, "type", 16)? {
+        None => LocationType::Unknown,
+        Some(text) => LocationType::from_wire(&text).ok_or_else(|| {
+            format!("type: {text:?} is not one of store, warehouse, online, dc, unknown")
+        })?,
+    };
+    Ok(Location {
+        name: optional_text(object, "name", TEXT_CHARS_MAX)?.unwrap_or_else(|| location_id.clone()),
+        location_id,
+        kind,
+        region: optional_text(object, "region", ID_CHARS_MAX)?,
+        channel: optional_text(object, "channel", ID_CHARS_MAX)?,
+        city: optional_text(object, "city", ID_CHARS_MAX)?,
+        updated_at: Timestamp(0),
+    })
+}
+
+fn check_id(value: &str, name: &str) -> Result<(), String> {
+    if value.is_empty() || value.chars().count() > ID_CHARS_MAX {
+        return Err(format!("{name}: must be 1 to {ID_CHARS_MAX} characters"));
+    }
+    Ok(())
+}
+
+fn optional_text(
+    object: &Map<String, Value>,
+    name: &str,
+    max: usize,
+) -> Result<Option<String>, String> {
+    match object.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Err(format!("{name}: must not be empty")),
+        Some(Value::String(s)) if s.chars().count() > max => {
+            Err(format!("{name}: longer than {max} characters"))
+        }
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(format!("{name}: must be a string")),
+    }
+}
+
+fn non_negative(object: &Map<String, Value>, name: &str) -> Result<Option<i64>, String> {
+    match object.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => match v.as_i64() {
+            Some(n) if (0..=crate::limits::QUANTITY_ABS_MAX).contains(&n) => Ok(Some(n)),
+            _ => Err(format!(
+                "{name}: must be a whole number from 0 to {}",
+                crate::limits::QUANTITY_ABS_MAX
+            )),
+        },
+    }
+}
+
+/// A price as minor units: 25.15 → 2515. More than two decimals is refused
+/// rather than rounded.
+fn price(value: Option<&Value>) -> Result<Option<i64>, String> {
+    let number = match value {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Number(n)) => n.to_string(),
+        Some(_) => return Err("price: must be a JSON number".into()),
+    };
+    let invalid =
+        || format!("price: {number} is not a non-negative amount with at most 2 decimals");
+    let (whole, fraction) = number.split_once('.').unwrap_or((&number, ""));
+    if whole.starts_with('-') || fraction.len() > 2 || number.contains(['e', 'E']) {
+        return Err(invalid());
+    }
+    let whole: i64 = whole.parse().map_err(|_| invalid())?;
+    let fraction: i64 = format!("{fraction:0<2}").parse().map_err(|_| invalid())?;
+    whole
+        .checked_mul(100)
+        .and_then(|w| w.checked_add(fraction))
+        .filter(|p| *p <= 1_000_000_000_000)
+        .map(Some)
+        .ok_or_else(invalid)
+}

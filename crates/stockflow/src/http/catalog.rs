@@ -1,0 +1,471 @@
+//! Products, locations, and the roll-ups that use them: per item (by
+//! region, location type, channel), per location, per region.
+//!
+//! Catalog writes go through the log like events (durable, ordered,
+//! replayed); reads come from the catalog and the partitions' roll-ups,
+//! which are kept incrementally, so no query scans levels.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use stockflow_core::catalog::{parse_location, parse_product};
+use stockflow_core::{BodyFormat, CatalogChange, Location, Product, Rejected, Totals};
+
+use super::ingest::read_body;
+use super::query::{limit, Page};
+use super::{ApiError, AppState};
+use crate::pipeline::Receipt;
+
+pub fn totals_json(t: &Totals) -> Value {
+    json!({
+        "onHand": t.on_hand,
+        "reserved": t.reserved,
+        "available": t.available,
+        "inTransit": t.in_transit,
+        "levels": t.levels,
+        "atZero": t.at_zero,
+        "belowThreshold": t.below_threshold,
+    })
+}
+
+pub fn product_json(product: &Product) -> Value {
+    let attributes: Value = serde_json::from_str(&product.attributes).unwrap_or(Value::Null);
+    let money = |minor: i64| json!(minor as f64 / 100.0);
+    json!({
+        "sku": product.sku,
+        "name": product.name,
+        "category": product.category,
+        "price": product.price_minor.map(money),
+        "currency": product.currency,
+        "lowStockThreshold": product.low_stock_threshold,
+        "safetyStock": product.safety_stock,
+        "attributes": attributes,
+        "updatedAt": product.updated_at.to_rfc3339(),
+        "priceHistory": product.price_history.iter()
+            .map(|(at, p)| json!({"at": at.to_rfc3339(), "price": money(*p)}))
+            .collect::<Vec<_>>(),
+    })
+}
+
+pub fn location_json(location: &Location) -> Value {
+    json!({
+        "locationId": location.location_id,
+        "name": location.name,
+        "type": location.kind.as_str(),
+        "region": location.region,
+        "channel": location.channel,
+        "city": location.city,
+    })
+}
+
+/// Commits changes (and keeps the refused ones) and waits until applied.
+async fn commit(
+    state: &AppState,
+    changes: Vec<CatalogChange>,
+    rejected: Vec<Rejected>,
+    source: &str,
+) -> Result<Receipt, ApiError> {
+    let overloaded = |_| {
+        ApiError::overloaded(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ingest queue is full; retry shortly",
+        )
+    };
+    let stopping = |_| {
+        ApiError::overloaded(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server is shutting down; retry against a running instance",
+        )
+    };
+    state
+        .pipeline
+        .submit_catalog(changes, rejected, source)
+        .map_err(overloaded)?
+        .await
+        .map_err(stopping)
+}
+
+/// One item of a bulk body: its raw text and its JSON, if it is JSON.
+type Item = (String, Result<Value, String>);
+
+/// The items of a bulk body (a JSON array, one object, or NDJSON) with
+/// their raw text.
+fn items(bytes: &[u8], format: BodyFormat, max: usize) -> Result<Vec<Item>, ApiError> {
+    let text =
+        std::str::from_utf8(bytes).map_err(|_| ApiError::bad_request("body is not UTF-8"))?;
+    let read =
+        |raw: &str| serde_json::from_str::<Value>(raw).map_err(|e| format!("invalid JSON: {e}"));
+    let items: Vec<(String, Result<Value, String>)> =
+        match (format, text.trim_start().as_bytes().first()) {
+            (BodyFormat::Ndjson, _) => text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(|l| (l.to_owned(), read(l)))
+                .collect(),
+            (_, Some(b'[')) => serde_json::from_str::<Vec<&serde_json::value::RawValue>>(text)
+                .map_err(|e| ApiError::bad_request(format!("body is not valid JSON: {e}")))?
+                .into_iter()
+                .map(|raw| (raw.get().to_owned(), read(raw.get())))
+                .collect(),
+            _ => vec![(text.trim().to_owned(), read(text))],
+        };
+    if items.len() > max {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_many_events",
+            format!("body holds more than {max} items; split it"),
+        ));
+    }
+    Ok(items)
+}
+
+/// Parses every item of a bulk body; the refused ones become rejections.
+fn parse_all(
+    items: Vec<Item>,
+    parse: impl Fn(&Value) -> Result<CatalogChange, String>,
+) -> (Vec<CatalogChange>, Vec<Rejected>) {
+    let mut changes = Vec::new();
+    let mut rejected = Vec::new();
+    for (index, (raw, value)) in items.into_iter().enumerate() {
+        match value.and_then(|v| parse(&v)) {
+            Ok(change) => changes.push(change),
+            Err(reason) => rejected.push(Rejected {
+                index: index as u32,
+                event_id: None,
+                reason,
+                raw,
+            }),
+        }
+    }
+    (changes, rejected)
+}
+
+async fn put_one(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    source: &str,
+    parse: impl Fn(&Value) -> Result<CatalogChange, String>,
+) -> Result<(), ApiError> {
+    let (bytes, _) = read_body(headers, body, state.config.body_bytes_max).await?;
+    let raw = String::from_utf8_lossy(&bytes).into_owned();
+    let parsed = serde_json::from_slice::<Value>(&bytes)
+        .map_err(|e| format!("body is not valid JSON: {e}"))
+        .and_then(|v| parse(&v));
+    match parsed {
+        Ok(change) => commit(state, vec![change], Vec::new(), source)
+            .await
+            .map(drop),
+        Err(reason) => {
+            let rejected = Rejected {
+                index: 0,
+                event_id: None,
+                reason: reason.clone(),
+                raw,
+            };
+            commit(state, Vec::new(), vec![rejected], source).await?;
+            Err(ApiError::bad_request(reason))
+        }
+    }
+}
+
+pub async fn put_product(
+    State(state): State<Arc<AppState>>,
+    Path(sku): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    put_one(&state, &headers, body, "http:/v1/products", |v| {
+        parse_product(v, Some(&sku)).map(CatalogChange::Product)
+    })
+    .await?;
+    get_product(State(state), Path(sku)).await
+}
+
+pub async fn post_products(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Receipt>, ApiError> {
+    let (bytes, format) = read_body(&headers, body, state.config.body_bytes_max).await?;
+    let items = items(&bytes, format, state.config.request_events_max)?;
+    let (changes, rejected) = parse_all(items, |v| {
+        parse_product(v, None).map(CatalogChange::Product)
+    });
+    Ok(Json(
+        commit(&state, changes, rejected, "http:/v1/products").await?,
+    ))
+}
+
+pub async fn get_product(
+    State(state): State<Arc<AppState>>,
+    Path(sku): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let product = state
+        .pipeline
+        .shared
+        .catalog
+        .read()
+        .products
+        .get(&sku)
+        .cloned();
+    let product = product.ok_or_else(|| ApiError::not_found(format!("no product {sku:?}")))?;
+    let mut answer = product_json(&product);
+    answer["stock"] = totals_json(&sku_totals(&state, &sku));
+    Ok(Json(answer))
+}
+
+#[derive(Deserialize)]
+pub struct ProductFilter {
+    category: Option<String>,
+    q: Option<String>,
+    #[serde(flatten)]
+    page: Page,
+}
+
+/// GET /v1/products?category=&q=&limit=&after=: by sku; `q` matches sku or
+/// name, case-insensitively.
+pub async fn list_products(
+    State(state): State<Arc<AppState>>,
+    Query(filter): Query<ProductFilter>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = limit(&filter.page)?;
+    let q = filter.q.as_deref().map(str::to_lowercase);
+    let catalog = state.pipeline.shared.catalog.read();
+    let start = filter
+        .page
+        .after
+        .clone()
+        .map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+    let mut matching = catalog
+        .products
+        .range::<String, _>((start, std::ops::Bound::Unbounded))
+        .map(|(_, p)| p)
+        .filter(|p| {
+            filter
+                .category
+                .as_ref()
+                .is_none_or(|c| p.category.eq_ignore_ascii_case(c))
+        })
+        .filter(|p| {
+            q.as_ref().is_none_or(|q| {
+                p.sku.to_lowercase().contains(q) || p.name.to_lowercase().contains(q)
+            })
+        });
+    let page: Vec<&Product> = matching.by_ref().take(limit).collect();
+    let next = (matching.next().is_some())
+        .then(|| page.last().map(|p| p.sku.clone()))
+        .flatten();
+    Ok(Json(json!({
+        "products": page.iter().map(|p| product_json(p)).collect::<Vec<_>>(),
+        "nextAfter": next,
+    })))
+}
+
+pub async fn put_location(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    put_one(&state, &headers, body, "http:/v1/locations", |v| {
+        parse_location(v, Some(&id)).map(CatalogChange::Location)
+    })
+    .await?;
+    get_location(State(state), Path(id)).await
+}
+
+pub async fn post_locations(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Receipt>, ApiError> {
+    let (bytes, format) = read_body(&headers, body, state.config.body_bytes_max).await?;
+    let items = items(&bytes, format, state.config.request_events_max)?;
+    let (changes, rejected) = parse_all(items, |v| {
+        parse_location(v, None).map(CatalogChange::Location)
+    });
+    Ok(Json(
+        commit(&state, changes, rejected, "http:/v1/locations").await?,
+    ))
+}
+
+fn location_totals(state: &AppState, id: &str) -> Option<Totals> {
+    let mut found = None::<Totals>;
+    for partition in &state.pipeline.shared.partitions {
+        if let Some(t) = partition.read().location_totals(id) {
+            found.get_or_insert_with(Totals::default).add(&t);
+        }
+    }
+    found
+}
+
+fn sku_totals(state: &AppState, sku: &str) -> Totals {
+    let mut totals = Totals::default();
+    for partition in &state.pipeline.shared.partitions {
+        if let Some(t) = partition.read().sku_totals(sku) {
+            totals.add(&t);
+        }
+    }
+    totals
+}
+
+/// GET /v1/locations/{id}: the location (type `unknown` if only seen in
+/// events) and the roll-up of its stock.
+pub async fn get_location(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let known = state
+        .pipeline
+        .shared
+        .catalog
+        .read()
+        .locations
+        .get(&id)
+        .cloned();
+    let totals = location_totals(&state, &id);
+    let location = match (known, totals) {
+        (Some(location), _) => location,
+        (None, Some(_)) => Location::unknown(&id),
+        (None, None) => return Err(ApiError::not_found(format!("no location {id:?}"))),
+    };
+    let mut answer = location_json(&location);
+    answer["totals"] = totals_json(&totals.unwrap_or_default());
+    Ok(Json(answer))
+}
+
+#[derive(Deserialize)]
+pub struct LocationFilter {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    region: Option<String>,
+    #[serde(flatten)]
+    page: Page,
+}
+
+/// GET /v1/locations?type=&region=&limit=&after=: the location master plus
+/// every location seen only in events (type `unknown`), by id.
+pub async fn list_locations(
+    State(state): State<Arc<AppState>>,
+    Query(filter): Query<LocationFilter>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = limit(&filter.page)?;
+    let mut all: BTreeMap<String, Location> =
+        state.pipeline.shared.catalog.read().locations.clone();
+    for partition in &state.pipeline.shared.partitions {
+        for id in partition.read().locations() {
+            if !all.contains_key(&**id) {
+                all.insert(id.to_string(), Location::unknown(id));
+            }
+        }
+    }
+    let after = filter.page.after.as_deref().unwrap_or("");
+    let mut matching = all
+        .values()
+        .filter(|l| filter.page.after.is_none() || l.location_id.as_str() > after)
+        .filter(|l| filter.kind.as_ref().is_none_or(|k| l.kind.as_str() == k))
+        .filter(|l| {
+            filter
+                .region
+                .as_ref()
+                .is_none_or(|r| l.region.as_ref() == Some(r))
+        });
+    let page: Vec<&Location> = matching.by_ref().take(limit).collect();
+    let next = matching
+        .next()
+        .and(page.last().map(|l| l.location_id.clone()));
+    Ok(Json(json!({
+        "locations": page.iter().map(|l| location_json(l)).collect::<Vec<_>>(),
+        "nextAfter": next,
+    })))
+}
+
+/// GET /v1/items/{sku}: totals over every location, and by region,
+/// location type and channel.
+pub async fn item(
+    State(state): State<Arc<AppState>>,
+    Path(sku): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let mut groups: BTreeMap<String, Totals> = BTreeMap::new();
+    let mut totals = Totals::default();
+    for partition in &state.pipeline.shared.partitions {
+        let partition = partition.read();
+        if let Some(t) = partition.sku_totals(&sku) {
+            totals.add(&t);
+        }
+        for (group, t) in partition.group_totals(&sku) {
+            groups.entry(group.to_string()).or_default().add(&t);
+        }
+    }
+    let product = state
+        .pipeline
+        .shared
+        .catalog
+        .read()
+        .products
+        .get(&sku)
+        .cloned();
+    if totals.levels == 0 && product.is_none() {
+        return Err(ApiError::not_found(format!(
+            "no stock or product for sku {sku:?}"
+        )));
+    }
+    let by = |prefix: &str| -> Value {
+        groups
+            .iter()
+            .filter_map(|(g, t)| {
+                g.strip_prefix(prefix)
+                    .map(|name| (name.to_owned(), totals_json(t)))
+            })
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    };
+    Ok(Json(json!({
+        "sku": sku,
+        "product": product.as_ref().map(product_json),
+        "totals": totals_json(&totals),
+        "byRegion": by("region:"),
+        "byType": by("type:"),
+        "byChannel": by("channel:"),
+    })))
+}
+
+/// GET /v1/regions/{region}/stock/{sku}.
+pub async fn region_stock(
+    State(state): State<Arc<AppState>>,
+    Path((region, sku)): Path<(String, String)>,
+) -> Json<Value> {
+    let group = format!("region:{region}");
+    let mut totals = Totals::default();
+    for partition in &state.pipeline.shared.partitions {
+        for (g, t) in partition.read().group_totals(&sku) {
+            if *g == *group {
+                totals.add(&t);
+            }
+        }
+    }
+    let locations: Vec<String> = state
+        .pipeline
+        .shared
+        .catalog
+        .read()
+        .locations
+        .values()
+        .filter(|l| l.region.as_deref() == Some(region.as_str()))
+        .map(|l| l.location_id.clone())
+        .collect();
+    Json(json!({
+        "region": region,
+        "sku": sku,
+        "totals": totals_json(&totals),
+        "regionLocations": locations.len(),
+    }))
+}
