@@ -34,6 +34,10 @@ pub struct Config {
     pub apply_threads: usize,
     /// Source formats accepted at /v1/sources/{format}/events.
     pub sources: Sources,
+    /// Products (and initial stock) loaded at startup.
+    pub catalog_file: Option<PathBuf>,
+    /// Where a catalog file's `inventory` quantities are counted.
+    pub catalog_location: String,
 }
 
 impl Config {
@@ -53,6 +57,8 @@ impl Config {
                 .map_or(2, |n| n.get())
                 .min(4),
             sources: Sources::default(),
+            catalog_file: None,
+            catalog_location: "ONLINE".into(),
         }
     }
 }

@@ -3,6 +3,7 @@
 //! API, metrics, and the CLI's demo, simulator and benchmark.
 
 pub mod bench;
+pub mod bootstrap;
 pub mod config;
 pub mod dead_letters;
 pub mod demo;

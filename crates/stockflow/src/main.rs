@@ -70,6 +70,13 @@ enum Command {
         /// the built-ins; see GET /v1/sources for the built-ins' mappings.
         #[arg(long, env = "STOCKFLOW_SOURCES")]
         sources: Option<PathBuf>,
+        /// Products to load at startup: a JSON array or NDJSON, in
+        /// stockflow's shape or KartShoppe's ({productId, …, inventory}).
+        #[arg(long, env = "STOCKFLOW_CATALOG")]
+        catalog: Option<PathBuf>,
+        /// Where the catalog file's `inventory` is counted.
+        #[arg(long, default_value = "ONLINE")]
+        catalog_location: String,
     },
     /// Import a file in any source format, with progress and a summary.
     ///
@@ -173,8 +180,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
             checkpoint_events,
             dedup_retention_hours,
             sources,
+            catalog,
+            catalog_location,
         } => {
             let mut config = Config::new(data_dir);
+            config.catalog_file = catalog;
+            config.catalog_location = catalog_location;
             if let Some(dir) = sources {
                 config.sources = stockflow::sources::Sources::with_dir(&dir)?;
             }

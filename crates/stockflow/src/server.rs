@@ -27,6 +27,12 @@ impl Server {
         let recovering = config.clone();
         let recovered = tokio::task::spawn_blocking(move || recover(&recovering)).await??;
         let pipeline = Arc::new(Pipeline::start(&config, recovered)?);
+        if let Some(file) = &config.catalog_file {
+            let bootstrap = crate::bootstrap::read(file, &config.catalog_location)?;
+            let products = bootstrap.products.len();
+            let (changed, counted) = crate::bootstrap::apply(&pipeline, bootstrap).await?;
+            tracing::info!(file = %file.display(), products, changed, initial_counts_applied = counted, "catalog file loaded");
+        }
         let listener = TcpListener::bind(listen).await.with_context(|| {
             format!("cannot listen on {listen}; is another server running there?")
         })?;

@@ -231,3 +231,43 @@ async fn roll_ups_by_region_type_and_location_follow_events_catalog_changes_and_
         server.stop().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kartshoppe_catalog_file_loads_products_and_initial_stock_once() {
+    let files = tempfile::tempdir().unwrap();
+    let file = files.path().join("products.json");
+    let products: Vec<Value> = (1..=3)
+        .map(|i| {
+            json!({"productId": format!("PROD_{i:04}"), "name": format!("Gadget {i}"),
+                   "description": "A useful gadget", "category": "Electronics", "brand": "TechPro",
+                   "price": 19.99 + f64::from(i), "inventory": i * 10, "imageUrl": "/img/g.png"})
+        })
+        .collect();
+    std::fs::write(&file, serde_json::to_string_pretty(&products).unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let with_catalog = |c: &mut stockflow::config::Config| {
+        c.catalog_file = Some(file.clone());
+        c.catalog_location = "WEB".into();
+    };
+    let server = start(dir.path(), with_catalog).await;
+    let url = server.url();
+    let (_, product) = get(&url, "/v1/products/PROD_0002").await;
+    assert_eq!(product["name"], "Gadget 2");
+    assert_eq!(product["attributes"]["brand"], "TechPro");
+    assert_eq!(product["stock"]["onHand"], 20);
+    post(
+        &url,
+        "application/json",
+        event("sold", "SALE", "PROD_0002", "WEB", 5),
+    )
+    .await;
+    server.stop().await.unwrap();
+
+    // Starting again with the same file neither recounts nor resets.
+    let server = start(dir.path(), with_catalog).await;
+    let (_, level) = get(&server.url(), "/v1/stock/PROD_0002/WEB").await;
+    assert_eq!(level["onHand"], 15);
+    let (_, product) = get(&server.url(), "/v1/products/PROD_0002").await;
+    assert_eq!(product["priceHistory"].as_array().unwrap().len(), 1);
+    server.stop().await.unwrap();
+}
