@@ -26,14 +26,38 @@ impl DeadLetters {
         }
     }
 
-    /// Up to `limit` letters with id > `after`, oldest first.
-    pub fn page(&self, after: Option<u64>, limit: usize) -> Vec<DeadLetter> {
+    /// Up to `limit` letters with id > `after` that `keep` accepts, oldest
+    /// first.
+    pub fn page(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+        keep: impl Fn(&DeadLetter) -> bool,
+    ) -> Vec<DeadLetter> {
         let start = after.map_or(0, |a| a.saturating_add(1));
         self.by_id
             .range(start..)
+            .map(|(_, l)| l)
+            .filter(|l| keep(l))
             .take(limit)
-            .map(|(_, l)| l.clone())
+            .cloned()
             .collect()
+    }
+
+    pub fn get(&self, id: u64) -> Option<&DeadLetter> {
+        self.by_id.get(&id)
+    }
+
+    pub fn remove(&mut self, id: u64) -> Option<DeadLetter> {
+        self.by_id.remove(&id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
     }
 
     pub fn all(&self) -> Vec<DeadLetter> {

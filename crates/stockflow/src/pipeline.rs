@@ -62,6 +62,9 @@ pub struct RefusedBody {
 struct Submission {
     parsed: Parsed,
     catalog: Vec<CatalogChange>,
+    /// A dead letter this submission resolves if none of it is rejected,
+    /// or discards outright when nothing else is submitted.
+    resolves: Option<u64>,
     refused: Option<RefusedBody>,
     source: String,
     reply: oneshot::Sender<Receipt>,
@@ -110,6 +113,7 @@ struct Request {
 struct Group {
     now: Timestamp,
     catalog: Vec<CatalogChange>,
+    discarded: Vec<u64>,
     requests: Vec<Request>,
     dead_letters: Vec<DeadLetter>,
     file: Appended,
@@ -214,7 +218,32 @@ impl Pipeline {
             batch: Batch::default(),
             rejected,
         };
-        self.send_all(parsed, changes, None, source, false)
+        self.send_all(parsed, changes, None, source, false, None)
+    }
+
+    /// Ingests a corrected payload for dead letter `id`; the letter is
+    /// resolved (removed) in the same log record if nothing in the payload
+    /// is rejected again.
+    pub fn submit_replay(
+        &self,
+        parsed: Parsed,
+        changes: Vec<CatalogChange>,
+        id: u64,
+        source: &str,
+    ) -> Result<oneshot::Receiver<Receipt>, Overloaded> {
+        self.send_all(parsed, changes, None, source, false, Some(id))
+    }
+
+    /// Discards dead letter `id` (durably).
+    pub fn discard_dead_letter(&self, id: u64) -> Result<oneshot::Receiver<Receipt>, Overloaded> {
+        self.send_all(
+            Parsed::default(),
+            Vec::new(),
+            None,
+            "discard",
+            false,
+            Some(id),
+        )
     }
 
     /// Keeps a refused body as a dead letter; resolves once it is durable.
@@ -242,7 +271,7 @@ impl Pipeline {
         source: &str,
         wait: bool,
     ) -> Result<oneshot::Receiver<Receipt>, Overloaded> {
-        self.send_all(parsed, Vec::new(), refused, source, wait)
+        self.send_all(parsed, Vec::new(), refused, source, wait, None)
     }
 
     fn send_all(
@@ -252,9 +281,11 @@ impl Pipeline {
         refused: Option<RefusedBody>,
         source: &str,
         wait: bool,
+        resolves: Option<u64>,
     ) -> Result<oneshot::Receiver<Receipt>, Overloaded> {
         let (reply, rx) = oneshot::channel();
         let submission = Submission {
+            resolves,
             catalog,
             parsed,
             refused,
@@ -348,10 +379,12 @@ impl Sequencer {
         let mut requests = Vec::with_capacity(submissions.len());
         let mut dead_letters = Vec::new();
         let mut catalog = Vec::new();
+        let mut discarded = Vec::new();
         let (mut accepted, mut duplicates_total, mut rejected_total) = (0u64, 0u64, 0u64);
         for Submission {
             parsed,
             catalog: changes,
+            resolves,
             refused,
             source,
             reply,
@@ -361,6 +394,9 @@ impl Sequencer {
                 mut batch,
                 rejected,
             } = parsed;
+            if let Some(id) = resolves.filter(|_| rejected.is_empty() && refused.is_none()) {
+                discarded.push(id);
+            }
             let duplicates = admit(&mut self.dedup, &mut batch, now);
             batch.compute_routes(self.partitions);
             let mut receipt = Receipt {
@@ -408,6 +444,7 @@ impl Sequencer {
             catalog: &catalog,
             batches: requests.iter().map(|r| &r.batch).collect(),
             dead_letters: &dead_letters,
+            discarded: &discarded,
         };
         self.buf = record.encode_into(std::mem::take(&mut self.buf));
         let file = match self.log.append(&self.buf) {
@@ -426,6 +463,7 @@ impl Sequencer {
         Arc::new(Group {
             now,
             catalog,
+            discarded,
             events: accepted as usize,
             requests,
             dead_letters,
@@ -524,6 +562,12 @@ fn syncer(input: &Receiver<Stage>, appliers: &[Sender<Stage>], shared: &Shared) 
                         .dead_letters
                         .iter()
                         .for_each(|l| letters.insert(l.clone()));
+                    for id in &group.discarded {
+                        letters.remove(*id);
+                    }
+                    metrics::counter!("stockflow_dead_letters_resolved_total")
+                        .increment(group.discarded.len() as u64);
+                    metrics::gauge!("stockflow_dead_letters_stored").set(letters.len() as f64);
                     metrics::counter!("stockflow_dead_letters_total")
                         .increment(group.dead_letters.len() as u64);
                     group.appliers_left.store(appliers.len(), Ordering::Release);

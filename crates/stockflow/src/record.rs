@@ -31,6 +31,8 @@ pub struct CommitGroupRef<'a> {
     pub catalog: &'a [CatalogChange],
     pub batches: Vec<&'a Batch>,
     pub dead_letters: &'a [DeadLetter],
+    /// Dead letters resolved (replayed) or discarded, by id.
+    pub discarded: &'a [u64],
 }
 
 /// Decoded form of [`CommitGroupRef`].
@@ -40,6 +42,7 @@ pub struct CommitGroup {
     pub catalog: Vec<CatalogChange>,
     pub batches: Vec<Batch>,
     pub dead_letters: Vec<DeadLetter>,
+    pub discarded: Vec<u64>,
 }
 
 impl CommitGroupRef<'_> {

@@ -137,6 +137,9 @@ pub fn recover(config: &Config) -> anyhow::Result<Recovered> {
             meta.next_dead_letter_id = meta.next_dead_letter_id.max(letter.id + 1);
             dead_letters.insert(letter);
         }
+        for id in group.discarded {
+            dead_letters.remove(id);
+        }
         meta.last_now = meta.last_now.max(group.now);
         meta.next_record = number + 1;
     }

@@ -5,6 +5,7 @@
 //! writer holds for more than one group's slice of a partition.
 
 mod catalog;
+mod dead_letters;
 mod error;
 mod ingest;
 mod query;
@@ -69,7 +70,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/stock/{sku}/{location_id}", get(query::level))
         .route("/v1/stock/{sku}", get(query::sku))
         .route("/v1/locations/{location_id}/stock", get(query::location))
-        .route("/v1/dead-letters", get(query::dead_letters))
+        .route("/v1/dead-letters", get(dead_letters::list))
+        .route(
+            "/v1/dead-letters/{id}",
+            axum::routing::delete(dead_letters::discard),
+        )
+        .route("/v1/dead-letters/{id}/replay", post(dead_letters::replay))
         .route("/v1/openapi.json", get(openapi))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route(

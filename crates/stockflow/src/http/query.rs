@@ -138,48 +138,6 @@ pub async fn location(
     })))
 }
 
-pub async fn dead_letters(
-    State(state): State<Arc<AppState>>,
-    Query(page): Query<Page>,
-) -> Result<Json<Value>, ApiError> {
-    let limit = limit(&page)?;
-    let after = match page.after.as_deref() {
-        None => None,
-        Some(text) => Some(
-            text.parse::<u64>()
-                .map_err(|_| ApiError::bad_request("after must be a dead-letter id"))?,
-        ),
-    };
-    let letters = state
-        .pipeline
-        .shared
-        .dead_letters
-        .read()
-        .page(after, limit + 1);
-    let more = letters.len() > limit;
-    let letters = &letters[..letters.len().min(limit)];
-    let items: Vec<Value> = letters
-        .iter()
-        .map(|l| {
-            json!({
-                "id": l.id,
-                "receivedAt": l.received_at.to_rfc3339(),
-                "source": l.source,
-                "index": l.index,
-                "eventId": l.event_id,
-                "reason": l.reason,
-                "payload": l.payload,
-            })
-        })
-        .collect();
-    let next = if more {
-        letters.last().map(|l| l.id.to_string())
-    } else {
-        None
-    };
-    Ok(Json(json!({"deadLetters": items, "nextAfter": next})))
-}
-
 /// GET /v1/sources: the formats accepted at /v1/sources/{format}/events,
 /// each with its mapping (so a user can copy one to write their own).
 pub async fn sources(State(state): State<Arc<AppState>>) -> Json<Value> {

@@ -288,6 +288,8 @@ async fn metrics_and_the_openapi_document_describe_the_running_api() {
         "/v1/stock/{sku}",
         "/v1/locations/{locationId}/stock",
         "/v1/dead-letters",
+        "/v1/dead-letters/{id}",
+        "/v1/dead-letters/{id}/replay",
         "/v1/sources",
         "/v1/sources/{format}/events",
         "/v1/products",

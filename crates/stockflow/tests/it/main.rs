@@ -2,6 +2,7 @@
 
 mod catalog;
 mod crash;
+mod dead_letters;
 mod http;
 mod import;
 mod sources;

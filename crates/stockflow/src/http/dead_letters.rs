@@ -1,0 +1,202 @@
+//! Dead letters: list with filters, replay with a corrected payload,
+//! discard. Replays and discards are log records like everything else, so
+//! a resolved letter stays resolved after a restart.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use stockflow_core::catalog::{parse_location, parse_product};
+use stockflow_core::{parse_body, BodyError, CatalogChange, Parsed};
+
+use super::ingest::read_body;
+use super::query::{limit, Page};
+use super::{ApiError, AppState};
+use crate::record::DeadLetter;
+
+#[derive(Deserialize)]
+pub struct Filter {
+    /// Exact source (`http:/v1/events`, `source:store-item`, …) or a format
+    /// name, matching `source:{format}` and `import:{format}`.
+    source: Option<String>,
+    /// Case-insensitive substring of the reason.
+    reason: Option<String>,
+    #[serde(flatten)]
+    page: Page,
+}
+
+fn letter_json(l: &DeadLetter) -> Value {
+    json!({
+        "id": l.id,
+        "receivedAt": l.received_at.to_rfc3339(),
+        "source": l.source,
+        "index": l.index,
+        "eventId": l.event_id,
+        "reason": l.reason,
+        "payload": l.payload,
+    })
+}
+
+fn source_matches(letter: &str, wanted: &str) -> bool {
+    letter == wanted
+        || letter.strip_prefix("source:") == Some(wanted)
+        || letter.strip_prefix("import:") == Some(wanted)
+}
+
+/// GET /v1/dead-letters?source=&reason=&limit=&after=
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    Query(filter): Query<Filter>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = limit(&filter.page)?;
+    let after = match filter.page.after.as_deref() {
+        None => None,
+        Some(text) => Some(
+            text.parse::<u64>()
+                .map_err(|_| ApiError::bad_request("after must be a dead-letter id"))?,
+        ),
+    };
+    let reason = filter.reason.as_deref().map(str::to_lowercase);
+    let letters = state
+        .pipeline
+        .shared
+        .dead_letters
+        .read()
+        .page(after, limit + 1, |l| {
+            filter
+                .source
+                .as_deref()
+                .is_none_or(|s| source_matches(&l.source, s))
+                && reason
+                    .as_deref()
+                    .is_none_or(|r| l.reason.to_lowercase().contains(r))
+        });
+    let more = letters.len() > limit;
+    let letters = &letters[..letters.len().min(limit)];
+    let next = if more {
+        letters.last().map(|l| l.id.to_string())
+    } else {
+        None
+    };
+    Ok(Json(json!({
+        "deadLetters": letters.iter().map(letter_json).collect::<Vec<_>>(),
+        "nextAfter": next,
+    })))
+}
+
+fn find(state: &AppState, id: u64) -> Result<DeadLetter, ApiError> {
+    state
+        .pipeline
+        .shared
+        .dead_letters
+        .read()
+        .get(id)
+        .cloned()
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "no dead letter {id} (resolved, discarded, or beyond the newest kept in memory)"
+            ))
+        })
+}
+
+fn unavailable<E>(_: E) -> ApiError {
+    ApiError::overloaded(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "ingest queue is full or the server is stopping; retry shortly",
+    )
+}
+
+/// POST /v1/dead-letters/{id}/replay: the body is the corrected payload in
+/// the letter's original form (empty: replay the stored payload as is). It
+/// goes through the letter's original source; the letter is resolved in
+/// the same log record if nothing is rejected again.
+pub async fn replay(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<u64>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let letter = find(&state, id)?;
+    let (bytes, framing) = read_body(&headers, body, state.config.body_bytes_max).await?;
+    let payload: Vec<u8> = if bytes.is_empty() {
+        letter.payload.clone().into_bytes()
+    } else {
+        bytes.to_vec()
+    };
+    let events_max = state.config.request_events_max;
+    let body_error = |e: BodyError| ApiError::bad_request(format!("corrected payload: {e}"));
+    let (parsed, changes) = match letter.source.as_str() {
+        "http:/v1/events" | "import:canonical" => (
+            parse_body(&payload, framing, events_max).map_err(body_error)?,
+            Vec::new(),
+        ),
+        "http:/v1/products" | "http:/v1/locations" => {
+            let value: Value = serde_json::from_slice(&payload)
+                .map_err(|e| ApiError::bad_request(format!("corrected payload: {e}")))?;
+            let change = if letter.source.ends_with("products") {
+                parse_product(&value, None).map(CatalogChange::Product)
+            } else {
+                parse_location(&value, None).map(CatalogChange::Location)
+            };
+            let change = change.map_err(|reason| {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "still_invalid", reason)
+            })?;
+            (Parsed::default(), vec![change])
+        }
+        source => {
+            let format = source
+                .strip_prefix("source:")
+                .or_else(|| source.strip_prefix("import:"))
+                .and_then(|f| state.config.sources.get(f))
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::CONFLICT,
+                        "not_replayable",
+                        format!("dead letters from {source:?} cannot be replayed; send a corrected event to /v1/events"),
+                    )
+                })?;
+            if format.input == crate::sources::Input::Csv && bytes.is_empty() {
+                return Err(ApiError::bad_request(
+                    "a CSV dead letter holds one row without its header: send the corrected row under a header line",
+                ));
+            }
+            let parsed =
+                crate::sources::translate(format, &payload, framing, &BTreeMap::new(), events_max)
+                    .map_err(body_error)?;
+            (parsed, Vec::new())
+        }
+    };
+    let receipt = state
+        .pipeline
+        .submit_replay(parsed, changes, id, &letter.source)
+        .map_err(unavailable)?
+        .await
+        .map_err(unavailable)?;
+    metrics::counter!("stockflow_dead_letters_replayed_total").increment(1);
+    Ok(Json(json!({
+        "deadLetterId": id,
+        "resolved": receipt.rejected == 0,
+        "receipt": receipt,
+    })))
+}
+
+/// DELETE /v1/dead-letters/{id}: discard it (durably).
+pub async fn discard(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<u64>,
+) -> Result<StatusCode, ApiError> {
+    find(&state, id)?;
+    state
+        .pipeline
+        .discard_dead_letter(id)
+        .map_err(unavailable)?
+        .await
+        .map_err(unavailable)?;
+    metrics::counter!("stockflow_dead_letters_discarded_total").increment(1);
+    Ok(StatusCode::NO_CONTENT)
+}
