@@ -129,8 +129,10 @@ impl Engine {
     pub fn apply_admitted(&mut self, batch: &mut Batch, now: Timestamp) -> Vec<(u32, Outcome)> {
         batch.compute_routes(self.config.partitions);
         let mut exceptions: Vec<Exception> = Vec::new();
+        let mut changes = Vec::new();
         for (id, partition) in self.partitions.iter_mut().enumerate() {
-            partition.apply_batch(id as u16, batch, now, &mut exceptions);
+            partition.apply_batch(id as u16, batch, now, &mut exceptions, &mut changes);
+            changes.clear();
         }
         exceptions.sort_by_key(|e| e.position);
         exceptions

@@ -185,6 +185,26 @@ impl Batch {
         }
     }
 
+    /// The record of event `i` (its numbers; strings are spans).
+    pub fn rec(&self, i: usize) -> &EventRec {
+        &self.events[i]
+    }
+
+    /// The level key of event `i`: sku, locationId, toLocationId. Cheaper
+    /// than [`Batch::get`] on the apply path, which needs only these.
+    pub fn key(&self, i: usize) -> (&str, &str, Option<&str>) {
+        let rec = &self.events[i];
+        (
+            self.str(rec.sku),
+            self.str(rec.location_id),
+            rec.to_location_id.map(|s| self.str(s)),
+        )
+    }
+
+    pub fn event_id(&self, i: usize) -> &str {
+        self.str(self.events[i].event_id)
+    }
+
     pub fn iter(&self) -> impl ExactSizeIterator<Item = EventRef<'_>> + '_ {
         (0..self.events.len()).map(|i| self.get(i))
     }

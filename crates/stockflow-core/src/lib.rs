@@ -37,6 +37,6 @@ pub use event::{Batch, EventRef, EventType, Route};
 pub use level::{Level, Numbers, Outcome, Rejection};
 pub use parse::{parse_body, BodyError, BodyFormat, Parsed, Rejected};
 pub use partition::{
-    Exception, LevelView, Partition, PartitionSnapshot, PartitionSnapshotRef, Totals,
+    Change, Exception, LevelView, Partition, PartitionSnapshot, PartitionSnapshotRef, Totals,
 };
 pub use time::Timestamp;

@@ -30,6 +30,11 @@ pub struct LevelView {
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct PartitionSnapshot {
     pub levels: Vec<(String, String, Level)>,
+    /// Per level (same order): the shell's history cursor, see
+    /// [`Partition::history_head`].
+    pub history_heads: Vec<u64>,
+    /// The shell's history end for this partition at the snapshot.
+    pub history_end: u64,
 }
 
 /// Serialises as a [`PartitionSnapshot`]; see [`Partition::snapshot`].
@@ -50,10 +55,27 @@ impl Serialize for PartitionSnapshotRef<'_> {
                 }))
             }
         }
-        let mut snapshot = serializer.serialize_struct("PartitionSnapshot", 1)?;
+        let mut snapshot = serializer.serialize_struct("PartitionSnapshot", 3)?;
         snapshot.serialize_field("levels", &Levels(self.0))?;
+        snapshot.serialize_field("history_heads", &self.0.history_heads)?;
+        snapshot.serialize_field("history_end", &self.0.history_end)?;
         snapshot.end()
     }
+}
+
+/// What one event (or the in-transit part of a TRANSFER_OUT) did to one
+/// level: the raw material of the level's history.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Change {
+    /// The level, as [`Partition::history_head`] knows it.
+    pub slot: u32,
+    /// Position of the event in its batch.
+    pub position: u32,
+    /// The in-transit part of a TRANSFER_OUT, at its destination.
+    pub in_transit: bool,
+    pub outcome: Outcome,
+    pub before: Numbers,
+    pub after: Numbers,
 }
 
 /// An event of a batch that changed nothing, with why.
@@ -90,6 +112,11 @@ pub struct Partition {
     location_groups: FxHashMap<Sym, Vec<Sym>>,
     /// The symbol of [`UNKNOWN_TYPE_GROUP`].
     unknown_type: Sym,
+    /// Per slot: an opaque cursor the shell keeps for the level's history
+    /// (0 = none). The core stores and snapshots it, nothing more.
+    history_heads: Vec<u64>,
+    /// The shell's history end for this partition (opaque, snapshotted).
+    pub history_end: u64,
 }
 
 impl Default for Partition {
@@ -107,6 +134,8 @@ impl Default for Partition {
             policies: FxHashMap::default(),
             location_groups: FxHashMap::default(),
             unknown_type: 0,
+            history_heads: Vec::new(),
+            history_end: 0,
         };
         partition.unknown_type = partition.intern(UNKNOWN_TYPE_GROUP);
         partition
@@ -183,13 +212,14 @@ impl Partition {
 
     /// Applies, in order, the parts of `batch` that land in partition `id`
     /// (see [`Batch::compute_routes`]), pushing every event that changed
-    /// nothing to `exceptions`.
+    /// nothing to `exceptions` and what each part did to `changes`.
     pub fn apply_batch(
         &mut self,
         id: u16,
         batch: &Batch,
         now: Timestamp,
         exceptions: &mut Vec<Exception>,
+        changes: &mut Vec<Change>,
     ) {
         let routes = batch.routes();
         debug_assert_eq!(
@@ -201,18 +231,20 @@ impl Partition {
             if route.source != id && route.destination != Some(id) {
                 continue;
             }
-            let event = batch.get(position);
+            let (sku, location, to_location) = batch.key(position);
+            let event = batch.rec(position);
             let at = event
                 .timestamp
                 .expect("the sequencer stamps every event before it is applied");
             if route.source == id {
-                let slot = self.slot(event.sku, event.location_id);
+                let slot = self.slot(sku, location);
                 let before = self.levels[slot as usize].2.numbers();
                 let outcome =
                     self.levels[slot as usize]
                         .2
                         .apply(event.event_type, event.quantity, at, now);
                 self.account(slot, &before);
+                self.record(changes, slot, position, false, outcome, before);
                 if matches!(outcome, Outcome::Rejected(_)) {
                     exceptions.push(Exception {
                         position: position as u32,
@@ -220,14 +252,15 @@ impl Partition {
                     });
                 }
             }
-            if let (Some(to), true) = (event.to_location_id, route.destination == Some(id)) {
+            if let (Some(to), true) = (to_location, route.destination == Some(id)) {
                 debug_assert_eq!(event.event_type, EventType::TransferOut);
-                let slot = self.slot(event.sku, to);
+                let slot = self.slot(sku, to);
                 let before = self.levels[slot as usize].2.numbers();
                 let outcome = self.levels[slot as usize]
                     .2
                     .apply_in_transit(event.quantity, now);
                 self.account(slot, &before);
+                self.record(changes, slot, position, true, outcome, before);
                 if matches!(outcome, Outcome::Rejected(_)) {
                     exceptions.push(Exception {
                         position: position as u32,
@@ -247,6 +280,7 @@ impl Partition {
         let slot = *self.index.entry((sku_sym, location_sym)).or_insert(next);
         if slot == next {
             self.levels.push((sku_sym, location_sym, Level::default()));
+            self.history_heads.push(0);
             self.by_sku.entry(sku_sym).or_default().push(slot);
             let sku_name = self.names[sku_sym as usize].clone();
             self.by_location
@@ -257,6 +291,42 @@ impl Partition {
             self.add_to_rollups(sku_sym, location_sym, &created);
         }
         slot
+    }
+
+    fn record(
+        &self,
+        changes: &mut Vec<Change>,
+        slot: u32,
+        position: usize,
+        in_transit: bool,
+        outcome: Outcome,
+        before: Numbers,
+    ) {
+        changes.push(Change {
+            slot,
+            position: position as u32,
+            in_transit,
+            outcome,
+            before,
+            after: self.levels[slot as usize].2.numbers(),
+        });
+    }
+
+    /// The shell's history cursor of the level at `slot` (0 = none).
+    pub fn history_head(&self, slot: u32) -> u64 {
+        self.history_heads[slot as usize]
+    }
+
+    pub fn set_history_head(&mut self, slot: u32, head: u64) {
+        self.history_heads[slot as usize] = head;
+    }
+
+    /// The history cursor of a level by its names, for queries.
+    pub fn history_head_of(&self, sku: &str, location: &str) -> Option<u64> {
+        let key = (*self.symbols.get(sku)?, *self.symbols.get(location)?);
+        self.index
+            .get(&key)
+            .map(|slot| self.history_heads[*slot as usize])
     }
 
     fn policy(&self, sku: Sym) -> Policy {
@@ -475,6 +545,12 @@ impl Partition {
             let slot = partition.slot(&sku, &location);
             partition.levels[slot as usize].2 = level;
         }
+        for (slot, head) in snapshot.history_heads.into_iter().enumerate() {
+            if let Some(h) = partition.history_heads.get_mut(slot) {
+                *h = head;
+            }
+        }
+        partition.history_end = snapshot.history_end;
         partition.recompute_rollups();
         partition
     }

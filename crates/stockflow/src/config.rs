@@ -34,6 +34,9 @@ pub struct Config {
     pub apply_threads: usize,
     /// Source formats accepted at /v1/sources/{format}/events.
     pub sources: Sources,
+    /// How long per-level history (and so `asOf`) reaches back, by server
+    /// time; older history segments are deleted at checkpoints.
+    pub history_retention_ns: i64,
     /// Products (and initial stock) loaded at startup.
     pub catalog_file: Option<PathBuf>,
     /// Where a catalog file's `inventory` quantities are counted.
@@ -57,6 +60,7 @@ impl Config {
                 .map_or(2, |n| n.get())
                 .min(4),
             sources: Sources::default(),
+            history_retention_ns: 30 * 24 * 3600 * 1_000_000_000,
             catalog_file: None,
             catalog_location: "ONLINE".into(),
         }

@@ -7,6 +7,7 @@ pub mod bootstrap;
 pub mod config;
 pub mod dead_letters;
 pub mod demo;
+pub mod history;
 pub mod http;
 pub mod import;
 pub mod metrics;

@@ -70,6 +70,9 @@ enum Command {
         /// the built-ins; see GET /v1/sources for the built-ins' mappings.
         #[arg(long, env = "STOCKFLOW_SOURCES")]
         sources: Option<PathBuf>,
+        /// How far back per-level history and `asOf` answers reach, in days.
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=3650))]
+        history_retention_days: u32,
         /// Products to load at startup: a JSON array or NDJSON, in
         /// stockflow's shape or KartShoppe's ({productId, …, inventory}).
         #[arg(long, env = "STOCKFLOW_CATALOG")]
@@ -182,8 +185,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
             sources,
             catalog,
             catalog_location,
+            history_retention_days,
         } => {
             let mut config = Config::new(data_dir);
+            config.history_retention_ns =
+                i64::from(history_retention_days) * 24 * 3600 * 1_000_000_000;
             config.catalog_file = catalog;
             config.catalog_location = catalog_location;
             if let Some(dir) = sources {

@@ -31,6 +31,7 @@ use tokio::sync::oneshot;
 
 use crate::config::Config;
 use crate::dead_letters::DeadLetters;
+use crate::history::HistoryWriter;
 use crate::record::{CommitGroupRef, DeadLetter};
 use crate::recovery::{CheckpointJob, CheckpointMeta, Recovered};
 
@@ -129,7 +130,8 @@ enum Stage {
     Checkpoint(Arc<CheckpointJob>),
 }
 
-fn wall_clock() -> Timestamp {
+/// Server time now (only the sequencer uses it for state).
+pub fn wall_clock() -> Timestamp {
     Timestamp::from_datetime(chrono::Utc::now()).expect("the clock is within 1677..2262")
 }
 
@@ -144,6 +146,7 @@ impl Pipeline {
             last_now,
             events_since_checkpoint,
             lock,
+            history,
         } = recovered;
         let shared = Arc::new(Shared {
             partitions: engine.partitions.into_iter().map(RwLock::new).collect(),
@@ -157,12 +160,16 @@ impl Pipeline {
         let (sync_tx, sync_rx) = bounded::<Stage>(64);
         let mut apply_txs = Vec::new();
         let mut threads = Vec::new();
-        for worker in 0..appliers {
+        let mut owned: Vec<Vec<(u16, HistoryWriter)>> = (0..appliers).map(|_| Vec::new()).collect();
+        for (id, writer) in history.into_iter().enumerate() {
+            owned[id % appliers].push((id as u16, writer));
+        }
+        for (worker, owned) in owned.into_iter().enumerate() {
             let (tx, rx) = bounded::<Stage>(64);
             apply_txs.push(tx);
             let shared = shared.clone();
             threads.push(spawn(&format!("applier-{worker}"), move || {
-                applier(worker, appliers, &shared, &rx)
+                applier(owned, &shared, &rx)
             })?);
         }
         let syncer_shared = shared.clone();
@@ -178,6 +185,7 @@ impl Pipeline {
             checkpoint_events: config.checkpoint_events,
             group_events_max: config.group_events_max,
             data_dir: config.data_dir.clone(),
+            history_retention_ns: config.history_retention_ns,
             partitions: shared.partition_count(),
             // dedup + dead letters + catalog + every partition
             checkpoint_parts: 3 + shared.partitions.len(),
@@ -339,6 +347,7 @@ struct Sequencer {
     checkpoint_events: u64,
     group_events_max: usize,
     data_dir: std::path::PathBuf,
+    history_retention_ns: i64,
     partitions: u16,
     checkpoint_parts: usize,
     shared: Arc<Shared>,
@@ -503,7 +512,13 @@ impl Sequencer {
             last_now: self.last_now,
             partitions: self.partitions,
         };
-        match CheckpointJob::start(&self.data_dir, meta, &self.dedup, self.checkpoint_parts) {
+        match CheckpointJob::start(
+            &self.data_dir,
+            meta,
+            &self.dedup,
+            self.checkpoint_parts,
+            self.history_retention_ns,
+        ) {
             Ok(job) => {
                 self.events_since_checkpoint = 0;
                 let _ = next.send(Stage::Checkpoint(job));
@@ -590,17 +605,16 @@ fn syncer(input: &Receiver<Stage>, appliers: &[Sender<Stage>], shared: &Shared) 
     }
 }
 
-/// Applies groups to the partitions this worker owns (p % workers == worker).
-fn applier(worker: usize, workers: usize, shared: &Shared, input: &Receiver<Stage>) {
-    let owned: Vec<u16> = (0..shared.partition_count())
-        .filter(|p| *p as usize % workers == worker)
-        .collect();
+/// Applies groups to the partitions this worker owns (p % workers == worker)
+/// and writes their history.
+fn applier(mut owned: Vec<(u16, HistoryWriter)>, shared: &Shared, input: &Receiver<Stage>) {
     let mut found = Vec::new();
+    let mut changes = Vec::new();
     while let Ok(stage) = input.recv() {
         match stage {
             Stage::Group(group) => {
                 let mut exceptions = Vec::new();
-                for id in &owned {
+                for (id, history) in &mut owned {
                     let mut partition = shared.partitions[*id as usize].write();
                     group
                         .catalog
@@ -608,8 +622,28 @@ fn applier(worker: usize, workers: usize, shared: &Shared, input: &Receiver<Stag
                         .for_each(|c| partition.apply_catalog(c));
                     for (request, item) in group.requests.iter().enumerate() {
                         found.clear();
-                        partition.apply_batch(*id, &item.batch, group.now, &mut found);
+                        changes.clear();
+                        partition.apply_batch(
+                            *id,
+                            &item.batch,
+                            group.now,
+                            &mut found,
+                            &mut changes,
+                        );
                         exceptions.extend(found.iter().map(|e| (request, *e)));
+                        let written = history.record(
+                            &mut partition,
+                            &item.batch,
+                            &changes,
+                            group.now,
+                            group.file.record,
+                        );
+                        if let Err(error) = written {
+                            poison("history write failed", &error);
+                        }
+                    }
+                    if let Err(error) = history.flush() {
+                        poison("history write failed", &error);
                     }
                 }
                 if !exceptions.is_empty() {
@@ -620,8 +654,14 @@ fn applier(worker: usize, workers: usize, shared: &Shared, input: &Receiver<Stag
                 }
             }
             Stage::Checkpoint(job) => {
-                for id in &owned {
-                    job.write_partition(*id, &shared.partitions[*id as usize].read());
+                for (id, history) in &mut owned {
+                    let (files, end) = match history.checkpoint() {
+                        Ok(done) => done,
+                        Err(error) => poison("history write failed", &error),
+                    };
+                    let mut partition = shared.partitions[*id as usize].write();
+                    partition.history_end = end;
+                    job.write_partition(*id, &partition, files);
                 }
             }
         }

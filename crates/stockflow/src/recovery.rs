@@ -20,12 +20,14 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use stockflow_core::{
-    Catalog, Dedup, DedupSnapshot, Engine, EngineConfig, Partition, PartitionSnapshot, Timestamp,
+    admit, Catalog, Dedup, DedupSnapshot, Engine, EngineConfig, Partition, PartitionSnapshot,
+    Timestamp,
 };
 use stockflow_log::{read_records, read_snapshot, write_snapshot, LogWriter};
 
 use crate::config::Config;
 use crate::dead_letters::DeadLetters;
+use crate::history::HistoryWriter;
 use crate::record::{CommitGroup, DeadLetter};
 
 /// 2: log records and checkpoints carry the catalog.
@@ -59,6 +61,8 @@ pub struct Recovered {
     pub events_since_checkpoint: u64,
     /// Holds the data directory's lock for the life of the process.
     pub lock: File,
+    /// One history writer per partition, positioned after the replay.
+    pub history: Vec<HistoryWriter>,
 }
 
 pub fn log_dir(data_dir: &Path) -> PathBuf {
@@ -121,7 +125,14 @@ pub fn recover(config: &Config) -> anyhow::Result<Recovered> {
             meta.next_record
         );
     }
+    // History past the checkpoint is cut and written again by the replay.
+    let mut history = (0..partitions)
+        .map(|p| HistoryWriter::open(dir, p, engine.partitions[p as usize].history_end))
+        .collect::<std::io::Result<Vec<_>>>()
+        .context("cannot open the history files")?;
     let mut events = 0u64;
+    let mut exceptions = Vec::new();
+    let mut changes = Vec::new();
     let replayed_records = opened.next_record - meta.next_record;
     for item in read_records(&log_dir(dir), meta.next_record)? {
         let (number, payload) = item?;
@@ -130,8 +141,18 @@ pub fn recover(config: &Config) -> anyhow::Result<Recovered> {
         engine.apply_catalog(&group.catalog, group.now);
         for mut batch in group.batches {
             events += batch.len() as u64;
-            let report = engine.apply(&mut batch, group.now);
-            debug_assert!(report.duplicates.is_empty(), "the log holds no duplicates");
+            // Engine::apply, with the changes kept for the history.
+            let duplicates = admit(&mut engine.dedup, &mut batch, group.now);
+            debug_assert!(duplicates.is_empty(), "the log holds no duplicates");
+            batch.compute_routes(partitions);
+            for (id, partition) in engine.partitions.iter_mut().enumerate() {
+                changes.clear();
+                exceptions.clear();
+                partition.apply_batch(id as u16, &batch, group.now, &mut exceptions, &mut changes);
+                history[id]
+                    .record(partition, &batch, &changes, group.now, number)
+                    .context("cannot write history")?;
+            }
         }
         for letter in group.dead_letters {
             meta.next_dead_letter_id = meta.next_dead_letter_id.max(letter.id + 1);
@@ -142,6 +163,9 @@ pub fn recover(config: &Config) -> anyhow::Result<Recovered> {
         }
         meta.last_now = meta.last_now.max(group.now);
         meta.next_record = number + 1;
+    }
+    for writer in &mut history {
+        writer.flush().context("cannot write history")?;
     }
     tracing::info!(
         levels = engine.partitions.iter().map(Partition::len).sum::<usize>(),
@@ -158,6 +182,7 @@ pub fn recover(config: &Config) -> anyhow::Result<Recovered> {
         last_now: meta.last_now,
         events_since_checkpoint: events,
         lock,
+        history,
     })
 }
 
@@ -337,6 +362,7 @@ pub struct CheckpointJob {
     meta: CheckpointMeta,
     parts_left: AtomicUsize,
     started: Instant,
+    history_retention_ns: i64,
 }
 
 impl CheckpointJob {
@@ -348,6 +374,7 @@ impl CheckpointJob {
         meta: CheckpointMeta,
         dedup: &Dedup,
         parts: usize,
+        history_retention_ns: i64,
     ) -> anyhow::Result<Arc<CheckpointJob>> {
         let tmp = checkpoints_dir(data_dir).join(format!("{:020}.tmp", meta.next_record));
         fs::create_dir_all(&tmp)?;
@@ -357,6 +384,7 @@ impl CheckpointJob {
             meta,
             parts_left: AtomicUsize::new(parts),
             started: Instant::now(),
+            history_retention_ns,
         });
         // Taking the view is O(chunks); the ids are encoded by the writer.
         let dedup = dedup.snapshot();
@@ -364,9 +392,41 @@ impl CheckpointJob {
         Ok(job)
     }
 
-    pub fn write_partition(self: &Arc<Self>, id: u16, partition: &Partition) {
+    /// Writes a partition once its history `files` are durable (the
+    /// snapshot's history end must never point past what is on disk), then
+    /// deletes history older than the retention.
+    pub fn write_partition(
+        self: &Arc<Self>,
+        id: u16,
+        partition: &Partition,
+        files: Vec<Arc<File>>,
+    ) {
         let bytes = encode(&partition.snapshot());
-        self.write_part(format!("part-{id:04}.snap"), move || bytes);
+        let (data_dir, horizon) = (
+            self.data_dir.clone(),
+            self.meta
+                .last_now
+                .saturating_sub_ns(self.history_retention_ns),
+        );
+        self.write_part(format!("part-{id:04}.snap"), move || {
+            for file in &files {
+                if let Err(error) = file.sync_data() {
+                    // Not fatal here: the part is written anyway, and a
+                    // restart that finds less history carries on from it.
+                    tracing::error!(%error, partition = id, "cannot fsync history");
+                }
+            }
+            match crate::history::compact(&data_dir, id, horizon) {
+                Ok(0) => {}
+                Ok(deleted) => tracing::info!(
+                    partition = id,
+                    deleted,
+                    "history segments past retention deleted"
+                ),
+                Err(error) => tracing::warn!(%error, partition = id, "history compaction failed"),
+            }
+            bytes
+        });
     }
 
     pub fn write_catalog(self: &Arc<Self>, catalog: &Catalog) {

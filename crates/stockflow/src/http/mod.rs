@@ -7,6 +7,7 @@
 mod catalog;
 mod dead_letters;
 mod error;
+mod history;
 mod ingest;
 mod query;
 
@@ -69,6 +70,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/stock/{sku}/{location_id}", get(query::level))
         .route("/v1/stock/{sku}", get(query::sku))
+        .route(
+            "/v1/stock/{sku}/{location_id}/history",
+            get(history::history),
+        )
         .route("/v1/locations/{location_id}/stock", get(query::location))
         .route("/v1/dead-letters", get(dead_letters::list))
         .route(

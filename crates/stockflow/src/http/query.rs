@@ -40,7 +40,11 @@ fn policy(state: &AppState, sku: &str) -> Policy {
 pub async fn level(
     State(state): State<Arc<AppState>>,
     Path((sku, location)): Path<(String, String)>,
+    Query(as_of): Query<super::history::AsOf>,
 ) -> Result<Json<Value>, ApiError> {
+    if let Some(at) = &as_of.as_of {
+        return super::history::level_at(&state, &sku, &location, at).await;
+    }
     let shared = &state.pipeline.shared;
     let partition = route(&sku, &location, shared.partition_count());
     let view = shared.partitions[partition as usize]
@@ -57,7 +61,11 @@ pub async fn level(
 pub async fn sku(
     State(state): State<Arc<AppState>>,
     Path(sku): Path<String>,
+    Query(as_of): Query<super::history::AsOf>,
 ) -> Result<Json<Value>, ApiError> {
+    if let Some(at) = &as_of.as_of {
+        return super::history::sku_at(&state, &sku, at).await;
+    }
     let mut views: Vec<LevelView> = Vec::new();
     for partition in &state.pipeline.shared.partitions {
         views.extend(partition.read().levels_of_sku(&sku));

@@ -286,6 +286,7 @@ async fn metrics_and_the_openapi_document_describe_the_running_api() {
         "/v1/events",
         "/v1/stock/{sku}/{locationId}",
         "/v1/stock/{sku}",
+        "/v1/stock/{sku}/{locationId}/history",
         "/v1/locations/{locationId}/stock",
         "/v1/dead-letters",
         "/v1/dead-letters/{id}",

@@ -3,6 +3,7 @@
 mod catalog;
 mod crash;
 mod dead_letters;
+mod history;
 mod http;
 mod import;
 mod sources;
