@@ -267,5 +267,51 @@ pub async fn http(options: &BenchOptions) -> anyhow::Result<()> {
         ms(&gets, 0.5),
         ms(&gets, 0.99)
     );
+    rollups(&client, &url).await?;
     server.stop().await
+}
+
+/// GET /v1/items/{sku} and a region roll-up for a SKU stocked in 5,000
+/// locations over 5 regions (target p99 2 ms).
+async fn rollups(client: &reqwest::Client, url: &str) -> anyhow::Result<()> {
+    const LOCATIONS: usize = 5_000;
+    let locations: Vec<serde_json::Value> = (0..LOCATIONS)
+        .map(|i| serde_json::json!({"locationId": format!("R-{i:05}"), "type": "store", "region": format!("REGION-{}", i % 5)}))
+        .collect();
+    client
+        .post(format!("{url}/v1/locations"))
+        .json(&locations)
+        .send()
+        .await?
+        .error_for_status()?;
+    let receipts: String = (0..LOCATIONS)
+        .map(|i| format!("{{\"eventId\":\"wide-{i}\",\"eventType\":\"RECEIPT\",\"sku\":\"SKU-WIDE\",\"locationId\":\"R-{i:05}\",\"quantity\":{}}}\n", 1 + i % 9))
+        .collect();
+    crate::simulate::post_ndjson(client, url, receipts).await?;
+    for (what, path) in [
+        ("item roll-up", "/v1/items/SKU-WIDE".to_owned()),
+        (
+            "region roll-up",
+            "/v1/regions/REGION-3/stock/SKU-WIDE".to_owned(),
+        ),
+    ] {
+        let mut h = Histogram::<u64>::new(3)?;
+        for _ in 0..5_000 {
+            let sent = Instant::now();
+            let response = client.get(format!("{url}{path}")).send().await?;
+            anyhow::ensure!(
+                response.status().is_success(),
+                "{path} answered {}",
+                response.status()
+            );
+            response.bytes().await?;
+            h.record(sent.elapsed().as_micros() as u64)?;
+        }
+        println!(
+            "http: GET {what} of a SKU in {LOCATIONS} locations: p50 {:.3} ms, p99 {:.3} ms",
+            ms(&h, 0.5),
+            ms(&h, 0.99)
+        );
+    }
+    Ok(())
 }

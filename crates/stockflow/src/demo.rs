@@ -22,6 +22,11 @@ pub async fn run(listen: SocketAddr, data_dir: Option<PathBuf>, rate: u32) -> an
     println!("  stock of one item:    curl {url}/v1/stock/SKU-00001");
     println!("  one level:            curl {url}/v1/stock/SKU-00001/STORE-001");
     println!("  a store, paginated:   curl '{url}/v1/locations/STORE-001/stock?limit=5'");
+    println!("  an item by region:    curl {url}/v1/items/SKU-00001");
+    println!("  a store's totals:     curl {url}/v1/locations/STORE-001");
+    println!("  a level's history:    curl {url}/v1/stock/SKU-00001/STORE-001/history");
+    println!("  products:             curl '{url}/v1/products?category=Footwear&limit=5'");
+    println!("  source formats:       curl {url}/v1/sources");
     println!("  dead letters:         curl {url}/v1/dead-letters");
     println!("  API description:      curl {url}/v1/openapi.json");
     println!("  Prometheus metrics:   curl {url}/metrics");
@@ -46,10 +51,80 @@ pub async fn run(listen: SocketAddr, data_dir: Option<PathBuf>, rate: u32) -> an
     Ok(())
 }
 
+/// The location master and product catalog of the demo world, so roll-ups
+/// by region and type have something to show.
+async fn seed_catalog(
+    client: &reqwest::Client,
+    url: &str,
+    catalog: &Catalog,
+) -> anyhow::Result<()> {
+    const CITIES: [(&str, &str); 10] = [
+        ("Boston", "East"),
+        ("New York", "East"),
+        ("Philadelphia", "East"),
+        ("Atlanta", "East"),
+        ("Chicago", "Central"),
+        ("Denver", "West"),
+        ("Seattle", "West"),
+        ("Portland", "West"),
+        ("San Francisco", "West"),
+        ("Los Angeles", "West"),
+    ];
+    let mut locations: Vec<serde_json::Value> = catalog
+        .stores
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let (city, region) = CITIES[i % CITIES.len()];
+            serde_json::json!({"locationId": id, "name": format!("{city} store"), "type": "store",
+                               "region": region, "channel": "retail", "city": city})
+        })
+        .collect();
+    for (id, region) in [("WH-EAST", "East"), ("WH-WEST", "West")] {
+        if catalog.warehouses.iter().any(|w| w == id) {
+            locations.push(serde_json::json!({"locationId": id, "name": format!("{region} warehouse"),
+                                              "type": "warehouse", "region": region, "channel": "supply"}));
+        }
+    }
+    locations.push(serde_json::json!({"locationId": catalog.online, "name": "Web shop", "type": "online", "channel": "ecommerce"}));
+    const CATEGORIES: [(&str, &str); 5] = [
+        ("Footwear", "Trail shoe"),
+        ("Outerwear", "Rain jacket"),
+        ("Camping", "Headlamp"),
+        ("Accessories", "Wool socks"),
+        ("Electronics", "GPS watch"),
+    ];
+    let products: Vec<serde_json::Value> = catalog
+        .skus
+        .iter()
+        .enumerate()
+        .map(|(i, sku)| {
+            let (category, name) = CATEGORIES[i % CATEGORIES.len()];
+            serde_json::json!({"sku": sku, "name": format!("{name} {}", i + 1), "category": category,
+                               "price": (1999 + (i as i64 * 250) % 18000) as f64 / 100.0,
+                               "lowStockThreshold": 15})
+        })
+        .collect();
+    for (path, items) in [("locations", locations), ("products", products)] {
+        let response = client
+            .post(format!("{url}/v1/{path}"))
+            .json(&items)
+            .send()
+            .await?;
+        anyhow::ensure!(
+            response.status().is_success(),
+            "seeding {path}: {}",
+            response.status()
+        );
+    }
+    Ok(())
+}
+
 /// Initial receipts for every product at every location. Fixed eventIds, so
 /// restarting the demo on the same data directory does not receive twice.
 async fn seed(url: &str) -> anyhow::Result<()> {
     let catalog = Catalog::demo();
+    seed_catalog(&reqwest::Client::new(), url, &catalog).await?;
     let mut body = String::new();
     for (i, sku) in catalog.skus.iter().enumerate() {
         for location in catalog.locations() {

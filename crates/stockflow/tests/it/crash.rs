@@ -162,6 +162,19 @@ async fn sigkill_mid_ingest_loses_nothing_and_counts_nothing_twice() {
         .collect::<std::collections::BTreeSet<_>>()
     {
         let (_, body) = get(&url, &format!("/v1/stock/{sku}")).await;
+        // The incrementally kept roll-up equals the sum of the levels,
+        // after the crash as before it.
+        let (_, item) = get(&url, &format!("/v1/items/{sku}")).await;
+        for field in ["onHand", "reserved", "inTransit", "available"] {
+            assert_eq!(
+                item["totals"][field], body["totals"][field],
+                "{sku} {field} roll-up (seed={seed})"
+            );
+        }
+        assert_eq!(
+            item["totals"]["levels"].as_u64().unwrap() as usize,
+            body["locations"].as_array().unwrap().len()
+        );
         for level in body["locations"].as_array().unwrap() {
             let key = (
                 sku.clone(),
