@@ -80,7 +80,8 @@ pub struct Field {
     /// source; the canonical quantity is then its magnitude.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub signs: Option<BTreeMap<String, Sign>>,
-    /// Timestamp only: the UTC offset of zone-less times (e.g. "Z", "+02:00").
+    /// Timestamp only: the UTC offset of zone-less times (e.g. "Z", "+02:00");
+    /// the request parameter `assumeOffset` overrides it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub assume_offset: Option<String>,
 }
@@ -92,6 +93,9 @@ pub enum Sign {
     Negative,
     Any,
 }
+
+/// The request parameter that overrides a mapping's `assumeOffset`.
+pub const ASSUME_OFFSET_PARAM: &str = "assumeOffset";
 
 /// A canonical event made from a source message, as a JSON object ready
 /// for the canonical validator.
@@ -196,7 +200,12 @@ impl Mapping {
         }
         if let Some(field) = &f.timestamp {
             if let Some(value) = self.text(field, "timestamp", cx)? {
-                let value = match &field.assume_offset {
+                // `?assumeOffset=+02:00` configures a source's zone per request.
+                let offset = cx
+                    .params
+                    .get(ASSUME_OFFSET_PARAM)
+                    .or(field.assume_offset.as_ref());
+                let value = match offset {
                     Some(offset) => with_offset(&value, offset)
                         .map_err(|e| format!("{}: {e}", describe(field, "timestamp")))?,
                     None => value,

@@ -64,6 +64,23 @@ async fn the_store_simulator_controlled_scenario_gives_the_documented_totals() {
         assert_eq!(stock["totals"]["onHand"], json!(total), "{item}");
     }
 
+    // A store that sends local time: configured per request.
+    let local = r#"{"id":99,"storeName":"Store_9","sku":"Item_9","type":"RESTOCK","quantity":1,"timestamp":"2020-10-13T16:48:35"}"#;
+    post_source(
+        &url,
+        &format!("{path}?assumeOffset=%2B02:00"),
+        "application/json",
+        local,
+    )
+    .await;
+    let (_, history) = get(&url, "/v1/stock/Item_9/Store_9/history").await;
+    assert_eq!(history["events"][0]["timestamp"], "2020-10-13T14:48:35Z");
+    let (_, history) = get(&url, "/v1/stock/Item_1/Store_1/history").await;
+    assert_eq!(
+        history["events"][0]["timestamp"], "2020-10-13T16:48:35.455027Z",
+        "UTC unless configured"
+    );
+
     // The simulator redelivers: the derived eventIds make it a no-op.
     let (_, again) = post_source(&url, path, "application/json", CONTROLLED).await;
     assert_eq!(
