@@ -12,6 +12,7 @@ use crate::dedup::{event_id_hash, Dedup};
 use crate::event::Batch;
 use crate::level::Outcome;
 use crate::limits::{DEDUP_ENTRIES_MAX_DEFAULT, DEDUP_RETENTION_NS_DEFAULT, PARTITIONS_DEFAULT};
+use crate::orders::OrderBook;
 use crate::partition::{Exception, LevelView, Partition, Totals};
 use crate::time::Timestamp;
 
@@ -79,6 +80,7 @@ pub struct Engine {
     pub dedup: Dedup,
     pub partitions: Vec<Partition>,
     pub catalog: Catalog,
+    pub orders: OrderBook,
 }
 
 impl Engine {
@@ -90,6 +92,7 @@ impl Engine {
                 .map(|_| Partition::default())
                 .collect(),
             catalog: Catalog::default(),
+            orders: OrderBook::default(),
         }
     }
 

@@ -26,6 +26,7 @@ pub mod engine;
 pub mod event;
 pub mod level;
 pub mod limits;
+pub mod orders;
 pub mod parse;
 pub mod partition;
 pub mod time;
@@ -35,6 +36,7 @@ pub use dedup::{event_id_hash, Dedup, DedupDecodeError, DedupSnapshot};
 pub use engine::{admit, route, BatchReport, Engine, EngineConfig};
 pub use event::{Batch, EventRef, EventType, Route};
 pub use level::{Level, Numbers, Outcome, Rejection};
+pub use orders::{OrderBook, OrderCommand};
 pub use parse::{parse_body, BodyError, BodyFormat, Parsed, Rejected};
 pub use partition::{
     Change, Exception, LevelView, Partition, PartitionSnapshot, PartitionSnapshotRef, Totals,

@@ -480,6 +480,25 @@ impl Partition {
         self.index.get(&key).map(|slot| self.view(*slot))
     }
 
+    /// The quantities of a level, without copying it.
+    pub fn numbers(&self, sku: &str, location: &str) -> Option<Numbers> {
+        let key = (*self.symbols.get(sku)?, *self.symbols.get(location)?);
+        self.index
+            .get(&key)
+            .map(|slot| self.levels[*slot as usize].2.numbers())
+    }
+
+    /// Locations with a level of `sku` here.
+    pub fn locations_of_sku(&self, sku: &str) -> Vec<Arc<str>> {
+        let Some(slots) = self.symbols.get(sku).and_then(|s| self.by_sku.get(s)) else {
+            return Vec::new();
+        };
+        slots
+            .iter()
+            .map(|slot| self.names[self.levels[*slot as usize].1 as usize].clone())
+            .collect()
+    }
+
     /// Every level of `sku` in this partition.
     pub fn levels_of_sku(&self, sku: &str) -> Vec<LevelView> {
         let Some(slots) = self.symbols.get(sku).and_then(|s| self.by_sku.get(s)) else {

@@ -37,6 +37,10 @@ pub struct Config {
     /// How long per-level history (and so `asOf`) reaches back, by server
     /// time; older history segments are deleted at checkpoints.
     pub history_retention_ns: i64,
+    /// Hold of an order that does not say `holdSeconds`.
+    pub order_hold_seconds: u64,
+    /// Where lines without a location are reserved.
+    pub sourcing: stockflow_core::orders::Sourcing,
     /// Products (and initial stock) loaded at startup.
     pub catalog_file: Option<PathBuf>,
     /// Where a catalog file's `inventory` quantities are counted.
@@ -61,6 +65,8 @@ impl Config {
                 .min(4),
             sources: Sources::default(),
             history_retention_ns: 30 * 24 * 3600 * 1_000_000_000,
+            order_hold_seconds: 15 * 60,
+            sourcing: stockflow_core::orders::Sourcing::MostAvailable,
             catalog_file: None,
             catalog_location: "ONLINE".into(),
         }

@@ -22,9 +22,10 @@ use std::time::Instant;
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
+use stockflow_core::orders::{order_batch, step_due, Answer, StockOf};
 use stockflow_core::{
-    admit, Batch, Catalog, CatalogChange, Dedup, Exception, Outcome, Parsed, Partition, Rejected,
-    Timestamp,
+    admit, Batch, Catalog, CatalogChange, Dedup, Exception, OrderBook, OrderCommand, Outcome,
+    Parsed, Partition, Rejected, Timestamp,
 };
 use stockflow_log::{Appended, LogWriter};
 use tokio::sync::oneshot;
@@ -42,6 +43,9 @@ pub struct Receipt {
     pub duplicates: u64,
     pub rejected: u64,
     pub errors: Vec<ReceiptError>,
+    /// The answer to an order command, for order requests.
+    #[serde(skip)]
+    pub order: Option<Answer>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,6 +70,7 @@ struct Submission {
     /// A dead letter this submission resolves if none of it is rejected,
     /// or discards outright when nothing else is submitted.
     resolves: Option<u64>,
+    order: Option<OrderCommand>,
     refused: Option<RefusedBody>,
     source: String,
     reply: oneshot::Sender<Receipt>,
@@ -74,6 +79,9 @@ struct Submission {
 /// State readable by queries while the appliers write it.
 pub struct Shared {
     pub partitions: Vec<RwLock<Partition>>,
+    /// Orders and holds; written only by the order step (one applier at a
+    /// time, between barriers).
+    pub orders: RwLock<OrderBook>,
     /// Products and locations, updated in log order by the syncer.
     pub catalog: RwLock<Catalog>,
     pub dead_letters: RwLock<DeadLetters>,
@@ -115,6 +123,13 @@ struct Group {
     now: Timestamp,
     catalog: Vec<CatalogChange>,
     discarded: Vec<u64>,
+    /// Order commands and the request each came from.
+    orders: Vec<(usize, OrderCommand)>,
+    /// Runs the order step (commands, or a hold may be due): the appliers
+    /// meet at a barrier after the events, one decides, all apply.
+    serial: bool,
+    /// The order step's events, for the appliers to apply.
+    order_batch: Mutex<Option<Arc<Batch>>>,
     requests: Vec<Request>,
     dead_letters: Vec<DeadLetter>,
     file: Appended,
@@ -150,6 +165,7 @@ impl Pipeline {
         } = recovered;
         let shared = Arc::new(Shared {
             partitions: engine.partitions.into_iter().map(RwLock::new).collect(),
+            orders: RwLock::new(engine.orders),
             catalog: RwLock::new(engine.catalog),
             dead_letters: RwLock::new(dead_letters),
             applied_records: AtomicU64::new(log.next_record()),
@@ -164,19 +180,29 @@ impl Pipeline {
         for (id, writer) in history.into_iter().enumerate() {
             owned[id % appliers].push((id as u16, writer));
         }
+        let barrier = Arc::new(std::sync::Barrier::new(appliers));
         for (worker, owned) in owned.into_iter().enumerate() {
             let (tx, rx) = bounded::<Stage>(64);
             apply_txs.push(tx);
-            let shared = shared.clone();
+            let (shared, barrier) = (shared.clone(), barrier.clone());
             threads.push(spawn(&format!("applier-{worker}"), move || {
-                applier(owned, &shared, &rx)
+                applier(worker, owned, &shared, &barrier, &rx)
             })?);
         }
         let syncer_shared = shared.clone();
         threads.push(spawn("syncer", move || {
             syncer(&sync_rx, &apply_txs, &syncer_shared)
         })?);
+        let holds = shared
+            .orders
+            .read()
+            .orders
+            .values()
+            .filter_map(|o| o.expires_at)
+            .map(std::cmp::Reverse)
+            .collect();
         let sequencer = Sequencer {
+            holds,
             dedup: engine.dedup,
             log,
             next_dead_letter_id,
@@ -187,8 +213,8 @@ impl Pipeline {
             data_dir: config.data_dir.clone(),
             history_retention_ns: config.history_retention_ns,
             partitions: shared.partition_count(),
-            // dedup + dead letters + catalog + every partition
-            checkpoint_parts: 3 + shared.partitions.len(),
+            // dedup + dead letters + catalog + orders + every partition
+            checkpoint_parts: 4 + shared.partitions.len(),
             shared: shared.clone(),
             buf: Vec::new(),
             _lock: lock,
@@ -240,6 +266,26 @@ impl Pipeline {
         source: &str,
     ) -> Result<oneshot::Receiver<Receipt>, Overloaded> {
         self.send_all(parsed, changes, None, source, false, Some(id))
+    }
+
+    /// Submits an order command; the receipt's `order` holds the answer.
+    pub fn submit_order(
+        &self,
+        command: OrderCommand,
+    ) -> Result<oneshot::Receiver<Receipt>, Overloaded> {
+        let (reply, rx) = oneshot::channel();
+        let submission = Submission {
+            parsed: Parsed::default(),
+            catalog: Vec::new(),
+            resolves: None,
+            order: Some(command),
+            refused: None,
+            source: "orders".into(),
+            reply,
+        };
+        let sender = self.ingest.lock().clone().ok_or(Overloaded)?;
+        sender.try_send(submission).map_err(|_| Overloaded)?;
+        Ok(rx)
     }
 
     /// Discards dead letter `id` (durably).
@@ -294,6 +340,7 @@ impl Pipeline {
         let (reply, rx) = oneshot::channel();
         let submission = Submission {
             resolves,
+            order: None,
             catalog,
             parsed,
             refused,
@@ -338,6 +385,10 @@ fn spawn(name: &str, body: impl FnOnce() + Send + 'static) -> std::io::Result<Jo
 
 /// Owns dedup and the log writer: decides what a group commit holds.
 struct Sequencer {
+    /// Every hold expiry a command set (a superset of the live ones), to
+    /// mark the records that must run the order step and to wake up for
+    /// them when no traffic comes.
+    holds: std::collections::BinaryHeap<std::cmp::Reverse<Timestamp>>,
     dedup: Dedup,
     log: LogWriter,
     next_dead_letter_id: u64,
@@ -356,8 +407,29 @@ struct Sequencer {
 }
 
 impl Sequencer {
+    /// The next submission, or `None` when a hold falls due first (a tick:
+    /// an empty record that runs the order step); `Err` when stopping.
+    fn next_submission(&self, ingest: &Receiver<Submission>) -> Result<Option<Submission>, ()> {
+        let Some(std::cmp::Reverse(due)) = self.holds.peek().copied() else {
+            return ingest.recv().map(Some).map_err(drop);
+        };
+        let wait_ns = due.0.saturating_sub(wall_clock().0).max(0) as u64;
+        match ingest.recv_timeout(std::time::Duration::from_nanos(wait_ns)) {
+            Ok(submission) => Ok(Some(submission)),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => Ok(None),
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Err(()),
+        }
+    }
+
     fn run(mut self, ingest: &Receiver<Submission>, next: &Sender<Stage>) {
-        while let Ok(first) = ingest.recv() {
+        while let Ok(first) = self.next_submission(ingest) {
+            let Some(first) = first else {
+                let group = self.commit(Vec::new());
+                if next.send(Stage::Group(group)).is_err() {
+                    return;
+                }
+                continue;
+            };
             let mut submissions = vec![first];
             let mut events = submissions[0].parsed.total() + submissions[0].catalog.len();
             while events < self.group_events_max {
@@ -389,11 +461,13 @@ impl Sequencer {
         let mut dead_letters = Vec::new();
         let mut catalog = Vec::new();
         let mut discarded = Vec::new();
+        let mut orders = Vec::new();
         let (mut accepted, mut duplicates_total, mut rejected_total) = (0u64, 0u64, 0u64);
         for Submission {
             parsed,
             catalog: changes,
             resolves,
+            order,
             refused,
             source,
             reply,
@@ -413,6 +487,7 @@ impl Sequencer {
                 duplicates: duplicates.len() as u64,
                 rejected: rejected.len() as u64,
                 errors: Vec::with_capacity(rejected.len()),
+                order: None,
             };
             for r in rejected {
                 receipt.errors.push(ReceiptError {
@@ -440,6 +515,12 @@ impl Sequencer {
                 ));
             }
             catalog.extend(changes);
+            if let Some(command) = order {
+                if let Some(at) = command.hold_until(now) {
+                    self.holds.push(std::cmp::Reverse(at));
+                }
+                orders.push((requests.len(), command));
+            }
             accepted += receipt.accepted;
             duplicates_total += receipt.duplicates;
             rejected_total += receipt.rejected;
@@ -448,8 +529,19 @@ impl Sequencer {
                 reply: Mutex::new(Some((receipt, reply))),
             });
         }
+        let mut serial = !orders.is_empty();
+        while self
+            .holds
+            .peek()
+            .is_some_and(|std::cmp::Reverse(at)| *at <= now)
+        {
+            self.holds.pop();
+            serial = true;
+        }
+        let commands: Vec<OrderCommand> = orders.iter().map(|(_, c)| c.clone()).collect();
         let record = CommitGroupRef {
             now,
+            orders: &commands,
             catalog: &catalog,
             batches: requests.iter().map(|r| &r.batch).collect(),
             dead_letters: &dead_letters,
@@ -473,6 +565,9 @@ impl Sequencer {
             now,
             catalog,
             discarded,
+            orders,
+            serial,
+            order_batch: Mutex::new(None),
             events: accepted as usize,
             requests,
             dead_letters,
@@ -606,8 +701,17 @@ fn syncer(input: &Receiver<Stage>, appliers: &[Sender<Stage>], shared: &Shared) 
 }
 
 /// Applies groups to the partitions this worker owns (p % workers == worker)
-/// and writes their history.
-fn applier(mut owned: Vec<(u16, HistoryWriter)>, shared: &Shared, input: &Receiver<Stage>) {
+/// and writes their history. For a group that runs the order step, the
+/// appliers meet after the group's events; one decides the orders against
+/// every partition at that log position; then each applies the decisions
+/// to its partitions.
+fn applier(
+    worker: usize,
+    mut owned: Vec<(u16, HistoryWriter)>,
+    shared: &Shared,
+    barrier: &std::sync::Barrier,
+    input: &Receiver<Stage>,
+) {
     let mut found = Vec::new();
     let mut changes = Vec::new();
     while let Ok(stage) = input.recv() {
@@ -631,17 +735,32 @@ fn applier(mut owned: Vec<(u16, HistoryWriter)>, shared: &Shared, input: &Receiv
                             &mut changes,
                         );
                         exceptions.extend(found.iter().map(|e| (request, *e)));
-                        let written = history.record(
-                            &mut partition,
-                            &item.batch,
-                            &changes,
-                            group.now,
-                            group.file.record,
-                        );
-                        if let Err(error) = written {
-                            poison("history write failed", &error);
+                        record_history(history, &mut partition, &item.batch, &changes, &group);
+                    }
+                }
+                if group.serial {
+                    if barrier.wait().is_leader() {
+                        decide_orders(&group, shared);
+                    }
+                    barrier.wait();
+                    let batch = group.order_batch.lock().clone();
+                    if let Some(batch) = batch {
+                        for (id, history) in &mut owned {
+                            let mut partition = shared.partitions[*id as usize].write();
+                            found.clear();
+                            changes.clear();
+                            partition.apply_batch(*id, &batch, group.now, &mut found, &mut changes);
+                            if let Some(e) = found.first() {
+                                tracing::error!(
+                                    ?e,
+                                    "an order decision did not apply; this is a bug"
+                                );
+                            }
+                            record_history(history, &mut partition, &batch, &changes, &group);
                         }
                     }
+                }
+                for (_, history) in &mut owned {
                     if let Err(error) = history.flush() {
                         poison("history write failed", &error);
                     }
@@ -663,7 +782,50 @@ fn applier(mut owned: Vec<(u16, HistoryWriter)>, shared: &Shared, input: &Receiv
                     partition.history_end = end;
                     job.write_partition(*id, &partition, files);
                 }
+                if worker == 0 {
+                    job.write_orders(&shared.orders.read());
+                }
             }
+        }
+    }
+}
+
+fn record_history(
+    history: &mut HistoryWriter,
+    partition: &mut Partition,
+    batch: &Batch,
+    changes: &[stockflow_core::Change],
+    group: &Group,
+) {
+    if let Err(error) = history.record(partition, batch, changes, group.now, group.file.record) {
+        poison("history write failed", &error);
+    }
+}
+
+/// The order step of a group: runs on one applier while the others wait,
+/// with every partition at the same log position.
+fn decide_orders(group: &Group, shared: &Shared) {
+    let commands: Vec<OrderCommand> = group.orders.iter().map(|(_, c)| c.clone()).collect();
+    let mut book = shared.orders.write();
+    if !step_due(&book, &commands, group.now) {
+        return;
+    }
+    let partitions: Vec<_> = shared.partitions.iter().map(|p| p.read()).collect();
+    let catalog = shared.catalog.read();
+    let stock = StockOf {
+        partitions: &partitions,
+        catalog: &catalog,
+    };
+    let (events, answers) = book.decide(&commands, group.now, &stock);
+    drop(partitions);
+    *group.order_batch.lock() = Some(Arc::new(order_batch(
+        &events,
+        group.now,
+        shared.partition_count(),
+    )));
+    for ((request, _), answer) in group.orders.iter().zip(answers) {
+        if let Some((receipt, _)) = group.requests[*request].reply.lock().as_mut() {
+            receipt.order = Some(answer);
         }
     }
 }

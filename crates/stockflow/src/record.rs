@@ -6,7 +6,7 @@
 //! records, so an event counts if and only if its record is in the log.
 
 use serde::{Deserialize, Serialize};
-use stockflow_core::{Batch, CatalogChange, Timestamp};
+use stockflow_core::{Batch, CatalogChange, OrderCommand, Timestamp};
 
 /// A rejected event (or unparseable body), kept with its raw payload.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,6 +33,8 @@ pub struct CommitGroupRef<'a> {
     pub dead_letters: &'a [DeadLetter],
     /// Dead letters resolved (replayed) or discarded, by id.
     pub discarded: &'a [u64],
+    /// Order commands, decided after the batches (see `orders`).
+    pub orders: &'a [OrderCommand],
 }
 
 /// Decoded form of [`CommitGroupRef`].
@@ -43,6 +45,7 @@ pub struct CommitGroup {
     pub batches: Vec<Batch>,
     pub dead_letters: Vec<DeadLetter>,
     pub discarded: Vec<u64>,
+    pub orders: Vec<OrderCommand>,
 }
 
 impl CommitGroupRef<'_> {

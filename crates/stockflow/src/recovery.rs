@@ -5,7 +5,7 @@
 //! DATA_DIR/LOCK                    held (flock) by the running process
 //! DATA_DIR/log/*.seg               the log: one record per group commit
 //! DATA_DIR/checkpoints/N/          state as of log record N (exclusive):
-//!     meta.snap dedup.snap dead-letters.snap catalog.snap part-PPPP.snap
+//!     meta.snap dedup.snap dead-letters.snap catalog.snap orders.snap part-PPPP.snap
 //! ```
 //! Restart = newest whole checkpoint + replay of the records after it. A
 //! checkpoint directory is written under `N.tmp` and renamed when every
@@ -19,9 +19,10 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use stockflow_core::orders::{order_batch, step_due, StockOf};
 use stockflow_core::{
-    admit, Catalog, Dedup, DedupSnapshot, Engine, EngineConfig, Partition, PartitionSnapshot,
-    Timestamp,
+    admit, Catalog, Dedup, DedupSnapshot, Engine, EngineConfig, OrderBook, Partition,
+    PartitionSnapshot, Timestamp,
 };
 use stockflow_log::{read_records, read_snapshot, write_snapshot, LogWriter};
 
@@ -145,6 +146,25 @@ pub fn recover(config: &Config) -> anyhow::Result<Recovered> {
             let duplicates = admit(&mut engine.dedup, &mut batch, group.now);
             debug_assert!(duplicates.is_empty(), "the log holds no duplicates");
             batch.compute_routes(partitions);
+            for (id, partition) in engine.partitions.iter_mut().enumerate() {
+                changes.clear();
+                exceptions.clear();
+                partition.apply_batch(id as u16, &batch, group.now, &mut exceptions, &mut changes);
+                history[id]
+                    .record(partition, &batch, &changes, group.now, number)
+                    .context("cannot write history")?;
+            }
+        }
+        // The order step, exactly when the pipeline ran it.
+        if step_due(&engine.orders, &group.orders, group.now) {
+            let views: Vec<&Partition> = engine.partitions.iter().collect();
+            let stock = StockOf {
+                partitions: &views,
+                catalog: &engine.catalog,
+            };
+            let (decided, _) = engine.orders.decide(&group.orders, group.now, &stock);
+            drop(views);
+            let batch = order_batch(&decided, group.now, partitions);
             for (id, partition) in engine.partitions.iter_mut().enumerate() {
                 changes.clear();
                 exceptions.clear();
@@ -290,6 +310,7 @@ fn load_checkpoint(
         .with_context(|| format!("{}: cannot decode", dedup_path.display()))?;
     let letters: Vec<DeadLetter> = load(&path.join("dead-letters.snap"))?;
     let catalog: Catalog = load(&path.join("catalog.snap"))?;
+    let orders: OrderBook = load(&path.join("orders.snap"))?;
     // Partitions decode in parallel: they are most of the bytes.
     let catalog = &catalog;
     let partitions = std::thread::scope(|scope| {
@@ -313,6 +334,7 @@ fn load_checkpoint(
         dedup: Dedup::restore(&dedup, config.dedup_retention_ns, config.dedup_capacity),
         partitions,
         catalog: catalog.clone(),
+        orders,
     };
     tracing::info!(checkpoint = %path.display(), next_record = meta.next_record, "loaded checkpoint");
     Ok((engine, dead_letters, meta))
@@ -427,6 +449,11 @@ impl CheckpointJob {
             }
             bytes
         });
+    }
+
+    pub fn write_orders(self: &Arc<Self>, orders: &OrderBook) {
+        let bytes = encode(orders);
+        self.write_part("orders.snap".into(), move || bytes);
     }
 
     pub fn write_catalog(self: &Arc<Self>, catalog: &Catalog) {

@@ -2,6 +2,7 @@
 
 mod dedup;
 mod model;
+mod orders;
 mod parsing;
 mod rules;
 

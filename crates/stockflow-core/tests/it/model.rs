@@ -328,6 +328,7 @@ proptest! {
             dedup: Dedup::restore(&DedupSnapshot::decode(&dedup).unwrap(), config.dedup_retention_ns, config.dedup_capacity),
             partitions: parts.iter().map(|b| Partition::restore(postcard::from_bytes::<PartitionSnapshot>(b).unwrap(), &catalog)).collect(),
             catalog,
+            orders: Default::default(),
         };
         check_rollups(&restarted)?;
         for (catalog, batch, at) in &mut logged[logged_before..] {

@@ -9,6 +9,7 @@ mod dead_letters;
 mod error;
 mod history;
 mod ingest;
+mod orders;
 mod query;
 
 use std::sync::Arc;
@@ -64,6 +65,11 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(catalog::get_location).put(catalog::put_location),
         )
         .route("/v1/items/{sku}", get(catalog::item))
+        .route("/v1/orders", post(orders::place).get(orders::list))
+        .route("/v1/orders/{id}", get(orders::get))
+        .route("/v1/orders/{id}/fulfil", post(orders::fulfil))
+        .route("/v1/orders/{id}/cancel", post(orders::cancel))
+        .route("/v1/orders/{id}/extend", post(orders::extend))
         .route(
             "/v1/regions/{region}/stock/{sku}",
             get(catalog::region_stock),

@@ -6,6 +6,7 @@ mod dead_letters;
 mod history;
 mod http;
 mod import;
+mod orders;
 mod sources;
 
 use std::path::Path;

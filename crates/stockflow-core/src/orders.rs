@@ -1,0 +1,593 @@
+//! Orders: holds on stock that the engine takes, releases, fulfils and
+//! expires, deciding every reservation against the state at one log
+//! position, so no two orders can both get the last unit.
+//!
+//! [`OrderBook::decide`] runs once per log record that carries order
+//! commands or a due hold, after the record's events. It reads
+//! availability through a [`StockView`], and returns the events that carry
+//! its decisions out (RESERVATION, RELEASE, FULFILLMENT with correlationId =
+//! orderId), which the partitions then apply like any event. Deciding uses
+//! onHand − reserved − safetyStock, less what this step already promised,
+//! which is never looser than the RESERVATION rule, so every generated
+//! reservation applies.
+//!
+//! An all_or_nothing order reserves every line or none: the check for all
+//! lines happens in one step before any event is generated, so there is no
+//! half-reserved order to compensate, before or after a crash.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::EventType;
+use crate::time::Timestamp;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Mode {
+    AllOrNothing,
+    Partial,
+}
+
+/// Where units of a line without a location come from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Sourcing {
+    /// Locations with the most available first; a line may be split.
+    MostAvailable,
+    /// These locations in this order; a line may be split.
+    Priority(Vec<String>),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LineRequest {
+    pub sku: String,
+    pub location_id: Option<String>,
+    pub quantity: i64,
+}
+
+/// What the log carries for orders. Settings that shape a decision
+/// (sourcing, hold) travel in the command, so replay decides the same.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OrderCommand {
+    Place {
+        order_id: String,
+        lines: Vec<LineRequest>,
+        mode: Mode,
+        hold_ns: i64,
+        sourcing: Sourcing,
+        /// Hash of the request, to tell a retry from a different order.
+        fingerprint: u64,
+    },
+    /// Fulfils the given lines (all when `None`).
+    Fulfil {
+        order_id: String,
+        lines: Option<Vec<usize>>,
+    },
+    Cancel {
+        order_id: String,
+    },
+    Extend {
+        order_id: String,
+        hold_ns: i64,
+    },
+}
+
+impl OrderCommand {
+    pub fn order_id(&self) -> &str {
+        match self {
+            OrderCommand::Place { order_id, .. }
+            | OrderCommand::Fulfil { order_id, .. }
+            | OrderCommand::Cancel { order_id }
+            | OrderCommand::Extend { order_id, .. } => order_id,
+        }
+    }
+
+    /// When a hold this command sets would expire, for the shell's timers.
+    pub fn hold_until(&self, now: Timestamp) -> Option<Timestamp> {
+        match self {
+            OrderCommand::Place { hold_ns, .. } | OrderCommand::Extend { hold_ns, .. } => {
+                Some(now.saturating_add_ns(*hold_ns))
+            }
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Status {
+    Reserved,
+    PartiallyReserved,
+    Rejected,
+    Fulfilled,
+    Cancelled,
+    Expired,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Reserved => "reserved",
+            Status::PartiallyReserved => "partially_reserved",
+            Status::Rejected => "rejected",
+            Status::Fulfilled => "fulfilled",
+            Status::Cancelled => "cancelled",
+            Status::Expired => "expired",
+        }
+    }
+
+    pub fn from_wire(text: &str) -> Option<Status> {
+        [
+            Status::Reserved,
+            Status::PartiallyReserved,
+            Status::Rejected,
+            Status::Fulfilled,
+            Status::Cancelled,
+            Status::Expired,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
+    }
+
+    /// Holding stock right now.
+    pub fn is_live(self) -> bool {
+        matches!(self, Status::Reserved | Status::PartiallyReserved)
+    }
+}
+
+/// Units of a line held at one location.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Allocation {
+    pub location_id: String,
+    pub quantity: i64,
+    pub fulfilled: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Line {
+    pub sku: String,
+    pub location_id: Option<String>,
+    pub requested: i64,
+    pub allocations: Vec<Allocation>,
+    pub reason: Option<String>,
+}
+
+impl Line {
+    pub fn reserved(&self) -> i64 {
+        self.allocations.iter().map(|a| a.quantity).sum()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Order {
+    pub order_id: String,
+    pub fingerprint: u64,
+    pub mode: Mode,
+    pub status: Status,
+    pub lines: Vec<Line>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub expires_at: Option<Timestamp>,
+}
+
+/// A decision's effect on one level, carried out as a canonical event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OrderEvent {
+    pub event_id: String,
+    pub event_type: EventType,
+    pub sku: String,
+    pub location_id: String,
+    pub quantity: i64,
+    pub order_id: String,
+}
+
+/// The answer to one command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// The order as it now is (also for a repeated, identical command).
+    Done(Order),
+    /// Not allowed in the order's current state (or a different body for
+    /// an existing orderId): the order as it is, and why.
+    Conflict(Order, String),
+    NotFound(String),
+}
+
+/// Read access to stock while deciding.
+pub trait StockView {
+    /// onHand − reserved − safetyStock at (sku, location), not clamped (it
+    /// may be negative); 0 for a level never seen.
+    fn free(&self, sku: &str, location: &str) -> i64;
+    /// Every location with a level of `sku`.
+    fn locations(&self, sku: &str) -> Vec<String>;
+}
+
+/// Every order, and the holds' expiry times.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct OrderBook {
+    pub orders: BTreeMap<String, Order>,
+    expiries: BTreeSet<(Timestamp, String)>,
+}
+
+impl OrderBook {
+    /// The earliest hold expiry, for timers.
+    pub fn next_expiry(&self) -> Option<Timestamp> {
+        self.expiries.first().map(|(t, _)| *t)
+    }
+
+    /// Units held per level by live orders (unfulfilled allocations).
+    pub fn held(&self) -> BTreeMap<(String, String), i64> {
+        let mut held = BTreeMap::new();
+        for order in self.orders.values().filter(|o| o.status.is_live()) {
+            for line in &order.lines {
+                for a in line.allocations.iter().filter(|a| !a.fulfilled) {
+                    *held
+                        .entry((line.sku.clone(), a.location_id.clone()))
+                        .or_insert(0) += a.quantity;
+                }
+            }
+        }
+        held
+    }
+
+    /// Expires due holds, then runs `commands` in order at `now`. Returns
+    /// the events to apply and one answer per command.
+    pub fn decide(
+        &mut self,
+        commands: &[OrderCommand],
+        now: Timestamp,
+        stock: &dyn StockView,
+    ) -> (Vec<OrderEvent>, Vec<Answer>) {
+        let mut events = Vec::new();
+        let mut pending: HashMap<(String, String), i64> = HashMap::new();
+        while let Some((at, id)) = self.expiries.first().cloned() {
+            if at > now {
+                break;
+            }
+            self.expiries.pop_first();
+            if let Some(order) = self.orders.get_mut(&id) {
+                if order.status.is_live() && order.expires_at == Some(at) {
+                    release(order, "expire", &mut events, &mut pending);
+                    order.status = Status::Expired;
+                    order.expires_at = None;
+                    order.updated_at = now;
+                }
+            }
+        }
+        let answers = commands
+            .iter()
+            .map(|c| self.command(c, now, stock, &mut events, &mut pending))
+            .collect();
+        (events, answers)
+    }
+
+    fn command(
+        &mut self,
+        command: &OrderCommand,
+        now: Timestamp,
+        stock: &dyn StockView,
+        events: &mut Vec<OrderEvent>,
+        pending: &mut HashMap<(String, String), i64>,
+    ) -> Answer {
+        let id = command.order_id();
+        if let OrderCommand::Place { fingerprint, .. } = command {
+            if let Some(existing) = self.orders.get(id) {
+                return if existing.fingerprint == *fingerprint {
+                    Answer::Done(existing.clone())
+                } else {
+                    Answer::Conflict(
+                        existing.clone(),
+                        format!("order {id:?} exists with a different body; use a new orderId"),
+                    )
+                };
+            }
+        }
+        let Some(order) = self.orders.get_mut(id) else {
+            let OrderCommand::Place {
+                order_id,
+                lines,
+                mode,
+                hold_ns,
+                sourcing,
+                fingerprint,
+            } = command
+            else {
+                return Answer::NotFound(format!("no order {id:?}"));
+            };
+            let order = place(
+                order_id,
+                lines,
+                *mode,
+                *hold_ns,
+                sourcing,
+                *fingerprint,
+                now,
+                stock,
+                events,
+                pending,
+            );
+            if let Some(at) = order.expires_at {
+                self.expiries.insert((at, order.order_id.clone()));
+            }
+            self.orders.insert(order.order_id.clone(), order.clone());
+            return Answer::Done(order);
+        };
+        let conflict = |order: &Order, what: &str| {
+            Answer::Conflict(
+                order.clone(),
+                format!("cannot {what} an order that is {}", order.status.as_str()),
+            )
+        };
+        match command {
+            OrderCommand::Place { .. } => unreachable!("handled above"),
+            OrderCommand::Fulfil { lines, .. } => {
+                if order.status == Status::Fulfilled {
+                    return Answer::Done(order.clone());
+                }
+                if !order.status.is_live() {
+                    return conflict(order, "fulfil");
+                }
+                let wanted: Vec<usize> = match lines {
+                    Some(lines) => lines.clone(),
+                    None => (0..order.lines.len()).collect(),
+                };
+                if let Some(bad) = wanted.iter().find(|l| **l >= order.lines.len()) {
+                    return Answer::Conflict(order.clone(), format!("the order has no line {bad}"));
+                }
+                for (n, line) in order.lines.iter_mut().enumerate() {
+                    if !wanted.contains(&n) {
+                        continue;
+                    }
+                    for (k, a) in line
+                        .allocations
+                        .iter_mut()
+                        .enumerate()
+                        .filter(|(_, a)| !a.fulfilled)
+                    {
+                        a.fulfilled = true;
+                        events.push(OrderEvent {
+                            event_id: format!("order:{}:fulfil:{n}:{k}", order.order_id),
+                            event_type: EventType::Fulfillment,
+                            sku: line.sku.clone(),
+                            location_id: a.location_id.clone(),
+                            quantity: a.quantity,
+                            order_id: order.order_id.clone(),
+                        });
+                    }
+                }
+                let all_done = order
+                    .lines
+                    .iter()
+                    .all(|l| l.allocations.iter().all(|a| a.fulfilled));
+                if all_done {
+                    order.status = Status::Fulfilled;
+                    if let Some(at) = order.expires_at.take() {
+                        self.expiries.remove(&(at, order.order_id.clone()));
+                    }
+                }
+                order.updated_at = now;
+                Answer::Done(order.clone())
+            }
+            OrderCommand::Cancel { .. } => {
+                if order.status == Status::Cancelled {
+                    return Answer::Done(order.clone());
+                }
+                if !order.status.is_live() {
+                    return conflict(order, "cancel");
+                }
+                release(order, "cancel", events, pending);
+                order.status = Status::Cancelled;
+                if let Some(at) = order.expires_at.take() {
+                    self.expiries.remove(&(at, order.order_id.clone()));
+                }
+                order.updated_at = now;
+                Answer::Done(order.clone())
+            }
+            OrderCommand::Extend { hold_ns, .. } => {
+                if !order.status.is_live() {
+                    return conflict(order, "extend");
+                }
+                if let Some(at) = order.expires_at.take() {
+                    self.expiries.remove(&(at, order.order_id.clone()));
+                }
+                let at = now.saturating_add_ns(*hold_ns);
+                order.expires_at = Some(at);
+                self.expiries.insert((at, order.order_id.clone()));
+                order.updated_at = now;
+                Answer::Done(order.clone())
+            }
+        }
+    }
+}
+
+/// Releases every unfulfilled allocation of `order`.
+fn release(
+    order: &mut Order,
+    why: &str,
+    events: &mut Vec<OrderEvent>,
+    pending: &mut HashMap<(String, String), i64>,
+) {
+    for (n, line) in order.lines.iter_mut().enumerate() {
+        for (k, a) in line
+            .allocations
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| !a.fulfilled)
+        {
+            *pending
+                .entry((line.sku.clone(), a.location_id.clone()))
+                .or_insert(0) -= a.quantity;
+            events.push(OrderEvent {
+                event_id: format!("order:{}:{why}:{n}:{k}", order.order_id),
+                event_type: EventType::Release,
+                sku: line.sku.clone(),
+                location_id: a.location_id.clone(),
+                quantity: a.quantity,
+                order_id: order.order_id.clone(),
+            });
+        }
+        line.allocations.retain(|a| a.fulfilled);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn place(
+    order_id: &str,
+    requests: &[LineRequest],
+    mode: Mode,
+    hold_ns: i64,
+    sourcing: &Sourcing,
+    fingerprint: u64,
+    now: Timestamp,
+    stock: &dyn StockView,
+    events: &mut Vec<OrderEvent>,
+    pending: &mut HashMap<(String, String), i64>,
+) -> Order {
+    // Plan every line against the stock as it is plus what this step has
+    // already promised; nothing is generated until the plan is accepted.
+    let mut promised: HashMap<(String, String), i64> = HashMap::new();
+    let mut lines = Vec::with_capacity(requests.len());
+    for request in requests {
+        let candidates = match (&request.location_id, sourcing) {
+            (Some(location), _) => vec![location.clone()],
+            (None, Sourcing::Priority(list)) => list.clone(),
+            (None, Sourcing::MostAvailable) => stock.locations(&request.sku),
+        };
+        let mut free: Vec<(String, i64)> = candidates
+            .into_iter()
+            .map(|location| {
+                let key = (request.sku.clone(), location.clone());
+                let used = pending.get(&key).copied().unwrap_or(0)
+                    + promised.get(&key).copied().unwrap_or(0);
+                let free = stock.free(&request.sku, &location) - used;
+                (location, free.max(0))
+            })
+            .collect();
+        if request.location_id.is_none() && matches!(sourcing, Sourcing::MostAvailable) {
+            free.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        }
+        let mut left = request.quantity;
+        let mut allocations = Vec::new();
+        for (location, free) in free {
+            if left == 0 {
+                break;
+            }
+            let take = free.min(left);
+            if take > 0 {
+                allocations.push(Allocation {
+                    location_id: location.clone(),
+                    quantity: take,
+                    fulfilled: false,
+                });
+                *promised.entry((request.sku.clone(), location)).or_insert(0) += take;
+                left -= take;
+            }
+        }
+        let reason = (left > 0).then(|| {
+            format!(
+                "insufficient_stock: {} of {} available",
+                request.quantity - left,
+                request.quantity
+            )
+        });
+        lines.push(Line {
+            sku: request.sku.clone(),
+            location_id: request.location_id.clone(),
+            requested: request.quantity,
+            allocations,
+            reason,
+        });
+    }
+    let complete = lines.iter().all(|l| l.reason.is_none());
+    let any = lines.iter().any(|l| !l.allocations.is_empty());
+    let status = match (mode, complete, any) {
+        (_, true, _) => Status::Reserved,
+        (Mode::Partial, false, true) => Status::PartiallyReserved,
+        _ => Status::Rejected,
+    };
+    if status == Status::Rejected {
+        for line in &mut lines {
+            line.allocations.clear();
+            line.reason.get_or_insert_with(|| {
+                "not_reserved: another line of this all_or_nothing order could not be".into()
+            });
+        }
+    }
+    for (n, line) in lines.iter().enumerate() {
+        for (k, a) in line.allocations.iter().enumerate() {
+            *pending
+                .entry((line.sku.clone(), a.location_id.clone()))
+                .or_insert(0) += a.quantity;
+            events.push(OrderEvent {
+                event_id: format!("order:{order_id}:reserve:{n}:{k}"),
+                event_type: EventType::Reservation,
+                sku: line.sku.clone(),
+                location_id: a.location_id.clone(),
+                quantity: a.quantity,
+                order_id: order_id.to_owned(),
+            });
+        }
+    }
+    Order {
+        order_id: order_id.to_owned(),
+        fingerprint,
+        mode,
+        status,
+        lines,
+        created_at: now,
+        updated_at: now,
+        expires_at: status.is_live().then(|| now.saturating_add_ns(hold_ns)),
+    }
+}
+
+/// [`StockView`] over partitions (plain, or behind lock guards) and the
+/// catalog's safety stock.
+pub struct StockOf<'a, P> {
+    pub partitions: &'a [P],
+    pub catalog: &'a crate::catalog::Catalog,
+}
+
+impl<P: std::ops::Deref<Target = crate::partition::Partition>> StockView for StockOf<'_, P> {
+    fn free(&self, sku: &str, location: &str) -> i64 {
+        let p = crate::engine::route(sku, location, self.partitions.len() as u16);
+        match self.partitions[p as usize].numbers(sku, location) {
+            Some(n) => n.on_hand - n.reserved - self.catalog.policy(sku).safety_stock,
+            None => 0,
+        }
+    }
+
+    fn locations(&self, sku: &str) -> Vec<String> {
+        let mut all: Vec<String> = self
+            .partitions
+            .iter()
+            .flat_map(|p| p.locations_of_sku(sku))
+            .map(|l| l.to_string())
+            .collect();
+        all.sort();
+        all
+    }
+}
+
+/// The decisions' events as a batch to apply, stamped `now`.
+pub fn order_batch(events: &[OrderEvent], now: Timestamp, partitions: u16) -> crate::event::Batch {
+    let mut batch = crate::event::Batch::with_capacity(events.len(), events.len() * 64);
+    for (index, e) in events.iter().enumerate() {
+        batch.push(&crate::event::EventRef {
+            event_id: &e.event_id,
+            event_type: e.event_type,
+            sku: &e.sku,
+            location_id: &e.location_id,
+            quantity: e.quantity,
+            timestamp: Some(now),
+            to_location_id: None,
+            source_system: Some("orders"),
+            correlation_id: Some(&e.order_id),
+            index: index as u32,
+        });
+    }
+    batch.compute_routes(partitions);
+    batch
+}
+
+/// Whether a record must run the order step: it carries commands, or a
+/// hold is due. The pipeline and replay ask exactly this.
+pub fn step_due(book: &OrderBook, commands: &[OrderCommand], now: Timestamp) -> bool {
+    !commands.is_empty() || book.next_expiry().is_some_and(|at| at <= now)
+}

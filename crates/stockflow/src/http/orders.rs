@@ -1,0 +1,310 @@
+//! Orders: place, fulfil, cancel, extend, read. Every decision is taken by
+//! the engine's order step (see `stockflow_core::orders`); handlers only
+//! validate, submit and render.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use stockflow_core::limits::{ID_CHARS_MAX, QUANTITY_ABS_MAX};
+use stockflow_core::orders::{Answer, LineRequest, Mode, Order, OrderCommand, Status};
+
+use super::ingest::read_body;
+use super::query::{limit, Page};
+use super::{ApiError, AppState};
+
+/// Most lines in one order.
+pub const ORDER_LINES_MAX: usize = 100;
+/// Longest hold: a week.
+pub const HOLD_SECONDS_MAX: u64 = 7 * 24 * 3600;
+
+pub fn order_json(order: &Order) -> Value {
+    let lines: Vec<Value> = order
+        .lines
+        .iter()
+        .map(|line| {
+            let location = line.location_id.clone().or_else(|| {
+                (line.allocations.len() == 1).then(|| line.allocations[0].location_id.clone())
+            });
+            let mut out = json!({
+                "sku": line.sku,
+                "locationId": location,
+                "requested": line.requested,
+                "reserved": line.reserved(),
+                "allocations": line.allocations.iter().map(|a| json!({
+                    "locationId": a.location_id, "quantity": a.quantity, "fulfilled": a.fulfilled,
+                })).collect::<Vec<_>>(),
+            });
+            if let Some(reason) = &line.reason {
+                out["reason"] = json!(reason);
+            }
+            out
+        })
+        .collect();
+    let mut out = json!({
+        "orderId": order.order_id,
+        "status": order.status.as_str(),
+        "mode": match order.mode { Mode::AllOrNothing => "all_or_nothing", Mode::Partial => "partial" },
+        "lines": lines,
+        "createdAt": order.created_at.to_rfc3339(),
+        "updatedAt": order.updated_at.to_rfc3339(),
+    });
+    if let Some(at) = order.expires_at {
+        out["expiresAt"] = json!(at.to_rfc3339());
+    }
+    out
+}
+
+fn answer(answer: Option<Answer>) -> Response {
+    match answer {
+        Some(Answer::Done(order)) => Json(order_json(&order)).into_response(),
+        Some(Answer::Conflict(order, message)) => (
+            StatusCode::CONFLICT,
+            Json(json!({"code": "conflict", "message": message, "order": order_json(&order)})),
+        )
+            .into_response(),
+        Some(Answer::NotFound(message)) => ApiError::not_found(message).into_response(),
+        None => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the order step gave no answer",
+        )
+        .into_response(),
+    }
+}
+
+async fn submit(state: &AppState, command: OrderCommand) -> Result<Response, ApiError> {
+    fn unavailable<E>(_: E) -> ApiError {
+        ApiError::overloaded(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ingest queue is full or the server is stopping; retry shortly",
+        )
+    }
+    let receipt = state
+        .pipeline
+        .submit_order(command)
+        .map_err(unavailable)?
+        .await
+        .map_err(unavailable)?;
+    Ok(answer(receipt.order))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct PlaceBody {
+    order_id: String,
+    lines: Vec<LineBody>,
+    mode: Option<String>,
+    hold_seconds: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct LineBody {
+    sku: String,
+    location_id: Option<String>,
+    quantity: i64,
+}
+
+fn check_id(value: &str, name: &str) -> Result<(), ApiError> {
+    if value.is_empty() || value.chars().count() > ID_CHARS_MAX {
+        return Err(ApiError::bad_request(format!(
+            "{name}: must be 1 to {ID_CHARS_MAX} characters"
+        )));
+    }
+    Ok(())
+}
+
+fn hold_ns(state: &AppState, seconds: Option<u64>) -> Result<i64, ApiError> {
+    let seconds = seconds.unwrap_or(state.config.order_hold_seconds);
+    if !(1..=HOLD_SECONDS_MAX).contains(&seconds) {
+        return Err(ApiError::bad_request(format!(
+            "holdSeconds: must be 1 to {HOLD_SECONDS_MAX}"
+        )));
+    }
+    Ok(seconds as i64 * 1_000_000_000)
+}
+
+fn json_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request(format!("body: {e}")))
+}
+
+/// POST /v1/orders
+pub async fn place(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let (bytes, _) = read_body(&headers, body, 1 << 20).await?;
+    let body: PlaceBody = json_body(&bytes)?;
+    check_id(&body.order_id, "orderId")?;
+    if body.lines.is_empty() || body.lines.len() > ORDER_LINES_MAX {
+        return Err(ApiError::bad_request(format!(
+            "lines: must hold 1 to {ORDER_LINES_MAX} lines"
+        )));
+    }
+    let mut lines = Vec::with_capacity(body.lines.len());
+    for (n, line) in body.lines.into_iter().enumerate() {
+        check_id(&line.sku, &format!("lines[{n}].sku"))?;
+        if let Some(location) = &line.location_id {
+            check_id(location, &format!("lines[{n}].locationId"))?;
+        }
+        if !(1..=QUANTITY_ABS_MAX).contains(&line.quantity) {
+            return Err(ApiError::bad_request(format!(
+                "lines[{n}].quantity: must be 1 to {QUANTITY_ABS_MAX}"
+            )));
+        }
+        lines.push(LineRequest {
+            sku: line.sku,
+            location_id: line.location_id,
+            quantity: line.quantity,
+        });
+    }
+    let mode = match body.mode.as_deref() {
+        None | Some("all_or_nothing") => Mode::AllOrNothing,
+        Some("partial") => Mode::Partial,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "mode: {other:?} is not all_or_nothing or partial"
+            )))
+        }
+    };
+    let hold_ns = hold_ns(&state, body.hold_seconds)?;
+    // What makes two requests the same order: lines, mode and hold.
+    let fingerprint = xxhash_rust::xxh3::xxh3_64(
+        serde_json::to_string(&(&lines, &mode, hold_ns))
+            .expect("serialisable")
+            .as_bytes(),
+    );
+    submit(
+        &state,
+        OrderCommand::Place {
+            order_id: body.order_id,
+            lines,
+            mode,
+            hold_ns,
+            sourcing: state.config.sourcing.clone(),
+            fingerprint,
+        },
+    )
+    .await
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FulfilBody {
+    lines: Option<Vec<usize>>,
+}
+
+/// POST /v1/orders/{id}/fulfil, optionally `{"lines": [0, 2]}`.
+pub async fn fulfil(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let (bytes, _) = read_body(&headers, body, 64 << 10).await?;
+    let body: FulfilBody = if bytes.iter().all(u8::is_ascii_whitespace) {
+        FulfilBody::default()
+    } else {
+        json_body(&bytes)?
+    };
+    submit(
+        &state,
+        OrderCommand::Fulfil {
+            order_id: id,
+            lines: body.lines,
+        },
+    )
+    .await
+}
+
+/// POST /v1/orders/{id}/cancel
+pub async fn cancel(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    submit(&state, OrderCommand::Cancel { order_id: id }).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ExtendBody {
+    hold_seconds: u64,
+}
+
+/// POST /v1/orders/{id}/extend `{"holdSeconds": n}`: the hold now ends n
+/// seconds from now.
+pub async fn extend(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let (bytes, _) = read_body(&headers, body, 64 << 10).await?;
+    let body: ExtendBody = json_body(&bytes)?;
+    let hold_ns = hold_ns(&state, Some(body.hold_seconds))?;
+    submit(
+        &state,
+        OrderCommand::Extend {
+            order_id: id,
+            hold_ns,
+        },
+    )
+    .await
+}
+
+/// GET /v1/orders/{id}
+pub async fn get(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let book = state.pipeline.shared.orders.read();
+    book.orders
+        .get(&id)
+        .map(|o| Json(order_json(o)))
+        .ok_or_else(|| ApiError::not_found(format!("no order {id:?}")))
+}
+
+#[derive(Deserialize)]
+pub struct OrderFilter {
+    status: Option<String>,
+    #[serde(flatten)]
+    page: Page,
+}
+
+/// GET /v1/orders?status=&limit=&after=, by orderId.
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    Query(filter): Query<OrderFilter>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = limit(&filter.page)?;
+    let status = match filter.status.as_deref() {
+        None => None,
+        Some(text) => Some(Status::from_wire(text).ok_or_else(|| {
+            ApiError::bad_request(format!("status: {text:?} is not one of reserved, partially_reserved, rejected, fulfilled, cancelled, expired"))
+        })?),
+    };
+    let book = state.pipeline.shared.orders.read();
+    let start = filter
+        .page
+        .after
+        .clone()
+        .map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+    let mut matching = book
+        .orders
+        .range::<String, _>((start, std::ops::Bound::Unbounded))
+        .map(|(_, o)| o)
+        .filter(|o| status.is_none_or(|s| o.status == s));
+    let page: Vec<&Order> = matching.by_ref().take(limit).collect();
+    let next = matching.next().and(page.last().map(|o| o.order_id.clone()));
+    Ok(Json(json!({
+        "orders": page.iter().map(|o| order_json(o)).collect::<Vec<_>>(),
+        "nextAfter": next,
+    })))
+}
