@@ -315,3 +315,87 @@ async fn rollups(client: &reqwest::Client, url: &str) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Orders while other traffic flows: 1,000 orders/s of 3 lines each with
+/// 100k events/s of other events, for 5 s (target: order p99 5 ms).
+pub async fn orders(options: &BenchOptions) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(Config::new(dir.path().to_owned()), "127.0.0.1:0".parse()?).await?;
+    let url = server.url();
+    let client = reqwest::Client::new();
+    const SKUS: usize = 2_000;
+    let stock: String = (0..SKUS)
+        .flat_map(|i| (0..3).map(move |l| format!("{{\"eventId\":\"o-stock-{i}-{l}\",\"eventType\":\"RECEIPT\",\"sku\":\"OSKU-{i:05}\",\"locationId\":\"OL-{l}\",\"quantity\":100000}}\n")))
+        .collect();
+    crate::simulate::post_ndjson(&client, &url, stock).await?;
+    let traffic = workload(
+        &BenchOptions {
+            events: 500_000,
+            ..*options
+        },
+        1000,
+    );
+    let seconds = 5u64;
+    let background = {
+        let (client, url) = (client.clone(), url.clone());
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(Duration::from_millis(10));
+            let mut inflight = Vec::new();
+            for (i, body) in traffic.into_iter().enumerate() {
+                interval.tick().await;
+                let (client, url) = (client.clone(), url.clone());
+                let body = body.replace("\"b-", &format!("\"ob{i}-"));
+                inflight.push(tokio::spawn(async move {
+                    crate::simulate::post_ndjson(&client, &url, body).await
+                }));
+            }
+            for task in inflight {
+                task.await??;
+            }
+            Ok::<_, anyhow::Error>(())
+        })
+    };
+    let mut rng = SmallRng::seed_from_u64(11);
+    let mut interval = tokio::time::interval(Duration::from_millis(1));
+    let mut inflight = Vec::new();
+    for n in 0..(1000 * seconds) {
+        interval.tick().await;
+        let lines: Vec<serde_json::Value> = (0..3)
+            .map(|_| serde_json::json!({"sku": format!("OSKU-{:05}", rng.random_range(0..SKUS)), "locationId": format!("OL-{}", rng.random_range(0..3)), "quantity": 1}))
+            .collect();
+        let body = serde_json::json!({"orderId": format!("bench-{n}"), "lines": lines, "holdSeconds": 600});
+        let (client, url) = (client.clone(), url.clone());
+        inflight.push(tokio::spawn(async move {
+            let sent = Instant::now();
+            let response = client
+                .post(format!("{url}/v1/orders"))
+                .json(&body)
+                .send()
+                .await?;
+            anyhow::ensure!(
+                response.status().is_success(),
+                "order answered {}",
+                response.status()
+            );
+            let answer: serde_json::Value = response.json().await?;
+            anyhow::ensure!(
+                answer["status"] == "reserved",
+                "order not reserved: {answer}"
+            );
+            Ok(sent.elapsed())
+        }));
+    }
+    let mut h = Histogram::<u64>::new(3)?;
+    for task in inflight {
+        h.record(task.await??.as_micros() as u64)?;
+    }
+    background.await??;
+    println!(
+        "orders: {} orders of 3 lines at 1,000/s with 100k events/s of other traffic: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        h.len(),
+        ms(&h, 0.5),
+        ms(&h, 0.99),
+        h.max() as f64 / 1000.0
+    );
+    server.stop().await
+}

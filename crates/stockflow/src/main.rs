@@ -41,6 +41,8 @@ enum Scenario {
 enum BenchMode {
     Engine,
     Http,
+    /// Orders with other traffic flowing.
+    Orders,
     All,
 }
 
@@ -135,6 +137,17 @@ enum Command {
         /// Seed for the random scenario (eventIds include it).
         #[arg(long)]
         seed: Option<u64>,
+    },
+    /// Verify a running server's invariants: every live order's holds are
+    /// backed by reservations, and every roll-up equals its levels. Exits 1
+    /// on any violation.
+    Check {
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// Also require reserved = Σ holds exactly (every reservation was
+        /// made through an order).
+        #[arg(long)]
+        strict: bool,
     },
     /// Measure throughput and latency on a temporary data directory.
     Bench {
@@ -268,6 +281,21 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 }
             }
         }
+        Command::Check { url, strict } => {
+            let url = url.trim_end_matches('/');
+            let report: serde_json::Value = reqwest::get(format!("{url}/v1/check?strict={strict}"))
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!("cannot reach {url}: {e}; is `stockflow serve` running?")
+                })?
+                .json()
+                .await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            if report["ok"] != true {
+                bail!("invariants violated (see problems above)");
+            }
+            Ok(())
+        }
         Command::Bench {
             mode,
             events,
@@ -286,6 +314,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             if matches!(mode, BenchMode::Http | BenchMode::All) {
                 bench::http(&options).await?;
+            }
+            if matches!(mode, BenchMode::Orders | BenchMode::All) {
+                bench::orders(&options).await?;
             }
             Ok(())
         }

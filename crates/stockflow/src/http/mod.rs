@@ -5,6 +5,7 @@
 //! writer holds for more than one group's slice of a partition.
 
 mod catalog;
+mod check;
 mod dead_letters;
 mod error;
 mod history;
@@ -87,6 +88,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             axum::routing::delete(dead_letters::discard),
         )
         .route("/v1/dead-letters/{id}/replay", post(dead_letters::replay))
+        .route("/v1/check", get(check::check))
         .route("/v1/openapi.json", get(openapi))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route(

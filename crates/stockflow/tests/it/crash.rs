@@ -195,3 +195,104 @@ async fn sigkill_mid_ingest_loses_nothing_and_counts_nothing_twice() {
         assert_eq!(actual.get(key), Some(want), "level {key:?} (seed={seed})");
     }
 }
+
+/// Every order of the server, through the paginated list.
+async fn all_orders(url: &str) -> Vec<serde_json::Value> {
+    let mut orders = Vec::new();
+    let mut after = String::new();
+    loop {
+        let path = if after.is_empty() {
+            "/v1/orders?limit=1000".to_owned()
+        } else {
+            format!("/v1/orders?limit=1000&after={after}")
+        };
+        let (_, page) = get(url, &path).await;
+        orders.extend(page["orders"].as_array().unwrap().iter().cloned());
+        match page["nextAfter"].as_str() {
+            Some(next) => after = next.to_owned(),
+            None => return orders,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_an_order_storm_leaves_no_order_half_reserved() {
+    let seed: u64 = std::env::var("SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    println!("seed={seed} (replay with SEED={seed})");
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut server = spawn_server(dir.path(), port).await;
+    let stock: Vec<String> = (0..30)
+        .flat_map(|s| (0..4).map(move |l| format!(r#"{{"eventId":"st-{s}-{l}","eventType":"RECEIPT","sku":"P{s}","locationId":"L{l}","quantity":20}}"#)))
+        .collect();
+    post(&url, "application/x-ndjson", stock.join("\n")).await;
+
+    // Eight clients place 3-line all_or_nothing orders (and cancel some)
+    // until the server dies under them.
+    let storm: Vec<_> = (0..8u64)
+        .map(|client| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let http = reqwest::Client::new();
+                let mut rng = SmallRng::seed_from_u64(seed ^ client);
+                for n in 0.. {
+                    let lines: Vec<serde_json::Value> = (0..3)
+                        .map(|_| serde_json::json!({"sku": format!("P{}", rng.random_range(0..30)), "locationId": format!("L{}", rng.random_range(0..4)), "quantity": rng.random_range(1..4)}))
+                        .collect();
+                    let id = format!("storm-{client}-{n}");
+                    let body = serde_json::json!({"orderId": id, "lines": lines, "holdSeconds": 600});
+                    if http.post(format!("{url}/v1/orders")).json(&body).send().await.is_err() {
+                        return n;
+                    }
+                    if rng.random_bool(0.2) && http.post(format!("{url}/v1/orders/{id}/cancel")).send().await.is_err() {
+                        return n;
+                    }
+                }
+                unreachable!()
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300 + seed % 400)).await;
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let mut placed = 0;
+    for task in storm {
+        placed += task.await.unwrap();
+    }
+    assert!(placed > 50, "the storm was under way: {placed} orders");
+
+    let mut server = spawn_server(dir.path(), port).await;
+    let (_, report) = get(&url, "/v1/check?strict=true").await;
+    assert_eq!(
+        report["ok"], true,
+        "after the crash: {report} (seed={seed})"
+    );
+    let check = Command::new(env!("CARGO_BIN_EXE_stockflow"))
+        .args(["check", "--strict", "--url", &url])
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "stockflow check: {}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    for order in all_orders(&url).await {
+        for line in order["lines"].as_array().unwrap() {
+            let (requested, reserved) = (
+                line["requested"].as_i64().unwrap(),
+                line["reserved"].as_i64().unwrap(),
+            );
+            match order["status"].as_str().unwrap() {
+                "reserved" => assert_eq!(reserved, requested, "{order} (seed={seed})"),
+                "rejected" | "cancelled" => assert_eq!(reserved, 0, "{order} (seed={seed})"),
+                other => panic!("unexpected status {other}: {order}"),
+            }
+        }
+    }
+    server.kill().unwrap();
+    server.wait().unwrap();
+}

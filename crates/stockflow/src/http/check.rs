@@ -1,0 +1,104 @@
+//! GET /v1/check: the engine's invariants, verified on the live state.
+//!
+//! - Every live order's holds are backed: reserved ≥ Σ holds at each level,
+//!   and with `strict` (all reservations made through orders) equal.
+//! - Every roll-up equals the plain sum of its levels.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::{Query, State};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use stockflow_core::Totals;
+
+use super::AppState;
+
+/// Problems listed in the answer; the counts cover all of them.
+const SHOWN_MAX: usize = 20;
+
+#[derive(Deserialize)]
+pub struct CheckQuery {
+    #[serde(default)]
+    strict: bool,
+}
+
+pub async fn check(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<CheckQuery>,
+) -> Json<Value> {
+    tokio::task::block_in_place(|| Json(run(&state, query.strict)))
+}
+
+fn run(state: &AppState, strict: bool) -> Value {
+    let shared = &state.pipeline.shared;
+    // One consistent view: every partition and the book at once.
+    let book = shared.orders.read();
+    let partitions: Vec<_> = shared.partitions.iter().map(|p| p.read()).collect();
+    let catalog = shared.catalog.read();
+    let mut held = book.held();
+    let mut problems: Vec<String> = Vec::new();
+    let (mut levels, mut unheld, mut violations) = (0u64, 0u64, 0u64);
+    let mut rollup_mismatches = 0u64;
+    for partition in &partitions {
+        let mut by_sku: BTreeMap<String, Totals> = BTreeMap::new();
+        let mut by_location: BTreeMap<String, Totals> = BTreeMap::new();
+        for view in partition.iter() {
+            levels += 1;
+            let key = (view.sku.to_string(), view.location_id.to_string());
+            let holds = held.remove(&key).unwrap_or(0);
+            let reserved = view.level.reserved;
+            if reserved < holds || (strict && reserved != holds) {
+                violations += 1;
+                if problems.len() < SHOWN_MAX {
+                    problems.push(format!(
+                        "{}@{}: reserved {reserved} but live orders hold {holds}",
+                        key.0, key.1
+                    ));
+                }
+            } else if reserved > holds {
+                unheld += 1;
+            }
+            let totals = Totals::of(&view.level.numbers(), catalog.policy(&view.sku));
+            by_sku.entry(key.0).or_default().add(&totals);
+            by_location.entry(key.1).or_default().add(&totals);
+        }
+        for (sku, expected) in &by_sku {
+            if partition.sku_totals(sku).as_ref() != Some(expected) {
+                rollup_mismatches += 1;
+                if problems.len() < SHOWN_MAX {
+                    problems.push(format!("roll-up of sku {sku} differs from its levels"));
+                }
+            }
+        }
+        for (location, expected) in &by_location {
+            if partition.location_totals(location).as_ref() != Some(expected) {
+                rollup_mismatches += 1;
+                if problems.len() < SHOWN_MAX {
+                    problems.push(format!(
+                        "roll-up of location {location} differs from its levels"
+                    ));
+                }
+            }
+        }
+    }
+    // Holds on levels that do not exist at all.
+    for ((sku, location), holds) in held {
+        violations += 1;
+        if problems.len() < SHOWN_MAX {
+            problems.push(format!(
+                "{sku}@{location}: no level, but live orders hold {holds}"
+            ));
+        }
+    }
+    json!({
+        "ok": violations == 0 && rollup_mismatches == 0,
+        "levels": levels,
+        "liveOrders": book.orders.values().filter(|o| o.status.is_live()).count(),
+        "holdViolations": violations,
+        "reservationsNotHeldByOrders": unheld,
+        "rollupMismatches": rollup_mismatches,
+        "problems": problems,
+    })
+}
