@@ -20,6 +20,7 @@
 //! assert_eq!(engine.get("A", "S1").unwrap().level.on_hand, 5);
 //! ```
 
+pub mod alerts;
 pub mod catalog;
 pub mod dedup;
 pub mod engine;

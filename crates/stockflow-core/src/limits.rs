@@ -48,3 +48,7 @@ pub const TEXT_CHARS_MAX: usize = 512;
 
 /// Price changes kept per product (oldest dropped first).
 pub const PRICE_HISTORY_MAX: usize = 100;
+
+/// Alert events kept per partition for GET /v1/alerts (active alerts are
+/// always kept, whatever their age).
+pub const ALERTS_KEPT_PER_PARTITION: usize = 10_000;

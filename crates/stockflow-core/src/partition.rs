@@ -9,6 +9,7 @@ use rustc_hash::FxHashMap;
 use serde::ser::SerializeStruct;
 use serde::{Deserialize, Serialize, Serializer};
 
+use crate::alerts::{Alert, AlertKind, Alerts, Severity, Transition};
 use crate::catalog::{Catalog, CatalogChange, Policy};
 use crate::event::{Batch, EventType};
 use crate::level::{Level, Numbers, Outcome};
@@ -35,6 +36,7 @@ pub struct PartitionSnapshot {
     pub history_heads: Vec<u64>,
     /// The shell's history end for this partition at the snapshot.
     pub history_end: u64,
+    pub alerts: Alerts,
 }
 
 /// Serialises as a [`PartitionSnapshot`]; see [`Partition::snapshot`].
@@ -55,10 +57,11 @@ impl Serialize for PartitionSnapshotRef<'_> {
                 }))
             }
         }
-        let mut snapshot = serializer.serialize_struct("PartitionSnapshot", 3)?;
+        let mut snapshot = serializer.serialize_struct("PartitionSnapshot", 4)?;
         snapshot.serialize_field("levels", &Levels(self.0))?;
         snapshot.serialize_field("history_heads", &self.0.history_heads)?;
         snapshot.serialize_field("history_end", &self.0.history_end)?;
+        snapshot.serialize_field("alerts", &self.0.alerts)?;
         snapshot.end()
     }
 }
@@ -117,6 +120,9 @@ pub struct Partition {
     history_heads: Vec<u64>,
     /// The shell's history end for this partition (opaque, snapshotted).
     pub history_end: u64,
+    pub alerts: Alerts,
+    /// Scratch for alert transitions (no allocation per change).
+    transitions: Vec<(AlertKind, Transition, Severity)>,
 }
 
 impl Default for Partition {
@@ -136,6 +142,8 @@ impl Default for Partition {
             unknown_type: 0,
             history_heads: Vec::new(),
             history_end: 0,
+            alerts: Alerts::default(),
+            transitions: Vec::new(),
         };
         partition.unknown_type = partition.intern(UNKNOWN_TYPE_GROUP);
         partition
@@ -244,7 +252,7 @@ impl Partition {
                         .2
                         .apply(event.event_type, event.quantity, at, now);
                 self.account(slot, &before);
-                self.record(changes, slot, position, false, outcome, before);
+                self.record(changes, slot, position, false, outcome, before, batch, now);
                 if matches!(outcome, Outcome::Rejected(_)) {
                     exceptions.push(Exception {
                         position: position as u32,
@@ -260,7 +268,7 @@ impl Partition {
                     .2
                     .apply_in_transit(event.quantity, now);
                 self.account(slot, &before);
-                self.record(changes, slot, position, true, outcome, before);
+                self.record(changes, slot, position, true, outcome, before, batch, now);
                 if matches!(outcome, Outcome::Rejected(_)) {
                     exceptions.push(Exception {
                         position: position as u32,
@@ -293,23 +301,58 @@ impl Partition {
         slot
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn record(
-        &self,
+        &mut self,
         changes: &mut Vec<Change>,
         slot: u32,
         position: usize,
         in_transit: bool,
         outcome: Outcome,
         before: Numbers,
+        batch: &Batch,
+        now: Timestamp,
     ) {
+        let after = self.levels[slot as usize].2.numbers();
         changes.push(Change {
             slot,
             position: position as u32,
             in_transit,
             outcome,
             before,
-            after: self.levels[slot as usize].2.numbers(),
+            after,
         });
+        let policy = self.policy_of(slot);
+        self.transitions.clear();
+        let fresh = before == Numbers::default() && self.levels[slot as usize].2.version <= 1;
+        crate::alerts::transitions(&before, &after, policy, fresh, &mut self.transitions);
+        for i in 0..self.transitions.len() {
+            let (kind, transition, severity) = self.transitions[i];
+            let alert = Alert {
+                seq: 0,
+                kind,
+                transition,
+                severity,
+                slot,
+                at: now,
+                on_hand: after.on_hand,
+                available: policy.available(&after),
+                threshold: policy.low_stock_threshold,
+                event_id: batch.event_id(position).into(),
+            };
+            self.alerts.push(alert);
+        }
+    }
+
+    /// The names of the level at `slot`.
+    pub fn names_of(&self, slot: u32) -> (&Arc<str>, &Arc<str>) {
+        let (sku, location, _) = &self.levels[slot as usize];
+        (&self.names[*sku as usize], &self.names[*location as usize])
+    }
+
+    /// The policy of the product of the level at `slot`.
+    pub fn policy_of(&self, slot: u32) -> Policy {
+        self.policy(self.levels[slot as usize].0)
     }
 
     /// The shell's history cursor of the level at `slot` (0 = none).
@@ -570,6 +613,7 @@ impl Partition {
             }
         }
         partition.history_end = snapshot.history_end;
+        partition.alerts = snapshot.alerts;
         partition.recompute_rollups();
         partition
     }

@@ -4,6 +4,7 @@
 //! reads to JSON. They never touch the disk and never wait on a lock that a
 //! writer holds for more than one group's slice of a partition.
 
+mod alerts;
 mod catalog;
 mod check;
 mod dead_letters;
@@ -89,6 +90,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/dead-letters/{id}/replay", post(dead_letters::replay))
         .route("/v1/check", get(check::check))
+        .route("/v1/alerts", get(alerts::list))
         .route("/v1/openapi.json", get(openapi))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route(

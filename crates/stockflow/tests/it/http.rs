@@ -305,6 +305,7 @@ async fn metrics_and_the_openapi_document_describe_the_running_api() {
         "/v1/orders/{id}/cancel",
         "/v1/orders/{id}/extend",
         "/v1/check",
+        "/v1/alerts",
         "/healthz",
         "/readyz",
         "/metrics",

@@ -1,5 +1,6 @@
 //! Integration tests of the stockflow server: one binary, several modules.
 
+mod alerts;
 mod catalog;
 mod crash;
 mod dead_letters;

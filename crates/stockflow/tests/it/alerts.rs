@@ -1,0 +1,109 @@
+//! Alerts fire on transitions, not on every event, and are kept with the
+//! state through restarts.
+
+use serde_json::{json, Value};
+
+use crate::{event, get, post, start};
+
+fn kinds(page: &Value) -> Vec<(String, String, String)> {
+    page["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["kind"].as_str().unwrap().to_owned(),
+                a["state"].as_str().unwrap().to_owned(),
+                a["severity"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn k(kind: &str, state: &str, severity: &str) -> (String, String, String) {
+    (kind.into(), state.into(), severity.into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_follow_transitions_and_survive_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), |_| {}).await;
+    let url = server.url();
+    reqwest::Client::new()
+        .put(format!("{url}/v1/products/AL"))
+        .json(&json!({"name": "Lamp", "lowStockThreshold": 5}))
+        .send()
+        .await
+        .unwrap();
+    let steps = [
+        ("RECEIPT", 10), // fresh level, 10 available: nothing
+        ("SALE", 6),     // 4 < 5: LOW_STOCK warning
+        ("SALE", 2),     // 2 ≤ 2.5: LOW_STOCK critical
+        ("SALE", 1),     // still critical: nothing
+        ("SALE", 1),     // 0: OUT_OF_STOCK
+        ("SALE", 1),     // onHand −1: NEGATIVE_ON_HAND
+    ];
+    for (n, (kind, q)) in steps.iter().enumerate() {
+        post(
+            &url,
+            "application/json",
+            event(&format!("al-{n}"), kind, "AL", "S1", *q),
+        )
+        .await;
+    }
+    let (_, active) = get(&url, "/v1/alerts?active=true&sku=AL").await;
+    let mut now_active = kinds(&active);
+    now_active.sort();
+    assert_eq!(
+        now_active,
+        [
+            k("LOW_STOCK", "raised", "CRITICAL"),
+            k("NEGATIVE_ON_HAND", "raised", "CRITICAL"),
+            k("OUT_OF_STOCK", "raised", "CRITICAL")
+        ]
+    );
+    post(
+        &url,
+        "application/json",
+        event("al-back", "RECEIPT", "AL", "S1", 20),
+    )
+    .await;
+    let (_, all) = get(&url, "/v1/alerts?sku=AL&locationId=S1").await;
+    let newest_last_step: Vec<_> = kinds(&all).into_iter().take(4).collect();
+    assert!(
+        newest_last_step.contains(&k("BACK_IN_STOCK", "fired", "INFO")),
+        "{all}"
+    );
+    assert!(newest_last_step.contains(&k("OUT_OF_STOCK", "cleared", "INFO")));
+    assert!(newest_last_step.contains(&k("LOW_STOCK", "cleared", "INFO")));
+    assert!(newest_last_step.contains(&k("NEGATIVE_ON_HAND", "cleared", "INFO")));
+    assert_eq!(
+        all["alerts"].as_array().unwrap().len(),
+        4 + 4,
+        "one alert per transition, none per event: {all}"
+    );
+    assert_eq!(all["alerts"][0]["eventId"], "al-back");
+    let (_, none_active) = get(&url, "/v1/alerts?active=true&sku=AL").await;
+    assert_eq!(none_active["alerts"], json!([]));
+    let (_, low) = get(&url, "/v1/alerts?kind=LOW_STOCK&limit=1").await;
+    let (_, next) = get(
+        &url,
+        &format!(
+            "/v1/alerts?kind=LOW_STOCK&limit=1&after={}",
+            low["nextAfter"].as_str().unwrap()
+        ),
+    )
+    .await;
+    assert_ne!(low["alerts"][0]["id"], next["alerts"][0]["id"]);
+    server.stop().await.unwrap();
+
+    for replay_everything in [false, true] {
+        if replay_everything {
+            std::fs::remove_dir_all(dir.path().join("checkpoints")).unwrap();
+        }
+        let server = start(dir.path(), |_| {}).await;
+        let (_, again) = get(&server.url(), "/v1/alerts?sku=AL&locationId=S1").await;
+        assert_eq!(again, all, "replay={replay_everything}");
+        server.stop().await.unwrap();
+    }
+}
