@@ -17,6 +17,7 @@ pub mod recovery;
 pub mod server;
 pub mod simulate;
 pub mod sources;
+pub mod stream;
 
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {

@@ -43,6 +43,8 @@ enum BenchMode {
     Http,
     /// Orders with other traffic flowing.
     Orders,
+    /// Live stream delivery to 1,000 subscribers.
+    Stream,
     All,
 }
 
@@ -317,6 +319,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             if matches!(mode, BenchMode::Orders | BenchMode::All) {
                 bench::orders(&options).await?;
+            }
+            if matches!(mode, BenchMode::Stream | BenchMode::All) {
+                bench::stream(&options).await?;
             }
             Ok(())
         }

@@ -82,6 +82,8 @@ pub struct Shared {
     /// Orders and holds; written only by the order step (one applier at a
     /// time, between barriers).
     pub orders: RwLock<OrderBook>,
+    /// The live stream's subscribers.
+    pub hub: Arc<crate::stream::Hub>,
     /// Products and locations, updated in log order by the syncer.
     pub catalog: RwLock<Catalog>,
     pub dead_letters: RwLock<DeadLetters>,
@@ -166,6 +168,7 @@ impl Pipeline {
         let shared = Arc::new(Shared {
             partitions: engine.partitions.into_iter().map(RwLock::new).collect(),
             orders: RwLock::new(engine.orders),
+            hub: Arc::new(crate::stream::Hub::default()),
             catalog: RwLock::new(engine.catalog),
             dead_letters: RwLock::new(dead_letters),
             applied_records: AtomicU64::new(log.next_record()),
@@ -724,6 +727,7 @@ fn applier(
                         .catalog
                         .iter()
                         .for_each(|c| partition.apply_catalog(c));
+                    let alerts_before = partition.alerts.next_seq;
                     for (request, item) in group.requests.iter().enumerate() {
                         found.clear();
                         changes.clear();
@@ -736,7 +740,10 @@ fn applier(
                         );
                         exceptions.extend(found.iter().map(|e| (request, *e)));
                         record_history(history, &mut partition, &item.batch, &changes, &group);
+                        publish(shared, *id, &partition, &item.batch, &changes, None);
                     }
+                    let none = Batch::default();
+                    publish(shared, *id, &partition, &none, &[], Some(alerts_before));
                 }
                 if group.serial {
                     if barrier.wait().is_leader() {
@@ -747,6 +754,7 @@ fn applier(
                     if let Some(batch) = batch {
                         for (id, history) in &mut owned {
                             let mut partition = shared.partitions[*id as usize].write();
+                            let alerts_before = partition.alerts.next_seq;
                             found.clear();
                             changes.clear();
                             partition.apply_batch(*id, &batch, group.now, &mut found, &mut changes);
@@ -757,6 +765,8 @@ fn applier(
                                 );
                             }
                             record_history(history, &mut partition, &batch, &changes, &group);
+                            let since = Some(alerts_before);
+                            publish(shared, *id, &partition, &batch, &changes, since);
                         }
                     }
                 }
@@ -788,6 +798,38 @@ fn applier(
             }
         }
     }
+}
+
+/// Sends a batch's stock changes, and the alerts raised since
+/// `alerts_since`, to stream subscribers (only while anyone listens).
+fn publish(
+    shared: &Shared,
+    id: u16,
+    partition: &Partition,
+    batch: &Batch,
+    changes: &[stockflow_core::Change],
+    alerts_since: Option<u64>,
+) {
+    if !shared.hub.wanted() {
+        return;
+    }
+    let mut drafts: Vec<crate::stream::Draft> = changes
+        .iter()
+        .map(|c| crate::stream::stock_draft(partition, batch, c))
+        .collect();
+    if let Some(since) = alerts_since {
+        let alerts = &partition.alerts;
+        let new = (alerts.next_seq - since) as usize;
+        let skip = alerts.recent.len().saturating_sub(new);
+        drafts.extend(
+            alerts
+                .recent
+                .iter()
+                .skip(skip)
+                .map(|a| crate::stream::alert_draft(id, partition, a)),
+        );
+    }
+    shared.hub.publish(drafts);
 }
 
 fn record_history(
@@ -823,6 +865,21 @@ fn decide_orders(group: &Group, shared: &Shared) {
         group.now,
         shared.partition_count(),
     )));
+    if shared.hub.wanted() {
+        let drafts = answers
+            .iter()
+            .filter_map(|a| match a {
+                Answer::Done(order) => Some(crate::stream::Draft {
+                    kind: crate::stream::Kind::Orders,
+                    sku: None,
+                    location_id: None,
+                    body: crate::stream::Body::Json(crate::http::order_json(order)),
+                }),
+                _ => None,
+            })
+            .collect();
+        shared.hub.publish(drafts);
+    }
     for ((request, _), answer) in group.orders.iter().zip(answers) {
         if let Some((receipt, _)) = group.requests[*request].reply.lock().as_mut() {
             receipt.order = Some(answer);

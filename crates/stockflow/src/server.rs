@@ -68,6 +68,7 @@ impl Server {
     /// Stops listening, finishes in-flight requests, drains the pipeline
     /// and writes a checkpoint.
     pub async fn stop(self) -> anyhow::Result<()> {
+        self.pipeline.shared.hub.close();
         let _ = self.stop.send(());
         self.task.await??;
         let pipeline = self.pipeline;

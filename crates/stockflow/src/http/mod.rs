@@ -13,6 +13,7 @@ mod history;
 mod ingest;
 mod orders;
 mod query;
+mod stream;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -26,7 +27,9 @@ use axum::{Json, Router};
 use serde_json::json;
 use tokio::sync::Semaphore;
 
+pub use alerts::alert_json;
 pub use error::ApiError;
+pub use orders::order_json;
 
 use crate::config::Config;
 use crate::pipeline::Pipeline;
@@ -91,6 +94,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/dead-letters/{id}/replay", post(dead_letters::replay))
         .route("/v1/check", get(check::check))
         .route("/v1/alerts", get(alerts::list))
+        .route("/v1/stream", get(stream::stream))
         .route("/v1/openapi.json", get(openapi))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route(

@@ -306,6 +306,7 @@ async fn metrics_and_the_openapi_document_describe_the_running_api() {
         "/v1/orders/{id}/extend",
         "/v1/check",
         "/v1/alerts",
+        "/v1/stream",
         "/healthz",
         "/readyz",
         "/metrics",

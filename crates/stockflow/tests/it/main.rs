@@ -9,6 +9,7 @@ mod http;
 mod import;
 mod orders;
 mod sources;
+mod stream;
 
 use std::path::Path;
 

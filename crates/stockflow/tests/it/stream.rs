@@ -1,0 +1,189 @@
+//! The live stream over a real socket: filters, ids, resume with
+//! Last-Event-ID, and an explicit gap when the id is too old.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::{event, post, start};
+
+/// One parsed SSE event: (id, event name, data).
+type Sse = (String, String, Value);
+
+struct Reader {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl Reader {
+    async fn open(url: &str, last: Option<&str>) -> Reader {
+        let mut request = reqwest::Client::new().get(url);
+        if let Some(id) = last {
+            request = request.header("last-event-id", id);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        Reader {
+            response,
+            buffer: String::new(),
+        }
+    }
+
+    /// The next event that is not a keep-alive comment.
+    async fn next(&mut self) -> Sse {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let (mut id, mut name, mut data) =
+                    (String::new(), String::from("message"), String::new());
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("id:") {
+                        id = v.trim().to_owned();
+                    }
+                    if let Some(v) = line.strip_prefix("event:") {
+                        name = v.trim().to_owned();
+                    }
+                    if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim());
+                    }
+                }
+                if data.is_empty() {
+                    continue;
+                }
+                return (id, name, serde_json::from_str(&data).unwrap());
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(5), self.response.chunk())
+                .await
+                .expect("an event within 5 s")
+                .unwrap()
+                .expect("the stream stays open");
+            self.buffer.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_get_filtered_changes_and_resume_without_gaps() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), |_| {}).await;
+    let url = server.url();
+    let mut stock = Reader::open(&format!("{url}/v1/stream?sku=LIVE&kinds=stock"), None).await;
+    let mut alerts =
+        Reader::open(&format!("{url}/v1/stream?kinds=alerts&locationId=S1"), None).await;
+
+    post(
+        &url,
+        "application/json",
+        event("other", "RECEIPT", "ELSEWHERE", "S1", 50),
+    )
+    .await;
+    post(
+        &url,
+        "application/json",
+        event("l1", "RECEIPT", "LIVE", "S1", 12),
+    )
+    .await;
+    let (first_id, name, data) = stock.next().await;
+    assert_eq!(name, "stock");
+    assert_eq!(
+        (
+            data["sku"].as_str(),
+            data["onHand"].as_i64(),
+            data["eventId"].as_str()
+        ),
+        (Some("LIVE"), Some(12), Some("l1"))
+    );
+    post(
+        &url,
+        "application/json",
+        event("l2", "SALE", "LIVE", "S1", 5),
+    )
+    .await;
+    let (second_id, _, data) = stock.next().await;
+    assert_eq!(data["available"], 7);
+    let (_, name, alert) = alerts.next().await;
+    assert_eq!(
+        (name.as_str(), alert["kind"].as_str(), alert["sku"].as_str()),
+        ("alerts", Some("LOW_STOCK"), Some("LIVE"))
+    );
+    drop(stock);
+
+    // Missed while away: delivered on reconnect, in order, then live.
+    post(
+        &url,
+        "application/json",
+        event("l3", "SALE", "LIVE", "S1", 1),
+    )
+    .await;
+    post(
+        &url,
+        "application/json",
+        event("l4", "SALE", "LIVE", "S1", 1),
+    )
+    .await;
+    let mut resumed = Reader::open(
+        &format!("{url}/v1/stream?sku=LIVE&kinds=stock"),
+        Some(&second_id),
+    )
+    .await;
+    let got: Vec<String> = [resumed.next().await, resumed.next().await]
+        .iter()
+        .map(|(_, _, d)| d["eventId"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(got, ["l3", "l4"]);
+    post(
+        &url,
+        "application/json",
+        event("l5", "RETURN", "LIVE", "S1", 1),
+    )
+    .await;
+    assert_eq!(resumed.next().await.2["eventId"], "l5");
+    assert_ne!(first_id, second_id);
+
+    // An id from another run (or long gone) is answered with an explicit gap.
+    let mut stale = Reader::open(&format!("{url}/v1/stream?sku=LIVE"), Some("1-5")).await;
+    let (_, name, data) = stale.next().await;
+    assert_eq!(name, "gap");
+    assert!(data["message"].as_str().unwrap().contains("REST API"));
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_falls_behind_gets_resync_and_never_slows_ingest() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), |_| {}).await;
+    let url = server.url();
+    let mut slow = Reader::open(&format!("{url}/v1/stream?kinds=stock"), None).await;
+    // 40k changes while it reads nothing: far more than its buffer and the
+    // socket's.
+    for batch in 0..40 {
+        let body: Vec<String> = (0..1000)
+            .map(|i| {
+                event(
+                    &format!("f{batch}-{i}"),
+                    "RECEIPT",
+                    &format!("F{i}"),
+                    "S1",
+                    1,
+                )
+            })
+            .collect();
+        let (status, _) = post(&url, "application/x-ndjson", body.join("\n")).await;
+        assert_eq!(status, 200, "ingest is not held up by the subscriber");
+    }
+    let mut seen = 0;
+    loop {
+        let (_, name, data) = slow.next().await;
+        if name == "resync" {
+            assert!(data["message"].as_str().unwrap().contains("Last-Event-ID"));
+            break;
+        }
+        seen += 1;
+        assert!(
+            seen < 40_000,
+            "the slow subscriber was never told to resync"
+        );
+    }
+    server.stop().await.unwrap();
+}
