@@ -41,6 +41,8 @@ pub struct Config {
     pub order_hold_seconds: u64,
     /// Where lines without a location are reserved.
     pub sourcing: stockflow_core::orders::Sourcing,
+    /// Alert receivers.
+    pub webhooks: Vec<crate::webhooks::Webhook>,
     /// Products (and initial stock) loaded at startup.
     pub catalog_file: Option<PathBuf>,
     /// Where a catalog file's `inventory` quantities are counted.
@@ -67,6 +69,7 @@ impl Config {
             history_retention_ns: 30 * 24 * 3600 * 1_000_000_000,
             order_hold_seconds: 15 * 60,
             sourcing: stockflow_core::orders::Sourcing::MostAvailable,
+            webhooks: Vec::new(),
             catalog_file: None,
             catalog_location: "ONLINE".into(),
         }

@@ -18,6 +18,7 @@ pub mod server;
 pub mod simulate;
 pub mod sources;
 pub mod stream;
+pub mod webhooks;
 
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {

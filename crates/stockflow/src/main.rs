@@ -77,6 +77,12 @@ enum Command {
         /// How far back per-level history and `asOf` answers reach, in days.
         #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=3650))]
         history_retention_days: u32,
+        /// POST every alert to this URL (repeatable), with retries.
+        #[arg(long = "webhook")]
+        webhooks: Vec<String>,
+        /// Sign webhook bodies: X-Stockflow-Signature = sha256=HMAC-SHA256(secret, body).
+        #[arg(long, env = "STOCKFLOW_WEBHOOK_SECRET")]
+        webhook_secret: Option<String>,
         /// Products to load at startup: a JSON array or NDJSON, in
         /// stockflow's shape or KartShoppe's ({productId, …, inventory}).
         #[arg(long, env = "STOCKFLOW_CATALOG")]
@@ -201,11 +207,20 @@ async fn run(command: Command) -> anyhow::Result<()> {
             catalog,
             catalog_location,
             history_retention_days,
+            webhooks,
+            webhook_secret,
         } => {
             let mut config = Config::new(data_dir);
             config.history_retention_ns =
                 i64::from(history_retention_days) * 24 * 3600 * 1_000_000_000;
             config.catalog_file = catalog;
+            config.webhooks = webhooks
+                .into_iter()
+                .map(|url| stockflow::webhooks::Webhook {
+                    url,
+                    secret: webhook_secret.clone(),
+                })
+                .collect();
             config.catalog_location = catalog_location;
             if let Some(dir) = sources {
                 config.sources = stockflow::sources::Sources::with_dir(&dir)?;

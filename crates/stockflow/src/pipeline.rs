@@ -810,14 +810,16 @@ fn publish(
     changes: &[stockflow_core::Change],
     alerts_since: Option<u64>,
 ) {
-    if !shared.hub.wanted() {
-        return;
+    use crate::stream::Kind;
+    let mut drafts: Vec<crate::stream::Draft> = Vec::new();
+    if shared.hub.wanted(Kind::Stock) {
+        drafts.extend(
+            changes
+                .iter()
+                .map(|c| crate::stream::stock_draft(partition, batch, c)),
+        );
     }
-    let mut drafts: Vec<crate::stream::Draft> = changes
-        .iter()
-        .map(|c| crate::stream::stock_draft(partition, batch, c))
-        .collect();
-    if let Some(since) = alerts_since {
+    if let Some(since) = alerts_since.filter(|_| shared.hub.wanted(Kind::Alerts)) {
         let alerts = &partition.alerts;
         let new = (alerts.next_seq - since) as usize;
         let skip = alerts.recent.len().saturating_sub(new);
@@ -865,7 +867,7 @@ fn decide_orders(group: &Group, shared: &Shared) {
         group.now,
         shared.partition_count(),
     )));
-    if shared.hub.wanted() {
+    if shared.hub.wanted(crate::stream::Kind::Orders) {
         let drafts = answers
             .iter()
             .filter_map(|a| match a {

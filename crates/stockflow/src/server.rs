@@ -33,6 +33,7 @@ impl Server {
             let (changed, counted) = crate::bootstrap::apply(&pipeline, bootstrap).await?;
             tracing::info!(file = %file.display(), products, changed, initial_counts_applied = counted, "catalog file loaded");
         }
+        crate::webhooks::start(pipeline.clone(), config.webhooks.clone());
         let listener = TcpListener::bind(listen).await.with_context(|| {
             format!("cannot listen on {listen}; is another server running there?")
         })?;

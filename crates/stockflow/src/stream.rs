@@ -167,7 +167,8 @@ pub struct Hub {
     inner: Mutex<Inner>,
     /// Server time (ns) until which messages are built with no subscriber.
     keep_until: AtomicI64,
-    listening: AtomicBool,
+    /// Subscribers wanting each kind (stock, alerts, orders).
+    listening: [std::sync::atomic::AtomicUsize; 3],
     /// Becomes true when the server stops, to end every open stream (a
     /// graceful shutdown waits for open responses).
     closed: tokio::sync::watch::Sender<bool>,
@@ -203,16 +204,16 @@ impl Default for Hub {
             epoch: crate::pipeline::wall_clock().0 as u64,
             inner: Mutex::new(Inner::default()),
             keep_until: AtomicI64::new(0),
-            listening: AtomicBool::new(false),
+            listening: Default::default(),
             closed: tokio::sync::watch::channel(false).0,
         }
     }
 }
 
 impl Hub {
-    /// Whether publishers should build messages now.
-    pub fn wanted(&self) -> bool {
-        self.listening.load(Ordering::Relaxed)
+    /// Whether publishers should build messages of `kind` now.
+    pub fn wanted(&self, kind: Kind) -> bool {
+        self.listening[kind as usize].load(Ordering::Relaxed) > 0
             || self.keep_until.load(Ordering::Relaxed) > crate::pipeline::wall_clock().0
     }
 
@@ -264,7 +265,7 @@ impl Hub {
         }
         gone.dedup();
         for id in gone {
-            remove(inner, id);
+            self.remove(inner, id);
         }
     }
 
@@ -308,6 +309,9 @@ impl Hub {
             Some(sku) => inner.by_sku.entry(sku.clone()).or_default().push(id),
             None => inner.unindexed.push(id),
         }
+        for kind in &filter.kinds {
+            self.listening[*kind as usize].fetch_add(1, Ordering::Relaxed);
+        }
         inner.subscribers.insert(
             id,
             Subscriber {
@@ -316,7 +320,6 @@ impl Hub {
                 lagged: lagged.clone(),
             },
         );
-        self.listening.store(true, Ordering::Relaxed);
         Some((
             Subscription {
                 hub: self.clone(),
@@ -330,9 +333,7 @@ impl Hub {
 
     fn leave(&self, id: u64) {
         let mut inner = self.inner.lock();
-        remove(&mut inner, id);
-        self.listening
-            .store(!inner.subscribers.is_empty(), Ordering::Relaxed);
+        self.remove(&mut inner, id);
         // Keep building messages for a while so that it can resume.
         self.keep_until.store(
             crate::pipeline::wall_clock()
@@ -353,20 +354,25 @@ impl Hub {
     }
 }
 
-fn remove(inner: &mut Inner, id: u64) {
-    let Some(sub) = inner.subscribers.remove(&id) else {
-        return;
-    };
-    match &sub.filter.sku {
-        Some(sku) => {
-            if let Some(ids) = inner.by_sku.get_mut(sku) {
-                ids.retain(|i| *i != id);
-                if ids.is_empty() {
-                    inner.by_sku.remove(sku);
+impl Hub {
+    fn remove(&self, inner: &mut Inner, id: u64) {
+        let Some(sub) = inner.subscribers.remove(&id) else {
+            return;
+        };
+        for kind in &sub.filter.kinds {
+            self.listening[*kind as usize].fetch_sub(1, Ordering::Relaxed);
+        }
+        match &sub.filter.sku {
+            Some(sku) => {
+                if let Some(ids) = inner.by_sku.get_mut(sku) {
+                    ids.retain(|i| *i != id);
+                    if ids.is_empty() {
+                        inner.by_sku.remove(sku);
+                    }
                 }
             }
+            None => inner.unindexed.retain(|i| *i != id),
         }
-        None => inner.unindexed.retain(|i| *i != id),
     }
 }
 

@@ -21,8 +21,9 @@ use crate::record::DeadLetter;
 
 #[derive(Deserialize)]
 pub struct Filter {
-    /// Exact source (`http:/v1/events`, `source:store-item`, …) or a format
-    /// name, matching `source:{format}` and `import:{format}`.
+    /// Exact source (`http:/v1/events`, `source:store-item`, …), a prefix
+    /// ending in `:` (`webhook:`), or a format name, matching
+    /// `source:{format}` and `import:{format}`.
     source: Option<String>,
     /// Case-insensitive substring of the reason.
     reason: Option<String>,
@@ -44,6 +45,7 @@ fn letter_json(l: &DeadLetter) -> Value {
 
 fn source_matches(letter: &str, wanted: &str) -> bool {
     letter == wanted
+        || (wanted.ends_with(':') && letter.starts_with(wanted))
         || letter.strip_prefix("source:") == Some(wanted)
         || letter.strip_prefix("import:") == Some(wanted)
 }

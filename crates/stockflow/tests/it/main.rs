@@ -10,6 +10,7 @@ mod import;
 mod orders;
 mod sources;
 mod stream;
+mod webhooks;
 
 use std::path::Path;
 
