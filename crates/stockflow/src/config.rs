@@ -41,6 +41,9 @@ pub struct Config {
     pub order_hold_seconds: u64,
     /// Where lines without a location are reserved.
     pub sourcing: stockflow_core::orders::Sourcing,
+    /// A price change lowering the price by at least this many percent is
+    /// a PRICE_DROP alert.
+    pub price_drop_percent: u8,
     /// Alert receivers.
     pub webhooks: Vec<crate::webhooks::Webhook>,
     /// Products (and initial stock) loaded at startup.
@@ -70,6 +73,7 @@ impl Config {
             order_hold_seconds: 15 * 60,
             sourcing: stockflow_core::orders::Sourcing::MostAvailable,
             webhooks: Vec::new(),
+            price_drop_percent: 10,
             catalog_file: None,
             catalog_location: "ONLINE".into(),
         }

@@ -77,6 +77,9 @@ enum Command {
         /// How far back per-level history and `asOf` answers reach, in days.
         #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=3650))]
         history_retention_days: u32,
+        /// A price cut of at least this many percent is a PRICE_DROP alert.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u8).range(1..=99))]
+        price_drop_percent: u8,
         /// POST every alert to this URL (repeatable), with retries.
         #[arg(long = "webhook")]
         webhooks: Vec<String>,
@@ -209,11 +212,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
             history_retention_days,
             webhooks,
             webhook_secret,
+            price_drop_percent,
         } => {
             let mut config = Config::new(data_dir);
             config.history_retention_ns =
                 i64::from(history_retention_days) * 24 * 3600 * 1_000_000_000;
             config.catalog_file = catalog;
+            config.price_drop_percent = price_drop_percent;
             config.webhooks = webhooks
                 .into_iter()
                 .map(|url| stockflow::webhooks::Webhook {

@@ -24,15 +24,6 @@ pub struct AlertFilter {
     page: Page,
 }
 
-/// Sorts newest first; the id orders the same way within one instant.
-fn key(partition: u16, alert: &Alert) -> (std::cmp::Reverse<i64>, u16, std::cmp::Reverse<u64>) {
-    (
-        std::cmp::Reverse(alert.at.0),
-        partition,
-        std::cmp::Reverse(alert.seq),
-    )
-}
-
 pub fn alert_json(partition: u16, alert: &Alert, sku: &str, location: &str) -> Value {
     json!({
         "id": format!("{partition}-{}", alert.seq),
@@ -49,69 +40,110 @@ pub fn alert_json(partition: u16, alert: &Alert, sku: &str, location: &str) -> V
     })
 }
 
+/// The kinds a filter can ask for: the level kinds, and PRICE_DROP.
+const KINDS: &str = "LOW_STOCK, OUT_OF_STOCK, BACK_IN_STOCK, NEGATIVE_ON_HAND, PRICE_DROP";
+
+/// PRICE_DROP alerts, derived from the products' price histories (which
+/// are durable and replayed): one per change that lowers the price by at
+/// least `percent`.
+fn price_drops(state: &AppState, sku: Option<&str>) -> Vec<(i64, String, Value)> {
+    let percent = state.config.price_drop_percent;
+    let catalog = state.pipeline.shared.catalog.read();
+    let products: Box<dyn Iterator<Item = &stockflow_core::Product>> = match sku {
+        Some(sku) => Box::new(catalog.products.get(sku).into_iter()),
+        None => Box::new(catalog.products.values()),
+    };
+    let mut found = Vec::new();
+    for product in products {
+        for pair in product.price_history.windows(2) {
+            let ((_, before), (at, now)) = (pair[0], pair[1]);
+            // now ≤ before × (1 − percent/100), in integers.
+            if before > 0 && now * 100 <= before * (100 - i64::from(percent)) {
+                let id = format!("price:{}:{}", product.sku, at.0);
+                let value = json!({
+                    "id": id,
+                    "kind": "PRICE_DROP",
+                    "state": "fired",
+                    "severity": "INFO",
+                    "sku": product.sku,
+                    "locationId": null,
+                    "at": at.to_rfc3339(),
+                    "previousPrice": before as f64 / 100.0,
+                    "price": now as f64 / 100.0,
+                    "dropPercent": ((before - now) * 1000 / before) as f64 / 10.0,
+                });
+                found.push((at.0, id, value));
+            }
+        }
+    }
+    found
+}
+
 pub async fn list(
     State(state): State<Arc<AppState>>,
     Query(filter): Query<AlertFilter>,
 ) -> Result<Json<Value>, ApiError> {
     let limit = limit(&filter.page)?;
+    let price_drop = filter.kind.as_deref() == Some("PRICE_DROP");
     let kind = match filter.kind.as_deref() {
-        None => None,
+        None | Some("PRICE_DROP") => None,
         Some(text) => Some(AlertKind::from_wire(text).ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "kind: {text:?} is not one of LOW_STOCK, OUT_OF_STOCK, BACK_IN_STOCK, NEGATIVE_ON_HAND"
-            ))
+            ApiError::bad_request(format!("kind: {text:?} is not one of {KINDS}"))
         })?),
     };
-    let after = match filter.page.after.as_deref() {
-        None => None,
-        Some(text) => {
-            let parsed = text
-                .split_once('-')
-                .and_then(|(p, s)| Some((p.parse::<u16>().ok()?, s.parse::<u64>().ok()?)));
-            Some(parsed.ok_or_else(|| ApiError::bad_request("after must be an alert id"))?)
-        }
-    };
-    // (partition, alert, sku, location)
-    type Found = (u16, Alert, Arc<str>, Arc<str>);
-    let mut found: Vec<Found> = Vec::new();
-    for (p, partition) in state.pipeline.shared.partitions.iter().enumerate() {
-        let partition = partition.read();
-        let alerts = &partition.alerts;
-        let chosen: Box<dyn Iterator<Item = &Alert>> = if filter.active == Some(true) {
-            Box::new(alerts.active.values())
-        } else {
-            Box::new(alerts.recent.iter())
-        };
-        for a in chosen {
-            let (sku, location) = partition.names_of(a.slot);
-            let keep = kind.is_none_or(|k| a.kind == k)
-                && filter.sku.as_deref().is_none_or(|s| **sku == *s)
-                && filter
-                    .location_id
-                    .as_deref()
-                    .is_none_or(|l| **location == *l);
-            if keep {
-                found.push((p as u16, a.clone(), sku.clone(), location.clone()));
+    // (time, id, alert), sorted newest first by (time, id).
+    let mut found: Vec<(i64, String, Value)> = Vec::new();
+    if !price_drop {
+        for (p, partition) in state.pipeline.shared.partitions.iter().enumerate() {
+            let partition = partition.read();
+            let alerts = &partition.alerts;
+            let chosen: Box<dyn Iterator<Item = &Alert>> = if filter.active == Some(true) {
+                Box::new(alerts.active.values())
+            } else {
+                Box::new(alerts.recent.iter())
+            };
+            for a in chosen {
+                let (sku, location) = partition.names_of(a.slot);
+                let keep = kind.is_none_or(|k| a.kind == k)
+                    && filter.sku.as_deref().is_none_or(|s| **sku == *s)
+                    && filter
+                        .location_id
+                        .as_deref()
+                        .is_none_or(|l| **location == *l);
+                if keep {
+                    // Within one instant: by partition, newest first.
+                    let order = format!("{p:05}-{:020}", u64::MAX - a.seq);
+                    found.push((a.at.0, order, alert_json(p as u16, a, sku, location)));
+                }
             }
         }
     }
-    found.sort_by_key(|(p, a, _, _)| key(*p, a));
-    if let Some((p, seq)) = after {
+    // Price drops are one-off notices: never active, and not per location.
+    if (kind.is_none() || price_drop) && filter.active != Some(true) && filter.location_id.is_none()
+    {
+        found.extend(price_drops(&state, filter.sku.as_deref()));
+    }
+    found.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    if let Some(after) = filter.page.after.as_deref() {
         // Continue after the cursor in this order.
-        if let Some(at) = found
-            .iter()
-            .position(|(fp, a, _, _)| *fp == p && a.seq == seq)
-        {
-            found.drain(..=at);
+        match found.iter().position(|(_, _, v)| v["id"] == after) {
+            Some(at) => {
+                found.drain(..=at);
+            }
+            None => {
+                return Err(ApiError::bad_request(
+                    "after must be the id of an alert still kept",
+                ))
+            }
         }
     }
     let more = found.len() > limit;
     found.truncate(limit);
     let next = more
-        .then(|| found.last().map(|(p, a, _, _)| format!("{p}-{}", a.seq)))
+        .then(|| found.last().map(|(_, _, v)| v["id"].clone()))
         .flatten();
     Ok(Json(json!({
-        "alerts": found.iter().map(|(p, a, s, l)| alert_json(*p, a, s, l)).collect::<Vec<_>>(),
+        "alerts": found.into_iter().map(|(_, _, v)| v).collect::<Vec<_>>(),
         "nextAfter": next,
     })))
 }
