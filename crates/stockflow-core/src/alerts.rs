@@ -101,7 +101,10 @@ pub struct Alert {
 pub struct Alerts {
     pub next_seq: u64,
     pub recent: std::collections::VecDeque<Alert>,
-    /// (kind, level slot) → the alert that raised it.
+    /// (kind, level slot) → the alert that raised it. Not stored: it is
+    /// the levels' state, rebuilt on restore ([`active_states`]), which
+    /// keeps checkpoints small when many levels are low.
+    #[serde(skip)]
     pub active: rustc_hash::FxHashMap<(AlertKind, u32), Alert>,
 }
 
@@ -136,6 +139,23 @@ fn low(available: i64, policy: Policy) -> Option<Severity> {
             Severity::Warning
         }
     })
+}
+
+/// The alerts a level in this state has active: what `transitions` has
+/// raised and not cleared, as a function of the state alone.
+pub fn active_states(n: &Numbers, policy: Policy) -> Vec<(AlertKind, Severity)> {
+    let available = policy.available(n);
+    let mut active = Vec::new();
+    if let Some(severity) = low(available, policy) {
+        active.push((AlertKind::LowStock, severity));
+    }
+    if available == 0 {
+        active.push((AlertKind::OutOfStock, Severity::Critical));
+    }
+    if n.on_hand < 0 {
+        active.push((AlertKind::NegativeOnHand, Severity::Critical));
+    }
+    active
 }
 
 /// The alert transitions of one change from `before` to `after`, pushed

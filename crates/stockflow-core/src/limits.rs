@@ -51,4 +51,4 @@ pub const PRICE_HISTORY_MAX: usize = 100;
 
 /// Alert events kept per partition for GET /v1/alerts (active alerts are
 /// always kept, whatever their age).
-pub const ALERTS_KEPT_PER_PARTITION: usize = 10_000;
+pub const ALERTS_KEPT_PER_PARTITION: usize = 2_000;

@@ -614,8 +614,53 @@ impl Partition {
         }
         partition.history_end = snapshot.history_end;
         partition.alerts = snapshot.alerts;
+        partition.rebuild_active_alerts();
         partition.recompute_rollups();
         partition
+    }
+
+    /// Active alerts from the levels' state, each with the newest kept
+    /// alert that raised it (or, if that was dropped from the recent ones,
+    /// a stand-in at the level's last change with no eventId). Levels never
+    /// changed have none, as live.
+    fn rebuild_active_alerts(&mut self) {
+        let mut raised: FxHashMap<(AlertKind, u32), &Alert> = FxHashMap::default();
+        for alert in self
+            .alerts
+            .recent
+            .iter()
+            .filter(|a| a.transition == Transition::Raised)
+        {
+            raised.insert((alert.kind, alert.slot), alert);
+        }
+        let mut active = FxHashMap::default();
+        for slot in 0..self.levels.len() as u32 {
+            let level = &self.levels[slot as usize].2;
+            if level.version == 0 {
+                continue;
+            }
+            let policy = self.policy_of(slot);
+            let n = level.numbers();
+            for (kind, severity) in crate::alerts::active_states(&n, policy) {
+                let alert = match raised.get(&(kind, slot)) {
+                    Some(alert) => (*alert).clone(),
+                    None => Alert {
+                        seq: 0,
+                        kind,
+                        transition: Transition::Raised,
+                        severity,
+                        slot,
+                        at: level.updated_at,
+                        on_hand: n.on_hand,
+                        available: policy.available(&n),
+                        threshold: policy.low_stock_threshold,
+                        event_id: "".into(),
+                    },
+                };
+                active.insert((kind, slot), alert);
+            }
+        }
+        self.alerts.active = active;
     }
 
     /// Roll-up of `sku` over its levels here.

@@ -107,3 +107,29 @@ async fn alerts_follow_transitions_and_survive_restarts() {
         server.stop().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_alerts_are_rebuilt_from_the_levels_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), |_| {}).await;
+    let url = server.url();
+    let events = [
+        event("r1", "RECEIPT", "ACT", "S1", 20),
+        event("r2", "SALE", "ACT", "S1", 17),
+        event("r3", "RECEIPT", "ACT", "S2", 2),
+        event("r4", "SALE", "ACT", "S2", 4),
+    ];
+    post(&url, "application/x-ndjson", events.join("\n")).await;
+    let (_, before) = get(&url, "/v1/alerts?active=true&sku=ACT").await;
+    assert_eq!(before["alerts"].as_array().unwrap().len(), 4, "{before}");
+    server.stop().await.unwrap();
+    for replay_everything in [false, true] {
+        if replay_everything {
+            std::fs::remove_dir_all(dir.path().join("checkpoints")).unwrap();
+        }
+        let server = start(dir.path(), |_| {}).await;
+        let (_, after) = get(&server.url(), "/v1/alerts?active=true&sku=ACT").await;
+        assert_eq!(after, before, "replay={replay_everything}");
+        server.stop().await.unwrap();
+    }
+}
