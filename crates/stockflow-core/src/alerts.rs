@@ -100,12 +100,13 @@ pub struct Alert {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Alerts {
     pub next_seq: u64,
-    pub recent: std::collections::VecDeque<Alert>,
+    /// Shared with `active`: one allocation per alert.
+    pub recent: std::collections::VecDeque<std::sync::Arc<Alert>>,
     /// (kind, level slot) → the alert that raised it. Not stored: it is
     /// the levels' state, rebuilt on restore ([`active_states`]), which
     /// keeps checkpoints small when many levels are low.
     #[serde(skip)]
-    pub active: rustc_hash::FxHashMap<(AlertKind, u32), Alert>,
+    pub active: rustc_hash::FxHashMap<(AlertKind, u32), std::sync::Arc<Alert>>,
 }
 
 impl Alerts {
@@ -113,6 +114,7 @@ impl Alerts {
         alert.seq = self.next_seq;
         self.next_seq += 1;
         let key = (alert.kind, alert.slot);
+        let alert = std::sync::Arc::new(alert);
         match alert.transition {
             Transition::Raised => {
                 self.active.insert(key, alert.clone());

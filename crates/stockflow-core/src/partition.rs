@@ -624,7 +624,7 @@ impl Partition {
     /// a stand-in at the level's last change with no eventId). Levels never
     /// changed have none, as live.
     fn rebuild_active_alerts(&mut self) {
-        let mut raised: FxHashMap<(AlertKind, u32), &Alert> = FxHashMap::default();
+        let mut raised: FxHashMap<(AlertKind, u32), &Arc<Alert>> = FxHashMap::default();
         for alert in self
             .alerts
             .recent
@@ -643,8 +643,8 @@ impl Partition {
             let n = level.numbers();
             for (kind, severity) in crate::alerts::active_states(&n, policy) {
                 let alert = match raised.get(&(kind, slot)) {
-                    Some(alert) => (*alert).clone(),
-                    None => Alert {
+                    Some(alert) => Arc::clone(alert),
+                    None => Arc::new(Alert {
                         seq: 0,
                         kind,
                         transition: Transition::Raised,
@@ -655,7 +655,7 @@ impl Partition {
                         available: policy.available(&n),
                         threshold: policy.low_stock_threshold,
                         event_id: "".into(),
-                    },
+                    }),
                 };
                 active.insert((kind, slot), alert);
             }

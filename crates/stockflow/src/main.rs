@@ -173,6 +173,10 @@ enum Command {
         /// Concurrent HTTP clients.
         #[arg(long, default_value_t = 4)]
         clients: usize,
+        /// Seconds of the paced event→queryable run at 100k events/s (20 s
+        /// holds one checkpoint interval at the default 2M events).
+        #[arg(long, default_value_t = 20)]
+        paced_seconds: u64,
     },
 }
 
@@ -323,6 +327,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             events,
             levels,
             clients,
+            paced_seconds,
         } => {
             let options = BenchOptions {
                 events,
@@ -330,6 +335,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 engine_batch: 10_000,
                 http_batch: 1_000,
                 clients,
+                paced_seconds,
             };
             if matches!(mode, BenchMode::Engine | BenchMode::All) {
                 tokio::task::spawn_blocking(move || bench::engine(&options)).await??;

@@ -97,7 +97,7 @@ pub async fn list(
         for (p, partition) in state.pipeline.shared.partitions.iter().enumerate() {
             let partition = partition.read();
             let alerts = &partition.alerts;
-            let chosen: Box<dyn Iterator<Item = &Alert>> = if filter.active == Some(true) {
+            let chosen: Box<dyn Iterator<Item = &Arc<Alert>>> = if filter.active == Some(true) {
                 Box::new(alerts.active.values())
             } else {
                 Box::new(alerts.recent.iter())
