@@ -423,7 +423,11 @@ impl CheckpointJob {
         partition: &Partition,
         files: Vec<Arc<File>>,
     ) {
-        let bytes = encode(&partition.snapshot());
+        // Sized up front: a partition is ~64 bytes per level, and growing a
+        // megabyte buffer byte by byte is most of the encoding time.
+        let buffer = Vec::with_capacity(partition.len() * 80 + 4096);
+        let bytes = postcard::to_extend(&partition.snapshot(), buffer)
+            .expect("encoding into a Vec cannot fail");
         let (data_dir, horizon) = (
             self.data_dir.clone(),
             self.meta
