@@ -132,8 +132,6 @@ pub fn recover(config: &Config) -> anyhow::Result<Recovered> {
         .collect::<std::io::Result<Vec<_>>>()
         .context("cannot open the history files")?;
     let mut events = 0u64;
-    let mut exceptions = Vec::new();
-    let mut changes = Vec::new();
     let replayed_records = opened.next_record - meta.next_record;
     for item in read_records(&log_dir(dir), meta.next_record)? {
         let (number, payload) = item?;
@@ -146,14 +144,13 @@ pub fn recover(config: &Config) -> anyhow::Result<Recovered> {
             let duplicates = admit(&mut engine.dedup, &mut batch, group.now);
             debug_assert!(duplicates.is_empty(), "the log holds no duplicates");
             batch.compute_routes(partitions);
-            for (id, partition) in engine.partitions.iter_mut().enumerate() {
-                changes.clear();
-                exceptions.clear();
-                partition.apply_batch(id as u16, &batch, group.now, &mut exceptions, &mut changes);
-                history[id]
-                    .record(partition, &batch, &changes, group.now, number)
-                    .context("cannot write history")?;
-            }
+            apply_with_history(
+                &mut engine.partitions,
+                &mut history,
+                &batch,
+                group.now,
+                number,
+            )?;
         }
         // The order step, exactly when the pipeline ran it.
         if step_due(&engine.orders, &group.orders, group.now) {
@@ -165,14 +162,13 @@ pub fn recover(config: &Config) -> anyhow::Result<Recovered> {
             let (decided, _) = engine.orders.decide(&group.orders, group.now, &stock);
             drop(views);
             let batch = order_batch(&decided, group.now, partitions);
-            for (id, partition) in engine.partitions.iter_mut().enumerate() {
-                changes.clear();
-                exceptions.clear();
-                partition.apply_batch(id as u16, &batch, group.now, &mut exceptions, &mut changes);
-                history[id]
-                    .record(partition, &batch, &changes, group.now, number)
-                    .context("cannot write history")?;
-            }
+            apply_with_history(
+                &mut engine.partitions,
+                &mut history,
+                &batch,
+                group.now,
+                number,
+            )?;
         }
         for letter in group.dead_letters {
             meta.next_dead_letter_id = meta.next_dead_letter_id.max(letter.id + 1);
@@ -204,6 +200,26 @@ pub fn recover(config: &Config) -> anyhow::Result<Recovered> {
         lock,
         history,
     })
+}
+
+/// Applies an admitted, routed batch of log record `record` to every
+/// partition and writes what it did to their history, as the appliers do.
+fn apply_with_history(
+    partitions: &mut [Partition],
+    history: &mut [HistoryWriter],
+    batch: &stockflow_core::Batch,
+    now: Timestamp,
+    record: u64,
+) -> anyhow::Result<()> {
+    let (mut exceptions, mut changes) = (Vec::new(), Vec::new());
+    for (id, partition) in partitions.iter_mut().enumerate() {
+        changes.clear();
+        partition.apply_batch(id as u16, batch, now, &mut exceptions, &mut changes);
+        history[id]
+            .record(partition, batch, &changes, now, record)
+            .context("cannot write history")?;
+    }
+    Ok(())
 }
 
 /// The partition count stored with the data; `requested` for a new one.

@@ -97,33 +97,19 @@ type Item = (String, Result<Value, String>);
 /// The items of a bulk body (a JSON array, one object, or NDJSON) with
 /// their raw text.
 fn items(bytes: &[u8], format: BodyFormat, max: usize) -> Result<Vec<Item>, ApiError> {
-    let text =
-        std::str::from_utf8(bytes).map_err(|_| ApiError::bad_request("body is not UTF-8"))?;
-    let read =
-        |raw: &str| serde_json::from_str::<Value>(raw).map_err(|e| format!("invalid JSON: {e}"));
-    let items: Vec<(String, Result<Value, String>)> =
-        match (format, text.trim_start().as_bytes().first()) {
-            (BodyFormat::Ndjson, _) => text
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .map(|l| (l.to_owned(), read(l)))
-                .collect(),
-            (_, Some(b'[')) => serde_json::from_str::<Vec<&serde_json::value::RawValue>>(text)
-                .map_err(|e| ApiError::bad_request(format!("body is not valid JSON: {e}")))?
-                .into_iter()
-                .map(|raw| (raw.get().to_owned(), read(raw.get())))
-                .collect(),
-            _ => vec![(text.trim().to_owned(), read(text))],
-        };
-    if items.len() > max {
+    let messages = crate::sources::json_messages(bytes, format)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if messages.len() > max {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too_many_events",
             format!("body holds more than {max} items; split it"),
         ));
     }
-    Ok(items)
+    Ok(messages
+        .into_iter()
+        .map(|m| (m.raw.into_owned(), m.value))
+        .collect())
 }
 
 /// Parses every item of a bulk body; the refused ones become rejections.

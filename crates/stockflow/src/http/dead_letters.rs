@@ -106,13 +106,6 @@ fn find(state: &AppState, id: u64) -> Result<DeadLetter, ApiError> {
         })
 }
 
-fn unavailable<E>(_: E) -> ApiError {
-    ApiError::overloaded(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "ingest queue is full or the server is stopping; retry shortly",
-    )
-}
-
 /// POST /v1/dead-letters/{id}/replay: the body is the corrected payload in
 /// the letter's original form (empty: replay the stored payload as is). It
 /// goes through the letter's original source; the letter is resolved in
@@ -176,9 +169,9 @@ pub async fn replay(
     let receipt = state
         .pipeline
         .submit_replay(parsed, changes, id, &letter.source)
-        .map_err(unavailable)?
+        .map_err(ApiError::unavailable)?
         .await
-        .map_err(unavailable)?;
+        .map_err(ApiError::unavailable)?;
     metrics::counter!("stockflow_dead_letters_replayed_total").increment(1);
     Ok(Json(json!({
         "deadLetterId": id,
@@ -196,9 +189,9 @@ pub async fn discard(
     state
         .pipeline
         .discard_dead_letter(id)
-        .map_err(unavailable)?
+        .map_err(ApiError::unavailable)?
         .await
-        .map_err(unavailable)?;
+        .map_err(ApiError::unavailable)?;
     metrics::counter!("stockflow_dead_letters_discarded_total").increment(1);
     Ok(StatusCode::NO_CONTENT)
 }

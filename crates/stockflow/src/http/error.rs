@@ -32,6 +32,15 @@ impl ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
 
+    /// The pipeline refused or dropped a submission (queue full, or
+    /// stopping): 503 with Retry-After.
+    pub fn unavailable<E>(_: E) -> ApiError {
+        ApiError::overloaded(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ingest queue is full or the server is stopping; retry shortly",
+        )
+    }
+
     pub fn overloaded(status: StatusCode, message: impl Into<String>) -> ApiError {
         ApiError {
             retry_after: Some(1),

@@ -79,18 +79,12 @@ fn answer(answer: Option<Answer>) -> Response {
 }
 
 async fn submit(state: &AppState, command: OrderCommand) -> Result<Response, ApiError> {
-    fn unavailable<E>(_: E) -> ApiError {
-        ApiError::overloaded(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "ingest queue is full or the server is stopping; retry shortly",
-        )
-    }
     let receipt = state
         .pipeline
         .submit_order(command)
-        .map_err(unavailable)?
+        .map_err(ApiError::unavailable)?
         .await
-        .map_err(unavailable)?;
+        .map_err(ApiError::unavailable)?;
     Ok(answer(receipt.order))
 }
 

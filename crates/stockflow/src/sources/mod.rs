@@ -90,9 +90,9 @@ impl Sources {
 }
 
 /// One source message: its raw text and, if it could be read, its value.
-struct Message<'a> {
-    raw: std::borrow::Cow<'a, str>,
-    value: Result<Value, String>,
+pub struct Message<'a> {
+    pub raw: std::borrow::Cow<'a, str>,
+    pub value: Result<Value, String>,
 }
 
 /// Translates a body of `mapping`'s format into canonical events.
@@ -173,7 +173,9 @@ fn in_source_terms(mapping: &Mapping, reason: &str, element: u32) -> String {
     }
 }
 
-fn json_messages(body: &[u8], framing: BodyFormat) -> Result<Vec<Message<'_>>, BodyError> {
+/// The JSON messages of a body (one object, an array, or NDJSON), each with
+/// its raw text; a message that is not JSON is an error of its own.
+pub fn json_messages(body: &[u8], framing: BodyFormat) -> Result<Vec<Message<'_>>, BodyError> {
     let text = std::str::from_utf8(body).map_err(|e| BodyError::Malformed(e.to_string()))?;
     let read =
         |raw: &str| serde_json::from_str::<Value>(raw).map_err(|e| format!("invalid JSON: {e}"));
