@@ -77,6 +77,11 @@ enum Command {
         /// How far back per-level history and `asOf` answers reach, in days.
         #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=3650))]
         history_retention_days: u32,
+        /// Where order lines without a location are reserved:
+        /// `most-available`, or `priority:LOC1,LOC2,…` (those locations, in
+        /// that order). Lines may be split over locations either way.
+        #[arg(long, default_value = "most-available", value_parser = parse_sourcing)]
+        sourcing: stockflow_core::orders::Sourcing,
         /// A price cut of at least this many percent is a PRICE_DROP alert.
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u8).range(1..=99))]
         price_drop_percent: u8,
@@ -195,6 +200,22 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(run(cli.command))
 }
 
+fn parse_sourcing(text: &str) -> Result<stockflow_core::orders::Sourcing, String> {
+    use stockflow_core::orders::Sourcing;
+    match text.strip_prefix("priority:") {
+        _ if text == "most-available" => Ok(Sourcing::MostAvailable),
+        Some(list) if !list.is_empty() => Ok(Sourcing::Priority(
+            list.split(',')
+                .map(|l| l.trim().to_owned())
+                .filter(|l| !l.is_empty())
+                .collect(),
+        )),
+        _ => Err(format!(
+            "{text:?} is not most-available or priority:LOC1,LOC2"
+        )),
+    }
+}
+
 fn parse_param(text: &str) -> Result<(String, String), String> {
     text.split_once('=')
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -217,12 +238,14 @@ async fn run(command: Command) -> anyhow::Result<()> {
             webhooks,
             webhook_secret,
             price_drop_percent,
+            sourcing,
         } => {
             let mut config = Config::new(data_dir);
             config.history_retention_ns =
                 i64::from(history_retention_days) * 24 * 3600 * 1_000_000_000;
             config.catalog_file = catalog;
             config.price_drop_percent = price_drop_percent;
+            config.sourcing = sourcing;
             config.webhooks = webhooks
                 .into_iter()
                 .map(|url| stockflow::webhooks::Webhook {

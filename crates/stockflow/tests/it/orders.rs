@@ -242,3 +242,31 @@ async fn holds_expire_on_time_with_no_other_traffic_and_across_a_restart() {
     assert_eq!(short_again["status"], "expired");
     server.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_priority_list_sources_lines_without_a_location() {
+    let dir = tempfile::tempdir().unwrap();
+    let priority = stockflow_core::orders::Sourcing::Priority(vec!["WH".into(), "S1".into()]);
+    let server = start(dir.path(), |c| c.sourcing = priority).await;
+    let url = server.url();
+    let stock = [
+        event("a", "RECEIPT", "P", "S1", 50),
+        event("b", "RECEIPT", "P", "WH", 3),
+        event("c", "RECEIPT", "P", "S9", 99),
+    ];
+    post(&url, "application/x-ndjson", stock.join("\n")).await;
+    let (_, order) = call(
+        &reqwest::Client::new(),
+        &format!("{url}/v1/orders"),
+        json!({"orderId": "p-1", "lines": [{"sku": "P", "quantity": 5}]}),
+    )
+    .await;
+    assert_eq!(
+        order["lines"][0]["allocations"],
+        json!([
+        {"locationId": "WH", "quantity": 3, "fulfilled": false},
+        {"locationId": "S1", "quantity": 2, "fulfilled": false}]),
+        "the list's order, never S9"
+    );
+    server.stop().await.unwrap();
+}
