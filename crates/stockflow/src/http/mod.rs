@@ -95,6 +95,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/check", get(check::check))
         .route("/v1/alerts", get(alerts::list))
         .route("/v1/stream", get(stream::stream))
+        .route("/v1/ws", get(stream::websocket))
         .route("/v1/openapi.json", get(openapi))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route(

@@ -307,6 +307,7 @@ async fn metrics_and_the_openapi_document_describe_the_running_api() {
         "/v1/check",
         "/v1/alerts",
         "/v1/stream",
+        "/v1/ws",
         "/healthz",
         "/readyz",
         "/metrics",

@@ -187,3 +187,71 @@ async fn a_subscriber_that_falls_behind_gets_resync_and_never_slows_ingest() {
     }
     server.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_websocket_carries_the_same_messages_and_resumes() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message as Frame;
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), |_| {}).await;
+    let url = server.url();
+    let ws = url.replace("http://", "ws://");
+    async fn next(
+        socket: &mut (impl futures_util::Stream<Item = Result<Frame, tokio_tungstenite::tungstenite::Error>>
+                  + Unpin),
+    ) -> Value {
+        loop {
+            let frame = tokio::time::timeout(Duration::from_secs(5), socket.next())
+                .await
+                .expect("a frame within 5 s")
+                .unwrap()
+                .unwrap();
+            if let Frame::Text(text) = frame {
+                return serde_json::from_str(&text).unwrap();
+            }
+        }
+    }
+    let (mut socket, _) =
+        tokio_tungstenite::connect_async(format!("{ws}/v1/ws?sku=WS&kinds=stock"))
+            .await
+            .unwrap();
+    post(
+        &url,
+        "application/json",
+        event("w1", "RECEIPT", "OTHER", "S1", 5),
+    )
+    .await;
+    post(
+        &url,
+        "application/json",
+        event("w2", "RECEIPT", "WS", "S1", 7),
+    )
+    .await;
+    let first = next(&mut socket).await;
+    assert_eq!(
+        (
+            first["event"].as_str(),
+            first["data"]["eventId"].as_str(),
+            first["data"]["onHand"].as_i64()
+        ),
+        (Some("stock"), Some("w2"), Some(7))
+    );
+    drop(socket);
+    post(&url, "application/json", event("w3", "SALE", "WS", "S1", 2)).await;
+    let id = first["id"].as_str().unwrap();
+    let (mut resumed, _) =
+        tokio_tungstenite::connect_async(format!("{ws}/v1/ws?sku=WS&kinds=stock&lastEventId={id}"))
+            .await
+            .unwrap();
+    assert_eq!(
+        next(&mut resumed).await["data"]["eventId"],
+        "w3",
+        "missed while away"
+    );
+    let (mut stale, _) = tokio_tungstenite::connect_async(format!("{ws}/v1/ws?lastEventId=1-1"))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut stale).await["event"], "gap");
+    server.stop().await.unwrap();
+}
