@@ -300,19 +300,6 @@ pub struct Fixed {
     pub after: Numbers,
 }
 
-const EVENT_TYPES: [EventType; 10] = [
-    EventType::Receipt,
-    EventType::Sale,
-    EventType::Return,
-    EventType::Adjustment,
-    EventType::Count,
-    EventType::TransferOut,
-    EventType::TransferIn,
-    EventType::Reservation,
-    EventType::Release,
-    EventType::Fulfillment,
-];
-
 const OUTCOMES: [Outcome; 6] = [
     Outcome::Applied,
     Outcome::Absorbed,
@@ -330,7 +317,7 @@ impl Fixed {
         out.extend_from_slice(&self.processed.0.to_le_bytes());
         out.extend_from_slice(&self.event_time.0.to_le_bytes());
         out.extend_from_slice(&self.record.to_le_bytes());
-        let kind = EVENT_TYPES
+        let kind = EventType::ALL
             .iter()
             .position(|t| *t == self.event_type)
             .unwrap_or(0);
@@ -366,7 +353,7 @@ impl Entry {
             processed: Timestamp(i64_at(12)),
             event_time: Timestamp(i64_at(20)),
             record: u64_at(28),
-            event_type: *EVENT_TYPES.get(bytes[36] as usize)?,
+            event_type: *EventType::ALL.get(bytes[36] as usize)?,
             in_transit: bytes[37] == 1,
             outcome: *OUTCOMES.get(bytes[38] as usize)?,
             quantity: i64_at(39),

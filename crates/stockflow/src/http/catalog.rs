@@ -71,24 +71,12 @@ async fn commit(
     rejected: Vec<Rejected>,
     source: &str,
 ) -> Result<Receipt, ApiError> {
-    let overloaded = |_| {
-        ApiError::overloaded(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "ingest queue is full; retry shortly",
-        )
-    };
-    let stopping = |_| {
-        ApiError::overloaded(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "server is shutting down; retry against a running instance",
-        )
-    };
     state
         .pipeline
         .submit_catalog(changes, rejected, source)
-        .map_err(overloaded)?
+        .map_err(ApiError::queue_full)?
         .await
-        .map_err(stopping)
+        .map_err(ApiError::stopping)
 }
 
 /// One item of a bulk body: its raw text and its JSON, if it is JSON.
@@ -180,14 +168,25 @@ pub async fn post_products(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Receipt>, ApiError> {
-    let (bytes, format) = read_body(&headers, body, state.config.body_bytes_max).await?;
-    let items = items(&bytes, format, state.config.request_events_max)?;
-    let (changes, rejected) = parse_all(items, |v| {
+    post_bulk(&state, &headers, body, "http:/v1/products", |v| {
         parse_product(v, None).map(CatalogChange::Product)
-    });
-    Ok(Json(
-        commit(&state, changes, rejected, "http:/v1/products").await?,
-    ))
+    })
+    .await
+}
+
+/// A bulk body of catalog items: the valid ones committed, the others kept
+/// as dead letters and reported by index.
+async fn post_bulk(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    source: &str,
+    parse: impl Fn(&Value) -> Result<CatalogChange, String>,
+) -> Result<Json<Receipt>, ApiError> {
+    let (bytes, format) = read_body(headers, body, state.config.body_bytes_max).await?;
+    let items = items(&bytes, format, state.config.request_events_max)?;
+    let (changes, rejected) = parse_all(items, parse);
+    Ok(Json(commit(state, changes, rejected, source).await?))
 }
 
 pub async fn get_product(
@@ -273,14 +272,10 @@ pub async fn post_locations(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Receipt>, ApiError> {
-    let (bytes, format) = read_body(&headers, body, state.config.body_bytes_max).await?;
-    let items = items(&bytes, format, state.config.request_events_max)?;
-    let (changes, rejected) = parse_all(items, |v| {
+    post_bulk(&state, &headers, body, "http:/v1/locations", |v| {
         parse_location(v, None).map(CatalogChange::Location)
-    });
-    Ok(Json(
-        commit(&state, changes, rejected, "http:/v1/locations").await?,
-    ))
+    })
+    .await
 }
 
 fn location_totals(state: &AppState, id: &str) -> Option<Totals> {

@@ -41,6 +41,22 @@ impl ApiError {
         )
     }
 
+    /// The ingest queue refused a submission: 503 with Retry-After.
+    pub fn queue_full<E>(_: E) -> ApiError {
+        ApiError::overloaded(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ingest queue is full; retry shortly",
+        )
+    }
+
+    /// The pipeline stopped before answering: 503 with Retry-After.
+    pub fn stopping<E>(_: E) -> ApiError {
+        ApiError::overloaded(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server is shutting down; retry against a running instance",
+        )
+    }
+
     pub fn overloaded(status: StatusCode, message: impl Into<String>) -> ApiError {
         ApiError {
             retry_after: Some(1),

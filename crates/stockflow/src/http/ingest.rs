@@ -147,25 +147,13 @@ async fn ingest(
         parse(&bytes, format)
     };
     let pipeline = &state.pipeline;
-    let overloaded = |_| {
-        ApiError::overloaded(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "ingest queue is full; retry shortly",
-        )
-    };
-    let stopping = |_| {
-        ApiError::overloaded(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "server is shutting down; retry against a running instance",
-        )
-    };
     match parsed {
         Ok(parsed) => {
             let receipt = pipeline
                 .submit(parsed, source)
-                .map_err(overloaded)?
+                .map_err(ApiError::queue_full)?
                 .await
-                .map_err(stopping)?;
+                .map_err(ApiError::stopping)?;
             Ok(Json(receipt))
         }
         Err(error @ BodyError::TooManyEvents { .. }) => Err(ApiError::new(
@@ -181,9 +169,9 @@ async fn ingest(
             };
             pipeline
                 .submit_refused(refused, source)
-                .map_err(overloaded)?
+                .map_err(ApiError::queue_full)?
                 .await
-                .map_err(stopping)?;
+                .map_err(ApiError::stopping)?;
             Err(ApiError::bad_request(error.to_string()))
         }
     }
