@@ -5,7 +5,9 @@
 //! are forgotten after the retention period, oldest first; past the capacity
 //! the oldest are forgotten early, and counted.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
+
+use griddle::HashSet;
 use std::hash::{BuildHasherDefault, Hasher};
 
 use std::sync::Arc;
@@ -147,6 +149,13 @@ impl Dedup {
             capacity,
             evicted_early: 0,
         }
+    }
+
+    /// Sizes the table for `entries` ids in all, so that it does not grow
+    /// before then (see [`crate::limits::DEDUP_PRESIZED_ENTRIES`]).
+    pub fn presize(&mut self, entries: usize) {
+        self.seen
+            .reserve(entries.min(self.capacity).saturating_sub(self.seen.len()));
     }
 
     /// True if `id` is new (and remembers it), false for a duplicate.

@@ -40,6 +40,6 @@ pub use level::{Level, Numbers, Outcome, Rejection};
 pub use orders::{OrderBook, OrderCommand};
 pub use parse::{parse_body, BodyError, BodyFormat, Parsed, Rejected};
 pub use partition::{
-    Change, Exception, LevelView, Partition, PartitionSnapshot, PartitionSnapshotRef, Totals,
+    Change, Exception, LevelView, Partition, PartitionImage, PartitionSnapshot, Totals,
 };
 pub use time::Timestamp;

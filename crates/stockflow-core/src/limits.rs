@@ -42,6 +42,13 @@ pub const DEDUP_RETENTION_NS_DEFAULT: i64 = 7 * 24 * 3600 * 1_000_000_000;
 /// counted in `Dedup::evicted_early`, never silently.
 pub const DEDUP_ENTRIES_MAX_DEFAULT: usize = 100_000_000;
 
+/// EventIds the server's dedup table is sized for at start (~140 MB of
+/// address space, touched as it fills). Growing a table means moving every
+/// id into fresh memory; griddle spreads the moving over later inserts,
+/// but the page faults of the new table still cost ~25 ms per commit for a
+/// few commits, so the first growth is put off to 7.3M ids.
+pub const DEDUP_PRESIZED_ENTRIES: usize = 4_000_000;
+
 /// Longest free-text catalog field (product and location names), in
 /// characters.
 pub const TEXT_CHARS_MAX: usize = 512;

@@ -39,29 +39,51 @@ pub struct PartitionSnapshot {
     pub alerts: Alerts,
 }
 
-/// Serialises as a [`PartitionSnapshot`]; see [`Partition::snapshot`].
-pub struct PartitionSnapshotRef<'a>(&'a Partition);
+/// A point-in-time copy of a partition that serialises as a
+/// [`PartitionSnapshot`]; see [`Partition::snapshot`]. It holds symbols, not
+/// names, so taking it is a copy of the level structs (plus their short
+/// COUNT histories) and reference-count bumps: several times cheaper than
+/// encoding, which then happens off the owner's thread.
+#[derive(Clone, Debug)]
+pub struct PartitionImage {
+    names: Vec<Arc<str>>,
+    levels: Vec<(Sym, Sym, Level)>,
+    history_heads: Vec<u64>,
+    history_end: u64,
+    alerts: Alerts,
+}
 
-impl Serialize for PartitionSnapshotRef<'_> {
+impl PartitionImage {
+    /// Levels in the image; sizes the encoding buffer.
+    pub fn len(&self) -> usize {
+        self.levels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.levels.is_empty()
+    }
+}
+
+impl Serialize for PartitionImage {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        struct Levels<'a>(&'a Partition);
+        struct Levels<'a>(&'a PartitionImage);
         impl Serialize for Levels<'_> {
             fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                let p = self.0;
-                serializer.collect_seq(p.levels.iter().map(|(sku, location, level)| {
+                let image = self.0;
+                serializer.collect_seq(image.levels.iter().map(|(sku, location, level)| {
                     (
-                        &*p.names[*sku as usize],
-                        &*p.names[*location as usize],
+                        &*image.names[*sku as usize],
+                        &*image.names[*location as usize],
                         level,
                     )
                 }))
             }
         }
         let mut snapshot = serializer.serialize_struct("PartitionSnapshot", 4)?;
-        snapshot.serialize_field("levels", &Levels(self.0))?;
-        snapshot.serialize_field("history_heads", &self.0.history_heads)?;
-        snapshot.serialize_field("history_end", &self.0.history_end)?;
-        snapshot.serialize_field("alerts", &self.0.alerts)?;
+        snapshot.serialize_field("levels", &Levels(self))?;
+        snapshot.serialize_field("history_heads", &self.history_heads)?;
+        snapshot.serialize_field("history_end", &self.history_end)?;
+        snapshot.serialize_field("alerts", &self.alerts)?;
         snapshot.end()
     }
 }
@@ -576,11 +598,21 @@ impl Partition {
         (0..self.levels.len() as u32).map(|slot| self.view(slot))
     }
 
-    /// The partition in its stored form, serialised straight from the live
-    /// structures (no copy of the levels), so a checkpoint's pause is just
-    /// the encoding.
-    pub fn snapshot(&self) -> PartitionSnapshotRef<'_> {
-        PartitionSnapshotRef(self)
+    /// The partition as of now, in a form that encodes as its stored
+    /// [`PartitionSnapshot`]. The owner pauses only for the copy; the
+    /// encoding can run elsewhere.
+    pub fn snapshot(&self) -> PartitionImage {
+        PartitionImage {
+            names: self.names.clone(),
+            levels: self.levels.clone(),
+            history_heads: self.history_heads.clone(),
+            history_end: self.history_end,
+            alerts: Alerts {
+                next_seq: self.alerts.next_seq,
+                recent: self.alerts.recent.clone(),
+                active: Default::default(),
+            },
+        }
     }
 
     /// Rebuilds a partition from its stored levels and the catalog as of

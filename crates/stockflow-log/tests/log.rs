@@ -111,3 +111,21 @@ fn snapshots_are_whole_or_rejected() {
         Err(LogError::Corrupt { .. })
     ));
 }
+
+#[test]
+fn remove_gently_deletes_large_files_and_whole_trees() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("old");
+    std::fs::create_dir_all(tree.join("nested")).unwrap();
+    std::fs::write(tree.join("big"), vec![7u8; 20 << 20]).unwrap();
+    std::fs::write(tree.join("nested/small"), b"x").unwrap();
+    let single = dir.path().join("single");
+    std::fs::write(&single, vec![1u8; 9 << 20]).unwrap();
+    stockflow_log::remove_gently(&tree).unwrap();
+    stockflow_log::remove_gently(&single).unwrap();
+    assert!(!tree.exists() && !single.exists());
+    assert!(
+        stockflow_log::remove_gently(&single).is_err(),
+        "a missing path is an error"
+    );
+}

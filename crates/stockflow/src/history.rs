@@ -38,7 +38,7 @@ const BUFFER_BYTES: usize = 256 << 10;
 /// Written bytes after which writeback is started in the background, so a
 /// checkpoint's fsync finds little to do and never floods the disk that
 /// the log's fdatasync waits on (RocksDB calls this `bytes_per_sync`).
-const WRITEBACK_BYTES: u64 = 4 << 20;
+const WRITEBACK_BYTES: u64 = 512 << 10;
 
 pub fn partition_dir(data_dir: &Path, partition: u16) -> PathBuf {
     data_dir.join("history").join(format!("{partition:04}"))
@@ -211,7 +211,11 @@ impl HistoryWriter {
         self.file.flush()?;
         if self.end - self.written_back >= WRITEBACK_BYTES {
             let from = self.written_back.max(self.segment_start);
-            start_writeback(&self.current, from - self.segment_start, self.end - from);
+            stockflow_log::start_writeback(
+                &self.current,
+                from - self.segment_start,
+                self.end - from,
+            );
             self.written_back = self.end;
         }
         Ok(())
@@ -224,27 +228,6 @@ impl HistoryWriter {
         let files = std::mem::replace(&mut self.unsynced, vec![self.current.clone()]);
         Ok((files, self.end))
     }
-}
-
-/// Asks the kernel to start writing a range back without waiting for it.
-fn start_writeback(file: &File, offset: u64, len: u64) {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd;
-        // SAFETY: sync_file_range only reads its integer arguments and the
-        // descriptor, which `file` keeps open for the call. A failure only
-        // means the checkpoint's fsync does the work instead.
-        unsafe {
-            libc::sync_file_range(
-                file.as_raw_fd(),
-                offset as libc::off64_t,
-                len as libc::off64_t,
-                libc::SYNC_FILE_RANGE_WRITE,
-            );
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = (file, offset, len);
 }
 
 /// Deletes a partition's segments whose every entry is older than
@@ -261,7 +244,7 @@ pub fn compact(data_dir: &Path, partition: u16, horizon: Timestamp) -> std::io::
         let first_of_next = read_at(next_path, *next_start, *next_start)?;
         match first_of_next {
             Some(entry) if entry.processed < horizon => {
-                fs::remove_file(path)?;
+                stockflow_log::remove_gently(path).map_err(std::io::Error::other)?;
                 deleted += 1;
             }
             _ => break,

@@ -164,6 +164,7 @@ impl Pipeline {
             events_since_checkpoint,
             lock,
             history,
+            checkpoint_spread: _,
         } = recovered;
         let shared = Arc::new(Shared {
             partitions: engine.partitions.into_iter().map(RwLock::new).collect(),
@@ -606,6 +607,7 @@ impl Sequencer {
     fn checkpoint(&mut self, next: &Sender<Stage>) {
         let meta = CheckpointMeta {
             next_record: self.log.next_record(),
+            partition_records: vec![self.log.next_record(); self.partitions as usize],
             next_dead_letter_id: self.next_dead_letter_id,
             last_now: self.last_now,
             partitions: self.partitions,
@@ -708,6 +710,12 @@ fn syncer(input: &Receiver<Stage>, appliers: &[Sender<Stage>], shared: &Shared) 
 /// appliers meet after the group's events; one decides the orders against
 /// every partition at that log position; then each applies the decisions
 /// to its partitions.
+///
+/// A checkpoint's partition copies are spread out: one whenever the input
+/// is idle, else one before each group, and all that are left before a
+/// group with an order step or a catalog change (see [`CheckpointMeta`]).
+/// Copying every partition at once held up the group behind it by tens of
+/// milliseconds.
 fn applier(
     worker: usize,
     mut owned: Vec<(u16, HistoryWriter)>,
@@ -717,9 +725,17 @@ fn applier(
 ) {
     let mut found = Vec::new();
     let mut changes = Vec::new();
-    while let Ok(stage) = input.recv() {
+    let mut pending = PendingCheckpoint::default();
+    loop {
+        while input.is_empty() && pending.copy_one(&mut owned, shared) {}
+        let Ok(stage) = input.recv() else { break };
         match stage {
             Stage::Group(group) => {
+                if group.serial || !group.catalog.is_empty() {
+                    pending.copy_all(&mut owned, shared);
+                } else {
+                    pending.copy_one(&mut owned, shared);
+                }
                 let mut exceptions = Vec::new();
                 for (id, history) in &mut owned {
                     let mut partition = shared.partitions[*id as usize].write();
@@ -775,6 +791,7 @@ fn applier(
                         poison("history write failed", &error);
                     }
                 }
+                pending.next_record = group.file.record + 1;
                 if !exceptions.is_empty() {
                     group.exceptions.lock().extend(exceptions);
                 }
@@ -783,20 +800,54 @@ fn applier(
                 }
             }
             Stage::Checkpoint(job) => {
-                for (id, history) in &mut owned {
-                    let (files, end) = match history.checkpoint() {
-                        Ok(done) => done,
-                        Err(error) => poison("history write failed", &error),
-                    };
-                    let mut partition = shared.partitions[*id as usize].write();
-                    partition.history_end = end;
-                    job.write_partition(*id, &partition, files);
-                }
+                // A checkpoint still being spread is finished first: parts
+                // of two checkpoints must not interleave.
+                pending.copy_all(&mut owned, shared);
                 if worker == 0 {
                     job.write_orders(&shared.orders.read());
                 }
+                pending.next_record = job.next_record();
+                pending.left = (0..owned.len()).collect();
+                pending.job = Some(job);
             }
         }
+    }
+    pending.copy_all(&mut owned, shared);
+}
+
+/// The partitions of one applier that a checkpoint still has to copy.
+#[derive(Default)]
+struct PendingCheckpoint {
+    job: Option<Arc<CheckpointJob>>,
+    /// Indexes into the applier's owned partitions.
+    left: Vec<usize>,
+    /// The log record the applier applies next: the position of a copy
+    /// taken now.
+    next_record: u64,
+}
+
+impl PendingCheckpoint {
+    /// Copies one partition into the checkpoint; false if none is left.
+    fn copy_one(&mut self, owned: &mut [(u16, HistoryWriter)], shared: &Shared) -> bool {
+        let (Some(job), Some(index)) = (&self.job, self.left.pop()) else {
+            return false;
+        };
+        let (id, history) = &mut owned[index];
+        let (files, end) = match history.checkpoint() {
+            Ok(done) => done,
+            Err(error) => poison("history write failed", &error),
+        };
+        let mut partition = shared.partitions[*id as usize].write();
+        partition.history_end = end;
+        job.write_partition(*id, &partition, self.next_record, files);
+        if self.left.is_empty() {
+            self.job = None;
+        }
+        true
+    }
+
+    fn copy_all(&mut self, owned: &mut [(u16, HistoryWriter)], shared: &Shared) {
+        while self.copy_one(owned, shared) {}
     }
 }
 
