@@ -116,6 +116,9 @@ pub struct Location {
     pub region: Option<String>,
     pub channel: Option<String>,
     pub city: Option<String>,
+    /// Overrides the products' low-stock threshold for stock held here
+    /// (a small store alerts earlier than a warehouse).
+    pub low_stock_threshold: Option<i64>,
     pub updated_at: Timestamp,
 }
 
@@ -142,6 +145,7 @@ impl Location {
             region: None,
             channel: None,
             city: None,
+            low_stock_threshold: None,
             updated_at: Timestamp(0),
         }
     }
@@ -194,11 +198,23 @@ impl Catalog {
         }
     }
 
-    pub fn policy(&self, sku: &str) -> Policy {
-        self.products
+    /// The stock rules of `sku` at `location`: the product's, with the
+    /// location's low-stock threshold, if it sets one, in place of the
+    /// product's.
+    pub fn policy(&self, sku: &str, location: &str) -> Policy {
+        let mut policy = self
+            .products
             .get(sku)
             .map(Product::policy)
-            .unwrap_or_default()
+            .unwrap_or_default();
+        if let Some(threshold) = self
+            .locations
+            .get(location)
+            .and_then(|l| l.low_stock_threshold)
+        {
+            policy.low_stock_threshold = threshold;
+        }
+        policy
     }
 }
 
@@ -293,6 +309,7 @@ pub fn parse_location(value: &Value, id: Option<&str>) -> Result<Location, Strin
         region: optional_text(object, "region", ID_CHARS_MAX)?,
         channel: optional_text(object, "channel", ID_CHARS_MAX)?,
         city: optional_text(object, "city", ID_CHARS_MAX)?,
+        low_stock_threshold: non_negative(object, "lowStockThreshold")?,
         updated_at: Timestamp(0),
     })
 }

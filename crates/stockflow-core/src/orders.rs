@@ -548,7 +548,7 @@ impl<P: std::ops::Deref<Target = crate::partition::Partition>> StockView for Sto
     fn free(&self, sku: &str, location: &str) -> i64 {
         let p = crate::engine::route(sku, location, self.partitions.len() as u16);
         match self.partitions[p as usize].numbers(sku, location) {
-            Some(n) => n.on_hand - n.reserved - self.catalog.policy(sku).safety_stock,
+            Some(n) => n.on_hand - n.reserved - self.catalog.policy(sku, location).safety_stock,
             None => 0,
         }
     }

@@ -132,6 +132,8 @@ pub struct Partition {
     group_totals: FxHashMap<Sym, Vec<(Sym, Totals)>>,
     /// Products whose policy differs from the default, from the catalog.
     policies: FxHashMap<Sym, Policy>,
+    /// Locations whose low-stock threshold overrides their products'.
+    location_thresholds: FxHashMap<Sym, i64>,
     /// Groups of each location the catalog describes; others are in
     /// `type:unknown` only.
     location_groups: FxHashMap<Sym, Vec<Sym>>,
@@ -161,6 +163,7 @@ impl Default for Partition {
             group_totals: FxHashMap::default(),
             policies: FxHashMap::default(),
             location_groups: FxHashMap::default(),
+            location_thresholds: FxHashMap::default(),
             unknown_type: 0,
             history_heads: Vec::new(),
             history_end: 0,
@@ -317,7 +320,7 @@ impl Partition {
                 .entry(location_sym)
                 .or_default()
                 .insert(sku_name, slot);
-            let created = Totals::of(&Numbers::default(), self.policy(sku_sym));
+            let created = Totals::of(&Numbers::default(), self.policy(sku_sym, location_sym));
             self.add_to_rollups(sku_sym, location_sym, &created);
         }
         slot
@@ -374,7 +377,8 @@ impl Partition {
 
     /// The policy of the product of the level at `slot`.
     pub fn policy_of(&self, slot: u32) -> Policy {
-        self.policy(self.levels[slot as usize].0)
+        let (sku, location, _) = &self.levels[slot as usize];
+        self.policy(*sku, *location)
     }
 
     /// The shell's history cursor of the level at `slot` (0 = none).
@@ -394,8 +398,13 @@ impl Partition {
             .map(|slot| self.history_heads[*slot as usize])
     }
 
-    fn policy(&self, sku: Sym) -> Policy {
-        self.policies.get(&sku).copied().unwrap_or_default()
+    /// As [`Catalog::policy`], from this partition's copy of the rules.
+    fn policy(&self, sku: Sym, location: Sym) -> Policy {
+        let mut policy = self.policies.get(&sku).copied().unwrap_or_default();
+        if let Some(threshold) = self.location_thresholds.get(&location) {
+            policy.low_stock_threshold = *threshold;
+        }
+        policy
     }
 
     /// Moves the roll-ups by what changed at `slot` since `before`.
@@ -406,7 +415,7 @@ impl Partition {
             return;
         }
         let (sku, location) = (*sku, *location);
-        let policy = self.policy(sku);
+        let policy = self.policy(sku, location);
         let delta = Totals::of(&after, policy).minus(&Totals::of(before, policy));
         self.add_to_rollups(sku, location, &delta);
     }
@@ -431,79 +440,68 @@ impl Partition {
         }
     }
 
-    /// Applies a catalog change: a product's policy or a location's groups
-    /// changed, so the roll-ups of its levels move.
+    /// Applies a catalog change: a product's policy, or a location's groups
+    /// or threshold, changed, so the roll-ups of its levels move.
     pub fn apply_catalog(&mut self, change: &CatalogChange) {
         match change {
-            CatalogChange::Product(product) => self.set_policy(&product.sku, product.policy()),
-            CatalogChange::Location(location) => {
-                self.set_groups(&location.location_id, &location.groups())
-            }
-        }
-    }
-
-    fn set_policy(&mut self, sku: &str, policy: Policy) {
-        let sku = self.intern(sku);
-        let old = self.policy(sku);
-        if old == policy {
-            return;
-        }
-        for slot in self.by_sku.get(&sku).cloned().unwrap_or_default() {
-            let (_, location, level) = &self.levels[slot as usize];
-            let n = level.numbers();
-            let delta = Totals::of(&n, policy).minus(&Totals::of(&n, old));
-            let location = *location;
-            self.add_to_rollups(sku, location, &delta);
-        }
-        if policy == Policy::default() {
-            self.policies.remove(&sku);
-        } else {
-            self.policies.insert(sku, policy);
-        }
-    }
-
-    fn set_groups(&mut self, location: &str, groups: &[String]) {
-        let location = self.intern(location);
-        let groups: Vec<Sym> = groups.iter().map(|g| self.intern(g)).collect();
-        let slots: Vec<u32> = self
-            .by_location
-            .get(&location)
-            .map(|levels| levels.values().copied().collect())
-            .unwrap_or_default();
-        // Take the levels out of their old groups, switch, put them back.
-        for slot in &slots {
-            let (sku, _, level) = &self.levels[*slot as usize];
-            let removed = Totals::default().minus(&Totals::of(&level.numbers(), self.policy(*sku)));
-            let sku = *sku;
-            self.add_to_groups(sku, location, &removed);
-        }
-        self.location_groups.insert(location, groups);
-        for slot in &slots {
-            let (sku, _, level) = &self.levels[*slot as usize];
-            let added = Totals::of(&level.numbers(), self.policy(*sku));
-            let sku = *sku;
-            self.add_to_groups(sku, location, &added);
-        }
-    }
-
-    /// Like [`Partition::add_to_rollups`] for the group roll-ups only.
-    fn add_to_groups(&mut self, sku: Sym, location: Sym, delta: &Totals) {
-        let groups = match self.location_groups.get(&location) {
-            Some(groups) => groups.clone(),
-            None => vec![self.unknown_type],
-        };
-        let per_sku = self.group_totals.entry(sku).or_default();
-        for group in groups {
-            match per_sku.iter_mut().find(|(g, _)| *g == group) {
-                Some((_, totals)) => totals.add(delta),
-                None => {
-                    let mut totals = Totals::default();
-                    totals.add(delta);
-                    per_sku.push((group, totals));
+            CatalogChange::Product(product) => {
+                let (sku, policy) = (self.intern(&product.sku), product.policy());
+                if self.policies.get(&sku).copied().unwrap_or_default() == policy {
+                    return;
                 }
+                let slots = self.by_sku.get(&sku).cloned().unwrap_or_default();
+                self.regroup(&slots, |p| {
+                    if policy == Policy::default() {
+                        p.policies.remove(&sku);
+                    } else {
+                        p.policies.insert(sku, policy);
+                    }
+                });
+            }
+            CatalogChange::Location(location) => {
+                let id = self.intern(&location.location_id);
+                let groups: Vec<Sym> = location.groups().iter().map(|g| self.intern(g)).collect();
+                let threshold = location.low_stock_threshold;
+                let slots: Vec<u32> = self
+                    .by_location
+                    .get(&id)
+                    .map(|levels| levels.values().copied().collect())
+                    .unwrap_or_default();
+                self.regroup(&slots, |p| {
+                    p.location_groups.insert(id, groups);
+                    match threshold {
+                        Some(t) => p.location_thresholds.insert(id, t),
+                        None => p.location_thresholds.remove(&id),
+                    };
+                });
             }
         }
-        per_sku.retain(|(_, t)| !t.is_zero());
+    }
+
+    /// Takes `slots` out of every roll-up, lets `change` alter the rules
+    /// (policies, groups, thresholds), and puts them back under the new
+    /// rules; groups left empty are dropped.
+    fn regroup(&mut self, slots: &[u32], change: impl FnOnce(&mut Partition)) {
+        for &slot in slots {
+            let (sku, location, level) = &self.levels[slot as usize];
+            let (sku, location) = (*sku, *location);
+            let removed =
+                Totals::default().minus(&Totals::of(&level.numbers(), self.policy(sku, location)));
+            self.add_to_rollups(sku, location, &removed);
+        }
+        change(self);
+        for &slot in slots {
+            let (sku, location, level) = &self.levels[slot as usize];
+            let (sku, location) = (*sku, *location);
+            let added = Totals::of(&level.numbers(), self.policy(sku, location));
+            self.add_to_rollups(sku, location, &added);
+        }
+        for &slot in slots {
+            let sku = self.levels[slot as usize].0;
+            if let Some(groups) = self.group_totals.get_mut(&sku) {
+                groups.retain(|(_, t)| !t.is_zero());
+            }
+        }
     }
 
     /// Rebuilds every roll-up from the levels.
@@ -513,7 +511,7 @@ impl Partition {
         self.group_totals.clear();
         for slot in 0..self.levels.len() {
             let (sku, location, level) = &self.levels[slot];
-            let totals = Totals::of(&level.numbers(), self.policy(*sku));
+            let totals = Totals::of(&level.numbers(), self.policy(*sku, *location));
             let (sku, location) = (*sku, *location);
             self.add_to_rollups(sku, location, &totals);
         }
@@ -634,6 +632,9 @@ impl Partition {
                 .map(|g| partition.intern(g))
                 .collect();
             partition.location_groups.insert(id, groups);
+            if let Some(threshold) = location.low_stock_threshold {
+                partition.location_thresholds.insert(id, threshold);
+            }
         }
         for (sku, location, level) in snapshot.levels {
             let slot = partition.slot(&sku, &location);

@@ -171,15 +171,23 @@ fn event() -> impl Strategy<Value = Ev> {
 /// half-way through a run.
 type Checkpoint = (Vec<u8>, Vec<Vec<u8>>, Vec<u8>, usize);
 
-/// A catalog change the proptest may interleave: a location's type and
-/// region, or a product's threshold and safety stock.
+/// A catalog change the proptest may interleave: a location's type,
+/// region and threshold override, or a product's threshold and safety
+/// stock.
 fn catalog_change() -> impl Strategy<Value = CatalogChange> {
-    let location = (0usize..4, 0usize..3, prop::option::of(0usize..2)).prop_map(|(l, t, r)| {
-        let mut location = Location::unknown(["S1", "S2", "S3", "DC"][l]);
-        location.kind = [LocationType::Store, LocationType::Dc, LocationType::Online][t];
-        location.region = r.map(|r| ["East", "West"][r].to_owned());
-        CatalogChange::Location(location)
-    });
+    let location = (
+        0usize..4,
+        0usize..3,
+        prop::option::of(0usize..2),
+        prop::option::of(0i64..8),
+    )
+        .prop_map(|(l, t, r, threshold)| {
+            let mut location = Location::unknown(["S1", "S2", "S3", "DC"][l]);
+            location.kind = [LocationType::Store, LocationType::Dc, LocationType::Online][t];
+            location.region = r.map(|r| ["East", "West"][r].to_owned());
+            location.low_stock_threshold = threshold;
+            CatalogChange::Location(location)
+        });
     let product = (0usize..2, prop::option::of(0i64..8), prop::option::of(0i64..4)).prop_map(
         |(p, threshold, safety)| {
             let value = serde_json::json!({"name": "x", "lowStockThreshold": threshold, "safetyStock": safety});
@@ -196,7 +204,10 @@ fn check_rollups(engine: &Engine) -> Result<(), TestCaseError> {
     let mut by_location: BTreeMap<String, Totals> = BTreeMap::new();
     let mut by_group: BTreeMap<(String, String), Totals> = BTreeMap::new();
     for view in engine.levels() {
-        let totals = Totals::of(&view.level.numbers(), engine.catalog.policy(&view.sku));
+        let totals = Totals::of(
+            &view.level.numbers(),
+            engine.catalog.policy(&view.sku, &view.location_id),
+        );
         by_sku.entry(view.sku.to_string()).or_default().add(&totals);
         by_location
             .entry(view.location_id.to_string())

@@ -61,6 +61,7 @@ pub fn location_json(location: &Location) -> Value {
         "region": location.region,
         "channel": location.channel,
         "city": location.city,
+        "lowStockThreshold": location.low_stock_threshold,
     })
 }
 

@@ -60,7 +60,10 @@ fn run(state: &AppState, strict: bool) -> Value {
             } else if reserved > holds {
                 unheld += 1;
             }
-            let totals = Totals::of(&view.level.numbers(), catalog.policy(&view.sku));
+            let totals = Totals::of(
+                &view.level.numbers(),
+                catalog.policy(&view.sku, &view.location_id),
+            );
             by_sku.entry(key.0).or_default().add(&totals);
             by_location.entry(key.1).or_default().add(&totals);
         }

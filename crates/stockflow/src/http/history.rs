@@ -97,7 +97,7 @@ pub async fn history(
                 ApiError::bad_request("before must be a nextBefore value of this level's history")
             })?,
     };
-    let policy = state.pipeline.shared.catalog.read().policy(&sku);
+    let policy = super::query::policy(&state, &sku, &location);
     let reader = reader(&state, partition)?;
     let (entries, next) =
         tokio::task::block_in_place(|| reader.walk(start, limit)).map_err(io_error)?;
@@ -146,7 +146,7 @@ pub fn level_as_of(
     if entry.is_none() && at < horizon {
         return Err(too_old(state, at));
     }
-    let policy = state.pipeline.shared.catalog.read().policy(sku);
+    let policy = super::query::policy(state, sku, location);
     let mut level = numbers_json(&numbers, policy);
     level["sku"] = json!(sku);
     level["locationId"] = json!(location);
@@ -206,10 +206,7 @@ pub async fn sku_at(state: &AppState, sku: &str, text: &str) -> Result<Json<Valu
                 reserved: level["reserved"].as_i64().unwrap_or(0),
                 in_transit: level["inTransit"].as_i64().unwrap_or(0),
             };
-            totals.add(&Totals::of(
-                &n,
-                state.pipeline.shared.catalog.read().policy(sku),
-            ));
+            totals.add(&Totals::of(&n, super::query::policy(state, sku, location)));
             levels.push(level);
         }
     }

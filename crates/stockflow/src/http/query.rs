@@ -33,8 +33,11 @@ pub fn level_json(view: &LevelView, policy: Policy) -> Value {
     level
 }
 
-fn policy(state: &AppState, sku: &str) -> Policy {
-    state.pipeline.shared.catalog.read().policy(sku)
+/// The stock rules of `sku` at `location` (see [`Catalog::policy`]).
+///
+/// [`Catalog::policy`]: stockflow_core::Catalog::policy
+pub fn policy(state: &AppState, sku: &str, location: &str) -> Policy {
+    state.pipeline.shared.catalog.read().policy(sku, location)
 }
 
 pub async fn level(
@@ -50,7 +53,7 @@ pub async fn level(
     let view = shared.partitions[partition as usize]
         .read()
         .get(&sku, &location);
-    let policy = policy(&state, &sku);
+    let policy = policy(&state, &sku, &location);
     view.map(|v| Json(level_json(&v, policy))).ok_or_else(|| {
         ApiError::not_found(format!(
             "no stock level for sku {sku:?} at location {location:?}"
@@ -76,15 +79,19 @@ pub async fn sku(
         )));
     }
     views.sort_by(|a, b| a.location_id.cmp(&b.location_id));
-    let policy = policy(&state, &sku);
+    let catalog = state.pipeline.shared.catalog.read();
     let mut totals = Totals::default();
+    let mut locations = Vec::with_capacity(views.len());
     for v in &views {
+        let policy = catalog.policy(&sku, &v.location_id);
         totals.add(&Totals::of(&v.level.numbers(), policy));
+        locations.push(level_json(v, policy));
     }
+    drop(catalog);
     Ok(Json(json!({
         "sku": sku,
         "totals": {"onHand": totals.on_hand, "reserved": totals.reserved, "available": totals.available, "inTransit": totals.in_transit},
-        "locations": views.iter().map(|v| level_json(v, policy)).collect::<Vec<_>>(),
+        "locations": locations,
     })))
 }
 
@@ -136,7 +143,7 @@ pub async fn location(
         let catalog = state.pipeline.shared.catalog.read();
         views
             .iter()
-            .map(|v| level_json(v, catalog.policy(&v.sku)))
+            .map(|v| level_json(v, catalog.policy(&v.sku, &v.location_id)))
             .collect()
     };
     Ok(Json(json!({

@@ -133,3 +133,66 @@ async fn active_alerts_are_rebuilt_from_the_levels_after_a_restart() {
         server.stop().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_location_threshold_overrides_the_products() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), |_| {}).await;
+    let url = server.url();
+    let client = reqwest::Client::new();
+    client
+        .put(format!("{url}/v1/products/OV"))
+        .json(&json!({"name": "Kettle", "lowStockThreshold": 10}))
+        .send()
+        .await
+        .unwrap();
+    // The small store alerts at 3; the warehouse keeps the product's 10.
+    let response = client
+        .put(format!("{url}/v1/locations/SMALL"))
+        .json(&json!({"type": "store", "lowStockThreshold": 3}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    for location in ["SMALL", "WH"] {
+        post(
+            &url,
+            "application/json",
+            event(&format!("ov-r-{location}"), "RECEIPT", "OV", location, 12),
+        )
+        .await;
+        post(
+            &url,
+            "application/json",
+            event(&format!("ov-s-{location}"), "SALE", "OV", location, 7),
+        )
+        .await;
+    }
+    let (_, active) = get(&url, "/v1/alerts?active=true&sku=OV").await;
+    let at: Vec<&str> = active["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["locationId"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        at,
+        ["WH"],
+        "5 left is low at WH (10) but not at SMALL (3): {active}"
+    );
+    let (_, location) = get(&url, "/v1/locations/SMALL").await;
+    assert_eq!(location["lowStockThreshold"], 3);
+    // Lowering SMALL further crosses its own line; the roll-ups agree.
+    post(
+        &url,
+        "application/json",
+        event("ov-s2", "SALE", "OV", "SMALL", 3),
+    )
+    .await;
+    let (_, active) = get(&url, "/v1/alerts?active=true&sku=OV&locationId=SMALL").await;
+    // 2 left: below 3, above half of it.
+    assert_eq!(kinds(&active), [k("LOW_STOCK", "raised", "WARNING")]);
+    let (_, check) = get(&url, "/v1/check").await;
+    assert_eq!(check["ok"], true, "{check}");
+    server.stop().await.unwrap();
+}
