@@ -14,6 +14,12 @@ pub enum AlertKind {
     OutOfStock,
     BackInStock,
     NegativeOnHand,
+    /// No change to the level for [`TimerRules::stale_after_ns`].
+    Stale,
+    /// [`TimerRules::burst_rejections`] reservations refused for lack of
+    /// stock within [`TimerRules::burst_window_ns`]: demand the level
+    /// cannot serve. Cleared after a window with no refusal.
+    ReservationRejected,
 }
 
 impl AlertKind {
@@ -23,6 +29,8 @@ impl AlertKind {
             AlertKind::OutOfStock => "OUT_OF_STOCK",
             AlertKind::BackInStock => "BACK_IN_STOCK",
             AlertKind::NegativeOnHand => "NEGATIVE_ON_HAND",
+            AlertKind::Stale => "STALE",
+            AlertKind::ReservationRejected => "RESERVATION_REJECTED",
         }
     }
 
@@ -32,6 +40,8 @@ impl AlertKind {
             AlertKind::OutOfStock,
             AlertKind::BackInStock,
             AlertKind::NegativeOnHand,
+            AlertKind::Stale,
+            AlertKind::ReservationRejected,
         ]
         .into_iter()
         .find(|k| k.as_str() == text)
@@ -74,6 +84,39 @@ impl Transition {
             Transition::Fired => "fired",
         }
     }
+}
+
+/// The rules of the alerts that time raises. Part of the engine's
+/// configuration: live processing and replay must use the same ones.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimerRules {
+    /// A level with no change for this long is STALE (0: never).
+    pub stale_after_ns: i64,
+    /// Refused reservations that make a burst (0: no burst alerts).
+    pub burst_rejections: u32,
+    /// The window a burst's refusals fall in, and the quiet time that
+    /// clears it.
+    pub burst_window_ns: i64,
+}
+
+impl Default for TimerRules {
+    fn default() -> TimerRules {
+        TimerRules {
+            stale_after_ns: crate::limits::STALE_AFTER_NS_DEFAULT,
+            burst_rejections: crate::limits::BURST_REJECTIONS_DEFAULT,
+            burst_window_ns: crate::limits::BURST_WINDOW_NS_DEFAULT,
+        }
+    }
+}
+
+/// Refused reservations at one level, within the current window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Burst {
+    pub window_start: crate::time::Timestamp,
+    pub last: crate::time::Timestamp,
+    pub count: u32,
+    /// A RESERVATION_REJECTED alert is raised for it.
+    pub raised: bool,
 }
 
 /// One alert event, as kept with its partition.
@@ -170,7 +213,7 @@ pub fn transitions(
     fresh: bool,
     out: &mut Vec<(AlertKind, Transition, Severity)>,
 ) {
-    if before == after {
+    if before == after && !fresh {
         return;
     }
     let (was, is) = (policy.available(before), policy.available(after));

@@ -31,6 +31,7 @@ pub struct EngineConfig {
     pub partitions: u16,
     pub dedup_retention_ns: i64,
     pub dedup_capacity: usize,
+    pub timers: crate::alerts::TimerRules,
 }
 
 impl Default for EngineConfig {
@@ -39,6 +40,7 @@ impl Default for EngineConfig {
             partitions: PARTITIONS_DEFAULT,
             dedup_retention_ns: DEDUP_RETENTION_NS_DEFAULT,
             dedup_capacity: DEDUP_ENTRIES_MAX_DEFAULT,
+            timers: crate::alerts::TimerRules::default(),
         }
     }
 }
@@ -89,7 +91,11 @@ impl Engine {
             config,
             dedup: Dedup::new(config.dedup_retention_ns, config.dedup_capacity),
             partitions: (0..config.partitions)
-                .map(|_| Partition::default())
+                .map(|_| {
+                    let mut partition = Partition::default();
+                    partition.set_timer_rules(config.timers);
+                    partition
+                })
                 .collect(),
             catalog: Catalog::default(),
             orders: OrderBook::default(),
@@ -102,7 +108,7 @@ impl Engine {
         for change in changes {
             self.catalog.apply(change, now);
             for partition in &mut self.partitions {
-                partition.apply_catalog(change);
+                partition.apply_catalog(change, now);
             }
         }
     }
@@ -135,6 +141,7 @@ impl Engine {
         let mut changes = Vec::new();
         for (id, partition) in self.partitions.iter_mut().enumerate() {
             partition.apply_batch(id as u16, batch, now, &mut exceptions, &mut changes);
+            partition.tick(now);
             changes.clear();
         }
         exceptions.sort_by_key(|e| e.position);

@@ -59,3 +59,12 @@ pub const PRICE_HISTORY_MAX: usize = 100;
 /// Alert events kept per partition for GET /v1/alerts (active alerts are
 /// always kept, whatever their age).
 pub const ALERTS_KEPT_PER_PARTITION: usize = 2_000;
+
+/// A level with no change for this long raises STALE.
+pub const STALE_AFTER_NS_DEFAULT: i64 = 3600 * 1_000_000_000;
+
+/// Refused reservations within [`BURST_WINDOW_NS_DEFAULT`] that raise
+/// RESERVATION_REJECTED.
+pub const BURST_REJECTIONS_DEFAULT: u32 = 5;
+
+pub const BURST_WINDOW_NS_DEFAULT: i64 = 60 * 1_000_000_000;

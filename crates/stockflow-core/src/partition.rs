@@ -9,10 +9,10 @@ use rustc_hash::FxHashMap;
 use serde::ser::SerializeStruct;
 use serde::{Deserialize, Serialize, Serializer};
 
-use crate::alerts::{Alert, AlertKind, Alerts, Severity, Transition};
+use crate::alerts::{Alert, AlertKind, Alerts, Burst, Severity, TimerRules, Transition};
 use crate::catalog::{Catalog, CatalogChange, Policy};
 use crate::event::{Batch, EventType};
-use crate::level::{Level, Numbers, Outcome};
+use crate::level::{Level, Numbers, Outcome, Rejection};
 use crate::time::Timestamp;
 
 /// An interned name (sku or locationId) within one partition.
@@ -37,6 +37,17 @@ pub struct PartitionSnapshot {
     /// The shell's history end for this partition at the snapshot.
     pub history_end: u64,
     pub alerts: Alerts,
+    pub timers: TimerState,
+}
+
+/// What the time-driven alerts must remember across a restart; the rest
+/// (which levels are due when) is rebuilt from the levels.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct TimerState {
+    /// `now` of the last [`Partition::tick`].
+    pub last_tick: Timestamp,
+    /// Levels with refused reservations in their current window.
+    pub bursts: Vec<(u32, Burst)>,
 }
 
 /// A point-in-time copy of a partition that serialises as a
@@ -51,6 +62,7 @@ pub struct PartitionImage {
     history_heads: Vec<u64>,
     history_end: u64,
     alerts: Alerts,
+    timers: TimerState,
 }
 
 impl PartitionImage {
@@ -79,11 +91,12 @@ impl Serialize for PartitionImage {
                 }))
             }
         }
-        let mut snapshot = serializer.serialize_struct("PartitionSnapshot", 4)?;
+        let mut snapshot = serializer.serialize_struct("PartitionSnapshot", 5)?;
         snapshot.serialize_field("levels", &Levels(self))?;
         snapshot.serialize_field("history_heads", &self.history_heads)?;
         snapshot.serialize_field("history_end", &self.history_end)?;
         snapshot.serialize_field("alerts", &self.alerts)?;
+        snapshot.serialize_field("timers", &self.timers)?;
         snapshot.end()
     }
 }
@@ -147,7 +160,32 @@ pub struct Partition {
     pub alerts: Alerts,
     /// Scratch for alert transitions (no allocation per change).
     transitions: Vec<(AlertKind, Transition, Severity)>,
+    timers: Timers,
 }
+
+/// The time-driven alerts of a partition: STALE levels and the end of
+/// RESERVATION_REJECTED bursts. A heap of due times, at most one entry per
+/// level and kind, checked lazily: an entry that comes due re-reads the
+/// level and is pushed again if the level moved on meanwhile. So a change
+/// costs a flag test, not a heap operation.
+#[derive(Debug, Default)]
+struct Timers {
+    rules: TimerRules,
+    due: std::collections::BinaryHeap<std::cmp::Reverse<(Timestamp, u32, TimerKind)>>,
+    /// Per slot: [`STALE_QUEUED`], [`STALE_RAISED`].
+    flags: Vec<u8>,
+    bursts: FxHashMap<u32, Burst>,
+    last_tick: Timestamp,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum TimerKind {
+    Stale,
+    BurstEnd,
+}
+
+const STALE_QUEUED: u8 = 1;
+const STALE_RAISED: u8 = 2;
 
 impl Default for Partition {
     fn default() -> Partition {
@@ -169,6 +207,7 @@ impl Default for Partition {
             history_end: 0,
             alerts: Alerts::default(),
             transitions: Vec::new(),
+            timers: Timers::default(),
         };
         partition.unknown_type = partition.intern(UNKNOWN_TYPE_GROUP);
         partition
@@ -314,6 +353,7 @@ impl Partition {
         if slot == next {
             self.levels.push((sku_sym, location_sym, Level::default()));
             self.history_heads.push(0);
+            self.timers.flags.push(0);
             self.by_sku.entry(sku_sym).or_default().push(slot);
             let sku_name = self.names[sku_sym as usize].clone();
             self.by_location
@@ -349,7 +389,10 @@ impl Partition {
         });
         let policy = self.policy_of(slot);
         self.transitions.clear();
-        let fresh = before == Numbers::default() && self.levels[slot as usize].2.version <= 1;
+        // Its first change: even one that leaves it at zero (a RELEASE on a
+        // new level) shows a level that is out of stock, as a restart
+        // derives it. A level never changed (version 0) has no state.
+        let fresh = before == Numbers::default() && self.levels[slot as usize].2.version == 1;
         crate::alerts::transitions(&before, &after, policy, fresh, &mut self.transitions);
         for i in 0..self.transitions.len() {
             let (kind, transition, severity) = self.transitions[i];
@@ -366,6 +409,214 @@ impl Partition {
                 event_id: batch.event_id(position).into(),
             };
             self.alerts.push(alert);
+        }
+        self.timers_after_change(slot, outcome, batch, position, now);
+    }
+
+    /// Keeps the time-driven alerts of `slot` in step with a change: a
+    /// STALE level is fresh again, a changed level is due to go stale, a
+    /// refused reservation counts toward a burst.
+    fn timers_after_change(
+        &mut self,
+        slot: u32,
+        outcome: Outcome,
+        batch: &Batch,
+        position: usize,
+        now: Timestamp,
+    ) {
+        let rules = self.timers.rules;
+        if matches!(outcome, Outcome::Rejected(Rejection::InsufficientStock))
+            && rules.burst_rejections > 0
+        {
+            let burst = self.timers.bursts.entry(slot).or_insert(Burst {
+                window_start: now,
+                last: now,
+                count: 0,
+                raised: false,
+            });
+            if now.0 - burst.window_start.0 > rules.burst_window_ns && !burst.raised {
+                (burst.window_start, burst.count) = (now, 0);
+            }
+            let first = burst.count == 0;
+            burst.count += 1;
+            burst.last = now;
+            let raise = burst.count >= rules.burst_rejections && !burst.raised;
+            burst.raised |= raise;
+            if first {
+                self.timers.due.push(std::cmp::Reverse((
+                    Timestamp(now.0.saturating_add(rules.burst_window_ns)),
+                    slot,
+                    TimerKind::BurstEnd,
+                )));
+            }
+            if raise {
+                let event_id = batch.event_id(position).into();
+                self.push_alert(
+                    slot,
+                    AlertKind::ReservationRejected,
+                    Transition::Raised,
+                    Severity::Warning,
+                    now,
+                    event_id,
+                );
+            }
+            return;
+        }
+        let level = &self.levels[slot as usize].2;
+        if level.updated_at != now || rules.stale_after_ns <= 0 {
+            return; // nothing changed here
+        }
+        let flags = self.timers.flags[slot as usize];
+        if flags & STALE_RAISED != 0 {
+            let event_id = batch.event_id(position).into();
+            self.push_alert(
+                slot,
+                AlertKind::Stale,
+                Transition::Cleared,
+                Severity::Info,
+                now,
+                event_id,
+            );
+        }
+        if flags & STALE_QUEUED == 0 {
+            self.timers.due.push(std::cmp::Reverse((
+                Timestamp(now.0.saturating_add(rules.stale_after_ns)),
+                slot,
+                TimerKind::Stale,
+            )));
+        }
+        self.timers.flags[slot as usize] = STALE_QUEUED;
+    }
+
+    fn push_alert(
+        &mut self,
+        slot: u32,
+        kind: AlertKind,
+        transition: Transition,
+        severity: Severity,
+        now: Timestamp,
+        event_id: Box<str>,
+    ) {
+        let policy = self.policy_of(slot);
+        let n = self.levels[slot as usize].2.numbers();
+        self.alerts.push(Alert {
+            seq: 0,
+            kind,
+            transition,
+            severity,
+            slot,
+            at: now,
+            on_hand: n.on_hand,
+            available: policy.available(&n),
+            threshold: policy.low_stock_threshold,
+            event_id,
+        });
+    }
+
+    /// Sets the rules of the time-driven alerts (from the engine's
+    /// configuration) and queues every level under them.
+    pub fn set_timer_rules(&mut self, rules: TimerRules) {
+        self.timers.rules = rules;
+        self.requeue_timers();
+    }
+
+    /// When the next time-driven alert may be due (`None`: none queued).
+    pub fn next_timer(&self) -> Option<Timestamp> {
+        self.timers.due.peek().map(|e| e.0 .0)
+    }
+
+    /// Lets time pass to `now`: raises STALE for levels unchanged for the
+    /// stale time and clears bursts quiet for a window. Run once per log
+    /// record, after its events, live and in replay alike.
+    pub fn tick(&mut self, now: Timestamp) {
+        let rules = self.timers.rules;
+        while let Some(&std::cmp::Reverse((due, slot, kind))) = self.timers.due.peek() {
+            if due > now {
+                break;
+            }
+            self.timers.due.pop();
+            match kind {
+                TimerKind::Stale => {
+                    let really = Timestamp(
+                        self.levels[slot as usize]
+                            .2
+                            .updated_at
+                            .0
+                            .saturating_add(rules.stale_after_ns),
+                    );
+                    // An entry queued before the level changed again comes back at
+                    // its real time, so that alerts due at one tick come out in
+                    // (due, slot) order, as after a restart.
+                    if really != due {
+                        self.timers
+                            .due
+                            .push(std::cmp::Reverse((really, slot, kind)));
+                    } else {
+                        self.timers.flags[slot as usize] = STALE_RAISED;
+                        self.push_alert(
+                            slot,
+                            AlertKind::Stale,
+                            Transition::Raised,
+                            Severity::Warning,
+                            now,
+                            "".into(),
+                        );
+                    }
+                }
+                TimerKind::BurstEnd => {
+                    let Some(burst) = self.timers.bursts.get(&slot).copied() else {
+                        continue;
+                    };
+                    let really = Timestamp(burst.last.0.saturating_add(rules.burst_window_ns));
+                    if really != due {
+                        self.timers
+                            .due
+                            .push(std::cmp::Reverse((really, slot, kind)));
+                        continue;
+                    }
+                    self.timers.bursts.remove(&slot);
+                    if burst.raised {
+                        self.push_alert(
+                            slot,
+                            AlertKind::ReservationRejected,
+                            Transition::Cleared,
+                            Severity::Info,
+                            now,
+                            "".into(),
+                        );
+                    }
+                }
+            }
+        }
+        self.timers.last_tick = now;
+    }
+
+    /// Rebuilds the due times and flags from the levels, the bursts and
+    /// the last tick (after a restore or a change of rules).
+    fn requeue_timers(&mut self) {
+        let rules = self.timers.rules;
+        let timers = &mut self.timers;
+        timers.due.clear();
+        timers.flags = vec![0; self.levels.len()];
+        for (slot, (_, _, level)) in self.levels.iter().enumerate() {
+            if level.version == 0 || rules.stale_after_ns <= 0 {
+                continue;
+            }
+            let due = Timestamp(level.updated_at.0.saturating_add(rules.stale_after_ns));
+            if due <= timers.last_tick {
+                timers.flags[slot] = STALE_RAISED;
+            } else {
+                timers.flags[slot] = STALE_QUEUED;
+                timers
+                    .due
+                    .push(std::cmp::Reverse((due, slot as u32, TimerKind::Stale)));
+            }
+        }
+        for (slot, burst) in &timers.bursts {
+            let due = Timestamp(burst.last.0.saturating_add(rules.burst_window_ns));
+            timers
+                .due
+                .push(std::cmp::Reverse((due, *slot, TimerKind::BurstEnd)));
         }
     }
 
@@ -442,7 +693,7 @@ impl Partition {
 
     /// Applies a catalog change: a product's policy, or a location's groups
     /// or threshold, changed, so the roll-ups of its levels move.
-    pub fn apply_catalog(&mut self, change: &CatalogChange) {
+    pub fn apply_catalog(&mut self, change: &CatalogChange, now: Timestamp) {
         match change {
             CatalogChange::Product(product) => {
                 let (sku, policy) = (self.intern(&product.sku), product.policy());
@@ -450,7 +701,7 @@ impl Partition {
                     return;
                 }
                 let slots = self.by_sku.get(&sku).cloned().unwrap_or_default();
-                self.regroup(&slots, |p| {
+                self.regroup(&slots, now, |p| {
                     if policy == Policy::default() {
                         p.policies.remove(&sku);
                     } else {
@@ -467,7 +718,7 @@ impl Partition {
                     .get(&id)
                     .map(|levels| levels.values().copied().collect())
                     .unwrap_or_default();
-                self.regroup(&slots, |p| {
+                self.regroup(&slots, now, |p| {
                     p.location_groups.insert(id, groups);
                     match threshold {
                         Some(t) => p.location_thresholds.insert(id, t),
@@ -480,8 +731,17 @@ impl Partition {
 
     /// Takes `slots` out of every roll-up, lets `change` alter the rules
     /// (policies, groups, thresholds), and puts them back under the new
-    /// rules; groups left empty are dropped.
-    fn regroup(&mut self, slots: &[u32], change: impl FnOnce(&mut Partition)) {
+    /// rules; groups left empty are dropped. Stock alerts move with the
+    /// rules: a level that is low under the old threshold and not under
+    /// the new one has its LOW_STOCK cleared, and so on.
+    fn regroup(&mut self, slots: &[u32], now: Timestamp, change: impl FnOnce(&mut Partition)) {
+        let states_before: Vec<_> = slots
+            .iter()
+            .map(|&slot| {
+                let n = self.levels[slot as usize].2.numbers();
+                crate::alerts::active_states(&n, self.policy_of(slot))
+            })
+            .collect();
         for &slot in slots {
             let (sku, location, level) = &self.levels[slot as usize];
             let (sku, location) = (*sku, *location);
@@ -500,6 +760,30 @@ impl Partition {
             let sku = self.levels[slot as usize].0;
             if let Some(groups) = self.group_totals.get_mut(&sku) {
                 groups.retain(|(_, t)| !t.is_zero());
+            }
+        }
+        for (&slot, before) in slots.iter().zip(states_before) {
+            if self.levels[slot as usize].2.version == 0 {
+                continue; // never changed: no state, as after a restart
+            }
+            let n = self.levels[slot as usize].2.numbers();
+            let after = crate::alerts::active_states(&n, self.policy_of(slot));
+            for &(kind, severity) in &after {
+                if !before.contains(&(kind, severity)) {
+                    self.push_alert(slot, kind, Transition::Raised, severity, now, "".into());
+                }
+            }
+            for &(kind, _) in &before {
+                if !after.iter().any(|(k, _)| *k == kind) {
+                    self.push_alert(
+                        slot,
+                        kind,
+                        Transition::Cleared,
+                        Severity::Info,
+                        now,
+                        "".into(),
+                    );
+                }
             }
         }
     }
@@ -610,12 +894,23 @@ impl Partition {
                 recent: self.alerts.recent.clone(),
                 active: Default::default(),
             },
+            timers: self.timer_state(),
+        }
+    }
+
+    fn timer_state(&self) -> TimerState {
+        let mut bursts: Vec<(u32, Burst)> =
+            self.timers.bursts.iter().map(|(s, b)| (*s, *b)).collect();
+        bursts.sort_by_key(|(slot, _)| *slot);
+        TimerState {
+            last_tick: self.timers.last_tick,
+            bursts,
         }
     }
 
     /// Rebuilds a partition from its stored levels and the catalog as of
     /// the same log position; roll-ups are derived, never stored.
-    pub fn restore(snapshot: PartitionSnapshot, catalog: &Catalog) -> Partition {
+    pub fn restore(snapshot: PartitionSnapshot, catalog: &Catalog, rules: TimerRules) -> Partition {
         let mut partition = Partition::default();
         for product in catalog.products.values() {
             let policy = product.policy();
@@ -647,6 +942,9 @@ impl Partition {
         }
         partition.history_end = snapshot.history_end;
         partition.alerts = snapshot.alerts;
+        partition.timers.last_tick = snapshot.timers.last_tick;
+        partition.timers.bursts = snapshot.timers.bursts.into_iter().collect();
+        partition.set_timer_rules(rules);
         partition.rebuild_active_alerts();
         partition.recompute_rollups();
         partition
@@ -669,12 +967,21 @@ impl Partition {
         let mut active = FxHashMap::default();
         for slot in 0..self.levels.len() as u32 {
             let level = &self.levels[slot as usize].2;
-            if level.version == 0 {
-                continue;
-            }
             let policy = self.policy_of(slot);
             let n = level.numbers();
-            for (kind, severity) in crate::alerts::active_states(&n, policy) {
+            // A level never changed has no stock state, but refused
+            // reservations may have made it a burst.
+            let mut states = match level.version {
+                0 => Vec::new(),
+                _ => crate::alerts::active_states(&n, policy),
+            };
+            if self.timers.flags[slot as usize] & STALE_RAISED != 0 {
+                states.push((AlertKind::Stale, Severity::Warning));
+            }
+            if self.timers.bursts.get(&slot).is_some_and(|b| b.raised) {
+                states.push((AlertKind::ReservationRejected, Severity::Warning));
+            }
+            for (kind, severity) in states {
                 let alert = match raised.get(&(kind, slot)) {
                     Some(alert) => Arc::clone(alert),
                     None => Arc::new(Alert {

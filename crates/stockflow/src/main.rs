@@ -85,6 +85,16 @@ enum Command {
         /// A price cut of at least this many percent is a PRICE_DROP alert.
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u8).range(1..=99))]
         price_drop_percent: u8,
+        /// A level with no change for this long raises a STALE alert (0: never).
+        #[arg(long, default_value_t = 3600)]
+        stale_after_seconds: u32,
+        /// This many reservations refused for lack of stock within
+        /// --reservation-burst-seconds raise RESERVATION_REJECTED (0: never).
+        #[arg(long, default_value_t = 5)]
+        reservation_burst: u32,
+        /// The window of a refusal burst, and the quiet time that clears it.
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..))]
+        reservation_burst_seconds: u32,
         /// POST every alert to this URL (repeatable), with retries.
         #[arg(long = "webhook")]
         webhooks: Vec<String>,
@@ -239,6 +249,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
             webhook_secret,
             price_drop_percent,
             sourcing,
+            stale_after_seconds,
+            reservation_burst,
+            reservation_burst_seconds,
         } => {
             let mut config = Config::new(data_dir);
             config.history_retention_ns =
@@ -262,6 +275,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
             config.checkpoint_events = checkpoint_events.max(1);
             config.engine.dedup_retention_ns =
                 i64::from(dedup_retention_hours) * 3600 * 1_000_000_000;
+            config.engine.timers = stockflow_core::alerts::TimerRules {
+                stale_after_ns: i64::from(stale_after_seconds) * 1_000_000_000,
+                burst_rejections: reservation_burst,
+                burst_window_ns: i64::from(reservation_burst_seconds) * 1_000_000_000,
+            };
             let server = Server::start(config, listen).await?;
             println!("stockflow listening on {}", server.url());
             stockflow::shutdown_signal().await;

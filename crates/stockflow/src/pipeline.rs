@@ -90,6 +90,21 @@ pub struct Shared {
     /// Log records applied so far (for readiness and benchmarks).
     pub applied_records: AtomicU64,
     pub dedup_entries: AtomicU64,
+    /// Per partition: when its next time-driven alert may be due (ns;
+    /// i64::MAX for none), so that the sequencer wakes up for it.
+    pub next_timers: Vec<std::sync::atomic::AtomicI64>,
+}
+
+impl Shared {
+    /// The earliest time-driven alert due in any partition.
+    fn next_timer(&self) -> Option<Timestamp> {
+        let next = self
+            .next_timers
+            .iter()
+            .map(|t| t.load(Ordering::Acquire))
+            .min()?;
+        (next != i64::MAX).then_some(Timestamp(next))
+    }
 }
 
 impl Shared {
@@ -166,7 +181,13 @@ impl Pipeline {
             history,
             checkpoint_spread: _,
         } = recovered;
+        let next_timers = engine
+            .partitions
+            .iter()
+            .map(|p| std::sync::atomic::AtomicI64::new(p.next_timer().map_or(i64::MAX, |t| t.0)))
+            .collect();
         let shared = Arc::new(Shared {
+            next_timers,
             partitions: engine.partitions.into_iter().map(RwLock::new).collect(),
             orders: RwLock::new(engine.orders),
             hub: Arc::new(crate::stream::Hub::default()),
@@ -387,6 +408,10 @@ fn spawn(name: &str, body: impl FnOnce() + Send + 'static) -> std::io::Result<Jo
         .spawn(body)
 }
 
+/// Longest the sequencer sleeps without looking at the time-driven alerts'
+/// due times again.
+const TIMER_RECHECK_NS: i64 = 1_000_000_000;
+
 /// Owns dedup and the log writer: decides what a group commit holds.
 struct Sequencer {
     /// Every hold expiry a command set (a superset of the live ones), to
@@ -413,15 +438,32 @@ struct Sequencer {
 impl Sequencer {
     /// The next submission, or `None` when a hold falls due first (a tick:
     /// an empty record that runs the order step); `Err` when stopping.
+    ///
+    /// Time-driven alerts (STALE, the end of a burst) also need a record to
+    /// happen in; their due times come from the appliers, which may lag a
+    /// group behind, so the wait is re-checked at least every second.
     fn next_submission(&self, ingest: &Receiver<Submission>) -> Result<Option<Submission>, ()> {
-        let Some(std::cmp::Reverse(due)) = self.holds.peek().copied() else {
-            return ingest.recv().map(Some).map_err(drop);
-        };
-        let wait_ns = due.0.saturating_sub(wall_clock().0).max(0) as u64;
-        match ingest.recv_timeout(std::time::Duration::from_nanos(wait_ns)) {
-            Ok(submission) => Ok(Some(submission)),
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => Ok(None),
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Err(()),
+        loop {
+            let hold = self.holds.peek().map(|std::cmp::Reverse(due)| *due);
+            // A timer due at or before the last record's time is handled
+            // by that record, whatever the appliers have published yet.
+            let timer = self.shared.next_timer().filter(|t| *t > self.last_now);
+            let due = match (hold, timer) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let now = wall_clock();
+            if due.is_some_and(|due| due <= now) {
+                return Ok(None);
+            }
+            let wait_ns = due.map_or(TIMER_RECHECK_NS, |due| {
+                (due.0 - now.0).min(TIMER_RECHECK_NS)
+            });
+            match ingest.recv_timeout(std::time::Duration::from_nanos(wait_ns as u64)) {
+                Ok(submission) => return Ok(Some(submission)),
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return Err(()),
+            }
         }
     }
 
@@ -742,7 +784,7 @@ fn applier(
                     group
                         .catalog
                         .iter()
-                        .for_each(|c| partition.apply_catalog(c));
+                        .for_each(|c| partition.apply_catalog(c, group.now));
                     let alerts_before = partition.alerts.next_seq;
                     for (request, item) in group.requests.iter().enumerate() {
                         found.clear();
@@ -785,6 +827,19 @@ fn applier(
                             publish(shared, *id, &partition, &batch, &changes, since);
                         }
                     }
+                }
+                // Time passes after the group's events and order step, as
+                // in replay.
+                for (id, _) in &owned {
+                    let mut partition = shared.partitions[*id as usize].write();
+                    let alerts_before = partition.alerts.next_seq;
+                    partition.tick(group.now);
+                    if partition.alerts.next_seq != alerts_before {
+                        let none = Batch::default();
+                        publish(shared, *id, &partition, &none, &[], Some(alerts_before));
+                    }
+                    let next = partition.next_timer().map_or(i64::MAX, |t| t.0);
+                    shared.next_timers[*id as usize].store(next, Ordering::Release);
                 }
                 for (_, history) in &mut owned {
                     if let Err(error) = history.flush() {

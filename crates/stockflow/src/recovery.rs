@@ -201,6 +201,11 @@ pub fn recover(config: &Config) -> anyhow::Result<Recovered> {
                 from,
             )?;
         }
+        for (id, partition) in engine.partitions.iter_mut().enumerate() {
+            if number >= from[id] {
+                partition.tick(group.now);
+            }
+        }
         for letter in group.dead_letters {
             meta.next_dead_letter_id = meta.next_dead_letter_id.max(letter.id + 1);
             dead_letters.insert(letter);
@@ -375,7 +380,7 @@ fn load_checkpoint(
             .map(|p| {
                 scope.spawn(move || {
                     load::<PartitionSnapshot>(&part_path(path, p))
-                        .map(|snapshot| Partition::restore(snapshot, catalog))
+                        .map(|snapshot| Partition::restore(snapshot, catalog, config.timers))
                 })
             })
             .collect();

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
+use stockflow_core::alerts::{AlertKind, TimerRules, Transition};
 use stockflow_core::catalog::parse_product;
 use stockflow_core::{
     event_id_hash, parse_body, Batch, BodyFormat, Catalog, CatalogChange, Dedup, DedupSnapshot,
@@ -171,6 +172,40 @@ fn event() -> impl Strategy<Value = Ev> {
 /// half-way through a run.
 type Checkpoint = (Vec<u8>, Vec<Vec<u8>>, Vec<u8>, usize);
 
+/// Every partition's kept alerts and active ones, comparable across
+/// engines built the same way.
+#[allow(clippy::type_complexity)]
+fn alerts(
+    engine: &Engine,
+) -> Vec<(
+    Vec<(AlertKind, Transition, i64, i64, String)>,
+    Vec<(AlertKind, u32)>,
+)> {
+    engine
+        .partitions
+        .iter()
+        .map(|p| {
+            let recent = p
+                .alerts
+                .recent
+                .iter()
+                .map(|a| {
+                    (
+                        a.kind,
+                        a.transition,
+                        a.at.0,
+                        a.on_hand,
+                        a.event_id.to_string(),
+                    )
+                })
+                .collect();
+            let mut active: Vec<_> = p.alerts.active.keys().copied().collect();
+            active.sort();
+            (recent, active)
+        })
+        .collect()
+}
+
 /// A catalog change the proptest may interleave: a location's type,
 /// region and threshold override, or a product's threshold and safety
 /// stock.
@@ -277,7 +312,10 @@ proptest! {
         let mut model = Model::default();
         events.iter().for_each(|e| model.apply(e));
 
-        let config = EngineConfig { partitions, ..EngineConfig::default() };
+        // Time moves a millisecond per event, so levels go STALE and
+        // refusals make bursts within a run.
+        let timers = TimerRules { stale_after_ns: 10_000_000, burst_rejections: 2, burst_window_ns: 5_000_000 };
+        let config = EngineConfig { partitions, timers, ..EngineConfig::default() };
         let mut engine = Engine::new(config);
         let mut logged: Vec<(Vec<CatalogChange>, Batch, Timestamp)> = Vec::new();
         let mut insufficient = Vec::new();
@@ -294,7 +332,7 @@ proptest! {
             let body: Vec<String> = batch.iter().map(Ev::json).collect();
             let mut parsed = parse_body(body.join("\n").as_bytes(), BodyFormat::Ndjson, 1000).unwrap();
             rejected += parsed.rejected.len();
-            now = now.saturating_add_ns(1_000_000);
+            now = now.saturating_add_ns(batch.len() as i64 * 1_000_000);
             let catalog: Vec<CatalogChange> = changes.next().cloned().flatten().into_iter().collect();
             engine.apply_catalog(&catalog, now);
             let report = engine.apply(&mut parsed.batch, now);
@@ -325,6 +363,15 @@ proptest! {
             prop_assert!(report.duplicates.is_empty(), "the log holds no duplicates");
         }
         prop_assert_eq!(&state(&replayed), &expected);
+        prop_assert_eq!(alerts(&replayed), alerts(&engine));
+        // STALE is active exactly for levels unchanged for the stale time.
+        for (id, partition) in engine.partitions.iter().enumerate() {
+            for view in partition.iter() {
+                let stale = view.level.version > 0 && view.level.updated_at.saturating_add_ns(timers.stale_after_ns) <= now;
+                let raised = partition.alerts.active.values().any(|a| a.kind == AlertKind::Stale && partition.names_of(a.slot) == (&view.sku, &view.location_id));
+                prop_assert_eq!(raised, stale, "partition {} level {}/{}", id, view.sku, view.location_id);
+            }
+        }
         for view in engine.levels() {
             let again = replayed.get(&view.sku, &view.location_id).map(|v| v.level);
             prop_assert_eq!(Some(view.level), again);
@@ -337,7 +384,7 @@ proptest! {
         let mut restarted = Engine {
             config,
             dedup: Dedup::restore(&DedupSnapshot::decode(&dedup).unwrap(), config.dedup_retention_ns, config.dedup_capacity),
-            partitions: parts.iter().map(|b| Partition::restore(postcard::from_bytes::<PartitionSnapshot>(b).unwrap(), &catalog)).collect(),
+            partitions: parts.iter().map(|b| Partition::restore(postcard::from_bytes::<PartitionSnapshot>(b).unwrap(), &catalog, config.timers)).collect(),
             catalog,
             orders: Default::default(),
         };
@@ -353,6 +400,7 @@ proptest! {
             prop_assert_eq!(Some(view.level), again);
         }
         prop_assert_eq!(restarted.dedup.len(), engine.dedup.len());
+        prop_assert_eq!(alerts(&restarted), alerts(&engine));
         check_rollups(&restarted)?;
         check_rollups(&replayed)?;
         for event in &events {

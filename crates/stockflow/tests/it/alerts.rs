@@ -196,3 +196,92 @@ async fn a_location_threshold_overrides_the_products() {
     assert_eq!(check["ok"], true, "{check}");
     server.stop().await.unwrap();
 }
+
+/// Polls until the active alerts of `sku` are `want` (or fails after 5 s).
+async fn wait_for_active(url: &str, sku: &str, want: &[(String, String, String)]) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let (_, active) = get(url, &format!("/v1/alerts?active=true&sku={sku}")).await;
+        let mut got = kinds(&active);
+        got.sort();
+        if got == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "active alerts of {sku}: {active}, want {want:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timers_raise_stale_and_end_rejection_bursts_with_no_traffic() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = stockflow_core::alerts::TimerRules {
+        stale_after_ns: 1_000_000_000,
+        burst_rejections: 3,
+        burst_window_ns: 1_500_000_000,
+    };
+    let server = start(dir.path(), |c| c.engine.timers = rules).await;
+    let url = server.url();
+    post(
+        &url,
+        "application/json",
+        event("st-r", "RECEIPT", "ST", "S1", 20),
+    )
+    .await;
+    wait_for_active(&url, "ST", &[]).await;
+    // No event for a second: STALE, raised by the timer alone.
+    let quiet = std::time::Instant::now();
+    wait_for_active(&url, "ST", &[k("STALE", "raised", "WARNING")]).await;
+    assert!(
+        quiet.elapsed() < std::time::Duration::from_millis(2_500),
+        "STALE at most ~1 s late"
+    );
+    post(
+        &url,
+        "application/json",
+        event("st-s", "SALE", "ST", "S1", 1),
+    )
+    .await;
+    wait_for_active(&url, "ST", &[]).await;
+
+    // Three refused reservations make a burst; two would not.
+    for n in 0..3 {
+        let (_, receipt) = post(
+            &url,
+            "application/json",
+            event(&format!("st-x{n}"), "RESERVATION", "ST", "S1", 500),
+        )
+        .await;
+        assert_eq!(receipt["errors"][0]["reason"], "insufficient_stock");
+    }
+    let (_, active) = get(
+        &url,
+        "/v1/alerts?active=true&sku=ST&kind=RESERVATION_REJECTED",
+    )
+    .await;
+    assert_eq!(
+        kinds(&active),
+        [k("RESERVATION_REJECTED", "raised", "WARNING")],
+        "{active}"
+    );
+    assert_eq!(active["alerts"][0]["eventId"], "st-x2");
+    // Quiet for the window: the burst ends (and the level goes stale).
+    wait_for_active(&url, "ST", &[k("STALE", "raised", "WARNING")]).await;
+    let (_, all) = get(&url, "/v1/alerts?sku=ST").await;
+    server.stop().await.unwrap();
+
+    // The history and the active set survive a restart (and a full replay).
+    for replay_everything in [false, true] {
+        if replay_everything {
+            std::fs::remove_dir_all(dir.path().join("checkpoints")).unwrap();
+        }
+        let server = start(dir.path(), |c| c.engine.timers = rules).await;
+        let (_, again) = get(&server.url(), "/v1/alerts?sku=ST").await;
+        assert_eq!(again["alerts"], all["alerts"], "replay={replay_everything}");
+        wait_for_active(&server.url(), "ST", &[k("STALE", "raised", "WARNING")]).await;
+        server.stop().await.unwrap();
+    }
+}
