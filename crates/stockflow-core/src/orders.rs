@@ -212,6 +212,21 @@ impl OrderBook {
         self.expiries.first().map(|(t, _)| *t)
     }
 
+    /// Orders whose hold falls due by `now`: [`OrderBook::decide`] at `now`
+    /// expires those still holding (an extended hold is no longer due).
+    pub fn due_by(&self, now: Timestamp) -> Vec<String> {
+        self.expiries
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .filter(|(at, id)| {
+                self.orders
+                    .get(id)
+                    .is_some_and(|o| o.status.is_live() && o.expires_at == Some(*at))
+            })
+            .map(|(_, id)| id.clone())
+            .collect()
+    }
+
     /// Units held per level by live orders (unfulfilled allocations).
     pub fn held(&self) -> BTreeMap<(String, String), i64> {
         let mut held = BTreeMap::new();

@@ -966,6 +966,7 @@ fn decide_orders(group: &Group, shared: &Shared) {
         partitions: &partitions,
         catalog: &catalog,
     };
+    let expiring = book.due_by(group.now);
     let (events, answers) = book.decide(&commands, group.now, &stock);
     drop(partitions);
     *group.order_batch.lock() = Some(Arc::new(order_batch(
@@ -974,16 +975,20 @@ fn decide_orders(group: &Group, shared: &Shared) {
         shared.partition_count(),
     )));
     if shared.hub.wanted(crate::stream::Kind::Orders) {
-        let drafts = answers
-            .iter()
-            .filter_map(|a| match a {
-                Answer::Done(order) => Some(crate::stream::Draft {
-                    kind: crate::stream::Kind::Orders,
-                    sku: None,
-                    location_id: None,
-                    body: crate::stream::Body::Json(crate::http::order_json(order)),
-                }),
-                _ => None,
+        // Orders the timers expired, then the answers to this record's
+        // commands: every order whose state changed.
+        let expired = expiring.iter().filter_map(|id| book.orders.get(id));
+        let answered = answers.iter().filter_map(|a| match a {
+            Answer::Done(order) => Some(order),
+            _ => None,
+        });
+        let drafts = expired
+            .chain(answered)
+            .map(|order| crate::stream::Draft {
+                kind: crate::stream::Kind::Orders,
+                sku: None,
+                location_id: None,
+                body: crate::stream::Body::Json(crate::http::order_json(order)),
             })
             .collect();
         shared.hub.publish(drafts);

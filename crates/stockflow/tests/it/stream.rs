@@ -255,3 +255,46 @@ async fn the_websocket_carries_the_same_messages_and_resumes() {
     assert_eq!(next(&mut stale).await["event"], "gap");
     server.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_are_pushed_when_placed_and_when_their_hold_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), |_| {}).await;
+    let url = server.url();
+    post(
+        &url,
+        "application/json",
+        event("so-r", "RECEIPT", "SO", "S1", 5),
+    )
+    .await;
+    let mut reader = Reader::open(&format!("{url}/v1/stream?kinds=orders"), None).await;
+    let order = serde_json::json!({"orderId": "so-1", "lines": [{"sku": "SO", "locationId": "S1", "quantity": 2}], "holdSeconds": 1});
+    let response = reqwest::Client::new()
+        .post(format!("{url}/v1/orders"))
+        .json(&order)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let (_, name, data) = reader.next().await;
+    assert_eq!(
+        (
+            name.as_str(),
+            data["orderId"].as_str(),
+            data["status"].as_str()
+        ),
+        ("orders", Some("so-1"), Some("reserved"))
+    );
+    // Nobody touches it: the engine's timer expires the hold and says so.
+    let (_, name, data) = reader.next().await;
+    assert_eq!(
+        (
+            name.as_str(),
+            data["orderId"].as_str(),
+            data["status"].as_str()
+        ),
+        ("orders", Some("so-1"), Some("expired")),
+        "{data}"
+    );
+    server.stop().await.unwrap();
+}
