@@ -69,6 +69,20 @@ pub enum OrderCommand {
         order_id: String,
         hold_ns: i64,
     },
+    /// A canonical RESERVATION, RELEASE or FULFILLMENT event whose
+    /// correlationId names an order (how the Kafka mode carries orders):
+    /// a reservation adds a line to the order (creating it, with a hold of
+    /// `hold_ns`, if new); a release or fulfilment acts on the order's
+    /// units held at that level, up to `quantity`.
+    Event {
+        order_id: String,
+        event_id: String,
+        event_type: EventType,
+        sku: String,
+        location_id: String,
+        quantity: i64,
+        hold_ns: i64,
+    },
 }
 
 impl OrderCommand {
@@ -77,16 +91,21 @@ impl OrderCommand {
             OrderCommand::Place { order_id, .. }
             | OrderCommand::Fulfil { order_id, .. }
             | OrderCommand::Cancel { order_id }
-            | OrderCommand::Extend { order_id, .. } => order_id,
+            | OrderCommand::Extend { order_id, .. }
+            | OrderCommand::Event { order_id, .. } => order_id,
         }
     }
 
     /// When a hold this command sets would expire, for the shell's timers.
     pub fn hold_until(&self, now: Timestamp) -> Option<Timestamp> {
         match self {
-            OrderCommand::Place { hold_ns, .. } | OrderCommand::Extend { hold_ns, .. } => {
-                Some(now.saturating_add_ns(*hold_ns))
-            }
+            OrderCommand::Place { hold_ns, .. }
+            | OrderCommand::Extend { hold_ns, .. }
+            | OrderCommand::Event {
+                event_type: EventType::Reservation,
+                hold_ns,
+                ..
+            } => Some(now.saturating_add_ns(*hold_ns)),
             _ => None,
         }
     }
@@ -188,6 +207,10 @@ pub enum Answer {
     /// an existing orderId): the order as it is, and why.
     Conflict(Order, String),
     NotFound(String),
+    /// A RELEASE or FULFILLMENT naming an order this engine does not hold
+    /// (one accepted elsewhere, like an e-commerce order line): applied to
+    /// its level as a plain event.
+    Plain,
 }
 
 /// Read access to stock while deciding.
@@ -282,6 +305,9 @@ impl OrderBook {
         pending: &mut HashMap<(String, String), i64>,
     ) -> Answer {
         let id = command.order_id();
+        if let OrderCommand::Event { .. } = command {
+            return self.event(command, now, stock, events, pending);
+        }
         if let OrderCommand::Place { fingerprint, .. } = command {
             if let Some(existing) = self.orders.get(id) {
                 return if existing.fingerprint == *fingerprint {
@@ -331,7 +357,9 @@ impl OrderBook {
             )
         };
         match command {
-            OrderCommand::Place { .. } => unreachable!("handled above"),
+            OrderCommand::Place { .. } | OrderCommand::Event { .. } => {
+                unreachable!("handled above")
+            }
             OrderCommand::Fulfil { lines, .. } => {
                 if order.status == Status::Fulfilled {
                     return Answer::Done(order.clone());
@@ -409,6 +437,189 @@ impl OrderBook {
                 Answer::Done(order.clone())
             }
         }
+    }
+}
+
+impl OrderBook {
+    /// An order's event (see [`OrderCommand::Event`]). The answer is the
+    /// order; a refused reservation shows as a last line with a reason.
+    fn event(
+        &mut self,
+        command: &OrderCommand,
+        now: Timestamp,
+        stock: &dyn StockView,
+        events: &mut Vec<OrderEvent>,
+        pending: &mut HashMap<(String, String), i64>,
+    ) -> Answer {
+        let OrderCommand::Event {
+            order_id,
+            event_id,
+            event_type,
+            sku,
+            location_id,
+            quantity,
+            hold_ns,
+        } = command
+        else {
+            unreachable!("only events come here")
+        };
+        let key = (sku.clone(), location_id.clone());
+        let event = |event_type, quantity| OrderEvent {
+            event_id: event_id.clone(),
+            event_type,
+            sku: sku.clone(),
+            location_id: location_id.clone(),
+            quantity,
+            order_id: order_id.clone(),
+        };
+        if *event_type == EventType::Reservation {
+            let order = self
+                .orders
+                .entry(order_id.clone())
+                .or_insert_with(|| Order {
+                    order_id: order_id.clone(),
+                    fingerprint: 0,
+                    mode: Mode::Partial,
+                    status: Status::Rejected,
+                    lines: Vec::new(),
+                    created_at: now,
+                    updated_at: now,
+                    expires_at: None,
+                });
+            if !order.lines.is_empty() && !order.status.is_live() {
+                let why = format!(
+                    "cannot reserve for an order that is {}",
+                    order.status.as_str()
+                );
+                return Answer::Conflict(order.clone(), why);
+            }
+            let free = stock.free(sku, location_id) - pending.get(&key).copied().unwrap_or(0);
+            let granted = *quantity <= free;
+            order.lines.push(Line {
+                sku: sku.clone(),
+                location_id: Some(location_id.clone()),
+                requested: *quantity,
+                allocations: match granted {
+                    true => vec![Allocation {
+                        location_id: location_id.clone(),
+                        quantity: *quantity,
+                        fulfilled: false,
+                    }],
+                    false => Vec::new(),
+                },
+                reason: (!granted).then(|| {
+                    format!(
+                        "insufficient_stock: {} of {quantity} available",
+                        free.max(0)
+                    )
+                }),
+            });
+            if granted {
+                *pending.entry(key).or_insert(0) += quantity;
+                events.push(event(EventType::Reservation, *quantity));
+                let any_short = order.lines.iter().any(|l| l.reason.is_some());
+                order.status = match any_short {
+                    true => Status::PartiallyReserved,
+                    false => Status::Reserved,
+                };
+                if let Some(at) = order.expires_at.take() {
+                    self.expiries.remove(&(at, order_id.clone()));
+                }
+                let at = now.saturating_add_ns(*hold_ns);
+                order.expires_at = Some(at);
+                self.expiries.insert((at, order_id.clone()));
+            } else if order.lines.iter().all(|l| l.allocations.is_empty()) {
+                order.status = Status::Rejected;
+            } else {
+                order.status = Status::PartiallyReserved;
+            }
+            order.updated_at = now;
+            return Answer::Done(order.clone());
+        }
+        let Some(order) = self.orders.get_mut(order_id) else {
+            *pending.entry(key).or_insert(0) -= match event_type {
+                EventType::Release => *quantity,
+                _ => 0,
+            };
+            events.push(event(*event_type, *quantity));
+            return Answer::Plain;
+        };
+        if !order.status.is_live() {
+            let what = match event_type {
+                EventType::Release => "release",
+                _ => "fulfil",
+            };
+            let why = format!(
+                "cannot {what} units of an order that is {}",
+                order.status.as_str()
+            );
+            return Answer::Conflict(order.clone(), why);
+        }
+        let held_here: i64 = order
+            .lines
+            .iter()
+            .filter(|l| l.sku == *sku)
+            .flat_map(|l| &l.allocations)
+            .filter(|a| !a.fulfilled && a.location_id == *location_id)
+            .map(|a| a.quantity)
+            .sum();
+        if held_here < *quantity {
+            let why =
+                format!("the order holds {held_here} of {sku} at {location_id}, not {quantity}");
+            return Answer::Conflict(order.clone(), why);
+        }
+        // `quantity` of the units held here, oldest line first.
+        let mut left = *quantity;
+        for line in order.lines.iter_mut().filter(|l| l.sku == *sku) {
+            let mut split = Vec::new();
+            for a in line.allocations.iter_mut() {
+                if left == 0 || a.fulfilled || a.location_id != *location_id {
+                    continue;
+                }
+                let take = a.quantity.min(left);
+                left -= take;
+                if *event_type == EventType::Fulfillment {
+                    if take < a.quantity {
+                        a.quantity -= take;
+                        split.push(Allocation {
+                            location_id: a.location_id.clone(),
+                            quantity: take,
+                            fulfilled: true,
+                        });
+                    } else {
+                        a.fulfilled = true;
+                    }
+                } else {
+                    a.quantity -= take;
+                    *pending.entry(key.clone()).or_insert(0) -= take;
+                }
+            }
+            line.allocations.retain(|a| a.quantity > 0);
+            line.allocations.extend(split);
+        }
+        debug_assert_eq!(left, 0, "held_here covers the quantity");
+        events.push(event(*event_type, *quantity));
+        let held = order
+            .lines
+            .iter()
+            .flat_map(|l| &l.allocations)
+            .any(|a| !a.fulfilled);
+        if !held {
+            let any_fulfilled = order
+                .lines
+                .iter()
+                .flat_map(|l| &l.allocations)
+                .any(|a| a.fulfilled);
+            order.status = match any_fulfilled {
+                true => Status::Fulfilled,
+                false => Status::Cancelled,
+            };
+            if let Some(at) = order.expires_at.take() {
+                self.expiries.remove(&(at, order_id.clone()));
+            }
+        }
+        order.updated_at = now;
+        Answer::Done(order.clone())
     }
 }
 
@@ -599,6 +810,62 @@ pub fn order_batch(events: &[OrderEvent], now: Timestamp, partitions: u16) -> cr
     }
     batch.compute_routes(partitions);
     batch
+}
+
+/// Takes out of an admitted `batch` the events that belong to an order:
+/// RESERVATION, RELEASE and FULFILLMENT with a correlationId. They become
+/// order commands (see [`OrderCommand::Event`]), run by the order step
+/// instead of straight on the level, so that every hold has an order
+/// behind it. Returns (request index, command) in batch order.
+pub fn take_order_events(
+    batch: &mut crate::event::Batch,
+    hold_ns: i64,
+) -> Vec<(u32, OrderCommand)> {
+    let mut taken = Vec::new();
+    let mut positions = Vec::new();
+    for (position, event) in batch.iter().enumerate() {
+        let order_type = matches!(
+            event.event_type,
+            EventType::Reservation | EventType::Release | EventType::Fulfillment
+        );
+        let Some(order_id) = event.correlation_id.filter(|_| order_type) else {
+            continue;
+        };
+        positions.push(position);
+        taken.push((
+            event.index,
+            OrderCommand::Event {
+                order_id: order_id.to_owned(),
+                event_id: event.event_id.to_owned(),
+                event_type: event.event_type,
+                sku: event.sku.to_owned(),
+                location_id: event.location_id.to_owned(),
+                quantity: event.quantity,
+                hold_ns,
+            },
+        ));
+    }
+    if !positions.is_empty() {
+        batch.retain_positions(|p| positions.binary_search(&p).is_err());
+    }
+    taken
+}
+
+/// Why an order's event had no effect, for its sender; `None` if it had
+/// its effect. `answer` is the order step's answer to it.
+pub fn event_refusal(event_type: EventType, answer: &Answer) -> Option<String> {
+    match answer {
+        Answer::Done(order) if event_type == EventType::Reservation => {
+            let line = order.lines.last()?;
+            line.allocations
+                .is_empty()
+                .then(|| "insufficient_stock".to_owned())
+        }
+        Answer::Done(_) => None,
+        Answer::Conflict(_, why) => Some(format!("order_conflict: {why}")),
+        Answer::NotFound(why) => Some(format!("order_not_found: {why}")),
+        Answer::Plain => None,
+    }
 }
 
 /// Whether a record must run the order step: it carries commands, or a

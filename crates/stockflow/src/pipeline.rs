@@ -22,7 +22,9 @@ use std::time::Instant;
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
-use stockflow_core::orders::{order_batch, step_due, Answer, StockOf};
+use stockflow_core::orders::{
+    event_refusal, order_batch, step_due, take_order_events, Answer, StockOf,
+};
 use stockflow_core::{
     admit, Batch, Catalog, CatalogChange, Dedup, Exception, OrderBook, OrderCommand, Outcome,
     Parsed, Partition, Rejected, Timestamp,
@@ -140,8 +142,9 @@ struct Group {
     now: Timestamp,
     catalog: Vec<CatalogChange>,
     discarded: Vec<u64>,
-    /// Order commands and the request each came from.
-    orders: Vec<(usize, OrderCommand)>,
+    /// Order commands, the request each came from, and for an order's
+    /// event its index in that request.
+    orders: Vec<(usize, Option<u32>, OrderCommand)>,
     /// Runs the order step (commands, or a hold may be due): the appliers
     /// meet at a barrier after the events, one decides, all apply.
     serial: bool,
@@ -227,6 +230,7 @@ impl Pipeline {
             .map(std::cmp::Reverse)
             .collect();
         let sequencer = Sequencer {
+            order_hold_ns: config.order_hold_seconds as i64 * 1_000_000_000,
             holds,
             dedup: engine.dedup,
             log,
@@ -418,6 +422,8 @@ struct Sequencer {
     /// mark the records that must run the order step and to wake up for
     /// them when no traffic comes.
     holds: std::collections::BinaryHeap<std::cmp::Reverse<Timestamp>>,
+    /// The hold of an order created by a RESERVATION event.
+    order_hold_ns: i64,
     dedup: Dedup,
     log: LogWriter,
     next_dead_letter_id: u64,
@@ -527,9 +533,16 @@ impl Sequencer {
                 discarded.push(id);
             }
             let duplicates = admit(&mut self.dedup, &mut batch, now);
+            let admitted = batch.len();
+            for (index, command) in take_order_events(&mut batch, self.order_hold_ns) {
+                if let Some(at) = command.hold_until(now) {
+                    self.holds.push(std::cmp::Reverse(at));
+                }
+                orders.push((requests.len(), Some(index), command));
+            }
             batch.compute_routes(self.partitions);
             let mut receipt = Receipt {
-                accepted: (batch.len() + changes.len()) as u64,
+                accepted: (admitted + changes.len()) as u64,
                 duplicates: duplicates.len() as u64,
                 rejected: rejected.len() as u64,
                 errors: Vec::with_capacity(rejected.len()),
@@ -565,7 +578,7 @@ impl Sequencer {
                 if let Some(at) = command.hold_until(now) {
                     self.holds.push(std::cmp::Reverse(at));
                 }
-                orders.push((requests.len(), command));
+                orders.push((requests.len(), None, command));
             }
             accepted += receipt.accepted;
             duplicates_total += receipt.duplicates;
@@ -584,7 +597,7 @@ impl Sequencer {
             self.holds.pop();
             serial = true;
         }
-        let commands: Vec<OrderCommand> = orders.iter().map(|(_, c)| c.clone()).collect();
+        let commands: Vec<OrderCommand> = orders.iter().map(|(_, _, c)| c.clone()).collect();
         let record = CommitGroupRef {
             now,
             orders: &commands,
@@ -955,7 +968,7 @@ fn record_history(
 /// The order step of a group: runs on one applier while the others wait,
 /// with every partition at the same log position.
 fn decide_orders(group: &Group, shared: &Shared) {
-    let commands: Vec<OrderCommand> = group.orders.iter().map(|(_, c)| c.clone()).collect();
+    let commands: Vec<OrderCommand> = group.orders.iter().map(|(_, _, c)| c.clone()).collect();
     let mut book = shared.orders.write();
     if !step_due(&book, &commands, group.now) {
         return;
@@ -993,9 +1006,29 @@ fn decide_orders(group: &Group, shared: &Shared) {
             .collect();
         shared.hub.publish(drafts);
     }
-    for ((request, _), answer) in group.orders.iter().zip(answers) {
-        if let Some((receipt, _)) = group.requests[*request].reply.lock().as_mut() {
-            receipt.order = Some(answer);
+    for ((request, index, command), answer) in group.orders.iter().zip(answers) {
+        let mut reply = group.requests[*request].reply.lock();
+        let Some((receipt, _)) = reply.as_mut() else {
+            continue;
+        };
+        match (index, command) {
+            (
+                Some(index),
+                OrderCommand::Event {
+                    event_id,
+                    event_type,
+                    ..
+                },
+            ) => {
+                if let Some(reason) = event_refusal(*event_type, &answer) {
+                    receipt.errors.push(ReceiptError {
+                        index: *index,
+                        event_id: Some(event_id.clone()),
+                        reason,
+                    });
+                }
+            }
+            _ => receipt.order = Some(answer),
         }
     }
 }

@@ -21,8 +21,8 @@ use anyhow::{bail, Context};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use stockflow_core::orders::{order_batch, step_due, StockOf};
 use stockflow_core::{
-    admit, Catalog, Dedup, DedupSnapshot, Engine, EngineConfig, OrderBook, Partition,
-    PartitionSnapshot, Timestamp,
+    admit, event_id_hash, Catalog, Dedup, DedupSnapshot, Engine, EngineConfig, OrderBook,
+    OrderCommand, Partition, PartitionSnapshot, Timestamp,
 };
 use stockflow_log::{read_records, read_snapshot, write_snapshot, LogWriter};
 
@@ -181,6 +181,15 @@ pub fn recover(config: &Config) -> anyhow::Result<Recovered> {
                 number,
                 from,
             )?;
+        }
+        // Orders' events left the batch for the order step after the
+        // sequencer admitted them; their ids are remembered all the same.
+        // (Within one record they are admitted after its batches, not
+        // among them: the same set, and the same commit time.)
+        for command in &group.orders {
+            if let OrderCommand::Event { event_id, .. } = command {
+                engine.dedup.admit(event_id_hash(event_id), group.now);
+            }
         }
         // The order step, exactly when the pipeline ran it.
         if step_due(&engine.orders, &group.orders, group.now) {

@@ -69,7 +69,7 @@ fn answer(answer: Option<Answer>) -> Response {
         )
             .into_response(),
         Some(Answer::NotFound(message)) => ApiError::not_found(message).into_response(),
-        None => ApiError::new(
+        Some(Answer::Plain) | None => ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
             "the order step gave no answer",

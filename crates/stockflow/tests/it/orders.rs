@@ -270,3 +270,131 @@ async fn a_priority_list_sources_lines_without_a_location() {
     );
     server.stop().await.unwrap();
 }
+
+/// A canonical event for order `order`: RESERVATION, RELEASE or FULFILLMENT
+/// with the orderId as its correlationId.
+fn order_event(id: &str, kind: &str, order: &str, quantity: i64) -> Value {
+    json!({"eventId": id, "eventType": kind, "sku": "OE", "locationId": "S1", "quantity": quantity, "correlationId": order})
+}
+
+async fn status_of(url: &str, order: &str) -> String {
+    let (_, o) = get(url, &format!("/v1/orders/{order}")).await;
+    o["status"].as_str().unwrap_or("missing").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_arrive_as_events_with_their_order_id_as_correlation_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), |_| {}).await;
+    let url = server.url();
+    post(
+        &url,
+        "application/json",
+        event("oe-r", "RECEIPT", "OE", "S1", 10),
+    )
+    .await;
+    let reservations = json!([
+        order_event("oe-e1", "RESERVATION", "oe-1", 3),
+        order_event("oe-e2", "RESERVATION", "oe-1", 20),
+        order_event("oe-e3", "RESERVATION", "oe-2", 2),
+    ]);
+    let (status, receipt) = post(&url, "application/json", reservations.to_string()).await;
+    assert_eq!(status, 200);
+    assert_eq!(receipt["accepted"], 3, "{receipt}");
+    assert_eq!(
+        receipt["errors"],
+        json!([{"index": 1, "eventId": "oe-e2", "reason": "insufficient_stock"}])
+    );
+    let (_, order) = get(&url, "/v1/orders/oe-1").await;
+    assert_eq!(order["status"], "partially_reserved", "{order}");
+    assert_eq!(order["lines"].as_array().unwrap().len(), 2);
+    assert!(
+        order["expiresAt"].is_string(),
+        "an order made by events has a hold: {order}"
+    );
+    assert_eq!(status_of(&url, "oe-2").await, "reserved");
+    assert_eq!(level(&url, "OE", "S1").await, (10, 5));
+
+    // A redelivered event is a duplicate, here as anywhere.
+    let (_, again) = post(
+        &url,
+        "application/json",
+        order_event("oe-e1", "RESERVATION", "oe-1", 3).to_string(),
+    )
+    .await;
+    assert_eq!(again["duplicates"], 1);
+    assert_eq!(level(&url, "OE", "S1").await, (10, 5));
+
+    let (_, receipt) = post(
+        &url,
+        "application/json",
+        order_event("oe-f", "FULFILLMENT", "oe-1", 3).to_string(),
+    )
+    .await;
+    assert_eq!(receipt["errors"], json!([]));
+    assert_eq!(status_of(&url, "oe-1").await, "fulfilled");
+    let (_, receipt) = post(
+        &url,
+        "application/json",
+        order_event("oe-x", "RELEASE", "oe-2", 2).to_string(),
+    )
+    .await;
+    assert_eq!(receipt["errors"], json!([]));
+    assert_eq!(status_of(&url, "oe-2").await, "cancelled");
+    assert_eq!(level(&url, "OE", "S1").await, (7, 0));
+
+    // What the order cannot do is refused with a reason, and changes nothing.
+    let refused = json!([
+        order_event("oe-x2", "RELEASE", "oe-2", 1),
+        order_event("oe-x3", "FULFILLMENT", "oe-1", 1),
+    ]);
+    let (_, receipt) = post(&url, "application/json", refused.to_string()).await;
+    let reasons: Vec<&str> = receipt["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(reasons.len(), 2, "{receipt}");
+    assert!(
+        reasons[0]
+            .starts_with("order_conflict: cannot release units of an order that is cancelled"),
+        "{receipt}"
+    );
+    assert!(
+        reasons[1].starts_with("order_conflict: cannot fulfil units of an order that is fulfilled"),
+        "{receipt}"
+    );
+    assert_eq!(level(&url, "OE", "S1").await, (7, 0));
+    // An order accepted elsewhere (not held here) is fulfilled as a plain
+    // event: the units leave the shelf.
+    let (_, receipt) = post(
+        &url,
+        "application/json",
+        order_event("oe-n", "FULFILLMENT", "web-77", 2).to_string(),
+    )
+    .await;
+    assert_eq!(receipt["errors"], json!([]));
+    assert_eq!(level(&url, "OE", "S1").await, (5, 0));
+    assert_eq!(status_of(&url, "web-77").await, "missing");
+    let (_, check) = get(&url, "/v1/check").await;
+    assert_eq!(check["ok"], true, "{check}");
+    let (_, before) = get(&url, "/v1/orders?limit=10").await;
+    server.stop().await.unwrap();
+
+    // A full replay decides the same, and still knows the events' ids.
+    std::fs::remove_dir_all(dir.path().join("checkpoints")).unwrap();
+    let server = start(dir.path(), |_| {}).await;
+    let url = server.url();
+    let (_, after) = get(&url, "/v1/orders?limit=10").await;
+    assert_eq!(after, before);
+    assert_eq!(level(&url, "OE", "S1").await, (5, 0));
+    let (_, again) = post(
+        &url,
+        "application/json",
+        order_event("oe-e3", "RESERVATION", "oe-2", 2).to_string(),
+    )
+    .await;
+    assert_eq!(again["duplicates"], 1, "{again}");
+    server.stop().await.unwrap();
+}
