@@ -792,6 +792,66 @@ impl<P: std::ops::Deref<Target = crate::partition::Partition>> StockView for Sto
 }
 
 /// The decisions' events as a batch to apply, stamped `now`.
+/// What one order step does to the partitions.
+#[derive(Debug, Default)]
+pub struct StepEffects {
+    /// The decisions, as canonical events (see [`order_batch`]).
+    pub batch: crate::event::Batch,
+    /// Lines refused for lack of stock (see [`refusals`]), by partition.
+    pub refusals: Vec<(u16, String, String, String)>,
+}
+
+impl StepEffects {
+    pub fn new(
+        commands: &[OrderCommand],
+        events: &[OrderEvent],
+        answers: &[Answer],
+        now: Timestamp,
+        partitions: u16,
+    ) -> StepEffects {
+        StepEffects {
+            batch: order_batch(events, now, partitions),
+            refusals: refusals(commands, answers, now)
+                .into_iter()
+                .map(|(sku, location, cause)| {
+                    (
+                        crate::engine::route(&sku, &location, partitions),
+                        sku,
+                        location,
+                        cause,
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// Applies the step to partition `id`: its share of the decisions,
+    /// then its refusals.
+    pub fn apply_to(
+        &self,
+        id: u16,
+        partition: &mut crate::partition::Partition,
+        now: Timestamp,
+        exceptions: &mut Vec<crate::partition::Exception>,
+        changes: &mut Vec<crate::partition::Change>,
+    ) {
+        partition.apply_batch(id, &self.batch, now, exceptions, changes);
+        self.apply_refusals(id, partition, now);
+    }
+
+    /// The refusals part of [`StepEffects::apply_to`].
+    pub fn apply_refusals(
+        &self,
+        id: u16,
+        partition: &mut crate::partition::Partition,
+        now: Timestamp,
+    ) {
+        for (_, sku, location, cause) in self.refusals.iter().filter(|r| r.0 == id) {
+            partition.note_refusal(sku, location, now, cause);
+        }
+    }
+}
+
 pub fn order_batch(events: &[OrderEvent], now: Timestamp, partitions: u16) -> crate::event::Batch {
     let mut batch = crate::event::Batch::with_capacity(events.len(), events.len() * 64);
     for (index, e) in events.iter().enumerate() {
@@ -866,6 +926,48 @@ pub fn event_refusal(event_type: EventType, answer: &Answer) -> Option<String> {
         Answer::NotFound(why) => Some(format!("order_not_found: {why}")),
         Answer::Plain => None,
     }
+}
+
+/// The order lines this step refused for lack of stock at a known level,
+/// as (sku, location, what to name as the cause), for the partitions'
+/// RESERVATION_REJECTED bursts. Only decisions made now count: the answer
+/// to a repeated command is the old decision.
+pub fn refusals(
+    commands: &[OrderCommand],
+    answers: &[Answer],
+    now: Timestamp,
+) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    for (command, answer) in commands.iter().zip(answers) {
+        let Answer::Done(order) = answer else {
+            continue;
+        };
+        if order.updated_at != now {
+            continue;
+        }
+        let lines = match command {
+            OrderCommand::Place { .. } if order.created_at == now => &order.lines[..],
+            OrderCommand::Event {
+                event_type: EventType::Reservation,
+                ..
+            } => order.lines.last().map(std::slice::from_ref).unwrap_or(&[]),
+            _ => continue,
+        };
+        let cause = match command {
+            OrderCommand::Event { event_id, .. } => event_id.clone(),
+            _ => format!("order:{}", order.order_id),
+        };
+        for line in lines {
+            let short = line
+                .reason
+                .as_deref()
+                .is_some_and(|r| r.starts_with("insufficient_stock"));
+            if let (true, Some(location)) = (short, &line.location_id) {
+                out.push((line.sku.clone(), location.clone(), cause.clone()));
+            }
+        }
+    }
+    out
 }
 
 /// Whether a record must run the order step: it carries commands, or a

@@ -425,41 +425,8 @@ impl Partition {
         now: Timestamp,
     ) {
         let rules = self.timers.rules;
-        if matches!(outcome, Outcome::Rejected(Rejection::InsufficientStock))
-            && rules.burst_rejections > 0
-        {
-            let burst = self.timers.bursts.entry(slot).or_insert(Burst {
-                window_start: now,
-                last: now,
-                count: 0,
-                raised: false,
-            });
-            if now.0 - burst.window_start.0 > rules.burst_window_ns && !burst.raised {
-                (burst.window_start, burst.count) = (now, 0);
-            }
-            let first = burst.count == 0;
-            burst.count += 1;
-            burst.last = now;
-            let raise = burst.count >= rules.burst_rejections && !burst.raised;
-            burst.raised |= raise;
-            if first {
-                self.timers.due.push(std::cmp::Reverse((
-                    Timestamp(now.0.saturating_add(rules.burst_window_ns)),
-                    slot,
-                    TimerKind::BurstEnd,
-                )));
-            }
-            if raise {
-                let event_id = batch.event_id(position).into();
-                self.push_alert(
-                    slot,
-                    AlertKind::ReservationRejected,
-                    Transition::Raised,
-                    Severity::Warning,
-                    now,
-                    event_id,
-                );
-            }
+        if matches!(outcome, Outcome::Rejected(Rejection::InsufficientStock)) {
+            self.count_refusal(slot, now, batch.event_id(position));
             return;
         }
         let level = &self.levels[slot as usize].2;
@@ -486,6 +453,54 @@ impl Partition {
             )));
         }
         self.timers.flags[slot as usize] = STALE_QUEUED;
+    }
+
+    /// A reservation refused at `slot` for lack of stock: counts toward a
+    /// RESERVATION_REJECTED burst.
+    fn count_refusal(&mut self, slot: u32, now: Timestamp, event_id: &str) {
+        let rules = self.timers.rules;
+        if rules.burst_rejections == 0 {
+            return;
+        }
+        let burst = self.timers.bursts.entry(slot).or_insert(Burst {
+            window_start: now,
+            last: now,
+            count: 0,
+            raised: false,
+        });
+        if now.0 - burst.window_start.0 > rules.burst_window_ns && !burst.raised {
+            (burst.window_start, burst.count) = (now, 0);
+        }
+        let first = burst.count == 0;
+        burst.count += 1;
+        burst.last = now;
+        let raise = burst.count >= rules.burst_rejections && !burst.raised;
+        burst.raised |= raise;
+        if first {
+            let due = Timestamp(now.0.saturating_add(rules.burst_window_ns));
+            self.timers
+                .due
+                .push(std::cmp::Reverse((due, slot, TimerKind::BurstEnd)));
+        }
+        if raise {
+            let (kind, severity) = (AlertKind::ReservationRejected, Severity::Warning);
+            self.push_alert(
+                slot,
+                kind,
+                Transition::Raised,
+                severity,
+                now,
+                event_id.into(),
+            );
+        }
+    }
+
+    /// An order line refused for lack of stock at (sku, location) by the
+    /// order step, which decides without a partition event: counts toward
+    /// a burst like a refused RESERVATION event.
+    pub fn note_refusal(&mut self, sku: &str, location: &str, now: Timestamp, event_id: &str) {
+        let slot = self.slot(sku, location);
+        self.count_refusal(slot, now, event_id);
     }
 
     fn push_alert(

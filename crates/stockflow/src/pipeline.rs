@@ -23,7 +23,7 @@ use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use stockflow_core::orders::{
-    event_refusal, order_batch, step_due, take_order_events, Answer, StockOf,
+    event_refusal, step_due, take_order_events, Answer, StepEffects, StockOf,
 };
 use stockflow_core::{
     admit, Batch, Catalog, CatalogChange, Dedup, Exception, OrderBook, OrderCommand, Outcome,
@@ -149,7 +149,7 @@ struct Group {
     /// meet at a barrier after the events, one decides, all apply.
     serial: bool,
     /// The order step's events, for the appliers to apply.
-    order_batch: Mutex<Option<Arc<Batch>>>,
+    order_step: Mutex<Option<Arc<StepEffects>>>,
     requests: Vec<Request>,
     dead_letters: Vec<DeadLetter>,
     file: Appended,
@@ -626,7 +626,7 @@ impl Sequencer {
             discarded,
             orders,
             serial,
-            order_batch: Mutex::new(None),
+            order_step: Mutex::new(None),
             events: accepted as usize,
             requests,
             dead_letters,
@@ -821,23 +821,24 @@ fn applier(
                         decide_orders(&group, shared);
                     }
                     barrier.wait();
-                    let batch = group.order_batch.lock().clone();
-                    if let Some(batch) = batch {
+                    let step = group.order_step.lock().clone();
+                    if let Some(step) = step {
+                        let batch = &step.batch;
                         for (id, history) in &mut owned {
                             let mut partition = shared.partitions[*id as usize].write();
                             let alerts_before = partition.alerts.next_seq;
                             found.clear();
                             changes.clear();
-                            partition.apply_batch(*id, &batch, group.now, &mut found, &mut changes);
+                            step.apply_to(*id, &mut partition, group.now, &mut found, &mut changes);
                             if let Some(e) = found.first() {
                                 tracing::error!(
                                     ?e,
                                     "an order decision did not apply; this is a bug"
                                 );
                             }
-                            record_history(history, &mut partition, &batch, &changes, &group);
+                            record_history(history, &mut partition, batch, &changes, &group);
                             let since = Some(alerts_before);
-                            publish(shared, *id, &partition, &batch, &changes, since);
+                            publish(shared, *id, &partition, batch, &changes, since);
                         }
                     }
                 }
@@ -982,11 +983,14 @@ fn decide_orders(group: &Group, shared: &Shared) {
     let expiring = book.due_by(group.now);
     let (events, answers) = book.decide(&commands, group.now, &stock);
     drop(partitions);
-    *group.order_batch.lock() = Some(Arc::new(order_batch(
+    let step = StepEffects::new(
+        &commands,
         &events,
+        &answers,
         group.now,
         shared.partition_count(),
-    )));
+    );
+    *group.order_step.lock() = Some(Arc::new(step));
     if shared.hub.wanted(crate::stream::Kind::Orders) {
         // Orders the timers expired, then the answers to this record's
         // commands: every order whose state changed.

@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
-use stockflow_core::orders::{order_batch, step_due, StockOf};
+use stockflow_core::orders::{step_due, StepEffects, StockOf};
 use stockflow_core::{
     admit, event_id_hash, Catalog, Dedup, DedupSnapshot, Engine, EngineConfig, OrderBook,
     OrderCommand, Partition, PartitionSnapshot, Timestamp,
@@ -198,17 +198,22 @@ pub fn recover(config: &Config) -> anyhow::Result<Recovered> {
                 partitions: &views,
                 catalog: &engine.catalog,
             };
-            let (decided, _) = engine.orders.decide(&group.orders, group.now, &stock);
+            let (decided, answers) = engine.orders.decide(&group.orders, group.now, &stock);
             drop(views);
-            let batch = order_batch(&decided, group.now, partitions);
+            let step = StepEffects::new(&group.orders, &decided, &answers, group.now, partitions);
             apply_with_history(
                 &mut engine.partitions,
                 &mut history,
-                &batch,
+                &step.batch,
                 group.now,
                 number,
                 from,
             )?;
+            for (id, partition) in engine.partitions.iter_mut().enumerate() {
+                if number >= from[id] {
+                    step.apply_refusals(id as u16, partition, group.now);
+                }
+            }
         }
         for (id, partition) in engine.partitions.iter_mut().enumerate() {
             if number >= from[id] {

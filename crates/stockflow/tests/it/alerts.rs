@@ -285,3 +285,58 @@ async fn timers_raise_stale_and_end_rejection_bursts_with_no_traffic() {
         server.stop().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_checkouts_make_one_rejection_burst_alert() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = stockflow_core::alerts::TimerRules {
+        burst_rejections: 3,
+        ..Default::default()
+    };
+    let server = start(dir.path(), |c| c.engine.timers = rules).await;
+    let url = server.url();
+    post(
+        &url,
+        "application/json",
+        event("cb-r", "RECEIPT", "CB", "S1", 1),
+    )
+    .await;
+    let client = reqwest::Client::new();
+    for n in 0..6 {
+        let order = json!({"orderId": format!("cb-{n}"), "lines": [{"sku": "CB", "locationId": "S1", "quantity": 2}]});
+        let response = client
+            .post(format!("{url}/v1/orders"))
+            .json(&order)
+            .send()
+            .await
+            .unwrap();
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["status"], "rejected", "{body}");
+    }
+    // The same order again is its old answer, not a new refusal.
+    let again =
+        json!({"orderId": "cb-0", "lines": [{"sku": "CB", "locationId": "S1", "quantity": 2}]});
+    client
+        .post(format!("{url}/v1/orders"))
+        .json(&again)
+        .send()
+        .await
+        .unwrap();
+    let (_, bursts) = get(&url, "/v1/alerts?sku=CB&kind=RESERVATION_REJECTED").await;
+    assert_eq!(
+        kinds(&bursts),
+        [k("RESERVATION_REJECTED", "raised", "WARNING")],
+        "one alert per burst: {bursts}"
+    );
+    assert_eq!(bursts["alerts"][0]["eventId"], "order:cb-2");
+    let (_, all) = get(&url, "/v1/alerts?sku=CB").await;
+    server.stop().await.unwrap();
+    std::fs::remove_dir_all(dir.path().join("checkpoints")).unwrap();
+    let server = start(dir.path(), |c| c.engine.timers = rules).await;
+    let (_, again) = get(&server.url(), "/v1/alerts?sku=CB").await;
+    assert_eq!(
+        again["alerts"], all["alerts"],
+        "replay decides the same refusals"
+    );
+    server.stop().await.unwrap();
+}
