@@ -396,19 +396,8 @@ impl Partition {
         crate::alerts::transitions(&before, &after, policy, fresh, &mut self.transitions);
         for i in 0..self.transitions.len() {
             let (kind, transition, severity) = self.transitions[i];
-            let alert = Alert {
-                seq: 0,
-                kind,
-                transition,
-                severity,
-                slot,
-                at: now,
-                on_hand: after.on_hand,
-                available: policy.available(&after),
-                threshold: policy.low_stock_threshold,
-                event_id: batch.event_id(position).into(),
-            };
-            self.alerts.push(alert);
+            let event_id = batch.event_id(position).into();
+            self.push_alert(slot, kind, transition, severity, now, event_id);
         }
         self.timers_after_change(slot, outcome, batch, position, now);
     }
