@@ -38,7 +38,7 @@ const BUFFER_BYTES: usize = 256 << 10;
 /// Written bytes after which writeback is started in the background, so a
 /// checkpoint's fsync finds little to do and never floods the disk that
 /// the log's fdatasync waits on (RocksDB calls this `bytes_per_sync`).
-const WRITEBACK_BYTES: u64 = 512 << 10;
+const WRITEBACK_BYTES: u64 = 128 << 10;
 
 pub fn partition_dir(data_dir: &Path, partition: u16) -> PathBuf {
     data_dir.join("history").join(format!("{partition:04}"))
