@@ -127,6 +127,7 @@ pub struct Overloaded;
 /// Handle to the running write path.
 pub struct Pipeline {
     ingest: Mutex<Option<Sender<Submission>>>,
+    data_dir: std::path::PathBuf,
     pub shared: Arc<Shared>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -193,7 +194,7 @@ impl Pipeline {
             next_timers,
             partitions: engine.partitions.into_iter().map(RwLock::new).collect(),
             orders: RwLock::new(engine.orders),
-            hub: Arc::new(crate::stream::Hub::default()),
+            hub: Arc::new(crate::stream::Hub::resume(&config.data_dir)),
             catalog: RwLock::new(engine.catalog),
             dead_letters: RwLock::new(dead_letters),
             applied_records: AtomicU64::new(log.next_record()),
@@ -254,6 +255,7 @@ impl Pipeline {
         Ok(Pipeline {
             ingest: Mutex::new(Some(ingest_tx)),
             shared,
+            data_dir: config.data_dir.clone(),
             threads: Mutex::new(threads),
         })
     }
@@ -391,10 +393,19 @@ impl Pipeline {
     /// joins the threads.
     pub fn shutdown(&self) {
         self.ingest.lock().take();
-        for thread in self.threads.lock().drain(..) {
+        let threads: Vec<_> = self.threads.lock().drain(..).collect();
+        if threads.is_empty() {
+            return; // stopped already
+        }
+        for thread in threads {
             if thread.join().is_err() {
                 tracing::error!("a pipeline thread panicked");
             }
+        }
+        // Every message of this run is in the ring now; the next start
+        // resumes its ids (a stream client of this run sees no gap).
+        if let Err(error) = self.shared.hub.save(&self.data_dir) {
+            tracing::warn!(%error, "cannot save the live stream for resuming; clients will be told of a gap");
         }
         crate::recovery::wait_for_checkpoint_writers(std::time::Duration::from_secs(120));
     }

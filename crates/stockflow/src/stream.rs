@@ -4,7 +4,10 @@
 //! Appliers publish after each group; every message gets an id
 //! `{epoch}-{seq}`, increasing in delivery order. The newest messages stay
 //! in a bounded ring so that a client reconnecting with Last-Event-ID gets
-//! exactly what it missed, or is told that the gap is too old.
+//! exactly what it missed, or is told that the gap is too old. A graceful
+//! stop saves the ring (`DATA_DIR/stream.snap`) and the next start resumes
+//! the same ids from it; after a crash the ids start a new epoch, and a
+//! client from before is told there is a gap.
 //!
 //! Delivery is indexed: a subscriber filtering on a SKU is only offered
 //! that SKU's messages, so publishing costs O(matching subscribers), not
@@ -67,6 +70,8 @@ pub enum Body {
         outcome: &'static str,
     },
     Json(Value),
+    /// Restored from a graceful stop's save: only the rendered JSON is kept.
+    Saved,
 }
 
 #[derive(Debug)]
@@ -90,6 +95,7 @@ impl Message {
     fn render(&self) -> String {
         match &self.body {
             Body::Json(value) => value.to_string(),
+            Body::Saved => "null".into(), // always pre-rendered
             Body::Stock {
                 on_hand,
                 reserved,
@@ -153,6 +159,10 @@ struct Subscriber {
 #[derive(Default)]
 struct Inner {
     seq: u64,
+    /// Per kind: messages of it after this seq were not all built (nobody
+    /// was listening), so resuming from it or before is a gap for a client
+    /// that wants that kind.
+    unbuilt_after: [u64; 3],
     ring: VecDeque<Arc<Message>>,
     next_id: u64,
     subscribers: HashMap<u64, Subscriber>,
@@ -167,6 +177,9 @@ pub struct Hub {
     inner: Mutex<Inner>,
     /// Server time (ns) until which messages are built with no subscriber.
     keep_until: AtomicI64,
+    /// Per kind: set when [`Hub::wanted`] said no since the last publish,
+    /// so the gap is marked once, not per call.
+    skipping: [AtomicBool; 3],
     /// Subscribers wanting each kind (stock, alerts, orders).
     listening: [std::sync::atomic::AtomicUsize; 3],
     /// Becomes true when the server stops, to end every open stream (a
@@ -204,6 +217,7 @@ impl Default for Hub {
             epoch: crate::pipeline::wall_clock().0 as u64,
             inner: Mutex::new(Inner::default()),
             keep_until: AtomicI64::new(0),
+            skipping: Default::default(),
             listening: Default::default(),
             closed: tokio::sync::watch::channel(false).0,
         }
@@ -211,10 +225,16 @@ impl Default for Hub {
 }
 
 impl Hub {
-    /// Whether publishers should build messages of `kind` now.
+    /// Whether publishers should build messages of `kind` now. When not,
+    /// what they skip is a gap for anyone resuming from before it.
     pub fn wanted(&self, kind: Kind) -> bool {
-        self.listening[kind as usize].load(Ordering::Relaxed) > 0
-            || self.keep_until.load(Ordering::Relaxed) > crate::pipeline::wall_clock().0
+        let wanted = self.listening[kind as usize].load(Ordering::Relaxed) > 0
+            || self.keep_until.load(Ordering::Relaxed) > crate::pipeline::wall_clock().0;
+        if !wanted && !self.skipping[kind as usize].swap(true, Ordering::Relaxed) {
+            let mut inner = self.inner.lock();
+            inner.unbuilt_after[kind as usize] = inner.seq;
+        }
+        wanted
     }
 
     /// Numbers, keeps and delivers messages, in order.
@@ -224,6 +244,9 @@ impl Hub {
         }
         let mut inner = self.inner.lock();
         let inner = &mut *inner;
+        self.skipping
+            .iter()
+            .for_each(|s| s.store(false, Ordering::Relaxed));
         let mut gone = Vec::new();
         for draft in drafts {
             inner.seq += 1;
@@ -289,7 +312,11 @@ impl Hub {
                 match parsed {
                     Some((epoch, seq)) if epoch == self.epoch => {
                         let oldest = inner.ring.front().map_or(inner.seq + 1, |m| m.seq);
-                        if seq + 1 < oldest {
+                        let unbuilt = filter
+                            .kinds
+                            .iter()
+                            .any(|k| seq <= inner.unbuilt_after[*k as usize]);
+                        if seq + 1 < oldest || unbuilt {
                             Resume::TooOld
                         } else {
                             Resume::From(
@@ -341,6 +368,79 @@ impl Hub {
                 .saturating_add(RESUME_WINDOW_NS),
             Ordering::Relaxed,
         );
+    }
+
+    /// Saves the ring for the next start (after the write path stopped, so
+    /// it holds every message of this run).
+    pub fn save(&self, data_dir: &std::path::Path) -> anyhow::Result<()> {
+        let inner = self.inner.lock();
+        let saved = SavedRing {
+            epoch: self.epoch,
+            seq: inner.seq,
+            unbuilt_after: inner.unbuilt_after,
+            messages: inner
+                .ring
+                .iter()
+                .map(|m| SavedMessage {
+                    seq: m.seq,
+                    kind: m.kind.as_str().to_owned(),
+                    sku: m.sku.as_deref().map(str::to_owned),
+                    location_id: m.location_id.as_deref().map(str::to_owned),
+                    data: m.data().to_string(),
+                })
+                .collect(),
+        };
+        let bytes = postcard::to_stdvec(&saved)?;
+        stockflow_log::write_snapshot(&saved_path(data_dir), &bytes)?;
+        Ok(())
+    }
+
+    /// The hub a graceful stop saved, if there is one: the same epoch and
+    /// ids, and messages built for a resume window so that clients of the
+    /// last run can come back without a gap. The save is deleted (durably)
+    /// first: after a later crash, this run's ids must not meet it again.
+    pub fn resume(data_dir: &std::path::Path) -> Hub {
+        let path = saved_path(data_dir);
+        let saved = match stockflow_log::read_snapshot(&path) {
+            Ok(bytes) => postcard::from_bytes::<SavedRing>(&bytes).ok(),
+            Err(_) => None,
+        };
+        let removed = std::fs::remove_file(&path)
+            .map_err(anyhow::Error::from)
+            .and_then(|()| Ok(stockflow_log::sync_dir(data_dir)?));
+        let (Some(saved), Ok(())) = (saved, removed) else {
+            return Hub::default();
+        };
+        let hub = Hub {
+            epoch: saved.epoch,
+            ..Hub::default()
+        };
+        {
+            let mut inner = hub.inner.lock();
+            inner.seq = saved.seq;
+            inner.unbuilt_after = saved.unbuilt_after;
+            inner.ring = saved
+                .messages
+                .into_iter()
+                .filter_map(|m| {
+                    Some(Arc::new(Message {
+                        seq: m.seq,
+                        kind: Kind::from_wire(&m.kind)?,
+                        sku: m.sku.map(Arc::from),
+                        location_id: m.location_id.map(Arc::from),
+                        body: Body::Saved,
+                        rendered: std::sync::OnceLock::from(Arc::<str>::from(m.data)),
+                    }))
+                })
+                .collect();
+        }
+        hub.keep_until.store(
+            crate::pipeline::wall_clock()
+                .0
+                .saturating_add(RESUME_WINDOW_NS),
+            Ordering::Relaxed,
+        );
+        hub
     }
 
     /// Ends every open stream; called when the server stops.
@@ -413,5 +513,83 @@ pub fn alert_draft(
         sku: Some(sku.clone()),
         location_id: Some(location.clone()),
         body: Body::Json(crate::http::alert_json(id, alert, sku, location)),
+    }
+}
+
+fn saved_path(data_dir: &std::path::Path) -> std::path::PathBuf {
+    data_dir.join("stream.snap")
+}
+
+/// The ring as a graceful stop leaves it (see [`Hub::save`]).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavedRing {
+    epoch: u64,
+    seq: u64,
+    unbuilt_after: [u64; 3],
+    messages: Vec<SavedMessage>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavedMessage {
+    seq: u64,
+    kind: String,
+    sku: Option<String>,
+    location_id: Option<String>,
+    data: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn draft(n: i64) -> Draft {
+        Draft {
+            kind: Kind::Stock,
+            sku: Some("A".into()),
+            location_id: Some("S1".into()),
+            body: Body::Json(serde_json::json!({ "n": n })),
+        }
+    }
+
+    fn filter() -> Filter {
+        Filter {
+            sku: None,
+            location_id: None,
+            kinds: vec![Kind::Stock],
+        }
+    }
+
+    #[test]
+    fn messages_skipped_while_nobody_listened_are_a_gap_not_a_silent_hole() {
+        let hub = Arc::new(Hub::default());
+        let (sub, _) = hub.subscribe(filter(), None).unwrap();
+        assert!(hub.wanted(Kind::Stock));
+        hub.publish(vec![draft(1)]);
+        let last = format!("{}-1", hub.epoch);
+        drop(sub);
+        // The resume window ends; changes happen that nobody builds.
+        hub.keep_until.store(0, Ordering::Relaxed);
+        assert!(!hub.wanted(Kind::Stock));
+        let (_sub, resume) = hub.subscribe(filter(), Some(&last)).unwrap();
+        assert!(
+            matches!(resume, Resume::TooOld),
+            "seq 1 then unbuilt changes: a gap"
+        );
+        // Orders not being built is no gap for a stock-only client.
+        assert!(hub.wanted(Kind::Stock));
+        hub.publish(vec![draft(2)]);
+        assert!(
+            !hub.wanted(Kind::Orders),
+            "nobody wants orders: their gap is marked"
+        );
+        let last = format!("{}-2", hub.epoch);
+        hub.publish(vec![draft(3)]);
+        let (_other, resume) = hub.subscribe(filter(), Some(&last)).unwrap();
+        match resume {
+            Resume::From(missed) => {
+                assert_eq!(missed.iter().map(|m| m.seq).collect::<Vec<_>>(), [3])
+            }
+            Resume::TooOld => panic!("a stock client missed no stock message"),
+        }
     }
 }

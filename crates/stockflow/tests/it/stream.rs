@@ -298,3 +298,66 @@ async fn orders_are_pushed_when_placed_and_when_their_hold_expires() {
     );
     server.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_restart_keeps_the_stream_resumable_and_a_crash_says_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), |_| {}).await;
+    let url = server.url();
+    let mut reader = Reader::open(&format!("{url}/v1/stream?sku=GR&kinds=stock"), None).await;
+    post(
+        &url,
+        "application/json",
+        event("gr-1", "RECEIPT", "GR", "S1", 5),
+    )
+    .await;
+    let (last, _, _) = reader.next().await;
+    drop(reader);
+    // Missed while away, then the server restarts.
+    post(
+        &url,
+        "application/json",
+        event("gr-2", "SALE", "GR", "S1", 1),
+    )
+    .await;
+    server.stop().await.unwrap();
+
+    let server = start(dir.path(), |_| {}).await;
+    let url = server.url();
+    let mut resumed =
+        Reader::open(&format!("{url}/v1/stream?sku=GR&kinds=stock"), Some(&last)).await;
+    post(
+        &url,
+        "application/json",
+        event("gr-3", "SALE", "GR", "S1", 1),
+    )
+    .await;
+    let got: Vec<(String, String)> = [resumed.next().await, resumed.next().await]
+        .into_iter()
+        .map(|(id, _, d)| (id, d["eventId"].as_str().unwrap().to_owned()))
+        .collect();
+    assert_eq!(
+        (got[0].1.as_str(), got[1].1.as_str()),
+        ("gr-2", "gr-3"),
+        "no gap across a graceful restart"
+    );
+    assert_eq!(
+        got[0].0.split('-').next(),
+        last.split('-').next(),
+        "the same run of ids continues"
+    );
+    let after_restart = got[1].0.clone();
+    drop(resumed);
+    server.stop().await.unwrap();
+
+    // A crash leaves no saved stream: a client from before hears of a gap.
+    std::fs::remove_file(dir.path().join("stream.snap")).unwrap();
+    let server = start(dir.path(), |_| {}).await;
+    let mut stale = Reader::open(
+        &format!("{}/v1/stream?sku=GR&kinds=stock", server.url()),
+        Some(&after_restart),
+    )
+    .await;
+    assert_eq!(stale.next().await.1, "gap");
+    server.stop().await.unwrap();
+}
