@@ -107,9 +107,12 @@ impl Shared {
             .min()?;
         (next != i64::MAX).then_some(Timestamp(next))
     }
-}
 
-impl Shared {
+    /// Tells the sequencer when partition `id`'s next timer is due.
+    fn note_next_timer(&self, id: u16, partition: &Partition) {
+        self.next_timers[id as usize].store(timer_ns(partition), Ordering::Release);
+    }
+
     pub fn partition_count(&self) -> u16 {
         self.partitions.len() as u16
     }
@@ -188,7 +191,7 @@ impl Pipeline {
         let next_timers = engine
             .partitions
             .iter()
-            .map(|p| std::sync::atomic::AtomicI64::new(p.next_timer().map_or(i64::MAX, |t| t.0)))
+            .map(|p| std::sync::atomic::AtomicI64::new(timer_ns(p)))
             .collect();
         let shared = Arc::new(Shared {
             next_timers,
@@ -421,6 +424,11 @@ fn spawn(name: &str, body: impl FnOnce() + Send + 'static) -> std::io::Result<Jo
     std::thread::Builder::new()
         .name(name.to_owned())
         .spawn(body)
+}
+
+/// A partition's next timer as [`Shared::next_timers`] holds it.
+fn timer_ns(partition: &Partition) -> i64 {
+    partition.next_timer().map_or(i64::MAX, |t| t.0)
 }
 
 /// Longest the sequencer sleeps without looking at the time-driven alerts'
@@ -863,8 +871,7 @@ fn applier(
                         let none = Batch::default();
                         publish(shared, *id, &partition, &none, &[], Some(alerts_before));
                     }
-                    let next = partition.next_timer().map_or(i64::MAX, |t| t.0);
-                    shared.next_timers[*id as usize].store(next, Ordering::Release);
+                    shared.note_next_timer(*id, &partition);
                 }
                 for (_, history) in &mut owned {
                     if let Err(error) = history.flush() {
