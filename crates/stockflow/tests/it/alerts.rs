@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use crate::{event, get, post, start};
+use crate::{event, get, post, send_event, start};
 
 fn kinds(page: &Value) -> Vec<(String, String, String)> {
     page["alerts"]
@@ -44,12 +44,7 @@ async fn alerts_follow_transitions_and_survive_restarts() {
         ("SALE", 1),     // onHand −1: NEGATIVE_ON_HAND
     ];
     for (n, (kind, q)) in steps.iter().enumerate() {
-        post(
-            &url,
-            "application/json",
-            event(&format!("al-{n}"), kind, "AL", "S1", *q),
-        )
-        .await;
+        send_event(&url, &format!("al-{n}"), kind, "AL", "S1", *q).await;
     }
     let (_, active) = get(&url, "/v1/alerts?active=true&sku=AL").await;
     let mut now_active = kinds(&active);
@@ -62,12 +57,7 @@ async fn alerts_follow_transitions_and_survive_restarts() {
             k("OUT_OF_STOCK", "raised", "CRITICAL")
         ]
     );
-    post(
-        &url,
-        "application/json",
-        event("al-back", "RECEIPT", "AL", "S1", 20),
-    )
-    .await;
+    send_event(&url, "al-back", "RECEIPT", "AL", "S1", 20).await;
     let (_, all) = get(&url, "/v1/alerts?sku=AL&locationId=S1").await;
     let newest_last_step: Vec<_> = kinds(&all).into_iter().take(4).collect();
     assert!(
@@ -155,18 +145,16 @@ async fn a_location_threshold_overrides_the_products() {
         .unwrap();
     assert_eq!(response.status(), 200);
     for location in ["SMALL", "WH"] {
-        post(
+        send_event(
             &url,
-            "application/json",
-            event(&format!("ov-r-{location}"), "RECEIPT", "OV", location, 12),
+            &format!("ov-r-{location}"),
+            "RECEIPT",
+            "OV",
+            location,
+            12,
         )
         .await;
-        post(
-            &url,
-            "application/json",
-            event(&format!("ov-s-{location}"), "SALE", "OV", location, 7),
-        )
-        .await;
+        send_event(&url, &format!("ov-s-{location}"), "SALE", "OV", location, 7).await;
     }
     let (_, active) = get(&url, "/v1/alerts?active=true&sku=OV").await;
     let at: Vec<&str> = active["alerts"]
@@ -183,12 +171,7 @@ async fn a_location_threshold_overrides_the_products() {
     let (_, location) = get(&url, "/v1/locations/SMALL").await;
     assert_eq!(location["lowStockThreshold"], 3);
     // Lowering SMALL further crosses its own line; the roll-ups agree.
-    post(
-        &url,
-        "application/json",
-        event("ov-s2", "SALE", "OV", "SMALL", 3),
-    )
-    .await;
+    send_event(&url, "ov-s2", "SALE", "OV", "SMALL", 3).await;
     let (_, active) = get(&url, "/v1/alerts?active=true&sku=OV&locationId=SMALL").await;
     // 2 left: below 3, above half of it.
     assert_eq!(kinds(&active), [k("LOW_STOCK", "raised", "WARNING")]);
@@ -225,12 +208,7 @@ async fn timers_raise_stale_and_end_rejection_bursts_with_no_traffic() {
     };
     let server = start(dir.path(), |c| c.engine.timers = rules).await;
     let url = server.url();
-    post(
-        &url,
-        "application/json",
-        event("st-r", "RECEIPT", "ST", "S1", 20),
-    )
-    .await;
+    send_event(&url, "st-r", "RECEIPT", "ST", "S1", 20).await;
     wait_for_active(&url, "ST", &[]).await;
     // No event for a second: STALE, raised by the timer alone.
     let quiet = std::time::Instant::now();
@@ -239,12 +217,7 @@ async fn timers_raise_stale_and_end_rejection_bursts_with_no_traffic() {
         quiet.elapsed() < std::time::Duration::from_millis(2_500),
         "STALE at most ~1 s late"
     );
-    post(
-        &url,
-        "application/json",
-        event("st-s", "SALE", "ST", "S1", 1),
-    )
-    .await;
+    send_event(&url, "st-s", "SALE", "ST", "S1", 1).await;
     wait_for_active(&url, "ST", &[]).await;
 
     // Three refused reservations make a burst; two would not.
@@ -295,12 +268,7 @@ async fn refused_checkouts_make_one_rejection_burst_alert() {
     };
     let server = start(dir.path(), |c| c.engine.timers = rules).await;
     let url = server.url();
-    post(
-        &url,
-        "application/json",
-        event("cb-r", "RECEIPT", "CB", "S1", 1),
-    )
-    .await;
+    send_event(&url, "cb-r", "RECEIPT", "CB", "S1", 1).await;
     let client = reqwest::Client::new();
     for n in 0..6 {
         let order = json!({"orderId": format!("cb-{n}"), "lines": [{"sku": "CB", "locationId": "S1", "quantity": 2}]});

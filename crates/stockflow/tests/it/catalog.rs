@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value};
 
-use crate::{event, get, post, start};
+use crate::{event, get, post, send_event, start};
 
 async fn send(method: reqwest::Method, url: &str, body: Value) -> (u16, Value) {
     let response = reqwest::Client::new()
@@ -255,12 +255,7 @@ async fn a_kartshoppe_catalog_file_loads_products_and_initial_stock_once() {
     assert_eq!(product["name"], "Gadget 2");
     assert_eq!(product["attributes"]["brand"], "TechPro");
     assert_eq!(product["stock"]["onHand"], 20);
-    post(
-        &url,
-        "application/json",
-        event("sold", "SALE", "PROD_0002", "WEB", 5),
-    )
-    .await;
+    send_event(&url, "sold", "SALE", "PROD_0002", "WEB", 5).await;
     server.stop().await.unwrap();
 
     // Starting again with the same file neither recounts nor resets.

@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::{event, get, post, start};
+use crate::{event, get, post, send_event, start};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_body_form_is_ingested_and_visible_to_the_next_get() {
@@ -73,12 +73,7 @@ async fn duplicates_rejections_and_insufficient_stock_are_reported_by_index() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path(), |_| {}).await;
     let url = server.url();
-    post(
-        &url,
-        "application/json",
-        event("r1", "RECEIPT", "A", "S", 2),
-    )
-    .await;
+    send_event(&url, "r1", "RECEIPT", "A", "S", 2).await;
     let bad = r#"{"eventId":"bad-1","eventType":"SALE","sku":"A","locationId":"S","quantity":"5"}"#;
     let body = format!(
         "[{},{},{},{}]",
@@ -218,10 +213,13 @@ async fn state_dead_letters_and_dedup_survive_a_restart_via_checkpoint_and_log_t
     let server = start(dir.path(), |c| c.checkpoint_events = 5).await;
     let url = server.url();
     for i in 0..12 {
-        post(
+        send_event(
             &url,
-            "application/json",
-            event(&format!("e{i}"), "RECEIPT", "A", &format!("S{}", i % 3), 1),
+            &format!("e{i}"),
+            "RECEIPT",
+            "A",
+            &format!("S{}", i % 3),
+            1,
         )
         .await;
     }
@@ -263,7 +261,7 @@ async fn metrics_and_the_openapi_document_describe_the_running_api() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path(), |_| {}).await;
     let url = server.url();
-    post(&url, "application/json", event("m", "RECEIPT", "A", "S", 1)).await;
+    send_event(&url, "m", "RECEIPT", "A", "S", 1).await;
     let metrics = reqwest::get(format!("{url}/metrics"))
         .await
         .unwrap()

@@ -39,6 +39,22 @@ pub async fn post(url: &str, content_type: &str, body: impl Into<String>) -> (u1
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
+/// Posts one canonical event and insists that the server took the request
+/// (200); for steps whose receipt the test does not inspect.
+pub async fn send_event(
+    url: &str,
+    id: &str,
+    kind: &str,
+    sku: &str,
+    location: &str,
+    quantity: i64,
+) -> Value {
+    let body = event(id, kind, sku, location, quantity);
+    let (status, receipt) = post(url, "application/json", body).await;
+    assert_eq!(status, 200, "{kind} {id}: {receipt}");
+    receipt
+}
+
 pub async fn get(url: &str, path: &str) -> (u16, Value) {
     let response = reqwest::get(format!("{url}{path}"))
         .await

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::{event, get, post, start};
+use crate::{event, get, post, send_event, start};
 
 async fn call(client: &reqwest::Client, url: &str, body: Value) -> (u16, Value) {
     let response = client
@@ -201,12 +201,7 @@ async fn holds_expire_on_time_with_no_other_traffic_and_across_a_restart() {
     let server = start(dir.path(), |_| {}).await;
     let url = server.url();
     let client = reqwest::Client::new();
-    post(
-        &url,
-        "application/json",
-        event("a", "RECEIPT", "H", "S1", 10),
-    )
-    .await;
+    send_event(&url, "a", "RECEIPT", "H", "S1", 10).await;
     let (_, short) = call(&client, &format!("{url}/v1/orders"), json!({"orderId": "short", "lines": [{"sku": "H", "locationId": "S1", "quantity": 2}], "holdSeconds": 1})).await;
     assert_eq!(short["status"], "reserved");
     let (_, long) = call(&client, &format!("{url}/v1/orders"), json!({"orderId": "long", "lines": [{"sku": "H", "locationId": "S1", "quantity": 3}], "holdSeconds": 3})).await;
@@ -287,12 +282,7 @@ async fn orders_arrive_as_events_with_their_order_id_as_correlation_id() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path(), |_| {}).await;
     let url = server.url();
-    post(
-        &url,
-        "application/json",
-        event("oe-r", "RECEIPT", "OE", "S1", 10),
-    )
-    .await;
+    send_event(&url, "oe-r", "RECEIPT", "OE", "S1", 10).await;
     let reservations = json!([
         order_event("oe-e1", "RESERVATION", "oe-1", 3),
         order_event("oe-e2", "RESERVATION", "oe-1", 20),

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::{event, post, start};
+use crate::{event, post, send_event, start};
 
 /// One parsed SSE event: (id, event name, data).
 type Sse = (String, String, Value);
@@ -72,18 +72,8 @@ async fn subscribers_get_filtered_changes_and_resume_without_gaps() {
     let mut alerts =
         Reader::open(&format!("{url}/v1/stream?kinds=alerts&locationId=S1"), None).await;
 
-    post(
-        &url,
-        "application/json",
-        event("other", "RECEIPT", "ELSEWHERE", "S1", 50),
-    )
-    .await;
-    post(
-        &url,
-        "application/json",
-        event("l1", "RECEIPT", "LIVE", "S1", 12),
-    )
-    .await;
+    send_event(&url, "other", "RECEIPT", "ELSEWHERE", "S1", 50).await;
+    send_event(&url, "l1", "RECEIPT", "LIVE", "S1", 12).await;
     let (first_id, name, data) = stock.next().await;
     assert_eq!(name, "stock");
     assert_eq!(
@@ -94,12 +84,7 @@ async fn subscribers_get_filtered_changes_and_resume_without_gaps() {
         ),
         (Some("LIVE"), Some(12), Some("l1"))
     );
-    post(
-        &url,
-        "application/json",
-        event("l2", "SALE", "LIVE", "S1", 5),
-    )
-    .await;
+    send_event(&url, "l2", "SALE", "LIVE", "S1", 5).await;
     let (second_id, _, data) = stock.next().await;
     assert_eq!(data["available"], 7);
     let (_, name, alert) = alerts.next().await;
@@ -110,18 +95,8 @@ async fn subscribers_get_filtered_changes_and_resume_without_gaps() {
     drop(stock);
 
     // Missed while away: delivered on reconnect, in order, then live.
-    post(
-        &url,
-        "application/json",
-        event("l3", "SALE", "LIVE", "S1", 1),
-    )
-    .await;
-    post(
-        &url,
-        "application/json",
-        event("l4", "SALE", "LIVE", "S1", 1),
-    )
-    .await;
+    send_event(&url, "l3", "SALE", "LIVE", "S1", 1).await;
+    send_event(&url, "l4", "SALE", "LIVE", "S1", 1).await;
     let mut resumed = Reader::open(
         &format!("{url}/v1/stream?sku=LIVE&kinds=stock"),
         Some(&second_id),
@@ -132,12 +107,7 @@ async fn subscribers_get_filtered_changes_and_resume_without_gaps() {
         .map(|(_, _, d)| d["eventId"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(got, ["l3", "l4"]);
-    post(
-        &url,
-        "application/json",
-        event("l5", "RETURN", "LIVE", "S1", 1),
-    )
-    .await;
+    send_event(&url, "l5", "RETURN", "LIVE", "S1", 1).await;
     assert_eq!(resumed.next().await.2["eventId"], "l5");
     assert_ne!(first_id, second_id);
 
@@ -216,18 +186,8 @@ async fn the_websocket_carries_the_same_messages_and_resumes() {
         tokio_tungstenite::connect_async(format!("{ws}/v1/ws?sku=WS&kinds=stock"))
             .await
             .unwrap();
-    post(
-        &url,
-        "application/json",
-        event("w1", "RECEIPT", "OTHER", "S1", 5),
-    )
-    .await;
-    post(
-        &url,
-        "application/json",
-        event("w2", "RECEIPT", "WS", "S1", 7),
-    )
-    .await;
+    send_event(&url, "w1", "RECEIPT", "OTHER", "S1", 5).await;
+    send_event(&url, "w2", "RECEIPT", "WS", "S1", 7).await;
     let first = next(&mut socket).await;
     assert_eq!(
         (
@@ -238,7 +198,7 @@ async fn the_websocket_carries_the_same_messages_and_resumes() {
         (Some("stock"), Some("w2"), Some(7))
     );
     drop(socket);
-    post(&url, "application/json", event("w3", "SALE", "WS", "S1", 2)).await;
+    send_event(&url, "w3", "SALE", "WS", "S1", 2).await;
     let id = first["id"].as_str().unwrap();
     let (mut resumed, _) =
         tokio_tungstenite::connect_async(format!("{ws}/v1/ws?sku=WS&kinds=stock&lastEventId={id}"))
@@ -261,12 +221,7 @@ async fn orders_are_pushed_when_placed_and_when_their_hold_expires() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path(), |_| {}).await;
     let url = server.url();
-    post(
-        &url,
-        "application/json",
-        event("so-r", "RECEIPT", "SO", "S1", 5),
-    )
-    .await;
+    send_event(&url, "so-r", "RECEIPT", "SO", "S1", 5).await;
     let mut reader = Reader::open(&format!("{url}/v1/stream?kinds=orders"), None).await;
     let order = serde_json::json!({"orderId": "so-1", "lines": [{"sku": "SO", "locationId": "S1", "quantity": 2}], "holdSeconds": 1});
     let response = reqwest::Client::new()
@@ -305,33 +260,18 @@ async fn a_graceful_restart_keeps_the_stream_resumable_and_a_crash_says_gap() {
     let server = start(dir.path(), |_| {}).await;
     let url = server.url();
     let mut reader = Reader::open(&format!("{url}/v1/stream?sku=GR&kinds=stock"), None).await;
-    post(
-        &url,
-        "application/json",
-        event("gr-1", "RECEIPT", "GR", "S1", 5),
-    )
-    .await;
+    send_event(&url, "gr-1", "RECEIPT", "GR", "S1", 5).await;
     let (last, _, _) = reader.next().await;
     drop(reader);
     // Missed while away, then the server restarts.
-    post(
-        &url,
-        "application/json",
-        event("gr-2", "SALE", "GR", "S1", 1),
-    )
-    .await;
+    send_event(&url, "gr-2", "SALE", "GR", "S1", 1).await;
     server.stop().await.unwrap();
 
     let server = start(dir.path(), |_| {}).await;
     let url = server.url();
     let mut resumed =
         Reader::open(&format!("{url}/v1/stream?sku=GR&kinds=stock"), Some(&last)).await;
-    post(
-        &url,
-        "application/json",
-        event("gr-3", "SALE", "GR", "S1", 1),
-    )
-    .await;
+    send_event(&url, "gr-3", "SALE", "GR", "S1", 1).await;
     let got: Vec<(String, String)> = [resumed.next().await, resumed.next().await]
         .into_iter()
         .map(|(id, _, d)| (id, d["eventId"].as_str().unwrap().to_owned()))

@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 use serde_json::Value;
 use stockflow::webhooks::{signature, Webhook};
 
-use crate::{event, get, post, start};
+use crate::{get, send_event, start};
 
 #[derive(Default)]
 struct Receiver {
@@ -66,12 +66,7 @@ async fn alerts_are_posted_signed_retried_and_dead_lettered() {
     let server = start(dir.path(), |c| c.webhooks = hooks).await;
     let url = server.url();
     // A fresh level at 3 < 10: one LOW_STOCK and one OUT_OF_STOCK-free raise.
-    post(
-        &url,
-        "application/json",
-        event("w1", "RECEIPT", "W", "S1", 3),
-    )
-    .await;
+    send_event(&url, "w1", "RECEIPT", "W", "S1", 3).await;
 
     let deadline = Instant::now() + Duration::from_secs(20);
     while flaky.accepted.lock().is_empty() {
