@@ -438,9 +438,7 @@ impl OrderBook {
             }
         }
     }
-}
 
-impl OrderBook {
     /// An order's event (see [`OrderCommand::Event`]). The answer is the
     /// order; a refused reservation shows as a last line with a reason.
     fn event(
