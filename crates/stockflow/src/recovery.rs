@@ -161,9 +161,9 @@ pub fn recover(config: &Config) -> anyhow::Result<Recovered> {
             .with_context(|| format!("log record {number} does not decode"))?;
         let from = &meta.partition_records;
         let spread = from.iter().any(|&first| number < first);
-        if spread
-            && (!group.catalog.is_empty() || step_due(&engine.orders, &group.orders, group.now))
-        {
+        // The batches do not touch the order book: decided once per record.
+        let order_step = step_due(&engine.orders, &group.orders, group.now);
+        if spread && (!group.catalog.is_empty() || order_step) {
             bail!("log record {number} has an order step or a catalog change inside a checkpoint's spread (partitions at {from:?}); this is a bug: move the newest checkpoint away to restart from an older one");
         }
         engine.apply_catalog(&group.catalog, group.now);
@@ -192,7 +192,7 @@ pub fn recover(config: &Config) -> anyhow::Result<Recovered> {
             }
         }
         // The order step, exactly when the pipeline ran it.
-        if step_due(&engine.orders, &group.orders, group.now) {
+        if order_step {
             let views: Vec<&Partition> = engine.partitions.iter().collect();
             let stock = StockOf {
                 partitions: &views,
