@@ -858,12 +858,14 @@ impl Partition {
         slots.iter().map(|slot| self.view(*slot)).collect()
     }
 
-    /// Up to `limit` levels of `location` with sku > `after`, by sku.
+    /// Up to `limit` levels of `location` with sku > `after` that `keep`
+    /// (given the level and its product's policy), by sku.
     pub fn levels_of_location(
         &self,
         location: &str,
         after: Option<&str>,
         limit: usize,
+        keep: impl Fn(&Level, Policy) -> bool,
     ) -> Vec<LevelView> {
         let Some(skus) = self
             .symbols
@@ -874,6 +876,7 @@ impl Partition {
         };
         let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
         skus.range::<str, _>((lower, Bound::Unbounded))
+            .filter(|(_, slot)| keep(&self.levels[**slot as usize].2, self.policy_of(**slot)))
             .take(limit)
             .map(|(_, slot)| self.view(*slot))
             .collect()

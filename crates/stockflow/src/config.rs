@@ -50,6 +50,9 @@ pub struct Config {
     pub catalog_file: Option<PathBuf>,
     /// Where a catalog file's `inventory` quantities are counted.
     pub catalog_location: String,
+    /// Whether POST /v1/simulator/* may generate traffic (demo only by
+    /// default: a production server must not invent sales).
+    pub simulator: bool,
 }
 
 impl Config {
@@ -76,6 +79,7 @@ impl Config {
             price_drop_percent: 10,
             catalog_file: None,
             catalog_location: "ONLINE".into(),
+            simulator: false,
         }
     }
 }

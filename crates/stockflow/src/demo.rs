@@ -2,7 +2,6 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use crate::config::Config;
 use crate::server::Server;
@@ -15,37 +14,34 @@ pub async fn run(listen: SocketAddr, data_dir: Option<PathBuf>, rate: u32) -> an
         .prefix("stockflow-demo-")
         .tempdir()?;
     let dir = data_dir.unwrap_or_else(|| temporary.path().to_owned());
-    let server = Server::start(Config::new(dir.clone()), listen).await?;
+    let mut config = Config::new(dir.clone());
+    config.simulator = true;
+    let server = Server::start(config, listen).await?;
     let url = server.url();
     seed(&url).await?;
     println!("stockflow demo is running (data in {})", dir.display());
+    println!("  dashboard and storefront: {url}/");
     println!("  stock of one item:    curl {url}/v1/stock/SKU-00001");
     println!("  one level:            curl {url}/v1/stock/SKU-00001/STORE-001");
     println!("  a store, paginated:   curl '{url}/v1/locations/STORE-001/stock?limit=5'");
+    println!("  its low stock:        curl '{url}/v1/locations/STORE-001/stock?status=low'");
     println!("  an item by region:    curl {url}/v1/items/SKU-00001");
     println!("  a store's totals:     curl {url}/v1/locations/STORE-001");
     println!("  a level's history:    curl {url}/v1/stock/SKU-00001/STORE-001/history");
     println!("  products:             curl '{url}/v1/products?category=Footwear&limit=5'");
     println!("  source formats:       curl {url}/v1/sources");
     println!("  dead letters:         curl {url}/v1/dead-letters");
+    println!("  live changes (SSE):   curl -N '{url}/v1/stream?kinds=stock,alerts'");
     println!("  API description:      curl {url}/v1/openapi.json");
     println!("  Prometheus metrics:   curl {url}/metrics");
-    println!(
-        "A simulator is sending {rate} events/s of POS, WMS and e-commerce traffic. Ctrl-C stops."
-    );
-    let traffic_url = url.clone();
-    let traffic = tokio::spawn(async move {
-        simulate::random(
-            &traffic_url,
-            rate,
-            Duration::from_secs(365 * 24 * 3600),
-            rand::random(),
-            true,
-        )
-        .await
-    });
+    if rate > 0 {
+        server.simulator.start(rate)?;
+        println!(
+            "A simulator is sending {rate} events/s of POS, WMS and e-commerce traffic \
+             (stop or change it on the dashboard's Simulator page). Ctrl-C stops."
+        );
+    }
     crate::shutdown_signal().await;
-    traffic.abort();
     server.stop().await?;
     println!("stopped");
     Ok(())

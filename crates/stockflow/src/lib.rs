@@ -2,6 +2,7 @@
 //! IO — the log and checkpoints on disk, the threaded write path, the HTTP
 //! API, metrics, and the CLI's demo, simulator and benchmark.
 
+pub mod activity;
 pub mod bench;
 pub mod bootstrap;
 pub mod config;
@@ -16,6 +17,7 @@ pub mod record;
 pub mod recovery;
 pub mod server;
 pub mod simulate;
+pub mod simulator;
 pub mod sources;
 pub mod stream;
 pub mod webhooks;

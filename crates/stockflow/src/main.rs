@@ -108,6 +108,11 @@ enum Command {
         /// Where the catalog file's `inventory` is counted.
         #[arg(long, default_value = "ONLINE")]
         catalog_location: String,
+        /// Let the dashboard's simulator page (POST /v1/simulator/*) send
+        /// random and scenario traffic into this server. Off by default:
+        /// a production server must not invent sales.
+        #[arg(long)]
+        simulator: bool,
     },
     /// Import a file in any source format, with progress and a summary.
     ///
@@ -144,8 +149,8 @@ enum Command {
         /// Keep the demo's data here (default: a temporary directory).
         #[arg(long)]
         data_dir: Option<PathBuf>,
-        /// Simulated events per second.
-        #[arg(long, default_value_t = 200)]
+        /// Simulated events per second (0: start with no traffic).
+        #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(0..=stockflow::simulator::RATE_MAX as i64))]
         rate: u32,
     },
     /// Send simulated traffic to a running server.
@@ -252,8 +257,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
             stale_after_seconds,
             reservation_burst,
             reservation_burst_seconds,
+            simulator,
         } => {
             let mut config = Config::new(data_dir);
+            config.simulator = simulator;
             config.history_retention_ns =
                 i64::from(history_retention_days) * 24 * 3600 * 1_000_000_000;
             config.catalog_file = catalog;
@@ -281,7 +288,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 burst_window_ns: i64::from(reservation_burst_seconds) * 1_000_000_000,
             };
             let server = Server::start(config, listen).await?;
-            println!("stockflow listening on {}", server.url());
+            println!(
+                "stockflow listening on {url} (dashboard: {url}/)",
+                url = server.url()
+            );
             stockflow::shutdown_signal().await;
             server.stop().await
         }

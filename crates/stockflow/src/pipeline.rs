@@ -95,6 +95,8 @@ pub struct Shared {
     /// Per partition: when its next time-driven alert may be due (ns;
     /// i64::MAX for none), so that the sequencer wakes up for it.
     pub next_timers: Vec<std::sync::atomic::AtomicI64>,
+    /// Throughput, commit latency and source freshness for the dashboard.
+    pub activity: crate::activity::Activity,
 }
 
 impl Shared {
@@ -195,6 +197,7 @@ impl Pipeline {
             .collect();
         let shared = Arc::new(Shared {
             next_timers,
+            activity: crate::activity::Activity::default(),
             partitions: engine.partitions.into_iter().map(RwLock::new).collect(),
             orders: RwLock::new(engine.orders),
             hub: Arc::new(crate::stream::Hub::resume(&config.data_dir)),
@@ -270,6 +273,9 @@ impl Pipeline {
         parsed: Parsed,
         source: &str,
     ) -> Result<oneshot::Receiver<Receipt>, Overloaded> {
+        self.shared
+            .activity
+            .heard(&parsed.batch, source, wall_clock());
         self.send(parsed, None, source, false)
     }
 
@@ -635,6 +641,9 @@ impl Sequencer {
         metrics::counter!("stockflow_events_rejected_total").increment(rejected_total);
         metrics::histogram!("stockflow_commit_batch_events").record(accepted as f64);
         metrics::histogram!("stockflow_commit_record_bytes").record(self.buf.len() as f64);
+        self.shared
+            .activity
+            .counted(now, accepted, duplicates_total, rejected_total);
         self.shared
             .dedup_entries
             .store(self.dedup.len() as u64, Ordering::Relaxed);
@@ -1079,6 +1088,7 @@ fn finish(group: &Group, shared: &Shared) {
     shared
         .applied_records
         .fetch_max(group.file.record + 1, Ordering::Release);
-    metrics::histogram!("stockflow_commit_latency_seconds")
-        .record(group.formed.elapsed().as_secs_f64());
+    let latency = group.formed.elapsed();
+    metrics::histogram!("stockflow_commit_latency_seconds").record(latency.as_secs_f64());
+    shared.activity.committed(group.now, latency);
 }

@@ -12,11 +12,13 @@ use crate::config::Config;
 use crate::http::{router, AppState};
 use crate::pipeline::Pipeline;
 use crate::recovery::recover;
+use crate::simulator::Simulator;
 
 /// A running server.
 pub struct Server {
     pub addr: SocketAddr,
     pub pipeline: Arc<Pipeline>,
+    pub simulator: Arc<Simulator>,
     stop: oneshot::Sender<()>,
     task: JoinHandle<std::io::Result<()>>,
 }
@@ -39,7 +41,13 @@ impl Server {
         })?;
         let addr = listener.local_addr()?;
         crate::metrics::handle();
+        let simulator = crate::simulator::Simulator::new(
+            config.simulator,
+            pipeline.clone(),
+            config.request_events_max,
+        );
         let state = Arc::new(AppState {
+            simulator: simulator.clone(),
             pipeline: pipeline.clone(),
             ingest_permits: Semaphore::new(config.ingest_in_flight_max),
             config,
@@ -57,6 +65,7 @@ impl Server {
         Ok(Server {
             addr,
             pipeline,
+            simulator,
             stop,
             task,
         })
@@ -69,6 +78,7 @@ impl Server {
     /// Stops listening, finishes in-flight requests, drains the pipeline
     /// and writes a checkpoint.
     pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.simulator.stop().await;
         self.pipeline.shared.hub.close();
         let _ = self.stop.send(());
         self.task.await??;

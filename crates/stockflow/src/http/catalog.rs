@@ -334,7 +334,8 @@ pub struct LocationFilter {
 }
 
 /// GET /v1/locations?type=&region=&limit=&after=: the location master plus
-/// every location seen only in events (type `unknown`), by id.
+/// every location seen only in events (type `unknown`), by id, each with
+/// the roll-up of its stock.
 pub async fn list_locations(
     State(state): State<Arc<AppState>>,
     Query(filter): Query<LocationFilter>,
@@ -364,8 +365,17 @@ pub async fn list_locations(
     let next = matching
         .next()
         .and(page.last().map(|l| l.location_id.clone()));
+    let locations: Vec<Value> = page
+        .iter()
+        .map(|l| {
+            let mut json = location_json(l);
+            json["totals"] =
+                totals_json(&location_totals(&state, &l.location_id).unwrap_or_default());
+            json
+        })
+        .collect();
     Ok(Json(json!({
-        "locations": page.iter().map(|l| location_json(l)).collect::<Vec<_>>(),
+        "locations": locations,
         "nextAfter": next,
     })))
 }

@@ -7,6 +7,7 @@
 mod alerts;
 mod catalog;
 mod check;
+mod dashboard;
 mod dead_letters;
 mod error;
 mod history;
@@ -14,6 +15,7 @@ mod ingest;
 mod orders;
 mod query;
 mod stream;
+mod ui;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -43,6 +45,8 @@ pub struct AppState {
     pub config: Config,
     /// Ingest requests being read or parsed; bounds memory held by bodies.
     pub ingest_permits: Semaphore,
+    /// The in-process simulator (refuses unless switched on).
+    pub simulator: Arc<crate::simulator::Simulator>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -96,7 +100,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/alerts", get(alerts::list))
         .route("/v1/stream", get(stream::stream))
         .route("/v1/ws", get(stream::websocket))
+        .route("/v1/activity", get(dashboard::activity))
+        .route("/v1/simulator", get(dashboard::status))
+        .route("/v1/simulator/start", post(dashboard::start))
+        .route("/v1/simulator/stop", post(dashboard::stop))
+        .route("/v1/simulator/send", post(dashboard::send))
+        .route("/v1/simulator/scenario", post(dashboard::scenario))
         .route("/v1/openapi.json", get(openapi))
+        .route("/", get(ui::index))
+        .route("/ui/{*path}", get(ui::asset))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route(
             "/readyz",
@@ -106,6 +118,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(|| async { ApiError::not_found("no such endpoint; see /v1/openapi.json") })
         .layer(middleware::from_fn(track))
         .with_state(state)
+}
+
+/// A JSON request body as `T`, or 400 saying what is wrong with it.
+fn json_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request(format!("body: {e}")))
 }
 
 async fn openapi() -> impl IntoResponse {

@@ -16,7 +16,7 @@ use stockflow_core::orders::{Answer, LineRequest, Mode, Order, OrderCommand, Sta
 
 use super::ingest::read_body;
 use super::query::{limit, Page};
-use super::{ApiError, AppState};
+use super::{json_body, ApiError, AppState};
 
 /// Most lines in one order.
 pub const ORDER_LINES_MAX: usize = 100;
@@ -122,10 +122,6 @@ fn hold_ns(state: &AppState, seconds: Option<u64>) -> Result<i64, ApiError> {
         )));
     }
     Ok(seconds as i64 * 1_000_000_000)
-}
-
-fn json_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request(format!("body: {e}")))
 }
 
 /// POST /v1/orders

@@ -113,20 +113,72 @@ pub fn limit(page: &Page) -> Result<usize, ApiError> {
     }
 }
 
+/// Which levels of a location to list, by how their stock stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Status {
+    /// available below the low-stock threshold (including none).
+    Low,
+    /// nothing available.
+    Out,
+    /// onHand below zero (sales ahead of receipts).
+    Negative,
+    /// at or above the threshold.
+    Ok,
+}
+
+impl Status {
+    fn parse(text: &str) -> Result<Status, ApiError> {
+        match text {
+            "low" => Ok(Status::Low),
+            "out" => Ok(Status::Out),
+            "negative" => Ok(Status::Negative),
+            "ok" => Ok(Status::Ok),
+            _ => Err(ApiError::bad_request(format!(
+                "status: {text:?} is not one of low, out, negative, ok"
+            ))),
+        }
+    }
+
+    fn holds(self, level: &stockflow_core::Level, policy: Policy) -> bool {
+        let available = policy.available(&level.numbers());
+        match self {
+            Status::Low => available < policy.low_stock_threshold,
+            Status::Out => available == 0,
+            Status::Negative => level.on_hand < 0,
+            Status::Ok => available >= policy.low_stock_threshold,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub struct LocationFilter {
+    status: Option<String>,
+    #[serde(flatten)]
+    page: Page,
+}
+
+/// GET /v1/locations/{locationId}/stock?status=&limit=&after=
 pub async fn location(
     State(state): State<Arc<AppState>>,
     Path(location): Path<String>,
-    Query(page): Query<Page>,
+    Query(filter): Query<LocationFilter>,
 ) -> Result<Json<Value>, ApiError> {
+    let page = filter.page;
     let limit = limit(&page)?;
+    let status = filter.status.as_deref().map(Status::parse).transpose()?;
     let after = page.after.as_deref();
     // Each partition holds this location's levels sorted by sku; merge the
     // first `limit` of each.
     let mut views: Vec<LevelView> = Vec::new();
     for partition in &state.pipeline.shared.partitions {
-        views.extend(partition.read().levels_of_location(&location, after, limit));
+        views.extend(partition.read().levels_of_location(
+            &location,
+            after,
+            limit + 1,
+            |level, policy| status.is_none_or(|s| s.holds(level, policy)),
+        ));
     }
-    if views.is_empty() && after.is_none() {
+    if views.is_empty() && after.is_none() && status.is_none() {
         return Err(ApiError::not_found(format!(
             "no stock levels at location {location:?}"
         )));
@@ -143,7 +195,13 @@ pub async fn location(
         let catalog = state.pipeline.shared.catalog.read();
         views
             .iter()
-            .map(|v| level_json(v, catalog.policy(&v.sku, &v.location_id)))
+            .map(|v| {
+                let policy = catalog.policy(&v.sku, &v.location_id);
+                let mut level = level_json(v, policy);
+                // So a listing can mark low stock without a lookup per row.
+                level["lowStockThreshold"] = json!(policy.low_stock_threshold);
+                level
+            })
             .collect()
     };
     Ok(Json(json!({

@@ -3,6 +3,7 @@
 mod alerts;
 mod catalog;
 mod crash;
+mod dashboard;
 mod dead_letters;
 mod history;
 mod http;
@@ -10,6 +11,7 @@ mod import;
 mod orders;
 mod sources;
 mod stream;
+
 mod webhooks;
 
 use std::path::Path;

@@ -1,0 +1,104 @@
+//! What only the dashboard needs: recent activity, and control of the
+//! in-process simulator.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{json_body, ApiError, AppState};
+use crate::pipeline::wall_clock;
+use crate::simulator::SimulatorError;
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ActivityQuery {
+    seconds: Option<usize>,
+    stale_after_seconds: Option<u64>,
+}
+
+/// GET /v1/activity?seconds=&staleAfterSeconds=: events and commit latency
+/// per second, and the last event heard from each source at each location.
+pub async fn activity(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<ActivityQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let seconds = query.seconds.unwrap_or(300);
+    if !(1..=crate::activity::SECONDS_KEPT).contains(&seconds) {
+        return Err(ApiError::bad_request(format!(
+            "seconds must be from 1 to {}",
+            crate::activity::SECONDS_KEPT
+        )));
+    }
+    let stale = Duration::from_secs(query.stale_after_seconds.unwrap_or(300));
+    Ok(Json(state.pipeline.shared.activity.json(
+        seconds,
+        wall_clock(),
+        stale,
+    )))
+}
+
+impl From<SimulatorError> for ApiError {
+    fn from(error: SimulatorError) -> ApiError {
+        match error {
+            SimulatorError::Disabled => ApiError::new(
+                StatusCode::FORBIDDEN,
+                "simulator_disabled",
+                error.to_string(),
+            ),
+            SimulatorError::Invalid(message) => ApiError::bad_request(message),
+            SimulatorError::Overloaded => ApiError::queue_full(()),
+            SimulatorError::Stopping => ApiError::stopping(()),
+        }
+    }
+}
+
+/// GET /v1/simulator
+pub async fn status(State(state): State<Arc<AppState>>) -> Json<Value> {
+    Json(state.simulator.status())
+}
+
+#[derive(Deserialize)]
+pub struct Start {
+    rate: u32,
+}
+
+/// POST /v1/simulator/start {rate}
+pub async fn start(
+    State(state): State<Arc<AppState>>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let body: Start = json_body(&body)?;
+    state.simulator.start(body.rate)?;
+    Ok(Json(state.simulator.status()))
+}
+
+/// POST /v1/simulator/stop
+pub async fn stop(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    state.simulator.stop().await?;
+    Ok(Json(state.simulator.status()))
+}
+
+#[derive(Deserialize)]
+pub struct Send {
+    count: u32,
+}
+
+/// POST /v1/simulator/send {count}
+pub async fn send(
+    State(state): State<Arc<AppState>>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let body: Send = json_body(&body)?;
+    Ok(Json(state.simulator.send(body.count).await?))
+}
+
+/// POST /v1/simulator/scenario
+pub async fn scenario(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(state.simulator.scenario().await?))
+}

@@ -1,0 +1,194 @@
+// The only way the pages talk to the server: the public HTTP API and the
+// live stream. Also the few DOM helpers every view uses.
+
+/** An answer other than 2xx, with the API's `{code, message}`. */
+export class ApiError extends Error {
+  constructor(status, code, message, body) {
+    super(message);
+    this.status = status;
+    this.code = code;
+    this.body = body;
+  }
+}
+
+/** Fetches `path` and returns the JSON answer, or throws an ApiError. */
+export async function api(path, { method = 'GET', body } = {}) {
+  const init = { method, headers: {} };
+  if (body !== undefined) {
+    init.headers['content-type'] = 'application/json';
+    init.body = JSON.stringify(body);
+  }
+  let response;
+  try {
+    response = await fetch(path, init);
+  } catch (error) {
+    throw new ApiError(0, 'unreachable', `the server cannot be reached (${error.message})`);
+  }
+  const text = await response.text();
+  let data = null;
+  try { data = text ? JSON.parse(text) : null; } catch { data = null; }
+  if (!response.ok) {
+    throw new ApiError(response.status, data?.code ?? 'error', data?.message ?? (text || response.statusText), data);
+  }
+  return data;
+}
+
+/** A query string of the defined, non-empty values of `params`. */
+export function query(params) {
+  const q = new URLSearchParams();
+  for (const [k, v] of Object.entries(params)) {
+    if (v !== undefined && v !== null && v !== '' && v !== false) q.set(k, String(v));
+  }
+  const text = q.toString();
+  return text ? `?${text}` : '';
+}
+
+const status = () => document.getElementById('live');
+
+/**
+ * Subscribes to /v1/stream with `filter` ({sku, locationId, kinds}).
+ * `handlers.stock|alerts|orders(data)` get each message; `handlers.reload()`
+ * runs when the server says messages were missed (gap or resync), so the
+ * view re-reads its state from the REST API. The browser reconnects by
+ * itself and sends Last-Event-ID, which resumes without gaps.
+ * Returns a function that closes the stream.
+ */
+export function live(filter, handlers) {
+  const source = new EventSource(`/v1/stream${query(filter)}`);
+  for (const kind of ['stock', 'alerts', 'orders']) {
+    if (handlers[kind]) {
+      source.addEventListener(kind, (e) => handlers[kind](JSON.parse(e.data)));
+    }
+  }
+  const reload = () => handlers.reload?.();
+  source.addEventListener('gap', reload);
+  source.addEventListener('resync', reload);
+  source.onopen = () => { status().textContent = '● live'; };
+  source.onerror = () => { status().textContent = '○ reconnecting…'; };
+  return () => source.close();
+}
+
+/**
+ * Wraps `render` so that any number of calls within one animation frame
+ * run it once: a burst of 1,000 updates a second repaints at most at the
+ * screen's rate.
+ */
+export function coalesce(render) {
+  let queued = false;
+  return () => {
+    if (queued) return;
+    queued = true;
+    requestAnimationFrame(() => {
+      queued = false;
+      render();
+    });
+  };
+}
+
+/** Runs `tick` now and every `ms` until the returned stop is called. */
+export function every(ms, tick) {
+  let stopped = false;
+  let timer;
+  const run = async () => {
+    try { await tick(); } catch (error) { console.warn(error); }
+    if (!stopped) timer = setTimeout(run, ms);
+  };
+  run();
+  return () => { stopped = true; clearTimeout(timer); };
+}
+
+/**
+ * Builds an element: h('td', {class: 'num'}, 12). Children are text or
+ * nodes; text is never parsed as HTML, so data from the server cannot
+ * inject markup.
+ */
+export function h(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs ?? {})) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k.startsWith('on')) node.addEventListener(k.slice(2), v);
+    else if (k === 'class') node.className = v;
+    else if (v === true) node.setAttribute(k, '');
+    else node.setAttribute(k, v);
+  }
+  for (const child of children.flat()) {
+    if (child === undefined || child === null || child === false) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+/** Replaces the children of `node`. */
+export function fill(node, ...children) {
+  node.replaceChildren();
+  for (const child of children.flat()) {
+    if (child === undefined || child === null || child === false) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+export const num = (n) => (n === null || n === undefined ? '–' : Number(n).toLocaleString('en-US'));
+
+export function ago(iso) {
+  if (!iso) return '–';
+  const s = Math.max(0, Math.round((Date.now() - Date.parse(iso)) / 1000));
+  if (s < 60) return `${s}s ago`;
+  if (s < 3600) return `${Math.floor(s / 60)}m ago`;
+  if (s < 86400) return `${Math.floor(s / 3600)}h ago`;
+  return `${Math.floor(s / 86400)}d ago`;
+}
+
+export const time = (iso) => (iso ? new Date(iso).toLocaleString() : '–');
+
+/** An error as a line in the page. */
+export const problem = (error) => h('p', { class: 'error', role: 'alert' }, error.message ?? String(error));
+
+/** A table: columns [{label, num, sort}] and rows of cells. */
+export function table(columns, rows, { caption } = {}) {
+  return h('div', { class: 'scroll' },
+    h('table', {},
+      caption ? h('caption', { class: 'muted' }, caption) : null,
+      h('thead', {}, h('tr', {}, columns.map((c) => h('th', { scope: 'col', class: c.num ? 'num' : null }, c.label)))),
+      h('tbody', {}, rows)));
+}
+
+/** Fetches every page of a paginated list (up to `max` items). */
+export async function all(path, key, params = {}, max = 5000) {
+  const out = [];
+  let after;
+  do {
+    const page = await api(path + query({ ...params, limit: 1000, after }));
+    out.push(...page[key]);
+    after = page.nextAfter;
+  } while (after && out.length < max);
+  return out;
+}
+
+/**
+ * Wraps `run` so that calls run it at most once per `ms`: the first call
+ * at once, later ones once more at the end of the window.
+ */
+export function throttle(ms, run) {
+  let last = 0;
+  let timer = null;
+  return () => {
+    if (timer) return;
+    const wait = Math.max(0, last + ms - Date.now());
+    timer = setTimeout(() => {
+      timer = null;
+      last = Date.now();
+      run();
+    }, wait);
+  };
+}
+
+/**
+ * Highlights a cell whose value just changed. The Web Animations API
+ * restarts the highlight without forcing a layout, so a thousand changes
+ * a second cost no reflow each.
+ */
+export function flash(cell) {
+  cell.dataset.changed = String(Date.now());
+  cell.animate([{ backgroundColor: '#fff8c5' }, { backgroundColor: 'transparent' }], { duration: 1500, easing: 'ease-out' });
+}

@@ -1,0 +1,143 @@
+// Location view: every location with its totals; one location's levels,
+// a page at a time (so 100k SKUs never reach the page at once), sortable,
+// filterable by stock status and SKU, low and out of stock highlighted,
+// visible rows updating live.
+
+import { api, all, query, live, coalesce, flash, h, fill, num, table, problem } from '../api.js';
+
+const FIELDS = ['onHand', 'reserved', 'available', 'inTransit'];
+const LABELS = { onHand: 'On hand', reserved: 'Reserved', available: 'Available', inTransit: 'In transit' };
+const PAGE = 200;
+
+async function list(main) {
+  const out = h('div', {}, h('p', {}, 'Loading…'));
+  fill(main, h('h1', {}, 'Locations'), out);
+  try {
+    const locations = await all('/v1/locations', 'locations');
+    fill(out, table([{ label: 'Location' }, { label: 'Name' }, { label: 'Type' }, { label: 'Region' },
+      ...FIELDS.map((f) => ({ label: LABELS[f], num: true })), { label: 'Below threshold', num: true }],
+    locations.map((l) => h('tr', {},
+      h('td', {}, h('a', { href: `#/locations/${encodeURIComponent(l.locationId)}` }, l.locationId)),
+      h('td', {}, l.name ?? ''), h('td', {}, l.type), h('td', {}, l.region ?? ''),
+      FIELDS.map((f) => h('td', { class: 'num' }, num(l.totals[f]))),
+      h('td', { class: 'num' }, num(l.totals.belowThreshold))))));
+  } catch (error) { fill(out, problem(error)); }
+}
+
+const statusOf = (l) => (l.available <= 0 ? 'out' : l.available < l.lowStockThreshold ? 'low' : null);
+
+export function mount(main, [id]) {
+  if (!id) { list(main); return undefined; }
+  const head = h('div', {});
+  const errors = h('div', {});
+  const status = h('select', { id: 'status-filter' },
+    h('option', { value: '' }, 'all'), h('option', { value: 'low' }, 'low stock'),
+    h('option', { value: 'out' }, 'out of stock'), h('option', { value: 'negative' }, 'negative on hand'));
+  const filter = h('input', { id: 'sku-filter', type: 'search', placeholder: 'SKU or part of it', autocomplete: 'off' });
+  const body = h('tbody', {});
+  const info = h('p', { class: 'muted', 'aria-live': 'polite' });
+  const prev = h('button', { type: 'button' }, '← Previous');
+  const next = h('button', { type: 'button' }, 'Next →');
+  const sort = { key: 'sku', dir: 1 };
+  const headers = ['sku', ...FIELDS].map((key) => h('th', { scope: 'col', class: key === 'sku' ? null : 'num', 'aria-sort': 'none' },
+    h('button', { type: 'button', onclick: () => { sort.dir = sort.key === key ? -sort.dir : 1; sort.key = key; render(); } },
+      key === 'sku' ? 'SKU' : LABELS[key])));
+  fill(main,
+    h('p', {}, h('a', { href: '#/locations' }, '← All locations')),
+    head, errors,
+    h('form', { class: 'bar', onsubmit: (e) => e.preventDefault() },
+      h('label', { for: 'status-filter' }, 'Show', status),
+      h('label', { for: 'sku-filter' }, 'Filter this page by SKU', filter)),
+    h('div', { class: 'scroll' }, h('table', { 'data-testid': 'location-levels' },
+      h('thead', {}, h('tr', {}, headers)), body)),
+    h('div', { class: 'bar' }, prev, next, info));
+
+  let levels = [];
+  let cursors = [undefined]; // `after` of each page visited
+  let nextAfter = null;
+  const rows = new Map();
+
+  const render = () => {
+    const text = filter.value.trim().toLowerCase();
+    const shown = levels.filter((l) => !text || l.sku.toLowerCase().includes(text));
+    shown.sort((a, b) => sort.dir * (sort.key === 'sku' ? a.sku.localeCompare(b.sku) : a[sort.key] - b[sort.key]));
+    headers.forEach((th, i) => th.setAttribute('aria-sort', ['sku', ...FIELDS][i] === sort.key
+      ? (sort.dir > 0 ? 'ascending' : 'descending') : 'none'));
+    rows.clear();
+    fill(body, shown.map((l) => {
+      const cells = Object.fromEntries(FIELDS.map((f) => [f, h('td', { class: 'num' }, num(l[f]))]));
+      const badge = statusOf(l);
+      const row = h('tr', { class: badge, 'data-sku': l.sku },
+        h('th', { scope: 'row' }, h('a', { href: `#/items/${encodeURIComponent(l.sku)}` }, l.sku), ' ',
+          badge ? h('span', { class: `badge ${badge}` }, badge === 'out' ? 'out of stock' : 'low') : null),
+        FIELDS.map((f) => cells[f]));
+      rows.set(l.sku, { row, cells, level: l });
+      return row;
+    }));
+    info.textContent = `Page ${cursors.length}: ${shown.length} of ${levels.length} levels shown${nextAfter ? '; more on the next page' : ''}.`;
+    prev.disabled = cursors.length <= 1;
+    next.disabled = !nextAfter;
+  };
+
+  const load = async () => {
+    try {
+      const after = cursors[cursors.length - 1];
+      const [location, page] = await Promise.all([
+        api(`/v1/locations/${encodeURIComponent(id)}`),
+        api(`/v1/locations/${encodeURIComponent(id)}/stock${query({ status: status.value, limit: PAGE, after })}`),
+      ]);
+      const t = location.totals;
+      fill(head, h('h1', {}, location.name ? `${location.name} ` : '', h('span', { class: 'muted' }, id)),
+        h('p', { class: 'muted' }, [location.type, location.region, location.city].filter(Boolean).join(' · ')),
+        h('div', { class: 'cards' }, [...FIELDS.map((f) => [LABELS[f], t[f], f]), ['Below threshold', t.belowThreshold, 'below'], ['At zero', t.atZero, 'zero']]
+          .map(([label, value, key]) => h('div', { class: 'card' }, h('div', { class: 'label' }, label),
+            h('div', { class: 'value', 'data-testid': `location-total-${key}` }, num(value))))));
+      levels = page.levels;
+      nextAfter = page.nextAfter;
+      render();
+      fill(errors);
+    } catch (error) { fill(errors, problem(error)); }
+  };
+  status.addEventListener('change', () => { cursors = [undefined]; load(); });
+  filter.addEventListener('input', render);
+  next.addEventListener('click', () => { cursors.push(nextAfter); load(); });
+  prev.addEventListener('click', () => { cursors.pop(); load(); });
+
+  // Live: only rows on this page change; painted once per frame. The
+  // totals are re-read at most once a second.
+  const pending = new Map();
+  let loading = true;
+  let totalsDue = false;
+  const paint = coalesce(() => {
+    if (loading) return;
+    for (const m of pending.values()) {
+      const entry = rows.get(m.sku);
+      if (!entry) continue;
+      for (const f of FIELDS) {
+        if (entry.level[f] !== m[f]) {
+          entry.level[f] = m[f];
+          entry.cells[f].textContent = num(m[f]);
+          flash(entry.cells[f]);
+        }
+      }
+      entry.row.className = statusOf(entry.level) ?? '';
+    }
+    pending.clear();
+  });
+  const totals = setInterval(() => { if (totalsDue) { totalsDue = false; refreshTotals(); } }, 1000);
+  const refreshTotals = async () => {
+    try {
+      const t = (await api(`/v1/locations/${encodeURIComponent(id)}`)).totals;
+      for (const [key, value] of [...FIELDS.map((f) => [f, t[f]]), ['below', t.belowThreshold], ['zero', t.atZero]]) {
+        const node = head.querySelector(`[data-testid="location-total-${key}"]`);
+        if (node) node.textContent = num(value);
+      }
+    } catch { /* the next change retries */ }
+  };
+  const stop = live({ locationId: id, kinds: 'stock' }, {
+    stock: (m) => { pending.set(m.sku, m); totalsDue = true; paint(); },
+    reload: load,
+  });
+  load().then(() => { loading = false; paint(); });
+  return () => { stop(); clearInterval(totals); };
+}

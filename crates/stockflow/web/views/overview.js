@@ -1,0 +1,127 @@
+// Overview: throughput and commit latency over time, stock totals, the
+// live feed of alerts, and when each source was last heard from.
+
+import { api, all, live, every, coalesce, h, fill, num, ago, time, table, problem } from '../api.js';
+import { lineChart } from '../chart.js';
+
+const FEED_MAX = 50;
+
+function card(label, value, testid) {
+  return h('div', { class: 'card' }, h('div', { class: 'label' }, label),
+    h('div', { class: 'value', 'data-testid': testid }, value));
+}
+
+function alertItem(a) {
+  const where = a.locationId ? ` at ${a.locationId}` : '';
+  return h('li', {},
+    h('span', { class: `badge ${a.severity}` }, a.kind.replaceAll('_', ' ')), ' ',
+    a.state === 'cleared' ? h('span', { class: 'muted' }, 'cleared ') : null,
+    h('a', { href: `#/items/${encodeURIComponent(a.sku)}` }, a.sku), where,
+    a.available !== undefined && a.available !== null ? ` · available ${num(a.available)}` : '',
+    h('span', { class: 'muted' }, ` · ${time(a.at)}`));
+}
+
+export function mount(main) {
+  const cards = h('div', { class: 'cards' });
+  const throughput = h('div', { class: 'panel' });
+  const latency = h('div', { class: 'panel' });
+  const feed = h('ul', { class: 'feed', 'aria-live': 'polite', 'data-testid': 'alert-feed' });
+  const sources = h('div', {});
+  const errors = h('div', {});
+  fill(main,
+    h('h1', {}, 'Overview'),
+    errors,
+    cards,
+    h('div', { class: 'two' },
+      h('section', {}, h('h2', {}, 'Events per second'), throughput),
+      h('section', {}, h('h2', {}, 'Commit latency'), latency)),
+    h('div', { class: 'two' },
+      h('section', { class: 'panel' }, h('h2', {}, 'Alerts: active, then live'), feed),
+      h('section', { class: 'panel' }, h('h2', {}, 'Source freshness'), sources)));
+
+  let activity = null;
+  let totals = null;
+  let activeAlerts = '–';
+
+  const renderCards = () => {
+    const seconds = activity?.seconds ?? [];
+    // The current second is still filling: show the last complete one.
+    const last = seconds.length > 1 ? seconds[seconds.length - 2] : seconds[0];
+    fill(cards,
+      card('Events/s', num(last?.accepted ?? 0), 'events-per-second'),
+      card('Commit p99', last?.commitP99Ms != null ? `${last.commitP99Ms.toFixed(1)} ms` : '–', 'commit-p99'),
+      card('On hand', num(totals?.onHand), 'total-on-hand'),
+      card('Reserved', num(totals?.reserved), 'total-reserved'),
+      card('Available', num(totals?.available), 'total-available'),
+      card('In transit', num(totals?.inTransit), 'total-in-transit'),
+      card('Active alerts', activeAlerts, 'active-alerts'));
+  };
+
+  const renderActivity = () => {
+    const seconds = activity.seconds;
+    const at = (s) => Date.parse(s.at);
+    fill(throughput, lineChart({
+      label: 'Events per second over the last five minutes',
+      series: [
+        { name: 'accepted', color: '#0b5cad', points: seconds.map((s) => [at(s), s.accepted]) },
+        { name: 'duplicates', color: '#8250df', points: seconds.map((s) => [at(s), s.duplicates]) },
+        { name: 'rejected', color: '#a40e26', points: seconds.map((s) => [at(s), s.rejected]) },
+      ],
+    }));
+    fill(latency, lineChart({
+      label: 'Commit latency p50 and p99 in milliseconds over the last five minutes',
+      unit: ' ms',
+      series: [
+        { name: 'p50', color: '#116329', points: seconds.map((s) => [at(s), s.commitP50Ms]) },
+        { name: 'p99', color: '#bc4c00', points: seconds.map((s) => [at(s), s.commitP99Ms]) },
+      ],
+    }));
+    const list = [...activity.sources].sort((a, b) => (b.stale - a.stale) || a.sourceSystem.localeCompare(b.sourceSystem)
+      || a.locationId.localeCompare(b.locationId));
+    fill(sources,
+      h('p', { class: 'muted' }, `Highlighted: nothing heard for ${activity.staleAfterSeconds} s or more.`),
+      list.length === 0 ? h('p', { class: 'muted' }, 'No events received since the server started.')
+        : table([{ label: 'Source' }, { label: 'Location' }, { label: 'Last received' }, { label: 'Events', num: true }],
+          list.map((s) => h('tr', { class: s.stale ? 'stale' : null, 'data-testid': 'source-row' },
+            h('td', {}, s.sourceSystem), h('td', {}, h('a', { href: `#/locations/${encodeURIComponent(s.locationId)}` }, s.locationId)),
+            h('td', { title: s.lastReceivedAt }, ago(s.lastReceivedAt)), h('td', { class: 'num' }, num(s.events))))));
+    renderCards();
+  };
+
+  const loadAlerts = async () => {
+    const page = await api('/v1/alerts?active=true&limit=' + FEED_MAX);
+    fill(feed, page.alerts.length ? page.alerts.map(alertItem) : h('li', { class: 'muted' }, 'No active alerts.'));
+    renderCards();
+  };
+
+  const stopActivity = every(1000, async () => {
+    try {
+      activity = await api('/v1/activity?seconds=300');
+      renderActivity();
+      fill(errors);
+    } catch (error) { fill(errors, problem(error)); }
+  });
+  const stopTotals = every(2000, async () => {
+    const locations = await all('/v1/locations', 'locations');
+    const sum = { onHand: 0, reserved: 0, available: 0, inTransit: 0 };
+    for (const l of locations) for (const k of Object.keys(sum)) sum[k] += l.totals[k];
+    totals = sum;
+    const active = await api('/v1/alerts?active=true&limit=1000');
+    activeAlerts = active.nextAfter ? '1,000+' : num(active.alerts.length);
+    renderCards();
+  });
+  loadAlerts().catch((error) => fill(errors, problem(error)));
+  // Alerts arriving in a burst are added once per frame.
+  let arrived = [];
+  const flush = coalesce(() => {
+    feed.querySelector('.muted')?.remove();
+    feed.prepend(...arrived.slice(-FEED_MAX).reverse().map(alertItem));
+    arrived = [];
+    while (feed.children.length > FEED_MAX) feed.lastChild.remove();
+  });
+  const stopLive = live({ kinds: 'alerts' }, {
+    alerts: (a) => { arrived.push(a); flush(); },
+    reload: () => loadAlerts().catch(() => {}),
+  });
+  return () => { stopActivity(); stopTotals(); stopLive(); };
+}
