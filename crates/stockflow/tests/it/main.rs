@@ -11,7 +11,7 @@ mod import;
 mod orders;
 mod sources;
 mod stream;
-
+mod ui;
 mod webhooks;
 
 use std::path::Path;

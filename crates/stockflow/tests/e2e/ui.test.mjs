@@ -1,0 +1,265 @@
+// End-to-end tests of the web UI in headless Debian Chromium, driven by
+// Playwright. Run by `cargo test` (tests/it/ui.rs), which starts
+// `stockflow demo --rate 0` and passes its URL in STOCKFLOW_URL;
+// screenshots go to STOCKFLOW_SCREENSHOTS (under target/).
+
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdirSync } from 'node:fs';
+import { chromium } from 'playwright-core';
+
+const URL = process.env.STOCKFLOW_URL ?? 'http://127.0.0.1:8080';
+const SHOTS = process.env.STOCKFLOW_SCREENSHOTS ?? 'screenshots';
+const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
+mkdirSync(SHOTS, { recursive: true });
+
+let browser;
+let page;
+const pageErrors = [];
+
+before(async () => {
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'],
+  });
+  page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  page.on('pageerror', (error) => pageErrors.push(String(error)));
+  page.on('console', (m) => { if (m.type() === 'error') pageErrors.push(m.text()); });
+});
+
+after(async () => { await browser?.close(); });
+
+async function api(path, body) {
+  const response = await fetch(URL + path, body === undefined ? {} : {
+    method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body),
+  });
+  const data = await response.json();
+  assert.ok(response.ok, `${path}: ${response.status} ${JSON.stringify(data)}`);
+  return data;
+}
+
+const number = (text) => Number(String(text).replace(/[^0-9-]/g, ''));
+
+async function open(hash, ready) {
+  await page.goto(`${URL}/#/${hash}`);
+  await page.locator(ready).first().waitFor();
+}
+
+async function shot(name) {
+  await page.screenshot({ path: `${SHOTS}/${name}.png`, fullPage: true });
+}
+
+test('every view loads with no script errors', async () => {
+  const views = [
+    ['', '[data-testid="events-per-second"]', 'overview'],
+    ['items', 'input#item-search', 'items'],
+    ['items/SKU-00001', '[data-testid="levels"] tbody tr', 'item'],
+    ['locations', 'table tbody tr', 'locations'],
+    ['locations/STORE-001', '[data-testid="location-levels"] tbody tr', 'location'],
+    ['shop', '.product', 'storefront'],
+    ['simulator', '[data-testid="sim-state"]', 'simulator'],
+    ['alerts', 'table tbody tr', 'alerts'],
+    ['dead-letters', 'table tbody tr', 'dead-letters'],
+  ];
+  for (const [hash, ready, name] of views) {
+    await open(hash, ready);
+    await page.waitForTimeout(300);
+    await shot(name);
+  }
+  // The totals come from the seeded demo world, not from a placeholder.
+  await open('', '[data-testid="events-per-second"]');
+  await page.waitForFunction(() => /\d/.test(document.querySelector('[data-testid="total-on-hand"]').textContent));
+  const locations = (await api('/v1/locations?limit=1000')).locations;
+  const onHand = locations.reduce((sum, l) => sum + l.totals.onHand, 0);
+  assert.equal(number(await page.textContent('[data-testid="total-on-hand"]')), onHand);
+  assert.deepEqual(pageErrors, []);
+});
+
+test('the pages work at phone width and every control has a label', async (t) => {
+  await page.setViewportSize({ width: 390, height: 844 });
+  t.after(() => page.setViewportSize({ width: 1280, height: 900 }));
+  for (const [hash, ready, name] of [['shop', '.product', 'storefront-phone'], ['', '[data-testid="total-on-hand"]', 'overview-phone']]) {
+    await open(hash, ready);
+    await page.waitForTimeout(300);
+    const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    assert.ok(overflow <= 0, `${name} scrolls sideways by ${overflow}px`);
+    await shot(name);
+  }
+  await page.setViewportSize({ width: 1280, height: 900 });
+  for (const [hash, ready] of [['shop', '.product'], ['alerts', 'table'], ['simulator', '#sim-rate'], ['locations/STORE-001', '#status-filter'], ['items', '#item-search']]) {
+    await open(hash, ready);
+    const unlabelled = await page.evaluate(() => [...document.querySelectorAll('input, select')]
+      .filter((c) => c.labels.length === 0 && !c.getAttribute('aria-label')).map((c) => c.outerHTML));
+    assert.deepEqual(unlabelled, [], `controls without a label on #/${hash}`);
+  }
+});
+
+test('the keyboard reaches the navigation and opens a view', async () => {
+  await page.goto('about:blank');
+  await open('', '[data-testid="events-per-second"]');
+  await page.keyboard.press('Tab');
+  assert.equal(await page.evaluate(() => document.activeElement.textContent), 'Skip to content');
+  await page.keyboard.press('Tab'); // brand
+  await page.keyboard.press('Tab'); // Overview
+  await page.keyboard.press('Tab'); // Items
+  assert.equal(await page.evaluate(() => document.activeElement.textContent), 'Items');
+  await page.keyboard.press('Enter');
+  await page.locator('input#item-search').waitFor();
+  assert.equal(await page.getAttribute('nav a[href="#/items"]', 'aria-current'), 'page');
+});
+
+test('searching finds a product by name', async () => {
+  await open('items', 'input#item-search');
+  await page.fill('#item-search', 'headlamp 3');
+  await page.locator('text=SKU-00003').first().waitFor();
+  await page.click('a[href="#/items/SKU-00003"]');
+  await page.locator('[data-testid="levels"] tbody tr').first().waitFor();
+  assert.match(await page.textContent('h1'), /Headlamp 3/);
+});
+
+test('a SALE posted over the API shows in the item view within a second, without reload', async () => {
+  await open('items/SKU-00003', '[data-testid="levels"] tr[data-location="STORE-001"]');
+  const cell = page.locator('tr[data-location="STORE-001"] td[data-field="onHand"]');
+  await page.waitForFunction(() => /\d/.test(document.querySelector('tr[data-location="STORE-001"] td[data-field="onHand"]').textContent));
+  const before = number(await cell.textContent());
+  const total = number(await page.textContent('[data-testid="item-total-onHand"]'));
+  const receipt = await api('/v1/events', { eventId: `ui-sale-${Date.now()}`, eventType: 'SALE', sku: 'SKU-00003', locationId: 'STORE-001', quantity: 3 });
+  assert.equal(receipt.accepted, 1);
+  const committed = Date.now();
+  await page.waitForFunction((want) => document.querySelector('tr[data-location="STORE-001"] td[data-field="onHand"]').textContent.replace(/,/g, '') === String(want),
+    before - 3, { timeout: 1000 });
+  const shown = Date.now() - committed;
+  assert.ok(shown <= 1000, `shown after ${shown} ms`);
+  assert.equal(number(await page.textContent('[data-testid="item-total-onHand"]')), total - 3);
+  assert.ok(await cell.evaluate((td) => Number(td.dataset.changed) >= Date.now() - 2000), 'the changed cell is highlighted');
+  await shot('item-after-sale');
+});
+
+test('checking out in the storefront reserves stock and the availability drops', async () => {
+  await open('shop', '.product[data-sku="SKU-00007"]');
+  const card = page.locator('.product[data-sku="SKU-00007"]');
+  await page.waitForFunction(() => /\d|Out/.test(document.querySelector('.product[data-sku="SKU-00007"] [data-testid="availability"]').textContent));
+  const level = await api('/v1/stock/SKU-00007/ONLINE');
+  assert.ok(level.available >= 2, 'the demo seeds stock online');
+  await card.locator('button', { hasText: 'Add to cart' }).click();
+  await card.locator('button', { hasText: 'Add to cart' }).click();
+  assert.equal(await page.locator('[data-testid="cart-line"]').count(), 1);
+  await page.click('[data-testid="checkout"]');
+  await page.locator('[data-testid="order-status"]').waitFor();
+  assert.match(await page.textContent('[data-testid="order-status"]'), /^Reserved/);
+  const after = level.available - 2;
+  await page.waitForFunction((want) => {
+    const text = document.querySelector('.product[data-sku="SKU-00007"] [data-testid="availability"]').textContent;
+    return text.includes(`${want} available`) || text.includes(`Only ${want} left`);
+  }, after.toLocaleString('en-US'), { timeout: 2000 });
+  const now = await api('/v1/stock/SKU-00007/ONLINE');
+  assert.equal(now.reserved, level.reserved + 2);
+  assert.equal(now.available, after);
+  await shot('storefront-after-checkout');
+});
+
+test('the storefront shows "Only N left" and disables buying at zero, live', async () => {
+  await open('shop', '.product[data-sku="SKU-00011"]');
+  const card = page.locator('.product[data-sku="SKU-00011"]');
+  const level = await api('/v1/stock/SKU-00011/ONLINE');
+  // Elsewhere (not in this page), the stock is counted down to 4, then 0.
+  await api('/v1/events', { eventId: `ui-count-${Date.now()}-a`, eventType: 'ADJUSTMENT', sku: 'SKU-00011', locationId: 'ONLINE', quantity: 4 + level.reserved - level.onHand });
+  await card.locator('text=Only 4 left').waitFor({ timeout: 2000 });
+  assert.equal(await card.locator('button').isDisabled(), false);
+  await api('/v1/events', { eventId: `ui-count-${Date.now()}-b`, eventType: 'SALE', sku: 'SKU-00011', locationId: 'ONLINE', quantity: 4 });
+  await card.locator('text=Out of stock').waitFor({ timeout: 2000 });
+  assert.equal(await card.locator('button').isDisabled(), true);
+  await shot('storefront-out-of-stock');
+});
+
+test('the controlled scenario gives the documented store totals', async () => {
+  await open('simulator', '[data-testid="run-scenario"]');
+  await page.click('[data-testid="run-scenario"]');
+  await page.locator('[data-testid="scenario-verdict"]').waitFor();
+  assert.match(await page.textContent('[data-testid="scenario-verdict"]'), /Every level is as expected/);
+  assert.equal(await page.locator('[data-testid="scenario-row"]').count(), 4);
+  assert.equal(await page.locator('[data-testid="scenario-row"] td.ok').count(), 4);
+  await shot('simulator-scenario');
+  // STORE-1: CTRL-A 6 on hand, 3 reserved; CTRL-B 35 on hand.
+  await open('locations/STORE-1', '[data-testid="location-levels"] tbody tr');
+  await page.waitForFunction(() => /\d/.test(document.querySelector('[data-testid="location-total-onHand"]').textContent));
+  assert.equal(number(await page.textContent('[data-testid="location-total-onHand"]')), 41);
+  assert.equal(number(await page.textContent('[data-testid="location-total-reserved"]')), 3);
+  assert.equal(number(await page.textContent('[data-testid="location-total-available"]')), 38);
+  await open('locations/STORE-2', '[data-testid="location-levels"] tbody tr');
+  await page.waitForFunction(() => /\d/.test(document.querySelector('[data-testid="location-total-inTransit"]').textContent));
+  assert.equal(number(await page.textContent('[data-testid="location-total-onHand"]')), 15);
+  assert.equal(number(await page.textContent('[data-testid="location-total-inTransit"]')), 5);
+  // The refused 1.5 sale is a dead letter.
+  await open('dead-letters', 'table tbody tr');
+  await page.fill('#dl-source', 'simulator');
+  await page.click('button:has-text("Apply")');
+  await page.locator('[data-testid="dead-letter-row"]', { hasText: 'ctrl-14' }).waitFor();
+});
+
+test('the simulator starts and stops continuous traffic, and the overview charts it', async () => {
+  await open('simulator', '#sim-rate');
+  await page.fill('#sim-rate', '500');
+  await page.click('button:has-text("Start")');
+  await page.locator('[data-testid="sim-state"]', { hasText: 'running at 500/s' }).waitFor();
+  await page.waitForFunction(() => Number(document.querySelector('[data-testid="sim-sent"]').textContent.replace(/,/g, '')) >= 500, null, { timeout: 5000 });
+  assert.ok(await page.locator('table tbody tr').count() > 0, 'the sent messages are listed');
+  await open('', '[data-testid="events-per-second"]');
+  await page.waitForFunction(() => Number(document.querySelector('[data-testid="events-per-second"]').textContent.replace(/,/g, '')) > 100, null, { timeout: 5000 });
+  await page.locator('[data-testid="source-row"]', { hasText: 'POS' }).first().waitFor();
+  await page.waitForTimeout(2000);
+  await shot('overview-with-traffic');
+  await open('simulator', '#sim-rate');
+  await page.click('button:has-text("Stop")');
+  await page.locator('[data-testid="sim-state"]', { hasText: 'stopped' }).waitFor();
+  const sent = (await api('/v1/simulator')).sent;
+  await page.waitForTimeout(500);
+  assert.equal((await api('/v1/simulator')).sent, sent, 'no traffic after stop');
+});
+
+test('1,000 updates a second do not freeze the location view', async () => {
+  await open('locations/STORE-001', '[data-testid="location-levels"] tbody tr');
+  await page.evaluate(() => {
+    window.frameGaps = [];
+    let last = performance.now();
+    const loop = (t) => { window.frameGaps.push(t - last); last = t; if (!window.stopFrames) requestAnimationFrame(loop); };
+    requestAnimationFrame(loop);
+  });
+  // 3 s of 1,000 events/s at this store, 100 every 100 ms.
+  for (let tick = 0; tick < 30; tick++) {
+    const events = Array.from({ length: 100 }, (_, i) => ({
+      eventId: `ui-burst-${Date.now()}-${tick}-${i}`, eventType: i % 2 ? 'SALE' : 'RETURN',
+      sku: `SKU-${String(1 + ((tick * 100 + i) % 200)).padStart(5, '0')}`, locationId: 'STORE-001', quantity: 1,
+    }));
+    const started = Date.now();
+    await api('/v1/events', events);
+    await new Promise((r) => setTimeout(r, Math.max(0, 100 - (Date.now() - started))));
+  }
+  await page.waitForTimeout(500);
+  const gaps = await page.evaluate(() => { window.stopFrames = true; return window.frameGaps; });
+  const worst = Math.max(...gaps.slice(1));
+  assert.ok(worst < 250, `the page froze for ${worst.toFixed(0)} ms`);
+  // And what is shown is the server's state.
+  const first = await page.locator('[data-testid="location-levels"] tbody tr').first().getAttribute('data-sku');
+  const level = await api(`/v1/stock/${first}/STORE-001`);
+  const shown = number(await page.locator(`tr[data-sku="${first}"] td`).first().textContent());
+  assert.equal(shown, level.onHand);
+});
+
+test('alerts and dead letters filter', async () => {
+  // Make one OUT_OF_STOCK alert that is surely there.
+  const level = await api('/v1/stock/SKU-00013/STORE-002');
+  await api('/v1/events', { eventId: `ui-out-${Date.now()}`, eventType: 'SALE', sku: 'SKU-00013', locationId: 'STORE-002', quantity: level.onHand });
+  await open('alerts', 'table');
+  await page.selectOption('#alert-kind', 'OUT_OF_STOCK');
+  await page.fill('#alert-sku', 'SKU-00013');
+  await page.click('button:has-text("Apply")');
+  // The filtered list replaces the unfiltered one.
+  await page.waitForFunction(() => {
+    const rows = [...document.querySelectorAll('[data-testid="alert-row"]')];
+    return rows.length > 0 && rows.every((r) => r.children[1].textContent === 'OUT OF STOCK' && r.children[3].textContent === 'SKU-00013');
+  });
+  await page.locator('[data-testid="alert-row"]', { hasText: 'STORE-002' }).first().waitFor();
+  await shot('alerts-filtered');
+  assert.deepEqual(pageErrors, []);
+});

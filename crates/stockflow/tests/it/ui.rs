@@ -1,0 +1,88 @@
+//! The web UI in a real browser: starts `stockflow demo` exactly as a user
+//! would (with no background traffic, so totals can be checked), then runs
+//! the Playwright tests in `tests/e2e/ui.test.mjs` against it in Debian's
+//! headless Chromium. Screenshots land in target/tmp/ui-screenshots.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// Kills the demo when the test ends, however it ends.
+struct Demo(std::process::Child);
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn the_web_ui_works_in_a_real_browser() {
+    let e2e = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e");
+    // Never skip: a machine without the browser fails, saying what to run.
+    assert!(
+        Path::new(CHROMIUM).exists(),
+        "{CHROMIUM} is missing: run .ci/install (installs Debian's chromium)"
+    );
+    assert!(
+        e2e.join("node_modules/playwright-core").exists(),
+        "playwright-core is missing: run .ci/install (npm ci in {})",
+        e2e.display()
+    );
+
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let data = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_stockflow"))
+        .args(["demo", "--rate", "0", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data-dir")
+        .arg(data.path())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("the stockflow binary runs");
+    let stdout = child.stdout.take().unwrap();
+    let demo = Demo(child);
+    // The demo says it is running once its world is seeded.
+    let (ready, seeded) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.starts_with("stockflow demo is running") {
+                let _ = ready.send(());
+            }
+        }
+    });
+    seeded
+        .recv_timeout(Duration::from_secs(120))
+        .expect("the demo starts and seeds its catalog");
+
+    let screenshots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("ui-screenshots");
+    let started = Instant::now();
+    let output = Command::new("node")
+        .args(["--test", "--test-reporter=spec", "ui.test.mjs"])
+        .current_dir(&e2e)
+        .env("STOCKFLOW_URL", format!("http://127.0.0.1:{port}"))
+        .env("STOCKFLOW_SCREENSHOTS", &screenshots)
+        .env("CHROMIUM", CHROMIUM)
+        .output()
+        .expect("node runs (install Node.js 18+)");
+    let report = String::from_utf8_lossy(&output.stdout);
+    println!("{report}{}", String::from_utf8_lossy(&output.stderr));
+    println!(
+        "browser tests took {:.1} s; screenshots in {}",
+        started.elapsed().as_secs_f64(),
+        screenshots.display()
+    );
+    drop(demo);
+    assert!(output.status.success(), "browser tests failed:\n{report}");
+}
