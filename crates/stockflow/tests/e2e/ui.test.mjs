@@ -135,6 +135,27 @@ test('a SALE posted over the API shows in the item view within a second, without
   await shot('item-after-sale');
 });
 
+test("the item view charts a location's history and shows stock as of a past time", async () => {
+  await open('items/SKU-00004', '[data-testid="levels"] tr[data-location="STORE-003"]');
+  await page.selectOption('#history-location', 'STORE-003');
+  await page.locator('figure.chart svg[aria-label*="SKU-00004 at STORE-003"]').waitFor();
+  const before = await api('/v1/stock/SKU-00004');
+  // A second later, a receipt: the as-of view of "before it" must not count it.
+  const pad = (n) => String(n).padStart(2, '0');
+  const d = new Date();
+  const local = `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}T${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+  await new Promise((r) => setTimeout(r, 1100));
+  await api('/v1/events', { eventId: `ui-asof-${Date.now()}`, eventType: 'RECEIPT', sku: 'SKU-00004', locationId: 'STORE-003', quantity: 50 });
+  await page.fill('#as-of', local);
+  await page.click('button:has-text("Show stock as of then")');
+  const total = page.locator('[data-testid="as-of-total"] [data-field="onHand"]');
+  await total.waitFor();
+  assert.equal(number(await total.textContent()), before.totals.onHand);
+  await page.waitForFunction((want) => document.querySelector('[data-testid="item-total-onHand"]').textContent.replace(/,/g, '') === String(want),
+    before.totals.onHand + 50);
+  await shot('item-history-as-of');
+});
+
 test('checking out in the storefront reserves stock and the availability drops', async () => {
   await open('shop', '.product[data-sku="SKU-00007"]');
   const card = page.locator('.product[data-sku="SKU-00007"]');
@@ -194,7 +215,7 @@ test('the controlled scenario gives the documented store totals', async () => {
   await open('dead-letters', 'table tbody tr');
   await page.fill('#dl-source', 'simulator');
   await page.click('button:has-text("Apply")');
-  await page.locator('[data-testid="dead-letter-row"]', { hasText: 'ctrl-14' }).waitFor();
+  await page.locator('[data-testid="dead-letter-row"]', { hasText: 'ctrl-14' }).first().waitFor();
 });
 
 test('the simulator starts and stops continuous traffic, and the overview charts it', async () => {
@@ -215,6 +236,33 @@ test('the simulator starts and stops continuous traffic, and the overview charts
   const sent = (await api('/v1/simulator')).sent;
   await page.waitForTimeout(500);
   assert.equal((await api('/v1/simulator')).sent, sent, 'no traffic after stop');
+});
+
+test("a location's levels sort by a column and filter to what is out of stock", async () => {
+  await open('locations/STORE-005', '[data-testid="location-levels"] tbody tr');
+  await page.click('th button:has-text("Available")');
+  const available = await page.$$eval('[data-testid="location-levels"] tbody tr td:nth-child(4)', (tds) => tds.map((td) => Number(td.textContent.replace(/,/g, ''))));
+  assert.ok(available.length > 1);
+  assert.deepEqual(available, [...available].sort((a, b) => a - b), 'ascending by available');
+  assert.equal(await page.getAttribute('th:has(button:has-text("Available"))', 'aria-sort'), 'ascending');
+  // Sell one item out here, then show only what is out of stock.
+  const level = await api('/v1/stock/SKU-00021/STORE-005');
+  await api('/v1/events', { eventId: `ui-sellout-${Date.now()}`, eventType: 'SALE', sku: 'SKU-00021', locationId: 'STORE-005', quantity: level.onHand });
+  await page.selectOption('#status-filter', 'out');
+  await page.locator('tr[data-sku="SKU-00021"].out').waitFor();
+  const rows = await page.$$eval('[data-testid="location-levels"] tbody tr', (trs) => trs.map((tr) => tr.className));
+  assert.ok(rows.every((c) => c === 'out'), rows.join());
+  await shot('location-out-of-stock');
+});
+
+test('the simulator page sends a batch of N events', async () => {
+  await open('simulator', '#sim-count');
+  const before = (await api('/v1/simulator')).sent;
+  await page.fill('#sim-count', '250');
+  await page.click('button:has-text("Send")');
+  await page.locator('[data-testid="send-result"]').waitFor();
+  assert.match(await page.textContent('[data-testid="send-result"]'), /^Sent 250:/);
+  assert.equal((await api('/v1/simulator')).sent, before + 250);
 });
 
 test('1,000 updates a second do not freeze the location view', async () => {

@@ -161,7 +161,8 @@ export function mount(main, [sku]) {
       fill(asOfOut, h('p', {}, `As of ${time(at)}:`),
         table([{ label: 'Location' }, ...FIELDS.map((f) => ({ label: LABELS[f], num: true }))],
           [...then.locations.map((l) => h('tr', {}, h('td', {}, l.locationId), FIELDS.map((f) => h('td', { class: 'num' }, num(l[f]))))),
-            h('tr', {}, h('th', { scope: 'row' }, 'Total'), FIELDS.map((f) => h('th', { class: 'num' }, num(then.totals[f]))))]));
+            h('tr', { 'data-testid': 'as-of-total' }, h('th', { scope: 'row' }, 'Total'),
+              FIELDS.map((f) => h('th', { class: 'num', 'data-field': f }, num(then.totals[f]))))]));
     } catch (error) { fill(asOfOut, problem(error)); }
   };
 

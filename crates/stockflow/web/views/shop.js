@@ -4,7 +4,7 @@
 
 import { api, all, live, coalesce, h, fill, num, time, problem } from '../api.js';
 
-const SHOWN_MAX = 400;
+const PAGE = 60;
 const HOLD_SECONDS = 900;
 const THRESHOLD_DEFAULT = 10;
 
@@ -59,11 +59,13 @@ export function mount(main) {
     card.button.disabled = available <= 0 || (cart.get(sku) ?? 0) >= available;
   };
 
+  // A page of cards at a time keeps a big catalog light; "Show more" adds one.
+  let showing = PAGE;
   const renderGrid = () => {
     const text = search.value.trim().toLowerCase();
     const shown = products.filter((p) => !text || p.sku.toLowerCase().includes(text) || p.name.toLowerCase().includes(text));
     cards.clear();
-    fill(grid, shown.slice(0, SHOWN_MAX).map((p) => {
+    fill(grid, shown.slice(0, showing).map((p) => {
       const status = h('p', { class: 'availability', 'data-testid': 'availability' });
       const button = h('button', { type: 'button', class: 'primary', onclick: () => {
         cart.set(p.sku, (cart.get(p.sku) ?? 0) + 1);
@@ -77,7 +79,8 @@ export function mount(main) {
         status, button);
       renderCard(p.sku);
       return card;
-    }), shown.length > SHOWN_MAX ? h('p', { class: 'muted' }, `Showing ${SHOWN_MAX} of ${shown.length}; search to narrow.`) : null);
+    }), shown.length > showing ? h('p', { class: 'more' }, `Showing ${showing} of ${shown.length}. `,
+      h('button', { type: 'button', onclick: () => { showing += PAGE; renderGrid(); } }, 'Show more')) : null);
   };
 
   const loadStock = async () => {
@@ -131,7 +134,7 @@ export function mount(main) {
       checkout.disabled = false;
     }
   });
-  search.addEventListener('input', renderGrid);
+  search.addEventListener('input', () => { showing = PAGE; renderGrid(); });
   where.addEventListener('change', () => { location = where.value; cart.clear(); renderCart(); open(); });
 
   (async () => {
