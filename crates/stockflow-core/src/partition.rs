@@ -831,6 +831,19 @@ impl Partition {
         self.index.get(&key).map(|slot| self.view(*slot))
     }
 
+    /// The policy of the level of (sku, location) here (the default for
+    /// a level this partition does not have).
+    pub fn policy_of_level(&self, sku: &str, location: &str) -> Policy {
+        let key = self
+            .symbols
+            .get(sku)
+            .and_then(|s| Some((*s, *self.symbols.get(location)?)));
+        match key.and_then(|k| self.index.get(&k)) {
+            Some(slot) => self.policy_of(*slot),
+            None => Policy::default(),
+        }
+    }
+
     /// The quantities of a level, without copying it.
     pub fn numbers(&self, sku: &str, location: &str) -> Option<Numbers> {
         let key = (*self.symbols.get(sku)?, *self.symbols.get(location)?);

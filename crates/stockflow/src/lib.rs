@@ -11,6 +11,7 @@ pub mod demo;
 pub mod history;
 pub mod http;
 pub mod import;
+pub mod kafka;
 pub mod metrics;
 pub mod pipeline;
 pub mod record;

@@ -49,6 +49,7 @@ enum BenchMode {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once at startup
 enum Command {
     /// Run the server on a data directory.
     Serve {
@@ -113,6 +114,13 @@ enum Command {
         /// a production server must not invent sales.
         #[arg(long)]
         simulator: bool,
+        #[command(flatten)]
+        kafka: KafkaArgs,
+    },
+    /// Manage the Kafka topics of Kafka mode.
+    Topics {
+        #[command(subcommand)]
+        action: TopicsAction,
     },
     /// Import a file in any source format, with progress and a summary.
     ///
@@ -231,6 +239,61 @@ fn parse_sourcing(text: &str) -> Result<stockflow_core::orders::Sourcing, String
     }
 }
 
+/// Kafka mode: with --kafka, the server joins a consumer group and uses
+/// the cluster as its log instead of the data directory's.
+#[derive(clap::Args, Debug)]
+struct KafkaArgs {
+    /// Run in Kafka mode against these bootstrap servers (host:port,…).
+    #[arg(long, env = "STOCKFLOW_KAFKA")]
+    kafka: Option<String>,
+    /// The consumer group of the instances sharing the work.
+    #[arg(long, default_value = "stockflow", requires = "kafka")]
+    group: String,
+    /// A librdkafka property passed through, e.g. security.protocol=SASL_SSL (repeatable).
+    #[arg(long = "kafka-config", value_parser = parse_param, requires = "kafka")]
+    kafka_config: Vec<(String, String)>,
+    /// Partitions of the canonical, repartition and changelog topics.
+    #[arg(long, default_value_t = 12, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    kafka_partitions: u16,
+    /// The URL other instances forward queries to (default: the listen address).
+    #[arg(long, requires = "kafka")]
+    advertise: Option<String>,
+    /// Longest wait for a processing cycle's input, in ms (the commit interval).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    commit_interval_ms: u64,
+}
+
+impl KafkaArgs {
+    fn settings(&self, bootstrap: &str) -> stockflow::kafka::KafkaSettings {
+        let mut settings = stockflow::kafka::KafkaSettings::new(bootstrap);
+        settings.group = self.group.clone();
+        settings.extra = self.kafka_config.clone();
+        settings.partitions = self.kafka_partitions;
+        settings.commit_interval = Duration::from_millis(self.commit_interval_ms);
+        settings
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum TopicsAction {
+    /// Create every topic Kafka mode uses (existing ones are left alone).
+    Create {
+        /// Bootstrap servers.
+        #[arg(long, env = "STOCKFLOW_KAFKA")]
+        kafka: String,
+        #[arg(long = "kafka-config", value_parser = parse_param)]
+        kafka_config: Vec<(String, String)>,
+        /// Partitions of the partitioned topics.
+        #[arg(long, default_value_t = 12, value_parser = clap::value_parser!(u16).range(1..=1024))]
+        partitions: u16,
+        #[arg(long, default_value_t = 1)]
+        replication_factor: i32,
+        /// A directory of extra source formats (a raw topic is made for each).
+        #[arg(long, env = "STOCKFLOW_SOURCES")]
+        sources: Option<PathBuf>,
+    },
+}
+
 fn parse_param(text: &str) -> Result<(String, String), String> {
     text.split_once('=')
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -258,6 +321,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             reservation_burst,
             reservation_burst_seconds,
             simulator,
+            kafka,
         } => {
             let mut config = Config::new(data_dir);
             config.simulator = simulator;
@@ -287,6 +351,24 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 burst_rejections: reservation_burst,
                 burst_window_ns: i64::from(reservation_burst_seconds) * 1_000_000_000,
             };
+            if let Some(bootstrap) = &kafka.kafka {
+                let settings = kafka.settings(bootstrap);
+                let server = stockflow::kafka::KafkaServer::start(
+                    settings,
+                    config,
+                    listen,
+                    kafka.advertise.clone(),
+                )
+                .await?;
+                println!(
+                    "stockflow listening on {} in Kafka mode (group {}, instance {})",
+                    server.url(),
+                    kafka.group,
+                    server.instance_id
+                );
+                stockflow::shutdown_signal().await;
+                return server.stop().await;
+            }
             let server = Server::start(config, listen).await?;
             println!(
                 "stockflow listening on {url} (dashboard: {url}/)",
@@ -321,6 +403,34 @@ async fn run(command: Command) -> anyhow::Result<()> {
             data_dir,
             rate,
         } => stockflow::demo::run(listen, data_dir, rate).await,
+        Command::Topics {
+            action:
+                TopicsAction::Create {
+                    kafka,
+                    kafka_config,
+                    partitions,
+                    replication_factor,
+                    sources,
+                },
+        } => {
+            let mut settings = stockflow::kafka::KafkaSettings::new(kafka);
+            settings.extra = kafka_config;
+            settings.partitions = partitions;
+            let sources = match sources {
+                Some(dir) => stockflow::sources::Sources::with_dir(&dir)?,
+                None => stockflow::sources::Sources::default(),
+            };
+            let formats = sources.names().map(str::to_owned).collect();
+            let (created, existing) =
+                stockflow::kafka::topics::create(&settings, replication_factor, formats).await?;
+            for name in &created {
+                println!("created  {name}");
+            }
+            for name in &existing {
+                println!("exists   {name}");
+            }
+            Ok(())
+        }
         Command::Simulate {
             url,
             rate,

@@ -31,7 +31,9 @@ use tokio::sync::Semaphore;
 
 pub use alerts::alert_json;
 pub use error::ApiError;
+pub use ingest::read_body;
 pub use orders::order_json;
+pub use query::level_json;
 
 use crate::config::Config;
 use crate::pipeline::Pipeline;

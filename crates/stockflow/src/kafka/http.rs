@@ -1,0 +1,650 @@
+//! The HTTP API in Kafka mode. Ingest produces to the canonical topic and
+//! answers after the broker acknowledges (`?wait=applied`: after the
+//! owners applied it). Every instance answers every query: a key owned
+//! elsewhere is forwarded to its owner, a SKU's or a location's levels are
+//! gathered from every member. What the embedded mode alone has so far
+//! (orders, catalog, history, the stream) answers 501.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use stockflow_core::{parse_body, route, LevelView, Totals};
+
+use super::cluster::Cluster;
+use super::processor::{Shared, ACTIVE, RESTORING};
+use super::wire::canonical_json;
+use super::{level_key, KafkaSettings};
+use crate::config::Config;
+use crate::http::{level_json, read_body, ApiError};
+use crate::pipeline::{wall_clock, Receipt, ReceiptError};
+
+/// Marks a request one instance sent another, so it is never sent on.
+const FORWARDED: &str = "x-stockflow-forwarded";
+/// Longest `?wait=applied` wait.
+const WAIT_APPLIED_MAX: Duration = Duration::from_secs(30);
+
+pub struct KafkaApp {
+    pub settings: KafkaSettings,
+    pub config: Config,
+    pub producer: FutureProducer,
+    pub shared: Arc<Shared>,
+    pub cluster: Arc<Cluster>,
+    pub client: reqwest::Client,
+    pub instance_id: String,
+    pub url: String,
+}
+
+pub fn router(app: Arc<KafkaApp>) -> Router {
+    Router::new()
+        .route("/v1/events", post(post_events))
+        .route("/v1/stock/{sku}/{location_id}", get(level))
+        .route("/v1/stock/{sku}", get(sku_levels))
+        .route("/v1/locations/{location_id}/stock", get(location_levels))
+        .route("/v1/cluster", get(cluster))
+        .route("/v1/internal/applied", get(applied))
+        .route("/v1/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], crate::http::OPENAPI) }))
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "not_in_kafka_mode",
+                "this endpoint is not available in Kafka mode yet (events, stock, locations' stock and /v1/cluster are); run the embedded mode for it",
+            )
+        })
+        .with_state(app)
+}
+
+async fn metrics(State(app): State<Arc<KafkaApp>>) -> impl IntoResponse {
+    let restoring: i64 = app
+        .shared
+        .restore_left
+        .iter()
+        .map(|l| l.load(Ordering::Relaxed))
+        .sum();
+    metrics::gauge!("stockflow_kafka_restore_records_left").set(restoring as f64);
+    let owned = app.shared.owned();
+    metrics::gauge!("stockflow_kafka_partitions_owned").set(owned.len() as f64);
+    metrics::gauge!("stockflow_kafka_partitions_restoring")
+        .set(owned.iter().filter(|(_, s, _)| *s == RESTORING).count() as f64);
+    let high = app.cluster.high.read().clone();
+    for (p, _, applied) in &owned {
+        if let Some(h) = high.get(*p as usize).filter(|h| **h >= 0) {
+            metrics::gauge!("stockflow_kafka_lag", "partition" => p.to_string())
+                .set((h - applied).max(0) as f64);
+        }
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        crate::metrics::handle().render(),
+    )
+}
+
+async fn ready(State(app): State<Arc<KafkaApp>>) -> Response {
+    let restoring = app
+        .shared
+        .owned()
+        .iter()
+        .filter(|(_, s, _)| *s == RESTORING)
+        .count();
+    if restoring > 0 {
+        let mut error = ApiError::overloaded(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{restoring} partitions are restoring"),
+        );
+        error.code = "restoring";
+        return error.into_response();
+    }
+    Json(json!({"status": "ready"})).into_response()
+}
+
+#[derive(Deserialize, Default)]
+pub struct IngestQuery {
+    wait: Option<String>,
+}
+
+/// POST /v1/events: validated here, produced to the owner's canonical
+/// partition with the idempotent producer; invalid events go to the DLQ.
+/// `accepted` counts events handed to the log: duplicates are recognised
+/// by their owner when it applies them.
+async fn post_events(
+    State(app): State<Arc<KafkaApp>>,
+    Query(query): Query<IngestQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Receipt>, ApiError> {
+    let wait_applied = match query.wait.as_deref() {
+        None => false,
+        Some("applied") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "wait: {other:?} is not `applied`"
+            )))
+        }
+    };
+    let (bytes, format) = read_body(&headers, body, app.config.body_bytes_max).await?;
+    let parsed = match parse_body(&bytes, format, app.config.request_events_max) {
+        Ok(parsed) => parsed,
+        Err(error) => {
+            let reason = error.to_string();
+            dead_letter(&app, &bytes, &reason).await;
+            return Err(ApiError::bad_request(reason));
+        }
+    };
+    let now = wall_clock();
+    let mut deliveries = Vec::with_capacity(parsed.batch.len());
+    for event in parsed.batch.iter() {
+        let partition = route(event.sku, event.location_id, app.settings.partitions);
+        let json = canonical_json(&event, now);
+        let key = level_key(event.sku, event.location_id);
+        let record = FutureRecord::to(&app.settings.topics.canonical)
+            .partition(i32::from(partition))
+            .key(&key)
+            .payload(&json)
+            .timestamp(now.0 / 1_000_000);
+        match app.producer.send_result(record) {
+            Ok(delivery) => deliveries.push(delivery),
+            Err((error, _)) => {
+                return Err(ApiError::overloaded(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("cannot queue for Kafka ({error}); retry shortly"),
+                ))
+            }
+        }
+    }
+    let mut errors = Vec::new();
+    for rejected in &parsed.rejected {
+        dead_letter(&app, rejected.raw.as_bytes(), &rejected.reason).await;
+        errors.push(ReceiptError {
+            index: rejected.index,
+            event_id: rejected.event_id.clone(),
+            reason: rejected.reason.clone(),
+        });
+    }
+    let mut newest: BTreeMap<u16, i64> = BTreeMap::new();
+    for delivery in deliveries {
+        match delivery.await {
+            Ok(Ok(d)) => {
+                let offset = newest.entry(d.partition as u16).or_insert(-1);
+                *offset = (*offset).max(d.offset);
+            }
+            Ok(Err((error, _))) => {
+                return Err(ApiError::overloaded(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("Kafka did not acknowledge ({error}); send the request again (eventIds make that safe)"),
+                ))
+            }
+            Err(_) => return Err(ApiError::stopping(())),
+        }
+    }
+    if wait_applied {
+        let deadline = Instant::now() + WAIT_APPLIED_MAX;
+        for (partition, offset) in newest {
+            wait_applied_on(&app, partition, offset, deadline).await?;
+        }
+    }
+    Ok(Json(Receipt {
+        accepted: parsed.batch.len() as u64,
+        duplicates: 0,
+        rejected: parsed.rejected.len() as u64,
+        errors,
+        order: None,
+    }))
+}
+
+async fn dead_letter(app: &KafkaApp, payload: &[u8], reason: &str) {
+    let headers = OwnedHeaders::new()
+        .insert(Header {
+            key: "reason",
+            value: Some(reason),
+        })
+        .insert(Header {
+            key: "source",
+            value: Some("http:/v1/events"),
+        });
+    let record = FutureRecord::<(), [u8]>::to(&app.settings.topics.dlq)
+        .payload(payload)
+        .headers(headers);
+    if let Err((error, _)) = app.producer.send(record, Duration::from_secs(10)).await {
+        tracing::warn!(%error, "dead letter not delivered");
+    }
+    metrics::counter!("stockflow_events_rejected_total").increment(1);
+}
+
+/// Waits until partition `p` has applied `offset`, here or at its owner.
+async fn wait_applied_on(
+    app: &KafkaApp,
+    p: u16,
+    offset: i64,
+    deadline: Instant,
+) -> Result<(), ApiError> {
+    if app.shared.status(p) != super::processor::NOT_OWNED {
+        return wait_local(&app.shared, p, offset, deadline).await;
+    }
+    loop {
+        let Some((owner, _)) = app.cluster.owner(p) else {
+            if Instant::now() > deadline {
+                return Err(not_owned(p));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        let answer = app
+            .client
+            .get(format!(
+                "{}/v1/internal/applied?partition={p}&offset={offset}&timeoutMs={}",
+                owner.url,
+                left.as_millis()
+            ))
+            .header(FORWARDED, "1")
+            .timeout(left + Duration::from_secs(1))
+            .send()
+            .await;
+        match answer {
+            Ok(r) if r.status().is_success() => return Ok(()),
+            // The owner moved (or is restoring): ask again.
+            _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
+            _ => return Err(ApiError::new(StatusCode::GATEWAY_TIMEOUT, "not_applied_yet", format!("partition {p} has not applied offset {offset} yet; the events are in the log and will be applied"))),
+        }
+    }
+}
+
+async fn wait_local(
+    shared: &Shared,
+    p: u16,
+    offset: i64,
+    deadline: Instant,
+) -> Result<(), ApiError> {
+    loop {
+        let notified = shared.progress.notified();
+        if shared.status(p) == ACTIVE && shared.applied[p as usize].load(Ordering::Acquire) > offset
+        {
+            return Ok(());
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ApiError::new(StatusCode::GATEWAY_TIMEOUT, "not_applied_yet", format!("partition {p} has not applied offset {offset} yet; the events are in the log and will be applied")));
+        }
+        let _ = tokio::time::timeout(left.min(Duration::from_millis(200)), notified).await;
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppliedQuery {
+    partition: u16,
+    offset: i64,
+    timeout_ms: Option<u64>,
+}
+
+/// GET /v1/internal/applied: answers once this instance's partition has
+/// applied the offset (or 409 if it does not own it).
+async fn applied(
+    State(app): State<Arc<KafkaApp>>,
+    Query(q): Query<AppliedQuery>,
+) -> Result<Json<Value>, ApiError> {
+    if q.partition >= app.settings.partitions
+        || app.shared.status(q.partition) == super::processor::NOT_OWNED
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_owner",
+            format!("partition {} is not owned here", q.partition),
+        ));
+    }
+    let wait = Duration::from_millis(q.timeout_ms.unwrap_or(10_000)).min(WAIT_APPLIED_MAX);
+    wait_local(&app.shared, q.partition, q.offset, Instant::now() + wait).await?;
+    Ok(Json(
+        json!({"partition": q.partition, "applied": app.shared.applied[q.partition as usize].load(Ordering::Acquire)}),
+    ))
+}
+
+fn not_owned(p: u16) -> ApiError {
+    let mut error = ApiError::overloaded(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("partition {p} has no owner right now (a rebalance or restore is under way); retry shortly"),
+    );
+    error.code = "no_owner";
+    error
+}
+
+fn restoring(p: u16) -> ApiError {
+    let mut error = ApiError::overloaded(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("partition {p} is restoring its state; retry shortly, or ask with ?stale=true for what it has so far"),
+    );
+    error.code = "restoring";
+    error
+}
+
+#[derive(Deserialize, Default, Clone)]
+pub struct ReadQuery {
+    stale: Option<bool>,
+    /// `local`: only this instance's partitions (what members ask each other).
+    scope: Option<String>,
+    status: Option<String>,
+    limit: Option<usize>,
+    after: Option<String>,
+}
+
+/// Forwards a GET to `url` + `path_and_query`, relaying status and body.
+async fn forward(app: &KafkaApp, url: &str, path_and_query: &str) -> Response {
+    match app
+        .client
+        .get(format!("{url}{path_and_query}"))
+        .header(FORWARDED, "1")
+        .send()
+        .await
+    {
+        Ok(r) => {
+            let status =
+                StatusCode::from_u16(r.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+            let retry = r.headers().get(header::RETRY_AFTER).cloned();
+            let bytes = r.bytes().await.unwrap_or_default();
+            let mut response =
+                (status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response();
+            if let Some(retry) = retry {
+                response.headers_mut().insert(header::RETRY_AFTER, retry);
+            }
+            response
+        }
+        Err(error) => ApiError::overloaded(
+            StatusCode::BAD_GATEWAY,
+            format!("the owner at {url} did not answer ({error}); retry shortly"),
+        )
+        .into_response(),
+    }
+}
+
+/// GET /v1/stock/{sku}/{locationId}: here if owned, else at the owner.
+async fn level(
+    State(app): State<Arc<KafkaApp>>,
+    Path((sku, location)): Path<(String, String)>,
+    Query(query): Query<ReadQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let p = route(&sku, &location, app.settings.partitions);
+    let status = app.shared.status(p);
+    let stale = query.stale == Some(true);
+    if status == ACTIVE || (status == RESTORING && stale) {
+        let partition = app.shared.partitions[p as usize].read();
+        return match partition.get(&sku, &location) {
+            Some(view) => {
+                let mut level = level_json(&view, partition.policy_of_level(&sku, &location));
+                if status == RESTORING {
+                    level["stale"] = json!(true);
+                }
+                Json(level).into_response()
+            }
+            None => ApiError::not_found(format!(
+                "no stock level for sku {sku:?} at location {location:?}"
+            ))
+            .into_response(),
+        };
+    }
+    if status == RESTORING {
+        return restoring(p).into_response();
+    }
+    if headers.contains_key(FORWARDED) {
+        return not_owned(p).into_response();
+    }
+    match app.cluster.owner(p) {
+        Some((owner, _)) if owner.instance_id != app.instance_id => {
+            let query = if stale { "?stale=true" } else { "" };
+            forward(
+                &app,
+                &owner.url,
+                &format!("/v1/stock/{}/{}{query}", encode(&sku), encode(&location)),
+            )
+            .await
+        }
+        _ => not_owned(p).into_response(),
+    }
+}
+
+fn encode(segment: &str) -> String {
+    segment
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Levels from this instance's active partitions, and which partitions
+/// it could not answer for.
+fn local_views(
+    app: &KafkaApp,
+    read: impl Fn(&stockflow_core::Partition) -> Vec<(LevelView, stockflow_core::Policy)>,
+) -> (Vec<(LevelView, stockflow_core::Policy)>, Vec<u16>) {
+    let mut views = Vec::new();
+    let mut restoring = Vec::new();
+    for (p, status, _) in app.shared.owned() {
+        if status != ACTIVE {
+            restoring.push(p);
+            continue;
+        }
+        views.extend(read(&app.shared.partitions[p as usize].read()));
+    }
+    (views, restoring)
+}
+
+/// Gathers `path` (with `?scope=local`) from every other live member;
+/// fails if some partition has no active owner.
+async fn gather(app: &KafkaApp, path: &str, key: &str) -> Result<Vec<Value>, ApiError> {
+    let members = app.cluster.live();
+    let mut covered: Vec<bool> = vec![false; app.settings.partitions as usize];
+    for member in &members {
+        for owned in member.partitions.iter().filter(|o| o.status == "active") {
+            if let Some(c) = covered.get_mut(owned.partition as usize) {
+                *c = true;
+            }
+        }
+    }
+    for (p, status, _) in app.shared.owned() {
+        if status == ACTIVE {
+            covered[p as usize] = true;
+        }
+    }
+    if let Some(p) = covered.iter().position(|c| !c) {
+        return Err(not_owned(p as u16));
+    }
+    let mut out = Vec::new();
+    for member in members.iter().filter(|m| m.instance_id != app.instance_id) {
+        let separator = if path.contains('?') { '&' } else { '?' };
+        let answer = app
+            .client
+            .get(format!("{}{path}{separator}scope=local", member.url))
+            .header(FORWARDED, "1")
+            .send()
+            .await
+            .map_err(|e| {
+                ApiError::overloaded(
+                    StatusCode::BAD_GATEWAY,
+                    format!("member {} did not answer ({e}); retry shortly", member.url),
+                )
+            })?;
+        if !answer.status().is_success() {
+            return Err(ApiError::overloaded(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "member {} answered {}; retry shortly",
+                    member.url,
+                    answer.status()
+                ),
+            ));
+        }
+        let body: Value = answer.json().await.map_err(|e| {
+            ApiError::overloaded(
+                StatusCode::BAD_GATEWAY,
+                format!("member {}: {e}", member.url),
+            )
+        })?;
+        if let Some(items) = body[key].as_array() {
+            out.extend(items.iter().cloned());
+        }
+    }
+    Ok(out)
+}
+
+fn number(level: &Value, field: &str) -> i64 {
+    level[field].as_i64().unwrap_or(0)
+}
+
+/// GET /v1/stock/{sku}: every location of the SKU, from every member.
+async fn sku_levels(
+    State(app): State<Arc<KafkaApp>>,
+    Path(sku): Path<String>,
+    Query(query): Query<ReadQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let (views, restoring_here) = local_views(&app, |p| {
+        p.levels_of_sku(&sku)
+            .into_iter()
+            .map(|v| {
+                let policy = p.policy_of_level(&v.sku, &v.location_id);
+                (v, policy)
+            })
+            .collect()
+    });
+    let mut levels: Vec<Value> = views
+        .iter()
+        .map(|(v, policy)| level_json(v, *policy))
+        .collect();
+    if query.scope.as_deref() == Some("local") {
+        if let Some(p) = restoring_here.first() {
+            return Err(restoring(*p));
+        }
+        return Ok(Json(json!({"sku": sku, "locations": levels})));
+    }
+    levels.extend(gather(&app, &format!("/v1/stock/{}", encode(&sku)), "locations").await?);
+    if levels.is_empty() {
+        return Err(ApiError::not_found(format!(
+            "no stock levels for sku {sku:?}"
+        )));
+    }
+    levels.sort_by(|a, b| a["locationId"].as_str().cmp(&b["locationId"].as_str()));
+    let mut totals = Totals::default();
+    for l in &levels {
+        totals.on_hand += number(l, "onHand");
+        totals.reserved += number(l, "reserved");
+        totals.available += number(l, "available");
+        totals.in_transit += number(l, "inTransit");
+    }
+    Ok(Json(json!({
+        "sku": sku,
+        "totals": {"onHand": totals.on_hand, "reserved": totals.reserved, "available": totals.available, "inTransit": totals.in_transit},
+        "locations": levels,
+    })))
+}
+
+/// GET /v1/locations/{id}/stock?limit=&after=: a page merged from every member.
+async fn location_levels(
+    State(app): State<Arc<KafkaApp>>,
+    Path(location): Path<String>,
+    Query(query): Query<ReadQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "limit must be an integer from 1 to 1000",
+        ));
+    }
+    if query.status.is_some() {
+        return Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "not_in_kafka_mode",
+            "status filters are not available in Kafka mode yet",
+        ));
+    }
+    let after = query.after.clone();
+    let (views, restoring_here) = local_views(&app, |p| {
+        p.levels_of_location(&location, after.as_deref(), limit + 1, |_, _| true)
+            .into_iter()
+            .map(|v| {
+                let policy = p.policy_of_level(&v.sku, &v.location_id);
+                (v, policy)
+            })
+            .collect()
+    });
+    let mut levels: Vec<Value> = views
+        .iter()
+        .map(|(v, policy)| level_json(v, *policy))
+        .collect();
+    if query.scope.as_deref() == Some("local") {
+        if let Some(p) = restoring_here.first() {
+            return Err(restoring(*p));
+        }
+        return Ok(Json(json!({"locationId": location, "levels": levels})));
+    }
+    let mut path = format!("/v1/locations/{}/stock?limit={limit}", encode(&location));
+    if let Some(after) = &after {
+        path.push_str(&format!("&after={}", encode(after)));
+    }
+    levels.extend(gather(&app, &path, "levels").await?);
+    levels.sort_by(|a, b| a["sku"].as_str().cmp(&b["sku"].as_str()));
+    let more = levels.len() > limit;
+    levels.truncate(limit);
+    let next = more
+        .then(|| {
+            levels
+                .last()
+                .and_then(|l| l["sku"].as_str().map(str::to_owned))
+        })
+        .flatten();
+    if levels.is_empty() && after.is_none() {
+        return Err(ApiError::not_found(format!(
+            "no stock levels at location {location:?}"
+        )));
+    }
+    Ok(Json(
+        json!({"locationId": location, "levels": levels, "nextAfter": next}),
+    ))
+}
+
+/// GET /v1/cluster: members, and each partition's owner, position and lag.
+async fn cluster(State(app): State<Arc<KafkaApp>>) -> Json<Value> {
+    let members = app.cluster.live();
+    let high = app.cluster.high.read().clone();
+    let partitions: Vec<Value> = (0..app.settings.partitions)
+        .map(|p| {
+            let owner = members.iter().find_map(|m| {
+                m.partitions
+                    .iter()
+                    .find(|o| o.partition == p)
+                    .map(|o| (m, o))
+            });
+            let high = high.get(p as usize).copied().filter(|h| *h >= 0);
+            json!({
+                "partition": p,
+                "owner": owner.map(|(m, _)| m.instance_id.clone()),
+                "status": owner.map_or("unowned".to_owned(), |(_, o)| o.status.clone()),
+                "applied": owner.map(|(_, o)| o.applied),
+                "highWatermark": high,
+                "lag": owner.and_then(|(_, o)| high.map(|h| (h - o.applied).max(0))),
+            })
+        })
+        .collect();
+    Json(json!({
+        "instanceId": app.instance_id,
+        "group": app.settings.group,
+        "members": members,
+        "partitions": partitions,
+    }))
+}

@@ -1,0 +1,980 @@
+//! The owner of canonical partitions: applies their events with the
+//! engine core, writes each batch to the changelog with the positions it
+//! ends at, and publishes levels, alerts and in-transit effects.
+//!
+//! One thread, synchronous like the embedded appliers: it polls the group
+//! consumer (canonical, cooperative-sticky) and a manually assigned
+//! consumer of the repartition partitions it owns (group assignors cannot
+//! promise that canonical p and repartition p go to the same member), then
+//! per cycle: apply, produce, flush (the cycle's one wait for the broker),
+//! commit the group offsets, publish positions. Rebalance callbacks run on
+//! this thread too: a revoked partition is flushed and snapshotted before
+//! it is released; an assigned one is restored before its first record.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Mutex, RwLock};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+use stockflow_core::{
+    admit, parse_body, route, BodyFormat, Catalog, Dedup, EngineConfig, Partition, PartitionImage,
+    PartitionSnapshot, Timestamp,
+};
+
+use super::wire::{canonical_json, from_millis, ChangelogRecord, Positions};
+use super::{level_key, KafkaSettings};
+
+/// A partition this instance does not own.
+pub const NOT_OWNED: u8 = 0;
+/// Owned, state being restored: queries answer 503.
+pub const RESTORING: u8 = 1;
+/// Owned and applying.
+pub const ACTIVE: u8 = 2;
+
+/// Most input records applied in one cycle (one changelog record per
+/// partition, well under Kafka's 1 MB default message size).
+const CYCLE_RECORDS_MAX: usize = 2000;
+/// A local snapshot of a partition after this many applied records.
+const SNAPSHOT_EVERY: u64 = 200_000;
+
+/// What queries read while the processor writes.
+pub struct Shared {
+    pub partitions: Vec<RwLock<Partition>>,
+    pub status: Vec<AtomicU8>,
+    /// Next canonical offset to apply, per partition (valid when owned).
+    pub applied: Vec<AtomicI64>,
+    /// Changelog records left to read, per restoring partition.
+    pub restore_left: Vec<AtomicI64>,
+    pub events_applied: AtomicU64,
+    /// Woken after every cycle, for `?wait=applied`.
+    pub progress: tokio::sync::Notify,
+    /// Set when the owned set changes, so membership is announced at once.
+    pub ownership_changed: AtomicBool,
+    pub catalog: RwLock<Catalog>,
+}
+
+impl Shared {
+    pub fn new(partitions: u16) -> Shared {
+        let n = partitions as usize;
+        Shared {
+            partitions: (0..n).map(|_| RwLock::new(Partition::default())).collect(),
+            status: (0..n).map(|_| AtomicU8::new(NOT_OWNED)).collect(),
+            applied: (0..n).map(|_| AtomicI64::new(0)).collect(),
+            restore_left: (0..n).map(|_| AtomicI64::new(0)).collect(),
+            events_applied: AtomicU64::new(0),
+            progress: tokio::sync::Notify::new(),
+            ownership_changed: AtomicBool::new(false),
+            catalog: RwLock::new(Catalog::default()),
+        }
+    }
+
+    pub fn status(&self, p: u16) -> u8 {
+        self.status[p as usize].load(Ordering::Acquire)
+    }
+
+    /// (partition, status, next canonical offset applied) of owned ones.
+    pub fn owned(&self) -> Vec<(u16, u8, i64)> {
+        (0..self.status.len() as u16)
+            .filter_map(|p| {
+                let s = self.status(p);
+                (s != NOT_OWNED).then(|| (p, s, self.applied[p as usize].load(Ordering::Acquire)))
+            })
+            .collect()
+    }
+}
+
+/// The engine state of one owned partition besides its levels.
+struct Owned {
+    dedup: Dedup,
+    /// In-transit events from other partitions, by eventId.
+    transit: Dedup,
+    positions: Positions,
+    now: Timestamp,
+    /// Changelog offset after the last record folded into this state.
+    changelog_next: i64,
+    since_snapshot: u64,
+}
+
+/// A partition's state on local disk, so that a partition coming back to
+/// this instance reads only the changelog written since.
+#[derive(Serialize)]
+struct LocalSnapshotOut<'a> {
+    positions: Positions,
+    now: Timestamp,
+    changelog_next: i64,
+    dedup: Vec<u8>,
+    transit: Vec<u8>,
+    partition: &'a PartitionImage,
+}
+
+#[derive(Deserialize)]
+struct LocalSnapshotIn {
+    positions: Positions,
+    now: Timestamp,
+    changelog_next: i64,
+    dedup: Vec<u8>,
+    transit: Vec<u8>,
+    partition: PartitionSnapshot,
+}
+
+/// Delivery reports: the changelog's last offset per partition, and the
+/// first failure (which stops the processor: carrying on could apply
+/// effects whose record never reached the changelog).
+#[derive(Default)]
+pub struct Deliveries {
+    changelog_topic: String,
+    changelog_last: Mutex<HashMap<i32, i64>>,
+    failed: Mutex<Option<String>>,
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(message) if message.topic() == self.changelog_topic => {
+                let mut last = self.changelog_last.lock();
+                let entry = last.entry(message.partition()).or_insert(-1);
+                *entry = (*entry).max(message.offset());
+            }
+            Ok(_) => {}
+            Err((error, message)) => {
+                let mut failed = self.failed.lock();
+                if failed.is_none() {
+                    *failed = Some(format!(
+                        "delivery to {} [{}] failed: {error}",
+                        message.topic(),
+                        message.partition()
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// Everything the thread owns; the rebalance callbacks reach it through
+/// the consumer's context.
+pub struct Processor {
+    settings: KafkaSettings,
+    engine: EngineConfig,
+    data_dir: PathBuf,
+    shared: Arc<Shared>,
+    producer: BaseProducer<Deliveries>,
+    repartition: BaseConsumer,
+    owned: HashMap<u16, Owned>,
+    /// Partitions whose consumer must go back to the state's position.
+    seek_back: Vec<(u16, i64)>,
+}
+
+/// The group consumer's context: rebalances go to the processor.
+pub struct Rebalancer {
+    processor: Arc<Mutex<Processor>>,
+}
+
+impl ClientContext for Rebalancer {}
+
+impl ConsumerContext for Rebalancer {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(list) = rebalance {
+            let mut processor = self.processor.lock();
+            let partitions = processor.canonical_partitions(list);
+            processor.revoke(&partitions);
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(list) = rebalance {
+            let mut processor = self.processor.lock();
+            let partitions = processor.canonical_partitions(list);
+            processor.assign(&partitions);
+        }
+    }
+}
+
+/// One input record of a cycle.
+struct Input {
+    offset: i64,
+    timestamp_ms: i64,
+    payload: Vec<u8>,
+}
+
+fn poison(what: &str) -> ! {
+    tracing::error!("{what}; stopping so that nothing is applied without its changelog record");
+    std::process::abort()
+}
+
+impl Processor {
+    fn canonical_partitions(&self, list: &TopicPartitionList) -> Vec<u16> {
+        list.elements()
+            .iter()
+            .filter(|e| e.topic() == self.settings.topics.canonical)
+            .map(|e| e.partition() as u16)
+            .collect()
+    }
+
+    fn snapshot_path(&self, p: u16) -> PathBuf {
+        self.data_dir.join(format!("partition-{p:05}.snap"))
+    }
+
+    /// Flushes what partitions `revoked` produced, snapshots and releases them.
+    fn revoke(&mut self, revoked: &[u16]) {
+        if revoked.is_empty() {
+            return;
+        }
+        if let Err(error) = self.producer.flush(Duration::from_secs(30)) {
+            poison(&format!("flushing before a revocation: {error}"));
+        }
+        self.check_deliveries();
+        for &p in revoked {
+            if let Some(mut owned) = self.owned.remove(&p) {
+                self.note_changelog(p, &mut owned);
+                if let Err(error) = self.write_snapshot(p, &owned) {
+                    tracing::warn!(partition = p, %error, "local snapshot not written");
+                }
+            }
+            self.shared.status[p as usize].store(NOT_OWNED, Ordering::Release);
+            *self.shared.partitions[p as usize].write() = Partition::default();
+        }
+        self.reassign_repartition();
+        self.shared.ownership_changed.store(true, Ordering::Release);
+        tracing::info!(?revoked, "partitions released");
+    }
+
+    /// Restores partitions `assigned` (local snapshot, then the changelog).
+    fn assign(&mut self, assigned: &[u16]) {
+        for &p in assigned {
+            self.shared.status[p as usize].store(RESTORING, Ordering::Release);
+        }
+        self.shared.ownership_changed.store(true, Ordering::Release);
+        for &p in assigned {
+            let started = Instant::now();
+            match self.restore(p) {
+                Ok((owned, partition, records)) => {
+                    self.shared.applied[p as usize]
+                        .store(owned.positions.canonical, Ordering::Release);
+                    *self.shared.partitions[p as usize].write() = partition;
+                    self.owned.insert(p, owned);
+                    self.shared.status[p as usize].store(ACTIVE, Ordering::Release);
+                    tracing::info!(
+                        partition = p,
+                        changelog_records = records,
+                        ms = started.elapsed().as_millis() as u64,
+                        "partition restored"
+                    );
+                }
+                Err(error) => poison(&format!("restoring partition {p}: {error:#}")),
+            }
+        }
+        self.reassign_repartition();
+        self.shared.ownership_changed.store(true, Ordering::Release);
+    }
+
+    /// The repartition consumer reads exactly the owned partitions, each
+    /// from its state's position.
+    fn reassign_repartition(&self) {
+        let mut list = TopicPartitionList::new();
+        for (p, owned) in &self.owned {
+            let _ = list.add_partition_offset(
+                &self.settings.topics.repartition,
+                i32::from(*p),
+                Offset::Offset(owned.positions.repartition),
+            );
+        }
+        if let Err(error) = self.repartition.assign(&list) {
+            poison(&format!("assigning repartition partitions: {error}"));
+        }
+    }
+
+    fn fresh(&self) -> (Owned, Partition) {
+        let mut partition = Partition::default();
+        partition.set_timer_rules(self.engine.timers);
+        let owned = Owned {
+            dedup: Dedup::new(self.engine.dedup_retention_ns, self.engine.dedup_capacity),
+            transit: Dedup::new(self.engine.dedup_retention_ns, self.engine.dedup_capacity),
+            positions: Positions::default(),
+            now: Timestamp::default(),
+            changelog_next: 0,
+            since_snapshot: 0,
+        };
+        (owned, partition)
+    }
+
+    fn load_snapshot(&self, p: u16) -> anyhow::Result<Option<(Owned, Partition)>> {
+        let path = self.snapshot_path(p);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let bytes = stockflow_log::read_snapshot(&path)?;
+        let local: LocalSnapshotIn = postcard::from_bytes(&bytes)?;
+        let dedup = Dedup::restore(
+            &stockflow_core::DedupSnapshot::decode(&local.dedup)?,
+            self.engine.dedup_retention_ns,
+            self.engine.dedup_capacity,
+        );
+        let transit = Dedup::restore(
+            &stockflow_core::DedupSnapshot::decode(&local.transit)?,
+            self.engine.dedup_retention_ns,
+            self.engine.dedup_capacity,
+        );
+        let partition = Partition::restore(
+            local.partition,
+            &self.shared.catalog.read(),
+            self.engine.timers,
+        );
+        let owned = Owned {
+            dedup,
+            transit,
+            positions: local.positions,
+            now: local.now,
+            changelog_next: local.changelog_next,
+            since_snapshot: 0,
+        };
+        Ok(Some((owned, partition)))
+    }
+
+    /// The state of partition `p`: its local snapshot if it has one that
+    /// the changelog continues, then every changelog record after it.
+    fn restore(&self, p: u16) -> anyhow::Result<(Owned, Partition, u64)> {
+        let topic = &self.settings.topics.changelog;
+        let reader: BaseConsumer = self
+            .settings
+            .client(&[
+                ("enable.auto.commit", "false"),
+                ("group.id", "stockflow-restore"),
+            ])
+            .create()?;
+        let (low, high) = reader.fetch_watermarks(topic, i32::from(p), Duration::from_secs(30))?;
+        let (mut owned, mut partition) = match self.load_snapshot(p) {
+            Ok(Some((owned, partition)))
+                if owned.changelog_next >= low && owned.changelog_next <= high =>
+            {
+                (owned, partition)
+            }
+            Ok(Some(_)) => {
+                tracing::warn!(partition = p, "local snapshot does not match the changelog; restoring from the changelog alone");
+                self.fresh()
+            }
+            Ok(None) => self.fresh(),
+            Err(error) => {
+                tracing::warn!(partition = p, %error, "local snapshot unreadable; restoring from the changelog alone");
+                self.fresh()
+            }
+        };
+        let start = owned.changelog_next.max(low);
+        let left = &self.shared.restore_left[p as usize];
+        left.store(high - start, Ordering::Release);
+        let mut records = 0u64;
+        if start < high {
+            let mut list = TopicPartitionList::new();
+            list.add_partition_offset(topic, i32::from(p), Offset::Offset(start))?;
+            reader.assign(&list)?;
+            let mut next = start;
+            let mut last_log = Instant::now();
+            while next < high {
+                let message = match reader.poll(Duration::from_secs(30)) {
+                    Some(Ok(m)) => m,
+                    Some(Err(error)) => anyhow::bail!("reading the changelog: {error}"),
+                    None => anyhow::bail!("the changelog stopped at offset {next} of {high}"),
+                };
+                next = message.offset() + 1;
+                let Some(payload) = message.payload() else {
+                    continue;
+                };
+                let record = ChangelogRecord::decode(payload)?;
+                if self.fold(p, &mut owned, &mut partition, record)? {
+                    records += 1;
+                }
+                left.store(high - next, Ordering::Release);
+                if last_log.elapsed() > Duration::from_secs(5) {
+                    tracing::info!(
+                        partition = p,
+                        left = high - next,
+                        "restoring from the changelog"
+                    );
+                    last_log = Instant::now();
+                }
+            }
+            owned.changelog_next = next;
+        }
+        left.store(0, Ordering::Release);
+        metrics::counter!("stockflow_kafka_restored_records_total").increment(records);
+        Ok((owned, partition, records))
+    }
+
+    /// Applies one changelog record to a restoring state, exactly as the
+    /// cycle that wrote it did. False if the state already holds it.
+    fn fold(
+        &self,
+        p: u16,
+        owned: &mut Owned,
+        partition: &mut Partition,
+        mut record: ChangelogRecord,
+    ) -> anyhow::Result<bool> {
+        let state = owned.positions;
+        if record.to.canonical <= state.canonical && record.to.repartition <= state.repartition {
+            return Ok(false);
+        }
+        anyhow::ensure!(
+            record.from == state,
+            "changelog record from {:?} does not continue the state at {:?}; was partition {p} written by two owners?",
+            record.from,
+            state
+        );
+        for event in record.events.iter() {
+            owned
+                .dedup
+                .admit(stockflow_core::event_id_hash(event.event_id), record.now);
+        }
+        for event in record.transit.iter() {
+            owned
+                .transit
+                .admit(stockflow_core::event_id_hash(event.event_id), record.now);
+        }
+        let n = self.settings.partitions;
+        record.events.compute_routes(n);
+        record.transit.compute_routes(n);
+        let (mut exceptions, mut changes) = (Vec::new(), Vec::new());
+        partition.apply_batch(p, &record.events, record.now, &mut exceptions, &mut changes);
+        partition.apply_batch(
+            p,
+            &record.transit,
+            record.now,
+            &mut exceptions,
+            &mut changes,
+        );
+        partition.tick(record.now);
+        owned.positions = record.to;
+        owned.now = record.now;
+        Ok(true)
+    }
+
+    fn note_changelog(&self, p: u16, owned: &mut Owned) {
+        if let Some(last) = self
+            .producer
+            .context()
+            .changelog_last
+            .lock()
+            .get(&i32::from(p))
+        {
+            owned.changelog_next = owned.changelog_next.max(last + 1);
+        }
+    }
+
+    fn write_snapshot(&self, p: u16, owned: &Owned) -> anyhow::Result<()> {
+        let image = self.shared.partitions[p as usize].read().snapshot();
+        let out = LocalSnapshotOut {
+            positions: owned.positions,
+            now: owned.now,
+            changelog_next: owned.changelog_next,
+            dedup: owned.dedup.snapshot().encode(),
+            transit: owned.transit.snapshot().encode(),
+            partition: &image,
+        };
+        let bytes = postcard::to_stdvec(&out)?;
+        stockflow_log::write_snapshot(&self.snapshot_path(p), &bytes)?;
+        Ok(())
+    }
+
+    fn check_deliveries(&self) {
+        if let Some(failure) = self.producer.context().failed.lock().take() {
+            poison(&failure);
+        }
+    }
+
+    fn dead_letter(&self, topic: &str, partition: i32, offset: i64, payload: &[u8], reason: &str) {
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "reason",
+                value: Some(reason),
+            })
+            .insert(Header {
+                key: "source-topic",
+                value: Some(topic),
+            })
+            .insert(Header {
+                key: "source-partition",
+                value: Some(&partition.to_string()),
+            })
+            .insert(Header {
+                key: "source-offset",
+                value: Some(&offset.to_string()),
+            });
+        self.send(
+            BaseRecord::<(), [u8]>::to(&self.settings.topics.dlq)
+                .payload(payload)
+                .headers(headers),
+        );
+        metrics::counter!("stockflow_events_rejected_total").increment(1);
+    }
+
+    /// Queues a record, waiting for room if librdkafka's queue is full.
+    fn send<K: rdkafka::message::ToBytes + ?Sized, P: rdkafka::message::ToBytes + ?Sized>(
+        &self,
+        mut record: BaseRecord<'_, K, P>,
+    ) {
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return,
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    back,
+                )) => {
+                    record = back;
+                    self.producer.poll(Duration::from_millis(10));
+                }
+                Err((error, _)) => poison(&format!("producing: {error}")),
+            }
+        }
+    }
+
+    /// Parses input records into a batch; refused ones go to the DLQ.
+    /// Returns the batch and the largest record timestamp.
+    fn parse(&self, topic: &str, p: u16, inputs: &[Input]) -> (stockflow_core::Batch, i64) {
+        let mut text = Vec::with_capacity(inputs.iter().map(|i| i.payload.len() + 1).sum());
+        let mut lines: Vec<&Input> = Vec::with_capacity(inputs.len());
+        let mut newest = 0i64;
+        for input in inputs {
+            newest = newest.max(input.timestamp_ms);
+            if input.payload.iter().all(u8::is_ascii_whitespace) {
+                self.dead_letter(
+                    topic,
+                    i32::from(p),
+                    input.offset,
+                    &input.payload,
+                    "empty message",
+                );
+                continue;
+            }
+            // Raw newlines can only be whitespace in valid JSON: one line each.
+            text.extend(
+                input
+                    .payload
+                    .iter()
+                    .map(|&b| if b == b'\n' || b == b'\r' { b' ' } else { b }),
+            );
+            text.push(b'\n');
+            lines.push(input);
+        }
+        let parsed = match parse_body(&text, BodyFormat::Ndjson, lines.len().max(1)) {
+            Ok(parsed) => parsed,
+            Err(error) => {
+                for input in &lines {
+                    self.dead_letter(
+                        topic,
+                        i32::from(p),
+                        input.offset,
+                        &input.payload,
+                        &error.to_string(),
+                    );
+                }
+                return (stockflow_core::Batch::default(), newest);
+            }
+        };
+        for rejected in &parsed.rejected {
+            let input = lines[rejected.index as usize];
+            self.dead_letter(
+                topic,
+                i32::from(p),
+                input.offset,
+                &input.payload,
+                &rejected.reason,
+            );
+        }
+        let mut batch = parsed.batch;
+        // A record in the wrong partition would put its level where no
+        // query looks: refuse it, saying how to produce it.
+        let n = self.settings.partitions;
+        let wrong: Vec<usize> = batch
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| {
+                topic == self.settings.topics.canonical && route(e.sku, e.location_id, n) != p
+            })
+            .map(|(i, _)| i)
+            .collect();
+        for &i in &wrong {
+            let input = lines[batch.get(i).index as usize];
+            let right = {
+                let e = batch.get(i);
+                route(e.sku, e.location_id, n)
+            };
+            self.dead_letter(topic, i32::from(p), input.offset, &input.payload,
+                &format!("wrong partition: this key belongs in partition {right}; produce to a raw topic, or with stockflow's partitioner"));
+        }
+        if !wrong.is_empty() {
+            batch.retain_positions(|i| wrong.binary_search(&i).is_err());
+        }
+        (batch, newest)
+    }
+
+    /// Applies one cycle's input of partition `p`, queueing its changelog
+    /// record and outputs.
+    fn process(&mut self, p: u16, canonical: &[Input], transit: &[Input]) {
+        let Some(mut owned) = self.owned.remove(&p) else {
+            return;
+        };
+        let from = owned.positions;
+        // The group's committed offset can only be at or behind the state
+        // (it is committed after the changelog). Ahead of it means input
+        // would be skipped: go back for it instead.
+        if let Some(first) = canonical
+            .first()
+            .filter(|i| i.offset > from.canonical && from.canonical > 0)
+        {
+            tracing::warn!(
+                partition = p,
+                state = from.canonical,
+                consumer = first.offset,
+                "consumer ahead of the state; seeking back"
+            );
+            self.seek_back.push((p, from.canonical));
+            self.owned.insert(p, owned);
+            return;
+        }
+        let canonical: Vec<&Input> = canonical
+            .iter()
+            .filter(|i| i.offset >= from.canonical)
+            .collect();
+        let transit_in: Vec<&Input> = transit
+            .iter()
+            .filter(|i| i.offset >= from.repartition)
+            .collect();
+        if canonical.is_empty() && transit_in.is_empty() {
+            self.owned.insert(p, owned);
+            return;
+        }
+        let to = Positions {
+            canonical: canonical.last().map_or(from.canonical, |i| i.offset + 1),
+            repartition: transit_in.last().map_or(from.repartition, |i| i.offset + 1),
+        };
+        let owned_inputs = |v: &[&Input]| -> Vec<Input> {
+            v.iter()
+                .map(|i| Input {
+                    offset: i.offset,
+                    timestamp_ms: i.timestamp_ms,
+                    payload: i.payload.clone(),
+                })
+                .collect()
+        };
+        let (mut events, newest_a) = self.parse(
+            &self.settings.topics.canonical.clone(),
+            p,
+            &owned_inputs(&canonical),
+        );
+        let (mut transit_batch, newest_b) = self.parse(
+            &self.settings.topics.repartition.clone(),
+            p,
+            &owned_inputs(&transit_in),
+        );
+        // Time is the input's: replaying the same records gives the same state.
+        let now = owned.now.max(from_millis(newest_a.max(newest_b)));
+        events.stamp_missing_timestamps(now);
+        let duplicates = admit(&mut owned.dedup, &mut events, now);
+        let transit_duplicates = admit(&mut owned.transit, &mut transit_batch, now);
+        let n = self.settings.partitions;
+        events.compute_routes(n);
+        transit_batch.compute_routes(n);
+
+        let (mut exceptions, mut changes) = (Vec::new(), Vec::new());
+        let mut partition = self.shared.partitions[p as usize].write();
+        let alerts_before = partition.alerts.next_seq;
+        partition.apply_batch(p, &events, now, &mut exceptions, &mut changes);
+        partition.apply_batch(p, &transit_batch, now, &mut exceptions, &mut changes);
+        partition.tick(now);
+
+        // In-transit effects owned elsewhere go to their owner.
+        for (position, r) in events.routes().iter().enumerate() {
+            if let Some(d) = r.destination.filter(|d| *d != p) {
+                let event = events.get(position);
+                let key = level_key(event.sku, event.to_location_id.unwrap_or_default());
+                let payload = canonical_json(&event, now);
+                self.send(
+                    BaseRecord::to(&self.settings.topics.repartition)
+                        .partition(i32::from(d))
+                        .key(&key)
+                        .payload(&payload),
+                );
+            }
+        }
+        // The newest level of each changed one, and new alerts.
+        let mut latest: HashMap<u32, usize> = HashMap::new();
+        for (i, change) in changes.iter().enumerate() {
+            latest.insert(change.slot, i);
+        }
+        for &i in latest.values() {
+            let change = &changes[i];
+            let (sku, location) = partition.names_of(change.slot);
+            let view = partition
+                .get(sku, location)
+                .expect("a changed level exists");
+            let json = crate::http::level_json(&view, partition.policy_of(change.slot)).to_string();
+            let key = level_key(sku, location);
+            self.send(
+                BaseRecord::to(&self.settings.topics.stock_levels)
+                    .partition(i32::from(p))
+                    .key(&key)
+                    .payload(&json),
+            );
+        }
+        let alerts = &partition.alerts;
+        let fresh = (alerts.next_seq - alerts_before) as usize;
+        for alert in alerts
+            .recent
+            .iter()
+            .skip(alerts.recent.len().saturating_sub(fresh))
+        {
+            let (sku, location) = partition.names_of(alert.slot);
+            let json = crate::http::alert_json(p, alert, sku, location).to_string();
+            let key = level_key(sku, location);
+            self.send(
+                BaseRecord::to(&self.settings.topics.alerts)
+                    .partition(i32::from(p))
+                    .key(&key)
+                    .payload(&json),
+            );
+        }
+        drop(partition);
+
+        let applied = events.len() + transit_batch.len();
+        let record = ChangelogRecord {
+            from,
+            to,
+            now,
+            events,
+            transit: transit_batch,
+        };
+        let key = format!("{}:{}", to.canonical, to.repartition);
+        self.send(
+            BaseRecord::to(&self.settings.topics.changelog)
+                .partition(i32::from(p))
+                .key(&key)
+                .payload(&record.encode()),
+        );
+        owned.positions = to;
+        owned.now = now;
+        owned.since_snapshot += (canonical.len() + transit_in.len()) as u64;
+        metrics::counter!("stockflow_events_accepted_total").increment(applied as u64);
+        metrics::counter!("stockflow_events_duplicate_total")
+            .increment((duplicates.len() + transit_duplicates.len()) as u64);
+        self.shared
+            .events_applied
+            .fetch_add(applied as u64, Ordering::Relaxed);
+        self.owned.insert(p, owned);
+    }
+}
+
+/// Handle to the processor thread.
+pub struct Running {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops after the current cycle: flushes, snapshots, leaves the group.
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Starts the processor thread.
+pub fn start(
+    settings: KafkaSettings,
+    engine: EngineConfig,
+    data_dir: &Path,
+    shared: Arc<Shared>,
+) -> anyhow::Result<Running> {
+    let data_dir = data_dir.join("kafka");
+    std::fs::create_dir_all(&data_dir)?;
+    let producer: BaseProducer<Deliveries> =
+        settings.producer_config().create_with_context(Deliveries {
+            changelog_topic: settings.topics.changelog.clone(),
+            ..Deliveries::default()
+        })?;
+    let repartition: BaseConsumer = settings
+        .client(&[
+            ("enable.auto.commit", "false"),
+            ("group.id", &format!("{}-repartition", settings.group)),
+        ])
+        .create()?;
+    let processor = Arc::new(Mutex::new(Processor {
+        settings: settings.clone(),
+        engine,
+        data_dir,
+        shared: shared.clone(),
+        producer,
+        repartition,
+        owned: HashMap::new(),
+        seek_back: Vec::new(),
+    }));
+    let consumer: BaseConsumer<Rebalancer> = settings
+        .client(&[
+            ("group.id", settings.group.as_str()),
+            ("partition.assignment.strategy", "cooperative-sticky"),
+            ("enable.auto.commit", "false"),
+            ("auto.offset.reset", "earliest"),
+            // Restores run inside the rebalance callback.
+            ("max.poll.interval.ms", "600000"),
+        ])
+        .create_with_context(Rebalancer {
+            processor: processor.clone(),
+        })?;
+    consumer.subscribe(&[&settings.topics.canonical])?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopping = stop.clone();
+    let thread = std::thread::Builder::new()
+        .name("kafka-processor".into())
+        .spawn(move || run(consumer, processor, settings, stopping))?;
+    Ok(Running {
+        stop,
+        thread: Some(thread),
+    })
+}
+
+fn run(
+    consumer: BaseConsumer<Rebalancer>,
+    processor: Arc<Mutex<Processor>>,
+    settings: KafkaSettings,
+    stop: Arc<AtomicBool>,
+) {
+    let canonical_topic = settings.topics.canonical.clone();
+    while !stop.load(Ordering::Acquire) {
+        let mut canonical: HashMap<u16, Vec<Input>> = HashMap::new();
+        let mut transit: HashMap<u16, Vec<Input>> = HashMap::new();
+        let mut count = 0usize;
+        // Wait up to the commit interval for the first record, then take
+        // what is there, up to the cycle's limit.
+        let mut wait = settings.commit_interval;
+        while count < CYCLE_RECORDS_MAX {
+            match consumer.poll(wait) {
+                Some(Ok(m)) => {
+                    canonical
+                        .entry(m.partition() as u16)
+                        .or_default()
+                        .push(Input {
+                            offset: m.offset(),
+                            timestamp_ms: m.timestamp().to_millis().unwrap_or(0),
+                            payload: m.payload().unwrap_or_default().to_vec(),
+                        });
+                    count += 1;
+                    wait = Duration::ZERO;
+                }
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "consuming {canonical_topic}");
+                    break;
+                }
+                None => break,
+            }
+        }
+        let mut processor = processor.lock();
+        while count < CYCLE_RECORDS_MAX * 2 {
+            match processor.repartition.poll(Duration::ZERO) {
+                Some(Ok(m)) => {
+                    transit
+                        .entry(m.partition() as u16)
+                        .or_default()
+                        .push(Input {
+                            offset: m.offset(),
+                            timestamp_ms: m.timestamp().to_millis().unwrap_or(0),
+                            payload: m.payload().unwrap_or_default().to_vec(),
+                        });
+                    count += 1;
+                }
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "consuming the repartition topic");
+                    break;
+                }
+                None => break,
+            }
+        }
+        if count == 0 {
+            processor.producer.poll(Duration::ZERO);
+            drop(processor);
+            continue;
+        }
+        let mut partitions: Vec<u16> = canonical.keys().chain(transit.keys()).copied().collect();
+        partitions.sort_unstable();
+        partitions.dedup();
+        for &p in &partitions {
+            let c = canonical.remove(&p).unwrap_or_default();
+            let t = transit.remove(&p).unwrap_or_default();
+            processor.process(p, &c, &t);
+        }
+        // The cycle's one wait: every changelog record and output durable.
+        if let Err(error) = processor.producer.flush(Duration::from_secs(60)) {
+            poison(&format!("flushing a cycle: {error}"));
+        }
+        processor.check_deliveries();
+        let mut offsets = TopicPartitionList::new();
+        let mut due = Vec::new();
+        let owned: Vec<u16> = processor.owned.keys().copied().collect();
+        for p in owned {
+            let mut owned = processor.owned.remove(&p).expect("listed");
+            processor.note_changelog(p, &mut owned);
+            processor.shared.applied[p as usize]
+                .store(owned.positions.canonical, Ordering::Release);
+            if partitions.contains(&p) {
+                let _ = offsets.add_partition_offset(
+                    &canonical_topic,
+                    i32::from(p),
+                    Offset::Offset(owned.positions.canonical),
+                );
+            }
+            if owned.since_snapshot >= SNAPSHOT_EVERY {
+                due.push(p);
+            }
+            processor.owned.insert(p, owned);
+        }
+        for p in due {
+            let owned = processor.owned.get(&p).expect("listed");
+            match processor.write_snapshot(p, owned) {
+                Ok(()) => processor.owned.get_mut(&p).expect("listed").since_snapshot = 0,
+                Err(error) => tracing::warn!(partition = p, %error, "local snapshot not written"),
+            }
+        }
+        let seek_back = std::mem::take(&mut processor.seek_back);
+        drop(processor);
+        for (p, offset) in seek_back {
+            if let Err(error) = consumer.seek(
+                &canonical_topic,
+                i32::from(p),
+                Offset::Offset(offset),
+                Duration::from_secs(10),
+            ) {
+                tracing::warn!(partition = p, %error, "seeking back");
+            }
+        }
+        if offsets.count() > 0 {
+            // Informational: the changelog holds the real positions.
+            let _ = consumer.commit(&offsets, CommitMode::Async);
+        }
+        processor_progress(&consumer);
+    }
+    // Leaving: release everything the way a revocation does.
+    let partitions: Vec<u16> = {
+        let processor = consumer.context().processor.lock();
+        processor.owned.keys().copied().collect()
+    };
+    consumer.context().processor.lock().revoke(&partitions);
+    // Dropping the consumer leaves the group (its revocation finds
+    // nothing left to release).
+    drop(consumer);
+}
+
+fn processor_progress(consumer: &BaseConsumer<Rebalancer>) {
+    let processor = consumer.context().processor.lock();
+    processor.shared.progress.notify_waiters();
+}

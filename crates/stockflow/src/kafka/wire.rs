@@ -1,0 +1,69 @@
+//! What travels through the topics: canonical events as JSON (so any
+//! client can read and write them), changelog records as postcard.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use stockflow_core::{Batch, EventRef, Timestamp};
+
+/// One canonical event as the canonical and repartition topics carry it:
+/// the contract's JSON, always with a timestamp (so that processing it
+/// again gives the same result).
+pub fn canonical_json(event: &EventRef<'_>, timestamp: Timestamp) -> String {
+    let mut out = json!({
+        "eventId": event.event_id,
+        "eventType": event.event_type.as_str(),
+        "sku": event.sku,
+        "locationId": event.location_id,
+        "quantity": event.quantity,
+        "timestamp": event.timestamp.unwrap_or(timestamp).to_rfc3339(),
+    });
+    for (field, value) in [
+        ("toLocationId", event.to_location_id),
+        ("sourceSystem", event.source_system),
+        ("correlationId", event.correlation_id),
+    ] {
+        if let Some(value) = value {
+            out[field] = Value::from(value);
+        }
+    }
+    out.to_string()
+}
+
+/// A Kafka timestamp (ms since the epoch) as engine time.
+pub fn from_millis(ms: i64) -> Timestamp {
+    Timestamp(ms.saturating_mul(1_000_000))
+}
+
+/// Where a partition's inputs stand: the next offset to apply of each.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Positions {
+    pub canonical: i64,
+    pub repartition: i64,
+}
+
+/// One processed batch of partition p, in changelog partition p. State is
+/// the fold of these records; `positions` is where the input stands after
+/// it, so a restoring owner resumes exactly after the last one it applied.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ChangelogRecord {
+    /// Where the input stood before this batch: a record that does not
+    /// continue the state's positions was already applied (or is a stale
+    /// writer's) and is skipped.
+    pub from: Positions,
+    pub to: Positions,
+    pub now: Timestamp,
+    /// Admitted canonical events (duplicates removed, timestamps stamped).
+    pub events: Batch,
+    /// Admitted in-transit events whose destination is this partition.
+    pub transit: Batch,
+}
+
+impl ChangelogRecord {
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).expect("encoding into a Vec cannot fail")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<ChangelogRecord, postcard::Error> {
+        postcard::from_bytes(bytes)
+    }
+}
