@@ -67,7 +67,7 @@ pub fn workload(options: &BenchOptions, batch: usize) -> Vec<String> {
     bodies
 }
 
-fn bar(len: u64, what: &str) -> ProgressBar {
+pub(crate) fn bar(len: u64, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(len);
     bar.set_style(
         ProgressStyle::with_template(&format!(
@@ -83,7 +83,8 @@ fn ms(h: &Histogram<u64>, q: f64) -> f64 {
 }
 
 /// Engine path: parse (two threads) → sequence → log + fsync → apply.
-pub fn engine(options: &BenchOptions) -> anyhow::Result<()> {
+/// Returns the events/s measured.
+pub fn engine(options: &BenchOptions) -> anyhow::Result<f64> {
     let bodies = workload(options, options.engine_batch);
     let dir = tempfile::tempdir()?;
     let config = Config {
@@ -161,7 +162,7 @@ pub fn engine(options: &BenchOptions) -> anyhow::Result<()> {
             reopening.elapsed().as_secs_f64(),
         );
     }
-    Ok(())
+    Ok(options.events as f64 / elapsed.as_secs_f64())
 }
 
 /// HTTP path: 4 clients at full speed, then a paced run for latency, then GETs.

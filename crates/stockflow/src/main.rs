@@ -45,6 +45,10 @@ enum BenchMode {
     Orders,
     /// Live stream delivery to 1,000 subscribers.
     Stream,
+    /// One instance through a Kafka broker (needs --kafka), then a restore
+    /// from the changelog; compared with the embedded engine path.
+    Kafka,
+    /// Every embedded mode (not kafka).
     All,
 }
 
@@ -205,6 +209,8 @@ enum Command {
         /// holds one checkpoint interval at the default 2M events).
         #[arg(long, default_value_t = 20)]
         paced_seconds: u64,
+        #[command(flatten)]
+        kafka: KafkaArgs,
     },
 }
 
@@ -261,6 +267,12 @@ struct KafkaArgs {
     /// Longest wait for a processing cycle's input, in ms (the commit interval).
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     commit_interval_ms: u64,
+    /// Commit each cycle's outputs, changelog records and offsets in one
+    /// Kafka transaction (Apache Kafka, Redpanda). Leave off for brokers
+    /// without transactions (tansu): exactly-once then rests on the
+    /// positions in the changelog records.
+    #[arg(long, requires = "kafka")]
+    kafka_transactions: bool,
 }
 
 impl KafkaArgs {
@@ -270,6 +282,7 @@ impl KafkaArgs {
         settings.extra = self.kafka_config.clone();
         settings.partitions = self.kafka_partitions;
         settings.commit_interval = Duration::from_millis(self.commit_interval_ms);
+        settings.transactions = self.kafka_transactions;
         settings
     }
 }
@@ -489,6 +502,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             levels,
             clients,
             paced_seconds,
+            kafka,
         } => {
             let options = BenchOptions {
                 events,
@@ -500,6 +514,21 @@ async fn run(command: Command) -> anyhow::Result<()> {
             };
             if matches!(mode, BenchMode::Engine | BenchMode::All) {
                 tokio::task::spawn_blocking(move || bench::engine(&options)).await??;
+            }
+            if matches!(mode, BenchMode::Kafka) {
+                let Some(bootstrap) = kafka.kafka.as_deref() else {
+                    bail!("--mode kafka needs --kafka BOOTSTRAP (a broker it may create bench-* topics on)");
+                };
+                let settings = kafka.settings(bootstrap);
+                let embedded =
+                    tokio::task::spawn_blocking(move || bench::engine(&options)).await??;
+                let measured = stockflow::kafka::bench::run(&options, settings).await?;
+                println!(
+                    "kafka: one instance runs at {:.2}x the embedded engine path ({:.0} vs {:.0} events/s)",
+                    measured.events_per_s / embedded,
+                    measured.events_per_s,
+                    embedded
+                );
             }
             if matches!(mode, BenchMode::Http | BenchMode::All) {
                 bench::http(&options).await?;

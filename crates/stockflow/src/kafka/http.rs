@@ -5,7 +5,7 @@
 //! gathered from every member. What the embedded mode alone has so far
 //! (orders, catalog, history, the stream) answers 501.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 use stockflow_core::{parse_body, route, LevelView, Totals};
 
 use super::cluster::Cluster;
-use super::processor::{Shared, ACTIVE, RESTORING};
+use super::processor::{Reason, Shared, ACTIVE, RESTORING};
 use super::wire::canonical_json;
 use super::{level_key, KafkaSettings};
 use crate::config::Config;
@@ -174,12 +174,16 @@ async fn post_events(
             reason: rejected.reason.clone(),
         });
     }
-    let mut newest: BTreeMap<u16, i64> = BTreeMap::new();
+    // Where each event landed, and each partition's range of them.
+    let mut landed: Vec<(u16, i64)> = Vec::with_capacity(deliveries.len());
+    let mut ranges: BTreeMap<u16, (i64, i64)> = BTreeMap::new();
     for delivery in deliveries {
         match delivery.await {
             Ok(Ok(d)) => {
-                let offset = newest.entry(d.partition as u16).or_insert(-1);
-                *offset = (*offset).max(d.offset);
+                let p = d.partition as u16;
+                landed.push((p, d.offset));
+                let range = ranges.entry(p).or_insert((d.offset, d.offset));
+                *range = (range.0.min(d.offset), range.1.max(d.offset));
             }
             Ok(Err((error, _))) => {
                 return Err(ApiError::overloaded(
@@ -190,15 +194,44 @@ async fn post_events(
             Err(_) => return Err(ApiError::stopping(())),
         }
     }
+    let mut duplicates = 0u64;
     if wait_applied {
+        // The owners' word on each event: applied, duplicate or refused.
         let deadline = Instant::now() + WAIT_APPLIED_MAX;
-        for (partition, offset) in newest {
-            wait_applied_on(&app, partition, offset, deadline).await?;
+        let mut reasons: HashMap<(u16, i64), String> = HashMap::new();
+        let mut unknown_through: HashMap<u16, i64> = HashMap::new();
+        for (&p, &(from, to)) in &ranges {
+            let answer = wait_applied_on(&app, p, from, to, deadline).await?;
+            unknown_through.insert(p, answer["unknownThrough"].as_i64().unwrap_or(i64::MAX));
+            for outcome in answer["outcomes"].as_array().into_iter().flatten() {
+                if let (Some(offset), Some(reason)) =
+                    (outcome["offset"].as_i64(), outcome["reason"].as_str())
+                {
+                    reasons.insert((p, offset), reason.to_owned());
+                }
+            }
         }
+        for (event, (p, offset)) in parsed.batch.iter().zip(&landed) {
+            let reason = match reasons.remove(&(*p, *offset)) {
+                Some(reason) if reason == "duplicate" => {
+                    duplicates += 1;
+                    continue;
+                }
+                Some(reason) => reason,
+                None if *offset <= unknown_through[p] => "outcome_unknown: applied, but by an owner before a rebalance (or too long ago); read the level".to_owned(),
+                None => continue,
+            };
+            errors.push(ReceiptError {
+                index: event.index,
+                event_id: Some(event.event_id.to_owned()),
+                reason,
+            });
+        }
+        errors.sort_by_key(|e| e.index);
     }
     Ok(Json(Receipt {
-        accepted: parsed.batch.len() as u64,
-        duplicates: 0,
+        accepted: parsed.batch.len() as u64 - duplicates,
+        duplicates,
         rejected: parsed.rejected.len() as u64,
         errors,
         order: None,
@@ -224,17 +257,26 @@ async fn dead_letter(app: &KafkaApp, payload: &[u8], reason: &str) {
     metrics::counter!("stockflow_events_rejected_total").increment(1);
 }
 
-/// Waits until partition `p` has applied `offset`, here or at its owner.
+/// Waits until partition `p` has applied `offset`, here or at its owner;
+/// answers with the outcomes of its records from `from` on (see
+/// [`outcomes_json`]).
 async fn wait_applied_on(
     app: &KafkaApp,
     p: u16,
+    from: i64,
     offset: i64,
     deadline: Instant,
-) -> Result<(), ApiError> {
-    if app.shared.status(p) != super::processor::NOT_OWNED {
-        return wait_local(&app.shared, p, offset, deadline).await;
-    }
+) -> Result<Value, ApiError> {
+    let not_yet = || {
+        ApiError::new(StatusCode::GATEWAY_TIMEOUT, "not_applied_yet", format!("partition {p} has not applied offset {offset} yet; the events are in the log and will be applied"))
+    };
     loop {
+        if app.shared.status(p) != super::processor::NOT_OWNED {
+            match wait_local(&app.shared, p, from, offset, deadline).await? {
+                Some(answer) => return Ok(answer),
+                None => continue, // released meanwhile: ask the new owner
+            }
+        }
         let Some((owner, _)) = app.cluster.owner(p) else {
             if Instant::now() > deadline {
                 return Err(not_owned(p));
@@ -246,7 +288,7 @@ async fn wait_applied_on(
         let answer = app
             .client
             .get(format!(
-                "{}/v1/internal/applied?partition={p}&offset={offset}&timeoutMs={}",
+                "{}/v1/internal/applied?partition={p}&from={from}&offset={offset}&timeoutMs={}",
                 owner.url,
                 left.as_millis()
             ))
@@ -255,25 +297,32 @@ async fn wait_applied_on(
             .send()
             .await;
         match answer {
-            Ok(r) if r.status().is_success() => return Ok(()),
+            Ok(r) if r.status().is_success() => {
+                return r.json().await.map_err(|_| not_yet());
+            }
             // The owner moved (or is restoring): ask again.
             _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
-            _ => return Err(ApiError::new(StatusCode::GATEWAY_TIMEOUT, "not_applied_yet", format!("partition {p} has not applied offset {offset} yet; the events are in the log and will be applied"))),
+            _ => return Err(not_yet()),
         }
     }
 }
 
+/// Waits here; `None` if this instance stopped owning `p` meanwhile.
 async fn wait_local(
     shared: &Shared,
     p: u16,
+    from: i64,
     offset: i64,
     deadline: Instant,
-) -> Result<(), ApiError> {
+) -> Result<Option<Value>, ApiError> {
     loop {
         let notified = shared.progress.notified();
-        if shared.status(p) == ACTIVE && shared.applied[p as usize].load(Ordering::Acquire) > offset
-        {
-            return Ok(());
+        match shared.status(p) {
+            super::processor::NOT_OWNED => return Ok(None),
+            ACTIVE if shared.applied[p as usize].load(Ordering::Acquire) > offset => {
+                return Ok(Some(outcomes_json(shared, p, from, offset)));
+            }
+            _ => {}
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -283,11 +332,37 @@ async fn wait_local(
     }
 }
 
+/// `{"partition","applied","unknownThrough","outcomes":[{"offset","reason"}]}`:
+/// the records in `from..=to` that were duplicates or refused; outcomes at
+/// or before `unknownThrough` are not known here any more.
+fn outcomes_json(shared: &Shared, p: u16, from: i64, to: i64) -> Value {
+    let outcomes = shared.outcomes[p as usize].lock();
+    let list: Vec<Value> = outcomes
+        .between(from, to)
+        .into_iter()
+        .map(|(offset, reason)| {
+            let reason = match reason {
+                Reason::Duplicate => "duplicate",
+                Reason::Rejected(why) => why.as_str(),
+            };
+            json!({"offset": offset, "reason": reason})
+        })
+        .collect();
+    json!({
+        "partition": p,
+        "applied": shared.applied[p as usize].load(Ordering::Acquire),
+        "unknownThrough": outcomes.unknown_through,
+        "outcomes": list,
+    })
+}
+
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AppliedQuery {
     partition: u16,
     offset: i64,
+    /// First offset whose outcome is wanted (default: `offset`).
+    from: Option<i64>,
     timeout_ms: Option<u64>,
 }
 
@@ -297,20 +372,32 @@ async fn applied(
     State(app): State<Arc<KafkaApp>>,
     Query(q): Query<AppliedQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    if q.partition >= app.settings.partitions
-        || app.shared.status(q.partition) == super::processor::NOT_OWNED
-    {
-        return Err(ApiError::new(
+    let not_owner = || {
+        ApiError::new(
             StatusCode::CONFLICT,
             "not_owner",
             format!("partition {} is not owned here", q.partition),
-        ));
+        )
+    };
+    if q.partition >= app.settings.partitions
+        || app.shared.status(q.partition) == super::processor::NOT_OWNED
+    {
+        return Err(not_owner());
     }
     let wait = Duration::from_millis(q.timeout_ms.unwrap_or(10_000)).min(WAIT_APPLIED_MAX);
-    wait_local(&app.shared, q.partition, q.offset, Instant::now() + wait).await?;
-    Ok(Json(
-        json!({"partition": q.partition, "applied": app.shared.applied[q.partition as usize].load(Ordering::Acquire)}),
-    ))
+    let from = q.from.unwrap_or(q.offset);
+    match wait_local(
+        &app.shared,
+        q.partition,
+        from,
+        q.offset,
+        Instant::now() + wait,
+    )
+    .await?
+    {
+        Some(answer) => Ok(Json(answer)),
+        None => Err(not_owner()),
+    }
 }
 
 fn not_owned(p: u16) -> ApiError {

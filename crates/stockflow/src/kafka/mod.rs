@@ -25,6 +25,7 @@
 //! input it already applied. Outputs are idempotent (latest level wins;
 //! transit events are deduplicated by eventId at the target).
 
+pub mod bench;
 pub mod cluster;
 pub mod http;
 pub mod normaliser;
@@ -79,6 +80,11 @@ pub struct KafkaSettings {
     pub partitions: u16,
     /// How often a processor ends a batch: commit interval.
     pub commit_interval: Duration,
+    /// Read-process-write transactions (a full Apache Kafka or Redpanda
+    /// cluster): a cycle's outputs, changelog records and group offsets
+    /// commit as one. Without them (tansu has no EndTxn) the changelog
+    /// records carry the positions and outputs are flushed first.
+    pub transactions: bool,
 }
 
 impl KafkaSettings {
@@ -90,6 +96,7 @@ impl KafkaSettings {
             topics: Topics::default(),
             partitions: 12,
             commit_interval: Duration::from_millis(100),
+            transactions: false,
         }
     }
 
@@ -116,6 +123,61 @@ impl KafkaSettings {
             ("linger.ms", "5"),
             ("message.timeout.ms", "30000"),
         ])
+    }
+}
+
+use rdkafka::producer::{DeliveryResult, ProducerContext};
+use rdkafka::{ClientContext, Message};
+
+/// Delivery reports: the changelog's last offset per partition, and the
+/// first failure (which stops the processor: carrying on could apply
+/// effects whose record never reached the changelog).
+#[derive(Default)]
+pub struct Deliveries {
+    changelog_topic: String,
+    pub(crate) changelog_last: parking_lot::Mutex<std::collections::HashMap<i32, i64>>,
+    failed: parking_lot::Mutex<Option<String>>,
+}
+
+impl Deliveries {
+    /// Also remembers the last offset delivered to each partition of `topic`.
+    pub fn watching(topic: &str) -> Deliveries {
+        Deliveries {
+            changelog_topic: topic.to_owned(),
+            ..Deliveries::default()
+        }
+    }
+
+    /// The first delivery failure since the last call.
+    pub fn failure(&self) -> Option<String> {
+        self.failed.lock().take()
+    }
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(message) if message.topic() == self.changelog_topic => {
+                let mut last = self.changelog_last.lock();
+                let entry = last.entry(message.partition()).or_insert(-1);
+                *entry = (*entry).max(message.offset());
+            }
+            Ok(_) => {}
+            Err((error, message)) => {
+                let mut failed = self.failed.lock();
+                if failed.is_none() {
+                    *failed = Some(format!(
+                        "delivery to {} [{}] failed: {error}",
+                        message.topic(),
+                        message.partition()
+                    ));
+                }
+            }
+        }
     }
 }
 
@@ -258,4 +320,217 @@ fn check_topics(settings: &KafkaSettings) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// What to do with a record a consumer returned, given the offset the
+/// reader expects next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// The expected record.
+    Take,
+    /// Already read (a re-read after a seek or a rebalance): skip it.
+    Old,
+    /// Records were skipped: read again from this offset.
+    Seek(i64),
+    /// Records are really missing (compaction, transaction markers): go on.
+    Gap,
+}
+
+/// Keeps every reader contiguous. A record beyond the expected offset
+/// means the broker skipped some: tansu 0.6.0 answers a fetch that starts
+/// inside a record batch with the batch after it (Apache Kafka returns the
+/// batch holding the offset). The cure is to read again from further back
+/// — one offset, then two, four … — until a fetch starts at or before the
+/// batch's first record. Records are accepted as gone only when they lie
+/// before the partition's first offset (deleted by retention); otherwise
+/// the search starts over, and the partition stalls, visibly in the logs
+/// and `stockflow_kafka_rereads_total`, rather than skip an effect.
+#[derive(Debug, Default)]
+pub struct Contiguity {
+    /// Per partition: (expected offset, how far back the last seek went).
+    searching: std::collections::HashMap<i32, (i64, i64)>,
+    /// Offsets may jump: topics written in transactions hold commit
+    /// markers and aborted records that a read_committed reader never
+    /// sees, so a jump is no evidence of a skipped record. Only for full
+    /// brokers (transactions mode), where fetches do not skip records.
+    jumps_expected: bool,
+}
+
+impl Contiguity {
+    /// For a cluster whose topics may hold transaction markers.
+    pub fn with_transactions(transactions: bool) -> Contiguity {
+        Contiguity {
+            jumps_expected: transactions,
+            ..Contiguity::default()
+        }
+    }
+
+    /// What to do with record `offset` when `expected` is due; `log_start`
+    /// is asked for the partition's first offset when the search has
+    /// reached the start without finding the record.
+    pub fn check(
+        &mut self,
+        partition: i32,
+        expected: i64,
+        offset: i64,
+        log_start: impl FnOnce() -> Option<i64>,
+    ) -> Next {
+        if offset < expected {
+            return Next::Old;
+        }
+        if offset == expected || self.jumps_expected {
+            self.searching.remove(&partition);
+            return Next::Take;
+        }
+        let step = match self.searching.get(&partition) {
+            Some((e, step)) if *e == expected => {
+                if expected - step <= 0 {
+                    self.searching.remove(&partition);
+                    if log_start().is_some_and(|start| expected < start) {
+                        return Next::Gap;
+                    }
+                    tracing::warn!(
+                        partition,
+                        expected,
+                        got = offset,
+                        "records missing after a read from the start; searching again"
+                    );
+                    1
+                } else {
+                    step * 2
+                }
+            }
+            _ => 1,
+        };
+        self.searching.insert(partition, (expected, step));
+        metrics::counter!("stockflow_kafka_rereads_total").increment(1);
+        Next::Seek((expected - step).max(0))
+    }
+
+    /// Forgets searches (the partition's reader was reassigned).
+    pub fn reset(&mut self, partition: i32) {
+        self.searching.remove(&partition);
+    }
+}
+
+/// How long a reader positioned at an offset may hear nothing before it
+/// looks further back.
+pub const PROBE_AFTER: Duration = Duration::from_millis(1000);
+
+/// Un-sticks readers positioned inside a record batch. tansu answers a
+/// fetch that starts inside a batch with the batches that *start* after
+/// the offset — and with nothing at all when that batch is the last one,
+/// so a reader placed there by a commit, a seek or a snapshot would wait
+/// forever although records follow. [`Contiguity`] handles the first case
+/// (a jump it can see); this handles the second: after a reader is placed
+/// at an offset, if no record at all arrives for [`PROBE_AFTER`], it is
+/// placed further back (one offset, two, four …) until something arrives;
+/// what arrives before the offset is skipped as already read. On a broker
+/// without the bug a quiet partition costs a re-read of a few records.
+#[derive(Debug, Default)]
+pub struct Probe {
+    /// Per (reader-local) partition: (offset placed at, since, next step).
+    waiting: std::collections::HashMap<i32, (i64, std::time::Instant, i64)>,
+}
+
+impl Probe {
+    /// The reader of `partition` was placed at `offset`.
+    pub fn placed(&mut self, partition: i32, offset: i64) {
+        self.waiting
+            .insert(partition, (offset, std::time::Instant::now(), 1));
+    }
+
+    /// A record of `partition` arrived: its fetches work.
+    pub fn heard(&mut self, partition: i32) {
+        self.waiting.remove(&partition);
+    }
+
+    /// The partition is no longer read here.
+    pub fn forget(&mut self, partition: i32) {
+        self.waiting.remove(&partition);
+    }
+
+    /// Where to place readers that have waited too long: (partition,
+    /// offset), each further back than the last time.
+    pub fn due(&mut self) -> Vec<(i32, i64)> {
+        let now = std::time::Instant::now();
+        let mut seeks = Vec::new();
+        for (partition, (offset, since, step)) in self.waiting.iter_mut() {
+            if now.duration_since(*since) < PROBE_AFTER || *offset <= 0 {
+                continue;
+            }
+            seeks.push((*partition, (*offset - *step).max(0)));
+            *since = now;
+            *step = step.saturating_mul(2);
+        }
+        if !seeks.is_empty() {
+            metrics::counter!("stockflow_kafka_probes_total").increment(seeks.len() as u64);
+        }
+        seeks
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_skipped_record_is_searched_for_further_back_each_time() {
+        let mut c = Contiguity::default();
+        let start = || Some(0);
+        assert_eq!(c.check(0, 10, 10, start), Next::Take);
+        assert_eq!(c.check(0, 11, 9, start), Next::Old);
+        assert_eq!(c.check(0, 11, 13, start), Next::Seek(10));
+        assert_eq!(c.check(0, 11, 13, start), Next::Seek(9));
+        assert_eq!(c.check(0, 11, 13, start), Next::Seek(7));
+        assert_eq!(c.check(0, 11, 13, start), Next::Seek(3));
+        assert_eq!(c.check(0, 11, 13, start), Next::Seek(0));
+        // Read from the start and still missing, but the log holds it:
+        // search again rather than skip it.
+        assert_eq!(c.check(0, 11, 13, start), Next::Seek(10));
+        // Found on the way back: the search ends.
+        assert_eq!(c.check(1, 5, 7, start), Next::Seek(4));
+        assert_eq!(c.check(1, 5, 5, start), Next::Take);
+        assert_eq!(c.check(1, 6, 8, start), Next::Seek(5));
+    }
+
+    #[test]
+    fn records_deleted_by_retention_are_a_gap_to_go_past() {
+        let mut c = Contiguity::default();
+        let start = || Some(100);
+        assert_eq!(c.check(0, 2, 100, start), Next::Seek(1));
+        assert_eq!(c.check(0, 2, 100, start), Next::Seek(0));
+        assert_eq!(c.check(0, 2, 100, start), Next::Gap);
+        // An unknown start (the broker did not answer) is not a gap.
+        assert_eq!(c.check(1, 1, 5, || None), Next::Seek(0));
+        assert_eq!(c.check(1, 1, 5, || None), Next::Seek(0));
+    }
+
+    #[test]
+    fn a_reader_that_hears_nothing_is_placed_further_back_each_time() {
+        let mut probe = Probe::default();
+        probe.placed(3, 100);
+        probe.placed(4, 0);
+        assert!(probe.due().is_empty(), "not before PROBE_AFTER");
+        std::thread::sleep(PROBE_AFTER);
+        assert_eq!(
+            probe.due(),
+            vec![(3, 99)],
+            "a reader at 0 reads from the start already"
+        );
+        std::thread::sleep(PROBE_AFTER);
+        assert_eq!(probe.due(), vec![(3, 98)]);
+        std::thread::sleep(PROBE_AFTER);
+        assert_eq!(probe.due(), vec![(3, 96)]);
+        probe.heard(3);
+        std::thread::sleep(PROBE_AFTER);
+        assert!(probe.due().is_empty(), "records arrived: nothing to do");
+    }
+
+    #[test]
+    fn with_transactions_a_jump_is_a_marker_not_a_hole() {
+        let mut c = Contiguity::with_transactions(true);
+        assert_eq!(c.check(0, 10, 12, || Some(0)), Next::Take);
+        assert_eq!(c.check(0, 13, 12, || Some(0)), Next::Old);
+    }
 }

@@ -18,9 +18,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, ConsumerGroupMetadata, Rebalance,
+};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use stockflow_core::{
@@ -29,7 +32,7 @@ use stockflow_core::{
 };
 
 use super::wire::{canonical_json, from_millis, ChangelogRecord, Positions};
-use super::{level_key, KafkaSettings};
+use super::{level_key, Deliveries, KafkaSettings};
 
 /// A partition this instance does not own.
 pub const NOT_OWNED: u8 = 0;
@@ -43,9 +46,63 @@ pub const ACTIVE: u8 = 2;
 const CYCLE_RECORDS_MAX: usize = 2000;
 /// A local snapshot of a partition after this many applied records.
 const SNAPSHOT_EVERY: u64 = 200_000;
+/// A restore has read the whole changelog partition once past its high
+/// watermark nothing more arrives for this long.
+const RESTORE_QUIET: Duration = Duration::from_millis(300);
+
+/// Why an applied input record changed nothing.
+#[derive(Clone, Copy, Debug)]
+pub enum Reason {
+    Duplicate,
+    Rejected(stockflow_core::Rejection),
+}
+
+/// The recent duplicate and refused input records of one partition, by
+/// canonical offset, for `?wait=applied` answers.
+#[derive(Default)]
+pub struct Outcomes {
+    recent: std::collections::VecDeque<(i64, Reason)>,
+    /// Outcomes at or before this offset are no longer known: dropped for
+    /// room, or applied by an earlier owner.
+    pub unknown_through: i64,
+}
+
+/// Outcomes kept per partition (16 bytes each).
+const OUTCOMES_KEPT: usize = 65_536;
+
+impl Outcomes {
+    fn extend(&mut self, found: Vec<(i64, Reason)>) {
+        for entry in found {
+            if self.recent.len() == OUTCOMES_KEPT {
+                if let Some((offset, _)) = self.recent.pop_front() {
+                    self.unknown_through = self.unknown_through.max(offset);
+                }
+            }
+            self.recent.push_back(entry);
+        }
+    }
+
+    /// Outcomes of offsets in `from..=to`, oldest first.
+    pub fn between(&self, from: i64, to: i64) -> Vec<(i64, Reason)> {
+        let start = self.recent.partition_point(|(o, _)| *o < from);
+        self.recent
+            .range(start..)
+            .take_while(|(o, _)| *o <= to)
+            .copied()
+            .collect()
+    }
+
+    /// Starts over for a partition applied by someone else up to `next`.
+    fn reset(&mut self, next: i64) {
+        self.recent.clear();
+        self.unknown_through = next - 1;
+    }
+}
 
 /// What queries read while the processor writes.
 pub struct Shared {
+    /// Recent outcomes that were not plain applications, per partition.
+    pub outcomes: Vec<Mutex<Outcomes>>,
     pub partitions: Vec<RwLock<Partition>>,
     pub status: Vec<AtomicU8>,
     /// Next canonical offset to apply, per partition (valid when owned).
@@ -66,6 +123,7 @@ impl Shared {
         Shared {
             partitions: (0..n).map(|_| RwLock::new(Partition::default())).collect(),
             status: (0..n).map(|_| AtomicU8::new(NOT_OWNED)).collect(),
+            outcomes: (0..n).map(|_| Mutex::new(Outcomes::default())).collect(),
             applied: (0..n).map(|_| AtomicI64::new(0)).collect(),
             restore_left: (0..n).map(|_| AtomicI64::new(0)).collect(),
             events_applied: AtomicU64::new(0),
@@ -124,43 +182,6 @@ struct LocalSnapshotIn {
     partition: PartitionSnapshot,
 }
 
-/// Delivery reports: the changelog's last offset per partition, and the
-/// first failure (which stops the processor: carrying on could apply
-/// effects whose record never reached the changelog).
-#[derive(Default)]
-pub struct Deliveries {
-    changelog_topic: String,
-    changelog_last: Mutex<HashMap<i32, i64>>,
-    failed: Mutex<Option<String>>,
-}
-
-impl ClientContext for Deliveries {}
-
-impl ProducerContext for Deliveries {
-    type DeliveryOpaque = ();
-
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        match result {
-            Ok(message) if message.topic() == self.changelog_topic => {
-                let mut last = self.changelog_last.lock();
-                let entry = last.entry(message.partition()).or_insert(-1);
-                *entry = (*entry).max(message.offset());
-            }
-            Ok(_) => {}
-            Err((error, message)) => {
-                let mut failed = self.failed.lock();
-                if failed.is_none() {
-                    *failed = Some(format!(
-                        "delivery to {} [{}] failed: {error}",
-                        message.topic(),
-                        message.partition()
-                    ));
-                }
-            }
-        }
-    }
-}
-
 /// Everything the thread owns; the rebalance callbacks reach it through
 /// the consumer's context.
 pub struct Processor {
@@ -171,8 +192,17 @@ pub struct Processor {
     producer: BaseProducer<Deliveries>,
     repartition: BaseConsumer,
     owned: HashMap<u16, Owned>,
-    /// Partitions whose consumer must go back to the state's position.
+    /// Canonical partitions to read again from an offset.
     seek_back: Vec<(u16, i64)>,
+    /// Repartition partitions to read again from an offset.
+    reread: Vec<(u16, i64)>,
+    canonical_gaps: super::Contiguity,
+    transit_gaps: super::Contiguity,
+    canonical_probe: super::Probe,
+    transit_probe: super::Probe,
+    /// The cycle's changelog records (partition, encoded record), held
+    /// back until the cycle's outputs are acknowledged.
+    changelog_due: Vec<(u16, Vec<u8>)>,
 }
 
 /// The group consumer's context: rebalances go to the processor.
@@ -243,6 +273,8 @@ impl Processor {
             }
             self.shared.status[p as usize].store(NOT_OWNED, Ordering::Release);
             *self.shared.partitions[p as usize].write() = Partition::default();
+            self.canonical_probe.forget(i32::from(p));
+            self.transit_probe.forget(i32::from(p));
         }
         self.reassign_repartition();
         self.shared.ownership_changed.store(true, Ordering::Release);
@@ -251,6 +283,23 @@ impl Processor {
 
     /// Restores partitions `assigned` (local snapshot, then the changelog).
     fn assign(&mut self, assigned: &[u16]) {
+        // A partition assigned again without a revocation in between (seen
+        // on tansu) keeps its live state: it is newer than any restore.
+        let assigned: Vec<u16> = assigned
+            .iter()
+            .copied()
+            .filter(|p| {
+                let again = self.owned.contains_key(p);
+                if again {
+                    tracing::info!(
+                        partition = p,
+                        "assigned again while owned; keeping its state"
+                    );
+                }
+                !again
+            })
+            .collect();
+        let assigned = &assigned[..];
         for &p in assigned {
             self.shared.status[p as usize].store(RESTORING, Ordering::Release);
         }
@@ -261,7 +310,12 @@ impl Processor {
                 Ok((owned, partition, records)) => {
                     self.shared.applied[p as usize]
                         .store(owned.positions.canonical, Ordering::Release);
+                    self.shared.outcomes[p as usize]
+                        .lock()
+                        .reset(owned.positions.canonical);
                     *self.shared.partitions[p as usize].write() = partition;
+                    self.canonical_probe
+                        .placed(i32::from(p), owned.positions.canonical);
                     self.owned.insert(p, owned);
                     self.shared.status[p as usize].store(ACTIVE, Ordering::Release);
                     tracing::info!(
@@ -280,13 +334,24 @@ impl Processor {
 
     /// The repartition consumer reads exactly the owned partitions, each
     /// from its state's position.
-    fn reassign_repartition(&self) {
+    fn reassign_repartition(&mut self) {
+        for p in self.owned.keys() {
+            self.transit_gaps.reset(i32::from(*p));
+        }
+        self.assign_repartition(&HashMap::new());
+    }
+
+    /// Assigns the owned repartition partitions: those in `from` from the
+    /// offset given there, the others from their positions.
+    fn assign_repartition(&mut self, from: &HashMap<u16, i64>) {
         let mut list = TopicPartitionList::new();
         for (p, owned) in &self.owned {
+            let offset = from.get(p).copied().unwrap_or(owned.positions.repartition);
+            self.transit_probe.placed(i32::from(*p), offset);
             let _ = list.add_partition_offset(
                 &self.settings.topics.repartition,
                 i32::from(*p),
-                Offset::Offset(owned.positions.repartition),
+                Offset::Offset(offset),
             );
         }
         if let Err(error) = self.repartition.assign(&list) {
@@ -350,9 +415,21 @@ impl Processor {
             .client(&[
                 ("enable.auto.commit", "false"),
                 ("group.id", "stockflow-restore"),
+                ("fetch.wait.max.ms", "50"),
+                // With transactions the end is the last stable offset,
+                // which a read_committed reader is told about.
+                (
+                    "enable.partition.eof",
+                    if self.settings.transactions {
+                        "true"
+                    } else {
+                        "false"
+                    },
+                ),
             ])
             .create()?;
-        let (low, high) = reader.fetch_watermarks(topic, i32::from(p), Duration::from_secs(30))?;
+        let (low, mut high) =
+            reader.fetch_watermarks(topic, i32::from(p), Duration::from_secs(30))?;
         let (mut owned, mut partition) = match self.load_snapshot(p) {
             Ok(Some((owned, partition)))
                 if owned.changelog_next >= low && owned.changelog_next <= high =>
@@ -371,20 +448,85 @@ impl Processor {
         };
         let start = owned.changelog_next.max(low);
         let left = &self.shared.restore_left[p as usize];
-        left.store(high - start, Ordering::Release);
+        left.store((high - start).max(0), Ordering::Release);
         let mut records = 0u64;
-        if start < high {
+        {
             let mut list = TopicPartitionList::new();
             list.add_partition_offset(topic, i32::from(p), Offset::Offset(start))?;
             reader.assign(&list)?;
             let mut next = start;
+            let mut gaps = super::Contiguity::with_transactions(self.settings.transactions);
+            // Where the reader was last placed, whether anything arrived
+            // since, and how far back to look if not (see `Probe`: a
+            // fetch from inside tansu's last batch returns nothing, which
+            // must not pass for the end of the changelog).
+            let (mut placed, mut heard, mut step) = (start, false, 1i64);
             let mut last_log = Instant::now();
-            while next < high {
-                let message = match reader.poll(Duration::from_secs(30)) {
-                    Some(Ok(m)) => m,
-                    Some(Err(error)) => anyhow::bail!("reading the changelog: {error}"),
-                    None => anyhow::bail!("the changelog stopped at offset {next} of {high}"),
+            loop {
+                // Past the high watermark, read on until the partition is
+                // quiet: tansu's watermarks can lag what a fetch returns,
+                // and stopping short would make this owner write records
+                // that fork from ones it never read.
+                let transactions = self.settings.transactions;
+                let wait = if next < high || transactions {
+                    Duration::from_secs(30)
+                } else {
+                    RESTORE_QUIET
                 };
+                let message = match reader.poll(wait) {
+                    Some(Ok(m)) => m,
+                    Some(Err(KafkaError::PartitionEOF(_))) if transactions => break,
+                    Some(Err(error)) => anyhow::bail!("reading the changelog: {error}"),
+                    None if transactions => {
+                        anyhow::bail!(
+                            "no end of changelog partition {p} in 30 s (at offset {next})"
+                        )
+                    }
+                    None if next < high => {
+                        anyhow::bail!("the changelog stopped at offset {next} of {high}")
+                    }
+                    None if !heard && placed > low => {
+                        let back = (placed - step).max(low);
+                        step = step.saturating_mul(2);
+                        let mut list = TopicPartitionList::new();
+                        list.add_partition_offset(topic, i32::from(p), Offset::Offset(back))?;
+                        reader.assign(&list)?;
+                        continue;
+                    }
+                    None => {
+                        // Quiet: done, unless the watermark moved meanwhile.
+                        let (_, now_high) = reader.fetch_watermarks(
+                            topic,
+                            i32::from(p),
+                            Duration::from_secs(30),
+                        )?;
+                        if now_high > next {
+                            high = now_high;
+                            continue;
+                        }
+                        break;
+                    }
+                };
+                heard = true;
+                match gaps.check(i32::from(p), next, message.offset(), || Some(low)) {
+                    super::Next::Old => continue,
+                    super::Next::Take => {}
+                    super::Next::Gap => {
+                        tracing::warn!(
+                            partition = p,
+                            expected = next,
+                            got = message.offset(),
+                            "changelog records deleted by retention; going on"
+                        )
+                    }
+                    super::Next::Seek(offset) => {
+                        let mut list = TopicPartitionList::new();
+                        list.add_partition_offset(topic, i32::from(p), Offset::Offset(offset))?;
+                        reader.assign(&list)?;
+                        (placed, heard, step) = (offset, false, 1);
+                        continue;
+                    }
+                }
                 next = message.offset() + 1;
                 let Some(payload) = message.payload() else {
                     continue;
@@ -393,7 +535,7 @@ impl Processor {
                 if self.fold(p, &mut owned, &mut partition, record)? {
                     records += 1;
                 }
-                left.store(high - next, Ordering::Release);
+                left.store((high - next).max(0), Ordering::Release);
                 if last_log.elapsed() > Duration::from_secs(5) {
                     tracing::info!(
                         partition = p,
@@ -423,12 +565,24 @@ impl Processor {
         if record.to.canonical <= state.canonical && record.to.repartition <= state.repartition {
             return Ok(false);
         }
-        anyhow::ensure!(
-            record.from == state,
-            "changelog record from {:?} does not continue the state at {:?}; was partition {p} written by two owners?",
-            record.from,
-            state
-        );
+        if record.from != state {
+            // Two owners wrote this partition for a while (a group that
+            // assigned it twice, or a zombie without transactions to fence
+            // it): their records form two chains from one point. Both are
+            // folds of the same canonical input in the same order, so
+            // either chain is a correct state; the first one read wins and
+            // the other's records are skipped. Its outputs are harmless:
+            // levels are latest-wins by version, transit events are
+            // deduplicated by eventId at the target.
+            tracing::warn!(
+                partition = p,
+                from = ?record.from,
+                state = ?state,
+                "changelog record of a second owner's chain skipped"
+            );
+            metrics::counter!("stockflow_kafka_changelog_forks_total").increment(1);
+            return Ok(false);
+        }
         for event in record.events.iter() {
             owned
                 .dedup
@@ -485,7 +639,7 @@ impl Processor {
     }
 
     fn check_deliveries(&self) {
-        if let Some(failure) = self.producer.context().failed.lock().take() {
+        if let Some(failure) = self.producer.context().failure() {
             poison(&failure);
         }
     }
@@ -540,7 +694,13 @@ impl Processor {
 
     /// Parses input records into a batch; refused ones go to the DLQ.
     /// Returns the batch and the largest record timestamp.
-    fn parse(&self, topic: &str, p: u16, inputs: &[Input]) -> (stockflow_core::Batch, i64) {
+    /// Also returns the offset of each parsed line (events' `index`).
+    fn parse(
+        &self,
+        topic: &str,
+        p: u16,
+        inputs: &[Input],
+    ) -> (stockflow_core::Batch, i64, Vec<i64>) {
         let mut text = Vec::with_capacity(inputs.iter().map(|i| i.payload.len() + 1).sum());
         let mut lines: Vec<&Input> = Vec::with_capacity(inputs.len());
         let mut newest = 0i64;
@@ -578,7 +738,7 @@ impl Processor {
                         &error.to_string(),
                     );
                 }
-                return (stockflow_core::Batch::default(), newest);
+                return (stockflow_core::Batch::default(), newest, Vec::new());
             }
         };
         for rejected in &parsed.rejected {
@@ -615,7 +775,93 @@ impl Processor {
         if !wrong.is_empty() {
             batch.retain_positions(|i| wrong.binary_search(&i).is_err());
         }
-        (batch, newest)
+        (batch, newest, lines.iter().map(|i| i.offset).collect())
+    }
+
+    /// Makes the cycle durable in two steps: first its outputs (in-transit
+    /// effects, levels, alerts, dead letters), then the changelog records
+    /// that say the cycle happened. Without broker transactions the two
+    /// cannot be one write, so the order is what keeps exactly-once: a
+    /// crash in between leaves outputs without their changelog record, and
+    /// the next owner applies the input again and produces them again —
+    /// in-transit effects are deduplicated by eventId at their target,
+    /// levels are latest-wins. The other order could lose an in-transit
+    /// effect whose changelog record survived it.
+    fn commit_cycle(&mut self, group: Option<&ConsumerGroupMetadata>, processed: &[u16]) {
+        if self.settings.transactions {
+            return self.commit_transaction(group, processed);
+        }
+        if let Err(error) = self.producer.flush(Duration::from_secs(60)) {
+            poison(&format!("flushing a cycle's outputs: {error}"));
+        }
+        self.check_deliveries();
+        for (p, record) in std::mem::take(&mut self.changelog_due) {
+            let owned = &self.owned[&p];
+            let key = format!(
+                "{}:{}",
+                owned.positions.canonical, owned.positions.repartition
+            );
+            self.send(
+                BaseRecord::to(&self.settings.topics.changelog)
+                    .partition(i32::from(p))
+                    .key(&key)
+                    .payload(&record),
+            );
+        }
+        if let Err(error) = self.producer.flush(Duration::from_secs(60)) {
+            poison(&format!("flushing a cycle's changelog records: {error}"));
+        }
+        self.check_deliveries();
+    }
+
+    /// With transactions the cycle is one: outputs, changelog records and
+    /// the group's offsets of the partitions processed commit together or
+    /// not at all (read_committed readers never see an aborted cycle).
+    /// Any failure stops the process; the restart's `init_transactions`
+    /// aborts what was open and the state comes back from the changelog.
+    fn commit_transaction(&mut self, group: Option<&ConsumerGroupMetadata>, processed: &[u16]) {
+        let mut offsets = TopicPartitionList::new();
+        for (p, record) in std::mem::take(&mut self.changelog_due) {
+            let owned = &self.owned[&p];
+            let key = format!(
+                "{}:{}",
+                owned.positions.canonical, owned.positions.repartition
+            );
+            self.send(
+                BaseRecord::to(&self.settings.topics.changelog)
+                    .partition(i32::from(p))
+                    .key(&key)
+                    .payload(&record),
+            );
+        }
+        for p in processed {
+            if let Some(owned) = self.owned.get(p) {
+                let _ = offsets.add_partition_offset(
+                    &self.settings.topics.canonical,
+                    i32::from(*p),
+                    Offset::Offset(owned.positions.canonical),
+                );
+            }
+        }
+        let timeout = Duration::from_secs(60);
+        if offsets.count() > 0 {
+            let Some(group) = group else {
+                poison("no consumer group metadata to commit offsets with the transaction");
+            };
+            if let Err(error) = self
+                .producer
+                .send_offsets_to_transaction(&offsets, group, timeout)
+            {
+                poison(&format!("adding offsets to the transaction: {error}"));
+            }
+        }
+        if let Err(error) = self.producer.commit_transaction(timeout) {
+            poison(&format!("committing a cycle's transaction: {error}"));
+        }
+        self.check_deliveries();
+        if let Err(error) = self.producer.begin_transaction() {
+            poison(&format!("beginning the next transaction: {error}"));
+        }
     }
 
     /// Applies one cycle's input of partition `p`, queueing its changelog
@@ -625,31 +871,34 @@ impl Processor {
             return;
         };
         let from = owned.positions;
-        // The group's committed offset can only be at or behind the state
-        // (it is committed after the changelog). Ahead of it means input
-        // would be skipped: go back for it instead.
-        if let Some(first) = canonical
-            .first()
-            .filter(|i| i.offset > from.canonical && from.canonical > 0)
-        {
-            tracing::warn!(
-                partition = p,
-                state = from.canonical,
-                consumer = first.offset,
-                "consumer ahead of the state; seeking back"
-            );
-            self.seek_back.push((p, from.canonical));
-            self.owned.insert(p, owned);
-            return;
-        }
-        let canonical: Vec<&Input> = canonical
-            .iter()
-            .filter(|i| i.offset >= from.canonical)
-            .collect();
-        let transit_in: Vec<&Input> = transit
-            .iter()
-            .filter(|i| i.offset >= from.repartition)
-            .collect();
+        // Only the records that continue the state, in order; a hole
+        // (records the broker skipped) ends the run and reads them again.
+        let log_start = |topic: &str| {
+            let reader = &self.repartition;
+            let topic = topic.to_owned();
+            move || {
+                reader
+                    .fetch_watermarks(&topic, i32::from(p), Duration::from_secs(10))
+                    .ok()
+                    .map(|(low, _)| low)
+            }
+        };
+        let canonical = contiguous(
+            &mut self.canonical_gaps,
+            p,
+            from.canonical,
+            canonical,
+            &mut self.seek_back,
+            log_start(&self.settings.topics.canonical),
+        );
+        let transit_in = contiguous(
+            &mut self.transit_gaps,
+            p,
+            from.repartition,
+            transit,
+            &mut self.reread,
+            log_start(&self.settings.topics.repartition),
+        );
         if canonical.is_empty() && transit_in.is_empty() {
             self.owned.insert(p, owned);
             return;
@@ -667,12 +916,12 @@ impl Processor {
                 })
                 .collect()
         };
-        let (mut events, newest_a) = self.parse(
+        let (mut events, newest_a, line_offsets) = self.parse(
             &self.settings.topics.canonical.clone(),
             p,
             &owned_inputs(&canonical),
         );
-        let (mut transit_batch, newest_b) = self.parse(
+        let (mut transit_batch, newest_b, _) = self.parse(
             &self.settings.topics.repartition.clone(),
             p,
             &owned_inputs(&transit_in),
@@ -690,6 +939,25 @@ impl Processor {
         let mut partition = self.shared.partitions[p as usize].write();
         let alerts_before = partition.alerts.next_seq;
         partition.apply_batch(p, &events, now, &mut exceptions, &mut changes);
+        {
+            // What `?wait=applied` requests report: duplicates and refusals.
+            let mut outcomes = self.shared.outcomes[p as usize].lock();
+            let offset_of = |index: u32| line_offsets[index as usize];
+            let mut found: Vec<(i64, Reason)> = duplicates
+                .iter()
+                .map(|&index| (offset_of(index), Reason::Duplicate))
+                .collect();
+            found.extend(exceptions.iter().filter_map(|e| match e.outcome {
+                stockflow_core::Outcome::Rejected(why) => Some((
+                    offset_of(events.get(e.position as usize).index),
+                    Reason::Rejected(why),
+                )),
+                _ => None,
+            }));
+            found.sort_unstable_by_key(|(offset, _)| *offset);
+            outcomes.extend(found);
+        }
+        exceptions.clear();
         partition.apply_batch(p, &transit_batch, now, &mut exceptions, &mut changes);
         partition.tick(now);
 
@@ -754,13 +1022,8 @@ impl Processor {
             events,
             transit: transit_batch,
         };
-        let key = format!("{}:{}", to.canonical, to.repartition);
-        self.send(
-            BaseRecord::to(&self.settings.topics.changelog)
-                .partition(i32::from(p))
-                .key(&key)
-                .payload(&record.encode()),
-        );
+        // Sent only once the outputs above are durable (see `run`).
+        self.changelog_due.push((p, record.encode()));
         owned.positions = to;
         owned.now = now;
         owned.since_snapshot += (canonical.len() + transit_in.len()) as u64;
@@ -772,6 +1035,40 @@ impl Processor {
             .fetch_add(applied as u64, Ordering::Relaxed);
         self.owned.insert(p, owned);
     }
+}
+
+/// The records of `inputs` that continue from offset `next`: older ones
+/// are dropped, and a hole stops the run and queues a re-read in `seeks`.
+fn contiguous<'a>(
+    gaps: &mut super::Contiguity,
+    p: u16,
+    mut next: i64,
+    inputs: &'a [Input],
+    seeks: &mut Vec<(u16, i64)>,
+    log_start: impl Fn() -> Option<i64>,
+) -> Vec<&'a Input> {
+    let mut run = Vec::with_capacity(inputs.len());
+    for input in inputs {
+        match gaps.check(i32::from(p), next, input.offset, &log_start) {
+            super::Next::Old => continue,
+            super::Next::Take => {}
+            super::Next::Gap => {
+                tracing::warn!(
+                    partition = p,
+                    expected = next,
+                    got = input.offset,
+                    "records deleted by retention before they were applied; going on"
+                );
+            }
+            super::Next::Seek(offset) => {
+                seeks.push((p, offset));
+                break;
+            }
+        }
+        run.push(input);
+        next = input.offset + 1;
+    }
+    run
 }
 
 /// Handle to the processor thread.
@@ -799,11 +1096,20 @@ pub fn start(
 ) -> anyhow::Result<Running> {
     let data_dir = data_dir.join("kafka");
     std::fs::create_dir_all(&data_dir)?;
-    let producer: BaseProducer<Deliveries> =
-        settings.producer_config().create_with_context(Deliveries {
-            changelog_topic: settings.topics.changelog.clone(),
-            ..Deliveries::default()
-        })?;
+    let mut config = settings.producer_config();
+    if settings.transactions {
+        config.set("transactional.id", transactional_id(&settings, &data_dir)?);
+    }
+    let producer: BaseProducer<Deliveries> = config.create_with_context(Deliveries {
+        changelog_topic: settings.topics.changelog.clone(),
+        ..Deliveries::default()
+    })?;
+    if settings.transactions {
+        // Fences an earlier incarnation of this instance and aborts what
+        // it left open; then every cycle runs in a transaction.
+        producer.init_transactions(Duration::from_secs(60))?;
+        producer.begin_transaction()?;
+    }
     let repartition: BaseConsumer = settings
         .client(&[
             ("enable.auto.commit", "false"),
@@ -819,6 +1125,12 @@ pub fn start(
         repartition,
         owned: HashMap::new(),
         seek_back: Vec::new(),
+        reread: Vec::new(),
+        canonical_gaps: super::Contiguity::with_transactions(settings.transactions),
+        transit_gaps: super::Contiguity::with_transactions(settings.transactions),
+        canonical_probe: super::Probe::default(),
+        transit_probe: super::Probe::default(),
+        changelog_due: Vec::new(),
     }));
     let consumer: BaseConsumer<Rebalancer> = settings
         .client(&[
@@ -842,6 +1154,23 @@ pub fn start(
         stop,
         thread: Some(thread),
     })
+}
+
+/// `{group}-{id}`, the id kept in the data dir: the same instance gets the
+/// same transactional.id after a restart (so it fences its former self),
+/// two instances never share one.
+fn transactional_id(settings: &KafkaSettings, data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join("transactional-id");
+    let id = match std::fs::read_to_string(&path) {
+        Ok(id) => id.trim().to_owned(),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let id = format!("{:016x}", rand::random::<u64>());
+            std::fs::write(&path, &id)?;
+            id
+        }
+        Err(error) => return Err(error.into()),
+    };
+    Ok(format!("{}-{id}", settings.group))
 }
 
 fn run(
@@ -879,10 +1208,15 @@ fn run(
                 None => break,
             }
         }
-        let mut processor = processor.lock();
+        let mut guard = processor.lock();
+        let processor = &mut *guard;
+        for p in canonical.keys() {
+            processor.canonical_probe.heard(i32::from(*p));
+        }
         while count < CYCLE_RECORDS_MAX * 2 {
             match processor.repartition.poll(Duration::ZERO) {
                 Some(Ok(m)) => {
+                    processor.transit_probe.heard(m.partition());
                     transit
                         .entry(m.partition() as u16)
                         .or_default()
@@ -900,9 +1234,41 @@ fn run(
                 None => break,
             }
         }
+        // Readers placed inside a record batch that hear nothing: further back.
+        for (p, offset) in processor.canonical_probe.due() {
+            tracing::debug!(
+                partition = p,
+                offset,
+                "no canonical records since placed; reading from further back"
+            );
+            if let Err(error) = consumer.seek(
+                &canonical_topic,
+                p,
+                Offset::Offset(offset),
+                Duration::from_secs(10),
+            ) {
+                tracing::debug!(%error, "reading from further back");
+            }
+        }
+        for (p, offset) in processor.transit_probe.due() {
+            tracing::debug!(
+                partition = p,
+                offset,
+                "no transit records since placed; reading from further back"
+            );
+            let topic = processor.settings.topics.repartition.clone();
+            if let Err(error) = processor.repartition.seek(
+                &topic,
+                p,
+                Offset::Offset(offset),
+                Duration::from_secs(10),
+            ) {
+                tracing::debug!(%error, "reading from further back");
+            }
+        }
         if count == 0 {
             processor.producer.poll(Duration::ZERO);
-            drop(processor);
+            drop(guard);
             continue;
         }
         let mut partitions: Vec<u16> = canonical.keys().chain(transit.keys()).copied().collect();
@@ -913,11 +1279,8 @@ fn run(
             let t = transit.remove(&p).unwrap_or_default();
             processor.process(p, &c, &t);
         }
-        // The cycle's one wait: every changelog record and output durable.
-        if let Err(error) = processor.producer.flush(Duration::from_secs(60)) {
-            poison(&format!("flushing a cycle: {error}"));
-        }
-        processor.check_deliveries();
+        let group = consumer.group_metadata();
+        processor.commit_cycle(group.as_ref(), &partitions);
         let mut offsets = TopicPartitionList::new();
         let mut due = Vec::new();
         let owned: Vec<u16> = processor.owned.keys().copied().collect();
@@ -946,7 +1309,14 @@ fn run(
             }
         }
         let seek_back = std::mem::take(&mut processor.seek_back);
-        drop(processor);
+        for &(p, offset) in &seek_back {
+            processor.canonical_probe.placed(i32::from(p), offset);
+        }
+        let reread: HashMap<u16, i64> = std::mem::take(&mut processor.reread).into_iter().collect();
+        if !reread.is_empty() {
+            processor.assign_repartition(&reread);
+        }
+        drop(guard);
         for (p, offset) in seek_back {
             if let Err(error) = consumer.seek(
                 &canonical_topic,
@@ -957,7 +1327,7 @@ fn run(
                 tracing::warn!(partition = p, %error, "seeking back");
             }
         }
-        if offsets.count() > 0 {
+        if offsets.count() > 0 && !settings.transactions {
             // Informational: the changelog holds the real positions.
             let _ = consumer.commit(&offsets, CommitMode::Async);
         }
