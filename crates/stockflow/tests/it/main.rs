@@ -8,6 +8,7 @@ mod dead_letters;
 mod history;
 mod http;
 mod import;
+mod kafka;
 mod orders;
 mod sources;
 mod stream;
