@@ -341,21 +341,64 @@ impl Processor {
         self.assign_repartition(&HashMap::new());
     }
 
-    /// Assigns the owned repartition partitions: those in `from` from the
-    /// offset given there, the others from their positions.
+    /// Makes the repartition consumer read exactly the owned partitions:
+    /// new ones from `from` or their state's position, ones in `from` that
+    /// it reads already moved there by a seek. Incremental, never a whole
+    /// new assignment: librdkafka 2.12 can assert (a duplicate FETCH_STOP,
+    /// librdkafka#5573) when assignments are replaced in quick succession.
     fn assign_repartition(&mut self, from: &HashMap<u16, i64>) {
-        let mut list = TopicPartitionList::new();
-        for (p, owned) in &self.owned {
-            let offset = from.get(p).copied().unwrap_or(owned.positions.repartition);
-            self.transit_probe.placed(i32::from(*p), offset);
-            let _ = list.add_partition_offset(
-                &self.settings.topics.repartition,
-                i32::from(*p),
-                Offset::Offset(offset),
-            );
+        let topic = self.settings.topics.repartition.clone();
+        let current: std::collections::HashSet<i32> = match self.repartition.assignment() {
+            Ok(list) => list.elements().iter().map(|e| e.partition()).collect(),
+            Err(error) => poison(&format!("reading the repartition assignment: {error}")),
+        };
+        let mut gone = TopicPartitionList::new();
+        for &p in &current {
+            if !self.owned.contains_key(&(p as u16)) {
+                gone.add_partition(&topic, p);
+                self.transit_probe.forget(p);
+            }
         }
-        if let Err(error) = self.repartition.assign(&list) {
-            poison(&format!("assigning repartition partitions: {error}"));
+        if gone.count() > 0 {
+            if let Err(error) = self.repartition.incremental_unassign(&gone) {
+                poison(&format!("releasing repartition partitions: {error}"));
+            }
+        }
+        let wanted: Vec<(i32, i64, bool)> = self
+            .owned
+            .iter()
+            .map(|(p, owned)| {
+                let p = i32::from(*p);
+                let offset = from.get(&(p as u16)).copied();
+                (
+                    p,
+                    offset.unwrap_or(owned.positions.repartition),
+                    offset.is_some(),
+                )
+            })
+            .collect();
+        let mut added = TopicPartitionList::new();
+        for (p, offset, moved) in wanted {
+            if !current.contains(&p) {
+                let _ = added.add_partition_offset(&topic, p, Offset::Offset(offset));
+                self.transit_probe.placed(p, offset);
+            } else if moved {
+                match self.repartition.seek(
+                    &topic,
+                    p,
+                    Offset::Offset(offset),
+                    Duration::from_secs(5),
+                ) {
+                    Ok(()) => self.transit_probe.placed(p, offset),
+                    // Not fetching yet: again next cycle.
+                    Err(_) => self.reread.push((p as u16, offset)),
+                }
+            }
+        }
+        if added.count() > 0 {
+            if let Err(error) = self.repartition.incremental_assign(&added) {
+                poison(&format!("assigning repartition partitions: {error}"));
+            }
         }
     }
 
@@ -488,9 +531,7 @@ impl Processor {
                     None if !heard && placed > low => {
                         let back = (placed - step).max(low);
                         step = step.saturating_mul(2);
-                        let mut list = TopicPartitionList::new();
-                        list.add_partition_offset(topic, i32::from(p), Offset::Offset(back))?;
-                        reader.assign(&list)?;
+                        reposition(&reader, topic, p, back)?;
                         continue;
                     }
                     None => {
@@ -520,9 +561,7 @@ impl Processor {
                         )
                     }
                     super::Next::Seek(offset) => {
-                        let mut list = TopicPartitionList::new();
-                        list.add_partition_offset(topic, i32::from(p), Offset::Offset(offset))?;
-                        reader.assign(&list)?;
+                        reposition(&reader, topic, p, offset)?;
                         (placed, heard, step) = (offset, false, 1);
                         continue;
                     }
@@ -1154,6 +1193,32 @@ pub fn start(
         stop,
         thread: Some(thread),
     })
+}
+
+/// Moves a restore reader: a seek, not a new assignment (replacing
+/// assignments in quick succession can trip librdkafka 2.12's duplicate
+/// FETCH_STOP assertion, librdkafka#5573). A seek needs the partition's
+/// fetcher started, which takes a moment after the assignment.
+fn reposition(reader: &BaseConsumer, topic: &str, p: u16, offset: i64) -> anyhow::Result<()> {
+    let mut tries = 0;
+    loop {
+        match reader.seek(
+            topic,
+            i32::from(p),
+            Offset::Offset(offset),
+            Duration::from_secs(5),
+        ) {
+            Ok(()) => return Ok(()),
+            Err(error) if tries >= 100 => {
+                anyhow::bail!("cannot move the changelog reader to {offset}: {error}")
+            }
+            Err(_) => {
+                tries += 1;
+                // Serves the reader's queue so its fetcher starts.
+                let _ = reader.poll(Duration::from_millis(20));
+            }
+        }
+    }
 }
 
 /// `{group}-{id}`, the id kept in the data dir: the same instance gets the
