@@ -41,9 +41,13 @@ pub const RESTORING: u8 = 1;
 /// Owned and applying.
 pub const ACTIVE: u8 = 2;
 
-/// Most input records applied in one cycle (one changelog record per
-/// partition, well under Kafka's 1 MB default message size).
-const CYCLE_RECORDS_MAX: usize = 2000;
+/// Most input records applied in one cycle: each cycle waits for the
+/// broker twice (outputs, then changelog records), so cycles must be large
+/// for throughput (2,000 gave 9k events/s on tansu, 20,000 gives 58k).
+const CYCLE_RECORDS_MAX: usize = 20_000;
+/// Most canonical records in one changelog record: ~100 bytes each keeps
+/// a record well under Kafka's 1 MB default message size.
+const CHANGELOG_EVENTS_MAX: usize = 4_000;
 /// A local snapshot of a partition after this many applied records.
 const SNAPSHOT_EVERY: u64 = 200_000;
 /// A restore has read the whole changelog partition once past its high
@@ -200,9 +204,10 @@ pub struct Processor {
     transit_gaps: super::Contiguity,
     canonical_probe: super::Probe,
     transit_probe: super::Probe,
-    /// The cycle's changelog records (partition, encoded record), held
-    /// back until the cycle's outputs are acknowledged.
-    changelog_due: Vec<(u16, Vec<u8>)>,
+    /// The cycle's changelog records (partition, key, encoded record),
+    /// held back until the cycle's outputs are acknowledged. The key says
+    /// the positions the record ends at, for people reading the topic.
+    changelog_due: Vec<(u16, String, Vec<u8>)>,
 }
 
 /// The group consumer's context: rebalances go to the processor.
@@ -834,12 +839,7 @@ impl Processor {
             poison(&format!("flushing a cycle's outputs: {error}"));
         }
         self.check_deliveries();
-        for (p, record) in std::mem::take(&mut self.changelog_due) {
-            let owned = &self.owned[&p];
-            let key = format!(
-                "{}:{}",
-                owned.positions.canonical, owned.positions.repartition
-            );
+        for (p, key, record) in std::mem::take(&mut self.changelog_due) {
             self.send(
                 BaseRecord::to(&self.settings.topics.changelog)
                     .partition(i32::from(p))
@@ -860,12 +860,7 @@ impl Processor {
     /// aborts what was open and the state comes back from the changelog.
     fn commit_transaction(&mut self, group: Option<&ConsumerGroupMetadata>, processed: &[u16]) {
         let mut offsets = TopicPartitionList::new();
-        for (p, record) in std::mem::take(&mut self.changelog_due) {
-            let owned = &self.owned[&p];
-            let key = format!(
-                "{}:{}",
-                owned.positions.canonical, owned.positions.repartition
-            );
+        for (p, key, record) in std::mem::take(&mut self.changelog_due) {
             self.send(
                 BaseRecord::to(&self.settings.topics.changelog)
                     .partition(i32::from(p))
@@ -1062,7 +1057,8 @@ impl Processor {
             transit: transit_batch,
         };
         // Sent only once the outputs above are durable (see `run`).
-        self.changelog_due.push((p, record.encode()));
+        let key = format!("{}:{}", to.canonical, to.repartition);
+        self.changelog_due.push((p, key, record.encode()));
         owned.positions = to;
         owned.now = now;
         owned.since_snapshot += (canonical.len() + transit_in.len()) as u64;
@@ -1342,7 +1338,12 @@ fn run(
         for &p in &partitions {
             let c = canonical.remove(&p).unwrap_or_default();
             let t = transit.remove(&p).unwrap_or_default();
-            processor.process(p, &c, &t);
+            // One changelog record per chunk, each continuing the last.
+            let mut chunks = c.chunks(CHANGELOG_EVENTS_MAX);
+            processor.process(p, chunks.next().unwrap_or_default(), &t);
+            for chunk in chunks {
+                processor.process(p, chunk, &[]);
+            }
         }
         let group = consumer.group_metadata();
         processor.commit_cycle(group.as_ref(), &partitions);
