@@ -56,7 +56,13 @@ impl Drop for Broker {
 impl Broker {
     pub fn start() -> Broker {
         // Never skip: without the broker the test fails, saying what to run.
-        let tansu = on_path("tansu").expect(
+        // `cargo install` puts it in ~/.cargo/bin, on PATH where cargo is.
+        let installed = std::env::var_os("CARGO_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")))
+            .map(|home| home.join("bin/tansu"))
+            .filter(|p| p.is_file());
+        let tansu = on_path("tansu").or(installed).expect(
             "tansu is not on PATH: run .ci/install (cargo install tansu --locked --features dynostore)",
         );
         let port = free_port();
