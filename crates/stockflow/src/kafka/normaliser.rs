@@ -225,11 +225,10 @@ fn run(
             seen += 1;
             let topic = message.topic().to_owned();
             let slot = (topic.clone(), message.partition());
-            probes
-                .lock()
-                .entry(topic.clone())
-                .or_default()
-                .heard(message.partition());
+            // Placing a reader creates its probe: none, nothing to tell.
+            if let Some(probe) = probes.lock().get_mut(&topic) {
+                probe.heard(message.partition());
+            }
             let want = expected.lock().get(&slot).copied();
             if let Some(want) = want {
                 let gaps = contiguity.entry(topic.clone()).or_default();

@@ -839,6 +839,15 @@ impl Processor {
             poison(&format!("flushing a cycle's outputs: {error}"));
         }
         self.check_deliveries();
+        self.send_changelog_due();
+        if let Err(error) = self.producer.flush(Duration::from_secs(60)) {
+            poison(&format!("flushing a cycle's changelog records: {error}"));
+        }
+        self.check_deliveries();
+    }
+
+    /// Hands the cycle's held-back changelog records to the producer.
+    fn send_changelog_due(&mut self) {
         for (p, key, record) in std::mem::take(&mut self.changelog_due) {
             self.send(
                 BaseRecord::to(&self.settings.topics.changelog)
@@ -847,10 +856,6 @@ impl Processor {
                     .payload(&record),
             );
         }
-        if let Err(error) = self.producer.flush(Duration::from_secs(60)) {
-            poison(&format!("flushing a cycle's changelog records: {error}"));
-        }
-        self.check_deliveries();
     }
 
     /// With transactions the cycle is one: outputs, changelog records and
@@ -860,14 +865,7 @@ impl Processor {
     /// aborts what was open and the state comes back from the changelog.
     fn commit_transaction(&mut self, group: Option<&ConsumerGroupMetadata>, processed: &[u16]) {
         let mut offsets = TopicPartitionList::new();
-        for (p, key, record) in std::mem::take(&mut self.changelog_due) {
-            self.send(
-                BaseRecord::to(&self.settings.topics.changelog)
-                    .partition(i32::from(p))
-                    .key(&key)
-                    .payload(&record),
-            );
-        }
+        self.send_changelog_due();
         for p in processed {
             if let Some(owned) = self.owned.get(p) {
                 let _ = offsets.add_partition_offset(
