@@ -431,23 +431,49 @@ pub const PROBE_AFTER: Duration = Duration::from_millis(1000);
 pub struct Probe {
     /// Per (reader-local) partition: (offset placed at, since, next step).
     waiting: std::collections::HashMap<i32, (i64, std::time::Instant, i64)>,
+    /// When each partition read here last had a record (or was placed).
+    heard_at: std::collections::HashMap<i32, std::time::Instant>,
 }
+
+/// How long a partition may be quiet before its reader is checked again.
+pub const IDLE_RECHECK: Duration = Duration::from_secs(5);
 
 impl Probe {
     /// The reader of `partition` was placed at `offset`.
     pub fn placed(&mut self, partition: i32, offset: i64) {
-        self.waiting
-            .insert(partition, (offset, std::time::Instant::now(), 1));
+        let now = std::time::Instant::now();
+        self.waiting.insert(partition, (offset, now, 1));
+        self.heard_at.insert(partition, now);
     }
 
     /// A record of `partition` arrived: its fetches work.
     pub fn heard(&mut self, partition: i32) {
         self.waiting.remove(&partition);
+        self.heard_at.insert(partition, std::time::Instant::now());
     }
 
     /// The partition is no longer read here.
     pub fn forget(&mut self, partition: i32) {
         self.waiting.remove(&partition);
+        self.heard_at.remove(&partition);
+    }
+
+    /// Treats partitions quiet for [`IDLE_RECHECK`] as placed again at
+    /// `next(partition)`: a reader stuck in a way no record shows (tansu
+    /// was seen to leave one translating nothing while records waited)
+    /// is moved back like a newly placed one. On a really quiet partition
+    /// this costs re-reading one batch every few seconds.
+    pub fn recheck_idle(&mut self, next: impl Fn(i32) -> Option<i64>) {
+        let now = std::time::Instant::now();
+        for (partition, at) in self.heard_at.iter_mut() {
+            if now.duration_since(*at) < IDLE_RECHECK || self.waiting.contains_key(partition) {
+                continue;
+            }
+            if let Some(offset) = next(*partition) {
+                self.waiting.insert(*partition, (offset, now, 1));
+            }
+            *at = now;
+        }
     }
 
     /// Where to place readers that have waited too long: (partition,
@@ -525,6 +551,24 @@ mod tests {
         probe.heard(3);
         std::thread::sleep(PROBE_AFTER);
         assert!(probe.due().is_empty(), "records arrived: nothing to do");
+    }
+
+    #[test]
+    fn a_quiet_partition_is_checked_again_from_where_its_reader_should_be() {
+        let mut probe = Probe::default();
+        probe.placed(1, 50);
+        probe.heard(1);
+        probe.recheck_idle(|_| Some(70));
+        std::thread::sleep(PROBE_AFTER);
+        assert!(probe.due().is_empty(), "heard recently: left alone");
+        std::thread::sleep(IDLE_RECHECK);
+        probe.recheck_idle(|p| (p == 1).then_some(70));
+        assert!(
+            probe.due().is_empty(),
+            "placed again, given PROBE_AFTER to hear"
+        );
+        std::thread::sleep(PROBE_AFTER);
+        assert_eq!(probe.due(), vec![(1, 69)]);
     }
 
     #[test]

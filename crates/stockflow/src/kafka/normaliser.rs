@@ -189,6 +189,12 @@ fn run(
     let mut contiguity: HashMap<String, Contiguity> = HashMap::new();
     while !stop.load(Ordering::Acquire) {
         // Readers placed inside a record batch that hear nothing: further back.
+        {
+            let expected = expected.lock();
+            for (topic, probe) in probes.lock().iter_mut() {
+                probe.recheck_idle(|p| expected.get(&(topic.clone(), p)).copied());
+            }
+        }
         let due: Vec<(String, i32, i64)> = probes
             .lock()
             .iter_mut()

@@ -1294,6 +1294,14 @@ fn run(
             }
         }
         // Readers placed inside a record batch that hear nothing: further back.
+        let owned = &processor.owned;
+        let position = |p: i32| owned.get(&(p as u16)).map(|o| o.positions);
+        processor
+            .canonical_probe
+            .recheck_idle(|p| position(p).map(|at| at.canonical));
+        processor
+            .transit_probe
+            .recheck_idle(|p| position(p).map(|at| at.repartition));
         for (p, offset) in processor.canonical_probe.due() {
             tracing::debug!(
                 partition = p,
