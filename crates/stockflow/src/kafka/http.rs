@@ -477,6 +477,8 @@ async fn level(
                 }
                 Json(level).into_response()
             }
+            // Not restored yet is not "never seen".
+            None if status == RESTORING => restoring(p).into_response(),
             None => ApiError::not_found(format!(
                 "no stock level for sku {sku:?} at location {location:?}"
             ))

@@ -312,13 +312,12 @@ impl Processor {
         for &p in assigned {
             let started = Instant::now();
             match self.restore(p) {
-                Ok((owned, partition, records)) => {
+                Ok((owned, records)) => {
                     self.shared.applied[p as usize]
                         .store(owned.positions.canonical, Ordering::Release);
                     self.shared.outcomes[p as usize]
                         .lock()
                         .reset(owned.positions.canonical);
-                    *self.shared.partitions[p as usize].write() = partition;
                     self.canonical_probe
                         .placed(i32::from(p), owned.positions.canonical);
                     self.owned.insert(p, owned);
@@ -456,7 +455,9 @@ impl Processor {
 
     /// The state of partition `p`: its local snapshot if it has one that
     /// the changelog continues, then every changelog record after it.
-    fn restore(&self, p: u16) -> anyhow::Result<(Owned, Partition, u64)> {
+    /// The levels are built in place in the shared partition, so
+    /// `?stale=true` queries see the restore's progress.
+    fn restore(&self, p: u16) -> anyhow::Result<(Owned, u64)> {
         let topic = &self.settings.topics.changelog;
         let reader: BaseConsumer = self
             .settings
@@ -478,7 +479,7 @@ impl Processor {
             .create()?;
         let (low, mut high) =
             reader.fetch_watermarks(topic, i32::from(p), Duration::from_secs(30))?;
-        let (mut owned, mut partition) = match self.load_snapshot(p) {
+        let (mut owned, partition) = match self.load_snapshot(p) {
             Ok(Some((owned, partition)))
                 if owned.changelog_next >= low && owned.changelog_next <= high =>
             {
@@ -494,6 +495,7 @@ impl Processor {
                 self.fresh()
             }
         };
+        *self.shared.partitions[p as usize].write() = partition;
         let start = owned.changelog_next.max(low);
         let left = &self.shared.restore_left[p as usize];
         left.store((high - start).max(0), Ordering::Release);
@@ -576,7 +578,11 @@ impl Processor {
                     continue;
                 };
                 let record = ChangelogRecord::decode(payload)?;
-                if self.fold(p, &mut owned, &mut partition, record)? {
+                let folded = {
+                    let mut partition = self.shared.partitions[p as usize].write();
+                    self.fold(p, &mut owned, &mut partition, record)?
+                };
+                if folded {
                     records += 1;
                 }
                 left.store((high - next).max(0), Ordering::Release);
@@ -593,7 +599,7 @@ impl Processor {
         }
         left.store(0, Ordering::Release);
         metrics::counter!("stockflow_kafka_restored_records_total").increment(records);
-        Ok((owned, partition, records))
+        Ok((owned, records))
     }
 
     /// Applies one changelog record to a restoring state, exactly as the
