@@ -3,7 +3,6 @@
 //! restarted, sent everything again, and must end equal to the reference.
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -11,7 +10,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use stockflow_core::{parse_body, BodyFormat, Engine, EngineConfig, Timestamp};
 
-use crate::{get, post};
+use crate::{free_port, get, post};
 
 const BATCHES: usize = 120;
 const BATCH: usize = 1000;
@@ -62,23 +61,7 @@ fn reference(bodies: &[String]) -> BTreeMap<(String, String), (i64, i64, i64)> {
         let mut parsed = parse_body(body.as_bytes(), BodyFormat::Ndjson, usize::MAX).unwrap();
         engine.apply(&mut parsed.batch, Timestamp(1_800_000_000_000_000_000));
     }
-    engine
-        .levels()
-        .map(|v| {
-            (
-                (v.sku.to_string(), v.location_id.to_string()),
-                (v.level.on_hand, v.level.reserved, v.level.in_transit),
-            )
-        })
-        .collect()
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    crate::levels_of(&engine)
 }
 
 async fn spawn_server(dir: &std::path::Path, port: u16) -> Child {

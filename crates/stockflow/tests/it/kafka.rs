@@ -4,7 +4,6 @@
 //! the reference model, and the stock-levels topic must say the same.
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,13 +17,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::Value;
 use stockflow_core::{parse_body, BodyFormat, Engine, EngineConfig, Timestamp};
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use crate::free_port;
 
 fn on_path(program: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {
@@ -404,15 +397,7 @@ fn reference(phases: &[&[(String, String)]]) -> BTreeMap<(String, String), (i64,
             engine.apply(&mut parsed.batch, Timestamp(1));
         }
     }
-    engine
-        .levels()
-        .map(|v| {
-            (
-                (v.sku.to_string(), v.location_id.to_string()),
-                (v.level.on_hand, v.level.reserved, v.level.in_transit),
-            )
-        })
-        .collect()
+    crate::levels_of(&engine)
 }
 
 fn produce(producer: &BaseProducer, topic: &str, lines: &[(String, String)]) {

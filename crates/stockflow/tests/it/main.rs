@@ -21,6 +21,32 @@ use serde_json::Value;
 use stockflow::config::Config;
 use stockflow::server::Server;
 
+/// A loopback port nothing listens on (bound, then released), for a
+/// process the test starts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Every level of `engine` as (onHand, reserved, inTransit) by (sku,
+/// location): the reference the crash and Kafka tests compare servers with.
+pub fn levels_of(
+    engine: &stockflow_core::Engine,
+) -> std::collections::BTreeMap<(String, String), (i64, i64, i64)> {
+    engine
+        .levels()
+        .map(|v| {
+            (
+                (v.sku.to_string(), v.location_id.to_string()),
+                (v.level.on_hand, v.level.reserved, v.level.in_transit),
+            )
+        })
+        .collect()
+}
+
 /// A server on a free port over `dir`, with `adjust` applied to the config.
 pub async fn start(dir: &Path, adjust: impl FnOnce(&mut Config)) -> Server {
     let mut config = Config::new(dir.to_owned());
