@@ -44,18 +44,23 @@ impl Hasher for IdentityHasher {
 type Entry = (Timestamp, u128);
 
 /// Entries per chunk of the FIFO. Full chunks are shared immutably with
-/// snapshots, so taking one costs a pointer copy per chunk, not a copy of
-/// the ids (the checkpoint encodes them on another thread).
+/// snapshots, so taking one costs a pointer copy per chunk plus a copy of
+/// the open chunk, not a copy of every id (the checkpoint encodes them on
+/// another thread).
 const CHUNK_ENTRIES: usize = 1 << 16;
 
 #[derive(Debug)]
 pub struct Dedup {
     seen: HashSet<u128, BuildHasherDefault<IdentityHasher>>,
-    /// Entries oldest first, in chunks; the last chunk is the one being
-    /// filled. Commit times never decrease because the shell passes a
-    /// monotonic `now`.
+    /// Entries oldest first: full chunks, then `open`. Commit times never
+    /// decrease because the shell passes a monotonic `now`.
     chunks: VecDeque<Arc<Vec<Entry>>>,
-    /// Entries of the first chunk already forgotten.
+    /// The chunk being filled. Not shared, so a push is a plain store: an
+    /// `Arc::make_mut` per id was a locked instruction per event, which
+    /// waited for the hash table's scattered stores to drain.
+    open: Vec<Entry>,
+    /// Entries of the first chunk (`open` when there are no full ones)
+    /// already forgotten.
     head: usize,
     len: usize,
     retention_ns: i64,
@@ -143,6 +148,7 @@ impl Dedup {
         Dedup {
             seen: HashSet::default(),
             chunks: VecDeque::new(),
+            open: Vec::new(),
             head: 0,
             len: 0,
             retention_ns,
@@ -161,9 +167,9 @@ impl Dedup {
     /// True if `id` is new (and remembers it), false for a duplicate.
     pub fn admit(&mut self, id: u128, now: Timestamp) -> bool {
         debug_assert!(
-            self.chunks
-                .back()
-                .and_then(|c| c.last())
+            self.open
+                .last()
+                .or_else(|| self.chunks.back().and_then(|c| c.last()))
                 .is_none_or(|(t, _)| *t <= now),
             "now must not go backwards"
         );
@@ -182,30 +188,39 @@ impl Dedup {
     }
 
     fn push(&mut self, entry: Entry) {
-        match self.chunks.back_mut() {
-            // A snapshot may share the open chunk; make_mut then copies it
-            // (at most one chunk) and leaves the snapshot's view intact.
-            Some(last) if last.len() < CHUNK_ENTRIES => Arc::make_mut(last).push(entry),
-            _ => {
-                let mut chunk = Vec::with_capacity(CHUNK_ENTRIES);
-                chunk.push(entry);
-                self.chunks.push_back(Arc::new(chunk));
-            }
+        if self.open.len() == CHUNK_ENTRIES {
+            let full = std::mem::replace(&mut self.open, Vec::with_capacity(CHUNK_ENTRIES));
+            self.chunks.push_back(Arc::new(full));
+        } else if self.open.capacity() == 0 {
+            self.open.reserve_exact(CHUNK_ENTRIES);
         }
+        self.open.push(entry);
         self.len += 1;
     }
 
     fn front(&self) -> Option<Entry> {
-        self.chunks.front().and_then(|c| c.get(self.head)).copied()
+        self.chunks
+            .front()
+            .map_or(&self.open, |c| &**c)
+            .get(self.head)
+            .copied()
     }
 
     fn pop_front(&mut self) -> Option<Entry> {
         let entry = self.front()?;
         self.head += 1;
         self.len -= 1;
-        if self.chunks.front().is_some_and(|c| self.head == c.len()) {
-            self.chunks.pop_front();
-            self.head = 0;
+        match self.chunks.front() {
+            Some(first) if self.head == first.len() => {
+                self.chunks.pop_front();
+                self.head = 0;
+            }
+            // Everything forgotten: the open chunk starts again, in place.
+            None if self.head == self.open.len() => {
+                self.open.clear();
+                self.head = 0;
+            }
+            _ => {}
         }
         Some(entry)
     }
@@ -239,10 +254,12 @@ impl Dedup {
         self.evicted_early
     }
 
-    /// Shares the chunks: O(chunks), no id is copied.
+    /// Shares the full chunks and copies the open one: O(chunks) plus at
+    /// most one chunk of ids (2 MiB).
     pub fn snapshot(&self) -> DedupSnapshot {
+        let open = (!self.open.is_empty()).then(|| Arc::new(self.open.clone()));
         DedupSnapshot {
-            chunks: self.chunks.iter().cloned().collect(),
+            chunks: self.chunks.iter().cloned().chain(open).collect(),
             head: self.head,
             evicted_early: self.evicted_early,
         }

@@ -74,3 +74,60 @@ fn damaged_snapshot_bytes_are_refused() {
     assert!(DedupSnapshot::decode(&bytes[..bytes.len() - 1]).is_err());
     assert!(DedupSnapshot::decode(&bytes[..3]).is_err());
 }
+
+/// Against a plain FIFO model, in bursts with quiet gaps long enough to
+/// forget everything (so the open chunk empties and refills in place),
+/// with repeats, capacity evictions and snapshots taken mid-chunk.
+#[test]
+fn matches_a_fifo_model_across_chunks_gaps_and_snapshots() {
+    use std::collections::{HashSet, VecDeque};
+    let (retention, capacity) = (5 * SECOND, 150_000);
+    let mut dedup = Dedup::new(retention, capacity);
+    let (mut fifo, mut set) = (VecDeque::<(i64, u128)>::new(), HashSet::<u128>::new());
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut now = 0i64;
+    let mut kept = None;
+    for round in 0..12u64 {
+        // A quiet gap every third round: longer than the retention.
+        now += if round % 3 == 2 { 7 * SECOND } else { SECOND };
+        let burst = 20_000 + (round * 17_011) % 90_000;
+        for n in 0..burst {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            // One in eight draws repeats a recent id.
+            let key = if rng.is_multiple_of(8) {
+                round * 1_000_000 + n / 2
+            } else {
+                round * 1_000_000 + n
+            };
+            let t = now + (n as i64) * 1_000; // a microsecond per id
+            let horizon = t - retention;
+            while fifo.front().is_some_and(|&(at, _)| at < horizon) {
+                set.remove(&fifo.pop_front().unwrap().1);
+            }
+            let fresh = set.insert(id(key));
+            if fresh {
+                fifo.push_back((t, id(key)));
+                if fifo.len() > capacity {
+                    set.remove(&fifo.pop_front().unwrap().1);
+                }
+            }
+            assert_eq!(
+                dedup.admit(id(key), Timestamp(t)),
+                fresh,
+                "round {round}, id {n}"
+            );
+        }
+        assert_eq!(dedup.len(), fifo.len(), "round {round}");
+        // A snapshot holds exactly the model, in order, and stays put.
+        let snapshot = dedup.snapshot();
+        let expected: Vec<u128> = fifo.iter().map(|&(_, i)| i).collect();
+        let taken: Vec<u128> = snapshot.entries().map(|(_, i)| i).collect();
+        assert_eq!(taken, expected, "round {round}");
+        // The previous round's snapshot was left alone by this round.
+        if let Some((previous, ids)) = kept.replace((snapshot, expected)) {
+            assert!(previous.entries().map(|(_, i)| i).eq(ids), "round {round}");
+        }
+    }
+}
