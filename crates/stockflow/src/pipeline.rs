@@ -132,7 +132,6 @@ pub struct Overloaded;
 /// Handle to the running write path.
 pub struct Pipeline {
     ingest: Mutex<Option<Sender<Submission>>>,
-    data_dir: std::path::PathBuf,
     pub shared: Arc<Shared>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -189,7 +188,14 @@ impl Pipeline {
             lock,
             history,
             checkpoint_spread: _,
+            stream,
         } = recovered;
+        let hub = crate::stream::Hub::start(
+            &config.data_dir,
+            stream,
+            engine.partitions.len() as u16,
+            log.next_record(),
+        );
         let next_timers = engine
             .partitions
             .iter()
@@ -200,7 +206,7 @@ impl Pipeline {
             activity: crate::activity::Activity::default(),
             partitions: engine.partitions.into_iter().map(RwLock::new).collect(),
             orders: RwLock::new(engine.orders),
-            hub: Arc::new(crate::stream::Hub::resume(&config.data_dir)),
+            hub: Arc::new(hub),
             catalog: RwLock::new(engine.catalog),
             dead_letters: RwLock::new(dead_letters),
             applied_records: AtomicU64::new(log.next_record()),
@@ -261,7 +267,6 @@ impl Pipeline {
         Ok(Pipeline {
             ingest: Mutex::new(Some(ingest_tx)),
             shared,
-            data_dir: config.data_dir.clone(),
             threads: Mutex::new(threads),
         })
     }
@@ -410,11 +415,6 @@ impl Pipeline {
             if thread.join().is_err() {
                 tracing::error!("a pipeline thread panicked");
             }
-        }
-        // Every message of this run is in the ring now; the next start
-        // resumes its ids (a stream client of this run sees no gap).
-        if let Err(error) = self.shared.hub.save(&self.data_dir) {
-            tracing::warn!(%error, "cannot save the live stream for resuming; clients will be told of a gap");
         }
         crate::recovery::wait_for_checkpoint_writers(std::time::Duration::from_secs(120));
     }
@@ -809,6 +809,10 @@ fn applier(
     let mut found = Vec::new();
     let mut changes = Vec::new();
     let mut pending = PendingCheckpoint::default();
+    let ids: Vec<u16> = owned.iter().map(|(id, _)| *id).collect();
+    // Per owned partition, the group's stream messages: published together
+    // (one journal entry) once the group is done with the partition.
+    let mut drafts: Vec<Vec<crate::stream::Draft>> = ids.iter().map(|_| Vec::new()).collect();
     loop {
         while input.is_empty() && pending.copy_one(&mut owned, shared) {}
         let Ok(stage) = input.recv() else { break };
@@ -820,7 +824,7 @@ fn applier(
                     pending.copy_one(&mut owned, shared);
                 }
                 let mut exceptions = Vec::new();
-                for (id, history) in &mut owned {
+                for ((id, history), drafts) in owned.iter_mut().zip(&mut drafts) {
                     let mut partition = shared.partitions[*id as usize].write();
                     group
                         .catalog
@@ -839,10 +843,12 @@ fn applier(
                         );
                         exceptions.extend(found.iter().map(|e| (request, *e)));
                         record_history(history, &mut partition, &item.batch, &changes, &group);
-                        publish(shared, *id, &partition, &item.batch, &changes, None);
+                        let batch = &item.batch;
+                        build_drafts(shared, *id, &partition, batch, &changes, None, drafts);
                     }
                     let none = Batch::default();
-                    publish(shared, *id, &partition, &none, &[], Some(alerts_before));
+                    let since = Some(alerts_before);
+                    build_drafts(shared, *id, &partition, &none, &[], since, drafts);
                 }
                 if group.serial {
                     if barrier.wait().is_leader() {
@@ -852,7 +858,7 @@ fn applier(
                     let step = group.order_step.lock().clone();
                     if let Some(step) = step {
                         let batch = &step.batch;
-                        for (id, history) in &mut owned {
+                        for ((id, history), drafts) in owned.iter_mut().zip(&mut drafts) {
                             let mut partition = shared.partitions[*id as usize].write();
                             let alerts_before = partition.alerts.next_seq;
                             found.clear();
@@ -866,22 +872,26 @@ fn applier(
                             }
                             record_history(history, &mut partition, batch, &changes, &group);
                             let since = Some(alerts_before);
-                            publish(shared, *id, &partition, batch, &changes, since);
+                            build_drafts(shared, *id, &partition, batch, &changes, since, drafts);
                         }
                     }
                 }
                 // Time passes after the group's events and order step, as
                 // in replay.
-                for (id, _) in &owned {
+                for ((id, _), drafts) in owned.iter().zip(&mut drafts) {
                     let mut partition = shared.partitions[*id as usize].write();
                     let alerts_before = partition.alerts.next_seq;
                     partition.tick(group.now);
                     if partition.alerts.next_seq != alerts_before {
                         let none = Batch::default();
-                        publish(shared, *id, &partition, &none, &[], Some(alerts_before));
+                        let since = Some(alerts_before);
+                        build_drafts(shared, *id, &partition, &none, &[], since, drafts);
                     }
                     shared.note_next_timer(*id, &partition);
+                    let group_drafts = std::mem::take(drafts);
+                    shared.hub.publish(group_drafts, *id, group.file.record);
                 }
+                shared.hub.mark(group.file.record + 1, &ids);
                 for (_, history) in &mut owned {
                     if let Err(error) = history.flush() {
                         poison("history write failed", &error);
@@ -947,38 +957,29 @@ impl PendingCheckpoint {
     }
 }
 
-/// Sends a batch's stock changes, and the alerts raised since
-/// `alerts_since`, to stream subscribers (only while anyone listens).
-fn publish(
+/// Builds the stream messages of a batch's stock changes, and of the
+/// alerts raised since `alerts_since`, only for kinds anyone listens to.
+fn build_drafts(
     shared: &Shared,
     id: u16,
     partition: &Partition,
     batch: &Batch,
     changes: &[stockflow_core::Change],
     alerts_since: Option<u64>,
+    drafts: &mut Vec<crate::stream::Draft>,
 ) {
     use crate::stream::Kind;
-    let mut drafts: Vec<crate::stream::Draft> = Vec::new();
-    if shared.hub.wanted(Kind::Stock) {
-        drafts.extend(
-            changes
-                .iter()
-                .map(|c| crate::stream::stock_draft(partition, batch, c)),
-        );
-    }
-    if let Some(since) = alerts_since.filter(|_| shared.hub.wanted(Kind::Alerts)) {
-        let alerts = &partition.alerts;
-        let new = (alerts.next_seq - since) as usize;
-        let skip = alerts.recent.len().saturating_sub(new);
-        drafts.extend(
-            alerts
-                .recent
-                .iter()
-                .skip(skip)
-                .map(|a| crate::stream::alert_draft(id, partition, a)),
-        );
-    }
-    shared.hub.publish(drafts);
+    let stock = shared.hub.wanted(Kind::Stock);
+    let alerts = alerts_since.is_some() && shared.hub.wanted(Kind::Alerts);
+    crate::stream::drafts_of(
+        id,
+        partition,
+        batch,
+        changes,
+        stock,
+        alerts_since.filter(|_| alerts),
+        drafts,
+    );
 }
 
 fn record_history(
@@ -1019,23 +1020,10 @@ fn decide_orders(group: &Group, shared: &Shared) {
     );
     *group.order_step.lock() = Some(Arc::new(step));
     if shared.hub.wanted(crate::stream::Kind::Orders) {
-        // Orders the timers expired, then the answers to this record's
-        // commands: every order whose state changed.
-        let expired = expiring.iter().filter_map(|id| book.orders.get(id));
-        let answered = answers.iter().filter_map(|a| match a {
-            Answer::Done(order) => Some(order),
-            _ => None,
-        });
-        let drafts = expired
-            .chain(answered)
-            .map(|order| crate::stream::Draft {
-                kind: crate::stream::Kind::Orders,
-                sku: None,
-                location_id: None,
-                body: crate::stream::Body::Json(crate::http::order_json(order)),
-            })
-            .collect();
-        shared.hub.publish(drafts);
+        let drafts = crate::stream::order_drafts(&book, &expiring, &answers);
+        shared
+            .hub
+            .publish(drafts, crate::stream::ORDER_STEP, group.file.record);
     }
     for ((request, index, command), answer) in group.orders.iter().zip(answers) {
         let mut reply = group.requests[*request].reply.lock();

@@ -30,6 +30,7 @@ use crate::config::Config;
 use crate::dead_letters::DeadLetters;
 use crate::history::HistoryWriter;
 use crate::record::{CommitGroup, DeadLetter};
+use crate::stream::Draft;
 
 /// 2: log records and checkpoints carry the catalog.
 /// 3: each partition's checkpoint part has its own log position.
@@ -77,6 +78,9 @@ pub struct Recovered {
     pub lock: File,
     /// One history writer per partition, positioned after the replay.
     pub history: Vec<HistoryWriter>,
+    /// The live stream's journal and the messages the replay built again
+    /// for records it lacks (`None`: no journal, the stream starts anew).
+    pub stream: Option<crate::stream::Restored>,
 }
 
 pub fn log_dir(data_dir: &Path) -> PathBuf {
@@ -150,11 +154,33 @@ pub fn recover(config: &Config) -> anyhow::Result<Recovered> {
         .context("cannot open the history files")?;
     let mut events = 0u64;
     let replayed_records = opened.next_record - meta.next_record;
+    // The stream's messages of records past its journal are built again
+    // (the `stream` module explains why). Records inside the checkpoint
+    // cannot be: if the journal stops before them, that is a gap.
+    let journal = crate::stream::Loaded::read(dir, partitions);
+    let regen = journal.as_ref().map(|j| j.partition_next.clone());
+    let orders_next = journal.as_ref().map(|j| j.orders_next);
+    let gap = journal.as_ref().map_or([false; 3], |j| {
+        let lost = j
+            .partition_next
+            .iter()
+            .zip(&meta.partition_records)
+            .any(|(next, from)| next < from);
+        [lost, lost, j.orders_next < meta.next_record]
+    });
+    let mut backlog: Vec<Vec<(u64, Vec<Draft>)>> = (0..partitions).map(|_| Vec::new()).collect();
+    let mut order_backlog = Vec::new();
     let checkpoint_spread = meta
         .partition_records
         .iter()
         .max()
         .map_or(0, |last| last - meta.next_record);
+    // Records with neither an order step nor a catalog change touch each
+    // partition on its own: they are gathered and replayed by one thread
+    // per core over disjoint partitions. The others are barriers, replayed
+    // in place once everything before them is in.
+    let mut pending = Vec::new();
+    let mut pending_events = 0usize;
     for item in read_records(&log_dir(dir), meta.next_record)? {
         let (number, payload) = item?;
         let group = CommitGroup::decode(&payload)
@@ -166,21 +192,27 @@ pub fn recover(config: &Config) -> anyhow::Result<Recovered> {
         if spread && (!group.catalog.is_empty() || order_step) {
             bail!("log record {number} has an order step or a catalog change inside a checkpoint's spread (partitions at {from:?}); this is a bug: move the newest checkpoint away to restart from an older one");
         }
-        engine.apply_catalog(&group.catalog, group.now);
-        for mut batch in group.batches {
-            events += batch.len() as u64;
-            // Engine::apply, with the changes kept for the history.
-            let duplicates = admit(&mut engine.dedup, &mut batch, group.now);
-            debug_assert!(duplicates.is_empty(), "the log holds no duplicates");
-            batch.compute_routes(partitions);
-            apply_with_history(
+        let barrier = order_step || !group.catalog.is_empty();
+        if barrier {
+            replay_pending(
                 &mut engine.partitions,
                 &mut history,
-                &batch,
-                group.now,
-                number,
+                &mut pending,
                 from,
+                regen.as_deref(),
+                &mut backlog,
             )?;
+            pending_events = 0;
+        }
+        engine.apply_catalog(&group.catalog, group.now);
+        let mut batches = group.batches;
+        for batch in &mut batches {
+            events += batch.len() as u64;
+            pending_events += batch.len();
+            // Engine::apply, with the changes kept for the history.
+            let duplicates = admit(&mut engine.dedup, batch, group.now);
+            debug_assert!(duplicates.is_empty(), "the log holds no duplicates");
+            batch.compute_routes(partitions);
         }
         // Orders' events left the batch for the order step after the
         // sequencer admitted them; their ids are remembered all the same.
@@ -191,17 +223,47 @@ pub fn recover(config: &Config) -> anyhow::Result<Recovered> {
                 engine.dedup.admit(event_id_hash(event_id), group.now);
             }
         }
-        // The order step, exactly when the pipeline ran it.
+        pending.push(Pending {
+            number,
+            now: group.now,
+            batches,
+            // A barrier's timers run after its order step, below.
+            tick: !barrier,
+        });
+        if barrier {
+            replay_pending(
+                &mut engine.partitions,
+                &mut history,
+                &mut pending,
+                from,
+                regen.as_deref(),
+                &mut backlog,
+            )?;
+            pending_events = 0;
+        }
+        let rebuild = |p: usize| regen.as_ref().is_some_and(|next| number >= next[p]);
+        let alerts_before: Vec<u64> = engine
+            .partitions
+            .iter()
+            .map(|p| p.alerts.next_seq)
+            .collect();
+        // The order step, exactly when the pipeline ran it: after the
+        // record's batches, before its timers.
         if order_step {
             let views: Vec<&Partition> = engine.partitions.iter().collect();
             let stock = StockOf {
                 partitions: &views,
                 catalog: &engine.catalog,
             };
+            let expiring = engine.orders.due_by(group.now);
             let (decided, answers) = engine.orders.decide(&group.orders, group.now, &stock);
             drop(views);
+            if orders_next.is_some_and(|next| number >= next) {
+                let drafts = crate::stream::order_drafts(&engine.orders, &expiring, &answers);
+                order_backlog.push((crate::stream::ORDER_STEP, number, drafts));
+            }
             let step = StepEffects::new(&group.orders, &decided, &answers, group.now, partitions);
-            apply_with_history(
+            let changes = apply_with_history(
                 &mut engine.partitions,
                 &mut history,
                 &step.batch,
@@ -209,16 +271,58 @@ pub fn recover(config: &Config) -> anyhow::Result<Recovered> {
                 number,
                 from,
             )?;
+            for (id, changes) in changes.iter().enumerate() {
+                if rebuild(id) {
+                    let drafts = backlog_entry(&mut backlog[id], number);
+                    let partition = &engine.partitions[id];
+                    crate::stream::drafts_of(
+                        id as u16,
+                        partition,
+                        &step.batch,
+                        changes,
+                        true,
+                        None,
+                        drafts,
+                    );
+                }
+            }
             for (id, partition) in engine.partitions.iter_mut().enumerate() {
                 if number >= from[id] {
                     step.apply_refusals(id as u16, partition, group.now);
                 }
             }
         }
-        for (id, partition) in engine.partitions.iter_mut().enumerate() {
-            if number >= from[id] {
-                partition.tick(group.now);
+        if barrier {
+            for (id, partition) in engine.partitions.iter_mut().enumerate() {
+                if number >= from[id] {
+                    partition.tick(group.now);
+                }
+                if rebuild(id) {
+                    let drafts = backlog_entry(&mut backlog[id], number);
+                    let none = stockflow_core::Batch::default();
+                    let since = Some(alerts_before[id]);
+                    crate::stream::drafts_of(
+                        id as u16,
+                        partition,
+                        &none,
+                        &[],
+                        false,
+                        since,
+                        drafts,
+                    );
+                }
             }
+        }
+        if pending_events >= REPLAY_CHUNK_EVENTS {
+            replay_pending(
+                &mut engine.partitions,
+                &mut history,
+                &mut pending,
+                from,
+                regen.as_deref(),
+                &mut backlog,
+            )?;
+            pending_events = 0;
         }
         for letter in group.dead_letters {
             meta.next_dead_letter_id = meta.next_dead_letter_id.max(letter.id + 1);
@@ -230,6 +334,31 @@ pub fn recover(config: &Config) -> anyhow::Result<Recovered> {
         meta.last_now = meta.last_now.max(group.now);
         meta.next_record = number + 1;
     }
+    replay_pending(
+        &mut engine.partitions,
+        &mut history,
+        &mut pending,
+        &meta.partition_records,
+        regen.as_deref(),
+        &mut backlog,
+    )?;
+    let stream = journal.map(|journal| {
+        let backlog = backlog
+            .into_iter()
+            .enumerate()
+            .flat_map(|(id, entries)| {
+                entries
+                    .into_iter()
+                    .map(move |(record, drafts)| (id as u16, record, drafts))
+            })
+            .chain(order_backlog)
+            .collect();
+        crate::stream::Restored {
+            journal,
+            backlog,
+            gap,
+        }
+    });
     for writer in &mut history {
         writer.flush().context("cannot write history")?;
     }
@@ -251,7 +380,124 @@ pub fn recover(config: &Config) -> anyhow::Result<Recovered> {
         checkpoint_spread,
         lock,
         history,
+        stream,
     })
+}
+
+/// The drafts rebuilt for `record` of one partition, appended to.
+fn backlog_entry(entries: &mut Vec<(u64, Vec<Draft>)>, record: u64) -> &mut Vec<Draft> {
+    if entries.last().is_none_or(|(last, _)| *last != record) {
+        entries.push((record, Vec::new()));
+    }
+    &mut entries.last_mut().expect("just pushed").1
+}
+
+/// Events gathered before the replay threads take them: enough to keep
+/// both cores busy for tens of milliseconds, few enough to stay small.
+const REPLAY_CHUNK_EVENTS: usize = 100_000;
+
+/// A log record's admitted, routed batches, waiting to be replayed.
+struct Pending {
+    number: u64,
+    now: Timestamp,
+    batches: Vec<stockflow_core::Batch>,
+    /// Run the partitions' timers after the batches.
+    tick: bool,
+}
+
+/// Replays `pending` records, each followed by its timers (unless told
+/// otherwise), on one thread
+/// per core, each owning a contiguous share of the partitions and their
+/// history writers. Each partition sees the records in log order, which is
+/// all the order there is: within a record no partition reads another.
+fn replay_pending(
+    partitions: &mut [Partition],
+    history: &mut [HistoryWriter],
+    pending: &mut Vec<Pending>,
+    from: &[u64],
+    regen: Option<&[u64]>,
+    backlog: &mut [Vec<(u64, Vec<Draft>)>],
+) -> anyhow::Result<()> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let share = partitions
+        .len()
+        .div_ceil(threads.clamp(1, partitions.len().max(1)));
+    let records = &*pending;
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = partitions
+            .chunks_mut(share)
+            .zip(history.chunks_mut(share))
+            .zip(backlog.chunks_mut(share))
+            .enumerate()
+            .map(|(worker, ((partitions, history), backlog))| {
+                scope.spawn(move || {
+                    let (mut exceptions, mut changes) = (Vec::new(), Vec::new());
+                    for record in records {
+                        for (offset, ((partition, history), backlog)) in partitions
+                            .iter_mut()
+                            .zip(history.iter_mut())
+                            .zip(backlog.iter_mut())
+                            .enumerate()
+                        {
+                            let id = worker * share + offset;
+                            if record.number < from[id] {
+                                continue;
+                            }
+                            let rebuild = regen.is_some_and(|next| record.number >= next[id]);
+                            let alerts_before = partition.alerts.next_seq;
+                            for batch in &record.batches {
+                                exceptions.clear();
+                                changes.clear();
+                                partition.apply_batch(
+                                    id as u16,
+                                    batch,
+                                    record.now,
+                                    &mut exceptions,
+                                    &mut changes,
+                                );
+                                history
+                                    .record(partition, batch, &changes, record.now, record.number)
+                                    .context("cannot write history")?;
+                                if rebuild {
+                                    let drafts = backlog_entry(backlog, record.number);
+                                    let p = &*partition;
+                                    crate::stream::drafts_of(
+                                        id as u16, p, batch, &changes, true, None, drafts,
+                                    );
+                                }
+                            }
+                            if record.tick {
+                                partition.tick(record.now);
+                            }
+                            if rebuild {
+                                let drafts = backlog_entry(backlog, record.number);
+                                let none = stockflow_core::Batch::default();
+                                let since = Some(alerts_before);
+                                crate::stream::drafts_of(
+                                    id as u16,
+                                    partition,
+                                    &none,
+                                    &[],
+                                    false,
+                                    since,
+                                    drafts,
+                                );
+                            }
+                        }
+                    }
+                    anyhow::Ok(())
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .try_for_each(|w| w.join().expect("replay thread panicked"))
+    })?;
+    pending.clear();
+    Ok(())
 }
 
 /// Applies an admitted, routed batch of log record `record` to every
@@ -264,19 +510,20 @@ fn apply_with_history(
     now: Timestamp,
     record: u64,
     from: &[u64],
-) -> anyhow::Result<()> {
-    let (mut exceptions, mut changes) = (Vec::new(), Vec::new());
+) -> anyhow::Result<Vec<Vec<stockflow_core::Change>>> {
+    let mut exceptions = Vec::new();
+    let mut all = Vec::with_capacity(partitions.len());
     for (id, partition) in partitions.iter_mut().enumerate() {
-        if record < from[id] {
-            continue;
+        let mut changes = Vec::new();
+        if record >= from[id] {
+            partition.apply_batch(id as u16, batch, now, &mut exceptions, &mut changes);
+            history[id]
+                .record(partition, batch, &changes, now, record)
+                .context("cannot write history")?;
         }
-        changes.clear();
-        partition.apply_batch(id as u16, batch, now, &mut exceptions, &mut changes);
-        history[id]
-            .record(partition, batch, &changes, now, record)
-            .context("cannot write history")?;
+        all.push(changes);
     }
-    Ok(())
+    Ok(all)
 }
 
 /// The partition count stored with the data; `requested` for a new one.
@@ -381,15 +628,21 @@ fn load_checkpoint(
             config.partitions
         );
     }
-    let dedup_path = path.join("dedup.snap");
-    let dedup = DedupSnapshot::decode(&read_snapshot(&dedup_path)?)
-        .with_context(|| format!("{}: cannot decode", dedup_path.display()))?;
+    let started = Instant::now();
     let letters: Vec<DeadLetter> = load(&path.join("dead-letters.snap"))?;
     let catalog: Catalog = load(&path.join("catalog.snap"))?;
     let orders: OrderBook = load(&path.join("orders.snap"))?;
-    // Partitions decode in parallel: they are most of the bytes.
+    // The partitions decode in parallel, and the dedup set (one table,
+    // built on one thread) beside them: together they are all the time.
     let catalog = &catalog;
-    let partitions = std::thread::scope(|scope| {
+    let (dedup, partitions) = std::thread::scope(|scope| {
+        let dedup = scope.spawn(move || {
+            let dedup_path = path.join("dedup.snap");
+            let snapshot = DedupSnapshot::decode(&read_snapshot(&dedup_path)?)
+                .with_context(|| format!("{}: cannot decode", dedup_path.display()))?;
+            let dedup = Dedup::restore(&snapshot, config.dedup_retention_ns, config.dedup_capacity);
+            anyhow::Ok((dedup, started.elapsed()))
+        });
         let handles: Vec<_> = (0..config.partitions)
             .map(|p| {
                 scope.spawn(move || {
@@ -398,21 +651,31 @@ fn load_checkpoint(
                 })
             })
             .collect();
-        handles
+        let partitions = handles
             .into_iter()
             .map(|h| h.join().expect("checkpoint loader panicked"))
             .collect::<anyhow::Result<Vec<_>>>()
+            .map(|partitions| (partitions, started.elapsed()));
+        let dedup = dedup.join().expect("dedup loader panicked");
+        anyhow::Ok((dedup?, partitions?))
     })?;
+    let ((dedup, dedup_took), (partitions, partitions_took)) = (dedup, partitions);
     let mut dead_letters = DeadLetters::new(dead_letters_max);
     letters.into_iter().for_each(|l| dead_letters.insert(l));
     let engine = Engine {
         config,
-        dedup: Dedup::restore(&dedup, config.dedup_retention_ns, config.dedup_capacity),
+        dedup,
         partitions,
         catalog: catalog.clone(),
         orders,
     };
-    tracing::info!(checkpoint = %path.display(), next_record = meta.next_record, "loaded checkpoint");
+    tracing::info!(
+        checkpoint = %path.display(),
+        next_record = meta.next_record,
+        dedup_ms = dedup_took.as_millis() as u64,
+        partitions_ms = partitions_took.as_millis() as u64,
+        "loaded checkpoint"
+    );
     Ok((engine, dead_letters, meta))
 }
 

@@ -4,10 +4,18 @@
 //! Appliers publish after each group; every message gets an id
 //! `{epoch}-{seq}`, increasing in delivery order. The newest messages stay
 //! in a bounded ring so that a client reconnecting with Last-Event-ID gets
-//! exactly what it missed, or is told that the gap is too old. A graceful
-//! stop saves the ring (`DATA_DIR/stream.snap`) and the next start resumes
-//! the same ids from it; after a crash the ids start a new epoch, and a
-//! client from before is told there is a gap.
+//! exactly what it missed, or is told that the gap is too old.
+//!
+//! The ring survives restarts, crashes included, through the journal
+//! (`DATA_DIR/stream/*.seg`, the log's CRC framing). Each applier writes a
+//! partition's messages for a log record as one entry *before* any
+//! subscriber can see them, and after each group a mark: "these partitions
+//! have published everything up to record N". A restart reads the journal
+//! back (same epoch, same ids) and the log replay builds again the messages
+//! of records past the marks, so a client that saw message X gets exactly
+//! the messages after X, the rebuilt ones included. The journal is written,
+//! not fsynced: a killed process loses none of it, a power cut may (the
+//! resume then reports a gap, as for any lost ring).
 //!
 //! Delivery is indexed: a subscriber filtering on a SKU is only offered
 //! that SKU's messages, so publishing costs O(matching subscribers), not
@@ -17,6 +25,7 @@
 //! someone listens or recently listened (the resume window).
 
 use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 
@@ -33,6 +42,15 @@ pub const SUBSCRIBER_BUFFER: usize = 8_192;
 pub const RESUME_WINDOW_NS: i64 = 120 * 1_000_000_000;
 /// Most subscribers at once (each holds a connection and a buffer).
 pub const SUBSCRIBERS_MAX: usize = 10_000;
+/// Journal segments roll at this size; the newest [`JOURNAL_SEGMENTS_KEPT`]
+/// hold at least the ring (a stock message takes ~250 bytes). Small, so
+/// that deleting one never makes the log's next fdatasync wait on a trim.
+const JOURNAL_SEGMENT_BYTES: u64 = 4 << 20;
+const JOURNAL_SEGMENTS_KEPT: usize = 10;
+/// Old journal segments are looked for every this many entries.
+const JOURNAL_TRIM_EVERY: u32 = 256;
+/// The source of messages that are not a partition's: the order step.
+pub const ORDER_STEP: u16 = u16::MAX;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -70,7 +88,7 @@ pub enum Body {
         outcome: &'static str,
     },
     Json(Value),
-    /// Restored from a graceful stop's save: only the rendered JSON is kept.
+    /// Read back from the journal: only the rendered JSON is kept.
     Saved,
 }
 
@@ -104,20 +122,41 @@ impl Message {
                 event_id,
                 event_type,
                 outcome,
-            } => serde_json::json!({
-                "sku": self.sku.as_deref(),
-                "locationId": self.location_id.as_deref(),
-                "onHand": on_hand,
-                "reserved": reserved,
-                "available": available,
-                "inTransit": in_transit,
-                "eventId": &**event_id,
-                "eventType": event_type,
-                "outcome": outcome,
-            })
-            .to_string(),
+            } => stock_json(
+                self.sku.as_deref(),
+                self.location_id.as_deref(),
+                [*on_hand, *reserved, *available, *in_transit],
+                event_id,
+                event_type,
+                outcome,
+            ),
         }
     }
+}
+
+/// A stock message's JSON; `numbers` are onHand, reserved, available and
+/// inTransit.
+fn stock_json(
+    sku: Option<&str>,
+    location_id: Option<&str>,
+    numbers: [i64; 4],
+    event_id: &str,
+    event_type: &str,
+    outcome: &str,
+) -> String {
+    let [on_hand, reserved, available, in_transit] = numbers;
+    serde_json::json!({
+        "sku": sku,
+        "locationId": location_id,
+        "onHand": on_hand,
+        "reserved": reserved,
+        "available": available,
+        "inTransit": in_transit,
+        "eventId": event_id,
+        "eventType": event_type,
+        "outcome": outcome,
+    })
+    .to_string()
 }
 
 /// What a publisher hands over (the hub numbers it).
@@ -169,6 +208,7 @@ struct Inner {
     /// sku → subscribers filtering on it; the rest are in `unindexed`.
     by_sku: HashMap<String, Vec<u64>>,
     unindexed: Vec<u64>,
+    journal: Option<JournalWriter>,
 }
 
 pub struct Hub {
@@ -237,8 +277,10 @@ impl Hub {
         wanted
     }
 
-    /// Numbers, keeps and delivers messages, in order.
-    pub fn publish(&self, drafts: Vec<Draft>) {
+    /// Numbers, journals, keeps and delivers the messages that `source`
+    /// (a partition, or [`ORDER_STEP`]) built for log record `record`, in
+    /// order: all of them in one call.
+    pub fn publish(&self, drafts: Vec<Draft>, source: u16, record: u64) {
         if drafts.is_empty() {
             return;
         }
@@ -247,17 +289,34 @@ impl Hub {
         self.skipping
             .iter()
             .for_each(|s| s.store(false, Ordering::Relaxed));
+        let first_seq = inner.seq + 1;
+        let messages: Vec<Arc<Message>> = drafts
+            .into_iter()
+            .map(|draft| {
+                inner.seq += 1;
+                Arc::new(Message {
+                    seq: inner.seq,
+                    kind: draft.kind,
+                    sku: draft.sku,
+                    location_id: draft.location_id,
+                    body: draft.body,
+                    rendered: std::sync::OnceLock::new(),
+                })
+            })
+            .collect();
+        // Journaled before anyone can see them: a client never holds an id
+        // that a restart does not know.
+        if let Some(journal) = &mut inner.journal {
+            let entry = Entry::Messages {
+                source,
+                record,
+                first_seq,
+                messages: messages.iter().map(|m| SavedMessage::of(m)).collect(),
+            };
+            journal.append(&entry);
+        }
         let mut gone = Vec::new();
-        for draft in drafts {
-            inner.seq += 1;
-            let message = Arc::new(Message {
-                seq: inner.seq,
-                kind: draft.kind,
-                sku: draft.sku,
-                location_id: draft.location_id,
-                body: draft.body,
-                rendered: std::sync::OnceLock::new(),
-            });
+        for message in messages {
             inner.ring.push_back(message.clone());
             if inner.ring.len() > RING_MAX {
                 inner.ring.pop_front();
@@ -370,76 +429,88 @@ impl Hub {
         );
     }
 
-    /// Saves the ring for the next start (after the write path stopped, so
-    /// it holds every message of this run).
-    pub fn save(&self, data_dir: &std::path::Path) -> anyhow::Result<()> {
-        let inner = self.inner.lock();
-        let saved = SavedRing {
-            epoch: self.epoch,
-            seq: inner.seq,
-            unbuilt_after: inner.unbuilt_after,
-            messages: inner
-                .ring
-                .iter()
-                .map(|m| SavedMessage {
-                    seq: m.seq,
-                    kind: m.kind.as_str().to_owned(),
-                    sku: m.sku.as_deref().map(str::to_owned),
-                    location_id: m.location_id.as_deref().map(str::to_owned),
-                    data: m.data().to_string(),
-                })
-                .collect(),
-        };
-        let bytes = postcard::to_stdvec(&saved)?;
-        stockflow_log::write_snapshot(&saved_path(data_dir), &bytes)?;
-        Ok(())
+    /// Journals that `partitions` (and the order step) have published
+    /// everything up to log record `next` (exclusive).
+    pub fn mark(&self, next: u64, partitions: &[u16]) {
+        let mut inner = self.inner.lock();
+        let inner = &mut *inner;
+        if let Some(journal) = &mut inner.journal {
+            let entry = Entry::Through {
+                epoch: self.epoch,
+                seq: inner.seq,
+                unbuilt_after: inner.unbuilt_after,
+                next,
+                partitions: partitions.to_vec(),
+            };
+            journal.append(&entry);
+        }
     }
 
-    /// The hub a graceful stop saved, if there is one: the same epoch and
-    /// ids, and messages built for a resume window so that clients of the
-    /// last run can come back without a gap. The save is deleted (durably)
-    /// first: after a later crash, this run's ids must not meet it again.
-    pub fn resume(data_dir: &std::path::Path) -> Hub {
-        let path = saved_path(data_dir);
-        let saved = match stockflow_log::read_snapshot(&path) {
-            Ok(bytes) => postcard::from_bytes::<SavedRing>(&bytes).ok(),
-            Err(_) => None,
+    /// The hub of a starting server: the journal's ring and ids when there
+    /// is one, then the messages the replay built again (`restored`), then
+    /// a mark at `next_record` for every partition. Messages are built for
+    /// a resume window, so that clients of the last run can come back.
+    pub fn start(
+        data_dir: &Path,
+        restored: Option<Restored>,
+        partitions: u16,
+        next_record: u64,
+    ) -> Hub {
+        let dir = journal_dir(data_dir);
+        let (hub, backlog) = match restored {
+            Some(restored) => {
+                let Loaded {
+                    epoch,
+                    seq,
+                    mut unbuilt_after,
+                    ring,
+                    writer,
+                    ..
+                } = restored.journal;
+                for (kind, gap) in restored.gap.iter().enumerate() {
+                    if *gap {
+                        unbuilt_after[kind] = seq;
+                    }
+                }
+                let hub = Hub {
+                    epoch,
+                    ..Hub::default()
+                };
+                {
+                    let mut inner = hub.inner.lock();
+                    inner.seq = seq;
+                    inner.unbuilt_after = unbuilt_after;
+                    inner.ring = ring;
+                    inner.journal = Some(JournalWriter::new(writer, dir));
+                }
+                (hub, restored.backlog)
+            }
+            None => {
+                let hub = Hub::default();
+                match JournalWriter::create(&dir) {
+                    Ok(writer) => hub.inner.lock().journal = Some(writer),
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot start the stream journal; after a restart, stream clients will be told of a gap")
+                    }
+                }
+                (hub, Vec::new())
+            }
         };
-        let removed = std::fs::remove_file(&path)
-            .map_err(anyhow::Error::from)
-            .and_then(|()| Ok(stockflow_log::sync_dir(data_dir)?));
-        let (Some(saved), Ok(())) = (saved, removed) else {
-            return Hub::default();
-        };
-        let hub = Hub {
-            epoch: saved.epoch,
-            ..Hub::default()
-        };
-        {
-            let mut inner = hub.inner.lock();
-            inner.seq = saved.seq;
-            inner.unbuilt_after = saved.unbuilt_after;
-            inner.ring = saved
-                .messages
-                .into_iter()
-                .filter_map(|m| {
-                    Some(Arc::new(Message {
-                        seq: m.seq,
-                        kind: Kind::from_wire(&m.kind)?,
-                        sku: m.sku.map(Arc::from),
-                        location_id: m.location_id.map(Arc::from),
-                        body: Body::Saved,
-                        rendered: std::sync::OnceLock::from(Arc::<str>::from(m.data)),
-                    }))
-                })
-                .collect();
+        for (source, record, drafts) in backlog {
+            hub.publish(drafts, source, record);
         }
-        hub.keep_until.store(
-            crate::pipeline::wall_clock()
-                .0
-                .saturating_add(RESUME_WINDOW_NS),
-            Ordering::Relaxed,
-        );
+        let all: Vec<u16> = (0..partitions).collect();
+        hub.mark(next_record, &all);
+        // Clients of the last run may come back: build messages for them
+        // for a while. A run that built none had no clients to come back.
+        if !hub.inner.lock().ring.is_empty() {
+            hub.keep_until.store(
+                crate::pipeline::wall_clock()
+                    .0
+                    .saturating_add(RESUME_WINDOW_NS),
+                Ordering::Relaxed,
+            );
+        }
         hub
     }
 
@@ -474,6 +545,58 @@ impl Hub {
             None => inner.unindexed.retain(|i| *i != id),
         }
     }
+}
+
+/// The messages of a batch's stock changes (when `stock`) and of the alerts
+/// the partition raised since `alerts_since`: what an applier publishes, and
+/// what a restart builds again for records the journal lacks.
+pub fn drafts_of(
+    id: u16,
+    partition: &stockflow_core::Partition,
+    batch: &stockflow_core::Batch,
+    changes: &[stockflow_core::Change],
+    stock: bool,
+    alerts_since: Option<u64>,
+    out: &mut Vec<Draft>,
+) {
+    if stock {
+        out.extend(changes.iter().map(|c| stock_draft(partition, batch, c)));
+    }
+    if let Some(since) = alerts_since {
+        let alerts = &partition.alerts;
+        let new = (alerts.next_seq - since) as usize;
+        let skip = alerts.recent.len().saturating_sub(new);
+        out.extend(
+            alerts
+                .recent
+                .iter()
+                .skip(skip)
+                .map(|a| alert_draft(id, partition, a)),
+        );
+    }
+}
+
+/// The messages of an order step: the orders its timers expired, then the
+/// answers to its commands (every order whose state changed).
+pub fn order_drafts(
+    book: &stockflow_core::OrderBook,
+    expiring: &[String],
+    answers: &[stockflow_core::orders::Answer],
+) -> Vec<Draft> {
+    let expired = expiring.iter().filter_map(|id| book.orders.get(id));
+    let answered = answers.iter().filter_map(|a| match a {
+        stockflow_core::orders::Answer::Done(order) => Some(order),
+        _ => None,
+    });
+    expired
+        .chain(answered)
+        .map(|order| Draft {
+            kind: Kind::Orders,
+            sku: None,
+            location_id: None,
+            body: Body::Json(crate::http::order_json(order)),
+        })
+        .collect()
 }
 
 /// A stock message for one change of a partition's level.
@@ -516,26 +639,301 @@ pub fn alert_draft(
     }
 }
 
-fn saved_path(data_dir: &std::path::Path) -> std::path::PathBuf {
-    data_dir.join("stream.snap")
+fn journal_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("stream")
 }
 
-/// The ring as a graceful stop leaves it (see [`Hub::save`]).
+/// One journal record.
 #[derive(serde::Serialize, serde::Deserialize)]
-struct SavedRing {
+enum Entry<'a> {
+    /// Everything `source` published for log record `record`, numbered
+    /// from `first_seq`.
+    Messages {
+        source: u16,
+        record: u64,
+        first_seq: u64,
+        #[serde(borrow)]
+        messages: Vec<SavedMessage<'a>>,
+    },
+    /// `partitions` and the order step have published everything before
+    /// log record `next`; the hub's numbering at that point.
+    Through {
+        epoch: u64,
+        seq: u64,
+        unbuilt_after: [u64; 3],
+        next: u64,
+        partitions: Vec<u16>,
+    },
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavedMessage<'a> {
+    kind: u8,
+    #[serde(borrow)]
+    sku: Option<&'a str>,
+    #[serde(borrow)]
+    location_id: Option<&'a str>,
+    #[serde(borrow)]
+    body: SavedBody<'a>,
+}
+
+/// Stock changes are journaled as numbers, not JSON: the applier that
+/// writes them should not pay for rendering (the first reader does, or a
+/// restart).
+#[derive(serde::Serialize, serde::Deserialize)]
+enum SavedBody<'a> {
+    Stock {
+        numbers: [i64; 4],
+        event_id: &'a str,
+        event_type: &'a str,
+        outcome: &'a str,
+    },
+    Json(#[serde(borrow)] std::borrow::Cow<'a, str>),
+}
+
+impl SavedMessage<'_> {
+    fn of(m: &Message) -> SavedMessage<'_> {
+        let body = match &m.body {
+            Body::Stock {
+                on_hand,
+                reserved,
+                available,
+                in_transit,
+                event_id,
+                event_type,
+                outcome,
+            } => SavedBody::Stock {
+                numbers: [*on_hand, *reserved, *available, *in_transit],
+                event_id,
+                event_type,
+                outcome,
+            },
+            Body::Json(_) | Body::Saved => SavedBody::Json(m.data().to_string().into()),
+        };
+        SavedMessage {
+            kind: m.kind as u8,
+            sku: m.sku.as_deref(),
+            location_id: m.location_id.as_deref(),
+            body,
+        }
+    }
+
+    fn into_message(self, seq: u64) -> Option<Arc<Message>> {
+        let kind = [Kind::Stock, Kind::Alerts, Kind::Orders]
+            .get(self.kind as usize)
+            .copied()?;
+        let data = match self.body {
+            SavedBody::Stock {
+                numbers,
+                event_id,
+                event_type,
+                outcome,
+            } => stock_json(
+                self.sku,
+                self.location_id,
+                numbers,
+                event_id,
+                event_type,
+                outcome,
+            ),
+            SavedBody::Json(text) => text.into_owned(),
+        };
+        Some(Arc::new(Message {
+            seq,
+            kind,
+            sku: self.sku.map(Arc::from),
+            location_id: self.location_id.map(Arc::from),
+            body: Body::Saved,
+            rendered: std::sync::OnceLock::from(Arc::<str>::from(data)),
+        }))
+    }
+}
+
+struct JournalWriter {
+    log: stockflow_log::LogWriter,
+    dir: PathBuf,
+    appends: u32,
+    /// Set after a failed write: the journal stops (the stream does not),
+    /// and the next start reports a gap rather than trust it.
+    failed: bool,
+}
+
+impl JournalWriter {
+    fn new(log: stockflow_log::LogWriter, dir: PathBuf) -> JournalWriter {
+        JournalWriter {
+            log,
+            dir,
+            appends: 0,
+            failed: false,
+        }
+    }
+
+    /// A new, empty journal (an old one is removed first).
+    fn create(dir: &Path) -> anyhow::Result<JournalWriter> {
+        match std::fs::remove_dir_all(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        }
+        let (log, _) = stockflow_log::LogWriter::open(dir, JOURNAL_SEGMENT_BYTES)?;
+        Ok(JournalWriter::new(log, dir.to_owned()))
+    }
+
+    fn append(&mut self, entry: &Entry) {
+        if self.failed {
+            return;
+        }
+        let bytes = postcard::to_stdvec(entry).expect("encoding into a Vec cannot fail");
+        if let Err(error) = self.log.append(&bytes) {
+            tracing::error!(%error, "cannot write the stream journal; stream clients will be told of a gap after a restart");
+            self.failed = true;
+            // A journal with a hole must not be read back as whole.
+            let _ = std::fs::remove_dir_all(&self.dir);
+            return;
+        }
+        self.appends += 1;
+        if self.appends.is_multiple_of(JOURNAL_TRIM_EVERY) {
+            if let Err(error) = trim(&self.dir) {
+                tracing::warn!(%error, "cannot delete old stream journal segments");
+            }
+        }
+    }
+}
+
+/// Journal segment files as (first record, path), oldest first.
+fn journal_segments(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let first = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".seg"))
+            .and_then(|n| n.parse::<u64>().ok());
+        if let Some(first) = first {
+            found.push((first, path));
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+fn trim(dir: &Path) -> std::io::Result<()> {
+    let segments = journal_segments(dir)?;
+    let excess = segments.len().saturating_sub(JOURNAL_SEGMENTS_KEPT);
+    for (_, path) in &segments[..excess] {
+        std::fs::remove_file(path)?;
+    }
+    Ok(())
+}
+
+/// The journal as read back at a start.
+pub struct Loaded {
     epoch: u64,
     seq: u64,
     unbuilt_after: [u64; 3],
-    messages: Vec<SavedMessage>,
+    ring: VecDeque<Arc<Message>>,
+    /// Per partition: the first log record whose messages it has not
+    /// published (journaled) yet.
+    pub partition_next: Vec<u64>,
+    /// The same for the order step.
+    pub orders_next: u64,
+    writer: stockflow_log::LogWriter,
 }
 
-#[derive(serde::Serialize, serde::Deserialize)]
-struct SavedMessage {
-    seq: u64,
-    kind: String,
-    sku: Option<String>,
-    location_id: Option<String>,
-    data: String,
+/// What a restart hands to [`Hub::start`].
+pub struct Restored {
+    pub journal: Loaded,
+    /// Messages the log replay built again, as (source, record, drafts), in
+    /// log order per source.
+    pub backlog: Vec<(u16, u64, Vec<Draft>)>,
+    /// Per kind: messages that are neither journaled nor rebuilt (their
+    /// records are inside the checkpoint), so resuming across is a gap.
+    pub gap: [bool; 3],
+}
+
+impl Loaded {
+    /// Reads the journal of `data_dir`, if it has a whole one for this
+    /// partition count. A missing or unreadable journal is no error: the
+    /// stream is derived data, and its clients are told of a gap.
+    pub fn read(data_dir: &Path, partitions: u16) -> Option<Loaded> {
+        let dir = journal_dir(data_dir);
+        match Loaded::try_read(&dir, partitions) {
+            Ok(loaded) => loaded,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the stream journal; stream clients of the last run will be told of a gap");
+                None
+            }
+        }
+    }
+
+    fn try_read(dir: &Path, partitions: u16) -> anyhow::Result<Option<Loaded>> {
+        if !dir.exists() {
+            return Ok(None);
+        }
+        // Opening cuts a torn tail (a write the kill interrupted).
+        let (writer, _) = stockflow_log::LogWriter::open(dir, JOURNAL_SEGMENT_BYTES)?;
+        let Some(&(oldest, _)) = journal_segments(dir)?.first() else {
+            return Ok(None);
+        };
+        let mut loaded = Loaded {
+            epoch: 0,
+            seq: 0,
+            unbuilt_after: [0; 3],
+            ring: VecDeque::new(),
+            partition_next: vec![0; partitions as usize],
+            orders_next: 0,
+            writer,
+        };
+        let mut marked = false;
+        for item in stockflow_log::read_records(dir, oldest)? {
+            let (_, payload) = item?;
+            match postcard::from_bytes::<Entry>(&payload)? {
+                Entry::Messages {
+                    source,
+                    record,
+                    first_seq,
+                    messages,
+                } => {
+                    let next = match source {
+                        ORDER_STEP => &mut loaded.orders_next,
+                        p => loaded
+                            .partition_next
+                            .get_mut(p as usize)
+                            .ok_or_else(|| anyhow::anyhow!("partition {p} out of range"))?,
+                    };
+                    *next = (*next).max(record + 1);
+                    for (seq, message) in (first_seq..).zip(messages) {
+                        loaded.seq = loaded.seq.max(seq);
+                        loaded.ring.extend(message.into_message(seq));
+                        if loaded.ring.len() > RING_MAX {
+                            loaded.ring.pop_front();
+                        }
+                    }
+                }
+                Entry::Through {
+                    epoch,
+                    seq,
+                    unbuilt_after,
+                    next,
+                    partitions: marked_partitions,
+                } => {
+                    marked = true;
+                    loaded.epoch = epoch;
+                    loaded.seq = loaded.seq.max(seq);
+                    loaded.unbuilt_after = unbuilt_after;
+                    for p in marked_partitions {
+                        let slot = loaded
+                            .partition_next
+                            .get_mut(p as usize)
+                            .ok_or_else(|| anyhow::anyhow!("partition {p} out of range"))?;
+                        *slot = (*slot).max(next);
+                    }
+                    loaded.orders_next = loaded.orders_next.max(next);
+                }
+            }
+        }
+        Ok(marked.then_some(loaded))
+    }
 }
 
 #[cfg(test)]
@@ -564,7 +962,7 @@ mod tests {
         let hub = Arc::new(Hub::default());
         let (sub, _) = hub.subscribe(filter(), None).unwrap();
         assert!(hub.wanted(Kind::Stock));
-        hub.publish(vec![draft(1)]);
+        hub.publish(vec![draft(1)], 0, 1);
         let last = format!("{}-1", hub.epoch);
         drop(sub);
         // The resume window ends; changes happen that nobody builds.
@@ -577,13 +975,13 @@ mod tests {
         );
         // Orders not being built is no gap for a stock-only client.
         assert!(hub.wanted(Kind::Stock));
-        hub.publish(vec![draft(2)]);
+        hub.publish(vec![draft(2)], 0, 2);
         assert!(
             !hub.wanted(Kind::Orders),
             "nobody wants orders: their gap is marked"
         );
         let last = format!("{}-2", hub.epoch);
-        hub.publish(vec![draft(3)]);
+        hub.publish(vec![draft(3)], 0, 3);
         let (_other, resume) = hub.subscribe(filter(), Some(&last)).unwrap();
         match resume {
             Resume::From(missed) => {

@@ -11,7 +11,7 @@ mod import;
 mod kafka;
 mod orders;
 mod sources;
-mod stream;
+pub mod stream;
 mod ui;
 mod webhooks;
 
