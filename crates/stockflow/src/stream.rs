@@ -430,8 +430,18 @@ impl Hub {
     }
 
     /// Journals that `partitions` (and the order step) have published
-    /// everything up to log record `next` (exclusive).
+    /// everything up to log record `next` (exclusive). Only while messages
+    /// are built: otherwise nothing is published, a restart finds the
+    /// marks behind its checkpoint and reports a gap, which it is.
     pub fn mark(&self, next: u64, partitions: &[u16]) {
+        let building = self.listening.iter().any(|n| n.load(Ordering::Relaxed) > 0)
+            || self.keep_until.load(Ordering::Relaxed) > crate::pipeline::wall_clock().0;
+        if building {
+            self.write_mark(next, partitions);
+        }
+    }
+
+    fn write_mark(&self, next: u64, partitions: &[u16]) {
         let mut inner = self.inner.lock();
         let inner = &mut *inner;
         if let Some(journal) = &mut inner.journal {
@@ -500,7 +510,7 @@ impl Hub {
             hub.publish(drafts, source, record);
         }
         let all: Vec<u16> = (0..partitions).collect();
-        hub.mark(next_record, &all);
+        hub.write_mark(next_record, &all);
         // Clients of the last run may come back: build messages for them
         // for a while. A run that built none had no clients to come back.
         if !hub.inner.lock().ring.is_empty() {
