@@ -20,8 +20,115 @@ pub struct AlertFilter {
     #[serde(rename = "locationId")]
     location_id: Option<String>,
     active: Option<bool>,
+    /// Kafka mode: `local` asks one member for its own partitions' alerts.
+    pub scope: Option<String>,
     #[serde(flatten)]
-    page: Page,
+    pub page: Page,
+}
+
+impl AlertFilter {
+    /// The level kind asked for, and whether PRICE_DROP was asked for.
+    pub fn kind(&self) -> Result<(Option<AlertKind>, bool), ApiError> {
+        match self.kind.as_deref() {
+            None => Ok((None, false)),
+            Some("PRICE_DROP") => Ok((None, true)),
+            Some(text) => match AlertKind::from_wire(text) {
+                Some(kind) => Ok((Some(kind), false)),
+                None => Err(ApiError::bad_request(format!(
+                    "kind: {text:?} is not one of {KINDS}"
+                ))),
+            },
+        }
+    }
+
+    /// The filters other than paging, as (name, value) query pairs (what a
+    /// Kafka-mode instance asks its members).
+    pub fn query_pairs(&self) -> Vec<(&'static str, String)> {
+        let fields = [
+            ("kind", self.kind.clone()),
+            ("sku", self.sku.clone()),
+            ("locationId", self.location_id.clone()),
+            ("active", self.active.map(|a| a.to_string())),
+        ];
+        fields
+            .into_iter()
+            .filter_map(|(name, value)| Some((name, value?)))
+            .collect()
+    }
+}
+
+/// (time ns, order within an instant, alert): sorted ascending by the first
+/// two, the list is newest first.
+pub type Found = Vec<(i64, String, Value)>;
+
+/// Within one instant: by partition, newest first.
+fn order_key(partition: u16, seq: u64) -> String {
+    format!("{partition:05}-{:020}", u64::MAX - seq)
+}
+
+/// The level alerts of one partition that pass `filter` (active ones, or
+/// the recent ones), added to `found`.
+pub fn partition_alerts(
+    p: u16,
+    partition: &stockflow_core::Partition,
+    filter: &AlertFilter,
+    kind: Option<AlertKind>,
+    found: &mut Found,
+) {
+    let alerts = &partition.alerts;
+    let chosen: Box<dyn Iterator<Item = &Arc<Alert>>> = if filter.active == Some(true) {
+        Box::new(alerts.active.values())
+    } else {
+        Box::new(alerts.recent.iter())
+    };
+    for a in chosen {
+        let (sku, location) = partition.names_of(a.slot);
+        let keep = kind.is_none_or(|k| a.kind == k)
+            && filter.sku.as_deref().is_none_or(|s| **sku == *s)
+            && filter
+                .location_id
+                .as_deref()
+                .is_none_or(|l| **location == *l);
+        if keep {
+            found.push((a.at.0, order_key(p, a.seq), alert_json(p, a, sku, location)));
+        }
+    }
+}
+
+/// An alert another instance sent (its JSON), with its sort key; `None`
+/// if it is not one `alert_json` made.
+pub fn found_from_json(alert: Value) -> Option<(i64, String, Value)> {
+    let at = chrono::DateTime::parse_from_rfc3339(alert["at"].as_str()?).ok()?;
+    let (p, seq) = alert["id"].as_str()?.split_once('-')?;
+    let key = order_key(p.parse().ok()?, seq.parse().ok()?);
+    Some((at.timestamp_nanos_opt()?, key, alert))
+}
+
+/// Sorts `found` newest first and answers the page after `after`.
+pub fn page(mut found: Found, after: Option<&str>, limit: usize) -> Result<Json<Value>, ApiError> {
+    found.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    if let Some(after) = after {
+        // Continue after the cursor in this order.
+        match found.iter().position(|(_, _, v)| v["id"] == after) {
+            Some(at) => {
+                found.drain(..=at);
+            }
+            None => {
+                return Err(ApiError::bad_request(
+                    "after must be the id of an alert still kept",
+                ))
+            }
+        }
+    }
+    let more = found.len() > limit;
+    found.truncate(limit);
+    let next = more
+        .then(|| found.last().map(|(_, _, v)| v["id"].clone()))
+        .flatten();
+    Ok(Json(json!({
+        "alerts": found.into_iter().map(|(_, _, v)| v).collect::<Vec<_>>(),
+        "nextAfter": next,
+    })))
 }
 
 pub fn alert_json(partition: u16, alert: &Alert, sku: &str, location: &str) -> Value {
@@ -84,38 +191,11 @@ pub async fn list(
     Query(filter): Query<AlertFilter>,
 ) -> Result<Json<Value>, ApiError> {
     let limit = limit(&filter.page)?;
-    let price_drop = filter.kind.as_deref() == Some("PRICE_DROP");
-    let kind = match filter.kind.as_deref() {
-        None | Some("PRICE_DROP") => None,
-        Some(text) => Some(AlertKind::from_wire(text).ok_or_else(|| {
-            ApiError::bad_request(format!("kind: {text:?} is not one of {KINDS}"))
-        })?),
-    };
-    // (time, id, alert), sorted newest first by (time, id).
-    let mut found: Vec<(i64, String, Value)> = Vec::new();
+    let (kind, price_drop) = filter.kind()?;
+    let mut found = Found::new();
     if !price_drop {
         for (p, partition) in state.pipeline.shared.partitions.iter().enumerate() {
-            let partition = partition.read();
-            let alerts = &partition.alerts;
-            let chosen: Box<dyn Iterator<Item = &Arc<Alert>>> = if filter.active == Some(true) {
-                Box::new(alerts.active.values())
-            } else {
-                Box::new(alerts.recent.iter())
-            };
-            for a in chosen {
-                let (sku, location) = partition.names_of(a.slot);
-                let keep = kind.is_none_or(|k| a.kind == k)
-                    && filter.sku.as_deref().is_none_or(|s| **sku == *s)
-                    && filter
-                        .location_id
-                        .as_deref()
-                        .is_none_or(|l| **location == *l);
-                if keep {
-                    // Within one instant: by partition, newest first.
-                    let order = format!("{p:05}-{:020}", u64::MAX - a.seq);
-                    found.push((a.at.0, order, alert_json(p as u16, a, sku, location)));
-                }
-            }
+            partition_alerts(p as u16, &partition.read(), &filter, kind, &mut found);
         }
     }
     // Price drops are one-off notices: never active, and not per location.
@@ -123,27 +203,5 @@ pub async fn list(
     {
         found.extend(price_drops(&state, filter.sku.as_deref()));
     }
-    found.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
-    if let Some(after) = filter.page.after.as_deref() {
-        // Continue after the cursor in this order.
-        match found.iter().position(|(_, _, v)| v["id"] == after) {
-            Some(at) => {
-                found.drain(..=at);
-            }
-            None => {
-                return Err(ApiError::bad_request(
-                    "after must be the id of an alert still kept",
-                ))
-            }
-        }
-    }
-    let more = found.len() > limit;
-    found.truncate(limit);
-    let next = more
-        .then(|| found.last().map(|(_, _, v)| v["id"].clone()))
-        .flatten();
-    Ok(Json(json!({
-        "alerts": found.into_iter().map(|(_, _, v)| v).collect::<Vec<_>>(),
-        "nextAfter": next,
-    })))
+    page(found, filter.page.after.as_deref(), limit)
 }

@@ -4,7 +4,7 @@
 //! reads to JSON. They never touch the disk and never wait on a lock that a
 //! writer holds for more than one group's slice of a partition.
 
-mod alerts;
+pub(crate) mod alerts;
 mod catalog;
 mod check;
 mod dashboard;
@@ -13,7 +13,7 @@ mod error;
 mod history;
 mod ingest;
 mod orders;
-mod query;
+pub(crate) mod query;
 mod stream;
 mod ui;
 

@@ -2,8 +2,8 @@
 //! answers after the broker acknowledges (`?wait=applied`: after the
 //! owners applied it). Every instance answers every query: a key owned
 //! elsewhere is forwarded to its owner, a SKU's or a location's levels are
-//! gathered from every member. What the embedded mode alone has so far
-//! (orders, catalog, history, the stream) answers 501.
+//! gathered from every member, and so are alerts. What the embedded mode
+//! alone has so far (orders, catalog, history, the stream) answers 501.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
@@ -52,6 +52,7 @@ pub fn router(app: Arc<KafkaApp>) -> Router {
         .route("/v1/stock/{sku}/{location_id}", get(level))
         .route("/v1/stock/{sku}", get(sku_levels))
         .route("/v1/locations/{location_id}/stock", get(location_levels))
+        .route("/v1/alerts", get(alerts))
         .route("/v1/cluster", get(cluster))
         .route("/v1/internal/applied", get(applied))
         .route("/v1/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], crate::http::OPENAPI) }))
@@ -705,6 +706,53 @@ async fn location_levels(
     Ok(Json(
         json!({"locationId": location, "levels": levels, "nextAfter": next}),
     ))
+}
+
+/// GET /v1/alerts: the level alerts of every partition, from every member,
+/// merged newest first and paged as in the embedded mode.
+async fn alerts(
+    State(app): State<Arc<KafkaApp>>,
+    Query(filter): Query<crate::http::alerts::AlertFilter>,
+) -> Result<Json<Value>, ApiError> {
+    use crate::http::alerts::{found_from_json, page, partition_alerts, Found};
+    let limit = crate::http::query::limit(&filter.page)?;
+    let (kind, price_drop) = filter.kind()?;
+    if price_drop {
+        return Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "not_in_kafka_mode",
+            "PRICE_DROP alerts come from the catalog, which Kafka mode does not keep yet",
+        ));
+    }
+    let mut found = Found::new();
+    let mut restoring_here = Vec::new();
+    for (p, status, _) in app.shared.owned() {
+        if status != ACTIVE {
+            restoring_here.push(p);
+            continue;
+        }
+        let partition = app.shared.partitions[p as usize].read();
+        partition_alerts(p, &partition, &filter, kind, &mut found);
+    }
+    if filter.scope.as_deref() == Some("local") {
+        if let Some(p) = restoring_here.first() {
+            return Err(restoring(*p));
+        }
+        // Every match of this member's partitions (at most
+        // ALERTS_KEPT_PER_PARTITION each): the asker merges and pages.
+        let alerts: Vec<Value> = found.into_iter().map(|(_, _, v)| v).collect();
+        return Ok(Json(json!({ "alerts": alerts })));
+    }
+    let query: Vec<String> = filter
+        .query_pairs()
+        .into_iter()
+        .map(|(name, value)| format!("{name}={}", encode(&value)))
+        .collect();
+    let path = format!("/v1/alerts?{}", query.join("&"));
+    for alert in gather(&app, &path, "alerts").await? {
+        found.extend(found_from_json(alert));
+    }
+    page(found, filter.page.after.as_deref(), limit)
 }
 
 /// GET /v1/cluster: members, and each partition's owner, position and lag.

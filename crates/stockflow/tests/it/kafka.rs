@@ -400,6 +400,71 @@ fn reference(phases: &[&[(String, String)]]) -> BTreeMap<(String, String), (i64,
     crate::levels_of(&engine)
 }
 
+/// Kinds of alert that only the levels decide (others depend on time).
+const LEVEL_ALERT_KINDS: [&str; 3] = ["LOW_STOCK", "OUT_OF_STOCK", "NEGATIVE_ON_HAND"];
+
+/// The active alerts of those kinds in the embedded engine's fold, as
+/// (kind, sku, locationId, severity).
+fn reference_alerts(phases: &[&[(String, String)]]) -> Vec<(String, String, String, String)> {
+    let mut engine = Engine::new(EngineConfig::default());
+    for phase in phases {
+        for (_, line) in phase.iter() {
+            let mut parsed = parse_body(line.as_bytes(), BodyFormat::Json, 1).unwrap();
+            engine.apply(&mut parsed.batch, Timestamp(1));
+        }
+    }
+    let mut active = Vec::new();
+    for partition in &engine.partitions {
+        for alert in partition.alerts.active.values() {
+            let (sku, location) = partition.names_of(alert.slot);
+            let kind = alert.kind.as_str();
+            if LEVEL_ALERT_KINDS.contains(&kind) {
+                let severity = alert.severity.as_str().to_owned();
+                active.push((
+                    kind.to_owned(),
+                    sku.to_string(),
+                    location.to_string(),
+                    severity,
+                ));
+            }
+        }
+    }
+    active.sort();
+    active
+}
+
+/// The active level alerts `url` reports for the whole cluster, page by
+/// page, in the same form.
+fn active_alerts(url: &str) -> Vec<(String, String, String, String)> {
+    let mut all = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut page_url = format!("{url}/v1/alerts?active=true&limit=1000");
+        if let Some(after) = &after {
+            page_url.push_str(&format!("&after={after}"));
+        }
+        let (status, page) = get_settled(&page_url);
+        assert_eq!(status, 200, "{page}");
+        for alert in page["alerts"].as_array().unwrap() {
+            let text = |k: &str| alert[k].as_str().unwrap().to_owned();
+            if LEVEL_ALERT_KINDS.contains(&alert["kind"].as_str().unwrap()) {
+                all.push((
+                    text("kind"),
+                    text("sku"),
+                    text("locationId"),
+                    text("severity"),
+                ));
+            }
+        }
+        match page["nextAfter"].as_str() {
+            Some(next) => after = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    all.sort();
+    all
+}
+
 fn produce(producer: &BaseProducer, topic: &str, lines: &[(String, String)]) {
     for (key, line) in lines {
         let mut record = BaseRecord::to(topic)
@@ -613,6 +678,18 @@ fn three_instances_one_killed_mid_stream_end_equal_to_the_reference() {
             ),
             (Some(*on_hand), Some(*reserved), Some(*in_transit)),
             "stock-levels topic for {sku}:{location}"
+        );
+    }
+    // Alerts live with the partitions' state: every instance gathers the
+    // active ones of the whole cluster, and they are the reference's.
+    let want_alerts = reference_alerts(&[&events, &arrivals]);
+    assert!(!want_alerts.is_empty(), "the scenario raises level alerts");
+    for instance in &instances {
+        assert_eq!(
+            active_alerts(&instance.url),
+            want_alerts,
+            "active alerts via {}",
+            instance.url
         );
     }
     // The invalid events are in the DLQ, each with its reason.
