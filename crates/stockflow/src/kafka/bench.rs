@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseProducer, BaseRecord};
 use stockflow_core::{parse_body, route, BodyFormat, EngineConfig, Timestamp};
 
 use super::processor::{self, Shared, ACTIVE};
@@ -100,7 +100,7 @@ pub async fn run(options: &BenchOptions, mut settings: KafkaSettings) -> anyhow:
                     }
                 }
             }
-            producer.flush(Duration::from_secs(120))?;
+            super::flush(&producer, Duration::from_secs(120))?;
             Ok(started.elapsed())
         })
     };

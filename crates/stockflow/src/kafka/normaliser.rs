@@ -68,7 +68,7 @@ impl ClientContext for Rebalancing {}
 impl ConsumerContext for Rebalancing {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(list) = rebalance {
-            if self.producer.flush(Duration::from_secs(60)).is_err()
+            if super::flush(&self.producer, Duration::from_secs(60)).is_err()
                 || self.producer.context().failure().is_some()
             {
                 tracing::error!("normaliser could not deliver before a rebalance; stopping so a restart retries");
@@ -342,7 +342,7 @@ fn run(
         if seen == 0 {
             continue;
         }
-        if let Err(error) = producer.flush(Duration::from_secs(60)) {
+        if let Err(error) = super::flush(&producer, Duration::from_secs(60)) {
             // The consumer has moved past these messages: only a restart
             // from the committed offsets translates them again.
             tracing::error!(%error, "normaliser could not deliver; stopping so a restart retries them");

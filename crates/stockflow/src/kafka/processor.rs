@@ -265,7 +265,7 @@ impl Processor {
         if revoked.is_empty() {
             return;
         }
-        if let Err(error) = self.producer.flush(Duration::from_secs(30)) {
+        if let Err(error) = super::flush(&self.producer, Duration::from_secs(30)) {
             poison(&format!("flushing before a revocation: {error}"));
         }
         self.check_deliveries();
@@ -841,12 +841,12 @@ impl Processor {
         if self.settings.transactions {
             return self.commit_transaction(group, processed);
         }
-        if let Err(error) = self.producer.flush(Duration::from_secs(60)) {
+        if let Err(error) = super::flush(&self.producer, Duration::from_secs(60)) {
             poison(&format!("flushing a cycle's outputs: {error}"));
         }
         self.check_deliveries();
         self.send_changelog_due();
-        if let Err(error) = self.producer.flush(Duration::from_secs(60)) {
+        if let Err(error) = super::flush(&self.producer, Duration::from_secs(60)) {
             poison(&format!("flushing a cycle's changelog records: {error}"));
         }
         self.check_deliveries();
