@@ -64,7 +64,31 @@ fn reference(bodies: &[String]) -> BTreeMap<(String, String), (i64, i64, i64)> {
     crate::levels_of(&engine)
 }
 
-async fn spawn_server(dir: &std::path::Path, port: u16) -> Child {
+/// A `stockflow serve` process, killed when dropped, so that a failing
+/// test leaves no server running behind it.
+struct Server(Child);
+
+impl std::ops::Deref for Server {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Server {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn spawn_server(dir: &std::path::Path, port: u16) -> Server {
     let child = Command::new(env!("CARGO_BIN_EXE_stockflow"))
         .args([
             "serve",
@@ -86,7 +110,7 @@ async fn spawn_server(dir: &std::path::Path, port: u16) -> Child {
         assert!(Instant::now() < deadline, "server did not come up");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    child
+    Server(child)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
