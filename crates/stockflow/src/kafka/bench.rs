@@ -86,19 +86,11 @@ pub async fn run(options: &BenchOptions, mut settings: KafkaSettings) -> anyhow:
                 .create()?;
             let started = Instant::now();
             for (p, key, json) in &records {
-                let mut record = BaseRecord::to(&settings.topics.canonical)
+                let record = BaseRecord::to(&settings.topics.canonical)
                     .partition(i32::from(*p))
                     .key(key.as_str())
                     .payload(json.as_str());
-                loop {
-                    match producer.send(record) {
-                        Ok(()) => break,
-                        Err((_, back)) => {
-                            record = back;
-                            producer.poll(Duration::from_millis(1));
-                        }
-                    }
-                }
+                super::send(&producer, record)?;
             }
             super::flush(&producer, Duration::from_secs(120))?;
             Ok(started.elapsed())

@@ -210,6 +210,34 @@ pub fn flush<C: ProducerContext>(
     }
 }
 
+/// Queues `record`, waiting (serving delivery reports) while librdkafka's
+/// queue is full; any other refusal is returned.
+pub fn send<C, K, P>(
+    producer: &rdkafka::producer::BaseProducer<C>,
+    mut record: rdkafka::producer::BaseRecord<'_, K, P, C::DeliveryOpaque>,
+) -> rdkafka::error::KafkaResult<()>
+where
+    C: ProducerContext,
+    K: rdkafka::message::ToBytes + ?Sized,
+    P: rdkafka::message::ToBytes + ?Sized,
+{
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((
+                rdkafka::error::KafkaError::MessageProduction(
+                    rdkafka::types::RDKafkaErrorCode::QueueFull,
+                ),
+                back,
+            )) => {
+                record = back;
+                producer.poll(Duration::from_millis(1));
+            }
+            Err((error, _)) => return Err(error),
+        }
+    }
+}
+
 /// The key of a level's messages: `{sku}:{locationId}`.
 pub fn level_key(sku: &str, location: &str) -> String {
     format!("{sku}:{location}")

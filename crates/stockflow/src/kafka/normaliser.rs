@@ -375,24 +375,10 @@ fn commit<C: ConsumerContext>(consumer: &BaseConsumer<C>, expected: &Expected) {
 
 fn send<K: rdkafka::message::ToBytes + ?Sized, P: rdkafka::message::ToBytes + ?Sized>(
     producer: &BaseProducer<Deliveries>,
-    mut record: BaseRecord<'_, K, P>,
+    record: BaseRecord<'_, K, P>,
 ) {
-    loop {
-        match producer.send(record) {
-            Ok(()) => return,
-            Err((
-                rdkafka::error::KafkaError::MessageProduction(
-                    rdkafka::types::RDKafkaErrorCode::QueueFull,
-                ),
-                back,
-            )) => {
-                record = back;
-                producer.poll(Duration::from_millis(10));
-            }
-            Err((error, _)) => {
-                tracing::error!(%error, "normaliser cannot produce; stopping so a restart retries the messages");
-                std::process::abort();
-            }
-        }
+    if let Err(error) = super::send(producer, record) {
+        tracing::error!(%error, "normaliser cannot produce; stopping so a restart retries the messages");
+        std::process::abort();
     }
 }

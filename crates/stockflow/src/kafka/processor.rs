@@ -723,22 +723,10 @@ impl Processor {
     /// Queues a record, waiting for room if librdkafka's queue is full.
     fn send<K: rdkafka::message::ToBytes + ?Sized, P: rdkafka::message::ToBytes + ?Sized>(
         &self,
-        mut record: BaseRecord<'_, K, P>,
+        record: BaseRecord<'_, K, P>,
     ) {
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => return,
-                Err((
-                    rdkafka::error::KafkaError::MessageProduction(
-                        rdkafka::types::RDKafkaErrorCode::QueueFull,
-                    ),
-                    back,
-                )) => {
-                    record = back;
-                    self.producer.poll(Duration::from_millis(10));
-                }
-                Err((error, _)) => poison(&format!("producing: {error}")),
-            }
+        if let Err(error) = super::send(&self.producer, record) {
+            poison(&format!("producing: {error}"));
         }
     }
 

@@ -467,18 +467,10 @@ fn active_alerts(url: &str) -> Vec<(String, String, String, String)> {
 
 fn produce(producer: &BaseProducer, topic: &str, lines: &[(String, String)]) {
     for (key, line) in lines {
-        let mut record = BaseRecord::to(topic)
+        let record = BaseRecord::to(topic)
             .key(key.as_str())
             .payload(line.as_str());
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, back)) => {
-                    record = back;
-                    producer.poll(Duration::from_millis(5));
-                }
-            }
-        }
+        stockflow::kafka::send(producer, record).unwrap();
     }
     producer.flush(Duration::from_secs(60)).unwrap();
 }
