@@ -258,6 +258,19 @@ impl Instance {
         assert!(self.child.is_none());
         self.spawn();
     }
+
+    /// SIGTERM, and wait: the instance leaves the group at once, so its
+    /// partitions move without waiting out the session timeout.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let status = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status()
+                .unwrap();
+            assert!(status.success());
+            child.wait().unwrap();
+        }
+    }
 }
 
 mod http {
@@ -694,6 +707,111 @@ fn three_instances_one_killed_mid_stream_end_equal_to_the_reference() {
     assert!(
         dlq >= invalid,
         "{dlq} dead letters for {invalid} invalid events"
+    );
+}
+
+/// A new owner with no local snapshot restores from the changelog. While
+/// it does, a level answers 503 with Retry-After (code `restoring`), or,
+/// with `?stale=true`, what is restored so far flagged `"stale": true`;
+/// never 404. Once restored, the exact level without the flag.
+#[test]
+fn a_restoring_partition_answers_503_or_a_flagged_stale_level() {
+    const LEVELS_PER_SKU: usize = 10;
+    const SKUS: usize = 12;
+    const PER_LEVEL: usize = 2_000;
+    let broker = Broker::start();
+    broker.create_topics();
+    let dirs = scratch("kafka-stale");
+    let mut first = Instance::start(&broker, "stale", &dirs.join("a"));
+    wait_settled(&first.url, 1);
+    let lines: Vec<(String, String)> = (0..SKUS * LEVELS_PER_SKU * PER_LEVEL)
+        .map(|n| {
+            let (sku, location) = (format!("SS{}", n % SKUS), format!("L{}", (n / SKUS) % LEVELS_PER_SKU));
+            let line = format!(
+                r#"{{"eventId":"st-{n}","eventType":"RECEIPT","sku":"{sku}","locationId":"{location}","quantity":1}}"#
+            );
+            (format!("{sku}:{location}"), line)
+        })
+        .collect();
+    produce(&broker.producer(), "inventory.events.raw.canonical", &lines);
+    let total = (LEVELS_PER_SKU * PER_LEVEL) as i64;
+    for sku in 0..SKUS {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let (_, body) = get_settled(&format!("{}/v1/stock/SS{sku}", first.url));
+            if body["totals"]["onHand"].as_i64() == Some(total) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "SS{sku} never reached {total}: {body}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    first.stop();
+
+    // A new member with an empty data directory: everything from the
+    // changelog.
+    let second = Instance::start(&broker, "stale", &dirs.join("b"));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let (mut restoring, mut stale, mut partial) = (0, 0, 0);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    runtime.block_on(async {
+        loop {
+            let mut settled = 0;
+            for sku in 0..SKUS {
+                for stale_too in [false, true] {
+                    let query = if stale_too { "?stale=true" } else { "" };
+                    let url = format!("{}/v1/stock/SS{sku}/L0{query}", second.url);
+                    let response = client.get(&url).send().await.unwrap();
+                    let status = response.status().as_u16();
+                    let retry_after = response.headers().contains_key("retry-after");
+                    let body: Value = response.json().await.unwrap();
+                    match status {
+                        200 if body["stale"] == true => {
+                            assert!(stale_too, "flagged stale without asking: {body}");
+                            let on_hand = body["onHand"].as_i64().unwrap();
+                            assert!(on_hand <= PER_LEVEL as i64, "{body}");
+                            stale += 1;
+                            partial += usize::from(on_hand < PER_LEVEL as i64);
+                        }
+                        200 => {
+                            assert_eq!(
+                                body["onHand"], PER_LEVEL as i64,
+                                "an unflagged answer is exact: {body}"
+                            );
+                            settled += usize::from(!stale_too);
+                        }
+                        503 => {
+                            assert!(retry_after, "503 without Retry-After: {body}");
+                            restoring += usize::from(body["code"] == "restoring");
+                        }
+                        other => panic!("{url} answered {other}: {body}"),
+                    }
+                }
+            }
+            if settled == SKUS {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the new owner never finished restoring"
+            );
+        }
+    });
+    println!("while restoring: {restoring} answers 503 restoring, {stale} stale answers ({partial} partial)");
+    assert!(
+        restoring > 0,
+        "no query arrived while a partition was restoring"
+    );
+    assert!(
+        stale > 0,
+        "?stale=true never answered from a restoring partition"
     );
 }
 
