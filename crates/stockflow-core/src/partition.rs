@@ -817,7 +817,8 @@ impl Partition {
         sym
     }
 
-    fn view(&self, slot: u32) -> LevelView {
+    /// The level in `slot` (a slot of a change or an alert), with its names.
+    pub fn view(&self, slot: u32) -> LevelView {
         let (sku, location, level) = &self.levels[slot as usize];
         LevelView {
             sku: self.names[*sku as usize].clone(),

@@ -16,21 +16,42 @@ const PAGE_MAX: usize = 1000;
 /// A level as the API shows it. Where the product has a safety stock,
 /// `available` holds it back and the answer says so with `safetyStock`.
 pub fn level_json(view: &LevelView, policy: Policy) -> Value {
-    let l = &view.level;
-    let mut level = json!({
-        "sku": &*view.sku,
-        "locationId": &*view.location_id,
-        "onHand": l.on_hand,
-        "reserved": l.reserved,
-        "available": policy.available(&l.numbers()),
-        "inTransit": l.in_transit,
-        "version": l.version,
-        "updatedAt": l.updated_at.to_rfc3339(),
-    });
-    if policy.safety_stock > 0 {
-        level["safetyStock"] = json!(policy.safety_stock);
+    serde_json::to_value(LevelOut::new(view, policy)).expect("a level serializes")
+}
+
+/// A level as the API and the stock-levels topic show it. Typed, so that
+/// writing one to a buffer (as Kafka mode does per changed level) builds
+/// no map.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LevelOut<'a> {
+    sku: &'a str,
+    location_id: &'a str,
+    on_hand: i64,
+    reserved: i64,
+    available: i64,
+    in_transit: i64,
+    version: u64,
+    updated_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    safety_stock: Option<i64>,
+}
+
+impl<'a> LevelOut<'a> {
+    pub fn new(view: &'a LevelView, policy: Policy) -> LevelOut<'a> {
+        let l = &view.level;
+        LevelOut {
+            sku: &view.sku,
+            location_id: &view.location_id,
+            on_hand: l.on_hand,
+            reserved: l.reserved,
+            available: policy.available(&l.numbers()),
+            in_transit: l.in_transit,
+            version: l.version,
+            updated_at: l.updated_at.to_rfc3339(),
+            safety_stock: (policy.safety_stock > 0).then_some(policy.safety_stock),
+        }
     }
-    level
 }
 
 /// The stock rules of `sku` at `location` (see [`Catalog::policy`]).

@@ -1006,14 +1006,17 @@ impl Processor {
         for (i, change) in changes.iter().enumerate() {
             latest.insert(change.slot, i);
         }
+        let (mut key, mut json) = (String::new(), Vec::new());
         for &i in latest.values() {
-            let change = &changes[i];
-            let (sku, location) = partition.names_of(change.slot);
-            let view = partition
-                .get(sku, location)
-                .expect("a changed level exists");
-            let json = crate::http::level_json(&view, partition.policy_of(change.slot)).to_string();
-            let key = level_key(sku, location);
+            let slot = changes[i].slot;
+            let view = partition.view(slot);
+            json.clear();
+            let level = crate::http::LevelOut::new(&view, partition.policy_of(slot));
+            serde_json::to_writer(&mut json, &level).expect("a level serializes");
+            key.clear();
+            key.push_str(&view.sku);
+            key.push(':');
+            key.push_str(&view.location_id);
             self.send(
                 BaseRecord::to(&self.settings.topics.stock_levels)
                     .partition(i32::from(p))
