@@ -31,7 +31,7 @@
 mod segment;
 mod snapshot;
 
-pub use segment::{read_records, Appended, LogWriter, Opened, RecordIter};
+pub use segment::{read_records, segments, Appended, LogWriter, Opened, RecordIter};
 
 /// Asks the kernel to start writing a range of `file` back, without waiting
 /// for it; spreads the work of a later fsync so that it does not arrive at

@@ -22,7 +22,7 @@ fn segment_path(dir: &Path, first_record: u64) -> PathBuf {
 }
 
 /// Segment files of `dir` as (first record, path), oldest first.
-fn segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+pub fn segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     let mut found = Vec::new();
     for entry in fs::read_dir(dir).at(dir)? {
         let path = entry.at(dir)?.path();

@@ -158,7 +158,12 @@ pub fn recover(config: &Config) -> anyhow::Result<Recovered> {
     // (the `stream` module explains why). Records inside the checkpoint
     // cannot be: if the journal stops before them, that is a gap.
     let journal = crate::stream::Loaded::read(dir, partitions);
-    let regen = journal.as_ref().map(|j| j.partition_next.clone());
+    let mut replay = Replay {
+        pending: Vec::new(),
+        events: 0,
+        regen: journal.as_ref().map(|j| j.partition_next.clone()),
+        backlog: (0..partitions).map(|_| Vec::new()).collect(),
+    };
     let orders_next = journal.as_ref().map(|j| j.orders_next);
     let gap = journal.as_ref().map_or([false; 3], |j| {
         let lost = j
@@ -168,7 +173,6 @@ pub fn recover(config: &Config) -> anyhow::Result<Recovered> {
             .any(|(next, from)| next < from);
         [lost, lost, j.orders_next < meta.next_record]
     });
-    let mut backlog: Vec<Vec<(u64, Vec<Draft>)>> = (0..partitions).map(|_| Vec::new()).collect();
     let mut order_backlog = Vec::new();
     let checkpoint_spread = meta
         .partition_records
@@ -179,8 +183,6 @@ pub fn recover(config: &Config) -> anyhow::Result<Recovered> {
     // partition on its own: they are gathered and replayed by one thread
     // per core over disjoint partitions. The others are barriers, replayed
     // in place once everything before them is in.
-    let mut pending = Vec::new();
-    let mut pending_events = 0usize;
     for item in read_records(&log_dir(dir), meta.next_record)? {
         let (number, payload) = item?;
         let group = CommitGroup::decode(&payload)
@@ -194,21 +196,13 @@ pub fn recover(config: &Config) -> anyhow::Result<Recovered> {
         }
         let barrier = order_step || !group.catalog.is_empty();
         if barrier {
-            replay_pending(
-                &mut engine.partitions,
-                &mut history,
-                &mut pending,
-                from,
-                regen.as_deref(),
-                &mut backlog,
-            )?;
-            pending_events = 0;
+            replay.flush(&mut engine.partitions, &mut history, from)?;
         }
         engine.apply_catalog(&group.catalog, group.now);
         let mut batches = group.batches;
         for batch in &mut batches {
             events += batch.len() as u64;
-            pending_events += batch.len();
+            replay.events += batch.len();
             // Engine::apply, with the changes kept for the history.
             let duplicates = admit(&mut engine.dedup, batch, group.now);
             debug_assert!(duplicates.is_empty(), "the log holds no duplicates");
@@ -223,7 +217,7 @@ pub fn recover(config: &Config) -> anyhow::Result<Recovered> {
                 engine.dedup.admit(event_id_hash(event_id), group.now);
             }
         }
-        pending.push(Pending {
+        replay.pending.push(Pending {
             number,
             now: group.now,
             batches,
@@ -231,17 +225,9 @@ pub fn recover(config: &Config) -> anyhow::Result<Recovered> {
             tick: !barrier,
         });
         if barrier {
-            replay_pending(
-                &mut engine.partitions,
-                &mut history,
-                &mut pending,
-                from,
-                regen.as_deref(),
-                &mut backlog,
-            )?;
-            pending_events = 0;
+            replay.flush(&mut engine.partitions, &mut history, from)?;
         }
-        let rebuild = |p: usize| regen.as_ref().is_some_and(|next| number >= next[p]);
+        let rebuild = |p: usize| replay.regen.as_ref().is_some_and(|next| number >= next[p]);
         let alerts_before: Vec<u64> = engine
             .partitions
             .iter()
@@ -273,7 +259,7 @@ pub fn recover(config: &Config) -> anyhow::Result<Recovered> {
             )?;
             for (id, changes) in changes.iter().enumerate() {
                 if rebuild(id) {
-                    let drafts = backlog_entry(&mut backlog[id], number);
+                    let drafts = backlog_entry(&mut replay.backlog[id], number);
                     let partition = &engine.partitions[id];
                     crate::stream::drafts_of(
                         id as u16,
@@ -298,31 +284,13 @@ pub fn recover(config: &Config) -> anyhow::Result<Recovered> {
                     partition.tick(group.now);
                 }
                 if rebuild(id) {
-                    let drafts = backlog_entry(&mut backlog[id], number);
-                    let none = stockflow_core::Batch::default();
-                    let since = Some(alerts_before[id]);
-                    crate::stream::drafts_of(
-                        id as u16,
-                        partition,
-                        &none,
-                        &[],
-                        false,
-                        since,
-                        drafts,
-                    );
+                    let drafts = backlog_entry(&mut replay.backlog[id], number);
+                    crate::stream::alert_drafts(id as u16, partition, alerts_before[id], drafts);
                 }
             }
         }
-        if pending_events >= REPLAY_CHUNK_EVENTS {
-            replay_pending(
-                &mut engine.partitions,
-                &mut history,
-                &mut pending,
-                from,
-                regen.as_deref(),
-                &mut backlog,
-            )?;
-            pending_events = 0;
+        if replay.events >= REPLAY_CHUNK_EVENTS {
+            replay.flush(&mut engine.partitions, &mut history, from)?;
         }
         for letter in group.dead_letters {
             meta.next_dead_letter_id = meta.next_dead_letter_id.max(letter.id + 1);
@@ -334,16 +302,14 @@ pub fn recover(config: &Config) -> anyhow::Result<Recovered> {
         meta.last_now = meta.last_now.max(group.now);
         meta.next_record = number + 1;
     }
-    replay_pending(
+    replay.flush(
         &mut engine.partitions,
         &mut history,
-        &mut pending,
         &meta.partition_records,
-        regen.as_deref(),
-        &mut backlog,
     )?;
     let stream = journal.map(|journal| {
-        let backlog = backlog
+        let backlog = replay
+            .backlog
             .into_iter()
             .enumerate()
             .flat_map(|(id, entries)| {
@@ -395,6 +361,41 @@ fn backlog_entry(entries: &mut Vec<(u64, Vec<Draft>)>, record: u64) -> &mut Vec<
 /// Events gathered before the replay threads take them: enough to keep
 /// both cores busy for tens of milliseconds, few enough to stay small.
 const REPLAY_CHUNK_EVENTS: usize = 100_000;
+
+/// Records gathered for [`replay_pending`], and the stream messages the
+/// replay builds again.
+struct Replay {
+    pending: Vec<Pending>,
+    /// Events in `pending`.
+    events: usize,
+    /// Per partition, the first record whose stream messages are rebuilt
+    /// (`None`: no journal, none are).
+    regen: Option<Vec<u64>>,
+    /// Per partition, (record, messages) rebuilt.
+    backlog: Vec<Vec<(u64, Vec<Draft>)>>,
+}
+
+impl Replay {
+    /// Replays everything gathered.
+    fn flush(
+        &mut self,
+        partitions: &mut [Partition],
+        history: &mut [HistoryWriter],
+        from: &[u64],
+    ) -> anyhow::Result<()> {
+        let regen = self.regen.as_deref();
+        replay_pending(
+            partitions,
+            history,
+            &mut self.pending,
+            from,
+            regen,
+            &mut self.backlog,
+        )?;
+        self.events = 0;
+        Ok(())
+    }
+}
 
 /// A log record's admitted, routed batches, waiting to be replayed.
 struct Pending {
@@ -474,17 +475,8 @@ fn replay_pending(
                             }
                             if rebuild {
                                 let drafts = backlog_entry(backlog, record.number);
-                                let none = stockflow_core::Batch::default();
-                                let since = Some(alerts_before);
-                                crate::stream::drafts_of(
-                                    id as u16,
-                                    partition,
-                                    &none,
-                                    &[],
-                                    false,
-                                    since,
-                                    drafts,
-                                );
+                                let p = &*partition;
+                                crate::stream::alert_drafts(id as u16, p, alerts_before, drafts);
                             }
                         }
                     }

@@ -586,6 +586,17 @@ pub fn drafts_of(
     }
 }
 
+/// The messages of the alerts a partition raised since `since`.
+pub fn alert_drafts(
+    id: u16,
+    partition: &stockflow_core::Partition,
+    since: u64,
+    out: &mut Vec<Draft>,
+) {
+    let none = stockflow_core::Batch::default();
+    drafts_of(id, partition, &none, &[], false, Some(since), out);
+}
+
 /// The messages of an order step: the orders its timers expired, then the
 /// answers to its commands (every order whose state changed).
 pub fn order_drafts(
@@ -809,26 +820,8 @@ impl JournalWriter {
     }
 }
 
-/// Journal segment files as (first record, path), oldest first.
-fn journal_segments(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        let first = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_suffix(".seg"))
-            .and_then(|n| n.parse::<u64>().ok());
-        if let Some(first) = first {
-            found.push((first, path));
-        }
-    }
-    found.sort();
-    Ok(found)
-}
-
-fn trim(dir: &Path) -> std::io::Result<()> {
-    let segments = journal_segments(dir)?;
+fn trim(dir: &Path) -> anyhow::Result<()> {
+    let segments = stockflow_log::segments(dir)?;
     let excess = segments.len().saturating_sub(JOURNAL_SEGMENTS_KEPT);
     for (_, path) in &segments[..excess] {
         std::fs::remove_file(path)?;
@@ -882,7 +875,7 @@ impl Loaded {
         }
         // Opening cuts a torn tail (a write the kill interrupted).
         let (writer, _) = stockflow_log::LogWriter::open(dir, JOURNAL_SEGMENT_BYTES)?;
-        let Some(&(oldest, _)) = journal_segments(dir)?.first() else {
+        let Some(&(oldest, _)) = stockflow_log::segments(dir)?.first() else {
             return Ok(None);
         };
         let mut loaded = Loaded {
