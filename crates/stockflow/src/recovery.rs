@@ -228,11 +228,15 @@ pub fn recover(config: &Config) -> anyhow::Result<Recovered> {
             replay.flush(&mut engine.partitions, &mut history, from)?;
         }
         let rebuild = |p: usize| replay.regen.as_ref().is_some_and(|next| number >= next[p]);
-        let alerts_before: Vec<u64> = engine
-            .partitions
-            .iter()
-            .map(|p| p.alerts.next_seq)
-            .collect();
+        // Where a barrier's order step and timers start raising alerts.
+        let alerts_before: Vec<u64> = match barrier {
+            true => engine
+                .partitions
+                .iter()
+                .map(|p| p.alerts.next_seq)
+                .collect(),
+            false => Vec::new(),
+        };
         // The order step, exactly when the pipeline ran it: after the
         // record's batches, before its timers.
         if order_step {
