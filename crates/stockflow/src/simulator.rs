@@ -66,6 +66,10 @@ struct Running {
 #[derive(Default)]
 struct Inner {
     running: Option<Running>,
+    /// The rate of traffic told to stop whose batch in flight is not
+    /// answered yet: still reported as running, so that "stopped" means
+    /// the totals are final.
+    stopping: Option<u32>,
     totals: Totals,
     recent: VecDeque<Sent>,
     /// Makes every run's eventIds new.
@@ -236,8 +240,23 @@ impl Simulator {
     /// fine.
     pub async fn stop(&self) -> Result<(), SimulatorError> {
         self.check_enabled()?;
-        let running = self.inner.lock().running.take();
+        let running = {
+            let mut inner = self.inner.lock();
+            let running = inner.running.take();
+            if let Some(r) = &running {
+                inner.stopping = Some(r.rate);
+            }
+            running
+        };
         if let Some(running) = running {
+            // Cleared however this ends (a caller that goes away included).
+            struct Stopped<'a>(&'a Simulator);
+            impl Drop for Stopped<'_> {
+                fn drop(&mut self) {
+                    self.0.inner.lock().stopping = None;
+                }
+            }
+            let _stopped = Stopped(self);
             let _ = running.stop.send(true);
             let _ = running.task.await;
             tracing::info!("simulator stopped");
@@ -298,8 +317,8 @@ impl Simulator {
         let t = &inner.totals;
         json!({
             "enabled": self.enabled,
-            "running": inner.running.is_some(),
-            "rate": inner.running.as_ref().map(|r| r.rate),
+            "running": inner.running.is_some() || inner.stopping.is_some(),
+            "rate": inner.running.as_ref().map(|r| r.rate).or(inner.stopping),
             "sent": t.sent,
             "accepted": t.accepted,
             "duplicates": t.duplicates,
