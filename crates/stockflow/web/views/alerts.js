@@ -55,10 +55,14 @@ export function mount(main) {
   more.addEventListener('click', () => page(true));
 
   let arrived = [];
+  // Checked again when drawn: an alert that arrived under the filters
+  // before "Apply" must not land in the list of the new ones.
   const flush = coalesce(() => {
-    body.querySelector('td.muted')?.parentElement.remove();
-    body.prepend(...arrived.reverse().map(row));
+    const fresh = arrived.filter(matches);
     arrived = [];
+    if (fresh.length === 0) return;
+    body.querySelector('td.muted')?.parentElement.remove();
+    body.prepend(...fresh.reverse().map(row));
   });
   const matches = (a) => (!filters.kind || a.kind === filters.kind) && (!filters.sku || a.sku === filters.sku)
     && (!filters.locationId || a.locationId === filters.locationId) && (!filters.active || a.state !== 'cleared');
