@@ -34,15 +34,7 @@ fn replay_until(
             engine.apply(&mut batch, group.now);
         }
     }
-    engine
-        .levels()
-        .map(|v| {
-            (
-                (v.sku.to_string(), v.location_id.to_string()),
-                (v.level.on_hand, v.level.reserved, v.level.in_transit),
-            )
-        })
-        .collect()
+    crate::levels_of(&engine)
 }
 
 async fn as_of_state(
