@@ -79,10 +79,8 @@ impl Kind {
 #[derive(Debug)]
 pub enum Body {
     Stock {
-        on_hand: i64,
-        reserved: i64,
-        available: i64,
-        in_transit: i64,
+        /// onHand, reserved, available, inTransit.
+        numbers: [i64; 4],
         event_id: Box<str>,
         event_type: &'static str,
         outcome: &'static str,
@@ -115,17 +113,14 @@ impl Message {
             Body::Json(value) => value.to_string(),
             Body::Saved => "null".into(), // always pre-rendered
             Body::Stock {
-                on_hand,
-                reserved,
-                available,
-                in_transit,
+                numbers,
                 event_id,
                 event_type,
                 outcome,
             } => stock_json(
                 self.sku.as_deref(),
                 self.location_id.as_deref(),
-                [*on_hand, *reserved, *available, *in_transit],
+                *numbers,
                 event_id,
                 event_type,
                 outcome,
@@ -634,10 +629,7 @@ pub fn stock_draft(
         sku: Some(sku.clone()),
         location_id: Some(location.clone()),
         body: Body::Stock {
-            on_hand: n.on_hand,
-            reserved: n.reserved,
-            available: policy.available(n),
-            in_transit: n.in_transit,
+            numbers: [n.on_hand, n.reserved, policy.available(n), n.in_transit],
             event_id: batch.event_id(change.position as usize).into(),
             event_type: batch.rec(change.position as usize).event_type.as_str(),
             outcome: crate::history::outcome_name(change.outcome),
@@ -716,15 +708,12 @@ impl SavedMessage<'_> {
     fn of(m: &Message) -> SavedMessage<'_> {
         let body = match &m.body {
             Body::Stock {
-                on_hand,
-                reserved,
-                available,
-                in_transit,
+                numbers,
                 event_id,
                 event_type,
                 outcome,
             } => SavedBody::Stock {
-                numbers: [*on_hand, *reserved, *available, *in_transit],
+                numbers: *numbers,
                 event_id,
                 event_type,
                 outcome,
