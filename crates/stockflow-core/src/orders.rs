@@ -113,6 +113,8 @@ impl OrderCommand {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Status {
+    /// Placed, lines still out for reservation (Kafka mode's saga only).
+    Pending,
     Reserved,
     PartiallyReserved,
     Rejected,
@@ -124,6 +126,7 @@ pub enum Status {
 impl Status {
     pub fn as_str(self) -> &'static str {
         match self {
+            Status::Pending => "pending",
             Status::Reserved => "reserved",
             Status::PartiallyReserved => "partially_reserved",
             Status::Rejected => "rejected",
@@ -135,6 +138,7 @@ impl Status {
 
     pub fn from_wire(text: &str) -> Option<Status> {
         [
+            Status::Pending,
             Status::Reserved,
             Status::PartiallyReserved,
             Status::Rejected,

@@ -12,7 +12,7 @@ mod dead_letters;
 mod error;
 mod history;
 mod ingest;
-mod orders;
+pub mod orders;
 pub(crate) mod query;
 mod stream;
 mod ui;

@@ -114,8 +114,8 @@ fn check_id(value: &str, name: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn hold_ns(state: &AppState, seconds: Option<u64>) -> Result<i64, ApiError> {
-    let seconds = seconds.unwrap_or(state.config.order_hold_seconds);
+fn hold_ns(default_seconds: u64, seconds: Option<u64>) -> Result<i64, ApiError> {
+    let seconds = seconds.unwrap_or(default_seconds);
     if !(1..=HOLD_SECONDS_MAX).contains(&seconds) {
         return Err(ApiError::bad_request(format!(
             "holdSeconds: must be 1 to {HOLD_SECONDS_MAX}"
@@ -124,14 +124,22 @@ fn hold_ns(state: &AppState, seconds: Option<u64>) -> Result<i64, ApiError> {
     Ok(seconds as i64 * 1_000_000_000)
 }
 
-/// POST /v1/orders
-pub async fn place(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let (bytes, _) = read_body(&headers, body, 1 << 20).await?;
-    let body: PlaceBody = json_body(&bytes)?;
+/// A checked POST /v1/orders body (both modes).
+pub struct PlaceRequest {
+    pub order_id: String,
+    pub lines: Vec<LineRequest>,
+    pub mode: Mode,
+    pub hold_ns: i64,
+    /// What makes two requests the same order: lines, mode and hold.
+    pub fingerprint: u64,
+}
+
+/// Largest order body.
+pub const ORDER_BODY_BYTES_MAX: usize = 1 << 20;
+
+/// Checks a POST /v1/orders body; holds default to `default_hold_seconds`.
+pub fn parse_place(bytes: &[u8], default_hold_seconds: u64) -> Result<PlaceRequest, ApiError> {
+    let body: PlaceBody = json_body(bytes)?;
     check_id(&body.order_id, "orderId")?;
     if body.lines.is_empty() || body.lines.len() > ORDER_LINES_MAX {
         return Err(ApiError::bad_request(format!(
@@ -164,22 +172,38 @@ pub async fn place(
             )))
         }
     };
-    let hold_ns = hold_ns(&state, body.hold_seconds)?;
-    // What makes two requests the same order: lines, mode and hold.
+    let hold_ns = hold_ns(default_hold_seconds, body.hold_seconds)?;
     let fingerprint = xxhash_rust::xxh3::xxh3_64(
         serde_json::to_string(&(&lines, &mode, hold_ns))
             .expect("serialisable")
             .as_bytes(),
     );
+    Ok(PlaceRequest {
+        order_id: body.order_id,
+        lines,
+        mode,
+        hold_ns,
+        fingerprint,
+    })
+}
+
+/// POST /v1/orders
+pub async fn place(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let (bytes, _) = read_body(&headers, body, ORDER_BODY_BYTES_MAX).await?;
+    let request = parse_place(&bytes, state.config.order_hold_seconds)?;
     submit(
         &state,
         OrderCommand::Place {
-            order_id: body.order_id,
-            lines,
-            mode,
-            hold_ns,
+            order_id: request.order_id,
+            lines: request.lines,
+            mode: request.mode,
+            hold_ns: request.hold_ns,
             sourcing: state.config.sourcing.clone(),
-            fingerprint,
+            fingerprint: request.fingerprint,
         },
     )
     .await
@@ -198,20 +222,34 @@ pub async fn fulfil(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let (bytes, _) = read_body(&headers, body, 64 << 10).await?;
-    let body: FulfilBody = if bytes.iter().all(u8::is_ascii_whitespace) {
-        FulfilBody::default()
-    } else {
-        json_body(&bytes)?
-    };
+    let (bytes, _) = read_body(&headers, body, COMMAND_BODY_BYTES_MAX).await?;
+    let lines = parse_fulfil(&bytes)?;
     submit(
         &state,
         OrderCommand::Fulfil {
             order_id: id,
-            lines: body.lines,
+            lines,
         },
     )
     .await
+}
+
+/// Largest fulfil or extend body.
+pub const COMMAND_BODY_BYTES_MAX: usize = 64 << 10;
+
+/// The lines a fulfil body names (`None`: all; an empty body is all).
+pub fn parse_fulfil(bytes: &[u8]) -> Result<Option<Vec<usize>>, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let body: FulfilBody = json_body(bytes)?;
+    Ok(body.lines)
+}
+
+/// The new hold of an extend body, in ns.
+pub fn parse_extend(bytes: &[u8]) -> Result<i64, ApiError> {
+    let body: ExtendBody = json_body(bytes)?;
+    hold_ns(0, Some(body.hold_seconds))
 }
 
 /// POST /v1/orders/{id}/cancel
@@ -236,9 +274,8 @@ pub async fn extend(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let (bytes, _) = read_body(&headers, body, 64 << 10).await?;
-    let body: ExtendBody = json_body(&bytes)?;
-    let hold_ns = hold_ns(&state, Some(body.hold_seconds))?;
+    let (bytes, _) = read_body(&headers, body, COMMAND_BODY_BYTES_MAX).await?;
+    let hold_ns = parse_extend(&bytes)?;
     submit(
         &state,
         OrderCommand::Extend {

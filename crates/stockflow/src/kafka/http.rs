@@ -2,8 +2,9 @@
 //! answers after the broker acknowledges (`?wait=applied`: after the
 //! owners applied it). Every instance answers every query: a key owned
 //! elsewhere is forwarded to its owner, a SKU's or a location's levels are
-//! gathered from every member, and so are alerts. What the embedded mode
-//! alone has so far (orders, catalog, history, the stream) answers 501.
+//! gathered from every member, and so are alerts and order lists. Orders
+//! go to their home partition ([`super::orders`]). What the embedded mode
+//! alone has so far (catalog, history, the stream) answers 501.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
@@ -23,6 +24,7 @@ use serde_json::{json, Value};
 use stockflow_core::{parse_body, route, LevelView, Totals};
 
 use super::cluster::Cluster;
+use super::orders;
 use super::processor::{Reason, Shared, ACTIVE, RESTORING};
 use super::wire::canonical_json;
 use super::{level_key, KafkaSettings};
@@ -31,7 +33,7 @@ use crate::http::{level_json, read_body, ApiError};
 use crate::pipeline::{wall_clock, Receipt, ReceiptError};
 
 /// Marks a request one instance sent another, so it is never sent on.
-const FORWARDED: &str = "x-stockflow-forwarded";
+pub(super) const FORWARDED: &str = "x-stockflow-forwarded";
 /// Longest `?wait=applied` wait.
 const WAIT_APPLIED_MAX: Duration = Duration::from_secs(30);
 
@@ -53,6 +55,12 @@ pub fn router(app: Arc<KafkaApp>) -> Router {
         .route("/v1/stock/{sku}", get(sku_levels))
         .route("/v1/locations/{location_id}/stock", get(location_levels))
         .route("/v1/alerts", get(alerts))
+        .route("/v1/orders", post(orders::place).get(orders::list))
+        .route("/v1/orders/{id}", get(orders::get))
+        .route("/v1/orders/{id}/fulfil", post(orders::fulfil))
+        .route("/v1/orders/{id}/cancel", post(orders::cancel))
+        .route("/v1/orders/{id}/extend", post(orders::extend))
+        .route("/v1/internal/orders/{id}", get(orders::internal))
         .route("/v1/cluster", get(cluster))
         .route("/v1/internal/applied", get(applied))
         .route("/v1/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], crate::http::OPENAPI) }))
@@ -63,7 +71,7 @@ pub fn router(app: Arc<KafkaApp>) -> Router {
             ApiError::new(
                 StatusCode::NOT_IMPLEMENTED,
                 "not_in_kafka_mode",
-                "this endpoint is not available in Kafka mode yet (events, stock, locations' stock and /v1/cluster are); run the embedded mode for it",
+                "this endpoint is not available in Kafka mode yet (events, stock, locations' stock, alerts, orders and /v1/cluster are); run the embedded mode for it",
             )
         })
         .with_state(app)
@@ -410,7 +418,7 @@ fn not_owned(p: u16) -> ApiError {
     error
 }
 
-fn restoring(p: u16) -> ApiError {
+pub(super) fn restoring(p: u16) -> ApiError {
     let mut error = ApiError::overloaded(
         StatusCode::SERVICE_UNAVAILABLE,
         format!("partition {p} is restoring its state; retry shortly, or ask with ?stale=true for what it has so far"),
@@ -421,12 +429,12 @@ fn restoring(p: u16) -> ApiError {
 
 #[derive(Deserialize, Default, Clone)]
 pub struct ReadQuery {
-    stale: Option<bool>,
+    pub(super) stale: Option<bool>,
     /// `local`: only this instance's partitions (what members ask each other).
-    scope: Option<String>,
-    status: Option<String>,
-    limit: Option<usize>,
-    after: Option<String>,
+    pub(super) scope: Option<String>,
+    pub(super) status: Option<String>,
+    pub(super) limit: Option<usize>,
+    pub(super) after: Option<String>,
 }
 
 /// Forwards a GET to `url` + `path_and_query`, relaying status and body.
@@ -506,7 +514,7 @@ async fn level(
     }
 }
 
-fn encode(segment: &str) -> String {
+pub(super) fn encode(segment: &str) -> String {
     segment
         .bytes()
         .map(|b| match b {
@@ -538,7 +546,7 @@ fn local_views(
 
 /// Gathers `path` (with `?scope=local`) from every other live member;
 /// fails if some partition has no active owner.
-async fn gather(app: &KafkaApp, path: &str, key: &str) -> Result<Vec<Value>, ApiError> {
+pub(super) async fn gather(app: &KafkaApp, path: &str, key: &str) -> Result<Vec<Value>, ApiError> {
     let members = app.cluster.live();
     let mut covered: Vec<bool> = vec![false; app.settings.partitions as usize];
     for member in &members {

@@ -29,6 +29,7 @@ pub mod bench;
 pub mod cluster;
 pub mod http;
 pub mod normaliser;
+pub mod orders;
 pub mod processor;
 pub mod topics;
 pub mod wire;
@@ -46,6 +47,8 @@ pub struct Topics {
     pub changelog: String,
     pub stock_levels: String,
     pub alerts: String,
+    /// Orders as their home decides them, latest per orderId.
+    pub orders: String,
     pub dlq: String,
     pub cluster: String,
     /// Raw topics are this prefix plus a source format's name.
@@ -60,6 +63,7 @@ impl Default for Topics {
             changelog: "inventory.changelog".into(),
             stock_levels: "inventory.stock-levels".into(),
             alerts: "inventory.alerts".into(),
+            orders: "inventory.orders".into(),
             dlq: "inventory.dlq".into(),
             cluster: "inventory.cluster".into(),
             raw_prefix: "inventory.events.raw.".into(),

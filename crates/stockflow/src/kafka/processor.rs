@@ -22,10 +22,11 @@ use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, ConsumerGroupMetadata, Rebalance,
 };
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
+use stockflow_core::saga::{order_home, reservation_line, LineAction, SagaBook, StepOut, ToHome};
 use stockflow_core::{
     admit, parse_body, route, BodyFormat, Catalog, Dedup, EngineConfig, Partition, PartitionImage,
     PartitionSnapshot, Timestamp,
@@ -108,6 +109,8 @@ pub struct Shared {
     /// Recent outcomes that were not plain applications, per partition.
     pub outcomes: Vec<Mutex<Outcomes>>,
     pub partitions: Vec<RwLock<Partition>>,
+    /// The orders homed in each partition (the saga coordinators' state).
+    pub books: Vec<RwLock<SagaBook>>,
     pub status: Vec<AtomicU8>,
     /// Next canonical offset to apply, per partition (valid when owned).
     pub applied: Vec<AtomicI64>,
@@ -126,6 +129,7 @@ impl Shared {
         let n = partitions as usize;
         Shared {
             partitions: (0..n).map(|_| RwLock::new(Partition::default())).collect(),
+            books: (0..n).map(|_| RwLock::new(SagaBook::default())).collect(),
             status: (0..n).map(|_| AtomicU8::new(NOT_OWNED)).collect(),
             outcomes: (0..n).map(|_| Mutex::new(Outcomes::default())).collect(),
             applied: (0..n).map(|_| AtomicI64::new(0)).collect(),
@@ -174,6 +178,7 @@ struct LocalSnapshotOut<'a> {
     dedup: Vec<u8>,
     transit: Vec<u8>,
     partition: &'a PartitionImage,
+    orders: &'a SagaBook,
 }
 
 #[derive(Deserialize)]
@@ -184,6 +189,7 @@ struct LocalSnapshotIn {
     dedup: Vec<u8>,
     transit: Vec<u8>,
     partition: PartitionSnapshot,
+    orders: SagaBook,
 }
 
 /// Everything the thread owns; the rebalance callbacks reach it through
@@ -208,6 +214,8 @@ pub struct Processor {
     /// held back until the cycle's outputs are acknowledged. The key says
     /// the positions the record ends at, for people reading the topic.
     changelog_due: Vec<(u16, String, Vec<u8>)>,
+    /// When each home partition was last sent a Tick.
+    ticked: HashMap<u16, Instant>,
 }
 
 /// The group consumer's context: rebalances go to the processor.
@@ -240,7 +248,13 @@ struct Input {
     offset: i64,
     timestamp_ms: i64,
     payload: Vec<u8>,
+    /// A repartition record for an order's home ([`ToHome`] JSON), not a
+    /// canonical event: it carries the `stockflow-order` header.
+    order: bool,
 }
+
+/// The header that marks a repartition record as an order saga message.
+pub const ORDER_HEADER: &str = "stockflow-order";
 
 fn poison(what: &str) -> ! {
     tracing::error!("{what}; stopping so that nothing is applied without its changelog record");
@@ -278,6 +292,7 @@ impl Processor {
             }
             self.shared.status[p as usize].store(NOT_OWNED, Ordering::Release);
             *self.shared.partitions[p as usize].write() = Partition::default();
+            *self.shared.books[p as usize].write() = SagaBook::default();
             self.canonical_probe.forget(i32::from(p));
             self.transit_probe.forget(i32::from(p));
         }
@@ -406,7 +421,7 @@ impl Processor {
         }
     }
 
-    fn fresh(&self) -> (Owned, Partition) {
+    fn fresh(&self) -> (Owned, Partition, SagaBook) {
         let mut partition = Partition::default();
         partition.set_timer_rules(self.engine.timers);
         let owned = Owned {
@@ -417,10 +432,10 @@ impl Processor {
             changelog_next: 0,
             since_snapshot: 0,
         };
-        (owned, partition)
+        (owned, partition, SagaBook::default())
     }
 
-    fn load_snapshot(&self, p: u16) -> anyhow::Result<Option<(Owned, Partition)>> {
+    fn load_snapshot(&self, p: u16) -> anyhow::Result<Option<(Owned, Partition, SagaBook)>> {
         let path = self.snapshot_path(p);
         if !path.exists() {
             return Ok(None);
@@ -450,7 +465,7 @@ impl Processor {
             changelog_next: local.changelog_next,
             since_snapshot: 0,
         };
-        Ok(Some((owned, partition)))
+        Ok(Some((owned, partition, local.orders)))
     }
 
     /// The state of partition `p`: its local snapshot if it has one that
@@ -479,11 +494,11 @@ impl Processor {
             .create()?;
         let (low, mut high) =
             reader.fetch_watermarks(topic, i32::from(p), Duration::from_secs(30))?;
-        let (mut owned, partition) = match self.load_snapshot(p) {
-            Ok(Some((owned, partition)))
+        let (mut owned, partition, book) = match self.load_snapshot(p) {
+            Ok(Some((owned, partition, book)))
                 if owned.changelog_next >= low && owned.changelog_next <= high =>
             {
-                (owned, partition)
+                (owned, partition, book)
             }
             Ok(Some(_)) => {
                 tracing::warn!(partition = p, "local snapshot does not match the changelog; restoring from the changelog alone");
@@ -496,6 +511,7 @@ impl Processor {
             }
         };
         *self.shared.partitions[p as usize].write() = partition;
+        *self.shared.books[p as usize].write() = book;
         let start = owned.changelog_next.max(low);
         let left = &self.shared.restore_left[p as usize];
         left.store((high - start).max(0), Ordering::Release);
@@ -656,6 +672,12 @@ impl Processor {
             &mut changes,
         );
         partition.tick(record.now);
+        let mut book = self.shared.books[p as usize].write();
+        let mut asked = StepOut::default();
+        for message in &record.orders {
+            book.apply(message, record.now, &mut asked);
+        }
+        book.expire(record.now, &mut asked);
         owned.positions = record.to;
         owned.now = record.now;
         Ok(true)
@@ -675,6 +697,7 @@ impl Processor {
 
     fn write_snapshot(&self, p: u16, owned: &Owned) -> anyhow::Result<()> {
         let image = self.shared.partitions[p as usize].read().snapshot();
+        let orders = self.shared.books[p as usize].read().clone();
         let out = LocalSnapshotOut {
             positions: owned.positions,
             now: owned.now,
@@ -682,6 +705,7 @@ impl Processor {
             dedup: owned.dedup.snapshot().encode(),
             transit: owned.transit.snapshot().encode(),
             partition: &image,
+            orders: &orders,
         };
         let bytes = postcard::to_stdvec(&out)?;
         stockflow_log::write_snapshot(&self.snapshot_path(p), &bytes)?;
@@ -890,6 +914,116 @@ impl Processor {
         }
     }
 
+    /// The order messages among a cycle's repartition records, and their
+    /// newest timestamp; unreadable ones go to the DLQ.
+    fn order_messages(&self, p: u16, inputs: &[&Input]) -> (Vec<ToHome>, i64) {
+        let mut messages = Vec::new();
+        let mut newest = 0i64;
+        for input in inputs.iter().filter(|i| i.order) {
+            match serde_json::from_slice::<ToHome>(&input.payload) {
+                Ok(message) => {
+                    newest = newest.max(input.timestamp_ms);
+                    messages.push(message);
+                }
+                Err(error) => self.dead_letter(
+                    &self.settings.topics.repartition,
+                    i32::from(p),
+                    input.offset,
+                    &input.payload,
+                    &format!("not an order message: {error}"),
+                ),
+            }
+        }
+        (messages, newest)
+    }
+
+    /// Runs the order step of partition `p` (the home of some orders):
+    /// the cycle's messages, then the holds due. Queues what it asks of
+    /// line owners, this partition's answers to its line reservations,
+    /// and every changed order to the orders topic.
+    fn step_orders(&self, p: u16, messages: &[ToHome], replies: &[(u16, ToHome)], now: Timestamp) {
+        let mut asked = StepOut::default();
+        let mut book = self.shared.books[p as usize].write();
+        for message in messages {
+            book.apply(message, now, &mut asked);
+        }
+        book.expire(now, &mut asked);
+        let n = self.settings.partitions;
+        for action in &asked.actions {
+            let payload = line_action_json(action, now);
+            let key = level_key(&action.sku, &action.location_id);
+            self.send(
+                BaseRecord::to(&self.settings.topics.repartition)
+                    .partition(i32::from(route(&action.sku, &action.location_id, n)))
+                    .key(&key)
+                    .payload(&payload),
+            );
+        }
+        for (home, reply) in replies {
+            self.send_order_message(*home, reply);
+        }
+        asked.changed.sort_unstable();
+        asked.changed.dedup();
+        for id in &asked.changed {
+            if let Some(saga) = book.orders.get(id) {
+                let json = crate::http::orders::order_json(&saga.order).to_string();
+                self.send(
+                    BaseRecord::to(&self.settings.topics.orders)
+                        .partition(i32::from(p))
+                        .key(id)
+                        .payload(&json),
+                );
+            }
+        }
+    }
+
+    /// Holds fall due with time, and time in Kafka mode is the input's: a
+    /// home partition whose next hold is due by the wall clock is sent a
+    /// Tick record, so its next cycle expires the hold (and replaying the
+    /// changelog expires it at the same point).
+    fn tick_due_holds(&mut self) {
+        const AGAIN_AFTER: Duration = Duration::from_millis(200);
+        let now = crate::pipeline::wall_clock();
+        let mut sent = false;
+        let owned: Vec<u16> = self.owned.keys().copied().collect();
+        for p in owned {
+            let due = self.shared.books[p as usize]
+                .read()
+                .next_expiry()
+                .is_some_and(|at| at <= now);
+            let recently = self
+                .ticked
+                .get(&p)
+                .is_some_and(|t| t.elapsed() < AGAIN_AFTER);
+            if due && !recently {
+                self.send_order_message(p, &ToHome::Tick);
+                self.ticked.insert(p, Instant::now());
+                sent = true;
+            }
+        }
+        if sent && self.settings.transactions {
+            // Visible only once committed; there may be no cycle to do it.
+            self.commit_transaction(None, &[]);
+        }
+    }
+
+    /// Queues a message to the home of an order (repartition partition `home`).
+    fn send_order_message(&self, home: u16, message: &ToHome) {
+        let payload = serde_json::to_vec(message).expect("an order message serializes");
+        let headers = OwnedHeaders::new().insert(Header {
+            key: ORDER_HEADER,
+            value: Some("1"),
+        });
+        let key = message.order_id().unwrap_or_default();
+        self.send(
+            BaseRecord::to(&self.settings.topics.repartition)
+                .partition(i32::from(home))
+                .key(key)
+                .payload(&payload)
+                .headers(headers),
+        );
+    }
+
     /// Applies one cycle's input of partition `p`, queueing its changelog
     /// record and outputs.
     fn process(&mut self, p: u16, canonical: &[Input], transit: &[Input]) {
@@ -935,10 +1069,12 @@ impl Processor {
         };
         let owned_inputs = |v: &[&Input]| -> Vec<Input> {
             v.iter()
+                .filter(|i| !i.order)
                 .map(|i| Input {
                     offset: i.offset,
                     timestamp_ms: i.timestamp_ms,
                     payload: i.payload.clone(),
+                    order: false,
                 })
                 .collect()
         };
@@ -952,8 +1088,11 @@ impl Processor {
             p,
             &owned_inputs(&transit_in),
         );
+        let (messages, newest_c) = self.order_messages(p, &transit_in);
         // Time is the input's: replaying the same records gives the same state.
-        let now = owned.now.max(from_millis(newest_a.max(newest_b)));
+        let now = owned
+            .now
+            .max(from_millis(newest_a.max(newest_b).max(newest_c)));
         events.stamp_missing_timestamps(now);
         let duplicates = admit(&mut owned.dedup, &mut events, now);
         let transit_duplicates = admit(&mut owned.transit, &mut transit_batch, now);
@@ -986,6 +1125,7 @@ impl Processor {
         exceptions.clear();
         partition.apply_batch(p, &transit_batch, now, &mut exceptions, &mut changes);
         partition.tick(now);
+        let replies = line_results(p, n, &transit_batch, &exceptions);
 
         // In-transit effects owned elsewhere go to their owner.
         for (position, r) in events.routes().iter().enumerate() {
@@ -1042,6 +1182,7 @@ impl Processor {
             );
         }
         drop(partition);
+        self.step_orders(p, &messages, &replies, now);
 
         let applied = events.len() + transit_batch.len();
         let record = ChangelogRecord {
@@ -1050,6 +1191,7 @@ impl Processor {
             now,
             events,
             transit: transit_batch,
+            orders: messages,
         };
         // Sent only once the outputs above are durable (see `run`).
         let key = format!("{}:{}", to.canonical, to.repartition);
@@ -1065,6 +1207,49 @@ impl Processor {
             .fetch_add(applied as u64, Ordering::Relaxed);
         self.owned.insert(p, owned);
     }
+}
+
+/// The line owner's answers to the saga RESERVATIONs of an applied
+/// transit batch, each to its order's home: granted unless refused.
+fn line_results(
+    p: u16,
+    partitions: u16,
+    batch: &stockflow_core::Batch,
+    exceptions: &[stockflow_core::Exception],
+) -> Vec<(u16, ToHome)> {
+    let mut replies = Vec::new();
+    for position in 0..batch.len() {
+        let event = batch.get(position);
+        if event.event_type != stockflow_core::EventType::Reservation {
+            continue;
+        }
+        let Some(line) = reservation_line(event.event_id, event.correlation_id) else {
+            continue;
+        };
+        let order_id = event.correlation_id.unwrap_or_default();
+        let refused = exceptions
+            .iter()
+            .find(|e| e.position as usize == position)
+            .map(|e| match e.outcome {
+                stockflow_core::Outcome::Rejected(why) => why.as_str().to_owned(),
+                other => format!("{other:?}"),
+            })
+            // Sent to the wrong partition, so not applied here.
+            .or_else(|| {
+                (route(event.sku, event.location_id, partitions) != p)
+                    .then(|| "wrong_partition".to_owned())
+            });
+        replies.push((
+            order_home(order_id, partitions),
+            ToHome::LineResult {
+                order_id: order_id.to_owned(),
+                line,
+                reserved: refused.is_none(),
+                reason: refused,
+            },
+        ));
+    }
+    replies
 }
 
 /// The records of `inputs` that continue from offset `next`: older ones
@@ -1161,6 +1346,7 @@ pub fn start(
         canonical_probe: super::Probe::default(),
         transit_probe: super::Probe::default(),
         changelog_due: Vec::new(),
+        ticked: HashMap::new(),
     }));
     let consumer: BaseConsumer<Rebalancer> = settings
         .client(&[
@@ -1253,6 +1439,7 @@ fn run(
                             offset: m.offset(),
                             timestamp_ms: m.timestamp().to_millis().unwrap_or(0),
                             payload: m.payload().unwrap_or_default().to_vec(),
+                            order: false,
                         });
                     count += 1;
                     wait = Duration::ZERO;
@@ -1280,6 +1467,9 @@ fn run(
                             offset: m.offset(),
                             timestamp_ms: m.timestamp().to_millis().unwrap_or(0),
                             payload: m.payload().unwrap_or_default().to_vec(),
+                            order: m
+                                .headers()
+                                .is_some_and(|h| h.iter().any(|h| h.key == ORDER_HEADER)),
                         });
                     count += 1;
                 }
@@ -1330,6 +1520,7 @@ fn run(
                 tracing::debug!(%error, "reading from further back");
             }
         }
+        processor.tick_due_holds();
         if count == 0 {
             processor.producer.poll(Duration::ZERO);
             drop(guard);
@@ -1411,6 +1602,24 @@ fn run(
     // Dropping the consumer leaves the group (its revocation finds
     // nothing left to release).
     drop(consumer);
+}
+
+/// A saga's line action as the canonical event its level's owner applies.
+fn line_action_json(action: &LineAction, now: Timestamp) -> String {
+    let event_id = action.event_id();
+    let event = stockflow_core::EventRef {
+        event_id: &event_id,
+        event_type: action.event_type,
+        sku: &action.sku,
+        location_id: &action.location_id,
+        quantity: action.quantity,
+        timestamp: Some(now),
+        to_location_id: None,
+        source_system: Some("stockflow-orders"),
+        correlation_id: Some(&action.order_id),
+        index: 0,
+    };
+    canonical_json(&event, now)
 }
 
 fn processor_progress(consumer: &BaseConsumer<Rebalancer>) {

@@ -51,6 +51,12 @@ pub fn specs<'a>(settings: &KafkaSettings, formats: impl Iterator<Item = &'a str
             partitions: n,
             config: week.clone(),
         },
+        // Latest state per orderId.
+        Spec {
+            name: t.orders.clone(),
+            partitions: n,
+            config: compact.clone(),
+        },
         Spec {
             name: t.dlq.clone(),
             partitions: 1,

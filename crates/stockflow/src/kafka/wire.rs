@@ -54,8 +54,12 @@ pub struct ChangelogRecord {
     pub now: Timestamp,
     /// Admitted canonical events (duplicates removed, timestamps stamped).
     pub events: Batch,
-    /// Admitted in-transit events whose destination is this partition.
+    /// Admitted in-transit events whose destination is this partition,
+    /// and the saga's line events (reserve, release, fulfil) for its levels.
     pub transit: Batch,
+    /// Messages to the orders homed here, in the order handled (the
+    /// order step runs after the events, then holds due expire).
+    pub orders: Vec<stockflow_core::saga::ToHome>,
 }
 
 impl ChangelogRecord {

@@ -986,6 +986,260 @@ fn rebalance_while_orders_race_for_the_last_units_never_oversells() {
     }
 }
 
+/// POSTs `body` to `path` on the instances in turn until one gives a
+/// definite answer (2xx or 4xx): a lost answer or a 5xx is retried with
+/// the same body, which order ids make safe.
+async fn definite(
+    client: &reqwest::Client,
+    urls: &[String],
+    first: usize,
+    path: &str,
+    body: &Value,
+) -> (u16, Value) {
+    for attempt in 0..300 {
+        let url = &urls[(first + attempt) % urls.len()];
+        let answer = client
+            .post(format!("{url}{path}"))
+            .json(body)
+            .timeout(Duration::from_secs(40))
+            .send()
+            .await;
+        if let Ok(r) = answer {
+            let status = r.status().as_u16();
+            if status < 500 {
+                return (status, r.json().await.unwrap_or(Value::Null));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{path}: no instance gave a definite answer");
+}
+
+fn order_status(order: &Value) -> &str {
+    order["status"].as_str().unwrap_or("?")
+}
+
+#[test]
+fn orders_across_partitions_never_oversell_survive_a_kill_and_expire() {
+    let broker = Broker::start();
+    broker.create_topics();
+    let dirs = scratch("kafka-orders");
+    let mut instances: Vec<Instance> = (0..2)
+        .map(|i| Instance::start(&broker, "orders", &dirs.join(format!("i{i}"))))
+        .collect();
+    wait_settled(&instances[0].url, 2);
+    let urls: Vec<String> = instances.iter().map(|i| i.url.clone()).collect();
+    // Three SKUs in three different partitions, so every order is a saga
+    // across partitions; ten units each.
+    let mut skus: Vec<String> = Vec::new();
+    for n in 0.. {
+        let sku = format!("SAGA{n}");
+        let p = stockflow_core::route(&sku, "WEB", 12);
+        if skus
+            .iter()
+            .all(|s| stockflow_core::route(s, "WEB", 12) != p)
+        {
+            skus.push(sku);
+        }
+        if skus.len() == 4 {
+            break;
+        }
+    }
+    const UNITS: i64 = 10;
+    const ORDERS: usize = 60;
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let client = reqwest::Client::new();
+    runtime.block_on(async {
+        let receipts: Vec<String> = skus
+            .iter()
+            .map(|sku| format!(r#"{{"eventId":"stock-{sku}","eventType":"RECEIPT","sku":"{sku}","locationId":"WEB","quantity":{UNITS}}}"#))
+            .collect();
+        let r = client
+            .post(format!("{}/v1/events?wait=applied", urls[0]))
+            .header("content-type", "application/json")
+            .body(format!("[{}]", receipts.join(",")))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{:?}", r.text().await);
+    });
+    let three = &skus[..3];
+
+    // Six times as many 3-line all_or_nothing orders as units, from many
+    // clients at once, while one instance is killed and restarted.
+    let storm = {
+        let (client, urls, three) = (client.clone(), urls.clone(), three.to_vec());
+        runtime.spawn(async move {
+            let mut tasks = tokio::task::JoinSet::new();
+            for n in 0..ORDERS {
+                let (client, urls, three) = (client.clone(), urls.clone(), three.clone());
+                tasks.spawn(async move {
+                    tokio::time::sleep(Duration::from_millis((n * 60) as u64)).await;
+                    let lines: Vec<Value> = three
+                        .iter()
+                        .map(|sku| serde_json::json!({"sku": sku, "locationId": "WEB", "quantity": 1}))
+                        .collect();
+                    let body = serde_json::json!({"orderId": format!("storm-{n}"), "lines": lines, "holdSeconds": 600});
+                    let (status, order) = definite(&client, &urls, n, "/v1/orders", &body).await;
+                    assert_eq!(status, 200, "storm-{n}: {order}");
+                    order
+                });
+            }
+            let mut answers = Vec::new();
+            while let Some(answer) = tasks.join_next().await {
+                answers.push(answer.unwrap());
+            }
+            answers
+        })
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    instances[1].kill();
+    std::thread::sleep(Duration::from_millis(1000));
+    instances[1].restart();
+    let answers = runtime.block_on(storm).unwrap();
+    wait_settled(&instances[0].url, 2);
+
+    let mut reserved_orders = Vec::new();
+    for order in &answers {
+        let lines = order["lines"].as_array().unwrap();
+        match order_status(order) {
+            "reserved" => {
+                assert!(
+                    lines.iter().all(|l| l["reserved"] == 1),
+                    "half reserved: {order}"
+                );
+                reserved_orders.push(order["orderId"].as_str().unwrap().to_owned());
+            }
+            "rejected" => assert!(
+                lines.iter().all(|l| l["reserved"] == 0),
+                "rejected but holding: {order}"
+            ),
+            other => panic!("{other}: {order}"),
+        }
+    }
+    let held = reserved_orders.len() as i64;
+    assert!(held <= UNITS, "{held} orders hold one of {UNITS} units");
+    assert!(held > 0, "no order got through");
+    // Once the rejected orders' releases land, every level holds exactly
+    // the reserved orders' units, on every instance.
+    for sku in three {
+        for url in &urls {
+            wait_level(url, sku, (UNITS, held));
+        }
+    }
+    // Every instance lists the same reserved orders; the orders topic's
+    // last word on each order is what the API says.
+    for url in &urls {
+        let (status, list) = get_settled(&format!("{url}/v1/orders?status=reserved&limit=1000"));
+        assert_eq!(status, 200, "{list}");
+        let mut listed: Vec<String> = list["orders"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["orderId"].as_str().unwrap().to_owned())
+            .collect();
+        listed.sort();
+        let mut want = reserved_orders.clone();
+        want.sort();
+        assert_eq!(listed, want, "via {url}");
+    }
+    let topic = broker.latest("inventory.orders");
+    for order in &answers {
+        let id = order["orderId"].as_str().unwrap();
+        assert_eq!(
+            topic.get(id).map(order_status),
+            Some(order_status(order)),
+            "{id} on the topic"
+        );
+    }
+
+    runtime.block_on(async {
+        let (a, b) = (&reserved_orders[0], reserved_orders.get(1).cloned());
+        // Cancel gives the units back; a second cancel is the same answer.
+        let (status, order) = definite(&client, &urls, 0, &format!("/v1/orders/{a}/cancel"), &serde_json::json!({})).await;
+        assert_eq!((status, order_status(&order)), (200, "cancelled"), "{order}");
+        let (status, again) = definite(&client, &urls, 1, &format!("/v1/orders/{a}/cancel"), &serde_json::json!({})).await;
+        assert_eq!((status, order_status(&again)), (200, "cancelled"), "{again}");
+        let (status, refused) = definite(&client, &urls, 0, &format!("/v1/orders/{a}/fulfil"), &serde_json::json!({})).await;
+        assert_eq!(status, 409, "fulfilling a cancelled order: {refused}");
+        // Fulfil ships the units.
+        if let Some(b) = b {
+            let (status, order) = definite(&client, &urls, 1, &format!("/v1/orders/{b}/fulfil"), &serde_json::json!({})).await;
+            assert_eq!((status, order_status(&order)), (200, "fulfilled"), "{order}");
+        }
+        // A different body under a used orderId is a conflict.
+        let other = serde_json::json!({"orderId": a, "lines": [{"sku": three[0], "locationId": "WEB", "quantity": 2}]});
+        let (status, _) = definite(&client, &urls, 0, "/v1/orders", &other).await;
+        assert_eq!(status, 409);
+        // Kafka mode needs each line's location.
+        let unsourced = serde_json::json!({"orderId": "nowhere", "lines": [{"sku": three[0], "quantity": 1}]});
+        let (status, error) = definite(&client, &urls, 0, "/v1/orders", &unsourced).await;
+        assert_eq!(status, 400, "{error}");
+    });
+    // The answer is the home's decision; the levels follow within a cycle.
+    let fulfilled = i64::from(reserved_orders.len() > 1);
+    for sku in three {
+        wait_level(&urls[1], sku, (UNITS - fulfilled, held - 1 - fulfilled));
+    }
+
+    // Holds expire on time without any other traffic; an extended one
+    // does not.
+    let hold_sku = &skus[3];
+    runtime.block_on(async {
+        for (id, first) in [("short-hold", 0), ("extended-hold", 1)] {
+            let body = serde_json::json!({"orderId": id, "lines": [{"sku": hold_sku, "locationId": "WEB", "quantity": 2}], "holdSeconds": 1});
+            let (status, order) = definite(&client, &urls, first, "/v1/orders", &body).await;
+            assert_eq!((status, order_status(&order)), (200, "reserved"), "{order}");
+        }
+        let (status, order) = definite(&client, &urls, 0, "/v1/orders/extended-hold/extend", &serde_json::json!({"holdSeconds": 60})).await;
+        assert_eq!((status, order_status(&order)), (200, "reserved"), "{order}");
+    });
+    let (_, short) = get_settled(&format!("{}/v1/orders/short-hold", urls[0]));
+    let expires_at =
+        chrono::DateTime::parse_from_rfc3339(short["expiresAt"].as_str().unwrap()).unwrap();
+    let expired_seen = loop {
+        let (_, order) = get_settled(&format!("{}/v1/orders/short-hold", urls[1]));
+        if order_status(&order) == "expired" {
+            break chrono::Utc::now();
+        }
+        assert!(
+            chrono::Utc::now() < expires_at + chrono::Duration::seconds(10),
+            "never expired: {order}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let late = expired_seen
+        .signed_duration_since(expires_at)
+        .num_milliseconds();
+    assert!(late <= 1_500, "expired {late} ms after its hold ended");
+    let (_, extended) = get_settled(&format!("{}/v1/orders/extended-hold", urls[0]));
+    assert_eq!(order_status(&extended), "reserved", "{extended}");
+    // Only the extended hold holds.
+    wait_level(&urls[0], hold_sku, (UNITS, 2));
+}
+
+/// Waits (up to 30 s) until `sku` at WEB has (onHand, reserved) = `want`
+/// as `url` answers: saga effects land a cycle after their decision.
+fn wait_level(url: &str, sku: &str, want: (i64, i64)) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, level) = get_settled(&format!("{url}/v1/stock/{sku}/WEB"));
+        assert_eq!(status, 200, "{level}");
+        let got = (
+            level["onHand"].as_i64().unwrap(),
+            level["reserved"].as_i64().unwrap(),
+        );
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{sku} via {url}: (onHand, reserved) = {got:?}, want {want:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn a_python_confluent_kafka_client_produces_raw_events_and_reads_stock_levels() {
     let broker = Broker::start();

@@ -1,0 +1,675 @@
+//! Orders across partitions, for the Kafka mode: a saga coordinated by
+//! the order's home partition.
+//!
+//! The embedded mode decides an order in one step against every partition
+//! at one log position ([`crate::orders`]). In Kafka mode no instance sees
+//! every partition, so an order is a conversation through the repartition
+//! topic:
+//!
+//! ```text
+//! HTTP ─Place─► home(orderId) ─RESERVATION per line─► line owners
+//!                   ▲                                     │
+//!                   └──────────── LineResult ◄────────────┘
+//! decided: all reserved → reserved (hold starts);
+//!          all_or_nothing with a refused line → RELEASE the others, rejected
+//! ```
+//!
+//! Each line is decided by the single owner of its level (a RESERVATION
+//! that applies or is refused), so no two orders get the last unit. The
+//! home partition keeps a [`SagaBook`]: a pure state machine of the
+//! messages it receives ([`ToHome`]) and the time, so replaying the same
+//! messages rebuilds it. Every message it handles is idempotent (a repeat
+//! changes nothing), and every effect it asks for is a canonical event
+//! with an eventId derived from the order and line ([`LineAction`]), which
+//! the line owner deduplicates: a crash that repeats a step repeats
+//! nothing.
+//!
+//! A line is reserved whole or refused: Kafka mode does not split a line
+//! over locations (lines name their location) nor reserve part of one.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::EventType;
+use crate::orders::{Allocation, Line, Mode, Order, Status};
+use crate::time::Timestamp;
+
+/// The partition that coordinates an order: a pure function of its id.
+pub fn order_home(order_id: &str, partitions: u16) -> u16 {
+    crate::route(order_id, "", partitions)
+}
+
+/// One line of a placed order; Kafka mode needs its location.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlaceLine {
+    pub sku: String,
+    pub location_id: String,
+    pub quantity: i64,
+}
+
+/// A message to an order's home partition. Externally tagged
+/// (`{"place":{…}}`, `"tick"`): changelog records hold these in postcard,
+/// which cannot read an internally tagged enum.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", rename_all_fields = "camelCase")]
+pub enum ToHome {
+    Place {
+        order_id: String,
+        lines: Vec<PlaceLine>,
+        mode: Mode,
+        hold_ns: i64,
+        fingerprint: u64,
+    },
+    /// A line owner's decision on a line's RESERVATION.
+    LineResult {
+        order_id: String,
+        line: u32,
+        reserved: bool,
+        reason: Option<String>,
+    },
+    /// Fulfils the given lines (all when `None`).
+    Fulfil {
+        order_id: String,
+        lines: Option<Vec<usize>>,
+    },
+    Cancel {
+        order_id: String,
+    },
+    /// The hold ends at `until` (absolute, so a repeat is harmless).
+    Extend {
+        order_id: String,
+        until: Timestamp,
+    },
+    /// Time passes (holds may fall due); carries no order.
+    Tick,
+}
+
+impl ToHome {
+    pub fn order_id(&self) -> Option<&str> {
+        match self {
+            ToHome::Place { order_id, .. }
+            | ToHome::LineResult { order_id, .. }
+            | ToHome::Fulfil { order_id, .. }
+            | ToHome::Cancel { order_id }
+            | ToHome::Extend { order_id, .. } => Some(order_id),
+            ToHome::Tick => None,
+        }
+    }
+}
+
+/// An effect on one level that the home asks of the level's owner, as a
+/// canonical event with correlationId = orderId.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LineAction {
+    pub order_id: String,
+    pub line: u32,
+    pub event_type: EventType,
+    pub sku: String,
+    pub location_id: String,
+    pub quantity: i64,
+}
+
+impl LineAction {
+    /// `{orderId}/{line}/{reserve|release|fulfil}`: one per line and kind,
+    /// so the level's owner applies each at most once.
+    pub fn event_id(&self) -> String {
+        let kind = match self.event_type {
+            EventType::Reservation => "reserve",
+            EventType::Release => "release",
+            _ => "fulfil",
+        };
+        format!("{}/{}/{kind}", self.order_id, self.line)
+    }
+}
+
+/// Which line of which order a RESERVATION with this eventId and
+/// correlationId reserves, if it is a saga's: the line owner answers those.
+pub fn reservation_line(event_id: &str, correlation_id: Option<&str>) -> Option<u32> {
+    let order_id = correlation_id?;
+    let rest = event_id.strip_prefix(order_id)?.strip_prefix('/')?;
+    let line = rest.strip_suffix("/reserve")?;
+    line.parse().ok()
+}
+
+/// Whether `command` (Fulfil, Cancel or Extend) acts on `order`: `Ok(true)`
+/// if it changes it, `Ok(false)` if it repeats what is done (answered with
+/// the order as it is), `Err` with why it is not allowed. The home and the
+/// HTTP handlers judge by this one rule, as the embedded order step does.
+pub fn judge(order: &Order, command: &ToHome) -> Result<bool, String> {
+    let not_now = |what: &str| {
+        let hint = if order.status == Status::Pending {
+            " (its lines are still being reserved; retry in a moment)"
+        } else {
+            ""
+        };
+        Err(format!(
+            "cannot {what} an order that is {}{hint}",
+            order.status.as_str()
+        ))
+    };
+    match command {
+        ToHome::Fulfil { lines, .. } => {
+            if order.status == Status::Fulfilled {
+                return Ok(false);
+            }
+            if !order.status.is_live() {
+                return not_now("fulfil");
+            }
+            if let Some(bad) = lines.iter().flatten().find(|l| **l >= order.lines.len()) {
+                return Err(format!("the order has no line {bad}"));
+            }
+            Ok(true)
+        }
+        ToHome::Cancel { .. } => match order.status {
+            Status::Cancelled => Ok(false),
+            s if s.is_live() => Ok(true),
+            _ => not_now("cancel"),
+        },
+        ToHome::Extend { .. } if order.status.is_live() => Ok(true),
+        ToHome::Extend { .. } => not_now("extend"),
+        _ => Ok(false),
+    }
+}
+
+/// An order and where its saga stands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SagaOrder {
+    /// Status `Pending` while lines are out; then as in the embedded mode.
+    pub order: Order,
+    pub hold_ns: i64,
+    /// Per line: the owner's answer is in.
+    pub answered: Vec<bool>,
+    /// Bumped by every message about this order, handled or not, so a
+    /// waiting request can tell its command was seen.
+    pub version: u64,
+}
+
+/// What one step asks of others.
+#[derive(Debug, Default)]
+pub struct StepOut {
+    pub actions: Vec<LineAction>,
+    /// Orders that changed, in the order they did (may repeat).
+    pub changed: Vec<String>,
+}
+
+/// The orders homed in one partition.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SagaBook {
+    pub orders: BTreeMap<String, SagaOrder>,
+    expiries: BTreeSet<(Timestamp, String)>,
+}
+
+impl SagaBook {
+    /// The earliest hold that may fall due, for the shell's timer.
+    pub fn next_expiry(&self) -> Option<Timestamp> {
+        self.expiries.first().map(|(t, _)| *t)
+    }
+
+    /// Handles one message at `now`.
+    pub fn apply(&mut self, message: &ToHome, now: Timestamp, out: &mut StepOut) {
+        match message {
+            ToHome::Tick => {}
+            ToHome::Place {
+                order_id,
+                lines,
+                mode,
+                hold_ns,
+                fingerprint,
+            } => {
+                if let Some(saga) = self.orders.get_mut(order_id) {
+                    // A retry, or a different order under the same id:
+                    // the first one stands (the request is told 409).
+                    saga.version += 1;
+                    out.changed.push(order_id.clone());
+                    return;
+                }
+                for (n, line) in lines.iter().enumerate() {
+                    out.actions.push(LineAction {
+                        order_id: order_id.clone(),
+                        line: n as u32,
+                        event_type: EventType::Reservation,
+                        sku: line.sku.clone(),
+                        location_id: line.location_id.clone(),
+                        quantity: line.quantity,
+                    });
+                }
+                let order = Order {
+                    order_id: order_id.clone(),
+                    fingerprint: *fingerprint,
+                    mode: *mode,
+                    status: Status::Pending,
+                    lines: lines
+                        .iter()
+                        .map(|l| Line {
+                            sku: l.sku.clone(),
+                            location_id: Some(l.location_id.clone()),
+                            requested: l.quantity,
+                            allocations: Vec::new(),
+                            reason: None,
+                        })
+                        .collect(),
+                    created_at: now,
+                    updated_at: now,
+                    expires_at: None,
+                };
+                self.orders.insert(
+                    order_id.clone(),
+                    SagaOrder {
+                        order,
+                        hold_ns: *hold_ns,
+                        answered: vec![false; lines.len()],
+                        version: 1,
+                    },
+                );
+                out.changed.push(order_id.clone());
+            }
+            ToHome::LineResult {
+                order_id,
+                line,
+                reserved,
+                reason,
+            } => {
+                let Some(saga) = self.orders.get_mut(order_id) else {
+                    return;
+                };
+                saga.version += 1;
+                out.changed.push(order_id.clone());
+                let n = *line as usize;
+                if n >= saga.answered.len() || saga.answered[n] {
+                    return;
+                }
+                saga.answered[n] = true;
+                let l = &mut saga.order.lines[n];
+                if *reserved {
+                    l.allocations.push(Allocation {
+                        location_id: l.location_id.clone().unwrap_or_default(),
+                        quantity: l.requested,
+                        fulfilled: false,
+                    });
+                } else {
+                    l.reason = Some(reason.clone().unwrap_or_else(|| "refused".into()));
+                }
+                saga.order.updated_at = now;
+                if saga.answered.iter().all(|a| *a) {
+                    decide(saga, now, out);
+                    if let Some(at) = saga.order.expires_at {
+                        self.expiries.insert((at, order_id.clone()));
+                    }
+                }
+            }
+            ToHome::Fulfil { order_id, lines } => {
+                let Some(saga) = self.orders.get_mut(order_id) else {
+                    return;
+                };
+                saga.version += 1;
+                out.changed.push(order_id.clone());
+                if judge(&saga.order, message) != Ok(true) {
+                    return;
+                }
+                for (n, line) in saga.order.lines.iter_mut().enumerate() {
+                    if lines.as_ref().is_some_and(|only| !only.contains(&n)) {
+                        continue;
+                    }
+                    for a in line.allocations.iter_mut().filter(|a| !a.fulfilled) {
+                        a.fulfilled = true;
+                        out.actions.push(LineAction {
+                            order_id: order_id.clone(),
+                            line: n as u32,
+                            event_type: EventType::Fulfillment,
+                            sku: line.sku.clone(),
+                            location_id: a.location_id.clone(),
+                            quantity: a.quantity,
+                        });
+                    }
+                }
+                let all = saga
+                    .order
+                    .lines
+                    .iter()
+                    .all(|l| l.allocations.iter().all(|a| a.fulfilled));
+                if all {
+                    // Its expiry, still listed, finds it no longer live.
+                    saga.order.status = Status::Fulfilled;
+                    saga.order.expires_at = None;
+                }
+                saga.order.updated_at = now;
+            }
+            ToHome::Cancel { order_id } => {
+                let Some(saga) = self.orders.get_mut(order_id) else {
+                    return;
+                };
+                saga.version += 1;
+                out.changed.push(order_id.clone());
+                if judge(&saga.order, message) == Ok(true) {
+                    release(saga, Status::Cancelled, now, out);
+                    saga.order.expires_at = None;
+                }
+            }
+            ToHome::Extend { order_id, until } => {
+                let Some(saga) = self.orders.get_mut(order_id) else {
+                    return;
+                };
+                saga.version += 1;
+                out.changed.push(order_id.clone());
+                if judge(&saga.order, message) == Ok(true) {
+                    saga.order.expires_at = Some(*until);
+                    saga.order.updated_at = now;
+                    self.expiries.insert((*until, order_id.clone()));
+                }
+            }
+        }
+    }
+
+    /// Releases the holds due by `now`; run after every step's messages.
+    pub fn expire(&mut self, now: Timestamp, out: &mut StepOut) {
+        while let Some((at, id)) = self.expiries.first().cloned() {
+            if at > now {
+                break;
+            }
+            self.expiries.pop_first();
+            let Some(saga) = self.orders.get_mut(&id) else {
+                continue;
+            };
+            // An extended hold left its old expiry behind.
+            if saga.order.status.is_live() && saga.order.expires_at == Some(at) {
+                saga.version += 1;
+                release(saga, Status::Expired, now, out);
+                out.changed.push(id);
+            }
+        }
+    }
+
+    /// Units held per level by live orders (unfulfilled allocations).
+    pub fn held(&self) -> BTreeMap<(String, String), i64> {
+        let mut held = BTreeMap::new();
+        for saga in self.orders.values().filter(|s| s.order.status.is_live()) {
+            for line in &saga.order.lines {
+                for a in line.allocations.iter().filter(|a| !a.fulfilled) {
+                    *held
+                        .entry((line.sku.clone(), a.location_id.clone()))
+                        .or_insert(0) += a.quantity;
+                }
+            }
+        }
+        held
+    }
+}
+
+/// Every line is answered: the order's outcome, and the releases an
+/// all_or_nothing order with a refused line owes.
+fn decide(saga: &mut SagaOrder, now: Timestamp, out: &mut StepOut) {
+    let order = &mut saga.order;
+    let complete = order.lines.iter().all(|l| l.reason.is_none());
+    let any = order.lines.iter().any(|l| !l.allocations.is_empty());
+    order.status = match (order.mode, complete, any) {
+        (_, true, _) => Status::Reserved,
+        (Mode::Partial, false, true) => Status::PartiallyReserved,
+        _ => Status::Rejected,
+    };
+    order.updated_at = now;
+    if order.status == Status::Rejected {
+        for (n, line) in order.lines.iter_mut().enumerate() {
+            for a in line.allocations.drain(..) {
+                out.actions.push(LineAction {
+                    order_id: order.order_id.clone(),
+                    line: n as u32,
+                    event_type: EventType::Release,
+                    sku: line.sku.clone(),
+                    location_id: a.location_id,
+                    quantity: a.quantity,
+                });
+            }
+            line.reason.get_or_insert_with(|| {
+                "not_reserved: another line of this all_or_nothing order could not be".into()
+            });
+        }
+    } else {
+        order.expires_at = Some(now.saturating_add_ns(saga.hold_ns));
+    }
+}
+
+/// Gives back every unfulfilled unit of a live order.
+fn release(saga: &mut SagaOrder, status: Status, now: Timestamp, out: &mut StepOut) {
+    let order = &mut saga.order;
+    for (n, line) in order.lines.iter_mut().enumerate() {
+        for a in line.allocations.iter().filter(|a| !a.fulfilled) {
+            out.actions.push(LineAction {
+                order_id: order.order_id.clone(),
+                line: n as u32,
+                event_type: EventType::Release,
+                sku: line.sku.clone(),
+                location_id: a.location_id.clone(),
+                quantity: a.quantity,
+            });
+        }
+        line.allocations.retain(|a| a.fulfilled);
+    }
+    order.status = status;
+    order.updated_at = now;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn place(id: &str, lines: &[(&str, &str, i64)], mode: Mode) -> ToHome {
+        ToHome::Place {
+            order_id: id.into(),
+            lines: lines
+                .iter()
+                .map(|(s, l, q)| PlaceLine {
+                    sku: (*s).into(),
+                    location_id: (*l).into(),
+                    quantity: *q,
+                })
+                .collect(),
+            mode,
+            hold_ns: 10_000,
+            fingerprint: 7,
+        }
+    }
+
+    fn result(id: &str, line: u32, reserved: bool) -> ToHome {
+        ToHome::LineResult {
+            order_id: id.into(),
+            line,
+            reserved,
+            reason: (!reserved).then(|| "insufficient_stock".into()),
+        }
+    }
+
+    fn kinds(out: &StepOut) -> Vec<(u32, EventType)> {
+        out.actions.iter().map(|a| (a.line, a.event_type)).collect()
+    }
+
+    #[test]
+    fn an_order_reserves_when_every_line_is_granted_and_its_hold_then_expires() {
+        let mut book = SagaBook::default();
+        let mut out = StepOut::default();
+        book.apply(
+            &place("o", &[("A", "S", 1), ("B", "T", 2)], Mode::AllOrNothing),
+            Timestamp(0),
+            &mut out,
+        );
+        assert_eq!(
+            kinds(&out),
+            [(0, EventType::Reservation), (1, EventType::Reservation)]
+        );
+        assert_eq!(out.actions[1].event_id(), "o/1/reserve");
+        assert_eq!(book.orders["o"].order.status, Status::Pending);
+        let mut out = StepOut::default();
+        book.apply(&result("o", 0, true), Timestamp(5), &mut out);
+        assert_eq!(book.orders["o"].order.status, Status::Pending);
+        book.apply(&result("o", 1, true), Timestamp(6), &mut out);
+        assert!(out.actions.is_empty());
+        let order = &book.orders["o"].order;
+        assert_eq!(order.status, Status::Reserved);
+        assert_eq!(order.expires_at, Some(Timestamp(10_006)));
+        assert_eq!(book.held().values().sum::<i64>(), 3);
+
+        let mut out = StepOut::default();
+        book.expire(Timestamp(10_005), &mut out);
+        assert!(out.actions.is_empty(), "not due yet");
+        book.expire(Timestamp(10_006), &mut out);
+        assert_eq!(
+            kinds(&out),
+            [(0, EventType::Release), (1, EventType::Release)]
+        );
+        assert_eq!(book.orders["o"].order.status, Status::Expired);
+        assert!(book.held().is_empty());
+    }
+
+    #[test]
+    fn all_or_nothing_with_a_refused_line_releases_the_granted_ones() {
+        let mut book = SagaBook::default();
+        let mut out = StepOut::default();
+        let lines = [("A", "S", 1), ("B", "T", 1), ("C", "U", 1)];
+        book.apply(
+            &place("o", &lines, Mode::AllOrNothing),
+            Timestamp(0),
+            &mut out,
+        );
+        let mut out = StepOut::default();
+        for message in [
+            result("o", 0, true),
+            result("o", 1, false),
+            result("o", 2, true),
+        ] {
+            book.apply(&message, Timestamp(1), &mut out);
+        }
+        assert_eq!(
+            kinds(&out),
+            [(0, EventType::Release), (2, EventType::Release)]
+        );
+        let order = &book.orders["o"].order;
+        assert_eq!(order.status, Status::Rejected);
+        assert!(order
+            .lines
+            .iter()
+            .all(|l| l.allocations.is_empty() && l.reason.is_some()));
+        assert_eq!(order.expires_at, None);
+        assert!(book.held().is_empty());
+
+        // The same order in partial mode keeps what it got.
+        let mut book = SagaBook::default();
+        let mut out = StepOut::default();
+        book.apply(&place("p", &lines, Mode::Partial), Timestamp(0), &mut out);
+        let mut out = StepOut::default();
+        for message in [
+            result("p", 0, true),
+            result("p", 1, false),
+            result("p", 2, true),
+        ] {
+            book.apply(&message, Timestamp(1), &mut out);
+        }
+        assert!(out.actions.is_empty());
+        assert_eq!(book.orders["p"].order.status, Status::PartiallyReserved);
+        assert_eq!(book.held().values().sum::<i64>(), 2);
+    }
+
+    #[test]
+    fn repeated_messages_change_nothing_but_the_version() {
+        let messages = [
+            place("o", &[("A", "S", 1), ("B", "T", 1)], Mode::AllOrNothing),
+            result("o", 0, true),
+            result("o", 1, true),
+            ToHome::Fulfil {
+                order_id: "o".into(),
+                lines: Some(vec![0]),
+            },
+            ToHome::Extend {
+                order_id: "o".into(),
+                until: Timestamp(50),
+            },
+            ToHome::Cancel {
+                order_id: "o".into(),
+            },
+        ];
+        let mut once = SagaBook::default();
+        let mut twice = SagaBook::default();
+        let (mut a, mut b) = (StepOut::default(), StepOut::default());
+        for (t, message) in messages.iter().enumerate() {
+            once.apply(message, Timestamp(t as i64), &mut a);
+            twice.apply(message, Timestamp(t as i64), &mut b);
+            twice.apply(message, Timestamp(t as i64), &mut b);
+        }
+        let strip = |book: &SagaBook| {
+            let mut book = book.clone();
+            book.orders.values_mut().for_each(|s| s.version = 0);
+            book
+        };
+        assert_eq!(strip(&once), strip(&twice));
+        assert_eq!(a.actions, b.actions, "a repeat asks for nothing more");
+        // Line 0 was fulfilled, line 1 released by the cancel.
+        assert_eq!(
+            kinds(&a)[2..],
+            [(0, EventType::Fulfillment), (1, EventType::Release)]
+        );
+        assert_eq!(once.orders["o"].order.status, Status::Cancelled);
+    }
+
+    #[test]
+    fn an_extended_hold_expires_at_its_new_time_only() {
+        let mut book = SagaBook::default();
+        let mut out = StepOut::default();
+        book.apply(
+            &place("o", &[("A", "S", 1)], Mode::AllOrNothing),
+            Timestamp(0),
+            &mut out,
+        );
+        book.apply(&result("o", 0, true), Timestamp(0), &mut out);
+        let extend = ToHome::Extend {
+            order_id: "o".into(),
+            until: Timestamp(20_000),
+        };
+        book.apply(&extend, Timestamp(1), &mut out);
+        let mut out = StepOut::default();
+        book.expire(Timestamp(15_000), &mut out);
+        assert_eq!(book.orders["o"].order.status, Status::Reserved);
+        book.expire(Timestamp(20_000), &mut out);
+        assert_eq!(book.orders["o"].order.status, Status::Expired);
+        assert_eq!(kinds(&out), [(0, EventType::Release)]);
+    }
+
+    #[test]
+    fn messages_read_back_from_json_and_postcard() {
+        let messages = vec![
+            place("o", &[("A", "S", 1)], Mode::Partial),
+            result("o", 0, false),
+            ToHome::Fulfil {
+                order_id: "o".into(),
+                lines: Some(vec![0]),
+            },
+            ToHome::Extend {
+                order_id: "o".into(),
+                until: Timestamp(9),
+            },
+            ToHome::Tick,
+        ];
+        let json = serde_json::to_string(&messages).unwrap();
+        assert_eq!(
+            serde_json::from_str::<Vec<ToHome>>(&json).unwrap(),
+            messages
+        );
+        let bytes = postcard::to_stdvec(&messages).unwrap();
+        assert_eq!(
+            postcard::from_bytes::<Vec<ToHome>>(&bytes).unwrap(),
+            messages
+        );
+        assert!(
+            json.contains(r#"{"lineResult":{"orderId":"o","line":0"#),
+            "{json}"
+        );
+    }
+
+    #[test]
+    fn a_saga_reservation_names_its_line() {
+        assert_eq!(reservation_line("o-1/2/reserve", Some("o-1")), Some(2));
+        assert_eq!(reservation_line("a/b/0/reserve", Some("a/b")), Some(0));
+        assert_eq!(reservation_line("o-1/2/release", Some("o-1")), None);
+        assert_eq!(reservation_line("x/2/reserve", Some("o-1")), None);
+        assert_eq!(reservation_line("o-1/2/reserve", None), None);
+    }
+}

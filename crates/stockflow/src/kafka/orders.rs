@@ -1,0 +1,444 @@
+//! Orders in Kafka mode: the HTTP side of the saga in
+//! [`stockflow_core::saga`]. Any instance takes a request; it produces the
+//! command to the order's home partition (through the repartition topic)
+//! and waits for the home's owner, wherever it runs, to say the order has
+//! moved on. Decisions are never taken here: the home decides the order,
+//! the owner of each level decides its line.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::FutureRecord;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use stockflow_core::orders::{Order, Status};
+use stockflow_core::saga::{judge, order_home, PlaceLine, ToHome};
+
+use super::http::{encode, KafkaApp, ReadQuery, FORWARDED};
+use super::processor::{ACTIVE, NOT_OWNED, ORDER_HEADER};
+use crate::http::orders::{
+    order_json, parse_extend, parse_fulfil, parse_place, COMMAND_BODY_BYTES_MAX,
+    ORDER_BODY_BYTES_MAX,
+};
+use crate::http::{read_body, ApiError};
+use crate::pipeline::wall_clock;
+
+/// Longest wait for an order's home to answer a command.
+const ORDER_WAIT_MAX: Duration = Duration::from_secs(30);
+
+/// An order as its home holds it.
+#[derive(Clone, Debug)]
+struct Homed {
+    order: Order,
+    version: u64,
+}
+
+/// The order as its home partition's owner holds it: at once
+/// (`after_version` None), or once its version passed `after_version` and
+/// it is no longer pending (long-polled at the owner). `Ok(None)`: no such
+/// order.
+async fn ask_home(
+    app: &KafkaApp,
+    order_id: &str,
+    after_version: Option<u64>,
+    deadline: Instant,
+) -> Result<Option<Homed>, ApiError> {
+    let p = order_home(order_id, app.settings.partitions);
+    loop {
+        if app.shared.status(p) == ACTIVE {
+            match wait_local(app, p, order_id, after_version, deadline).await {
+                Some(found) => return Ok(found),
+                // No longer the owner: ask whoever is now.
+                None => continue,
+            }
+        }
+        if let Some((owner, _)) = app
+            .cluster
+            .owner(p)
+            .filter(|(o, _)| o.instance_id != app.instance_id)
+        {
+            let wait_ms = deadline
+                .saturating_duration_since(Instant::now())
+                .as_millis();
+            let after = after_version.map_or(String::new(), |v| format!("&afterVersion={v}"));
+            let answer = app
+                .client
+                .get(format!(
+                    "{}/v1/internal/orders/{}?timeoutMs={wait_ms}{after}",
+                    owner.url,
+                    encode(order_id)
+                ))
+                .header(FORWARDED, "1")
+                .timeout(ORDER_WAIT_MAX + Duration::from_secs(5))
+                .send()
+                .await;
+            if let Ok(r) = answer {
+                match r.status().as_u16() {
+                    200 => {
+                        let body: Value = r.json().await.map_err(|e| {
+                            ApiError::overloaded(StatusCode::BAD_GATEWAY, e.to_string())
+                        })?;
+                        return Ok(homed_from_json(&body));
+                    }
+                    404 => return Ok(None),
+                    // Moved or restoring: ask again below.
+                    _ => {}
+                }
+            }
+        }
+        if Instant::now() >= deadline {
+            let mut error = ApiError::overloaded(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the home partition {p} of order {order_id:?} has no active owner right now (a rebalance or restore is under way); retry shortly"),
+            );
+            error.code = "no_owner";
+            return Err(error);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn homed_from_json(body: &Value) -> Option<Homed> {
+    let order = serde_json::from_value(body["saga"].clone()).ok()?;
+    Some(Homed {
+        order,
+        version: body["version"].as_u64().unwrap_or(0),
+    })
+}
+
+/// Waits at the owner of `p`; `None` if this instance stops owning it.
+async fn wait_local(
+    app: &KafkaApp,
+    p: u16,
+    order_id: &str,
+    after_version: Option<u64>,
+    deadline: Instant,
+) -> Option<Option<Homed>> {
+    loop {
+        let notified = app.shared.progress.notified();
+        if app.shared.status(p) != ACTIVE {
+            return None;
+        }
+        let found = app.shared.books[p as usize]
+            .read()
+            .orders
+            .get(order_id)
+            .map(|saga| Homed {
+                order: saga.order.clone(),
+                version: saga.version,
+            });
+        let done = match (&found, after_version) {
+            (_, None) => true,
+            (Some(h), Some(after)) => h.version > after && h.order.status != Status::Pending,
+            (None, Some(_)) => false,
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        if done || left.is_zero() {
+            return Some(found);
+        }
+        let _ = tokio::time::timeout(left.min(Duration::from_millis(200)), notified).await;
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InternalQuery {
+    after_version: Option<u64>,
+    timeout_ms: Option<u64>,
+}
+
+/// GET /v1/internal/orders/{id}: the home owner's order with its saga
+/// version (see [`ask_home`]); 409 if this instance does not own the home.
+pub async fn internal(
+    State(app): State<Arc<KafkaApp>>,
+    Path(id): Path<String>,
+    Query(q): Query<InternalQuery>,
+) -> Response {
+    let p = order_home(&id, app.settings.partitions);
+    let wait = Duration::from_millis(q.timeout_ms.unwrap_or(0)).min(ORDER_WAIT_MAX);
+    let not_owner = || {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "not_owner",
+            format!("partition {p} is not active here"),
+        )
+        .into_response()
+    };
+    if app.shared.status(p) == NOT_OWNED {
+        return not_owner();
+    }
+    match wait_local(&app, p, &id, q.after_version, Instant::now() + wait).await {
+        Some(Some(h)) => Json(json!({"saga": h.order, "version": h.version})).into_response(),
+        Some(None) => ApiError::not_found(format!("no order {id:?}")).into_response(),
+        None => not_owner(),
+    }
+}
+
+/// Produces `message` to the home partition of its order and waits for
+/// the broker's acknowledgement.
+async fn send_home(app: &KafkaApp, message: &ToHome) -> Result<(), ApiError> {
+    let order_id = message.order_id().unwrap_or_default();
+    let home = order_home(order_id, app.settings.partitions);
+    let payload = serde_json::to_vec(message).expect("an order message serializes");
+    let record = FutureRecord::to(&app.settings.topics.repartition)
+        .partition(i32::from(home))
+        .key(order_id)
+        .payload(&payload)
+        .headers(OwnedHeaders::new().insert(Header {
+            key: ORDER_HEADER,
+            value: Some("1"),
+        }))
+        .timestamp(wall_clock().0 / 1_000_000);
+    match app.producer.send(record, Duration::from_secs(10)).await {
+        Ok(_) => Ok(()),
+        Err((error, _)) => Err(ApiError::overloaded(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("Kafka did not acknowledge the order command ({error}); send the request again (it is idempotent)"),
+        )),
+    }
+}
+
+fn conflict(order: &Order, why: String) -> Response {
+    (
+        StatusCode::CONFLICT,
+        Json(json!({"code": "conflict", "message": why, "order": order_json(order)})),
+    )
+        .into_response()
+}
+
+fn not_found(order_id: &str) -> ApiError {
+    ApiError::not_found(format!("no order {order_id:?}"))
+}
+
+fn still_pending(order_id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::GATEWAY_TIMEOUT,
+        "order_pending",
+        format!("order {order_id:?} is still being reserved; GET /v1/orders/{order_id} later for the outcome"),
+    )
+}
+
+/// POST /v1/orders in Kafka mode: every line must name its location
+/// (sourcing needs every location's stock, which no instance holds).
+pub async fn place(
+    State(app): State<Arc<KafkaApp>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let (bytes, _) = read_body(&headers, body, ORDER_BODY_BYTES_MAX).await?;
+    let request = parse_place(&bytes, app.config.order_hold_seconds)?;
+    let mut lines = Vec::with_capacity(request.lines.len());
+    for (n, line) in request.lines.into_iter().enumerate() {
+        let Some(location_id) = line.location_id else {
+            return Err(ApiError::bad_request(format!(
+                "lines[{n}].locationId: required in Kafka mode (sourcing a line across locations needs the embedded mode)"
+            )));
+        };
+        lines.push(PlaceLine {
+            sku: line.sku,
+            location_id,
+            quantity: line.quantity,
+        });
+    }
+    let order_id = request.order_id;
+    let deadline = Instant::now() + ORDER_WAIT_MAX;
+    let existing = ask_home(&app, &order_id, None, deadline).await?;
+    let after = match &existing {
+        Some(h) if h.order.fingerprint != request.fingerprint => {
+            return Ok(conflict(
+                &h.order,
+                format!("order {order_id:?} exists with a different body; use a new orderId"),
+            ));
+        }
+        Some(h) if h.order.status != Status::Pending => {
+            return Ok(Json(order_json(&h.order)).into_response())
+        }
+        Some(h) => h.version,
+        None => {
+            send_home(
+                &app,
+                &ToHome::Place {
+                    order_id: order_id.clone(),
+                    lines,
+                    mode: request.mode,
+                    hold_ns: request.hold_ns,
+                    fingerprint: request.fingerprint,
+                },
+            )
+            .await?;
+            0
+        }
+    };
+    match ask_home(&app, &order_id, Some(after), deadline).await? {
+        Some(h) if h.order.fingerprint != request.fingerprint => Ok(conflict(
+            &h.order,
+            format!("order {order_id:?} exists with a different body; use a new orderId"),
+        )),
+        Some(h) if h.order.status != Status::Pending => {
+            Ok(Json(order_json(&h.order)).into_response())
+        }
+        _ => Err(still_pending(&order_id)),
+    }
+}
+
+/// Fulfil, cancel and extend: judged against the order as its home holds
+/// it, sent home, answered once the home has handled it.
+async fn command(app: &KafkaApp, order_id: String, message: ToHome) -> Result<Response, ApiError> {
+    let deadline = Instant::now() + ORDER_WAIT_MAX;
+    let Some(current) = ask_home(app, &order_id, None, deadline).await? else {
+        return Err(not_found(&order_id));
+    };
+    match judge(&current.order, &message) {
+        Err(why) => return Ok(conflict(&current.order, why)),
+        Ok(false) => return Ok(Json(order_json(&current.order)).into_response()),
+        Ok(true) => {}
+    }
+    send_home(app, &message).await?;
+    match ask_home(app, &order_id, Some(current.version), deadline).await? {
+        Some(h) if h.version > current.version => {
+            // Judged again: something else (an expiry) may have come first.
+            let done = match &message {
+                ToHome::Cancel { .. } => h.order.status == Status::Cancelled,
+                ToHome::Extend { until, .. } => h.order.expires_at == Some(*until),
+                _ => h.order.status.is_live() || h.order.status == Status::Fulfilled,
+            };
+            if done {
+                Ok(Json(order_json(&h.order)).into_response())
+            } else {
+                let why = judge(&h.order, &message).err().unwrap_or_else(|| {
+                    format!("the order became {} first", h.order.status.as_str())
+                });
+                Ok(conflict(&h.order, why))
+            }
+        }
+        Some(_) => Err(still_pending(&order_id)),
+        None => Err(not_found(&order_id)),
+    }
+}
+
+/// POST /v1/orders/{id}/fulfil
+pub async fn fulfil(
+    State(app): State<Arc<KafkaApp>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let (bytes, _) = read_body(&headers, body, COMMAND_BODY_BYTES_MAX).await?;
+    let lines = parse_fulfil(&bytes)?;
+    let message = ToHome::Fulfil {
+        order_id: id.clone(),
+        lines,
+    };
+    command(&app, id, message).await
+}
+
+/// POST /v1/orders/{id}/cancel
+pub async fn cancel(
+    State(app): State<Arc<KafkaApp>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let message = ToHome::Cancel {
+        order_id: id.clone(),
+    };
+    command(&app, id, message).await
+}
+
+/// POST /v1/orders/{id}/extend `{"holdSeconds": n}`: the hold ends n
+/// seconds from now (this instance's clock).
+pub async fn extend(
+    State(app): State<Arc<KafkaApp>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let (bytes, _) = read_body(&headers, body, COMMAND_BODY_BYTES_MAX).await?;
+    let hold_ns = parse_extend(&bytes)?;
+    let message = ToHome::Extend {
+        order_id: id.clone(),
+        until: wall_clock().saturating_add_ns(hold_ns),
+    };
+    command(&app, id, message).await
+}
+
+/// GET /v1/orders/{id}: from its home's owner.
+pub async fn get(
+    State(app): State<Arc<KafkaApp>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    match ask_home(&app, &id, None, deadline).await? {
+        Some(h) => Ok(Json(order_json(&h.order))),
+        None => Err(not_found(&id)),
+    }
+}
+
+/// GET /v1/orders?status=&limit=&after=: every member's homed orders,
+/// merged by orderId.
+pub async fn list(
+    State(app): State<Arc<KafkaApp>>,
+    Query(query): Query<ReadQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let page = crate::http::query::Page {
+        limit: query.limit.map(|l| l.to_string()),
+        after: query.after.clone(),
+    };
+    let limit = crate::http::query::limit(&page)?;
+    let status = match query.status.as_deref() {
+        None => None,
+        Some(text) => Some(Status::from_wire(text).ok_or_else(|| {
+            ApiError::bad_request(format!("status: {text:?} is not one of pending, reserved, partially_reserved, rejected, fulfilled, cancelled, expired"))
+        })?),
+    };
+    let after = query.after.as_deref().unwrap_or("");
+    // Enough of each member's to fill a page after merging.
+    let mut orders: Vec<Value> = Vec::new();
+    for (p, s, _) in app.shared.owned() {
+        if s != ACTIVE {
+            if query.scope.as_deref() == Some("local") {
+                return Err(super::http::restoring(p));
+            }
+            continue;
+        }
+        let book = app.shared.books[p as usize].read();
+        let matching = book
+            .orders
+            .range::<str, _>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded))
+            .map(|(_, s)| &s.order)
+            .filter(|o| status.is_none_or(|s| o.status == s))
+            .take(limit + 1);
+        orders.extend(matching.map(order_json));
+    }
+    if query.scope.as_deref() == Some("local") {
+        // One more than a page, so the asker can tell there is more.
+        orders.sort_by(|a, b| a["orderId"].as_str().cmp(&b["orderId"].as_str()));
+        orders.truncate(limit + 1);
+        return Ok(Json(json!({ "orders": orders })));
+    }
+    {
+        let mut path = format!("/v1/orders?limit={limit}");
+        if let Some(s) = &query.status {
+            path.push_str(&format!("&status={}", encode(s)));
+        }
+        if let Some(a) = &query.after {
+            path.push_str(&format!("&after={}", encode(a)));
+        }
+        orders.extend(super::http::gather(&app, &path, "orders").await?);
+    }
+    orders.sort_by(|a, b| a["orderId"].as_str().cmp(&b["orderId"].as_str()));
+    let more = orders.len() > limit;
+    orders.truncate(limit);
+    let next = more
+        .then(|| {
+            orders
+                .last()
+                .and_then(|o| o["orderId"].as_str().map(str::to_owned))
+        })
+        .flatten();
+    Ok(Json(json!({"orders": orders, "nextAfter": next})))
+}
