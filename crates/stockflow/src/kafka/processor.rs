@@ -1329,6 +1329,10 @@ pub fn start(
         .client(&[
             ("enable.auto.commit", "false"),
             ("group.id", &format!("{}-repartition", settings.group)),
+            // Every step of an order saga crosses this topic: an idle
+            // fetch must not hold the next step back (librdkafka's
+            // default waits up to 500 ms, and tansu waits it out).
+            ("fetch.wait.max.ms", "10"),
         ])
         .create()?;
     let processor = Arc::new(Mutex::new(Processor {

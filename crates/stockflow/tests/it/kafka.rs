@@ -1080,9 +1080,10 @@ fn orders_across_partitions_never_oversell_survive_a_kill_and_expire() {
                         .map(|sku| serde_json::json!({"sku": sku, "locationId": "WEB", "quantity": 1}))
                         .collect();
                     let body = serde_json::json!({"orderId": format!("storm-{n}"), "lines": lines, "holdSeconds": 600});
+                    let sent = Instant::now();
                     let (status, order) = definite(&client, &urls, n, "/v1/orders", &body).await;
                     assert_eq!(status, 200, "storm-{n}: {order}");
-                    order
+                    (order, sent.elapsed())
                 });
             }
             let mut answers = Vec::new();
@@ -1096,7 +1097,14 @@ fn orders_across_partitions_never_oversell_survive_a_kill_and_expire() {
     instances[1].kill();
     std::thread::sleep(Duration::from_millis(1000));
     instances[1].restart();
-    let answers = runtime.block_on(storm).unwrap();
+    let (answers, mut took): (Vec<Value>, Vec<Duration>) =
+        runtime.block_on(storm).unwrap().into_iter().unzip();
+    took.sort();
+    eprintln!(
+        "saga orders through a kill: p50 {:?}, max {:?}",
+        took[took.len() / 2],
+        took[took.len() - 1]
+    );
     wait_settled(&instances[0].url, 2);
 
     let mut reserved_orders = Vec::new();
@@ -1211,7 +1219,8 @@ fn orders_across_partitions_never_oversell_survive_a_kill_and_expire() {
     let late = expired_seen
         .signed_duration_since(expires_at)
         .num_milliseconds();
-    assert!(late <= 1_500, "expired {late} ms after its hold ended");
+    eprintln!("hold expired {late} ms after it ended (polled every 50 ms)");
+    assert!(late <= 1_000, "expired {late} ms after its hold ended");
     let (_, extended) = get_settled(&format!("{}/v1/orders/extended-hold", urls[0]));
     assert_eq!(order_status(&extended), "reserved", "{extended}");
     // Only the extended hold holds.
