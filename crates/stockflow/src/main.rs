@@ -47,6 +47,8 @@ enum BenchMode {
     Stream,
     /// One instance through a Kafka broker (needs --kafka), then a restore
     /// from the changelog; compared with the embedded engine path.
+    /// `--kafka mock` runs librdkafka's in-process mock cluster, which has
+    /// transactions (add --kafka-transactions).
     Kafka,
     /// Every embedded mode (not kafka).
     All,
@@ -517,12 +519,19 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             if matches!(mode, BenchMode::Kafka) {
                 let Some(bootstrap) = kafka.kafka.as_deref() else {
-                    bail!("--mode kafka needs --kafka BOOTSTRAP (a broker it may create bench-* topics on)");
+                    bail!("--mode kafka needs --kafka BOOTSTRAP (a broker it may create bench-* topics on), or --kafka mock");
                 };
-                let settings = kafka.settings(bootstrap);
+                let mock = (bootstrap == "mock")
+                    .then(|| rdkafka::mocking::MockCluster::new(1))
+                    .transpose()?;
+                let bootstrap = mock
+                    .as_ref()
+                    .map_or(bootstrap.to_owned(), |m| m.bootstrap_servers());
+                let settings = kafka.settings(&bootstrap);
                 let embedded =
                     tokio::task::spawn_blocking(move || bench::engine(&options)).await??;
-                let measured = stockflow::kafka::bench::run(&options, settings).await?;
+                let measured =
+                    stockflow::kafka::bench::run(&options, settings, mock.as_ref()).await?;
                 println!(
                     "kafka: one instance runs at {:.2}x the embedded engine path ({:.0} vs {:.0} events/s)",
                     measured.events_per_s / embedded,

@@ -474,7 +474,7 @@ impl Processor {
     /// `?stale=true` queries see the restore's progress.
     fn restore(&self, p: u16) -> anyhow::Result<(Owned, u64)> {
         let topic = &self.settings.topics.changelog;
-        let reader: BaseConsumer = self
+        let reader: BaseConsumer<EndIsNews> = self
             .settings
             .client(&[
                 ("enable.auto.commit", "false"),
@@ -491,7 +491,7 @@ impl Processor {
                     },
                 ),
             ])
-            .create()?;
+            .create_with_context(EndIsNews)?;
         let (low, mut high) =
             reader.fetch_watermarks(topic, i32::from(p), Duration::from_secs(30))?;
         let (mut owned, partition, book) = match self.load_snapshot(p) {
@@ -1376,11 +1376,36 @@ pub fn start(
     })
 }
 
+/// The restore reader's context: reaching the end of the changelog is
+/// how a transactional restore knows it is done, not an error to log
+/// (librdkafka also reports it as a client error, which rust-rdkafka's
+/// default context logs at ERROR on every restore).
+pub struct EndIsNews;
+
+impl ClientContext for EndIsNews {
+    fn error(&self, error: KafkaError, reason: &str) {
+        match error {
+            KafkaError::PartitionEOF(_)
+            | KafkaError::Global(rdkafka::types::RDKafkaErrorCode::PartitionEOF) => {
+                tracing::debug!(reason, "end of a changelog partition")
+            }
+            error => tracing::error!(%error, reason, "librdkafka"),
+        }
+    }
+}
+
+impl ConsumerContext for EndIsNews {}
+
 /// Moves a restore reader: a seek, not a new assignment (replacing
 /// assignments in quick succession can trip librdkafka 2.12's duplicate
 /// FETCH_STOP assertion, librdkafka#5573). A seek needs the partition's
 /// fetcher started, which takes a moment after the assignment.
-fn reposition(reader: &BaseConsumer, topic: &str, p: u16, offset: i64) -> anyhow::Result<()> {
+fn reposition<C: ConsumerContext>(
+    reader: &BaseConsumer<C>,
+    topic: &str,
+    p: u16,
+    offset: i64,
+) -> anyhow::Result<()> {
     let mut tries = 0;
     loop {
         match reader.seek(
