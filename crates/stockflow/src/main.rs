@@ -275,6 +275,11 @@ struct KafkaArgs {
     /// positions in the changelog records.
     #[arg(long, requires = "kafka")]
     kafka_transactions: bool,
+    /// Write each partition's state into its changelog after this many
+    /// applied records (and tombstone what it covers): bounds the
+    /// changelog and a new owner's restore.
+    #[arg(long, default_value_t = 500_000, value_parser = clap::value_parser!(u64).range(1..))]
+    changelog_snapshot_every: u64,
 }
 
 impl KafkaArgs {
@@ -285,6 +290,7 @@ impl KafkaArgs {
         settings.partitions = self.kafka_partitions;
         settings.commit_interval = Duration::from_millis(self.commit_interval_ms);
         settings.transactions = self.kafka_transactions;
+        settings.changelog_snapshot_every = self.changelog_snapshot_every;
         settings
     }
 }

@@ -43,6 +43,7 @@ pub async fn run(
         &mut t.canonical,
         &mut t.repartition,
         &mut t.changelog,
+        &mut t.changelog_index,
         &mut t.stock_levels,
         &mut t.alerts,
         &mut t.orders,

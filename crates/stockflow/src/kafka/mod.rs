@@ -45,6 +45,8 @@ pub struct Topics {
     pub canonical: String,
     pub repartition: String,
     pub changelog: String,
+    /// Where each changelog partition's latest snapshot starts.
+    pub changelog_index: String,
     pub stock_levels: String,
     pub alerts: String,
     /// Orders as their home decides them, latest per orderId.
@@ -61,6 +63,7 @@ impl Default for Topics {
             canonical: "inventory.events.canonical".into(),
             repartition: "inventory.repartition".into(),
             changelog: "inventory.changelog".into(),
+            changelog_index: "inventory.changelog-index".into(),
             stock_levels: "inventory.stock-levels".into(),
             alerts: "inventory.alerts".into(),
             orders: "inventory.orders".into(),
@@ -89,6 +92,10 @@ pub struct KafkaSettings {
     /// commit as one. Without them (tansu has no EndTxn) the changelog
     /// records carry the positions and outputs are flushed first.
     pub transactions: bool,
+    /// A partition's state is written into its changelog after this many
+    /// applied records, and the records it covers are tombstoned: a new
+    /// owner folds at most about this many records after the snapshot.
+    pub changelog_snapshot_every: u64,
 }
 
 impl KafkaSettings {
@@ -101,6 +108,7 @@ impl KafkaSettings {
             partitions: 12,
             commit_interval: Duration::from_millis(100),
             transactions: false,
+            changelog_snapshot_every: 500_000,
         }
     }
 
@@ -140,6 +148,8 @@ use rdkafka::{ClientContext, Message};
 pub struct Deliveries {
     changelog_topic: String,
     pub(crate) changelog_last: parking_lot::Mutex<std::collections::HashMap<i32, i64>>,
+    /// Where the last changelog snapshot written to each partition starts.
+    pub(crate) snapshot_first: parking_lot::Mutex<std::collections::HashMap<i32, i64>>,
     failed: parking_lot::Mutex<Option<String>>,
 }
 
@@ -169,6 +179,11 @@ impl ProducerContext for Deliveries {
                 let mut last = self.changelog_last.lock();
                 let entry = last.entry(message.partition()).or_insert(-1);
                 *entry = (*entry).max(message.offset());
+                if message.key() == Some(wire::SNAPSHOT_FIRST_KEY.as_bytes()) {
+                    self.snapshot_first
+                        .lock()
+                        .insert(message.partition(), message.offset());
+                }
             }
             Ok(_) => {}
             Err((error, message)) => {

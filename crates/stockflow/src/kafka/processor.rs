@@ -32,7 +32,10 @@ use stockflow_core::{
     PartitionSnapshot, Timestamp,
 };
 
-use super::wire::{canonical_json, from_millis, ChangelogRecord, Positions};
+use super::wire::{
+    canonical_json, from_millis, ChangelogRecord, Positions, SnapshotChunk, SnapshotIndex,
+    SNAPSHOT_KEY_PREFIX,
+};
 use super::{level_key, Deliveries, KafkaSettings};
 
 /// A partition this instance does not own.
@@ -51,9 +54,59 @@ const CYCLE_RECORDS_MAX: usize = 20_000;
 const CHANGELOG_EVENTS_MAX: usize = 4_000;
 /// A local snapshot of a partition after this many applied records.
 const SNAPSHOT_EVERY: u64 = 200_000;
+/// Most changelog records between two changelog snapshots of a
+/// partition (the keys to tombstone are kept until the next one).
+const CHANGELOG_SNAPSHOT_RECORDS_MAX: usize = 20_000;
+/// Bytes of state per changelog snapshot chunk, under Kafka's 1 MB
+/// default message size.
+const SNAPSHOT_CHUNK_BYTES: usize = 512 * 1024;
+/// A restored partition: its state and how many changelog records it
+/// took, and how long.
+type Restored = (u16, Duration, anyhow::Result<(Owned, u64)>);
+
+/// Partitions restored at once by a new owner.
+const RESTORE_THREADS: usize = 12;
 /// A restore has read the whole changelog partition once past its high
 /// watermark nothing more arrives for this long.
 const RESTORE_QUIET: Duration = Duration::from_millis(300);
+
+/// A changelog snapshot being read back, chunk by chunk.
+#[derive(Default)]
+struct Assembly {
+    positions: Positions,
+    count: u32,
+    next: u32,
+    bytes: Vec<u8>,
+}
+
+impl Assembly {
+    /// Adds the next chunk; the whole snapshot once its last chunk is in.
+    /// Chunks out of order (an interrupted snapshot) start nothing.
+    fn add(&mut self, chunk: SnapshotChunk) -> Option<(Positions, Vec<u8>)> {
+        if chunk.index == 0 {
+            *self = Assembly {
+                positions: chunk.positions,
+                count: chunk.count,
+                next: 1,
+                bytes: chunk.bytes,
+            };
+        } else if chunk.index == self.next
+            && chunk.positions == self.positions
+            && chunk.count == self.count
+        {
+            self.bytes.extend_from_slice(&chunk.bytes);
+            self.next += 1;
+        } else {
+            *self = Assembly::default();
+            return None;
+        }
+        if self.next != self.count {
+            return None;
+        }
+        let whole = std::mem::take(self);
+        Some((whole.positions, whole.bytes))
+    }
+}
 
 /// Why an applied input record changed nothing.
 #[derive(Clone, Copy, Debug)]
@@ -166,6 +219,13 @@ struct Owned {
     /// Changelog offset after the last record folded into this state.
     changelog_next: i64,
     since_snapshot: u64,
+    since_changelog_snapshot: u64,
+    /// Keys of this owner's changelog records since its last changelog
+    /// snapshot: tombstoned once a snapshot covers them.
+    logged_keys: Vec<String>,
+    /// Chunks of the last changelog snapshot written (their keys are
+    /// reused by the next one; extra ones are tombstoned).
+    snapshot_chunks: u32,
 }
 
 /// A partition's state on local disk, so that a partition coming back to
@@ -324,9 +384,41 @@ impl Processor {
             self.shared.status[p as usize].store(RESTORING, Ordering::Release);
         }
         self.shared.ownership_changed.store(true, Ordering::Release);
-        for &p in assigned {
-            let started = Instant::now();
-            match self.restore(p) {
+        let index = if assigned.is_empty() {
+            HashMap::new()
+        } else {
+            self.read_index()
+        };
+        // Partitions restore side by side: each has its own reader and
+        // state, and most of a restore is waiting for the broker (the
+        // quiet wait at the end of each changelog partition alone is
+        // RESTORE_QUIET).
+        let restored: Vec<Restored> = {
+            let this = &*self;
+            let index = &index;
+            std::thread::scope(|scope| {
+                let workers: Vec<_> = assigned
+                    .chunks(assigned.len().div_ceil(RESTORE_THREADS).max(1))
+                    .map(|some| {
+                        scope.spawn(move || {
+                            some.iter()
+                                .map(|&p| {
+                                    let started = Instant::now();
+                                    let result = this.restore(p, index.get(&p));
+                                    (p, started.elapsed(), result)
+                                })
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                workers
+                    .into_iter()
+                    .flat_map(|w| w.join().expect("a restore thread panicked"))
+                    .collect()
+            })
+        };
+        for (p, took, result) in restored {
+            match result {
                 Ok((owned, records)) => {
                     self.shared.applied[p as usize]
                         .store(owned.positions.canonical, Ordering::Release);
@@ -340,7 +432,7 @@ impl Processor {
                     tracing::info!(
                         partition = p,
                         changelog_records = records,
-                        ms = started.elapsed().as_millis() as u64,
+                        ms = took.as_millis() as u64,
                         "partition restored"
                     );
                 }
@@ -431,6 +523,9 @@ impl Processor {
             now: Timestamp::default(),
             changelog_next: 0,
             since_snapshot: 0,
+            since_changelog_snapshot: 0,
+            logged_keys: Vec::new(),
+            snapshot_chunks: 0,
         };
         (owned, partition, SagaBook::default())
     }
@@ -441,7 +536,13 @@ impl Processor {
             return Ok(None);
         }
         let bytes = stockflow_log::read_snapshot(&path)?;
-        let local: LocalSnapshotIn = postcard::from_bytes(&bytes)?;
+        self.decode_snapshot(&bytes).map(Some)
+    }
+
+    /// A partition's state from an encoded snapshot (local, or assembled
+    /// from the changelog's snapshot chunks).
+    fn decode_snapshot(&self, bytes: &[u8]) -> anyhow::Result<(Owned, Partition, SagaBook)> {
+        let local: LocalSnapshotIn = postcard::from_bytes(bytes)?;
         let dedup = Dedup::restore(
             &stockflow_core::DedupSnapshot::decode(&local.dedup)?,
             self.engine.dedup_retention_ns,
@@ -464,15 +565,18 @@ impl Processor {
             now: local.now,
             changelog_next: local.changelog_next,
             since_snapshot: 0,
+            since_changelog_snapshot: 0,
+            logged_keys: Vec::new(),
+            snapshot_chunks: 0,
         };
-        Ok(Some((owned, partition, local.orders)))
+        Ok((owned, partition, local.orders))
     }
 
     /// The state of partition `p`: its local snapshot if it has one that
     /// the changelog continues, then every changelog record after it.
     /// The levels are built in place in the shared partition, so
     /// `?stale=true` queries see the restore's progress.
-    fn restore(&self, p: u16) -> anyhow::Result<(Owned, u64)> {
+    fn restore(&self, p: u16, hint: Option<&SnapshotIndex>) -> anyhow::Result<(Owned, u64)> {
         let topic = &self.settings.topics.changelog;
         let reader: BaseConsumer<EndIsNews> = self
             .settings
@@ -512,7 +616,16 @@ impl Processor {
         };
         *self.shared.partitions[p as usize].write() = partition;
         *self.shared.books[p as usize].write() = book;
-        let start = owned.changelog_next.max(low);
+        let fallback = owned.changelog_next.max(low);
+        // The changelog's latest snapshot, when it is ahead of what the
+        // local one gave: read from there instead.
+        let (at, state) = (owned.positions.canonical, owned.positions.repartition);
+        let mut from_snapshot = hint
+            .filter(|h| h.offset > fallback && h.offset < high)
+            .filter(|h| h.canonical >= at && h.repartition >= state)
+            .map(|h| h.offset);
+        let start = from_snapshot.unwrap_or(fallback);
+        let mut assembly = Assembly::default();
         let left = &self.shared.restore_left[p as usize];
         left.store((high - start).max(0), Ordering::Release);
         let mut records = 0u64;
@@ -593,6 +706,50 @@ impl Processor {
                 let Some(payload) = message.payload() else {
                     continue;
                 };
+                let chunk = message
+                    .key()
+                    .is_some_and(|k| k.starts_with(SNAPSHOT_KEY_PREFIX.as_bytes()))
+                    .then(|| SnapshotChunk::decode(payload))
+                    .transpose()?;
+                if let Some(expected) = from_snapshot.take() {
+                    let found = chunk.as_ref().is_some_and(|c| c.index == 0)
+                        && message.offset() == expected;
+                    if !found {
+                        // The index named a snapshot that is not there (an
+                        // aborted transaction's): read everything instead.
+                        tracing::warn!(partition = p, offset = expected, "no changelog snapshot where the index says; reading the changelog from the start");
+                        reposition(&reader, topic, p, fallback)?;
+                        next = fallback;
+                        gaps = super::Contiguity::with_transactions(self.settings.transactions);
+                        (placed, heard, step) = (fallback, false, 1);
+                        continue;
+                    }
+                }
+                if let Some(chunk) = chunk {
+                    let Some((positions, bytes)) = assembly.add(chunk) else {
+                        continue;
+                    };
+                    let s = owned.positions;
+                    if positions.canonical >= s.canonical && positions.repartition >= s.repartition
+                    {
+                        let (adopted, partition, book) = self.decode_snapshot(&bytes)?;
+                        metrics::counter!("stockflow_kafka_restored_from_snapshot_total")
+                            .increment(1);
+                        owned = Owned {
+                            changelog_next: next,
+                            ..adopted
+                        };
+                        *self.shared.partitions[p as usize].write() = partition;
+                        *self.shared.books[p as usize].write() = book;
+                        records += 1;
+                    }
+                    continue;
+                }
+                assembly = Assembly::default();
+                if let Some(key) = message.key().and_then(|k| std::str::from_utf8(k).ok()) {
+                    // Covered, and so tombstoned, by this owner's next snapshot.
+                    owned.logged_keys.push(key.to_owned());
+                }
                 let record = ChangelogRecord::decode(payload)?;
                 let folded = {
                     let mut partition = self.shared.partitions[p as usize].write();
@@ -696,6 +853,12 @@ impl Processor {
     }
 
     fn write_snapshot(&self, p: u16, owned: &Owned) -> anyhow::Result<()> {
+        let bytes = self.encode_snapshot(p, owned)?;
+        stockflow_log::write_snapshot(&self.snapshot_path(p), &bytes)?;
+        Ok(())
+    }
+
+    fn encode_snapshot(&self, p: u16, owned: &Owned) -> anyhow::Result<Vec<u8>> {
         let image = self.shared.partitions[p as usize].read().snapshot();
         let orders = self.shared.books[p as usize].read().clone();
         let out = LocalSnapshotOut {
@@ -707,9 +870,7 @@ impl Processor {
             partition: &image,
             orders: &orders,
         };
-        let bytes = postcard::to_stdvec(&out)?;
-        stockflow_log::write_snapshot(&self.snapshot_path(p), &bytes)?;
-        Ok(())
+        Ok(postcard::to_stdvec(&out)?)
     }
 
     fn check_deliveries(&self) {
@@ -977,6 +1138,141 @@ impl Processor {
         }
     }
 
+    /// The changelog index: where each partition's latest changelog
+    /// snapshot starts. A hint: unreadable or missing entries only mean a
+    /// longer restore.
+    fn read_index(&self) -> HashMap<u16, SnapshotIndex> {
+        let mut found = HashMap::new();
+        let topic = &self.settings.topics.changelog_index;
+        let reader: BaseConsumer = match self
+            .settings
+            .client(&[
+                ("enable.auto.commit", "false"),
+                ("group.id", "stockflow-restore"),
+                ("fetch.wait.max.ms", "50"),
+            ])
+            .create()
+        {
+            Ok(reader) => reader,
+            Err(error) => {
+                tracing::warn!(%error, "changelog index not read");
+                return found;
+            }
+        };
+        let Ok((low, high)) = reader.fetch_watermarks(topic, 0, Duration::from_secs(10)) else {
+            return found;
+        };
+        let mut list = TopicPartitionList::new();
+        if high <= low
+            || list
+                .add_partition_offset(topic, 0, Offset::Offset(low))
+                .is_err()
+            || reader.assign(&list).is_err()
+        {
+            return found;
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            match reader.poll(RESTORE_QUIET) {
+                Some(Ok(m)) => {
+                    let entry = m
+                        .key()
+                        .and_then(|k| std::str::from_utf8(k).ok()?.parse::<u16>().ok());
+                    let value = m
+                        .payload()
+                        .and_then(|v| serde_json::from_slice::<SnapshotIndex>(v).ok());
+                    if let (Some(p), Some(value)) = (entry, value) {
+                        found.insert(p, value);
+                    }
+                    if m.offset() + 1 >= high {
+                        break;
+                    }
+                }
+                Some(Err(_)) | None => break,
+            }
+        }
+        found
+    }
+
+    /// Writes partition `p`'s state into its changelog as snapshot chunks,
+    /// points the index at them and tombstones the records they cover
+    /// (so compaction can drop them: the changelog stays the size of the
+    /// state plus the records since, and so does a new owner's restore).
+    fn snapshot_to_changelog(&mut self, p: u16) {
+        let Some(mut owned) = self.owned.remove(&p) else {
+            return;
+        };
+        let bytes = match self.encode_snapshot(p, &owned) {
+            Ok(bytes) => bytes,
+            Err(error) => poison(&format!("encoding partition {p}'s snapshot: {error}")),
+        };
+        let topic = self.settings.topics.changelog.clone();
+        let count = bytes.len().div_ceil(SNAPSHOT_CHUNK_BYTES).max(1) as u32;
+        for index in 0..count {
+            let start = index as usize * SNAPSHOT_CHUNK_BYTES;
+            let end = (start + SNAPSHOT_CHUNK_BYTES).min(bytes.len());
+            let chunk = SnapshotChunk {
+                positions: owned.positions,
+                index,
+                count,
+                bytes: bytes[start..end].to_vec(),
+            };
+            self.send(
+                BaseRecord::to(&topic)
+                    .partition(i32::from(p))
+                    .key(&format!("{SNAPSHOT_KEY_PREFIX}{index}"))
+                    .payload(&chunk.encode()),
+            );
+        }
+        // The index must name the offset of the first chunk.
+        if let Err(error) = super::flush(&self.producer, Duration::from_secs(60)) {
+            poison(&format!("flushing a changelog snapshot: {error}"));
+        }
+        self.check_deliveries();
+        let first = self
+            .producer
+            .context()
+            .snapshot_first
+            .lock()
+            .remove(&i32::from(p));
+        if let Some(offset) = first {
+            let entry = SnapshotIndex {
+                offset,
+                canonical: owned.positions.canonical,
+                repartition: owned.positions.repartition,
+            };
+            let value = serde_json::to_vec(&entry).expect("an index entry serializes");
+            self.send(
+                BaseRecord::to(&self.settings.topics.changelog_index)
+                    .partition(0)
+                    .key(&p.to_string())
+                    .payload(&value),
+            );
+            let mut covered = std::mem::take(&mut owned.logged_keys);
+            covered.extend(
+                (count..owned.snapshot_chunks).map(|i| format!("{SNAPSHOT_KEY_PREFIX}{i}")),
+            );
+            for key in &covered {
+                self.send(
+                    BaseRecord::<str, ()>::to(&topic)
+                        .partition(i32::from(p))
+                        .key(key),
+                );
+            }
+            owned.snapshot_chunks = count;
+            metrics::counter!("stockflow_kafka_changelog_snapshots_total").increment(1);
+            tracing::debug!(
+                partition = p,
+                offset,
+                chunks = count,
+                tombstones = covered.len(),
+                "changelog snapshot written"
+            );
+        }
+        owned.since_changelog_snapshot = 0;
+        self.owned.insert(p, owned);
+    }
+
     /// Holds fall due with time, and time in Kafka mode is the input's: a
     /// home partition whose next hold is due by the wall clock is sent a
     /// Tick record, so its next cycle expires the hold (and replaying the
@@ -1195,10 +1491,13 @@ impl Processor {
         };
         // Sent only once the outputs above are durable (see `run`).
         let key = format!("{}:{}", to.canonical, to.repartition);
+        owned.logged_keys.push(key.clone());
         self.changelog_due.push((p, key, record.encode()));
         owned.positions = to;
         owned.now = now;
-        owned.since_snapshot += (canonical.len() + transit_in.len()) as u64;
+        let inputs = (canonical.len() + transit_in.len()) as u64;
+        owned.since_snapshot += inputs;
+        owned.since_changelog_snapshot += inputs;
         metrics::counter!("stockflow_events_accepted_total").increment(applied as u64);
         metrics::counter!("stockflow_events_duplicate_total")
             .increment((duplicates.len() + transit_duplicates.len()) as u64);
@@ -1597,6 +1896,18 @@ fn run(
                 Err(error) => tracing::warn!(partition = p, %error, "local snapshot not written"),
             }
         }
+        let snapshots_due: Vec<u16> = processor
+            .owned
+            .iter()
+            .filter(|(_, o)| {
+                o.since_changelog_snapshot >= settings.changelog_snapshot_every
+                    || o.logged_keys.len() >= CHANGELOG_SNAPSHOT_RECORDS_MAX
+            })
+            .map(|(p, _)| *p)
+            .collect();
+        for p in snapshots_due {
+            processor.snapshot_to_changelog(p);
+        }
         let seek_back = std::mem::take(&mut processor.seek_back);
         for &(p, offset) in &seek_back {
             processor.canonical_probe.placed(i32::from(p), offset);
@@ -1654,4 +1965,44 @@ fn line_action_json(action: &LineAction, now: Timestamp) -> String {
 fn processor_progress(consumer: &BaseConsumer<Rebalancer>) {
     let processor = consumer.context().processor.lock();
     processor.shared.progress.notify_waiters();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(at: i64, index: u32, count: u32, byte: u8) -> SnapshotChunk {
+        SnapshotChunk {
+            positions: Positions {
+                canonical: at,
+                repartition: 0,
+            },
+            index,
+            count,
+            bytes: vec![byte; 3],
+        }
+    }
+
+    #[test]
+    fn a_snapshot_is_whole_only_when_its_chunks_come_in_a_row() {
+        let mut a = Assembly::default();
+        assert!(a.add(chunk(5, 0, 3, 1)).is_none());
+        assert!(a.add(chunk(5, 1, 3, 2)).is_none());
+        let (positions, bytes) = a.add(chunk(5, 2, 3, 3)).expect("whole");
+        assert_eq!(positions.canonical, 5);
+        assert_eq!(bytes, [1, 1, 1, 2, 2, 2, 3, 3, 3]);
+
+        // A writer that died mid-snapshot, then a later snapshot.
+        let mut a = Assembly::default();
+        assert!(a.add(chunk(5, 0, 3, 1)).is_none());
+        assert!(
+            a.add(chunk(9, 1, 2, 2)).is_none(),
+            "another snapshot's chunk"
+        );
+        assert!(a.add(chunk(5, 2, 3, 3)).is_none(), "the run is broken");
+        assert!(a.add(chunk(9, 0, 2, 4)).is_none());
+        assert_eq!(a.add(chunk(9, 1, 2, 5)).map(|(_, b)| b.len()), Some(6));
+        // A one-chunk snapshot is whole at once.
+        assert!(a.add(chunk(11, 0, 1, 6)).is_some());
+    }
 }

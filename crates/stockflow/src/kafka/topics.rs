@@ -41,6 +41,13 @@ pub fn specs<'a>(settings: &KafkaSettings, formats: impl Iterator<Item = &'a str
             config: vec![("cleanup.policy", "compact"), ("retention.ms", "-1")],
         },
         // Latest level per sku:location.
+        // Latest snapshot offset per changelog partition: one partition,
+        // so a restoring owner reads it all at once.
+        Spec {
+            name: t.changelog_index.clone(),
+            partitions: 1,
+            config: compact.clone(),
+        },
         Spec {
             name: t.stock_levels.clone(),
             partitions: n,

@@ -62,6 +62,46 @@ pub struct ChangelogRecord {
     pub orders: Vec<stockflow_core::saga::ToHome>,
 }
 
+/// Changelog snapshot chunks are keyed `snapshot:{index}`: the next
+/// snapshot reuses the keys, so compaction keeps only the latest.
+pub const SNAPSHOT_KEY_PREFIX: &str = "snapshot:";
+/// The key of a snapshot's first chunk.
+pub const SNAPSHOT_FIRST_KEY: &str = "snapshot:0";
+
+/// One piece of a partition's state written into its changelog (the
+/// local snapshot's encoding, cut to fit Kafka's message size). A
+/// restoring owner that reads every chunk of one snapshot in a row
+/// starts from it instead of folding the records before it, which
+/// compaction may have removed (they are tombstoned once covered).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SnapshotChunk {
+    /// The input positions of the state: the records after it continue
+    /// from here.
+    pub positions: Positions,
+    pub index: u32,
+    pub count: u32,
+    pub bytes: Vec<u8>,
+}
+
+impl SnapshotChunk {
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).expect("encoding into a Vec cannot fail")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<SnapshotChunk, postcard::Error> {
+        postcard::from_bytes(bytes)
+    }
+}
+
+/// The changelog index's record for one partition (key: the partition
+/// number): where its latest snapshot starts.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SnapshotIndex {
+    pub offset: i64,
+    pub canonical: i64,
+    pub repartition: i64,
+}
+
 impl ChangelogRecord {
     pub fn encode(&self) -> Vec<u8> {
         postcard::to_stdvec(self).expect("encoding into a Vec cannot fail")
