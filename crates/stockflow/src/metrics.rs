@@ -61,6 +61,55 @@ fn describe() {
         "Dead letters written (rejected events and refused bodies)."
     );
     describe_counter!("stockflow_checkpoints_total", "Checkpoints completed.");
+    // Kafka mode.
+    for (name, help) in [
+        (
+            "stockflow_kafka_changelog_forks_total",
+            "Changelog records skipped at restore because a second owner's chain wrote them.",
+        ),
+        (
+            "stockflow_kafka_changelog_snapshots_total",
+            "Partition states written into the changelog (records they cover are tombstoned).",
+        ),
+        (
+            "stockflow_kafka_restored_from_snapshot_total",
+            "Restores that started from a changelog snapshot instead of the changelog's start.",
+        ),
+        (
+            "stockflow_kafka_restored_records_total",
+            "Changelog records folded by restores.",
+        ),
+        (
+            "stockflow_kafka_probes_total",
+            "Readers moved further back after hearing nothing where placed.",
+        ),
+        (
+            "stockflow_kafka_rereads_total",
+            "Input re-read after a hole in what the broker returned.",
+        ),
+    ] {
+        describe_counter!(name, help);
+    }
+    for (name, help) in [
+        (
+            "stockflow_kafka_lag",
+            "Canonical records not yet applied, per owned partition.",
+        ),
+        (
+            "stockflow_kafka_partitions_owned",
+            "Canonical partitions this instance owns.",
+        ),
+        (
+            "stockflow_kafka_partitions_restoring",
+            "Owned partitions still restoring their state.",
+        ),
+        (
+            "stockflow_kafka_restore_records_left",
+            "Changelog records left to read by restores under way.",
+        ),
+    ] {
+        describe_gauge!(name, help);
+    }
     describe_histogram!(
         "stockflow_commit_latency_seconds",
         Unit::Seconds,
