@@ -615,6 +615,7 @@ fn explain(broker: &Broker, level: &str, sent: &[(String, String)]) -> String {
 
 #[test]
 fn three_instances_one_killed_mid_stream_end_equal_to_the_reference() {
+    let _heavy = crate::heavy();
     let broker = Broker::start();
     broker.create_topics();
     // Kept under target/ so that a failure leaves the instances' logs.
@@ -746,6 +747,7 @@ fn three_instances_one_killed_mid_stream_end_equal_to_the_reference() {
 /// never 404. Once restored, the exact level without the flag.
 #[test]
 fn a_restoring_partition_answers_503_or_a_flagged_stale_level() {
+    let _heavy = crate::heavy();
     const LEVELS_PER_SKU: usize = 10;
     const SKUS: usize = 12;
     const PER_LEVEL: usize = 2_000;
@@ -910,6 +912,7 @@ async fn reserve(
 
 #[test]
 fn rebalance_while_orders_race_for_the_last_units_never_oversells() {
+    let _heavy = crate::heavy();
     let broker = Broker::start();
     broker.create_topics();
     let dirs = scratch("kafka-race");
@@ -1051,6 +1054,7 @@ fn order_status(order: &Value) -> &str {
 
 #[test]
 fn orders_across_partitions_never_oversell_survive_a_kill_and_expire() {
+    let _heavy = crate::heavy();
     let broker = Broker::start();
     broker.create_topics();
     let dirs = scratch("kafka-orders");
@@ -1281,6 +1285,7 @@ fn wait_level(url: &str, sku: &str, want: (i64, i64)) {
 
 #[test]
 fn a_python_confluent_kafka_client_produces_raw_events_and_reads_stock_levels() {
+    let _heavy = crate::heavy();
     let broker = Broker::start();
     broker.create_topics();
     let dirs = scratch("kafka-python");
@@ -1346,6 +1351,7 @@ fn a_python_confluent_kafka_client_produces_raw_events_and_reads_stock_levels() 
 /// markers and resumes exactly after the last effect.
 #[test]
 fn with_transactions_cycles_commit_whole_and_a_new_owner_resumes_exactly() {
+    let _heavy = crate::heavy();
     use rdkafka::mocking::MockCluster;
     use stockflow::kafka::{KafkaServer, KafkaSettings};
 

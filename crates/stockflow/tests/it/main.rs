@@ -21,6 +21,21 @@ use serde_json::Value;
 use stockflow::config::Config;
 use stockflow::server::Server;
 
+/// Tests that load both cores for a long time share this: the Kafka tests
+/// (a broker and several instances each) take it shared, the browser test
+/// alone. A browser starved by three Kafka instances measures the
+/// machine, not the page (its frame-time check failed that way).
+pub fn heavy() -> std::sync::RwLockReadGuard<'static, ()> {
+    HEAVY.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The browser test's side of [`heavy`].
+pub fn alone() -> std::sync::RwLockWriteGuard<'static, ()> {
+    HEAVY.write().unwrap_or_else(|e| e.into_inner())
+}
+
+static HEAVY: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
 /// A loopback port nothing listens on (bound, then released), for a
 /// process the test starts.
 pub fn free_port() -> u16 {

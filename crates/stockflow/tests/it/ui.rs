@@ -23,6 +23,7 @@ impl Drop for Demo {
 
 #[test]
 fn the_web_ui_works_in_a_real_browser() {
+    let _alone = crate::alone();
     let e2e = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e");
     // Never skip: a machine without the browser fails, saying what to run.
     assert!(
