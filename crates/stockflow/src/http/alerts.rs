@@ -153,9 +153,11 @@ const KINDS: &str = "LOW_STOCK, OUT_OF_STOCK, BACK_IN_STOCK, NEGATIVE_ON_HAND, P
 /// PRICE_DROP alerts, derived from the products' price histories (which
 /// are durable and replayed): one per change that lowers the price by at
 /// least `percent`.
-fn price_drops(state: &AppState, sku: Option<&str>) -> Vec<(i64, String, Value)> {
-    let percent = state.config.price_drop_percent;
-    let catalog = state.pipeline.shared.catalog.read();
+fn price_drops(
+    catalog: &stockflow_core::Catalog,
+    percent: u8,
+    sku: Option<&str>,
+) -> Vec<(i64, String, Value)> {
     let products: Box<dyn Iterator<Item = &stockflow_core::Product>> = match sku {
         Some(sku) => Box::new(catalog.products.get(sku).into_iter()),
         None => Box::new(catalog.products.values()),
@@ -198,10 +200,25 @@ pub async fn list(
             partition_alerts(p as u16, &partition.read(), &filter, kind, &mut found);
         }
     }
-    // Price drops are one-off notices: never active, and not per location.
-    if (kind.is_none() || price_drop) && filter.active != Some(true) && filter.location_id.is_none()
-    {
-        found.extend(price_drops(&state, filter.sku.as_deref()));
-    }
+    let catalog = state.pipeline.shared.catalog.read();
+    let percent = state.config.price_drop_percent;
+    found.extend(filter.price_drops(kind.is_none() || price_drop, &catalog, percent));
     page(found, filter.page.after.as_deref(), limit)
+}
+
+impl AlertFilter {
+    /// The PRICE_DROP alerts this filter matches (`wanted`: its kinds
+    /// include them). Price drops are one-off notices: never active, and
+    /// not per location.
+    pub fn price_drops(
+        &self,
+        wanted: bool,
+        catalog: &stockflow_core::Catalog,
+        percent: u8,
+    ) -> Vec<(i64, String, Value)> {
+        if !wanted || self.active == Some(true) || self.location_id.is_some() {
+            return Vec::new();
+        }
+        price_drops(catalog, percent, self.sku.as_deref())
+    }
 }

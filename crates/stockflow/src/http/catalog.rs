@@ -81,11 +81,11 @@ async fn commit(
 }
 
 /// One item of a bulk body: its raw text and its JSON, if it is JSON.
-type Item = (String, Result<Value, String>);
+pub(crate) type Item = (String, Result<Value, String>);
 
 /// The items of a bulk body (a JSON array, one object, or NDJSON) with
 /// their raw text.
-fn items(bytes: &[u8], format: BodyFormat, max: usize) -> Result<Vec<Item>, ApiError> {
+pub(crate) fn items(bytes: &[u8], format: BodyFormat, max: usize) -> Result<Vec<Item>, ApiError> {
     let messages = crate::sources::json_messages(bytes, format)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     if messages.len() > max {
@@ -222,9 +222,16 @@ pub async fn list_products(
     State(state): State<Arc<AppState>>,
     Query(filter): Query<ProductFilter>,
 ) -> Result<Json<Value>, ApiError> {
+    products_page(&state.pipeline.shared.catalog.read(), &filter).map(Json)
+}
+
+/// One page of products matching `filter` (both modes).
+pub fn products_page(
+    catalog: &stockflow_core::Catalog,
+    filter: &ProductFilter,
+) -> Result<Value, ApiError> {
     let limit = limit(&filter.page)?;
     let q = filter.q.as_deref().map(str::to_lowercase);
-    let catalog = state.pipeline.shared.catalog.read();
     let start = filter
         .page
         .after
@@ -249,10 +256,10 @@ pub async fn list_products(
     let next = (matching.next().is_some())
         .then(|| page.last().map(|p| p.sku.clone()))
         .flatten();
-    Ok(Json(json!({
+    Ok(json!({
         "products": page.iter().map(|p| product_json(p)).collect::<Vec<_>>(),
         "nextAfter": next,
-    })))
+    }))
 }
 
 pub async fn put_location(
@@ -405,6 +412,17 @@ pub async fn item(
         .products
         .get(&sku)
         .cloned();
+    item_json(&sku, product.as_ref(), &totals, &groups).map(Json)
+}
+
+/// GET /v1/items/{sku}'s answer from a SKU's totals and its totals by
+/// location group (`region:…`, `type:…`, `channel:…`).
+pub fn item_json(
+    sku: &str,
+    product: Option<&Product>,
+    totals: &Totals,
+    groups: &BTreeMap<String, Totals>,
+) -> Result<Value, ApiError> {
     if totals.levels == 0 && product.is_none() {
         return Err(ApiError::not_found(format!(
             "no stock or product for sku {sku:?}"
@@ -420,14 +438,14 @@ pub async fn item(
             .collect::<serde_json::Map<_, _>>()
             .into()
     };
-    Ok(Json(json!({
+    Ok(json!({
         "sku": sku,
-        "product": product.as_ref().map(product_json),
-        "totals": totals_json(&totals),
+        "product": product.map(product_json),
+        "totals": totals_json(totals),
         "byRegion": by("region:"),
         "byType": by("type:"),
         "byChannel": by("channel:"),
-    })))
+    }))
 }
 
 /// GET /v1/regions/{region}/stock/{sku}.
@@ -444,20 +462,30 @@ pub async fn region_stock(
             }
         }
     }
-    let locations: Vec<String> = state
-        .pipeline
-        .shared
-        .catalog
-        .read()
+    Json(region_json(
+        &region,
+        &sku,
+        &totals,
+        &state.pipeline.shared.catalog.read(),
+    ))
+}
+
+/// GET /v1/regions/{region}/stock/{sku}'s answer (both modes).
+pub fn region_json(
+    region: &str,
+    sku: &str,
+    totals: &Totals,
+    catalog: &stockflow_core::Catalog,
+) -> Value {
+    let locations = catalog
         .locations
         .values()
-        .filter(|l| l.region.as_deref() == Some(region.as_str()))
-        .map(|l| l.location_id.clone())
-        .collect();
-    Json(json!({
+        .filter(|l| l.region.as_deref() == Some(region))
+        .count();
+    json!({
         "region": region,
         "sku": sku,
-        "totals": totals_json(&totals),
-        "regionLocations": locations.len(),
-    }))
+        "totals": totals_json(totals),
+        "regionLocations": locations,
+    })
 }

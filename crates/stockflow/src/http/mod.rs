@@ -5,7 +5,7 @@
 //! writer holds for more than one group's slice of a partition.
 
 pub(crate) mod alerts;
-mod catalog;
+pub(crate) mod catalog;
 mod check;
 mod dashboard;
 mod dead_letters;

@@ -47,6 +47,7 @@ pub async fn run(
         &mut t.stock_levels,
         &mut t.alerts,
         &mut t.orders,
+        &mut t.catalog,
         &mut t.dlq,
         &mut t.cluster,
         &mut t.raw_prefix,

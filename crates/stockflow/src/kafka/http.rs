@@ -24,9 +24,9 @@ use serde_json::{json, Value};
 use stockflow_core::{parse_body, route, LevelView, Totals};
 
 use super::cluster::Cluster;
-use super::orders;
 use super::processor::{Reason, Shared, ACTIVE, RESTORING};
 use super::wire::canonical_json;
+use super::{catalog, orders};
 use super::{level_key, KafkaSettings};
 use crate::config::Config;
 use crate::http::{level_json, read_body, ApiError};
@@ -55,6 +55,30 @@ pub fn router(app: Arc<KafkaApp>) -> Router {
         .route("/v1/stock/{sku}", get(sku_levels))
         .route("/v1/locations/{location_id}/stock", get(location_levels))
         .route("/v1/alerts", get(alerts))
+        .route(
+            "/v1/products",
+            get(catalog::list_products).post(catalog::post_products),
+        )
+        .route(
+            "/v1/products/{sku}",
+            get(catalog::get_product).put(catalog::put_product),
+        )
+        .route(
+            "/v1/locations",
+            post(catalog::post_locations).get(|| async {
+                ApiError::new(
+                    StatusCode::NOT_IMPLEMENTED,
+                    "not_in_kafka_mode",
+                    "the list of locations is not available in Kafka mode yet; GET /v1/locations/{id} is",
+                )
+            }),
+        )
+        .route(
+            "/v1/locations/{location_id}",
+            get(catalog::get_location).put(catalog::put_location),
+        )
+        .route("/v1/items/{sku}", get(catalog::item))
+        .route("/v1/regions/{region}/stock/{sku}", get(catalog::region_stock))
         .route("/v1/orders", post(orders::place).get(orders::list))
         .route("/v1/orders/{id}", get(orders::get))
         .route("/v1/orders/{id}/fulfil", post(orders::fulfil))
@@ -71,7 +95,7 @@ pub fn router(app: Arc<KafkaApp>) -> Router {
             ApiError::new(
                 StatusCode::NOT_IMPLEMENTED,
                 "not_in_kafka_mode",
-                "this endpoint is not available in Kafka mode yet (events, stock, locations' stock, alerts, orders and /v1/cluster are); run the embedded mode for it",
+                "this endpoint is not available in Kafka mode yet (events, stock, products, locations, items, regions, alerts, orders and /v1/cluster are); run the embedded mode for it",
             )
         })
         .with_state(app)
@@ -247,7 +271,7 @@ async fn post_events(
     }))
 }
 
-async fn dead_letter(app: &KafkaApp, payload: &[u8], reason: &str) {
+pub(super) async fn dead_letter(app: &KafkaApp, payload: &[u8], reason: &str) {
     let headers = OwnedHeaders::new()
         .insert(Header {
             key: "reason",
@@ -725,16 +749,9 @@ async fn alerts(
     use crate::http::alerts::{found_from_json, page, partition_alerts, Found};
     let limit = crate::http::query::limit(&filter.page)?;
     let (kind, price_drop) = filter.kind()?;
-    if price_drop {
-        return Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "not_in_kafka_mode",
-            "PRICE_DROP alerts come from the catalog, which Kafka mode does not keep yet",
-        ));
-    }
     let mut found = Found::new();
     let mut restoring_here = Vec::new();
-    for (p, status, _) in app.shared.owned() {
+    for (p, status, _) in app.shared.owned().into_iter().filter(|_| !price_drop) {
         if status != ACTIVE {
             restoring_here.push(p);
             continue;
@@ -756,10 +773,17 @@ async fn alerts(
         .into_iter()
         .map(|(name, value)| format!("{name}={}", encode(&value)))
         .collect();
-    let path = format!("/v1/alerts?{}", query.join("&"));
-    for alert in gather(&app, &path, "alerts").await? {
-        found.extend(found_from_json(alert));
+    if !price_drop {
+        let path = format!("/v1/alerts?{}", query.join("&"));
+        for alert in gather(&app, &path, "alerts").await? {
+            found.extend(found_from_json(alert));
+        }
     }
+    // Price drops come from the catalog, which every instance holds whole:
+    // added here, never gathered (see the embedded mode's list).
+    let catalog = app.shared.catalog.read();
+    let percent = app.config.price_drop_percent;
+    found.extend(filter.price_drops(kind.is_none() || price_drop, &catalog, percent));
     page(found, filter.page.after.as_deref(), limit)
 }
 

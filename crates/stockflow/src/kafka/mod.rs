@@ -26,6 +26,7 @@
 //! transit events are deduplicated by eventId at the target).
 
 pub mod bench;
+pub mod catalog;
 pub mod cluster;
 pub mod http;
 pub mod normaliser;
@@ -51,6 +52,9 @@ pub struct Topics {
     pub alerts: String,
     /// Orders as their home decides them, latest per orderId.
     pub orders: String,
+    /// Products and locations (key `product:{sku}` / `location:{id}`,
+    /// value the API's JSON), read whole by every instance.
+    pub catalog: String,
     pub dlq: String,
     pub cluster: String,
     /// Raw topics are this prefix plus a source format's name.
@@ -67,6 +71,7 @@ impl Default for Topics {
             stock_levels: "inventory.stock-levels".into(),
             alerts: "inventory.alerts".into(),
             orders: "inventory.orders".into(),
+            catalog: "inventory.catalog".into(),
             dlq: "inventory.dlq".into(),
             cluster: "inventory.cluster".into(),
             raw_prefix: "inventory.events.raw.".into(),

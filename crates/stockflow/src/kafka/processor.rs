@@ -174,7 +174,11 @@ pub struct Shared {
     pub progress: tokio::sync::Notify,
     /// Set when the owned set changes, so membership is announced at once.
     pub ownership_changed: AtomicBool,
+    /// Every product and location: each instance reads the whole catalog
+    /// topic, so catalog reads are local.
     pub catalog: RwLock<Catalog>,
+    /// Next catalog-topic offset to read: writes wait for it to pass theirs.
+    pub catalog_applied: AtomicI64,
 }
 
 impl Shared {
@@ -191,6 +195,7 @@ impl Shared {
             progress: tokio::sync::Notify::new(),
             ownership_changed: AtomicBool::new(false),
             catalog: RwLock::new(Catalog::default()),
+            catalog_applied: AtomicI64::new(0),
         }
     }
 
@@ -276,6 +281,8 @@ pub struct Processor {
     changelog_due: Vec<(u16, String, Vec<u8>)>,
     /// When each home partition was last sent a Tick.
     ticked: HashMap<u16, Instant>,
+    /// Reads the catalog topic (its one partition, from the start).
+    catalog_reader: BaseConsumer,
 }
 
 /// The group consumer's context: rebalances go to the processor.
@@ -514,8 +521,12 @@ impl Processor {
     }
 
     fn fresh(&self) -> (Owned, Partition, SagaBook) {
-        let mut partition = Partition::default();
-        partition.set_timer_rules(self.engine.timers);
+        // Empty, with the catalog's rules (roll-up groups, thresholds).
+        let partition = Partition::restore(
+            stockflow_core::PartitionSnapshot::default(),
+            &self.shared.catalog.read(),
+            self.engine.timers,
+        );
         let owned = Owned {
             dedup: Dedup::new(self.engine.dedup_retention_ns, self.engine.dedup_capacity),
             transit: Dedup::new(self.engine.dedup_retention_ns, self.engine.dedup_capacity),
@@ -1273,6 +1284,59 @@ impl Processor {
         self.owned.insert(p, owned);
     }
 
+    /// Applies what the catalog topic has gained since the last cycle: to
+    /// the shared catalog and to every owned partition (roll-up groups,
+    /// alert thresholds; alerts the new rules raise or clear are published
+    /// like any other).
+    fn read_catalog(&mut self) {
+        let mut changes = Vec::new();
+        while let Some(message) = self.catalog_reader.poll(Duration::ZERO) {
+            match message {
+                Ok(m) => {
+                    match catalog_change(&m) {
+                        Ok(Some(change)) => {
+                            changes.push((change, m.timestamp().to_millis().unwrap_or(0)))
+                        }
+                        Ok(None) => {}
+                        Err(reason) => self.dead_letter(
+                            &self.settings.topics.catalog,
+                            0,
+                            m.offset(),
+                            m.payload().unwrap_or_default(),
+                            &reason,
+                        ),
+                    }
+                    self.shared
+                        .catalog_applied
+                        .store(m.offset() + 1, Ordering::Release);
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "reading the catalog topic");
+                    break;
+                }
+            }
+        }
+        if changes.is_empty() {
+            return;
+        }
+        {
+            let mut catalog = self.shared.catalog.write();
+            for (change, ms) in &changes {
+                catalog.apply(change, from_millis(*ms));
+            }
+        }
+        let owned: Vec<u16> = self.owned.keys().copied().collect();
+        for p in owned {
+            let mut partition = self.shared.partitions[p as usize].write();
+            let alerts_before = partition.alerts.next_seq;
+            for (change, ms) in &changes {
+                partition.apply_catalog(change, from_millis(*ms));
+            }
+            self.publish_alerts(p, &partition, alerts_before);
+        }
+        self.shared.progress.notify_waiters();
+    }
+
     /// Holds fall due with time, and time in Kafka mode is the input's: a
     /// home partition whose next hold is due by the wall clock is sent a
     /// Tick record, so its next cycle expires the hold (and replaying the
@@ -1300,6 +1364,27 @@ impl Processor {
         if sent && self.settings.transactions {
             // Visible only once committed; there may be no cycle to do it.
             self.commit_transaction(None, &[]);
+        }
+    }
+
+    /// Queues the alerts partition `p` raised since `alerts_before`.
+    fn publish_alerts(&self, p: u16, partition: &Partition, alerts_before: u64) {
+        let alerts = &partition.alerts;
+        let fresh = (alerts.next_seq - alerts_before) as usize;
+        for alert in alerts
+            .recent
+            .iter()
+            .skip(alerts.recent.len().saturating_sub(fresh))
+        {
+            let (sku, location) = partition.names_of(alert.slot);
+            let json = crate::http::alert_json(p, alert, sku, location).to_string();
+            let key = level_key(sku, location);
+            self.send(
+                BaseRecord::to(&self.settings.topics.alerts)
+                    .partition(i32::from(p))
+                    .key(&key)
+                    .payload(&json),
+            );
         }
     }
 
@@ -1460,23 +1545,7 @@ impl Processor {
                     .payload(&json),
             );
         }
-        let alerts = &partition.alerts;
-        let fresh = (alerts.next_seq - alerts_before) as usize;
-        for alert in alerts
-            .recent
-            .iter()
-            .skip(alerts.recent.len().saturating_sub(fresh))
-        {
-            let (sku, location) = partition.names_of(alert.slot);
-            let json = crate::http::alert_json(p, alert, sku, location).to_string();
-            let key = level_key(sku, location);
-            self.send(
-                BaseRecord::to(&self.settings.topics.alerts)
-                    .partition(i32::from(p))
-                    .key(&key)
-                    .payload(&json),
-            );
-        }
+        self.publish_alerts(p, &partition, alerts_before);
         drop(partition);
         self.step_orders(p, &messages, &replies, now);
 
@@ -1634,6 +1703,10 @@ pub fn start(
             ("fetch.wait.max.ms", "10"),
         ])
         .create()?;
+    let catalog_reader = catalog_reader(&settings)?;
+    // The whole catalog before any partition is restored, so restores
+    // build their roll-ups and alert rules from it.
+    load_catalog(&catalog_reader, &settings, &shared);
     let processor = Arc::new(Mutex::new(Processor {
         settings: settings.clone(),
         engine,
@@ -1650,6 +1723,7 @@ pub fn start(
         transit_probe: super::Probe::default(),
         changelog_due: Vec::new(),
         ticked: HashMap::new(),
+        catalog_reader,
     }));
     let consumer: BaseConsumer<Rebalancer> = settings
         .client(&[
@@ -1849,6 +1923,7 @@ fn run(
             }
         }
         processor.tick_due_holds();
+        processor.read_catalog();
         if count == 0 {
             processor.producer.poll(Duration::ZERO);
             drop(guard);
@@ -1942,6 +2017,75 @@ fn run(
     // Dropping the consumer leaves the group (its revocation finds
     // nothing left to release).
     drop(consumer);
+}
+
+/// The catalog topic's reader: its one partition, from the start.
+fn catalog_reader(settings: &KafkaSettings) -> anyhow::Result<BaseConsumer> {
+    let reader: BaseConsumer = settings
+        .client(&[
+            ("enable.auto.commit", "false"),
+            ("group.id", &format!("{}-catalog", settings.group)),
+            ("fetch.wait.max.ms", "50"),
+        ])
+        .create()?;
+    let mut list = TopicPartitionList::new();
+    list.add_partition_offset(&settings.topics.catalog, 0, Offset::Beginning)?;
+    reader.assign(&list)?;
+    Ok(reader)
+}
+
+/// Reads the catalog topic to its end into `shared.catalog` (a missing or
+/// unreadable topic leaves it empty: the catalog is then built as it comes).
+fn load_catalog(reader: &BaseConsumer, settings: &KafkaSettings, shared: &Shared) {
+    let topic = &settings.topics.catalog;
+    let Ok((low, high)) = reader.fetch_watermarks(topic, 0, Duration::from_secs(30)) else {
+        tracing::warn!(%topic, "catalog topic not readable; starting with an empty catalog");
+        return;
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut next = low;
+    let mut catalog = shared.catalog.write();
+    while next < high && Instant::now() < deadline {
+        let Some(message) = reader.poll(RESTORE_QUIET) else {
+            continue;
+        };
+        let Ok(m) = message else { continue };
+        next = m.offset() + 1;
+        if let Ok(Some(change)) = catalog_change(&m) {
+            catalog.apply(&change, from_millis(m.timestamp().to_millis().unwrap_or(0)));
+        }
+    }
+    shared.catalog_applied.store(next, Ordering::Release);
+    tracing::info!(
+        products = catalog.products.len(),
+        locations = catalog.locations.len(),
+        "catalog loaded"
+    );
+}
+
+/// A catalog-topic record: key `product:{sku}` or `location:{id}`, value
+/// the API's JSON for it. `Ok(None)` for a tombstone.
+pub fn catalog_change<M: Message>(m: &M) -> Result<Option<stockflow_core::CatalogChange>, String> {
+    let Some(payload) = m.payload() else {
+        return Ok(None);
+    };
+    let key = m
+        .key()
+        .and_then(|k| std::str::from_utf8(k).ok())
+        .unwrap_or("");
+    let value: serde_json::Value =
+        serde_json::from_slice(payload).map_err(|e| format!("not JSON: {e}"))?;
+    if let Some(sku) = key.strip_prefix("product:") {
+        stockflow_core::catalog::parse_product(&value, Some(sku))
+            .map(|p| Some(stockflow_core::CatalogChange::Product(p)))
+    } else if let Some(id) = key.strip_prefix("location:") {
+        stockflow_core::catalog::parse_location(&value, Some(id))
+            .map(|l| Some(stockflow_core::CatalogChange::Location(l)))
+    } else {
+        Err(format!(
+            "key {key:?}: a catalog record's key is product:{{sku}} or location:{{locationId}}"
+        ))
+    }
 }
 
 /// A saga's line action as the canonical event its level's owner applies.

@@ -58,6 +58,12 @@ pub fn specs<'a>(settings: &KafkaSettings, formats: impl Iterator<Item = &'a str
             partitions: n,
             config: week.clone(),
         },
+        // Every product and location; one partition, read whole by all.
+        Spec {
+            name: t.catalog.clone(),
+            partitions: 1,
+            config: compact.clone(),
+        },
         // Latest state per orderId.
         Spec {
             name: t.orders.clone(),

@@ -1283,6 +1283,182 @@ fn wait_level(url: &str, sku: &str, want: (i64, i64)) {
     }
 }
 
+/// Sends `body` with `method` to `url`, answering (status, JSON).
+async fn send_json(
+    client: &reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    body: &Value,
+) -> (u16, Value) {
+    let r = client.request(method, url).json(body).send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// Waits (up to 30 s) until GET `url` answers 200 with what `ok` accepts.
+fn wait_for(url: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = get_settled(url);
+        if status == 200 && ok(&body) {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {url} answered {status} {body}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn active_low_stock(url: &str, sku: &str) -> Vec<String> {
+    let (_, alerts) = get_settled(&format!(
+        "{url}/v1/alerts?kind=LOW_STOCK&active=true&sku={sku}"
+    ));
+    let mut at: Vec<String> = alerts["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["locationId"].as_str().unwrap().to_owned())
+        .collect();
+    at.sort();
+    at
+}
+
+#[test]
+fn the_catalog_reaches_every_instance_and_shapes_roll_ups_and_alerts() {
+    let _heavy = crate::heavy();
+    let broker = Broker::start();
+    broker.create_topics();
+    let dirs = scratch("kafka-catalog");
+    let mut instances: Vec<Instance> = (0..2)
+        .map(|i| Instance::start(&broker, "catalog", &dirs.join(format!("i{i}"))))
+        .collect();
+    wait_settled(&instances[0].url, 2);
+    let (a, b) = (instances[0].url.clone(), instances[1].url.clone());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let client = reqwest::Client::new();
+    use reqwest::Method;
+    runtime.block_on(async {
+        // Written on one instance, read back at once on that one.
+        let (status, north) = send_json(&client, Method::PUT, &format!("{a}/v1/locations/NORTH-1"), &serde_json::json!({"name": "North one", "type": "store", "region": "north"})).await;
+        assert_eq!((status, north["region"].as_str()), (200, Some("north")), "{north}");
+        let bulk = serde_json::json!([
+            {"locationId": "SOUTH-1", "type": "store", "region": "south"},
+            {"locationId": "BAD-1", "type": "spaceship"},
+        ]);
+        let (status, receipt) = send_json(&client, Method::POST, &format!("{b}/v1/locations"), &bulk).await;
+        assert_eq!(status, 200, "{receipt}");
+        assert_eq!((receipt["accepted"].as_u64(), receipt["rejected"].as_u64()), (Some(1), Some(1)), "{receipt}");
+        let (status, product) = send_json(&client, Method::PUT, &format!("{b}/v1/products/CAT1"), &serde_json::json!({"name": "Widget", "price": 10.0, "lowStockThreshold": 50})).await;
+        assert_eq!((status, product["lowStockThreshold"].as_i64()), (200, Some(50)), "{product}");
+        let (status, refused) = send_json(&client, Method::PUT, &format!("{a}/v1/products/CAT2"), &serde_json::json!({"name": "Gadget", "price": "cheap"})).await;
+        assert_eq!(status, 400, "{refused}");
+        let receipts = serde_json::json!([
+            {"eventId": "c1", "eventType": "RECEIPT", "sku": "CAT1", "locationId": "NORTH-1", "quantity": 30},
+            {"eventId": "c2", "eventType": "RECEIPT", "sku": "CAT1", "locationId": "SOUTH-1", "quantity": 100},
+        ]);
+        let (status, receipt) = send_json(&client, Method::POST, &format!("{a}/v1/events?wait=applied"), &receipts).await;
+        assert_eq!(status, 200, "{receipt}");
+    });
+    assert!(
+        broker
+            .reasons("inventory.dlq")
+            .keys()
+            .any(|r| r.contains("type")),
+        "the refused location is a dead letter"
+    );
+
+    // Every instance has the whole catalog, and the roll-ups by region.
+    for url in [&a, &b] {
+        let product = wait_for(
+            &format!("{url}/v1/products/CAT1"),
+            "product with stock",
+            |p| p["stock"]["onHand"] == 130,
+        );
+        assert_eq!(product["name"], "Widget");
+        let (_, north) = get_settled(&format!("{url}/v1/regions/north/stock/CAT1"));
+        assert_eq!(
+            (
+                north["totals"]["onHand"].as_i64(),
+                north["regionLocations"].as_u64()
+            ),
+            (Some(30), Some(1)),
+            "{north}"
+        );
+        let (_, item) = get_settled(&format!("{url}/v1/items/CAT1"));
+        assert_eq!(
+            (
+                item["byRegion"]["north"]["onHand"].as_i64(),
+                item["byRegion"]["south"]["onHand"].as_i64()
+            ),
+            (Some(30), Some(100)),
+            "{item}"
+        );
+        let (_, location) = get_settled(&format!("{url}/v1/locations/SOUTH-1"));
+        assert_eq!(
+            (
+                location["region"].as_str(),
+                location["totals"]["onHand"].as_i64()
+            ),
+            (Some("south"), Some(100)),
+            "{location}"
+        );
+        // The product's threshold (50) makes 30 units low, 100 not.
+        assert_eq!(active_low_stock(url, "CAT1"), ["NORTH-1"], "via {url}");
+    }
+
+    // A new threshold reaches the partitions already loaded; a price cut
+    // is a PRICE_DROP on every instance.
+    runtime.block_on(async {
+        let (status, _) = send_json(
+            &client,
+            Method::PUT,
+            &format!("{a}/v1/products/CAT1"),
+            &serde_json::json!({"name": "Widget", "price": 8.0, "lowStockThreshold": 20}),
+        )
+        .await;
+        assert_eq!(status, 200);
+    });
+    for url in [&a, &b] {
+        wait_for(
+            &format!("{url}/v1/alerts?kind=LOW_STOCK&active=true&sku=CAT1"),
+            "LOW_STOCK cleared by the new threshold",
+            |v| v["alerts"].as_array().is_some_and(Vec::is_empty),
+        );
+        let (_, drops) = get_settled(&format!("{url}/v1/alerts?kind=PRICE_DROP&sku=CAT1"));
+        let drops = drops["alerts"].as_array().unwrap();
+        assert_eq!(drops.len(), 1, "via {url}: {drops:?}");
+        assert_eq!(drops[0]["dropPercent"].as_f64(), Some(20.0));
+    }
+
+    // A member that starts with nothing reads the catalog before it
+    // restores its partitions.
+    instances[1].kill();
+    instances.push(Instance::start(&broker, "catalog", &dirs.join("fresh")));
+    instances[1].restart();
+    wait_settled(&instances[0].url, 3);
+    let fresh = instances[2].url.clone();
+    let (_, north) = get_settled(&format!("{fresh}/v1/regions/north/stock/CAT1"));
+    assert_eq!(north["totals"]["onHand"].as_i64(), Some(30), "{north}");
+    let (_, product) = get_settled(&format!("{fresh}/v1/products/CAT1"));
+    assert_eq!(product["lowStockThreshold"].as_i64(), Some(20), "{product}");
+    runtime.block_on(async {
+        // 30 − 15 = 15: low under the catalog's threshold (20), not under the default (10).
+        let sale = serde_json::json!({"eventId": "c3", "eventType": "SALE", "sku": "CAT1", "locationId": "NORTH-1", "quantity": 15});
+        let (status, _) = send_json(&client, Method::POST, &format!("{fresh}/v1/events?wait=applied"), &sale).await;
+        assert_eq!(status, 200);
+    });
+    for instance in &instances {
+        assert_eq!(
+            active_low_stock(&instance.url, "CAT1"),
+            ["NORTH-1"],
+            "via {}",
+            instance.url
+        );
+    }
+}
+
 #[test]
 fn a_python_confluent_kafka_client_produces_raw_events_and_reads_stock_levels() {
     let _heavy = crate::heavy();

@@ -1,0 +1,326 @@
+//! The catalog in Kafka mode. Writes go to the catalog topic (one
+//! partition, compacted; key `product:{sku}` or `location:{id}`, value the
+//! API's JSON), which every instance reads whole into its own copy, so
+//! catalog reads are local. A write answers once the broker has it and
+//! this instance has read it back. Stock roll-ups (a product's stock, an
+//! item's totals by region, type and channel) are gathered from every
+//! member, each answering for its own partitions.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use rdkafka::producer::FutureRecord;
+use serde_json::{json, Value};
+use stockflow_core::catalog::{parse_location, parse_product};
+use stockflow_core::{Location, Totals};
+
+use super::http::{dead_letter, encode, gather, restoring, KafkaApp, ReadQuery};
+use super::processor::ACTIVE;
+use crate::http::catalog::{
+    item_json, items, location_json, product_json, products_page, region_json, totals_json,
+    ProductFilter,
+};
+use crate::http::{read_body, ApiError};
+use crate::pipeline::{Receipt, ReceiptError};
+
+/// Longest wait for this instance to read back its own catalog write.
+const READ_BACK_MAX: Duration = Duration::from_secs(10);
+
+/// Produces one catalog record; its offset once the broker has it.
+async fn produce(app: &KafkaApp, key: &str, value: &Value) -> Result<i64, ApiError> {
+    let payload = value.to_string();
+    let record = FutureRecord::to(&app.settings.topics.catalog)
+        .partition(0)
+        .key(key)
+        .payload(&payload);
+    match app.producer.send(record, Duration::from_secs(10)).await {
+        Ok(delivery) => Ok(delivery.offset),
+        Err((error, _)) => Err(ApiError::overloaded(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("Kafka did not acknowledge the catalog write ({error}); send it again (writes are upserts)"),
+        )),
+    }
+}
+
+/// Waits until this instance has read the catalog topic past `offset`.
+async fn read_back(app: &KafkaApp, offset: i64) -> Result<(), ApiError> {
+    let deadline = Instant::now() + READ_BACK_MAX;
+    loop {
+        let notified = app.shared.progress.notified();
+        if app.shared.catalog_applied.load(Ordering::Acquire) > offset {
+            return Ok(());
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "not_read_back",
+                format!("the catalog write is in the log (offset {offset}) but this instance has not read it back yet; it will"),
+            ));
+        }
+        let _ = tokio::time::timeout(left.min(Duration::from_millis(100)), notified).await;
+    }
+}
+
+/// Checks and writes one catalog item (PUT); a refused one is kept as a
+/// dead letter and answered 400.
+async fn put_one(
+    app: &KafkaApp,
+    headers: &HeaderMap,
+    body: Body,
+    key: String,
+    check: impl Fn(&mut Value) -> Result<(), String>,
+) -> Result<(), ApiError> {
+    let (bytes, _) = read_body(headers, body, app.config.body_bytes_max).await?;
+    let parsed = serde_json::from_slice::<Value>(&bytes)
+        .map_err(|e| format!("body is not valid JSON: {e}"))
+        .and_then(|mut v| check(&mut v).map(|()| v));
+    match parsed {
+        Ok(value) => {
+            let offset = produce(app, &key, &value).await?;
+            read_back(app, offset).await
+        }
+        Err(reason) => {
+            dead_letter(app, &bytes, &reason).await;
+            Err(ApiError::bad_request(reason))
+        }
+    }
+}
+
+/// Checks and writes every item of a bulk body (POST): the valid ones go
+/// to the catalog topic, the others to the DLQ, reported by index.
+async fn post_bulk(
+    app: &KafkaApp,
+    headers: &HeaderMap,
+    body: Body,
+    key_of: impl Fn(&Value) -> Result<String, String>,
+) -> Result<Json<Receipt>, ApiError> {
+    let (bytes, format) = read_body(headers, body, app.config.body_bytes_max).await?;
+    let mut receipt = Receipt::default();
+    let mut last = None;
+    for (index, (raw, value)) in items(&bytes, format, app.config.request_events_max)?
+        .into_iter()
+        .enumerate()
+    {
+        match value.and_then(|v| key_of(&v).map(|key| (key, v))) {
+            Ok((key, value)) => {
+                last = Some(produce(app, &key, &value).await?);
+                receipt.accepted += 1;
+            }
+            Err(reason) => {
+                dead_letter(app, raw.as_bytes(), &reason).await;
+                receipt.rejected += 1;
+                receipt.errors.push(ReceiptError {
+                    index: index as u32,
+                    event_id: None,
+                    reason,
+                });
+            }
+        }
+    }
+    if let Some(offset) = last {
+        read_back(app, offset).await?;
+    }
+    Ok(Json(receipt))
+}
+
+/// PUT /v1/products/{sku}
+pub async fn put_product(
+    State(app): State<Arc<KafkaApp>>,
+    Path(sku): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    put_one(&app, &headers, body, format!("product:{sku}"), |v| {
+        parse_product(v, Some(&sku))?;
+        v["sku"] = json!(sku);
+        Ok(())
+    })
+    .await?;
+    get_product(State(app), Path(sku)).await
+}
+
+/// POST /v1/products
+pub async fn post_products(
+    State(app): State<Arc<KafkaApp>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Receipt>, ApiError> {
+    post_bulk(&app, &headers, body, |v| {
+        parse_product(v, None).map(|p| format!("product:{}", p.sku))
+    })
+    .await
+}
+
+/// PUT /v1/locations/{id}
+pub async fn put_location(
+    State(app): State<Arc<KafkaApp>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    put_one(&app, &headers, body, format!("location:{id}"), |v| {
+        parse_location(v, Some(&id))?;
+        v["locationId"] = json!(id);
+        Ok(())
+    })
+    .await?;
+    get_location(State(app), Path(id), Query(ReadQuery::default())).await
+}
+
+/// POST /v1/locations
+pub async fn post_locations(
+    State(app): State<Arc<KafkaApp>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Receipt>, ApiError> {
+    post_bulk(&app, &headers, body, |v| {
+        parse_location(v, None).map(|l| format!("location:{}", l.location_id))
+    })
+    .await
+}
+
+/// GET /v1/products?category=&q=&limit=&after=
+pub async fn list_products(
+    State(app): State<Arc<KafkaApp>>,
+    Query(filter): Query<ProductFilter>,
+) -> Result<Json<Value>, ApiError> {
+    products_page(&app.shared.catalog.read(), &filter).map(Json)
+}
+
+/// GET /v1/products/{sku}: the product and its stock over every member.
+pub async fn get_product(
+    State(app): State<Arc<KafkaApp>>,
+    Path(sku): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let product = app.shared.catalog.read().products.get(&sku).cloned();
+    let product = product.ok_or_else(|| ApiError::not_found(format!("no product {sku:?}")))?;
+    let (totals, _) = sku_rollup(&app, &sku).await?;
+    let mut answer = product_json(&product);
+    answer["stock"] = totals_json(&totals);
+    Ok(Json(answer))
+}
+
+/// A SKU's totals over this instance's active partitions, and by group;
+/// the first partition still restoring, if any.
+fn local_sku_rollup(app: &KafkaApp, sku: &str) -> (Totals, BTreeMap<String, Totals>, Option<u16>) {
+    let mut totals = Totals::default();
+    let mut groups: BTreeMap<String, Totals> = BTreeMap::new();
+    let mut restoring_here = None;
+    for (p, status, _) in app.shared.owned() {
+        if status != ACTIVE {
+            restoring_here.get_or_insert(p);
+            continue;
+        }
+        let partition = app.shared.partitions[p as usize].read();
+        if let Some(t) = partition.sku_totals(sku) {
+            totals.add(&t);
+        }
+        for (group, t) in partition.group_totals(sku) {
+            groups.entry(group.to_string()).or_default().add(&t);
+        }
+    }
+    (totals, groups, restoring_here)
+}
+
+/// A SKU's totals over the cluster, and by location group.
+async fn sku_rollup(
+    app: &KafkaApp,
+    sku: &str,
+) -> Result<(Totals, BTreeMap<String, Totals>), ApiError> {
+    let (mut totals, mut groups, _) = local_sku_rollup(app, sku);
+    for part in gather(app, &format!("/v1/items/{}", encode(sku)), "parts").await? {
+        let t: Totals = serde_json::from_value(part["totals"].clone()).unwrap_or_default();
+        totals.add(&t);
+        let theirs: BTreeMap<String, Totals> =
+            serde_json::from_value(part["groups"].clone()).unwrap_or_default();
+        for (group, t) in theirs {
+            groups.entry(group).or_default().add(&t);
+        }
+    }
+    Ok((totals, groups))
+}
+
+/// GET /v1/items/{sku}: totals over every location, and by region,
+/// location type and channel. With `scope=local` (members asking each
+/// other): this instance's part, `{"parts":[{"totals","groups"}]}`.
+pub async fn item(
+    State(app): State<Arc<KafkaApp>>,
+    Path(sku): Path<String>,
+    Query(query): Query<ReadQuery>,
+) -> Result<Json<Value>, ApiError> {
+    if query.scope.as_deref() == Some("local") {
+        let (totals, groups, restoring_here) = local_sku_rollup(&app, &sku);
+        if let Some(p) = restoring_here {
+            return Err(restoring(p));
+        }
+        return Ok(Json(
+            json!({"parts": [{"totals": totals, "groups": groups}]}),
+        ));
+    }
+    let (totals, groups) = sku_rollup(&app, &sku).await?;
+    let product = app.shared.catalog.read().products.get(&sku).cloned();
+    item_json(&sku, product.as_ref(), &totals, &groups).map(Json)
+}
+
+/// GET /v1/regions/{region}/stock/{sku}
+pub async fn region_stock(
+    State(app): State<Arc<KafkaApp>>,
+    Path((region, sku)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let (_, groups) = sku_rollup(&app, &sku).await?;
+    let totals = groups
+        .get(&format!("region:{region}"))
+        .copied()
+        .unwrap_or_default();
+    let catalog = app.shared.catalog.read();
+    Ok(Json(region_json(&region, &sku, &totals, &catalog)))
+}
+
+/// GET /v1/locations/{id}: the location (type `unknown` if only seen in
+/// events) and the roll-up of its stock over every member. With
+/// `scope=local`: this instance's part, `{"parts":[{"totals"}]}`.
+pub async fn get_location(
+    State(app): State<Arc<KafkaApp>>,
+    Path(id): Path<String>,
+    Query(query): Query<ReadQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let mut totals: Option<Totals> = None;
+    for (p, status, _) in app.shared.owned() {
+        if status != ACTIVE {
+            if query.scope.as_deref() == Some("local") {
+                return Err(restoring(p));
+            }
+            continue;
+        }
+        if let Some(t) = app.shared.partitions[p as usize]
+            .read()
+            .location_totals(&id)
+        {
+            totals.get_or_insert_with(Totals::default).add(&t);
+        }
+    }
+    if query.scope.as_deref() == Some("local") {
+        return Ok(Json(json!({"parts": [{"totals": totals}]})));
+    }
+    for part in gather(&app, &format!("/v1/locations/{}", encode(&id)), "parts").await? {
+        if let Ok(Some(t)) = serde_json::from_value::<Option<Totals>>(part["totals"].clone()) {
+            totals.get_or_insert_with(Totals::default).add(&t);
+        }
+    }
+    let known = app.shared.catalog.read().locations.get(&id).cloned();
+    let location = match (known, totals) {
+        (Some(location), _) => location,
+        (None, Some(_)) => Location::unknown(&id),
+        (None, None) => return Err(ApiError::not_found(format!("no location {id:?}"))),
+    };
+    let mut answer = location_json(&location);
+    answer["totals"] = totals_json(&totals.unwrap_or_default());
+    Ok(Json(answer))
+}
