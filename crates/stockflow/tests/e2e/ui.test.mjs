@@ -336,19 +336,33 @@ test('alerts and dead letters filter', async () => {
   // traffic may have sold this level out already (a SALE of 0 would be
   // refused), and the 100,000-SKU test's alerts may have pushed an old one
   // out of the recent list. So stock it first, then sell it all.
+  // Units held by earlier reservations (the storefront's, the
+  // simulator's) count against what is available: stock past them.
   const before = await api('/v1/stock/SKU-00013/STORE-002');
-  await api('/v1/events', { eventId: `ui-restock-${Date.now()}`, eventType: 'RECEIPT', sku: 'SKU-00013', locationId: 'STORE-002', quantity: Math.max(5, 5 - before.onHand) });
+  await api('/v1/events', { eventId: `ui-restock-${Date.now()}`, eventType: 'RECEIPT', sku: 'SKU-00013', locationId: 'STORE-002', quantity: Math.max(5, 5 + before.reserved - before.onHand) });
   const level = await api('/v1/stock/SKU-00013/STORE-002');
+  assert.ok(level.available > 0, `restocked, yet nothing available: ${JSON.stringify(level)}`);
   await api('/v1/events', { eventId: `ui-out-${Date.now()}`, eventType: 'SALE', sku: 'SKU-00013', locationId: 'STORE-002', quantity: level.onHand });
+  // The first, unfiltered answer comes late, after the filtered one: it
+  // must not replace it (it did, on a loaded machine).
+  const unfiltered = /\/v1\/alerts\?limit=100$/;
+  await page.route(unfiltered, async (route) => {
+    await new Promise((r) => setTimeout(r, 1500));
+    await route.continue();
+  });
   await open('alerts', 'table');
   await page.selectOption('#alert-kind', 'OUT_OF_STOCK');
   await page.fill('#alert-sku', 'SKU-00013');
   await page.click('button:has-text("Apply")');
-  // The filtered list replaces the unfiltered one.
-  await page.waitForFunction(() => {
+  const filtered = () => {
     const rows = [...document.querySelectorAll('[data-testid="alert-row"]')];
     return rows.length > 0 && rows.every((r) => r.children[1].textContent === 'OUT OF STOCK' && r.children[3].textContent === 'SKU-00013');
-  });
+  };
+  // The filtered list replaces the unfiltered one, and stays.
+  await page.waitForFunction(filtered);
+  await page.waitForTimeout(2000);
+  await page.unroute(unfiltered);
+  assert.ok(await page.evaluate(filtered), 'a late unfiltered answer replaced the filtered list');
   await page.locator('[data-testid="alert-row"]', { hasText: 'STORE-002' }).first().waitFor();
   await shot('alerts-filtered');
   assert.deepEqual(pageErrors, []);

@@ -37,16 +37,21 @@ export function mount(main) {
 
   let after = null;
   let filters = {};
+  // Answers can come back out of order (a slow first load after a quick
+  // "Apply"): only the latest request's answer is drawn.
+  let latest = 0;
   const page = async (append) => {
+    const mine = append ? latest : ++latest;
     try {
       const answer = await api('/v1/alerts' + query({ ...filters, limit: 100, after: append ? after : undefined }));
+      if (mine !== latest) return;
       if (!append) fill(body);
       body.append(...answer.alerts.map(row));
       if (!append && answer.alerts.length === 0) body.append(h('tr', {}, h('td', { colspan: 7, class: 'muted' }, 'No alerts match.')));
       after = answer.nextAfter;
       more.hidden = !after;
       fill(errors);
-    } catch (error) { fill(errors, problem(error)); }
+    } catch (error) { if (mine === latest) fill(errors, problem(error)); }
   };
   const load = () => {
     filters = { kind: kind.value, sku: sku.value.trim(), locationId: location.value.trim(), active: active.checked ? 'true' : '' };

@@ -37,16 +37,20 @@ export function mount(main) {
   };
   let after = null;
   let filters = {};
+  // Only the latest request's answer is drawn (see the alerts view).
+  let latest = 0;
   const page = async (append) => {
+    const mine = append ? latest : ++latest;
     try {
       const answer = await api('/v1/dead-letters' + query({ ...filters, limit: 100, after: append ? after : undefined }));
+      if (mine !== latest) return;
       if (!append) fill(body);
       body.append(...answer.deadLetters.map(row));
       if (!append && answer.deadLetters.length === 0) body.append(h('tr', {}, h('td', { colspan: 6, class: 'muted' }, 'No dead letters match.')));
       after = answer.nextAfter;
       more.hidden = !after;
       fill(errors);
-    } catch (error) { fill(errors, problem(error)); }
+    } catch (error) { if (mine === latest) fill(errors, problem(error)); }
   };
   const load = () => {
     filters = { source: source.value.trim(), reason: reason.value.trim() };
