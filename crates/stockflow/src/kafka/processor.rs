@@ -64,6 +64,8 @@ const SNAPSHOT_CHUNK_BYTES: usize = 512 * 1024;
 /// took, and how long.
 type Restored = (u16, Duration, anyhow::Result<(Owned, u64)>);
 
+/// How often an idle processor looks for input on either topic.
+const WAIT_SLICE: Duration = Duration::from_millis(5);
 /// Partitions restored at once by a new owner.
 const RESTORE_THREADS: usize = 12;
 /// A restore has read the whole changelog partition once past its high
@@ -1367,6 +1369,37 @@ impl Processor {
         }
     }
 
+    /// Takes what the repartition consumer has now, up to `max` records,
+    /// into `transit` by partition; how many it took.
+    fn take_transit(&mut self, transit: &mut HashMap<u16, Vec<Input>>, max: usize) -> usize {
+        let mut taken = 0;
+        while taken < max {
+            match self.repartition.poll(Duration::ZERO) {
+                Some(Ok(m)) => {
+                    self.transit_probe.heard(m.partition());
+                    transit
+                        .entry(m.partition() as u16)
+                        .or_default()
+                        .push(Input {
+                            offset: m.offset(),
+                            timestamp_ms: m.timestamp().to_millis().unwrap_or(0),
+                            payload: m.payload().unwrap_or_default().to_vec(),
+                            order: m
+                                .headers()
+                                .is_some_and(|h| h.iter().any(|h| h.key == ORDER_HEADER)),
+                        });
+                    taken += 1;
+                }
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "consuming the repartition topic");
+                    break;
+                }
+                None => break,
+            }
+        }
+        taken
+    }
+
     /// Queues the alerts partition `p` raised since `alerts_before`.
     fn publish_alerts(&self, p: u16, partition: &Partition, alerts_before: u64) {
         let alerts = &partition.alerts;
@@ -1828,9 +1861,11 @@ fn run(
         let mut canonical: HashMap<u16, Vec<Input>> = HashMap::new();
         let mut transit: HashMap<u16, Vec<Input>> = HashMap::new();
         let mut count = 0usize;
-        // Wait up to the commit interval for the first record, then take
-        // what is there, up to the cycle's limit.
-        let mut wait = settings.commit_interval;
+        // Wait up to the commit interval for the first record — canonical,
+        // or a repartition record (a saga step must not wait out the
+        // interval) — then take what is there, up to the cycle's limit.
+        let deadline = Instant::now() + settings.commit_interval;
+        let mut wait = WAIT_SLICE;
         while count < CYCLE_RECORDS_MAX {
             match consumer.poll(wait) {
                 Some(Ok(m)) => {
@@ -1850,7 +1885,18 @@ fn run(
                     tracing::warn!(%error, "consuming {canonical_topic}");
                     break;
                 }
-                None => break,
+                None if count > 0 => break,
+                None => {
+                    // Not while polling canonical: its rebalance callbacks
+                    // take the processor.
+                    let heard = processor
+                        .lock()
+                        .take_transit(&mut transit, CYCLE_RECORDS_MAX);
+                    count += heard;
+                    if heard > 0 || Instant::now() >= deadline {
+                        break;
+                    }
+                }
             }
         }
         let mut guard = processor.lock();
@@ -1858,30 +1904,10 @@ fn run(
         for p in canonical.keys() {
             processor.canonical_probe.heard(i32::from(*p));
         }
-        while count < CYCLE_RECORDS_MAX * 2 {
-            match processor.repartition.poll(Duration::ZERO) {
-                Some(Ok(m)) => {
-                    processor.transit_probe.heard(m.partition());
-                    transit
-                        .entry(m.partition() as u16)
-                        .or_default()
-                        .push(Input {
-                            offset: m.offset(),
-                            timestamp_ms: m.timestamp().to_millis().unwrap_or(0),
-                            payload: m.payload().unwrap_or_default().to_vec(),
-                            order: m
-                                .headers()
-                                .is_some_and(|h| h.iter().any(|h| h.key == ORDER_HEADER)),
-                        });
-                    count += 1;
-                }
-                Some(Err(error)) => {
-                    tracing::warn!(%error, "consuming the repartition topic");
-                    break;
-                }
-                None => break,
-            }
-        }
+        count += processor.take_transit(
+            &mut transit,
+            CYCLE_RECORDS_MAX * 2 - count.min(CYCLE_RECORDS_MAX * 2),
+        );
         // Readers placed inside a record batch that hear nothing: further back.
         let owned = &processor.owned;
         let position = |p: i32| owned.get(&(p as u16)).map(|o| o.positions);
