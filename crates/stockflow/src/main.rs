@@ -50,6 +50,9 @@ enum BenchMode {
     /// `--kafka mock` runs librdkafka's in-process mock cluster, which has
     /// transactions (add --kafka-transactions).
     Kafka,
+    /// Orders through a Kafka broker (needs --kafka): 3-line sagas across
+    /// partitions, one at a time and from 50 clients at once.
+    KafkaOrders,
     /// Every embedded mode (not kafka).
     All,
 }
@@ -523,7 +526,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             if matches!(mode, BenchMode::Engine | BenchMode::All) {
                 tokio::task::spawn_blocking(move || bench::engine(&options)).await??;
             }
-            if matches!(mode, BenchMode::Kafka) {
+            if matches!(mode, BenchMode::Kafka | BenchMode::KafkaOrders) {
                 let Some(bootstrap) = kafka.kafka.as_deref() else {
                     bail!("--mode kafka needs --kafka BOOTSTRAP (a broker it may create bench-* topics on), or --kafka mock");
                 };
@@ -534,6 +537,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     .as_ref()
                     .map_or(bootstrap.to_owned(), |m| m.bootstrap_servers());
                 let settings = kafka.settings(&bootstrap);
+                if matches!(mode, BenchMode::KafkaOrders) {
+                    return stockflow::kafka::bench::orders(settings, mock.as_ref()).await;
+                }
                 let embedded =
                     tokio::task::spawn_blocking(move || bench::engine(&options)).await??;
                 let measured =

@@ -13,6 +13,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hdrhistogram::Histogram;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 use rdkafka::producer::{BaseProducer, BaseRecord};
 use stockflow_core::{parse_body, route, BodyFormat, EngineConfig, Timestamp};
 
@@ -36,34 +39,7 @@ pub async fn run(
     mut settings: KafkaSettings,
     mock: Option<&Mock>,
 ) -> anyhow::Result<Measured> {
-    let tag = format!("bench-{:08x}", rand::random::<u32>());
-    settings.group = tag.clone();
-    let t = &mut settings.topics;
-    for name in [
-        &mut t.canonical,
-        &mut t.repartition,
-        &mut t.changelog,
-        &mut t.changelog_index,
-        &mut t.stock_levels,
-        &mut t.alerts,
-        &mut t.orders,
-        &mut t.catalog,
-        &mut t.dlq,
-        &mut t.cluster,
-        &mut t.raw_prefix,
-    ] {
-        *name = format!("{tag}.{name}");
-    }
-    match mock {
-        Some(mock) => {
-            for spec in topics::specs(&settings, std::iter::empty()) {
-                mock.create_topic(&spec.name, spec.partitions, 1)?;
-            }
-        }
-        None => {
-            topics::create(&settings, 1, Vec::new()).await?;
-        }
-    }
+    prepare(&mut settings, mock).await?;
     let n = settings.partitions;
 
     // Encoded before the clock starts: (partition, key, canonical JSON).
@@ -201,6 +177,142 @@ pub async fn run(
     );
     tokio::task::spawn_blocking(move || second.stop()).await?;
     Ok(Measured { events_per_s })
+}
+
+/// Gives the run topics and a group of its own (`bench-XXXXXXXX.…`), and
+/// creates the topics.
+async fn prepare(settings: &mut KafkaSettings, mock: Option<&Mock>) -> anyhow::Result<()> {
+    let tag = format!("bench-{:08x}", rand::random::<u32>());
+    settings.group = tag.clone();
+    let t = &mut settings.topics;
+    for name in [
+        &mut t.canonical,
+        &mut t.repartition,
+        &mut t.changelog,
+        &mut t.changelog_index,
+        &mut t.stock_levels,
+        &mut t.alerts,
+        &mut t.orders,
+        &mut t.catalog,
+        &mut t.dlq,
+        &mut t.cluster,
+        &mut t.raw_prefix,
+    ] {
+        *name = format!("{tag}.{name}");
+    }
+    match mock {
+        Some(mock) => {
+            for spec in topics::specs(settings, std::iter::empty()) {
+                mock.create_topic(&spec.name, spec.partitions, 1)?;
+            }
+        }
+        None => {
+            topics::create(settings, 1, Vec::new()).await?;
+        }
+    }
+    Ok(())
+}
+
+/// `bench --mode kafka-orders`: one instance with its HTTP side, stock on
+/// 300 SKUs at 3 locations, then 3-line orders (lines in different
+/// partitions, so each is a saga) one at a time, then from 50 clients at
+/// once.
+pub async fn orders(mut settings: KafkaSettings, mock: Option<&Mock>) -> anyhow::Result<()> {
+    prepare(&mut settings, mock).await?;
+    let dir = tempfile::tempdir()?;
+    let config = crate::config::Config::new(dir.path().to_owned());
+    let server = super::KafkaServer::start(settings, config, "127.0.0.1:0".parse()?, None).await?;
+    let url = server.url();
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let cluster: serde_json::Value = client
+            .get(format!("{url}/v1/cluster"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let active = cluster["partitions"]
+            .as_array()
+            .is_some_and(|ps| ps.iter().all(|p| p["status"] == "active"));
+        if active {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the instance never owned every partition"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    const SKUS: usize = 300;
+    let stock: Vec<serde_json::Value> = (0..SKUS)
+        .flat_map(|i| (0..3).map(move |l| serde_json::json!({"eventId": format!("ko-{i}-{l}"), "eventType": "RECEIPT", "sku": format!("KO{i:04}"), "locationId": format!("L{l}"), "quantity": 100_000})))
+        .collect();
+    let r = client
+        .post(format!("{url}/v1/events?wait=applied"))
+        .json(&stock)
+        .send()
+        .await?;
+    anyhow::ensure!(r.status().is_success(), "stocking answered {}", r.status());
+    let order = {
+        let (client, url) = (client.clone(), url.clone());
+        move |n: usize| {
+            let (client, url) = (client.clone(), url.clone());
+            async move {
+                let mut rng = SmallRng::seed_from_u64(n as u64);
+                let lines: Vec<serde_json::Value> = (0..3)
+                .map(|_| serde_json::json!({"sku": format!("KO{:04}", rng.random_range(0..SKUS)), "locationId": format!("L{}", rng.random_range(0..3)), "quantity": 1}))
+                .collect();
+                let body = serde_json::json!({"orderId": format!("ko-{n}"), "lines": lines, "holdSeconds": 600});
+                let sent = Instant::now();
+                let answer: serde_json::Value = client
+                    .post(format!("{url}/v1/orders"))
+                    .json(&body)
+                    .send()
+                    .await?
+                    .json()
+                    .await?;
+                anyhow::ensure!(
+                    answer["status"] == "reserved",
+                    "order not reserved: {answer}"
+                );
+                Ok::<_, anyhow::Error>(sent.elapsed())
+            }
+        }
+    };
+    let mut one = Histogram::<u64>::new(3)?;
+    for n in 0..200 {
+        one.record(order(n).await?.as_micros() as u64)?;
+    }
+    let mut many = Histogram::<u64>::new(3)?;
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(1_000));
+    for _ in 0..50 {
+        let (order, next) = (order.clone(), next.clone());
+        tasks.spawn(async move {
+            let mut took = Vec::new();
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= 2_000 {
+                    return Ok::<_, anyhow::Error>(took);
+                }
+                took.push(order(n).await?);
+            }
+        });
+    }
+    while let Some(took) = tasks.join_next().await {
+        for t in took?? {
+            many.record(t.as_micros() as u64)?;
+        }
+    }
+    let rate = 1_000.0 / started.elapsed().as_secs_f64();
+    let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    println!(
+        "kafka orders: 3-line sagas across partitions, one at a time: p50 {:.0} ms, p99 {:.0} ms; 50 clients at once: p50 {:.0} ms, p99 {:.0} ms, {rate:.0} orders/s",
+        ms(&one, 0.5), ms(&one, 0.99), ms(&many, 0.5), ms(&many, 0.99)
+    );
+    server.stop().await
 }
 
 /// Events per burst on the mock cluster: ~150 bytes each, 12 partitions,
