@@ -347,7 +347,6 @@ pub async fn list_locations(
     State(state): State<Arc<AppState>>,
     Query(filter): Query<LocationFilter>,
 ) -> Result<Json<Value>, ApiError> {
-    let limit = limit(&filter.page)?;
     let mut all: BTreeMap<String, Location> =
         state.pipeline.shared.catalog.read().locations.clone();
     for partition in &state.pipeline.shared.partitions {
@@ -357,6 +356,20 @@ pub async fn list_locations(
             }
         }
     }
+    locations_page(&all, &filter, |id| {
+        location_totals(&state, id).unwrap_or_default()
+    })
+    .map(Json)
+}
+
+/// One page of `all` locations matching `filter`, each with its stock
+/// roll-up from `totals_of` (both modes).
+pub fn locations_page(
+    all: &BTreeMap<String, Location>,
+    filter: &LocationFilter,
+    totals_of: impl Fn(&str) -> Totals,
+) -> Result<Value, ApiError> {
+    let limit = limit(&filter.page)?;
     let after = filter.page.after.as_deref().unwrap_or("");
     let mut matching = all
         .values()
@@ -376,15 +389,14 @@ pub async fn list_locations(
         .iter()
         .map(|l| {
             let mut json = location_json(l);
-            json["totals"] =
-                totals_json(&location_totals(&state, &l.location_id).unwrap_or_default());
+            json["totals"] = totals_json(&totals_of(&l.location_id));
             json
         })
         .collect();
-    Ok(Json(json!({
+    Ok(json!({
         "locations": locations,
         "nextAfter": next,
-    })))
+    }))
 }
 
 /// GET /v1/items/{sku}: totals over every location, and by region,

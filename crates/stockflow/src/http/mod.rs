@@ -14,7 +14,7 @@ mod history;
 mod ingest;
 pub mod orders;
 pub(crate) mod query;
-mod stream;
+pub(crate) mod stream;
 mod ui;
 
 use std::sync::Arc;

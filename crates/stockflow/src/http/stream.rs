@@ -15,7 +15,7 @@ use futures_util::Stream;
 use serde::Deserialize;
 
 use super::{ApiError, AppState};
-use crate::stream::{Filter, Kind, Message, Resume, Subscription};
+use crate::stream::{Filter, Hub, Kind, Message, Resume, Subscription};
 
 #[derive(Deserialize, Clone)]
 pub struct StreamQuery {
@@ -42,7 +42,7 @@ pub enum Missed {
 /// Parses the filters and subscribes, for SSE and WebSocket alike; `last`
 /// is the Last-Event-ID header, which wins over the query's lastEventId.
 pub fn subscribe(
-    state: &AppState,
+    hub: &Arc<Hub>,
     query: StreamQuery,
     last: Option<String>,
 ) -> Result<(Subscription, Vec<Missed>), ApiError> {
@@ -65,7 +65,6 @@ pub fn subscribe(
         kinds,
     };
     let last = last.or(query.last_event_id);
-    let hub = &state.pipeline.shared.hub;
     let Some((subscription, resume)) = hub.subscribe(filter.clone(), last.as_deref()) else {
         return Err(ApiError::overloaded(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -105,12 +104,21 @@ pub async fn stream(
     Query(query): Query<StreamQuery>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    sse(&state.pipeline.shared.hub, query, &headers)
+}
+
+/// The SSE stream of `hub`'s messages (both modes).
+pub fn sse(
+    hub: &Arc<Hub>,
+    query: StreamQuery,
+    headers: &HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>> + use<>>, ApiError> {
     let last = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let (subscription, missed) = subscribe(&state, query, last)?;
-    let epoch = state.pipeline.shared.hub.epoch;
+    let (subscription, missed) = subscribe(hub, query, last)?;
+    let epoch = hub.epoch;
     let mut last_seq = 0;
     let backlog: VecDeque<Event> = missed
         .into_iter()
@@ -122,7 +130,6 @@ pub async fn stream(
             Missed::Gap => Event::default().event("gap").data(GAP),
         })
         .collect();
-    let hub = &state.pipeline.shared.hub;
     let open = Open {
         subscription,
         closing: hub.closing(),
@@ -170,9 +177,18 @@ pub async fn websocket(
     Query(query): Query<StreamQuery>,
     upgrade: axum::extract::ws::WebSocketUpgrade,
 ) -> Result<axum::response::Response, ApiError> {
-    let (subscription, missed) = subscribe(&state, query, None)?;
-    let epoch = state.pipeline.shared.hub.epoch;
-    let mut closing = state.pipeline.shared.hub.closing();
+    ws(&state.pipeline.shared.hub, query, upgrade)
+}
+
+/// The WebSocket of `hub`'s messages (both modes).
+pub fn ws(
+    hub: &Arc<Hub>,
+    query: StreamQuery,
+    upgrade: axum::extract::ws::WebSocketUpgrade,
+) -> Result<axum::response::Response, ApiError> {
+    let (subscription, missed) = subscribe(hub, query, None)?;
+    let epoch = hub.epoch;
+    let mut closing = hub.closing();
     Ok(upgrade.on_upgrade(move |mut socket| async move {
         use axum::extract::ws::Message as Frame;
         let frame = |id: Option<String>, name: &str, data: &str| {

@@ -23,8 +23,8 @@ use stockflow_core::{Location, Totals};
 use super::http::{dead_letter, encode, gather, restoring, KafkaApp, ReadQuery};
 use super::processor::ACTIVE;
 use crate::http::catalog::{
-    item_json, items, location_json, product_json, products_page, region_json, totals_json,
-    ProductFilter,
+    item_json, items, location_json, locations_page, product_json, products_page, region_json,
+    totals_json, LocationFilter, ProductFilter,
 };
 use crate::http::{read_body, ApiError};
 use crate::pipeline::{Receipt, ReceiptError};
@@ -323,4 +323,64 @@ pub async fn get_location(
     let mut answer = location_json(&location);
     answer["totals"] = totals_json(&totals.unwrap_or_default());
     Ok(Json(answer))
+}
+
+/// Every location with stock on this instance's active partitions and
+/// its totals here; the first partition still restoring, if any.
+fn local_locations(app: &KafkaApp) -> (BTreeMap<String, Totals>, Option<u16>) {
+    let mut found: BTreeMap<String, Totals> = BTreeMap::new();
+    let mut restoring_here = None;
+    for (p, status, _) in app.shared.owned() {
+        if status != ACTIVE {
+            restoring_here.get_or_insert(p);
+            continue;
+        }
+        let partition = app.shared.partitions[p as usize].read();
+        for id in partition.locations() {
+            if let Some(t) = partition.location_totals(id) {
+                found.entry(id.to_string()).or_default().add(&t);
+            }
+        }
+    }
+    (found, restoring_here)
+}
+
+/// GET /v1/locations?type=&region=&limit=&after=: the catalog's locations
+/// and every one seen in events on any member, each with its roll-up.
+/// With `scope=local`: this instance's `{"parts":[{"locationId","totals"}]}`.
+pub async fn list_locations(
+    State(app): State<Arc<KafkaApp>>,
+    Query(query): Query<ReadQuery>,
+    Query(filter): Query<LocationFilter>,
+) -> Result<Json<Value>, ApiError> {
+    let (mut totals, restoring_here) = local_locations(&app);
+    if query.scope.as_deref() == Some("local") {
+        if let Some(p) = restoring_here {
+            return Err(restoring(p));
+        }
+        let parts: Vec<Value> = totals
+            .iter()
+            .map(|(id, t)| json!({"locationId": id, "totals": t}))
+            .collect();
+        return Ok(Json(json!({ "parts": parts })));
+    }
+    for part in gather(&app, "/v1/locations", "parts").await? {
+        let (Some(id), Ok(t)) = (
+            part["locationId"].as_str(),
+            serde_json::from_value::<Totals>(part["totals"].clone()),
+        ) else {
+            continue;
+        };
+        totals.entry(id.to_owned()).or_default().add(&t);
+    }
+    let mut all = app.shared.catalog.read().locations.clone();
+    for id in totals.keys() {
+        if !all.contains_key(id) {
+            all.insert(id.clone(), Location::unknown(id));
+        }
+    }
+    locations_page(&all, &filter, |id| {
+        totals.get(id).copied().unwrap_or_default()
+    })
+    .map(Json)
 }

@@ -38,6 +38,8 @@ pub(super) const FORWARDED: &str = "x-stockflow-forwarded";
 const WAIT_APPLIED_MAX: Duration = Duration::from_secs(30);
 
 pub struct KafkaApp {
+    /// The live stream's hub, fed from the output topics.
+    pub hub: Arc<crate::stream::Hub>,
     pub settings: KafkaSettings,
     pub config: Config,
     pub producer: FutureProducer,
@@ -65,13 +67,7 @@ pub fn router(app: Arc<KafkaApp>) -> Router {
         )
         .route(
             "/v1/locations",
-            post(catalog::post_locations).get(|| async {
-                ApiError::new(
-                    StatusCode::NOT_IMPLEMENTED,
-                    "not_in_kafka_mode",
-                    "the list of locations is not available in Kafka mode yet; GET /v1/locations/{id} is",
-                )
-            }),
+            get(catalog::list_locations).post(catalog::post_locations),
         )
         .route(
             "/v1/locations/{location_id}",
@@ -86,6 +82,18 @@ pub fn router(app: Arc<KafkaApp>) -> Router {
         .route("/v1/orders/{id}/extend", post(orders::extend))
         .route("/v1/internal/orders/{id}", get(orders::internal))
         .route("/v1/cluster", get(cluster))
+        .route(
+            "/v1/stream",
+            get(|State(app): State<Arc<KafkaApp>>, Query(q), headers: HeaderMap| async move {
+                crate::http::stream::sse(&app.hub, q, &headers)
+            }),
+        )
+        .route(
+            "/v1/ws",
+            get(|State(app): State<Arc<KafkaApp>>, Query(q), upgrade| async move {
+                crate::http::stream::ws(&app.hub, q, upgrade)
+            }),
+        )
         .route("/v1/internal/applied", get(applied))
         .route("/v1/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], crate::http::OPENAPI) }))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))

@@ -29,6 +29,7 @@ pub mod bench;
 pub mod catalog;
 pub mod cluster;
 pub mod http;
+pub mod live;
 pub mod normaliser;
 pub mod orders;
 pub mod processor;
@@ -272,6 +273,8 @@ pub fn level_key(sku: &str, location: &str) -> String {
 pub struct KafkaServer {
     pub addr: std::net::SocketAddr,
     pub instance_id: String,
+    hub: Arc<crate::stream::Hub>,
+    live: live::Feeder,
     processor: processor::Running,
     normaliser: normaliser::Running,
     cluster: cluster::Running,
@@ -318,7 +321,10 @@ impl KafkaServer {
             cluster_state.clone(),
         )?;
         let producer: rdkafka::producer::FutureProducer = settings.producer_config().create()?;
+        let hub = Arc::new(crate::stream::Hub::default());
+        let live = live::start(&settings, hub.clone())?;
         let app = Arc::new(http::KafkaApp {
+            hub: hub.clone(),
             settings,
             config,
             producer,
@@ -343,6 +349,8 @@ impl KafkaServer {
         Ok(KafkaServer {
             addr,
             instance_id,
+            hub,
+            live,
             processor,
             normaliser,
             cluster,
@@ -359,9 +367,13 @@ impl KafkaServer {
     /// snapshots what it owns and leaves the group.
     pub async fn stop(self) -> anyhow::Result<()> {
         let _ = self.stop.send(());
+        // Open streams end, so the graceful shutdown does not wait on them.
+        self.hub.close();
         self.task.await??;
         let (processor, normaliser, cluster) = (self.processor, self.normaliser, self.cluster);
+        let live = self.live;
         tokio::task::spawn_blocking(move || {
+            live.stop();
             normaliser.stop();
             processor.stop();
             cluster.stop();

@@ -719,23 +719,13 @@ fn three_instances_one_killed_mid_stream_end_equal_to_the_reference() {
         dlq >= invalid,
         "{dlq} dead letters for {invalid} invalid events"
     );
-    // The ends above were reached through changelog snapshots: owners
-    // wrote them (every 3,000 records here), the restarted one started
-    // from them, and the records they cover are tombstoned for compaction.
-    let metric = |name: &str| -> f64 {
-        instances
-            .iter()
-            .map(|i| {
-                http::blocking_text(&format!("{}/metrics", i.url))
-                    .lines()
-                    .filter(|l| l.starts_with(name))
-                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                    .sum::<f64>()
-            })
-            .sum()
-    };
-    assert!(metric("stockflow_kafka_changelog_snapshots_total") > 0.0);
-    assert!(metric("stockflow_kafka_restored_from_snapshot_total") > 0.0);
+    // Owners wrote changelog snapshots (every 3,000 records here) on the
+    // way, and tombstoned the records they cover, for compaction.
+    let written: f64 = instances
+        .iter()
+        .map(|i| metric(&i.url, "stockflow_kafka_changelog_snapshots_total"))
+        .sum();
+    assert!(written > 0.0, "no changelog snapshot was written");
     let changelog = broker.read_all("inventory.changelog");
     let tombstones = changelog.iter().filter(|(_, v, _)| v.is_none()).count();
     assert!(tombstones > 0, "no changelog record was tombstoned");
@@ -837,6 +827,13 @@ fn a_restoring_partition_answers_503_or_a_flagged_stale_level() {
         }
     });
     println!("while restoring: {restoring} answers 503 restoring, {stale} stale answers ({partial} partial)");
+    // The first member wrote changelog snapshots (every 3,000 records
+    // here; 20,000 per partition): the new one started from them.
+    let adopted = metric(&second.url, "stockflow_kafka_restored_from_snapshot_total");
+    assert!(
+        adopted >= 12.0,
+        "{adopted} restores from a changelog snapshot, for 12 partitions"
+    );
     assert!(
         restoring > 0,
         "no query arrived while a partition was restoring"
@@ -845,6 +842,15 @@ fn a_restoring_partition_answers_503_or_a_flagged_stale_level() {
         stale > 0,
         "?stale=true never answered from a restoring partition"
     );
+}
+
+/// The sum of a Prometheus metric's samples at `url`/metrics.
+fn metric(url: &str, name: &str) -> f64 {
+    http::blocking_text(&format!("{url}/metrics"))
+        .lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// A fresh directory under target/ for a test's instances (kept after a
@@ -1354,12 +1360,33 @@ fn the_catalog_reaches_every_instance_and_shapes_roll_ups_and_alerts() {
         assert_eq!((status, product["lowStockThreshold"].as_i64()), (200, Some(50)), "{product}");
         let (status, refused) = send_json(&client, Method::PUT, &format!("{a}/v1/products/CAT2"), &serde_json::json!({"name": "Gadget", "price": "cheap"})).await;
         assert_eq!(status, 400, "{refused}");
+        // Live: a client streaming CAT1 from the other instance sees the
+        // levels and the alert the receipts make.
+        let mut live = client
+            .get(format!("{b}/v1/stream?sku=CAT1&kinds=stock,alerts"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(live.status(), 200);
+        let watching = tokio::spawn(async move {
+            let mut seen = String::new();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            while !(seen.contains(r#""locationId":"SOUTH-1""#) && seen.contains("event: alerts") && seen.contains(r#""kind":"LOW_STOCK""#)) {
+                match tokio::time::timeout_at(deadline, live.chunk()).await {
+                    Ok(Ok(Some(chunk))) => seen.push_str(&String::from_utf8_lossy(&chunk)),
+                    _ => panic!("the stream did not carry the changes: {seen}"),
+                }
+            }
+            seen
+        });
         let receipts = serde_json::json!([
             {"eventId": "c1", "eventType": "RECEIPT", "sku": "CAT1", "locationId": "NORTH-1", "quantity": 30},
             {"eventId": "c2", "eventType": "RECEIPT", "sku": "CAT1", "locationId": "SOUTH-1", "quantity": 100},
         ]);
         let (status, receipt) = send_json(&client, Method::POST, &format!("{a}/v1/events?wait=applied"), &receipts).await;
         assert_eq!(status, 200, "{receipt}");
+        let seen = watching.await.unwrap();
+        assert!(seen.contains("event: stock") && seen.contains(r#""onHand":30"#), "{seen}");
     });
     assert!(
         broker
@@ -1403,6 +1430,20 @@ fn the_catalog_reaches_every_instance_and_shapes_roll_ups_and_alerts() {
             ),
             (Some("south"), Some(100)),
             "{location}"
+        );
+        let (_, list) = get_settled(&format!("{url}/v1/locations?region=north"));
+        let listed: Vec<(Option<&str>, Option<i64>)> = list["locations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| (l["locationId"].as_str(), l["totals"]["onHand"].as_i64()))
+            .collect();
+        assert_eq!(listed, [(Some("NORTH-1"), Some(30))], "{list}");
+        let (_, list) = get_settled(&format!("{url}/v1/locations"));
+        assert_eq!(
+            list["locations"].as_array().map(Vec::len),
+            Some(2),
+            "{list}"
         );
         // The product's threshold (50) makes 30 units low, 100 not.
         assert_eq!(active_low_stock(url, "CAT1"), ["NORTH-1"], "via {url}");
