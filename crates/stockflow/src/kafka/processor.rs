@@ -322,6 +322,19 @@ struct Input {
     order: bool,
 }
 
+impl Input {
+    fn of<M: Message>(m: &M) -> Input {
+        Input {
+            offset: m.offset(),
+            timestamp_ms: m.timestamp().to_millis().unwrap_or(0),
+            payload: m.payload().unwrap_or_default().to_vec(),
+            order: m
+                .headers()
+                .is_some_and(|h| h.iter().any(|h| h.key == ORDER_HEADER)),
+        }
+    }
+}
+
 /// The header that marks a repartition record as an order saga message.
 pub const ORDER_HEADER: &str = "stockflow-order";
 
@@ -1380,14 +1393,7 @@ impl Processor {
                     transit
                         .entry(m.partition() as u16)
                         .or_default()
-                        .push(Input {
-                            offset: m.offset(),
-                            timestamp_ms: m.timestamp().to_millis().unwrap_or(0),
-                            payload: m.payload().unwrap_or_default().to_vec(),
-                            order: m
-                                .headers()
-                                .is_some_and(|h| h.iter().any(|h| h.key == ORDER_HEADER)),
-                        });
+                        .push(Input::of(&m));
                     taken += 1;
                 }
                 Some(Err(error)) => {
@@ -1872,12 +1878,7 @@ fn run(
                     canonical
                         .entry(m.partition() as u16)
                         .or_default()
-                        .push(Input {
-                            offset: m.offset(),
-                            timestamp_ms: m.timestamp().to_millis().unwrap_or(0),
-                            payload: m.payload().unwrap_or_default().to_vec(),
-                            order: false,
-                        });
+                        .push(Input::of(&m));
                     count += 1;
                     wait = Duration::ZERO;
                 }

@@ -916,6 +916,22 @@ async fn reserve(
     panic!("{id}: no instance answered");
 }
 
+/// Receives `units` of each of `skus` at WEB through `url`, applied.
+async fn stock_web(client: &reqwest::Client, url: &str, skus: &[String], units: i64) {
+    let receipts: Vec<String> = skus
+        .iter()
+        .map(|sku| format!(r#"{{"eventId":"stock-{sku}","eventType":"RECEIPT","sku":"{sku}","locationId":"WEB","quantity":{units}}}"#))
+        .collect();
+    let r = client
+        .post(format!("{url}/v1/events?wait=applied"))
+        .header("content-type", "application/json")
+        .body(format!("[{}]", receipts.join(",")))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{:?}", r.text().await);
+}
+
 #[test]
 fn rebalance_while_orders_race_for_the_last_units_never_oversells() {
     let _heavy = crate::heavy();
@@ -933,20 +949,7 @@ fn rebalance_while_orders_race_for_the_last_units_never_oversells() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let client = reqwest::Client::new();
     let urls: Vec<String> = instances.iter().map(|i| i.url.clone()).collect();
-    runtime.block_on(async {
-        let receipts: Vec<String> = skus
-            .iter()
-            .map(|sku| format!(r#"{{"eventId":"stock-{sku}","eventType":"RECEIPT","sku":"{sku}","locationId":"WEB","quantity":{UNITS}}}"#))
-            .collect();
-        let r = client
-            .post(format!("{}/v1/events?wait=applied", urls[0]))
-            .header("content-type", "application/json")
-            .body(format!("[{}]", receipts.join(",")))
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success(), "{:?}", r.text().await);
-    });
+    runtime.block_on(stock_web(&client, &urls[0], &skus, UNITS as i64));
 
     // Three times as many claims as units, from many clients at once,
     // while a third instance joins and one of the first two is killed.
@@ -1089,20 +1092,7 @@ fn orders_across_partitions_never_oversell_survive_a_kill_and_expire() {
     const ORDERS: usize = 60;
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let client = reqwest::Client::new();
-    runtime.block_on(async {
-        let receipts: Vec<String> = skus
-            .iter()
-            .map(|sku| format!(r#"{{"eventId":"stock-{sku}","eventType":"RECEIPT","sku":"{sku}","locationId":"WEB","quantity":{UNITS}}}"#))
-            .collect();
-        let r = client
-            .post(format!("{}/v1/events?wait=applied", urls[0]))
-            .header("content-type", "application/json")
-            .body(format!("[{}]", receipts.join(",")))
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success(), "{:?}", r.text().await);
-    });
+    runtime.block_on(stock_web(&client, &urls[0], &skus, UNITS));
     let three = &skus[..3];
 
     // Six times as many 3-line all_or_nothing orders as units, from many
