@@ -74,6 +74,7 @@ async fn put_one(
     app: &KafkaApp,
     headers: &HeaderMap,
     body: Body,
+    source: &str,
     key: String,
     check: impl Fn(&mut Value) -> Result<(), String>,
 ) -> Result<(), ApiError> {
@@ -87,7 +88,7 @@ async fn put_one(
             read_back(app, offset).await
         }
         Err(reason) => {
-            dead_letter(app, &bytes, &reason).await;
+            dead_letter(app, source, &bytes, &reason).await;
             Err(ApiError::bad_request(reason))
         }
     }
@@ -99,6 +100,7 @@ async fn post_bulk(
     app: &KafkaApp,
     headers: &HeaderMap,
     body: Body,
+    source: &str,
     key_of: impl Fn(&Value) -> Result<String, String>,
 ) -> Result<Json<Receipt>, ApiError> {
     let (bytes, format) = read_body(headers, body, app.config.body_bytes_max).await?;
@@ -114,7 +116,7 @@ async fn post_bulk(
                 receipt.accepted += 1;
             }
             Err(reason) => {
-                dead_letter(app, raw.as_bytes(), &reason).await;
+                dead_letter(app, source, raw.as_bytes(), &reason).await;
                 receipt.rejected += 1;
                 receipt.errors.push(ReceiptError {
                     index: index as u32,
@@ -137,11 +139,18 @@ pub async fn put_product(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    put_one(&app, &headers, body, format!("product:{sku}"), |v| {
-        parse_product(v, Some(&sku))?;
-        v["sku"] = json!(sku);
-        Ok(())
-    })
+    put_one(
+        &app,
+        &headers,
+        body,
+        "http:/v1/products",
+        format!("product:{sku}"),
+        |v| {
+            parse_product(v, Some(&sku))?;
+            v["sku"] = json!(sku);
+            Ok(())
+        },
+    )
     .await?;
     get_product(State(app), Path(sku)).await
 }
@@ -152,7 +161,7 @@ pub async fn post_products(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Receipt>, ApiError> {
-    post_bulk(&app, &headers, body, |v| {
+    post_bulk(&app, &headers, body, "http:/v1/products", |v| {
         parse_product(v, None).map(|p| format!("product:{}", p.sku))
     })
     .await
@@ -165,11 +174,18 @@ pub async fn put_location(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    put_one(&app, &headers, body, format!("location:{id}"), |v| {
-        parse_location(v, Some(&id))?;
-        v["locationId"] = json!(id);
-        Ok(())
-    })
+    put_one(
+        &app,
+        &headers,
+        body,
+        "http:/v1/locations",
+        format!("location:{id}"),
+        |v| {
+            parse_location(v, Some(&id))?;
+            v["locationId"] = json!(id);
+            Ok(())
+        },
+    )
     .await?;
     get_location(State(app), Path(id), Query(ReadQuery::default())).await
 }
@@ -180,7 +196,7 @@ pub async fn post_locations(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Receipt>, ApiError> {
-    post_bulk(&app, &headers, body, |v| {
+    post_bulk(&app, &headers, body, "http:/v1/locations", |v| {
         parse_location(v, None).map(|l| format!("location:{}", l.location_id))
     })
     .await

@@ -82,6 +82,7 @@ pub fn router(app: Arc<KafkaApp>) -> Router {
         .route("/v1/orders/{id}/extend", post(orders::extend))
         .route("/v1/internal/orders/{id}", get(orders::internal))
         .route("/v1/cluster", get(cluster))
+        .route("/v1/dead-letters", get(super::dead_letters::list))
         .route(
             "/v1/stream",
             get(|State(app): State<Arc<KafkaApp>>, Query(q), headers: HeaderMap| async move {
@@ -181,7 +182,7 @@ async fn post_events(
         Ok(parsed) => parsed,
         Err(error) => {
             let reason = error.to_string();
-            dead_letter(&app, &bytes, &reason).await;
+            dead_letter(&app, "http:/v1/events", &bytes, &reason).await;
             return Err(ApiError::bad_request(reason));
         }
     };
@@ -208,7 +209,13 @@ async fn post_events(
     }
     let mut errors = Vec::new();
     for rejected in &parsed.rejected {
-        dead_letter(&app, rejected.raw.as_bytes(), &rejected.reason).await;
+        dead_letter(
+            &app,
+            "http:/v1/events",
+            rejected.raw.as_bytes(),
+            &rejected.reason,
+        )
+        .await;
         errors.push(ReceiptError {
             index: rejected.index,
             event_id: rejected.event_id.clone(),
@@ -279,7 +286,9 @@ async fn post_events(
     }))
 }
 
-pub(super) async fn dead_letter(app: &KafkaApp, payload: &[u8], reason: &str) {
+/// Keeps a refused payload in the DLQ topic with its reason and source
+/// (the route that refused it) as headers.
+pub(super) async fn dead_letter(app: &KafkaApp, source: &str, payload: &[u8], reason: &str) {
     let headers = OwnedHeaders::new()
         .insert(Header {
             key: "reason",
@@ -287,7 +296,7 @@ pub(super) async fn dead_letter(app: &KafkaApp, payload: &[u8], reason: &str) {
         })
         .insert(Header {
             key: "source",
-            value: Some("http:/v1/events"),
+            value: Some(source),
         });
     let record = FutureRecord::<(), [u8]>::to(&app.settings.topics.dlq)
         .payload(payload)

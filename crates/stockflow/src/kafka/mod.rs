@@ -28,6 +28,7 @@
 pub mod bench;
 pub mod catalog;
 pub mod cluster;
+pub mod dead_letters;
 pub mod http;
 pub mod live;
 pub mod normaliser;

@@ -1385,6 +1385,38 @@ fn the_catalog_reaches_every_instance_and_shapes_roll_ups_and_alerts() {
             .any(|r| r.contains("type")),
         "the refused location is a dead letter"
     );
+    // Both refusals can be read back over the API, by source and reason,
+    // a page at a time.
+    let (_, refused) = get_settled(&format!("{b}/v1/dead-letters?source=http:/v1/locations"));
+    let letters = refused["deadLetters"].as_array().unwrap();
+    assert_eq!(letters.len(), 1, "{refused}");
+    assert!(
+        letters[0]["payload"]
+            .as_str()
+            .unwrap()
+            .contains("spaceship"),
+        "{refused}"
+    );
+    let (_, refused) = get_settled(&format!("{a}/v1/dead-letters?reason=PRICE"));
+    assert_eq!(
+        refused["deadLetters"][0]["source"], "http:/v1/products",
+        "{refused}"
+    );
+    let (_, first) = get_settled(&format!("{a}/v1/dead-letters?limit=1"));
+    let after = first["nextAfter"]
+        .as_str()
+        .expect("a second page")
+        .to_owned();
+    let (_, second) = get_settled(&format!("{a}/v1/dead-letters?limit=1&after={after}"));
+    assert_ne!(
+        first["deadLetters"][0]["id"], second["deadLetters"][0]["id"],
+        "{second}"
+    );
+    assert_eq!(
+        second["deadLetters"].as_array().map(Vec::len),
+        Some(1),
+        "{second}"
+    );
 
     // Every instance has the whole catalog, and the roll-ups by region.
     for url in [&a, &b] {
