@@ -389,8 +389,15 @@ impl KafkaServer {
 fn check_topics(settings: &KafkaSettings) -> anyhow::Result<()> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     let client: BaseConsumer = settings.client(&[]).create()?;
-    let t = &settings.topics;
-    for topic in [&t.canonical, &t.repartition, &t.changelog, &t.cluster] {
+    // Every topic an instance reads or writes (raw topics are the
+    // normalisers', which wait for theirs): a missing one would stop the
+    // processor at its first write there, e.g. after an upgrade that
+    // added a topic.
+    for spec in topics::specs(settings, std::iter::empty())
+        .into_iter()
+        .filter(|s| !s.name.starts_with(&settings.topics.raw_prefix))
+    {
+        let topic = &spec.name;
         let metadata = client
             .fetch_metadata(Some(topic), Duration::from_secs(15))
             .map_err(|e| anyhow::anyhow!("cannot reach Kafka at {}: {e}", settings.bootstrap))?;
@@ -400,17 +407,13 @@ fn check_topics(settings: &KafkaSettings) -> anyhow::Result<()> {
             .map_or(0, |m| m.partitions().len());
         anyhow::ensure!(
             found > 0,
-            "topic {topic} does not exist: run `stockflow topics create --kafka {}` first",
+            "topic {topic} does not exist: run `stockflow topics create --kafka {}` (it creates only what is missing)",
             settings.bootstrap
         );
-        let want = if topic == &t.cluster {
-            1
-        } else {
-            usize::from(settings.partitions)
-        };
         anyhow::ensure!(
-            found == want,
-            "topic {topic} has {found} partitions, stockflow expects {want} (--kafka-partitions)"
+            found == spec.partitions as usize,
+            "topic {topic} has {found} partitions, stockflow expects {} (--kafka-partitions)",
+            spec.partitions
         );
     }
     Ok(())

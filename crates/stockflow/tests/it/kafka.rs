@@ -1523,6 +1523,33 @@ fn the_catalog_reaches_every_instance_and_shapes_roll_ups_and_alerts() {
 }
 
 #[test]
+fn an_instance_refuses_to_start_without_its_topics_and_says_what_to_run() {
+    let _heavy = crate::heavy();
+    let broker = Broker::start();
+    let dir = scratch("kafka-no-topics");
+    let output = Command::new(env!("CARGO_BIN_EXE_stockflow"))
+        .args([
+            "serve",
+            "--kafka",
+            &broker.bootstrap,
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "started without its topics");
+    let said = String::from_utf8_lossy(&output.stderr);
+    // A broker that creates topics when asked about them makes them with
+    // its default partition count: refused as well, saying why.
+    assert!(
+        said.contains("stockflow topics create") || said.contains("partitions, stockflow expects"),
+        "{said}"
+    );
+}
+
+#[test]
 fn a_python_confluent_kafka_client_produces_raw_events_and_reads_stock_levels() {
     let _heavy = crate::heavy();
     let broker = Broker::start();
