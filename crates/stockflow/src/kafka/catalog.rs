@@ -51,21 +51,14 @@ async fn produce(app: &KafkaApp, key: &str, value: &Value) -> Result<i64, ApiErr
 /// Waits until this instance has read the catalog topic past `offset`.
 async fn read_back(app: &KafkaApp, offset: i64) -> Result<(), ApiError> {
     let deadline = Instant::now() + READ_BACK_MAX;
-    loop {
-        let notified = app.shared.progress.notified();
-        if app.shared.catalog_applied.load(Ordering::Acquire) > offset {
-            return Ok(());
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(ApiError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "not_read_back",
-                format!("the catalog write is in the log (offset {offset}) but this instance has not read it back yet; it will"),
-            ));
-        }
-        let _ = tokio::time::timeout(left.min(Duration::from_millis(100)), notified).await;
-    }
+    let read = || (app.shared.catalog_applied.load(Ordering::Acquire) > offset).then_some(());
+    app.shared.wait_for(deadline, read).await.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "not_read_back",
+            format!("the catalog write is in the log (offset {offset}) but this instance has not read it back yet; it will"),
+        )
+    })
 }
 
 /// Checks and writes one catalog item (PUT); a refused one is kept as a

@@ -365,21 +365,16 @@ async fn wait_local(
     offset: i64,
     deadline: Instant,
 ) -> Result<Option<Value>, ApiError> {
-    loop {
-        let notified = shared.progress.notified();
-        match shared.status(p) {
-            super::processor::NOT_OWNED => return Ok(None),
-            ACTIVE if shared.applied[p as usize].load(Ordering::Acquire) > offset => {
-                return Ok(Some(outcomes_json(shared, p, from, offset)));
-            }
-            _ => {}
+    let applied = || match shared.status(p) {
+        super::processor::NOT_OWNED => Some(None),
+        ACTIVE if shared.applied[p as usize].load(Ordering::Acquire) > offset => {
+            Some(Some(outcomes_json(shared, p, from, offset)))
         }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(ApiError::new(StatusCode::GATEWAY_TIMEOUT, "not_applied_yet", format!("partition {p} has not applied offset {offset} yet; the events are in the log and will be applied")));
-        }
-        let _ = tokio::time::timeout(left.min(Duration::from_millis(200)), notified).await;
-    }
+        _ => None,
+    };
+    shared.wait_for(deadline, applied).await.ok_or_else(|| {
+        ApiError::new(StatusCode::GATEWAY_TIMEOUT, "not_applied_yet", format!("partition {p} has not applied offset {offset} yet; the events are in the log and will be applied"))
+    })
 }
 
 /// `{"partition","applied","unknownThrough","outcomes":[{"offset","reason"}]}`:

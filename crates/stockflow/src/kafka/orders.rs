@@ -120,29 +120,33 @@ async fn wait_local(
     after_version: Option<u64>,
     deadline: Instant,
 ) -> Option<Option<Homed>> {
-    loop {
-        let notified = app.shared.progress.notified();
-        if app.shared.status(p) != ACTIVE {
-            return None;
+    let current = || {
+        (app.shared.status(p) == ACTIVE).then(|| {
+            app.shared.books[p as usize]
+                .read()
+                .orders
+                .get(order_id)
+                .map(|saga| Homed {
+                    order: saga.order.clone(),
+                    version: saga.version,
+                })
+        })
+    };
+    let moved_on = || match current() {
+        None => Some(None),
+        Some(found) => {
+            let done = match (&found, after_version) {
+                (_, None) => true,
+                (Some(h), Some(after)) => h.version > after && h.order.status != Status::Pending,
+                (None, Some(_)) => false,
+            };
+            done.then_some(Some(found))
         }
-        let found = app.shared.books[p as usize]
-            .read()
-            .orders
-            .get(order_id)
-            .map(|saga| Homed {
-                order: saga.order.clone(),
-                version: saga.version,
-            });
-        let done = match (&found, after_version) {
-            (_, None) => true,
-            (Some(h), Some(after)) => h.version > after && h.order.status != Status::Pending,
-            (None, Some(_)) => false,
-        };
-        let left = deadline.saturating_duration_since(Instant::now());
-        if done || left.is_zero() {
-            return Some(found);
-        }
-        let _ = tokio::time::timeout(left.min(Duration::from_millis(200)), notified).await;
+    };
+    match app.shared.wait_for(deadline, moved_on).await {
+        Some(answer) => answer,
+        // The wait is over: the order as it is.
+        None => current(),
     }
 }
 

@@ -201,6 +201,26 @@ impl Shared {
         }
     }
 
+    /// Waits, woken after every cycle, until `check` has an answer; `None`
+    /// once `deadline` passes without one.
+    pub async fn wait_for<T>(
+        &self,
+        deadline: Instant,
+        mut check: impl FnMut() -> Option<T>,
+    ) -> Option<T> {
+        loop {
+            let notified = self.progress.notified();
+            if let Some(answer) = check() {
+                return Some(answer);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            let _ = tokio::time::timeout(left.min(Duration::from_millis(100)), notified).await;
+        }
+    }
+
     pub fn status(&self, p: u16) -> u8 {
         self.status[p as usize].load(Ordering::Acquire)
     }
