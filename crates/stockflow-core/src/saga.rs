@@ -24,8 +24,10 @@
 //! the line owner deduplicates: a crash that repeats a step repeats
 //! nothing.
 //!
-//! A line is reserved whole or refused: Kafka mode does not split a line
-//! over locations (lines name their location) nor reserve part of one.
+//! A line is reserved whole at one location or refused: Kafka mode does
+//! not split a line over locations nor reserve part of one. A line with
+//! several candidate locations (sourced by a priority list) tries them in
+//! turn, one RESERVATION at a time, until one grants it.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -40,13 +42,16 @@ pub fn order_home(order_id: &str, partitions: u16) -> u16 {
     crate::route(order_id, "", partitions)
 }
 
-/// One line of a placed order; Kafka mode needs its location.
+/// One line of a placed order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PlaceLine {
     pub sku: String,
-    pub location_id: String,
+    /// As asked: `None` for a line the shell sourced.
+    pub location_id: Option<String>,
     pub quantity: i64,
+    /// Where to reserve it, tried in this order (never empty).
+    pub candidates: Vec<String>,
 }
 
 /// A message to an order's home partition. Externally tagged
@@ -62,10 +67,13 @@ pub enum ToHome {
         hold_ns: i64,
         fingerprint: u64,
     },
-    /// A line owner's decision on a line's RESERVATION.
+    /// A line owner's decision on a line's RESERVATION at its
+    /// `attempt`-th candidate location.
     LineResult {
         order_id: String,
         line: u32,
+        #[serde(default)]
+        attempt: u32,
         reserved: bool,
         reason: Option<String>,
     },
@@ -105,6 +113,8 @@ impl ToHome {
 pub struct LineAction {
     pub order_id: String,
     pub line: u32,
+    /// Which candidate location of the line a RESERVATION tries (0 else).
+    pub attempt: u32,
     pub event_type: EventType,
     pub sku: String,
     pub location_id: String,
@@ -112,25 +122,33 @@ pub struct LineAction {
 }
 
 impl LineAction {
-    /// `{orderId}/{line}/{reserve|release|fulfil}`: one per line and kind,
-    /// so the level's owner applies each at most once.
+    /// `{orderId}/{line}/{reserve|release|fulfil}` (a reservation at a
+    /// later candidate: `{orderId}/{line}.{attempt}/reserve`): one per line,
+    /// kind and attempt, so the level's owner applies each at most once.
     pub fn event_id(&self) -> String {
         let kind = match self.event_type {
             EventType::Reservation => "reserve",
             EventType::Release => "release",
             _ => "fulfil",
         };
-        format!("{}/{}/{kind}", self.order_id, self.line)
+        match self.attempt {
+            0 => format!("{}/{}/{kind}", self.order_id, self.line),
+            n => format!("{}/{}.{n}/{kind}", self.order_id, self.line),
+        }
     }
 }
 
-/// Which line of which order a RESERVATION with this eventId and
-/// correlationId reserves, if it is a saga's: the line owner answers those.
-pub fn reservation_line(event_id: &str, correlation_id: Option<&str>) -> Option<u32> {
+/// Which line (and attempt) of which order a RESERVATION with this
+/// eventId and correlationId reserves, if it is a saga's: the line owner
+/// answers those.
+pub fn reservation_line(event_id: &str, correlation_id: Option<&str>) -> Option<(u32, u32)> {
     let order_id = correlation_id?;
     let rest = event_id.strip_prefix(order_id)?.strip_prefix('/')?;
     let line = rest.strip_suffix("/reserve")?;
-    line.parse().ok()
+    match line.split_once('.') {
+        None => Some((line.parse().ok()?, 0)),
+        Some((line, attempt)) => Some((line.parse().ok()?, attempt.parse().ok()?)),
+    }
 }
 
 /// Whether `command` (Fulfil, Cancel or Extend) acts on `order`: `Ok(true)`
@@ -181,6 +199,11 @@ pub struct SagaOrder {
     pub hold_ns: i64,
     /// Per line: the owner's answer is in.
     pub answered: Vec<bool>,
+    /// Per line: the candidate locations, and which one is being tried.
+    #[serde(default)]
+    pub candidates: Vec<Vec<String>>,
+    #[serde(default)]
+    pub tries: Vec<u32>,
     /// Bumped by every message about this order, handled or not, so a
     /// waiting request can tell its command was seen.
     pub version: u64,
@@ -229,9 +252,10 @@ impl SagaBook {
                     out.actions.push(LineAction {
                         order_id: order_id.clone(),
                         line: n as u32,
+                        attempt: 0,
                         event_type: EventType::Reservation,
                         sku: line.sku.clone(),
-                        location_id: line.location_id.clone(),
+                        location_id: line.candidates.first().cloned().unwrap_or_default(),
                         quantity: line.quantity,
                     });
                 }
@@ -244,7 +268,7 @@ impl SagaBook {
                         .iter()
                         .map(|l| Line {
                             sku: l.sku.clone(),
-                            location_id: Some(l.location_id.clone()),
+                            location_id: l.location_id.clone(),
                             requested: l.quantity,
                             allocations: Vec::new(),
                             reason: None,
@@ -260,6 +284,8 @@ impl SagaBook {
                         order,
                         hold_ns: *hold_ns,
                         answered: vec![false; lines.len()],
+                        candidates: lines.iter().map(|l| l.candidates.clone()).collect(),
+                        tries: vec![0; lines.len()],
                         version: 1,
                     },
                 );
@@ -268,6 +294,7 @@ impl SagaBook {
             ToHome::LineResult {
                 order_id,
                 line,
+                attempt,
                 reserved,
                 reason,
             } => {
@@ -280,11 +307,33 @@ impl SagaBook {
                 if n >= saga.answered.len() || saga.answered[n] {
                     return;
                 }
+                // An answer about an earlier candidate, repeated: done with.
+                if saga.tries.get(n).copied().unwrap_or(0) != *attempt {
+                    return;
+                }
+                let candidates = saga.candidates.get(n).map_or(&[][..], Vec::as_slice);
+                let at = candidates.get(*attempt as usize).cloned();
+                if !*reserved && (*attempt as usize + 1) < candidates.len() {
+                    // Refused here: the next candidate location.
+                    let next = *attempt + 1;
+                    saga.tries[n] = next;
+                    let l = &saga.order.lines[n];
+                    out.actions.push(LineAction {
+                        order_id: order_id.clone(),
+                        line: *line,
+                        attempt: next,
+                        event_type: EventType::Reservation,
+                        sku: l.sku.clone(),
+                        location_id: candidates[next as usize].clone(),
+                        quantity: l.requested,
+                    });
+                    return;
+                }
                 saga.answered[n] = true;
                 let l = &mut saga.order.lines[n];
                 if *reserved {
                     l.allocations.push(Allocation {
-                        location_id: l.location_id.clone().unwrap_or_default(),
+                        location_id: at.or_else(|| l.location_id.clone()).unwrap_or_default(),
                         quantity: l.requested,
                         fulfilled: false,
                     });
@@ -317,6 +366,7 @@ impl SagaBook {
                         out.actions.push(LineAction {
                             order_id: order_id.clone(),
                             line: n as u32,
+                            attempt: 0,
                             event_type: EventType::Fulfillment,
                             sku: line.sku.clone(),
                             location_id: a.location_id.clone(),
@@ -415,6 +465,7 @@ fn decide(saga: &mut SagaOrder, now: Timestamp, out: &mut StepOut) {
                 out.actions.push(LineAction {
                     order_id: order.order_id.clone(),
                     line: n as u32,
+                    attempt: 0,
                     event_type: EventType::Release,
                     sku: line.sku.clone(),
                     location_id: a.location_id,
@@ -438,6 +489,7 @@ fn release(saga: &mut SagaOrder, status: Status, now: Timestamp, out: &mut StepO
             out.actions.push(LineAction {
                 order_id: order.order_id.clone(),
                 line: n as u32,
+                attempt: 0,
                 event_type: EventType::Release,
                 sku: line.sku.clone(),
                 location_id: a.location_id.clone(),
@@ -461,8 +513,9 @@ mod tests {
                 .iter()
                 .map(|(s, l, q)| PlaceLine {
                     sku: (*s).into(),
-                    location_id: (*l).into(),
+                    location_id: Some((*l).into()),
                     quantity: *q,
+                    candidates: vec![(*l).into()],
                 })
                 .collect(),
             mode,
@@ -475,6 +528,7 @@ mod tests {
         ToHome::LineResult {
             order_id: id.into(),
             line,
+            attempt: 0,
             reserved,
             reason: (!reserved).then(|| "insufficient_stock".into()),
         }
@@ -665,9 +719,72 @@ mod tests {
     }
 
     #[test]
+    fn a_sourced_line_tries_its_candidates_in_turn_until_one_grants_it() {
+        let mut book = SagaBook::default();
+        let mut out = StepOut::default();
+        let line = PlaceLine {
+            sku: "A".into(),
+            location_id: None,
+            quantity: 2,
+            candidates: vec!["S1".into(), "S2".into(), "S3".into()],
+        };
+        let place = ToHome::Place {
+            order_id: "o".into(),
+            lines: vec![line],
+            mode: Mode::AllOrNothing,
+            hold_ns: 10,
+            fingerprint: 1,
+        };
+        book.apply(&place, Timestamp(0), &mut out);
+        let refused = |attempt| ToHome::LineResult {
+            order_id: "o".into(),
+            line: 0,
+            attempt,
+            reserved: false,
+            reason: Some("insufficient_stock".into()),
+        };
+        let mut out = StepOut::default();
+        book.apply(&refused(0), Timestamp(1), &mut out);
+        // A repeat of that answer asks for nothing more.
+        book.apply(&refused(0), Timestamp(1), &mut out);
+        assert_eq!(out.actions.len(), 1);
+        assert_eq!(
+            (
+                out.actions[0].location_id.as_str(),
+                out.actions[0].event_id()
+            ),
+            ("S2", "o/0.1/reserve".to_owned())
+        );
+        assert_eq!(book.orders["o"].order.status, Status::Pending);
+        let granted = ToHome::LineResult {
+            order_id: "o".into(),
+            line: 0,
+            attempt: 1,
+            reserved: true,
+            reason: None,
+        };
+        book.apply(&granted, Timestamp(2), &mut out);
+        let order = &book.orders["o"].order;
+        assert_eq!(order.status, Status::Reserved);
+        assert_eq!(order.lines[0].allocations[0].location_id, "S2");
+        assert_eq!(order.lines[0].location_id, None);
+        // Refused everywhere: rejected after the last candidate.
+        let mut book = SagaBook::default();
+        book.apply(&place, Timestamp(0), &mut out);
+        for attempt in 0..3 {
+            book.apply(&refused(attempt), Timestamp(1), &mut out);
+        }
+        assert_eq!(book.orders["o"].order.status, Status::Rejected);
+    }
+
+    #[test]
     fn a_saga_reservation_names_its_line() {
-        assert_eq!(reservation_line("o-1/2/reserve", Some("o-1")), Some(2));
-        assert_eq!(reservation_line("a/b/0/reserve", Some("a/b")), Some(0));
+        assert_eq!(reservation_line("o-1/2/reserve", Some("o-1")), Some((2, 0)));
+        assert_eq!(reservation_line("a/b/0/reserve", Some("a/b")), Some((0, 0)));
+        assert_eq!(
+            reservation_line("o-1/2.3/reserve", Some("o-1")),
+            Some((2, 3))
+        );
         assert_eq!(reservation_line("o-1/2/release", Some("o-1")), None);
         assert_eq!(reservation_line("x/2/reserve", Some("o-1")), None);
         assert_eq!(reservation_line("o-1/2/reserve", None), None);

@@ -17,7 +17,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use stockflow_core::orders::{Order, Status};
+use stockflow_core::orders::{Order, Sourcing, Status};
 use stockflow_core::saga::{judge, order_home, PlaceLine, ToHome};
 
 use super::http::{encode, KafkaApp, ReadQuery, FORWARDED};
@@ -228,8 +228,10 @@ fn still_pending(order_id: &str) -> ApiError {
     )
 }
 
-/// POST /v1/orders in Kafka mode: every line must name its location
-/// (sourcing needs every location's stock, which no instance holds).
+/// POST /v1/orders in Kafka mode. A line without a location is sourced
+/// by the configured priority list (tried in turn); `most_available`
+/// needs every location's stock, which no instance holds, so such a line
+/// must then name its location.
 pub async fn place(
     State(app): State<Arc<KafkaApp>>,
     headers: HeaderMap,
@@ -239,15 +241,20 @@ pub async fn place(
     let request = parse_place(&bytes, app.config.order_hold_seconds)?;
     let mut lines = Vec::with_capacity(request.lines.len());
     for (n, line) in request.lines.into_iter().enumerate() {
-        let Some(location_id) = line.location_id else {
-            return Err(ApiError::bad_request(format!(
-                "lines[{n}].locationId: required in Kafka mode (sourcing a line across locations needs the embedded mode)"
-            )));
+        let candidates = match (&line.location_id, &app.config.sourcing) {
+            (Some(location), _) => vec![location.clone()],
+            (None, Sourcing::Priority(list)) if !list.is_empty() => list.clone(),
+            (None, _) => {
+                return Err(ApiError::bad_request(format!(
+                    "lines[{n}].locationId: required in Kafka mode unless the server sources by a priority list (--sourcing priority:A,B,…); most_available needs the embedded mode"
+                )))
+            }
         };
         lines.push(PlaceLine {
             sku: line.sku,
-            location_id,
+            location_id: line.location_id,
             quantity: line.quantity,
+            candidates,
         });
     }
     let order_id = request.order_id;

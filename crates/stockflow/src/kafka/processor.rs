@@ -1650,7 +1650,7 @@ fn line_results(
         if event.event_type != stockflow_core::EventType::Reservation {
             continue;
         }
-        let Some(line) = reservation_line(event.event_id, event.correlation_id) else {
+        let Some((line, attempt)) = reservation_line(event.event_id, event.correlation_id) else {
             continue;
         };
         let order_id = event.correlation_id.unwrap_or_default();
@@ -1671,6 +1671,7 @@ fn line_results(
             ToHome::LineResult {
                 order_id: order_id.to_owned(),
                 line,
+                attempt,
                 reserved: refused.is_none(),
                 reason: refused,
             },

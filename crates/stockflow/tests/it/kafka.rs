@@ -228,6 +228,8 @@ impl Instance {
             .args(["serve", "--kafka", &self.bootstrap, "--group", &self.group])
             // Small, so every test restores through changelog snapshots.
             .args(["--changelog-snapshot-every", "3000"])
+            // Lines without a location try WEB, then BACKUP.
+            .args(["--sourcing", "priority:WEB,BACKUP"])
             .arg("--data-dir")
             .arg(&self.dir)
             .args(["--listen", &format!("127.0.0.1:{}", self.port)])
@@ -1209,11 +1211,21 @@ fn orders_across_partitions_never_oversell_survive_a_kill_and_expire() {
         let other = serde_json::json!({"orderId": a, "lines": [{"sku": three[0], "locationId": "WEB", "quantity": 2}]});
         let (status, _) = definite(&client, &urls, 0, "/v1/orders", &other).await;
         assert_eq!(status, 409);
-        // Kafka mode needs each line's location.
-        let unsourced = serde_json::json!({"orderId": "nowhere", "lines": [{"sku": three[0], "quantity": 1}]});
-        let (status, error) = definite(&client, &urls, 0, "/v1/orders", &unsourced).await;
-        assert_eq!(status, 400, "{error}");
+        // A line without a location is sourced by the priority list: WEB
+        // has none of SOURCED, so it is reserved at BACKUP.
+        let stock = serde_json::json!({"eventId": "sourced-stock", "eventType": "RECEIPT", "sku": "SOURCED", "locationId": "BACKUP", "quantity": 5});
+        let r = client.post(format!("{}/v1/events?wait=applied", urls[0])).json(&stock).send().await.unwrap();
+        assert!(r.status().is_success());
+        let sourced = serde_json::json!({"orderId": "sourced", "lines": [{"sku": "SOURCED", "quantity": 2}]});
+        let (status, order) = definite(&client, &urls, 1, "/v1/orders", &sourced).await;
+        assert_eq!((status, order_status(&order)), (200, "reserved"), "{order}");
+        assert_eq!(order["lines"][0]["allocations"][0]["locationId"], "BACKUP", "{order}");
     });
+    wait_for(
+        &format!("{}/v1/stock/SOURCED/BACKUP", urls[0]),
+        "the sourced line held at BACKUP",
+        |l| l["reserved"] == 2,
+    );
     // The answer is the home's decision; the levels follow within a cycle.
     let fulfilled = i64::from(reserved_orders.len() > 1);
     for sku in three {
