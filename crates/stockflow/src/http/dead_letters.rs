@@ -43,6 +43,17 @@ fn letter_json(l: &DeadLetter) -> Value {
     })
 }
 
+/// A page's `after`, a dead-letter id (both modes).
+pub fn after_id<T: std::str::FromStr>(page: &Page) -> Result<Option<T>, ApiError> {
+    page.after
+        .as_deref()
+        .map(|text| {
+            text.parse::<T>()
+                .map_err(|_| ApiError::bad_request("after must be a dead-letter id"))
+        })
+        .transpose()
+}
+
 fn source_matches(letter: &str, wanted: &str) -> bool {
     letter == wanted
         || (wanted.ends_with(':') && letter.starts_with(wanted))
@@ -56,13 +67,7 @@ pub async fn list(
     Query(filter): Query<Filter>,
 ) -> Result<Json<Value>, ApiError> {
     let limit = limit(&filter.page)?;
-    let after = match filter.page.after.as_deref() {
-        None => None,
-        Some(text) => Some(
-            text.parse::<u64>()
-                .map_err(|_| ApiError::bad_request("after must be a dead-letter id"))?,
-        ),
-    };
+    let after: Option<u64> = after_id(&filter.page)?;
     let reason = filter.reason.as_deref().map(str::to_lowercase);
     let letters = state
         .pipeline

@@ -8,7 +8,7 @@ pub(crate) mod alerts;
 pub(crate) mod catalog;
 mod check;
 mod dashboard;
-mod dead_letters;
+pub(crate) mod dead_letters;
 mod error;
 mod history;
 mod ingest;

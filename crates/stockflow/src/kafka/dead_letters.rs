@@ -39,13 +39,7 @@ pub async fn list(
     Query(filter): Query<Filter>,
 ) -> Result<Json<Value>, ApiError> {
     let limit = limit(&filter.page)?;
-    let after = match filter.page.after.as_deref() {
-        None => None,
-        Some(text) => Some(
-            text.parse::<i64>()
-                .map_err(|_| ApiError::bad_request("after must be a dead-letter id"))?,
-        ),
-    };
+    let after: Option<i64> = crate::http::dead_letters::after_id(&filter.page)?;
     let settings = app.settings.clone();
     let scanned = tokio::task::spawn_blocking(move || scan(&settings, after, limit, &filter))
         .await
