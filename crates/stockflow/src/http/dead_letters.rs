@@ -24,11 +24,11 @@ pub struct Filter {
     /// Exact source (`http:/v1/events`, `source:store-item`, …), a prefix
     /// ending in `:` (`webhook:`), or a format name, matching
     /// `source:{format}` and `import:{format}`.
-    source: Option<String>,
+    pub(crate) source: Option<String>,
     /// Case-insensitive substring of the reason.
-    reason: Option<String>,
+    pub(crate) reason: Option<String>,
     #[serde(flatten)]
-    page: Page,
+    pub(crate) page: Page,
 }
 
 fn letter_json(l: &DeadLetter) -> Value {

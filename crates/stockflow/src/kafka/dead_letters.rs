@@ -11,25 +11,17 @@ use axum::Json;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::http::KafkaApp;
 use super::KafkaSettings;
-use crate::http::query::{limit, Page};
+use crate::http::dead_letters::Filter;
+use crate::http::query::limit;
 use crate::http::ApiError;
 
 /// Most DLQ records one request reads: a page that filters out the rest
 /// ends there, with `nextAfter` to read on from.
 const SCANNED_MAX: usize = 100_000;
-
-#[derive(Deserialize)]
-pub struct Filter {
-    source: Option<String>,
-    reason: Option<String>,
-    #[serde(flatten)]
-    page: Page,
-}
 
 /// GET /v1/dead-letters?source=&reason=&limit=&after=: oldest first;
 /// `source` matches the route or topic a letter came from (a prefix),
