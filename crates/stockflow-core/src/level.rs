@@ -71,7 +71,7 @@ pub struct Level {
 }
 
 /// The quantities of a level, without its history: what roll-ups sum.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Numbers {
     pub on_hand: i64,
     pub reserved: i64,

@@ -30,6 +30,7 @@ pub mod limits;
 pub mod orders;
 pub mod parse;
 pub mod partition;
+pub mod rollup;
 pub mod saga;
 pub mod time;
 

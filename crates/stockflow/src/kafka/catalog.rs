@@ -2,9 +2,10 @@
 //! partition, compacted; key `product:{sku}` or `location:{id}`, value the
 //! API's JSON), which every instance reads whole into its own copy, so
 //! catalog reads are local. A write answers once the broker has it and
-//! this instance has read it back. Stock roll-ups (a product's stock, an
-//! item's totals by region, type and channel) are gathered from every
-//! member, each answering for its own partitions.
+//! this instance has read it back. A SKU's stock (a product's stock, an
+//! item's totals by region, type and channel) is read from the roll-up at
+//! the SKU's home partition; a location's is gathered from every member,
+//! each answering for its own partitions.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -18,10 +19,13 @@ use axum::Json;
 use rdkafka::producer::FutureRecord;
 use serde_json::{json, Value};
 use stockflow_core::catalog::{parse_location, parse_product};
+use stockflow_core::rollup::sku_home;
 use stockflow_core::{Location, Totals};
 
-use super::http::{dead_letter, encode, gather, restoring, KafkaApp, ReadQuery};
-use super::processor::ACTIVE;
+use super::http::{
+    dead_letter, encode, gather, not_owned, restoring, KafkaApp, ReadQuery, FORWARDED,
+};
+use super::processor::{ACTIVE, RESTORING};
 use crate::http::catalog::{
     item_json, items, location_json, locations_page, product_json, products_page, region_json,
     totals_json, LocationFilter, ProductFilter,
@@ -216,63 +220,94 @@ pub async fn get_product(
     Ok(Json(answer))
 }
 
-/// A SKU's totals over this instance's active partitions, and by group;
-/// the first partition still restoring, if any.
-fn local_sku_rollup(app: &KafkaApp, sku: &str) -> (Totals, BTreeMap<String, Totals>, Option<u16>) {
-    let mut totals = Totals::default();
-    let mut groups: BTreeMap<String, Totals> = BTreeMap::new();
-    let mut restoring_here = None;
-    for (p, status, _) in app.shared.owned() {
-        if status != ACTIVE {
-            restoring_here.get_or_insert(p);
-            continue;
-        }
-        let partition = app.shared.partitions[p as usize].read();
-        if let Some(t) = partition.sku_totals(sku) {
-            totals.add(&t);
-        }
-        for (group, t) in partition.group_totals(sku) {
-            groups.entry(group.to_string()).or_default().add(&t);
-        }
-    }
-    (totals, groups, restoring_here)
-}
+/// A SKU's totals, and its totals by location group (`region:…`, …).
+type Rollup = (Totals, BTreeMap<String, Totals>);
 
-/// A SKU's totals over the cluster, and by location group.
+/// A SKU's totals over the cluster, and by location group: the roll-up
+/// kept at the SKU's home partition from its levels' reports (see
+/// `stockflow_core::rollup`), read here or asked of the home's owner.
 async fn sku_rollup(
     app: &KafkaApp,
     sku: &str,
-) -> Result<(Totals, BTreeMap<String, Totals>), ApiError> {
-    let (mut totals, mut groups, _) = local_sku_rollup(app, sku);
-    for part in gather(app, &format!("/v1/items/{}", encode(sku)), "parts").await? {
-        let t: Totals = serde_json::from_value(part["totals"].clone()).unwrap_or_default();
-        totals.add(&t);
-        let theirs: BTreeMap<String, Totals> =
-            serde_json::from_value(part["groups"].clone()).unwrap_or_default();
-        for (group, t) in theirs {
-            groups.entry(group).or_default().add(&t);
-        }
+) -> Result<Rollup, ApiError> {
+    let home = sku_home(sku, app.settings.partitions);
+    if let Some(answer) = local_rollup(app, home, sku)? {
+        return Ok(answer);
     }
+    let owner = app
+        .cluster
+        .owner(home)
+        .map(|(owner, _)| owner)
+        .filter(|owner| owner.instance_id != app.instance_id)
+        .ok_or_else(|| not_owned(home))?;
+    let failed = |what: String| {
+        ApiError::overloaded(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the owner of partition {home}, the home of sku {sku:?}, at {}: {what}; retry shortly",
+                owner.url
+            ),
+        )
+    };
+    let answer = app
+        .client
+        .get(format!("{}/v1/internal/rollups/{}", owner.url, encode(sku)))
+        .header(FORWARDED, "1")
+        .send()
+        .await
+        .map_err(|e| failed(format!("no answer ({e})")))?;
+    if !answer.status().is_success() {
+        return Err(failed(format!("answered {}", answer.status())));
+    }
+    let body: Value = answer
+        .json()
+        .await
+        .map_err(|e| failed(format!("unreadable answer ({e})")))?;
+    let totals = serde_json::from_value(body["totals"].clone()).unwrap_or_default();
+    let groups = serde_json::from_value(body["groups"].clone()).unwrap_or_default();
     Ok((totals, groups))
 }
 
+/// The roll-up of `sku` if its home partition is active here; `None` if
+/// another member owns it.
+fn local_rollup(
+    app: &KafkaApp,
+    home: u16,
+    sku: &str,
+) -> Result<Option<Rollup>, ApiError> {
+    match app.shared.status(home) {
+        ACTIVE => {
+            let book = app.shared.rollups[home as usize].read();
+            Ok(Some(book.totals(sku, &app.shared.catalog.read())))
+        }
+        RESTORING => Err(restoring(home)),
+        _ => Ok(None),
+    }
+}
+
+/// GET /v1/internal/rollups/{sku}: the roll-up at the SKU's home, for
+/// members asking its owner; 409 if the home is not owned here.
+pub async fn internal_rollup(
+    State(app): State<Arc<KafkaApp>>,
+    Path(sku): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let home = sku_home(&sku, app.settings.partitions);
+    match local_rollup(&app, home, &sku)? {
+        Some((totals, groups)) => Ok(Json(json!({"totals": totals, "groups": groups}))),
+        None => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_owner",
+            format!("partition {home} is not active here"),
+        )),
+    }
+}
+
 /// GET /v1/items/{sku}: totals over every location, and by region,
-/// location type and channel. With `scope=local` (members asking each
-/// other): this instance's part, `{"parts":[{"totals","groups"}]}`.
+/// location type and channel.
 pub async fn item(
     State(app): State<Arc<KafkaApp>>,
     Path(sku): Path<String>,
-    Query(query): Query<ReadQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    if query.scope.as_deref() == Some("local") {
-        let (totals, groups, restoring_here) = local_sku_rollup(&app, &sku);
-        if let Some(p) = restoring_here {
-            return Err(restoring(p));
-        }
-        return Ok(Json(
-            json!({"parts": [{"totals": totals, "groups": groups}]}),
-        ));
-    }
     let (totals, groups) = sku_rollup(&app, &sku).await?;
     let product = app.shared.catalog.read().products.get(&sku).cloned();
     item_json(&sku, product.as_ref(), &totals, &groups).map(Json)

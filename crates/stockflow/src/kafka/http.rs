@@ -2,9 +2,10 @@
 //! answers after the broker acknowledges (`?wait=applied`: after the
 //! owners applied it). Every instance answers every query: a key owned
 //! elsewhere is forwarded to its owner, a SKU's or a location's levels are
-//! gathered from every member, and so are alerts and order lists. Orders
-//! go to their home partition ([`super::orders`]). What the embedded mode
-//! alone has so far (catalog, history, the stream) answers 501.
+//! gathered from every member, and so are alerts and order lists; a SKU's
+//! roll-up is read at its home partition ([`super::catalog`]). Orders go
+//! to their home partition ([`super::orders`]). What the embedded mode
+//! alone has so far answers 501 (see the router's fallback).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
@@ -75,6 +76,7 @@ pub fn router(app: Arc<KafkaApp>) -> Router {
         )
         .route("/v1/items/{sku}", get(catalog::item))
         .route("/v1/regions/{region}/stock/{sku}", get(catalog::region_stock))
+        .route("/v1/internal/rollups/{sku}", get(catalog::internal_rollup))
         .route("/v1/orders", post(orders::place).get(orders::list))
         .route("/v1/orders/{id}", get(orders::get))
         .route("/v1/orders/{id}/fulfil", post(orders::fulfil))
@@ -445,7 +447,7 @@ async fn applied(
     }
 }
 
-fn not_owned(p: u16) -> ApiError {
+pub(super) fn not_owned(p: u16) -> ApiError {
     let mut error = ApiError::overloaded(
         StatusCode::SERVICE_UNAVAILABLE,
         format!("partition {p} has no owner right now (a rebalance or restore is under way); retry shortly"),

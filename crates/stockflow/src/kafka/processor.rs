@@ -26,6 +26,7 @@ use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
+use stockflow_core::rollup::{sku_home, LevelReport, RollupBook};
 use stockflow_core::saga::{order_home, reservation_line, LineAction, SagaBook, StepOut, ToHome};
 use stockflow_core::{
     admit, parse_body, route, BodyFormat, Catalog, Dedup, EngineConfig, Partition, PartitionImage,
@@ -33,8 +34,8 @@ use stockflow_core::{
 };
 
 use super::wire::{
-    canonical_json, from_millis, ChangelogRecord, Positions, SnapshotChunk, SnapshotIndex,
-    SNAPSHOT_KEY_PREFIX,
+    canonical_json, decode_reports, from_millis, push_report, ChangelogRecord, Positions,
+    SnapshotChunk, SnapshotIndex, SNAPSHOT_KEY_PREFIX,
 };
 use super::{level_key, Deliveries, KafkaSettings};
 
@@ -166,6 +167,9 @@ pub struct Shared {
     pub partitions: Vec<RwLock<Partition>>,
     /// The orders homed in each partition (the saga coordinators' state).
     pub books: Vec<RwLock<SagaBook>>,
+    /// The levels of the SKUs homed in each partition, as their owners
+    /// reported them: the SKU and region roll-ups.
+    pub rollups: Vec<RwLock<RollupBook>>,
     pub status: Vec<AtomicU8>,
     /// Next canonical offset to apply, per partition (valid when owned).
     pub applied: Vec<AtomicI64>,
@@ -189,6 +193,7 @@ impl Shared {
         Shared {
             partitions: (0..n).map(|_| RwLock::new(Partition::default())).collect(),
             books: (0..n).map(|_| RwLock::new(SagaBook::default())).collect(),
+            rollups: (0..n).map(|_| RwLock::new(RollupBook::default())).collect(),
             status: (0..n).map(|_| AtomicU8::new(NOT_OWNED)).collect(),
             outcomes: (0..n).map(|_| Mutex::new(Outcomes::default())).collect(),
             applied: (0..n).map(|_| AtomicI64::new(0)).collect(),
@@ -266,6 +271,7 @@ struct LocalSnapshotOut<'a> {
     transit: Vec<u8>,
     partition: &'a PartitionImage,
     orders: &'a SagaBook,
+    rollups: &'a RollupBook,
 }
 
 #[derive(Deserialize)]
@@ -277,6 +283,26 @@ struct LocalSnapshotIn {
     transit: Vec<u8>,
     partition: PartitionSnapshot,
     orders: SagaBook,
+    rollups: RollupBook,
+}
+
+/// A partition's whole state, as a snapshot gives it.
+struct State {
+    owned: Owned,
+    partition: Partition,
+    orders: SagaBook,
+    rollups: RollupBook,
+}
+
+impl State {
+    /// Puts the shared parts where queries read them; the rest is the
+    /// processor's.
+    fn install(self, shared: &Shared, p: u16) -> Owned {
+        *shared.partitions[p as usize].write() = self.partition;
+        *shared.books[p as usize].write() = self.orders;
+        *shared.rollups[p as usize].write() = self.rollups;
+        self.owned
+    }
 }
 
 /// Everything the thread owns; the rebalance callbacks reach it through
@@ -337,9 +363,19 @@ struct Input {
     offset: i64,
     timestamp_ms: i64,
     payload: Vec<u8>,
-    /// A repartition record for an order's home ([`ToHome`] JSON), not a
-    /// canonical event: it carries the `stockflow-order` header.
-    order: bool,
+    kind: InputKind,
+}
+
+/// What a repartition record carries, told by its header.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum InputKind {
+    /// A canonical event (JSON): an in-transit effect or a saga's line event.
+    Event,
+    /// A message to an order's home ([`ToHome`] JSON): `stockflow-order`.
+    Order,
+    /// Level reports to a SKU's home (postcard `Vec<LevelReport>`):
+    /// `stockflow-rollup`.
+    Rollup,
 }
 
 impl Input {
@@ -348,15 +384,26 @@ impl Input {
             offset: m.offset(),
             timestamp_ms: m.timestamp().to_millis().unwrap_or(0),
             payload: m.payload().unwrap_or_default().to_vec(),
-            order: m
-                .headers()
-                .is_some_and(|h| h.iter().any(|h| h.key == ORDER_HEADER)),
+            kind: match m.headers().and_then(|h| {
+                h.iter()
+                    .find(|h| h.key == ORDER_HEADER || h.key == ROLLUP_HEADER)
+            }) {
+                Some(h) if h.key == ORDER_HEADER => InputKind::Order,
+                Some(_) => InputKind::Rollup,
+                None => InputKind::Event,
+            },
         }
     }
 }
 
 /// The header that marks a repartition record as an order saga message.
 pub const ORDER_HEADER: &str = "stockflow-order";
+/// The header that marks a repartition record as level reports for
+/// SKU roll-ups.
+pub const ROLLUP_HEADER: &str = "stockflow-rollup";
+/// Level reports per repartition record, so one stays far below Kafka's
+/// message size limit (a report is under 600 bytes at the longest ids).
+const REPORTS_PER_MESSAGE: usize = 1_000;
 
 fn poison(what: &str) -> ! {
     tracing::error!("{what}; stopping so that nothing is applied without its changelog record");
@@ -395,6 +442,7 @@ impl Processor {
             self.shared.status[p as usize].store(NOT_OWNED, Ordering::Release);
             *self.shared.partitions[p as usize].write() = Partition::default();
             *self.shared.books[p as usize].write() = SagaBook::default();
+            *self.shared.rollups[p as usize].write() = RollupBook::default();
             self.canonical_probe.forget(i32::from(p));
             self.transit_probe.forget(i32::from(p));
         }
@@ -555,7 +603,7 @@ impl Processor {
         }
     }
 
-    fn fresh(&self) -> (Owned, Partition, SagaBook) {
+    fn fresh(&self) -> State {
         // Empty, with the catalog's rules (roll-up groups, thresholds).
         let partition = Partition::restore(
             stockflow_core::PartitionSnapshot::default(),
@@ -573,10 +621,15 @@ impl Processor {
             logged_keys: Vec::new(),
             snapshot_chunks: 0,
         };
-        (owned, partition, SagaBook::default())
+        State {
+            owned,
+            partition,
+            orders: SagaBook::default(),
+            rollups: RollupBook::default(),
+        }
     }
 
-    fn load_snapshot(&self, p: u16) -> anyhow::Result<Option<(Owned, Partition, SagaBook)>> {
+    fn load_snapshot(&self, p: u16) -> anyhow::Result<Option<State>> {
         let path = self.snapshot_path(p);
         if !path.exists() {
             return Ok(None);
@@ -587,7 +640,7 @@ impl Processor {
 
     /// A partition's state from an encoded snapshot (local, or assembled
     /// from the changelog's snapshot chunks).
-    fn decode_snapshot(&self, bytes: &[u8]) -> anyhow::Result<(Owned, Partition, SagaBook)> {
+    fn decode_snapshot(&self, bytes: &[u8]) -> anyhow::Result<State> {
         let local: LocalSnapshotIn = postcard::from_bytes(bytes)?;
         let dedup = Dedup::restore(
             &stockflow_core::DedupSnapshot::decode(&local.dedup)?,
@@ -615,7 +668,12 @@ impl Processor {
             logged_keys: Vec::new(),
             snapshot_chunks: 0,
         };
-        Ok((owned, partition, local.orders))
+        Ok(State {
+            owned,
+            partition,
+            orders: local.orders,
+            rollups: local.rollups,
+        })
     }
 
     /// The state of partition `p`: its local snapshot if it has one that
@@ -644,11 +702,11 @@ impl Processor {
             .create_with_context(EndIsNews)?;
         let (low, mut high) =
             reader.fetch_watermarks(topic, i32::from(p), Duration::from_secs(30))?;
-        let (mut owned, partition, book) = match self.load_snapshot(p) {
-            Ok(Some((owned, partition, book)))
-                if owned.changelog_next >= low && owned.changelog_next <= high =>
+        let state = match self.load_snapshot(p) {
+            Ok(Some(state))
+                if state.owned.changelog_next >= low && state.owned.changelog_next <= high =>
             {
-                (owned, partition, book)
+                state
             }
             Ok(Some(_)) => {
                 tracing::warn!(partition = p, "local snapshot does not match the changelog; restoring from the changelog alone");
@@ -660,8 +718,7 @@ impl Processor {
                 self.fresh()
             }
         };
-        *self.shared.partitions[p as usize].write() = partition;
-        *self.shared.books[p as usize].write() = book;
+        let mut owned = state.install(&self.shared, p);
         let fallback = owned.changelog_next.max(low);
         // The changelog's latest snapshot, when it is ahead of what the
         // local one gave: read from there instead.
@@ -778,15 +835,13 @@ impl Processor {
                     let s = owned.positions;
                     if positions.canonical >= s.canonical && positions.repartition >= s.repartition
                     {
-                        let (adopted, partition, book) = self.decode_snapshot(&bytes)?;
+                        let adopted = self.decode_snapshot(&bytes)?.install(&self.shared, p);
                         metrics::counter!("stockflow_kafka_restored_from_snapshot_total")
                             .increment(1);
                         owned = Owned {
                             changelog_next: next,
                             ..adopted
                         };
-                        *self.shared.partitions[p as usize].write() = partition;
-                        *self.shared.books[p as usize].write() = book;
                         records += 1;
                     }
                     continue;
@@ -881,6 +936,10 @@ impl Processor {
             book.apply(message, record.now, &mut asked);
         }
         book.expire(record.now, &mut asked);
+        let mut rollups = self.shared.rollups[p as usize].write();
+        for report in &record.rollups {
+            rollups.apply(report);
+        }
         owned.positions = record.to;
         owned.now = record.now;
         Ok(true)
@@ -907,6 +966,7 @@ impl Processor {
     fn encode_snapshot(&self, p: u16, owned: &Owned) -> anyhow::Result<Vec<u8>> {
         let image = self.shared.partitions[p as usize].read().snapshot();
         let orders = self.shared.books[p as usize].read().clone();
+        let rollups = self.shared.rollups[p as usize].read().clone();
         let out = LocalSnapshotOut {
             positions: owned.positions,
             now: owned.now,
@@ -915,6 +975,7 @@ impl Processor {
             transit: owned.transit.snapshot().encode(),
             partition: &image,
             orders: &orders,
+            rollups: &rollups,
         };
         Ok(postcard::to_stdvec(&out)?)
     }
@@ -1126,7 +1187,7 @@ impl Processor {
     fn order_messages(&self, p: u16, inputs: &[&Input]) -> (Vec<ToHome>, i64) {
         let mut messages = Vec::new();
         let mut newest = 0i64;
-        for input in inputs.iter().filter(|i| i.order) {
+        for input in inputs.iter().filter(|i| i.kind == InputKind::Order) {
             match serde_json::from_slice::<ToHome>(&input.payload) {
                 Ok(message) => {
                     newest = newest.max(input.timestamp_ms);
@@ -1142,6 +1203,40 @@ impl Processor {
             }
         }
         (messages, newest)
+    }
+
+    /// The level reports among a cycle's repartition records (for the
+    /// SKUs homed in `p`); unreadable ones go to the DLQ.
+    fn level_reports(&self, p: u16, inputs: &[&Input]) -> Vec<LevelReport> {
+        let mut reports = Vec::new();
+        for input in inputs.iter().filter(|i| i.kind == InputKind::Rollup) {
+            match decode_reports(&input.payload) {
+                Ok(some) => reports.extend(some),
+                Err(error) => self.dead_letter(
+                    &self.settings.topics.repartition,
+                    i32::from(p),
+                    input.offset,
+                    &input.payload,
+                    &format!("not level reports: {error}"),
+                ),
+            }
+        }
+        reports
+    }
+
+    /// Queues level reports to the home of their SKUs (repartition
+    /// partition `home`).
+    fn send_reports(&self, home: u16, payload: &[u8]) {
+        let headers = OwnedHeaders::new().insert(Header {
+            key: ROLLUP_HEADER,
+            value: Some("1"),
+        });
+        self.send(
+            BaseRecord::<(), [u8]>::to(&self.settings.topics.repartition)
+                .partition(i32::from(home))
+                .payload(payload)
+                .headers(headers),
+        );
     }
 
     /// Runs the order step of partition `p` (the home of some orders):
@@ -1509,12 +1604,12 @@ impl Processor {
         };
         let owned_inputs = |v: &[&Input]| -> Vec<Input> {
             v.iter()
-                .filter(|i| !i.order)
+                .filter(|i| i.kind == InputKind::Event)
                 .map(|i| Input {
                     offset: i.offset,
                     timestamp_ms: i.timestamp_ms,
                     payload: i.payload.clone(),
-                    order: false,
+                    kind: InputKind::Event,
                 })
                 .collect()
         };
@@ -1529,6 +1624,7 @@ impl Processor {
             &owned_inputs(&transit_in),
         );
         let (messages, newest_c) = self.order_messages(p, &transit_in);
+        let reports = self.level_reports(p, &transit_in);
         // Time is the input's: replaying the same records gives the same state.
         let now = owned
             .now
@@ -1581,15 +1677,32 @@ impl Processor {
                 );
             }
         }
-        // The newest level of each changed one, and new alerts.
+        // The newest level of each changed one, to the stock-levels topic
+        // and, for the roll-ups, to its SKU's home; and new alerts.
         let mut latest: HashMap<u32, usize> = HashMap::new();
         for (i, change) in changes.iter().enumerate() {
             latest.insert(change.slot, i);
         }
         let (mut key, mut json) = (String::new(), Vec::new());
+        let mut to_homes: HashMap<u16, (Vec<u8>, usize)> = HashMap::new();
         for &i in latest.values() {
             let slot = changes[i].slot;
             let view = partition.view(slot);
+            let home = sku_home(&view.sku, n);
+            let (payload, count) = to_homes.entry(home).or_default();
+            push_report(
+                payload,
+                &view.sku,
+                &view.location_id,
+                view.level.version,
+                view.level.numbers(),
+            );
+            *count += 1;
+            if *count == REPORTS_PER_MESSAGE {
+                self.send_reports(home, payload);
+                payload.clear();
+                *count = 0;
+            }
             json.clear();
             let level = crate::http::LevelOut::new(&view, partition.policy_of(slot));
             serde_json::to_writer(&mut json, &level).expect("a level serializes");
@@ -1604,9 +1717,20 @@ impl Processor {
                     .payload(&json),
             );
         }
+        for (home, (payload, count)) in &to_homes {
+            if *count > 0 {
+                self.send_reports(*home, payload);
+            }
+        }
         self.publish_alerts(p, &partition, alerts_before);
         drop(partition);
         self.step_orders(p, &messages, &replies, now);
+        {
+            let mut book = self.shared.rollups[p as usize].write();
+            for report in &reports {
+                book.apply(report);
+            }
+        }
 
         let applied = events.len() + transit_batch.len();
         let record = ChangelogRecord {
@@ -1616,6 +1740,7 @@ impl Processor {
             events,
             transit: transit_batch,
             orders: messages,
+            rollups: reports,
         };
         // Sent only once the outputs above are durable (see `run`).
         let key = format!("{}:{}", to.canonical, to.repartition);

@@ -3,7 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use stockflow_core::{Batch, EventRef, Timestamp};
+use stockflow_core::rollup::LevelReport;
+use stockflow_core::{Batch, EventRef, Numbers, Timestamp};
 
 /// One canonical event as the canonical and repartition topics carry it:
 /// the contract's JSON, always with a timestamp (so that processing it
@@ -60,6 +61,8 @@ pub struct ChangelogRecord {
     /// Messages to the orders homed here, in the order handled (the
     /// order step runs after the events, then holds due expire).
     pub orders: Vec<stockflow_core::saga::ToHome>,
+    /// Reports of levels whose SKU is homed here (for its roll-ups).
+    pub rollups: Vec<LevelReport>,
 }
 
 /// Changelog snapshot chunks are keyed `snapshot:{index}`: the next
@@ -109,5 +112,81 @@ impl ChangelogRecord {
 
     pub fn decode(bytes: &[u8]) -> Result<ChangelogRecord, postcard::Error> {
         postcard::from_bytes(bytes)
+    }
+}
+
+/// [`LevelReport`]'s encoding, from borrowed names: the same bytes.
+#[derive(Serialize)]
+struct ReportRef<'a> {
+    sku: &'a str,
+    location_id: &'a str,
+    version: u64,
+    numbers: Numbers,
+}
+
+/// Appends one level report to a repartition record's payload: reports
+/// follow one another in postcard with no count, so an owner can add
+/// them as it goes through its changed levels.
+pub fn push_report(
+    out: &mut Vec<u8>,
+    sku: &str,
+    location_id: &str,
+    version: u64,
+    numbers: Numbers,
+) {
+    let report = ReportRef {
+        sku,
+        location_id,
+        version,
+        numbers,
+    };
+    *out =
+        postcard::to_extend(&report, std::mem::take(out)).expect("encoding into a Vec cannot fail");
+}
+
+/// The level reports of one repartition record.
+pub fn decode_reports(mut bytes: &[u8]) -> Result<Vec<LevelReport>, postcard::Error> {
+    let mut reports = Vec::new();
+    while !bytes.is_empty() {
+        let (report, rest) = postcard::take_from_bytes::<LevelReport>(bytes)?;
+        reports.push(report);
+        bytes = rest;
+    }
+    Ok(reports)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_pushed_one_by_one_decode_as_written() {
+        let numbers = Numbers {
+            on_hand: -3,
+            reserved: 7,
+            in_transit: 1 << 40,
+        };
+        let mut payload = Vec::new();
+        push_report(&mut payload, "SKU-1", "STORE-9", 12, numbers);
+        push_report(&mut payload, "SKU-2", "", 0, Numbers::default());
+        let reports = decode_reports(&payload).unwrap();
+        assert_eq!(
+            reports,
+            vec![
+                LevelReport {
+                    sku: "SKU-1".into(),
+                    location_id: "STORE-9".into(),
+                    version: 12,
+                    numbers,
+                },
+                LevelReport {
+                    sku: "SKU-2".into(),
+                    location_id: String::new(),
+                    version: 0,
+                    numbers: Numbers::default(),
+                },
+            ]
+        );
+        assert!(decode_reports(&payload[..payload.len() - 1]).is_err());
     }
 }

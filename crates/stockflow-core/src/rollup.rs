@@ -1,0 +1,213 @@
+//! Roll-ups by SKU for the Kafka mode: the levels of a SKU, wherever
+//! they are owned, collected at the SKU's home partition.
+//!
+//! The embedded mode keeps a SKU's totals in each partition and adds the
+//! partitions up at query time: every partition is in one process. In
+//! Kafka mode a SKU's locations are spread over every member, so each
+//! level's owner reports the level's numbers, after every change, to the
+//! partition that is the SKU's home (through the repartition topic):
+//!
+//! ```text
+//! owner of (sku, A) ─┐
+//! owner of (sku, B) ─┼─ LevelReports ─► home(sku): RollupBook ─► totals, by region/type/channel
+//! owner of (sku, C) ─┘
+//! ```
+//!
+//! A report carries the level's whole numbers and its version (the count
+//! of changes its owner applied), so the book keeps the newest report per
+//! level: a repeated or late report changes nothing, and no report has to
+//! arrive exactly once. Totals are derived at query time from the newest
+//! numbers and the catalog (policies, location groups), so a catalog
+//! change moves them without any report.
+
+use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::{Catalog, Location};
+use crate::level::Numbers;
+use crate::partition::Totals;
+
+/// The partition that keeps a SKU's roll-up: a pure function of the SKU.
+pub fn sku_home(sku: &str, partitions: u16) -> u16 {
+    crate::route(sku, "", partitions)
+}
+
+/// One level as its owner has it after a change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LevelReport {
+    pub sku: String,
+    pub location_id: String,
+    /// The level's version: how many changes its owner applied.
+    pub version: u64,
+    pub numbers: Numbers,
+}
+
+/// The newest report of every level of the SKUs homed in one partition.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RollupBook {
+    skus: FxHashMap<String, FxHashMap<String, (u64, Numbers)>>,
+    levels: u64,
+}
+
+impl RollupBook {
+    /// Takes a report if it is newer than the one held for its level;
+    /// true if it changed the book.
+    pub fn apply(&mut self, report: &LevelReport) -> bool {
+        let locations = match self.skus.get_mut(report.sku.as_str()) {
+            Some(locations) => locations,
+            None => self.skus.entry(report.sku.clone()).or_default(),
+        };
+        match locations.get_mut(report.location_id.as_str()) {
+            Some(held) if held.0 >= report.version => false,
+            Some(held) => {
+                *held = (report.version, report.numbers);
+                true
+            }
+            None => {
+                locations.insert(report.location_id.clone(), (report.version, report.numbers));
+                self.levels += 1;
+                true
+            }
+        }
+    }
+
+    /// Levels in the book.
+    pub fn len(&self) -> u64 {
+        self.levels
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.levels == 0
+    }
+
+    /// The numbers held for one level.
+    pub fn get(&self, sku: &str, location_id: &str) -> Option<Numbers> {
+        self.skus.get(sku)?.get(location_id).map(|held| held.1)
+    }
+
+    /// A SKU's totals over every location, and by location group
+    /// (`region:…`, `type:…`, `channel:…`), under the catalog's rules:
+    /// the same sums a partition keeps for its own levels.
+    pub fn totals(&self, sku: &str, catalog: &Catalog) -> (Totals, BTreeMap<String, Totals>) {
+        let mut totals = Totals::default();
+        let mut groups: BTreeMap<String, Totals> = BTreeMap::new();
+        for (location, (_, numbers)) in self.skus.get(sku).into_iter().flatten() {
+            let one = Totals::of(numbers, catalog.policy(sku, location));
+            totals.add(&one);
+            let groups_of = match catalog.locations.get(location) {
+                Some(known) => known.groups(),
+                None => Location::unknown(location).groups(),
+            };
+            for group in groups_of {
+                groups.entry(group).or_default().add(&one);
+            }
+        }
+        (totals, groups)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::{CatalogChange, LocationType, Product};
+    use crate::time::Timestamp;
+
+    fn report(location: &str, version: u64, on_hand: i64, reserved: i64) -> LevelReport {
+        LevelReport {
+            sku: "S".into(),
+            location_id: location.into(),
+            version,
+            numbers: Numbers {
+                on_hand,
+                reserved,
+                in_transit: 0,
+            },
+        }
+    }
+
+    #[test]
+    fn the_newest_report_of_a_level_wins_whatever_the_order() {
+        let reports = [
+            report("A", 1, 5, 0),
+            report("A", 3, 9, 2),
+            report("B", 1, 4, 0),
+            report("A", 2, 7, 0),
+        ];
+        let mut forward = RollupBook::default();
+        for r in &reports {
+            forward.apply(r);
+        }
+        let mut backward = RollupBook::default();
+        for r in reports.iter().rev() {
+            backward.apply(r);
+        }
+        // Every report twice, as a crash before a commit would send them.
+        let mut twice = RollupBook::default();
+        for r in reports.iter().chain(&reports) {
+            twice.apply(r);
+        }
+        assert_eq!(forward, backward);
+        assert_eq!(forward, twice);
+        assert_eq!(forward.len(), 2);
+        assert_eq!(forward.get("S", "A").unwrap().on_hand, 9);
+        assert!(
+            !forward.apply(&report("A", 3, 100, 0)),
+            "same version again"
+        );
+        assert_eq!(forward.get("S", "A").unwrap().on_hand, 9);
+    }
+
+    #[test]
+    fn totals_follow_the_catalog_rules_of_each_location() {
+        let mut book = RollupBook::default();
+        book.apply(&report("A", 1, 10, 4));
+        book.apply(&report("B", 1, 3, 0));
+        book.apply(&report("C", 1, 0, 0));
+        let mut catalog = Catalog::default();
+        let now = Timestamp(0);
+        catalog.apply(
+            &CatalogChange::Product(Product {
+                sku: "S".into(),
+                name: "S".into(),
+                category: String::new(),
+                price_minor: None,
+                currency: "EUR".into(),
+                low_stock_threshold: Some(5),
+                safety_stock: Some(1),
+                attributes: "{}".into(),
+                updated_at: now,
+                price_history: Vec::new(),
+            }),
+            now,
+        );
+        for (id, region) in [("A", "West"), ("B", "West")] {
+            catalog.apply(
+                &CatalogChange::Location(Location {
+                    kind: LocationType::Store,
+                    region: Some(region.into()),
+                    ..Location::unknown(id)
+                }),
+                now,
+            );
+        }
+        let (totals, groups) = book.totals("S", &catalog);
+        // available = max(0, onHand − reserved − safety): 5 + 2 + 0.
+        assert_eq!(
+            (
+                totals.on_hand,
+                totals.reserved,
+                totals.available,
+                totals.levels
+            ),
+            (13, 4, 7, 3)
+        );
+        assert_eq!((totals.at_zero, totals.below_threshold), (1, 2));
+        let west = groups["region:West"];
+        assert_eq!((west.on_hand, west.available, west.levels), (13, 7, 2));
+        assert_eq!(groups["type:store"].levels, 2);
+        assert_eq!(groups["type:unknown"].levels, 1, "C is only seen in events");
+        assert!(book.totals("T", &catalog).0.levels == 0);
+    }
+}
