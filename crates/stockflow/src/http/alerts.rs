@@ -131,20 +131,55 @@ pub fn page(mut found: Found, after: Option<&str>, limit: usize) -> Result<Json<
     })))
 }
 
+/// An alert as the API, the stream and the alerts topic show it. Typed,
+/// so that writing one to a buffer (as Kafka mode does per alert) builds
+/// no map.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AlertOut<'a> {
+    /// `{partition}-{seq}`.
+    id: AlertId,
+    kind: &'static str,
+    state: &'static str,
+    severity: &'static str,
+    sku: &'a str,
+    location_id: &'a str,
+    at: String,
+    on_hand: i64,
+    available: i64,
+    threshold: i64,
+    event_id: &'a str,
+}
+
+struct AlertId(u16, u64);
+
+impl serde::Serialize for AlertId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("{}-{}", self.0, self.1))
+    }
+}
+
+impl<'a> AlertOut<'a> {
+    pub fn new(partition: u16, alert: &'a Alert, sku: &'a str, location: &'a str) -> AlertOut<'a> {
+        AlertOut {
+            id: AlertId(partition, alert.seq),
+            kind: alert.kind.as_str(),
+            state: alert.transition.as_str(),
+            severity: alert.severity.as_str(),
+            sku,
+            location_id: location,
+            at: alert.at.to_rfc3339(),
+            on_hand: alert.on_hand,
+            available: alert.available,
+            threshold: alert.threshold,
+            event_id: &alert.event_id,
+        }
+    }
+}
+
 pub fn alert_json(partition: u16, alert: &Alert, sku: &str, location: &str) -> Value {
-    json!({
-        "id": format!("{partition}-{}", alert.seq),
-        "kind": alert.kind.as_str(),
-        "state": alert.transition.as_str(),
-        "severity": alert.severity.as_str(),
-        "sku": sku,
-        "locationId": location,
-        "at": alert.at.to_rfc3339(),
-        "onHand": alert.on_hand,
-        "available": alert.available,
-        "threshold": alert.threshold,
-        "eventId": &*alert.event_id,
-    })
+    serde_json::to_value(AlertOut::new(partition, alert, sku, location))
+        .expect("an alert serializes")
 }
 
 /// The kinds a filter can ask for: the level kinds, and PRICE_DROP.

@@ -29,7 +29,7 @@ use axum::{Json, Router};
 use serde_json::json;
 use tokio::sync::Semaphore;
 
-pub use alerts::alert_json;
+pub use alerts::{alert_json, AlertOut};
 pub use error::ApiError;
 pub use ingest::read_body;
 pub use orders::order_json;
