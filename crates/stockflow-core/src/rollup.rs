@@ -34,16 +34,6 @@ pub fn sku_home(sku: &str, partitions: u16) -> u16 {
     crate::route(sku, "", partitions)
 }
 
-/// One level as its owner has it after a change.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LevelReport {
-    pub sku: String,
-    pub location_id: String,
-    /// The level's version: how many changes its owner applied.
-    pub version: u64,
-    pub numbers: Numbers,
-}
-
 /// The newest report of every level of the SKUs homed in one partition.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RollupBook {
@@ -52,21 +42,22 @@ pub struct RollupBook {
 }
 
 impl RollupBook {
-    /// Takes a report if it is newer than the one held for its level;
-    /// true if it changed the book.
-    pub fn apply(&mut self, report: &LevelReport) -> bool {
-        let locations = match self.skus.get_mut(report.sku.as_str()) {
+    /// Takes a level's report (its numbers at `version`, the count of
+    /// changes its owner applied) if it is newer than the one held; true
+    /// if it changed the book.
+    pub fn apply(&mut self, sku: &str, location_id: &str, version: u64, numbers: Numbers) -> bool {
+        let locations = match self.skus.get_mut(sku) {
             Some(locations) => locations,
-            None => self.skus.entry(report.sku.clone()).or_default(),
+            None => self.skus.entry(sku.to_owned()).or_default(),
         };
-        match locations.get_mut(report.location_id.as_str()) {
-            Some(held) if held.0 >= report.version => false,
+        match locations.get_mut(location_id) {
+            Some(held) if held.0 >= version => false,
             Some(held) => {
-                *held = (report.version, report.numbers);
+                *held = (version, numbers);
                 true
             }
             None => {
-                locations.insert(report.location_id.clone(), (report.version, report.numbers));
+                locations.insert(location_id.to_owned(), (version, numbers));
                 self.levels += 1;
                 true
             }
@@ -114,17 +105,18 @@ mod tests {
     use crate::catalog::{CatalogChange, LocationType, Product};
     use crate::time::Timestamp;
 
-    fn report(location: &str, version: u64, on_hand: i64, reserved: i64) -> LevelReport {
-        LevelReport {
-            sku: "S".into(),
-            location_id: location.into(),
-            version,
-            numbers: Numbers {
-                on_hand,
-                reserved,
-                in_transit: 0,
-            },
-        }
+    /// A report of level (S, `location`).
+    fn report(location: &str, version: u64, on_hand: i64, reserved: i64) -> (&str, u64, Numbers) {
+        let numbers = Numbers {
+            on_hand,
+            reserved,
+            in_transit: 0,
+        };
+        (location, version, numbers)
+    }
+
+    fn apply(book: &mut RollupBook, (location, version, numbers): &(&str, u64, Numbers)) -> bool {
+        book.apply("S", location, *version, *numbers)
     }
 
     #[test]
@@ -137,23 +129,23 @@ mod tests {
         ];
         let mut forward = RollupBook::default();
         for r in &reports {
-            forward.apply(r);
+            apply(&mut forward, r);
         }
         let mut backward = RollupBook::default();
         for r in reports.iter().rev() {
-            backward.apply(r);
+            apply(&mut backward, r);
         }
         // Every report twice, as a crash before a commit would send them.
         let mut twice = RollupBook::default();
         for r in reports.iter().chain(&reports) {
-            twice.apply(r);
+            apply(&mut twice, r);
         }
         assert_eq!(forward, backward);
         assert_eq!(forward, twice);
         assert_eq!(forward.len(), 2);
         assert_eq!(forward.get("S", "A").unwrap().on_hand, 9);
         assert!(
-            !forward.apply(&report("A", 3, 100, 0)),
+            !apply(&mut forward, &report("A", 3, 100, 0)),
             "same version again"
         );
         assert_eq!(forward.get("S", "A").unwrap().on_hand, 9);
@@ -162,9 +154,9 @@ mod tests {
     #[test]
     fn totals_follow_the_catalog_rules_of_each_location() {
         let mut book = RollupBook::default();
-        book.apply(&report("A", 1, 10, 4));
-        book.apply(&report("B", 1, 3, 0));
-        book.apply(&report("C", 1, 0, 0));
+        apply(&mut book, &report("A", 1, 10, 4));
+        apply(&mut book, &report("B", 1, 3, 0));
+        apply(&mut book, &report("C", 1, 0, 0));
         let mut catalog = Catalog::default();
         let now = Timestamp(0);
         catalog.apply(

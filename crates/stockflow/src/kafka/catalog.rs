@@ -226,10 +226,7 @@ type Rollup = (Totals, BTreeMap<String, Totals>);
 /// A SKU's totals over the cluster, and by location group: the roll-up
 /// kept at the SKU's home partition from its levels' reports (see
 /// `stockflow_core::rollup`), read here or asked of the home's owner.
-async fn sku_rollup(
-    app: &KafkaApp,
-    sku: &str,
-) -> Result<Rollup, ApiError> {
+async fn sku_rollup(app: &KafkaApp, sku: &str) -> Result<Rollup, ApiError> {
     let home = sku_home(sku, app.settings.partitions);
     if let Some(answer) = local_rollup(app, home, sku)? {
         return Ok(answer);
@@ -270,11 +267,7 @@ async fn sku_rollup(
 
 /// The roll-up of `sku` if its home partition is active here; `None` if
 /// another member owns it.
-fn local_rollup(
-    app: &KafkaApp,
-    home: u16,
-    sku: &str,
-) -> Result<Option<Rollup>, ApiError> {
+fn local_rollup(app: &KafkaApp, home: u16, sku: &str) -> Result<Option<Rollup>, ApiError> {
     match app.shared.status(home) {
         ACTIVE => {
             let book = app.shared.rollups[home as usize].read();

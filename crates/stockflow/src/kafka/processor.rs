@@ -26,7 +26,7 @@ use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
-use stockflow_core::rollup::{sku_home, LevelReport, RollupBook};
+use stockflow_core::rollup::{sku_home, RollupBook};
 use stockflow_core::saga::{order_home, reservation_line, LineAction, SagaBook, StepOut, ToHome};
 use stockflow_core::{
     admit, parse_body, route, BodyFormat, Catalog, Dedup, EngineConfig, Partition, PartitionImage,
@@ -38,6 +38,7 @@ use super::wire::{
     SnapshotChunk, SnapshotIndex, SNAPSHOT_KEY_PREFIX,
 };
 use super::{level_key, Deliveries, KafkaSettings};
+use crate::http::AlertOut;
 
 /// A partition this instance does not own.
 pub const NOT_OWNED: u8 = 0;
@@ -937,8 +938,10 @@ impl Processor {
         }
         book.expire(record.now, &mut asked);
         let mut rollups = self.shared.rollups[p as usize].write();
-        for report in &record.rollups {
-            rollups.apply(report);
+        for payload in &record.rollups {
+            for r in decode_reports(payload)? {
+                rollups.apply(r.sku, r.location_id, r.version, r.numbers);
+            }
         }
         owned.positions = record.to;
         owned.now = record.now;
@@ -1205,13 +1208,20 @@ impl Processor {
         (messages, newest)
     }
 
-    /// The level reports among a cycle's repartition records (for the
-    /// SKUs homed in `p`); unreadable ones go to the DLQ.
-    fn level_reports(&self, p: u16, inputs: &[&Input]) -> Vec<LevelReport> {
-        let mut reports = Vec::new();
+    /// Applies the level reports among a cycle's repartition records to
+    /// the roll-ups of the SKUs homed in `p`; the records' payloads, for
+    /// the changelog. Unreadable ones go to the DLQ, whole.
+    fn level_reports(&self, p: u16, inputs: &[&Input]) -> Vec<Vec<u8>> {
+        let mut payloads = Vec::new();
+        let mut book = self.shared.rollups[p as usize].write();
         for input in inputs.iter().filter(|i| i.kind == InputKind::Rollup) {
             match decode_reports(&input.payload) {
-                Ok(some) => reports.extend(some),
+                Ok(reports) => {
+                    for r in reports {
+                        book.apply(r.sku, r.location_id, r.version, r.numbers);
+                    }
+                    payloads.push(input.payload.clone());
+                }
                 Err(error) => self.dead_letter(
                     &self.settings.topics.repartition,
                     i32::from(p),
@@ -1221,7 +1231,7 @@ impl Processor {
                 ),
             }
         }
-        reports
+        payloads
     }
 
     /// Queues level reports to the home of their SKUs (repartition
@@ -1525,14 +1535,20 @@ impl Processor {
     fn publish_alerts(&self, p: u16, partition: &Partition, alerts_before: u64) {
         let alerts = &partition.alerts;
         let fresh = (alerts.next_seq - alerts_before) as usize;
+        let (mut key, mut json) = (String::new(), Vec::new());
         for alert in alerts
             .recent
             .iter()
             .skip(alerts.recent.len().saturating_sub(fresh))
         {
             let (sku, location) = partition.names_of(alert.slot);
-            let json = crate::http::alert_json(p, alert, sku, location).to_string();
-            let key = level_key(sku, location);
+            json.clear();
+            serde_json::to_writer(&mut json, &AlertOut::new(p, alert, sku, location))
+                .expect("an alert serializes");
+            key.clear();
+            key.push_str(sku);
+            key.push(':');
+            key.push_str(location);
             self.send(
                 BaseRecord::to(&self.settings.topics.alerts)
                     .partition(i32::from(p))
@@ -1725,12 +1741,6 @@ impl Processor {
         self.publish_alerts(p, &partition, alerts_before);
         drop(partition);
         self.step_orders(p, &messages, &replies, now);
-        {
-            let mut book = self.shared.rollups[p as usize].write();
-            for report in &reports {
-                book.apply(report);
-            }
-        }
 
         let applied = events.len() + transit_batch.len();
         let record = ChangelogRecord {

@@ -3,7 +3,6 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use stockflow_core::rollup::LevelReport;
 use stockflow_core::{Batch, EventRef, Numbers, Timestamp};
 
 /// One canonical event as the canonical and repartition topics carry it:
@@ -61,8 +60,9 @@ pub struct ChangelogRecord {
     /// Messages to the orders homed here, in the order handled (the
     /// order step runs after the events, then holds due expire).
     pub orders: Vec<stockflow_core::saga::ToHome>,
-    /// Reports of levels whose SKU is homed here (for its roll-ups).
-    pub rollups: Vec<LevelReport>,
+    /// Level reports for the SKUs homed here (their roll-ups): the
+    /// payloads of the repartition records that carried them, as read.
+    pub rollups: Vec<Vec<u8>>,
 }
 
 /// Changelog snapshot chunks are keyed `snapshot:{index}`: the next
@@ -115,13 +115,16 @@ impl ChangelogRecord {
     }
 }
 
-/// [`LevelReport`]'s encoding, from borrowed names: the same bytes.
-#[derive(Serialize)]
-struct ReportRef<'a> {
-    sku: &'a str,
-    location_id: &'a str,
-    version: u64,
-    numbers: Numbers,
+/// One level as its owner has it after a change, for the roll-up at its
+/// SKU's home (see `stockflow_core::rollup`). Read in place: the names
+/// borrow from the record.
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LevelReport<'a> {
+    pub sku: &'a str,
+    pub location_id: &'a str,
+    /// How many changes the owner applied to the level.
+    pub version: u64,
+    pub numbers: Numbers,
 }
 
 /// Appends one level report to a repartition record's payload: reports
@@ -134,7 +137,7 @@ pub fn push_report(
     version: u64,
     numbers: Numbers,
 ) {
-    let report = ReportRef {
+    let report = LevelReport {
         sku,
         location_id,
         version,
@@ -145,7 +148,7 @@ pub fn push_report(
 }
 
 /// The level reports of one repartition record.
-pub fn decode_reports(mut bytes: &[u8]) -> Result<Vec<LevelReport>, postcard::Error> {
+pub fn decode_reports(mut bytes: &[u8]) -> Result<Vec<LevelReport<'_>>, postcard::Error> {
     let mut reports = Vec::new();
     while !bytes.is_empty() {
         let (report, rest) = postcard::take_from_bytes::<LevelReport>(bytes)?;
@@ -174,14 +177,14 @@ mod tests {
             reports,
             vec![
                 LevelReport {
-                    sku: "SKU-1".into(),
-                    location_id: "STORE-9".into(),
+                    sku: "SKU-1",
+                    location_id: "STORE-9",
                     version: 12,
                     numbers,
                 },
                 LevelReport {
-                    sku: "SKU-2".into(),
-                    location_id: String::new(),
+                    sku: "SKU-2",
+                    location_id: "",
                     version: 0,
                     numbers: Numbers::default(),
                 },
