@@ -235,9 +235,134 @@ impl Activity {
     }
 }
 
+/// The cluster's activity from its members' (Kafka mode): counts summed
+/// per second, latencies the slowest member's, and each source at each
+/// location as last heard by any member.
+pub fn merge(parts: &[Value]) -> Value {
+    let Some(first) = parts.first() else {
+        return Value::Null;
+    };
+    let mut merged = first.clone();
+    let mut by_second: Vec<Value> = merged["seconds"]
+        .as_array_mut()
+        .map(std::mem::take)
+        .unwrap_or_default();
+    let mut sources: std::collections::BTreeMap<(String, String), Value> = Default::default();
+    let mut untracked = 0;
+    for part in parts {
+        untracked += part["sourcesUntracked"].as_u64().unwrap_or(0);
+        if !std::ptr::eq(part, first) {
+            for second in part["seconds"].as_array().into_iter().flatten() {
+                let Some(mine) = by_second.iter_mut().find(|s| s["at"] == second["at"]) else {
+                    continue;
+                };
+                for count in ["accepted", "duplicates", "rejected", "commits"] {
+                    let sum =
+                        mine[count].as_u64().unwrap_or(0) + second[count].as_u64().unwrap_or(0);
+                    mine[count] = sum.into();
+                }
+                for latency in ["commitP50Ms", "commitP99Ms", "commitMaxMs"] {
+                    if let Some(theirs) = second[latency].as_f64() {
+                        if mine[latency].as_f64().is_none_or(|m| m < theirs) {
+                            mine[latency] = theirs.into();
+                        }
+                    }
+                }
+            }
+        }
+        for source in part["sources"].as_array().into_iter().flatten() {
+            let key = (
+                source["sourceSystem"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                source["locationId"].as_str().unwrap_or_default().to_owned(),
+            );
+            match sources.get_mut(&key) {
+                None => {
+                    sources.insert(key, source.clone());
+                }
+                Some(seen) => {
+                    let events = seen["events"].as_u64().unwrap_or(0)
+                        + source["events"].as_u64().unwrap_or(0);
+                    seen["events"] = events.into();
+                    // RFC 3339 in UTC with a fixed precision sorts as text.
+                    for latest in ["lastReceivedAt", "lastEventAt"] {
+                        if source[latest].as_str() > seen[latest].as_str() {
+                            seen[latest] = source[latest].clone();
+                        }
+                    }
+                    let quiet = seen["secondsSinceLast"]
+                        .as_i64()
+                        .min(source["secondsSinceLast"].as_i64());
+                    seen["secondsSinceLast"] = quiet.into();
+                    let stale = seen["stale"] == true && source["stale"] == true;
+                    seen["stale"] = stale.into();
+                }
+            }
+        }
+    }
+    let mut list: Vec<Value> = sources.into_values().collect();
+    list.sort_by(|a, b| {
+        a["lastReceivedAt"]
+            .as_str()
+            .cmp(&b["lastReceivedAt"].as_str())
+    });
+    merged["seconds"] = by_second.into();
+    merged["sources"] = list.into();
+    merged["sourcesUntracked"] = untracked.into();
+    merged
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn members_activity_merges_into_the_clusters() {
+        let t = Timestamp(100_000_000_000);
+        let stale = Duration::from_secs(60);
+        let (a, b) = (Activity::default(), Activity::default());
+        a.counted(t, 10, 1, 0);
+        a.committed(t, Duration::from_millis(2));
+        b.counted(t, 5, 0, 2);
+        b.committed(t, Duration::from_millis(40));
+        let batch = |location: &str| {
+            let body = format!(
+                r#"{{"eventId":"e-{location}","eventType":"SALE","sku":"S","locationId":"{location}","quantity":1,"sourceSystem":"pos"}}"#
+            );
+            stockflow_core::parse_body(body.as_bytes(), stockflow_core::BodyFormat::Json, 1)
+                .unwrap()
+                .batch
+        };
+        a.heard(&batch("L1"), "kafka", Timestamp(t.0 - 120_000_000_000));
+        b.heard(&batch("L1"), "kafka", t);
+        b.heard(&batch("L2"), "kafka", t);
+        let merged = merge(&[a.json(2, t, stale), b.json(2, t, stale)]);
+        let now = merged["seconds"]
+            .as_array()
+            .unwrap()
+            .last()
+            .unwrap()
+            .clone();
+        assert_eq!(
+            (
+                now["accepted"].as_u64(),
+                now["duplicates"].as_u64(),
+                now["rejected"].as_u64(),
+                now["commits"].as_u64()
+            ),
+            (Some(15), Some(1), Some(2), Some(2))
+        );
+        let p99 = now["commitP99Ms"].as_f64().unwrap();
+        assert!(p99 >= 38.0, "the slowest member's p99: {p99}");
+        let sources = merged["sources"].as_array().unwrap();
+        assert_eq!(sources.len(), 2, "{sources:?}");
+        let l1 = sources.iter().find(|s| s["locationId"] == "L1").unwrap();
+        assert_eq!(l1["events"], 2);
+        assert_eq!(l1["stale"], false, "heard recently by one member: {l1}");
+        assert_eq!(l1["lastReceivedAt"], t.to_rfc3339());
+    }
 
     #[test]
     fn quantiles_come_from_the_bucket_edges_and_never_exceed_the_max() {

@@ -20,6 +20,26 @@ use crate::simulator::SimulatorError;
 pub struct ActivityQuery {
     seconds: Option<usize>,
     stale_after_seconds: Option<u64>,
+    /// Kafka mode: `local` asks one member for its own part.
+    pub scope: Option<String>,
+}
+
+impl ActivityQuery {
+    /// The seconds of series asked for, and the quiet time that makes a
+    /// source stale.
+    pub fn window(&self) -> Result<(usize, Duration), ApiError> {
+        let seconds = self.seconds.unwrap_or(300);
+        if !(1..=crate::activity::SECONDS_KEPT).contains(&seconds) {
+            return Err(ApiError::bad_request(format!(
+                "seconds must be from 1 to {}",
+                crate::activity::SECONDS_KEPT
+            )));
+        }
+        Ok((
+            seconds,
+            Duration::from_secs(self.stale_after_seconds.unwrap_or(300)),
+        ))
+    }
 }
 
 /// GET /v1/activity?seconds=&staleAfterSeconds=: events and commit latency
@@ -28,14 +48,7 @@ pub async fn activity(
     State(state): State<Arc<AppState>>,
     Query(query): Query<ActivityQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let seconds = query.seconds.unwrap_or(300);
-    if !(1..=crate::activity::SECONDS_KEPT).contains(&seconds) {
-        return Err(ApiError::bad_request(format!(
-            "seconds must be from 1 to {}",
-            crate::activity::SECONDS_KEPT
-        )));
-    }
-    let stale = Duration::from_secs(query.stale_after_seconds.unwrap_or(300));
+    let (seconds, stale) = query.window()?;
     Ok(Json(state.pipeline.shared.activity.json(
         seconds,
         wall_clock(),

@@ -7,7 +7,7 @@
 pub(crate) mod alerts;
 pub(crate) mod catalog;
 mod check;
-mod dashboard;
+pub(crate) mod dashboard;
 pub(crate) mod dead_letters;
 mod error;
 mod history;
@@ -15,7 +15,7 @@ mod ingest;
 pub mod orders;
 pub(crate) mod query;
 pub(crate) mod stream;
-mod ui;
+pub(crate) mod ui;
 
 use std::sync::Arc;
 use std::time::Instant;

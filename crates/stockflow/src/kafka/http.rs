@@ -84,6 +84,11 @@ pub fn router(app: Arc<KafkaApp>) -> Router {
         .route("/v1/orders/{id}/extend", post(orders::extend))
         .route("/v1/internal/orders/{id}", get(orders::internal))
         .route("/v1/cluster", get(cluster))
+        .route("/v1/activity", get(activity))
+        // The dashboard and storefront: the same files as the embedded
+        // mode; views whose endpoints Kafka mode lacks say so in place.
+        .route("/", get(crate::http::ui::index))
+        .route("/ui/{*path}", get(crate::http::ui::asset))
         .route("/v1/dead-letters", get(super::dead_letters::list))
         .route(
             "/v1/stream",
@@ -102,11 +107,14 @@ pub fn router(app: Arc<KafkaApp>) -> Router {
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
-        .fallback(|| async {
+        .fallback(|uri: axum::http::Uri| async move {
             ApiError::new(
                 StatusCode::NOT_IMPLEMENTED,
                 "not_in_kafka_mode",
-                "this endpoint is not available in Kafka mode yet (events, stock, products, locations, items, regions, alerts, orders and /v1/cluster are); run the embedded mode for it",
+                format!(
+                    "{} is not available in Kafka mode yet; run the embedded mode for it. Kafka mode has events, stock, products, locations, items, regions, alerts, orders, dead letters (to read), the stream, activity, /v1/cluster and the web UI",
+                    uri.path()
+                ),
             )
         })
         .with_state(app)
@@ -802,6 +810,28 @@ async fn alerts(
 }
 
 /// GET /v1/cluster: members, and each partition's owner, position and lag.
+/// GET /v1/activity: the overview's series and source freshness, merged
+/// from every member's own (`scope=local`). A member counts what its
+/// processor applied; its latency is a processing cycle's, from taking
+/// the input to committing the offsets.
+async fn activity(
+    State(app): State<Arc<KafkaApp>>,
+    Query(query): Query<crate::http::dashboard::ActivityQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let (seconds, stale) = query.window()?;
+    let mine = app.shared.activity.json(seconds, wall_clock(), stale);
+    if query.scope.as_deref() == Some("local") {
+        return Ok(Json(json!({ "parts": [mine] })));
+    }
+    let path = format!(
+        "/v1/activity?seconds={seconds}&staleAfterSeconds={}",
+        stale.as_secs()
+    );
+    let mut parts = vec![mine];
+    parts.extend(gather(&app, &path, "parts").await?);
+    Ok(Json(crate::activity::merge(&parts)))
+}
+
 async fn cluster(State(app): State<Arc<KafkaApp>>) -> Json<Value> {
     let members = app.cluster.live();
     let high = app.cluster.high.read().clone();

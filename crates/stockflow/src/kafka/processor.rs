@@ -186,6 +186,9 @@ pub struct Shared {
     pub catalog: RwLock<Catalog>,
     /// Next catalog-topic offset to read: writes wait for it to pass theirs.
     pub catalog_applied: AtomicI64,
+    /// This instance's events and cycle latency per second, and the
+    /// sources it heard from: its part of the cluster's overview.
+    pub activity: crate::activity::Activity,
 }
 
 impl Shared {
@@ -204,6 +207,7 @@ impl Shared {
             ownership_changed: AtomicBool::new(false),
             catalog: RwLock::new(Catalog::default()),
             catalog_applied: AtomicI64::new(0),
+            activity: crate::activity::Activity::default(),
         }
     }
 
@@ -1672,6 +1676,19 @@ impl Processor {
                 _ => None,
             }));
             found.sort_unstable_by_key(|(offset, _)| *offset);
+            let rejected = found
+                .iter()
+                .filter(|(_, r)| matches!(r, Reason::Rejected(_)))
+                .count();
+            let wall = crate::pipeline::wall_clock();
+            let accepted = events.len() - rejected;
+            self.shared.activity.counted(
+                wall,
+                accepted as u64,
+                duplicates.len() as u64,
+                rejected as u64,
+            );
+            self.shared.activity.heard(&events, "kafka", wall);
             outcomes.extend(found);
         }
         exceptions.clear();
@@ -2112,6 +2129,7 @@ fn run(
             drop(guard);
             continue;
         }
+        let cycle_started = Instant::now();
         let mut partitions: Vec<u16> = canonical.keys().chain(transit.keys()).copied().collect();
         partitions.sort_unstable();
         partitions.dedup();
@@ -2127,6 +2145,10 @@ fn run(
         }
         let group = consumer.group_metadata();
         processor.commit_cycle(group.as_ref(), &partitions);
+        processor
+            .shared
+            .activity
+            .committed(crate::pipeline::wall_clock(), cycle_started.elapsed());
         let mut offsets = TopicPartitionList::new();
         let mut due = Vec::new();
         let owned: Vec<u16> = processor.owned.keys().copied().collect();

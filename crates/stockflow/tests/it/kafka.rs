@@ -1545,6 +1545,23 @@ fn the_catalog_reaches_every_instance_and_shapes_roll_ups_and_alerts() {
         );
         // The product's threshold (50) makes 30 units low, 100 not.
         assert_eq!(active_low_stock(url, "CAT1"), ["NORTH-1"], "via {url}");
+        // The overview's activity is every member's, merged.
+        let (_, activity) = get_settled(&format!("{url}/v1/activity?seconds=600"));
+        let mut heard: Vec<&str> = activity["sources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|s| s["locationId"].as_str())
+            .collect();
+        heard.sort();
+        assert_eq!(heard, ["NORTH-1", "SOUTH-1"], "{activity}");
+        let accepted: u64 = activity["seconds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["accepted"].as_u64().unwrap())
+            .sum();
+        assert_eq!(accepted, 2, "{activity}");
     }
 
     // A new threshold reaches the partitions already loaded; a price cut
@@ -1860,4 +1877,44 @@ fn with_transactions_cycles_commit_whole_and_a_new_owner_resumes_exactly() {
         assert_eq!(a["onHand"].as_i64(), Some(4), "{a}");
         second.stop().await.unwrap();
     });
+}
+
+/// The web UI on a Kafka-mode instance, in a real browser: the Playwright
+/// tests in `tests/e2e/kafka.test.mjs` seed a catalog and stock through
+/// the API, then read the overview, an item and the storefront, and check
+/// out. Screenshots land in target/tmp/ui-screenshots.
+#[test]
+fn the_web_ui_works_against_a_kafka_cluster() {
+    let _heavy = crate::heavy();
+    let e2e = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e");
+    let chromium = "/usr/bin/chromium";
+    // Never skip: a machine without the browser fails, saying what to run.
+    assert!(
+        Path::new(chromium).exists(),
+        "{chromium} is missing: run .ci/install (installs Debian's chromium)"
+    );
+    assert!(
+        e2e.join("node_modules/playwright-core").exists(),
+        "playwright-core is missing: run .ci/install (npm ci in {})",
+        e2e.display()
+    );
+    let broker = Broker::start();
+    broker.create_topics();
+    let dirs = scratch("kafka-ui");
+    let instance = Instance::start(&broker, "ui", &dirs.join("a"));
+    wait_settled(&instance.url, 1);
+    let output = Command::new("node")
+        .args(["--test", "--test-reporter=spec", "kafka.test.mjs"])
+        .current_dir(&e2e)
+        .env("STOCKFLOW_URL", &instance.url)
+        .env(
+            "STOCKFLOW_SCREENSHOTS",
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("ui-screenshots"),
+        )
+        .env("CHROMIUM", chromium)
+        .output()
+        .expect("node runs (install Node.js 18+)");
+    let report = String::from_utf8_lossy(&output.stdout);
+    println!("{report}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "browser tests failed:\n{report}");
 }
