@@ -73,6 +73,15 @@ impl RollupBook {
         self.levels == 0
     }
 
+    /// Every level of a SKU: (location, numbers).
+    pub fn levels<'a>(&'a self, sku: &str) -> impl Iterator<Item = (&'a str, Numbers)> + 'a {
+        self.skus
+            .get(sku)
+            .into_iter()
+            .flatten()
+            .map(|(location, held)| (location.as_str(), held.1))
+    }
+
     /// The numbers held for one level.
     pub fn get(&self, sku: &str, location_id: &str) -> Option<Numbers> {
         self.skus.get(sku)?.get(location_id).map(|held| held.1)

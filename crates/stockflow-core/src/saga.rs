@@ -26,8 +26,9 @@
 //!
 //! A line is reserved whole at one location or refused: Kafka mode does
 //! not split a line over locations nor reserve part of one. A line with
-//! several candidate locations (sourced by a priority list) tries them in
-//! turn, one RESERVATION at a time, until one grants it.
+//! several candidate locations (sourced by a priority list, or by the
+//! most available) tries them in turn, one RESERVATION at a time, until
+//! one grants it.
 
 use std::collections::{BTreeMap, BTreeSet};
 

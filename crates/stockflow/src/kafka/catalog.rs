@@ -227,8 +227,37 @@ type Rollup = (Totals, BTreeMap<String, Totals>);
 /// kept at the SKU's home partition from its levels' reports (see
 /// `stockflow_core::rollup`), read here or asked of the home's owner.
 async fn sku_rollup(app: &KafkaApp, sku: &str) -> Result<Rollup, ApiError> {
+    let body = at_home(app, sku, false).await?;
+    let totals = serde_json::from_value(body["totals"].clone()).unwrap_or_default();
+    let groups = serde_json::from_value(body["groups"].clone()).unwrap_or_default();
+    Ok((totals, groups))
+}
+
+/// What is available of `sku` at each location, most first (then by
+/// location id), as the SKU's home has it: within a processing cycle of
+/// the levels. For sourcing a line by the most available.
+pub async fn availability(app: &KafkaApp, sku: &str) -> Result<Vec<(String, i64)>, ApiError> {
+    let body = at_home(app, sku, true).await?;
+    let mut found: Vec<(String, i64)> = body["locations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| {
+            Some((
+                l["locationId"].as_str()?.to_owned(),
+                l["available"].as_i64()?,
+            ))
+        })
+        .collect();
+    found.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    Ok(found)
+}
+
+/// The internal endpoint's answer for `sku`: computed here if its home
+/// partition is active here, else asked of the home's owner.
+async fn at_home(app: &KafkaApp, sku: &str, locations: bool) -> Result<Value, ApiError> {
     let home = sku_home(sku, app.settings.partitions);
-    if let Some(answer) = local_rollup(app, home, sku)? {
+    if let Some(answer) = local_rollup(app, home, sku, locations)? {
         return Ok(answer);
     }
     let owner = app
@@ -248,7 +277,11 @@ async fn sku_rollup(app: &KafkaApp, sku: &str) -> Result<Rollup, ApiError> {
     };
     let answer = app
         .client
-        .get(format!("{}/v1/internal/rollups/{}", owner.url, encode(sku)))
+        .get(format!(
+            "{}/v1/internal/rollups/{}?locations={locations}",
+            owner.url,
+            encode(sku)
+        ))
         .header(FORWARDED, "1")
         .send()
         .await
@@ -256,37 +289,58 @@ async fn sku_rollup(app: &KafkaApp, sku: &str) -> Result<Rollup, ApiError> {
     if !answer.status().is_success() {
         return Err(failed(format!("answered {}", answer.status())));
     }
-    let body: Value = answer
+    answer
         .json()
         .await
-        .map_err(|e| failed(format!("unreadable answer ({e})")))?;
-    let totals = serde_json::from_value(body["totals"].clone()).unwrap_or_default();
-    let groups = serde_json::from_value(body["groups"].clone()).unwrap_or_default();
-    Ok((totals, groups))
+        .map_err(|e| failed(format!("unreadable answer ({e})")))
 }
 
-/// The roll-up of `sku` if its home partition is active here; `None` if
-/// another member owns it.
-fn local_rollup(app: &KafkaApp, home: u16, sku: &str) -> Result<Option<Rollup>, ApiError> {
+/// The roll-up of `sku` (with each location's available, if asked) if
+/// its home partition is active here; `None` if another member owns it.
+fn local_rollup(
+    app: &KafkaApp,
+    home: u16,
+    sku: &str,
+    locations: bool,
+) -> Result<Option<Value>, ApiError> {
     match app.shared.status(home) {
         ACTIVE => {
             let book = app.shared.rollups[home as usize].read();
-            Ok(Some(book.totals(sku, &app.shared.catalog.read())))
+            let catalog = app.shared.catalog.read();
+            let (totals, groups) = book.totals(sku, &catalog);
+            let mut answer = json!({"totals": totals, "groups": groups});
+            if locations {
+                answer["locations"] = book
+                    .levels(sku)
+                    .map(|(location, numbers)| {
+                        let available = catalog.policy(sku, location).available(&numbers);
+                        json!({"locationId": location, "available": available})
+                    })
+                    .collect();
+            }
+            Ok(Some(answer))
         }
         RESTORING => Err(restoring(home)),
         _ => Ok(None),
     }
 }
 
-/// GET /v1/internal/rollups/{sku}: the roll-up at the SKU's home, for
-/// members asking its owner; 409 if the home is not owned here.
+#[derive(serde::Deserialize)]
+pub struct InternalRollupQuery {
+    #[serde(default)]
+    locations: bool,
+}
+
+/// GET /v1/internal/rollups/{sku}?locations=: the roll-up at the SKU's
+/// home, for members asking its owner; 409 if the home is not owned here.
 pub async fn internal_rollup(
     State(app): State<Arc<KafkaApp>>,
     Path(sku): Path<String>,
+    Query(query): Query<InternalRollupQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let home = sku_home(&sku, app.settings.partitions);
-    match local_rollup(&app, home, &sku)? {
-        Some((totals, groups)) => Ok(Json(json!({"totals": totals, "groups": groups}))),
+    match local_rollup(&app, home, &sku, query.locations)? {
+        Some(answer) => Ok(Json(answer)),
         None => Err(ApiError::new(
             StatusCode::CONFLICT,
             "not_owner",

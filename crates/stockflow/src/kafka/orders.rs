@@ -5,6 +5,7 @@
 //! moved on. Decisions are never taken here: the home decides the order,
 //! the owner of each level decides its line.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -228,10 +229,37 @@ fn still_pending(order_id: &str) -> ApiError {
     )
 }
 
+/// Locations a most-available line tries, at most: those the SKU's
+/// roll-up says can fill it, most available first. The roll-up follows
+/// the levels within a cycle, so a candidate may refuse; more would only
+/// add round trips to a line that the stock cannot fill.
+const MOST_AVAILABLE_CANDIDATES: usize = 5;
+
+/// Where a most-available line of `quantity` tries, from each location's
+/// available (most first): the ones that can fill it, or else the one
+/// with the most, whose owner refuses it with the reason.
+fn most_available(found: &[(String, i64)], quantity: i64) -> Vec<String> {
+    let can: Vec<String> = found
+        .iter()
+        .filter(|(_, available)| *available >= quantity)
+        .take(MOST_AVAILABLE_CANDIDATES)
+        .map(|(location, _)| location.clone())
+        .collect();
+    if can.is_empty() {
+        found
+            .iter()
+            .take(1)
+            .map(|(location, _)| location.clone())
+            .collect()
+    } else {
+        can
+    }
+}
+
 /// POST /v1/orders in Kafka mode. A line without a location is sourced
-/// by the configured priority list (tried in turn); `most_available`
-/// needs every location's stock, which no instance holds, so such a line
-/// must then name its location.
+/// by the configured priority list, or by the most available location as
+/// the SKU's roll-up (at its home partition) has it; either way the
+/// candidates are tried in turn until one owner grants the whole line.
 pub async fn place(
     State(app): State<Arc<KafkaApp>>,
     headers: HeaderMap,
@@ -240,14 +268,33 @@ pub async fn place(
     let (bytes, _) = read_body(&headers, body, ORDER_BODY_BYTES_MAX).await?;
     let request = parse_place(&bytes, app.config.order_hold_seconds)?;
     let mut lines = Vec::with_capacity(request.lines.len());
+    let mut stock: HashMap<String, Vec<(String, i64)>> = HashMap::new();
     for (n, line) in request.lines.into_iter().enumerate() {
         let candidates = match (&line.location_id, &app.config.sourcing) {
             (Some(location), _) => vec![location.clone()],
             (None, Sourcing::Priority(list)) if !list.is_empty() => list.clone(),
-            (None, _) => {
+            (None, Sourcing::Priority(_)) => {
                 return Err(ApiError::bad_request(format!(
-                    "lines[{n}].locationId: required in Kafka mode unless the server sources by a priority list (--sourcing priority:A,B,…); most_available needs the embedded mode"
+                    "lines[{n}].locationId: required, the server's priority list is empty"
                 )))
+            }
+            (None, Sourcing::MostAvailable) => {
+                if !stock.contains_key(&line.sku) {
+                    let found = super::catalog::availability(&app, &line.sku).await?;
+                    stock.insert(line.sku.clone(), found);
+                }
+                let candidates = most_available(&stock[&line.sku], line.quantity);
+                if candidates.is_empty() {
+                    return Err(ApiError::new(
+                        StatusCode::CONFLICT,
+                        "insufficient_stock",
+                        format!(
+                            "lines[{n}]: no location holds sku {:?}, so there is nothing to reserve",
+                            line.sku
+                        ),
+                    ));
+                }
+                candidates
             }
         };
         lines.push(PlaceLine {
@@ -452,4 +499,24 @@ pub async fn list(
         })
         .flatten();
     Ok(Json(json!({"orders": orders, "nextAfter": next})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_most_available_line_tries_the_locations_that_can_fill_it_most_first() {
+        let found: Vec<(String, i64)> = [("B", 12), ("C", 8), ("A", 5), ("D", 0)]
+            .iter()
+            .map(|(l, a)| (l.to_string(), *a))
+            .collect();
+        assert_eq!(most_available(&found, 6), ["B", "C"]);
+        assert_eq!(most_available(&found, 1), ["B", "C", "A"]);
+        // Nobody can: the most available, to be refused with the reason.
+        assert_eq!(most_available(&found, 13), ["B"]);
+        assert!(most_available(&[], 1).is_empty());
+        let many: Vec<(String, i64)> = (0..10).map(|i| (format!("L{i}"), 100)).collect();
+        assert_eq!(most_available(&many, 1).len(), MOST_AVAILABLE_CANDIDATES);
+    }
 }

@@ -192,6 +192,8 @@ pub struct Instance {
     dir: PathBuf,
     bootstrap: String,
     group: String,
+    /// `--sourcing` for lines without a location.
+    sourcing: String,
 }
 
 impl Drop for Instance {
@@ -204,7 +206,12 @@ impl Drop for Instance {
 }
 
 impl Instance {
+    /// Lines without a location try WEB, then BACKUP.
     pub fn start(broker: &Broker, group: &str, dir: &Path) -> Instance {
+        Instance::sourcing(broker, group, dir, "priority:WEB,BACKUP")
+    }
+
+    pub fn sourcing(broker: &Broker, group: &str, dir: &Path, sourcing: &str) -> Instance {
         let port = free_port();
         let mut instance = Instance {
             child: None,
@@ -213,6 +220,7 @@ impl Instance {
             dir: dir.to_owned(),
             bootstrap: broker.bootstrap.clone(),
             group: group.to_owned(),
+            sourcing: sourcing.to_owned(),
         };
         instance.spawn();
         instance
@@ -228,8 +236,7 @@ impl Instance {
             .args(["serve", "--kafka", &self.bootstrap, "--group", &self.group])
             // Small, so every test restores through changelog snapshots.
             .args(["--changelog-snapshot-every", "3000"])
-            // Lines without a location try WEB, then BACKUP.
-            .args(["--sourcing", "priority:WEB,BACKUP"])
+            .args(["--sourcing", &self.sourcing])
             // A killed member's partitions move after 10 s, not 45.
             .args(["--kafka-config", "session.timeout.ms=10000"])
             .arg("--data-dir")
@@ -1917,4 +1924,111 @@ fn the_web_ui_works_against_a_kafka_cluster() {
     let report = String::from_utf8_lossy(&output.stdout);
     println!("{report}{}", String::from_utf8_lossy(&output.stderr));
     assert!(output.status.success(), "browser tests failed:\n{report}");
+}
+
+/// With most-available sourcing (the default), a line without a location
+/// goes where the SKU's roll-up says the most is available; a line no
+/// location can fill is refused by the owner of the most.
+#[test]
+fn a_line_without_a_location_is_reserved_where_the_most_is_available() {
+    use reqwest::Method;
+    let _heavy = crate::heavy();
+    let broker = Broker::start();
+    broker.create_topics();
+    let dirs = scratch("kafka-most-available");
+    let instances: Vec<Instance> = (0..2)
+        .map(|i| {
+            Instance::sourcing(
+                &broker,
+                "most",
+                &dirs.join(format!("i{i}")),
+                "most-available",
+            )
+        })
+        .collect();
+    wait_settled(&instances[0].url, 2);
+    let (a, b) = (instances[0].url.clone(), instances[1].url.clone());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = reqwest::Client::new();
+    runtime.block_on(async {
+        let stock: Vec<Value> = [("MA-A", 5), ("MA-B", 12), ("MA-C", 8)]
+            .iter()
+            .map(|(location, q)| serde_json::json!({"eventId": format!("ma-{location}"), "eventType": "RECEIPT", "sku": "MA1", "locationId": location, "quantity": q}))
+            .collect();
+        let (status, _) = send_json(&client, Method::POST, &format!("{a}/v1/events?wait=applied"), &Value::from(stock)).await;
+        assert_eq!(status, 200);
+    });
+    // The roll-up at the SKU's home has every location.
+    wait_for(&format!("{b}/v1/items/MA1"), "the roll-up of MA1", |item| {
+        item["totals"]["onHand"] == 25 && item["totals"]["levels"] == 3
+    });
+    let place = |url: &str, id: &str, quantity: i64| {
+        let body =
+            serde_json::json!({"orderId": id, "lines": [{"sku": "MA1", "quantity": quantity}]});
+        runtime.block_on(send_json(
+            &client,
+            Method::POST,
+            &format!("{url}/v1/orders"),
+            &body,
+        ))
+    };
+    let (status, first) = place(&a, "ma-1", 10);
+    assert_eq!(
+        (status, first["status"].as_str()),
+        (200, Some("reserved")),
+        "{first}"
+    );
+    assert_eq!(
+        first["lines"][0]["allocations"][0]["locationId"], "MA-B",
+        "{first}"
+    );
+    // B has 2 left; the roll-up may not know yet, and then B refuses and
+    // the next most available fills it.
+    let (status, second) = place(&b, "ma-2", 6);
+    assert_eq!(
+        (status, second["status"].as_str()),
+        (200, Some("reserved")),
+        "{second}"
+    );
+    assert_eq!(
+        second["lines"][0]["allocations"][0]["locationId"], "MA-C",
+        "{second}"
+    );
+    for (location, reserved) in [("MA-B", 10), ("MA-C", 6)] {
+        wait_for(
+            &format!("{a}/v1/stock/MA1/{location}"),
+            "the reservation",
+            |level| level["reserved"] == reserved,
+        );
+    }
+    // 5, 2 and 2 left: 9 fit nowhere, and the order says why.
+    wait_for(
+        &format!("{a}/v1/items/MA1"),
+        "the roll-up after two orders",
+        |item| item["totals"]["reserved"] == 16,
+    );
+    let (status, third) = place(&a, "ma-3", 9);
+    assert_eq!(
+        (status, third["status"].as_str()),
+        (200, Some("rejected")),
+        "{third}"
+    );
+    assert!(third.to_string().contains("insufficient_stock"), "{third}");
+    // A SKU held nowhere cannot be sourced at all.
+    let body =
+        serde_json::json!({"orderId": "ma-5", "lines": [{"sku": "MA-NOWHERE", "quantity": 1}]});
+    let (status, refused) = runtime.block_on(send_json(
+        &client,
+        Method::POST,
+        &format!("{a}/v1/orders"),
+        &body,
+    ));
+    assert_eq!(
+        (status, refused["code"].as_str()),
+        (409, Some("insufficient_stock")),
+        "{refused}"
+    );
 }
