@@ -1893,37 +1893,12 @@ fn with_transactions_cycles_commit_whole_and_a_new_owner_resumes_exactly() {
 #[test]
 fn the_web_ui_works_against_a_kafka_cluster() {
     let _heavy = crate::heavy();
-    let e2e = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e");
-    let chromium = "/usr/bin/chromium";
-    // Never skip: a machine without the browser fails, saying what to run.
-    assert!(
-        Path::new(chromium).exists(),
-        "{chromium} is missing: run .ci/install (installs Debian's chromium)"
-    );
-    assert!(
-        e2e.join("node_modules/playwright-core").exists(),
-        "playwright-core is missing: run .ci/install (npm ci in {})",
-        e2e.display()
-    );
     let broker = Broker::start();
     broker.create_topics();
     let dirs = scratch("kafka-ui");
     let instance = Instance::start(&broker, "ui", &dirs.join("a"));
     wait_settled(&instance.url, 1);
-    let output = Command::new("node")
-        .args(["--test", "--test-reporter=spec", "kafka.test.mjs"])
-        .current_dir(&e2e)
-        .env("STOCKFLOW_URL", &instance.url)
-        .env(
-            "STOCKFLOW_SCREENSHOTS",
-            Path::new(env!("CARGO_TARGET_TMPDIR")).join("ui-screenshots"),
-        )
-        .env("CHROMIUM", chromium)
-        .output()
-        .expect("node runs (install Node.js 18+)");
-    let report = String::from_utf8_lossy(&output.stdout);
-    println!("{report}{}", String::from_utf8_lossy(&output.stderr));
-    assert!(output.status.success(), "browser tests failed:\n{report}");
+    crate::ui::run_browser_tests("kafka.test.mjs", &instance.url);
 }
 
 /// With most-available sourcing (the default), a line without a location

@@ -21,11 +21,11 @@ impl Drop for Demo {
     }
 }
 
-#[test]
-fn the_web_ui_works_in_a_real_browser() {
-    let _alone = crate::alone();
+/// Runs the Playwright tests of `tests/e2e/{file}` against the server at
+/// `url`, and fails with their report if any fails. Never skips: a
+/// machine without the browser fails, saying what to run.
+pub fn run_browser_tests(file: &str, url: &str) {
     let e2e = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e");
-    // Never skip: a machine without the browser fails, saying what to run.
     assert!(
         Path::new(CHROMIUM).exists(),
         "{CHROMIUM} is missing: run .ci/install (installs Debian's chromium)"
@@ -35,6 +35,29 @@ fn the_web_ui_works_in_a_real_browser() {
         "playwright-core is missing: run .ci/install (npm ci in {})",
         e2e.display()
     );
+    let screenshots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("ui-screenshots");
+    let started = Instant::now();
+    let output = Command::new("node")
+        .args(["--test", "--test-reporter=spec", file])
+        .current_dir(&e2e)
+        .env("STOCKFLOW_URL", url)
+        .env("STOCKFLOW_SCREENSHOTS", &screenshots)
+        .env("CHROMIUM", CHROMIUM)
+        .output()
+        .expect("node runs (install Node.js 18+)");
+    let report = String::from_utf8_lossy(&output.stdout);
+    println!("{report}{}", String::from_utf8_lossy(&output.stderr));
+    println!(
+        "browser tests took {:.1} s; screenshots in {}",
+        started.elapsed().as_secs_f64(),
+        screenshots.display()
+    );
+    assert!(output.status.success(), "browser tests failed:\n{report}");
+}
+
+#[test]
+fn the_web_ui_works_in_a_real_browser() {
+    let _alone = crate::alone();
 
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -67,23 +90,6 @@ fn the_web_ui_works_in_a_real_browser() {
         .recv_timeout(Duration::from_secs(120))
         .expect("the demo starts and seeds its catalog");
 
-    let screenshots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("ui-screenshots");
-    let started = Instant::now();
-    let output = Command::new("node")
-        .args(["--test", "--test-reporter=spec", "ui.test.mjs"])
-        .current_dir(&e2e)
-        .env("STOCKFLOW_URL", format!("http://127.0.0.1:{port}"))
-        .env("STOCKFLOW_SCREENSHOTS", &screenshots)
-        .env("CHROMIUM", CHROMIUM)
-        .output()
-        .expect("node runs (install Node.js 18+)");
-    let report = String::from_utf8_lossy(&output.stdout);
-    println!("{report}{}", String::from_utf8_lossy(&output.stderr));
-    println!(
-        "browser tests took {:.1} s; screenshots in {}",
-        started.elapsed().as_secs_f64(),
-        screenshots.display()
-    );
+    run_browser_tests("ui.test.mjs", &format!("http://127.0.0.1:{port}"));
     drop(demo);
-    assert!(output.status.success(), "browser tests failed:\n{report}");
 }
