@@ -260,6 +260,9 @@ struct KafkaArgs {
     /// The consumer group of the instances sharing the work.
     #[arg(long, default_value = "stockflow", requires = "kafka")]
     group: String,
+    /// Topic names start with this (`{prefix}.events.canonical`, …).
+    #[arg(long, default_value = stockflow::kafka::TOPIC_PREFIX_DEFAULT, value_parser = stockflow::kafka::parse_topic_prefix)]
+    topic_prefix: String,
     /// A librdkafka property passed through, e.g. security.protocol=SASL_SSL (repeatable).
     #[arg(long = "kafka-config", value_parser = parse_param, requires = "kafka")]
     kafka_config: Vec<(String, String)>,
@@ -289,6 +292,7 @@ impl KafkaArgs {
     fn settings(&self, bootstrap: &str) -> stockflow::kafka::KafkaSettings {
         let mut settings = stockflow::kafka::KafkaSettings::new(bootstrap);
         settings.group = self.group.clone();
+        settings.topics = stockflow::kafka::Topics::named(&self.topic_prefix);
         settings.extra = self.kafka_config.clone();
         settings.partitions = self.kafka_partitions;
         settings.commit_interval = Duration::from_millis(self.commit_interval_ms);
@@ -307,6 +311,9 @@ enum TopicsAction {
         kafka: String,
         #[arg(long = "kafka-config", value_parser = parse_param)]
         kafka_config: Vec<(String, String)>,
+        /// Topic names start with this (`{prefix}.events.canonical`, …).
+        #[arg(long, default_value = stockflow::kafka::TOPIC_PREFIX_DEFAULT, value_parser = stockflow::kafka::parse_topic_prefix)]
+        topic_prefix: String,
         /// Partitions of the partitioned topics.
         #[arg(long, default_value_t = 12, value_parser = clap::value_parser!(u16).range(1..=1024))]
         partitions: u16,
@@ -432,12 +439,14 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 TopicsAction::Create {
                     kafka,
                     kafka_config,
+                    topic_prefix,
                     partitions,
                     replication_factor,
                     sources,
                 },
         } => {
             let mut settings = stockflow::kafka::KafkaSettings::new(kafka);
+            settings.topics = stockflow::kafka::Topics::named(&topic_prefix);
             settings.extra = kafka_config;
             settings.partitions = partitions;
             let sources = match sources {

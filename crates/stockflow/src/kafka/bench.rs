@@ -184,22 +184,7 @@ pub async fn run(
 async fn prepare(settings: &mut KafkaSettings, mock: Option<&Mock>) -> anyhow::Result<()> {
     let tag = format!("bench-{:08x}", rand::random::<u32>());
     settings.group = tag.clone();
-    let t = &mut settings.topics;
-    for name in [
-        &mut t.canonical,
-        &mut t.repartition,
-        &mut t.changelog,
-        &mut t.changelog_index,
-        &mut t.stock_levels,
-        &mut t.alerts,
-        &mut t.orders,
-        &mut t.catalog,
-        &mut t.dlq,
-        &mut t.cluster,
-        &mut t.raw_prefix,
-    ] {
-        *name = format!("{tag}.{name}");
-    }
+    settings.topics = super::Topics::named(&format!("{tag}.{}", super::TOPIC_PREFIX_DEFAULT));
     match mock {
         Some(mock) => {
             for spec in topics::specs(settings, std::iter::empty()) {

@@ -63,22 +63,46 @@ pub struct Topics {
     pub raw_prefix: String,
 }
 
-impl Default for Topics {
-    fn default() -> Topics {
+/// The prefix of the default topic names (`inventory.events.canonical`, …).
+pub const TOPIC_PREFIX_DEFAULT: &str = "inventory";
+
+impl Topics {
+    /// Every topic named `{prefix}.…`: several deployments (or versions)
+    /// can share a cluster under different prefixes.
+    pub fn named(prefix: &str) -> Topics {
+        let name = |rest: &str| format!("{prefix}.{rest}");
         Topics {
-            canonical: "inventory.events.canonical".into(),
-            repartition: "inventory.repartition".into(),
-            changelog: "inventory.changelog".into(),
-            changelog_index: "inventory.changelog-index".into(),
-            stock_levels: "inventory.stock-levels".into(),
-            alerts: "inventory.alerts".into(),
-            orders: "inventory.orders".into(),
-            catalog: "inventory.catalog".into(),
-            dlq: "inventory.dlq".into(),
-            cluster: "inventory.cluster".into(),
-            raw_prefix: "inventory.events.raw.".into(),
+            canonical: name("events.canonical"),
+            repartition: name("repartition"),
+            changelog: name("changelog"),
+            changelog_index: name("changelog-index"),
+            stock_levels: name("stock-levels"),
+            alerts: name("alerts"),
+            orders: name("orders"),
+            catalog: name("catalog"),
+            dlq: name("dlq"),
+            cluster: name("cluster"),
+            raw_prefix: name("events.raw."),
         }
     }
+}
+
+impl Default for Topics {
+    fn default() -> Topics {
+        Topics::named(TOPIC_PREFIX_DEFAULT)
+    }
+}
+
+/// A topic prefix as `--topic-prefix` takes it: Kafka's topic characters,
+/// short enough that the longest name stays under Kafka's 249.
+pub fn parse_topic_prefix(text: &str) -> Result<String, String> {
+    let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if text.is_empty() || text.len() > 150 || !text.chars().all(legal) {
+        return Err(format!(
+            "{text:?}: a topic prefix is 1 to 150 of a-z, A-Z, 0-9, '.', '_' and '-'"
+        ));
+    }
+    Ok(text.to_owned())
 }
 
 /// How to reach the cluster and what to call things there.

@@ -840,7 +840,10 @@ impl Processor {
                     let s = owned.positions;
                     if positions.canonical >= s.canonical && positions.repartition >= s.repartition
                     {
-                        let adopted = self.decode_snapshot(&bytes)?.install(&self.shared, p);
+                        let adopted = self
+                            .decode_snapshot(&bytes)
+                            .map_err(|e| unreadable(topic, p, message.offset(), &*e))?
+                            .install(&self.shared, p);
                         metrics::counter!("stockflow_kafka_restored_from_snapshot_total")
                             .increment(1);
                         owned = Owned {
@@ -856,7 +859,8 @@ impl Processor {
                     // Covered, and so tombstoned, by this owner's next snapshot.
                     owned.logged_keys.push(key.to_owned());
                 }
-                let record = ChangelogRecord::decode(payload)?;
+                let record = ChangelogRecord::decode(payload)
+                    .map_err(|e| unreadable(topic, p, message.offset(), &e))?;
                 let folded = {
                     let mut partition = self.shared.partitions[p as usize].write();
                     self.fold(p, &mut owned, &mut partition, record)?
@@ -1786,6 +1790,15 @@ impl Processor {
             .fetch_add(applied as u64, Ordering::Relaxed);
         self.owned.insert(p, owned);
     }
+}
+
+/// Why a restore stops at a changelog record it cannot read, and what to
+/// do: nothing versions the changelog yet, so the likely cause is a
+/// record written by another version of stockflow.
+fn unreadable(topic: &str, p: u16, offset: i64, error: &dyn std::fmt::Display) -> anyhow::Error {
+    anyhow::anyhow!(
+        "changelog {topic} partition {p} offset {offset} is not in this version's format ({error}); it was probably written by another version of stockflow: run that version, or start this one on new topics (`stockflow topics create --topic-prefix NEW`, then `serve --topic-prefix NEW --group NEW`)"
+    )
 }
 
 /// The line owner's answers to the saga RESERVATIONs of an applied

@@ -1647,6 +1647,51 @@ fn an_instance_refuses_to_start_without_its_topics_and_says_what_to_run() {
         said.contains("stockflow topics create") || said.contains("partitions, stockflow expects"),
         "{said}"
     );
+
+    // Under another prefix (a second deployment, or a new version beside
+    // an old one): its own topics, made and used by that name.
+    let created = Command::new(env!("CARGO_BIN_EXE_stockflow"))
+        .args(["topics", "create", "--kafka", &broker.bootstrap])
+        .args(["--topic-prefix", "shop2"])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&created.stdout);
+    assert!(created.status.success(), "{listed}");
+    assert!(listed.contains("shop2.events.canonical"), "{listed}");
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_stockflow"))
+        .args([
+            "serve",
+            "--kafka",
+            &broker.bootstrap,
+            "--topic-prefix",
+            "shop2",
+        ])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(dir.join("shop2"))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_settled(&url, 1);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let event = serde_json::json!({"eventId": "p1", "eventType": "RECEIPT", "sku": "P", "locationId": "L", "quantity": 3});
+    let (status, receipt) = runtime.block_on(send_json(
+        &reqwest::Client::new(),
+        reqwest::Method::POST,
+        &format!("{url}/v1/events?wait=applied"),
+        &event,
+    ));
+    assert_eq!(status, 200, "{receipt}");
+    let (_, level) = get_settled(&format!("{url}/v1/stock/P/L"));
+    assert_eq!(level["onHand"], 3, "{level}");
+    assert_eq!(broker.read_all("shop2.events.canonical").len(), 1);
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 #[test]
