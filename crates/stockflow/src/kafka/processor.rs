@@ -378,8 +378,8 @@ enum InputKind {
     Event,
     /// A message to an order's home ([`ToHome`] JSON): `stockflow-order`.
     Order,
-    /// Level reports to a SKU's home (postcard `Vec<LevelReport>`):
-    /// `stockflow-rollup`.
+    /// Level reports to a SKU's home (postcard `LevelReport`s one after
+    /// another, see `wire::push_report`): `stockflow-rollup`.
     Rollup,
 }
 
@@ -976,8 +976,10 @@ impl Processor {
 
     fn encode_snapshot(&self, p: u16, owned: &Owned) -> anyhow::Result<Vec<u8>> {
         let image = self.shared.partitions[p as usize].read().snapshot();
-        let orders = self.shared.books[p as usize].read().clone();
-        let rollups = self.shared.rollups[p as usize].read().clone();
+        // Encoded under read locks, not copied: only this thread writes
+        // them, and queries may read meanwhile.
+        let orders = self.shared.books[p as usize].read();
+        let rollups = self.shared.rollups[p as usize].read();
         let out = LocalSnapshotOut {
             positions: owned.positions,
             now: owned.now,
