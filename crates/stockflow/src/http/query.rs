@@ -35,6 +35,12 @@ pub struct LevelOut<'a> {
     updated_at: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     safety_stock: Option<i64>,
+    /// The event whose change this is (Kafka mode's stock-levels topic,
+    /// and so its live stream, say it like the embedded stream does).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event_type: Option<&'static str>,
 }
 
 impl<'a> LevelOut<'a> {
@@ -50,6 +56,17 @@ impl<'a> LevelOut<'a> {
             version: l.version,
             updated_at: l.updated_at.to_rfc3339(),
             safety_stock: (policy.safety_stock > 0).then_some(policy.safety_stock),
+            event_id: None,
+            event_type: None,
+        }
+    }
+
+    /// The level as the event `event_id` of type `event_type` left it.
+    pub fn after(self, event_id: &'a str, event_type: &'static str) -> LevelOut<'a> {
+        LevelOut {
+            event_id: Some(event_id),
+            event_type: Some(event_type),
+            ..self
         }
     }
 }

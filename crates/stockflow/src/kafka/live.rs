@@ -5,7 +5,8 @@
 //!
 //! Differences from the embedded stream: a stock message is the level as
 //! the stock-levels topic has it (the newest per level and processing
-//! cycle, with its `version`; no eventId), and ids are this instance's, so
+//! cycle, with its `version` and its change's eventId and eventType; no
+//! outcome), and ids are this instance's, so
 //! a client resumes with Last-Event-ID on the same instance while it runs;
 //! anywhere else it is told of the gap and reloads from the REST API.
 

@@ -1698,6 +1698,8 @@ impl Processor {
             outcomes.extend(found);
         }
         exceptions.clear();
+        // Changes before this index are the canonical events', after it the transit batch's.
+        let transit_changes = changes.len();
         partition.apply_batch(p, &transit_batch, now, &mut exceptions, &mut changes);
         partition.tick(now);
         let replies = line_results(p, n, &transit_batch, &exceptions);
@@ -1743,7 +1745,15 @@ impl Processor {
                 *count = 0;
             }
             json.clear();
-            let level = crate::http::LevelOut::new(&view, partition.policy_of(slot));
+            let change = &changes[i];
+            let batch = if i < transit_changes {
+                &events
+            } else {
+                &transit_batch
+            };
+            let event = batch.get(change.position as usize);
+            let level = crate::http::LevelOut::new(&view, partition.policy_of(slot))
+                .after(event.event_id, event.event_type.as_str());
             serde_json::to_writer(&mut json, &level).expect("a level serializes");
             key.clear();
             key.push_str(&view.sku);

@@ -756,6 +756,11 @@ fn three_instances_one_killed_mid_stream_end_equal_to_the_reference() {
             (Some(*on_hand), Some(*reserved), Some(*in_transit)),
             "stock-levels topic for {sku}:{location}"
         );
+        let id = level["eventId"].as_str().unwrap_or_default();
+        assert!(
+            id.starts_with('k') && level["eventType"].is_string(),
+            "stock-levels topic for {sku}:{location} names its last event: {level}"
+        );
     }
     // Alerts live with the partitions' state: every instance gathers the
     // active ones of the whole cluster, and they are the reference's.
@@ -1460,6 +1465,8 @@ fn the_catalog_reaches_every_instance_and_shapes_roll_ups_and_alerts() {
         assert_eq!(status, 200, "{receipt}");
         let seen = watching.await.unwrap();
         assert!(seen.contains("event: stock") && seen.contains(r#""onHand":30"#), "{seen}");
+        // Each stock message names the event that made it, as in the embedded mode.
+        assert!(seen.contains(r#""eventId":"c1""#) && seen.contains(r#""eventType":"RECEIPT""#), "{seen}");
     });
     assert!(
         broker
