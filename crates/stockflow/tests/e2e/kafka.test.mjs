@@ -7,17 +7,11 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync } from 'node:fs';
-import { chromium } from 'playwright-core';
-
-const URL = process.env.STOCKFLOW_URL ?? 'http://127.0.0.1:8080';
-const SHOTS = process.env.STOCKFLOW_SCREENSHOTS ?? 'screenshots';
-const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
-mkdirSync(SHOTS, { recursive: true });
+import { URL, SHOTS, launch } from './browser.mjs';
 
 let browser;
 let page;
-const pageErrors = [];
+let pageErrors = [];
 
 async function api(path, { method = 'GET', body } = {}) {
   const response = await fetch(URL + path, body === undefined ? { method } : {
@@ -27,8 +21,6 @@ async function api(path, { method = 'GET', body } = {}) {
   assert.ok(response.ok, `${method} ${path}: ${response.status} ${JSON.stringify(data)}`);
   return data;
 }
-
-const number = (text) => Number(String(text).replace(/[^0-9-]/g, ''));
 
 async function open(hash, ready) {
   await page.goto(`${URL}/#/${hash}`);
@@ -46,13 +38,7 @@ before(async () => {
       { eventId: 'ui-k2', eventType: 'RECEIPT', sku: 'KSKU-1', locationId: 'KSTORE', quantity: 7, sourceSystem: 'pos' },
     ],
   });
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'],
-  });
-  page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
-  page.on('pageerror', (error) => pageErrors.push(String(error)));
-  page.on('console', (m) => { if (m.type() === 'error') pageErrors.push(m.text()); });
+  ({ browser, page, pageErrors } = await launch());
 });
 
 after(async () => {
