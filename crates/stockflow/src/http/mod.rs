@@ -33,7 +33,7 @@ pub use alerts::{alert_json, AlertOut};
 pub use error::ApiError;
 pub use ingest::read_body;
 pub use orders::order_json;
-pub use query::{level_json, LevelOut};
+pub use query::{level_json, sources_json, LevelOut};
 
 use crate::config::Config;
 use crate::pipeline::Pipeline;

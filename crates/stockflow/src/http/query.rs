@@ -153,7 +153,7 @@ pub fn limit(page: &Page) -> Result<usize, ApiError> {
 
 /// Which levels of a location to list, by how their stock stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Status {
+pub(crate) enum Status {
     /// available below the low-stock threshold (including none).
     Low,
     /// nothing available.
@@ -165,7 +165,7 @@ enum Status {
 }
 
 impl Status {
-    fn parse(text: &str) -> Result<Status, ApiError> {
+    pub(crate) fn parse(text: &str) -> Result<Status, ApiError> {
         match text {
             "low" => Ok(Status::Low),
             "out" => Ok(Status::Out),
@@ -177,7 +177,7 @@ impl Status {
         }
     }
 
-    fn holds(self, level: &stockflow_core::Level, policy: Policy) -> bool {
+    pub(crate) fn holds(self, level: &stockflow_core::Level, policy: Policy) -> bool {
         let available = policy.available(&level.numbers());
         match self {
             Status::Low => available < policy.low_stock_threshold,
@@ -252,9 +252,12 @@ pub async fn location(
 /// GET /v1/sources: the formats accepted at /v1/sources/{format}/events,
 /// each with its mapping (so a user can copy one to write their own).
 pub async fn sources(State(state): State<Arc<AppState>>) -> Json<Value> {
-    let formats: Vec<Value> = state
-        .config
-        .sources
+    Json(sources_json(&state.config.sources))
+}
+
+/// The source formats this server translates, with their mappings.
+pub fn sources_json(sources: &crate::sources::Sources) -> Value {
+    let formats: Vec<Value> = sources
         .all()
         .map(|m| {
             json!({
@@ -266,5 +269,5 @@ pub async fn sources(State(state): State<Arc<AppState>>) -> Json<Value> {
             })
         })
         .collect();
-    Json(json!({ "formats": formats }))
+    json!({ "formats": formats })
 }

@@ -22,7 +22,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use stockflow_core::{parse_body, route, LevelView, Totals};
+use stockflow_core::{parse_body, route, BodyError, BodyFormat, LevelView, Parsed, Totals};
 
 use super::cluster::Cluster;
 use super::processor::{Reason, Shared, ACTIVE, RESTORING};
@@ -54,6 +54,13 @@ pub struct KafkaApp {
 pub fn router(app: Arc<KafkaApp>) -> Router {
     Router::new()
         .route("/v1/events", post(post_events))
+        .route("/v1/sources/{format}/events", post(post_source_events))
+        .route(
+            "/v1/sources",
+            get(|State(app): State<Arc<KafkaApp>>| async move {
+                Json(crate::http::sources_json(&app.config.sources))
+            }),
+        )
         .route("/v1/stock/{sku}/{location_id}", get(level))
         .route("/v1/stock/{sku}", get(sku_levels))
         .route("/v1/locations/{location_id}/stock", get(location_levels))
@@ -112,7 +119,7 @@ pub fn router(app: Arc<KafkaApp>) -> Router {
                 StatusCode::NOT_IMPLEMENTED,
                 "not_in_kafka_mode",
                 format!(
-                    "{} is not available in Kafka mode yet; run the embedded mode for it. Kafka mode has events, stock, products, locations, items, regions, alerts, orders, dead letters (to read), the stream, activity, /v1/cluster and the web UI",
+                    "{} is not available in Kafka mode yet; run the embedded mode for it. Kafka mode has events, source formats, stock, products, locations, items, regions, alerts, orders, dead letters (to read), the stream, activity, /v1/cluster and the web UI",
                     uri.path()
                 ),
             )
@@ -178,21 +185,77 @@ async fn post_events(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Receipt>, ApiError> {
-    let wait_applied = match query.wait.as_deref() {
-        None => false,
-        Some("applied") => true,
-        Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "wait: {other:?} is not `applied`"
-            )))
-        }
+    let wait_applied = wait_applied(query.wait.as_deref())?;
+    let events_max = app.config.request_events_max;
+    ingest(
+        &app,
+        wait_applied,
+        &headers,
+        body,
+        "http:/v1/events",
+        |bytes, format| parse_body(bytes, format, events_max),
+    )
+    .await
+}
+
+/// POST /v1/sources/{format}/events: a source's own format, translated
+/// here exactly as the embedded mode and the raw-topic normaliser do, then
+/// ingested like POST /v1/events (`?wait=applied` included; every other
+/// query parameter goes to the mapping).
+async fn post_source_events(
+    State(app): State<Arc<KafkaApp>>,
+    Path(format): Path<String>,
+    Query(mut params): Query<BTreeMap<String, String>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Receipt>, ApiError> {
+    let Some(mapping) = app.config.sources.get(&format).cloned() else {
+        let known: Vec<&str> = app.config.sources.names().collect();
+        return Err(ApiError::not_found(format!(
+            "no source format {format:?}; known formats: {}",
+            known.join(", ")
+        )));
     };
-    let (bytes, format) = read_body(&headers, body, app.config.body_bytes_max).await?;
-    let parsed = match parse_body(&bytes, format, app.config.request_events_max) {
+    let wait_applied = wait_applied(params.remove("wait").as_deref())?;
+    let events_max = app.config.request_events_max;
+    let source = format!("http:/v1/sources/{format}/events");
+    ingest(
+        &app,
+        wait_applied,
+        &headers,
+        body,
+        &source,
+        |bytes, framing| crate::sources::translate(&mapping, bytes, framing, &params, events_max),
+    )
+    .await
+}
+
+fn wait_applied(wait: Option<&str>) -> Result<bool, ApiError> {
+    match wait {
+        None => Ok(false),
+        Some("applied") => Ok(true),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "wait: {other:?} is not `applied`"
+        ))),
+    }
+}
+
+/// Reads a body, parses it with `parse` into canonical events, produces
+/// them and answers the receipt; `source` names the route in dead letters.
+async fn ingest(
+    app: &KafkaApp,
+    wait_applied: bool,
+    headers: &HeaderMap,
+    body: Body,
+    source: &str,
+    parse: impl FnOnce(&[u8], BodyFormat) -> Result<Parsed, BodyError>,
+) -> Result<Json<Receipt>, ApiError> {
+    let (bytes, format) = read_body(headers, body, app.config.body_bytes_max).await?;
+    let parsed = match parse(&bytes, format) {
         Ok(parsed) => parsed,
         Err(error) => {
             let reason = error.to_string();
-            dead_letter(&app, "http:/v1/events", &bytes, &reason).await;
+            dead_letter(app, source, &bytes, &reason).await;
             return Err(ApiError::bad_request(reason));
         }
     };
@@ -219,13 +282,7 @@ async fn post_events(
     }
     let mut errors = Vec::new();
     for rejected in &parsed.rejected {
-        dead_letter(
-            &app,
-            "http:/v1/events",
-            rejected.raw.as_bytes(),
-            &rejected.reason,
-        )
-        .await;
+        dead_letter(app, source, rejected.raw.as_bytes(), &rejected.reason).await;
         errors.push(ReceiptError {
             index: rejected.index,
             event_id: rejected.event_id.clone(),
@@ -259,7 +316,7 @@ async fn post_events(
         let mut reasons: HashMap<(u16, i64), String> = HashMap::new();
         let mut unknown_through: HashMap<u16, i64> = HashMap::new();
         for (&p, &(from, to)) in &ranges {
-            let answer = wait_applied_on(&app, p, from, to, deadline).await?;
+            let answer = wait_applied_on(app, p, from, to, deadline).await?;
             unknown_through.insert(p, answer["unknownThrough"].as_i64().unwrap_or(i64::MAX));
             for outcome in answer["outcomes"].as_array().into_iter().flatten() {
                 if let (Some(offset), Some(reason)) =
@@ -698,7 +755,8 @@ async fn sku_levels(
     })))
 }
 
-/// GET /v1/locations/{id}/stock?limit=&after=: a page merged from every member.
+/// GET /v1/locations/{id}/stock?status=&limit=&after=: a page merged from
+/// every member.
 async fn location_levels(
     State(app): State<Arc<KafkaApp>>,
     Path(location): Path<String>,
@@ -710,22 +768,22 @@ async fn location_levels(
             "limit must be an integer from 1 to 1000",
         ));
     }
-    if query.status.is_some() {
-        return Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "not_in_kafka_mode",
-            "status filters are not available in Kafka mode yet",
-        ));
-    }
+    let status = query
+        .status
+        .as_deref()
+        .map(crate::http::query::Status::parse)
+        .transpose()?;
     let after = query.after.clone();
     let (views, restoring_here) = local_views(&app, |p| {
-        p.levels_of_location(&location, after.as_deref(), limit + 1, |_, _| true)
-            .into_iter()
-            .map(|v| {
-                let policy = p.policy_of_level(&v.sku, &v.location_id);
-                (v, policy)
-            })
-            .collect()
+        p.levels_of_location(&location, after.as_deref(), limit + 1, |level, policy| {
+            status.is_none_or(|s| s.holds(level, policy))
+        })
+        .into_iter()
+        .map(|v| {
+            let policy = p.policy_of_level(&v.sku, &v.location_id);
+            (v, policy)
+        })
+        .collect()
     });
     let mut levels: Vec<Value> = views
         .iter()
@@ -738,6 +796,9 @@ async fn location_levels(
         return Ok(Json(json!({"locationId": location, "levels": levels})));
     }
     let mut path = format!("/v1/locations/{}/stock?limit={limit}", encode(&location));
+    if let Some(status) = &query.status {
+        path.push_str(&format!("&status={}", encode(status)));
+    }
     if let Some(after) = &after {
         path.push_str(&format!("&after={}", encode(after)));
     }
@@ -752,7 +813,7 @@ async fn location_levels(
                 .and_then(|l| l["sku"].as_str().map(str::to_owned))
         })
         .flatten();
-    if levels.is_empty() && after.is_none() {
+    if levels.is_empty() && after.is_none() && status.is_none() {
         return Err(ApiError::not_found(format!(
             "no stock levels at location {location:?}"
         )));

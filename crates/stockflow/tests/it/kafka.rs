@@ -1627,6 +1627,76 @@ fn the_catalog_reaches_every_instance_and_shapes_roll_ups_and_alerts() {
             instance.url
         );
     }
+
+    // A source's own format (CSV here) over HTTP: translated, produced,
+    // applied by the owners; a bad row named by its field and kept.
+    let csv = "eventId,sku,locationId,eventType,quantity\ncsv-1,CAT1,SOUTH-1,SALE,100\ncsv-2,CAT1,SOUTH-1,SALE,1.5\n";
+    let post_csv = || {
+        runtime.block_on(async {
+            let response = client
+                .post(format!("{fresh}/v1/sources/csv/events?wait=applied"))
+                .header("content-type", "text/csv")
+                .body(csv)
+                .send()
+                .await
+                .unwrap();
+            (
+                response.status().as_u16(),
+                response.json::<Value>().await.unwrap(),
+            )
+        })
+    };
+    let (status, receipt) = post_csv();
+    assert_eq!(status, 200, "{receipt}");
+    assert_eq!(
+        (receipt["accepted"].as_u64(), receipt["rejected"].as_u64()),
+        (Some(1), Some(1)),
+        "{receipt}"
+    );
+    assert_eq!(
+        receipt["errors"][0]["reason"], r#"quantity: "1.5" is not a whole number"#,
+        "{receipt}"
+    );
+    let (_, again) = post_csv();
+    assert_eq!(again["duplicates"].as_u64(), Some(1), "{again}");
+    let (_, letters) = get_settled(&format!(
+        "{a}/v1/dead-letters?source=http:/v1/sources/csv/events"
+    ));
+    assert_eq!(
+        letters["deadLetters"][0]["payload"], "csv-2,CAT1,SOUTH-1,SALE,1.5",
+        "{letters}"
+    );
+    let (_, formats) = get_settled(&format!("{a}/v1/sources"));
+    assert!(
+        formats["formats"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["format"] == "csv"),
+        "{formats}"
+    );
+    // Levels by how their stock stands, gathered from every member.
+    let listed = |url: &str, location: &str, status: &str| -> Vec<String> {
+        let (code, page) = get_settled(&format!(
+            "{url}/v1/locations/{location}/stock?status={status}"
+        ));
+        assert_eq!(code, 200, "{page}");
+        page["levels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["sku"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    for instance in &instances {
+        let url = &instance.url;
+        assert_eq!(listed(url, "SOUTH-1", "out"), ["CAT1"], "via {url}");
+        assert!(listed(url, "SOUTH-1", "ok").is_empty(), "via {url}");
+        assert_eq!(listed(url, "NORTH-1", "low"), ["CAT1"], "via {url}");
+        assert!(listed(url, "NORTH-1", "out").is_empty(), "via {url}");
+    }
+    let (code, refused) = get_settled(&format!("{a}/v1/locations/SOUTH-1/stock?status=empty"));
+    assert_eq!(code, 400, "{refused}");
 }
 
 #[test]
