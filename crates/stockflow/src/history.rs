@@ -179,7 +179,8 @@ impl HistoryWriter {
         Ok(())
     }
 
-    fn append(&mut self, fixed: &Fixed, event_id: &str) -> std::io::Result<u64> {
+    /// Appends one entry (its `prev` as given); returns its cursor.
+    pub fn append(&mut self, fixed: &Fixed, event_id: &str) -> std::io::Result<u64> {
         if self.end - self.segment_start >= self.segment_bytes_max {
             self.roll()?;
         }
@@ -293,7 +294,8 @@ const OUTCOMES: [Outcome; 6] = [
 ];
 
 impl Fixed {
-    fn encode(&self, event_id: &str, out: &mut Vec<u8>) {
+    /// Appends the entry's bytes (length first) to `out`.
+    pub fn encode(&self, event_id: &str, out: &mut Vec<u8>) {
         let len = (FIXED + event_id.len()) as u32;
         out.extend_from_slice(&len.to_le_bytes());
         out.extend_from_slice(&self.prev.to_le_bytes());
@@ -320,7 +322,8 @@ impl Fixed {
 }
 
 impl Entry {
-    fn decode(bytes: &[u8]) -> Option<Entry> {
+    /// The entry whose bytes (length first) are all of `bytes`.
+    pub fn decode(bytes: &[u8]) -> Option<Entry> {
         let i64_at = |at: usize| i64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
         let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
         if bytes.len() < FIXED {

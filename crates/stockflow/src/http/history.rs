@@ -74,9 +74,9 @@ fn reader(state: &AppState, partition: u16) -> Result<HistoryReader, ApiError> {
 
 #[derive(Deserialize)]
 pub struct HistoryPage {
-    before: Option<String>,
+    pub before: Option<String>,
     #[serde(flatten)]
-    page: Page,
+    pub page: Page,
 }
 
 /// Applied events of a level with the level after each, newest first.
@@ -87,27 +87,46 @@ pub async fn history(
 ) -> Result<Json<Value>, ApiError> {
     let limit = limit(&query.page)?;
     let (partition, head) = head(&state, &sku, &location)?;
-    let start = match query.before.as_deref() {
-        None => head,
+    let start = page_start(head, query.before.as_deref())?;
+    let policy = super::query::policy(&state, &sku, &location);
+    let reader = reader(&state, partition)?;
+    tokio::task::block_in_place(|| page_json(&sku, &location, &reader, start, limit, policy))
+        .map(Json)
+}
+
+/// Up to `limit` entries of a level's history from cursor `start` back,
+/// as GET …/history answers them.
+pub fn page_json(
+    sku: &str,
+    location: &str,
+    reader: &HistoryReader,
+    start: u64,
+    limit: usize,
+    policy: Policy,
+) -> Result<Value, ApiError> {
+    let (entries, next) = reader.walk(start, limit).map_err(io_error)?;
+    Ok(json!({
+        "sku": sku,
+        "locationId": location,
+        "events": entries.iter().map(|e| entry_json(e, policy)).collect::<Vec<_>>(),
+        "nextBefore": next.ok().map(|n| n.to_string()),
+        "olderCompacted": next == Err(ChainEnd::Compacted),
+    }))
+}
+
+/// The cursor to start a page at: the newest entry (`head`) or the
+/// `before` a previous page gave.
+pub fn page_start(head: u64, before: Option<&str>) -> Result<u64, ApiError> {
+    match before {
+        None => Ok(head),
         Some(text) => text
             .parse::<u64>()
             .ok()
             .filter(|b| *b > 0 && *b <= head)
             .ok_or_else(|| {
                 ApiError::bad_request("before must be a nextBefore value of this level's history")
-            })?,
-    };
-    let policy = super::query::policy(&state, &sku, &location);
-    let reader = reader(&state, partition)?;
-    let (entries, next) =
-        tokio::task::block_in_place(|| reader.walk(start, limit)).map_err(io_error)?;
-    Ok(Json(json!({
-        "sku": sku,
-        "locationId": location,
-        "events": entries.iter().map(|e| entry_json(e, policy)).collect::<Vec<_>>(),
-        "nextBefore": next.ok().map(|n| n.to_string()),
-        "olderCompacted": next == Err(ChainEnd::Compacted),
-    })))
+            }),
+    }
 }
 
 /// Parses `asOf`.
@@ -116,8 +135,8 @@ pub fn parse_as_of(text: &str) -> Result<Timestamp, ApiError> {
         .ok_or_else(|| ApiError::bad_request(format!("asOf: {text:?} is not an RFC 3339 time")))
 }
 
-fn too_old(state: &AppState, at: Timestamp) -> ApiError {
-    let days = state.config.history_retention_ns / (24 * 3600 * 1_000_000_000);
+fn too_old(retention_ns: i64, at: Timestamp) -> ApiError {
+    let days = retention_ns / (24 * 3600 * 1_000_000_000);
     ApiError::new(
         StatusCode::GONE,
         "beyond_retention",
@@ -137,16 +156,30 @@ pub fn level_as_of(
 ) -> Result<Option<Value>, ApiError> {
     let (partition, head) = head(state, sku, location)?;
     let reader = reader(state, partition)?;
-    let found = tokio::task::block_in_place(|| reader.as_of(head, at)).map_err(io_error)?;
+    let policy = super::query::policy(state, sku, location);
+    let retention = state.config.history_retention_ns;
+    tokio::task::block_in_place(|| as_of_json(sku, location, &reader, head, at, policy, retention))
+}
+
+/// The level whose newest history entry is at `head`, as processing had
+/// left it at `at`; `None` if it did not exist yet.
+pub fn as_of_json(
+    sku: &str,
+    location: &str,
+    reader: &HistoryReader,
+    head: u64,
+    at: Timestamp,
+    policy: Policy,
+    retention_ns: i64,
+) -> Result<Option<Value>, ApiError> {
+    let found = reader.as_of(head, at).map_err(io_error)?;
     let Some((numbers, entry)) = found else {
         return Ok(None);
     };
-    let horizon =
-        crate::pipeline::wall_clock().saturating_sub_ns(state.config.history_retention_ns);
+    let horizon = crate::pipeline::wall_clock().saturating_sub_ns(retention_ns);
     if entry.is_none() && at < horizon {
-        return Err(too_old(state, at));
+        return Err(too_old(retention_ns, at));
     }
-    let policy = super::query::policy(state, sku, location);
     let mut level = numbers_json(&numbers, policy);
     level["sku"] = json!(sku);
     level["locationId"] = json!(location);

@@ -10,7 +10,7 @@ mod check;
 pub(crate) mod dashboard;
 pub(crate) mod dead_letters;
 mod error;
-mod history;
+pub(crate) mod history;
 mod ingest;
 pub mod orders;
 pub(crate) mod query;

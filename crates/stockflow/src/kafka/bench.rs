@@ -63,7 +63,14 @@ pub async fn run(
     };
     let first_dir = tempfile::tempdir()?;
     let shared = Arc::new(Shared::new(n));
-    let first = processor::start(settings.clone(), engine, first_dir.path(), shared.clone())?;
+    let retention = crate::config::Config::new(std::path::PathBuf::new()).history_retention_ns;
+    let first = processor::start(
+        settings.clone(),
+        engine,
+        first_dir.path(),
+        shared.clone(),
+        retention,
+    )?;
     wait_active(&shared, n, "the processor to own every partition").await?;
 
     // The mock cluster keeps only about 5 MB per partition: a backlog any
@@ -162,6 +169,7 @@ pub async fn run(
         engine,
         second_dir.path(),
         restored.clone(),
+        retention,
     )?;
     wait_active(&restored, n, "the changelog restore").await?;
     let restore_s = restoring.elapsed().as_secs_f64();

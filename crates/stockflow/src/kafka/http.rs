@@ -25,7 +25,7 @@ use serde_json::{json, Value};
 use stockflow_core::{parse_body, route, BodyError, BodyFormat, LevelView, Parsed, Totals};
 
 use super::cluster::Cluster;
-use super::processor::{Reason, Shared, ACTIVE, RESTORING};
+use super::processor::{Reason, Shared, ACTIVE, NOT_OWNED, RESTORING};
 use super::wire::canonical_json;
 use super::{catalog, orders};
 use super::{level_key, KafkaSettings};
@@ -63,6 +63,7 @@ pub fn router(app: Arc<KafkaApp>) -> Router {
         )
         .route("/v1/stock/{sku}/{location_id}", get(level))
         .route("/v1/stock/{sku}", get(sku_levels))
+        .route("/v1/stock/{sku}/{location_id}/history", get(history))
         .route("/v1/locations/{location_id}/stock", get(location_levels))
         .route("/v1/alerts", get(alerts))
         .route(
@@ -119,7 +120,7 @@ pub fn router(app: Arc<KafkaApp>) -> Router {
                 StatusCode::NOT_IMPLEMENTED,
                 "not_in_kafka_mode",
                 format!(
-                    "{} is not available in Kafka mode yet; run the embedded mode for it. Kafka mode has events, source formats, stock, products, locations, items, regions, alerts, orders, dead letters (to read), the stream, activity, /v1/cluster and the web UI",
+                    "{} is not available in Kafka mode yet; run the embedded mode for it. Kafka mode has events, source formats, stock (with history and asOf), products, locations, items, regions, alerts, orders, dead letters (to read), the stream, activity, /v1/cluster and the web UI",
                     uri.path()
                 ),
             )
@@ -533,6 +534,9 @@ pub(super) fn restoring(p: u16) -> ApiError {
 #[derive(Deserialize, Default, Clone)]
 pub struct ReadQuery {
     pub(super) stale: Option<bool>,
+    /// A past time: the level(s) as processing had left them then.
+    #[serde(rename = "asOf")]
+    pub(super) as_of: Option<String>,
     /// `local`: only this instance's partitions (what members ask each other).
     pub(super) scope: Option<String>,
     pub(super) status: Option<String>,
@@ -578,6 +582,20 @@ async fn level(
 ) -> Response {
     let p = route(&sku, &location, app.settings.partitions);
     let status = app.shared.status(p);
+    if let Some(text) = &query.as_of {
+        if status != NOT_OWNED {
+            return local_as_of(&app, p, &sku, &location, text)
+                .map(Json)
+                .into_response();
+        }
+        let path = format!(
+            "/v1/stock/{}/{}?asOf={}",
+            encode(&sku),
+            encode(&location),
+            encode(text)
+        );
+        return at_owner(&app, p, &headers, &path).await;
+    }
     let stale = query.stale == Some(true);
     if status == ACTIVE || (status == RESTORING && stale) {
         let partition = app.shared.partitions[p as usize].read();
@@ -600,21 +618,121 @@ async fn level(
     if status == RESTORING {
         return restoring(p).into_response();
     }
+    let query = if stale { "?stale=true" } else { "" };
+    let path = format!("/v1/stock/{}/{}{query}", encode(&sku), encode(&location));
+    at_owner(&app, p, &headers, &path).await
+}
+
+/// Forwards a request for partition `p` to its owner (never a second time).
+async fn at_owner(app: &KafkaApp, p: u16, headers: &HeaderMap, path: &str) -> Response {
     if headers.contains_key(FORWARDED) {
         return not_owned(p).into_response();
     }
     match app.cluster.owner(p) {
         Some((owner, _)) if owner.instance_id != app.instance_id => {
-            let query = if stale { "?stale=true" } else { "" };
-            forward(
-                &app,
-                &owner.url,
-                &format!("/v1/stock/{}/{}{query}", encode(&sku), encode(&location)),
-            )
-            .await
+            forward(app, &owner.url, path).await
         }
         _ => not_owned(p).into_response(),
     }
+}
+
+/// GET /v1/stock/{sku}/{locationId}/history?before=&limit=: answered by
+/// the level's owner from the history it keeps ([`super::history`]).
+async fn history(
+    State(app): State<Arc<KafkaApp>>,
+    Path((sku, location)): Path<(String, String)>,
+    Query(query): Query<crate::http::history::HistoryPage>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+) -> Response {
+    let p = route(&sku, &location, app.settings.partitions);
+    if app.shared.status(p) == NOT_OWNED {
+        let path = uri.path_and_query().map_or(uri.path(), |pq| pq.as_str());
+        return at_owner(&app, p, &headers, path).await;
+    }
+    let answer = || -> Result<Value, ApiError> {
+        let limit = crate::http::query::limit(&query.page)?;
+        let (book, reader) = history_of(&app, p)?;
+        let head = book
+            .head(&sku, &location)
+            .ok_or_else(|| no_level(&sku, &location))?;
+        let start = crate::http::history::page_start(head, query.before.as_deref())?;
+        let policy = app.shared.partitions[p as usize]
+            .read()
+            .policy_of_level(&sku, &location);
+        // The book stays read-locked while the files are read: undoing
+        // an orphaned cycle cuts them.
+        crate::http::history::page_json(&sku, &location, &reader, start, limit, policy)
+    };
+    tokio::task::block_in_place(answer)
+        .map(Json)
+        .into_response()
+}
+
+fn no_level(sku: &str, location: &str) -> ApiError {
+    ApiError::not_found(format!(
+        "no stock level for sku {sku:?} at location {location:?}"
+    ))
+}
+
+/// Partition `p`'s history, read-locked, and a reader of its files; 503
+/// while it is being rebuilt.
+fn history_of(
+    app: &KafkaApp,
+    p: u16,
+) -> Result<
+    (
+        parking_lot::RwLockReadGuard<'_, super::history::Book>,
+        crate::history::HistoryReader,
+    ),
+    ApiError,
+> {
+    let book = app.shared.history[p as usize].read();
+    if !book.current {
+        let mut error = ApiError::overloaded(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the history of partition {p} is being rebuilt from the history topic after a rebalance; retry shortly"),
+        );
+        error.code = "restoring";
+        return Err(error);
+    }
+    let reader = crate::history::HistoryReader::open(&app.config.data_dir.join("kafka"), p)
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "history_unreadable",
+                format!("cannot read history: {e}"),
+            )
+        })?;
+    Ok((book, reader))
+}
+
+/// A level of an owned partition as of `text`: 404 if it did not exist then.
+fn local_as_of(
+    app: &KafkaApp,
+    p: u16,
+    sku: &str,
+    location: &str,
+    text: &str,
+) -> Result<Value, ApiError> {
+    let at = crate::http::history::parse_as_of(text)?;
+    tokio::task::block_in_place(|| {
+        let (book, reader) = history_of(app, p)?;
+        let head = book
+            .head(sku, location)
+            .ok_or_else(|| no_level(sku, location))?;
+        let policy = app.shared.partitions[p as usize]
+            .read()
+            .policy_of_level(sku, location);
+        let retention = app.config.history_retention_ns;
+        crate::http::history::as_of_json(sku, location, &reader, head, at, policy, retention)?
+            .ok_or_else(|| {
+                ApiError::not_found(format!(
+                    "sku {sku:?} at location {location:?} had no stock level yet at {}",
+                    at.to_rfc3339()
+                ))
+            })
+    })
 }
 
 pub(super) fn encode(segment: &str) -> String {
@@ -715,6 +833,9 @@ async fn sku_levels(
     Path(sku): Path<String>,
     Query(query): Query<ReadQuery>,
 ) -> Result<Json<Value>, ApiError> {
+    if let Some(text) = &query.as_of {
+        crate::http::history::parse_as_of(text)?;
+    }
     let (views, restoring_here) = local_views(&app, |p| {
         p.levels_of_sku(&sku)
             .into_iter()
@@ -724,21 +845,41 @@ async fn sku_levels(
             })
             .collect()
     });
-    let mut levels: Vec<Value> = views
-        .iter()
-        .map(|(v, policy)| level_json(v, *policy))
-        .collect();
+    let mut levels: Vec<Value> = match &query.as_of {
+        None => views
+            .iter()
+            .map(|(v, policy)| level_json(v, *policy))
+            .collect(),
+        // Every level there is now, as of then (404: it did not exist yet).
+        Some(text) => {
+            let mut levels = Vec::new();
+            for (v, _) in &views {
+                let p = route(&v.sku, &v.location_id, app.settings.partitions);
+                match local_as_of(&app, p, &sku, &v.location_id, text) {
+                    Ok(level) => levels.push(level),
+                    Err(error) if error.status == StatusCode::NOT_FOUND => {}
+                    Err(error) => return Err(error),
+                }
+            }
+            levels
+        }
+    };
     if query.scope.as_deref() == Some("local") {
         if let Some(p) = restoring_here.first() {
             return Err(restoring(*p));
         }
         return Ok(Json(json!({"sku": sku, "locations": levels})));
     }
-    levels.extend(gather(&app, &format!("/v1/stock/{}", encode(&sku)), "locations").await?);
+    let path = match &query.as_of {
+        None => format!("/v1/stock/{}", encode(&sku)),
+        Some(text) => format!("/v1/stock/{}?asOf={}", encode(&sku), encode(text)),
+    };
+    levels.extend(gather(&app, &path, "locations").await?);
     if levels.is_empty() {
-        return Err(ApiError::not_found(format!(
-            "no stock levels for sku {sku:?}"
-        )));
+        return Err(ApiError::not_found(match &query.as_of {
+            None => format!("no stock levels for sku {sku:?}"),
+            Some(at) => format!("sku {sku:?} had no stock levels yet at {at}"),
+        }));
     }
     levels.sort_by(|a, b| a["locationId"].as_str().cmp(&b["locationId"].as_str()));
     let mut totals = Totals::default();
@@ -748,11 +889,15 @@ async fn sku_levels(
         totals.available += number(l, "available");
         totals.in_transit += number(l, "inTransit");
     }
-    Ok(Json(json!({
+    let mut answer = json!({
         "sku": sku,
         "totals": {"onHand": totals.on_hand, "reserved": totals.reserved, "available": totals.available, "inTransit": totals.in_transit},
         "locations": levels,
-    })))
+    });
+    if let Some(text) = &query.as_of {
+        answer["asOf"] = json!(crate::http::history::parse_as_of(text)?.to_rfc3339());
+    }
+    Ok(Json(answer))
 }
 
 /// GET /v1/locations/{id}/stock?status=&limit=&after=: a page merged from

@@ -29,6 +29,7 @@ pub mod bench;
 pub mod catalog;
 pub mod cluster;
 pub mod dead_letters;
+pub mod history;
 pub mod http;
 pub mod live;
 pub mod normaliser;
@@ -59,6 +60,9 @@ pub struct Topics {
     pub catalog: String,
     pub dlq: String,
     pub cluster: String,
+    /// Every change to every level, per canonical partition: what level
+    /// history is rebuilt from (see [`history`]).
+    pub history: String,
     /// Raw topics are this prefix plus a source format's name.
     pub raw_prefix: String,
 }
@@ -82,6 +86,7 @@ impl Topics {
             catalog: name("catalog"),
             dlq: name("dlq"),
             cluster: name("cluster"),
+            history: name("history"),
             raw_prefix: name("events.raw."),
         }
     }
@@ -331,8 +336,13 @@ impl KafkaServer {
         engine.partitions = settings.partitions;
         let shared = Arc::new(processor::Shared::new(settings.partitions));
         let cluster_state = Arc::new(cluster::Cluster::default());
-        let processor =
-            processor::start(settings.clone(), engine, &config.data_dir, shared.clone())?;
+        let processor = processor::start(
+            settings.clone(),
+            engine,
+            &config.data_dir,
+            shared.clone(),
+            config.history_retention_ns,
+        )?;
         let normaliser = normaliser::start(
             settings.clone(),
             config.sources.clone(),

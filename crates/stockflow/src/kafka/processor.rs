@@ -171,6 +171,8 @@ pub struct Shared {
     /// The levels of the SKUs homed in each partition, as their owners
     /// reported them: the SKU and region roll-ups.
     pub rollups: Vec<RwLock<RollupBook>>,
+    /// The history of each owned partition (see [`super::history`]).
+    pub history: Vec<RwLock<super::history::Book>>,
     pub status: Vec<AtomicU8>,
     /// Next canonical offset to apply, per partition (valid when owned).
     pub applied: Vec<AtomicI64>,
@@ -198,6 +200,7 @@ impl Shared {
             partitions: (0..n).map(|_| RwLock::new(Partition::default())).collect(),
             books: (0..n).map(|_| RwLock::new(SagaBook::default())).collect(),
             rollups: (0..n).map(|_| RwLock::new(RollupBook::default())).collect(),
+            history: (0..n).map(|_| RwLock::default()).collect(),
             status: (0..n).map(|_| AtomicU8::new(NOT_OWNED)).collect(),
             outcomes: (0..n).map(|_| Mutex::new(Outcomes::default())).collect(),
             applied: (0..n).map(|_| AtomicI64::new(0)).collect(),
@@ -1771,6 +1774,43 @@ impl Processor {
                 self.send_reports(*home, payload);
             }
         }
+        // Every change, in order, for the level histories.
+        let mut history = super::history::Records::new(from, to);
+        for (i, change) in changes.iter().enumerate() {
+            let batch = if i < transit_changes {
+                &events
+            } else {
+                &transit_batch
+            };
+            let position = change.position as usize;
+            let event = batch.rec(position);
+            let view = partition.view(change.slot);
+            let fixed = crate::history::Fixed {
+                prev: 0,
+                processed: now,
+                event_time: event.timestamp.unwrap_or(now),
+                record: 0,
+                event_type: event.event_type,
+                in_transit: change.in_transit,
+                outcome: change.outcome,
+                quantity: event.quantity,
+                before: change.before,
+                after: change.after,
+            };
+            history.push(
+                &view.sku,
+                &view.location_id,
+                &fixed,
+                batch.event_id(position),
+            );
+        }
+        for record in history.finish() {
+            self.send(
+                BaseRecord::<(), _>::to(&self.settings.topics.history)
+                    .partition(i32::from(p))
+                    .payload(&record),
+            );
+        }
         self.publish_alerts(p, &partition, alerts_before);
         drop(partition);
         self.step_orders(p, &messages, &replies, now);
@@ -1895,26 +1935,33 @@ fn contiguous<'a>(
 pub struct Running {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
+    history: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Running {
     /// Stops after the current cycle: flushes, snapshots, leaves the group.
     pub fn stop(mut self) {
         self.stop.store(true, Ordering::Release);
-        if let Some(thread) = self.thread.take() {
+        for thread in [self.thread.take(), self.history.take()]
+            .into_iter()
+            .flatten()
+        {
             let _ = thread.join();
         }
     }
 }
 
-/// Starts the processor thread.
+/// Starts the processor thread, and the thread that keeps the owned
+/// partitions' level histories (kept `history_retention_ns`).
 pub fn start(
     settings: KafkaSettings,
     engine: EngineConfig,
     data_dir: &Path,
     shared: Arc<Shared>,
+    history_retention_ns: i64,
 ) -> anyhow::Result<Running> {
     let data_dir = data_dir.join("kafka");
+    let history_dir = data_dir.clone();
     std::fs::create_dir_all(&data_dir)?;
     let mut config = settings.producer_config();
     if settings.transactions {
@@ -1976,6 +2023,13 @@ pub fn start(
         })?;
     consumer.subscribe(&[&settings.topics.canonical])?;
     let stop = Arc::new(AtomicBool::new(false));
+    let history = super::history::start(
+        &settings,
+        history_dir,
+        shared.clone(),
+        history_retention_ns,
+        stop.clone(),
+    )?;
     let stopping = stop.clone();
     let thread = std::thread::Builder::new()
         .name("kafka-processor".into())
@@ -1983,6 +2037,7 @@ pub fn start(
     Ok(Running {
         stop,
         thread: Some(thread),
+        history: Some(history),
     })
 }
 

@@ -40,7 +40,6 @@ pub fn specs<'a>(settings: &KafkaSettings, formats: impl Iterator<Item = &'a str
             partitions: n,
             config: vec![("cleanup.policy", "compact"), ("retention.ms", "-1")],
         },
-        // Latest level per sku:location.
         // Latest snapshot offset per changelog partition: one partition,
         // so a restoring owner reads it all at once.
         Spec {
@@ -48,6 +47,7 @@ pub fn specs<'a>(settings: &KafkaSettings, formats: impl Iterator<Item = &'a str
             partitions: 1,
             config: compact.clone(),
         },
+        // Latest level per sku:location.
         Spec {
             name: t.stock_levels.clone(),
             partitions: n,
@@ -69,6 +69,13 @@ pub fn specs<'a>(settings: &KafkaSettings, formats: impl Iterator<Item = &'a str
             name: t.orders.clone(),
             partitions: n,
             config: compact.clone(),
+        },
+        // Each level's history, for as long as the API serves it (the
+        // default --history-retention, 30 days).
+        Spec {
+            name: t.history.clone(),
+            partitions: n,
+            config: vec![("retention.ms", "2592000000")],
         },
         Spec {
             name: t.dlq.clone(),

@@ -713,6 +713,82 @@ fn three_instances_one_killed_mid_stream_end_equal_to_the_reference() {
             );
         }
     }
+    // Each level's history, through any instance: every distinct valid
+    // event on it exactly once, in the order its partition applied them
+    // (the kill, the restores and the rebuilt histories included), the
+    // newest entry at the level; and the levels as of now and before.
+    let mut applied: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    let mut seen = std::collections::HashSet::new();
+    for (key, line) in events.iter().chain(&arrivals) {
+        let event: Value = serde_json::from_str(line).unwrap();
+        let id = event["eventId"].as_str().unwrap().to_owned();
+        if event["quantity"].is_i64() && seen.insert(id.clone()) {
+            applied.entry(key.as_str()).or_default().push(id);
+        }
+    }
+    let now = Timestamp(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as i64,
+    )
+    .to_rfc3339();
+    for (i, ((sku, location), (on_hand, reserved, in_transit))) in want.iter().enumerate() {
+        let url = &instances[i % instances.len()].url;
+        let mut ids: Vec<String> = Vec::new();
+        let mut newest: Option<Value> = None;
+        let mut before = String::new();
+        loop {
+            let (status, page) = get_settled(&format!(
+                "{url}/v1/stock/{sku}/{location}/history?limit=1000{before}"
+            ));
+            assert_eq!(status, 200, "{page}");
+            for entry in page["events"].as_array().unwrap() {
+                newest.get_or_insert_with(|| entry["level"].clone());
+                if entry["part"] != "in_transit" {
+                    ids.push(entry["eventId"].as_str().unwrap().to_owned());
+                }
+            }
+            match page["nextBefore"].as_str() {
+                Some(next) => before = format!("&before={next}"),
+                None => break,
+            }
+        }
+        ids.reverse();
+        let key = format!("{sku}:{location}");
+        let want_ids = applied.get(key.as_str()).cloned().unwrap_or_default();
+        assert_eq!(ids, want_ids, "history of {key} via {url}");
+        let newest = newest.unwrap();
+        let numbers = |l: &Value| {
+            (
+                l["onHand"].as_i64(),
+                l["reserved"].as_i64(),
+                l["inTransit"].as_i64(),
+            )
+        };
+        let want = (Some(*on_hand), Some(*reserved), Some(*in_transit));
+        assert_eq!(numbers(&newest), want, "newest history entry of {key}");
+        let (status, then) = get_settled(&format!("{url}/v1/stock/{sku}/{location}?asOf={now}"));
+        assert_eq!(
+            (status, numbers(&then)),
+            (200, want),
+            "{key} as of now: {then}"
+        );
+        let (status, then) = get_settled(&format!(
+            "{url}/v1/stock/{sku}/{location}?asOf=2001-01-01T00:00:00Z"
+        ));
+        assert_eq!(status, 404, "{key} before it existed: {then}");
+    }
+    // A SKU as of now, gathered from every member: the reference's sums.
+    let (status, k00) = get_settled(&format!("{}/v1/stock/K00?asOf={now}", instances[1].url));
+    assert_eq!(status, 200, "{k00}");
+    let on_hand: i64 = want
+        .iter()
+        .filter(|((sku, _), _)| sku == "K00")
+        .map(|(_, (on_hand, _, _))| on_hand)
+        .sum();
+    assert_eq!(k00["totals"]["onHand"].as_i64(), Some(on_hand), "{k00}");
+
     // A SKU's roll-up is kept at the SKU's home partition from the
     // reports its levels' owners send through the repartition topic
     // (homes restored after the kill included): the reference's sums,
