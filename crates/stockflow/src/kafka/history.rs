@@ -8,19 +8,27 @@
 //! materialiser, from that topic: from its beginning when a partition is
 //! assigned (queries answer 503 until it has caught up), then as it grows.
 //!
-//! A record carries the input positions its cycle covered. Without broker
-//! transactions an owner can die after its history record and before its
-//! changelog record; the next owner applies the same inputs again and
-//! writes their history again, starting from the same positions. So a
-//! record whose start equals that of one already materialised replaces it
-//! and everything after it: the materialiser cuts its files back and
-//! restores each level's cursor. History thus holds each applied event
-//! once, exactly as the changelog does. (With transactions the orphan is
-//! aborted and never read.)
+//! A record carries the input positions its cycle covered and its
+//! writer (one id per processor run); every cycle writes one, changes or
+//! not, so a writer's records form a chain (each starts where the last
+//! ended). The materialiser follows one chain:
+//! - **Orphans.** Without broker transactions an owner can die after its
+//!   history record and before its changelog record; the next owner
+//!   applies the same inputs again from the same positions. A record that
+//!   starts where a materialised one started replaces it and everything
+//!   after it: the files are cut back and each level's cursor restored.
+//!   (With transactions the orphan is aborted and never read.)
+//! - **Forks.** A group that assigns a partition twice (seen on tansu) or
+//!   a zombie has two writers at once, each with its own chain. The
+//!   chain of this instance's own processor wins once it has written;
+//!   before that, the writer that last replaced or continued the chain.
+//!   Records of other chains are skipped.
+//!
+//! History thus holds each applied event once, as the changelog does.
 //!
 //! ```text
 //! record: version u8 (1) | from (canonical, repartition) 2×i64
-//!         | to 2×i64 | part u16 | entries…                (little-endian)
+//!         | to 2×i64 | part u16 | writer u64 | entries…   (little-endian)
 //! entry:  sku_len u16 | sku | location_len u16 | location
 //!         | the local entry (see crate::history), prev = 0
 //! ```
@@ -41,7 +49,7 @@ use super::KafkaSettings;
 use crate::history::{Entry, Fixed, HistoryWriter};
 
 const VERSION: u8 = 1;
-const HEADER: usize = 1 + 4 * 8 + 2;
+const HEADER: usize = 1 + 4 * 8 + 2 + 8;
 /// Most entries in one history record: ~150 bytes each keeps a record
 /// well under Kafka's 1 MB default message size.
 pub const ENTRIES_PER_RECORD: usize = 4_000;
@@ -80,6 +88,7 @@ impl Book {
 pub struct Records {
     from: Positions,
     to: Positions,
+    writer: u64,
     part: u16,
     entries: usize,
     buf: Vec<u8>,
@@ -87,10 +96,11 @@ pub struct Records {
 }
 
 impl Records {
-    pub fn new(from: Positions, to: Positions) -> Records {
+    pub fn new(from: Positions, to: Positions, writer: u64) -> Records {
         let mut records = Records {
             from,
             to,
+            writer,
             part: 0,
             entries: 0,
             buf: Vec::new(),
@@ -112,6 +122,7 @@ impl Records {
             self.buf.extend_from_slice(&v.to_le_bytes());
         }
         self.buf.extend_from_slice(&self.part.to_le_bytes());
+        self.buf.extend_from_slice(&self.writer.to_le_bytes());
         self.entries = 0;
     }
 
@@ -130,9 +141,10 @@ impl Records {
         }
     }
 
-    /// The records to send, in order (none for a cycle without changes).
+    /// The records to send, in order: at least one, so that a writer's
+    /// chain has no holes.
     pub fn finish(mut self) -> Vec<Vec<u8>> {
-        if self.entries > 0 {
+        if self.entries > 0 || self.done.is_empty() {
             self.done.push(self.buf);
         }
         self.done
@@ -142,7 +154,9 @@ impl Records {
 /// A history record read back.
 struct Record<'a> {
     from: Positions,
+    to: Positions,
     part: u16,
+    writer: u64,
     entries: &'a [u8],
 }
 
@@ -156,7 +170,12 @@ fn decode(bytes: &[u8]) -> Option<Record<'_>> {
             canonical: i64_at(1),
             repartition: i64_at(9),
         },
+        to: Positions {
+            canonical: i64_at(17),
+            repartition: i64_at(25),
+        },
         part: u16::from_le_bytes([bytes[33], bytes[34]]),
+        writer: u64::from_le_bytes(bytes[35..43].try_into().expect("8 bytes")),
         entries: &bytes[HEADER..],
     })
 }
@@ -182,8 +201,23 @@ fn next_entry(bytes: &[u8]) -> Option<(&str, &str, Entry, &[u8])> {
 /// the cursors they replaced, to undo it.
 struct Cycle {
     from: Positions,
+    to: Positions,
+    writer: u64,
+    /// Parts read so far.
+    parts: u16,
     start: u64,
     undo: Vec<(String, u64)>,
+}
+
+enum Placement {
+    /// Starts the next cycle of the chain.
+    Next,
+    /// The next part of the last cycle.
+    Continue,
+    /// Starts where the cycle at this index of `cycles` started.
+    Replace(usize),
+    /// Another chain's.
+    Skip,
 }
 
 /// One owned partition being materialised.
@@ -199,6 +233,11 @@ struct Local {
     /// Caught up once the record before this offset is read.
     target: i64,
     next: i64,
+    /// This instance's processor, whose chain wins once it has written.
+    own: u64,
+    own_seen: bool,
+    /// Records of other chains skipped.
+    skipped: u64,
 }
 
 struct Materialiser {
@@ -320,6 +359,9 @@ impl Materialiser {
                     dirty: Vec::new(),
                     target: high,
                     next: low,
+                    own: self.shared.writer,
+                    own_seen: false,
+                    skipped: 0,
                 },
             );
             let _ = added.add_partition_offset(&self.topic, i32::from(p), Offset::Beginning);
@@ -354,7 +396,12 @@ impl Materialiser {
             };
             local.next = message.offset() + 1;
             let applied = match message.payload().and_then(decode) {
-                Some(record) => local.apply(&record),
+                Some(record) => local.apply(&record).map(|followed| {
+                    if !followed {
+                        local.skipped += 1;
+                        metrics::counter!("stockflow_kafka_history_forks_total").increment(1);
+                    }
+                }),
                 None => Err("not a history record of this version".into()),
             };
             if let Err(error) = applied {
@@ -398,37 +445,79 @@ impl Materialiser {
 }
 
 impl Local {
-    fn apply(&mut self, record: &Record<'_>) -> Result<(), String> {
-        if record.part == 0 {
-            // The same inputs again: what was materialised from them on
-            // was never committed. Undo it, newest first.
-            if let Some(at) = self.cycles.iter().position(|c| c.from == record.from) {
-                let undone: Vec<Cycle> = self.cycles.drain(at..).collect();
-                for cycle in undone.iter().rev() {
-                    for (key, head) in cycle.undo.iter().rev() {
-                        if *head == 0 {
-                            self.heads.remove(key);
-                        } else {
-                            self.heads.insert(key.clone(), *head);
-                        }
-                        self.dirty.push((key.clone(), *head));
-                    }
+    /// Whether `record` belongs to the chain followed, and if so where.
+    fn place(&self, record: &Record<'_>) -> Placement {
+        let own = record.writer == self.own;
+        if self.own_seen && !own {
+            return Placement::Skip;
+        }
+        let last = self.cycles.back();
+        if record.part > 0 {
+            return match last {
+                Some(c)
+                    if c.writer == record.writer
+                        && c.from == record.from
+                        && c.parts == record.part =>
+                {
+                    Placement::Continue
                 }
-                let start = undone[0].start;
-                self.writer.flush().map_err(|e| e.to_string())?;
-                self.writer =
-                    HistoryWriter::open(&self.dir, self.p, start).map_err(|e| e.to_string())?;
-                tracing::info!(
-                    partition = self.p,
-                    cycles = undone.len(),
-                    "history: replaced what an owner wrote before it died"
-                );
+                _ => Placement::Skip,
+            };
+        }
+        if let Some(at) = self.cycles.iter().position(|c| c.from == record.from) {
+            return Placement::Replace(at);
+        }
+        match last {
+            None => Placement::Next,
+            Some(c) if c.to == record.from => Placement::Next,
+            // A hole in a chain followed (nothing of it should be lost),
+            // or this instance's writer starting where nothing ended.
+            Some(c) if c.writer == record.writer || own => Placement::Next,
+            Some(_) => Placement::Skip,
+        }
+    }
+
+    /// Materialises `record`; false if it was skipped as another chain's.
+    fn apply(&mut self, record: &Record<'_>) -> Result<bool, String> {
+        let placement = self.place(record);
+        if matches!(placement, Placement::Skip) {
+            return Ok(false);
+        }
+        self.own_seen |= record.writer == self.own;
+        if let Placement::Replace(at) = placement {
+            // The same inputs again: what was materialised from them on
+            // was never committed, or is another chain's. Undo it, newest
+            // first.
+            let undone: Vec<Cycle> = self.cycles.drain(at..).collect();
+            for cycle in undone.iter().rev() {
+                for (key, head) in cycle.undo.iter().rev() {
+                    if *head == 0 {
+                        self.heads.remove(key);
+                    } else {
+                        self.heads.insert(key.clone(), *head);
+                    }
+                    self.dirty.push((key.clone(), *head));
+                }
             }
+            let start = undone[0].start;
+            self.writer.flush().map_err(|e| e.to_string())?;
+            self.writer =
+                HistoryWriter::open(&self.dir, self.p, start).map_err(|e| e.to_string())?;
+            tracing::info!(
+                partition = self.p,
+                cycles = undone.len(),
+                "history: replaced cycles another writer wrote from the same inputs"
+            );
+        }
+        if record.part == 0 {
             if self.cycles.len() == CYCLES_KEPT {
                 self.cycles.pop_front();
             }
             self.cycles.push_back(Cycle {
                 from: record.from,
+                to: record.to,
+                writer: record.writer,
+                parts: 0,
                 start: self.writer.end(),
                 undo: Vec::new(),
             });
@@ -437,6 +526,7 @@ impl Local {
             .cycles
             .back_mut()
             .ok_or("a record continues a cycle never seen")?;
+        cycle.parts += 1;
         let mut rest = record.entries;
         while !rest.is_empty() {
             let (sku, location, mut entry, after) =
@@ -453,7 +543,7 @@ impl Local {
             self.heads.insert(key.clone(), head);
             self.dirty.push((key, head));
         }
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -461,6 +551,10 @@ impl Local {
 mod tests {
     use super::*;
     use stockflow_core::{EventType, Numbers, Outcome, Timestamp};
+
+    const A: u64 = 1;
+    const B: u64 = 2;
+    const OWN: u64 = 9;
 
     fn fixed(on_hand: i64) -> Fixed {
         Fixed {
@@ -497,24 +591,36 @@ mod tests {
             dirty: Vec::new(),
             target: 0,
             next: 0,
+            own: OWN,
+            own_seen: false,
+            skipped: 0,
         }
     }
 
-    fn feed(local: &mut Local, from: i64, to: i64, ids: &[&str]) {
-        let mut records = Records::new(at(from), at(to));
+    fn feed(local: &mut Local, writer: u64, from: i64, to: i64, ids: &[&str]) {
+        let mut records = Records::new(at(from), at(to), writer);
         for (i, id) in ids.iter().enumerate() {
             records.push("S", "L", &fixed(i as i64), id);
         }
         for bytes in records.finish() {
-            local.apply(&decode(&bytes).unwrap()).unwrap();
+            if !local.apply(&decode(&bytes).unwrap()).unwrap() {
+                local.skipped += 1;
+            }
         }
         local.writer.flush().unwrap();
     }
 
+    /// The level's entries, oldest first, and their count in the files.
     fn chain(dir: &std::path::Path, local: &Local) -> Vec<String> {
         let reader = crate::history::HistoryReader::open(dir, 3).unwrap();
         let head = local.heads[&level("S", "L")];
-        let (entries, _) = reader.walk(head, 100).unwrap();
+        let (entries, _) = reader.walk(head, usize::MAX).unwrap();
+        let bytes: usize = entries.iter().map(|e| 95 + e.event_id.len()).sum();
+        assert_eq!(
+            local.writer.end() as usize,
+            bytes,
+            "files hold only the chain"
+        );
         entries.into_iter().rev().map(|e| e.event_id).collect()
     }
 
@@ -522,26 +628,60 @@ mod tests {
     fn cycles_chain_a_level_and_a_repeated_start_replaces_the_orphans() {
         let dir = tempfile::tempdir().unwrap();
         let mut local = local(dir.path());
-        feed(&mut local, 0, 2, &["a", "b"]);
-        feed(&mut local, 2, 3, &["c"]);
+        feed(&mut local, A, 0, 2, &["a", "b"]);
+        feed(&mut local, A, 2, 3, &["c"]);
+        feed(&mut local, A, 3, 4, &[]);
         // Orphans: written by an owner that died before its changelog record.
-        feed(&mut local, 3, 5, &["d", "e"]);
-        feed(&mut local, 5, 6, &["f"]);
+        feed(&mut local, A, 4, 6, &["d", "e"]);
+        feed(&mut local, A, 6, 7, &["f"]);
         assert_eq!(chain(dir.path(), &local), ["a", "b", "c", "d", "e", "f"]);
-        // The next owner resumes at 3 and batches differently.
-        feed(&mut local, 3, 4, &["d"]);
-        feed(&mut local, 4, 6, &["e", "f"]);
-        assert_eq!(chain(dir.path(), &local), ["a", "b", "c", "d", "e", "f"]);
-        // The undone entries are gone from the files, not just unlinked.
-        let reader = crate::history::HistoryReader::open(dir.path(), 3).unwrap();
-        let (all, _) = reader.walk(local.heads[&level("S", "L")], 100).unwrap();
-        assert_eq!(all.len(), 6);
+        // The next owner resumes at 4 and batches differently.
+        feed(&mut local, B, 4, 5, &["d"]);
+        feed(&mut local, B, 5, 7, &["e", "f"]);
+        feed(&mut local, B, 7, 8, &["g"]);
         assert_eq!(
-            local.writer.end() as usize,
-            all.iter()
-                .map(|e| 4 + 8 * 4 + 3 + 8 + 48 + e.event_id.len())
-                .sum::<usize>()
+            chain(dir.path(), &local),
+            ["a", "b", "c", "d", "e", "f", "g"]
         );
+        assert_eq!(local.skipped, 0);
+    }
+
+    #[test]
+    fn of_two_writers_at_once_this_instances_chain_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut local = local(dir.path());
+        feed(&mut local, A, 0, 2, &["a", "b"]);
+        feed(&mut local, A, 2, 3, &["c"]);
+        // This instance's processor restored at 2 while A still writes.
+        feed(&mut local, OWN, 2, 4, &["c", "d"]);
+        feed(&mut local, A, 3, 4, &["d"]);
+        feed(&mut local, A, 4, 5, &["e"]);
+        feed(&mut local, OWN, 4, 6, &["e", "f"]);
+        // A's records never replace this instance's, even from a shared start.
+        feed(&mut local, A, 5, 6, &["f"]);
+        feed(&mut local, A, 6, 7, &["g"]);
+        feed(&mut local, OWN, 6, 7, &["g"]);
+        assert_eq!(
+            chain(dir.path(), &local),
+            ["a", "b", "c", "d", "e", "f", "g"]
+        );
+        assert_eq!(local.skipped, 4);
+    }
+
+    #[test]
+    fn before_this_instance_writes_the_replacing_writer_is_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut local = local(dir.path());
+        feed(&mut local, A, 0, 2, &["a", "b"]);
+        feed(&mut local, A, 2, 4, &["c", "d"]);
+        feed(&mut local, B, 2, 3, &["c"]);
+        // A's next record continues a chain no longer followed.
+        feed(&mut local, A, 4, 5, &["e"]);
+        feed(&mut local, B, 3, 5, &["d", "e"]);
+        // Then this instance takes over where B's chain ended.
+        feed(&mut local, OWN, 5, 6, &["f"]);
+        assert_eq!(chain(dir.path(), &local), ["a", "b", "c", "d", "e", "f"]);
+        assert_eq!(local.skipped, 1);
     }
 
     #[test]
@@ -551,28 +691,27 @@ mod tests {
         let ids: Vec<String> = (0..ENTRIES_PER_RECORD + 10)
             .map(|i| format!("e{i}"))
             .collect();
-        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-        let mut records = Records::new(at(0), at(9));
+        let mut records = Records::new(at(0), at(9), A);
         for (i, id) in ids.iter().enumerate() {
             records.push("S", "L", &fixed(i as i64), id);
         }
         let records = records.finish();
         assert_eq!(records.len(), 2);
-        for bytes in &records {
-            local.apply(&decode(bytes).unwrap()).unwrap();
+        // Read whole, and again whole after a crash: each entry once.
+        for _ in 0..2 {
+            for bytes in &records {
+                assert!(local.apply(&decode(bytes).unwrap()).unwrap());
+            }
+            local.writer.flush().unwrap();
+            assert_eq!(chain(dir.path(), &local), ids);
         }
-        local.writer.flush().unwrap();
-        assert_eq!(chain(dir.path(), &local).len(), 100);
-        assert_eq!(local.heads.len(), 1);
-        // Replayed whole after a crash: still each entry once.
-        for bytes in &records {
-            local.apply(&decode(bytes).unwrap()).unwrap();
+        // A second part alone (its first never read) is not followed.
+        let mut orphan_part = Records::new(at(9), at(12), B);
+        for (i, id) in ids.iter().enumerate() {
+            orphan_part.push("S", "L", &fixed(i as i64), id);
         }
-        local.writer.flush().unwrap();
-        let reader = crate::history::HistoryReader::open(dir.path(), 3).unwrap();
-        let (all, _) = reader
-            .walk(local.heads[&level("S", "L")], usize::MAX)
-            .unwrap();
-        assert_eq!(all.len(), ids.len());
+        let parts = orphan_part.finish();
+        assert!(!local.apply(&decode(&parts[1]).unwrap()).unwrap());
+        assert_eq!(chain(dir.path(), &local), ids);
     }
 }

@@ -173,6 +173,8 @@ pub struct Shared {
     pub rollups: Vec<RwLock<RollupBook>>,
     /// The history of each owned partition (see [`super::history`]).
     pub history: Vec<RwLock<super::history::Book>>,
+    /// This processor run's id in the history records it writes.
+    pub writer: u64,
     pub status: Vec<AtomicU8>,
     /// Next canonical offset to apply, per partition (valid when owned).
     pub applied: Vec<AtomicI64>,
@@ -201,6 +203,7 @@ impl Shared {
             books: (0..n).map(|_| RwLock::new(SagaBook::default())).collect(),
             rollups: (0..n).map(|_| RwLock::new(RollupBook::default())).collect(),
             history: (0..n).map(|_| RwLock::default()).collect(),
+            writer: rand::random(),
             status: (0..n).map(|_| AtomicU8::new(NOT_OWNED)).collect(),
             outcomes: (0..n).map(|_| Mutex::new(Outcomes::default())).collect(),
             applied: (0..n).map(|_| AtomicI64::new(0)).collect(),
@@ -1775,7 +1778,7 @@ impl Processor {
             }
         }
         // Every change, in order, for the level histories.
-        let mut history = super::history::Records::new(from, to);
+        let mut history = super::history::Records::new(from, to, self.shared.writer);
         for (i, change) in changes.iter().enumerate() {
             let batch = if i < transit_changes {
                 &events
