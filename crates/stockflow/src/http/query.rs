@@ -133,7 +133,7 @@ pub async fn sku(
     })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 pub struct Page {
     pub limit: Option<String>,
     pub after: Option<String>,

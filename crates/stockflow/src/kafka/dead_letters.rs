@@ -1,23 +1,118 @@
-//! GET /v1/dead-letters in Kafka mode: read from the DLQ topic (one
-//! partition), a dead letter's id being its offset. Read-only: to replay,
-//! produce the corrected payload to a raw topic again.
+//! Dead letters in Kafka mode, kept in the DLQ topic (one partition), a
+//! letter's id being its offset. Listing reads the topic; replaying (the
+//! stored or a corrected payload, through the letter's original route or
+//! raw topic's format) and discarding append a *resolution marker* to the
+//! same topic (headers `resolves` = the letter's id and `resolution`), so
+//! a resolved letter stays resolved for every instance and across
+//! restarts. Each instance follows the markers on a thread of its own
+//! ([`Resolved`]) and leaves resolved letters out of its lists.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{Query, State};
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
+use parking_lot::RwLock;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::FutureRecord;
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{json, Value};
+use stockflow_core::{parse_body, BodyError};
 
 use super::http::KafkaApp;
 use super::KafkaSettings;
 use crate::http::dead_letters::Filter;
 use crate::http::query::limit;
-use crate::http::ApiError;
+use crate::http::{read_body, ApiError};
+
+/// Header of a resolution marker: the id of the letter it resolves.
+const RESOLVES: &str = "resolves";
+/// Header of a resolution marker: `replayed` or `discarded`.
+const RESOLUTION: &str = "resolution";
+/// Longest wait for this instance to read back a marker it wrote.
+const READ_BACK_MAX: Duration = Duration::from_secs(10);
+
+/// The letters resolved so far, as this instance has read the markers.
+#[derive(Default)]
+pub struct Resolved {
+    ids: RwLock<HashSet<i64>>,
+    /// The DLQ offset read up to (exclusive).
+    read_to: AtomicI64,
+}
+
+impl Resolved {
+    pub fn contains(&self, id: i64) -> bool {
+        self.ids.read().contains(&id)
+    }
+}
+
+/// The thread that follows the DLQ topic's resolution markers.
+pub struct Follower {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Follower {
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Reads the DLQ topic from its beginning and on, collecting markers.
+pub fn follow(settings: &KafkaSettings, resolved: Arc<Resolved>) -> anyhow::Result<Follower> {
+    let reader: BaseConsumer = settings
+        .client(&[
+            ("enable.auto.commit", "false"),
+            ("group.id", &format!("{}-dead-letters", settings.group)),
+            ("fetch.wait.max.ms", "50"),
+        ])
+        .create()?;
+    let mut list = TopicPartitionList::new();
+    list.add_partition_offset(&settings.topics.dlq, 0, Offset::Beginning)?;
+    reader.assign(&list)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopping = stop.clone();
+    let thread = std::thread::Builder::new()
+        .name("kafka-dlq-markers".into())
+        .spawn(move || {
+            while !stopping.load(Ordering::Acquire) {
+                let Some(message) = reader.poll(Duration::from_millis(100)) else {
+                    continue;
+                };
+                let m = match message {
+                    Ok(m) => m,
+                    Err(error) => {
+                        tracing::warn!(%error, "reading the DLQ topic's markers");
+                        continue;
+                    }
+                };
+                if let Some(id) = marker_of(&m) {
+                    resolved.ids.write().insert(id);
+                }
+                resolved.read_to.store(m.offset() + 1, Ordering::Release);
+            }
+        })?;
+    Ok(Follower {
+        stop,
+        thread: Some(thread),
+    })
+}
+
+/// The letter a resolution marker resolves; `None` for a letter.
+fn marker_of<M: Message>(m: &M) -> Option<i64> {
+    m.headers()?
+        .iter()
+        .find(|h| h.key == RESOLVES)
+        .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse().ok())
+}
 
 /// Most DLQ records one request reads: a page that filters out the rest
 /// ends there, with `nextAfter` to read on from.
@@ -33,15 +128,17 @@ pub async fn list(
     let limit = limit(&filter.page)?;
     let after: Option<i64> = crate::http::dead_letters::after_id(&filter.page)?;
     let settings = app.settings.clone();
-    let scanned = tokio::task::spawn_blocking(move || scan(&settings, after, limit, &filter))
-        .await
-        .map_err(ApiError::stopping)?
-        .map_err(|e| {
-            ApiError::overloaded(
-                axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                format!("cannot read the DLQ topic ({e:#}); retry shortly"),
-            )
-        })?;
+    let resolved = app.resolved.clone();
+    let scanned =
+        tokio::task::spawn_blocking(move || scan(&settings, &resolved, after, limit, &filter))
+            .await
+            .map_err(ApiError::stopping)?
+            .map_err(|e| {
+                ApiError::overloaded(
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    format!("cannot read the DLQ topic ({e:#}); retry shortly"),
+                )
+            })?;
     let (letters, next) = scanned;
     Ok(Json(json!({
         "deadLetters": letters,
@@ -53,6 +150,7 @@ pub async fn list(
 /// next page starts (if anything may follow).
 fn scan(
     settings: &KafkaSettings,
+    resolved: &Resolved,
     after: Option<i64>,
     limit: usize,
     filter: &Filter,
@@ -88,6 +186,9 @@ fn scan(
         }
         last = m.offset();
         scanned += 1;
+        if marker_of(&m).is_some() || resolved.contains(m.offset()) {
+            continue;
+        }
         let headers: HashMap<&str, String> = m
             .headers()
             .map(|h| {
@@ -130,4 +231,147 @@ fn scan(
     // Stopped before the end (the scan's cap or deadline): read on from here.
     let next = (last + 1 < high).then_some(last);
     Ok((letters, next))
+}
+
+/// The unresolved letter `id`, or 404.
+async fn find(app: &KafkaApp, id: i64) -> Result<Value, ApiError> {
+    let gone = || {
+        ApiError::not_found(format!(
+            "no dead letter {id} (resolved, discarded, or past the DLQ topic's retention)"
+        ))
+    };
+    if id < 0 || app.resolved.contains(id) {
+        return Err(gone());
+    }
+    let settings = app.settings.clone();
+    let resolved = app.resolved.clone();
+    let filter = Filter {
+        source: None,
+        reason: None,
+        page: Default::default(),
+    };
+    let (letters, _) =
+        tokio::task::spawn_blocking(move || scan(&settings, &resolved, Some(id - 1), 1, &filter))
+            .await
+            .map_err(ApiError::stopping)?
+            .map_err(|e| {
+                ApiError::overloaded(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("cannot read the DLQ topic ({e:#}); retry shortly"),
+                )
+            })?;
+    letters
+        .into_iter()
+        .find(|l| l["id"].as_i64() == Some(id))
+        .ok_or_else(gone)
+}
+
+/// Appends the marker that resolves `id`, and waits until this instance
+/// has read it back (so its next list leaves the letter out).
+async fn resolve(app: &KafkaApp, id: i64, resolution: &str) -> Result<(), ApiError> {
+    let id_text = id.to_string();
+    let headers = OwnedHeaders::new()
+        .insert(Header {
+            key: RESOLVES,
+            value: Some(&id_text),
+        })
+        .insert(Header {
+            key: RESOLUTION,
+            value: Some(resolution),
+        });
+    let record = FutureRecord::<(), [u8]>::to(&app.settings.topics.dlq)
+        .payload(&[])
+        .headers(headers);
+    let offset = app
+        .producer
+        .send(record, Duration::from_secs(10))
+        .await
+        .map_err(|(error, _)| {
+            ApiError::overloaded(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("Kafka did not take the resolution ({error}); send the request again"),
+            )
+        })?
+        .offset;
+    let deadline = Instant::now() + READ_BACK_MAX;
+    while app.resolved.read_to.load(Ordering::Acquire) <= offset && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+/// POST /v1/dead-letters/{id}/replay: the body is the corrected payload in
+/// the letter's original form (empty: the stored payload as is). It is
+/// translated as its route or raw topic would, produced, and applied
+/// (`?wait=applied`); the letter is resolved if nothing is refused again
+/// (what is becomes a new dead letter).
+pub async fn replay(
+    State(app): State<Arc<KafkaApp>>,
+    Path(id): Path<i64>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let letter = find(&app, id).await?;
+    let (bytes, framing) = read_body(&headers, body, app.config.body_bytes_max).await?;
+    let stored = letter["payload"].as_str().unwrap_or_default();
+    let payload: &[u8] = if bytes.is_empty() {
+        stored.as_bytes()
+    } else {
+        &bytes
+    };
+    let source = letter["source"].as_str().unwrap_or_default().to_owned();
+    let raw_prefix = &app.settings.topics.raw_prefix;
+    let format = source
+        .strip_prefix("http:/v1/sources/")
+        .and_then(|f| f.strip_suffix("/events"))
+        .or_else(|| source.strip_prefix(raw_prefix.as_str()));
+    let events_max = app.config.request_events_max;
+    let body_error = |e: BodyError| ApiError::bad_request(format!("corrected payload: {e}"));
+    let parsed = match format {
+        None if source == "http:/v1/events" => {
+            parse_body(payload, framing, events_max).map_err(body_error)?
+        }
+        Some(super::normaliser::CANONICAL) => {
+            parse_body(payload, framing, events_max).map_err(body_error)?
+        }
+        Some(format) if app.config.sources.get(format).is_some() => {
+            let mapping = app.config.sources.get(format).expect("checked");
+            if mapping.input == crate::sources::Input::Csv && bytes.is_empty() {
+                return Err(ApiError::bad_request(
+                    "a CSV dead letter holds one row without its header: send the corrected row under a header line",
+                ));
+            }
+            crate::sources::translate(mapping, payload, framing, &BTreeMap::new(), events_max)
+                .map_err(body_error)?
+        }
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "not_replayable",
+                format!("dead letters from {source:?} cannot be replayed; send the corrected product or location to its endpoint, or a corrected event to /v1/events, then discard this letter"),
+            ))
+        }
+    };
+    let receipt = super::http::ingest_parsed(&app, true, parsed, &source).await?;
+    let resolved = receipt.rejected == 0;
+    if resolved {
+        resolve(&app, id, "replayed").await?;
+        metrics::counter!("stockflow_dead_letters_replayed_total").increment(1);
+    }
+    Ok(Json(json!({
+        "deadLetterId": id,
+        "resolved": resolved,
+        "receipt": receipt,
+    })))
+}
+
+/// DELETE /v1/dead-letters/{id}: discard it, for every instance.
+pub async fn discard(
+    State(app): State<Arc<KafkaApp>>,
+    Path(id): Path<i64>,
+) -> Result<StatusCode, ApiError> {
+    find(&app, id).await?;
+    resolve(&app, id, "discarded").await?;
+    metrics::counter!("stockflow_dead_letters_discarded_total").increment(1);
+    Ok(StatusCode::NO_CONTENT)
 }

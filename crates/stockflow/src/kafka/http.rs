@@ -49,6 +49,8 @@ pub struct KafkaApp {
     pub client: reqwest::Client,
     pub instance_id: String,
     pub url: String,
+    /// The dead letters resolved so far (see [`super::dead_letters`]).
+    pub resolved: Arc<super::dead_letters::Resolved>,
 }
 
 pub fn router(app: Arc<KafkaApp>) -> Router {
@@ -99,6 +101,14 @@ pub fn router(app: Arc<KafkaApp>) -> Router {
         .route("/ui/{*path}", get(crate::http::ui::asset))
         .route("/v1/dead-letters", get(super::dead_letters::list))
         .route(
+            "/v1/dead-letters/{id}",
+            axum::routing::delete(super::dead_letters::discard),
+        )
+        .route(
+            "/v1/dead-letters/{id}/replay",
+            post(super::dead_letters::replay),
+        )
+        .route(
             "/v1/stream",
             get(|State(app): State<Arc<KafkaApp>>, Query(q), headers: HeaderMap| async move {
                 crate::http::stream::sse(&app.hub, q, &headers)
@@ -120,7 +130,7 @@ pub fn router(app: Arc<KafkaApp>) -> Router {
                 StatusCode::NOT_IMPLEMENTED,
                 "not_in_kafka_mode",
                 format!(
-                    "{} is not available in Kafka mode yet; run the embedded mode for it. Kafka mode has events, source formats, stock (with history and asOf), products, locations, items, regions, alerts, orders, dead letters (to read), the stream, activity, /v1/cluster and the web UI",
+                    "{} is not available in Kafka mode yet; run the embedded mode for it. Kafka mode has events, source formats, stock (with history and asOf), products, locations, items, regions, alerts, orders, dead letters, the stream, activity, /v1/cluster and the web UI",
                     uri.path()
                 ),
             )
@@ -260,6 +270,19 @@ async fn ingest(
             return Err(ApiError::bad_request(reason));
         }
     };
+    ingest_parsed(app, wait_applied, parsed, source)
+        .await
+        .map(Json)
+}
+
+/// Produces parsed events to their canonical partitions, keeps the
+/// refused ones as dead letters (from `source`) and answers the receipt.
+pub(super) async fn ingest_parsed(
+    app: &KafkaApp,
+    wait_applied: bool,
+    parsed: Parsed,
+    source: &str,
+) -> Result<Receipt, ApiError> {
     let now = wall_clock();
     let mut deliveries = Vec::with_capacity(parsed.batch.len());
     for event in parsed.batch.iter() {
@@ -345,13 +368,13 @@ async fn ingest(
         }
         errors.sort_by_key(|e| e.index);
     }
-    Ok(Json(Receipt {
+    Ok(Receipt {
         accepted: parsed.batch.len() as u64 - duplicates,
         duplicates,
         rejected: parsed.rejected.len() as u64,
         errors,
         order: None,
-    }))
+    })
 }
 
 /// Keeps a refused payload in the DLQ topic with its reason and source

@@ -305,6 +305,7 @@ pub struct KafkaServer {
     pub instance_id: String,
     hub: Arc<crate::stream::Hub>,
     live: live::Feeder,
+    markers: dead_letters::Follower,
     processor: processor::Running,
     normaliser: normaliser::Running,
     cluster: cluster::Running,
@@ -358,7 +359,10 @@ impl KafkaServer {
         let producer: rdkafka::producer::FutureProducer = settings.producer_config().create()?;
         let hub = Arc::new(crate::stream::Hub::default());
         let live = live::start(&settings, hub.clone())?;
+        let resolved = Arc::new(dead_letters::Resolved::default());
+        let markers = dead_letters::follow(&settings, resolved.clone())?;
         let app = Arc::new(http::KafkaApp {
+            resolved,
             hub: hub.clone(),
             settings,
             config,
@@ -386,6 +390,7 @@ impl KafkaServer {
             instance_id,
             hub,
             live,
+            markers,
             processor,
             normaliser,
             cluster,
@@ -406,9 +411,10 @@ impl KafkaServer {
         self.hub.close();
         self.task.await??;
         let (processor, normaliser, cluster) = (self.processor, self.normaliser, self.cluster);
-        let live = self.live;
+        let (live, markers) = (self.live, self.markers);
         tokio::task::spawn_blocking(move || {
             live.stop();
+            markers.stop();
             normaliser.stop();
             processor.stop();
             cluster.stop();

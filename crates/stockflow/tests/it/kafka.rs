@@ -1773,6 +1773,104 @@ fn the_catalog_reaches_every_instance_and_shapes_roll_ups_and_alerts() {
     }
     let (code, refused) = get_settled(&format!("{a}/v1/locations/SOUTH-1/stock?status=empty"));
     assert_eq!(code, 400, "{refused}");
+
+    // Dead letters are resolved through the API: the bad CSV row replayed
+    // corrected (through its own format), the bad location discarded;
+    // neither is listed again, by any instance.
+    let letter_id = |url: &str, source: &str| -> Option<i64> {
+        let (_, page) = get_settled(&format!("{url}/v1/dead-letters?source={source}"));
+        page["deadLetters"][0]["id"].as_i64()
+    };
+    let row = letter_id(&a, "http:/v1/sources/csv/events").expect("the CSV letter");
+    let location = letter_id(&a, "http:/v1/locations").expect("the location letter");
+    let call = |method: reqwest::Method, url: String, body: &'static str| {
+        runtime.block_on(async {
+            let response = client
+                .request(method, url)
+                .header("content-type", "text/csv")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            (
+                status,
+                response.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        })
+    };
+    let corrected = "eventId,sku,locationId,eventType,quantity\ncsv-2,CAT1,SOUTH-1,RECEIPT,2\n";
+    let (status, replayed) = call(
+        Method::POST,
+        format!("{b}/v1/dead-letters/{row}/replay"),
+        corrected,
+    );
+    assert_eq!(status, 200, "{replayed}");
+    assert_eq!(
+        (
+            replayed["resolved"].as_bool(),
+            replayed["receipt"]["accepted"].as_u64()
+        ),
+        (Some(true), Some(1)),
+        "{replayed}"
+    );
+    wait_for(
+        &format!("{a}/v1/stock/CAT1/SOUTH-1"),
+        "the replayed receipt",
+        |l| l["onHand"] == 2,
+    );
+    // (The row was sent twice, so a second letter holds it.)
+    let (_, page) = get_settled(&format!(
+        "{b}/v1/dead-letters?source=http:/v1/sources/csv/events"
+    ));
+    let ids: Vec<i64> = page["deadLetters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l["id"].as_i64())
+        .collect();
+    assert!(
+        !ids.contains(&row) && ids.len() == 1,
+        "resolved where replayed: {page}"
+    );
+    let (status, again) = call(
+        Method::POST,
+        format!("{a}/v1/dead-letters/{row}/replay"),
+        "",
+    );
+    assert_eq!(
+        status, 404,
+        "a resolved letter is not replayed twice: {again}"
+    );
+    let (status, refused) = call(
+        Method::POST,
+        format!("{a}/v1/dead-letters/{location}/replay"),
+        "",
+    );
+    assert_eq!(status, 409, "{refused}");
+    let (status, _) = call(
+        Method::DELETE,
+        format!("{a}/v1/dead-letters/{location}"),
+        "",
+    );
+    assert_eq!(status, 204);
+    let (status, _) = call(
+        Method::DELETE,
+        format!("{a}/v1/dead-letters/{location}"),
+        "",
+    );
+    assert_eq!(status, 404, "discarded once");
+    for instance in &instances {
+        wait_for(
+            &format!("{}/v1/dead-letters?source=http:/v1/", instance.url),
+            "the resolved letters to leave every instance's list",
+            |page| {
+                page["deadLetters"]
+                    .as_array()
+                    .is_some_and(|l| l.iter().all(|l| l["id"] != row && l["id"] != location))
+            },
+        );
+    }
 }
 
 #[test]
