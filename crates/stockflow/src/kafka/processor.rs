@@ -1787,7 +1787,8 @@ impl Processor {
             };
             let position = change.position as usize;
             let event = batch.rec(position);
-            let view = partition.view(change.slot);
+            // Names only: a view would copy the level and its COUNT history.
+            let (sku, location) = partition.names_of(change.slot);
             let fixed = crate::history::Fixed {
                 prev: 0,
                 processed: now,
@@ -1800,12 +1801,7 @@ impl Processor {
                 before: change.before,
                 after: change.after,
             };
-            history.push(
-                &view.sku,
-                &view.location_id,
-                &fixed,
-                batch.event_id(position),
-            );
+            history.push(sku, location, &fixed, batch.event_id(position));
         }
         for record in history.finish() {
             self.send(
