@@ -9,9 +9,9 @@
 //! assigned (queries answer 503 until it has caught up), then as it grows.
 //!
 //! A record carries the input positions its cycle covered and its
-//! writer (one id per processor run); every cycle writes one, changes or
-//! not, so a writer's records form a chain (each starts where the last
-//! ended). The materialiser follows one chain:
+//! writer (a new id each time a processor takes the partition); every
+//! cycle writes one, changes or not, so a writer's records form a chain
+//! (each starts where the last ended). The materialiser follows one chain:
 //! - **Orphans.** Without broker transactions an owner can die after its
 //!   history record and before its changelog record; the next owner
 //!   applies the same inputs again from the same positions. A record that
@@ -20,9 +20,10 @@
 //!   (With transactions the orphan is aborted and never read.)
 //! - **Forks.** A group that assigns a partition twice (seen on tansu) or
 //!   a zombie has two writers at once, each with its own chain. The
-//!   chain of this instance's own processor wins once it has written;
-//!   before that, the writer that last replaced or continued the chain.
-//!   Records of other chains are skipped.
+//!   chain of this instance's processor in its current tenure of the
+//!   partition wins once it has written; before that, the writer that
+//!   last replaced or continued the chain. Records of other chains are
+//!   skipped.
 //!
 //! History thus holds each applied event once, as the changelog does.
 //!
@@ -233,7 +234,8 @@ struct Local {
     /// Caught up once the record before this offset is read.
     target: i64,
     next: i64,
-    /// This instance's processor, whose chain wins once it has written.
+    /// This instance's processor's writer in its current tenure, whose
+    /// chain wins once it has written.
     own: u64,
     own_seen: bool,
     /// Records of other chains skipped.
@@ -359,7 +361,7 @@ impl Materialiser {
                     dirty: Vec::new(),
                     target: high,
                     next: low,
-                    own: self.shared.writer,
+                    own: self.shared.writers[p as usize].load(Ordering::Acquire),
                     own_seen: false,
                     skipped: 0,
                 },
@@ -394,6 +396,13 @@ impl Materialiser {
             let Some(local) = self.locals.get_mut(&p) else {
                 continue;
             };
+            // Taken again since (without this thread seeing it go): a
+            // new tenure, whose writer is the one to follow from now on.
+            let own = self.shared.writers[p as usize].load(Ordering::Acquire);
+            if own != local.own {
+                local.own = own;
+                local.own_seen = false;
+            }
             local.next = message.offset() + 1;
             let applied = match message.payload().and_then(decode) {
                 Some(record) => local.apply(&record).map(|followed| {
@@ -682,6 +691,20 @@ mod tests {
         feed(&mut local, OWN, 5, 6, &["f"]);
         assert_eq!(chain(dir.path(), &local), ["a", "b", "c", "d", "e", "f"]);
         assert_eq!(local.skipped, 1);
+    }
+
+    #[test]
+    fn an_earlier_tenure_of_this_instance_is_just_another_writer() {
+        // This instance owned the partition (writer 7), lost it to B, and
+        // has it again (writer OWN): B's records in between are history.
+        let dir = tempfile::tempdir().unwrap();
+        let mut local = local(dir.path());
+        feed(&mut local, 7, 0, 2, &["a", "b"]);
+        feed(&mut local, B, 2, 3, &["c"]);
+        feed(&mut local, B, 3, 5, &["d", "e"]);
+        feed(&mut local, OWN, 5, 6, &["f"]);
+        assert_eq!(chain(dir.path(), &local), ["a", "b", "c", "d", "e", "f"]);
+        assert_eq!(local.skipped, 0);
     }
 
     #[test]

@@ -173,8 +173,9 @@ pub struct Shared {
     pub rollups: Vec<RwLock<RollupBook>>,
     /// The history of each owned partition (see [`super::history`]).
     pub history: Vec<RwLock<super::history::Book>>,
-    /// This processor run's id in the history records it writes.
-    pub writer: u64,
+    /// Per partition, the id this processor writes its history records
+    /// under: new each time it takes the partition (see [`super::history`]).
+    pub writers: Vec<AtomicU64>,
     pub status: Vec<AtomicU8>,
     /// Next canonical offset to apply, per partition (valid when owned).
     pub applied: Vec<AtomicI64>,
@@ -203,7 +204,7 @@ impl Shared {
             books: (0..n).map(|_| RwLock::new(SagaBook::default())).collect(),
             rollups: (0..n).map(|_| RwLock::new(RollupBook::default())).collect(),
             history: (0..n).map(|_| RwLock::default()).collect(),
-            writer: rand::random(),
+            writers: (0..n).map(|_| AtomicU64::new(0)).collect(),
             status: (0..n).map(|_| AtomicU8::new(NOT_OWNED)).collect(),
             outcomes: (0..n).map(|_| Mutex::new(Outcomes::default())).collect(),
             applied: (0..n).map(|_| AtomicI64::new(0)).collect(),
@@ -476,6 +477,10 @@ impl Processor {
                         partition = p,
                         "assigned again while owned; keeping its state"
                     );
+                }
+                if !again {
+                    // A new tenure: history records under a new writer id.
+                    self.shared.writers[*p as usize].store(rand::random(), Ordering::Release);
                 }
                 !again
             })
@@ -824,7 +829,8 @@ impl Processor {
                     .key()
                     .is_some_and(|k| k.starts_with(SNAPSHOT_KEY_PREFIX.as_bytes()))
                     .then(|| SnapshotChunk::decode(payload))
-                    .transpose()?;
+                    .transpose()
+                    .map_err(|e| unreadable(topic, p, message.offset(), &e))?;
                 if let Some(expected) = from_snapshot.take() {
                     let found = chunk.as_ref().is_some_and(|c| c.index == 0)
                         && message.offset() == expected;
@@ -1778,7 +1784,8 @@ impl Processor {
             }
         }
         // Every change, in order, for the level histories.
-        let mut history = super::history::Records::new(from, to, self.shared.writer);
+        let writer = self.shared.writers[p as usize].load(Ordering::Acquire);
+        let mut history = super::history::Records::new(from, to, writer);
         for (i, change) in changes.iter().enumerate() {
             let batch = if i < transit_changes {
                 &events
@@ -1844,11 +1851,11 @@ impl Processor {
 }
 
 /// Why a restore stops at a changelog record it cannot read, and what to
-/// do: nothing versions the changelog yet, so the likely cause is a
-/// record written by another version of stockflow.
+/// do: a record in another format was written by another version of
+/// stockflow (see `wire::CHANGELOG_FORMAT`).
 fn unreadable(topic: &str, p: u16, offset: i64, error: &dyn std::fmt::Display) -> anyhow::Error {
     anyhow::anyhow!(
-        "changelog {topic} partition {p} offset {offset} is not in this version's format ({error}); it was probably written by another version of stockflow: run that version, or start this one on new topics (`stockflow topics create --topic-prefix NEW`, then `serve --topic-prefix NEW --group NEW`)"
+        "changelog {topic} partition {p} offset {offset} cannot be read: {error}; it was written by another version of stockflow: run that version, or start this one on new topics (`stockflow topics create --topic-prefix NEW`, then `serve --topic-prefix NEW --group NEW`)"
     )
 }
 

@@ -65,6 +65,35 @@ pub struct ChangelogRecord {
     pub rollups: Vec<Vec<u8>>,
 }
 
+/// The changelog's format: the first byte of every changelog record and
+/// snapshot chunk (postcard follows). Bump it whenever either encoding
+/// changes, so that a build never misreads another's changelog: it stops
+/// the restore and says which format it found.
+pub const CHANGELOG_FORMAT: u8 = 1;
+
+/// Why a changelog payload cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum Unreadable {
+    #[error("it is in changelog format {0}, this build reads format {CHANGELOG_FORMAT}")]
+    Format(u8),
+    #[error("it is empty")]
+    Empty,
+    #[error("{0}")]
+    Postcard(#[from] postcard::Error),
+}
+
+fn encode_versioned<T: Serialize>(value: &T) -> Vec<u8> {
+    postcard::to_extend(value, vec![CHANGELOG_FORMAT]).expect("encoding into a Vec cannot fail")
+}
+
+fn decode_versioned<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, Unreadable> {
+    match bytes.split_first() {
+        None => Err(Unreadable::Empty),
+        Some((&CHANGELOG_FORMAT, rest)) => Ok(postcard::from_bytes(rest)?),
+        Some((&other, _)) => Err(Unreadable::Format(other)),
+    }
+}
+
 /// Changelog snapshot chunks are keyed `snapshot:{index}`: the next
 /// snapshot reuses the keys, so compaction keeps only the latest.
 pub const SNAPSHOT_KEY_PREFIX: &str = "snapshot:";
@@ -88,11 +117,11 @@ pub struct SnapshotChunk {
 
 impl SnapshotChunk {
     pub fn encode(&self) -> Vec<u8> {
-        postcard::to_stdvec(self).expect("encoding into a Vec cannot fail")
+        encode_versioned(self)
     }
 
-    pub fn decode(bytes: &[u8]) -> Result<SnapshotChunk, postcard::Error> {
-        postcard::from_bytes(bytes)
+    pub fn decode(bytes: &[u8]) -> Result<SnapshotChunk, Unreadable> {
+        decode_versioned(bytes)
     }
 }
 
@@ -107,11 +136,11 @@ pub struct SnapshotIndex {
 
 impl ChangelogRecord {
     pub fn encode(&self) -> Vec<u8> {
-        postcard::to_stdvec(self).expect("encoding into a Vec cannot fail")
+        encode_versioned(self)
     }
 
-    pub fn decode(bytes: &[u8]) -> Result<ChangelogRecord, postcard::Error> {
-        postcard::from_bytes(bytes)
+    pub fn decode(bytes: &[u8]) -> Result<ChangelogRecord, Unreadable> {
+        decode_versioned(bytes)
     }
 }
 
@@ -191,5 +220,44 @@ mod tests {
             ]
         );
         assert!(decode_reports(&payload[..payload.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn a_changelog_payload_of_another_format_is_refused_by_name() {
+        let chunk = SnapshotChunk {
+            positions: Positions {
+                canonical: 5,
+                repartition: 2,
+            },
+            index: 1,
+            count: 3,
+            bytes: vec![1, 2, 3],
+        };
+        let mut bytes = chunk.encode();
+        let read = SnapshotChunk::decode(&bytes).unwrap();
+        assert_eq!(
+            (read.positions, read.index, read.bytes),
+            (chunk.positions, 1, vec![1, 2, 3])
+        );
+        bytes[0] = CHANGELOG_FORMAT + 1;
+        let error = SnapshotChunk::decode(&bytes).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            format!(
+                "it is in changelog format {}, this build reads format {CHANGELOG_FORMAT}",
+                CHANGELOG_FORMAT + 1
+            )
+        );
+        // Before the format byte, payloads began with an offset as a
+        // zigzag varint: an even byte, so never taken for format 1.
+        let unversioned = postcard::to_stdvec(&chunk).unwrap();
+        assert!(matches!(
+            ChangelogRecord::decode(&unversioned),
+            Err(Unreadable::Format(n)) if n % 2 == 0
+        ));
+        assert!(matches!(
+            ChangelogRecord::decode(&[]),
+            Err(Unreadable::Empty)
+        ));
     }
 }
