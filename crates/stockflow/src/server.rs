@@ -43,7 +43,7 @@ impl Server {
         crate::metrics::handle();
         let simulator = crate::simulator::Simulator::new(
             config.simulator,
-            pipeline.clone(),
+            crate::simulator::Sink::Pipeline(pipeline.clone()),
             config.request_events_max,
         );
         let state = Arc::new(AppState {

@@ -3,7 +3,8 @@
 //! the controlled scenario, and list what was sent.
 //!
 //! It produces the same traffic as `stockflow simulate` ([`Traffic`]) but
-//! hands it to the pipeline directly, labelled with the source
+//! hands it to the pipeline directly (in Kafka mode: to the canonical
+//! topic, as POST /v1/events does), labelled with the source
 //! `simulator`. Only `stockflow demo` and `stockflow serve --simulator`
 //! switch it on: a production server must not invent sales.
 
@@ -39,6 +40,13 @@ pub enum SimulatorError {
     Overloaded,
     #[error("the server is stopping")]
     Stopping,
+}
+
+/// Where the simulator's events go.
+pub enum Sink {
+    Pipeline(Arc<Pipeline>),
+    /// Weak: the app holds the simulator.
+    Kafka(std::sync::Weak<crate::kafka::http::KafkaApp>),
 }
 
 /// One sent message and what became of it.
@@ -79,16 +87,16 @@ struct Inner {
 /// See the module docs.
 pub struct Simulator {
     enabled: bool,
-    pipeline: Arc<Pipeline>,
+    sink: Sink,
     events_max: usize,
     inner: Mutex<Inner>,
 }
 
 impl Simulator {
-    pub fn new(enabled: bool, pipeline: Arc<Pipeline>, events_max: usize) -> Arc<Simulator> {
+    pub fn new(enabled: bool, sink: Sink, events_max: usize) -> Arc<Simulator> {
         Arc::new(Simulator {
             enabled,
-            pipeline,
+            sink,
             events_max,
             inner: Mutex::default(),
         })
@@ -113,18 +121,74 @@ impl Simulator {
         Traffic::new(Catalog::demo(), seed)
     }
 
-    /// Sends one NDJSON body through the pipeline and records it.
-    async fn send_body(&self, body: String) -> Result<Receipt, SimulatorError> {
+    /// Sends one NDJSON body through the pipeline (in Kafka mode, with
+    /// `applied`, waits until the owners applied it) and records it.
+    async fn send_body(&self, body: String, applied: bool) -> Result<Receipt, SimulatorError> {
         let parsed = parse_body(body.as_bytes(), BodyFormat::Ndjson, self.events_max)
             .map_err(|e| SimulatorError::Invalid(e.to_string()))?;
-        let receipt = self
-            .pipeline
-            .submit(parsed, "simulator")
-            .map_err(|_| SimulatorError::Overloaded)?
-            .await
-            .map_err(|_| SimulatorError::Stopping)?;
+        let receipt = match &self.sink {
+            Sink::Pipeline(pipeline) => pipeline
+                .submit(parsed, "simulator")
+                .map_err(|_| SimulatorError::Overloaded)?
+                .await
+                .map_err(|_| SimulatorError::Stopping)?,
+            Sink::Kafka(app) => {
+                let app = app.upgrade().ok_or(SimulatorError::Stopping)?;
+                crate::kafka::http::ingest_parsed(&app, applied, parsed, "simulator")
+                    .await
+                    .map_err(|e| match e.status.as_u16() {
+                        429 | 503 | 504 => SimulatorError::Overloaded,
+                        _ => SimulatorError::Invalid(e.message),
+                    })?
+            }
+        };
         self.record(&body, &receipt);
         Ok(receipt)
+    }
+
+    /// Waits (up to 5 s) until the controlled scenario's transfers are in
+    /// transit at their destinations.
+    async fn wait_for_transit(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            let mut landed = true;
+            for e in CONTROLLED_EXPECTED.iter().filter(|e| e.in_transit > 0) {
+                landed &= self
+                    .level(e.sku, e.location)
+                    .await
+                    .is_some_and(|(_, _, in_transit)| in_transit > 0);
+            }
+            if landed {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A level's (onHand, reserved, inTransit) as the engine has it now.
+    async fn level(&self, sku: &str, location: &str) -> Option<(i64, i64, i64)> {
+        match &self.sink {
+            Sink::Pipeline(pipeline) => {
+                let shared = &pipeline.shared;
+                let partition = route(sku, location, shared.partition_count());
+                let level = shared.partitions[partition as usize]
+                    .read()
+                    .get(sku, location)?
+                    .level;
+                Some((level.on_hand, level.reserved, level.in_transit))
+            }
+            // Through this instance's API: its owner may be another.
+            Sink::Kafka(app) => {
+                let app = app.upgrade()?;
+                let url = format!("{}/v1/stock/{sku}/{location}", app.url);
+                let level: Value = app.client.get(url).send().await.ok()?.json().await.ok()?;
+                Some((
+                    level["onHand"].as_i64()?,
+                    level["reserved"].as_i64()?,
+                    level["inTransit"].as_i64()?,
+                ))
+            }
+        }
     }
 
     fn record(&self, body: &str, receipt: &Receipt) {
@@ -169,7 +233,7 @@ impl Simulator {
             left -= n;
             let mut body = String::new();
             (0..n).for_each(|_| traffic.push_event(&mut body));
-            let receipt = self.send_body(body).await?;
+            let receipt = self.send_body(body, false).await?;
             accepted += receipt.accepted;
             duplicates += receipt.duplicates;
             rejected += receipt.rejected;
@@ -211,7 +275,7 @@ impl Simulator {
                 let mut body = String::new();
                 (0..n).for_each(|_| traffic.push_event(&mut body));
                 let Some(me) = me.upgrade() else { return };
-                match me.send_body(body).await {
+                match me.send_body(body, false).await {
                     Ok(_) => {}
                     // Overload is the engine protecting itself: skip a beat.
                     Err(SimulatorError::Overloaded) => {}
@@ -268,31 +332,73 @@ impl Simulator {
     /// and each expected level next to the one the engine now has.
     pub async fn scenario(&self) -> Result<Value, SimulatorError> {
         self.check_enabled()?;
-        let receipt = self.send_body(CONTROLLED_EVENTS.to_owned()).await?;
-        let shared = &self.pipeline.shared;
-        let levels: Vec<Value> = CONTROLLED_EXPECTED
-            .iter()
-            .map(|e| {
-                let partition = route(e.sku, e.location, shared.partition_count());
-                let level = shared.partitions[partition as usize]
-                    .read()
-                    .get(e.sku, e.location)
-                    .map(|v| v.level);
-                let actual = level
-                    .as_ref()
-                    .map(|l| json!({"onHand": l.on_hand, "reserved": l.reserved, "inTransit": l.in_transit}));
-                let ok = level.as_ref().is_some_and(|l| {
-                    (l.on_hand, l.reserved, l.in_transit) == (e.on_hand, e.reserved, e.in_transit)
-                });
-                json!({
-                    "sku": e.sku,
-                    "locationId": e.location,
-                    "expected": {"onHand": e.on_hand, "reserved": e.reserved, "inTransit": e.in_transit},
-                    "actual": actual,
-                    "ok": ok,
-                })
-            })
-            .collect();
+        let receipt = match self.sink {
+            Sink::Pipeline(_) => self.send_body(CONTROLLED_EVENTS.to_owned(), true).await?,
+            // In Kafka mode a transfer's in-transit part reaches its
+            // destination's owner through the repartition topic, a cycle
+            // after the TRANSFER_OUT is applied; a TRANSFER_IN applied
+            // before that finds nothing in transit (a direct delivery). As
+            // in a store, the arrivals go once the departures have landed.
+            Sink::Kafka(_) => {
+                let lines: Vec<&str> = CONTROLLED_EVENTS.lines().collect();
+                let arrival = |l: &str| l.contains(r#""eventType":"TRANSFER_IN""#);
+                // (original line, line) of each phase.
+                type Phase<'a> = Vec<(usize, &'a str)>;
+                let (arrivals, rest): (Phase, Phase) = lines
+                    .iter()
+                    .copied()
+                    .enumerate()
+                    .partition(|(_, l)| arrival(l));
+                let mut receipt = Receipt::default();
+                for (i, phase) in [rest, arrivals].into_iter().enumerate() {
+                    if i == 1 {
+                        self.wait_for_transit().await;
+                    }
+                    let body: String = phase.iter().map(|(_, l)| format!("{l}\n")).collect();
+                    let part = self.send_body(body, true).await?;
+                    receipt.accepted += part.accepted;
+                    receipt.duplicates += part.duplicates;
+                    receipt.rejected += part.rejected;
+                    receipt.errors.extend(part.errors.into_iter().map(|mut e| {
+                        e.index = phase[e.index as usize].0 as u32;
+                        e
+                    }));
+                }
+                receipt.errors.sort_by_key(|e| e.index);
+                receipt
+            }
+        };
+        // The levels once they settle (or after 5 s, as they are then).
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut settled = true;
+            for e in CONTROLLED_EXPECTED {
+                let level = self.level(e.sku, e.location).await;
+                settled &= level == Some((e.on_hand, e.reserved, e.in_transit));
+            }
+            if settled
+                || std::time::Instant::now() > deadline
+                || matches!(self.sink, Sink::Pipeline(_))
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut levels: Vec<Value> = Vec::new();
+        for e in CONTROLLED_EXPECTED {
+            let level = self.level(e.sku, e.location).await;
+            let actual = level.map(|(on_hand, reserved, in_transit)| {
+                json!({"onHand": on_hand, "reserved": reserved, "inTransit": in_transit})
+            });
+            let ok = level == Some((e.on_hand, e.reserved, e.in_transit));
+            levels.push(json!({
+                "sku": e.sku,
+                "locationId": e.location,
+                "expected": {"onHand": e.on_hand, "reserved": e.reserved, "inTransit": e.in_transit},
+                "actual": actual,
+                "ok": ok,
+            }));
+        }
         let passed = levels.iter().all(|l| l["ok"] == true);
         Ok(json!({
             "receipt": receipt,

@@ -71,9 +71,21 @@ impl From<SimulatorError> for ApiError {
     }
 }
 
+/// A server's state that has a simulator: both modes' routers serve the
+/// same simulator endpoints.
+pub trait WithSimulator: std::marker::Send + Sync + 'static {
+    fn simulator(&self) -> &Arc<crate::simulator::Simulator>;
+}
+
+impl WithSimulator for AppState {
+    fn simulator(&self) -> &Arc<crate::simulator::Simulator> {
+        &self.simulator
+    }
+}
+
 /// GET /v1/simulator
-pub async fn status(State(state): State<Arc<AppState>>) -> Json<Value> {
-    Json(state.simulator.status())
+pub async fn status<S: WithSimulator>(State(state): State<Arc<S>>) -> Json<Value> {
+    Json(state.simulator().status())
 }
 
 #[derive(Deserialize)]
@@ -82,19 +94,19 @@ pub struct Start {
 }
 
 /// POST /v1/simulator/start {rate}
-pub async fn start(
-    State(state): State<Arc<AppState>>,
+pub async fn start<S: WithSimulator>(
+    State(state): State<Arc<S>>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let body: Start = json_body(&body)?;
-    state.simulator.start(body.rate)?;
-    Ok(Json(state.simulator.status()))
+    state.simulator().start(body.rate)?;
+    Ok(Json(state.simulator().status()))
 }
 
 /// POST /v1/simulator/stop
-pub async fn stop(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
-    state.simulator.stop().await?;
-    Ok(Json(state.simulator.status()))
+pub async fn stop<S: WithSimulator>(State(state): State<Arc<S>>) -> Result<Json<Value>, ApiError> {
+    state.simulator().stop().await?;
+    Ok(Json(state.simulator().status()))
 }
 
 #[derive(Deserialize)]
@@ -103,15 +115,17 @@ pub struct Send {
 }
 
 /// POST /v1/simulator/send {count}
-pub async fn send(
-    State(state): State<Arc<AppState>>,
+pub async fn send<S: WithSimulator>(
+    State(state): State<Arc<S>>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let body: Send = json_body(&body)?;
-    Ok(Json(state.simulator.send(body.count).await?))
+    Ok(Json(state.simulator().send(body.count).await?))
 }
 
 /// POST /v1/simulator/scenario
-pub async fn scenario(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(state.simulator.scenario().await?))
+pub async fn scenario<S: WithSimulator>(
+    State(state): State<Arc<S>>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(state.simulator().scenario().await?))
 }

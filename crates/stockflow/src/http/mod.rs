@@ -103,11 +103,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/stream", get(stream::stream))
         .route("/v1/ws", get(stream::websocket))
         .route("/v1/activity", get(dashboard::activity))
-        .route("/v1/simulator", get(dashboard::status))
-        .route("/v1/simulator/start", post(dashboard::start))
-        .route("/v1/simulator/stop", post(dashboard::stop))
-        .route("/v1/simulator/send", post(dashboard::send))
-        .route("/v1/simulator/scenario", post(dashboard::scenario))
+        .route("/v1/simulator", get(dashboard::status::<AppState>))
+        .route("/v1/simulator/start", post(dashboard::start::<AppState>))
+        .route("/v1/simulator/stop", post(dashboard::stop::<AppState>))
+        .route("/v1/simulator/send", post(dashboard::send::<AppState>))
+        .route(
+            "/v1/simulator/scenario",
+            post(dashboard::scenario::<AppState>),
+        )
         .route("/v1/openapi.json", get(openapi))
         .route("/", get(ui::index))
         .route("/ui/{*path}", get(ui::asset))

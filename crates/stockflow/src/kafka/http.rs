@@ -30,7 +30,7 @@ use super::wire::canonical_json;
 use super::{catalog, orders};
 use super::{level_key, KafkaSettings};
 use crate::config::Config;
-use crate::http::{level_json, read_body, ApiError};
+use crate::http::{dashboard, level_json, read_body, ApiError};
 use crate::pipeline::{wall_clock, Receipt, ReceiptError};
 
 /// Marks a request one instance sent another, so it is never sent on.
@@ -51,6 +51,14 @@ pub struct KafkaApp {
     pub url: String,
     /// The dead letters resolved so far (see [`super::dead_letters`]).
     pub resolved: Arc<super::dead_letters::Resolved>,
+    /// The dashboard's simulator, producing as POST /v1/events does.
+    pub simulator: Arc<crate::simulator::Simulator>,
+}
+
+impl crate::http::dashboard::WithSimulator for KafkaApp {
+    fn simulator(&self) -> &Arc<crate::simulator::Simulator> {
+        &self.simulator
+    }
 }
 
 pub fn router(app: Arc<KafkaApp>) -> Router {
@@ -94,6 +102,14 @@ pub fn router(app: Arc<KafkaApp>) -> Router {
         .route("/v1/orders/{id}/extend", post(orders::extend))
         .route("/v1/internal/orders/{id}", get(orders::internal))
         .route("/v1/cluster", get(cluster))
+        .route("/v1/simulator", get(dashboard::status::<KafkaApp>))
+        .route("/v1/simulator/start", post(dashboard::start::<KafkaApp>))
+        .route("/v1/simulator/stop", post(dashboard::stop::<KafkaApp>))
+        .route("/v1/simulator/send", post(dashboard::send::<KafkaApp>))
+        .route(
+            "/v1/simulator/scenario",
+            post(dashboard::scenario::<KafkaApp>),
+        )
         .route("/v1/activity", get(activity))
         // The dashboard and storefront: the same files as the embedded
         // mode; views whose endpoints Kafka mode lacks say so in place.
@@ -130,7 +146,7 @@ pub fn router(app: Arc<KafkaApp>) -> Router {
                 StatusCode::NOT_IMPLEMENTED,
                 "not_in_kafka_mode",
                 format!(
-                    "{} is not available in Kafka mode yet; run the embedded mode for it. Kafka mode has events, source formats, stock (with history and asOf), products, locations, items, regions, alerts, orders, dead letters, the stream, activity, /v1/cluster and the web UI",
+                    "{} is not available in Kafka mode yet; run the embedded mode for it. Kafka mode has events, source formats, stock (with history and asOf), products, locations, items, regions, alerts, orders, dead letters, the simulator, the stream, activity, /v1/cluster and the web UI",
                     uri.path()
                 ),
             )
@@ -277,7 +293,7 @@ async fn ingest(
 
 /// Produces parsed events to their canonical partitions, keeps the
 /// refused ones as dead letters (from `source`) and answers the receipt.
-pub(super) async fn ingest_parsed(
+pub(crate) async fn ingest_parsed(
     app: &KafkaApp,
     wait_applied: bool,
     parsed: Parsed,

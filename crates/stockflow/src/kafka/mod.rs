@@ -361,7 +361,17 @@ impl KafkaServer {
         let live = live::start(&settings, hub.clone())?;
         let resolved = Arc::new(dead_letters::Resolved::default());
         let markers = dead_letters::follow(&settings, resolved.clone())?;
-        let app = Arc::new(http::KafkaApp {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(35))
+            .build()?;
+        let simulator_on = config.simulator;
+        let events_max = config.request_events_max;
+        let app = Arc::new_cyclic(|app| http::KafkaApp {
+            simulator: crate::simulator::Simulator::new(
+                simulator_on,
+                crate::simulator::Sink::Kafka(app.clone()),
+                events_max,
+            ),
             resolved,
             hub: hub.clone(),
             settings,
@@ -369,9 +379,7 @@ impl KafkaServer {
             producer,
             shared,
             cluster: cluster_state,
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(35))
-                .build()?,
+            client,
             instance_id: instance_id.clone(),
             url,
         });

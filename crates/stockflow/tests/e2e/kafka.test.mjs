@@ -100,3 +100,18 @@ test('checking out in the storefront reserves through the order saga', async () 
   assert.equal(level.available, 18);
   await page.screenshot({ path: `${SHOTS}/kafka-storefront.png`, fullPage: true });
 });
+
+test('the simulator runs the controlled scenario and random traffic through the cluster', async () => {
+  await open('simulator', '[data-testid="run-scenario"]');
+  await page.click('[data-testid="run-scenario"]');
+  await page.locator('[data-testid="scenario-verdict"]').waitFor({ timeout: 30000 });
+  assert.match(await page.textContent('[data-testid="scenario-verdict"]'), /Every level is as expected/);
+  assert.equal(await page.locator('[data-testid="scenario-row"] td.ok').count(), 4);
+  await page.screenshot({ path: `${SHOTS}/kafka-simulator.png`, fullPage: true });
+  // Random events go to the canonical topic like POST /v1/events.
+  const sent = await api('/v1/simulator/send', { method: 'POST', body: { count: 500 } });
+  assert.equal(sent.accepted + sent.duplicates + sent.rejected, 500);
+  assert.ok(sent.accepted > 400, JSON.stringify(sent));
+  // The scenario's 15 lines, then the 500.
+  assert.equal((await api('/v1/simulator')).sent, 15 + 500);
+});

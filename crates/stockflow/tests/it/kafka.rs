@@ -239,6 +239,8 @@ impl Instance {
             .args(["--sourcing", &self.sourcing])
             // A killed member's partitions move after 10 s, not 45.
             .args(["--kafka-config", "session.timeout.ms=10000"])
+            // The web UI test drives the dashboard's simulator.
+            .arg("--simulator")
             .arg("--data-dir")
             .arg(&self.dir)
             .args(["--listen", &format!("127.0.0.1:{}", self.port)])
