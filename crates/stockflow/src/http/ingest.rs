@@ -55,19 +55,27 @@ pub async fn post_source_events(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Receipt>, ApiError> {
-    let Some(mapping) = state.config.sources.get(&format).cloned() else {
-        let known: Vec<&str> = state.config.sources.names().collect();
-        return Err(ApiError::not_found(format!(
-            "no source format {format:?}; known formats: {}",
-            known.join(", ")
-        )));
-    };
+    let mapping = source_mapping(&state.config.sources, &format)?;
     let events_max = state.config.request_events_max;
     let source = format!("source:{format}");
     ingest(&state, &headers, body, &source, move |bytes, framing| {
         crate::sources::translate(&mapping, bytes, framing, &params, events_max)
     })
     .await
+}
+
+/// The mapping of a source format, or 404 naming the known ones.
+pub fn source_mapping(
+    sources: &crate::sources::Sources,
+    format: &str,
+) -> Result<crate::sources::Mapping, ApiError> {
+    sources.get(format).cloned().ok_or_else(|| {
+        let known: Vec<&str> = sources.names().collect();
+        ApiError::not_found(format!(
+            "no source format {format:?}; known formats: {}",
+            known.join(", ")
+        ))
+    })
 }
 
 /// Reads a body of at most `limit` bytes (413 above) and says how it is

@@ -31,7 +31,7 @@ use tokio::sync::Semaphore;
 
 pub use alerts::{alert_json, AlertOut};
 pub use error::ApiError;
-pub use ingest::read_body;
+pub use ingest::{read_body, source_mapping};
 pub use orders::order_json;
 pub use query::{level_json, sources_json, LevelOut};
 

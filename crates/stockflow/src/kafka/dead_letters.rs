@@ -66,15 +66,20 @@ impl Follower {
     }
 }
 
-/// Reads the DLQ topic from its beginning and on, collecting markers.
-pub fn follow(settings: &KafkaSettings, resolved: Arc<Resolved>) -> anyhow::Result<Follower> {
-    let reader: BaseConsumer = settings
+/// A reader of the DLQ topic, placed by its user (never commits).
+fn reader(settings: &KafkaSettings) -> anyhow::Result<BaseConsumer> {
+    Ok(settings
         .client(&[
             ("enable.auto.commit", "false"),
             ("group.id", &format!("{}-dead-letters", settings.group)),
             ("fetch.wait.max.ms", "50"),
         ])
-        .create()?;
+        .create()?)
+}
+
+/// Reads the DLQ topic from its beginning and on, collecting markers.
+pub fn follow(settings: &KafkaSettings, resolved: Arc<Resolved>) -> anyhow::Result<Follower> {
+    let reader = reader(settings)?;
     let mut list = TopicPartitionList::new();
     list.add_partition_offset(&settings.topics.dlq, 0, Offset::Beginning)?;
     reader.assign(&list)?;
@@ -156,13 +161,7 @@ fn scan(
     filter: &Filter,
 ) -> anyhow::Result<(Vec<Value>, Option<i64>)> {
     let topic = &settings.topics.dlq;
-    let reader: BaseConsumer = settings
-        .client(&[
-            ("enable.auto.commit", "false"),
-            ("group.id", &format!("{}-dead-letters", settings.group)),
-            ("fetch.wait.max.ms", "50"),
-        ])
-        .create()?;
+    let reader = reader(settings)?;
     let (low, high) = reader.fetch_watermarks(topic, 0, Duration::from_secs(10))?;
     let first = after.map_or(low, |a| a + 1).max(low);
     if first >= high {

@@ -236,13 +236,7 @@ async fn post_source_events(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Receipt>, ApiError> {
-    let Some(mapping) = app.config.sources.get(&format).cloned() else {
-        let known: Vec<&str> = app.config.sources.names().collect();
-        return Err(ApiError::not_found(format!(
-            "no source format {format:?}; known formats: {}",
-            known.join(", ")
-        )));
-    };
+    let mapping = crate::http::source_mapping(&app.config.sources, &format)?;
     let wait_applied = wait_applied(params.remove("wait").as_deref())?;
     let events_max = app.config.request_events_max;
     let source = format!("http:/v1/sources/{format}/events");
