@@ -73,6 +73,11 @@ impl RollupBook {
         self.levels == 0
     }
 
+    /// The SKUs in the book.
+    pub fn skus(&self) -> impl Iterator<Item = &str> {
+        self.skus.keys().map(String::as_str)
+    }
+
     /// Every level of a SKU: (location, numbers).
     pub fn levels<'a>(&'a self, sku: &str) -> impl Iterator<Item = (&'a str, Numbers)> + 'a {
         self.skus

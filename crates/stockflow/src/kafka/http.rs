@@ -4,8 +4,8 @@
 //! elsewhere is forwarded to its owner, a SKU's or a location's levels are
 //! gathered from every member, and so are alerts and order lists; a SKU's
 //! roll-up is read at its home partition ([`super::catalog`]). Orders go
-//! to their home partition ([`super::orders`]). What the embedded mode
-//! alone has so far answers 501 (see the router's fallback).
+//! to their home partition ([`super::orders`]). Every endpoint of the
+//! embedded mode is here.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
@@ -93,7 +93,10 @@ pub fn router(app: Arc<KafkaApp>) -> Router {
             get(catalog::get_location).put(catalog::put_location),
         )
         .route("/v1/items/{sku}", get(catalog::item))
-        .route("/v1/regions/{region}/stock/{sku}", get(catalog::region_stock))
+        .route(
+            "/v1/regions/{region}/stock/{sku}",
+            get(catalog::region_stock),
+        )
         .route("/v1/internal/rollups/{sku}", get(catalog::internal_rollup))
         .route("/v1/orders", post(orders::place).get(orders::list))
         .route("/v1/orders/{id}", get(orders::get))
@@ -102,6 +105,7 @@ pub fn router(app: Arc<KafkaApp>) -> Router {
         .route("/v1/orders/{id}/extend", post(orders::extend))
         .route("/v1/internal/orders/{id}", get(orders::internal))
         .route("/v1/cluster", get(cluster))
+        .route("/v1/check", get(super::check::check))
         .route("/v1/simulator", get(dashboard::status::<KafkaApp>))
         .route("/v1/simulator/start", post(dashboard::start::<KafkaApp>))
         .route("/v1/simulator/stop", post(dashboard::stop::<KafkaApp>))
@@ -111,8 +115,7 @@ pub fn router(app: Arc<KafkaApp>) -> Router {
             post(dashboard::scenario::<KafkaApp>),
         )
         .route("/v1/activity", get(activity))
-        // The dashboard and storefront: the same files as the embedded
-        // mode; views whose endpoints Kafka mode lacks say so in place.
+        // The dashboard and storefront: the same files as the embedded mode.
         .route("/", get(crate::http::ui::index))
         .route("/ui/{*path}", get(crate::http::ui::asset))
         .route("/v1/dead-letters", get(super::dead_letters::list))
@@ -126,31 +129,35 @@ pub fn router(app: Arc<KafkaApp>) -> Router {
         )
         .route(
             "/v1/stream",
-            get(|State(app): State<Arc<KafkaApp>>, Query(q), headers: HeaderMap| async move {
-                crate::http::stream::sse(&app.hub, q, &headers)
-            }),
+            get(
+                |State(app): State<Arc<KafkaApp>>, Query(q), headers: HeaderMap| async move {
+                    crate::http::stream::sse(&app.hub, q, &headers)
+                },
+            ),
         )
         .route(
             "/v1/ws",
-            get(|State(app): State<Arc<KafkaApp>>, Query(q), upgrade| async move {
-                crate::http::stream::ws(&app.hub, q, upgrade)
-            }),
+            get(
+                |State(app): State<Arc<KafkaApp>>, Query(q), upgrade| async move {
+                    crate::http::stream::ws(&app.hub, q, upgrade)
+                },
+            ),
         )
         .route("/v1/internal/applied", get(applied))
-        .route("/v1/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], crate::http::OPENAPI) }))
+        .route(
+            "/v1/openapi.json",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "application/json")],
+                    crate::http::OPENAPI,
+                )
+            }),
+        )
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
-        .fallback(|uri: axum::http::Uri| async move {
-            ApiError::new(
-                StatusCode::NOT_IMPLEMENTED,
-                "not_in_kafka_mode",
-                format!(
-                    "{} is not available in Kafka mode yet; run the embedded mode for it. Kafka mode has events, source formats, stock (with history and asOf), products, locations, items, regions, alerts, orders, dead letters, the simulator, the stream, activity, /v1/cluster and the web UI",
-                    uri.path()
-                ),
-            )
-        })
+        // Kafka mode has every endpoint the embedded mode has.
+        .fallback(|| async { ApiError::not_found("no such endpoint; see /v1/openapi.json") })
         .with_state(app)
 }
 

@@ -27,6 +27,7 @@
 
 pub mod bench;
 pub mod catalog;
+pub mod check;
 pub mod cluster;
 pub mod dead_letters;
 pub mod history;

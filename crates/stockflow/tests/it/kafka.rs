@@ -821,6 +821,20 @@ fn three_instances_one_killed_mid_stream_end_equal_to_the_reference() {
             );
         }
     }
+    // The check gathered from every member agrees: no order's hold is
+    // unbacked (the workload's plain reservations are held by no order),
+    // and every SKU's roll-up sums its levels.
+    let check = wait_for(
+        &format!("{}/v1/check", instances[2].url),
+        "the invariants to hold",
+        |c| c["ok"] == true,
+    );
+    assert_eq!(check["levels"].as_u64(), Some(want.len() as u64), "{check}");
+    assert!(
+        check["reservationsNotHeldByOrders"].as_u64() > Some(0),
+        "{check}"
+    );
+
     // The compacted stock-levels topic's last word per key is the API's.
     let topic = broker.latest("inventory.stock-levels");
     for ((sku, location), (on_hand, reserved, in_transit)) in &want {
@@ -1421,6 +1435,38 @@ fn orders_across_partitions_never_oversell_survive_a_kill_and_expire() {
     assert_eq!(order_status(&extended), "reserved", "{extended}");
     // Only the extended hold holds.
     wait_level(&urls[0], hold_sku, (UNITS, 2));
+
+    // The cluster's invariants, gathered by either instance: every live
+    // order's units are reserved where they are held, and every SKU's
+    // roll-up sums its levels (a cycle behind them at most).
+    for url in &urls {
+        let check = wait_for(&format!("{url}/v1/check"), "the invariants to hold", |c| {
+            c["ok"] == true
+        });
+        assert_eq!(check["holdViolations"], 0, "{check}");
+        assert!(check["liveOrders"].as_u64() >= Some(1), "{check}");
+    }
+    // A reservation that no order made is reserved but held by nobody:
+    // the strict check names its level.
+    runtime.block_on(async {
+        let plain = serde_json::json!({"eventId": "plain-hold", "eventType": "RESERVATION", "sku": hold_sku, "locationId": "WEB", "quantity": 1});
+        let (status, _) = send_json(&client, reqwest::Method::POST, &format!("{}/v1/events?wait=applied", urls[0]), &plain).await;
+        assert_eq!(status, 200);
+    });
+    let strict = wait_for(
+        &format!("{}/v1/check?strict=true", urls[1]),
+        "the strict check to see the plain reservation",
+        |c| c["ok"] == false,
+    );
+    let named = format!("{hold_sku}@WEB: reserved 3 but live orders hold 2");
+    assert!(
+        strict["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p == named.as_str()),
+        "{strict}"
+    );
 }
 
 /// Waits (up to 30 s) until `sku` at WEB has (onHand, reserved) = `want`
