@@ -159,21 +159,9 @@ impl HistoryWriter {
         record: u64,
     ) -> std::io::Result<()> {
         for change in changes {
-            let position = change.position as usize;
-            let event = batch.rec(position);
-            let fixed = Fixed {
-                prev: partition.history_head(change.slot),
-                processed: now,
-                event_time: event.timestamp.unwrap_or(now),
-                record,
-                event_type: event.event_type,
-                in_transit: change.in_transit,
-                outcome: change.outcome,
-                quantity: event.quantity,
-                before: change.before,
-                after: change.after,
-            };
-            let head = self.append(&fixed, batch.event_id(position))?;
+            let prev = partition.history_head(change.slot);
+            let fixed = Fixed::of(change, batch, now, record, prev);
+            let head = self.append(&fixed, batch.event_id(change.position as usize))?;
             partition.set_history_head(change.slot, head);
         }
         Ok(())
@@ -294,6 +282,24 @@ const OUTCOMES: [Outcome; 6] = [
 ];
 
 impl Fixed {
+    /// The entry of `change`, made by an event of `batch` applied at `now`
+    /// (in log record `record`), after the level's entry `prev`.
+    pub fn of(change: &Change, batch: &Batch, now: Timestamp, record: u64, prev: u64) -> Fixed {
+        let event = batch.rec(change.position as usize);
+        Fixed {
+            prev,
+            processed: now,
+            event_time: event.timestamp.unwrap_or(now),
+            record,
+            event_type: event.event_type,
+            in_transit: change.in_transit,
+            outcome: change.outcome,
+            quantity: event.quantity,
+            before: change.before,
+            after: change.after,
+        }
+    }
+
     /// Appends the entry's bytes (length first) to `out`.
     pub fn encode(&self, event_id: &str, out: &mut Vec<u8>) {
         let len = (FIXED + event_id.len()) as u32;

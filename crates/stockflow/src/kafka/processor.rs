@@ -1792,23 +1792,16 @@ impl Processor {
             } else {
                 &transit_batch
             };
-            let position = change.position as usize;
-            let event = batch.rec(position);
             // Names only: a view would copy the level and its COUNT history.
             let (sku, location) = partition.names_of(change.slot);
-            let fixed = crate::history::Fixed {
-                prev: 0,
-                processed: now,
-                event_time: event.timestamp.unwrap_or(now),
-                record: 0,
-                event_type: event.event_type,
-                in_transit: change.in_transit,
-                outcome: change.outcome,
-                quantity: event.quantity,
-                before: change.before,
-                after: change.after,
-            };
-            history.push(sku, location, &fixed, batch.event_id(position));
+            // The level's previous entry is the materialiser's to link.
+            let fixed = crate::history::Fixed::of(change, batch, now, 0, 0);
+            history.push(
+                sku,
+                location,
+                &fixed,
+                batch.event_id(change.position as usize),
+            );
         }
         for record in history.finish() {
             self.send(
