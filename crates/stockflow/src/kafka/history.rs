@@ -243,6 +243,10 @@ struct Local {
 }
 
 struct Materialiser {
+    /// Keep the reader contiguous on tansu (see [`super::Contiguity`] and
+    /// [`super::Probe`]): a skipped history record would be a lost entry.
+    gaps: super::Contiguity,
+    probe: super::Probe,
     topic: String,
     dir: PathBuf,
     shared: Arc<Shared>,
@@ -267,6 +271,8 @@ pub fn start(
         ])
         .create()?;
     let mut materialiser = Materialiser {
+        gaps: super::Contiguity::with_transactions(settings.transactions),
+        probe: super::Probe::default(),
         topic: settings.topics.history.clone(),
         dir,
         shared,
@@ -309,6 +315,8 @@ impl Materialiser {
             .collect();
         for p in dropped {
             self.locals.remove(&p);
+            self.gaps.reset(i32::from(p));
+            self.probe.forget(i32::from(p));
             *self.shared.history[p as usize].write() = Book::default();
             gone.add_partition(&self.topic, i32::from(p));
         }
@@ -367,6 +375,8 @@ impl Materialiser {
                 },
             );
             let _ = added.add_partition_offset(&self.topic, i32::from(p), Offset::Beginning);
+            self.gaps.reset(i32::from(p));
+            self.probe.placed(i32::from(p), low);
         }
         if added.count() > 0 {
             if let Err(error) = self.consumer.incremental_assign(&added) {
@@ -378,8 +388,31 @@ impl Materialiser {
         }
     }
 
+    /// Moves a reader back to `offset` (records were skipped, or nothing
+    /// arrives where it was placed).
+    fn seek(&mut self, p: i32, offset: i64) {
+        match self.consumer.seek(
+            &self.topic,
+            p,
+            Offset::Offset(offset),
+            Duration::from_secs(5),
+        ) {
+            Ok(()) => self.probe.placed(p, offset),
+            Err(error) => tracing::warn!(%error, partition = p, "history: cannot seek"),
+        }
+    }
+
     /// Reads what arrived, writes it, then lets queries see it.
     fn poll(&mut self) {
+        let nexts: HashMap<i32, i64> = self
+            .locals
+            .iter()
+            .map(|(p, l)| (i32::from(*p), l.next))
+            .collect();
+        self.probe.recheck_idle(|p| nexts.get(&p).copied());
+        for (p, offset) in self.probe.due() {
+            self.seek(p, offset);
+        }
         let mut wait = Duration::from_millis(20);
         let mut touched: Vec<u16> = Vec::new();
         for _ in 0..512 {
@@ -393,9 +426,35 @@ impl Materialiser {
             };
             wait = Duration::ZERO;
             let p = message.partition() as u16;
-            let Some(local) = self.locals.get_mut(&p) else {
+            let Some(expected) = self.locals.get(&p).map(|l| l.next) else {
                 continue;
             };
+            self.probe.heard(i32::from(p));
+            let (consumer, topic) = (&self.consumer, &self.topic);
+            let log_start = || {
+                consumer
+                    .fetch_watermarks(topic, i32::from(p), Duration::from_secs(5))
+                    .ok()
+                    .map(|(low, _)| low)
+            };
+            match self
+                .gaps
+                .check(i32::from(p), expected, message.offset(), log_start)
+            {
+                super::Next::Old => continue,
+                super::Next::Seek(offset) => {
+                    self.seek(i32::from(p), offset);
+                    continue;
+                }
+                super::Next::Gap => tracing::warn!(
+                    partition = p,
+                    expected,
+                    got = message.offset(),
+                    "history: records deleted by retention before they were read; going on"
+                ),
+                super::Next::Take => {}
+            }
+            let local = self.locals.get_mut(&p).expect("checked above");
             // Taken again since (without this thread seeing it go): a
             // new tenure, whose writer is the one to follow from now on.
             let own = self.shared.writers[p as usize].load(Ordering::Acquire);
