@@ -27,6 +27,13 @@
 //!
 //! History thus holds each applied event once, as the changelog does.
 //!
+//! What a partition's materialiser has built is saved beside its files
+//! (`materialised`: the next history-topic offset, the files' end, the
+//! levels' cursors and the recent cycles), after fsyncing the files, when
+//! the partition leaves this instance, when the instance stops, and every
+//! minute. A partition that comes back resumes from there instead of
+//! rebuilding from the topic's beginning.
+//!
 //! ```text
 //! record: version u8 (1) | from (canonical, repartition) 2×i64
 //!         | to 2×i64 | part u16 | writer u64 | entries…   (little-endian)
@@ -61,6 +68,19 @@ const CYCLES_KEPT: usize = 32;
 const SYNC_EVERY: Duration = Duration::from_millis(50);
 /// How often local history older than the retention is deleted.
 const COMPACT_EVERY: Duration = Duration::from_secs(600);
+/// How often what is materialised is saved (also on release and stop).
+const SAVE_EVERY: Duration = Duration::from_secs(60);
+/// The saved state's file, in the partition's history directory.
+const SAVED: &str = "materialised";
+
+/// What a partition's materialiser saves to resume from.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Saved {
+    next: i64,
+    end: u64,
+    heads: HashMap<String, u64>,
+    cycles: std::collections::VecDeque<Cycle>,
+}
 
 /// One partition's history as queries see it.
 #[derive(Default)]
@@ -200,6 +220,7 @@ fn next_entry(bytes: &[u8]) -> Option<(&str, &str, Entry, &[u8])> {
 
 /// A cycle materialised: where its entries start in the local files, and
 /// the cursors they replaced, to undo it.
+#[derive(serde::Serialize, serde::Deserialize)]
 struct Cycle {
     from: Positions,
     to: Positions,
@@ -285,7 +306,12 @@ pub fn start(
         .spawn(move || {
             let mut synced = Instant::now() - SYNC_EVERY;
             let mut compacted = Instant::now();
+            let mut saved = Instant::now();
             while !stop.load(Ordering::Acquire) {
+                if saved.elapsed() >= SAVE_EVERY {
+                    materialiser.save_all();
+                    saved = Instant::now();
+                }
                 if synced.elapsed() >= SYNC_EVERY {
                     materialiser.sync();
                     synced = Instant::now();
@@ -296,6 +322,7 @@ pub fn start(
                 }
                 materialiser.poll();
             }
+            materialiser.save_all();
         })?)
 }
 
@@ -314,7 +341,9 @@ impl Materialiser {
             .copied()
             .collect();
         for p in dropped {
-            self.locals.remove(&p);
+            if let Some(mut local) = self.locals.remove(&p) {
+                local.save_logged();
+            }
             self.gaps.reset(i32::from(p));
             self.probe.forget(i32::from(p));
             *self.shared.history[p as usize].write() = Book::default();
@@ -341,42 +370,61 @@ impl Materialiser {
                     continue;
                 }
             };
-            let writer = match HistoryWriter::open(&self.dir, p, 0) {
-                Ok(writer) => writer,
-                Err(error) => {
-                    tracing::error!(%error, partition = p, "history: cannot open local files");
-                    continue;
+            let own = self.shared.writers[p as usize].load(Ordering::Acquire);
+            let local = match Local::resume(&self.dir, p, own) {
+                Some(local) => {
+                    tracing::info!(
+                        partition = p,
+                        records = high - local.next.max(low),
+                        "history: resuming from what was materialised here"
+                    );
+                    local
+                }
+                None => {
+                    // A saved state would point into files about to be
+                    // rewritten: it goes first.
+                    let _ = std::fs::remove_file(Local::saved_path(&self.dir, p));
+                    let writer = match HistoryWriter::open(&self.dir, p, 0) {
+                        Ok(writer) => writer,
+                        Err(error) => {
+                            tracing::error!(%error, partition = p, "history: cannot open local files");
+                            continue;
+                        }
+                    };
+                    tracing::info!(
+                        partition = p,
+                        records = high - low,
+                        "history: rebuilding from the history topic"
+                    );
+                    Local {
+                        dir: self.dir.clone(),
+                        p,
+                        writer,
+                        heads: HashMap::new(),
+                        cycles: Default::default(),
+                        dirty: Vec::new(),
+                        target: high,
+                        next: low,
+                        own,
+                        own_seen: false,
+                        skipped: 0,
+                    }
                 }
             };
-            let current = high <= low;
+            let next = local.next.max(low);
             *self.shared.history[p as usize].write() = Book {
-                current,
-                heads: HashMap::new(),
+                current: next >= high,
+                heads: local.heads.clone(),
             };
-            tracing::info!(
-                partition = p,
-                records = high - low,
-                "history: rebuilding from the history topic"
-            );
-            self.locals.insert(
-                p,
-                Local {
-                    dir: self.dir.clone(),
-                    p,
-                    writer,
-                    heads: HashMap::new(),
-                    cycles: Default::default(),
-                    dirty: Vec::new(),
-                    target: high,
-                    next: low,
-                    own: self.shared.writers[p as usize].load(Ordering::Acquire),
-                    own_seen: false,
-                    skipped: 0,
-                },
-            );
-            let _ = added.add_partition_offset(&self.topic, i32::from(p), Offset::Beginning);
+            let local = Local {
+                target: high,
+                next,
+                ..local
+            };
+            self.locals.insert(p, local);
+            let _ = added.add_partition_offset(&self.topic, i32::from(p), Offset::Offset(next));
             self.gaps.reset(i32::from(p));
-            self.probe.placed(i32::from(p), low);
+            self.probe.placed(i32::from(p), next);
         }
         if added.count() > 0 {
             if let Err(error) = self.consumer.incremental_assign(&added) {
@@ -502,6 +550,12 @@ impl Materialiser {
         }
     }
 
+    fn save_all(&mut self) {
+        for local in self.locals.values_mut() {
+            local.save_logged();
+        }
+    }
+
     fn compact(&self) {
         let horizon = crate::pipeline::wall_clock().saturating_sub_ns(self.retention_ns);
         for p in self.locals.keys() {
@@ -513,6 +567,71 @@ impl Materialiser {
 }
 
 impl Local {
+    fn saved_path(dir: &std::path::Path, p: u16) -> PathBuf {
+        crate::history::partition_dir(dir, p).join(SAVED)
+    }
+
+    /// What was materialised here before, if it was saved and the files
+    /// still hold all of it.
+    fn resume(dir: &std::path::Path, p: u16, own: u64) -> Option<Local> {
+        let bytes = std::fs::read(Local::saved_path(dir, p)).ok()?;
+        let saved: Saved = match postcard::from_bytes(&bytes) {
+            Ok(saved) => saved,
+            Err(error) => {
+                tracing::warn!(%error, partition = p, "history: saved state unreadable; rebuilding");
+                return None;
+            }
+        };
+        let writer = HistoryWriter::open(dir, p, saved.end).ok()?;
+        if writer.end() != saved.end {
+            tracing::warn!(
+                partition = p,
+                "history: files shorter than saved; rebuilding"
+            );
+            return None;
+        }
+        Some(Local {
+            dir: dir.to_owned(),
+            p,
+            writer,
+            heads: saved.heads,
+            cycles: saved.cycles,
+            dirty: Vec::new(),
+            target: 0,
+            next: saved.next,
+            own,
+            own_seen: false,
+            skipped: 0,
+        })
+    }
+
+    /// Saves what is materialised: the files made durable first, then the
+    /// state that points into them, replaced whole (write, then rename).
+    fn save(&mut self) -> std::io::Result<()> {
+        let (files, end) = self.writer.checkpoint()?;
+        for file in files {
+            file.sync_data()?;
+        }
+        let saved = Saved {
+            next: self.next,
+            end,
+            heads: std::mem::take(&mut self.heads),
+            cycles: std::mem::take(&mut self.cycles),
+        };
+        let bytes = postcard::to_stdvec(&saved).map_err(std::io::Error::other);
+        (self.heads, self.cycles) = (saved.heads, saved.cycles);
+        let path = Local::saved_path(&self.dir, self.p);
+        let partial = path.with_extension("partial");
+        std::fs::write(&partial, bytes?)?;
+        std::fs::rename(&partial, &path)
+    }
+
+    fn save_logged(&mut self) {
+        if let Err(error) = self.save() {
+            tracing::warn!(%error, partition = self.p, "history: cannot save what is materialised");
+        }
+    }
+
     /// Whether `record` belongs to the chain followed, and if so where.
     fn place(&self, record: &Record<'_>) -> Placement {
         let own = record.writer == self.own;
@@ -764,6 +883,33 @@ mod tests {
         feed(&mut local, OWN, 5, 6, &["f"]);
         assert_eq!(chain(dir.path(), &local), ["a", "b", "c", "d", "e", "f"]);
         assert_eq!(local.skipped, 0);
+    }
+
+    #[test]
+    fn a_partition_resumes_from_what_was_saved_and_still_replaces_orphans() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut first = local(dir.path());
+        feed(&mut first, A, 0, 2, &["a", "b"]);
+        first.next = 7;
+        first.save().unwrap();
+        // Written after the save (then the instance died): cut on resume.
+        feed(&mut first, A, 2, 3, &["c"]);
+        drop(first);
+        let mut resumed = Local::resume(dir.path(), 3, OWN).expect("saved state");
+        assert_eq!(resumed.next, 7);
+        assert_eq!(chain(dir.path(), &resumed), ["a", "b"]);
+        // The saved cycles still let a repeated start replace an orphan.
+        feed(&mut resumed, A, 2, 4, &["c", "d"]);
+        feed(&mut resumed, B, 2, 3, &["c"]);
+        feed(&mut resumed, B, 3, 4, &["d"]);
+        assert_eq!(chain(dir.path(), &resumed), ["a", "b", "c", "d"]);
+        // Files shorter than the state says: no resume, a rebuild.
+        resumed.save().unwrap();
+        let saved = Local::saved_path(dir.path(), 3);
+        let mut state: Saved = postcard::from_bytes(&std::fs::read(&saved).unwrap()).unwrap();
+        state.end += 1;
+        std::fs::write(&saved, postcard::to_stdvec(&state).unwrap()).unwrap();
+        assert!(Local::resume(dir.path(), 3, OWN).is_none());
     }
 
     #[test]

@@ -1012,6 +1012,44 @@ fn a_restoring_partition_answers_503_or_a_flagged_stale_level() {
         stale > 0,
         "?stale=true never answered from a restoring partition"
     );
+
+    // The first member comes back with its data directory: the
+    // partitions it gets again resume their history from what it saved
+    // when it stopped, and every level's history is whole (2,000 receipts,
+    // each once, the newest at the level) whichever member answers.
+    first.restart();
+    wait_settled(&second.url, 2);
+    for sku in 0..SKUS {
+        for url in [&first.url, &second.url] {
+            let mut ids = std::collections::HashSet::new();
+            let mut newest = None;
+            let mut before = String::new();
+            loop {
+                let (status, page) = get_settled(&format!(
+                    "{url}/v1/stock/SS{sku}/L0/history?limit=1000{before}"
+                ));
+                assert_eq!(status, 200, "{page}");
+                for entry in page["events"].as_array().unwrap() {
+                    newest.get_or_insert_with(|| entry["level"]["onHand"].clone());
+                    assert!(
+                        ids.insert(entry["eventId"].as_str().unwrap().to_owned()),
+                        "{entry} twice"
+                    );
+                }
+                match page["nextBefore"].as_str() {
+                    Some(next) => before = format!("&before={next}"),
+                    None => break,
+                }
+            }
+            assert_eq!(ids.len(), PER_LEVEL, "history of SS{sku}/L0 via {url}");
+            assert_eq!(newest, Some(Value::from(PER_LEVEL)), "SS{sku}/L0 via {url}");
+        }
+    }
+    let log = std::fs::read_to_string(dirs.join("a").with_extension("log")).unwrap();
+    assert!(
+        log.contains("resuming from what was materialised here"),
+        "the returning member rebuilt its history from scratch"
+    );
 }
 
 /// The sum of a Prometheus metric's samples at `url`/metrics.
