@@ -1019,6 +1019,17 @@ fn a_restoring_partition_answers_503_or_a_flagged_stale_level() {
     // each once, the newest at the level) whichever member answers.
     first.restart();
     wait_settled(&second.url, 2);
+    // Settled may still mean the second member owns everything: wait
+    // for the group to give the first some partitions back.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metric(&first.url, "stockflow_kafka_partitions_owned") < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the returning member got no partitions"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    wait_settled(&second.url, 2);
     for sku in 0..SKUS {
         for url in [&first.url, &second.url] {
             let mut ids = std::collections::HashSet::new();
