@@ -737,25 +737,13 @@ fn three_instances_one_killed_mid_stream_end_equal_to_the_reference() {
     .to_rfc3339();
     for (i, ((sku, location), (on_hand, reserved, in_transit))) in want.iter().enumerate() {
         let url = &instances[i % instances.len()].url;
-        let mut ids: Vec<String> = Vec::new();
-        let mut newest: Option<Value> = None;
-        let mut before = String::new();
-        loop {
-            let (status, page) = get_settled(&format!(
-                "{url}/v1/stock/{sku}/{location}/history?limit=1000{before}"
-            ));
-            assert_eq!(status, 200, "{page}");
-            for entry in page["events"].as_array().unwrap() {
-                newest.get_or_insert_with(|| entry["level"].clone());
-                if entry["part"] != "in_transit" {
-                    ids.push(entry["eventId"].as_str().unwrap().to_owned());
-                }
-            }
-            match page["nextBefore"].as_str() {
-                Some(next) => before = format!("&before={next}"),
-                None => break,
-            }
-        }
+        let entries = whole_history(url, sku, location);
+        let newest = entries.first().map(|e| e["level"].clone());
+        let mut ids: Vec<String> = entries
+            .iter()
+            .filter(|e| e["part"] != "in_transit")
+            .map(|e| e["eventId"].as_str().unwrap().to_owned())
+            .collect();
         ids.reverse();
         let key = format!("{sku}:{location}");
         let want_ids = applied.get(key.as_str()).cloned().unwrap_or_default();
@@ -1032,26 +1020,15 @@ fn a_restoring_partition_answers_503_or_a_flagged_stale_level() {
     wait_settled(&second.url, 2);
     for sku in 0..SKUS {
         for url in [&first.url, &second.url] {
+            let entries = whole_history(url, &format!("SS{sku}"), "L0");
             let mut ids = std::collections::HashSet::new();
-            let mut newest = None;
-            let mut before = String::new();
-            loop {
-                let (status, page) = get_settled(&format!(
-                    "{url}/v1/stock/SS{sku}/L0/history?limit=1000{before}"
-                ));
-                assert_eq!(status, 200, "{page}");
-                for entry in page["events"].as_array().unwrap() {
-                    newest.get_or_insert_with(|| entry["level"]["onHand"].clone());
-                    assert!(
-                        ids.insert(entry["eventId"].as_str().unwrap().to_owned()),
-                        "{entry} twice"
-                    );
-                }
-                match page["nextBefore"].as_str() {
-                    Some(next) => before = format!("&before={next}"),
-                    None => break,
-                }
+            for entry in &entries {
+                assert!(
+                    ids.insert(entry["eventId"].as_str().unwrap().to_owned()),
+                    "{entry} twice"
+                );
             }
+            let newest = entries.first().map(|e| e["level"]["onHand"].clone());
             assert_eq!(ids.len(), PER_LEVEL, "history of SS{sku}/L0 via {url}");
             assert_eq!(newest, Some(Value::from(PER_LEVEL)), "SS{sku}/L0 via {url}");
         }
@@ -1061,6 +1038,24 @@ fn a_restoring_partition_answers_503_or_a_flagged_stale_level() {
         log.contains("resuming from what was materialised here"),
         "the returning member rebuilt its history from scratch"
     );
+}
+
+/// Every entry of a level's history through `url`, newest first, read a
+/// page of 1,000 at a time.
+fn whole_history(url: &str, sku: &str, location: &str) -> Vec<Value> {
+    let mut entries = Vec::new();
+    let mut before = String::new();
+    loop {
+        let (status, page) = get_settled(&format!(
+            "{url}/v1/stock/{sku}/{location}/history?limit=1000{before}"
+        ));
+        assert_eq!(status, 200, "{page}");
+        entries.extend(page["events"].as_array().unwrap().iter().cloned());
+        match page["nextBefore"].as_str() {
+            Some(next) => before = format!("&before={next}"),
+            None => return entries,
+        }
+    }
 }
 
 /// The sum of a Prometheus metric's samples at `url`/metrics.
