@@ -12,7 +12,9 @@ use crate::dedup::{event_id_hash, Dedup};
 use crate::event::Batch;
 use crate::level::Outcome;
 use crate::limits::{DEDUP_ENTRIES_MAX_DEFAULT, DEDUP_RETENTION_NS_DEFAULT, PARTITIONS_DEFAULT};
-use crate::orders::OrderBook;
+use crate::orders::{
+    hold_changes, step_due, Answer, OrderBook, OrderCommand, StepEffects, StockOf,
+};
 use crate::partition::{Exception, LevelView, Partition, Totals};
 use crate::time::Timestamp;
 
@@ -73,6 +75,15 @@ pub struct BatchReport {
     pub duplicates: Vec<u32>,
     /// Accepted events that changed nothing, sorted by index.
     pub exceptions: Vec<(u32, Outcome)>,
+}
+
+/// What one log record did (see [`Engine::apply_record`]).
+#[derive(Debug, Default)]
+pub struct RecordReport {
+    /// One per batch, in order.
+    pub batches: Vec<BatchReport>,
+    /// One per order command, in order (empty when the step did not run).
+    pub answers: Vec<Answer>,
 }
 
 /// The whole state, single-threaded.
@@ -149,6 +160,68 @@ impl Engine {
             .into_iter()
             .map(|e| (batch.get(e.position as usize).index, e.outcome))
             .collect()
+    }
+
+    /// Applies one log record the way the embedded pipeline and its replay
+    /// do: each batch admitted and applied in order; then, if due, the
+    /// order step (take in what the batches' order events did to holds,
+    /// expire due holds, decide `commands`, apply the decisions); then
+    /// time passes for the alerts. `event_hold_ns` is the hold an order
+    /// gets when an event reserves for it.
+    pub fn apply_record(
+        &mut self,
+        batches: &mut [Batch],
+        commands: &[OrderCommand],
+        now: Timestamp,
+        event_hold_ns: i64,
+    ) -> RecordReport {
+        let partitions = self.config.partitions;
+        let mut report = RecordReport::default();
+        let mut observed = Vec::new();
+        let mut order_events = false;
+        for batch in batches.iter_mut() {
+            let duplicates = admit(&mut self.dedup, batch, now);
+            batch.compute_routes(partitions);
+            order_events |= batch.has_order_events();
+            let (mut exceptions, mut changes) = (Vec::new(), Vec::new());
+            for (id, partition) in self.partitions.iter_mut().enumerate() {
+                partition.apply_batch(id as u16, batch, now, &mut exceptions, &mut changes);
+            }
+            let mut held: Vec<_> = hold_changes(batch, &changes).collect();
+            held.sort_by_key(|(position, _)| *position);
+            observed.extend(held.into_iter().map(|(_, change)| change));
+            exceptions.sort_by_key(|e| e.position);
+            report.batches.push(BatchReport {
+                duplicates,
+                exceptions: exceptions
+                    .into_iter()
+                    .map(|e| (batch.get(e.position as usize).index, e.outcome))
+                    .collect(),
+            });
+        }
+        if step_due(&self.orders, commands, order_events, now) {
+            self.orders.observe(&observed, now, event_hold_ns);
+            let views: Vec<&Partition> = self.partitions.iter().collect();
+            let stock = StockOf {
+                partitions: &views,
+                catalog: &self.catalog,
+            };
+            let (events, answers) = self.orders.decide(commands, now, &stock);
+            let step = StepEffects::new(commands, &events, &answers, now, partitions);
+            let (mut exceptions, mut changes) = (Vec::new(), Vec::new());
+            for (id, partition) in self.partitions.iter_mut().enumerate() {
+                step.apply_to(id as u16, partition, now, &mut exceptions, &mut changes);
+            }
+            debug_assert!(
+                exceptions.is_empty(),
+                "every decision applies: {exceptions:?}"
+            );
+            report.answers = answers;
+        }
+        for partition in &mut self.partitions {
+            partition.tick(now);
+        }
+        report
     }
 
     pub fn partition_of(&self, sku: &str, location_id: &str) -> &Partition {

@@ -58,6 +58,15 @@ impl EventType {
     pub fn from_wire(name: &str) -> Option<EventType> {
         EventType::ALL.into_iter().find(|t| t.as_str() == name)
     }
+
+    /// RESERVATION, RELEASE and FULFILLMENT: the types whose correlationId
+    /// names the order whose hold they move.
+    pub fn moves_holds(self) -> bool {
+        matches!(
+            self,
+            EventType::Reservation | EventType::Release | EventType::Fulfillment
+        )
+    }
 }
 
 /// A string inside a batch's text buffer.
@@ -203,6 +212,25 @@ impl Batch {
 
     pub fn event_id(&self, i: usize) -> &str {
         self.str(self.events[i].event_id)
+    }
+
+    /// The order event `i` acts for: its correlationId, when it is a
+    /// RESERVATION, RELEASE or FULFILLMENT (the types that move holds; on
+    /// other types a correlationId is only carried along).
+    pub fn order_of(&self, i: usize) -> Option<&str> {
+        let rec = &self.events[i];
+        rec.event_type
+            .moves_holds()
+            .then_some(rec.correlation_id)
+            .flatten()
+            .map(|s| self.str(s))
+    }
+
+    /// Whether any event acts for an order (see [`Batch::order_of`]).
+    pub fn has_order_events(&self) -> bool {
+        self.events
+            .iter()
+            .any(|rec| rec.correlation_id.is_some() && rec.event_type.moves_holds())
     }
 
     pub fn iter(&self) -> impl ExactSizeIterator<Item = EventRef<'_>> + '_ {

@@ -3,11 +3,20 @@
 //! This is the contract's effect table in code. A level also keeps the short
 //! history that a late physical COUNT needs: the onHand changes made by
 //! events timestamped after the newest count, within a bounded window.
+//!
+//! A level also keeps its holds: the units each order (an event's
+//! correlationId) has reserved here. `reserved` is the sum of the holds
+//! plus the *free* reservations that no order holds (RESERVATION events
+//! without a correlationId). Every rule about a hold is decided here, by
+//! the level's single owner, in both modes: a RELEASE or FULFILLMENT that
+//! names an order acts on that order's hold only; one that names none acts
+//! on the free part only. So `reserved = Σ holds + free` with `free ≥ 0`
+//! after every event, whatever order events arrive in.
 
 use serde::{Deserialize, Serialize};
 
 use crate::event::EventType;
-use crate::limits::{COUNT_HISTORY_ENTRIES_MAX, COUNT_HISTORY_WINDOW_NS};
+use crate::limits::{COUNT_HISTORY_ENTRIES_MAX, COUNT_HISTORY_WINDOW_NS, HOLDS_PER_LEVEL_MAX};
 use crate::time::Timestamp;
 
 /// What applying one event (or one part of it) did to a level.
@@ -35,6 +44,13 @@ pub enum Rejection {
     CountBeyondHistory,
     /// The result would not fit in an `i64`.
     QuantityOverflow,
+    /// RELEASE naming an order that holds nothing at this level (unknown,
+    /// expired, released or fulfilled): nothing to give back, and another
+    /// order's hold is never touched.
+    NoHold,
+    /// RESERVATION for an order that would be the level's
+    /// [`HOLDS_PER_LEVEL_MAX`]+1-th holder.
+    TooManyHolds,
 }
 
 impl Rejection {
@@ -44,8 +60,32 @@ impl Rejection {
             Rejection::InsufficientStock => "insufficient_stock",
             Rejection::CountBeyondHistory => "count_beyond_history",
             Rejection::QuantityOverflow => "quantity_overflow",
+            Rejection::NoHold => "no_hold",
+            Rejection::TooManyHolds => "too_many_holds",
         }
     }
+
+    /// The reason told to the sender of the event that met it: the stable
+    /// code, then what it means for this event (`order` is its
+    /// correlationId).
+    pub fn describe(self, sku: &str, location: &str, order: Option<&str>) -> String {
+        match (self, order) {
+            (Rejection::NoHold, Some(order)) => {
+                format!("no_hold: order {order} holds nothing at {sku}@{location}")
+            }
+            (Rejection::TooManyHolds, _) => format!(
+                "too_many_holds: {sku}@{location} already has {HOLDS_PER_LEVEL_MAX} orders holding stock"
+            ),
+            (other, _) => other.as_str().to_owned(),
+        }
+    }
+}
+
+/// Units one order holds at a level.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hold {
+    pub order_id: Box<str>,
+    pub quantity: i64,
 }
 
 /// One SKU at one location.
@@ -68,6 +108,9 @@ pub struct Level {
     /// (event timestamp, onHand change) for events after `count_time`,
     /// sorted by timestamp, one entry per distinct timestamp.
     history: Vec<(Timestamp, i64)>,
+    /// The orders holding units here, sorted by order id, each > 0. Their
+    /// sum never exceeds `reserved`.
+    holds: Vec<Hold>,
 }
 
 /// The quantities of a level, without its history: what roll-ups sum.
@@ -95,13 +138,39 @@ impl Level {
         self.count_time
     }
 
-    /// Applies the part of an event that lands on its own level.
+    /// The orders holding units here, sorted by order id.
+    pub fn holds(&self) -> &[Hold] {
+        &self.holds
+    }
+
+    /// Units `order` holds here.
+    pub fn hold_of(&self, order: &str) -> i64 {
+        match self.find_hold(order) {
+            Ok(i) => self.holds[i].quantity,
+            Err(_) => 0,
+        }
+    }
+
+    /// Reserved units that no order holds.
+    pub fn free_reserved(&self) -> i64 {
+        self.reserved - self.holds.iter().map(|h| h.quantity).sum::<i64>()
+    }
+
+    fn find_hold(&self, order: &str) -> Result<usize, usize> {
+        self.holds.binary_search_by(|h| (*h.order_id).cmp(order))
+    }
+
+    /// Applies the part of an event that lands on its own level. `order`
+    /// is the event's correlationId: RESERVATION, RELEASE and FULFILLMENT
+    /// with one act on that order's hold (see the module's text); other
+    /// types ignore it.
     pub fn apply(
         &mut self,
         event_type: EventType,
         q: i64,
         at: Timestamp,
         now: Timestamp,
+        order: Option<&str>,
     ) -> Outcome {
         let outcome = match event_type {
             EventType::Receipt | EventType::Return | EventType::Adjustment => {
@@ -116,16 +185,23 @@ impl Level {
                 }
                 outcome
             }
-            EventType::Reservation => self.reserve(q),
+            EventType::Reservation => self.reserve(q, order),
             EventType::Release => {
-                self.reserved -= q.min(self.reserved);
-                Outcome::Applied
+                let released = self.releasable(q, order);
+                if released == 0 && order.is_some() {
+                    Outcome::Rejected(Rejection::NoHold)
+                } else {
+                    self.unreserve(released, order);
+                    Outcome::Applied
+                }
             }
             EventType::Fulfillment => {
-                let released = q.min(self.reserved);
+                // The goods left whatever was held: onHand always moves; the
+                // order's hold (or the free part) shrinks by what it covers.
+                let released = self.releasable(q, order);
                 let outcome = self.change_on_hand(-q, at);
                 if !matches!(outcome, Outcome::Rejected(_)) {
-                    self.reserved -= released;
+                    self.unreserve(released, order);
                 }
                 outcome
             }
@@ -155,15 +231,57 @@ impl Level {
         }
     }
 
-    fn reserve(&mut self, q: i64) -> Outcome {
-        // onHand − reserved cannot overflow: both are bounded far below
-        // i64::MAX / 2 by QUANTITY_ABS_MAX and the overflow checks.
-        if q <= self.on_hand.saturating_sub(self.reserved) {
-            self.reserved += q;
-            Outcome::Applied
-        } else {
-            Outcome::Rejected(Rejection::InsufficientStock)
+    fn reserve(&mut self, q: i64, order: Option<&str>) -> Outcome {
+        // q ≤ onHand − reserved keeps reserved ≤ onHand, so the sum cannot
+        // overflow once the difference is computed without overflowing.
+        if q > self.on_hand.saturating_sub(self.reserved) {
+            return Outcome::Rejected(Rejection::InsufficientStock);
         }
+        if let Some(order) = order.filter(|_| q > 0) {
+            match self.find_hold(order) {
+                Ok(i) => self.holds[i].quantity += q,
+                Err(_) if self.holds.len() >= HOLDS_PER_LEVEL_MAX => {
+                    return Outcome::Rejected(Rejection::TooManyHolds)
+                }
+                Err(i) => self.holds.insert(
+                    i,
+                    Hold {
+                        order_id: order.into(),
+                        quantity: q,
+                    },
+                ),
+            }
+        }
+        self.reserved += q;
+        debug_assert!(self.free_reserved() >= 0);
+        Outcome::Applied
+    }
+
+    /// What a RELEASE or FULFILLMENT of `q` gives back: up to what `order`
+    /// holds here, or without an order up to the free reservations.
+    fn releasable(&self, q: i64, order: Option<&str>) -> i64 {
+        let pool = match order {
+            Some(order) => self.hold_of(order),
+            None => self.free_reserved(),
+        };
+        q.clamp(0, pool.max(0))
+    }
+
+    /// Gives back `units` (≤ [`Level::releasable`]) of `order`'s hold, or of
+    /// the free reservations.
+    fn unreserve(&mut self, units: i64, order: Option<&str>) {
+        if units == 0 {
+            return;
+        }
+        if let Some(order) = order {
+            let i = self.find_hold(order).expect("releasable found the hold");
+            self.holds[i].quantity -= units;
+            if self.holds[i].quantity == 0 {
+                self.holds.remove(i);
+            }
+        }
+        self.reserved -= units;
+        debug_assert!(self.free_reserved() >= 0 && self.reserved >= 0);
     }
 
     /// onHand += delta for an event timestamped `at`, unless a COUNT at or

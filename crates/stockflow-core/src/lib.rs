@@ -36,9 +36,9 @@ pub mod time;
 
 pub use catalog::{Catalog, CatalogChange, Location, LocationType, Policy, Product};
 pub use dedup::{event_id_hash, Dedup, DedupDecodeError, DedupSnapshot};
-pub use engine::{admit, route, BatchReport, Engine, EngineConfig};
+pub use engine::{admit, route, BatchReport, Engine, EngineConfig, RecordReport};
 pub use event::{Batch, EventRef, EventType, Route};
-pub use level::{Level, Numbers, Outcome, Rejection};
+pub use level::{Hold, Level, Numbers, Outcome, Rejection};
 pub use orders::{OrderBook, OrderCommand};
 pub use parse::{parse_body, BodyError, BodyFormat, Parsed, Rejected};
 pub use partition::{

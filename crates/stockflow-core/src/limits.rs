@@ -25,6 +25,13 @@ pub const COUNT_HISTORY_WINDOW_NS: i64 = 24 * 3600 * 1_000_000_000;
 /// 64 KiB for one very hot level, and covers one event every 21 s for 24 h.
 pub const COUNT_HISTORY_ENTRIES_MAX: usize = 4096;
 
+/// Most orders holding units at one level at once. A hold is ~40 bytes
+/// kept with the level (and in every snapshot of it); a level that 100,000
+/// orders hold at once is already far beyond any shelf, so past it a
+/// RESERVATION for one more order is refused (`too_many_holds`) instead of
+/// letting one level grow without bound.
+pub const HOLDS_PER_LEVEL_MAX: usize = 100_000;
+
 /// Default number of state partitions. Each has a single writer; 12 spreads
 /// evenly over 1, 2, 3, 4 and 6 apply threads.
 pub const PARTITIONS_DEFAULT: u16 = 12;

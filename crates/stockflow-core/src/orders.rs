@@ -14,6 +14,16 @@
 //! An all_or_nothing order reserves every line or none: the check for all
 //! lines happens in one step before any event is generated, so there is no
 //! half-reserved order to compensate, before or after a crash.
+//!
+//! Holds themselves live at the levels ([`crate::level`]): a level's owner
+//! decides every RESERVATION, RELEASE and FULFILLMENT that names an order,
+//! in the order the events arrived, in both modes. An order's events sent
+//! by another system (correlationId = orderId) therefore never pass
+//! through a book: they apply at their level like any event, and the book
+//! *observes* what they did ([`HoldChange`], [`Order::observe`]), so the
+//! order's lines and status follow its holds and its hold still expires.
+//! The book's own decisions go out as events with the same correlationId,
+//! so the level's hold and the book's allocations move together.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -69,20 +79,6 @@ pub enum OrderCommand {
         order_id: String,
         hold_ns: i64,
     },
-    /// A canonical RESERVATION, RELEASE or FULFILLMENT event whose
-    /// correlationId names an order (how the Kafka mode carries orders):
-    /// a reservation adds a line to the order (creating it, with a hold of
-    /// `hold_ns`, if new); a release or fulfilment acts on the order's
-    /// units held at that level, up to `quantity`.
-    Event {
-        order_id: String,
-        event_id: String,
-        event_type: EventType,
-        sku: String,
-        location_id: String,
-        quantity: i64,
-        hold_ns: i64,
-    },
 }
 
 impl OrderCommand {
@@ -91,21 +87,16 @@ impl OrderCommand {
             OrderCommand::Place { order_id, .. }
             | OrderCommand::Fulfil { order_id, .. }
             | OrderCommand::Cancel { order_id }
-            | OrderCommand::Extend { order_id, .. }
-            | OrderCommand::Event { order_id, .. } => order_id,
+            | OrderCommand::Extend { order_id, .. } => order_id,
         }
     }
 
     /// When a hold this command sets would expire, for the shell's timers.
     pub fn hold_until(&self, now: Timestamp) -> Option<Timestamp> {
         match self {
-            OrderCommand::Place { hold_ns, .. }
-            | OrderCommand::Extend { hold_ns, .. }
-            | OrderCommand::Event {
-                event_type: EventType::Reservation,
-                hold_ns,
-                ..
-            } => Some(now.saturating_add_ns(*hold_ns)),
+            OrderCommand::Place { hold_ns, .. } | OrderCommand::Extend { hold_ns, .. } => {
+                Some(now.saturating_add_ns(*hold_ns))
+            }
             _ => None,
         }
     }
@@ -211,10 +202,6 @@ pub enum Answer {
     /// an existing orderId): the order as it is, and why.
     Conflict(Order, String),
     NotFound(String),
-    /// A RELEASE or FULFILLMENT naming an order this engine does not hold
-    /// (one accepted elsewhere, like an e-commerce order line): applied to
-    /// its level as a plain event.
-    Plain,
 }
 
 /// Read access to stock while deciding.
@@ -309,21 +296,6 @@ impl OrderBook {
         pending: &mut HashMap<(String, String), i64>,
     ) -> Answer {
         let id = command.order_id();
-        if let OrderCommand::Event { .. } = command {
-            return self.event(command, now, stock, events, pending);
-        }
-        if let OrderCommand::Place { fingerprint, .. } = command {
-            if let Some(existing) = self.orders.get(id) {
-                return if existing.fingerprint == *fingerprint {
-                    Answer::Done(existing.clone())
-                } else {
-                    Answer::Conflict(
-                        existing.clone(),
-                        format!("order {id:?} exists with a different body; use a new orderId"),
-                    )
-                };
-            }
-        }
         let Some(order) = self.orders.get_mut(id) else {
             let OrderCommand::Place {
                 order_id,
@@ -354,32 +326,34 @@ impl OrderBook {
             self.orders.insert(order.order_id.clone(), order.clone());
             return Answer::Done(order);
         };
-        let conflict = |order: &Order, what: &str| {
-            Answer::Conflict(
-                order.clone(),
-                format!("cannot {what} an order that is {}", order.status.as_str()),
-            )
-        };
-        match command {
-            OrderCommand::Place { .. } | OrderCommand::Event { .. } => {
-                unreachable!("handled above")
-            }
-            OrderCommand::Fulfil { lines, .. } => {
-                if order.status == Status::Fulfilled {
-                    return Answer::Done(order.clone());
-                }
-                if !order.status.is_live() {
-                    return conflict(order, "fulfil");
-                }
-                let wanted: Vec<usize> = match lines {
-                    Some(lines) => lines.clone(),
-                    None => (0..order.lines.len()).collect(),
+        let act = match command {
+            OrderCommand::Place { fingerprint, .. } => {
+                return if order.fingerprint == *fingerprint {
+                    Answer::Done(order.clone())
+                } else {
+                    Answer::Conflict(
+                        order.clone(),
+                        format!("order {id:?} exists with a different body; use a new orderId"),
+                    )
                 };
-                if let Some(bad) = wanted.iter().find(|l| **l >= order.lines.len()) {
-                    return Answer::Conflict(order.clone(), format!("the order has no line {bad}"));
-                }
+            }
+            OrderCommand::Fulfil { lines, .. } => Act::Fulfil(lines.as_deref()),
+            OrderCommand::Cancel { .. } => Act::Cancel,
+            OrderCommand::Extend { .. } => Act::Extend,
+        };
+        match judge(order, act) {
+            Err(why) => return Answer::Conflict(order.clone(), why),
+            Ok(false) => return Answer::Done(order.clone()),
+            Ok(true) => {}
+        }
+        let expiry = order.expires_at.take();
+        if let Some(at) = expiry {
+            self.expiries.remove(&(at, order.order_id.clone()));
+        }
+        match command {
+            OrderCommand::Fulfil { lines, .. } => {
                 for (n, line) in order.lines.iter_mut().enumerate() {
-                    if !wanted.contains(&n) {
+                    if lines.as_ref().is_some_and(|only| !only.contains(&n)) {
                         continue;
                     }
                     for (k, a) in line
@@ -399,87 +373,60 @@ impl OrderBook {
                         });
                     }
                 }
-                let all_done = order
-                    .lines
-                    .iter()
-                    .all(|l| l.allocations.iter().all(|a| a.fulfilled));
-                if all_done {
-                    order.status = Status::Fulfilled;
-                    if let Some(at) = order.expires_at.take() {
-                        self.expiries.remove(&(at, order.order_id.clone()));
-                    }
+                // Lines left unfulfilled keep the hold they had.
+                if order.status_from_holds() {
+                    order.expires_at = expiry;
                 }
-                order.updated_at = now;
-                Answer::Done(order.clone())
             }
             OrderCommand::Cancel { .. } => {
-                if order.status == Status::Cancelled {
-                    return Answer::Done(order.clone());
-                }
-                if !order.status.is_live() {
-                    return conflict(order, "cancel");
-                }
                 release(order, "cancel", events, pending);
                 order.status = Status::Cancelled;
-                if let Some(at) = order.expires_at.take() {
-                    self.expiries.remove(&(at, order.order_id.clone()));
-                }
-                order.updated_at = now;
-                Answer::Done(order.clone())
             }
             OrderCommand::Extend { hold_ns, .. } => {
-                if !order.status.is_live() {
-                    return conflict(order, "extend");
-                }
-                if let Some(at) = order.expires_at.take() {
-                    self.expiries.remove(&(at, order.order_id.clone()));
-                }
-                let at = now.saturating_add_ns(*hold_ns);
-                order.expires_at = Some(at);
-                self.expiries.insert((at, order.order_id.clone()));
-                order.updated_at = now;
-                Answer::Done(order.clone())
+                order.expires_at = Some(now.saturating_add_ns(*hold_ns));
             }
+            OrderCommand::Place { .. } => unreachable!("answered above"),
+        }
+        order.updated_at = now;
+        let answer = Answer::Done(order.clone());
+        self.schedule(id);
+        answer
+    }
+
+    /// Keeps `expiries` in step with an order's hold: a live order with an
+    /// `expires_at` is listed at it, any other is not.
+    fn schedule(&mut self, id: &str) {
+        let Some(order) = self.orders.get_mut(id) else {
+            return;
+        };
+        if !order.status.is_live() {
+            order.expires_at = None;
+        }
+        if let Some(at) = order.expires_at {
+            self.expiries.insert((at, id.to_owned()));
         }
     }
 
-    /// An order's event (see [`OrderCommand::Event`]). The answer is the
-    /// order; a refused reservation shows as a last line with a reason.
-    fn event(
-        &mut self,
-        command: &OrderCommand,
-        now: Timestamp,
-        stock: &dyn StockView,
-        events: &mut Vec<OrderEvent>,
-        pending: &mut HashMap<(String, String), i64>,
-    ) -> Answer {
-        let OrderCommand::Event {
-            order_id,
-            event_id,
-            event_type,
-            sku,
-            location_id,
-            quantity,
-            hold_ns,
-        } = command
-        else {
-            unreachable!("only events come here")
-        };
-        let key = (sku.clone(), location_id.clone());
-        let event = |event_type, quantity| OrderEvent {
-            event_id: event_id.clone(),
-            event_type,
-            sku: sku.clone(),
-            location_id: location_id.clone(),
-            quantity,
-            order_id: order_id.clone(),
-        };
-        if *event_type == EventType::Reservation {
+    /// Takes in what the events of a log record did to the holds of the
+    /// orders they name (in the order the events were received), before
+    /// the record's order step: an order is created by its first
+    /// RESERVATION, gains a line per RESERVATION (held, or refused with the
+    /// reason), and gives up or fulfils the units its RELEASE and
+    /// FULFILLMENT events took from its holds. Its status then follows its
+    /// holds, and a hold that grew is held for `hold_ns` more (never less
+    /// than it already had).
+    pub fn observe(&mut self, changes: &[HoldChange], now: Timestamp, hold_ns: i64) {
+        for change in changes {
+            let created = !self.orders.contains_key(&change.order_id);
+            debug_assert!(
+                !created || change.event_type == EventType::Reservation,
+                "a level held units for an order the book never saw: {change:?}"
+            );
             let order = self
                 .orders
-                .entry(order_id.clone())
+                .entry(change.order_id.clone())
                 .or_insert_with(|| Order {
-                    order_id: order_id.clone(),
+                    order_id: change.order_id.clone(),
                     fingerprint: 0,
                     mode: Mode::Partial,
                     status: Status::Rejected,
@@ -488,140 +435,224 @@ impl OrderBook {
                     updated_at: now,
                     expires_at: None,
                 });
-            if !order.lines.is_empty() && !order.status.is_live() {
-                let why = format!(
-                    "cannot reserve for an order that is {}",
-                    order.status.as_str()
-                );
-                return Answer::Conflict(order.clone(), why);
+            if let Some(at) = order.expires_at {
+                self.expiries.remove(&(at, change.order_id.clone()));
             }
-            let free = stock.free(sku, location_id) - pending.get(&key).copied().unwrap_or(0);
-            let granted = *quantity <= free;
-            order.lines.push(Line {
-                sku: sku.clone(),
-                location_id: Some(location_id.clone()),
-                requested: *quantity,
-                allocations: match granted {
-                    true => vec![Allocation {
-                        location_id: location_id.clone(),
-                        quantity: *quantity,
-                        fulfilled: false,
-                    }],
-                    false => Vec::new(),
+            order.observe(change, now, hold_ns);
+            self.schedule(&change.order_id);
+        }
+    }
+}
+
+/// What one event naming an order did to that order's hold at its level,
+/// as the level decided it (see [`hold_changes`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HoldChange {
+    pub order_id: String,
+    pub event_type: EventType,
+    pub sku: String,
+    pub location_id: String,
+    /// What the event asked for.
+    pub quantity: i64,
+    /// Units the order's hold grew by (RESERVATION) or gave up (RELEASE,
+    /// FULFILLMENT): never more than the quantity, nor than it held.
+    pub moved: i64,
+    /// Why a RESERVATION was refused (`None` if it was granted).
+    pub refused: Option<String>,
+}
+
+/// The hold changes of the order events among a batch's applied `changes`
+/// (see [`crate::Partition::apply_batch`]), in the changes' order, with
+/// each event's position in the batch.
+pub fn hold_changes<'a>(
+    batch: &'a crate::event::Batch,
+    changes: &'a [crate::partition::Change],
+) -> impl Iterator<Item = (u32, HoldChange)> + 'a {
+    changes
+        .iter()
+        .filter(|c| !c.in_transit)
+        .filter_map(move |c| {
+            let order_id = batch.order_of(c.position as usize)?;
+            let event = batch.get(c.position as usize);
+            let moved = (c.after.reserved - c.before.reserved).abs();
+            // A RELEASE or FULFILLMENT that took nothing from the order's
+            // holds changes nothing about the order.
+            if moved == 0 && event.event_type != EventType::Reservation {
+                return None;
+            }
+            let refused = match c.outcome {
+                crate::level::Outcome::Rejected(why) => Some(why),
+                _ => None,
+            };
+            Some((
+                c.position,
+                HoldChange {
+                    order_id: order_id.to_owned(),
+                    event_type: event.event_type,
+                    sku: event.sku.to_owned(),
+                    location_id: event.location_id.to_owned(),
+                    quantity: event.quantity,
+                    moved,
+                    refused: refused
+                        .map(|why| why.describe(event.sku, event.location_id, Some(order_id))),
                 },
-                reason: (!granted).then(|| {
-                    format!(
-                        "insufficient_stock: {} of {quantity} available",
-                        free.max(0)
-                    )
-                }),
-            });
-            if granted {
-                *pending.entry(key).or_insert(0) += quantity;
-                events.push(event(EventType::Reservation, *quantity));
-                let any_short = order.lines.iter().any(|l| l.reason.is_some());
-                order.status = match any_short {
-                    true => Status::PartiallyReserved,
-                    false => Status::Reserved,
-                };
-                if let Some(at) = order.expires_at.take() {
-                    self.expiries.remove(&(at, order_id.clone()));
-                }
-                let at = now.saturating_add_ns(*hold_ns);
-                order.expires_at = Some(at);
-                self.expiries.insert((at, order_id.clone()));
-            } else if order.lines.iter().all(|l| l.allocations.is_empty()) {
-                order.status = Status::Rejected;
-            } else {
-                order.status = Status::PartiallyReserved;
-            }
-            order.updated_at = now;
-            return Answer::Done(order.clone());
-        }
-        let Some(order) = self.orders.get_mut(order_id) else {
-            *pending.entry(key).or_insert(0) -= match event_type {
-                EventType::Release => *quantity,
-                _ => 0,
-            };
-            events.push(event(*event_type, *quantity));
-            return Answer::Plain;
+            ))
+        })
+}
+
+/// A command on an existing order, as [`judge`] sees it.
+#[derive(Clone, Copy, Debug)]
+pub enum Act<'a> {
+    /// These lines (all when `None`).
+    Fulfil(Option<&'a [usize]>),
+    Cancel,
+    Extend,
+}
+
+/// Whether `act` acts on `order`: `Ok(true)` if it changes it, `Ok(false)`
+/// if it repeats what is done (answered with the order as it is), `Err`
+/// with why it is not allowed. The one rule for both modes: the embedded
+/// order step, Kafka mode's saga homes and its HTTP handlers all ask it.
+pub fn judge(order: &Order, act: Act<'_>) -> Result<bool, String> {
+    let not_now = |what: &str| {
+        let hint = if order.status == Status::Pending {
+            " (its lines are still being reserved; retry in a moment)"
+        } else {
+            ""
         };
-        if !order.status.is_live() {
-            let what = match event_type {
-                EventType::Release => "release",
-                _ => "fulfil",
-            };
-            let why = format!(
-                "cannot {what} units of an order that is {}",
-                order.status.as_str()
-            );
-            return Answer::Conflict(order.clone(), why);
-        }
-        let held_here: i64 = order
-            .lines
-            .iter()
-            .filter(|l| l.sku == *sku)
-            .flat_map(|l| &l.allocations)
-            .filter(|a| !a.fulfilled && a.location_id == *location_id)
-            .map(|a| a.quantity)
-            .sum();
-        if held_here < *quantity {
-            let why =
-                format!("the order holds {held_here} of {sku} at {location_id}, not {quantity}");
-            return Answer::Conflict(order.clone(), why);
-        }
-        // `quantity` of the units held here, oldest line first.
-        let mut left = *quantity;
-        for line in order.lines.iter_mut().filter(|l| l.sku == *sku) {
-            let mut split = Vec::new();
-            for a in line.allocations.iter_mut() {
-                if left == 0 || a.fulfilled || a.location_id != *location_id {
-                    continue;
-                }
-                let take = a.quantity.min(left);
-                left -= take;
-                if *event_type == EventType::Fulfillment {
-                    if take < a.quantity {
-                        a.quantity -= take;
-                        split.push(Allocation {
-                            location_id: a.location_id.clone(),
-                            quantity: take,
-                            fulfilled: true,
-                        });
-                    } else {
-                        a.fulfilled = true;
-                    }
-                } else {
-                    a.quantity -= take;
-                    *pending.entry(key.clone()).or_insert(0) -= take;
-                }
+        Err(format!(
+            "cannot {what} an order that is {}{hint}",
+            order.status.as_str()
+        ))
+    };
+    match act {
+        Act::Fulfil(lines) => {
+            if order.status == Status::Fulfilled {
+                return Ok(false);
             }
-            line.allocations.retain(|a| a.quantity > 0);
-            line.allocations.extend(split);
-        }
-        debug_assert_eq!(left, 0, "held_here covers the quantity");
-        events.push(event(*event_type, *quantity));
-        let held = order
-            .lines
-            .iter()
-            .flat_map(|l| &l.allocations)
-            .any(|a| !a.fulfilled);
-        if !held {
-            let any_fulfilled = order
-                .lines
+            if !order.status.is_live() {
+                return not_now("fulfil");
+            }
+            if let Some(bad) = lines
                 .iter()
-                .flat_map(|l| &l.allocations)
-                .any(|a| a.fulfilled);
-            order.status = match any_fulfilled {
-                true => Status::Fulfilled,
-                false => Status::Cancelled,
-            };
-            if let Some(at) = order.expires_at.take() {
-                self.expiries.remove(&(at, order_id.clone()));
+                .copied()
+                .flatten()
+                .find(|l| **l >= order.lines.len())
+            {
+                return Err(format!("the order has no line {bad}"));
             }
+            Ok(true)
         }
-        order.updated_at = now;
-        Answer::Done(order.clone())
+        Act::Cancel => match order.status {
+            Status::Cancelled => Ok(false),
+            s if s.is_live() => Ok(true),
+            _ => not_now("cancel"),
+        },
+        Act::Extend if order.status.is_live() => Ok(true),
+        Act::Extend => not_now("extend"),
+    }
+}
+
+impl Order {
+    /// Units this order holds (unfulfilled allocations) at (sku, location).
+    pub fn held_at(&self, sku: &str, location: &str) -> i64 {
+        self.lines
+            .iter()
+            .filter(|l| l.sku == sku)
+            .flat_map(|l| &l.allocations)
+            .filter(|a| !a.fulfilled && a.location_id == location)
+            .map(|a| a.quantity)
+            .sum()
+    }
+
+    /// Sets the status from the holds: live while anything is held
+    /// (partially reserved if a line is short); once nothing is, fulfilled
+    /// if anything was fulfilled, else cancelled; an order that never held
+    /// keeps its status. Returns whether it is live.
+    pub fn status_from_holds(&mut self) -> bool {
+        let allocations = || self.lines.iter().flat_map(|l| &l.allocations);
+        let held = allocations().any(|a| !a.fulfilled);
+        let any_fulfilled = allocations().any(|a| a.fulfilled);
+        self.status = match (held, self.status) {
+            // A saga still collecting its lines' answers decides then.
+            (_, Status::Pending) => Status::Pending,
+            (true, _) => match self.lines.iter().any(|l| l.reason.is_some()) {
+                true => Status::PartiallyReserved,
+                false => Status::Reserved,
+            },
+            (false, _) if any_fulfilled => Status::Fulfilled,
+            (false, s) if s.is_live() => Status::Cancelled,
+            (false, s) => s,
+        };
+        self.status.is_live()
+    }
+
+    /// Takes in one [`HoldChange`] of this order at `now` (see
+    /// [`OrderBook::observe`]); the caller keeps the expiry index.
+    pub fn observe(&mut self, change: &HoldChange, now: Timestamp, hold_ns: i64) {
+        let HoldChange {
+            event_type,
+            sku,
+            location_id,
+            quantity,
+            moved,
+            ..
+        } = change;
+        match event_type {
+            EventType::Reservation => {
+                let granted = change.refused.is_none();
+                self.lines.push(Line {
+                    sku: sku.clone(),
+                    location_id: Some(location_id.clone()),
+                    requested: *quantity,
+                    allocations: match granted && *moved > 0 {
+                        true => vec![Allocation {
+                            location_id: location_id.clone(),
+                            quantity: *moved,
+                            fulfilled: false,
+                        }],
+                        false => Vec::new(),
+                    },
+                    reason: change.refused.clone(),
+                });
+                if granted {
+                    let until = now.saturating_add_ns(hold_ns);
+                    let kept = self.expires_at.filter(|_| self.status.is_live());
+                    self.expires_at = Some(kept.map_or(until, |at| at.max(until)));
+                }
+            }
+            EventType::Release | EventType::Fulfillment => {
+                // Kafka mode's home learns a cycle late and may have given
+                // the units up already (an expiry crossing a RELEASE): the
+                // level released them once, so the book takes what it has.
+                let fulfil = *event_type == EventType::Fulfillment;
+                let mut left = (*moved).min(self.held_at(sku, location_id));
+                for line in self.lines.iter_mut().filter(|l| l.sku == *sku) {
+                    let mut split = Vec::new();
+                    for a in line.allocations.iter_mut() {
+                        if left == 0 || a.fulfilled || a.location_id != *location_id {
+                            continue;
+                        }
+                        let take = a.quantity.min(left);
+                        left -= take;
+                        a.quantity -= take;
+                        if fulfil {
+                            split.push(Allocation {
+                                location_id: a.location_id.clone(),
+                                quantity: take,
+                                fulfilled: true,
+                            });
+                        }
+                    }
+                    line.allocations.retain(|a| a.quantity > 0);
+                    line.allocations.extend(split);
+                }
+            }
+            _ => return,
+        }
+        self.status_from_holds();
+        self.updated_at = now;
     }
 }
 
@@ -775,8 +806,10 @@ pub struct StockOf<'a, P> {
 impl<P: std::ops::Deref<Target = crate::partition::Partition>> StockView for StockOf<'_, P> {
     fn free(&self, sku: &str, location: &str) -> i64 {
         let p = crate::engine::route(sku, location, self.partitions.len() as u16);
-        match self.partitions[p as usize].numbers(sku, location) {
-            Some(n) => n.on_hand - n.reserved - self.catalog.policy(sku, location).safety_stock,
+        match self.partitions[p as usize].level(sku, location) {
+            // A level at its limit of holders takes no new order's hold.
+            Some(l) if l.holds().len() >= crate::limits::HOLDS_PER_LEVEL_MAX => 0,
+            Some(l) => l.on_hand - l.reserved - self.catalog.policy(sku, location).safety_stock,
             None => 0,
         }
     }
@@ -874,62 +907,6 @@ pub fn order_batch(events: &[OrderEvent], now: Timestamp, partitions: u16) -> cr
     batch
 }
 
-/// Takes out of an admitted `batch` the events that belong to an order:
-/// RESERVATION, RELEASE and FULFILLMENT with a correlationId. They become
-/// order commands (see [`OrderCommand::Event`]), run by the order step
-/// instead of straight on the level, so that every hold has an order
-/// behind it. Returns (request index, command) in batch order.
-pub fn take_order_events(
-    batch: &mut crate::event::Batch,
-    hold_ns: i64,
-) -> Vec<(u32, OrderCommand)> {
-    let mut taken = Vec::new();
-    let mut positions = Vec::new();
-    for (position, event) in batch.iter().enumerate() {
-        let order_type = matches!(
-            event.event_type,
-            EventType::Reservation | EventType::Release | EventType::Fulfillment
-        );
-        let Some(order_id) = event.correlation_id.filter(|_| order_type) else {
-            continue;
-        };
-        positions.push(position);
-        taken.push((
-            event.index,
-            OrderCommand::Event {
-                order_id: order_id.to_owned(),
-                event_id: event.event_id.to_owned(),
-                event_type: event.event_type,
-                sku: event.sku.to_owned(),
-                location_id: event.location_id.to_owned(),
-                quantity: event.quantity,
-                hold_ns,
-            },
-        ));
-    }
-    if !positions.is_empty() {
-        batch.retain_positions(|p| positions.binary_search(&p).is_err());
-    }
-    taken
-}
-
-/// Why an order's event had no effect, for its sender; `None` if it had
-/// its effect. `answer` is the order step's answer to it.
-pub fn event_refusal(event_type: EventType, answer: &Answer) -> Option<String> {
-    match answer {
-        Answer::Done(order) if event_type == EventType::Reservation => {
-            let line = order.lines.last()?;
-            line.allocations
-                .is_empty()
-                .then(|| "insufficient_stock".to_owned())
-        }
-        Answer::Done(_) => None,
-        Answer::Conflict(_, why) => Some(format!("order_conflict: {why}")),
-        Answer::NotFound(why) => Some(format!("order_not_found: {why}")),
-        Answer::Plain => None,
-    }
-}
-
 /// The order lines this step refused for lack of stock at a known level,
 /// as (sku, location, what to name as the cause), for the partitions'
 /// RESERVATION_REJECTED bursts. Only decisions made now count: the answer
@@ -949,16 +926,9 @@ pub fn refusals(
         }
         let lines = match command {
             OrderCommand::Place { .. } if order.created_at == now => &order.lines[..],
-            OrderCommand::Event {
-                event_type: EventType::Reservation,
-                ..
-            } => order.lines.last().map(std::slice::from_ref).unwrap_or(&[]),
             _ => continue,
         };
-        let cause = match command {
-            OrderCommand::Event { event_id, .. } => event_id.clone(),
-            _ => format!("order:{}", order.order_id),
-        };
+        let cause = format!("order:{}", order.order_id);
         for line in lines {
             let short = line
                 .reason
@@ -974,6 +944,13 @@ pub fn refusals(
 
 /// Whether a record must run the order step: it carries commands, or a
 /// hold is due. The pipeline and replay ask exactly this.
-pub fn step_due(book: &OrderBook, commands: &[OrderCommand], now: Timestamp) -> bool {
-    !commands.is_empty() || book.next_expiry().is_some_and(|at| at <= now)
+/// `order_events`: the record's batches hold events that name an order
+/// ([`crate::Batch::has_order_events`]), which the step observes.
+pub fn step_due(
+    book: &OrderBook,
+    commands: &[OrderCommand],
+    order_events: bool,
+    now: Timestamp,
+) -> bool {
+    order_events || !commands.is_empty() || book.next_expiry().is_some_and(|at| at <= now)
 }

@@ -311,10 +311,14 @@ impl Partition {
             if route.source == id {
                 let slot = self.slot(sku, location);
                 let before = self.levels[slot as usize].2.numbers();
-                let outcome =
-                    self.levels[slot as usize]
-                        .2
-                        .apply(event.event_type, event.quantity, at, now);
+                let order = batch.order_of(position);
+                let outcome = self.levels[slot as usize].2.apply(
+                    event.event_type,
+                    event.quantity,
+                    at,
+                    now,
+                    order,
+                );
                 self.account(slot, &before);
                 self.record(changes, slot, position, false, outcome, before, batch, now);
                 if matches!(outcome, Outcome::Rejected(_)) {
@@ -847,10 +851,15 @@ impl Partition {
 
     /// The quantities of a level, without copying it.
     pub fn numbers(&self, sku: &str, location: &str) -> Option<Numbers> {
+        self.level(sku, location).map(Level::numbers)
+    }
+
+    /// A level, without copying it.
+    pub fn level(&self, sku: &str, location: &str) -> Option<&Level> {
         let key = (*self.symbols.get(sku)?, *self.symbols.get(location)?);
         self.index
             .get(&key)
-            .map(|slot| self.levels[*slot as usize].2.numbers())
+            .map(|slot| &self.levels[*slot as usize].2)
     }
 
     /// Locations with a level of `sku` here.

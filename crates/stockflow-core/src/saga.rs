@@ -35,7 +35,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::event::EventType;
-use crate::orders::{Allocation, Line, Mode, Order, Status};
+use crate::orders::{Act, Allocation, Line, Mode, Order, Status};
 use crate::time::Timestamp;
 
 /// The partition that coordinates an order: a pure function of its id.
@@ -93,6 +93,14 @@ pub enum ToHome {
     },
     /// Time passes (holds may fall due); carries no order.
     Tick,
+    /// What an event naming the order did to its hold at a level, from the
+    /// level's owner (see [`crate::orders::hold_changes`]): the home keeps
+    /// the order's lines and status in step with its holds, creates the
+    /// order on its first RESERVATION (held for `hold_ns`), and expires it.
+    Held {
+        change: crate::orders::HoldChange,
+        hold_ns: i64,
+    },
 }
 
 impl ToHome {
@@ -103,6 +111,7 @@ impl ToHome {
             | ToHome::Fulfil { order_id, .. }
             | ToHome::Cancel { order_id }
             | ToHome::Extend { order_id, .. } => Some(order_id),
+            ToHome::Held { change, .. } => Some(&change.order_id),
             ToHome::Tick => None,
         }
     }
@@ -152,44 +161,17 @@ pub fn reservation_line(event_id: &str, correlation_id: Option<&str>) -> Option<
     }
 }
 
-/// Whether `command` (Fulfil, Cancel or Extend) acts on `order`: `Ok(true)`
-/// if it changes it, `Ok(false)` if it repeats what is done (answered with
-/// the order as it is), `Err` with why it is not allowed. The home and the
-/// HTTP handlers judge by this one rule, as the embedded order step does.
+/// Whether `command` (Fulfil, Cancel or Extend) acts on `order`, by the
+/// one rule of both modes ([`crate::orders::judge`]); any other message
+/// `Ok(false)`.
 pub fn judge(order: &Order, command: &ToHome) -> Result<bool, String> {
-    let not_now = |what: &str| {
-        let hint = if order.status == Status::Pending {
-            " (its lines are still being reserved; retry in a moment)"
-        } else {
-            ""
-        };
-        Err(format!(
-            "cannot {what} an order that is {}{hint}",
-            order.status.as_str()
-        ))
+    let act = match command {
+        ToHome::Fulfil { lines, .. } => Act::Fulfil(lines.as_deref()),
+        ToHome::Cancel { .. } => Act::Cancel,
+        ToHome::Extend { .. } => Act::Extend,
+        _ => return Ok(false),
     };
-    match command {
-        ToHome::Fulfil { lines, .. } => {
-            if order.status == Status::Fulfilled {
-                return Ok(false);
-            }
-            if !order.status.is_live() {
-                return not_now("fulfil");
-            }
-            if let Some(bad) = lines.iter().flatten().find(|l| **l >= order.lines.len()) {
-                return Err(format!("the order has no line {bad}"));
-            }
-            Ok(true)
-        }
-        ToHome::Cancel { .. } => match order.status {
-            Status::Cancelled => Ok(false),
-            s if s.is_live() => Ok(true),
-            _ => not_now("cancel"),
-        },
-        ToHome::Extend { .. } if order.status.is_live() => Ok(true),
-        ToHome::Extend { .. } => not_now("extend"),
-        _ => Ok(false),
-    }
+    crate::orders::judge(order, act)
 }
 
 /// An order and where its saga stands.
@@ -235,6 +217,39 @@ impl SagaBook {
     pub fn apply(&mut self, message: &ToHome, now: Timestamp, out: &mut StepOut) {
         match message {
             ToHome::Tick => {}
+            ToHome::Held { change, hold_ns } => {
+                let id = &change.order_id;
+                if !self.orders.contains_key(id) && change.event_type != EventType::Reservation {
+                    return; // nothing was held for it (the level says so)
+                }
+                let saga = self.orders.entry(id.clone()).or_insert_with(|| SagaOrder {
+                    order: Order {
+                        order_id: id.clone(),
+                        fingerprint: 0,
+                        mode: Mode::Partial,
+                        status: Status::Rejected,
+                        lines: Vec::new(),
+                        created_at: now,
+                        updated_at: now,
+                        expires_at: None,
+                    },
+                    hold_ns: *hold_ns,
+                    answered: Vec::new(),
+                    candidates: Vec::new(),
+                    tries: Vec::new(),
+                    version: 0,
+                });
+                saga.version += 1;
+                saga.order.observe(change, now, *hold_ns);
+                if !saga.order.status.is_live() {
+                    saga.order.expires_at = None;
+                }
+                // An earlier expiry left listed finds it no longer equal.
+                if let Some(at) = saga.order.expires_at {
+                    self.expiries.insert((at, id.clone()));
+                }
+                out.changed.push(id.clone());
+            }
             ToHome::Place {
                 order_id,
                 lines,

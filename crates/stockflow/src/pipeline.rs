@@ -22,9 +22,7 @@ use std::time::Instant;
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
-use stockflow_core::orders::{
-    event_refusal, step_due, take_order_events, Answer, StepEffects, StockOf,
-};
+use stockflow_core::orders::{hold_changes, step_due, Answer, HoldChange, StepEffects, StockOf};
 use stockflow_core::{
     admit, Batch, Catalog, CatalogChange, Dedup, Exception, OrderBook, OrderCommand, Outcome,
     Parsed, Partition, Rejected, Timestamp,
@@ -147,12 +145,17 @@ struct Group {
     now: Timestamp,
     catalog: Vec<CatalogChange>,
     discarded: Vec<u64>,
-    /// Order commands, the request each came from, and for an order's
-    /// event its index in that request.
-    orders: Vec<(usize, Option<u32>, OrderCommand)>,
-    /// Runs the order step (commands, or a hold may be due): the appliers
-    /// meet at a barrier after the events, one decides, all apply.
+    /// Order commands and the request each came from.
+    orders: Vec<(usize, OrderCommand)>,
+    /// Runs the order step (commands, events naming orders, or a hold may
+    /// be due): the appliers meet at a barrier after the events, one
+    /// decides, all apply.
     serial: bool,
+    /// The hold of an order whose first hold an event of this record makes.
+    event_hold_ns: i64,
+    /// What the record's events did to orders' holds, found by the
+    /// appliers: (request, position in its batch, change).
+    hold_changes: Mutex<Vec<(usize, u32, HoldChange)>>,
     /// The order step's events, for the appliers to apply.
     order_step: Mutex<Option<Arc<StepEffects>>>,
     requests: Vec<Request>,
@@ -539,6 +542,7 @@ impl Sequencer {
         let mut catalog = Vec::new();
         let mut discarded = Vec::new();
         let mut orders = Vec::new();
+        let mut order_events = false;
         let (mut accepted, mut duplicates_total, mut rejected_total) = (0u64, 0u64, 0u64);
         for Submission {
             parsed,
@@ -559,11 +563,12 @@ impl Sequencer {
             }
             let duplicates = admit(&mut self.dedup, &mut batch, now);
             let admitted = batch.len();
-            for (index, command) in take_order_events(&mut batch, self.order_hold_ns) {
-                if let Some(at) = command.hold_until(now) {
-                    self.holds.push(std::cmp::Reverse(at));
-                }
-                orders.push((requests.len(), Some(index), command));
+            if batch.has_order_events() {
+                // A hold an event makes expires like an order's: mark the
+                // record that must run the order step then.
+                order_events = true;
+                let at = now.saturating_add_ns(self.order_hold_ns);
+                self.holds.push(std::cmp::Reverse(at));
             }
             batch.compute_routes(self.partitions);
             let mut receipt = Receipt {
@@ -603,7 +608,7 @@ impl Sequencer {
                 if let Some(at) = command.hold_until(now) {
                     self.holds.push(std::cmp::Reverse(at));
                 }
-                orders.push((requests.len(), None, command));
+                orders.push((requests.len(), command));
             }
             accepted += receipt.accepted;
             duplicates_total += receipt.duplicates;
@@ -613,7 +618,7 @@ impl Sequencer {
                 reply: Mutex::new(Some((receipt, reply))),
             });
         }
-        let mut serial = !orders.is_empty();
+        let mut serial = !orders.is_empty() || order_events;
         while self
             .holds
             .peek()
@@ -622,10 +627,11 @@ impl Sequencer {
             self.holds.pop();
             serial = true;
         }
-        let commands: Vec<OrderCommand> = orders.iter().map(|(_, _, c)| c.clone()).collect();
+        let commands: Vec<OrderCommand> = orders.iter().map(|(_, c)| c.clone()).collect();
         let record = CommitGroupRef {
             now,
             orders: &commands,
+            event_hold_ns: self.order_hold_ns,
             catalog: &catalog,
             batches: requests.iter().map(|r| &r.batch).collect(),
             dead_letters: &dead_letters,
@@ -654,6 +660,8 @@ impl Sequencer {
             discarded,
             orders,
             serial,
+            event_hold_ns: self.order_hold_ns,
+            hold_changes: Mutex::new(Vec::new()),
             order_step: Mutex::new(None),
             events: accepted as usize,
             requests,
@@ -842,6 +850,12 @@ fn applier(
                             &mut changes,
                         );
                         exceptions.extend(found.iter().map(|e| (request, *e)));
+                        if group.serial {
+                            let mut held = group.hold_changes.lock();
+                            for change in hold_changes(&item.batch, &changes) {
+                                held.push((request, change.0, change.1));
+                            }
+                        }
                         record_history(history, &mut partition, &item.batch, &changes, &group);
                         let batch = &item.batch;
                         build_drafts(shared, *id, &partition, batch, &changes, None, drafts);
@@ -995,13 +1009,20 @@ fn record_history(
 }
 
 /// The order step of a group: runs on one applier while the others wait,
-/// with every partition at the same log position.
+/// with every partition at the same log position. It takes in what the
+/// group's events did to orders' holds (in the order they were received),
+/// then expires due holds and decides the commands.
 fn decide_orders(group: &Group, shared: &Shared) {
-    let commands: Vec<OrderCommand> = group.orders.iter().map(|(_, _, c)| c.clone()).collect();
+    let commands: Vec<OrderCommand> = group.orders.iter().map(|(_, c)| c.clone()).collect();
+    let mut observed = std::mem::take(&mut *group.hold_changes.lock());
+    observed.sort_by_key(|(request, position, _)| (*request, *position));
+    let observed: Vec<HoldChange> = observed.into_iter().map(|(_, _, c)| c).collect();
     let mut book = shared.orders.write();
-    if !step_due(&book, &commands, group.now) {
+    let order_events = group.requests.iter().any(|r| r.batch.has_order_events());
+    if !step_due(&book, &commands, order_events, group.now) {
         return;
     }
+    book.observe(&observed, group.now, group.event_hold_ns);
     let partitions: Vec<_> = shared.partitions.iter().map(|p| p.read()).collect();
     let catalog = shared.catalog.read();
     let stock = StockOf {
@@ -1020,34 +1041,14 @@ fn decide_orders(group: &Group, shared: &Shared) {
     );
     *group.order_step.lock() = Some(Arc::new(step));
     if shared.hub.wanted(crate::stream::Kind::Orders) {
-        let drafts = crate::stream::order_drafts(&book, &expiring, &answers);
+        let drafts = crate::stream::order_drafts(&book, &expiring, &observed, &answers);
         shared
             .hub
             .publish(drafts, crate::stream::ORDER_STEP, group.file.record);
     }
-    for ((request, index, command), answer) in group.orders.iter().zip(answers) {
-        let mut reply = group.requests[*request].reply.lock();
-        let Some((receipt, _)) = reply.as_mut() else {
-            continue;
-        };
-        match (index, command) {
-            (
-                Some(index),
-                OrderCommand::Event {
-                    event_id,
-                    event_type,
-                    ..
-                },
-            ) => {
-                if let Some(reason) = event_refusal(*event_type, &answer) {
-                    receipt.errors.push(ReceiptError {
-                        index: *index,
-                        event_id: Some(event_id.clone()),
-                        reason,
-                    });
-                }
-            }
-            _ => receipt.order = Some(answer),
+    for ((request, _), answer) in group.orders.iter().zip(answers) {
+        if let Some((receipt, _)) = group.requests[*request].reply.lock().as_mut() {
+            receipt.order = Some(answer);
         }
     }
 }
@@ -1062,11 +1063,13 @@ fn finish(group: &Group, shared: &Shared) {
         };
         for (_, exception) in exceptions.iter().filter(|(r, _)| *r == number) {
             if let Outcome::Rejected(why) = exception.outcome {
-                let event = request.batch.get(exception.position as usize);
+                let position = exception.position as usize;
+                let event = request.batch.get(position);
+                let order = request.batch.order_of(position);
                 receipt.errors.push(ReceiptError {
                     index: event.index,
                     event_id: Some(event.event_id.to_owned()),
-                    reason: why.as_str().to_owned(),
+                    reason: why.describe(event.sku, event.location_id, order),
                 });
             }
         }

@@ -35,6 +35,10 @@ pub struct CommitGroupRef<'a> {
     pub discarded: &'a [u64],
     /// Order commands, decided after the batches (see `orders`).
     pub orders: &'a [OrderCommand],
+    /// The hold an order gets when an event of these batches reserves for
+    /// it (the server's setting when the record was written, so replay
+    /// expires it at the same time).
+    pub event_hold_ns: i64,
 }
 
 /// Decoded form of [`CommitGroupRef`].
@@ -46,6 +50,7 @@ pub struct CommitGroup {
     pub dead_letters: Vec<DeadLetter>,
     pub discarded: Vec<u64>,
     pub orders: Vec<OrderCommand>,
+    pub event_hold_ns: i64,
 }
 
 impl CommitGroupRef<'_> {

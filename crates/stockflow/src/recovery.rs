@@ -19,10 +19,10 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
-use stockflow_core::orders::{step_due, StepEffects, StockOf};
+use stockflow_core::orders::{hold_changes, step_due, HoldChange, StepEffects, StockOf};
 use stockflow_core::{
-    admit, event_id_hash, Catalog, Dedup, DedupSnapshot, Engine, EngineConfig, OrderBook,
-    OrderCommand, Partition, PartitionSnapshot, Timestamp,
+    admit, Catalog, Dedup, DedupSnapshot, Engine, EngineConfig, OrderBook, Partition,
+    PartitionSnapshot, Timestamp,
 };
 use stockflow_log::{read_records, read_snapshot, write_snapshot, LogWriter};
 
@@ -34,7 +34,7 @@ use crate::stream::Draft;
 
 /// 2: log records and checkpoints carry the catalog.
 /// 3: each partition's checkpoint part has its own log position.
-const FORMAT: u32 = 3;
+const FORMAT: u32 = 4;
 /// Whole checkpoints kept; older ones are deleted after a new one lands.
 const CHECKPOINTS_KEPT: usize = 2;
 
@@ -190,7 +190,8 @@ pub fn recover(config: &Config) -> anyhow::Result<Recovered> {
         let from = &meta.partition_records;
         let spread = from.iter().any(|&first| number < first);
         // The batches do not touch the order book: decided once per record.
-        let order_step = step_due(&engine.orders, &group.orders, group.now);
+        let order_events = group.batches.iter().any(|b| b.has_order_events());
+        let order_step = step_due(&engine.orders, &group.orders, order_events, group.now);
         if spread && (!group.catalog.is_empty() || order_step) {
             bail!("log record {number} has an order step or a catalog change inside a checkpoint's spread (partitions at {from:?}); this is a bug: move the newest checkpoint away to restart from an older one");
         }
@@ -208,25 +209,18 @@ pub fn recover(config: &Config) -> anyhow::Result<Recovered> {
             debug_assert!(duplicates.is_empty(), "the log holds no duplicates");
             batch.compute_routes(partitions);
         }
-        // Orders' events left the batch for the order step after the
-        // sequencer admitted them; their ids are remembered all the same.
-        // (Within one record they are admitted after its batches, not
-        // among them: the same set, and the same commit time.)
-        for command in &group.orders {
-            if let OrderCommand::Event { event_id, .. } = command {
-                engine.dedup.admit(event_id_hash(event_id), group.now);
-            }
-        }
         replay.pending.push(Pending {
             number,
             now: group.now,
             batches,
             // A barrier's timers run after its order step, below.
             tick: !barrier,
+            observe: order_events,
         });
-        if barrier {
-            replay.flush(&mut engine.partitions, &mut history, from)?;
-        }
+        let observed = match barrier {
+            true => replay.flush(&mut engine.partitions, &mut history, from)?,
+            false => Vec::new(),
+        };
         let rebuild = |p: usize| replay.regen.as_ref().is_some_and(|next| number >= next[p]);
         // Where a barrier's order step and timers start raising alerts.
         let alerts_before: Vec<u64> = match barrier {
@@ -245,11 +239,15 @@ pub fn recover(config: &Config) -> anyhow::Result<Recovered> {
                 partitions: &views,
                 catalog: &engine.catalog,
             };
+            engine
+                .orders
+                .observe(&observed, group.now, group.event_hold_ns);
             let expiring = engine.orders.due_by(group.now);
             let (decided, answers) = engine.orders.decide(&group.orders, group.now, &stock);
             drop(views);
             if orders_next.is_some_and(|next| number >= next) {
-                let drafts = crate::stream::order_drafts(&engine.orders, &expiring, &answers);
+                let drafts =
+                    crate::stream::order_drafts(&engine.orders, &expiring, &observed, &answers);
                 order_backlog.push((crate::stream::ORDER_STEP, number, drafts));
             }
             let step = StepEffects::new(&group.orders, &decided, &answers, group.now, partitions);
@@ -380,15 +378,16 @@ struct Replay {
 }
 
 impl Replay {
-    /// Replays everything gathered.
+    /// Replays everything gathered; returns what events naming orders did
+    /// to their holds, in the order the pipeline received them.
     fn flush(
         &mut self,
         partitions: &mut [Partition],
         history: &mut [HistoryWriter],
         from: &[u64],
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Vec<HoldChange>> {
         let regen = self.regen.as_deref();
-        replay_pending(
+        let observed = replay_pending(
             partitions,
             history,
             &mut self.pending,
@@ -397,7 +396,7 @@ impl Replay {
             &mut self.backlog,
         )?;
         self.events = 0;
-        Ok(())
+        Ok(observed)
     }
 }
 
@@ -408,6 +407,9 @@ struct Pending {
     batches: Vec<stockflow_core::Batch>,
     /// Run the partitions' timers after the batches.
     tick: bool,
+    /// Some batch has events naming orders, whose hold changes the order
+    /// step takes in.
+    observe: bool,
 }
 
 /// Replays `pending` records, each followed by its timers (unless told
@@ -422,16 +424,16 @@ fn replay_pending(
     from: &[u64],
     regen: Option<&[u64]>,
     backlog: &mut [Vec<(u64, Vec<Draft>)>],
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<HoldChange>> {
     if pending.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let share = partitions
         .len()
         .div_ceil(threads.clamp(1, partitions.len().max(1)));
     let records = &*pending;
-    std::thread::scope(|scope| {
+    let observed = std::thread::scope(|scope| {
         let workers: Vec<_> = partitions
             .chunks_mut(share)
             .zip(history.chunks_mut(share))
@@ -440,6 +442,7 @@ fn replay_pending(
             .map(|(worker, ((partitions, history), backlog))| {
                 scope.spawn(move || {
                     let (mut exceptions, mut changes) = (Vec::new(), Vec::new());
+                    let mut observed = Vec::new();
                     for record in records {
                         for (offset, ((partition, history), backlog)) in partitions
                             .iter_mut()
@@ -453,7 +456,7 @@ fn replay_pending(
                             }
                             let rebuild = regen.is_some_and(|next| record.number >= next[id]);
                             let alerts_before = partition.alerts.next_seq;
-                            for batch in &record.batches {
+                            for (n, batch) in record.batches.iter().enumerate() {
                                 exceptions.clear();
                                 changes.clear();
                                 partition.apply_batch(
@@ -463,6 +466,10 @@ fn replay_pending(
                                     &mut exceptions,
                                     &mut changes,
                                 );
+                                if record.observe {
+                                    let held = hold_changes(batch, &changes);
+                                    observed.extend(held.map(|(at, c)| (record.number, n, at, c)));
+                                }
                                 history
                                     .record(partition, batch, &changes, record.now, record.number)
                                     .context("cannot write history")?;
@@ -484,16 +491,20 @@ fn replay_pending(
                             }
                         }
                     }
-                    anyhow::Ok(())
+                    anyhow::Ok(observed)
                 })
             })
             .collect();
-        workers
-            .into_iter()
-            .try_for_each(|w| w.join().expect("replay thread panicked"))
-    })?;
+        let mut observed = Vec::new();
+        for worker in workers {
+            observed.extend(worker.join().expect("replay thread panicked")?);
+        }
+        anyhow::Ok(observed)
+    });
+    let mut observed = observed?;
+    observed.sort_by_key(|(record, batch, position, _)| (*record, *batch, *position));
     pending.clear();
-    Ok(())
+    Ok(observed.into_iter().map(|(.., c)| c).collect())
 }
 
 /// Applies an admitted, routed batch of log record `record` to every
@@ -531,7 +542,7 @@ fn partitions_of(dir: &Path, requested: u16) -> anyhow::Result<u16> {
                 .with_context(|| format!("{} is damaged", path.display()))?;
             if meta.format != FORMAT {
                 bail!(
-                    "{} has data format {}, this build reads {FORMAT}",
+                    "{} has data format {}, this build reads {FORMAT}; start this build on a new --data-dir (and re-send the events, e.g. with `stockflow import`), or run the build that wrote it",
                     dir.display(),
                     meta.format
                 );

@@ -592,14 +592,22 @@ pub fn alert_drafts(
     drafts_of(id, partition, &none, &[], false, Some(since), out);
 }
 
-/// The messages of an order step: the orders its timers expired, then the
-/// answers to its commands (every order whose state changed).
+/// The messages of an order step: the orders its events' hold changes
+/// moved (once each), the orders its timers expired, then the answers to
+/// its commands (every order whose state changed).
 pub fn order_drafts(
     book: &stockflow_core::OrderBook,
     expiring: &[String],
+    observed: &[stockflow_core::orders::HoldChange],
     answers: &[stockflow_core::orders::Answer],
 ) -> Vec<Draft> {
+    let mut seen = std::collections::BTreeSet::new();
+    let moved = observed
+        .iter()
+        .filter(|c| seen.insert(c.order_id.as_str()))
+        .filter_map(|c| book.orders.get(&c.order_id));
     let expired = expiring.iter().filter_map(|id| book.orders.get(id));
+    let expired = moved.chain(expired);
     let answered = answers.iter().filter_map(|a| match a {
         stockflow_core::orders::Answer::Done(order) => Some(order),
         _ => None,

@@ -1,6 +1,7 @@
 //! Integration tests of the engine core: one binary, several modules.
 
 mod dedup;
+mod holds;
 mod model;
 mod orders;
 mod parsing;

@@ -69,7 +69,7 @@ fn answer(answer: Option<Answer>) -> Response {
         )
             .into_response(),
         Some(Answer::NotFound(message)) => ApiError::not_found(message).into_response(),
-        Some(Answer::Plain) | None => ApiError::new(
+        None => ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
             "the order step gave no answer",

@@ -133,6 +133,10 @@ pub struct KafkaSettings {
     /// applied records, and the records it covers are tombstoned: a new
     /// owner folds at most about this many records after the snapshot.
     pub changelog_snapshot_every: u64,
+    /// The hold an order gets when an event reserves for it (the server's
+    /// `--order-hold-seconds`), sent to the order's home with what the
+    /// event did.
+    pub order_hold_ns: i64,
 }
 
 impl KafkaSettings {
@@ -146,6 +150,7 @@ impl KafkaSettings {
             commit_interval: Duration::from_millis(100),
             transactions: false,
             changelog_snapshot_every: 500_000,
+            order_hold_ns: 15 * 60 * 1_000_000_000,
         }
     }
 
@@ -318,12 +323,13 @@ impl KafkaServer {
     /// Joins the group and listens. `advertise` is the URL other
     /// instances forward queries to (default: the listen address).
     pub async fn start(
-        settings: KafkaSettings,
+        mut settings: KafkaSettings,
         config: crate::config::Config,
         listen: std::net::SocketAddr,
         advertise: Option<String>,
     ) -> anyhow::Result<KafkaServer> {
         use anyhow::Context;
+        settings.order_hold_ns = config.order_hold_seconds as i64 * 1_000_000_000;
         check_topics(&settings)?;
         let listener = tokio::net::TcpListener::bind(listen)
             .await

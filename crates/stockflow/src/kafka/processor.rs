@@ -26,6 +26,7 @@ use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
+use stockflow_core::orders::hold_changes;
 use stockflow_core::rollup::{sku_home, RollupBook};
 use stockflow_core::saga::{order_home, reservation_line, LineAction, SagaBook, StepOut, ToHome};
 use stockflow_core::{
@@ -1678,6 +1679,15 @@ impl Processor {
         let mut partition = self.shared.partitions[p as usize].write();
         let alerts_before = partition.alerts.next_seq;
         partition.apply_batch(p, &events, now, &mut exceptions, &mut changes);
+        // What events naming orders did to their holds here, for the
+        // orders' homes (the sagas' own line events come back as answers).
+        let mut replies: Vec<(u16, ToHome)> = hold_changes(&events, &changes)
+            .map(|(_, change)| {
+                let home = order_home(&change.order_id, self.settings.partitions);
+                let hold_ns = self.settings.order_hold_ns;
+                (home, ToHome::Held { change, hold_ns })
+            })
+            .collect();
         {
             // What `?wait=applied` requests report: duplicates and refusals.
             let mut outcomes = self.shared.outcomes[p as usize].lock();
@@ -1714,7 +1724,7 @@ impl Processor {
         let transit_changes = changes.len();
         partition.apply_batch(p, &transit_batch, now, &mut exceptions, &mut changes);
         partition.tick(now);
-        let replies = line_results(p, n, &transit_batch, &exceptions);
+        replies.extend(line_results(p, n, &transit_batch, &exceptions));
 
         // In-transit effects owned elsewhere go to their owner.
         for (position, r) in events.routes().iter().enumerate() {

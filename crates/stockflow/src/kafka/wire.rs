@@ -69,7 +69,7 @@ pub struct ChangelogRecord {
 /// snapshot chunk (postcard follows). Bump it whenever either encoding
 /// changes, so that a build never misreads another's changelog: it stops
 /// the restore and says which format it found.
-pub const CHANGELOG_FORMAT: u8 = 1;
+pub const CHANGELOG_FORMAT: u8 = 2;
 
 /// Why a changelog payload cannot be read.
 #[derive(Debug, thiserror::Error)]
