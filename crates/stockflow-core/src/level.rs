@@ -65,6 +65,19 @@ impl Rejection {
         }
     }
 
+    /// The rejection whose [`Rejection::as_str`] is `code`.
+    pub fn from_code(code: &str) -> Option<Rejection> {
+        [
+            Rejection::InsufficientStock,
+            Rejection::CountBeyondHistory,
+            Rejection::QuantityOverflow,
+            Rejection::NoHold,
+            Rejection::TooManyHolds,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == code)
+    }
+
     /// The reason told to the sender of the event that met it: the stable
     /// code, then what it means for this event (`order` is its
     /// correlationId).

@@ -241,19 +241,30 @@ impl OrderBook {
             .collect()
     }
 
-    /// Units held per level by live orders (unfulfilled allocations).
-    pub fn held(&self) -> BTreeMap<(String, String), i64> {
-        let mut held = BTreeMap::new();
+    /// Units held per level and order by live orders (unfulfilled
+    /// allocations).
+    pub fn held_by_order(&self) -> BTreeMap<(String, String), BTreeMap<String, i64>> {
+        let mut held: BTreeMap<(String, String), BTreeMap<String, i64>> = BTreeMap::new();
         for order in self.orders.values().filter(|o| o.status.is_live()) {
             for line in &order.lines {
                 for a in line.allocations.iter().filter(|a| !a.fulfilled) {
                     *held
                         .entry((line.sku.clone(), a.location_id.clone()))
+                        .or_default()
+                        .entry(order.order_id.clone())
                         .or_insert(0) += a.quantity;
                 }
             }
         }
         held
+    }
+
+    /// Units held per level by live orders (unfulfilled allocations).
+    pub fn held(&self) -> BTreeMap<(String, String), i64> {
+        self.held_by_order()
+            .into_iter()
+            .map(|(level, orders)| (level, orders.values().sum()))
+            .collect()
     }
 
     /// Expires due holds, then runs `commands` in order at `now`. Returns

@@ -272,13 +272,15 @@ pub struct Fixed {
     pub after: Numbers,
 }
 
-const OUTCOMES: [Outcome; 6] = [
+const OUTCOMES: [Outcome; 8] = [
     Outcome::Applied,
     Outcome::Absorbed,
     Outcome::StaleCount,
     Outcome::Rejected(Rejection::InsufficientStock),
     Outcome::Rejected(Rejection::CountBeyondHistory),
     Outcome::Rejected(Rejection::QuantityOverflow),
+    Outcome::Rejected(Rejection::NoHold),
+    Outcome::Rejected(Rejection::TooManyHolds),
 ];
 
 impl Fixed {

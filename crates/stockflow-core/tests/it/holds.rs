@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::reference::{Books, Command, Ev, Model, LOCATIONS, SECOND, SKUS};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use stockflow_core::orders::{LineRequest, Mode, OrderBook, OrderCommand, Sourcing};
@@ -21,9 +22,6 @@ use stockflow_core::{
     PartitionSnapshot, Timestamp,
 };
 
-const SECOND: i64 = 1_000_000_000;
-/// 2024-01-01T10:00:00Z: event timestamps are minutes after it.
-const EVENT_EPOCH_NS: i64 = 1_704_103_200 * SECOND;
 /// 2024-01-01T12:00:00Z: server time starts here, after every event time,
 /// so the order step's own events (stamped with server time) are never
 /// absorbed by a COUNT, and a COUNT before them adds them back.
@@ -31,83 +29,34 @@ const SERVER_EPOCH_NS: i64 = 1_704_110_400 * SECOND;
 /// The hold of an order an event creates.
 const EVENT_HOLD_NS: i64 = 60 * SECOND;
 
-const SKUS: [&str; 2] = ["A", "B"];
-const LOCATIONS: [&str; 2] = ["S1", "S2"];
-
-#[derive(Clone, Debug)]
-struct Ev {
-    id: u16,
-    kind: &'static str,
-    sku: usize,
-    location: usize,
-    quantity: i64,
-    /// Event time: seconds after 10:00.
-    second: i64,
-    order: Option<u8>,
-}
-
-impl Ev {
-    fn json(&self) -> String {
-        let order = self
-            .order
-            .map(|o| format!(r#","correlationId":"o{o}""#))
-            .unwrap_or_default();
-        format!(
-            r#"{{"eventId":"e{}","eventType":"{}","sku":"{}","locationId":"{}","quantity":{},"timestamp":"2024-01-01T10:{:02}:{:02}Z"{order}}}"#,
-            self.id,
-            self.kind,
-            SKUS[self.sku],
-            LOCATIONS[self.location],
-            self.quantity,
-            self.second / 60,
-            self.second % 60,
-        )
-    }
-
-    fn time(&self) -> i64 {
-        EVENT_EPOCH_NS + self.second * SECOND
-    }
-}
-
-#[derive(Clone, Debug)]
-enum Command {
-    /// Lines of (sku, location, quantity).
-    Place(u8, Vec<(usize, usize, i64)>, Mode, i64),
-    Fulfil(u8),
-    Cancel(u8),
-    Extend(u8, i64),
-}
-
-impl Command {
-    fn to_engine(&self) -> OrderCommand {
-        match self {
-            Command::Place(o, lines, mode, hold_s) => OrderCommand::Place {
-                order_id: format!("o{o}"),
-                lines: lines
-                    .iter()
-                    .map(|(s, l, q)| LineRequest {
-                        sku: SKUS[*s].into(),
-                        location_id: Some(LOCATIONS[*l].into()),
-                        quantity: *q,
-                    })
-                    .collect(),
-                mode: *mode,
-                hold_ns: hold_s * SECOND,
-                sourcing: Sourcing::MostAvailable,
-                fingerprint: 1,
-            },
-            Command::Fulfil(o) => OrderCommand::Fulfil {
-                order_id: format!("o{o}"),
-                lines: None,
-            },
-            Command::Cancel(o) => OrderCommand::Cancel {
-                order_id: format!("o{o}"),
-            },
-            Command::Extend(o, s) => OrderCommand::Extend {
-                order_id: format!("o{o}"),
-                hold_ns: s * SECOND,
-            },
-        }
+fn to_engine(command: &Command) -> OrderCommand {
+    match command {
+        Command::Place(o, lines, mode, hold_s) => OrderCommand::Place {
+            order_id: format!("o{o}"),
+            lines: lines
+                .iter()
+                .map(|(s, l, q)| LineRequest {
+                    sku: SKUS[*s].into(),
+                    location_id: Some(LOCATIONS[*l].into()),
+                    quantity: *q,
+                })
+                .collect(),
+            mode: *mode,
+            hold_ns: hold_s * SECOND,
+            sourcing: Sourcing::MostAvailable,
+            fingerprint: 1,
+        },
+        Command::Fulfil(o) => OrderCommand::Fulfil {
+            order_id: format!("o{o}"),
+            lines: None,
+        },
+        Command::Cancel(o) => OrderCommand::Cancel {
+            order_id: format!("o{o}"),
+        },
+        Command::Extend(o, s) => OrderCommand::Extend {
+            order_id: format!("o{o}"),
+            hold_ns: s * SECOND,
+        },
     }
 }
 
@@ -121,193 +70,7 @@ struct Record {
     restart: bool,
 }
 
-#[derive(Clone, Debug, Default, PartialEq)]
-struct MLevel {
-    on_hand: i64,
-    /// Reserved units no order holds.
-    free: i64,
-    holds: BTreeMap<String, i64>,
-    count_time: Option<i64>,
-    /// onHand changes applied since the count: (event time, delta).
-    applied: Vec<(i64, i64)>,
-}
-
-impl MLevel {
-    fn reserved(&self) -> i64 {
-        self.free + self.holds.values().sum::<i64>()
-    }
-
-    fn change_on_hand(&mut self, delta: i64, t: i64) {
-        if self.count_time.is_some_and(|c| t <= c) {
-            return;
-        }
-        self.on_hand += delta;
-        self.applied.push((t, delta));
-    }
-
-    fn hold(&self, order: &str) -> i64 {
-        self.holds.get(order).copied().unwrap_or(0)
-    }
-
-    fn take_hold(&mut self, order: &str, units: i64) {
-        let left = self.hold(order) - units;
-        assert!(left >= 0);
-        match left {
-            0 => self.holds.remove(order),
-            _ => self.holds.insert(order.to_owned(), left),
-        };
-    }
-}
-
-#[derive(Default)]
-struct Model {
-    seen: BTreeSet<u16>,
-    levels: BTreeMap<(usize, usize), MLevel>,
-    /// Orders that exist (placed, or named by a RESERVATION).
-    orders: BTreeSet<String>,
-    /// Hold expiry of live orders.
-    expires: BTreeMap<String, i64>,
-    /// Event ids refused (not applied) so far, with the reason's code.
-    refused: Vec<(u16, &'static str)>,
-}
-
-impl Model {
-    fn live(&self, order: &str) -> bool {
-        self.levels.values().any(|l| l.hold(order) > 0)
-    }
-
-    fn event(&mut self, e: &Ev, now: i64) {
-        if !self.seen.insert(e.id) {
-            return;
-        }
-        let order = e.order.map(|o| format!("o{o}"));
-        let was_live = order.as_deref().is_some_and(|o| self.live(o));
-        let l = self.levels.entry((e.sku, e.location)).or_default();
-        let (q, t) = (e.quantity, e.time());
-        match (e.kind, order) {
-            ("RECEIPT", _) => l.change_on_hand(q, t),
-            ("SALE", _) => l.change_on_hand(-q, t),
-            ("ADJUSTMENT", _) => l.change_on_hand(q, t),
-            ("COUNT", _) if l.count_time.is_some_and(|c| c >= t) => {}
-            ("COUNT", _) => {
-                let later: i64 = l
-                    .applied
-                    .iter()
-                    .filter(|(at, _)| *at > t)
-                    .map(|(_, d)| d)
-                    .sum();
-                l.on_hand = q + later;
-                l.applied.retain(|(at, _)| *at > t);
-                l.count_time = Some(t);
-            }
-            ("RESERVATION", order) if q > l.on_hand - l.reserved() => {
-                self.refused.push((e.id, "insufficient_stock"));
-                if let Some(order) = order {
-                    self.orders.insert(order);
-                }
-            }
-            ("RESERVATION", None) => l.free += q,
-            ("RESERVATION", Some(order)) => {
-                *l.holds.entry(order.clone()).or_insert(0) += q;
-                let until = now + EVENT_HOLD_NS;
-                let kept = self.expires.get(&order).copied().filter(|_| was_live);
-                self.expires
-                    .insert(order.clone(), kept.map_or(until, |k| k.max(until)));
-                self.orders.insert(order);
-            }
-            ("RELEASE", None) => l.free -= q.min(l.free),
-            ("RELEASE", Some(order)) => match q.min(l.hold(&order)) {
-                0 => self.refused.push((e.id, "no_hold")),
-                r => l.take_hold(&order, r),
-            },
-            ("FULFILLMENT", None) => {
-                l.free -= q.min(l.free);
-                l.change_on_hand(-q, t);
-            }
-            ("FULFILLMENT", Some(order)) => {
-                let f = q.min(l.hold(&order));
-                l.take_hold(&order, f);
-                l.change_on_hand(-q, t);
-            }
-            (other, _) => unreachable!("{other}"),
-        }
-    }
-
-    /// Gives back every unit `order` holds.
-    fn release_all(&mut self, order: &str) {
-        for l in self.levels.values_mut() {
-            l.holds.remove(order);
-        }
-        self.expires.remove(order);
-    }
-
-    fn expire(&mut self, now: i64) {
-        let due: Vec<String> = self
-            .expires
-            .iter()
-            .filter(|(o, at)| **at <= now && self.live(o))
-            .map(|(o, _)| o.clone())
-            .collect();
-        for order in due {
-            self.release_all(&order);
-        }
-    }
-
-    fn command(&mut self, command: &Command, now: i64) {
-        match command {
-            Command::Place(o, lines, mode, hold_s) => {
-                let order = format!("o{o}");
-                if !self.orders.insert(order.clone()) {
-                    return; // the first order under an id stands
-                }
-                let mut promised: BTreeMap<(usize, usize), i64> = BTreeMap::new();
-                let mut takes = Vec::new();
-                for (s, l, q) in lines {
-                    // A line refused for lack of stock names its level.
-                    let level = self.levels.entry((*s, *l)).or_default();
-                    let used = promised.get(&(*s, *l)).copied().unwrap_or(0);
-                    let free = (level.on_hand - level.reserved() - used).max(0);
-                    let take = (*q).min(free);
-                    *promised.entry((*s, *l)).or_insert(0) += take;
-                    takes.push(((*s, *l), take, take == *q));
-                }
-                let all = takes.iter().all(|(_, _, whole)| *whole);
-                if *mode == Mode::AllOrNothing && !all {
-                    return;
-                }
-                for (key, take, _) in &takes {
-                    if *take > 0 {
-                        let l = self.levels.entry(*key).or_default();
-                        *l.holds.entry(order.clone()).or_insert(0) += take;
-                    }
-                }
-                if self.live(&order) {
-                    self.expires.insert(order, now + hold_s * SECOND);
-                }
-            }
-            Command::Fulfil(o) => {
-                let order = format!("o{o}");
-                for l in self.levels.values_mut() {
-                    let h = l.hold(&order);
-                    if h > 0 {
-                        l.take_hold(&order, h);
-                        l.change_on_hand(-h, now);
-                    }
-                }
-                self.expires.remove(&order);
-            }
-            Command::Cancel(o) => self.release_all(&format!("o{o}")),
-            Command::Extend(o, s) => {
-                let order = format!("o{o}");
-                if self.live(&order) {
-                    self.expires.insert(order, now + s * SECOND);
-                }
-            }
-        }
-    }
-}
-
-fn event(id: impl Strategy<Value = u16>) -> impl Strategy<Value = Ev> {
+fn event(id: impl Strategy<Value = u32>) -> impl Strategy<Value = Ev> {
     let kinds = prop::sample::select(vec![
         "RECEIPT",
         "RECEIPT",
@@ -366,7 +129,7 @@ fn command() -> impl Strategy<Value = Command> {
 fn record() -> impl Strategy<Value = Record> {
     (
         prop_oneof![3 => 0..5i64, 1 => 30..150i64],
-        prop::collection::vec(prop::collection::vec(event(0..300u16), 0..6), 0..3),
+        prop::collection::vec(prop::collection::vec(event(0..300u32), 0..6), 0..3),
         prop::collection::vec(command(), 0..3),
         prop::bool::weighted(0.1),
     )
@@ -378,9 +141,7 @@ fn record() -> impl Strategy<Value = Record> {
         })
 }
 
-type Levels = BTreeMap<(String, String), (i64, i64, BTreeMap<String, i64>)>;
-
-fn engine_levels(engine: &Engine) -> Levels {
+fn engine_levels(engine: &Engine) -> Books {
     engine
         .levels()
         .map(|v| {
@@ -393,19 +154,6 @@ fn engine_levels(engine: &Engine) -> Levels {
             (
                 (v.sku.to_string(), v.location_id.to_string()),
                 (v.level.on_hand, v.level.reserved, holds),
-            )
-        })
-        .collect()
-}
-
-fn model_levels(model: &Model) -> Levels {
-    model
-        .levels
-        .iter()
-        .map(|((s, l), m)| {
-            (
-                (SKUS[*s].to_owned(), LOCATIONS[*l].to_owned()),
-                (m.on_hand, m.reserved(), m.holds.clone()),
             )
         })
         .collect()
@@ -517,7 +265,7 @@ proptest! {
     fn holds_follow_their_orders_whatever_the_stream(records in prop::collection::vec(record(), 1..40)) {
         let config = EngineConfig { partitions: 3, ..EngineConfig::default() };
         let mut engine = Engine::new(config);
-        let mut model = Model::default();
+        let mut model = Model::new(EVENT_HOLD_NS);
         let mut now = SERVER_EPOCH_NS;
         let mut logged: Vec<(Vec<Batch>, Vec<OrderCommand>, Timestamp)> = Vec::new();
         let mut refused = Vec::new();
@@ -533,7 +281,7 @@ proptest! {
                     parsed.batch
                 })
                 .collect();
-            let commands: Vec<OrderCommand> = record.commands.iter().map(Command::to_engine).collect();
+            let commands: Vec<OrderCommand> = record.commands.iter().map(to_engine).collect();
             let report = engine.apply_record(&mut batches, &commands, Timestamp(now), EVENT_HOLD_NS);
             for (events, batch) in record.batches.iter().zip(&report.batches) {
                 for (index, outcome) in &batch.exceptions {
@@ -549,7 +297,7 @@ proptest! {
             for c in &record.commands {
                 model.command(c, now);
             }
-            prop_assert_eq!(engine_levels(&engine), model_levels(&model));
+            prop_assert_eq!(engine_levels(&engine), model.levels_by_name());
             prop_assert_eq!(&refused, &model.refused);
             check_invariants(&engine, &model)?;
             if record.restart {

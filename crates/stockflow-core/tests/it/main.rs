@@ -5,6 +5,7 @@ mod holds;
 mod model;
 mod orders;
 mod parsing;
+mod reference;
 mod rules;
 
 use stockflow_core::{parse_body, BatchReport, BodyFormat, Engine, EngineConfig, Timestamp};

@@ -2,6 +2,8 @@
 //!
 //! - Every live order's holds are backed: reserved ≥ Σ holds at each level,
 //!   and with `strict` (all reservations made through orders) equal.
+//! - The order book and the levels agree on every hold: what each order
+//!   holds at a level by its allocations is what the level says it holds.
 //! - Every roll-up equals the plain sum of its levels.
 
 use std::collections::BTreeMap;
@@ -37,7 +39,7 @@ fn run(state: &AppState, strict: bool) -> Value {
     let book = shared.orders.read();
     let partitions: Vec<_> = shared.partitions.iter().map(|p| p.read()).collect();
     let catalog = shared.catalog.read();
-    let mut held = book.held();
+    let mut held = book.held_by_order();
     let mut problems: Vec<String> = Vec::new();
     let (mut levels, mut unheld, mut violations) = (0u64, 0u64, 0u64);
     let mut rollup_mismatches = 0u64;
@@ -47,7 +49,8 @@ fn run(state: &AppState, strict: bool) -> Value {
         for view in partition.iter() {
             levels += 1;
             let key = (view.sku.to_string(), view.location_id.to_string());
-            let holds = held.remove(&key).unwrap_or(0);
+            let by_book = held.remove(&key).unwrap_or_default();
+            let holds: i64 = by_book.values().sum();
             let reserved = view.level.reserved;
             if reserved < holds || (strict && reserved != holds) {
                 violations += 1;
@@ -59,6 +62,29 @@ fn run(state: &AppState, strict: bool) -> Value {
                 }
             } else if reserved > holds {
                 unheld += 1;
+            }
+            let at_level: BTreeMap<String, i64> = view
+                .level
+                .holds()
+                .iter()
+                .map(|h| (h.order_id.to_string(), h.quantity))
+                .collect();
+            if at_level != by_book {
+                violations += 1;
+                let orders: std::collections::BTreeSet<&String> =
+                    at_level.keys().chain(by_book.keys()).collect();
+                for order in orders {
+                    let (a, b) = (at_level.get(order), by_book.get(order));
+                    if a != b && problems.len() < SHOWN_MAX {
+                        problems.push(format!(
+                            "{}@{}: order {order} holds {} by its allocations but {} at the level",
+                            key.0,
+                            key.1,
+                            b.copied().unwrap_or(0),
+                            a.copied().unwrap_or(0),
+                        ));
+                    }
+                }
             }
             let totals = Totals::of(
                 &view.level.numbers(),
@@ -87,7 +113,8 @@ fn run(state: &AppState, strict: bool) -> Value {
         }
     }
     // Holds on levels that do not exist at all.
-    for ((sku, location), holds) in held {
+    for ((sku, location), by_order) in held {
+        let holds: i64 = by_order.values().sum();
         violations += 1;
         if problems.len() < SHOWN_MAX {
             problems.push(format!(

@@ -5,6 +5,10 @@
 //!   (with `strict`, equal). Holds are kept at the orders' homes, levels at
 //!   their owners: each member reports the holds of its homes and the
 //!   levels it owns with anything reserved.
+//! - The homes and the levels agree on every level's holds: what the live
+//!   orders hold there by their homes' books is what the level's owner
+//!   says orders hold there (a home learns of an event's effect a cycle
+//!   later: while events flow a difference can be momentary).
 //! - Every SKU's roll-up (kept at its home from its levels' reports) sums
 //!   to its levels: each member reports, per SKU, the sum of the levels it
 //!   owns and the roll-ups it keeps. Roll-ups follow their levels a cycle
@@ -44,6 +48,7 @@ fn add(into: &mut Sums, n: &stockflow_core::Numbers) {
 fn local(app: &KafkaApp) -> Result<Value, ApiError> {
     let (mut levels, mut live_orders) = (0u64, 0u64);
     let mut reserved: Vec<(String, String, i64)> = Vec::new();
+    let mut level_holds: Vec<(String, String, i64)> = Vec::new();
     let mut holds: BTreeMap<(String, String), i64> = BTreeMap::new();
     let mut sku_sums: BTreeMap<String, Sums> = BTreeMap::new();
     let mut rollup_sums: BTreeMap<String, Sums> = BTreeMap::new();
@@ -61,6 +66,10 @@ fn local(app: &KafkaApp) -> Result<Value, ApiError> {
                     view.location_id.to_string(),
                     view.level.reserved,
                 ));
+            }
+            let held: i64 = view.level.holds().iter().map(|h| h.quantity).sum();
+            if held != 0 {
+                level_holds.push((view.sku.to_string(), view.location_id.to_string(), held));
             }
             add(
                 sku_sums.entry(view.sku.to_string()).or_default(),
@@ -90,6 +99,7 @@ fn local(app: &KafkaApp) -> Result<Value, ApiError> {
         "levels": levels,
         "liveOrders": live_orders,
         "reserved": reserved,
+        "levelHolds": level_holds,
         "holds": holds.into_iter().map(|((s, l), h)| (s, l, h)).collect::<Vec<_>>(),
         "skuSums": sku_sums,
         "rollupSums": rollup_sums,
@@ -115,6 +125,7 @@ fn verdict(parts: &[Value], strict: bool) -> Value {
     let (mut levels, mut live_orders) = (0u64, 0u64);
     let mut reserved: BTreeMap<(String, String), i64> = BTreeMap::new();
     let mut holds: BTreeMap<(String, String), i64> = BTreeMap::new();
+    let mut level_holds: BTreeMap<(String, String), i64> = BTreeMap::new();
     let mut sku_sums: BTreeMap<String, Sums> = BTreeMap::new();
     let mut rollup_sums: BTreeMap<String, Sums> = BTreeMap::new();
     let triple = |v: &Value| -> Option<((String, String), i64)> {
@@ -126,7 +137,11 @@ fn verdict(parts: &[Value], strict: bool) -> Value {
     for part in parts {
         levels += part["levels"].as_u64().unwrap_or(0);
         live_orders += part["liveOrders"].as_u64().unwrap_or(0);
-        for (into, key) in [(&mut reserved, "reserved"), (&mut holds, "holds")] {
+        for (into, key) in [
+            (&mut reserved, "reserved"),
+            (&mut holds, "holds"),
+            (&mut level_holds, "levelHolds"),
+        ] {
             for (level, n) in part[key]
                 .as_array()
                 .into_iter()
@@ -179,6 +194,18 @@ fn verdict(parts: &[Value], strict: bool) -> Value {
             }
         }
     }
+    let levels_held: std::collections::BTreeSet<&(String, String)> =
+        holds.keys().chain(level_holds.keys()).collect();
+    for key @ (sku, location) in levels_held {
+        let by_homes = holds.get(key).copied().unwrap_or(0);
+        let at_level = level_holds.get(key).copied().unwrap_or(0);
+        if by_homes != at_level {
+            violations += 1;
+            note(format!(
+                "{sku}@{location}: live orders hold {by_homes} by their homes but {at_level} at the level"
+            ));
+        }
+    }
     let skus: std::collections::BTreeSet<&String> =
         sku_sums.keys().chain(rollup_sums.keys()).collect();
     for sku in skus {
@@ -207,41 +234,32 @@ mod tests {
     use super::*;
 
     fn part(reserved: Value, holds: Value, skus: Value, rollups: Value) -> Value {
-        json!({"levels": 2, "liveOrders": 1, "reserved": reserved, "holds": holds, "skuSums": skus, "rollupSums": rollups})
+        // The level's owner says orders hold there what their homes say.
+        let level_holds = holds.clone();
+        json!({"levels": 2, "liveOrders": 1, "reserved": reserved, "holds": holds,
+               "levelHolds": level_holds, "skuSums": skus, "rollupSums": rollups})
     }
 
     #[test]
     fn holds_and_roll_ups_are_judged_across_members() {
-        // Member 1 owns A@S (5 reserved) and homes the order holding 3 of
-        // it; member 2 homes an order holding 2 more, and A's roll-up.
+        // Member 1 owns A@S (5 reserved: 3 held by the order it homes, 2
+        // free); member 2 homes no order there, and has A's roll-up.
         let one = part(
             json!([["A", "S", 5]]),
             json!([["A", "S", 3]]),
             json!({"A": [9, 5, 0]}),
             json!({}),
         );
-        let two = part(
-            json!([]),
-            json!([["A", "S", 2]]),
-            json!({}),
-            json!({"A": [9, 5, 0]}),
-        );
-        let answer = verdict(&[one.clone(), two.clone()], true);
+        let two = part(json!([]), json!([]), json!({}), json!({"A": [9, 5, 0]}));
+        let answer = verdict(&[one.clone(), two.clone()], false);
         assert_eq!(answer["ok"], true, "{answer}");
         assert_eq!(answer["levels"], 4);
-        // Without member 2's order, 2 units are reserved that no order holds.
-        let answer = verdict(std::slice::from_ref(&one), false);
-        assert_eq!(
-            (
-                answer["reservationsNotHeldByOrders"].as_u64(),
-                answer["holdViolations"].as_u64()
-            ),
-            (Some(1), Some(0))
-        );
+        assert_eq!(answer["reservationsNotHeldByOrders"], 1);
         // ...a violation when every reservation must be an order's; and
         // without member 2's roll-up, a mismatch.
-        let answer = verdict(&[one], true);
+        let answer = verdict(std::slice::from_ref(&one), true);
         assert_eq!(answer["ok"], false);
+        assert_eq!(answer["holdViolations"], 1, "{answer}");
         assert_eq!(answer["rollupMismatches"], 1, "{answer}");
         // Holds beyond what is reserved are always a violation.
         let over = part(
@@ -255,6 +273,21 @@ mod tests {
         assert_eq!(
             answer["problems"][0],
             "A@S: reserved 1 but live orders hold 3"
+        );
+        // A home that still counts units the level gave back (or the
+        // reverse) disagrees with the level.
+        let mut stale = part(
+            json!([["A", "S", 5]]),
+            json!([["A", "S", 3]]),
+            json!({}),
+            json!({}),
+        );
+        stale["levelHolds"] = json!([["A", "S", 1]]);
+        let answer = verdict(&[stale], false);
+        assert_eq!(answer["ok"], false);
+        assert_eq!(
+            answer["problems"][0],
+            "A@S: live orders hold 3 by their homes but 1 at the level"
         );
     }
 }

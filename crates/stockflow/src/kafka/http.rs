@@ -373,7 +373,14 @@ pub(crate) async fn ingest_parsed(
                     duplicates += 1;
                     continue;
                 }
-                Some(reason) => reason,
+                // Said as the embedded mode says it, naming the order.
+                Some(reason) => match stockflow_core::Rejection::from_code(&reason) {
+                    Some(why) => {
+                        let order = event.correlation_id.filter(|_| event.event_type.moves_holds());
+                        why.describe(event.sku, event.location_id, order)
+                    }
+                    None => reason,
+                },
                 None if *offset <= unknown_through[p] => "outcome_unknown: applied, but by an owner before a rebalance (or too long ago); read the level".to_owned(),
                 None => continue,
             };

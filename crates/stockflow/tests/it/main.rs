@@ -6,10 +6,14 @@ mod crash;
 mod dashboard;
 mod dead_letters;
 mod history;
+mod holds;
 mod http;
 mod import;
 mod kafka;
 mod orders;
+/// The reference model of orders' holds, shared with the core's tests.
+#[path = "../../../stockflow-core/tests/it/reference.rs"]
+pub mod reference;
 mod sources;
 pub mod stream;
 mod ui;
