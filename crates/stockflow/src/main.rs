@@ -92,6 +92,11 @@ enum Command {
         /// that order). Lines may be split over locations either way.
         #[arg(long, default_value = "most-available", value_parser = parse_sourcing)]
         sourcing: stockflow_core::orders::Sourcing,
+        /// How long an order holds its units when it does not say
+        /// (`holdSeconds`), and the hold of an order that an event
+        /// (RESERVATION with a correlationId) creates or adds to.
+        #[arg(long, default_value_t = 15 * 60, value_parser = clap::value_parser!(u64).range(1..=30 * 24 * 3600))]
+        order_hold_seconds: u64,
         /// A price cut of at least this many percent is a PRICE_DROP alert.
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u8).range(1..=99))]
         price_drop_percent: u8,
@@ -348,6 +353,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             webhook_secret,
             price_drop_percent,
             sourcing,
+            order_hold_seconds,
             stale_after_seconds,
             reservation_burst,
             reservation_burst_seconds,
@@ -361,6 +367,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             config.catalog_file = catalog;
             config.price_drop_percent = price_drop_percent;
             config.sourcing = sourcing;
+            config.order_hold_seconds = order_hold_seconds;
             config.webhooks = webhooks
                 .into_iter()
                 .map(|url| stockflow::webhooks::Webhook {

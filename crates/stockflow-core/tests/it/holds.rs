@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::reference::{Books, Command, Ev, Model, LOCATIONS, SECOND, SKUS};
+use super::reference::{location, sku, Books, Command, Ev, Model, SECOND};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use stockflow_core::orders::{LineRequest, Mode, OrderBook, OrderCommand, Sourcing};
@@ -36,8 +36,8 @@ fn to_engine(command: &Command) -> OrderCommand {
             lines: lines
                 .iter()
                 .map(|(s, l, q)| LineRequest {
-                    sku: SKUS[*s].into(),
-                    location_id: Some(LOCATIONS[*l].into()),
+                    sku: sku(*s),
+                    location_id: Some(location(*l)),
                     quantity: *q,
                 })
                 .collect(),
@@ -81,6 +81,8 @@ fn event(id: impl Strategy<Value = u32>) -> impl Strategy<Value = Ev> {
         "RESERVATION",
         "RELEASE",
         "FULFILLMENT",
+        "TRANSFER_OUT",
+        "TRANSFER_IN",
     ]);
     (
         id,
@@ -109,6 +111,7 @@ fn event(id: impl Strategy<Value = u32>) -> impl Strategy<Value = Ev> {
                     quantity,
                     second,
                     order,
+                    to: (kind == "TRANSFER_OUT").then_some(1 - location),
                 }
             },
         )
@@ -153,7 +156,7 @@ fn engine_levels(engine: &Engine) -> Books {
                 .collect();
             (
                 (v.sku.to_string(), v.location_id.to_string()),
-                (v.level.on_hand, v.level.reserved, holds),
+                (v.level.on_hand, v.level.reserved, v.level.in_transit, holds),
             )
         })
         .collect()
@@ -259,7 +262,7 @@ fn restart(engine: &Engine) -> Engine {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
 
     #[test]
     fn holds_follow_their_orders_whatever_the_stream(records in prop::collection::vec(record(), 1..40)) {

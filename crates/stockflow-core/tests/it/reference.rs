@@ -17,12 +17,19 @@ pub const SECOND: i64 = 1_000_000_000;
 /// 2024-01-01T10:00:00Z: event timestamps are seconds after it.
 pub const EVENT_EPOCH_NS: i64 = 1_704_103_200 * SECOND;
 
-/// (onHand, reserved, each order's hold) by (sku, location): what the
-/// tests compare the engine or a server with.
-pub type Books = BTreeMap<(String, String), (i64, i64, BTreeMap<String, i64>)>;
+/// (onHand, reserved, inTransit, each order's hold) by (sku, location):
+/// what the tests compare the engine or a server with.
+pub type Books = BTreeMap<(String, String), (i64, i64, i64, BTreeMap<String, i64>)>;
 
-pub const SKUS: [&str; 3] = ["A", "B", "C"];
-pub const LOCATIONS: [&str; 4] = ["S1", "S2", "S3", "S4"];
+/// The name of SKU number `i`.
+pub fn sku(i: usize) -> String {
+    format!("P{i}")
+}
+
+/// The name of location number `i`.
+pub fn location(i: usize) -> String {
+    format!("L{i}")
+}
 
 /// One canonical event; `order` is its correlationId (`o{n}`).
 #[derive(Clone, Debug)]
@@ -32,9 +39,11 @@ pub struct Ev {
     pub sku: usize,
     pub location: usize,
     pub quantity: i64,
-    /// Event time: seconds after 10:00 (under an hour).
+    /// Event time: seconds after 10:00 (within a day).
     pub second: i64,
     pub order: Option<u8>,
+    /// TRANSFER_OUT only: the destination's location number.
+    pub to: Option<usize>,
 }
 
 impl Ev {
@@ -44,16 +53,33 @@ impl Ev {
             .order
             .map(|o| format!(r#","correlationId":"o{o}""#))
             .unwrap_or_default();
+        let to = self
+            .to
+            .map(|l| format!(r#","toLocationId":"{}""#, location(l)))
+            .unwrap_or_default();
+        let (h, m, sec) = (
+            10 + self.second / 3600,
+            self.second / 60 % 60,
+            self.second % 60,
+        );
         format!(
-            r#"{{"eventId":"{prefix}{}","eventType":"{}","sku":"{}","locationId":"{}","quantity":{},"timestamp":"2024-01-01T10:{:02}:{:02}Z"{order}}}"#,
+            r#"{{"eventId":"{prefix}{}","eventType":"{}","sku":"{}","locationId":"{}","quantity":{},"timestamp":"2024-01-01T{h:02}:{m:02}:{sec:02}Z"{order}{to}}}"#,
             self.id,
             self.kind,
-            SKUS[self.sku],
-            LOCATIONS[self.location],
+            sku(self.sku),
+            location(self.location),
             self.quantity,
-            self.second / 60,
-            self.second % 60,
         )
+    }
+
+    /// Whether the contract accepts it (an invalid event changes nothing
+    /// and does not use up its eventId).
+    pub fn valid(&self) -> bool {
+        match self.kind {
+            "ADJUSTMENT" => self.quantity != 0,
+            "COUNT" => self.quantity >= 0,
+            _ => self.quantity > 0,
+        }
     }
 
     pub fn json(&self) -> String {
@@ -79,6 +105,7 @@ pub enum Command {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Level {
     pub on_hand: i64,
+    pub in_transit: i64,
     /// Reserved units no order holds.
     pub free: i64,
     pub holds: BTreeMap<String, i64>,
@@ -171,9 +198,9 @@ impl Model {
     }
 
     /// One event, received at server time `now`. Returns false for a
-    /// duplicate.
+    /// duplicate or an invalid event.
     pub fn event(&mut self, e: &Ev, now: i64) -> bool {
-        if !self.seen.insert(e.id) {
+        if !e.valid() || !self.seen.insert(e.id) {
             return false;
         }
         let order = e.order.map(|o| format!("o{o}"));
@@ -184,6 +211,16 @@ impl Model {
             ("RECEIPT", _) => l.change_on_hand(q, t),
             ("SALE", _) => l.change_on_hand(-q, t),
             ("ADJUSTMENT", _) => l.change_on_hand(q, t),
+            ("TRANSFER_IN", _) => {
+                l.in_transit -= q.min(l.in_transit);
+                l.change_on_hand(q, t);
+            }
+            ("TRANSFER_OUT", _) => {
+                l.change_on_hand(-q, t);
+                if let Some(to) = e.to {
+                    self.levels.entry((e.sku, to)).or_default().in_transit += q;
+                }
+            }
             ("COUNT", _) if l.count_time.is_some_and(|c| c >= t) => {}
             ("COUNT", _) if l.floor.is_some_and(|f| f > t) => {
                 self.refused.push((e.id, "count_beyond_history"));
@@ -317,8 +354,8 @@ impl Model {
             .iter()
             .map(|((s, l), m)| {
                 (
-                    (SKUS[*s].to_owned(), LOCATIONS[*l].to_owned()),
-                    (m.on_hand, m.reserved(), m.holds.clone()),
+                    (sku(*s), location(*l)),
+                    (m.on_hand, m.reserved(), m.in_transit, m.holds.clone()),
                 )
             })
             .collect()

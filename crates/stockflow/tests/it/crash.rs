@@ -8,61 +8,65 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use stockflow_core::{parse_body, BodyFormat, Engine, EngineConfig, Timestamp};
+use stockflow_core::{parse_body, BodyFormat};
 
+use crate::holds::{mixed_stream, server_levels, Shape, Step};
+use crate::reference::{Books, Ev, Model};
 use crate::{free_port, get, post};
 
 const BATCHES: usize = 120;
 const BATCH: usize = 1000;
 
-/// 120k events: receipts, sales, transfers, reservations, late counts,
-/// ~1% redelivered ids and ~0.5% invalid events.
-fn workload(seed: u64) -> Vec<String> {
-    let mut rng = SmallRng::seed_from_u64(seed);
-    let kinds = [
-        "RECEIPT",
-        "RECEIPT",
-        "SALE",
-        "SALE",
-        "RESERVATION",
-        "RELEASE",
-        "FULFILLMENT",
-        "TRANSFER_OUT",
-        "TRANSFER_IN",
-        "COUNT",
-        "ADJUSTMENT",
-    ];
-    let mut n = 0usize;
-    (0..BATCHES)
-        .map(|_| {
-            let lines: Vec<String> = (0..BATCH)
-                .map(|_| {
-                    n += 1;
-                    let id = if rng.random_bool(0.01) { rng.random_range(1..n) } else { n };
-                    let kind = kinds[rng.random_range(0..kinds.len())];
-                    let sku = rng.random_range(0..40);
-                    let location = rng.random_range(0..8);
-                    let quantity = if rng.random_bool(0.005) { 0 } else if kind == "ADJUSTMENT" { -2 } else { rng.random_range(1..20) };
-                    let to = if kind == "TRANSFER_OUT" { format!(r#","toLocationId":"L{}""#, (location + 1) % 8) } else { String::new() };
-                    // Timestamps wander, so counts meet late and early events.
-                    let minute = (n / 2000) as i64 + rng.random_range(-5..5);
-                    let at = Timestamp(1_700_000_000_000_000_000 + minute * 60_000_000_000).to_rfc3339();
-                    format!(r#"{{"eventId":"c{id}","eventType":"{kind}","sku":"S{sku}","locationId":"L{location}","quantity":{quantity},"timestamp":"{at}"{to}}}"#)
-                })
-                .collect();
-            lines.join("\n")
+/// 120k events in 1,000-event bodies: receipts, sales, transfers, plain
+/// reservations, late counts, and (`with_orders`) over a third
+/// RESERVATION, RELEASE and FULFILLMENT naming one of 60 orders (most
+/// naming orders that hold nothing at their level), ~2% redelivered ids
+/// and ~0.3% invalid events.
+fn workload(seed: u64, with_orders: bool) -> (Vec<String>, Vec<Ev>) {
+    let shape = Shape {
+        events: BATCHES * BATCH,
+        skus: 40,
+        locations: 8,
+        orders: 60,
+        commands: 0.0,
+        batch_max: BATCH,
+    };
+    let events: Vec<Ev> = mixed_stream(seed, shape)
+        .into_iter()
+        .flat_map(|step| match step {
+            Step::Events(events) => events,
+            Step::Order(_) => unreachable!("no commands asked for"),
         })
-        .collect()
+        .map(|mut e| {
+            e.order = e.order.filter(|_| with_orders);
+            e
+        })
+        .collect();
+    let bodies = events
+        .chunks(BATCH)
+        .map(|chunk| {
+            chunk
+                .iter()
+                .map(|e| e.json_with("c"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .collect();
+    (bodies, events)
 }
 
-fn reference(bodies: &[String]) -> BTreeMap<(String, String), (i64, i64, i64)> {
-    let mut engine = Engine::new(EngineConfig::default());
-    for body in bodies {
-        let mut parsed = parse_body(body.as_bytes(), BodyFormat::Ndjson, usize::MAX).unwrap();
-        engine.apply(&mut parsed.batch, Timestamp(1_800_000_000_000_000_000));
+/// What the events make of the books, by the reference model (no hold
+/// expires: the servers here hold for 30 days).
+fn reference(events: &[Ev]) -> Books {
+    let mut model = Model::new(i64::MAX / 4);
+    for e in events {
+        model.event(e, 0);
     }
-    crate::levels_of(&engine)
+    model.levels_by_name()
 }
+
+/// A hold no test outlives, so that the model needs no clock.
+const HOLD_SECONDS: &str = "2592000";
 
 /// A `stockflow serve` process, killed when dropped, so that a failing
 /// test leaves no server running behind it.
@@ -96,6 +100,8 @@ async fn spawn_server(dir: &std::path::Path, port: u16) -> Server {
             dir.to_str().unwrap(),
             "--listen",
             &format!("127.0.0.1:{port}"),
+            "--order-hold-seconds",
+            HOLD_SECONDS,
         ])
         .args(["--checkpoint-events", "30000"])
         .stdout(Stdio::null())
@@ -120,7 +126,12 @@ async fn sigkill_mid_ingest_loses_nothing_and_counts_nothing_twice() {
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(rand::random);
     println!("seed={seed} (replay with SEED={seed})");
-    let bodies = workload(seed);
+    let (bodies, events) = workload(seed, true);
+    let correlated = events.iter().filter(|e| e.order.is_some()).count();
+    assert!(
+        correlated * 4 >= events.len(),
+        "{correlated} events name orders"
+    );
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
@@ -158,19 +169,16 @@ async fn sigkill_mid_ingest_loses_nothing_and_counts_nothing_twice() {
         duplicates += receipt["duplicates"].as_u64().unwrap();
     }
     assert!(
-        duplicates >= 3 * 990,
+        duplicates >= 3 * 970,
         "acknowledged batches were recovered: {duplicates} duplicates on resend"
     );
-    let expected = reference(&bodies);
-    let mut actual = BTreeMap::new();
-    for sku in expected
-        .keys()
-        .map(|(sku, _)| sku.clone())
-        .collect::<std::collections::BTreeSet<_>>()
-    {
-        let (_, body) = get(&url, &format!("/v1/stock/{sku}")).await;
+    let expected = reference(&events);
+    let skus: std::collections::BTreeSet<String> =
+        expected.keys().map(|(sku, _)| sku.clone()).collect();
+    for sku in &skus {
         // The incrementally kept roll-up equals the sum of the levels,
         // after the crash as before it.
+        let (_, body) = get(&url, &format!("/v1/stock/{sku}")).await;
         let (_, item) = get(&url, &format!("/v1/items/{sku}")).await;
         for field in ["onHand", "reserved", "inTransit", "available"] {
             assert_eq!(
@@ -182,22 +190,32 @@ async fn sigkill_mid_ingest_loses_nothing_and_counts_nothing_twice() {
             item["totals"]["levels"].as_u64().unwrap() as usize,
             body["locations"].as_array().unwrap().len()
         );
-        for level in body["locations"].as_array().unwrap() {
-            let key = (
-                sku.clone(),
-                level["locationId"].as_str().unwrap().to_owned(),
-            );
-            let value = (
-                level["onHand"].as_i64().unwrap(),
-                level["reserved"].as_i64().unwrap(),
-                level["inTransit"].as_i64().unwrap(),
-            );
-            actual.insert(key, value);
-        }
     }
+    let shape = Shape {
+        events: 0,
+        skus: 40,
+        locations: 8,
+        orders: 60,
+        commands: 0.0,
+        batch_max: 1,
+    };
+    let actual = server_levels(&url, shape).await;
+    assert!(
+        expected.values().any(|l| !l.3.is_empty()),
+        "orders hold units at the end"
+    );
+    let check = Command::new(env!("CARGO_BIN_EXE_stockflow"))
+        .args(["check", "--url", &url])
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "stockflow check (seed={seed}): {}",
+        String::from_utf8_lossy(&check.stdout)
+    );
     server.kill().unwrap();
     server.wait().unwrap();
-    assert_eq!(actual.len(), expected.len());
+    assert_eq!(actual.len(), expected.len(), "seed={seed}");
     for (key, want) in &expected {
         assert_eq!(actual.get(key), Some(want), "level {key:?} (seed={seed})");
     }
@@ -390,24 +408,37 @@ async fn sigkill_during_an_order_storm_leaves_no_order_half_reserved() {
     post(&url, "application/x-ndjson", stock.join("\n")).await;
 
     // Eight clients place 3-line all_or_nothing orders (and cancel some)
-    // until the server dies under them.
+    // until the server dies under them; each keeps the answers it got.
     let storm: Vec<_> = (0..8u64)
         .map(|client| {
             let url = url.clone();
             tokio::spawn(async move {
                 let http = reqwest::Client::new();
                 let mut rng = SmallRng::seed_from_u64(seed ^ client);
+                let mut acknowledged: Vec<(String, serde_json::Value)> = Vec::new();
+                let answer = |r: reqwest::Result<reqwest::Response>| async move {
+                    let r = r.ok()?;
+                    assert!(r.status().is_success(), "{}", r.status());
+                    r.json::<serde_json::Value>().await.ok()
+                };
                 for n in 0.. {
                     let lines: Vec<serde_json::Value> = (0..3)
                         .map(|_| serde_json::json!({"sku": format!("P{}", rng.random_range(0..30)), "locationId": format!("L{}", rng.random_range(0..4)), "quantity": rng.random_range(1..4)}))
                         .collect();
                     let id = format!("storm-{client}-{n}");
                     let body = serde_json::json!({"orderId": id, "lines": lines, "holdSeconds": 600});
-                    if http.post(format!("{url}/v1/orders")).json(&body).send().await.is_err() {
-                        return n;
-                    }
-                    if rng.random_bool(0.2) && http.post(format!("{url}/v1/orders/{id}/cancel")).send().await.is_err() {
-                        return n;
+                    let sent = http.post(format!("{url}/v1/orders")).json(&body).send().await;
+                    let Some(order) = answer(sent).await else {
+                        return acknowledged;
+                    };
+                    let live = order["status"] == "reserved";
+                    acknowledged.push((id.clone(), order));
+                    if live && rng.random_bool(0.2) {
+                        let sent = http.post(format!("{url}/v1/orders/{id}/cancel")).send().await;
+                        let Some(order) = answer(sent).await else {
+                            return acknowledged;
+                        };
+                        acknowledged.last_mut().unwrap().1 = order;
                     }
                 }
                 unreachable!()
@@ -417,11 +448,27 @@ async fn sigkill_during_an_order_storm_leaves_no_order_half_reserved() {
     tokio::time::sleep(Duration::from_millis(300 + seed % 400)).await;
     server.kill().unwrap();
     server.wait().unwrap();
-    let mut placed = 0;
+    let mut acknowledged = Vec::new();
     for task in storm {
-        placed += task.await.unwrap();
+        acknowledged.extend(task.await.unwrap());
     }
-    assert!(placed > 50, "the storm was under way: {placed} orders");
+    assert!(
+        acknowledged.len() > 50,
+        "the storm was under way: {} orders",
+        acknowledged.len()
+    );
+    let reserved = acknowledged
+        .iter()
+        .filter(|(_, o)| o["status"] == "reserved")
+        .count();
+    let cancelled = acknowledged
+        .iter()
+        .filter(|(_, o)| o["status"] == "cancelled")
+        .count();
+    assert!(
+        reserved > 0 && cancelled > 0,
+        "{reserved} reserved, {cancelled} cancelled"
+    );
 
     let mut server = spawn_server(dir.path(), port).await;
     let (_, report) = get(&url, "/v1/check?strict=true").await;
@@ -438,7 +485,20 @@ async fn sigkill_during_an_order_storm_leaves_no_order_half_reserved() {
         "stockflow check: {}",
         String::from_utf8_lossy(&check.stdout)
     );
-    for order in all_orders(&url).await {
+    // Every acknowledged order is back as it was answered: its status and
+    // where each line's units are held.
+    let shape = |o: &serde_json::Value| (o["status"].clone(), o["lines"].clone());
+    for (id, answered) in &acknowledged {
+        let (status, order) = get(&url, &format!("/v1/orders/{id}")).await;
+        assert_eq!(status, 200, "acknowledged order {id} lost (seed={seed})");
+        assert_eq!(shape(&order), shape(answered), "order {id} (seed={seed})");
+    }
+    // Every order (acknowledged, or in flight at the kill) is whole, and
+    // together they hold exactly what each level has reserved.
+    let mut held: BTreeMap<(String, String), i64> = BTreeMap::new();
+    let orders = all_orders(&url).await;
+    assert!(orders.len() >= acknowledged.len());
+    for order in &orders {
         for line in order["lines"].as_array().unwrap() {
             let (requested, reserved) = (
                 line["requested"].as_i64().unwrap(),
@@ -449,8 +509,35 @@ async fn sigkill_during_an_order_storm_leaves_no_order_half_reserved() {
                 "rejected" | "cancelled" => assert_eq!(reserved, 0, "{order} (seed={seed})"),
                 other => panic!("unexpected status {other}: {order}"),
             }
+            for a in line["allocations"].as_array().unwrap() {
+                let key = (
+                    line["sku"].as_str().unwrap().to_owned(),
+                    a["locationId"].as_str().unwrap().to_owned(),
+                );
+                *held.entry(key).or_insert(0) += a["quantity"].as_i64().unwrap();
+            }
         }
     }
+    assert!(!held.is_empty(), "orders hold units after the restart");
+    for s in 0..30 {
+        let (_, stock) = get(&url, &format!("/v1/stock/P{s}")).await;
+        for level in stock["locations"].as_array().unwrap() {
+            let key = (
+                format!("P{s}"),
+                level["locationId"].as_str().unwrap().to_owned(),
+            );
+            let holds = held.remove(&key).unwrap_or(0);
+            assert_eq!(
+                level["reserved"].as_i64(),
+                Some(holds),
+                "{key:?} (seed={seed})"
+            );
+        }
+    }
+    assert!(
+        held.is_empty(),
+        "holds on levels that do not exist: {held:?}"
+    );
     server.kill().unwrap();
     server.wait().unwrap();
 }
@@ -464,7 +551,9 @@ fn a_checkpoint_spread_over_groups_restores_exactly() {
     use stockflow::pipeline::Pipeline;
     use stockflow::recovery::{drop_newest_checkpoint, recover};
     for attempt in 0..5u64 {
-        let bodies = workload(attempt);
+        // Plain events: a record with events naming orders runs the order
+        // step, before which every partition is copied at once (no spread).
+        let (bodies, events) = workload(attempt, false);
         let dir = tempfile::tempdir().unwrap();
         let config = stockflow::config::Config {
             checkpoint_events: 4_000,
@@ -489,15 +578,20 @@ fn a_checkpoint_spread_over_groups_restores_exactly() {
         // As after a crash just before the final checkpoint.
         assert!(drop_newest_checkpoint(dir.path()).unwrap());
         let recovered = recover(&config).unwrap();
-        let actual: BTreeMap<_, _> = recovered
+        let actual: Books = recovered
             .engine
             .levels()
             .map(|v| {
                 let key = (v.sku.to_string(), v.location_id.to_string());
-                (key, (v.level.on_hand, v.level.reserved, v.level.in_transit))
+                let holds = v.level.holds().iter();
+                let holds = holds
+                    .map(|h| (h.order_id.to_string(), h.quantity))
+                    .collect();
+                let l = &v.level;
+                (key, (l.on_hand, l.reserved, l.in_transit, holds))
             })
             .collect();
-        assert_eq!(actual, reference(&bodies), "attempt {attempt}");
+        assert_eq!(actual, reference(&events), "attempt {attempt}");
         if recovered.checkpoint_spread > 0 {
             return;
         }

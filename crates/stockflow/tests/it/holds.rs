@@ -12,7 +12,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use stockflow_core::orders::Mode;
 
-use crate::reference::{Books, Command, Ev, Model, LOCATIONS, SKUS};
+use crate::reference::{location, sku, Books, Command, Ev, Model};
 use crate::{get, post, start};
 
 /// One step of a user's traffic.
@@ -23,22 +23,38 @@ pub enum Step {
     Order(Command),
 }
 
-/// A seeded stream of `events` events (about 2% redeliveries, about 35%
-/// naming one of `orders` order ids) with API commands among them.
-pub fn mixed_stream(seed: u64, events: usize, orders: u8) -> Vec<Step> {
+/// The shape of a [`mixed_stream`].
+#[derive(Clone, Copy, Debug)]
+pub struct Shape {
+    pub events: usize,
+    pub skus: usize,
+    pub locations: usize,
+    pub orders: u8,
+    /// Share of steps that are API commands.
+    pub commands: f64,
+    /// Largest request, in events.
+    pub batch_max: usize,
+}
+
+/// A seeded stream of `shape.events` events (about 2% redeliveries, about
+/// 35% naming one of the order ids, transfers, counts, a few invalid) with
+/// API commands among them.
+pub fn mixed_stream(seed: u64, shape: Shape) -> Vec<Step> {
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut sent: Vec<Ev> = Vec::new();
     let mut steps = Vec::new();
-    while sent.len() < events {
-        if rng.random_bool(0.08) {
-            steps.push(Step::Order(command(&mut rng, orders)));
+    while sent.len() < shape.events {
+        if rng.random_bool(shape.commands) {
+            steps.push(Step::Order(command(&mut rng, shape)));
             continue;
         }
-        let size = rng.random_range(1..=150).min(events - sent.len());
+        let size = rng
+            .random_range(1..=shape.batch_max)
+            .min(shape.events - sent.len());
         let mut batch = Vec::with_capacity(size);
         for _ in 0..size {
             let e = match sent.is_empty() || !rng.random_bool(0.02) {
-                true => event(&mut rng, sent.len() as u32, orders),
+                true => event(&mut rng, sent.len() as u32, shape),
                 false => sent[rng.random_range(0..sent.len())].clone(),
             };
             sent.push(e.clone());
@@ -49,14 +65,16 @@ pub fn mixed_stream(seed: u64, events: usize, orders: u8) -> Vec<Step> {
     steps
 }
 
-fn event(rng: &mut SmallRng, id: u32, orders: u8) -> Ev {
+fn event(rng: &mut SmallRng, id: u32, shape: Shape) -> Ev {
     let roll = rng.random_range(0..100);
     let (kind, correlated) = match roll {
-        0..20 => ("RECEIPT", false),
-        20..30 => ("SALE", false),
-        30..34 => ("ADJUSTMENT", false),
-        34..37 => ("COUNT", false),
-        37..45 => ("RESERVATION", false),
+        0..18 => ("RECEIPT", false),
+        18..27 => ("SALE", false),
+        27..30 => ("ADJUSTMENT", false),
+        30..33 => ("COUNT", false),
+        33..36 => ("TRANSFER_OUT", false),
+        36..38 => ("TRANSFER_IN", false),
+        38..45 => ("RESERVATION", false),
         45..50 => ("RELEASE", false),
         50..55 => ("FULFILLMENT", false),
         55..72 => ("RESERVATION", true),
@@ -64,31 +82,35 @@ fn event(rng: &mut SmallRng, id: u32, orders: u8) -> Ev {
         _ => ("FULFILLMENT", true),
     };
     let quantity = match kind {
+        _ if rng.random_bool(0.003) => 0, // invalid: refused, kept as a dead letter
         "RECEIPT" => rng.random_range(1..=30),
         "COUNT" => rng.random_range(0..=40),
         "ADJUSTMENT" if rng.random_bool(0.5) => -rng.random_range(1..=5),
         _ => rng.random_range(1..=8),
     };
+    let location = rng.random_range(0..shape.locations);
     Ev {
         id,
         kind,
-        sku: rng.random_range(0..SKUS.len()),
-        location: rng.random_range(0..LOCATIONS.len()),
+        sku: rng.random_range(0..shape.skus),
+        location,
         quantity,
+        // Within an hour, so counts meet late and early events.
         second: rng.random_range(0..3600),
-        order: correlated.then(|| rng.random_range(0..orders)),
+        order: correlated.then(|| rng.random_range(0..shape.orders)),
+        to: (kind == "TRANSFER_OUT").then(|| (location + 1) % shape.locations),
     }
 }
 
-fn command(rng: &mut SmallRng, orders: u8) -> Command {
-    let order = rng.random_range(0..orders);
+fn command(rng: &mut SmallRng, shape: Shape) -> Command {
+    let order = rng.random_range(0..shape.orders);
     match rng.random_range(0..6) {
         0..3 => {
             let lines = (0..rng.random_range(1..=3))
                 .map(|_| {
                     (
-                        rng.random_range(0..SKUS.len()),
-                        rng.random_range(0..LOCATIONS.len()),
+                        rng.random_range(0..shape.skus),
+                        rng.random_range(0..shape.locations),
                         rng.random_range(1..=6),
                     )
                 })
@@ -113,7 +135,7 @@ pub async fn send_command(url: &str, command: &Command) {
         Command::Place(o, lines, mode, hold) => {
             let lines: Vec<Value> = lines
                 .iter()
-                .map(|(s, l, q)| json!({"sku": SKUS[*s], "locationId": LOCATIONS[*l], "quantity": q}))
+                .map(|(s, l, q)| json!({"sku": sku(*s), "locationId": location(*l), "quantity": q}))
                 .collect();
             let mode = match mode {
                 Mode::AllOrNothing => "all_or_nothing",
@@ -140,26 +162,24 @@ pub async fn send_command(url: &str, command: &Command) {
     );
 }
 
-/// Every level of the model's SKUs as the server shows them, with each
-/// order's holds from its allocations: (onHand, reserved, holds).
-pub async fn server_levels(url: &str, orders: u8) -> Books {
+/// Every level of the stream's SKUs as the server shows them, with each
+/// order's holds from its allocations.
+pub async fn server_levels(url: &str, shape: Shape) -> Books {
     let mut levels = BTreeMap::new();
-    for sku in SKUS {
+    for sku in (0..shape.skus).map(sku) {
         let (status, body) = get(url, &format!("/v1/stock/{sku}")).await;
         if status == 404 {
             continue;
         }
         assert_eq!(status, 200, "{body}");
         for l in body["locations"].as_array().expect("locations") {
-            let key = (sku.to_owned(), l["locationId"].as_str().unwrap().to_owned());
-            let numbers = (
-                l["onHand"].as_i64().unwrap(),
-                l["reserved"].as_i64().unwrap(),
-            );
-            levels.insert(key, (numbers.0, numbers.1, BTreeMap::new()));
+            let key = (sku.clone(), l["locationId"].as_str().unwrap().to_owned());
+            let n = |field: &str| l[field].as_i64().unwrap();
+            let numbers = (n("onHand"), n("reserved"), n("inTransit"), BTreeMap::new());
+            levels.insert(key, numbers);
         }
     }
-    for o in 0..orders {
+    for o in 0..shape.orders {
         let (status, order) = get(url, &format!("/v1/orders/o{o}")).await;
         if status == 404 {
             continue;
@@ -173,7 +193,7 @@ pub async fn server_levels(url: &str, orders: u8) -> Books {
                     line["sku"].as_str().unwrap().to_owned(),
                     a["locationId"].as_str().unwrap().to_owned(),
                 );
-                let holds = &mut levels.get_mut(&key).expect("a held level exists").2;
+                let holds = &mut levels.get_mut(&key).expect("a held level exists").3;
                 *holds.entry(format!("o{o}")).or_insert(0) += a["quantity"].as_i64().unwrap();
             }
         }
@@ -182,9 +202,9 @@ pub async fn server_levels(url: &str, orders: u8) -> Books {
 }
 
 /// The orders that exist on the server.
-pub async fn server_orders(url: &str, orders: u8) -> std::collections::BTreeSet<String> {
+pub async fn server_orders(url: &str, shape: Shape) -> std::collections::BTreeSet<String> {
     let mut found = std::collections::BTreeSet::new();
-    for o in 0..orders {
+    for o in 0..shape.orders {
         if get(url, &format!("/v1/orders/o{o}")).await.0 == 200 {
             found.insert(format!("o{o}"));
         }
@@ -325,8 +345,15 @@ async fn thirty_thousand_mixed_events_and_orders_end_exactly_where_the_model_doe
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(rand::random);
     println!("seed={seed} (replay with SEED={seed})");
-    const ORDERS: u8 = 40;
-    let steps = mixed_stream(seed, 30_000, ORDERS);
+    let shape = Shape {
+        events: 30_000,
+        skus: 3,
+        locations: 4,
+        orders: 40,
+        commands: 0.08,
+        batch_max: 150,
+    };
+    let steps = mixed_stream(seed, shape);
     let events: Vec<&Ev> = steps
         .iter()
         .flat_map(|s| match s {
@@ -361,9 +388,11 @@ async fn thirty_thousand_mixed_events_and_orders_end_exactly_where_the_model_doe
                     Some(fresh as u64),
                     "seed={seed} {receipt}"
                 );
+                let invalid = batch.iter().filter(|e| !e.valid());
                 let mut expected: Vec<String> = model.refused[refused_before..]
                     .iter()
                     .map(|(id, code)| format!("e{id}:{code}"))
+                    .chain(invalid.map(|e| format!("e{}:quantity", e.id)))
                     .collect();
                 let mut got: Vec<String> = receipt["errors"]
                     .as_array()
@@ -393,11 +422,11 @@ async fn thirty_thousand_mixed_events_and_orders_end_exactly_where_the_model_doe
     let (_, check) = get(&url, "/v1/check").await;
     assert_eq!(check["ok"], true, "seed={seed} {check}");
     assert_eq!(
-        server_levels(&url, ORDERS).await,
+        server_levels(&url, shape).await,
         model.levels_by_name(),
         "seed={seed}"
     );
-    assert_eq!(server_orders(&url, ORDERS).await, model.orders);
+    assert_eq!(server_orders(&url, shape).await, model.orders);
     server.stop().await.unwrap();
 
     // A full replay of the log (no checkpoint) rebuilds the same books.
@@ -405,7 +434,7 @@ async fn thirty_thousand_mixed_events_and_orders_end_exactly_where_the_model_doe
     let server = start(dir.path(), hold).await;
     let url = server.url();
     assert_eq!(
-        server_levels(&url, ORDERS).await,
+        server_levels(&url, shape).await,
         model.levels_by_name(),
         "seed={seed} after replay"
     );
