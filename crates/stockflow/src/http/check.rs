@@ -13,7 +13,7 @@ use axum::extract::{Query, State};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use stockflow_core::Totals;
+use stockflow_core::{Catalog, OrderBook, Partition, Totals};
 
 use super::AppState;
 
@@ -39,11 +39,21 @@ fn run(state: &AppState, strict: bool) -> Value {
     let book = shared.orders.read();
     let partitions: Vec<_> = shared.partitions.iter().map(|p| p.read()).collect();
     let catalog = shared.catalog.read();
+    verdict(&book, &partitions, &catalog, strict)
+}
+
+/// The invariants of one consistent view of the book and the partitions.
+fn verdict<P: std::ops::Deref<Target = Partition>>(
+    book: &OrderBook,
+    partitions: &[P],
+    catalog: &Catalog,
+    strict: bool,
+) -> Value {
     let mut held = book.held_by_order();
     let mut problems: Vec<String> = Vec::new();
     let (mut levels, mut unheld, mut violations) = (0u64, 0u64, 0u64);
     let mut rollup_mismatches = 0u64;
-    for partition in &partitions {
+    for partition in partitions {
         let mut by_sku: BTreeMap<String, Totals> = BTreeMap::new();
         let mut by_location: BTreeMap<String, Totals> = BTreeMap::new();
         for view in partition.iter() {
@@ -131,4 +141,68 @@ fn run(state: &AppState, strict: bool) -> Value {
         "rollupMismatches": rollup_mismatches,
         "problems": problems,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use stockflow_core::orders::Allocation;
+    use stockflow_core::{parse_body, BodyFormat, Engine, EngineConfig, Timestamp};
+
+    use super::*;
+
+    fn verdict_of(engine: &Engine, strict: bool) -> Value {
+        verdict(
+            &engine.orders,
+            &engine.partitions.iter().collect::<Vec<_>>(),
+            &engine.catalog,
+            strict,
+        )
+    }
+
+    /// The check says no when the book and the levels disagree on an
+    /// order's hold (the defect of issue 18: a level had given o-y's units
+    /// back while its order still held them), whatever the sums say.
+    #[test]
+    fn the_check_names_an_order_whose_hold_its_level_does_not_keep() {
+        let mut engine = Engine::new(EngineConfig::default());
+        let body = [
+            r#"{"eventId":"r1","eventType":"RECEIPT","sku":"A","locationId":"S1","quantity":10}"#,
+            r#"{"eventId":"v1","eventType":"RESERVATION","sku":"A","locationId":"S1","quantity":3,"correlationId":"o-y"}"#,
+            r#"{"eventId":"v2","eventType":"RESERVATION","sku":"A","locationId":"S1","quantity":2}"#,
+        ]
+        .join("\n");
+        let mut batch = parse_body(body.as_bytes(), BodyFormat::Ndjson, 10)
+            .unwrap()
+            .batch;
+        engine.apply_record(
+            std::slice::from_mut(&mut batch),
+            &[],
+            Timestamp(1),
+            1_000_000,
+        );
+        let answer = verdict_of(&engine, false);
+        assert_eq!(answer["ok"], true, "{answer}");
+        assert_eq!(answer["reservationsNotHeldByOrders"], 1);
+        let strict = verdict_of(&engine, true);
+        assert_eq!(
+            strict["problems"],
+            json!(["A@S1: reserved 5 but live orders hold 3"])
+        );
+
+        // The book says o-y holds 2 more there than the level keeps for it:
+        // the sums still fit (5 reserved ≥ 5 held), the orders do not.
+        let order = engine.orders.orders.get_mut("o-y").unwrap();
+        order.lines[0].allocations.push(Allocation {
+            location_id: "S1".into(),
+            quantity: 2,
+            fulfilled: false,
+        });
+        let answer = verdict_of(&engine, false);
+        assert_eq!(answer["ok"], false, "{answer}");
+        assert_eq!(answer["holdViolations"], 1);
+        assert_eq!(
+            answer["problems"],
+            json!(["A@S1: order o-y holds 5 by its allocations but 3 at the level"])
+        );
+    }
 }
