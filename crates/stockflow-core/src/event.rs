@@ -85,6 +85,9 @@ pub struct EventRec {
     pub to_location_id: Option<Span>,
     pub source_system: Option<Span>,
     pub correlation_id: Option<Span>,
+    /// RESERVATION naming an order only: how long the order holds what
+    /// it reserves (the server's default when absent).
+    pub hold_seconds: Option<u32>,
     pub event_type: EventType,
     pub quantity: i64,
     /// `None` until the sequencer stamps server time; always `Some` in the log.
@@ -107,6 +110,7 @@ pub struct EventRef<'a> {
     pub to_location_id: Option<&'a str>,
     pub source_system: Option<&'a str>,
     pub correlation_id: Option<&'a str>,
+    pub hold_seconds: Option<u32>,
     pub index: u32,
 }
 
@@ -155,6 +159,7 @@ impl Batch {
             to_location_id: event.to_location_id.map(|s| self.intern(s)),
             source_system: event.source_system.map(|s| self.intern(s)),
             correlation_id: event.correlation_id.map(|s| self.intern(s)),
+            hold_seconds: event.hold_seconds,
             event_type: event.event_type,
             quantity: event.quantity,
             timestamp: event.timestamp,
@@ -190,6 +195,7 @@ impl Batch {
             to_location_id: rec.to_location_id.map(|s| self.str(s)),
             source_system: rec.source_system.map(|s| self.str(s)),
             correlation_id: rec.correlation_id.map(|s| self.str(s)),
+            hold_seconds: rec.hold_seconds,
             index: rec.index,
         }
     }

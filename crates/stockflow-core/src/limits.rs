@@ -25,6 +25,12 @@ pub const COUNT_HISTORY_WINDOW_NS: i64 = 24 * 3600 * 1_000_000_000;
 /// 64 KiB for one very hot level, and covers one event every 21 s for 24 h.
 pub const COUNT_HISTORY_ENTRIES_MAX: usize = 4096;
 
+/// Longest hold an order can ask for (`holdSeconds` of an order or of a
+/// RESERVATION event, and the server's default): a week. A hold is stock
+/// nobody else can sell; one held longer is a stuck order, not a
+/// checkout.
+pub const HOLD_SECONDS_MAX: u64 = 7 * 24 * 3600;
+
 /// Most orders holding units at one level at once. A hold is ~40 bytes
 /// kept with the level (and in every snapshot of it); a level that 100,000
 /// orders hold at once is already far beyond any shelf, so past it a

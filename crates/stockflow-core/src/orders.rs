@@ -471,6 +471,9 @@ pub struct HoldChange {
     pub moved: i64,
     /// Why a RESERVATION was refused (`None` if it was granted).
     pub refused: Option<String>,
+    /// The hold a RESERVATION asked for (`holdSeconds`), if it did.
+    #[serde(default)]
+    pub hold_ns: Option<i64>,
 }
 
 /// The hold changes of the order events among a batch's applied `changes`
@@ -507,6 +510,7 @@ pub fn hold_changes<'a>(
                     moved,
                     refused: refused
                         .map(|why| why.describe(event.sku, event.location_id, Some(order_id))),
+                    hold_ns: event.hold_seconds.map(|s| i64::from(s) * 1_000_000_000),
                 },
             ))
         })
@@ -601,7 +605,9 @@ impl Order {
 
     /// Takes in one [`HoldChange`] of this order at `now` (see
     /// [`OrderBook::observe`]); the caller keeps the expiry index.
+    /// `hold_ns` is the hold when the event did not ask for one.
     pub fn observe(&mut self, change: &HoldChange, now: Timestamp, hold_ns: i64) {
+        let hold_ns = change.hold_ns.unwrap_or(hold_ns);
         let HoldChange {
             event_type,
             sku,
@@ -911,6 +917,7 @@ pub fn order_batch(events: &[OrderEvent], now: Timestamp, partitions: u16) -> cr
             to_location_id: None,
             source_system: Some("orders"),
             correlation_id: Some(&e.order_id),
+            hold_seconds: None,
             index: index as u32,
         });
     }

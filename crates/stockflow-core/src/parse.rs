@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::event::{Batch, EventRef, EventType};
-use crate::limits::{ID_CHARS_MAX, QUANTITY_ABS_MAX};
+use crate::limits::{HOLD_SECONDS_MAX, ID_CHARS_MAX, QUANTITY_ABS_MAX};
 use crate::time::Timestamp;
 
 /// How the body is framed.
@@ -204,6 +204,11 @@ fn validate<'a>(wire: &'a Wire<'a>, index: u32) -> Result<EventRef<'a>, String> 
             return Err(format!("{name}: longer than {ID_CHARS_MAX} characters"));
         }
     }
+    let hold_seconds = hold_seconds(&wire.hold_seconds)?;
+    if hold_seconds.is_some() && (event_type != EventType::Reservation || correlation_id.is_none())
+    {
+        return Err("holdSeconds: only allowed on a RESERVATION with a correlationId (the order it holds for)".into());
+    }
     Ok(EventRef {
         event_id,
         event_type,
@@ -214,8 +219,18 @@ fn validate<'a>(wire: &'a Wire<'a>, index: u32) -> Result<EventRef<'a>, String> 
         to_location_id,
         source_system,
         correlation_id,
+        hold_seconds,
         index,
     })
+}
+
+fn hold_seconds(field: &Option<Field<'_>>) -> Result<Option<u32>, String> {
+    let range = || format!("holdSeconds: must be a whole number from 1 to {HOLD_SECONDS_MAX}");
+    match field {
+        None | Some(Field::Null) => Ok(None),
+        Some(Field::Int(s)) if (1..=HOLD_SECONDS_MAX as i64).contains(s) => Ok(Some(*s as u32)),
+        Some(_) => Err(range()),
+    }
 }
 
 fn quantity(field: &Option<Field<'_>>, event_type: EventType) -> Result<i64, String> {
@@ -387,6 +402,7 @@ struct Wire<'a> {
     to_location_id: Option<Field<'a>>,
     source_system: Option<Field<'a>>,
     correlation_id: Option<Field<'a>>,
+    hold_seconds: Option<Field<'a>>,
     /// First structural problem found (not an object, duplicate field).
     problem: Option<String>,
 }
@@ -428,6 +444,7 @@ impl<'de> Visitor<'de> for WireVisitor {
                 "toLocationId" => &mut wire.to_location_id,
                 "sourceSystem" => &mut wire.source_system,
                 "correlationId" => &mut wire.correlation_id,
+                "holdSeconds" => &mut wire.hold_seconds,
                 _ => {
                     map.next_value::<IgnoredAny>()?;
                     continue;

@@ -95,7 +95,7 @@ enum Command {
         /// How long an order holds its units when it does not say
         /// (`holdSeconds`), and the hold of an order that an event
         /// (RESERVATION with a correlationId) creates or adds to.
-        #[arg(long, default_value_t = 15 * 60, value_parser = clap::value_parser!(u64).range(1..=30 * 24 * 3600))]
+        #[arg(long, default_value_t = 15 * 60, value_parser = clap::value_parser!(u64).range(1..=stockflow_core::limits::HOLD_SECONDS_MAX))]
         order_hold_seconds: u64,
         /// A price cut of at least this many percent is a PRICE_DROP alert.
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u8).range(1..=99))]

@@ -567,8 +567,10 @@ impl Sequencer {
                 // A hold an event makes expires like an order's: mark the
                 // record that must run the order step then.
                 order_events = true;
-                let at = now.saturating_add_ns(self.order_hold_ns);
-                self.holds.push(std::cmp::Reverse(at));
+                for hold_ns in event_holds(&batch, self.order_hold_ns) {
+                    self.holds
+                        .push(std::cmp::Reverse(now.saturating_add_ns(hold_ns)));
+                }
             }
             batch.compute_routes(self.partitions);
             let mut receipt = Receipt {
@@ -720,6 +722,25 @@ impl Sequencer {
             }
         }
     }
+}
+
+/// The distinct holds the RESERVATIONs naming orders in `batch` ask for
+/// (`default_ns` for those that do not say), usually one.
+fn event_holds(batch: &Batch, default_ns: i64) -> Vec<i64> {
+    let mut holds = Vec::new();
+    for i in 0..batch.len() {
+        let rec = batch.rec(i);
+        if rec.event_type != stockflow_core::EventType::Reservation || batch.order_of(i).is_none() {
+            continue;
+        }
+        let hold = rec
+            .hold_seconds
+            .map_or(default_ns, |s| i64::from(s) * 1_000_000_000);
+        if !holds.contains(&hold) {
+            holds.push(hold);
+        }
+    }
+    holds
 }
 
 /// A failed write or fsync leaves the file in an unknown state; carrying on

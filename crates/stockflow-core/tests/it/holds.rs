@@ -93,9 +93,10 @@ fn event(id: impl Strategy<Value = u32>) -> impl Strategy<Value = Ev> {
         0..3600i64,
         prop::option::weighted(0.6, 0..6u8),
         any::<bool>(),
+        prop::option::weighted(0.3, 5..200i64),
     )
         .prop_map(
-            |(id, kind, sku, location, quantity, second, order, negative)| {
+            |(id, kind, sku, location, quantity, second, order, negative, hold_s)| {
                 let quantity = match kind {
                     "ADJUSTMENT" if negative => -quantity,
                     "COUNT" => quantity * 2,
@@ -112,6 +113,7 @@ fn event(id: impl Strategy<Value = u32>) -> impl Strategy<Value = Ev> {
                     second,
                     order,
                     to: (kind == "TRANSFER_OUT").then_some(1 - location),
+                    hold_s: hold_s.filter(|_| kind == "RESERVATION" && order.is_some()),
                 }
             },
         )

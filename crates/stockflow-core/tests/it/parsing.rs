@@ -36,6 +36,10 @@ fn every_broken_rule_is_named_in_the_reason() {
         (format!(r#"{{"eventId":"e","eventType":"SALE","sku":"{long}","locationId":"S","quantity":1}}"#), "sku: longer than 128"),
         (r#"{"eventId":"e","eventType":"SALE","sku":"A","quantity":1}"#.into(), "locationId: required"),
         (r#"{"eventId":"e","eventType":"TRANSFER_OUT","sku":"A","locationId":"S","toLocationId":"S","quantity":1}"#.into(), "toLocationId: must differ"),
+        (with(r#""quantity":1,"holdSeconds":60"#), "holdSeconds: only allowed on a RESERVATION with a correlationId"),
+        (r#"{"eventId":"e","eventType":"RESERVATION","sku":"A","locationId":"S","quantity":1,"holdSeconds":60}"#.into(), "holdSeconds: only allowed on a RESERVATION with a correlationId"),
+        (r#"{"eventId":"e","eventType":"RESERVATION","sku":"A","locationId":"S","quantity":1,"correlationId":"o","holdSeconds":604801}"#.into(), "holdSeconds: must be a whole number from 1 to 604800"),
+        (r#"{"eventId":"e","eventType":"RESERVATION","sku":"A","locationId":"S","quantity":1,"correlationId":"o","holdSeconds":"60"}"#.into(), "holdSeconds: must be a whole number"),
     ];
     for (event, expected) in cases {
         let got = reason(&event);

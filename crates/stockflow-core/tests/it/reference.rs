@@ -44,6 +44,8 @@ pub struct Ev {
     pub order: Option<u8>,
     /// TRANSFER_OUT only: the destination's location number.
     pub to: Option<usize>,
+    /// RESERVATION naming an order only: its `holdSeconds`.
+    pub hold_s: Option<i64>,
 }
 
 impl Ev {
@@ -57,13 +59,17 @@ impl Ev {
             .to
             .map(|l| format!(r#","toLocationId":"{}""#, location(l)))
             .unwrap_or_default();
+        let hold = self
+            .hold_s
+            .map(|s| format!(r#","holdSeconds":{s}"#))
+            .unwrap_or_default();
         let (h, m, sec) = (
             10 + self.second / 3600,
             self.second / 60 % 60,
             self.second % 60,
         );
         format!(
-            r#"{{"eventId":"{prefix}{}","eventType":"{}","sku":"{}","locationId":"{}","quantity":{},"timestamp":"2024-01-01T{h:02}:{m:02}:{sec:02}Z"{order}{to}}}"#,
+            r#"{{"eventId":"{prefix}{}","eventType":"{}","sku":"{}","locationId":"{}","quantity":{},"timestamp":"2024-01-01T{h:02}:{m:02}:{sec:02}Z"{order}{to}{hold}}}"#,
             self.id,
             self.kind,
             sku(self.sku),
@@ -246,7 +252,7 @@ impl Model {
             ("RESERVATION", None) => l.free += q,
             ("RESERVATION", Some(order)) => {
                 *l.holds.entry(order.clone()).or_insert(0) += q;
-                let until = now + self.event_hold_ns;
+                let until = now + e.hold_s.map_or(self.event_hold_ns, |s| s * SECOND);
                 let kept = self.expires.get(&order).copied().filter(|_| was_live);
                 self.expires
                     .insert(order.clone(), kept.map_or(until, |k| k.max(until)));

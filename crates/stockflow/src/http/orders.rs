@@ -21,7 +21,7 @@ use super::{json_body, ApiError, AppState};
 /// Most lines in one order.
 pub const ORDER_LINES_MAX: usize = 100;
 /// Longest hold: a week.
-pub const HOLD_SECONDS_MAX: u64 = 7 * 24 * 3600;
+pub use stockflow_core::limits::HOLD_SECONDS_MAX;
 
 pub fn order_json(order: &Order) -> Value {
     let lines: Vec<Value> = order

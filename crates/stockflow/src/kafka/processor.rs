@@ -2395,6 +2395,7 @@ fn line_action_json(action: &LineAction, now: Timestamp) -> String {
         to_location_id: None,
         source_system: Some("stockflow-orders"),
         correlation_id: Some(&action.order_id),
+        hold_seconds: None,
         index: 0,
     };
     canonical_json(&event, now)

@@ -26,6 +26,9 @@ pub fn canonical_json(event: &EventRef<'_>, timestamp: Timestamp) -> String {
             out[field] = Value::from(value);
         }
     }
+    if let Some(seconds) = event.hold_seconds {
+        out["holdSeconds"] = Value::from(seconds);
+    }
     out.to_string()
 }
 

@@ -56,7 +56,7 @@ fn workload(seed: u64, with_orders: bool) -> (Vec<String>, Vec<Ev>) {
 }
 
 /// What the events make of the books, by the reference model (no hold
-/// expires: the servers here hold for 30 days).
+/// expires: the servers here hold for a week).
 fn reference(events: &[Ev]) -> Books {
     let mut model = Model::new(i64::MAX / 4);
     for e in events {
@@ -66,7 +66,7 @@ fn reference(events: &[Ev]) -> Books {
 }
 
 /// A hold no test outlives, so that the model needs no clock.
-const HOLD_SECONDS: &str = "2592000";
+const HOLD_SECONDS: &str = "604800";
 
 /// A `stockflow serve` process, killed when dropped, so that a failing
 /// test leaves no server running behind it.

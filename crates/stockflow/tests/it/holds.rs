@@ -99,6 +99,7 @@ fn event(rng: &mut SmallRng, id: u32, shape: Shape) -> Ev {
         second: rng.random_range(0..3600),
         order: correlated.then(|| rng.random_range(0..shape.orders)),
         to: (kind == "TRANSFER_OUT").then(|| (location + 1) % shape.locations),
+        hold_s: None,
     }
 }
 
@@ -440,5 +441,78 @@ async fn thirty_thousand_mixed_events_and_orders_end_exactly_where_the_model_doe
     );
     let (_, check) = get(&url, "/v1/check").await;
     assert_eq!(check["ok"], true, "seed={seed} {check}");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_made_by_an_event_expires_on_its_own_hold_and_gives_back_only_its_units() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), |_| {}).await;
+    let url = server.url();
+    crate::send_event(&url, "x-r", "RECEIPT", "X", "S1", 10).await;
+    let api = json!({"orderId": "o-api", "holdSeconds": 600, "lines": [{"sku": "X", "locationId": "S1", "quantity": 2}]});
+    let placed = reqwest::Client::new()
+        .post(format!("{url}/v1/orders"))
+        .json(&api)
+        .send()
+        .await
+        .unwrap();
+    assert!(placed.status().is_success());
+    let body = [
+        r#"{"eventId":"x-1","eventType":"RESERVATION","sku":"X","locationId":"S1","quantity":3,"correlationId":"web-1","holdSeconds":1}"#,
+        r#"{"eventId":"x-2","eventType":"RESERVATION","sku":"X","locationId":"S1","quantity":1}"#,
+        // holdSeconds belongs to a RESERVATION for an order only.
+        r#"{"eventId":"x-3","eventType":"SALE","sku":"X","locationId":"S1","quantity":1,"holdSeconds":5}"#,
+        r#"{"eventId":"x-4","eventType":"RESERVATION","sku":"X","locationId":"S1","quantity":1,"correlationId":"web-2","holdSeconds":0}"#,
+    ]
+    .join("\n");
+    let (_, receipt) = post(&url, "application/x-ndjson", body).await;
+    assert_eq!(
+        (receipt["accepted"].as_u64(), receipt["rejected"].as_u64()),
+        (Some(2), Some(2)),
+        "{receipt}"
+    );
+    let reasons: Vec<&str> = receipt["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["reason"].as_str().unwrap())
+        .collect();
+    assert!(
+        reasons[0].starts_with("holdSeconds: only allowed on a RESERVATION with a correlationId"),
+        "{receipt}"
+    );
+    assert!(
+        reasons[1].starts_with("holdSeconds: must be a whole number from 1 to"),
+        "{receipt}"
+    );
+    let (_, level) = get(&url, "/v1/stock/X/S1").await;
+    assert_eq!(level["reserved"], 6, "{level}");
+    let (_, order) = get(&url, "/v1/orders/web-1").await;
+    assert_eq!(order["status"], "reserved", "{order}");
+    // Expired within a second or so of its own hold, with no other traffic.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, order) = get(&url, "/v1/orders/web-1").await;
+        if order["status"] == "expired" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never expired: {order}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // Its 3 units went back; the API order's 2 and the free 1 stay.
+    let (_, level) = get(&url, "/v1/stock/X/S1").await;
+    assert_eq!(
+        (level["onHand"].as_i64(), level["reserved"].as_i64()),
+        (Some(10), Some(3)),
+        "{level}"
+    );
+    let (_, api) = get(&url, "/v1/orders/o-api").await;
+    assert_eq!(api["status"], "reserved", "{api}");
+    let (_, check) = get(&url, "/v1/check").await;
+    assert_eq!(check["ok"], true, "{check}");
     server.stop().await.unwrap();
 }

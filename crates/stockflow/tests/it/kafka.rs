@@ -239,7 +239,7 @@ impl Instance {
             .args(["--changelog-snapshot-every", "3000"])
             .args(["--sourcing", &self.sourcing])
             // No hold an event makes expires while a test runs.
-            .args(["--order-hold-seconds", "2592000"])
+            .args(["--order-hold-seconds", "604800"])
             // A killed member's partitions move after 10 s, not 45.
             .args(["--kafka-config", "session.timeout.ms=10000"])
             // The web UI test drives the dashboard's simulator.
@@ -419,6 +419,7 @@ fn workload(seed: u64, events: usize) -> (Vec<Ev>, Vec<Ev>) {
             kind: "TRANSFER_IN",
             location: e.to.expect("a transfer names its destination"),
             to: None,
+            hold_s: None,
             order: None,
             ..e.clone()
         })
@@ -443,7 +444,7 @@ type Levels = BTreeMap<(String, String), (i64, i64, i64)>;
 /// Levels by the reference model, from the same events in the same order;
 /// and the model, for its orders' holds.
 fn reference(phases: &[&[Ev]]) -> (Levels, Model) {
-    // No hold expires: the instances hold for 30 days.
+    // No hold expires: the instances hold for a week.
     let mut model = Model::new(i64::MAX / 4);
     for e in phases.iter().flat_map(|p| p.iter()) {
         model.event(e, 0);
@@ -1530,6 +1531,41 @@ fn orders_across_partitions_never_oversell_survive_a_kill_and_expire() {
     assert_eq!(order_status(&extended), "reserved", "{extended}");
     // Only the extended hold holds.
     wait_level(&urls[0], hold_sku, (UNITS, 2));
+
+    // An order made by an event, with a short hold of its own: the level's
+    // owner reserves, the order's home learns of it and expires it,
+    // releasing exactly its own units. A RELEASE naming an order that
+    // holds nothing there is refused, and no other order's hold moves.
+    runtime.block_on(async {
+        let events = serde_json::json!([
+            {"eventId": "ev-hold", "eventType": "RESERVATION", "sku": hold_sku, "locationId": "WEB", "quantity": 3, "correlationId": "web-ev", "holdSeconds": 3},
+            {"eventId": "ev-stray", "eventType": "RELEASE", "sku": hold_sku, "locationId": "WEB", "quantity": 5, "correlationId": "nobody"},
+        ]);
+        let url = format!("{}/v1/events?wait=applied", urls[1]);
+        let (status, receipt) = send_json(&client, reqwest::Method::POST, &url, &events).await;
+        assert_eq!(status, 200, "{receipt}");
+        let reason = format!("no_hold: order nobody holds nothing at {hold_sku}@WEB");
+        assert_eq!(
+            receipt["errors"],
+            serde_json::json!([{"index": 1, "eventId": "ev-stray", "reason": reason}]),
+            "{receipt}"
+        );
+    });
+    wait_level(&urls[0], hold_sku, (UNITS, 5));
+    let held = wait_for(
+        &format!("{}/v1/orders/web-ev", urls[0]),
+        "the event's order at its home",
+        |o| o["status"] == "reserved" || o["status"] == "expired",
+    );
+    assert_eq!(held["lines"][0]["requested"], 3, "{held}");
+    wait_for(
+        &format!("{}/v1/orders/web-ev", urls[1]),
+        "the event's order to expire",
+        |o| o["status"] == "expired",
+    );
+    wait_level(&urls[0], hold_sku, (UNITS, 2));
+    let (_, extended) = get_settled(&format!("{}/v1/orders/extended-hold", urls[1]));
+    assert_eq!(order_status(&extended), "reserved", "{extended}");
 
     // The cluster's invariants, gathered by either instance: every live
     // order's units are reserved where they are held, and every SKU's
