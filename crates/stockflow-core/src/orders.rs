@@ -436,16 +436,7 @@ impl OrderBook {
             let order = self
                 .orders
                 .entry(change.order_id.clone())
-                .or_insert_with(|| Order {
-                    order_id: change.order_id.clone(),
-                    fingerprint: 0,
-                    mode: Mode::Partial,
-                    status: Status::Rejected,
-                    lines: Vec::new(),
-                    created_at: now,
-                    updated_at: now,
-                    expires_at: None,
-                });
+                .or_insert_with(|| Order::made_by_event(&change.order_id, now));
             if let Some(at) = order.expires_at {
                 self.expiries.remove(&(at, change.order_id.clone()));
             }
@@ -570,6 +561,22 @@ pub fn judge(order: &Order, act: Act<'_>) -> Result<bool, String> {
 }
 
 impl Order {
+    /// An order that an event naming it creates, before it takes in what
+    /// the event did ([`Order::observe`]): partial (each RESERVATION is a
+    /// line of its own), holding nothing yet.
+    pub fn made_by_event(order_id: &str, now: Timestamp) -> Order {
+        Order {
+            order_id: order_id.to_owned(),
+            fingerprint: 0,
+            mode: Mode::Partial,
+            status: Status::Rejected,
+            lines: Vec::new(),
+            created_at: now,
+            updated_at: now,
+            expires_at: None,
+        }
+    }
+
     /// Units this order holds (unfulfilled allocations) at (sku, location).
     pub fn held_at(&self, sku: &str, location: &str) -> i64 {
         self.lines

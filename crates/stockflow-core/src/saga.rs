@@ -223,16 +223,7 @@ impl SagaBook {
                     return; // nothing was held for it (the level says so)
                 }
                 let saga = self.orders.entry(id.clone()).or_insert_with(|| SagaOrder {
-                    order: Order {
-                        order_id: id.clone(),
-                        fingerprint: 0,
-                        mode: Mode::Partial,
-                        status: Status::Rejected,
-                        lines: Vec::new(),
-                        created_at: now,
-                        updated_at: now,
-                        expires_at: None,
-                    },
+                    order: Order::made_by_event(id, now),
                     hold_ns: *hold_ns,
                     answered: Vec::new(),
                     candidates: Vec::new(),
