@@ -250,7 +250,9 @@ fn quantity(field: &Option<Field<'_>>, event_type: EventType) -> Result<i64, Str
             ))
         }
     };
-    if q.abs() > QUANTITY_ABS_MAX {
+    // unsigned_abs: i64::MIN has no positive i64 (its abs() wraps to itself
+    // in release builds and would pass a signed comparison).
+    if q.unsigned_abs() > QUANTITY_ABS_MAX.unsigned_abs() {
         return Err(format!(
             "quantity: out of range (|quantity| <= {QUANTITY_ABS_MAX})"
         ));

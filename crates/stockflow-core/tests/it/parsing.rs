@@ -23,6 +23,7 @@ fn every_broken_rule_is_named_in_the_reason() {
         (with(r#""quantity":0"#), "quantity: RECEIPT must be > 0"),
         (with(r#""quantity":-3"#), "quantity: RECEIPT must be > 0"),
         (with(r#""quantity":99999999999999999999"#), "quantity: out of range"),
+        (with(r#""quantity":-9223372036854775808"#), "quantity: out of range"),
         (with(r#""quantity":1,"timestamp":"yesterday""#), "timestamp: \"yesterday\" is not an RFC 3339"),
         (with(r#""quantity":1,"toLocationId":"B""#), "toLocationId: only allowed on TRANSFER_OUT"),
         (with(r#""quantity":1,"sourceSystem":7"#), "sourceSystem: must be a string, not an integer"),

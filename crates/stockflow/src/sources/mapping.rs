@@ -277,7 +277,13 @@ impl Mapping {
         let n = match sign {
             Sign::Any => n,
             Sign::Positive if n > 0 => n,
-            Sign::Negative if n < 0 => -n,
+            // i64::MIN has no positive counterpart: out of range, whatever the sign.
+            Sign::Negative if n < 0 => n.checked_neg().ok_or_else(|| {
+                format!(
+                    "{source}: out of range (|{source}| <= {})",
+                    stockflow_core::limits::QUANTITY_ABS_MAX
+                )
+            })?,
             Sign::Positive | Sign::Negative => {
                 let want = if sign == Sign::Positive {
                     "positive"

@@ -1,0 +1,66 @@
+//! Hostile and unlucky input (issue 19): each defect a tester found,
+//! reproduced as it was found, and what must hold instead.
+
+use serde_json::{json, Value};
+
+use crate::{get, post, start};
+
+async fn post_to(url: &str, path: &str, content_type: &str, body: &str) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{url}{path}"))
+        .header("content-type", content_type)
+        .body(body.to_owned())
+        .send()
+        .await
+        .expect("server reachable");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Defect 3: `quantity: -9223372036854775808` passed the |q| ≤ 1e9 check
+/// (its absolute value does not fit an i64), in the canonical form and
+/// through the source formats; onHand became i64::MIN and SKU totals
+/// wrapped. It is out of range in every format, and nothing moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_19_3_the_most_negative_quantity_is_out_of_range_in_every_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), |_| {}).await;
+    let url = server.url();
+    crate::send_event(&url, "q-1", "RECEIPT", "Q", "S1", 5).await;
+    let canonical = r#"{"eventId":"q-2","eventType":"ADJUSTMENT","sku":"Q","locationId":"S1","quantity":-9223372036854775808}"#;
+    let (status, receipt) = post(&url, "application/json", canonical).await;
+    assert_eq!(status, 200);
+    assert_eq!(receipt["rejected"], 1, "{receipt}");
+    let reason = receipt["errors"][0]["reason"].as_str().unwrap();
+    assert!(reason.starts_with("quantity: out of range"), "{receipt}");
+
+    let inventory = json!([{"eventId": "q-3", "eventType": "SALE", "sku": "Q", "locationId": "S1",
+        "quantityDelta": i64::MIN, "timestamp": "2026-11-01T10:00:00Z"}]);
+    let path = "/v1/sources/inventory-event/events";
+    let (_, receipt) = post_to(&url, path, "application/json", &inventory.to_string()).await;
+    assert_eq!(receipt["rejected"], 1, "{receipt}");
+    let reason = receipt["errors"][0]["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("quantityDelta: out of range"),
+        "{receipt}"
+    );
+
+    let csv = format!(
+        "sku,locationId,eventType,quantity,eventId\nQ,S1,ADJUSTMENT,{},q-4\n",
+        i64::MIN
+    );
+    let (_, receipt) = post_to(&url, "/v1/sources/csv/events", "text/csv", &csv).await;
+    assert_eq!(receipt["rejected"], 1, "{receipt}");
+    let reason = receipt["errors"][0]["reason"].as_str().unwrap();
+    assert!(reason.contains("out of range"), "{receipt}");
+
+    let (_, level) = get(&url, "/v1/stock/Q/S1").await;
+    assert_eq!(level["onHand"], 5, "{level}");
+    let (_, dead) = get(&url, "/v1/dead-letters?limit=10").await;
+    assert_eq!(
+        dead["deadLetters"].as_array().map(Vec::len),
+        Some(3),
+        "kept as dead letters: {dead}"
+    );
+    server.stop().await.unwrap();
+}
