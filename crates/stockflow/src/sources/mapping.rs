@@ -361,21 +361,35 @@ fn lookup<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
     path.split('.').try_fold(value, |v, key| v.get(key))
 }
 
+/// Fills a derived eventId's template. So that two messages never derive
+/// the same id, every part but the last has `%` and `:` (the built-in
+/// templates' separator) percent-encoded: `{orderId}:{productId}` of
+/// `col:x`, `P9` is `col%3Ax:P9`, never `col`, `x:P9`'s `col:x:P9`. The
+/// last part needs no encoding (everything before it is unambiguous), so
+/// a time stays as it is; and a part without `%` or `:` is as it always
+/// was, so re-sending what an earlier version took is still a duplicate.
 fn render(template: &str, cx: &Context<'_>) -> Result<String, String> {
     let mut out = String::with_capacity(template.len() + 32);
+    let last = template.rfind('{');
     let mut rest = template;
+    let mut offset = 0;
     while let Some(open) = rest.find('{') {
         out.push_str(&rest[..open]);
         let close = rest[open..]
             .find('}')
             .ok_or_else(|| format!("template {template:?} has an unclosed {{"))?;
         let name = &rest[open + 1..open + close];
+        let encode = Some(offset + open) != last;
+        let mut push = |text: &str| match encode {
+            true => push_encoded(&mut out, text),
+            false => out.push_str(text),
+        };
         match name {
-            "index" => out.push_str(&cx.index.to_string()),
+            "index" => push(&cx.index.to_string()),
             path => match at(path, cx) {
-                Some(Value::String(s)) if !s.is_empty() => out.push_str(s),
-                Some(Value::Number(n)) => out.push_str(&n.to_string()),
-                Some(Value::Bool(b)) => out.push_str(&b.to_string()),
+                Some(Value::String(s)) if !s.is_empty() => push(s),
+                Some(Value::Number(n)) => push(&n.to_string()),
+                Some(Value::Bool(b)) => push(&b.to_string()),
                 _ => {
                     return Err(format!(
                         "{}: required (the eventId is derived from it)",
@@ -384,10 +398,22 @@ fn render(template: &str, cx: &Context<'_>) -> Result<String, String> {
                 }
             },
         }
+        offset += open + close + 1;
         rest = &rest[open + close + 1..];
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// `text` with `%` and `:` percent-encoded (see [`render`]).
+fn push_encoded(out: &mut String, text: &str) {
+    for c in text.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            ':' => out.push_str("%3A"),
+            c => out.push(c),
+        }
+    }
 }
 
 /// Gives a zone-less time (or date) the offset `offset`; times that carry
@@ -422,7 +448,42 @@ fn kind(value: &Value) -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use super::with_offset;
+    use super::{render, with_offset, Context};
+
+    #[test]
+    fn derived_ids_never_collide_and_plain_parts_derive_what_they_always_did() {
+        let params = Default::default();
+        let id = |message: serde_json::Value| {
+            let cx = Context {
+                message: &message,
+                item: None,
+                index: 0,
+                params: &params,
+            };
+            render("order-line:{orderId}:{productId}", &cx).unwrap()
+        };
+        let a = id(serde_json::json!({"orderId": "col:x", "productId": "P9"}));
+        let b = id(serde_json::json!({"orderId": "col", "productId": "x:P9"}));
+        assert_ne!(a, b);
+        assert_eq!(a, "order-line:col%3Ax:P9");
+        assert_eq!(b, "order-line:col:x:P9");
+        // The escape character is escaped too, so no id can pose as another.
+        let c = id(serde_json::json!({"orderId": "col%3Ax", "productId": "P9"}));
+        assert_eq!(c, "order-line:col%253Ax:P9");
+        // Parts without % or : are as an earlier version derived them.
+        let d = id(serde_json::json!({"orderId": "o-1", "productId": 42}));
+        assert_eq!(d, "order-line:o-1:42");
+        let cx_time =
+            serde_json::json!({"storeName": "S:1", "id": 7, "timestamp": "2020-10-13T16:48:35"});
+        let cx = Context {
+            message: &cx_time,
+            item: None,
+            index: 0,
+            params: &params,
+        };
+        let store = render("store-item:{storeName}:{id}:{timestamp}", &cx).unwrap();
+        assert_eq!(store, "store-item:S%3A1:7:2020-10-13T16:48:35");
+    }
 
     #[test]
     fn zone_less_times_get_the_assumed_offset_and_zoned_ones_keep_theirs() {

@@ -64,3 +64,36 @@ async fn issue_19_3_the_most_negative_quantity_is_out_of_range_in_every_format()
     );
     server.stop().await.unwrap();
 }
+
+/// Defect 7: `order-line` derived `order-line:{orderId}:{productId}`, so
+/// order `col:x` with product `P9` and order `col` with product `x:P9`
+/// both became `order-line:col:x:P9`: the second (another SKU) was taken
+/// for a duplicate and never applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_19_7_order_lines_whose_ids_share_their_text_are_two_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), |_| {}).await;
+    let url = server.url();
+    let lines = json!([
+        {"orderId": "col:x", "productId": "P9", "quantity": 2, "timestamp": "2026-11-01T10:00:00Z"},
+        {"orderId": "col", "productId": "x:P9", "quantity": 5, "timestamp": "2026-11-01T10:00:00Z"},
+    ]);
+    let path = "/v1/sources/order-line/events";
+    let (status, receipt) = post_to(&url, path, "application/json", &lines.to_string()).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (receipt["accepted"].as_u64(), receipt["duplicates"].as_u64()),
+        (Some(2), Some(0)),
+        "{receipt}"
+    );
+    let (_, p9) = get(&url, "/v1/stock/P9/ONLINE").await;
+    let (_, xp9) = get(&url, "/v1/stock/x:P9/ONLINE").await;
+    assert_eq!(
+        (p9["onHand"].as_i64(), xp9["onHand"].as_i64()),
+        (Some(-2), Some(-5))
+    );
+    // Sent again: both are duplicates, nothing moves twice.
+    let (_, again) = post_to(&url, path, "application/json", &lines.to_string()).await;
+    assert_eq!(again["duplicates"], 2, "{again}");
+    server.stop().await.unwrap();
+}
