@@ -220,6 +220,12 @@ impl Batch {
         self.str(self.events[i].event_id)
     }
 
+    /// Sets the quantity of event `i` (a decision that the owner of its
+    /// level narrows, see `saga::settle_fulfilments`).
+    pub fn set_quantity(&mut self, i: usize, quantity: i64) {
+        self.events[i].quantity = quantity;
+    }
+
     /// The order event `i` acts for: its correlationId, when it is a
     /// RESERVATION, RELEASE or FULFILLMENT (the types that move holds; on
     /// other types a correlationId is only carried along).

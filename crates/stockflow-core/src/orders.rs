@@ -2,13 +2,15 @@
 //! expires, deciding every reservation against the state at one log
 //! position, so no two orders can both get the last unit.
 //!
-//! [`OrderBook::decide`] runs once per log record that carries order
-//! commands or a due hold, after the record's events. It reads
+//! The order step runs once per log record that carries order commands,
+//! events naming orders, or a due hold, after the record's events
+//! ([`step_due`]): [`OrderBook::observe`], then [`OrderBook::decide`]. It reads
 //! availability through a [`StockView`], and returns the events that carry
 //! its decisions out (RESERVATION, RELEASE, FULFILLMENT with correlationId =
 //! orderId), which the partitions then apply like any event. Deciding uses
 //! onHand − reserved − safetyStock, less what this step already promised,
-//! which is never looser than the RESERVATION rule, so every generated
+//! and counts the holders this step adds to a level against its limit, so
+//! it is never looser than the RESERVATION rule: every generated
 //! reservation applies.
 //!
 //! An all_or_nothing order reserves every line or none: the check for all
@@ -211,6 +213,18 @@ pub trait StockView {
     fn free(&self, sku: &str, location: &str) -> i64;
     /// Every location with a level of `sku`.
     fn locations(&self, sku: &str) -> Vec<String>;
+    /// Orders holding units at (sku, location).
+    fn holders(&self, _sku: &str, _location: &str) -> usize {
+        0
+    }
+}
+
+/// What one order step has promised so far, per level: units (reserved
+/// less released) and new holders, on top of the stock it reads.
+#[derive(Debug, Default)]
+struct Promised {
+    units: HashMap<(String, String), i64>,
+    holders: HashMap<(String, String), usize>,
 }
 
 /// Every order, and the holds' expiry times.
@@ -276,7 +290,7 @@ impl OrderBook {
         stock: &dyn StockView,
     ) -> (Vec<OrderEvent>, Vec<Answer>) {
         let mut events = Vec::new();
-        let mut pending: HashMap<(String, String), i64> = HashMap::new();
+        let mut pending = Promised::default();
         while let Some((at, id)) = self.expiries.first().cloned() {
             if at > now {
                 break;
@@ -304,7 +318,7 @@ impl OrderBook {
         now: Timestamp,
         stock: &dyn StockView,
         events: &mut Vec<OrderEvent>,
-        pending: &mut HashMap<(String, String), i64>,
+        pending: &mut Promised,
     ) -> Answer {
         let id = command.order_id();
         let Some(order) = self.orders.get_mut(id) else {
@@ -452,6 +466,8 @@ impl OrderBook {
 #[serde(rename_all = "camelCase")]
 pub struct HoldChange {
     pub order_id: String,
+    /// The event's id (unique at its level).
+    pub event_id: String,
     pub event_type: EventType,
     pub sku: String,
     pub location_id: String,
@@ -465,6 +481,17 @@ pub struct HoldChange {
     /// The hold a RESERVATION asked for (`holdSeconds`), if it did.
     #[serde(default)]
     pub hold_ns: Option<i64>,
+}
+
+impl HoldChange {
+    /// What tells this change from any other of its order: the event and
+    /// its level (an eventId is unique at one level, not across levels).
+    pub fn identity(&self) -> String {
+        format!(
+            "{}\u{0}{}\u{0}{}",
+            self.sku, self.location_id, self.event_id
+        )
+    }
 }
 
 /// The hold changes of the order events among a batch's applied `changes`
@@ -494,6 +521,7 @@ pub fn hold_changes<'a>(
                 c.position,
                 HoldChange {
                     order_id: order_id.to_owned(),
+                    event_id: event.event_id.to_owned(),
                     event_type: event.event_type,
                     sku: event.sku.to_owned(),
                     location_id: event.location_id.to_owned(),
@@ -589,9 +617,11 @@ impl Order {
     }
 
     /// Sets the status from the holds: live while anything is held
-    /// (partially reserved if a line is short); once nothing is, fulfilled
-    /// if anything was fulfilled, else cancelled; an order that never held
-    /// keeps its status. Returns whether it is live.
+    /// (partially reserved if a line is short); a live order that holds
+    /// nothing any more is fulfilled if anything was fulfilled, else
+    /// cancelled; an order that was not live keeps its status (an event
+    /// that moved nothing does not rewrite how it ended). Returns whether
+    /// it is live.
     pub fn status_from_holds(&mut self) -> bool {
         let allocations = || self.lines.iter().flat_map(|l| &l.allocations);
         let held = allocations().any(|a| !a.fulfilled);
@@ -603,7 +633,7 @@ impl Order {
                 true => Status::PartiallyReserved,
                 false => Status::Reserved,
             },
-            (false, _) if any_fulfilled => Status::Fulfilled,
+            (false, s) if s.is_live() && any_fulfilled => Status::Fulfilled,
             (false, s) if s.is_live() => Status::Cancelled,
             (false, s) => s,
         };
@@ -681,12 +711,7 @@ impl Order {
 }
 
 /// Releases every unfulfilled allocation of `order`.
-fn release(
-    order: &mut Order,
-    why: &str,
-    events: &mut Vec<OrderEvent>,
-    pending: &mut HashMap<(String, String), i64>,
-) {
+fn release(order: &mut Order, why: &str, events: &mut Vec<OrderEvent>, pending: &mut Promised) {
     for (n, line) in order.lines.iter_mut().enumerate() {
         for (k, a) in line
             .allocations
@@ -695,6 +720,7 @@ fn release(
             .filter(|(_, a)| !a.fulfilled)
         {
             *pending
+                .units
                 .entry((line.sku.clone(), a.location_id.clone()))
                 .or_insert(0) -= a.quantity;
             events.push(OrderEvent {
@@ -721,7 +747,7 @@ fn place(
     now: Timestamp,
     stock: &dyn StockView,
     events: &mut Vec<OrderEvent>,
-    pending: &mut HashMap<(String, String), i64>,
+    pending: &mut Promised,
 ) -> Order {
     // Plan every line against the stock as it is plus what this step has
     // already promised; nothing is generated until the plan is accepted.
@@ -737,9 +763,18 @@ fn place(
             .into_iter()
             .map(|location| {
                 let key = (request.sku.clone(), location.clone());
-                let used = pending.get(&key).copied().unwrap_or(0)
+                let used = pending.units.get(&key).copied().unwrap_or(0)
                     + promised.get(&key).copied().unwrap_or(0);
                 let free = stock.free(&request.sku, &location) - used;
+                // A level at its limit of holders takes no new order's
+                // hold, counting the ones this step already made.
+                let holders = stock.holders(&request.sku, &location)
+                    + pending.holders.get(&key).copied().unwrap_or(0);
+                let free = if holders >= crate::limits::HOLDS_PER_LEVEL_MAX {
+                    0
+                } else {
+                    free
+                };
                 (location, free.max(0))
             })
             .collect();
@@ -795,9 +830,9 @@ fn place(
     }
     for (n, line) in lines.iter().enumerate() {
         for (k, a) in line.allocations.iter().enumerate() {
-            *pending
-                .entry((line.sku.clone(), a.location_id.clone()))
-                .or_insert(0) += a.quantity;
+            let key = (line.sku.clone(), a.location_id.clone());
+            *pending.holders.entry(key.clone()).or_insert(0) += 1;
+            *pending.units.entry(key).or_insert(0) += a.quantity;
             events.push(OrderEvent {
                 event_id: format!("order:{order_id}:reserve:{n}:{k}"),
                 event_type: EventType::Reservation,
@@ -831,11 +866,16 @@ impl<P: std::ops::Deref<Target = crate::partition::Partition>> StockView for Sto
     fn free(&self, sku: &str, location: &str) -> i64 {
         let p = crate::engine::route(sku, location, self.partitions.len() as u16);
         match self.partitions[p as usize].level(sku, location) {
-            // A level at its limit of holders takes no new order's hold.
-            Some(l) if l.holds().len() >= crate::limits::HOLDS_PER_LEVEL_MAX => 0,
             Some(l) => l.on_hand - l.reserved - self.catalog.policy(sku, location).safety_stock,
             None => 0,
         }
+    }
+
+    fn holders(&self, sku: &str, location: &str) -> usize {
+        let p = crate::engine::route(sku, location, self.partitions.len() as u16);
+        self.partitions[p as usize]
+            .level(sku, location)
+            .map_or(0, |l| l.holds().len())
     }
 
     fn locations(&self, sku: &str) -> Vec<String> {

@@ -204,6 +204,10 @@ fn validate<'a>(wire: &'a Wire<'a>, index: u32) -> Result<EventRef<'a>, String> 
             return Err(format!("{name}: longer than {ID_CHARS_MAX} characters"));
         }
     }
+    if correlation_id == Some("") {
+        // It would name an order no one can address; leave it out instead.
+        return Err("correlationId: must not be empty (leave it out for no order)".into());
+    }
     let hold_seconds = hold_seconds(&wire.hold_seconds)?;
     if hold_seconds.is_some() && (event_type != EventType::Reservation || correlation_id.is_none())
     {

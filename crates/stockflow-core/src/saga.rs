@@ -161,6 +161,47 @@ pub fn reservation_line(event_id: &str, correlation_id: Option<&str>) -> Option<
     }
 }
 
+/// Whether an event with this eventId and correlationId is a saga's
+/// fulfilment of a line (`{orderId}/{line}/fulfil`).
+pub fn is_line_fulfilment(event_id: &str, correlation_id: Option<&str>) -> bool {
+    correlation_id
+        .and_then(|order| event_id.strip_prefix(order)?.strip_prefix('/'))
+        .and_then(|rest| rest.strip_suffix("/fulfil"))
+        .is_some_and(|line| line.parse::<u32>().is_ok())
+}
+
+/// The line owner's side of a fulfilment: the home decided it on what it
+/// knew, which may be a cycle old (an event naming the order may have
+/// fulfilled or released the units at this level meanwhile). So before
+/// the owner applies a transit batch, each saga FULFILLMENT is narrowed to
+/// what its order still holds at its level (less what earlier ones in the
+/// batch took): units leave the shelf once, as in the embedded mode, where
+/// the book never asks for more than the level holds.
+pub fn settle_fulfilments(batch: &mut crate::Batch, partition: &crate::Partition) {
+    let mut taken: BTreeMap<(String, String, String), i64> = BTreeMap::new();
+    for i in 0..batch.len() {
+        let event = batch.get(i);
+        if event.event_type != EventType::Fulfillment
+            || !is_line_fulfilment(event.event_id, event.correlation_id)
+        {
+            continue;
+        }
+        let order = event.correlation_id.unwrap_or_default();
+        let held = partition
+            .level(event.sku, event.location_id)
+            .map_or(0, |l| l.hold_of(order));
+        let key = (
+            event.sku.to_owned(),
+            event.location_id.to_owned(),
+            order.to_owned(),
+        );
+        let used = taken.entry(key).or_insert(0);
+        let quantity = event.quantity.min((held - *used).max(0));
+        *used += quantity;
+        batch.set_quantity(i, quantity);
+    }
+}
+
 /// Whether `command` (Fulfil, Cancel or Extend) acts on `order`, by the
 /// one rule of both modes ([`crate::orders::judge`]); any other message
 /// `Ok(false)`.
@@ -187,9 +228,13 @@ pub struct SagaOrder {
     pub candidates: Vec<Vec<String>>,
     #[serde(default)]
     pub tries: Vec<u32>,
-    /// Bumped by every message about this order, handled or not, so a
-    /// waiting request can tell its command was seen.
+    /// Bumped by every command message about this order, handled or not,
+    /// so a waiting request can tell its command was seen.
     pub version: u64,
+    /// The events naming this order that its home has taken in
+    /// ([`crate::orders::HoldChange::identity`]), so a repeated `Held`
+    /// changes nothing.
+    pub held: BTreeSet<String>,
 }
 
 /// What one step asks of others.
@@ -229,10 +274,17 @@ impl SagaBook {
                     candidates: Vec::new(),
                     tries: Vec::new(),
                     version: 0,
+                    held: BTreeSet::new(),
                 });
-                saga.version += 1;
+                // Without broker transactions a crash (or a second owner)
+                // sends a cycle's messages again: each event counts once.
+                if !saga.held.insert(change.identity()) {
+                    return;
+                }
+                // Not a version bump: that tells a waiting command it was
+                // seen, and this is no command.
                 saga.order.observe(change, now, *hold_ns);
-                if !saga.order.status.is_live() {
+                if !saga.order.status.is_live() && saga.order.status != Status::Pending {
                     saga.order.expires_at = None;
                 }
                 // An earlier expiry left listed finds it no longer equal.
@@ -294,6 +346,7 @@ impl SagaBook {
                         candidates: lines.iter().map(|l| l.candidates.clone()).collect(),
                         tries: vec![0; lines.len()],
                         version: 1,
+                        held: BTreeSet::new(),
                     },
                 );
                 out.changed.push(order_id.clone());
@@ -456,10 +509,15 @@ impl SagaBook {
 
 /// Every line is answered: the order's outcome, and the releases an
 /// all_or_nothing order with a refused line owes.
+///
+/// Only the placed lines decide: lines that events naming the order added
+/// meanwhile (`Held`) are the levels' facts, kept as they are.
 fn decide(saga: &mut SagaOrder, now: Timestamp, out: &mut StepOut) {
+    let placed = saga.answered.len();
     let order = &mut saga.order;
-    let complete = order.lines.iter().all(|l| l.reason.is_none());
-    let any = order.lines.iter().any(|l| !l.allocations.is_empty());
+    let lines = &order.lines[..placed];
+    let complete = lines.iter().all(|l| l.reason.is_none());
+    let any = lines.iter().any(|l| !l.allocations.is_empty());
     order.status = match (order.mode, complete, any) {
         (_, true, _) => Status::Reserved,
         (Mode::Partial, false, true) => Status::PartiallyReserved,
@@ -467,24 +525,32 @@ fn decide(saga: &mut SagaOrder, now: Timestamp, out: &mut StepOut) {
     };
     order.updated_at = now;
     if order.status == Status::Rejected {
-        for (n, line) in order.lines.iter_mut().enumerate() {
-            for a in line.allocations.drain(..) {
+        for (n, line) in order.lines.iter_mut().enumerate().take(placed) {
+            for a in line.allocations.iter().filter(|a| !a.fulfilled) {
                 out.actions.push(LineAction {
                     order_id: order.order_id.clone(),
                     line: n as u32,
                     attempt: 0,
                     event_type: EventType::Release,
                     sku: line.sku.clone(),
-                    location_id: a.location_id,
+                    location_id: a.location_id.clone(),
                     quantity: a.quantity,
                 });
             }
+            line.allocations.retain(|a| a.fulfilled);
             line.reason.get_or_insert_with(|| {
                 "not_reserved: another line of this all_or_nothing order could not be".into()
             });
         }
-    } else {
-        order.expires_at = Some(now.saturating_add_ns(saga.hold_ns));
+    }
+    // Then as every order: its status follows all its holds (units its
+    // events hold keep a rejected one live, with the hold they set).
+    let rejected = order.status == Status::Rejected;
+    if !order.status_from_holds() {
+        order.expires_at = None;
+    } else if !rejected {
+        let until = now.saturating_add_ns(saga.hold_ns);
+        order.expires_at = Some(order.expires_at.map_or(until, |at| at.max(until)));
     }
 }
 
@@ -782,6 +848,130 @@ mod tests {
             book.apply(&refused(attempt), Timestamp(1), &mut out);
         }
         assert_eq!(book.orders["o"].order.status, Status::Rejected);
+    }
+
+    fn held(order: &str, event_id: &str, kind: EventType, moved: i64) -> ToHome {
+        ToHome::Held {
+            change: crate::orders::HoldChange {
+                order_id: order.into(),
+                event_id: event_id.into(),
+                event_type: kind,
+                sku: "A".into(),
+                location_id: "S".into(),
+                quantity: moved,
+                moved,
+                refused: None,
+                hold_ns: None,
+            },
+            hold_ns: 10_000,
+        }
+    }
+
+    #[test]
+    fn a_repeated_held_message_counts_once_and_is_no_command() {
+        let mut book = SagaBook::default();
+        let mut out = StepOut::default();
+        let reserve = held("o", "e1", EventType::Reservation, 5);
+        book.apply(&reserve, Timestamp(0), &mut out);
+        // Sent again after a crash, and by a second owner.
+        book.apply(&reserve, Timestamp(1), &mut out);
+        book.apply(&reserve, Timestamp(2), &mut out);
+        assert_eq!(book.held().values().sum::<i64>(), 5);
+        let release = held("o", "e2", EventType::Release, 2);
+        book.apply(&release, Timestamp(3), &mut out);
+        book.apply(&release, Timestamp(3), &mut out);
+        assert_eq!(book.held().values().sum::<i64>(), 3);
+        assert_eq!(
+            book.orders["o"].version, 0,
+            "a waiting command is not woken by events"
+        );
+        assert!(out.actions.is_empty());
+    }
+
+    #[test]
+    fn events_naming_a_pending_order_do_not_decide_its_placed_lines() {
+        let mut book = SagaBook::default();
+        let mut out = StepOut::default();
+        book.apply(
+            &place("o", &[("A", "T", 1)], Mode::AllOrNothing),
+            Timestamp(0),
+            &mut out,
+        );
+        // An event's reservation for the same order is refused meanwhile,
+        // and another is granted with a hold of its own.
+        let mut refused = held("o", "e1", EventType::Reservation, 0);
+        if let ToHome::Held { change, .. } = &mut refused {
+            change.refused = Some("insufficient_stock".into());
+        }
+        book.apply(&refused, Timestamp(1), &mut out);
+        book.apply(
+            &held("o", "e2", EventType::Reservation, 2),
+            Timestamp(1),
+            &mut out,
+        );
+        assert_eq!(book.orders["o"].order.status, Status::Pending);
+        let mut out = StepOut::default();
+        book.apply(&result("o", 0, true), Timestamp(2), &mut out);
+        let order = &book.orders["o"].order;
+        assert_eq!(order.status, Status::PartiallyReserved, "{order:?}");
+        assert!(
+            out.actions.is_empty(),
+            "nothing released: {:?}",
+            out.actions
+        );
+        assert_eq!(book.held().values().sum::<i64>(), 3);
+        // Its placed line refused instead: the placed lines are rejected,
+        // the event's units still hold it live.
+        let mut book = SagaBook::default();
+        book.apply(
+            &place("p", &[("A", "T", 1)], Mode::AllOrNothing),
+            Timestamp(0),
+            &mut out,
+        );
+        book.apply(
+            &held("p", "e3", EventType::Reservation, 2),
+            Timestamp(1),
+            &mut out,
+        );
+        let mut out = StepOut::default();
+        book.apply(&result("p", 0, false), Timestamp(2), &mut out);
+        assert!(out.actions.is_empty());
+        assert!(book.orders["p"].order.status.is_live());
+        assert_eq!(book.held().values().sum::<i64>(), 2);
+    }
+
+    #[test]
+    fn a_line_fulfilment_takes_no_more_than_its_order_still_holds_at_the_level() {
+        let mut engine = crate::Engine::new(crate::EngineConfig {
+            partitions: 1,
+            ..Default::default()
+        });
+        let body = [
+            r#"{"eventId":"r","eventType":"RECEIPT","sku":"A","locationId":"S","quantity":10}"#,
+            r#"{"eventId":"o/0/reserve","eventType":"RESERVATION","sku":"A","locationId":"S","quantity":4,"correlationId":"o"}"#,
+            // An event fulfilled 3 of them before the home's fulfil arrived.
+            r#"{"eventId":"web","eventType":"FULFILLMENT","sku":"A","locationId":"S","quantity":3,"correlationId":"o"}"#,
+        ]
+        .join("\n");
+        let mut batch = crate::parse_body(body.as_bytes(), crate::BodyFormat::Ndjson, 10)
+            .unwrap()
+            .batch;
+        engine.apply(&mut batch, Timestamp(1));
+        let fulfil = r#"{"eventId":"o/0/fulfil","eventType":"FULFILLMENT","sku":"A","locationId":"S","quantity":4,"correlationId":"o"}"#;
+        let mut line = crate::parse_body(fulfil.as_bytes(), crate::BodyFormat::Json, 1)
+            .unwrap()
+            .batch;
+        settle_fulfilments(&mut line, &engine.partitions[0]);
+        assert_eq!(line.get(0).quantity, 1);
+        engine.apply(&mut line, Timestamp(2));
+        let level = engine.get("A", "S").unwrap().level;
+        assert_eq!(
+            (level.on_hand, level.reserved),
+            (6, 0),
+            "4 units left the shelf, once"
+        );
+        assert!(is_line_fulfilment("o/0/fulfil", Some("o")));
+        assert!(!is_line_fulfilment("web", Some("o")));
     }
 
     #[test]

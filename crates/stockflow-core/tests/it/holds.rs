@@ -320,3 +320,59 @@ proptest! {
         prop_assert_eq!(&replayed.orders.orders, &engine.orders.orders);
     }
 }
+
+/// An order that ended (cancelled with some units fulfilled) keeps how it
+/// ended when a later RESERVATION naming it is refused: that event moved
+/// nothing.
+#[test]
+fn a_refused_reservation_does_not_rewrite_how_an_order_ended() {
+    let mut engine = Engine::new(EngineConfig::default());
+    let record = |engine: &mut Engine, lines: &[&str], commands: &[OrderCommand], t: i64| {
+        let mut batch = parse_body(lines.join("\n").as_bytes(), BodyFormat::Ndjson, 10)
+            .unwrap()
+            .batch;
+        engine.apply_record(
+            std::slice::from_mut(&mut batch),
+            commands,
+            Timestamp(SERVER_EPOCH_NS + t),
+            EVENT_HOLD_NS,
+        );
+    };
+    record(
+        &mut engine,
+        &[
+            r#"{"eventId":"r1","eventType":"RECEIPT","sku":"A","locationId":"S1","quantity":10}"#,
+            r#"{"eventId":"v1","eventType":"RESERVATION","sku":"A","locationId":"S1","quantity":4,"correlationId":"o-9"}"#,
+            r#"{"eventId":"f1","eventType":"FULFILLMENT","sku":"A","locationId":"S1","quantity":1,"correlationId":"o-9"}"#,
+        ],
+        &[],
+        1,
+    );
+    let cancel = OrderCommand::Cancel {
+        order_id: "o-9".into(),
+    };
+    record(&mut engine, &[], &[cancel], 2);
+    assert_eq!(
+        engine.orders.orders["o-9"].status,
+        stockflow_core::orders::Status::Cancelled
+    );
+    record(
+        &mut engine,
+        &[
+            r#"{"eventId":"v2","eventType":"RESERVATION","sku":"A","locationId":"S1","quantity":100,"correlationId":"o-9"}"#,
+        ],
+        &[],
+        3,
+    );
+    let order = &engine.orders.orders["o-9"];
+    assert_eq!(
+        order.status,
+        stockflow_core::orders::Status::Cancelled,
+        "{order:?}"
+    );
+    assert_eq!(
+        order.lines.len(),
+        2,
+        "the refused line is on the order, with its reason"
+    );
+}

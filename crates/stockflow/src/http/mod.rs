@@ -10,6 +10,7 @@ mod check;
 pub(crate) mod dashboard;
 pub(crate) mod dead_letters;
 mod error;
+pub(crate) mod guard;
 pub(crate) mod history;
 mod ingest;
 pub mod orders;
@@ -121,6 +122,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::not_found("no such endpoint; see /v1/openapi.json") })
+        .layer(middleware::from_fn(guard::writes_say_what_they_carry))
         .layer(middleware::from_fn(track))
         .with_state(state)
 }

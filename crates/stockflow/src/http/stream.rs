@@ -175,17 +175,21 @@ pub fn sse(
 pub async fn websocket(
     State(state): State<Arc<AppState>>,
     Query(query): Query<StreamQuery>,
+    headers: axum::http::HeaderMap,
     upgrade: axum::extract::ws::WebSocketUpgrade,
 ) -> Result<axum::response::Response, ApiError> {
-    ws(&state.pipeline.shared.hub, query, upgrade)
+    ws(&state.pipeline.shared.hub, query, &headers, upgrade)
 }
 
-/// The WebSocket of `hub`'s messages (both modes).
+/// The WebSocket of `hub`'s messages (both modes), for a client that is
+/// not a page of another origin.
 pub fn ws(
     hub: &Arc<Hub>,
     query: StreamQuery,
+    headers: &axum::http::HeaderMap,
     upgrade: axum::extract::ws::WebSocketUpgrade,
 ) -> Result<axum::response::Response, ApiError> {
+    super::guard::same_origin(headers)?;
     let (subscription, missed) = subscribe(hub, query, None)?;
     let epoch = hub.epoch;
     let mut closing = hub.closing();

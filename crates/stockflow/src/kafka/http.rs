@@ -138,8 +138,8 @@ pub fn router(app: Arc<KafkaApp>) -> Router {
         .route(
             "/v1/ws",
             get(
-                |State(app): State<Arc<KafkaApp>>, Query(q), upgrade| async move {
-                    crate::http::stream::ws(&app.hub, q, upgrade)
+                |State(app): State<Arc<KafkaApp>>, Query(q), headers: HeaderMap, upgrade| async move {
+                    crate::http::stream::ws(&app.hub, q, &headers, upgrade)
                 },
             ),
         )
@@ -158,6 +158,7 @@ pub fn router(app: Arc<KafkaApp>) -> Router {
         .route("/metrics", get(metrics))
         // Kafka mode has every endpoint the embedded mode has.
         .fallback(|| async { ApiError::not_found("no such endpoint; see /v1/openapi.json") })
+        .layer(axum::middleware::from_fn(crate::http::guard::writes_say_what_they_carry))
         .with_state(app)
 }
 

@@ -1722,6 +1722,9 @@ impl Processor {
         exceptions.clear();
         // Changes before this index are the canonical events', after it the transit batch's.
         let transit_changes = changes.len();
+        // Before the changelog record takes the batch, so a restore
+        // applies the same quantities.
+        stockflow_core::saga::settle_fulfilments(&mut transit_batch, &partition);
         partition.apply_batch(p, &transit_batch, now, &mut exceptions, &mut changes);
         partition.tick(now);
         replies.extend(line_results(p, n, &transit_batch, &exceptions));

@@ -434,7 +434,8 @@ async fn sigkill_during_an_order_storm_leaves_no_order_half_reserved() {
                     let live = order["status"] == "reserved";
                     acknowledged.push((id.clone(), order));
                     if live && rng.random_bool(0.2) {
-                        let sent = http.post(format!("{url}/v1/orders/{id}/cancel")).send().await;
+                        let cancel = http.post(format!("{url}/v1/orders/{id}/cancel"));
+                        let sent = cancel.header("content-type", "application/json").send().await;
                         let Some(order) = answer(sent).await else {
                             return acknowledged;
                         };

@@ -97,3 +97,85 @@ async fn issue_19_7_order_lines_whose_ids_share_their_text_are_two_events() {
     assert_eq!(again["duplicates"], 2, "{again}");
     server.stop().await.unwrap();
 }
+
+/// A WebSocket upgrade to `url` sending `origin`: the HTTP status the
+/// server answered (101 when it upgraded).
+pub async fn websocket_status(url: &str, origin: &str) -> u16 {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let ws = url.replacen("http://", "ws://", 1);
+    let mut request = format!("{ws}/v1/ws?kinds=stock")
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("origin", origin.parse().unwrap());
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((_, response)) => response.status().as_u16(),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => response.status().as_u16(),
+        Err(other) => panic!("websocket: {other}"),
+    }
+}
+
+/// Defect 6: every POST took `text/plain` and form bodies, so a page of
+/// any site could place and cancel orders through a visitor's browser
+/// without a CORS preflight, and `/v1/ws` took any Origin. Writes must
+/// say they carry JSON, NDJSON or CSV (415 otherwise, also for a
+/// compressed body) and nothing is written; a WebSocket from a page of
+/// another origin is 403.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_19_6_another_site_cannot_write_through_a_browser() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), |_| {}).await;
+    let url = server.url();
+    crate::send_event(&url, "w-1", "RECEIPT", "W", "S1", 10).await;
+    let order = r#"{"orderId":"csrf","lines":[{"sku":"W","locationId":"S1","quantity":10}]}"#;
+    for content_type in [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+    ] {
+        let (status, body) = post_to(&url, "/v1/orders", content_type, order).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (415, Some("unsupported_media_type")),
+            "{content_type}: {body}"
+        );
+    }
+    assert_eq!(
+        get(&url, "/v1/orders/csrf").await.0,
+        404,
+        "no order was placed"
+    );
+    // A body-less POST, as a page's fetch() sends it, is refused too.
+    let bare = reqwest::Client::new()
+        .post(format!("{url}/v1/simulator/stop"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bare.status().as_u16(), 415);
+    let event = r#"{"eventId":"w-2","eventType":"SALE","sku":"W","locationId":"S1","quantity":10}"#;
+    let (status, _) = post_to(&url, "/v1/events", "text/plain", event).await;
+    assert_eq!(status, 415);
+    let gzipped = reqwest::Client::new()
+        .post(format!("{url}/v1/events"))
+        .header("content-type", "application/json")
+        .header("content-encoding", "gzip")
+        .body(event)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gzipped.status().as_u16(), 415);
+    let (_, level) = get(&url, "/v1/stock/W/S1").await;
+    assert_eq!(
+        (level["onHand"].as_i64(), level["reserved"].as_i64()),
+        (Some(10), Some(0))
+    );
+    // The same writes with a JSON type go through.
+    let (status, _) = post_to(&url, "/v1/events", "application/json", event).await;
+    assert_eq!(status, 200);
+
+    assert_eq!(websocket_status(&url, "https://evil.example").await, 403);
+    let own = url.clone();
+    assert_eq!(websocket_status(&url, &own).await, 101);
+    server.stop().await.unwrap();
+}

@@ -1577,6 +1577,36 @@ fn orders_across_partitions_never_oversell_survive_a_kill_and_expire() {
         assert_eq!(check["holdViolations"], 0, "{check}");
         assert!(check["liveOrders"].as_u64() >= Some(1), "{check}");
     }
+    // As in the embedded mode, a write must say what it carries, and a
+    // WebSocket from a page of another origin is refused: another site
+    // cannot write through a visitor's browser.
+    runtime.block_on(async {
+        let form = client
+            .post(format!("{}/v1/orders", urls[0]))
+            .header("content-type", "text/plain")
+            .body(r#"{"orderId":"csrf","lines":[{"sku":"X","locationId":"WEB","quantity":1}]}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(form.status().as_u16(), 415);
+        let bare = client
+            .post(format!("{}/v1/orders/extended-hold/cancel", urls[1]))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(bare.status().as_u16(), 415);
+        assert_eq!(
+            crate::hostile::websocket_status(&urls[0], "https://evil.example").await,
+            403
+        );
+        assert_eq!(
+            crate::hostile::websocket_status(&urls[1], &urls[1]).await,
+            101
+        );
+    });
+    let (_, extended) = get_settled(&format!("{}/v1/orders/extended-hold", urls[0]));
+    assert_eq!(order_status(&extended), "reserved", "{extended}");
+
     // A reservation that no order made is reserved but held by nobody:
     // the strict check names its level.
     runtime.block_on(async {

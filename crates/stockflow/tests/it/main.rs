@@ -7,7 +7,7 @@ mod dashboard;
 mod dead_letters;
 mod history;
 mod holds;
-mod hostile;
+pub mod hostile;
 mod http;
 mod import;
 mod kafka;

@@ -1,0 +1,172 @@
+//! What keeps another web site from writing through a visitor's browser,
+//! for both modes' routers.
+//!
+//! A page on any origin can make a browser send a "simple" POST (a form's
+//! `application/x-www-form-urlencoded`, `multipart/form-data` or
+//! `text/plain`, or no body at all) without asking the server first. So
+//! every write must say it is JSON, NDJSON or CSV, which a browser sends
+//! cross-origin only after a CORS preflight this server never grants; a
+//! body in a compression the server does not decode is refused too,
+//! rather than parsed as garbage. A WebSocket upgrade is a GET a page can
+//! also make, so one sent by a browser (it carries `Origin`) must come
+//! from the server's own origin.
+
+use axum::extract::Request;
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::ApiError;
+
+/// The body types a write may carry.
+const WRITE_TYPES: [&str; 3] = ["application/json", "application/x-ndjson", "text/csv"];
+
+/// Middleware: POST, PUT and PATCH need one of [`WRITE_TYPES`] (415
+/// otherwise), and no request body may be compressed (415).
+pub async fn writes_say_what_they_carry(request: Request, next: Next) -> Response {
+    if let Err(refused) = check_write(request.method(), request.headers()) {
+        tracing::info!(method = %request.method(), uri = %request.uri(), "refused a write: {}", refused.message);
+        return refused.into_response();
+    }
+    next.run(request).await
+}
+
+fn check_write(method: &Method, headers: &HeaderMap) -> Result<(), ApiError> {
+    let unsupported = |message: String| {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            message,
+        )
+    };
+    if let Some(encoding) = headers.get(header::CONTENT_ENCODING) {
+        let encoding = encoding.to_str().unwrap_or("?").trim();
+        if !encoding.eq_ignore_ascii_case("identity") {
+            return Err(unsupported(format!(
+                "Content-Encoding {encoding:?} is not accepted; send the body uncompressed"
+            )));
+        }
+    }
+    if !matches!(*method, Method::POST | Method::PUT | Method::PATCH) {
+        return Ok(());
+    }
+    let given = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        });
+    match given {
+        Some(media) if WRITE_TYPES.contains(&media.as_str()) => Ok(()),
+        other => Err(unsupported(format!(
+            "a write needs Content-Type {} (got {}); an empty body is sent as application/json",
+            WRITE_TYPES.join(", "),
+            other.map_or("none".to_owned(), |m| format!("{m:?}"))
+        ))),
+    }
+}
+
+/// A WebSocket upgrade from a browser (it sends `Origin`) must come from a
+/// page of this server: the Origin's host must be the request's Host.
+/// Clients that are not browsers send no Origin.
+pub fn same_origin(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let origin = origin.to_str().unwrap_or("");
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let origin_host = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+        .unwrap_or("");
+    if !host.is_empty() && origin_host.eq_ignore_ascii_case(host) {
+        return Ok(());
+    }
+    tracing::info!(%origin, %host, "refused a WebSocket from another origin");
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "forbidden_origin",
+        format!("a WebSocket from origin {origin:?} is not accepted; open it from a page of this server ({host})"),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(header::HeaderName, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.insert(name.clone(), value.parse().unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn a_write_must_say_it_is_json_ndjson_or_csv_and_be_uncompressed() {
+        let ok = [
+            "application/json",
+            "application/json; charset=utf-8",
+            "application/x-ndjson",
+            "Text/CSV",
+        ];
+        for t in ok {
+            assert!(
+                check_write(&Method::POST, &headers(&[(header::CONTENT_TYPE, t)])).is_ok(),
+                "{t}"
+            );
+        }
+        for t in [
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=x",
+        ] {
+            let refused =
+                check_write(&Method::POST, &headers(&[(header::CONTENT_TYPE, t)])).unwrap_err();
+            assert_eq!(refused.code, "unsupported_media_type", "{t}");
+        }
+        assert!(
+            check_write(&Method::POST, &HeaderMap::new()).is_err(),
+            "no type at all"
+        );
+        assert!(check_write(&Method::GET, &HeaderMap::new()).is_ok());
+        assert!(check_write(&Method::DELETE, &HeaderMap::new()).is_ok());
+        let gzip = headers(&[
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CONTENT_ENCODING, "gzip"),
+        ]);
+        assert!(check_write(&Method::POST, &gzip).is_err());
+        let identity = headers(&[
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CONTENT_ENCODING, "identity"),
+        ]);
+        assert!(check_write(&Method::POST, &identity).is_ok());
+    }
+
+    #[test]
+    fn a_websocket_from_a_browser_must_come_from_this_server() {
+        let host = (header::HOST, "127.0.0.1:8080");
+        assert!(
+            same_origin(&headers(std::slice::from_ref(&host))).is_ok(),
+            "not a browser"
+        );
+        assert!(same_origin(&headers(&[
+            host.clone(),
+            (header::ORIGIN, "http://127.0.0.1:8080")
+        ]))
+        .is_ok());
+        assert!(same_origin(&headers(&[
+            host.clone(),
+            (header::ORIGIN, "https://evil.example")
+        ]))
+        .is_err());
+        assert!(same_origin(&headers(&[host, (header::ORIGIN, "null")])).is_err());
+    }
+}
