@@ -247,7 +247,9 @@ pub fn parse_product(value: &Value, sku: Option<&str>) -> Result<Product, String
     let sku = match (sku, body_sku) {
         (Some(path), Some(body)) if path != body => {
             return Err(format!(
-                "sku: the body says {body:?} but the path says {path:?}"
+                "sku: the body says {} but the path says {}",
+                crate::parse::quote(&body),
+                crate::parse::quote(path)
             ))
         }
         (Some(path), _) => {
@@ -260,7 +262,8 @@ pub fn parse_product(value: &Value, sku: Option<&str>) -> Result<Product, String
     let currency = optional_text(object, "currency", 3)?.unwrap_or_else(|| "USD".into());
     if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
         return Err(format!(
-            "currency: {currency:?} is not an ISO 4217 code like USD"
+            "currency: {} is not an ISO 4217 code like USD",
+            crate::parse::quote(&currency)
         ));
     }
     Ok(Product {
@@ -286,7 +289,9 @@ pub fn parse_location(value: &Value, id: Option<&str>) -> Result<Location, Strin
     let location_id = match (id, body_id) {
         (Some(path), Some(body)) if path != body => {
             return Err(format!(
-                "locationId: the body says {body:?} but the path says {path:?}"
+                "locationId: the body says {} but the path says {}",
+                crate::parse::quote(&body),
+                crate::parse::quote(path)
             ))
         }
         (Some(path), _) => {
@@ -299,7 +304,10 @@ pub fn parse_location(value: &Value, id: Option<&str>) -> Result<Location, Strin
     let kind = match optional_text(object, "type", 16)? {
         None => LocationType::Unknown,
         Some(text) => LocationType::from_wire(&text).ok_or_else(|| {
-            format!("type: {text:?} is not one of store, warehouse, online, dc, unknown")
+            format!(
+                "type: {} is not one of store, warehouse, online, dc, unknown",
+                crate::parse::quote(&text)
+            )
         })?,
     };
     Ok(Location {

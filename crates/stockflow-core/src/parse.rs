@@ -171,7 +171,8 @@ fn validate<'a>(wire: &'a Wire<'a>, index: u32) -> Result<EventRef<'a>, String> 
     let type_name = required_str(&wire.event_type, "eventType")?;
     let event_type = EventType::from_wire(type_name).ok_or_else(|| {
         format!(
-            "eventType: unknown type {type_name:?}; expected one of {}",
+            "eventType: unknown type {}; expected one of {}",
+            quote(type_name),
             EventType::ALL.map(EventType::as_str).join(", ")
         )
     })?;
@@ -181,7 +182,10 @@ fn validate<'a>(wire: &'a Wire<'a>, index: u32) -> Result<EventRef<'a>, String> 
     let timestamp = match optional_str(&wire.timestamp, "timestamp")? {
         None => None,
         Some(text) => Some(Timestamp::parse_rfc3339(text).ok_or_else(|| {
-            format!("timestamp: {text:?} is not an RFC 3339 date-time such as 2024-05-01T10:00:00Z")
+            format!(
+                "timestamp: {} is not an RFC 3339 date-time such as 2024-05-01T10:00:00Z",
+                quote(text)
+            )
         })?),
     };
     let to_location_id = optional_str(&wire.to_location_id, "toLocationId")?;
@@ -189,24 +193,24 @@ fn validate<'a>(wire: &'a Wire<'a>, index: u32) -> Result<EventRef<'a>, String> 
         if event_type != EventType::TransferOut {
             return Err("toLocationId: only allowed on TRANSFER_OUT".into());
         }
-        check_id_length(to, "toLocationId")?;
+        check_id(to, "toLocationId")?;
         if to == location_id {
             return Err("toLocationId: must differ from locationId".into());
         }
     }
     let source_system = optional_str(&wire.source_system, "sourceSystem")?;
     let correlation_id = optional_str(&wire.correlation_id, "correlationId")?;
-    for (value, name) in [
-        (source_system, "sourceSystem"),
-        (correlation_id, "correlationId"),
-    ] {
-        if value.is_some_and(|v| char_count_over(v, ID_CHARS_MAX)) {
-            return Err(format!("{name}: longer than {ID_CHARS_MAX} characters"));
+    if let Some(source) = source_system {
+        if char_count_over(source, ID_CHARS_MAX) {
+            return Err(format!(
+                "sourceSystem: longer than {ID_CHARS_MAX} characters"
+            ));
         }
     }
-    if correlation_id == Some("") {
-        // It would name an order no one can address; leave it out instead.
-        return Err("correlationId: must not be empty (leave it out for no order)".into());
+    // The id of an order: an empty one would name an order no one can
+    // address (leave it out for no order).
+    if let Some(order) = correlation_id {
+        check_id(order, "correlationId")?;
     }
     let hold_seconds = hold_seconds(&wire.hold_seconds)?;
     if hold_seconds.is_some() && (event_type != EventType::Reservation || correlation_id.is_none())
@@ -277,18 +281,69 @@ fn required_str<'a>(field: &'a Option<Field<'a>>, name: &str) -> Result<&'a str,
 
 fn required_id<'a>(field: &'a Option<Field<'a>>, name: &str) -> Result<&'a str, String> {
     let value = required_str(field, name)?;
-    check_id_length(value, name)?;
+    check_id(value, name)?;
     Ok(value)
 }
 
-fn check_id_length(value: &str, name: &str) -> Result<(), String> {
+/// `value` quoted for a reason told to its sender (and kept with a dead
+/// letter): at most ~200 bytes of it, so a huge bad value does not come
+/// back, or get stored twice, whole.
+pub fn quote(value: &str) -> String {
+    const SHOWN_BYTES: usize = 200;
+    if value.len() <= SHOWN_BYTES {
+        return format!("{value:?}");
+    }
+    let mut end = SHOWN_BYTES;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{:?}… ({} bytes)", &value[..end], value.len())
+}
+
+/// The rules of every id (eventId, sku, locationId, toLocationId,
+/// correlationId): not empty, not only white space, at most
+/// [`ID_CHARS_MAX`] characters, and no control characters or
+/// bidirectional-text controls, which would make two ids that print alike
+/// differ (or one print as another) in every log, page and export.
+pub fn check_id(value: &str, name: &str) -> Result<(), String> {
     if value.is_empty() {
         return Err(format!("{name}: must not be empty"));
     }
     if char_count_over(value, ID_CHARS_MAX) {
         return Err(format!("{name}: longer than {ID_CHARS_MAX} characters"));
     }
+    let unprintable = if value.is_ascii() {
+        value
+            .bytes()
+            .position(|b| b < 0x20 || b == 0x7f)
+            .map(|i| (i, char::from(value.as_bytes()[i])))
+    } else {
+        value
+            .chars()
+            .enumerate()
+            .find(|(_, c)| c.is_control() || is_bidi_control(*c))
+    };
+    if let Some((at, c)) = unprintable {
+        let what = if c.is_control() {
+            "a control character"
+        } else {
+            "a bidirectional-text control"
+        };
+        return Err(format!(
+            "{name}: must not contain {what} (U+{:04X} at character {at})",
+            u32::from(c)
+        ));
+    }
+    if value.trim().is_empty() {
+        return Err(format!("{name}: must not be only white space"));
+    }
     Ok(())
+}
+
+/// Embeddings, overrides and isolates (U+202A–U+202E, U+2066–U+2069): they
+/// reorder how the text around them prints.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
 fn char_count_over(value: &str, max: usize) -> bool {

@@ -15,6 +15,33 @@ fn with(field: &str) -> String {
 }
 
 #[test]
+fn a_reason_quotes_at_most_about_200_bytes_of_a_bad_value() {
+    let huge = "X".repeat(15 << 20);
+    let event = format!(
+        r#"{{"eventId":"e","eventType":"{huge}","sku":"A","locationId":"S","quantity":1}}"#
+    );
+    let got = reason(&event);
+    assert!(got.len() < 400, "{} bytes", got.len());
+    assert!(
+        got.starts_with("eventType: unknown type \"XXX"),
+        "{}",
+        &got[..60]
+    );
+    assert!(
+        got.contains(&format!("… ({} bytes)", huge.len())),
+        "says how long it was"
+    );
+    let multibyte = format!(
+        r#"{{"eventId":"e","eventType":"SALE","sku":"A","locationId":"S","quantity":1,"timestamp":"{}"}}"#,
+        "é".repeat(500)
+    );
+    assert!(
+        reason(&multibyte).len() < 400,
+        "cut on a character boundary, still short"
+    );
+}
+
+#[test]
 fn every_broken_rule_is_named_in_the_reason() {
     let long = "x".repeat(129);
     let cases = [
@@ -24,6 +51,11 @@ fn every_broken_rule_is_named_in_the_reason() {
         (with(r#""quantity":-3"#), "quantity: RECEIPT must be > 0"),
         (with(r#""quantity":99999999999999999999"#), "quantity: out of range"),
         (with(r#""quantity":-9223372036854775808"#), "quantity: out of range"),
+        (r#"{"eventId":"a\u0000b","eventType":"SALE","sku":"A","locationId":"S","quantity":1}"#.into(), "eventId: must not contain a control character (U+0000 at character 1)"),
+        (r#"{"eventId":"e","eventType":"SALE","sku":"A\u202eB","locationId":"S","quantity":1}"#.into(), "sku: must not contain a bidirectional-text control (U+202E at character 1)"),
+        (r#"{"eventId":"e","eventType":"SALE","sku":"A","locationId":"   ","quantity":1}"#.into(), "locationId: must not be only white space"),
+        (r#"{"eventId":"e","eventType":"SALE","sku":"A","locationId":"S","quantity":1,"correlationId":""}"#.into(), "correlationId: must not be empty"),
+        (r#"{"eventId":"e","eventType":"SALE","sku":"A","locationId":"S","quantity":1,"correlationId":"o\n1"}"#.into(), "correlationId: must not contain a control character"),
         (with(r#""quantity":1,"timestamp":"yesterday""#), "timestamp: \"yesterday\" is not an RFC 3339"),
         (with(r#""quantity":1,"toLocationId":"B""#), "toLocationId: only allowed on TRANSFER_OUT"),
         (with(r#""quantity":1,"sourceSystem":7"#), "sourceSystem: must be a string, not an integer"),

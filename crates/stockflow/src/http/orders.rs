@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use stockflow_core::limits::{ID_CHARS_MAX, QUANTITY_ABS_MAX};
+use stockflow_core::limits::QUANTITY_ABS_MAX;
 use stockflow_core::orders::{Answer, LineRequest, Mode, Order, OrderCommand, Status};
 
 use super::ingest::read_body;
@@ -105,13 +105,9 @@ struct LineBody {
     quantity: i64,
 }
 
+/// The rules of an event's ids, for an order's (see `parse::check_id`).
 fn check_id(value: &str, name: &str) -> Result<(), ApiError> {
-    if value.is_empty() || value.chars().count() > ID_CHARS_MAX {
-        return Err(ApiError::bad_request(format!(
-            "{name}: must be 1 to {ID_CHARS_MAX} characters"
-        )));
-    }
-    Ok(())
+    stockflow_core::parse::check_id(value, name).map_err(ApiError::bad_request)
 }
 
 fn hold_ns(default_seconds: u64, seconds: Option<u64>) -> Result<i64, ApiError> {

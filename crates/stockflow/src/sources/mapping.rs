@@ -237,8 +237,9 @@ impl Mapping {
             Some(map) => match map.get(&text) {
                 Some(mapped) => Ok(Some(mapped.clone())),
                 None => Err(format!(
-                    "{}: {text:?} is not one of {}",
+                    "{}: {} is not one of {}",
                     describe(field, name),
+                    stockflow_core::parse::quote(&text),
                     map.keys()
                         .map(String::as_str)
                         .collect::<Vec<_>>()
@@ -263,7 +264,10 @@ impl Mapping {
             // canonical validator refuses "5" or 1.5 there.
             (Input::Csv, Value::String(s)) => match s.trim().parse::<i64>() {
                 Ok(n) => Value::from(n),
-                Err(_) => return Err(format!("{source}: {s:?} is not a whole number")),
+                Err(_) => {
+                    let s = stockflow_core::parse::quote(&s);
+                    return Err(format!("{source}: {s} is not a whole number"));
+                }
             },
             (_, value) => value,
         };
@@ -428,7 +432,10 @@ fn with_offset(value: &str, offset: &str) -> Result<String, String> {
             NaiveDate::parse_from_str(value, "%Y-%m-%d")
                 .map(|d| d.and_hms_opt(0, 0, 0).expect("midnight exists"))
         })
-        .map_err(|_| format!("{value:?} is not a date-time (RFC 3339, or without a zone)"))?;
+        .map_err(|_| {
+            let value = stockflow_core::parse::quote(value);
+            format!("{value} is not a date-time (RFC 3339, or without a zone)")
+        })?;
     let text = format!("{}{offset}", naive.format("%Y-%m-%dT%H:%M:%S%.f"));
     DateTime::parse_from_rfc3339(&text)
         .map(|_| text)

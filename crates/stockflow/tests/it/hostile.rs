@@ -179,3 +179,70 @@ async fn issue_19_6_another_site_cannot_write_through_a_browser() {
     assert_eq!(websocket_status(&url, &own).await, 101);
     server.stop().await.unwrap();
 }
+
+/// Defect 9 (ids): ids with NUL, control or bidi-override characters, or
+/// only white space, were accepted. Defect 5 (reasons): a 15 MiB
+/// eventType came back whole in the error (and was stored twice). Both
+/// are refused with a short reason naming the field, through events and
+/// the orders API alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_19_5_and_9_ids_print_as_they_are_and_reasons_stay_short() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), |_| {}).await;
+    let url = server.url();
+    let events = [
+        (
+            r#"{"eventId":"n1","eventType":"RECEIPT","sku":"A\u0000","locationId":"S1","quantity":1}"#,
+            "sku: must not contain a control character (U+0000 at character 1)",
+        ),
+        (
+            r#"{"eventId":"n2","eventType":"RECEIPT","sku":"A","locationId":"S1\u202e","quantity":1}"#,
+            "locationId: must not contain a bidirectional-text control (U+202E at character 2)",
+        ),
+        (
+            r#"{"eventId":" \t ","eventType":"RECEIPT","sku":"A","locationId":"S1","quantity":1}"#,
+            "eventId: must not contain a control character (U+0009 at character 1)",
+        ),
+        (
+            r#"{"eventId":"n4","eventType":"RECEIPT","sku":"   ","locationId":"S1","quantity":1}"#,
+            "sku: must not be only white space",
+        ),
+    ];
+    for (event, reason) in events {
+        let (status, receipt) = post(&url, "application/json", event).await;
+        assert_eq!(status, 200);
+        assert_eq!(receipt["errors"][0]["reason"], reason, "{event}");
+    }
+    let order = json!({"orderId": "o\u{2066}1", "lines": [{"sku": "A", "locationId": "S1", "quantity": 1}]});
+    let (status, body) = post_to(&url, "/v1/orders", "application/json", &order.to_string()).await;
+    assert_eq!(
+        (status, body["message"].as_str()),
+        (
+            400,
+            Some("orderId: must not contain a bidirectional-text control (U+2066 at character 1)")
+        )
+    );
+
+    let huge = "X".repeat(15 << 20);
+    let event = format!(
+        r#"{{"eventId":"big","eventType":"{huge}","sku":"A","locationId":"S1","quantity":1}}"#
+    );
+    let response = reqwest::Client::new()
+        .post(format!("{url}/v1/events"))
+        .header("content-type", "application/json")
+        .body(event)
+        .send()
+        .await
+        .unwrap();
+    let text = response.text().await.unwrap();
+    assert!(text.len() < 1024, "the receipt is {} bytes", text.len());
+    assert!(text.contains(&format!("({} bytes)", huge.len())), "{text}");
+    let (_, dead) = get(&url, "/v1/dead-letters?limit=1").await;
+    let reason = dead["deadLetters"][0]["reason"].as_str().unwrap();
+    assert!(
+        reason.len() < 400,
+        "the kept reason is {} bytes",
+        reason.len()
+    );
+    server.stop().await.unwrap();
+}
