@@ -58,6 +58,9 @@ impl Parsed {
 pub enum BodyError {
     #[error("body is not valid JSON: {0}")]
     Malformed(String),
+    /// A CSV body (a source format's) that cannot be read as a table.
+    #[error("body is not valid CSV: {0}")]
+    MalformedCsv(String),
     #[error(
         "body must be a JSON object, a JSON array of objects, or NDJSON (application/x-ndjson)"
     )]

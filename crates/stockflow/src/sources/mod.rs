@@ -224,14 +224,23 @@ fn csv_messages(body: &[u8]) -> Result<Vec<Message<'_>>, BodyError> {
         .from_reader(body);
     let headers: Vec<String> = reader
         .headers()
-        .map_err(|e| BodyError::Malformed(format!("CSV header: {e}")))?
+        .map_err(|e| BodyError::MalformedCsv(format!("header: {e}")))?
         .iter()
         .map(str::to_owned)
         .collect();
     if headers.iter().all(String::is_empty) {
-        return Err(BodyError::Malformed(
-            "CSV needs a header row naming the columns".into(),
+        return Err(BodyError::MalformedCsv(
+            "a header row naming the columns is needed".into(),
         ));
+    }
+    // Two columns of one name: which one counts would be a guess.
+    for (i, name) in headers.iter().enumerate() {
+        if !name.is_empty() && headers[..i].contains(name) {
+            return Err(BodyError::MalformedCsv(format!(
+                "header: column {} appears more than once",
+                stockflow_core::parse::quote(name)
+            )));
+        }
     }
     let mut messages = Vec::new();
     let mut record = csv::StringRecord::new();

@@ -246,3 +246,29 @@ async fn issue_19_5_and_9_ids_print_as_they_are_and_reasons_stay_short() {
     );
     server.stop().await.unwrap();
 }
+
+/// Defect 9 (CSV): a header naming a column twice was accepted, the last
+/// one winning. The body is refused whole, with the column named, and
+/// kept as a dead letter; nothing moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_19_9_a_csv_header_naming_a_column_twice_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), |_| {}).await;
+    let url = server.url();
+    let csv = "sku,locationId,eventType,quantity,quantity,eventId\nC,S1,RECEIPT,5,500,c-1\n";
+    let (status, body) = post_to(&url, "/v1/sources/csv/events", "text/csv", csv).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        body["message"],
+        r#"body is not valid CSV: header: column "quantity" appears more than once"#,
+        "{body}"
+    );
+    assert_eq!(
+        get(&url, "/v1/stock/C/S1").await.0,
+        404,
+        "nothing was applied"
+    );
+    let (_, dead) = get(&url, "/v1/dead-letters?limit=1").await;
+    assert_eq!(dead["deadLetters"][0]["payload"], csv, "{dead}");
+    server.stop().await.unwrap();
+}
