@@ -21,6 +21,14 @@ pub struct Config {
     pub ingest_queue_max: usize,
     /// Ingest requests being read or parsed at once before new ones get 429.
     pub ingest_in_flight_max: usize,
+    /// Open HTTP connections; one more is closed at once (and logged).
+    /// Below the usual 1,024 file descriptors a process gets, so that the
+    /// log, the history files and Kafka's sockets still have theirs.
+    pub connections_max: usize,
+    /// A request's head, and then its body, must each arrive within this
+    /// (an idle keep-alive connection is closed after it too): a slow
+    /// client cannot hold an ingest slot or a connection for long.
+    pub read_timeout: std::time::Duration,
     /// Most events in one group commit (one log record, one fsync).
     pub group_events_max: usize,
     /// A log segment is closed past this size.
@@ -64,6 +72,8 @@ impl Config {
             request_events_max: 100_000,
             ingest_queue_max: 256,
             ingest_in_flight_max: 512,
+            connections_max: 768,
+            read_timeout: std::time::Duration::from_secs(10),
             group_events_max: 50_000,
             segment_bytes_max: 256 << 20,
             checkpoint_events: 2_000_000,

@@ -74,6 +74,14 @@ enum Command {
         /// Largest accepted request body in bytes (413 above).
         #[arg(long, default_value_t = 16 << 20)]
         body_limit_bytes: usize,
+        /// Open HTTP connections at most; one more is closed at once.
+        #[arg(long, default_value_t = 768, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+        connections_max: u64,
+        /// A request's head, then its body, must each arrive within this
+        /// many seconds (408 for a late body); an idle connection is closed
+        /// after it too.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        read_timeout_seconds: u64,
         /// Take a checkpoint after this many events (restart replays at most this many).
         #[arg(long, default_value_t = 2_000_000)]
         checkpoint_events: u64,
@@ -343,6 +351,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
             listen,
             partitions,
             body_limit_bytes,
+            connections_max,
+            read_timeout_seconds,
             checkpoint_events,
             dedup_retention_hours,
             sources,
@@ -381,6 +391,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             config.engine.partitions = partitions;
             config.body_bytes_max = body_limit_bytes;
+            config.connections_max = connections_max as usize;
+            config.read_timeout = Duration::from_secs(read_timeout_seconds);
             config.checkpoint_events = checkpoint_events.max(1);
             config.engine.dedup_retention_ns =
                 i64::from(dedup_retention_hours) * 3600 * 1_000_000_000;

@@ -130,6 +130,10 @@ fn describe() {
         Unit::Seconds,
         "HTTP request latency by route."
     );
+    describe_counter!(
+        "stockflow_http_connections_shed_total",
+        "Connections closed at once because --connections-max were open."
+    );
     describe_gauge!("stockflow_levels", "SKU-location levels held.");
     describe_gauge!(
         "stockflow_dedup_entries",

@@ -53,14 +53,19 @@ impl Server {
             config,
         });
         let (stop, stopped) = oneshot::channel::<()>();
+        let limits = crate::http::serve::ConnectionLimits {
+            connections_max: state.config.connections_max,
+            header_read_timeout: state.config.read_timeout,
+        };
         let app = router(state);
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.await;
-                })
-                .await
-        });
+        let task = tokio::spawn(crate::http::serve::serve(
+            listener,
+            app,
+            limits,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
         tracing::info!(%addr, "listening");
         Ok(Server {
             addr,

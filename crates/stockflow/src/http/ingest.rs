@@ -106,6 +106,13 @@ pub async fn read_body(
             .is_some()
         {
             too_large()
+        } else if let Some(late) = super::serve::BodyTimeout::within(&*inner) {
+            tracing::info!("refused a body: {late}");
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!("{late}; send it at once, or in smaller batches"),
+            )
         } else {
             ApiError::bad_request(format!("could not read the body: {inner}"))
         }

@@ -15,6 +15,7 @@ pub(crate) mod history;
 mod ingest;
 pub mod orders;
 pub(crate) mod query;
+pub mod serve;
 pub(crate) mod stream;
 pub(crate) mod ui;
 
@@ -122,6 +123,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::not_found("no such endpoint; see /v1/openapi.json") })
+        .layer(middleware::from_fn_with_state(
+            state.config.read_timeout,
+            serve::body_deadline,
+        ))
         .layer(middleware::from_fn(guard::writes_say_what_they_carry))
         .layer(middleware::from_fn(track))
         .with_state(state)

@@ -158,6 +158,10 @@ pub fn router(app: Arc<KafkaApp>) -> Router {
         .route("/metrics", get(metrics))
         // Kafka mode has every endpoint the embedded mode has.
         .fallback(|| async { ApiError::not_found("no such endpoint; see /v1/openapi.json") })
+        .layer(axum::middleware::from_fn_with_state(
+            app.config.read_timeout,
+            crate::http::serve::body_deadline,
+        ))
         .layer(axum::middleware::from_fn(crate::http::guard::writes_say_what_they_carry))
         .with_state(app)
 }

@@ -391,14 +391,19 @@ impl KafkaServer {
             url,
         });
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let limits = crate::http::serve::ConnectionLimits {
+            connections_max: app.config.connections_max,
+            header_read_timeout: app.config.read_timeout,
+        };
         let router = http::router(app);
-        let task = tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.await;
-                })
-                .await
-        });
+        let task = tokio::spawn(crate::http::serve::serve(
+            listener,
+            router,
+            limits,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
         tracing::info!(%addr, instance = %instance_id, "listening in Kafka mode");
         Ok(KafkaServer {
             addr,

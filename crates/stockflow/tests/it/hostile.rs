@@ -272,3 +272,89 @@ async fn issue_19_9_a_csv_header_naming_a_column_twice_is_refused() {
     assert_eq!(dead["deadLetters"][0]["payload"], csv, "{dead}");
     server.stop().await.unwrap();
 }
+
+/// Connects to `url`'s address and sends `bytes`; then how long until the
+/// server closes the connection (at most `limit`), and what it said.
+pub async fn closed_after(
+    url: &str,
+    bytes: &[u8],
+    limit: std::time::Duration,
+) -> (std::time::Duration, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = url.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut said = Vec::new();
+    let read = tokio::time::timeout(limit, stream.read_to_end(&mut said)).await;
+    assert!(read.is_ok(), "still open after {limit:?}");
+    (
+        started.elapsed(),
+        String::from_utf8_lossy(&said).into_owned(),
+    )
+}
+
+/// Defect 4: no header or body read timeouts and no cap on connections:
+/// 700 connections sending a body a byte at a time held every ingest slot
+/// for as long as they liked, and 1,100 half-sent heads silenced
+/// /healthz. A head or a body must arrive within the read timeout (here
+/// 1 s), an idle connection is closed after it, and past the connection
+/// cap a new one is closed at once; the server keeps answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_19_4_slow_and_idle_clients_are_cut_off_and_the_server_keeps_answering() {
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), |c| {
+        c.read_timeout = Duration::from_secs(1);
+        c.connections_max = 8;
+    })
+    .await;
+    let url = server.url();
+    let limit = Duration::from_secs(5);
+    // Half a head, then nothing.
+    let (after, _) = closed_after(&url, b"POST /v1/events HTTP/1.1\r\nHost: x\r\n", limit).await;
+    assert!(
+        after >= Duration::from_millis(900),
+        "closed after {after:?}"
+    );
+    // Nothing at all.
+    let (after, _) = closed_after(&url, b"", limit).await;
+    assert!(
+        after >= Duration::from_millis(900),
+        "closed after {after:?}"
+    );
+    // A whole head, then a body that never finishes: 408, and it held no slot for long.
+    let head = "POST /v1/events HTTP/1.1\r\nHost: x\r\ncontent-type: application/x-ndjson\r\ncontent-length: 1000\r\n\r\n{\"eventId\"";
+    let (after, said) = closed_after(&url, head.as_bytes(), limit).await;
+    assert!(said.starts_with("HTTP/1.1 408"), "{said}");
+    assert!(said.contains("body_timeout"), "{said}");
+    assert!(
+        after >= Duration::from_millis(900),
+        "answered after {after:?}"
+    );
+
+    // Eight idle connections take every slot; a ninth is closed at once.
+    let mut idle = Vec::new();
+    for _ in 0..8 {
+        idle.push(
+            tokio::net::TcpStream::connect(url.trim_start_matches("http://"))
+                .await
+                .unwrap(),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (after, said) =
+        closed_after(&url, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", limit).await;
+    assert!(
+        after < Duration::from_millis(500) && said.is_empty(),
+        "{after:?} {said}"
+    );
+    // Once the idle ones time out, the server answers again.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (status, health) = get(&url, "/healthz").await;
+    assert_eq!((status, health["status"].as_str()), (200, Some("ok")));
+    drop(idle);
+    // Ingest works as before.
+    crate::send_event(&url, "slow-1", "RECEIPT", "SL", "S1", 3).await;
+    server.stop().await.unwrap();
+}

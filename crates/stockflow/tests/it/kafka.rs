@@ -1603,6 +1603,11 @@ fn orders_across_partitions_never_oversell_survive_a_kill_and_expire() {
             crate::hostile::websocket_status(&urls[1], &urls[1]).await,
             101
         );
+        // A head that never finishes is cut off at the read timeout (10 s).
+        let half = b"POST /v1/orders HTTP/1.1\r\nHost: x\r\n";
+        let (after, _) =
+            crate::hostile::closed_after(&urls[0], half, Duration::from_secs(20)).await;
+        assert!(after >= Duration::from_secs(9), "closed after {after:?}");
     });
     let (_, extended) = get_settled(&format!("{}/v1/orders/extended-hold", urls[0]));
     assert_eq!(order_status(&extended), "reserved", "{extended}");

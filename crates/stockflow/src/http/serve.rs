@@ -1,0 +1,188 @@
+//! The accept loop of both modes' HTTP servers, with the limits that keep
+//! slow or idle clients from holding the server: at most
+//! `connections_max` open connections (one more is closed at once and
+//! logged), and a request's head must arrive within
+//! `header_read_timeout` (its body has the same time, in
+//! `ingest::read_body`). axum's own `serve` has neither.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+/// How long a stopping server lets open connections finish.
+const DRAIN_MAX: Duration = Duration::from_secs(10);
+
+/// The connection limits (see `config`).
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectionLimits {
+    pub connections_max: usize,
+    pub header_read_timeout: Duration,
+}
+
+/// Serves `router` on `listener` until `shutdown` completes, then lets the
+/// open connections finish (at most [`DRAIN_MAX`]).
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: ConnectionLimits,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let open = Arc::new(Semaphore::new(limits.connections_max));
+    // Stopping: every connection finishes its request in flight and closes.
+    let (stopping, stop_seen) = tokio::sync::watch::channel(false);
+    let shed = AtomicU64::new(0);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                // Out of file descriptors and the like: wait, do not spin.
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            let n = shed.fetch_add(1, Ordering::Relaxed) + 1;
+            metrics::counter!("stockflow_http_connections_shed_total").increment(1);
+            // Every time for the first ones, then every 1,000th: an attack
+            // must not fill the log either.
+            if n <= 10 || n.is_multiple_of(1000) {
+                tracing::warn!(%peer, limit = limits.connections_max, shed = n, "shedding a connection: too many open");
+            }
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout);
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        let mut stop_seen = stop_seen.clone();
+        tokio::spawn(async move {
+            let mut connection = std::pin::pin!(connection);
+            let ended = tokio::select! {
+                ended = connection.as_mut() => ended,
+                _ = async { let _ = stop_seen.wait_for(|stopping| *stopping).await; } => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(error) = ended {
+                tracing::debug!(%peer, %error, "connection ended");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    let _ = stopping.send(true);
+    // Every connection gives its permit back when it ends.
+    let all = u32::try_from(limits.connections_max).unwrap_or(u32::MAX);
+    if tokio::time::timeout(DRAIN_MAX, open.acquire_many(all))
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open {DRAIN_MAX:?} after stopping; closing them");
+    }
+    Ok(())
+}
+
+/// A body that did not arrive in time (see [`body_deadline`]).
+#[derive(Debug)]
+pub struct BodyTimeout(pub Duration);
+
+impl std::fmt::Display for BodyTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the body did not arrive within {} s", self.0.as_secs())
+    }
+}
+
+impl std::error::Error for BodyTimeout {}
+
+impl BodyTimeout {
+    /// The timeout somewhere in `error`'s chain of sources (the body's
+    /// readers wrap it).
+    pub fn within<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a BodyTimeout> {
+        let mut next = Some(error);
+        while let Some(error) = next {
+            if let Some(timeout) = error.downcast_ref::<BodyTimeout>() {
+                return Some(timeout);
+            }
+            next = error.source();
+        }
+        None
+    }
+}
+
+/// Middleware: a write's body must arrive whole within `timeout` from the
+/// end of its head; reading it after that fails with [`BodyTimeout`]
+/// (408 from `ingest::read_body`). So a client sending a byte now and then
+/// holds an ingest slot for that long at most.
+pub async fn body_deadline(
+    axum::extract::State(timeout): axum::extract::State<Duration>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::http::Method;
+    if !matches!(
+        *request.method(),
+        Method::POST | Method::PUT | Method::PATCH
+    ) {
+        return next.run(request).await;
+    }
+    let (parts, body) = request.into_parts();
+    let body = DeadlineBody {
+        inner: body,
+        deadline: Box::pin(tokio::time::sleep(timeout)),
+        timeout,
+    };
+    let request = axum::extract::Request::from_parts(parts, axum::body::Body::new(body));
+    next.run(request).await
+}
+
+/// A request body that fails once its deadline passes.
+struct DeadlineBody {
+    inner: axum::body::Body,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    timeout: Duration,
+}
+
+impl hyper::body::Body for DeadlineBody {
+    type Data = axum::body::Bytes;
+    // Boxed, so that the reader finds a BodyTimeout under axum's wrapper.
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            let timeout = self.timeout;
+            return std::task::Poll::Ready(Some(Err(Box::new(BodyTimeout(timeout)))));
+        }
+        std::pin::Pin::new(&mut self.inner)
+            .poll_frame(cx)
+            .map(|frame| frame.map(|f| f.map_err(Into::into)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
