@@ -53,10 +53,7 @@ impl Server {
             config,
         });
         let (stop, stopped) = oneshot::channel::<()>();
-        let limits = crate::http::serve::ConnectionLimits {
-            connections_max: state.config.connections_max,
-            header_read_timeout: state.config.read_timeout,
-        };
+        let limits = crate::http::serve::ConnectionLimits::of(&state.config);
         let app = router(state);
         let task = tokio::spawn(crate::http::serve::serve(
             listener,

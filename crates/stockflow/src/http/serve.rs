@@ -25,6 +25,15 @@ pub struct ConnectionLimits {
     pub header_read_timeout: Duration,
 }
 
+impl ConnectionLimits {
+    pub fn of(config: &crate::config::Config) -> ConnectionLimits {
+        ConnectionLimits {
+            connections_max: config.connections_max,
+            header_read_timeout: config.read_timeout,
+        }
+    }
+}
+
 /// Serves `router` on `listener` until `shutdown` completes, then lets the
 /// open connections finish (at most [`DRAIN_MAX`]).
 pub async fn serve(

@@ -391,10 +391,7 @@ impl KafkaServer {
             url,
         });
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let limits = crate::http::serve::ConnectionLimits {
-            connections_max: app.config.connections_max,
-            header_read_timeout: app.config.read_timeout,
-        };
+        let limits = crate::http::serve::ConnectionLimits::of(&app.config);
         let router = http::router(app);
         let task = tokio::spawn(crate::http::serve::serve(
             listener,

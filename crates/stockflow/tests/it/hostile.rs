@@ -1,21 +1,10 @@
 //! Hostile and unlucky input (issue 19): each defect a tester found,
 //! reproduced as it was found, and what must hold instead.
 
-use serde_json::{json, Value};
+use serde_json::json;
 
+use crate::sources::post_source;
 use crate::{get, post, start};
-
-async fn post_to(url: &str, path: &str, content_type: &str, body: &str) -> (u16, Value) {
-    let response = reqwest::Client::new()
-        .post(format!("{url}{path}"))
-        .header("content-type", content_type)
-        .body(body.to_owned())
-        .send()
-        .await
-        .expect("server reachable");
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
 
 /// Defect 3: `quantity: -9223372036854775808` passed the |q| ≤ 1e9 check
 /// (its absolute value does not fit an i64), in the canonical form and
@@ -37,7 +26,7 @@ async fn issue_19_3_the_most_negative_quantity_is_out_of_range_in_every_format()
     let inventory = json!([{"eventId": "q-3", "eventType": "SALE", "sku": "Q", "locationId": "S1",
         "quantityDelta": i64::MIN, "timestamp": "2026-11-01T10:00:00Z"}]);
     let path = "/v1/sources/inventory-event/events";
-    let (_, receipt) = post_to(&url, path, "application/json", &inventory.to_string()).await;
+    let (_, receipt) = post_source(&url, path, "application/json", &inventory.to_string()).await;
     assert_eq!(receipt["rejected"], 1, "{receipt}");
     let reason = receipt["errors"][0]["reason"].as_str().unwrap();
     assert!(
@@ -49,7 +38,7 @@ async fn issue_19_3_the_most_negative_quantity_is_out_of_range_in_every_format()
         "sku,locationId,eventType,quantity,eventId\nQ,S1,ADJUSTMENT,{},q-4\n",
         i64::MIN
     );
-    let (_, receipt) = post_to(&url, "/v1/sources/csv/events", "text/csv", &csv).await;
+    let (_, receipt) = post_source(&url, "/v1/sources/csv/events", "text/csv", &csv).await;
     assert_eq!(receipt["rejected"], 1, "{receipt}");
     let reason = receipt["errors"][0]["reason"].as_str().unwrap();
     assert!(reason.contains("out of range"), "{receipt}");
@@ -79,7 +68,7 @@ async fn issue_19_7_order_lines_whose_ids_share_their_text_are_two_events() {
         {"orderId": "col", "productId": "x:P9", "quantity": 5, "timestamp": "2026-11-01T10:00:00Z"},
     ]);
     let path = "/v1/sources/order-line/events";
-    let (status, receipt) = post_to(&url, path, "application/json", &lines.to_string()).await;
+    let (status, receipt) = post_source(&url, path, "application/json", &lines.to_string()).await;
     assert_eq!(status, 200);
     assert_eq!(
         (receipt["accepted"].as_u64(), receipt["duplicates"].as_u64()),
@@ -93,7 +82,7 @@ async fn issue_19_7_order_lines_whose_ids_share_their_text_are_two_events() {
         (Some(-2), Some(-5))
     );
     // Sent again: both are duplicates, nothing moves twice.
-    let (_, again) = post_to(&url, path, "application/json", &lines.to_string()).await;
+    let (_, again) = post_source(&url, path, "application/json", &lines.to_string()).await;
     assert_eq!(again["duplicates"], 2, "{again}");
     server.stop().await.unwrap();
 }
@@ -134,7 +123,7 @@ async fn issue_19_6_another_site_cannot_write_through_a_browser() {
         "application/x-www-form-urlencoded",
         "multipart/form-data; boundary=x",
     ] {
-        let (status, body) = post_to(&url, "/v1/orders", content_type, order).await;
+        let (status, body) = post_source(&url, "/v1/orders", content_type, order).await;
         assert_eq!(
             (status, body["code"].as_str()),
             (415, Some("unsupported_media_type")),
@@ -154,7 +143,7 @@ async fn issue_19_6_another_site_cannot_write_through_a_browser() {
         .unwrap();
     assert_eq!(bare.status().as_u16(), 415);
     let event = r#"{"eventId":"w-2","eventType":"SALE","sku":"W","locationId":"S1","quantity":10}"#;
-    let (status, _) = post_to(&url, "/v1/events", "text/plain", event).await;
+    let (status, _) = post_source(&url, "/v1/events", "text/plain", event).await;
     assert_eq!(status, 415);
     let gzipped = reqwest::Client::new()
         .post(format!("{url}/v1/events"))
@@ -171,7 +160,7 @@ async fn issue_19_6_another_site_cannot_write_through_a_browser() {
         (Some(10), Some(0))
     );
     // The same writes with a JSON type go through.
-    let (status, _) = post_to(&url, "/v1/events", "application/json", event).await;
+    let (status, _) = post_source(&url, "/v1/events", "application/json", event).await;
     assert_eq!(status, 200);
 
     assert_eq!(websocket_status(&url, "https://evil.example").await, 403);
@@ -214,7 +203,8 @@ async fn issue_19_5_and_9_ids_print_as_they_are_and_reasons_stay_short() {
         assert_eq!(receipt["errors"][0]["reason"], reason, "{event}");
     }
     let order = json!({"orderId": "o\u{2066}1", "lines": [{"sku": "A", "locationId": "S1", "quantity": 1}]});
-    let (status, body) = post_to(&url, "/v1/orders", "application/json", &order.to_string()).await;
+    let (status, body) =
+        post_source(&url, "/v1/orders", "application/json", &order.to_string()).await;
     assert_eq!(
         (status, body["message"].as_str()),
         (
@@ -256,7 +246,7 @@ async fn issue_19_9_a_csv_header_naming_a_column_twice_is_refused() {
     let server = start(dir.path(), |_| {}).await;
     let url = server.url();
     let csv = "sku,locationId,eventType,quantity,quantity,eventId\nC,S1,RECEIPT,5,500,c-1\n";
-    let (status, body) = post_to(&url, "/v1/sources/csv/events", "text/csv", csv).await;
+    let (status, body) = post_source(&url, "/v1/sources/csv/events", "text/csv", csv).await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(
         body["message"],

@@ -8,7 +8,13 @@ use crate::{get, start};
 
 const CONTROLLED: &str = include_str!("../../sources/examples/store-item-controlled.json");
 
-async fn post_source(url: &str, path: &str, content_type: &str, body: &str) -> (u16, Value) {
+/// POSTs `body` to `path` with `content_type`: (status, JSON answer).
+pub(crate) async fn post_source(
+    url: &str,
+    path: &str,
+    content_type: &str,
+    body: &str,
+) -> (u16, Value) {
     let response = reqwest::Client::new()
         .post(format!("{url}{path}"))
         .header("content-type", content_type)
