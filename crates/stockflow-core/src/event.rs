@@ -146,6 +146,12 @@ impl Batch {
         self.events.len()
     }
 
+    /// About how many bytes the batch takes (its text and records), in
+    /// memory and in a log record.
+    pub fn bytes(&self) -> usize {
+        self.text.len() + self.events.len() * std::mem::size_of::<EventRec>()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.events.is_empty()
     }

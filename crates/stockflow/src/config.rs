@@ -31,6 +31,13 @@ pub struct Config {
     pub read_timeout: std::time::Duration,
     /// Most events in one group commit (one log record, one fsync).
     pub group_events_max: usize,
+    /// Most bytes (events' text, dead letters' payloads) gathered into one
+    /// group commit before it closes: a refused body counts no events but
+    /// up to three times its size once its invalid bytes are made text, so
+    /// counting events alone let 70 such bodies exceed the log's 1 GiB
+    /// record limit. A single submission (at most ~3 × the body limit) is
+    /// always taken whole.
+    pub group_bytes_max: usize,
     /// A log segment is closed past this size.
     pub segment_bytes_max: u64,
     /// A checkpoint is taken after this many events (and at shutdown);
@@ -75,6 +82,7 @@ impl Config {
             connections_max: 768,
             read_timeout: std::time::Duration::from_secs(10),
             group_events_max: 50_000,
+            group_bytes_max: 64 << 20,
             segment_bytes_max: 256 << 20,
             checkpoint_events: 2_000_000,
             dead_letters_in_memory_max: 100_000,

@@ -76,6 +76,16 @@ struct Submission {
     reply: oneshot::Sender<Receipt>,
 }
 
+impl Submission {
+    /// What it adds to a group commit's record, about (see
+    /// `Config::group_bytes_max`).
+    fn bytes(&self) -> usize {
+        let rejected: usize = self.parsed.rejected.iter().map(|r| r.raw.len()).sum();
+        let refused = self.refused.as_ref().map_or(0, |r| r.payload.len());
+        self.parsed.batch.bytes() + rejected + refused
+    }
+}
+
 /// State readable by queries while the appliers write it.
 pub struct Shared {
     pub partitions: Vec<RwLock<Partition>>,
@@ -255,6 +265,7 @@ impl Pipeline {
             events_since_checkpoint,
             checkpoint_events: config.checkpoint_events,
             group_events_max: config.group_events_max,
+            group_bytes_max: config.group_bytes_max,
             data_dir: config.data_dir.clone(),
             history_retention_ns: config.history_retention_ns,
             partitions: shared.partition_count(),
@@ -460,6 +471,7 @@ struct Sequencer {
     events_since_checkpoint: u64,
     checkpoint_events: u64,
     group_events_max: usize,
+    group_bytes_max: usize,
     data_dir: std::path::PathBuf,
     history_retention_ns: i64,
     partitions: u16,
@@ -512,9 +524,11 @@ impl Sequencer {
             };
             let mut submissions = vec![first];
             let mut events = submissions[0].parsed.total() + submissions[0].catalog.len();
-            while events < self.group_events_max {
+            let mut bytes = submissions[0].bytes();
+            while events < self.group_events_max && bytes < self.group_bytes_max {
                 let Ok(more) = ingest.try_recv() else { break };
                 events += more.parsed.total() + more.catalog.len();
+                bytes += more.bytes();
                 submissions.push(more);
             }
             let group = self.commit(submissions);

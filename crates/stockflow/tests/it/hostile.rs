@@ -348,3 +348,57 @@ async fn issue_19_4_slow_and_idle_clients_are_cut_off_and_the_server_keeps_answe
     crate::send_event(&url, "slow-1", "RECEIPT", "SL", "S1", 3).await;
     server.stop().await.unwrap();
 }
+
+/// Defect 1: refused bodies counted as no events toward a group commit,
+/// and their invalid bytes triple in size as text, so 70 concurrent
+/// 16 MiB bodies of 0xFF made a log record over the 1 GiB limit and the
+/// server aborted. Groups are bounded in bytes too: here, with a 1 MiB
+/// body limit and a 2 MiB group bound, 24 such bodies at once are all
+/// refused and kept, the server keeps answering, and no record of the log
+/// holds more than the bound plus one body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_19_1_bodies_of_invalid_bytes_never_make_a_record_too_large() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), |c| {
+        c.body_bytes_max = 1 << 20;
+        c.group_bytes_max = 2 << 20;
+    })
+    .await;
+    let url = server.url();
+    let body = vec![0xFFu8; 1 << 20];
+    let sends: Vec<_> = (0..24)
+        .map(|_| {
+            let (url, body) = (url.clone(), body.clone());
+            tokio::spawn(async move {
+                let response = reqwest::Client::new()
+                    .post(format!("{url}/v1/events"))
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap();
+                response.status().as_u16()
+            })
+        })
+        .collect();
+    for send in sends {
+        assert_eq!(send.await.unwrap(), 400);
+    }
+    let (status, _) = get(&url, "/healthz").await;
+    assert_eq!(status, 200);
+    let (_, dead) = get(&url, "/v1/dead-letters?limit=100").await;
+    assert_eq!(
+        dead["deadLetters"].as_array().map(Vec::len),
+        Some(24),
+        "every body kept"
+    );
+    server.stop().await.unwrap();
+    let log = stockflow::recovery::log_dir(dir.path());
+    let largest = stockflow_log::read_records(&log, 0)
+        .unwrap()
+        .map(|record| record.unwrap().1.len())
+        .max()
+        .unwrap();
+    // One body becomes ~3 MiB of text; a group closes once past 2 MiB.
+    assert!(largest < 6 << 20, "a record of {largest} bytes");
+}
