@@ -273,14 +273,6 @@ impl OrderBook {
         held
     }
 
-    /// Units held per level by live orders (unfulfilled allocations).
-    pub fn held(&self) -> BTreeMap<(String, String), i64> {
-        self.held_by_order()
-            .into_iter()
-            .map(|(level, orders)| (level, orders.values().sum()))
-            .collect()
-    }
-
     /// Expires due holds, then runs `commands` in order at `now`. Returns
     /// the events to apply and one answer per command.
     pub fn decide(

@@ -52,17 +52,8 @@ impl Server {
             ingest_permits: Semaphore::new(config.ingest_in_flight_max),
             config,
         });
-        let (stop, stopped) = oneshot::channel::<()>();
         let limits = crate::http::serve::ConnectionLimits::of(&state.config);
-        let app = router(state);
-        let task = tokio::spawn(crate::http::serve::serve(
-            listener,
-            app,
-            limits,
-            async move {
-                let _ = stopped.await;
-            },
-        ));
+        let (stop, task) = crate::http::serve::spawn(listener, router(state), limits);
         tracing::info!(%addr, "listening");
         Ok(Server {
             addr,

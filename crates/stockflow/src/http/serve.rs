@@ -34,6 +34,23 @@ impl ConnectionLimits {
     }
 }
 
+/// Serves `router` on `listener` on a task of its own, until the returned
+/// sender is used (or dropped).
+pub fn spawn(
+    listener: TcpListener,
+    router: Router,
+    limits: ConnectionLimits,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(serve(listener, router, limits, async move {
+        let _ = stopped.await;
+    }));
+    (stop, task)
+}
+
 /// Serves `router` on `listener` until `shutdown` completes, then lets the
 /// open connections finish (at most [`DRAIN_MAX`]).
 pub async fn serve(

@@ -390,17 +390,8 @@ impl KafkaServer {
             instance_id: instance_id.clone(),
             url,
         });
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let limits = crate::http::serve::ConnectionLimits::of(&app.config);
-        let router = http::router(app);
-        let task = tokio::spawn(crate::http::serve::serve(
-            listener,
-            router,
-            limits,
-            async move {
-                let _ = stopped.await;
-            },
-        ));
+        let (stop, task) = crate::http::serve::spawn(listener, http::router(app), limits);
         tracing::info!(%addr, instance = %instance_id, "listening in Kafka mode");
         Ok(KafkaServer {
             addr,

@@ -6,18 +6,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::{get, send_event, start};
-
-async fn post_json(url: &str, path: &str, body: Value) -> (u16, Value) {
-    let response = reqwest::Client::new()
-        .post(format!("{url}{path}"))
-        .json(&body)
-        .send()
-        .await
-        .expect("server reachable");
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
+use crate::{get, post_json, send_event, start};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pages_are_served_from_the_binary_with_revalidation() {

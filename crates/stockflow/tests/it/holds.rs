@@ -131,7 +131,6 @@ fn command(rng: &mut SmallRng, shape: Shape) -> Command {
 /// Sends one API command; the server's answer must be one the contract
 /// names for it.
 pub async fn send_command(url: &str, command: &Command) {
-    let client = reqwest::Client::new();
     let (path, body) = match command {
         Command::Place(o, lines, mode, hold) => {
             let lines: Vec<Value> = lines
@@ -149,17 +148,10 @@ pub async fn send_command(url: &str, command: &Command) {
         Command::Cancel(o) => (format!("/v1/orders/o{o}/cancel"), json!({})),
         Command::Extend(o, s) => (format!("/v1/orders/o{o}/extend"), json!({"holdSeconds": s})),
     };
-    let response = client
-        .post(format!("{url}{path}"))
-        .json(&body)
-        .send()
-        .await
-        .expect("server reachable");
-    let status = response.status().as_u16();
+    let (status, answer) = crate::post_json(url, &path, body).await;
     assert!(
         matches!(status, 200 | 201 | 404 | 409),
-        "{command:?} answered {status}: {}",
-        response.text().await.unwrap_or_default()
+        "{command:?} answered {status}: {answer}"
     );
 }
 

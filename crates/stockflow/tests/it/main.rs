@@ -104,6 +104,18 @@ pub async fn send_event(
     receipt
 }
 
+/// POSTs `body` as JSON to `path`: (status, JSON answer).
+pub async fn post_json(url: &str, path: &str, body: Value) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{url}{path}"))
+        .json(&body)
+        .send()
+        .await
+        .expect("server reachable");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
 pub async fn get(url: &str, path: &str) -> (u16, Value) {
     let response = reqwest::get(format!("{url}{path}"))
         .await
