@@ -161,6 +161,8 @@ struct Group {
     /// be due): the appliers meet at a barrier after the events, one
     /// decides, all apply.
     serial: bool,
+    /// Some batch has events naming orders (the order step observes them).
+    order_events: bool,
     /// The hold of an order whose first hold an event of this record makes.
     event_hold_ns: i64,
     /// What the record's events did to orders' holds, found by the
@@ -676,6 +678,7 @@ impl Sequencer {
             discarded,
             orders,
             serial,
+            order_events,
             event_hold_ns: self.order_hold_ns,
             hold_changes: Mutex::new(Vec::new()),
             order_step: Mutex::new(None),
@@ -1053,8 +1056,7 @@ fn decide_orders(group: &Group, shared: &Shared) {
     observed.sort_by_key(|(request, position, _)| (*request, *position));
     let observed: Vec<HoldChange> = observed.into_iter().map(|(_, _, c)| c).collect();
     let mut book = shared.orders.write();
-    let order_events = group.requests.iter().any(|r| r.batch.has_order_events());
-    if !step_due(&book, &commands, order_events, group.now) {
+    if !step_due(&book, &commands, group.order_events, group.now) {
         return;
     }
     book.observe(&observed, group.now, group.event_hold_ns);
