@@ -4,19 +4,24 @@
 //! This crate knows bytes, files and fsync; it knows nothing of events.
 //!
 //! On disk (all integers little-endian):
-//! - `log/{first_record:020}.seg`: an 8-byte magic `SFLOG\0\0\x01`, then
-//!   frames `len: u32 | crc32c(len ++ payload): u32 | payload`. Records are
-//!   numbered from 0 across segments; a segment's name is the number of its
-//!   first record.
+//! - `log/{first_record:020}.seg`: an 8-byte magic `SFLOG\0\0\x02`, then
+//!   frames `len: u32 | crc32c(len ++ record ++ payload): u32 | record: u64
+//!   | payload`. Records are numbered from 0 across segments; a segment's
+//!   name is the number of its first record. Segments of format 1 (magic
+//!   ending `\x01`, frames without the record number) are still read.
+//! - `log/durable`: the durable mark, where the acknowledged records end
+//!   (see [`mark`]).
 //! - A snapshot file: 8-byte magic `SFSNAP\0\x01`, `len: u64`,
 //!   `crc32c(payload): u32`, payload. Written to a temporary name, fsynced
 //!   and renamed, so a snapshot is either whole or absent.
 //!
 //! Recovery ([`LogWriter::open`]): only the last segment can end in a torn
 //! frame (frames are appended in order and a record is acknowledged only
-//! after an fsync that covers it). The first frame there that is short or
-//! fails its CRC, and everything after it, is cut off. A bad frame in any
-//! earlier segment is corruption and an error, never skipped.
+//! after an fsync that covers it). A bad frame there is a torn tail, cut
+//! off, only if it lies past the durable mark and no whole frame follows
+//! it. Anything else is damage: opening fails with the file and offset,
+//! and nothing is cut; [`find_damage`] and [`move_aside`] are the repair.
+//! A bad frame in any earlier segment is damage too, never skipped.
 //!
 //! ```
 //! # let dir = tempfile::tempdir().unwrap();
@@ -28,9 +33,13 @@
 //! assert_eq!(records, vec![(0, b"first".to_vec())]);
 //! ```
 
+mod damage;
+pub mod mark;
 mod segment;
 mod snapshot;
 
+pub use damage::{find_damage, move_aside, Damage};
+pub use mark::{DurableMark, Mark};
 pub use segment::{read_records, segments, Appended, LogWriter, Opened, RecordIter};
 
 /// Asks the kernel to start writing a range of `file` back, without waiting
@@ -111,7 +120,7 @@ pub enum LogError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
-    #[error("{path}: corrupt at byte {offset}: {what}; restore this file from a backup or move it away to start without it")]
+    #[error("{path}: damaged at byte {offset}: {what}")]
     Corrupt {
         path: std::path::PathBuf,
         offset: u64,

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod record;
 pub mod recovery;
+pub mod repair;
 pub mod server;
 pub mod simulate;
 pub mod simulator;

@@ -199,6 +199,17 @@ enum Command {
         #[arg(long)]
         seed: Option<u64>,
     },
+    /// Move a damaged part of the log aside (kept under
+    /// <data-dir>/damaged/) so that the server can start, and list exactly
+    /// the eventIds lost. Run it, with the server stopped, when a start
+    /// refuses a damaged log.
+    Repair {
+        #[arg(long, default_value = "./stockflow-data", env = "STOCKFLOW_DATA_DIR")]
+        data_dir: PathBuf,
+        /// Only report what would be done; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Verify a running server's invariants: every live order's holds are
     /// backed by reservations, and every roll-up equals its levels. Exits 1
     /// on any violation.
@@ -519,6 +530,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     Ok(())
                 }
             }
+        }
+        Command::Repair { data_dir, dry_run } => {
+            let repaired = stockflow::repair::repair(&data_dir, dry_run)?;
+            print!("{}", repaired.report);
+            Ok(())
         }
         Command::Check { url, strict } => {
             let url = url.trim_end_matches('/');

@@ -27,7 +27,7 @@ use stockflow_core::{
     admit, Batch, Catalog, CatalogChange, Dedup, Exception, OrderBook, OrderCommand, Outcome,
     Parsed, Partition, Rejected, Timestamp,
 };
-use stockflow_log::{Appended, LogWriter};
+use stockflow_log::{Appended, DurableMark, LogWriter, Mark};
 use tokio::sync::oneshot;
 
 use crate::config::Config;
@@ -246,8 +246,9 @@ impl Pipeline {
             })?);
         }
         let syncer_shared = shared.clone();
+        let mark = DurableMark::open(log.dir()).map_err(std::io::Error::other)?;
         threads.push(spawn("syncer", move || {
-            syncer(&sync_rx, &apply_txs, &syncer_shared)
+            syncer(&sync_rx, &apply_txs, &syncer_shared, &mark)
         })?);
         let holds = shared
             .orders
@@ -769,8 +770,26 @@ fn poison(what: &str, error: &dyn std::fmt::Display) -> ! {
     std::process::abort();
 }
 
-/// Makes records durable, many per fdatasync, then hands them on.
-fn syncer(input: &Receiver<Stage>, appliers: &[Sender<Stage>], shared: &Shared) {
+/// Makes records durable, many per fdatasync, moves the durable mark past
+/// them, then hands them on.
+fn syncer(
+    input: &Receiver<Stage>,
+    appliers: &[Sender<Stage>],
+    shared: &Shared,
+    mark: &DurableMark,
+) {
+    syncer_loop(input, appliers, shared, mark);
+    if let Err(error) = mark.sync() {
+        tracing::warn!(%error, "cannot sync the log's durable mark at the stop");
+    }
+}
+
+fn syncer_loop(
+    input: &Receiver<Stage>,
+    appliers: &[Sender<Stage>],
+    shared: &Shared,
+    mark: &DurableMark,
+) {
     while let Ok(first) = input.recv() {
         let mut stages = vec![first];
         while let Ok(more) = input.try_recv() {
@@ -790,6 +809,13 @@ fn syncer(input: &Receiver<Stage>, appliers: &[Sender<Stage>], shared: &Shared) 
                     synced.push(file);
                 }
             }
+        }
+        let newest = stages.iter().rev().find_map(|stage| match stage {
+            Stage::Group(group) => Some(Mark::after(&group.file)),
+            Stage::Checkpoint(_) => None,
+        });
+        if let Some(newest) = newest {
+            mark.write(newest);
         }
         for stage in stages {
             match &stage {

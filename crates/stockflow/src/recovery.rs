@@ -95,9 +95,47 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     postcard::to_stdvec(value).expect("encoding into a Vec cannot fail")
 }
 
-fn load<T: DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
+pub(crate) fn load<T: DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
     let bytes = read_snapshot(path)?;
     postcard::from_bytes(&bytes).with_context(|| format!("{}: cannot decode", path.display()))
+}
+
+/// Takes the data directory's lock, held for the life of the returned file.
+pub(crate) fn lock(dir: &Path) -> anyhow::Result<File> {
+    let lock = File::create(dir.join("LOCK"))
+        .with_context(|| format!("cannot open {}", dir.join("LOCK").display()))?;
+    if lock.try_lock().is_err() {
+        bail!(
+            "{} is in use by another stockflow process; stop it or pick another --data-dir",
+            dir.display()
+        );
+    }
+    Ok(lock)
+}
+
+/// Whole checkpoints of a data directory, oldest first.
+pub(crate) fn checkpoints(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let root = checkpoints_dir(dir);
+    if !root.exists() {
+        return Ok(Vec::new());
+    }
+    Ok(whole_checkpoints(&root)?
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect())
+}
+
+/// Says how to get past a damaged log.
+fn damaged(dir: &Path) -> impl Fn(stockflow_log::LogError) -> anyhow::Error + '_ {
+    move |error| {
+        match error {
+        stockflow_log::LogError::Corrupt { .. } => anyhow::anyhow!(
+            "the log is damaged: {error}. Nothing was cut. Run `stockflow repair --data-dir {}` to move the damaged part aside (it is kept) and list the events lost, then start again",
+            dir.display()
+        ),
+        other => other.into(),
+    }
+    }
 }
 
 /// Opens the data directory: lock, layout check, checkpoint, log replay.
@@ -106,13 +144,7 @@ pub fn recover(config: &Config) -> anyhow::Result<Recovered> {
     let dir = &config.data_dir;
     fs::create_dir_all(dir)
         .with_context(|| format!("cannot create data directory {}", dir.display()))?;
-    let lock = File::create(dir.join("LOCK"))?;
-    if lock.try_lock().is_err() {
-        bail!(
-            "{} is in use by another stockflow process; stop it or pick another --data-dir",
-            dir.display()
-        );
-    }
+    let lock = lock(dir)?;
     let partitions = partitions_of(dir, config.engine.partitions)?;
     let engine_config = EngineConfig {
         partitions,
@@ -136,7 +168,8 @@ pub fn recover(config: &Config) -> anyhow::Result<Recovered> {
     engine
         .dedup
         .presize(stockflow_core::limits::DEDUP_PRESIZED_ENTRIES);
-    let (log, opened) = LogWriter::open(&log_dir(dir), config.segment_bytes_max)?;
+    let (log, opened) =
+        LogWriter::open(&log_dir(dir), config.segment_bytes_max).map_err(damaged(dir))?;
     if opened.truncated_bytes > 0 {
         tracing::warn!(bytes = opened.truncated_bytes, problem = ?opened.tail_problem, "cut a torn tail off the log (never acknowledged)");
     }
@@ -184,7 +217,7 @@ pub fn recover(config: &Config) -> anyhow::Result<Recovered> {
     // per core over disjoint partitions. The others are barriers, replayed
     // in place once everything before them is in.
     for item in read_records(&log_dir(dir), meta.next_record)? {
-        let (number, payload) = item?;
+        let (number, payload) = item.map_err(damaged(dir))?;
         let group = CommitGroup::decode(&payload)
             .with_context(|| format!("log record {number} does not decode"))?;
         let from = &meta.partition_records;

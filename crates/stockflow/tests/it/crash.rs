@@ -70,7 +70,7 @@ const HOLD_SECONDS: &str = "604800";
 
 /// A `stockflow serve` process, killed when dropped, so that a failing
 /// test leaves no server running behind it.
-struct Server(Child);
+pub(crate) struct Server(pub(crate) Child);
 
 impl std::ops::Deref for Server {
     type Target = Child;
@@ -93,6 +93,17 @@ impl Drop for Server {
 }
 
 async fn spawn_server(dir: &std::path::Path, port: u16) -> Server {
+    let args = ["--order-hold-seconds", HOLD_SECONDS];
+    serve(
+        dir,
+        port,
+        &[&args[..], &["--checkpoint-events", "30000"]].concat(),
+    )
+    .await
+}
+
+/// Starts `stockflow serve` on `dir` with `args` and waits until it answers.
+pub(crate) async fn serve(dir: &std::path::Path, port: u16, args: &[&str]) -> Server {
     let child = Command::new(env!("CARGO_BIN_EXE_stockflow"))
         .args([
             "serve",
@@ -100,10 +111,8 @@ async fn spawn_server(dir: &std::path::Path, port: u16) -> Server {
             dir.to_str().unwrap(),
             "--listen",
             &format!("127.0.0.1:{port}"),
-            "--order-hold-seconds",
-            HOLD_SECONDS,
         ])
-        .args(["--checkpoint-events", "30000"])
+        .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -3,6 +3,7 @@
 mod alerts;
 mod catalog;
 mod crash;
+mod damage;
 mod dashboard;
 mod dead_letters;
 mod history;
