@@ -123,7 +123,7 @@ pub async fn apply(pipeline: &Pipeline, bootstrap: Bootstrap) -> anyhow::Result<
     }
     let receipt = pipeline
         .submit_blocking(parsed, source)
-        .map_err(|_| anyhow::anyhow!("the engine stopped"))?
+        .map_err(anyhow::Error::from)?
         .await?;
     Ok((changed, receipt.accepted))
 }

@@ -38,6 +38,10 @@ pub struct Config {
     /// record limit. A single submission (at most ~3 × the body limit) is
     /// always taken whole.
     pub group_bytes_max: usize,
+    /// Writes are refused (507) while the data directory's filesystem has
+    /// less free space than this: what is left is for checkpoints, history
+    /// and a restart, so a full disk never stops the process or a start.
+    pub disk_free_min_bytes: u64,
     /// A log segment is closed past this size.
     pub segment_bytes_max: u64,
     /// A checkpoint is taken after this many events (and at shutdown);
@@ -83,6 +87,7 @@ impl Config {
             read_timeout: std::time::Duration::from_secs(10),
             group_events_max: 50_000,
             group_bytes_max: 64 << 20,
+            disk_free_min_bytes: 512 << 20,
             segment_bytes_max: 256 << 20,
             checkpoint_events: 2_000_000,
             dead_letters_in_memory_max: 100_000,

@@ -336,7 +336,7 @@ fn to_data_dir(
             };
             let receipt = pipeline
                 .submit_blocking(parsed, &source)
-                .map_err(|_| anyhow::anyhow!("the engine stopped"))?
+                .map_err(anyhow::Error::from)?
                 .blocking_recv()
                 .context("the engine stopped before answering")?;
             summary.messages += chunk.messages as u64;

@@ -82,6 +82,10 @@ enum Command {
         /// after it too.
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
         read_timeout_seconds: u64,
+        /// Refuse writes (507, Retry-After) while the data directory's disk
+        /// has less free space than this; they resume by themselves.
+        #[arg(long, default_value_t = 512 << 20)]
+        disk_free_min_bytes: u64,
         /// Take a checkpoint after this many events (restart replays at most this many).
         #[arg(long, default_value_t = 2_000_000)]
         checkpoint_events: u64,
@@ -364,6 +368,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             body_limit_bytes,
             connections_max,
             read_timeout_seconds,
+            disk_free_min_bytes,
             checkpoint_events,
             dedup_retention_hours,
             sources,
@@ -404,6 +409,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             config.body_bytes_max = body_limit_bytes;
             config.connections_max = connections_max as usize;
             config.read_timeout = Duration::from_secs(read_timeout_seconds);
+            config.disk_free_min_bytes = disk_free_min_bytes;
             config.checkpoint_events = checkpoint_events.max(1);
             config.engine.dedup_retention_ns =
                 i64::from(dedup_retention_hours) * 3600 * 1_000_000_000;

@@ -134,6 +134,11 @@ fn describe() {
         "stockflow_http_connections_shed_total",
         "Connections closed at once because --connections-max were open."
     );
+    describe_gauge!(
+        "stockflow_disk_free_bytes",
+        Unit::Bytes,
+        "Free space of the data directory's disk, as last looked up by a write (writes are refused under --disk-free-min-bytes)."
+    );
     describe_gauge!("stockflow_levels", "SKU-location levels held.");
     describe_gauge!(
         "stockflow_dedup_entries",

@@ -132,14 +132,67 @@ impl Shared {
     }
 }
 
-/// Ingest refused because the queue is full.
-#[derive(Debug, thiserror::Error)]
-#[error("ingest queue is full; retry shortly")]
-pub struct Overloaded;
+/// Why the write path refused a submission before taking it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Overloaded {
+    #[error("ingest queue is full; retry shortly")]
+    QueueFull,
+    #[error("the server is stopping; retry against a running instance")]
+    Stopping,
+    #[error("the data directory's disk has {free} bytes free, less than the {min} kept for checkpoints and restarts (--disk-free-min-bytes): writes are refused until space is freed, then resume by themselves; reads go on")]
+    DiskFull { free: u64, min: u64 },
+}
+
+/// The free space of the data directory's filesystem, looked up at most
+/// every [`DiskSpace::EVERY`] (one statvfs; writes ask on every request).
+pub struct DiskSpace {
+    dir: std::path::PathBuf,
+    min: u64,
+    /// (when looked up, free bytes then)
+    last: Mutex<(Option<Instant>, u64)>,
+}
+
+impl DiskSpace {
+    const EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+    pub fn new(dir: &std::path::Path, min: u64) -> DiskSpace {
+        DiskSpace {
+            dir: dir.to_owned(),
+            min,
+            last: Mutex::new((None, u64::MAX)),
+        }
+    }
+
+    /// Free bytes for an unprivileged writer (as `df` shows them).
+    pub fn free(&self) -> u64 {
+        let mut last = self.last.lock();
+        if last.0.is_none_or(|at| at.elapsed() >= Self::EVERY) {
+            // A failed lookup counts as plenty: the write itself will say.
+            let free = rustix::fs::statvfs(&self.dir)
+                .map_or(u64::MAX, |s| s.f_bavail.saturating_mul(s.f_frsize));
+            *last = (Some(Instant::now()), free);
+        }
+        last.1
+    }
+
+    /// Refuses a write while free space is under the minimum.
+    pub fn check(&self) -> Result<(), Overloaded> {
+        let free = self.free();
+        metrics::gauge!("stockflow_disk_free_bytes").set(free as f64);
+        if free < self.min {
+            return Err(Overloaded::DiskFull {
+                free,
+                min: self.min,
+            });
+        }
+        Ok(())
+    }
+}
 
 /// Handle to the running write path.
 pub struct Pipeline {
     ingest: Mutex<Option<Sender<Submission>>>,
+    disk: DiskSpace,
     pub shared: Arc<Shared>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -283,6 +336,7 @@ impl Pipeline {
         })?);
         Ok(Pipeline {
             ingest: Mutex::new(Some(ingest_tx)),
+            disk: DiskSpace::new(&config.data_dir, config.disk_free_min_bytes),
             shared,
             threads: Mutex::new(threads),
         })
@@ -345,8 +399,7 @@ impl Pipeline {
             source: "orders".into(),
             reply,
         };
-        let sender = self.ingest.lock().clone().ok_or(Overloaded)?;
-        sender.try_send(submission).map_err(|_| Overloaded)?;
+        self.enqueue(submission, false)?;
         Ok(rx)
     }
 
@@ -409,15 +462,24 @@ impl Pipeline {
             source: source.to_owned(),
             reply,
         };
-        let sender = self.ingest.lock().clone().ok_or(Overloaded)?;
+        self.enqueue(submission, wait)?;
+        Ok(rx)
+    }
+
+    /// Hands a submission to the sequencer: refused while the disk is
+    /// short of space; waits for room in the queue if `wait`, else refuses
+    /// when it is full.
+    fn enqueue(&self, submission: Submission, wait: bool) -> Result<(), Overloaded> {
+        self.disk.check()?;
+        let sender = self.ingest.lock().clone().ok_or(Overloaded::Stopping)?;
         if wait {
-            sender.send(submission).map_err(|_| Overloaded)?;
+            sender.send(submission).map_err(|_| Overloaded::Stopping)
         } else {
             sender.try_send(submission).map_err(|e| match e {
-                TrySendError::Full(_) | TrySendError::Disconnected(_) => Overloaded,
-            })?;
+                TrySendError::Full(_) => Overloaded::QueueFull,
+                TrySendError::Disconnected(_) => Overloaded::Stopping,
+            })
         }
-        Ok(rx)
     }
 
     /// Stops accepting, drains every stage, writes a final checkpoint and

@@ -75,7 +75,7 @@ async fn commit(
     state
         .pipeline
         .submit_catalog(changes, rejected, source)
-        .map_err(ApiError::queue_full)?
+        .map_err(ApiError::from)?
         .await
         .map_err(ApiError::stopping)
 }

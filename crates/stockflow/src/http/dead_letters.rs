@@ -174,7 +174,7 @@ pub async fn replay(
     let receipt = state
         .pipeline
         .submit_replay(parsed, changes, id, &letter.source)
-        .map_err(ApiError::unavailable)?
+        .map_err(ApiError::from)?
         .await
         .map_err(ApiError::unavailable)?;
     metrics::counter!("stockflow_dead_letters_replayed_total").increment(1);
@@ -194,7 +194,7 @@ pub async fn discard(
     state
         .pipeline
         .discard_dead_letter(id)
-        .map_err(ApiError::unavailable)?
+        .map_err(ApiError::from)?
         .await
         .map_err(ApiError::unavailable)?;
     metrics::counter!("stockflow_dead_letters_discarded_total").increment(1);

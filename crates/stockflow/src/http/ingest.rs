@@ -166,7 +166,7 @@ async fn ingest(
         Ok(parsed) => {
             let receipt = pipeline
                 .submit(parsed, source)
-                .map_err(ApiError::queue_full)?
+                .map_err(ApiError::from)?
                 .await
                 .map_err(ApiError::stopping)?;
             Ok(Json(receipt))
@@ -184,7 +184,7 @@ async fn ingest(
             };
             pipeline
                 .submit_refused(refused, source)
-                .map_err(ApiError::queue_full)?
+                .map_err(ApiError::from)?
                 .await
                 .map_err(ApiError::stopping)?;
             Err(ApiError::bad_request(error.to_string()))

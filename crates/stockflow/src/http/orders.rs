@@ -82,7 +82,7 @@ async fn submit(state: &AppState, command: OrderCommand) -> Result<Response, Api
     let receipt = state
         .pipeline
         .submit_order(command)
-        .map_err(ApiError::unavailable)?
+        .map_err(ApiError::from)?
         .await
         .map_err(ApiError::unavailable)?;
     Ok(answer(receipt.order))

@@ -402,3 +402,128 @@ async fn issue_19_1_bodies_of_invalid_bytes_never_make_a_record_too_large() {
     // One body becomes ~3 MiB of text; a group closes once past 2 MiB.
     assert!(largest < 6 << 20, "a record of {largest} bytes");
 }
+
+/// A small filesystem of its own (tmpfs; the tests run as root), unmounted
+/// when dropped.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(bytes: u64) -> SmallDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}")])
+            .args(["tmpfs", dir.path().to_str().unwrap()])
+            .status()
+            .expect("mount runs");
+        assert!(status.success(), "this test mounts a tmpfs: run it as root");
+        SmallDisk { dir }
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    fn free(&self) -> u64 {
+        let stat = rustix::fs::statvfs(self.path()).unwrap();
+        stat.f_bavail * stat.f_frsize
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .args(["-l", self.dir.path().to_str().unwrap()])
+            .status();
+    }
+}
+
+/// Defect 8: a full disk killed the process (ENOSPC in a history write or
+/// a log append aborted it), and it could not start again while the disk
+/// was full. Writes are refused with 507 while free space is under the
+/// minimum kept, reads go on, a restart works, and writes resume by
+/// themselves once space is freed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_19_8_a_full_disk_refuses_writes_and_resumes_when_space_returns() {
+    const MIN: u64 = 16 << 20;
+    let disk = SmallDisk::mount(64 << 20);
+    let data = disk.path().join("data");
+    let small = |c: &mut stockflow::config::Config| {
+        c.disk_free_min_bytes = MIN;
+        c.segment_bytes_max = 4 << 20;
+    };
+    let server = start(&data, small).await;
+    let url = server.url();
+    crate::send_event(&url, "full-1", "RECEIPT", "F", "S1", 10).await;
+
+    // Another program fills the disk: 64 KiB are left.
+    let filler = disk.path().join("filler");
+    let fill = disk.free() - (64 << 10);
+    std::fs::write(&filler, vec![1u8; fill as usize]).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+
+    let client = reqwest::Client::new();
+    let refused = client
+        .post(format!("{url}/v1/events"))
+        .header("content-type", "application/json")
+        .body(crate::event("full-2", "RECEIPT", "F", "S1", 5))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 507);
+    assert!(refused.headers().contains_key("retry-after"));
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["code"], "disk_full", "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("--disk-free-min-bytes"),
+        "{body}"
+    );
+    let order =
+        json!({"orderId": "full-o", "lines": [{"sku": "F", "locationId": "S1", "quantity": 1}]});
+    let (status, body) = crate::post_json(&url, "/v1/orders", order.clone()).await;
+    assert_eq!(
+        (status, &body["code"]),
+        (507, &json!("disk_full")),
+        "{body}"
+    );
+    // Reads go on.
+    let (status, level) = get(&url, "/v1/stock/F/S1").await;
+    assert_eq!((status, &level["onHand"]), (200, &json!(10)), "{level}");
+    assert_eq!(get(&url, "/healthz").await.0, 200);
+
+    // A restart on the full disk works, and still refuses writes.
+    server.stop().await.unwrap();
+    let server = start(&data, small).await;
+    let url = server.url();
+    let (status, level) = get(&url, "/v1/stock/F/S1").await;
+    assert_eq!((status, &level["onHand"]), (200, &json!(10)), "{level}");
+    let (status, _) = post(
+        &url,
+        "application/json",
+        crate::event("full-2", "RECEIPT", "F", "S1", 5),
+    )
+    .await;
+    assert_eq!(status, 507);
+
+    // Space returns: writes resume without anyone doing anything.
+    std::fs::remove_file(&filler).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    crate::send_event(&url, "full-2", "RECEIPT", "F", "S1", 5).await;
+    let (status, body) = crate::post_json(&url, "/v1/orders", order).await;
+    assert_eq!(
+        (status, &body["status"]),
+        (200, &json!("reserved")),
+        "{body}"
+    );
+    let (_, level) = get(&url, "/v1/stock/F/S1").await;
+    assert_eq!(
+        (&level["onHand"], &level["reserved"]),
+        (&json!(15), &json!(1)),
+        "{level}"
+    );
+    server.stop().await.unwrap();
+}
