@@ -49,6 +49,8 @@ pub struct Config {
     pub checkpoint_events: u64,
     /// Dead letters kept in memory for the API (all stay in the log).
     pub dead_letters_in_memory_max: usize,
+    /// ... and at most this many bytes of them (payloads included).
+    pub dead_letters_in_memory_bytes_max: usize,
     /// Threads applying events to partitions.
     pub apply_threads: usize,
     /// Source formats accepted at /v1/sources/{format}/events.
@@ -91,6 +93,7 @@ impl Config {
             segment_bytes_max: 256 << 20,
             checkpoint_events: 2_000_000,
             dead_letters_in_memory_max: 100_000,
+            dead_letters_in_memory_bytes_max: 64 << 20,
             apply_threads: std::thread::available_parallelism()
                 .map_or(2, |n| n.get())
                 .min(4),

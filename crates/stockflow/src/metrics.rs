@@ -139,6 +139,11 @@ fn describe() {
         Unit::Bytes,
         "Free space of the data directory's disk, as last looked up by a write (writes are refused under --disk-free-min-bytes)."
     );
+    describe_gauge!(
+        "stockflow_dead_letters_stored_bytes",
+        Unit::Bytes,
+        "Bytes of the dead letters held in memory (bounded by count and bytes; all are in the log)."
+    );
     describe_gauge!("stockflow_levels", "SKU-location levels held.");
     describe_gauge!(
         "stockflow_dedup_entries",

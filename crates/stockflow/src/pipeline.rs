@@ -60,7 +60,8 @@ pub struct ReceiptError {
 /// A body refused as a whole, to be kept as a dead letter.
 pub struct RefusedBody {
     pub reason: String,
-    pub payload: String,
+    /// As received (kept verbatim, whatever its encoding).
+    pub payload: Vec<u8>,
 }
 
 /// What a handler hands to the sequencer.
@@ -671,7 +672,7 @@ impl Sequencer {
                     Some(r.index),
                     r.event_id,
                     r.reason,
-                    r.raw,
+                    r.raw.into_bytes(),
                 ));
             }
             if let Some(body) = refused {
@@ -762,7 +763,7 @@ impl Sequencer {
         index: Option<u32>,
         event_id: Option<String>,
         reason: String,
-        payload: String,
+        payload: Vec<u8>,
     ) -> DeadLetter {
         let id = self.next_dead_letter_id;
         self.next_dead_letter_id += 1;
@@ -900,6 +901,8 @@ fn syncer_loop(
                     metrics::counter!("stockflow_dead_letters_resolved_total")
                         .increment(group.discarded.len() as u64);
                     metrics::gauge!("stockflow_dead_letters_stored").set(letters.len() as f64);
+                    metrics::gauge!("stockflow_dead_letters_stored_bytes")
+                        .set(letters.bytes() as f64);
                     metrics::counter!("stockflow_dead_letters_total")
                         .increment(group.dead_letters.len() as u64);
                     group.appliers_left.store(appliers.len(), Ordering::Release);

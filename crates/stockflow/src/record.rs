@@ -19,7 +19,9 @@ pub struct DeadLetter {
     pub index: Option<u32>,
     pub event_id: Option<String>,
     pub reason: String,
-    pub payload: String,
+    /// The bytes as received: a refused body need not be UTF-8. (Encoded
+    /// as a String was before, so older records read the same.)
+    pub payload: Vec<u8>,
 }
 
 /// Encoded form of a group commit. Field order is the format; see

@@ -152,10 +152,13 @@ pub fn recover(config: &Config) -> anyhow::Result<Recovered> {
     };
 
     let (mut engine, mut dead_letters, mut meta) = match newest_checkpoint(dir)? {
-        Some(path) => load_checkpoint(&path, engine_config, config.dead_letters_in_memory_max)?,
+        Some(path) => load_checkpoint(&path, engine_config, config)?,
         None => (
             Engine::new(engine_config),
-            DeadLetters::new(config.dead_letters_in_memory_max),
+            DeadLetters::new(
+                config.dead_letters_in_memory_max,
+                config.dead_letters_in_memory_bytes_max,
+            ),
             CheckpointMeta {
                 next_record: 0,
                 partition_records: vec![0; partitions as usize],
@@ -655,7 +658,7 @@ pub fn drop_newest_checkpoint(dir: &Path) -> anyhow::Result<bool> {
 fn load_checkpoint(
     path: &Path,
     config: EngineConfig,
-    dead_letters_max: usize,
+    shell: &Config,
 ) -> anyhow::Result<(Engine, DeadLetters, CheckpointMeta)> {
     let meta: CheckpointMeta = load(&path.join("meta.snap"))?;
     if meta.partitions != config.partitions
@@ -700,7 +703,10 @@ fn load_checkpoint(
         anyhow::Ok((dedup?, partitions?))
     })?;
     let ((dedup, dedup_took), (partitions, partitions_took)) = (dedup, partitions);
-    let mut dead_letters = DeadLetters::new(dead_letters_max);
+    let mut dead_letters = DeadLetters::new(
+        shell.dead_letters_in_memory_max,
+        shell.dead_letters_in_memory_bytes_max,
+    );
     letters.into_iter().for_each(|l| dead_letters.insert(l));
     let engine = Engine {
         config,

@@ -135,7 +135,7 @@ async fn send(client: &reqwest::Client, pipeline: &Pipeline, hook: &Webhook, bod
             "webhook {} failed {ATTEMPTS_MAX} times; last: {why}",
             hook.url
         ),
-        payload: body.to_owned(),
+        payload: body.as_bytes().to_vec(),
     };
     if let Ok(receipt) = pipeline.submit_refused(refused, &format!("webhook:{}", hook.url)) {
         let _ = receipt.await;

@@ -130,7 +130,21 @@ async fn put_one(
     parse: impl Fn(&Value) -> Result<CatalogChange, String>,
 ) -> Result<(), ApiError> {
     let (bytes, _) = read_body(headers, body, state.config.body_bytes_max).await?;
-    let raw = String::from_utf8_lossy(&bytes).into_owned();
+    let Ok(raw) = std::str::from_utf8(&bytes).map(str::to_owned) else {
+        // Kept as it came: a dead letter's payload is never re-encoded.
+        let reason = "body is not valid UTF-8".to_owned();
+        let refused = crate::pipeline::RefusedBody {
+            reason: reason.clone(),
+            payload: bytes.to_vec(),
+        };
+        state
+            .pipeline
+            .submit_refused(refused, source)
+            .map_err(ApiError::from)?
+            .await
+            .map_err(ApiError::stopping)?;
+        return Err(ApiError::bad_request(reason));
+    };
     let parsed = serde_json::from_slice::<Value>(&bytes)
         .map_err(|e| format!("body is not valid JSON: {e}"))
         .and_then(|v| parse(&v));

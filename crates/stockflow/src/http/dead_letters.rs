@@ -32,15 +32,37 @@ pub struct Filter {
 }
 
 fn letter_json(l: &DeadLetter) -> Value {
-    json!({
+    let mut letter = json!({
         "id": l.id,
         "receivedAt": l.received_at.to_rfc3339(),
         "source": l.source,
         "index": l.index,
         "eventId": l.event_id,
         "reason": l.reason,
-        "payload": l.payload,
-    })
+    });
+    let fields = letter.as_object_mut().expect("an object");
+    fields.extend(payload_fields(&l.payload));
+    letter
+}
+
+/// A dead letter's payload in JSON (both modes): `payload` as text, and,
+/// when the bytes are not UTF-8, `payloadBase64` with them exactly (the
+/// text then shows U+FFFD for each invalid byte).
+pub fn payload_fields(payload: &[u8]) -> serde_json::Map<String, Value> {
+    use base64::Engine as _;
+    let mut fields = serde_json::Map::new();
+    match std::str::from_utf8(payload) {
+        Ok(text) => {
+            fields.insert("payload".into(), Value::from(text));
+        }
+        Err(_) => {
+            let lossy = String::from_utf8_lossy(payload);
+            fields.insert("payload".into(), Value::from(lossy.as_ref()));
+            let exact = base64::engine::general_purpose::STANDARD.encode(payload);
+            fields.insert("payloadBase64".into(), Value::from(exact));
+        }
+    }
+    fields
 }
 
 /// A page's `after`, a dead-letter id (both modes).
@@ -124,7 +146,7 @@ pub async fn replay(
     let letter = find(&state, id)?;
     let (bytes, framing) = read_body(&headers, body, state.config.body_bytes_max).await?;
     let payload: Vec<u8> = if bytes.is_empty() {
-        letter.payload.clone().into_bytes()
+        letter.payload.clone()
     } else {
         bytes.to_vec()
     };

@@ -180,7 +180,7 @@ async fn ingest(
             // A refused body is bad input too: keep it, then say why.
             let refused = RefusedBody {
                 reason: error.to_string(),
-                payload: String::from_utf8_lossy(&bytes).into_owned(),
+                payload: bytes.to_vec(),
             };
             pipeline
                 .submit_refused(refused, source)

@@ -217,15 +217,20 @@ fn scan(
             let next = letters.last().and_then(|l| l["id"].as_i64());
             return Ok((letters, next));
         }
-        letters.push(json!({
+        let mut letter = json!({
             "id": m.offset(),
             "receivedAt": m.timestamp().to_millis().and_then(chrono::DateTime::from_timestamp_millis).map(|t| t.to_rfc3339()),
             "source": source,
             "sourcePartition": headers.get("source-partition"),
             "sourceOffset": headers.get("source-offset"),
             "reason": why,
-            "payload": String::from_utf8_lossy(m.payload().unwrap_or_default()),
-        }));
+        });
+        if let Some(fields) = letter.as_object_mut() {
+            fields.extend(crate::http::dead_letters::payload_fields(
+                m.payload().unwrap_or_default(),
+            ));
+        }
+        letters.push(letter);
     }
     // Stopped before the end (the scan's cap or deadline): read on from here.
     let next = (last + 1 < high).then_some(last);

@@ -350,22 +350,29 @@ async fn issue_19_4_slow_and_idle_clients_are_cut_off_and_the_server_keeps_answe
 }
 
 /// Defect 1: refused bodies counted as no events toward a group commit,
-/// and their invalid bytes triple in size as text, so 70 concurrent
+/// and their invalid bytes tripled in size as text, so 70 concurrent
 /// 16 MiB bodies of 0xFF made a log record over the 1 GiB limit and the
-/// server aborted. Groups are bounded in bytes too: here, with a 1 MiB
-/// body limit and a 2 MiB group bound, 24 such bodies at once are all
-/// refused and kept, the server keeps answering, and no record of the log
-/// holds more than the bound plus one body.
+/// server aborted. Defect 5: the dead letters in memory were bounded by
+/// count only, and reloaded whole on restart (40 bodies of 15 MiB: RSS
+/// 741 MB). Defect 9: an invalid-UTF-8 body was not kept verbatim.
+///
+/// Here, with a 1 MiB body limit, a 2 MiB group bound and 8 MiB of dead
+/// letters in memory, 24 such bodies at once are all refused and kept in
+/// the log byte for byte, no record holds more than the bound plus one
+/// body, the server keeps answering, and memory holds at most 8 MiB of
+/// them, before and after a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn issue_19_1_bodies_of_invalid_bytes_never_make_a_record_too_large() {
+async fn issue_19_1_5_and_9_bodies_of_invalid_bytes_are_kept_verbatim_within_bounds() {
+    use base64::Engine as _;
     let dir = tempfile::tempdir().unwrap();
-    let server = start(dir.path(), |c| {
+    let small = |c: &mut stockflow::config::Config| {
         c.body_bytes_max = 1 << 20;
         c.group_bytes_max = 2 << 20;
-    })
-    .await;
+        c.dead_letters_in_memory_bytes_max = 8 << 20;
+    };
+    let server = start(dir.path(), small).await;
     let url = server.url();
-    let body = vec![0xFFu8; 1 << 20];
+    let body: Vec<u8> = (0..1 << 20).map(|i| [0xFF, 0xC3, b'x'][i % 3]).collect();
     let sends: Vec<_> = (0..24)
         .map(|_| {
             let (url, body) = (url.clone(), body.clone());
@@ -386,21 +393,41 @@ async fn issue_19_1_bodies_of_invalid_bytes_never_make_a_record_too_large() {
     }
     let (status, _) = get(&url, "/healthz").await;
     assert_eq!(status, 200);
-    let (_, dead) = get(&url, "/v1/dead-letters?limit=100").await;
-    assert_eq!(
-        dead["deadLetters"].as_array().map(Vec::len),
-        Some(24),
-        "every body kept"
-    );
+    let in_memory = |dead: &serde_json::Value| {
+        let letters = dead["deadLetters"].as_array().unwrap().clone();
+        assert!(
+            (1..=8).contains(&letters.len()),
+            "{} letters of 1 MiB in 8 MiB",
+            letters.len()
+        );
+        for letter in &letters {
+            let exact = base64::engine::general_purpose::STANDARD
+                .decode(letter["payloadBase64"].as_str().unwrap())
+                .unwrap();
+            assert!(exact == body, "the payload is the body, byte for byte");
+        }
+    };
+    in_memory(&get(&url, "/v1/dead-letters?limit=100").await.1);
     server.stop().await.unwrap();
+
     let log = stockflow::recovery::log_dir(dir.path());
-    let largest = stockflow_log::read_records(&log, 0)
-        .unwrap()
-        .map(|record| record.unwrap().1.len())
-        .max()
-        .unwrap();
-    // One body becomes ~3 MiB of text; a group closes once past 2 MiB.
-    assert!(largest < 6 << 20, "a record of {largest} bytes");
+    let (mut kept, mut largest) = (0, 0);
+    for record in stockflow_log::read_records(&log, 0).unwrap() {
+        let payload = record.unwrap().1;
+        largest = largest.max(payload.len());
+        let group = stockflow::record::CommitGroup::decode(&payload).unwrap();
+        for letter in group.dead_letters {
+            assert!(letter.payload == body, "kept verbatim in the log");
+            kept += 1;
+        }
+    }
+    assert_eq!(kept, 24, "every body is kept");
+    // A group closes once past 2 MiB; one body is 1 MiB.
+    assert!(largest < 3 << 20, "a record of {largest} bytes");
+
+    let server = start(dir.path(), small).await;
+    in_memory(&get(&server.url(), "/v1/dead-letters?limit=100").await.1);
+    server.stop().await.unwrap();
 }
 
 /// A small filesystem of its own (tmpfs; the tests run as root), unmounted
