@@ -47,6 +47,22 @@ impl ApiError {
             StatusCode::SERVICE_UNAVAILABLE,
             "ingest queue is full; retry shortly",
         )
+        .with_code("queue_full")
+    }
+
+    /// Too many ingest requests are being read or parsed: 429 with
+    /// Retry-After.
+    pub fn in_flight_full() -> ApiError {
+        ApiError::overloaded(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many ingest requests in flight; retry shortly",
+        )
+        .with_code("in_flight_full")
+    }
+
+    /// The same error with a more precise code.
+    pub fn with_code(self, code: &'static str) -> ApiError {
+        ApiError { code, ..self }
     }
 
     /// The pipeline stopped before answering: 503 with Retry-After.
@@ -55,6 +71,7 @@ impl ApiError {
             StatusCode::SERVICE_UNAVAILABLE,
             "server is shutting down; retry against a running instance",
         )
+        .with_code("stopping")
     }
 
     pub fn overloaded(status: StatusCode, message: impl Into<String>) -> ApiError {

@@ -141,10 +141,7 @@ async fn ingest(
     let limit = state.config.body_bytes_max;
     let Ok(_permit) = state.ingest_permits.try_acquire() else {
         discard(body, limit).await;
-        return Err(ApiError::overloaded(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too many ingest requests in flight; retry shortly",
-        ));
+        return Err(ApiError::in_flight_full());
     };
     let (bytes, format) = read_body(headers, body, limit).await?;
     let parsed = if bytes.len() > PARSE_INLINE_BYTES_MAX {

@@ -554,3 +554,138 @@ async fn issue_19_8_a_full_disk_refuses_writes_and_resumes_when_space_returns() 
     );
     server.stop().await.unwrap();
 }
+
+/// The event count limit: 100,001 events in one body are refused with 413
+/// `too_many_events` as a JSON array and as NDJSON, and nothing changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_100_001_events_are_413_too_many_events_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), |_| {}).await;
+    let url = server.url();
+    let events: Vec<String> = (0..100_001)
+        .map(|i| crate::event(&format!("many-{i}"), "RECEIPT", "MANY", "S1", 1))
+        .collect();
+    let array = format!("[{}]", events.join(","));
+    let lines = events.join("\n");
+    for (content_type, body) in [("application/json", array), ("application/x-ndjson", lines)] {
+        let (status, error) = post(&url, content_type, body).await;
+        assert_eq!(
+            (status, &error["code"]),
+            (413, &json!("too_many_events")),
+            "{content_type}: {error}"
+        );
+        assert!(
+            error["message"].as_str().unwrap().contains("100000"),
+            "{error}"
+        );
+    }
+    let (status, _) = get(&url, "/v1/stock/MANY/S1").await;
+    assert_eq!(status, 404, "no event of them applied");
+    // One fewer is taken.
+    let (status, receipt) = post(&url, "application/x-ndjson", events[1..].join("\n")).await;
+    assert_eq!(
+        (status, &receipt["accepted"]),
+        (200, &json!(100_000)),
+        "{receipt}"
+    );
+    server.stop().await.unwrap();
+}
+
+/// 429 `in_flight_full`: every ingest slot is held by a request still
+/// being read; another is refused at once with Retry-After, and is taken
+/// once the slot is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_429_in_flight_full_when_every_ingest_slot_is_taken() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), |c| c.ingest_in_flight_max = 2).await;
+    let url = server.url();
+    let mut slow = Vec::new();
+    for _ in 0..2 {
+        let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        let head = "POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n[";
+        stream.write_all(head.as_bytes()).await.unwrap();
+        slow.push(stream);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let response = reqwest::Client::new()
+        .post(format!("{url}/v1/events"))
+        .header("content-type", "application/json")
+        .body(crate::event("slot-1", "RECEIPT", "SLOT", "S1", 1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 429);
+    assert_eq!(response.headers()["retry-after"], "1");
+    let error: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(error["code"], "in_flight_full", "{error}");
+    drop(slow);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    crate::send_event(&url, "slot-1", "RECEIPT", "SLOT", "S1", 1).await;
+    server.stop().await.unwrap();
+}
+
+/// 503 `queue_full`: the write path is stalled (here: every partition is
+/// held by a reader, so no group can be applied) and its queues fill;
+/// further requests are refused at once with Retry-After, with nothing
+/// applied, and the waiting ones are all taken once it moves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_503_queue_full_when_the_commit_queue_is_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), |c| {
+        c.ingest_queue_max = 1;
+        c.engine.partitions = 1;
+    })
+    .await;
+    let url = server.url();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let (held_tx, held_rx) = std::sync::mpsc::channel::<()>();
+    let pipeline = server.pipeline.clone();
+    let holder = std::thread::spawn(move || {
+        let _reading = pipeline.shared.partitions[0].read();
+        held_tx.send(()).unwrap();
+        let _ = release_rx.recv();
+    });
+    held_rx.recv().unwrap();
+    let client = reqwest::Client::new();
+    let sends: Vec<_> = (0..400)
+        .map(|i| {
+            let request = client
+                .post(format!("{url}/v1/events"))
+                .header("content-type", "application/json")
+                .body(crate::event(&format!("q-{i}"), "RECEIPT", "QUEUE", "S1", 1));
+            tokio::spawn(async move { request.send().await.unwrap() })
+        })
+        .collect();
+    // The refusals answer at once; the rest wait for the stalled path.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let early = sends.iter().filter(|s| s.is_finished()).count();
+    assert!(
+        early > 0,
+        "refusals answer at once while the path is stalled"
+    );
+    drop(release_tx);
+    let mut answered = std::collections::BTreeMap::<u16, u64>::new();
+    for send in sends {
+        let response = send.await.unwrap();
+        let status = response.status().as_u16();
+        if status != 200 {
+            assert_eq!(status, 503);
+            assert_eq!(response.headers()["retry-after"], "1");
+            let error: serde_json::Value = response.json().await.unwrap();
+            assert_eq!(error["code"], "queue_full", "{error}");
+        }
+        *answered.entry(status).or_default() += 1;
+    }
+    holder.join().unwrap();
+    let taken = answered.get(&200).copied().unwrap_or(0);
+    assert!(answered.get(&503).copied().unwrap_or(0) > 0, "{answered:?}");
+    assert!(taken > 0, "{answered:?}");
+    let (_, level) = get(&url, "/v1/stock/QUEUE/S1").await;
+    assert_eq!(
+        level["onHand"],
+        json!(taken),
+        "refused requests changed nothing"
+    );
+    server.stop().await.unwrap();
+}
