@@ -42,7 +42,8 @@ pub enum Rejection {
     /// COUNT older than the history kept for this level; applying it would
     /// be a guess.
     CountBeyondHistory,
-    /// The result would not fit in an `i64`.
+    /// The result would take onHand or inTransit past
+    /// ±[`LEVEL_QUANTITY_ABS_MAX`](crate::limits::LEVEL_QUANTITY_ABS_MAX).
     QuantityOverflow,
     /// RELEASE naming an order that holds nothing at this level (unknown,
     /// expired, released or fulfilled): nothing to give back, and another
@@ -89,9 +90,20 @@ impl Rejection {
             (Rejection::TooManyHolds, _) => format!(
                 "too_many_holds: {sku}@{location} already has {HOLDS_PER_LEVEL_MAX} orders holding stock"
             ),
+            (Rejection::QuantityOverflow, _) => format!(
+                "quantity_overflow: {sku}@{location} would hold more than ±{} units",
+                crate::limits::LEVEL_QUANTITY_ABS_MAX
+            ),
             (other, _) => other.as_str().to_owned(),
         }
     }
+}
+
+/// `a + b` if it stays within ±[`LEVEL_QUANTITY_ABS_MAX`](crate::limits::LEVEL_QUANTITY_ABS_MAX).
+fn bounded_sum(a: i64, b: i64) -> Option<i64> {
+    let bound = crate::limits::LEVEL_QUANTITY_ABS_MAX;
+    a.checked_add(b)
+        .filter(|sum| (-bound..=bound).contains(sum))
 }
 
 /// Units one order holds at a level.
@@ -226,7 +238,7 @@ impl Level {
 
     /// Applies the in-transit part of a TRANSFER_OUT at its destination.
     pub fn apply_in_transit(&mut self, q: i64, now: Timestamp) -> Outcome {
-        let outcome = match self.in_transit.checked_add(q) {
+        let outcome = match bounded_sum(self.in_transit, q) {
             Some(in_transit) => {
                 self.in_transit = in_transit;
                 Outcome::Applied
@@ -304,7 +316,7 @@ impl Level {
             self.note_event_time(at);
             return Outcome::Absorbed;
         }
-        let Some(on_hand) = self.on_hand.checked_add(delta) else {
+        let Some(on_hand) = bounded_sum(self.on_hand, delta) else {
             return Outcome::Rejected(Rejection::QuantityOverflow);
         };
         self.on_hand = on_hand;
@@ -324,7 +336,7 @@ impl Level {
         let later = self.history[first_later..]
             .iter()
             .try_fold(0i64, |sum, (_, d)| sum.checked_add(*d));
-        let Some(on_hand) = later.and_then(|later| later.checked_add(q)) else {
+        let Some(on_hand) = later.and_then(|later| bounded_sum(later, q)) else {
             return Outcome::Rejected(Rejection::QuantityOverflow);
         };
         self.on_hand = on_hand;

@@ -13,6 +13,13 @@ pub const ID_CHARS_MAX: usize = 128;
 /// (9.2e18) so that sums stay exact instead of being clamped.
 pub const QUANTITY_ABS_MAX: i64 = 1_000_000_000;
 
+/// Largest absolute onHand and inTransit of one level: ten billion units.
+/// An event that would take a level past it is refused
+/// (`quantity_overflow`). The bound is what keeps every roll-up exact: a
+/// roll-up sums its levels, and 9.2e8 levels (far more than fit in memory)
+/// at the bound still sum within an `i64`.
+pub const LEVEL_QUANTITY_ABS_MAX: i64 = 10_000_000_000;
+
 /// How far back (in event time, from the newest event seen at a level) the
 /// per-level history for COUNT reconciliation reaches. The contract asks for
 /// at least 24 h.

@@ -54,6 +54,48 @@ async fn issue_19_3_the_most_negative_quantity_is_out_of_range_in_every_format()
     server.stop().await.unwrap();
 }
 
+/// Defect 3, the sums: a level could grow until a roll-up (the sum of its
+/// levels) wrapped, and `/v1/check` still said ok. A level holds at most
+/// ±10 billion units (`quantity_overflow` past it, the level unchanged),
+/// which keeps every roll-up exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_19_3_a_level_stops_at_ten_billion_units_and_roll_ups_stay_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), |_| {}).await;
+    let url = server.url();
+    let billion = 1_000_000_000;
+    for location in ["S1", "S2"] {
+        for i in 0..10 {
+            let id = format!("big-{location}-{i}");
+            let receipt = crate::send_event(&url, &id, "RECEIPT", "BIG", location, billion).await;
+            assert_eq!(receipt["accepted"], 1, "{receipt}");
+        }
+        let receipt = crate::send_event(
+            &url,
+            &format!("big-{location}-x"),
+            "RECEIPT",
+            "BIG",
+            location,
+            1,
+        )
+        .await;
+        let reason = receipt["errors"][0]["reason"].as_str().unwrap_or_default();
+        assert!(
+            reason.starts_with("quantity_overflow") && reason.contains("10000000000"),
+            "{receipt}"
+        );
+    }
+    let receipt = crate::send_event(&url, "big-transfer", "TRANSFER_OUT", "BIG", "S1", 1).await;
+    assert_eq!(receipt["accepted"], 1, "{receipt}");
+    let (_, level) = get(&url, "/v1/stock/BIG/S1").await;
+    assert_eq!(level["onHand"], json!(10 * billion - 1), "{level}");
+    let (_, item) = get(&url, "/v1/items/BIG").await;
+    assert_eq!(item["totals"]["onHand"], json!(20 * billion - 1), "{item}");
+    let (_, check) = get(&url, "/v1/check").await;
+    assert_eq!(check["ok"], true, "{check}");
+    server.stop().await.unwrap();
+}
+
 /// Defect 7: `order-line` derived `order-line:{orderId}:{productId}`, so
 /// order `col:x` with product `P9` and order `col` with product `x:P9`
 /// both became `order-line:col:x:P9`: the second (another SKU) was taken

@@ -365,7 +365,11 @@ async fn overload_is_refused_with_retry_after_and_refused_requests_change_nothin
             assert!(retry >= 1, "Retry-After says when to come back");
             let error: serde_json::Value = response.json().await.unwrap();
             assert!(error["message"].as_str().unwrap().contains("retry"));
-            let code = if status == 429 { "in_flight_full" } else { "queue_full" };
+            let code = if status == 429 {
+                "in_flight_full"
+            } else {
+                "queue_full"
+            };
             assert_eq!(error["code"], code, "{error}");
         }
         *answered.entry(status).or_default() += 1;
