@@ -426,7 +426,11 @@ impl<'de> Visitor<'de> for FieldVisitor {
         Ok(i64::try_from(v).map_or(Field::BigInt, Field::Int))
     }
     fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
-        // serde_json hands integers beyond u64 over as floats.
+        // serde_json hands `-0` (a JSON integer) over as the float -0.0,
+        // and integers beyond u64 as floats too.
+        if v == 0.0 && v.is_sign_negative() {
+            return Ok(Field::Int(0));
+        }
         let whole_but_huge = v.fract() == 0.0 && v.abs() > i64::MAX as f64;
         Ok(if whole_but_huge {
             Field::BigInt

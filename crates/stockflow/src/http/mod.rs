@@ -9,7 +9,7 @@ pub(crate) mod catalog;
 mod check;
 pub(crate) mod dashboard;
 pub(crate) mod dead_letters;
-mod error;
+pub mod error;
 pub(crate) mod guard;
 pub(crate) mod history;
 mod ingest;
@@ -128,6 +128,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             serve::body_deadline,
         ))
         .layer(middleware::from_fn(guard::writes_say_what_they_carry))
+        .layer(middleware::from_fn(error::errors_are_json))
         .layer(middleware::from_fn(track))
         .with_state(state)
 }

@@ -163,6 +163,7 @@ pub fn router(app: Arc<KafkaApp>) -> Router {
             crate::http::serve::body_deadline,
         ))
         .layer(axum::middleware::from_fn(crate::http::guard::writes_say_what_they_carry))
+        .layer(axum::middleware::from_fn(crate::http::error::errors_are_json))
         .with_state(app)
 }
 

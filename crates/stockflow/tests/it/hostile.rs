@@ -731,3 +731,53 @@ async fn limits_503_queue_full_when_the_commit_queue_is_full() {
     );
     server.stop().await.unwrap();
 }
+
+/// Defect 9 (the rest): `-0`, a JSON integer, was called a decimal; a path
+/// that is not UTF-8 or a query string that does not parse got the
+/// framework's plain-text 400 instead of the API's JSON error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_19_9_minus_zero_is_an_integer_and_every_error_is_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), |_| {}).await;
+    let url = server.url();
+    let body =
+        r#"{"eventId":"z-1","eventType":"ADJUSTMENT","sku":"Z","locationId":"S1","quantity":-0}"#;
+    let (status, receipt) = post(&url, "application/json", body).await;
+    assert_eq!(status, 200);
+    assert!(!receipt.to_string().contains("decimal"), "{receipt}");
+    let (_, decimal) = post(
+        &url,
+        "application/json",
+        r#"{"eventId":"z-2","eventType":"ADJUSTMENT","sku":"Z","locationId":"S1","quantity":-0.5}"#,
+    )
+    .await;
+    assert!(decimal.to_string().contains("decimal"), "{decimal}");
+
+    let client = reqwest::Client::new();
+    for (method, path) in [
+        ("GET", "/v1/stock/%FF%FE/S1"),
+        ("GET", "/v1/dead-letters?limit=many"),
+        ("GET", "/v1/orders?limit=-1"),
+        ("DELETE", "/v1/events"),
+    ] {
+        let response = client
+            .request(method.parse().unwrap(), format!("{url}{path}"))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        assert!((400..500).contains(&status), "{method} {path}: {status}");
+        let kind = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let text = response.text().await.unwrap();
+        assert_eq!(kind, "application/json", "{method} {path}: {text}");
+        let error: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert!(
+            error["code"].is_string() && !error["message"].as_str().unwrap().is_empty(),
+            "{method} {path}: {error}"
+        );
+    }
+    server.stop().await.unwrap();
+}
