@@ -6,6 +6,7 @@ mod crash;
 mod damage;
 mod dashboard;
 mod dead_letters;
+mod fuzz;
 mod history;
 mod holds;
 pub mod hostile;
