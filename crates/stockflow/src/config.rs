@@ -21,6 +21,10 @@ pub struct Config {
     pub ingest_queue_max: usize,
     /// Ingest requests being read or parsed at once before new ones get 429.
     pub ingest_in_flight_max: usize,
+    /// ... and at most this many bytes of their bodies (429 above): 512
+    /// requests of the largest body would otherwise hold 8 GiB. 16 bodies
+    /// of the largest size keep both cores parsing.
+    pub ingest_bytes_in_flight_max: usize,
     /// Open HTTP connections; one more is closed at once (and logged).
     /// Below the usual 1,024 file descriptors a process gets, so that the
     /// log, the history files and Kafka's sockets still have theirs.
@@ -85,6 +89,7 @@ impl Config {
             request_events_max: 100_000,
             ingest_queue_max: 256,
             ingest_in_flight_max: 512,
+            ingest_bytes_in_flight_max: 256 << 20,
             connections_max: 768,
             read_timeout: std::time::Duration::from_secs(10),
             group_events_max: 50_000,

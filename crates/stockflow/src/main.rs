@@ -82,6 +82,10 @@ enum Command {
         /// after it too.
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
         read_timeout_seconds: u64,
+        /// Bytes of ingest bodies being read or parsed at once, at most
+        /// (429 above); bounds the memory bodies take.
+        #[arg(long, default_value_t = 256 << 20)]
+        ingest_bytes_in_flight_max: usize,
         /// Refuse writes (507, Retry-After) while the data directory's disk
         /// has less free space than this; they resume by themselves.
         #[arg(long, default_value_t = 512 << 20)]
@@ -369,6 +373,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             connections_max,
             read_timeout_seconds,
             disk_free_min_bytes,
+            ingest_bytes_in_flight_max,
             checkpoint_events,
             dedup_retention_hours,
             sources,
@@ -410,6 +415,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             config.connections_max = connections_max as usize;
             config.read_timeout = Duration::from_secs(read_timeout_seconds);
             config.disk_free_min_bytes = disk_free_min_bytes;
+            config.ingest_bytes_in_flight_max = ingest_bytes_in_flight_max;
             config.checkpoint_events = checkpoint_events.max(1);
             config.engine.dedup_retention_ns =
                 i64::from(dedup_retention_hours) * 3600 * 1_000_000_000;

@@ -50,6 +50,7 @@ impl Server {
             simulator: simulator.clone(),
             pipeline: pipeline.clone(),
             ingest_permits: Semaphore::new(config.ingest_in_flight_max),
+            ingest_kib: Semaphore::new(config.ingest_bytes_in_flight_max.div_ceil(1024)),
             config,
         });
         let limits = crate::http::serve::ConnectionLimits::of(&state.config);

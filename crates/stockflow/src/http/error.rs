@@ -60,6 +60,14 @@ impl ApiError {
         .with_code("in_flight_full")
     }
 
+    /// The same error with another message.
+    pub fn with_message(self, message: impl Into<String>) -> ApiError {
+        ApiError {
+            message: message.into(),
+            ..self
+        }
+    }
+
     /// The same error with a more precise code.
     pub fn with_code(self, code: &'static str) -> ApiError {
         ApiError { code, ..self }

@@ -143,6 +143,26 @@ async fn ingest(
         discard(body, limit).await;
         return Err(ApiError::in_flight_full());
     };
+    // The body's bytes count against the budget before it is read: its
+    // declared length, or the largest body when it declares none.
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let budget = state.config.ingest_bytes_in_flight_max.div_ceil(1024);
+    let kib = declared
+        .unwrap_or(limit)
+        .min(limit)
+        .div_ceil(1024)
+        .clamp(1, budget.max(1));
+    let Ok(_bytes) = state
+        .ingest_kib
+        .try_acquire_many(u32::try_from(kib).unwrap_or(u32::MAX))
+    else {
+        discard(body, limit).await;
+        return Err(ApiError::in_flight_full()
+            .with_message("too many bytes of ingest bodies in flight; retry shortly"));
+    };
     let (bytes, format) = read_body(headers, body, limit).await?;
     let parsed = if bytes.len() > PARSE_INLINE_BYTES_MAX {
         let bytes = bytes.clone();
@@ -175,9 +195,10 @@ async fn ingest(
         )),
         Err(error) => {
             // A refused body is bad input too: keep it, then say why.
+            // The body is this handler's alone by now: taken, not copied.
             let refused = RefusedBody {
                 reason: error.to_string(),
-                payload: bytes.to_vec(),
+                payload: Vec::from(bytes),
             };
             pipeline
                 .submit_refused(refused, source)

@@ -49,6 +49,8 @@ pub struct AppState {
     pub config: Config,
     /// Ingest requests being read or parsed; bounds memory held by bodies.
     pub ingest_permits: Semaphore,
+    /// KiB of ingest bodies being read or parsed (see `ingest`).
+    pub ingest_kib: Semaphore,
     /// The in-process simulator (refuses unless switched on).
     pub simulator: Arc<crate::simulator::Simulator>,
 }

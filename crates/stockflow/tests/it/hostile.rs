@@ -781,3 +781,137 @@ async fn issue_19_9_minus_zero_is_an_integer_and_every_error_is_json() {
     }
     server.stop().await.unwrap();
 }
+
+/// Resident memory of a process, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+/// Overload: a real server is saturated for 12 s by 300 clients sending a
+/// body a byte a second, 200 half-sent request heads, 24 clients sending
+/// 16 MiB bodies of invalid bytes back to back (384 MiB at once, over the
+/// 256 MiB budget of bodies in flight) and 4 sending valid batches. Reads keep answering within a second, nothing answers 5xx,
+/// memory stays bounded (the ingest byte budget, the dead-letter bound),
+/// and once the storm passes the server takes writes as before.
+#[test]
+fn overload_by_slow_and_huge_clients_keeps_reads_answering_and_memory_bounded() {
+    let _alone = crate::alone();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        use tokio::io::AsyncWriteExt;
+        use std::time::{Duration, Instant};
+        let dir = tempfile::tempdir().unwrap();
+        let port = crate::free_port();
+        let server = crate::crash::serve(dir.path(), port, &[]).await;
+        let pid = server.0.id();
+        let url = format!("http://127.0.0.1:{port}");
+        crate::send_event(&url, "ov-0", "RECEIPT", "OV", "S1", 5).await;
+        let before = rss(pid);
+        let storm = Instant::now() + Duration::from_secs(12);
+        let addr = format!("127.0.0.1:{port}");
+
+        let mut tasks = Vec::new();
+        for i in 0..500 {
+            let addr = addr.clone();
+            tasks.push(tokio::spawn(async move {
+                let Ok(mut stream) = tokio::net::TcpStream::connect(&addr).await else {
+                    return (0u16, 0u64);
+                };
+                let head = if i < 300 {
+                    "POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 16000000\r\n\r\n"
+                } else {
+                    "POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-"
+                };
+                let _ = stream.write_all(head.as_bytes()).await;
+                while Instant::now() < storm {
+                    if i < 300 && stream.write_all(b"[").await.is_err() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                (0, 0)
+            }));
+        }
+        let huge = vec![0xFFu8; 16 << 20];
+        for _ in 0..24 {
+            let (url, huge) = (url.clone(), huge.clone());
+            tasks.push(tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                let mut worst = 0u16;
+                while Instant::now() < storm {
+                    let response = client
+                        .post(format!("{url}/v1/events"))
+                        .header("content-type", "application/json")
+                        .body(huge.clone())
+                        .send()
+                        .await;
+                    if let Ok(response) = response {
+                        worst = worst.max(response.status().as_u16());
+                    }
+                }
+                (worst, 0)
+            }));
+        }
+        for c in 0..4 {
+            let url = url.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut taken = 0u64;
+                let mut n = 0;
+                while Instant::now() < storm {
+                    let body: Vec<String> = (0..1000)
+                        .map(|i| crate::event(&format!("ov-{c}-{n}-{i}"), "RECEIPT", "OV", "S2", 1))
+                        .collect();
+                    n += 1;
+                    let (status, receipt) = post(&url, "application/x-ndjson", body.join("\n")).await;
+                    if status == 200 {
+                        taken += receipt["accepted"].as_u64().unwrap();
+                    } else {
+                        assert_eq!(status, 429, "{receipt}");
+                    }
+                }
+                (0, taken)
+            }));
+        }
+
+        let reader = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        let (mut slowest, mut peak) = (Duration::ZERO, before);
+        while Instant::now() < storm {
+            for path in ["/healthz", "/v1/stock/OV/S1"] {
+                let asked = Instant::now();
+                let response = reader.get(format!("{url}{path}")).send().await;
+                let status = response.map(|r| r.status().as_u16());
+                assert_eq!(status.ok(), Some(200), "{path} during the storm");
+                slowest = slowest.max(asked.elapsed());
+            }
+            peak = peak.max(rss(pid));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let (mut taken, mut shed) = (0, false);
+        for task in tasks {
+            let (worst, accepted) = task.await.unwrap();
+            assert!(worst < 500, "a huge client got {worst}");
+            shed |= worst == 429;
+            taken += accepted;
+        }
+        assert!(shed, "the byte budget turned some huge bodies away");
+        assert!(slowest < Duration::from_secs(1), "a read took {slowest:?}");
+        let grown = peak.saturating_sub(before);
+        // Bodies in flight (256 MiB), dead letters (64 MiB), one group
+        // being written (64 MiB), the state the valid batches built, and
+        // what the allocator keeps.
+        assert!(grown < 1 << 30, "memory grew by {} MiB", grown >> 20);
+        eprintln!("overload: reads at worst {slowest:?}; RSS {} -> {} MiB; {taken} events taken", before >> 20, peak >> 20);
+        let (_, level) = crate::get(&url, "/v1/stock/OV/S2").await;
+        assert_eq!(level["onHand"], serde_json::json!(taken), "{level}");
+        crate::send_event(&url, "ov-after", "RECEIPT", "OV", "S1", 1).await;
+    });
+}
