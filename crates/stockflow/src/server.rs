@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
@@ -49,8 +49,7 @@ impl Server {
         let state = Arc::new(AppState {
             simulator: simulator.clone(),
             pipeline: pipeline.clone(),
-            ingest_permits: Semaphore::new(config.ingest_in_flight_max),
-            ingest_kib: Semaphore::new(config.ingest_bytes_in_flight_max.div_ceil(1024)),
+            admission: crate::http::Admission::new(&config),
             config,
         });
         let limits = crate::http::serve::ConnectionLimits::of(&state.config);

@@ -31,6 +31,70 @@ async fn discard(mut body: Body, limit: usize) {
     }
 }
 
+/// Admission of ingest requests, one for both modes: how many are read or
+/// parsed at once, and how many bytes of their bodies (each counted before
+/// it is read: its declared length, or the largest body when it declares
+/// none). What is refused is answered 429 `in_flight_full`.
+pub struct Admission {
+    requests: tokio::sync::Semaphore,
+    kib: tokio::sync::Semaphore,
+    budget_kib: usize,
+    body_bytes_max: usize,
+}
+
+/// An admitted request's share of the limits, given back when dropped.
+pub struct Admitted<'a> {
+    _request: tokio::sync::SemaphorePermit<'a>,
+    _bytes: tokio::sync::SemaphorePermit<'a>,
+}
+
+impl Admission {
+    pub fn new(config: &crate::config::Config) -> Admission {
+        let budget_kib = config.ingest_bytes_in_flight_max.div_ceil(1024).max(1);
+        Admission {
+            requests: tokio::sync::Semaphore::new(config.ingest_in_flight_max),
+            kib: tokio::sync::Semaphore::new(budget_kib),
+            budget_kib,
+            body_bytes_max: config.body_bytes_max,
+        }
+    }
+
+    /// Admits a request, or reads and drops its body and refuses it.
+    pub async fn admit(
+        &self,
+        headers: &HeaderMap,
+        body: Body,
+    ) -> Result<(Admitted<'_>, Body), ApiError> {
+        let limit = self.body_bytes_max;
+        let Ok(request) = self.requests.try_acquire() else {
+            discard(body, limit).await;
+            return Err(ApiError::in_flight_full());
+        };
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        let kib = declared
+            .unwrap_or(limit)
+            .min(limit)
+            .div_ceil(1024)
+            .clamp(1, self.budget_kib);
+        let Ok(bytes) = self
+            .kib
+            .try_acquire_many(u32::try_from(kib).unwrap_or(u32::MAX))
+        else {
+            discard(body, limit).await;
+            return Err(ApiError::in_flight_full()
+                .with_message("too many bytes of ingest bodies in flight; retry shortly"));
+        };
+        let admitted = Admitted {
+            _request: request,
+            _bytes: bytes,
+        };
+        Ok((admitted, body))
+    }
+}
+
 pub async fn post_events(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -139,30 +203,7 @@ async fn ingest(
     parse: impl FnOnce(&[u8], BodyFormat) -> Result<Parsed, BodyError> + Send + 'static,
 ) -> Result<Json<Receipt>, ApiError> {
     let limit = state.config.body_bytes_max;
-    let Ok(_permit) = state.ingest_permits.try_acquire() else {
-        discard(body, limit).await;
-        return Err(ApiError::in_flight_full());
-    };
-    // The body's bytes count against the budget before it is read: its
-    // declared length, or the largest body when it declares none.
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    let budget = state.config.ingest_bytes_in_flight_max.div_ceil(1024);
-    let kib = declared
-        .unwrap_or(limit)
-        .min(limit)
-        .div_ceil(1024)
-        .clamp(1, budget.max(1));
-    let Ok(_bytes) = state
-        .ingest_kib
-        .try_acquire_many(u32::try_from(kib).unwrap_or(u32::MAX))
-    else {
-        discard(body, limit).await;
-        return Err(ApiError::in_flight_full()
-            .with_message("too many bytes of ingest bodies in flight; retry shortly"));
-    };
+    let (_admitted, body) = state.admission.admit(headers, body).await?;
     let (bytes, format) = read_body(headers, body, limit).await?;
     let parsed = if bytes.len() > PARSE_INLINE_BYTES_MAX {
         let bytes = bytes.clone();

@@ -29,11 +29,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
-use tokio::sync::Semaphore;
 
 pub use alerts::{alert_json, AlertOut};
 pub use error::ApiError;
-pub use ingest::{read_body, source_mapping};
+pub use ingest::{read_body, source_mapping, Admission};
 pub use orders::order_json;
 pub use query::{level_json, sources_json, LevelOut};
 
@@ -47,10 +46,8 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 pub struct AppState {
     pub pipeline: Arc<Pipeline>,
     pub config: Config,
-    /// Ingest requests being read or parsed; bounds memory held by bodies.
-    pub ingest_permits: Semaphore,
-    /// KiB of ingest bodies being read or parsed (see `ingest`).
-    pub ingest_kib: Semaphore,
+    /// Ingest requests being read or parsed, and their bytes.
+    pub admission: Admission,
     /// The in-process simulator (refuses unless switched on).
     pub simulator: Arc<crate::simulator::Simulator>,
 }

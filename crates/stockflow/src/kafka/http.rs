@@ -53,6 +53,8 @@ pub struct KafkaApp {
     pub resolved: Arc<super::dead_letters::Resolved>,
     /// The dashboard's simulator, producing as POST /v1/events does.
     pub simulator: Arc<crate::simulator::Simulator>,
+    /// Ingest requests being read or parsed, and their bytes.
+    pub admission: crate::http::Admission,
 }
 
 impl crate::http::dashboard::WithSimulator for KafkaApp {
@@ -284,6 +286,7 @@ async fn ingest(
     source: &str,
     parse: impl FnOnce(&[u8], BodyFormat) -> Result<Parsed, BodyError>,
 ) -> Result<Json<Receipt>, ApiError> {
+    let (_admitted, body) = app.admission.admit(headers, body).await?;
     let (bytes, format) = read_body(headers, body, app.config.body_bytes_max).await?;
     let parsed = match parse(&bytes, format) {
         Ok(parsed) => parsed,

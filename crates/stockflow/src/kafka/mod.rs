@@ -380,6 +380,7 @@ impl KafkaServer {
                 events_max,
             ),
             resolved,
+            admission: crate::http::Admission::new(&config),
             hub: hub.clone(),
             settings,
             config,

@@ -1603,6 +1603,34 @@ fn orders_across_partitions_never_oversell_survive_a_kill_and_expire() {
             crate::hostile::websocket_status(&urls[1], &urls[1]).await,
             101
         );
+        // Errors the framework answers come as the API's JSON, too.
+        for path in ["/v1/stock/%FF%FE/WEB", "/v1/orders?limit=many"] {
+            let response = client.get(format!("{}{path}", urls[1])).send().await.unwrap();
+            assert_eq!(response.status().as_u16(), 400, "{path}");
+            let error: serde_json::Value = response.json().await.unwrap();
+            assert!(error["code"].is_string(), "{path}: {error}");
+        }
+        // Bodies in flight are bounded in bytes as in the embedded mode:
+        // 16 bodies of the largest size, still being sent, take the whole
+        // 256 MiB budget, and another write is refused until they go.
+        let mut slow = Vec::new();
+        let host = urls[0].trim_start_matches("http://").to_owned();
+        for _ in 0..16 {
+            use tokio::io::AsyncWriteExt;
+            let mut stream = tokio::net::TcpStream::connect(&host).await.unwrap();
+            let head = "POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 16777216\r\n\r\n[";
+            stream.write_all(head.as_bytes()).await.unwrap();
+            slow.push(stream);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let event = serde_json::json!({"eventId": "budget-1", "eventType": "RECEIPT", "sku": "BUDGET", "locationId": "WEB", "quantity": 1});
+        let url = format!("{}/v1/events", urls[0]);
+        let (status, error) = send_json(&client, reqwest::Method::POST, &url, &event).await;
+        assert_eq!((status, &error["code"]), (429, &serde_json::json!("in_flight_full")), "{error}");
+        drop(slow);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (status, receipt) = send_json(&client, reqwest::Method::POST, &url, &event).await;
+        assert_eq!(status, 200, "{receipt}");
         // A head that never finishes is cut off at the read timeout (10 s).
         let half = b"POST /v1/orders HTTP/1.1\r\nHost: x\r\n";
         let (after, _) =
