@@ -144,6 +144,10 @@ fn describe() {
         Unit::Bytes,
         "Bytes of the dead letters held in memory (bounded by count and bytes; all are in the log)."
     );
+    describe_counter!(
+        "stockflow_writes_refused_total",
+        "Writes refused to shed load, by reason (in_flight_requests, in_flight_bytes, queue_full, disk_full); logged at most every 10 s per reason."
+    );
     describe_gauge!("stockflow_levels", "SKU-location levels held.");
     describe_gauge!(
         "stockflow_dedup_entries",

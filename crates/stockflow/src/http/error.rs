@@ -133,9 +133,36 @@ pub async fn errors_are_json(
     Response::from_parts(parts, fresh.into_body())
 }
 
+/// Counts a write refused to shed load, and says so in the log at most
+/// once per 10 s per reason, with how many were refused meanwhile: a flood
+/// of refusals must not become a flood of log lines.
+pub fn shed(reason: &'static str) {
+    use std::collections::HashMap;
+    use std::time::{Duration, Instant};
+    static LOGGED: std::sync::Mutex<Option<HashMap<&'static str, (Instant, u64)>>> =
+        std::sync::Mutex::new(None);
+    metrics::counter!("stockflow_writes_refused_total", "reason" => reason).increment(1);
+    let mut logged = LOGGED.lock().unwrap_or_else(|e| e.into_inner());
+    let (at, since) = logged
+        .get_or_insert_with(HashMap::new)
+        .entry(reason)
+        .or_insert((Instant::now() - Duration::from_secs(3600), 0));
+    *since += 1;
+    if at.elapsed() >= Duration::from_secs(10) {
+        tracing::warn!(reason, refused = *since, "shedding load: writes refused");
+        *at = Instant::now();
+        *since = 0;
+    }
+}
+
 impl From<crate::pipeline::Overloaded> for ApiError {
     fn from(refused: crate::pipeline::Overloaded) -> ApiError {
         use crate::pipeline::Overloaded;
+        match &refused {
+            Overloaded::QueueFull => shed("queue_full"),
+            Overloaded::DiskFull { .. } => shed("disk_full"),
+            Overloaded::Stopping => {}
+        }
         match refused {
             Overloaded::QueueFull => ApiError::queue_full(()),
             Overloaded::Stopping => ApiError::stopping(()),

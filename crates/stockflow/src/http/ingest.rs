@@ -67,6 +67,7 @@ impl Admission {
     ) -> Result<(Admitted<'_>, Body), ApiError> {
         let limit = self.body_bytes_max;
         let Ok(request) = self.requests.try_acquire() else {
+            super::error::shed("in_flight_requests");
             discard(body, limit).await;
             return Err(ApiError::in_flight_full());
         };
@@ -83,6 +84,7 @@ impl Admission {
             .kib
             .try_acquire_many(u32::try_from(kib).unwrap_or(u32::MAX))
         else {
+            super::error::shed("in_flight_bytes");
             discard(body, limit).await;
             return Err(ApiError::in_flight_full()
                 .with_message("too many bytes of ingest bodies in flight; retry shortly"));

@@ -661,6 +661,21 @@ async fn limits_429_in_flight_full_when_every_ingest_slot_is_taken() {
     assert_eq!(response.headers()["retry-after"], "1");
     let error: serde_json::Value = response.json().await.unwrap();
     assert_eq!(error["code"], "in_flight_full", "{error}");
+    let metrics = reqwest::get(format!("{url}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("stockflow_writes_refused_total{reason=\"in_flight_requests\"}"),
+        "shed load is counted: {}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("refused"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     drop(slow);
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     crate::send_event(&url, "slot-1", "RECEIPT", "SLOT", "S1", 1).await;
