@@ -62,6 +62,17 @@ fn newest_segment(dir: &Path) -> PathBuf {
     segments.pop().expect("a segment")
 }
 
+/// Flips one bit of the byte in the middle of the newest segment; returns
+/// the segment and its bytes now.
+fn flip_a_byte_mid_log(dir: &Path) -> (PathBuf, Vec<u8>) {
+    let segment = newest_segment(dir);
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x20;
+    std::fs::write(&segment, &bytes).unwrap();
+    (segment, bytes)
+}
+
 /// A start on `dir` must refuse: returns what it printed.
 fn refused_start(dir: &Path) -> String {
     let mut child = Command::new(env!("CARGO_BIN_EXE_stockflow"))
@@ -154,11 +165,7 @@ async fn exactly_these_were_lost(dir: &Path, lost: &BTreeSet<String>) {
 async fn issue_19_2_a_flipped_byte_mid_log_stops_the_start_and_repair_names_the_lost_events() {
     let dir = tempfile::tempdir().unwrap();
     acknowledged(dir.path(), true).await;
-    let segment = newest_segment(dir.path());
-    let mut bytes = std::fs::read(&segment).unwrap();
-    let middle = bytes.len() / 2;
-    bytes[middle] ^= 0x20;
-    std::fs::write(&segment, &bytes).unwrap();
+    let (segment, bytes) = flip_a_byte_mid_log(dir.path());
 
     let refused = refused_start(dir.path());
     let name = segment.file_name().unwrap().to_str().unwrap();
@@ -214,11 +221,7 @@ async fn issue_19_2_the_last_five_bytes_cut_off_are_acknowledged_data_not_a_torn
 async fn issue_19_2_damage_a_checkpoint_holds_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     acknowledged(dir.path(), false).await;
-    let segment = newest_segment(dir.path());
-    let mut bytes = std::fs::read(&segment).unwrap();
-    let middle = bytes.len() / 2;
-    bytes[middle] ^= 0x20;
-    std::fs::write(&segment, &bytes).unwrap();
+    flip_a_byte_mid_log(dir.path());
     refused_start(dir.path());
     let (report, lost) = repair(dir.path());
     assert!(
