@@ -276,11 +276,15 @@ impl Lost {
             };
             lost.records.push((*number, what));
         }
-        if let Some(acknowledged) = damage.acknowledged.filter(|a| *a > next) {
-            if !kept(next) {
-                lost.unreadable += acknowledged - next;
-                lost.vanished = Some((next, acknowledged));
-            }
+        // Past every record found, the mark may say more were acknowledged:
+        // those not held by the checkpoint or written back are gone.
+        let kept_to = plan
+            .resume_at
+            .map_or(0, |at| at + plan.written_back.len() as u64);
+        let gone_from = next.max(kept_to);
+        if let Some(acknowledged) = damage.acknowledged.filter(|a| *a > gone_from) {
+            lost.unreadable += acknowledged - gone_from;
+            lost.vanished = Some((gone_from, acknowledged));
         }
         lost
     }
@@ -337,5 +341,63 @@ impl Lost {
             writeln!(out, "{id}")?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn missing_segment(first: u64, acknowledged: u64) -> Damage {
+        Damage {
+            segment: PathBuf::from(format!("{first:020}.seg")),
+            segment_first: first,
+            offset: 0,
+            record: first,
+            what: "the segment is missing".into(),
+            acknowledged: Some(acknowledged),
+            damaged: None,
+            after: Vec::new(),
+            later: Vec::new(),
+        }
+    }
+
+    /// Found by a hostile test: the newest segment (records 355..520)
+    /// deleted, a checkpoint at 400; the records past the checkpoint were
+    /// acknowledged and are gone, and the report said nothing was lost.
+    #[test]
+    fn records_acknowledged_past_the_checkpoint_that_holds_the_damage_are_reported_lost() {
+        let damage = missing_segment(355, 520);
+        let plan = Plan {
+            checkpoints_aside: Vec::new(),
+            resume_at: Some(400),
+            written_back: Vec::new(),
+        };
+        let lost = Lost::of(&damage, &plan);
+        assert_eq!(lost.vanished, Some((400, 520)));
+        assert_eq!(lost.unreadable, 120);
+        let mut report = String::new();
+        lost.describe(&mut report).unwrap();
+        assert!(report.contains("lost: 120 records"), "{report}");
+
+        let written_back = (400..410).map(|n| (n, Vec::new())).collect();
+        let plan = Plan {
+            written_back,
+            ..plan
+        };
+        assert_eq!(Lost::of(&damage, &plan).vanished, Some((410, 520)));
+    }
+
+    #[test]
+    fn without_a_checkpoint_everything_from_the_damage_on_is_lost() {
+        let damage = missing_segment(355, 520);
+        let plan = Plan {
+            checkpoints_aside: Vec::new(),
+            resume_at: None,
+            written_back: Vec::new(),
+        };
+        let lost = Lost::of(&damage, &plan);
+        assert_eq!((lost.records.len(), lost.vanished), (1, Some((356, 520))));
+        assert_eq!(lost.unreadable, 165);
     }
 }
