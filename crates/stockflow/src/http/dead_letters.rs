@@ -46,24 +46,33 @@ fn letter_json(l: &DeadLetter) -> Value {
 }
 
 /// A dead letter's payload in JSON (both modes): `payload` as text, and,
-/// when the bytes are not UTF-8, `payloadBase64` with them exactly (the
-/// text then shows U+FFFD for each invalid byte).
+/// when the bytes are not UTF-8, `payloadBase64` with them exactly and
+/// `payload` only a preview of their first 4 KiB (U+FFFD for each invalid
+/// byte: a whole body of them would triple in size).
 pub fn payload_fields(payload: &[u8]) -> serde_json::Map<String, Value> {
     use base64::Engine as _;
+    const PREVIEW_BYTES: usize = 4096;
     let mut fields = serde_json::Map::new();
     match std::str::from_utf8(payload) {
         Ok(text) => {
             fields.insert("payload".into(), Value::from(text));
         }
         Err(_) => {
-            let lossy = String::from_utf8_lossy(payload);
+            let preview = &payload[..payload.len().min(PREVIEW_BYTES)];
+            let lossy = String::from_utf8_lossy(preview);
             fields.insert("payload".into(), Value::from(lossy.as_ref()));
             let exact = base64::engine::general_purpose::STANDARD.encode(payload);
             fields.insert("payloadBase64".into(), Value::from(exact));
+            fields.insert("payloadBytes".into(), Value::from(payload.len()));
         }
     }
     fields
 }
+
+/// Payload bytes a page of dead letters carries at most (one letter is
+/// always listed): a page of large refused bodies must not take hundreds
+/// of megabytes to answer.
+pub const PAGE_PAYLOAD_BYTES_MAX: usize = 8 << 20;
 
 /// A page's `after`, a dead-letter id (both modes).
 pub fn after_id<T: std::str::FromStr>(page: &Page) -> Result<Option<T>, ApiError> {
@@ -91,22 +100,21 @@ pub async fn list(
     let limit = limit(&filter.page)?;
     let after: Option<u64> = after_id(&filter.page)?;
     let reason = filter.reason.as_deref().map(str::to_lowercase);
-    let letters = state
-        .pipeline
-        .shared
-        .dead_letters
-        .read()
-        .page(after, limit + 1, |l| {
-            filter
-                .source
-                .as_deref()
-                .is_none_or(|s| source_matches(&l.source, s))
-                && reason
+    let (letters, more) =
+        state
+            .pipeline
+            .shared
+            .dead_letters
+            .read()
+            .page(after, limit, PAGE_PAYLOAD_BYTES_MAX, |l| {
+                filter
+                    .source
                     .as_deref()
-                    .is_none_or(|r| l.reason.to_lowercase().contains(r))
-        });
-    let more = letters.len() > limit;
-    let letters = &letters[..letters.len().min(limit)];
+                    .is_none_or(|s| source_matches(&l.source, s))
+                    && reason
+                        .as_deref()
+                        .is_none_or(|r| l.reason.to_lowercase().contains(r))
+            });
     let next = if more {
         letters.last().map(|l| l.id.to_string())
     } else {

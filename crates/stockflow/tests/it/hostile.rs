@@ -447,6 +447,9 @@ async fn issue_19_1_5_and_9_bodies_of_invalid_bytes_are_kept_verbatim_within_bou
                 .decode(letter["payloadBase64"].as_str().unwrap())
                 .unwrap();
             assert!(exact == body, "the payload is the body, byte for byte");
+            assert_eq!(letter["payloadBytes"], body.len(), "{}", letter["id"]);
+            let preview = letter["payload"].as_str().unwrap();
+            assert!(preview.len() < 16 << 10, "a preview, not the body tripled");
         }
     };
     in_memory(&get(&url, "/v1/dead-letters?limit=100").await.1);
