@@ -99,7 +99,7 @@ pub fn engine(options: &BenchOptions) -> anyhow::Result<f64> {
         let waiter = scope.spawn(move || {
             let mut h = Histogram::<u64>::new(3).expect("valid precision");
             for (sent, receipt) in rx {
-                let receipt: tokio::sync::oneshot::Receiver<_> = receipt;
+                let receipt: crate::pipeline::Pending = receipt;
                 receipt.blocking_recv().expect("pipeline answers");
                 h.record(Instant::elapsed(&sent).as_micros() as u64).ok();
                 progress.inc(1);

@@ -337,8 +337,7 @@ fn to_data_dir(
             let receipt = pipeline
                 .submit_blocking(parsed, &source)
                 .map_err(anyhow::Error::from)?
-                .blocking_recv()
-                .context("the engine stopped before answering")?;
+                .blocking_recv()?;
             summary.messages += chunk.messages as u64;
             summary.add(chunk.first_message, &receipt);
             progress.inc(bytes);

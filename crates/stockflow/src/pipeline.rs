@@ -57,6 +57,33 @@ pub struct ReceiptError {
     pub reason: String,
 }
 
+/// What a submission is answered: its receipt once durable and applied,
+/// or why it was refused without being applied.
+pub type Reply = Result<Receipt, Overloaded>;
+
+/// A submission's answer to come.
+pub struct Pending(oneshot::Receiver<Reply>);
+
+impl std::future::Future for Pending {
+    type Output = Reply;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Reply> {
+        std::pin::Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|answer| answer.unwrap_or(Err(Overloaded::Stopping)))
+    }
+}
+
+impl Pending {
+    /// Waits for the answer outside an async context.
+    pub fn blocking_recv(self) -> Reply {
+        self.0.blocking_recv().unwrap_or(Err(Overloaded::Stopping))
+    }
+}
+
 /// A body refused as a whole, to be kept as a dead letter.
 pub struct RefusedBody {
     pub reason: String,
@@ -74,7 +101,7 @@ struct Submission {
     order: Option<OrderCommand>,
     refused: Option<RefusedBody>,
     source: String,
-    reply: oneshot::Sender<Receipt>,
+    reply: oneshot::Sender<Reply>,
 }
 
 impl Submission {
@@ -145,13 +172,18 @@ pub enum Overloaded {
 }
 
 /// The free space of the data directory's filesystem, looked up at most
-/// every [`DiskSpace::EVERY`] (one statvfs; writes ask on every request).
+/// every [`DiskSpace::EVERY`] (one statvfs; writes ask on every request),
+/// less what the sequencer let through since.
 pub struct DiskSpace {
     dir: std::path::PathBuf,
     min: u64,
-    /// (when looked up, free bytes then)
-    last: Mutex<(Option<Instant>, u64)>,
+    /// (when looked up, free bytes then, bytes let through since)
+    last: Mutex<(Option<Instant>, u64, u64)>,
 }
+
+/// Disk bytes a group may take per byte of its submissions: the record in
+/// the log, the history of its events, and their share of checkpoints.
+const DISK_BYTES_PER_SUBMITTED_BYTE: u64 = 4;
 
 impl DiskSpace {
     const EVERY: std::time::Duration = std::time::Duration::from_millis(100);
@@ -160,32 +192,43 @@ impl DiskSpace {
         DiskSpace {
             dir: dir.to_owned(),
             min,
-            last: Mutex::new((None, u64::MAX)),
+            last: Mutex::new((None, u64::MAX, 0)),
         }
     }
 
-    /// Free bytes for an unprivileged writer (as `df` shows them).
+    /// Free bytes for an unprivileged writer (as `df` shows them), less
+    /// what was let through since the lookup.
     pub fn free(&self) -> u64 {
         let mut last = self.last.lock();
         if last.0.is_none_or(|at| at.elapsed() >= Self::EVERY) {
             // A failed lookup counts as plenty: the write itself will say.
             let free = rustix::fs::statvfs(&self.dir)
                 .map_or(u64::MAX, |s| s.f_bavail.saturating_mul(s.f_frsize));
-            *last = (Some(Instant::now()), free);
+            *last = (Some(Instant::now()), free, 0);
+            metrics::gauge!("stockflow_disk_free_bytes").set(free as f64);
         }
-        last.1
+        last.1.saturating_sub(last.2)
     }
 
     /// Refuses a write while free space is under the minimum.
     pub fn check(&self) -> Result<(), Overloaded> {
+        self.room_for(0)
+    }
+
+    /// Lets through writes of about `bytes`, or refuses them if they could
+    /// take free space under the minimum. Requests are admitted one by one
+    /// ([`DiskSpace::check`]) but written many at once: the sequencer asks
+    /// again for each group, with its size, so that concurrent large
+    /// bodies cannot overrun the minimum together.
+    pub fn room_for(&self, bytes: u64) -> Result<(), Overloaded> {
         let free = self.free();
-        metrics::gauge!("stockflow_disk_free_bytes").set(free as f64);
-        if free < self.min {
+        if free < self.min.saturating_add(bytes) {
             return Err(Overloaded::DiskFull {
                 free,
                 min: self.min,
             });
         }
+        self.last.lock().2 += bytes;
         Ok(())
     }
 }
@@ -193,7 +236,7 @@ impl DiskSpace {
 /// Handle to the running write path.
 pub struct Pipeline {
     ingest: Mutex<Option<Sender<Submission>>>,
-    disk: DiskSpace,
+    disk: Arc<DiskSpace>,
     pub shared: Arc<Shared>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -201,7 +244,7 @@ pub struct Pipeline {
 /// A request inside a group commit.
 struct Request {
     batch: Batch,
-    reply: Mutex<Option<(Receipt, oneshot::Sender<Receipt>)>>,
+    reply: Mutex<Option<(Receipt, oneshot::Sender<Reply>)>>,
 }
 
 /// One group commit travelling through the stages.
@@ -312,7 +355,9 @@ impl Pipeline {
             .filter_map(|o| o.expires_at)
             .map(std::cmp::Reverse)
             .collect();
+        let disk = Arc::new(DiskSpace::new(&config.data_dir, config.disk_free_min_bytes));
         let sequencer = Sequencer {
+            disk: disk.clone(),
             order_hold_ns: config.order_hold_seconds as i64 * 1_000_000_000,
             holds,
             dedup: engine.dedup,
@@ -337,7 +382,7 @@ impl Pipeline {
         })?);
         Ok(Pipeline {
             ingest: Mutex::new(Some(ingest_tx)),
-            disk: DiskSpace::new(&config.data_dir, config.disk_free_min_bytes),
+            disk,
             shared,
             threads: Mutex::new(threads),
         })
@@ -345,11 +390,7 @@ impl Pipeline {
 
     /// Queues parsed events; the receiver yields the receipt once they are
     /// durable and applied.
-    pub fn submit(
-        &self,
-        parsed: Parsed,
-        source: &str,
-    ) -> Result<oneshot::Receiver<Receipt>, Overloaded> {
+    pub fn submit(&self, parsed: Parsed, source: &str) -> Result<Pending, Overloaded> {
         self.shared
             .activity
             .heard(&parsed.batch, source, wall_clock());
@@ -364,7 +405,7 @@ impl Pipeline {
         changes: Vec<CatalogChange>,
         rejected: Vec<Rejected>,
         source: &str,
-    ) -> Result<oneshot::Receiver<Receipt>, Overloaded> {
+    ) -> Result<Pending, Overloaded> {
         let parsed = Parsed {
             batch: Batch::default(),
             rejected,
@@ -381,15 +422,12 @@ impl Pipeline {
         changes: Vec<CatalogChange>,
         id: u64,
         source: &str,
-    ) -> Result<oneshot::Receiver<Receipt>, Overloaded> {
+    ) -> Result<Pending, Overloaded> {
         self.send_all(parsed, changes, None, source, false, Some(id))
     }
 
     /// Submits an order command; the receipt's `order` holds the answer.
-    pub fn submit_order(
-        &self,
-        command: OrderCommand,
-    ) -> Result<oneshot::Receiver<Receipt>, Overloaded> {
+    pub fn submit_order(&self, command: OrderCommand) -> Result<Pending, Overloaded> {
         let (reply, rx) = oneshot::channel();
         let submission = Submission {
             parsed: Parsed::default(),
@@ -401,11 +439,11 @@ impl Pipeline {
             reply,
         };
         self.enqueue(submission, false)?;
-        Ok(rx)
+        Ok(Pending(rx))
     }
 
     /// Discards dead letter `id` (durably).
-    pub fn discard_dead_letter(&self, id: u64) -> Result<oneshot::Receiver<Receipt>, Overloaded> {
+    pub fn discard_dead_letter(&self, id: u64) -> Result<Pending, Overloaded> {
         self.send_all(
             Parsed::default(),
             Vec::new(),
@@ -421,16 +459,12 @@ impl Pipeline {
         &self,
         refused: RefusedBody,
         source: &str,
-    ) -> Result<oneshot::Receiver<Receipt>, Overloaded> {
+    ) -> Result<Pending, Overloaded> {
         self.send(Parsed::default(), Some(refused), source, false)
     }
 
     /// Like [`Pipeline::submit`] but waits for queue space (benchmarks, import).
-    pub fn submit_blocking(
-        &self,
-        parsed: Parsed,
-        source: &str,
-    ) -> Result<oneshot::Receiver<Receipt>, Overloaded> {
+    pub fn submit_blocking(&self, parsed: Parsed, source: &str) -> Result<Pending, Overloaded> {
         self.send(parsed, None, source, true)
     }
 
@@ -440,7 +474,7 @@ impl Pipeline {
         refused: Option<RefusedBody>,
         source: &str,
         wait: bool,
-    ) -> Result<oneshot::Receiver<Receipt>, Overloaded> {
+    ) -> Result<Pending, Overloaded> {
         self.send_all(parsed, Vec::new(), refused, source, wait, None)
     }
 
@@ -452,7 +486,7 @@ impl Pipeline {
         source: &str,
         wait: bool,
         resolves: Option<u64>,
-    ) -> Result<oneshot::Receiver<Receipt>, Overloaded> {
+    ) -> Result<Pending, Overloaded> {
         let (reply, rx) = oneshot::channel();
         let submission = Submission {
             resolves,
@@ -464,7 +498,7 @@ impl Pipeline {
             reply,
         };
         self.enqueue(submission, wait)?;
-        Ok(rx)
+        Ok(Pending(rx))
     }
 
     /// Hands a submission to the sequencer: refused while the disk is
@@ -523,6 +557,8 @@ const TIMER_RECHECK_NS: i64 = 1_000_000_000;
 
 /// Owns dedup and the log writer: decides what a group commit holds.
 struct Sequencer {
+    /// Free space, asked again for each group before it is decided.
+    disk: Arc<DiskSpace>,
     /// Every hold expiry a command set (a superset of the live ones), to
     /// mark the records that must run the order step and to wake up for
     /// them when no traffic comes.
@@ -596,6 +632,14 @@ impl Sequencer {
                 events += more.parsed.total() + more.catalog.len();
                 bytes += more.bytes();
                 submissions.push(more);
+            }
+            // Refused whole, before anything of them is decided.
+            let needed = bytes as u64 * DISK_BYTES_PER_SUBMITTED_BYTE;
+            if let Err(refused) = self.disk.room_for(needed) {
+                for submission in submissions {
+                    let _ = submission.reply.send(Err(refused.clone()));
+                }
+                continue;
             }
             let group = self.commit(submissions);
             let events = group.events as u64;
@@ -1202,7 +1246,7 @@ fn finish(group: &Group, shared: &Shared) {
             }
         }
         receipt.errors.sort_by_key(|e| e.index);
-        let _ = reply.send(receipt); // the client may have gone; the events still count
+        let _ = reply.send(Ok(receipt)); // the client may have gone; the events still count
     }
     shared
         .applied_records

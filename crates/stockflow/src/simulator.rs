@@ -131,7 +131,10 @@ impl Simulator {
                 .submit(parsed, "simulator")
                 .map_err(|_| SimulatorError::Overloaded)?
                 .await
-                .map_err(|_| SimulatorError::Stopping)?,
+                .map_err(|refused| match refused {
+                    crate::pipeline::Overloaded::Stopping => SimulatorError::Stopping,
+                    _ => SimulatorError::Overloaded,
+                })?,
             Sink::Kafka(app) => {
                 let app = app.upgrade().ok_or(SimulatorError::Stopping)?;
                 crate::kafka::http::ingest_parsed(&app, applied, parsed, "simulator")

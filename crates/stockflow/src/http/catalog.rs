@@ -77,7 +77,7 @@ async fn commit(
         .submit_catalog(changes, rejected, source)
         .map_err(ApiError::from)?
         .await
-        .map_err(ApiError::stopping)
+        .map_err(ApiError::from)
 }
 
 /// One item of a bulk body: its raw text and its JSON, if it is JSON.
@@ -142,7 +142,7 @@ async fn put_one(
             .submit_refused(refused, source)
             .map_err(ApiError::from)?
             .await
-            .map_err(ApiError::stopping)?;
+            .map_err(ApiError::from)?;
         return Err(ApiError::bad_request(reason));
     };
     let parsed = serde_json::from_slice::<Value>(&bytes)

@@ -206,7 +206,7 @@ pub async fn replay(
         .submit_replay(parsed, changes, id, &letter.source)
         .map_err(ApiError::from)?
         .await
-        .map_err(ApiError::unavailable)?;
+        .map_err(ApiError::from)?;
     metrics::counter!("stockflow_dead_letters_replayed_total").increment(1);
     Ok(Json(json!({
         "deadLetterId": id,
@@ -226,7 +226,7 @@ pub async fn discard(
         .discard_dead_letter(id)
         .map_err(ApiError::from)?
         .await
-        .map_err(ApiError::unavailable)?;
+        .map_err(ApiError::from)?;
     metrics::counter!("stockflow_dead_letters_discarded_total").increment(1);
     Ok(StatusCode::NO_CONTENT)
 }

@@ -228,7 +228,7 @@ async fn ingest(
                 .submit(parsed, source)
                 .map_err(ApiError::from)?
                 .await
-                .map_err(ApiError::stopping)?;
+                .map_err(ApiError::from)?;
             Ok(Json(receipt))
         }
         Err(error @ BodyError::TooManyEvents { .. }) => Err(ApiError::new(
@@ -247,7 +247,7 @@ async fn ingest(
                 .submit_refused(refused, source)
                 .map_err(ApiError::from)?
                 .await
-                .map_err(ApiError::stopping)?;
+                .map_err(ApiError::from)?;
             Err(ApiError::bad_request(error.to_string()))
         }
     }

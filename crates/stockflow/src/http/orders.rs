@@ -84,7 +84,7 @@ async fn submit(state: &AppState, command: OrderCommand) -> Result<Response, Api
         .submit_order(command)
         .map_err(ApiError::from)?
         .await
-        .map_err(ApiError::unavailable)?;
+        .map_err(ApiError::from)?;
     Ok(answer(receipt.order))
 }
 

@@ -933,3 +933,64 @@ fn overload_by_slow_and_huge_clients_keeps_reads_answering_and_memory_bounded() 
         crate::send_event(&url, "ov-after", "RECEIPT", "OV", "S1", 1).await;
     });
 }
+
+/// Found by a hostile test of defect 8: with 18 MB free over a 16 MiB
+/// minimum, six concurrent bodies of 16 MB were each admitted (free space
+/// was looked at per request) and together filled the disk: a history
+/// write failed and the process stopped. The sequencer asks again for each
+/// group, with its size: they are refused with 507, a small write still
+/// goes through, and the server lives on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_19_8_concurrent_large_bodies_cannot_overrun_the_space_kept() {
+    const MIN: u64 = 16 << 20;
+    let disk = SmallDisk::mount(96 << 20);
+    let data = disk.path().join("data");
+    let server = start(&data, |c| c.disk_free_min_bytes = MIN).await;
+    let url = server.url();
+    let filler = disk.path().join("filler");
+    let fill = disk.free() - MIN - (2 << 20);
+    std::fs::write(&filler, vec![1u8; fill as usize]).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+
+    let body: Vec<String> = (0..80_000)
+        .map(|i| {
+            crate::event(
+                &format!("big-body-{i:06}-{}", "x".repeat(100)),
+                "RECEIPT",
+                "BB",
+                "S1",
+                1,
+            )
+        })
+        .collect();
+    let body = body.join("\n");
+    assert!(body.len() > 14 << 20);
+    let sends: Vec<_> = (0..6)
+        .map(|n| {
+            let (url, body) = (
+                url.clone(),
+                body.replace("big-body-", &format!("big-body-{n}-")),
+            );
+            tokio::spawn(async move { post(&url, "application/x-ndjson", body).await })
+        })
+        .collect();
+    for send in sends {
+        let (status, answer) = send.await.unwrap();
+        assert!(
+            status == 200 || (status == 507 && answer["code"] == "disk_full"),
+            "{status} {answer}"
+        );
+    }
+    assert_eq!(get(&url, "/healthz").await.0, 200);
+    crate::send_event(&url, "small-1", "RECEIPT", "BB", "S2", 1).await;
+    assert!(
+        disk.free() > MIN / 2,
+        "the space kept was kept: {} bytes free",
+        disk.free()
+    );
+    server.stop().await.unwrap();
+    let server = start(&data, |c| c.disk_free_min_bytes = MIN).await;
+    let (_, level) = get(&server.url(), "/v1/stock/BB/S2").await;
+    assert_eq!(level["onHand"], 1, "{level}");
+    server.stop().await.unwrap();
+}
