@@ -80,7 +80,58 @@ impl Mark {
             Err(error) => return Err(error).at(&path),
         };
         let slots = [0, SLOT as usize].map(|at| bytes.get(at..).and_then(Mark::decode));
-        Ok(slots.into_iter().flatten().max_by_key(|m| m.next_record))
+        let newest = slots.into_iter().flatten().max_by_key(|m| m.next_record);
+        if newest.is_none() && !bytes.is_empty() {
+            // Written but unreadable: where the acknowledged records end is
+            // unknown, so no bad frame could be told from a torn tail.
+            return Err(crate::LogError::Corrupt {
+                path,
+                offset: 0,
+                what: "the durable mark is damaged (neither slot verifies)".into(),
+            });
+        }
+        Ok(newest)
+    }
+
+    /// Replaces a damaged mark by one at the end of the last segment's
+    /// whole frames; returns the number of records there. For `repair`:
+    /// what the damaged mark knew past that end is lost with it.
+    pub fn reset(dir: &Path) -> Result<u64> {
+        let (mark, records) = match crate::segment::segments(dir)?.pop() {
+            Some((first, path)) => {
+                let bytes = std::fs::read(&path).at(&path)?;
+                match crate::segment::Walk::of(&bytes, first) {
+                    Some(walk) => (
+                        Mark {
+                            next_record: walk.next_record(),
+                            segment: first,
+                            end: walk.valid_end,
+                        },
+                        walk.next_record(),
+                    ),
+                    None => (
+                        Mark {
+                            next_record: first,
+                            segment: first,
+                            end: 0,
+                        },
+                        first,
+                    ),
+                }
+            }
+            None => (
+                Mark {
+                    next_record: 0,
+                    segment: 0,
+                    end: 0,
+                },
+                0,
+            ),
+        };
+        let path = dir.join(FILE);
+        std::fs::remove_file(&path).at(&path)?;
+        Mark::write_synced(dir, mark)?;
+        Ok(records)
     }
 
     /// Replaces the mark durably (for repairs, not the hot path).

@@ -379,3 +379,53 @@ fn logs_of_the_first_format_are_read_and_continued() {
         vec![b"one".to_vec(), b"two".to_vec(), b"three".to_vec()]
     );
 }
+
+/// Found by a hostile test: with both slots of the mark damaged, a cut-off
+/// last record was taken for a torn tail and cut, acknowledged as it was.
+/// A mark that was written but verifies in neither slot stops the start;
+/// resetting it (what `repair` does) puts it at the last whole record.
+#[test]
+fn a_damaged_mark_stops_the_start_until_it_is_reset() {
+    let dir = marked_log(8);
+    edit(&dir.path().join("durable"), |b| {
+        b[0] ^= 1;
+        b[512] ^= 1;
+    });
+    let segment = last_segment(dir.path());
+    edit(&segment, |b| b.truncate(b.len() - 5));
+    let error = LogWriter::open(dir.path(), 1 << 20)
+        .err()
+        .expect("must refuse");
+    assert!(
+        matches!(&error, LogError::Corrupt { path, .. } if path.ends_with("durable")),
+        "{error}"
+    );
+    assert!(stockflow_log::find_damage(dir.path()).is_err());
+    assert_eq!(Mark::reset(dir.path()).unwrap(), 7);
+    let (_, opened) = LogWriter::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!((opened.next_record, opened.truncated_bytes), (7, 51));
+}
+
+#[test]
+fn a_mark_written_in_only_one_slot_is_enough() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = LogWriter::open(dir.path(), 1 << 20).unwrap();
+    let mark = DurableMark::open(dir.path()).unwrap();
+    let appended = log.append(b"one").unwrap();
+    log.sync().unwrap();
+    mark.write(Mark::after(&appended));
+    drop((log, mark));
+    assert_eq!(
+        std::fs::metadata(dir.path().join("durable")).unwrap().len(),
+        32
+    );
+    assert_eq!(
+        Mark::read(dir.path()).unwrap().map(|m| m.next_record),
+        Some(1)
+    );
+    edit(&last_segment(dir.path()), |b| b.truncate(b.len() - 1));
+    assert!(
+        LogWriter::open(dir.path(), 1 << 20).is_err(),
+        "the one record was acknowledged"
+    );
+}
