@@ -131,8 +131,12 @@ fn describe() {
         "HTTP request latency by route."
     );
     describe_counter!(
+        "stockflow_http_connections_evicted_total",
+        "Connections closed before sending a request head, to make room at --connections-max for a new one."
+    );
+    describe_counter!(
         "stockflow_http_connections_shed_total",
-        "Connections closed at once because --connections-max were open."
+        "New connections closed at once because --connections-max were open, all inside a request."
     );
     describe_gauge!(
         "stockflow_disk_free_bytes",

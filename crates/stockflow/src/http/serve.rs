@@ -1,10 +1,16 @@
 //! The accept loop of both modes' HTTP servers, with the limits that keep
 //! slow or idle clients from holding the server: at most
-//! `connections_max` open connections (one more is closed at once and
-//! logged), and a request's head must arrive within
-//! `header_read_timeout` (its body has the same time, in
+//! `connections_max` open connections, and a request's head must arrive
+//! within `header_read_timeout` (its body has the same time, in
 //! `ingest::read_body`). axum's own `serve` has neither.
+//!
+//! At the cap, a new connection takes the place of the oldest one that
+//! has not yet sent a whole request head (which is closed): so a crowd of
+//! half-sent heads cannot keep a health probe or a real client out for
+//! the length of the timeout. Only when every open connection is inside a
+//! request is the new one closed at once (counted and logged).
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -17,6 +23,30 @@ use tokio::sync::Semaphore;
 
 /// How long a stopping server lets open connections finish.
 const DRAIN_MAX: Duration = Duration::from_secs(10);
+
+/// A connection's place under the cap.
+type Slot = Arc<parking_lot::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>>;
+
+/// Connections that have not sent a whole request head yet, oldest first:
+/// their slot, and how to close them.
+#[derive(Default)]
+struct Waiting {
+    next_id: u64,
+    by_age: BTreeMap<u64, (Slot, tokio::sync::oneshot::Sender<()>)>,
+}
+
+impl Waiting {
+    /// Closes the oldest waiting connection and hands over its place.
+    fn evict_oldest(&mut self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        while let Some((_, (slot, close))) = self.by_age.pop_first() {
+            if let Some(permit) = slot.lock().take() {
+                let _ = close.send(());
+                return Some(permit);
+            }
+        }
+        None
+    }
+}
 
 /// The connection limits (see `config`).
 #[derive(Clone, Copy, Debug)]
@@ -63,6 +93,7 @@ pub async fn serve(
     // Stopping: every connection finishes its request in flight and closes.
     let (stopping, stop_seen) = tokio::sync::watch::channel(false);
     let shed = AtomicU64::new(0);
+    let waiting = Arc::new(parking_lot::Mutex::new(Waiting::default()));
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -77,7 +108,15 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let Ok(permit) = open.clone().try_acquire_owned() else {
+        let permit = open.clone().try_acquire_owned().ok();
+        let permit = permit.or_else(|| {
+            let taken = waiting.lock().evict_oldest();
+            if taken.is_some() {
+                metrics::counter!("stockflow_http_connections_evicted_total").increment(1);
+            }
+            taken
+        });
+        let Some(permit) = permit else {
             let n = shed.fetch_add(1, Ordering::Relaxed) + 1;
             metrics::counter!("stockflow_http_connections_shed_total").increment(1);
             // Every time for the first ones, then every 1,000th: an attack
@@ -89,7 +128,25 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let slot: Slot = Arc::new(parking_lot::Mutex::new(Some(permit)));
+        let (close, closed) = tokio::sync::oneshot::channel::<()>();
+        let id = {
+            let mut waiting = waiting.lock();
+            let id = waiting.next_id;
+            waiting.next_id += 1;
+            waiting.by_age.insert(id, (slot.clone(), close));
+            id
+        };
+        // Its first request head makes it no longer evictable.
+        let headed = waiting.clone();
+        let router = tower::ServiceExt::map_request(
+            router.clone(),
+            move |request: hyper::Request<hyper::body::Incoming>| {
+                headed.lock().by_age.remove(&id);
+                request
+            },
+        );
+        let service = hyper_util::service::TowerToHyperService::new(router);
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
             .timer(TokioTimer::new())
@@ -98,10 +155,13 @@ pub async fn serve(
             .serve_connection(TokioIo::new(stream), service)
             .with_upgrades();
         let mut stop_seen = stop_seen.clone();
+        let gone = waiting.clone();
         tokio::spawn(async move {
             let mut connection = std::pin::pin!(connection);
             let ended = tokio::select! {
                 ended = connection.as_mut() => ended,
+                // Evicted: its place went to a newer connection.
+                Ok(()) = closed => Ok(()),
                 _ = async { let _ = stop_seen.wait_for(|stopping| *stopping).await; } => {
                     connection.as_mut().graceful_shutdown();
                     connection.await
@@ -110,7 +170,8 @@ pub async fn serve(
             if let Err(error) = ended {
                 tracing::debug!(%peer, %error, "connection ended");
             }
-            drop(permit);
+            gone.lock().by_age.remove(&id);
+            drop(slot);
         });
     }
     drop(listener);

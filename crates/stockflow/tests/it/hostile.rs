@@ -330,11 +330,14 @@ pub async fn closed_after(
 /// 700 connections sending a body a byte at a time held every ingest slot
 /// for as long as they liked, and 1,100 half-sent heads silenced
 /// /healthz. A head or a body must arrive within the read timeout (here
-/// 1 s), an idle connection is closed after it, and past the connection
-/// cap a new one is closed at once; the server keeps answering.
+/// 1 s), an idle connection is closed after it, and at the connection cap
+/// a new one takes the place of the oldest that has not sent a head (only
+/// when all are inside a request is it closed at once); the server keeps
+/// answering.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issue_19_4_slow_and_idle_clients_are_cut_off_and_the_server_keeps_answering() {
     use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path(), |c| {
         c.read_timeout = Duration::from_secs(1);
@@ -365,14 +368,37 @@ async fn issue_19_4_slow_and_idle_clients_are_cut_off_and_the_server_keeps_answe
         "answered after {after:?}"
     );
 
-    // Eight idle connections take every slot; a ninth is closed at once.
+    // Eight connections that never send a head fill every slot; a ninth
+    // takes the place of the oldest, and is answered at once.
+    let connect = || tokio::net::TcpStream::connect(url.trim_start_matches("http://"));
     let mut idle = Vec::new();
     for _ in 0..8 {
-        idle.push(
-            tokio::net::TcpStream::connect(url.trim_start_matches("http://"))
-                .await
-                .unwrap(),
-        );
+        idle.push(connect().await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let asked = std::time::Instant::now();
+    let (status, health) = get(&url, "/healthz").await;
+    assert_eq!((status, health["status"].as_str()), (200, Some("ok")));
+    assert!(
+        asked.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        asked.elapsed()
+    );
+    let mut byte = [0u8; 1];
+    let oldest = tokio::time::timeout(Duration::from_millis(500), idle[0].read(&mut byte)).await;
+    assert!(
+        matches!(oldest, Ok(Ok(0))),
+        "the oldest half-open connection was closed: {oldest:?}"
+    );
+    drop(idle);
+    // Eight connections inside a request (a head, then a body that
+    // trickles) fill every slot: a ninth is closed at once.
+    let mut busy = Vec::new();
+    for _ in 0..8 {
+        let mut stream = connect().await.unwrap();
+        let head = "POST /v1/events HTTP/1.1\r\nHost: x\r\ncontent-type: application/x-ndjson\r\ncontent-length: 1000\r\n\r\n{";
+        stream.write_all(head.as_bytes()).await.unwrap();
+        busy.push(stream);
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
     let (after, said) =
@@ -381,11 +407,11 @@ async fn issue_19_4_slow_and_idle_clients_are_cut_off_and_the_server_keeps_answe
         after < Duration::from_millis(500) && said.is_empty(),
         "{after:?} {said}"
     );
-    // Once the idle ones time out, the server answers again.
+    // Once their bodies time out, the server answers again.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let (status, health) = get(&url, "/healthz").await;
     assert_eq!((status, health["status"].as_str()), (200, Some("ok")));
-    drop(idle);
+    drop(busy);
     // Ingest works as before.
     crate::send_event(&url, "slow-1", "RECEIPT", "SL", "S1", 3).await;
     server.stop().await.unwrap();
