@@ -123,7 +123,11 @@ pub struct Route {
 }
 
 /// Events with their strings in one buffer. See the module docs.
+///
+/// Decoding checks that every span lies inside the text on character
+/// boundaries (a damaged record must be refused, not read out of bounds).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(try_from = "BatchWire")]
 pub struct Batch {
     text: String,
     events: Vec<EventRec>,
@@ -131,6 +135,51 @@ pub struct Batch {
     /// decoding (see [`Batch::compute_routes`]), never stored.
     #[serde(skip)]
     routes: Vec<Route>,
+}
+
+/// A [`Batch`] as decoded, before its spans are checked.
+#[derive(Deserialize)]
+struct BatchWire {
+    text: String,
+    events: Vec<EventRec>,
+}
+
+impl TryFrom<BatchWire> for Batch {
+    type Error = String;
+
+    fn try_from(wire: BatchWire) -> Result<Batch, String> {
+        let text = &wire.text;
+        let inside = |span: &Span| {
+            let end = span.start as usize + span.len as usize;
+            end <= text.len()
+                && text.is_char_boundary(span.start as usize)
+                && text.is_char_boundary(end)
+        };
+        for (i, event) in wire.events.iter().enumerate() {
+            let spans = [
+                Some(&event.event_id),
+                Some(&event.sku),
+                Some(&event.location_id),
+            ]
+            .into_iter()
+            .chain([
+                event.to_location_id.as_ref(),
+                event.source_system.as_ref(),
+                event.correlation_id.as_ref(),
+            ])
+            .flatten();
+            for span in spans {
+                if !inside(span) {
+                    return Err(format!("event {i} of a batch points outside its text"));
+                }
+            }
+        }
+        Ok(Batch {
+            text: wire.text,
+            events: wire.events,
+            routes: Vec::new(),
+        })
+    }
 }
 
 impl Batch {
@@ -307,5 +356,45 @@ impl Batch {
     /// Routes computed by [`Batch::compute_routes`]; empty before.
     pub fn routes(&self) -> &[Route] {
         &self.routes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one_event() -> Batch {
+        let mut batch = Batch::default();
+        batch.push(&EventRef {
+            event_id: "e-1",
+            event_type: EventType::Receipt,
+            sku: "SKU-é",
+            location_id: "S1",
+            quantity: 1,
+            timestamp: None,
+            to_location_id: None,
+            source_system: None,
+            correlation_id: None,
+            hold_seconds: None,
+            index: 0,
+        });
+        batch
+    }
+
+    /// Found by mutation fuzzing: a damaged record whose span runs past
+    /// its batch's text decoded, and reading the event panicked.
+    #[test]
+    fn a_batch_whose_spans_leave_its_text_does_not_decode() {
+        let good = one_event();
+        let decoded: Batch = postcard::from_bytes(&postcard::to_stdvec(&good).unwrap()).unwrap();
+        assert_eq!(decoded.get(0).sku, "SKU-é");
+        let mut past_the_end = good.clone();
+        past_the_end.events[0].location_id.len += 1;
+        let mut inside_a_char = good.clone();
+        inside_a_char.events[0].sku.len -= 1;
+        for bad in [past_the_end, inside_a_char] {
+            let bytes = postcard::to_stdvec(&bad).unwrap();
+            assert!(postcard::from_bytes::<Batch>(&bytes).is_err());
+        }
     }
 }
