@@ -503,12 +503,12 @@ async fn issue_19_1_5_and_9_bodies_of_invalid_bytes_are_kept_verbatim_within_bou
 
 /// A small filesystem of its own (tmpfs; the tests run as root), unmounted
 /// when dropped.
-struct SmallDisk {
+pub(crate) struct SmallDisk {
     dir: tempfile::TempDir,
 }
 
 impl SmallDisk {
-    fn mount(bytes: u64) -> SmallDisk {
+    pub(crate) fn mount(bytes: u64) -> SmallDisk {
         let dir = tempfile::tempdir().unwrap();
         let status = std::process::Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={bytes}")])
@@ -519,11 +519,11 @@ impl SmallDisk {
         SmallDisk { dir }
     }
 
-    fn path(&self) -> &std::path::Path {
+    pub(crate) fn path(&self) -> &std::path::Path {
         self.dir.path()
     }
 
-    fn free(&self) -> u64 {
+    pub(crate) fn free(&self) -> u64 {
         let stat = rustix::fs::statvfs(self.path()).unwrap();
         stat.f_bavail * stat.f_frsize
     }
