@@ -52,7 +52,7 @@ pub fn find_damage(dir: &Path) -> Result<Option<Damage>> {
                     .and_then(|b| Walk::of(&b, *first).map(|w| (w, b)))
                 {
                     let (walk, bytes) = w;
-                    after.extend(whole_records(&walk, &bytes));
+                    after.extend(walk.records(&bytes).map(|(n, p)| (n, p.to_vec())));
                 }
             }
             Damage {
@@ -118,24 +118,6 @@ pub fn find_damage(dir: &Path) -> Result<Option<Damage>> {
         }
     }
     Ok(None)
-}
-
-fn whole_records(walk: &Walk, bytes: &[u8]) -> Vec<(u64, Vec<u8>)> {
-    let header = if bytes.starts_with(b"SFLOG\0\0\x01") {
-        8
-    } else {
-        16
-    };
-    let mut out = Vec::new();
-    for (i, &offset) in walk.frames.iter().enumerate() {
-        let at = offset as usize;
-        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
-        out.push((
-            walk.first + i as u64,
-            bytes[at + header..at + header + len].to_vec(),
-        ));
-    }
-    out
 }
 
 /// Moves the damage and everything after it into `aside` (created), so

@@ -95,41 +95,65 @@ impl Bad {
     }
 }
 
-/// Decodes the frame of record `record` at the start of `bytes`:
-/// (payload, bytes used).
-fn frame(bytes: &[u8], format: Format, record: u64) -> std::result::Result<(&[u8], usize), Bad> {
-    let header = format.header();
-    if bytes.len() < header {
-        return Err(Bad::Short(format!(
-            "frame header of record {record} is cut short"
-        )));
-    }
-    let len = u32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes"));
-    let crc = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
+/// A frame header's fields: (payload length, checksum, the record number
+/// it states; format 1 states none, so `record` stands in).
+fn header_fields(
+    header: &[u8],
+    format: Format,
+    record: u64,
+) -> std::result::Result<(u32, u32, u64), Bad> {
+    let len = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes"));
+    let crc = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
     if len as usize > RECORD_BYTES_MAX {
         return Err(Bad::Wrong(format!(
             "frame of record {record} has a length out of range"
         )));
     }
-    if format == Format::V2 {
-        let number = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
-        if number != record && bytes.len() >= header + len as usize {
-            return Err(Bad::Wrong(format!(
-                "frame of record {record} says it is record {number}"
-            )));
-        }
+    let number = match format {
+        Format::V1 => record,
+        Format::V2 => u64::from_le_bytes(header[8..16].try_into().expect("8 bytes")),
+    };
+    Ok((len, crc, number))
+}
+
+/// Checks a whole frame of record `record` against its header's fields.
+fn check(
+    format: Format,
+    (len, crc, number): (u32, u32, u64),
+    record: u64,
+    payload: &[u8],
+) -> std::result::Result<(), Bad> {
+    if number != record {
+        return Err(Bad::Wrong(format!(
+            "frame of record {record} says it is record {number}"
+        )));
     }
+    if frame_crc(format, len, record, payload) != crc {
+        return Err(Bad::Wrong(format!(
+            "frame of record {record} fails its checksum"
+        )));
+    }
+    Ok(())
+}
+
+/// Decodes the frame of record `record` at the start of `bytes`:
+/// (payload, bytes used).
+fn frame(bytes: &[u8], format: Format, record: u64) -> std::result::Result<(&[u8], usize), Bad> {
+    let header = format.header();
+    let Some(header_bytes) = bytes.get(..header) else {
+        return Err(Bad::Short(format!(
+            "frame header of record {record} is cut short"
+        )));
+    };
+    let fields = header_fields(header_bytes, format, record)?;
+    let len = fields.0;
     let end = header + len as usize;
     let Some(payload) = bytes.get(header..end) else {
         return Err(Bad::Short(format!(
             "frame of record {record} ({len} bytes) runs past the end of the file"
         )));
     };
-    if frame_crc(format, len, record, payload) != crc {
-        return Err(Bad::Wrong(format!(
-            "frame of record {record} fails its checksum"
-        )));
-    }
+    check(format, fields, record, payload)?;
     Ok((payload, end))
 }
 
@@ -176,6 +200,19 @@ impl Walk {
     /// Number of the next record after the whole frames.
     pub(crate) fn next_record(&self) -> u64 {
         self.first + self.frames.len() as u64
+    }
+
+    /// The whole frames' records: (number, payload).
+    pub(crate) fn records<'a>(
+        &'a self,
+        bytes: &'a [u8],
+    ) -> impl Iterator<Item = (u64, &'a [u8])> + 'a {
+        self.frames.iter().enumerate().map(move |(i, &offset)| {
+            let number = self.first + i as u64;
+            let (payload, _) = frame(&bytes[offset as usize..], self.format, number)
+                .expect("a frame the walk found whole");
+            (number, payload)
+        })
     }
 
     /// Whole frames after the bad one, found by looking at every offset
@@ -562,23 +599,19 @@ impl RecordIter {
                 n if n == header_len => {}
                 _ => return Err(corrupt(&r.path, r.offset, "short frame header")),
             }
-            let len = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes")) as usize;
-            if len > RECORD_BYTES_MAX {
-                return Err(corrupt(&r.path, r.offset, "frame length out of range"));
-            }
-            let mut frame_bytes = header[..header_len].to_vec();
-            frame_bytes.resize(header_len + len, 0);
-            if read_full(&mut r.reader, &mut frame_bytes[header_len..]).at(&r.path)? != len {
+            let fields = header_fields(&header[..header_len], r.format, r.record)
+                .map_err(|bad| corrupt(&r.path, r.offset, bad.what()))?;
+            let mut payload = vec![0u8; fields.0 as usize];
+            if read_full(&mut r.reader, &mut payload).at(&r.path)? != payload.len() {
                 return Err(corrupt(&r.path, r.offset, "frame runs past the end"));
             }
-            frame(&frame_bytes, r.format, r.record)
+            check(r.format, fields, r.record, &payload)
                 .map_err(|bad| corrupt(&r.path, r.offset, bad.what()))?;
             let number = r.record;
             r.record += 1;
-            r.offset += frame_bytes.len() as u64;
+            r.offset += (header_len + payload.len()) as u64;
             if number >= self.from {
-                frame_bytes.drain(..header_len);
-                return Ok(Some((number, frame_bytes)));
+                return Ok(Some((number, payload)));
             }
         }
     }
