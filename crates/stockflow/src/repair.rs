@@ -111,32 +111,21 @@ pub fn repair(data_dir: &Path, dry_run: bool) -> anyhow::Result<Repaired> {
     if let Some(at) = plan.resume_at {
         LogWriter::start_at(&log, at)?;
         let (mut writer, _) = LogWriter::open(&log, u64::MAX)?;
-        for (_, payload) in &plan.written_back {
-            writer.append(payload)?;
+        let mut last = None;
+        for (number, payload) in &plan.written_back {
+            let appended = writer.append(payload)?;
+            anyhow::ensure!(
+                appended.record == *number,
+                "record {number} was written back as record {}",
+                appended.record
+            );
+            last = Some(appended);
         }
         writer.sync()?;
-        if let Some(last) = plan.written_back.len().checked_sub(1) {
-            let (number, _) = &plan.written_back[last];
-            anyhow::ensure!(
-                writer.next_record() == number + 1,
-                "records written back out of order"
-            );
+        // (`start_at` marked the empty log; the records move the mark on.)
+        if let Some(last) = last {
+            stockflow_log::Mark::write_synced(&log, stockflow_log::Mark::after(&last))?;
         }
-        stockflow_log::Mark::write_synced(
-            &log,
-            stockflow_log::Mark {
-                next_record: writer.next_record(),
-                segment: at,
-                end: fs::metadata(
-                    stockflow_log::segments(&log)?
-                        .last()
-                        .expect("just made")
-                        .1
-                        .clone(),
-                )?
-                .len(),
-            },
-        )?;
     }
     fs::write(aside.join("REPORT.txt"), &report)?;
     Ok(Repaired {
