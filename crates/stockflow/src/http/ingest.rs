@@ -71,11 +71,7 @@ impl Admission {
             discard(body, limit).await;
             return Err(ApiError::in_flight_full());
         };
-        let declared = headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok());
-        let kib = declared
+        let kib = declared_length(headers)
             .unwrap_or(limit)
             .min(limit)
             .div_ceil(1024)
@@ -144,6 +140,14 @@ pub fn source_mapping(
     })
 }
 
+/// The length a request's `Content-Length` declares, if it has one.
+fn declared_length(headers: &HeaderMap) -> Option<usize> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+}
+
 /// Reads a body of at most `limit` bytes (413 above) and says how it is
 /// framed: NDJSON by its content type, else JSON.
 pub async fn read_body(
@@ -158,11 +162,7 @@ pub async fn read_body(
             format!("body exceeds {limit} bytes; split it into smaller batches"),
         )
     };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limit) {
+    if declared_length(headers).is_some_and(|n| n > limit) {
         return Err(too_large());
     }
     let bytes = to_bytes(body, limit).await.map_err(|error| {

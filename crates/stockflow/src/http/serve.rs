@@ -137,12 +137,16 @@ pub async fn serve(
             waiting.by_age.insert(id, (slot.clone(), close));
             id
         };
-        // Its first request head makes it no longer evictable.
+        // Its first request head makes it no longer evictable (the lock
+        // is taken for that one only).
         let headed = waiting.clone();
+        let first = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let router = tower::ServiceExt::map_request(
             router.clone(),
             move |request: hyper::Request<hyper::body::Incoming>| {
-                headed.lock().by_age.remove(&id);
+                if first.swap(false, Ordering::Relaxed) {
+                    headed.lock().by_age.remove(&id);
+                }
                 request
             },
         );
