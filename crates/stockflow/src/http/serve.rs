@@ -156,7 +156,7 @@ pub async fn serve(
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout);
         let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
+            .serve_connection(JsonParseErrors::new(TokioIo::new(stream)), service)
             .with_upgrades();
         let mut stop_seen = stop_seen.clone();
         let gone = waiting.clone();
@@ -189,6 +189,176 @@ pub async fn serve(
         tracing::warn!("connections still open {DRAIN_MAX:?} after stopping; closing them");
     }
     Ok(())
+}
+
+/// A connection's IO, through which hyper's own answers to a request head
+/// it cannot parse (400 for a bad request line or header, 414, 431) leave
+/// with the API's `{code, message}` body instead of an empty one.
+///
+/// hyper writes those answers itself, before any service sees a request,
+/// and offers no hook for their body; so they are recognised on the way
+/// out. The test is exact: a write that is nothing but a head, of status
+/// 400, 414 or 431, with `content-length: 0`. The service never answers
+/// that way: `errors_are_json` gives each of its errors a JSON body, so
+/// their heads say a length above 0.
+struct JsonParseErrors<T> {
+    inner: T,
+    /// The JSON answer still to be written in place of hyper's.
+    pending: Vec<u8>,
+    written: usize,
+}
+
+impl<T> JsonParseErrors<T> {
+    fn new(inner: T) -> JsonParseErrors<T> {
+        JsonParseErrors {
+            inner,
+            pending: Vec::new(),
+            written: 0,
+        }
+    }
+}
+
+/// The JSON answer to write instead of `head`, if `head` is hyper's own
+/// answer to a request head it could not parse.
+fn answer_for_parse_error(head: &[u8]) -> Option<Vec<u8>> {
+    let rest = head.strip_prefix(b"HTTP/1.1 ")?;
+    let end = head.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    if end != head.len() {
+        return None;
+    }
+    let text = std::str::from_utf8(head).ok()?.to_ascii_lowercase();
+    if !text.contains("\r\ncontent-length: 0\r\n") {
+        return None;
+    }
+    let (status, code, message) = match rest.get(..4)? {
+        b"400 " => (
+            "400 Bad Request",
+            "bad_request",
+            "the request line or a header could not be read as HTTP/1.1 \
+             (a malformed method, target, version or header, or conflicting \
+             Content-Length / Transfer-Encoding); nothing was processed",
+        ),
+        b"414 " => (
+            "414 URI Too Long",
+            "uri_too_long",
+            "the request target is too long; nothing was processed",
+        ),
+        b"431 " => (
+            "431 Request Header Fields Too Large",
+            "headers_too_large",
+            "the request head is too large (at most 100 headers, about 400 KiB \
+             in all); nothing was processed",
+        ),
+        _ => return None,
+    };
+    let body = serde_json::json!({"code": code, "message": message}).to_string();
+    Some(
+        format!(
+            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes(),
+    )
+}
+
+impl<T: hyper::rt::Write + Unpin> JsonParseErrors<T> {
+    /// Writes what is pending of a replaced answer.
+    fn poll_pending(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        while self.written < self.pending.len() {
+            let n = match std::pin::Pin::new(&mut self.inner)
+                .poll_write(cx, &self.pending[self.written..])
+            {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()))
+                }
+                Poll::Ready(Ok(n)) => n,
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                Poll::Pending => return Poll::Pending,
+            };
+            self.written += n;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Takes `head` in place of hyper's answer, if it is one.
+    fn replace(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        head: &[u8],
+    ) -> Option<std::task::Poll<std::io::Result<usize>>> {
+        let answer = answer_for_parse_error(head)?;
+        self.pending = answer;
+        self.written = 0;
+        Some(match self.poll_pending(cx) {
+            std::task::Poll::Ready(Err(error)) => std::task::Poll::Ready(Err(error)),
+            // Taken whole: the rest leaves on the next write or flush.
+            _ => std::task::Poll::Ready(Ok(head.len())),
+        })
+    }
+}
+
+impl<T: hyper::rt::Read + Unpin> hyper::rt::Read for JsonParseErrors<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for JsonParseErrors<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::task::ready!(self.poll_pending(cx))?;
+        if let Some(taken) = self.replace(cx, buf) {
+            return taken;
+        }
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::task::ready!(self.poll_pending(cx))?;
+        let mut filled = bufs.iter().filter(|b| !b.is_empty());
+        if let (Some(only), None) = (filled.next(), filled.next()) {
+            if let Some(taken) = self.replace(cx, only) {
+                return taken;
+            }
+        }
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::ready!(self.poll_pending(cx))?;
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::ready!(self.poll_pending(cx))?;
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// A body that did not arrive in time (see [`body_deadline`]).

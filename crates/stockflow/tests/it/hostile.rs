@@ -826,6 +826,87 @@ async fn issue_19_9_minus_zero_is_an_integer_and_every_error_is_json() {
     server.stop().await.unwrap();
 }
 
+/// Defect 9 (the rest): a request head the HTTP parser itself refuses
+/// (a malformed request line, a header over the size or count limit, two
+/// Content-Lengths that disagree, a bad header name) was answered with an
+/// empty body. Each now gets the API's JSON error, and the connection is
+/// closed; the server keeps answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_19_9_requests_the_http_parser_refuses_get_json_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), |_| {}).await;
+    let url = server.url();
+    let many_headers: String = (0..150).map(|i| format!("x-h{i}: {i}\r\n")).collect();
+    let huge_header = format!("x-big: {}\r\n", "a".repeat(500 << 10));
+    let cases: Vec<(Vec<u8>, &str, &str)> = vec![
+        (
+            b"GET /v1/levels HTTP/1.1 extra\r\nHost: x\r\n\r\n".to_vec(),
+            "400 Bad Request",
+            "bad_request",
+        ),
+        (
+            b"G\x01T /v1/levels HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+            "400 Bad Request",
+            "bad_request",
+        ),
+        (
+            b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\nContent-Length: 20\r\n\r\n[]".to_vec(),
+            "400 Bad Request",
+            "bad_request",
+        ),
+        (
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nbad header: 1\r\n\r\n".to_vec(),
+            "400 Bad Request",
+            "bad_request",
+        ),
+        (
+            format!("GET /healthz HTTP/1.1\r\nHost: x\r\n{many_headers}\r\n").into_bytes(),
+            "431 Request Header Fields Too Large",
+            "headers_too_large",
+        ),
+        (
+            format!("GET /healthz HTTP/1.1\r\nHost: x\r\n{huge_header}\r\n").into_bytes(),
+            "431 Request Header Fields Too Large",
+            "headers_too_large",
+        ),
+    ];
+    for (request, status, code) in cases {
+        let shown = String::from_utf8_lossy(&request[..request.len().min(60)]).into_owned();
+        let (_, said) = closed_after(&url, &request, std::time::Duration::from_secs(5)).await;
+        let (head, body) = said
+            .split_once("\r\n\r\n")
+            .unwrap_or_else(|| panic!("{shown:?}: no head in {said:?}"));
+        assert!(
+            head.starts_with(&format!("HTTP/1.1 {status}\r\n")),
+            "{shown:?}: {head}"
+        );
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: application/json"),
+            "{shown:?}: {head}"
+        );
+        let error: serde_json::Value = serde_json::from_str(body)
+            .unwrap_or_else(|e| panic!("{shown:?}: body {body:?} is not JSON: {e}"));
+        assert_eq!(error["code"], code, "{shown:?}: {error}");
+        assert!(
+            error["message"]
+                .as_str()
+                .unwrap()
+                .contains("nothing was processed"),
+            "{error}"
+        );
+    }
+    // The parser's answers are the only ones rewritten: the server's own
+    // errors and successes, on one kept-alive connection, are as they were.
+    let keep_alive = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /v1/stock/NONE/S1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let (_, said) = closed_after(&url, keep_alive, std::time::Duration::from_secs(5)).await;
+    assert!(said.starts_with("HTTP/1.1 200 OK\r\n"), "{said}");
+    assert!(said.contains("HTTP/1.1 404 Not Found\r\n"), "{said}");
+    assert!(said.contains(r#""code":"not_found""#), "{said}");
+    assert_eq!(get(&url, "/healthz").await.0, 200);
+    server.stop().await.unwrap();
+}
+
 /// Resident memory of a process, in bytes.
 fn rss(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
