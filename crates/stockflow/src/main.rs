@@ -69,7 +69,8 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8080", env = "STOCKFLOW_LISTEN")]
         listen: SocketAddr,
         /// State partitions; fixed when the data directory is created.
-        #[arg(long, default_value_t = stockflow_core::limits::PARTITIONS_DEFAULT, value_parser = clap::value_parser!(u16).range(1..=stockflow_core::limits::PARTITIONS_MAX as i64))]
+        /// Embedded mode only (Kafka mode: --kafka-partitions).
+        #[arg(long, conflicts_with = "kafka", default_value_t = stockflow_core::limits::PARTITIONS_DEFAULT, value_parser = clap::value_parser!(u16).range(1..=stockflow_core::limits::PARTITIONS_MAX as i64))]
         partitions: u16,
         /// Largest accepted request body in bytes (413 above).
         #[arg(long, default_value_t = 16 << 20)]
@@ -88,10 +89,12 @@ enum Command {
         ingest_bytes_in_flight_max: usize,
         /// Refuse writes (507, Retry-After) while the data directory's disk
         /// has less free space than this; they resume by themselves.
-        #[arg(long, default_value_t = 512 << 20)]
+        /// Embedded mode only: in Kafka mode the brokers keep the events.
+        #[arg(long, conflicts_with = "kafka", default_value_t = 512 << 20)]
         disk_free_min_bytes: u64,
         /// Take a checkpoint after this many events (restart replays at most this many).
-        #[arg(long, default_value_t = 2_000_000)]
+        /// Embedded mode only (Kafka mode: --changelog-snapshot-every).
+        #[arg(long, conflicts_with = "kafka", default_value_t = 2_000_000)]
         checkpoint_events: u64,
         /// How long eventIds are remembered for deduplication, in hours.
         #[arg(long, default_value_t = 7 * 24)]
@@ -127,17 +130,19 @@ enum Command {
         #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..))]
         reservation_burst_seconds: u32,
         /// POST every alert to this URL (repeatable), with retries.
-        #[arg(long = "webhook")]
+        /// Embedded mode only, for now.
+        #[arg(long = "webhook", conflicts_with = "kafka")]
         webhooks: Vec<String>,
         /// Sign webhook bodies: X-Stockflow-Signature = sha256=HMAC-SHA256(secret, body).
-        #[arg(long, env = "STOCKFLOW_WEBHOOK_SECRET")]
+        #[arg(long, env = "STOCKFLOW_WEBHOOK_SECRET", conflicts_with = "kafka")]
         webhook_secret: Option<String>,
         /// Products to load at startup: a JSON array or NDJSON, in
         /// stockflow's shape or KartShoppe's ({productId, …, inventory}).
-        #[arg(long, env = "STOCKFLOW_CATALOG")]
+        /// Embedded mode only, for now (Kafka mode: POST /v1/products).
+        #[arg(long, env = "STOCKFLOW_CATALOG", conflicts_with = "kafka")]
         catalog: Option<PathBuf>,
         /// Where the catalog file's `inventory` is counted.
-        #[arg(long, default_value = "ONLINE")]
+        #[arg(long, default_value = "ONLINE", conflicts_with = "kafka")]
         catalog_location: String,
         /// Let the dashboard's simulator page (POST /v1/simulator/*) send
         /// random and scenario traffic into this server. Off by default:

@@ -22,8 +22,7 @@ use crate::record::DeadLetter;
 #[derive(Deserialize)]
 pub struct Filter {
     /// Exact source (`http:/v1/events`, `source:store-item`, …), a prefix
-    /// ending in `:` (`webhook:`), or a format name, matching
-    /// `source:{format}` and `import:{format}`.
+    /// ending in `:` (`webhook:`), or a format name (see [`format_of`]).
     pub(crate) source: Option<String>,
     /// Case-insensitive substring of the reason.
     pub(crate) reason: Option<String>,
@@ -85,11 +84,27 @@ pub fn after_id<T: std::str::FromStr>(page: &Page) -> Result<Option<T>, ApiError
         .transpose()
 }
 
-fn source_matches(letter: &str, wanted: &str) -> bool {
+/// Whether a letter from `letter` is one `?source=wanted` asks for: the
+/// same source, a prefix of it ending in `:`, or the name of its format.
+pub(crate) fn source_matches(letter: &str, wanted: &str) -> bool {
     letter == wanted
         || (wanted.ends_with(':') && letter.starts_with(wanted))
-        || letter.strip_prefix("source:") == Some(wanted)
-        || letter.strip_prefix("import:") == Some(wanted)
+        || format_of(letter) == Some(wanted)
+}
+
+/// The source format a letter's payload is in, by where it came from:
+/// `source:{format}` (POST /v1/sources/{format}/events), `import:{format}`,
+/// or `http:/v1/sources/{format}/events` (what Kafka mode said before both
+/// modes said `source:`; such letters stay in its DLQ topic).
+pub(crate) fn format_of(source: &str) -> Option<&str> {
+    source
+        .strip_prefix("source:")
+        .or_else(|| source.strip_prefix("import:"))
+        .or_else(|| {
+            source
+                .strip_prefix("http:/v1/sources/")
+                .and_then(|f| f.strip_suffix("/events"))
+        })
 }
 
 /// GET /v1/dead-letters?source=&reason=&limit=&after=
@@ -179,9 +194,7 @@ pub async fn replay(
             (Parsed::default(), vec![change])
         }
         source => {
-            let format = source
-                .strip_prefix("source:")
-                .or_else(|| source.strip_prefix("import:"))
+            let format = format_of(source)
                 .and_then(|f| state.config.sources.get(f))
                 .ok_or_else(|| {
                     ApiError::new(

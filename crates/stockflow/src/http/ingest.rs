@@ -11,6 +11,7 @@ use axum::Json;
 use http_body_util::BodyExt;
 use stockflow_core::{parse_body, BodyError, BodyFormat, Parsed};
 
+use super::backend::{Backend, Wait};
 use super::{ApiError, AppState};
 use crate::pipeline::{Receipt, RefusedBody};
 
@@ -93,36 +94,68 @@ impl Admission {
     }
 }
 
-pub async fn post_events(
-    State(state): State<Arc<AppState>>,
+/// `?wait=applied`, the one query parameter of POST /v1/events.
+#[derive(serde::Deserialize, Default)]
+pub struct IngestQuery {
+    wait: Option<String>,
+}
+
+/// POST /v1/events: canonical events.
+pub async fn post_events<B: Backend>(
+    State(backend): State<Arc<B>>,
+    Query(query): Query<IngestQuery>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Receipt>, ApiError> {
-    let events_max = state.config.request_events_max;
+    let wait = Wait::from_query(query.wait.as_deref())?;
+    let events_max = backend.config().request_events_max;
     ingest(
-        &state,
+        &*backend,
+        wait,
         &headers,
         body,
-        "http:/v1/events",
+        EVENTS_SOURCE,
         move |bytes, framing| parse_body(bytes, framing, events_max),
     )
     .await
 }
 
-/// POST /v1/sources/{format}/events: a source system's own messages.
-pub async fn post_source_events(
-    State(state): State<Arc<AppState>>,
+/// Where dead letters refused by POST /v1/events come from.
+pub const EVENTS_SOURCE: &str = "http:/v1/events";
+
+/// Where dead letters refused by POST /v1/sources/{format}/events come
+/// from (in both modes; before, Kafka mode said
+/// `http:/v1/sources/{format}/events`, which is still understood).
+pub fn source_of_format(format: &str) -> String {
+    format!("source:{format}")
+}
+
+/// POST /v1/sources/{format}/events: a source system's own messages,
+/// translated into canonical events, then ingested as POST /v1/events
+/// (`?wait=applied` included; every other query parameter goes to the
+/// mapping).
+pub async fn post_source_events<B: Backend>(
+    State(backend): State<Arc<B>>,
     Path(format): Path<String>,
-    Query(params): Query<BTreeMap<String, String>>,
+    Query(mut params): Query<BTreeMap<String, String>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Receipt>, ApiError> {
-    let mapping = source_mapping(&state.config.sources, &format)?;
-    let events_max = state.config.request_events_max;
-    let source = format!("source:{format}");
-    ingest(&state, &headers, body, &source, move |bytes, framing| {
-        crate::sources::translate(&mapping, bytes, framing, &params, events_max)
-    })
+    let config = backend.config();
+    let mapping = source_mapping(&config.sources, &format)?;
+    let wait = Wait::from_query(params.remove("wait").as_deref())?;
+    let events_max = config.request_events_max;
+    let source = source_of_format(&format);
+    ingest(
+        &*backend,
+        wait,
+        &headers,
+        body,
+        &source,
+        move |bytes, framing| {
+            crate::sources::translate(&mapping, bytes, framing, &params, events_max)
+        },
+    )
     .await
 }
 
@@ -195,17 +228,19 @@ pub async fn read_body(
     Ok((bytes, format))
 }
 
-/// The one ingest path: admission, body limits, parsing (off the async
-/// workers when big), the pipeline, and dead letters for refused bodies.
-async fn ingest(
-    state: &AppState,
+/// The one ingest path of both modes: admission, body limits, parsing
+/// (off the async workers when big), the backend, and dead letters for
+/// refused bodies.
+async fn ingest<B: Backend>(
+    backend: &B,
+    wait: Wait,
     headers: &HeaderMap,
     body: Body,
     source: &str,
     parse: impl FnOnce(&[u8], BodyFormat) -> Result<Parsed, BodyError> + Send + 'static,
 ) -> Result<Json<Receipt>, ApiError> {
-    let limit = state.config.body_bytes_max;
-    let (_admitted, body) = state.admission.admit(headers, body).await?;
+    let limit = backend.config().body_bytes_max;
+    let (_admitted, body) = backend.admission().admit(headers, body).await?;
     let (bytes, format) = read_body(headers, body, limit).await?;
     let parsed = if bytes.len() > PARSE_INLINE_BYTES_MAX {
         let bytes = bytes.clone();
@@ -221,16 +256,8 @@ async fn ingest(
     } else {
         parse(&bytes, format)
     };
-    let pipeline = &state.pipeline;
     match parsed {
-        Ok(parsed) => {
-            let receipt = pipeline
-                .submit(parsed, source)
-                .map_err(ApiError::from)?
-                .await
-                .map_err(ApiError::from)?;
-            Ok(Json(receipt))
-        }
+        Ok(parsed) => Ok(Json(backend.submit(parsed, source, wait).await?)),
         Err(error @ BodyError::TooManyEvents { .. }) => Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too_many_events",
@@ -243,12 +270,29 @@ async fn ingest(
                 reason: error.to_string(),
                 payload: Vec::from(bytes),
             };
-            pipeline
-                .submit_refused(refused, source)
-                .map_err(ApiError::from)?
-                .await
-                .map_err(ApiError::from)?;
+            backend.keep_refused(refused, source).await?;
             Err(ApiError::bad_request(error.to_string()))
         }
+    }
+}
+
+/// The embedded engine behind the seam: submissions go to the pipeline,
+/// which answers once they are durable and applied.
+impl Backend for AppState {
+    fn config(&self) -> &crate::config::Config {
+        &self.config
+    }
+
+    fn admission(&self) -> &Admission {
+        &self.admission
+    }
+
+    async fn submit(&self, parsed: Parsed, source: &str, _: Wait) -> Result<Receipt, ApiError> {
+        Ok(self.pipeline.submit(parsed, source)?.await?)
+    }
+
+    async fn keep_refused(&self, refused: RefusedBody, source: &str) -> Result<(), ApiError> {
+        self.pipeline.submit_refused(refused, source)?.await?;
+        Ok(())
     }
 }

@@ -5,6 +5,7 @@
 //! writer holds for more than one group's slice of a partition.
 
 pub(crate) mod alerts;
+pub mod backend;
 pub(crate) mod catalog;
 mod check;
 pub(crate) mod dashboard;
@@ -12,7 +13,7 @@ pub(crate) mod dead_letters;
 pub mod error;
 pub(crate) mod guard;
 pub(crate) mod history;
-mod ingest;
+pub(crate) mod ingest;
 pub mod orders;
 pub(crate) mod query;
 pub mod serve;
@@ -54,10 +55,10 @@ pub struct AppState {
 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/v1/events", post(ingest::post_events))
+        .route("/v1/events", post(ingest::post_events::<AppState>))
         .route(
             "/v1/sources/{format}/events",
-            post(ingest::post_source_events),
+            post(ingest::post_source_events::<AppState>),
         )
         .route("/v1/sources", get(query::sources))
         .route(

@@ -124,8 +124,9 @@ fn marker_of<M: Message>(m: &M) -> Option<i64> {
 const SCANNED_MAX: usize = 100_000;
 
 /// GET /v1/dead-letters?source=&reason=&limit=&after=: oldest first;
-/// `source` matches the route or topic a letter came from (a prefix),
-/// `reason` a part of its reason, case-insensitively.
+/// `source` matches as in the embedded mode (the same source, a prefix
+/// ending in `:`, or a format name), `reason` a part of its reason,
+/// case-insensitively.
 pub async fn list(
     State(app): State<Arc<KafkaApp>>,
     Query(filter): Query<Filter>,
@@ -206,7 +207,7 @@ fn scan(
         let wanted = filter
             .source
             .as_deref()
-            .is_none_or(|s| source.starts_with(s))
+            .is_none_or(|s| crate::http::dead_letters::source_matches(&source, s))
             && reason
                 .as_deref()
                 .is_none_or(|r| why.to_lowercase().contains(r));
@@ -330,9 +331,7 @@ pub async fn replay(
     };
     let source = letter["source"].as_str().unwrap_or_default().to_owned();
     let raw_prefix = &app.settings.topics.raw_prefix;
-    let format = source
-        .strip_prefix("http:/v1/sources/")
-        .and_then(|f| f.strip_suffix("/events"))
+    let format = crate::http::dead_letters::format_of(&source)
         .or_else(|| source.strip_prefix(raw_prefix.as_str()));
     let events_max = app.config.request_events_max;
     let body_error = |e: BodyError| ApiError::bad_request(format!("corrected payload: {e}"));

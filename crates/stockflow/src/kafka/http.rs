@@ -12,7 +12,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -22,7 +21,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use stockflow_core::{parse_body, route, BodyError, BodyFormat, LevelView, Parsed, Totals};
+use stockflow_core::{route, LevelView, Parsed, Totals};
 
 use super::cluster::Cluster;
 use super::processor::{Reason, Shared, ACTIVE, NOT_OWNED, RESTORING};
@@ -30,8 +29,9 @@ use super::wire::canonical_json;
 use super::{catalog, orders};
 use super::{level_key, KafkaSettings};
 use crate::config::Config;
-use crate::http::{dashboard, level_json, read_body, ApiError};
-use crate::pipeline::{wall_clock, Receipt, ReceiptError};
+use crate::http::backend::Wait;
+use crate::http::{dashboard, level_json, ApiError};
+use crate::pipeline::{wall_clock, Receipt, ReceiptError, RefusedBody};
 
 /// Marks a request one instance sent another, so it is never sent on.
 pub(super) const FORWARDED: &str = "x-stockflow-forwarded";
@@ -65,8 +65,11 @@ impl crate::http::dashboard::WithSimulator for KafkaApp {
 
 pub fn router(app: Arc<KafkaApp>) -> Router {
     Router::new()
-        .route("/v1/events", post(post_events))
-        .route("/v1/sources/{format}/events", post(post_source_events))
+        .route("/v1/events", post(crate::http::ingest::post_events::<KafkaApp>))
+        .route(
+            "/v1/sources/{format}/events",
+            post(crate::http::ingest::post_source_events::<KafkaApp>),
+        )
         .route(
             "/v1/sources",
             get(|State(app): State<Arc<KafkaApp>>| async move {
@@ -212,93 +215,25 @@ async fn ready(State(app): State<Arc<KafkaApp>>) -> Response {
     Json(json!({"status": "ready"})).into_response()
 }
 
-#[derive(Deserialize, Default)]
-pub struct IngestQuery {
-    wait: Option<String>,
-}
-
-/// POST /v1/events: validated here, produced to the owner's canonical
-/// partition with the idempotent producer; invalid events go to the DLQ.
-/// `accepted` counts events handed to the log: duplicates are recognised
-/// by their owner when it applies them.
-async fn post_events(
-    State(app): State<Arc<KafkaApp>>,
-    Query(query): Query<IngestQuery>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Json<Receipt>, ApiError> {
-    let wait_applied = wait_applied(query.wait.as_deref())?;
-    let events_max = app.config.request_events_max;
-    ingest(
-        &app,
-        wait_applied,
-        &headers,
-        body,
-        "http:/v1/events",
-        |bytes, format| parse_body(bytes, format, events_max),
-    )
-    .await
-}
-
-/// POST /v1/sources/{format}/events: a source's own format, translated
-/// here exactly as the embedded mode and the raw-topic normaliser do, then
-/// ingested like POST /v1/events (`?wait=applied` included; every other
-/// query parameter goes to the mapping).
-async fn post_source_events(
-    State(app): State<Arc<KafkaApp>>,
-    Path(format): Path<String>,
-    Query(mut params): Query<BTreeMap<String, String>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Json<Receipt>, ApiError> {
-    let mapping = crate::http::source_mapping(&app.config.sources, &format)?;
-    let wait_applied = wait_applied(params.remove("wait").as_deref())?;
-    let events_max = app.config.request_events_max;
-    let source = format!("http:/v1/sources/{format}/events");
-    ingest(
-        &app,
-        wait_applied,
-        &headers,
-        body,
-        &source,
-        |bytes, framing| crate::sources::translate(&mapping, bytes, framing, &params, events_max),
-    )
-    .await
-}
-
-fn wait_applied(wait: Option<&str>) -> Result<bool, ApiError> {
-    match wait {
-        None => Ok(false),
-        Some("applied") => Ok(true),
-        Some(other) => Err(ApiError::bad_request(format!(
-            "wait: {other:?} is not `applied`"
-        ))),
+/// Kafka mode behind the seam: events are produced to their owners'
+/// canonical partitions, refused bodies to the DLQ topic.
+impl crate::http::backend::Backend for KafkaApp {
+    fn config(&self) -> &Config {
+        &self.config
     }
-}
 
-/// Reads a body, parses it with `parse` into canonical events, produces
-/// them and answers the receipt; `source` names the route in dead letters.
-async fn ingest(
-    app: &KafkaApp,
-    wait_applied: bool,
-    headers: &HeaderMap,
-    body: Body,
-    source: &str,
-    parse: impl FnOnce(&[u8], BodyFormat) -> Result<Parsed, BodyError>,
-) -> Result<Json<Receipt>, ApiError> {
-    let (_admitted, body) = app.admission.admit(headers, body).await?;
-    let (bytes, format) = read_body(headers, body, app.config.body_bytes_max).await?;
-    let parsed = match parse(&bytes, format) {
-        Ok(parsed) => parsed,
-        Err(error) => {
-            let reason = error.to_string();
-            dead_letter(app, source, &bytes, &reason).await;
-            return Err(ApiError::bad_request(reason));
-        }
-    };
-    ingest_parsed(app, wait_applied, parsed, source)
-        .await
-        .map(Json)
+    fn admission(&self) -> &crate::http::Admission {
+        &self.admission
+    }
+
+    async fn submit(&self, parsed: Parsed, source: &str, wait: Wait) -> Result<Receipt, ApiError> {
+        ingest_parsed(self, wait == Wait::Applied, parsed, source).await
+    }
+
+    async fn keep_refused(&self, refused: RefusedBody, source: &str) -> Result<(), ApiError> {
+        dead_letter(self, source, &refused.payload, &refused.reason).await;
+        Ok(())
+    }
 }
 
 /// Produces parsed events to their canonical partitions, keeps the

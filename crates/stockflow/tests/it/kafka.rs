@@ -1977,9 +1977,12 @@ fn the_catalog_reaches_every_instance_and_shapes_roll_ups_and_alerts() {
     );
     let (_, again) = post_csv();
     assert_eq!(again["duplicates"].as_u64(), Some(1), "{again}");
-    let (_, letters) = get_settled(&format!(
-        "{a}/v1/dead-letters?source=http:/v1/sources/csv/events"
-    ));
+    let (_, letters) = get_settled(&format!("{a}/v1/dead-letters?source=source:csv"));
+    // Named as the embedded mode names it.
+    assert_eq!(
+        letters["deadLetters"][0]["source"], "source:csv",
+        "{letters}"
+    );
     assert_eq!(
         letters["deadLetters"][0]["payload"], "csv-2,CAT1,SOUTH-1,SALE,1.5",
         "{letters}"
@@ -2023,7 +2026,7 @@ fn the_catalog_reaches_every_instance_and_shapes_roll_ups_and_alerts() {
         let (_, page) = get_settled(&format!("{url}/v1/dead-letters?source={source}"));
         page["deadLetters"][0]["id"].as_i64()
     };
-    let row = letter_id(&a, "http:/v1/sources/csv/events").expect("the CSV letter");
+    let row = letter_id(&a, "source:csv").expect("the CSV letter");
     let location = letter_id(&a, "http:/v1/locations").expect("the location letter");
     let call = |method: reqwest::Method, url: String, body: &'static str| {
         runtime.block_on(async {
@@ -2062,9 +2065,7 @@ fn the_catalog_reaches_every_instance_and_shapes_roll_ups_and_alerts() {
         |l| l["onHand"] == 2,
     );
     // (The row was sent twice, so a second letter holds it.)
-    let (_, page) = get_settled(&format!(
-        "{b}/v1/dead-letters?source=http:/v1/sources/csv/events"
-    ));
+    let (_, page) = get_settled(&format!("{b}/v1/dead-letters?source=source:csv"));
     let ids: Vec<i64> = page["deadLetters"]
         .as_array()
         .unwrap()

@@ -14,6 +14,7 @@ mod http;
 mod import;
 mod kafka;
 mod orders;
+mod parity;
 /// The reference model of orders' holds, shared with the core's tests.
 #[path = "../../../stockflow-core/tests/it/reference.rs"]
 pub mod reference;

@@ -1,0 +1,65 @@
+//! The seam between the HTTP layer and the inventory that keeps the
+//! state: the embedded engine ([`AppState`](super::AppState)) or Kafka
+//! mode ([`KafkaApp`](crate::kafka::http::KafkaApp)). A handler written
+//! against [`Backend`] is written once and serves both modes; what a mode
+//! cannot do, it refuses per request with an [`ApiError`].
+
+use std::future::Future;
+
+use stockflow_core::Parsed;
+
+use super::{Admission, ApiError};
+use crate::config::Config;
+use crate::pipeline::{Receipt, RefusedBody};
+
+/// When an ingest request is answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wait {
+    /// Once the events are durable. The embedded mode applies them in the
+    /// same step, so there it is the same as [`Wait::Applied`].
+    Durable,
+    /// Once their owners have applied them, with each one's outcome
+    /// (`?wait=applied`).
+    Applied,
+}
+
+impl Wait {
+    /// The `wait` query parameter: absent, or `applied`.
+    pub fn from_query(wait: Option<&str>) -> Result<Wait, ApiError> {
+        match wait {
+            None => Ok(Wait::Durable),
+            Some("applied") => Ok(Wait::Applied),
+            Some(other) => Err(ApiError::bad_request(format!(
+                "wait: {} is not `applied`",
+                stockflow_core::parse::quote(other)
+            ))),
+        }
+    }
+}
+
+/// What the HTTP layer asks of the inventory, whichever mode keeps it.
+pub trait Backend: Send + Sync + 'static {
+    /// The server's settings.
+    fn config(&self) -> &Config;
+
+    /// Admission of ingest requests (how many, and how many bytes, are
+    /// read or parsed at once).
+    fn admission(&self) -> &Admission;
+
+    /// Hands parsed events to their owners, and keeps the refused ones as
+    /// dead letters from `source`; the receipt says what became of each.
+    fn submit(
+        &self,
+        parsed: Parsed,
+        source: &str,
+        wait: Wait,
+    ) -> impl Future<Output = Result<Receipt, ApiError>> + Send;
+
+    /// Keeps a body refused whole (it could not be read as events at
+    /// all) as a dead letter from `source`, with its bytes as received.
+    fn keep_refused(
+        &self,
+        refused: RefusedBody,
+        source: &str,
+    ) -> impl Future<Output = Result<(), ApiError>> + Send;
+}

@@ -1,0 +1,246 @@
+//! What both modes promise, asked of both: the same requests, sent to an
+//! embedded server and to a Kafka-mode instance (on tansu), must get the
+//! same answers. Each case also says what that answer is, so agreeing on
+//! a wrong answer fails too.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::kafka::{wait_settled, Broker, Instance};
+
+/// One request and what a client must get back.
+struct Case {
+    name: &'static str,
+    path: String,
+    content_type: &'static str,
+    body: Vec<u8>,
+    status: u16,
+    /// The error's code, or the receipt's (accepted, duplicates, rejected).
+    want: Want,
+    /// A dead letter this request leaves: its source, and the payload kept.
+    letter: Option<(&'static str, Vec<u8>)>,
+}
+
+enum Want {
+    Code(&'static str),
+    Receipt(u64, u64, u64),
+}
+
+fn event(id: &str, quantity: &str) -> String {
+    format!(
+        r#"{{"eventId":"{id}","eventType":"RECEIPT","sku":"PAR","locationId":"WEB","quantity":{quantity}}}"#
+    )
+}
+
+fn cases() -> Vec<Case> {
+    let csv = "sku,locationId,eventType,quantity,eventId\nPAR,WEB,RECEIPT,2,par-csv-1\nPAR,WEB,RECEIPT,1.5,par-csv-2\n";
+    let too_many: String = (0..100_001)
+        .map(|i| event(&format!("par-many-{i}"), "1") + "\n")
+        .collect();
+    let case = |name, path: &str, content_type, body: Vec<u8>, status, want| Case {
+        name,
+        path: path.to_owned(),
+        content_type,
+        body,
+        status,
+        want,
+        letter: None,
+    };
+    let two = format!("[{},{}]", event("par-1", "3"), event("par-2", "4"));
+    vec![
+        case(
+            "two valid events",
+            "/v1/events?wait=applied",
+            "application/json",
+            two.clone().into_bytes(),
+            200,
+            Want::Receipt(2, 0, 0),
+        ),
+        case(
+            "the same two again",
+            "/v1/events?wait=applied",
+            "application/json",
+            two.into_bytes(),
+            200,
+            Want::Receipt(0, 2, 0),
+        ),
+        case(
+            "one valid, one not",
+            "/v1/events?wait=applied",
+            "application/x-ndjson",
+            format!("{}\n{}\n", event("par-3", "1"), event("par-4", "1.5")).into_bytes(),
+            200,
+            Want::Receipt(1, 0, 1),
+        ),
+        case(
+            "a wait that is not `applied`",
+            "/v1/events?wait=soon",
+            "application/json",
+            event("par-5", "1").into_bytes(),
+            400,
+            Want::Code("bad_request"),
+        ),
+        Case {
+            letter: Some(("http:/v1/events", b"{\"eventId\": par-6".to_vec())),
+            ..case(
+                "a body that is not JSON",
+                "/v1/events",
+                "application/json",
+                b"{\"eventId\": par-6".to_vec(),
+                400,
+                Want::Code("bad_request"),
+            )
+        },
+        case(
+            "a body that does not say what it carries",
+            "/v1/events",
+            "text/plain",
+            event("par-7", "1").into_bytes(),
+            415,
+            Want::Code("unsupported_media_type"),
+        ),
+        case(
+            "100,001 events",
+            "/v1/events",
+            "application/x-ndjson",
+            too_many.into_bytes(),
+            413,
+            Want::Code("too_many_events"),
+        ),
+        Case {
+            letter: Some(("source:csv", b"PAR,WEB,RECEIPT,1.5,par-csv-2".to_vec())),
+            ..case(
+                "a source format's rows, one bad",
+                "/v1/sources/csv/events?wait=applied",
+                "text/csv",
+                csv.as_bytes().to_vec(),
+                200,
+                Want::Receipt(1, 0, 1),
+            )
+        },
+        case(
+            "a source format that does not exist",
+            "/v1/sources/nope/events",
+            "application/json",
+            b"[]".to_vec(),
+            404,
+            Want::Code("not_found"),
+        ),
+    ]
+}
+
+/// Sends every case to `url`; the answers, in order.
+async fn ask_all(url: &str) -> Vec<(u16, Value)> {
+    let client = reqwest::Client::new();
+    let mut answers = Vec::new();
+    for case in cases() {
+        let response = client
+            .post(format!("{url}{}", case.path))
+            .header("content-type", case.content_type)
+            .body(case.body.clone())
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let answer: Value = response.json().await.unwrap_or(Value::Null);
+        assert_eq!(status, case.status, "{url}: {}: {answer}", case.name);
+        match case.want {
+            Want::Code(code) => assert_eq!(answer["code"], code, "{url}: {}", case.name),
+            Want::Receipt(accepted, duplicates, rejected) => assert_eq!(
+                (
+                    &answer["accepted"],
+                    &answer["duplicates"],
+                    &answer["rejected"]
+                ),
+                (&json!(accepted), &json!(duplicates), &json!(rejected)),
+                "{url}: {}: {answer}",
+                case.name
+            ),
+        }
+        if let Some((source, payload)) = &case.letter {
+            let payload = String::from_utf8(payload.clone()).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let (_, page) = crate::get(url, &format!("/v1/dead-letters?source={source}")).await;
+                let kept = page["deadLetters"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|l| l["source"] == *source && l["payload"].as_str() == Some(&payload));
+                if kept {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{url}: {}: no letter from {source} holding {payload:?}: {page}",
+                    case.name
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        answers.push((status, answer));
+    }
+    answers
+}
+
+/// Ingest, both ways in (canonical and a source format), every way it can
+/// go wrong: one handler serves both modes, so both answer alike, word for
+/// word, and keep the same dead letters under the same source.
+#[test]
+fn ingest_answers_alike_in_both_modes() {
+    let _heavy = crate::heavy();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let embedded = runtime.block_on(async {
+        let server = crate::start(&dir.path().join("embedded"), |_| {}).await;
+        let answers = ask_all(&server.url()).await;
+        server.stop().await.unwrap();
+        answers
+    });
+
+    let broker = Broker::start();
+    broker.create_topics();
+    let instance = Instance::start(&broker, "parity", &dir.path().join("kafka"));
+    wait_settled(&instance.url, 1);
+    let kafka = runtime.block_on(ask_all(&instance.url));
+
+    for ((case, embedded), kafka) in cases().iter().zip(&embedded).zip(&kafka) {
+        assert_eq!(embedded, kafka, "{}: embedded vs Kafka mode", case.name);
+    }
+}
+
+/// Every `serve` flag works in both modes or is refused at start: the
+/// embedded mode's own flags, given with `--kafka`, stop the start (exit
+/// code 2) naming both, before anything connects to a broker.
+#[test]
+fn serve_flags_kafka_mode_cannot_honour_are_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    for (flag, value) in [
+        ("--catalog", "products.json"),
+        ("--catalog-location", "STORE-1"),
+        ("--webhook", "http://127.0.0.1:9/hook"),
+        ("--webhook-secret", "s3cret"),
+        ("--disk-free-min-bytes", "1"),
+        ("--checkpoint-events", "10"),
+        ("--partitions", "4"),
+    ] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_stockflow"))
+            .args(["serve", "--kafka", "127.0.0.1:9", "--listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args([flag, value])
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{flag}: {said}");
+        assert!(
+            said.contains(flag) && said.contains("--kafka"),
+            "{flag}: {said}"
+        );
+        assert!(
+            !said.contains("s3cret"),
+            "{flag}: the secret is echoed: {said}"
+        );
+    }
+}
