@@ -41,17 +41,17 @@ impl Server {
         })?;
         let addr = listener.local_addr()?;
         crate::metrics::handle();
-        let simulator = crate::simulator::Simulator::new(
-            config.simulator,
-            crate::simulator::Sink::Pipeline(pipeline.clone()),
-            config.request_events_max,
-        );
-        let state = Arc::new(AppState {
-            simulator: simulator.clone(),
+        let state = Arc::new_cyclic(|state| AppState {
+            simulator: crate::simulator::Simulator::new(
+                config.simulator,
+                state.clone() as std::sync::Weak<dyn crate::simulator::Sink>,
+                config.request_events_max,
+            ),
             pipeline: pipeline.clone(),
             admission: crate::http::Admission::new(&config),
             config,
         });
+        let simulator = state.simulator.clone();
         let limits = crate::http::serve::ConnectionLimits::of(&state.config);
         let (stop, task) = crate::http::serve::spawn(listener, router(state), limits);
         tracing::info!(%addr, "listening");

@@ -3,9 +3,9 @@
 //! the controlled scenario, and list what was sent.
 //!
 //! It produces the same traffic as `stockflow simulate` ([`Traffic`]) but
-//! hands it to the pipeline directly (in Kafka mode: to the canonical
-//! topic, as POST /v1/events does), labelled with the source
-//! `simulator`. Only `stockflow demo` and `stockflow serve --simulator`
+//! hands it to the server's backend directly, as POST /v1/events does
+//! (the same seam, so the same code in both modes), labelled with the
+//! source `simulator`. Only `stockflow demo` and `stockflow serve --simulator`
 //! switch it on: a production server must not invent sales.
 
 use std::collections::VecDeque;
@@ -14,10 +14,12 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use serde_json::{json, Value};
-use stockflow_core::{parse_body, route, BodyFormat};
+use stockflow_core::{parse_body, BodyFormat, Parsed};
 use tokio::task::JoinHandle;
 
-use crate::pipeline::{wall_clock, Pipeline, Receipt};
+use crate::http::backend::{Backend, Quantities, Wait};
+use crate::http::ApiError;
+use crate::pipeline::{wall_clock, Receipt};
 use crate::simulate::{Catalog, Traffic, CONTROLLED_EVENTS, CONTROLLED_EXPECTED};
 
 /// Highest continuous rate (events/s) the dashboard may ask for.
@@ -42,11 +44,32 @@ pub enum SimulatorError {
     Stopping,
 }
 
-/// Where the simulator's events go.
-pub enum Sink {
-    Pipeline(Arc<Pipeline>),
-    /// Weak: the app holds the simulator.
-    Kafka(std::sync::Weak<crate::kafka::http::KafkaApp>),
+type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// Where the simulator's events go: the server's own backend, as a trait
+/// object (the backend holds the simulator, so the simulator holds it
+/// weakly, and cannot name its type).
+pub trait Sink: Send + Sync {
+    fn submit(&self, parsed: Parsed) -> BoxFuture<'_, Result<Receipt, ApiError>>;
+    fn quantities<'a>(
+        &'a self,
+        sku: &'a str,
+        location: &'a str,
+    ) -> BoxFuture<'a, Option<Quantities>>;
+}
+
+impl<B: Backend> Sink for B {
+    fn submit(&self, parsed: Parsed) -> BoxFuture<'_, Result<Receipt, ApiError>> {
+        Box::pin(Backend::submit(self, parsed, "simulator", Wait::Applied))
+    }
+
+    fn quantities<'a>(
+        &'a self,
+        sku: &'a str,
+        location: &'a str,
+    ) -> BoxFuture<'a, Option<Quantities>> {
+        Box::pin(Backend::quantities(self, sku, location))
+    }
 }
 
 /// One sent message and what became of it.
@@ -87,13 +110,17 @@ struct Inner {
 /// See the module docs.
 pub struct Simulator {
     enabled: bool,
-    sink: Sink,
+    sink: std::sync::Weak<dyn Sink>,
     events_max: usize,
     inner: Mutex<Inner>,
 }
 
 impl Simulator {
-    pub fn new(enabled: bool, sink: Sink, events_max: usize) -> Arc<Simulator> {
+    pub fn new(
+        enabled: bool,
+        sink: std::sync::Weak<dyn Sink>,
+        events_max: usize,
+    ) -> Arc<Simulator> {
         Arc::new(Simulator {
             enabled,
             sink,
@@ -121,30 +148,20 @@ impl Simulator {
         Traffic::new(Catalog::demo(), seed)
     }
 
-    /// Sends one NDJSON body through the pipeline (in Kafka mode, with
-    /// `applied`, waits until the owners applied it) and records it.
-    async fn send_body(&self, body: String, applied: bool) -> Result<Receipt, SimulatorError> {
+    /// Sends one NDJSON body to the backend, waiting until the owners
+    /// applied it, and records it.
+    async fn send_body(&self, body: String) -> Result<Receipt, SimulatorError> {
         let parsed = parse_body(body.as_bytes(), BodyFormat::Ndjson, self.events_max)
             .map_err(|e| SimulatorError::Invalid(e.to_string()))?;
-        let receipt = match &self.sink {
-            Sink::Pipeline(pipeline) => pipeline
-                .submit(parsed, "simulator")
-                .map_err(|_| SimulatorError::Overloaded)?
-                .await
-                .map_err(|refused| match refused {
-                    crate::pipeline::Overloaded::Stopping => SimulatorError::Stopping,
-                    _ => SimulatorError::Overloaded,
-                })?,
-            Sink::Kafka(app) => {
-                let app = app.upgrade().ok_or(SimulatorError::Stopping)?;
-                crate::kafka::http::ingest_parsed(&app, applied, parsed, "simulator")
-                    .await
-                    .map_err(|e| match e.status.as_u16() {
-                        429 | 503 | 504 => SimulatorError::Overloaded,
-                        _ => SimulatorError::Invalid(e.message),
-                    })?
-            }
-        };
+        let sink = self.sink.upgrade().ok_or(SimulatorError::Stopping)?;
+        let receipt = sink
+            .submit(parsed)
+            .await
+            .map_err(|e| match e.status.as_u16() {
+                _ if e.code == "stopping" => SimulatorError::Stopping,
+                429 | 503 | 504 | 507 => SimulatorError::Overloaded,
+                _ => SimulatorError::Invalid(e.message),
+            })?;
         self.record(&body, &receipt);
         Ok(receipt)
     }
@@ -168,30 +185,11 @@ impl Simulator {
         }
     }
 
-    /// A level's (onHand, reserved, inTransit) as the engine has it now.
+    /// A level's (onHand, reserved, inTransit) as its owner has it now.
     async fn level(&self, sku: &str, location: &str) -> Option<(i64, i64, i64)> {
-        match &self.sink {
-            Sink::Pipeline(pipeline) => {
-                let shared = &pipeline.shared;
-                let partition = route(sku, location, shared.partition_count());
-                let level = shared.partitions[partition as usize]
-                    .read()
-                    .get(sku, location)?
-                    .level;
-                Some((level.on_hand, level.reserved, level.in_transit))
-            }
-            // Through this instance's API: its owner may be another.
-            Sink::Kafka(app) => {
-                let app = app.upgrade()?;
-                let url = format!("{}/v1/stock/{sku}/{location}", app.url);
-                let level: Value = app.client.get(url).send().await.ok()?.json().await.ok()?;
-                Some((
-                    level["onHand"].as_i64()?,
-                    level["reserved"].as_i64()?,
-                    level["inTransit"].as_i64()?,
-                ))
-            }
-        }
+        let sink = self.sink.upgrade()?;
+        let q = sink.quantities(sku, location).await?;
+        Some((q.on_hand, q.reserved, q.in_transit))
     }
 
     fn record(&self, body: &str, receipt: &Receipt) {
@@ -236,7 +234,7 @@ impl Simulator {
             left -= n;
             let mut body = String::new();
             (0..n).for_each(|_| traffic.push_event(&mut body));
-            let receipt = self.send_body(body, false).await?;
+            let receipt = self.send_body(body).await?;
             accepted += receipt.accepted;
             duplicates += receipt.duplicates;
             rejected += receipt.rejected;
@@ -278,7 +276,7 @@ impl Simulator {
                 let mut body = String::new();
                 (0..n).for_each(|_| traffic.push_event(&mut body));
                 let Some(me) = me.upgrade() else { return };
-                match me.send_body(body, false).await {
+                match me.send_body(body).await {
                     Ok(_) => {}
                     // Overload is the engine protecting itself: skip a beat.
                     Err(SimulatorError::Overloaded) => {}
@@ -335,14 +333,14 @@ impl Simulator {
     /// and each expected level next to the one the engine now has.
     pub async fn scenario(&self) -> Result<Value, SimulatorError> {
         self.check_enabled()?;
-        let receipt = match self.sink {
-            Sink::Pipeline(_) => self.send_body(CONTROLLED_EVENTS.to_owned(), true).await?,
-            // In Kafka mode a transfer's in-transit part reaches its
-            // destination's owner through the repartition topic, a cycle
-            // after the TRANSFER_OUT is applied; a TRANSFER_IN applied
-            // before that finds nothing in transit (a direct delivery). As
-            // in a store, the arrivals go once the departures have landed.
-            Sink::Kafka(_) => {
+        // In Kafka mode a transfer's in-transit part reaches its
+        // destination's owner through the repartition topic, a cycle after
+        // the TRANSFER_OUT is applied; a TRANSFER_IN applied before that
+        // finds nothing in transit (a direct delivery). As in a store, the
+        // arrivals go once the departures have landed (in the embedded
+        // mode they have as soon as they are applied).
+        let receipt = {
+            {
                 let lines: Vec<&str> = CONTROLLED_EVENTS.lines().collect();
                 let arrival = |l: &str| l.contains(r#""eventType":"TRANSFER_IN""#);
                 // (original line, line) of each phase.
@@ -358,7 +356,7 @@ impl Simulator {
                         self.wait_for_transit().await;
                     }
                     let body: String = phase.iter().map(|(_, l)| format!("{l}\n")).collect();
-                    let part = self.send_body(body, true).await?;
+                    let part = self.send_body(body).await?;
                     receipt.accepted += part.accepted;
                     receipt.duplicates += part.duplicates;
                     receipt.rejected += part.rejected;
@@ -379,10 +377,7 @@ impl Simulator {
                 let level = self.level(e.sku, e.location).await;
                 settled &= level == Some((e.on_hand, e.reserved, e.in_transit));
             }
-            if settled
-                || std::time::Instant::now() > deadline
-                || matches!(self.sink, Sink::Pipeline(_))
-            {
+            if settled || std::time::Instant::now() > deadline {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -37,6 +37,14 @@ impl Wait {
     }
 }
 
+/// A level's quantities.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quantities {
+    pub on_hand: i64,
+    pub reserved: i64,
+    pub in_transit: i64,
+}
+
 /// What the HTTP layer asks of the inventory, whichever mode keeps it.
 pub trait Backend: Send + Sync + 'static {
     /// The server's settings.
@@ -62,4 +70,12 @@ pub trait Backend: Send + Sync + 'static {
         refused: RefusedBody,
         source: &str,
     ) -> impl Future<Output = Result<(), ApiError>> + Send;
+
+    /// A level's quantities as its owner has them now; `None` if there is
+    /// no such level (or its owner cannot be asked right now).
+    fn quantities(
+        &self,
+        sku: &str,
+        location: &str,
+    ) -> impl Future<Output = Option<Quantities>> + Send;
 }

@@ -295,4 +295,18 @@ impl Backend for AppState {
         self.pipeline.submit_refused(refused, source)?.await?;
         Ok(())
     }
+
+    async fn quantities(&self, sku: &str, location: &str) -> Option<super::backend::Quantities> {
+        let shared = &self.pipeline.shared;
+        let partition = stockflow_core::route(sku, location, shared.partition_count());
+        let level = shared.partitions[partition as usize]
+            .read()
+            .get(sku, location)?
+            .level;
+        Some(super::backend::Quantities {
+            on_hand: level.on_hand,
+            reserved: level.reserved,
+            in_transit: level.in_transit,
+        })
+    }
 }

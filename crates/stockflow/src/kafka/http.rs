@@ -234,6 +234,21 @@ impl crate::http::backend::Backend for KafkaApp {
         dead_letter(self, source, &refused.payload, &refused.reason).await;
         Ok(())
     }
+
+    /// Through this instance's own API: the level's owner may be another.
+    async fn quantities(
+        &self,
+        sku: &str,
+        location: &str,
+    ) -> Option<crate::http::backend::Quantities> {
+        let url = format!("{}/v1/stock/{sku}/{location}", self.url);
+        let level: Value = self.client.get(url).send().await.ok()?.json().await.ok()?;
+        Some(crate::http::backend::Quantities {
+            on_hand: level["onHand"].as_i64()?,
+            reserved: level["reserved"].as_i64()?,
+            in_transit: level["inTransit"].as_i64()?,
+        })
+    }
 }
 
 /// Produces parsed events to their canonical partitions, keeps the

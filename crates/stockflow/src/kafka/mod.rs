@@ -376,7 +376,7 @@ impl KafkaServer {
         let app = Arc::new_cyclic(|app| http::KafkaApp {
             simulator: crate::simulator::Simulator::new(
                 simulator_on,
-                crate::simulator::Sink::Kafka(app.clone()),
+                app.clone() as std::sync::Weak<dyn crate::simulator::Sink>,
                 events_max,
             ),
             resolved,
