@@ -301,6 +301,14 @@ pub struct OrderFilter {
     page: Page,
 }
 
+/// The answer to `?status=` naming no order status.
+pub(crate) fn not_a_status(text: &str) -> ApiError {
+    ApiError::bad_request(format!(
+        "status: {} is not one of pending, reserved, partially_reserved, rejected, fulfilled, cancelled, expired",
+        stockflow_core::parse::quote(text)
+    ))
+}
+
 /// GET /v1/orders?status=&limit=&after=, by orderId.
 pub async fn list(
     State(state): State<Arc<AppState>>,
@@ -309,9 +317,7 @@ pub async fn list(
     let limit = limit(&filter.page)?;
     let status = match filter.status.as_deref() {
         None => None,
-        Some(text) => Some(Status::from_wire(text).ok_or_else(|| {
-            ApiError::bad_request(format!("status: {text:?} is not one of reserved, partially_reserved, rejected, fulfilled, cancelled, expired"))
-        })?),
+        Some(text) => Some(Status::from_wire(text).ok_or_else(|| not_a_status(text))?),
     };
     let book = state.pipeline.shared.orders.read();
     let start = filter

@@ -19,6 +19,14 @@ pub fn level_json(view: &LevelView, policy: Policy) -> Value {
     serde_json::to_value(LevelOut::new(view, policy)).expect("a level serializes")
 }
 
+/// A level as a location's listing shows it: with its low-stock
+/// threshold, so a listing can mark low stock without a lookup per row.
+pub fn listed_level_json(view: &LevelView, policy: Policy) -> Value {
+    let mut level = level_json(view, policy);
+    level["lowStockThreshold"] = json!(policy.low_stock_threshold);
+    level
+}
+
 /// A level as the API and the stock-levels topic show it. Typed, so that
 /// writing one to a buffer (as Kafka mode does per changed level) builds
 /// no map.
@@ -233,13 +241,7 @@ pub async fn location(
         let catalog = state.pipeline.shared.catalog.read();
         views
             .iter()
-            .map(|v| {
-                let policy = catalog.policy(&v.sku, &v.location_id);
-                let mut level = level_json(v, policy);
-                // So a listing can mark low stock without a lookup per row.
-                level["lowStockThreshold"] = json!(policy.low_stock_threshold);
-                level
-            })
+            .map(|v| listed_level_json(v, catalog.policy(&v.sku, &v.location_id)))
             .collect()
     };
     Ok(Json(json!({

@@ -546,7 +546,8 @@ pub struct ReadQuery {
     /// `local`: only this instance's partitions (what members ask each other).
     pub(super) scope: Option<String>,
     pub(super) status: Option<String>,
-    pub(super) limit: Option<usize>,
+    /// Text, read by `http::query::limit` as in the embedded mode.
+    pub(super) limit: Option<String>,
     pub(super) after: Option<String>,
 }
 
@@ -913,12 +914,10 @@ async fn location_levels(
     Path(location): Path<String>,
     Query(query): Query<ReadQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let limit = query.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "limit must be an integer from 1 to 1000",
-        ));
-    }
+    let limit = crate::http::query::limit(&crate::http::query::Page {
+        limit: query.limit.clone(),
+        after: None,
+    })?;
     let status = query
         .status
         .as_deref()
@@ -938,7 +937,7 @@ async fn location_levels(
     });
     let mut levels: Vec<Value> = views
         .iter()
-        .map(|(v, policy)| level_json(v, *policy))
+        .map(|(v, policy)| crate::http::query::listed_level_json(v, *policy))
         .collect();
     if query.scope.as_deref() == Some("local") {
         if let Some(p) = restoring_here.first() {

@@ -443,15 +443,15 @@ pub async fn list(
     Query(query): Query<ReadQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let page = crate::http::query::Page {
-        limit: query.limit.map(|l| l.to_string()),
+        limit: query.limit.clone(),
         after: query.after.clone(),
     };
     let limit = crate::http::query::limit(&page)?;
     let status = match query.status.as_deref() {
         None => None,
-        Some(text) => Some(Status::from_wire(text).ok_or_else(|| {
-            ApiError::bad_request(format!("status: {text:?} is not one of pending, reserved, partially_reserved, rejected, fulfilled, cancelled, expired"))
-        })?),
+        Some(text) => {
+            Some(Status::from_wire(text).ok_or_else(|| crate::http::orders::not_a_status(text))?)
+        }
     };
     let after = query.after.as_deref().unwrap_or("");
     // Enough of each member's to fill a page after merging.

@@ -210,6 +210,106 @@ fn ingest_answers_alike_in_both_modes() {
     }
 }
 
+/// Read requests, good and bad, and what each must answer (its status).
+const READS: &[(&str, &str, u16)] = &[
+    ("GET", "/v1/stock/PAR/WEB", 200),
+    ("GET", "/v1/stock/PAR", 200),
+    ("GET", "/v1/locations/WEB/stock", 200),
+    ("GET", "/v1/stock/PAR/WEB/history?limit=2", 200),
+    ("GET", "/v1/items/PAR", 200),
+    ("GET", "/v1/stock/NONE/WEB", 404),
+    ("GET", "/v1/stock/NONE", 404),
+    ("GET", "/v1/stock/NONE/WEB/history", 404),
+    ("GET", "/v1/stock/PAR/WEB?asOf=2001-01-01T00:00:00Z", 404),
+    ("GET", "/v1/stock/PAR/WEB?asOf=yesterday", 400),
+    ("GET", "/v1/stock/PAR/WEB/history?limit=0", 400),
+    ("GET", "/v1/locations/WEB/stock?limit=100000", 400),
+    ("GET", "/v1/alerts?kind=NOPE", 400),
+    ("GET", "/v1/orders?limit=-1", 400),
+    ("GET", "/v1/orders?status=lost", 400),
+    ("GET", "/v1/orders/NONE", 404),
+    ("GET", "/v1/products/NONE", 404),
+    ("GET", "/v1/locations/NONE", 404),
+    ("GET", "/v1/dead-letters?limit=many", 400),
+    ("GET", "/v1/sources", 200),
+    ("GET", "/v1/no-such-thing", 404),
+    ("DELETE", "/v1/events", 405),
+    ("POST", "/v1/orders", 415),
+];
+
+/// `answer` without what differs between two servers by nature: times,
+/// and the `stale` flag of a Kafka read.
+fn comparable(answer: &Value) -> Value {
+    match answer {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .filter(|(k, _)| {
+                    !k.ends_with("At") && !matches!(k.as_str(), "at" | "timestamp" | "stale")
+                })
+                .map(|(k, v)| (k.clone(), comparable(v)))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(comparable).collect()),
+        other => other.clone(),
+    }
+}
+
+async fn read_all(url: &str) -> Vec<(u16, Value)> {
+    let client = reqwest::Client::new();
+    let mut answers = Vec::new();
+    for (method, path, status) in READS {
+        let response = client
+            .request(method.parse().unwrap(), format!("{url}{path}"))
+            .send()
+            .await
+            .unwrap();
+        let got = response.status().as_u16();
+        let answer: Value = response.json().await.unwrap_or(Value::Null);
+        assert_eq!(got, *status, "{url}: {method} {path}: {answer}");
+        if got >= 400 {
+            assert!(
+                answer["code"].is_string(),
+                "{url}: {method} {path}: {answer}"
+            );
+        }
+        answers.push((got, comparable(&answer)));
+    }
+    answers
+}
+
+/// Reads of the same state, good and bad, answer alike in both modes
+/// (but for times), word for word.
+#[test]
+fn reads_answer_alike_in_both_modes() {
+    let _heavy = crate::heavy();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let embedded = runtime.block_on(async {
+        let server = crate::start(&dir.path().join("embedded"), |_| {}).await;
+        ask_all(&server.url()).await;
+        let answers = read_all(&server.url()).await;
+        server.stop().await.unwrap();
+        answers
+    });
+
+    let broker = Broker::start();
+    broker.create_topics();
+    let instance = Instance::start(&broker, "parity-reads", &dir.path().join("kafka"));
+    wait_settled(&instance.url, 1);
+    runtime.block_on(ask_all(&instance.url));
+    let kafka = runtime.block_on(read_all(&instance.url));
+
+    let mut differ = Vec::new();
+    for ((method, path, _), (embedded, kafka)) in READS.iter().zip(embedded.iter().zip(&kafka)) {
+        if embedded != kafka {
+            differ.push(format!(
+                "{method} {path}:\n  embedded {embedded:?}\n  kafka    {kafka:?}"
+            ));
+        }
+    }
+    assert!(differ.is_empty(), "{}", differ.join("\n"));
+}
+
 /// Every `serve` flag works in both modes or is refused at start: the
 /// embedded mode's own flags, given with `--kafka`, stop the start (exit
 /// code 2) naming both, before anything connects to a broker.
