@@ -1727,7 +1727,7 @@ impl Processor {
         stockflow_core::saga::settle_fulfilments(&mut transit_batch, &partition);
         partition.apply_batch(p, &transit_batch, now, &mut exceptions, &mut changes);
         partition.tick(now);
-        replies.extend(line_results(p, n, &transit_batch, &exceptions));
+        replies.extend(line_results(p, n, &transit_batch, &exceptions, &partition));
 
         // In-transit effects owned elsewhere go to their owner.
         for (position, r) in events.routes().iter().enumerate() {
@@ -1872,6 +1872,7 @@ fn line_results(
     partitions: u16,
     batch: &stockflow_core::Batch,
     exceptions: &[stockflow_core::Exception],
+    partition: &stockflow_core::Partition,
 ) -> Vec<(u16, ToHome)> {
     let mut replies = Vec::new();
     for position in 0..batch.len() {
@@ -1887,6 +1888,22 @@ fn line_results(
             .iter()
             .find(|e| e.position as usize == position)
             .map(|e| match e.outcome {
+                // Said as the embedded mode says it: how much of the line
+                // the level could have given.
+                stockflow_core::Outcome::Rejected(stockflow_core::Rejection::InsufficientStock) => {
+                    let available = partition
+                        .get(event.sku, event.location_id)
+                        .map_or(0, |view| {
+                            partition
+                                .policy_of_level(event.sku, event.location_id)
+                                .available(&view.level.numbers())
+                        });
+                    format!(
+                        "insufficient_stock: {} of {} available",
+                        available.clamp(0, event.quantity),
+                        event.quantity
+                    )
+                }
                 stockflow_core::Outcome::Rejected(why) => why.as_str().to_owned(),
                 other => format!("{other:?}"),
             })
