@@ -37,6 +37,21 @@ impl Wait {
     }
 }
 
+/// How a read is asked: as of when, whether a restoring partition's
+/// state will do, and (for a backend that forwards reads to the owner of
+/// the data) where the request came from and what it said.
+#[derive(Clone, Debug, Default)]
+pub struct Read {
+    /// A past time: the state as processing had left it then.
+    pub as_of: Option<stockflow_core::Timestamp>,
+    /// `?stale=true`: what a restoring partition has so far will do.
+    pub stale: bool,
+    /// Sent on by another instance: never sent on again.
+    pub forwarded: bool,
+    /// The request's path and query, to ask the owner the same.
+    pub path_and_query: String,
+}
+
 /// A level's quantities.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Quantities {
@@ -70,6 +85,24 @@ pub trait Backend: Send + Sync + 'static {
         refused: RefusedBody,
         source: &str,
     ) -> impl Future<Output = Result<(), ApiError>> + Send;
+
+    /// A level as the API shows it (`GET /v1/stock/{sku}/{locationId}`).
+    fn level(
+        &self,
+        sku: &str,
+        location: &str,
+        read: &Read,
+    ) -> impl Future<Output = Result<serde_json::Value, ApiError>> + Send;
+
+    /// A page of a level's history, newest first
+    /// (`GET /v1/stock/{sku}/{locationId}/history`).
+    fn level_history(
+        &self,
+        sku: &str,
+        location: &str,
+        page: &super::history::HistoryPage,
+        read: &Read,
+    ) -> impl Future<Output = Result<serde_json::Value, ApiError>> + Send;
 
     /// A level's quantities as its owner has them now; `None` if there is
     /// no such level (or its owner cannot be asked right now).

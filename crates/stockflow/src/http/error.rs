@@ -8,7 +8,9 @@ use serde_json::json;
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
-    pub code: &'static str,
+    /// Stable and machine-readable; owned only when relayed from another
+    /// instance (Kafka mode forwards a read to its owner).
+    pub code: std::borrow::Cow<'static, str>,
     pub message: String,
     /// Seconds, for 429/503.
     pub retry_after: Option<u32>,
@@ -18,7 +20,7 @@ impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
-            code,
+            code: code.into(),
             message: message.into(),
             retry_after: None,
         }
@@ -70,7 +72,10 @@ impl ApiError {
 
     /// The same error with a more precise code.
     pub fn with_code(self, code: &'static str) -> ApiError {
-        ApiError { code, ..self }
+        ApiError {
+            code: code.into(),
+            ..self
+        }
     }
 
     /// The pipeline stopped before answering: 503 with Retry-After.

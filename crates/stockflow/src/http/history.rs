@@ -79,19 +79,35 @@ pub struct HistoryPage {
     pub page: Page,
 }
 
-/// Applied events of a level with the level after each, newest first.
-pub async fn history(
-    State(state): State<Arc<AppState>>,
+/// GET /v1/stock/{sku}/{locationId}/history?before=&limit=: applied
+/// events of a level with the level after each, newest first.
+pub async fn history<B: super::backend::Backend>(
+    State(backend): State<Arc<B>>,
     Path((sku, location)): Path<(String, String)>,
     Query(query): Query<HistoryPage>,
+    headers: axum::http::HeaderMap,
+    uri: axum::http::Uri,
 ) -> Result<Json<Value>, ApiError> {
-    let limit = limit(&query.page)?;
-    let (partition, head) = head(&state, &sku, &location)?;
-    let start = page_start(head, query.before.as_deref())?;
-    let policy = super::query::policy(&state, &sku, &location);
-    let reader = reader(&state, partition)?;
-    tokio::task::block_in_place(|| page_json(&sku, &location, &reader, start, limit, policy))
+    let read = super::query::ReadQuery::default().read(&headers, &uri)?;
+    backend
+        .level_history(&sku, &location, &query, &read)
+        .await
         .map(Json)
+}
+
+/// The embedded engine's history of a level.
+pub(crate) fn history_here(
+    state: &AppState,
+    sku: &str,
+    location: &str,
+    query: &HistoryPage,
+) -> Result<Value, ApiError> {
+    let limit = limit(&query.page)?;
+    let (partition, head) = head(state, sku, location)?;
+    let start = page_start(head, query.before.as_deref())?;
+    let policy = super::query::policy(state, sku, location);
+    let reader = reader(state, partition)?;
+    tokio::task::block_in_place(|| page_json(sku, location, &reader, start, limit, policy))
 }
 
 /// Up to `limit` entries of a level's history from cursor `start` back,
@@ -199,21 +215,18 @@ pub fn as_of_json(
 }
 
 /// GET /v1/stock/{sku}/{locationId}?asOf=
-pub async fn level_at(
+pub fn level_at(
     state: &AppState,
     sku: &str,
     location: &str,
-    text: &str,
-) -> Result<Json<Value>, ApiError> {
-    let at = parse_as_of(text)?;
-    level_as_of(state, sku, location, at)?
-        .map(Json)
-        .ok_or_else(|| {
-            ApiError::not_found(format!(
-                "sku {sku:?} at location {location:?} had no stock level yet at {}",
-                at.to_rfc3339()
-            ))
-        })
+    at: Timestamp,
+) -> Result<Value, ApiError> {
+    level_as_of(state, sku, location, at)?.ok_or_else(|| {
+        ApiError::not_found(format!(
+            "sku {sku:?} at location {location:?} had no stock level yet at {}",
+            at.to_rfc3339()
+        ))
+    })
 }
 
 /// GET /v1/stock/{sku}?asOf=: every level of the SKU as of then.

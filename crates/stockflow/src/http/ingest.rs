@@ -296,6 +296,25 @@ impl Backend for AppState {
         Ok(())
     }
 
+    async fn level(
+        &self,
+        sku: &str,
+        location: &str,
+        read: &super::backend::Read,
+    ) -> Result<serde_json::Value, ApiError> {
+        super::query::level_here(self, sku, location, read)
+    }
+
+    async fn level_history(
+        &self,
+        sku: &str,
+        location: &str,
+        page: &super::history::HistoryPage,
+        _: &super::backend::Read,
+    ) -> Result<serde_json::Value, ApiError> {
+        super::history::history_here(self, sku, location, page)
+    }
+
     async fn quantities(&self, sku: &str, location: &str) -> Option<super::backend::Quantities> {
         let shared = &self.pipeline.shared;
         let partition = stockflow_core::route(sku, location, shared.partition_count());

@@ -87,11 +87,14 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/regions/{region}/stock/{sku}",
             get(catalog::region_stock),
         )
-        .route("/v1/stock/{sku}/{location_id}", get(query::level))
+        .route(
+            "/v1/stock/{sku}/{location_id}",
+            get(query::level::<AppState>),
+        )
         .route("/v1/stock/{sku}", get(query::sku))
         .route(
             "/v1/stock/{sku}/{location_id}/history",
-            get(history::history),
+            get(history::history::<AppState>),
         )
         .route("/v1/locations/{location_id}/stock", get(query::location))
         .route("/v1/dead-letters", get(dead_letters::list))

@@ -8,6 +8,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use stockflow_core::{route, LevelView, Policy, Totals};
 
+use super::backend::{Backend, Read};
 use super::{ApiError, AppState};
 
 const PAGE_DEFAULT: usize = 100;
@@ -86,21 +87,66 @@ pub fn policy(state: &AppState, sku: &str, location: &str) -> Policy {
     state.pipeline.shared.catalog.read().policy(sku, location)
 }
 
-pub async fn level(
-    State(state): State<Arc<AppState>>,
+/// `?asOf=` and `?stale=`, the options of a read.
+#[derive(Deserialize, Default)]
+pub struct ReadQuery {
+    #[serde(rename = "asOf")]
+    as_of: Option<String>,
+    stale: Option<bool>,
+}
+
+impl ReadQuery {
+    /// The read these options, headers and URI ask for (400 for an
+    /// `asOf` that is not a time).
+    pub fn read(
+        &self,
+        headers: &axum::http::HeaderMap,
+        uri: &axum::http::Uri,
+    ) -> Result<Read, ApiError> {
+        Ok(Read {
+            as_of: self
+                .as_of
+                .as_deref()
+                .map(super::history::parse_as_of)
+                .transpose()?,
+            stale: self.stale == Some(true),
+            forwarded: headers.contains_key(crate::kafka::http::FORWARDED),
+            path_and_query: uri
+                .path_and_query()
+                .map_or_else(|| uri.path().to_owned(), |pq| pq.as_str().to_owned()),
+        })
+    }
+}
+
+/// GET /v1/stock/{sku}/{locationId}?asOf=&stale=
+pub async fn level<B: Backend>(
+    State(backend): State<Arc<B>>,
     Path((sku, location)): Path<(String, String)>,
-    Query(as_of): Query<super::history::AsOf>,
+    Query(query): Query<ReadQuery>,
+    headers: axum::http::HeaderMap,
+    uri: axum::http::Uri,
 ) -> Result<Json<Value>, ApiError> {
-    if let Some(at) = &as_of.as_of {
-        return super::history::level_at(&state, &sku, &location, at).await;
+    let read = query.read(&headers, &uri)?;
+    backend.level(&sku, &location, &read).await.map(Json)
+}
+
+/// The embedded engine's level, now or as of a past time.
+pub(crate) fn level_here(
+    state: &AppState,
+    sku: &str,
+    location: &str,
+    read: &Read,
+) -> Result<Value, ApiError> {
+    if let Some(at) = read.as_of {
+        return super::history::level_at(state, sku, location, at);
     }
     let shared = &state.pipeline.shared;
-    let partition = route(&sku, &location, shared.partition_count());
+    let partition = route(sku, location, shared.partition_count());
     let view = shared.partitions[partition as usize]
         .read()
-        .get(&sku, &location);
-    let policy = policy(&state, &sku, &location);
-    view.map(|v| Json(level_json(&v, policy))).ok_or_else(|| {
+        .get(sku, location);
+    let policy = policy(state, sku, location);
+    view.map(|v| level_json(&v, policy)).ok_or_else(|| {
         ApiError::not_found(format!(
             "no stock level for sku {sku:?} at location {location:?}"
         ))

@@ -29,12 +29,12 @@ use super::wire::canonical_json;
 use super::{catalog, orders};
 use super::{level_key, KafkaSettings};
 use crate::config::Config;
-use crate::http::backend::Wait;
+use crate::http::backend::{Read, Wait};
 use crate::http::{dashboard, level_json, ApiError};
 use crate::pipeline::{wall_clock, Receipt, ReceiptError, RefusedBody};
 
 /// Marks a request one instance sent another, so it is never sent on.
-pub(super) const FORWARDED: &str = "x-stockflow-forwarded";
+pub(crate) const FORWARDED: &str = "x-stockflow-forwarded";
 /// Longest `?wait=applied` wait.
 const WAIT_APPLIED_MAX: Duration = Duration::from_secs(30);
 
@@ -76,9 +76,15 @@ pub fn router(app: Arc<KafkaApp>) -> Router {
                 Json(crate::http::sources_json(&app.config.sources))
             }),
         )
-        .route("/v1/stock/{sku}/{location_id}", get(level))
+        .route(
+            "/v1/stock/{sku}/{location_id}",
+            get(crate::http::query::level::<KafkaApp>),
+        )
         .route("/v1/stock/{sku}", get(sku_levels))
-        .route("/v1/stock/{sku}/{location_id}/history", get(history))
+        .route(
+            "/v1/stock/{sku}/{location_id}/history",
+            get(crate::http::history::history::<KafkaApp>),
+        )
         .route("/v1/locations/{location_id}/stock", get(location_levels))
         .route("/v1/alerts", get(alerts))
         .route(
@@ -209,7 +215,7 @@ async fn ready(State(app): State<Arc<KafkaApp>>) -> Response {
             StatusCode::SERVICE_UNAVAILABLE,
             format!("{restoring} partitions are restoring"),
         );
-        error.code = "restoring";
+        error.code = "restoring".into();
         return error.into_response();
     }
     Json(json!({"status": "ready"})).into_response()
@@ -233,6 +239,20 @@ impl crate::http::backend::Backend for KafkaApp {
     async fn keep_refused(&self, refused: RefusedBody, source: &str) -> Result<(), ApiError> {
         dead_letter(self, source, &refused.payload, &refused.reason).await;
         Ok(())
+    }
+
+    async fn level(&self, sku: &str, location: &str, read: &Read) -> Result<Value, ApiError> {
+        self.read_level(sku, location, read).await
+    }
+
+    async fn level_history(
+        &self,
+        sku: &str,
+        location: &str,
+        page: &crate::http::history::HistoryPage,
+        read: &Read,
+    ) -> Result<Value, ApiError> {
+        self.read_history(sku, location, page, read).await
     }
 
     /// Through this instance's own API: the level's owner may be another.
@@ -524,7 +544,7 @@ pub(super) fn not_owned(p: u16) -> ApiError {
         StatusCode::SERVICE_UNAVAILABLE,
         format!("partition {p} has no owner right now (a rebalance or restore is under way); retry shortly"),
     );
-    error.code = "no_owner";
+    error.code = "no_owner".into();
     error
 }
 
@@ -533,13 +553,12 @@ pub(super) fn restoring(p: u16) -> ApiError {
         StatusCode::SERVICE_UNAVAILABLE,
         format!("partition {p} is restoring its state; retry shortly, or ask with ?stale=true for what it has so far"),
     );
-    error.code = "restoring";
+    error.code = "restoring".into();
     error
 }
 
 #[derive(Deserialize, Default, Clone)]
 pub struct ReadQuery {
-    pub(super) stale: Option<bool>,
     /// A past time: the level(s) as processing had left them then.
     #[serde(rename = "asOf")]
     pub(super) as_of: Option<String>,
@@ -551,129 +570,123 @@ pub struct ReadQuery {
     pub(super) after: Option<String>,
 }
 
-/// Forwards a GET to `url` + `path_and_query`, relaying status and body.
-async fn forward(app: &KafkaApp, url: &str, path_and_query: &str) -> Response {
-    match app
+/// A forwarded answer as the API's own: its JSON, or its error as it was
+/// (status, code, message and Retry-After).
+async fn forward_json(app: &KafkaApp, url: &str, path_and_query: &str) -> Result<Value, ApiError> {
+    let unanswered = |error: &dyn std::fmt::Display| {
+        ApiError::overloaded(
+            StatusCode::BAD_GATEWAY,
+            format!("the owner at {url} did not answer ({error}); retry shortly"),
+        )
+    };
+    let response = app
         .client
         .get(format!("{url}{path_and_query}"))
         .header(FORWARDED, "1")
         .send()
         .await
-    {
-        Ok(r) => {
-            let status =
-                StatusCode::from_u16(r.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-            let retry = r.headers().get(header::RETRY_AFTER).cloned();
-            let bytes = r.bytes().await.unwrap_or_default();
-            let mut response =
-                (status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response();
-            if let Some(retry) = retry {
-                response.headers_mut().insert(header::RETRY_AFTER, retry);
-            }
-            response
-        }
-        Err(error) => ApiError::overloaded(
-            StatusCode::BAD_GATEWAY,
-            format!("the owner at {url} did not answer ({error}); retry shortly"),
-        )
-        .into_response(),
+        .map_err(|e| unanswered(&e))?;
+    let status =
+        StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let retry_after = response
+        .headers()
+        .get(header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let body: Value = response.json().await.map_err(|e| unanswered(&e))?;
+    if status.is_success() {
+        return Ok(body);
     }
+    Err(ApiError {
+        status,
+        code: body["code"]
+            .as_str()
+            .unwrap_or("owner_error")
+            .to_owned()
+            .into(),
+        message: body["message"].as_str().unwrap_or_default().to_owned(),
+        retry_after,
+    })
 }
 
-/// GET /v1/stock/{sku}/{locationId}: here if owned, else at the owner.
-async fn level(
-    State(app): State<Arc<KafkaApp>>,
-    Path((sku, location)): Path<(String, String)>,
-    Query(query): Query<ReadQuery>,
-    headers: HeaderMap,
-) -> Response {
-    let p = route(&sku, &location, app.settings.partitions);
-    let status = app.shared.status(p);
-    if let Some(text) = &query.as_of {
-        if status != NOT_OWNED {
-            return local_as_of(&app, p, &sku, &location, text)
-                .map(Json)
-                .into_response();
-        }
-        let path = format!(
-            "/v1/stock/{}/{}?asOf={}",
-            encode(&sku),
-            encode(&location),
-            encode(text)
-        );
-        return at_owner(&app, p, &headers, &path).await;
-    }
-    let stale = query.stale == Some(true);
-    if status == ACTIVE || (status == RESTORING && stale) {
-        let partition = app.shared.partitions[p as usize].read();
-        return match partition.get(&sku, &location) {
-            Some(view) => {
-                let mut level = level_json(&view, partition.policy_of_level(&sku, &location));
-                if status == RESTORING {
-                    level["stale"] = json!(true);
-                }
-                Json(level).into_response()
-            }
-            // Not restored yet is not "never seen".
-            None if status == RESTORING => restoring(p).into_response(),
-            None => ApiError::not_found(format!(
-                "no stock level for sku {sku:?} at location {location:?}"
-            ))
-            .into_response(),
-        };
-    }
-    if status == RESTORING {
-        return restoring(p).into_response();
-    }
-    let query = if stale { "?stale=true" } else { "" };
-    let path = format!("/v1/stock/{}/{}{query}", encode(&sku), encode(&location));
-    at_owner(&app, p, &headers, &path).await
-}
-
-/// Forwards a request for partition `p` to its owner (never a second time).
-async fn at_owner(app: &KafkaApp, p: u16, headers: &HeaderMap, path: &str) -> Response {
-    if headers.contains_key(FORWARDED) {
-        return not_owned(p).into_response();
+/// Asks partition `p`'s owner (never a second time).
+async fn at_owner_json(app: &KafkaApp, p: u16, read: &Read) -> Result<Value, ApiError> {
+    if read.forwarded {
+        return Err(not_owned(p));
     }
     match app.cluster.owner(p) {
         Some((owner, _)) if owner.instance_id != app.instance_id => {
-            forward(app, &owner.url, path).await
+            forward_json(app, &owner.url, &read.path_and_query).await
         }
-        _ => not_owned(p).into_response(),
+        _ => Err(not_owned(p)),
     }
 }
 
-/// GET /v1/stock/{sku}/{locationId}/history?before=&limit=: answered by
-/// the level's owner from the history it keeps ([`super::history`]).
-async fn history(
-    State(app): State<Arc<KafkaApp>>,
-    Path((sku, location)): Path<(String, String)>,
-    Query(query): Query<crate::http::history::HistoryPage>,
-    headers: HeaderMap,
-    uri: axum::http::Uri,
-) -> Response {
-    let p = route(&sku, &location, app.settings.partitions);
-    if app.shared.status(p) == NOT_OWNED {
-        let path = uri.path_and_query().map_or(uri.path(), |pq| pq.as_str());
-        return at_owner(&app, p, &headers, path).await;
+impl KafkaApp {
+    /// A level here if its partition is owned here, else at its owner.
+    pub(crate) async fn read_level(
+        &self,
+        sku: &str,
+        location: &str,
+        read: &Read,
+    ) -> Result<Value, ApiError> {
+        let p = route(sku, location, self.settings.partitions);
+        let status = self.shared.status(p);
+        if let Some(at) = read.as_of {
+            if status != NOT_OWNED {
+                return local_as_of(self, p, sku, location, at);
+            }
+            return at_owner_json(self, p, read).await;
+        }
+        if status == ACTIVE || (status == RESTORING && read.stale) {
+            let partition = self.shared.partitions[p as usize].read();
+            return match partition.get(sku, location) {
+                Some(view) => {
+                    let mut level = level_json(&view, partition.policy_of_level(sku, location));
+                    if status == RESTORING {
+                        level["stale"] = json!(true);
+                    }
+                    Ok(level)
+                }
+                // Not restored yet is not "never seen".
+                None if status == RESTORING => Err(restoring(p)),
+                None => Err(no_level(sku, location)),
+            };
+        }
+        if status == RESTORING {
+            return Err(restoring(p));
+        }
+        at_owner_json(self, p, read).await
     }
-    let answer = || -> Result<Value, ApiError> {
+
+    /// A page of a level's history, answered by the level's owner from
+    /// the history it keeps ([`super::history`]).
+    pub(crate) async fn read_history(
+        &self,
+        sku: &str,
+        location: &str,
+        query: &crate::http::history::HistoryPage,
+        read: &Read,
+    ) -> Result<Value, ApiError> {
+        let p = route(sku, location, self.settings.partitions);
+        if self.shared.status(p) == NOT_OWNED {
+            return at_owner_json(self, p, read).await;
+        }
         let limit = crate::http::query::limit(&query.page)?;
-        let (book, reader) = history_of(&app, p)?;
-        let head = book
-            .head(&sku, &location)
-            .ok_or_else(|| no_level(&sku, &location))?;
-        let start = crate::http::history::page_start(head, query.before.as_deref())?;
-        let policy = app.shared.partitions[p as usize]
-            .read()
-            .policy_of_level(&sku, &location);
-        // The book stays read-locked while the files are read: undoing
-        // an orphaned cycle cuts them.
-        crate::http::history::page_json(&sku, &location, &reader, start, limit, policy)
-    };
-    tokio::task::block_in_place(answer)
-        .map(Json)
-        .into_response()
+        tokio::task::block_in_place(|| {
+            let (book, reader) = history_of(self, p)?;
+            let head = book
+                .head(sku, location)
+                .ok_or_else(|| no_level(sku, location))?;
+            let start = crate::http::history::page_start(head, query.before.as_deref())?;
+            let policy = self.shared.partitions[p as usize]
+                .read()
+                .policy_of_level(sku, location);
+            // The book stays read-locked while the files are read: undoing
+            // an orphaned cycle cuts them.
+            crate::http::history::page_json(sku, location, &reader, start, limit, policy)
+        })
+    }
 }
 
 fn no_level(sku: &str, location: &str) -> ApiError {
@@ -700,7 +713,7 @@ fn history_of(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("the history of partition {p} is being rebuilt from the history topic after a rebalance; retry shortly"),
         );
-        error.code = "restoring";
+        error.code = "restoring".into();
         return Err(error);
     }
     let reader = crate::history::HistoryReader::open(&app.config.data_dir.join("kafka"), p)
@@ -720,9 +733,8 @@ fn local_as_of(
     p: u16,
     sku: &str,
     location: &str,
-    text: &str,
+    at: stockflow_core::Timestamp,
 ) -> Result<Value, ApiError> {
-    let at = crate::http::history::parse_as_of(text)?;
     tokio::task::block_in_place(|| {
         let (book, reader) = history_of(app, p)?;
         let head = book
@@ -862,7 +874,13 @@ async fn sku_levels(
             let mut levels = Vec::new();
             for (v, _) in &views {
                 let p = route(&v.sku, &v.location_id, app.settings.partitions);
-                match local_as_of(&app, p, &sku, &v.location_id, text) {
+                match local_as_of(
+                    &app,
+                    p,
+                    &sku,
+                    &v.location_id,
+                    crate::http::history::parse_as_of(text)?,
+                ) {
                     Ok(level) => levels.push(level),
                     Err(error) if error.status == StatusCode::NOT_FOUND => {}
                     Err(error) => return Err(error),

@@ -98,7 +98,7 @@ async fn ask_home(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("the home partition {p} of order {order_id:?} has no active owner right now (a rebalance or restore is under way); retry shortly"),
             );
-            error.code = "no_owner";
+            error.code = "no_owner".into();
             return Err(error);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
