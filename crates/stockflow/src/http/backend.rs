@@ -50,6 +50,9 @@ pub struct Read {
     pub forwarded: bool,
     /// The request's path and query, to ask the owner the same.
     pub path_and_query: String,
+    /// `scope=local`: only what this instance holds (what the members of
+    /// a cluster ask each other when they gather an answer).
+    pub local_only: bool,
 }
 
 /// A level's quantities.
@@ -91,6 +94,14 @@ pub trait Backend: Send + Sync + 'static {
         &self,
         sku: &str,
         location: &str,
+        read: &Read,
+    ) -> impl Future<Output = Result<serde_json::Value, ApiError>> + Send;
+
+    /// A SKU's levels at every location, with their totals
+    /// (`GET /v1/stock/{sku}`).
+    fn sku_levels(
+        &self,
+        sku: &str,
         read: &Read,
     ) -> impl Future<Output = Result<serde_json::Value, ApiError>> + Send;
 

@@ -14,12 +14,6 @@ use super::query::{limit, Page};
 use super::{ApiError, AppState};
 use crate::history::{outcome_name, ChainEnd, Entry, HistoryReader};
 
-#[derive(Deserialize)]
-pub struct AsOf {
-    #[serde(rename = "asOf")]
-    pub as_of: Option<String>,
-}
-
 fn io_error(error: std::io::Error) -> ApiError {
     ApiError::new(
         StatusCode::INTERNAL_SERVER_ERROR,
@@ -230,8 +224,7 @@ pub fn level_at(
 }
 
 /// GET /v1/stock/{sku}?asOf=: every level of the SKU as of then.
-pub async fn sku_at(state: &AppState, sku: &str, text: &str) -> Result<Json<Value>, ApiError> {
-    let at = parse_as_of(text)?;
+pub fn sku_at(state: &AppState, sku: &str, at: Timestamp) -> Result<Value, ApiError> {
     let mut locations: Vec<String> = Vec::new();
     for partition in &state.pipeline.shared.partitions {
         locations.extend(
@@ -262,10 +255,10 @@ pub async fn sku_at(state: &AppState, sku: &str, text: &str) -> Result<Json<Valu
             at.to_rfc3339()
         )));
     }
-    Ok(Json(json!({
+    Ok(json!({
         "sku": sku,
         "asOf": at.to_rfc3339(),
         "totals": {"onHand": totals.on_hand, "reserved": totals.reserved, "available": totals.available, "inTransit": totals.in_transit},
         "locations": levels,
-    })))
+    }))
 }

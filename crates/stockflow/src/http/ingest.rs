@@ -305,6 +305,14 @@ impl Backend for AppState {
         super::query::level_here(self, sku, location, read)
     }
 
+    async fn sku_levels(
+        &self,
+        sku: &str,
+        read: &super::backend::Read,
+    ) -> Result<serde_json::Value, ApiError> {
+        super::query::sku_here(self, sku, read)
+    }
+
     async fn level_history(
         &self,
         sku: &str,

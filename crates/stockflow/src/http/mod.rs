@@ -91,7 +91,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/stock/{sku}/{location_id}",
             get(query::level::<AppState>),
         )
-        .route("/v1/stock/{sku}", get(query::sku))
+        .route("/v1/stock/{sku}", get(query::sku::<AppState>))
         .route(
             "/v1/stock/{sku}/{location_id}/history",
             get(history::history::<AppState>),

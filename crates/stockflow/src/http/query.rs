@@ -93,6 +93,8 @@ pub struct ReadQuery {
     #[serde(rename = "asOf")]
     as_of: Option<String>,
     stale: Option<bool>,
+    /// `local`: only the answering instance's part (cluster-internal).
+    scope: Option<String>,
 }
 
 impl ReadQuery {
@@ -114,6 +116,7 @@ impl ReadQuery {
             path_and_query: uri
                 .path_and_query()
                 .map_or_else(|| uri.path().to_owned(), |pq| pq.as_str().to_owned()),
+            local_only: self.scope.as_deref() == Some("local"),
         })
     }
 }
@@ -153,17 +156,26 @@ pub(crate) fn level_here(
     })
 }
 
-pub async fn sku(
-    State(state): State<Arc<AppState>>,
+/// GET /v1/stock/{sku}?asOf=: a SKU's levels and their totals.
+pub async fn sku<B: Backend>(
+    State(backend): State<Arc<B>>,
     Path(sku): Path<String>,
-    Query(as_of): Query<super::history::AsOf>,
+    Query(query): Query<ReadQuery>,
+    headers: axum::http::HeaderMap,
+    uri: axum::http::Uri,
 ) -> Result<Json<Value>, ApiError> {
-    if let Some(at) = &as_of.as_of {
-        return super::history::sku_at(&state, &sku, at).await;
+    let read = query.read(&headers, &uri)?;
+    backend.sku_levels(&sku, &read).await.map(Json)
+}
+
+/// The embedded engine's levels of a SKU, now or as of a past time.
+pub(crate) fn sku_here(state: &AppState, sku: &str, read: &Read) -> Result<Value, ApiError> {
+    if let Some(at) = read.as_of {
+        return super::history::sku_at(state, sku, at);
     }
     let mut views: Vec<LevelView> = Vec::new();
     for partition in &state.pipeline.shared.partitions {
-        views.extend(partition.read().levels_of_sku(&sku));
+        views.extend(partition.read().levels_of_sku(sku));
     }
     if views.is_empty() {
         return Err(ApiError::not_found(format!(
@@ -175,16 +187,16 @@ pub async fn sku(
     let mut totals = Totals::default();
     let mut locations = Vec::with_capacity(views.len());
     for v in &views {
-        let policy = catalog.policy(&sku, &v.location_id);
+        let policy = catalog.policy(sku, &v.location_id);
         totals.add(&Totals::of(&v.level.numbers(), policy));
         locations.push(level_json(v, policy));
     }
     drop(catalog);
-    Ok(Json(json!({
+    Ok(json!({
         "sku": sku,
         "totals": {"onHand": totals.on_hand, "reserved": totals.reserved, "available": totals.available, "inTransit": totals.in_transit},
         "locations": locations,
-    })))
+    }))
 }
 
 #[derive(Deserialize, Default)]

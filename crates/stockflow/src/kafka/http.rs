@@ -80,7 +80,7 @@ pub fn router(app: Arc<KafkaApp>) -> Router {
             "/v1/stock/{sku}/{location_id}",
             get(crate::http::query::level::<KafkaApp>),
         )
-        .route("/v1/stock/{sku}", get(sku_levels))
+        .route("/v1/stock/{sku}", get(crate::http::query::sku::<KafkaApp>))
         .route(
             "/v1/stock/{sku}/{location_id}/history",
             get(crate::http::history::history::<KafkaApp>),
@@ -243,6 +243,10 @@ impl crate::http::backend::Backend for KafkaApp {
 
     async fn level(&self, sku: &str, location: &str, read: &Read) -> Result<Value, ApiError> {
         self.read_level(sku, location, read).await
+    }
+
+    async fn sku_levels(&self, sku: &str, read: &Read) -> Result<Value, ApiError> {
+        self.read_sku(sku, read).await
     }
 
     async fn level_history(
@@ -559,9 +563,6 @@ pub(super) fn restoring(p: u16) -> ApiError {
 
 #[derive(Deserialize, Default, Clone)]
 pub struct ReadQuery {
-    /// A past time: the level(s) as processing had left them then.
-    #[serde(rename = "asOf")]
-    pub(super) as_of: Option<String>,
     /// `local`: only this instance's partitions (what members ask each other).
     pub(super) scope: Option<String>,
     pub(super) status: Option<String>,
@@ -846,83 +847,78 @@ fn number(level: &Value, field: &str) -> i64 {
     level[field].as_i64().unwrap_or(0)
 }
 
-/// GET /v1/stock/{sku}: every location of the SKU, from every member.
-async fn sku_levels(
-    State(app): State<Arc<KafkaApp>>,
-    Path(sku): Path<String>,
-    Query(query): Query<ReadQuery>,
-) -> Result<Json<Value>, ApiError> {
-    if let Some(text) = &query.as_of {
-        crate::http::history::parse_as_of(text)?;
-    }
-    let (views, restoring_here) = local_views(&app, |p| {
-        p.levels_of_sku(&sku)
-            .into_iter()
-            .map(|v| {
-                let policy = p.policy_of_level(&v.sku, &v.location_id);
-                (v, policy)
-            })
-            .collect()
-    });
-    let mut levels: Vec<Value> = match &query.as_of {
-        None => views
-            .iter()
-            .map(|(v, policy)| level_json(v, *policy))
-            .collect(),
-        // Every level there is now, as of then (404: it did not exist yet).
-        Some(text) => {
-            let mut levels = Vec::new();
-            for (v, _) in &views {
-                let p = route(&v.sku, &v.location_id, app.settings.partitions);
-                match local_as_of(
-                    &app,
-                    p,
-                    &sku,
-                    &v.location_id,
-                    crate::http::history::parse_as_of(text)?,
-                ) {
-                    Ok(level) => levels.push(level),
-                    Err(error) if error.status == StatusCode::NOT_FOUND => {}
-                    Err(error) => return Err(error),
+impl KafkaApp {
+    /// A SKU's levels from every member (members ask each other for
+    /// their own part with `scope=local`).
+    pub(crate) async fn read_sku(&self, sku: &str, read: &Read) -> Result<Value, ApiError> {
+        let app = self;
+        let (views, restoring_here) = local_views(app, |p| {
+            p.levels_of_sku(sku)
+                .into_iter()
+                .map(|v| {
+                    let policy = p.policy_of_level(&v.sku, &v.location_id);
+                    (v, policy)
+                })
+                .collect()
+        });
+        let mut levels: Vec<Value> = match read.as_of {
+            None => views
+                .iter()
+                .map(|(v, policy)| level_json(v, *policy))
+                .collect(),
+            // Every level there is now, as of then (404: it did not exist yet).
+            Some(at) => {
+                let mut levels = Vec::new();
+                for (v, _) in &views {
+                    let p = route(&v.sku, &v.location_id, app.settings.partitions);
+                    match local_as_of(app, p, sku, &v.location_id, at) {
+                        Ok(level) => levels.push(level),
+                        Err(error) if error.status == StatusCode::NOT_FOUND => {}
+                        Err(error) => return Err(error),
+                    }
                 }
+                levels
             }
-            levels
+        };
+        if read.local_only {
+            if let Some(p) = restoring_here.first() {
+                return Err(restoring(*p));
+            }
+            return Ok(json!({"sku": sku, "locations": levels}));
         }
-    };
-    if query.scope.as_deref() == Some("local") {
-        if let Some(p) = restoring_here.first() {
-            return Err(restoring(*p));
+        let path = match read.as_of {
+            None => format!("/v1/stock/{}", encode(sku)),
+            Some(at) => format!(
+                "/v1/stock/{}?asOf={}",
+                encode(sku),
+                encode(&at.to_rfc3339())
+            ),
+        };
+        levels.extend(gather(app, &path, "locations").await?);
+        if levels.is_empty() {
+            return Err(ApiError::not_found(match read.as_of {
+                None => format!("no stock levels for sku {sku:?}"),
+                Some(at) => format!("sku {sku:?} had no stock levels yet at {}", at.to_rfc3339()),
+            }));
         }
-        return Ok(Json(json!({"sku": sku, "locations": levels})));
+        levels.sort_by(|a, b| a["locationId"].as_str().cmp(&b["locationId"].as_str()));
+        let mut totals = Totals::default();
+        for l in &levels {
+            totals.on_hand += number(l, "onHand");
+            totals.reserved += number(l, "reserved");
+            totals.available += number(l, "available");
+            totals.in_transit += number(l, "inTransit");
+        }
+        let mut answer = json!({
+            "sku": sku,
+            "totals": {"onHand": totals.on_hand, "reserved": totals.reserved, "available": totals.available, "inTransit": totals.in_transit},
+            "locations": levels,
+        });
+        if let Some(at) = read.as_of {
+            answer["asOf"] = json!(at.to_rfc3339());
+        }
+        Ok(answer)
     }
-    let path = match &query.as_of {
-        None => format!("/v1/stock/{}", encode(&sku)),
-        Some(text) => format!("/v1/stock/{}?asOf={}", encode(&sku), encode(text)),
-    };
-    levels.extend(gather(&app, &path, "locations").await?);
-    if levels.is_empty() {
-        return Err(ApiError::not_found(match &query.as_of {
-            None => format!("no stock levels for sku {sku:?}"),
-            Some(at) => format!("sku {sku:?} had no stock levels yet at {at}"),
-        }));
-    }
-    levels.sort_by(|a, b| a["locationId"].as_str().cmp(&b["locationId"].as_str()));
-    let mut totals = Totals::default();
-    for l in &levels {
-        totals.on_hand += number(l, "onHand");
-        totals.reserved += number(l, "reserved");
-        totals.available += number(l, "available");
-        totals.in_transit += number(l, "inTransit");
-    }
-    let mut answer = json!({
-        "sku": sku,
-        "totals": {"onHand": totals.on_hand, "reserved": totals.reserved, "available": totals.available, "inTransit": totals.in_transit},
-        "locations": levels,
-    });
-    if let Some(text) = &query.as_of {
-        answer["asOf"] = json!(crate::http::history::parse_as_of(text)?.to_rfc3339());
-    }
-    Ok(Json(answer))
 }
 
 /// GET /v1/locations/{id}/stock?status=&limit=&after=: a page merged from
