@@ -105,6 +105,14 @@ pub trait Backend: Send + Sync + 'static {
         read: &Read,
     ) -> impl Future<Output = Result<serde_json::Value, ApiError>> + Send;
 
+    /// A page of a location's levels (`GET /v1/locations/{id}/stock`).
+    fn location_levels(
+        &self,
+        location: &str,
+        listing: &super::query::Listing,
+        read: &Read,
+    ) -> impl Future<Output = Result<serde_json::Value, ApiError>> + Send;
+
     /// A page of a level's history, newest first
     /// (`GET /v1/stock/{sku}/{locationId}/history`).
     fn level_history(

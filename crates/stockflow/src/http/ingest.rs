@@ -313,6 +313,15 @@ impl Backend for AppState {
         super::query::sku_here(self, sku, read)
     }
 
+    async fn location_levels(
+        &self,
+        location: &str,
+        listing: &super::query::Listing,
+        _: &super::backend::Read,
+    ) -> Result<serde_json::Value, ApiError> {
+        super::query::location_here(self, location, listing)
+    }
+
     async fn level_history(
         &self,
         sku: &str,

@@ -96,7 +96,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/stock/{sku}/{location_id}/history",
             get(history::history::<AppState>),
         )
-        .route("/v1/locations/{location_id}/stock", get(query::location))
+        .route(
+            "/v1/locations/{location_id}/stock",
+            get(query::location::<AppState>),
+        )
         .route("/v1/dead-letters", get(dead_letters::list))
         .route(
             "/v1/dead-letters/{id}",

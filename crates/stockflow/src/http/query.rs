@@ -261,22 +261,54 @@ pub struct LocationFilter {
     page: Page,
 }
 
+/// A page of a location's levels, as asked.
+#[derive(Clone, Debug)]
+pub struct Listing {
+    /// Only levels whose stock stands so.
+    pub(crate) status: Option<Status>,
+    /// The status as asked (to ask other members the same).
+    pub status_text: Option<String>,
+    pub limit: usize,
+    /// After this SKU.
+    pub after: Option<String>,
+}
+
 /// GET /v1/locations/{locationId}/stock?status=&limit=&after=
-pub async fn location(
-    State(state): State<Arc<AppState>>,
+pub async fn location<B: Backend>(
+    State(backend): State<Arc<B>>,
     Path(location): Path<String>,
     Query(filter): Query<LocationFilter>,
+    Query(query): Query<ReadQuery>,
+    headers: axum::http::HeaderMap,
+    uri: axum::http::Uri,
 ) -> Result<Json<Value>, ApiError> {
-    let page = filter.page;
-    let limit = limit(&page)?;
-    let status = filter.status.as_deref().map(Status::parse).transpose()?;
-    let after = page.after.as_deref();
+    let listing = Listing {
+        limit: limit(&filter.page)?,
+        status: filter.status.as_deref().map(Status::parse).transpose()?,
+        status_text: filter.status,
+        after: filter.page.after,
+    };
+    let read = query.read(&headers, &uri)?;
+    backend
+        .location_levels(&location, &listing, &read)
+        .await
+        .map(Json)
+}
+
+/// The embedded engine's page of a location's levels.
+pub(crate) fn location_here(
+    state: &AppState,
+    location: &str,
+    listing: &Listing,
+) -> Result<Value, ApiError> {
+    let (limit, status) = (listing.limit, listing.status);
+    let after = listing.after.as_deref();
     // Each partition holds this location's levels sorted by sku; merge the
     // first `limit` of each.
     let mut views: Vec<LevelView> = Vec::new();
     for partition in &state.pipeline.shared.partitions {
         views.extend(partition.read().levels_of_location(
-            &location,
+            location,
             after,
             limit + 1,
             |level, policy| status.is_none_or(|s| s.holds(level, policy)),
@@ -302,11 +334,11 @@ pub async fn location(
             .map(|v| listed_level_json(v, catalog.policy(&v.sku, &v.location_id)))
             .collect()
     };
-    Ok(Json(json!({
+    Ok(json!({
         "locationId": location,
         "levels": levels,
         "nextAfter": next,
-    })))
+    }))
 }
 
 /// GET /v1/sources: the formats accepted at /v1/sources/{format}/events,

@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -85,7 +85,10 @@ pub fn router(app: Arc<KafkaApp>) -> Router {
             "/v1/stock/{sku}/{location_id}/history",
             get(crate::http::history::history::<KafkaApp>),
         )
-        .route("/v1/locations/{location_id}/stock", get(location_levels))
+        .route(
+            "/v1/locations/{location_id}/stock",
+            get(crate::http::query::location::<KafkaApp>),
+        )
         .route("/v1/alerts", get(alerts))
         .route(
             "/v1/products",
@@ -247,6 +250,15 @@ impl crate::http::backend::Backend for KafkaApp {
 
     async fn sku_levels(&self, sku: &str, read: &Read) -> Result<Value, ApiError> {
         self.read_sku(sku, read).await
+    }
+
+    async fn location_levels(
+        &self,
+        location: &str,
+        listing: &crate::http::query::Listing,
+        read: &Read,
+    ) -> Result<Value, ApiError> {
+        self.read_location(location, listing, read).await
     }
 
     async fn level_history(
@@ -921,70 +933,62 @@ impl KafkaApp {
     }
 }
 
-/// GET /v1/locations/{id}/stock?status=&limit=&after=: a page merged from
-/// every member.
-async fn location_levels(
-    State(app): State<Arc<KafkaApp>>,
-    Path(location): Path<String>,
-    Query(query): Query<ReadQuery>,
-) -> Result<Json<Value>, ApiError> {
-    let limit = crate::http::query::limit(&crate::http::query::Page {
-        limit: query.limit.clone(),
-        after: None,
-    })?;
-    let status = query
-        .status
-        .as_deref()
-        .map(crate::http::query::Status::parse)
-        .transpose()?;
-    let after = query.after.clone();
-    let (views, restoring_here) = local_views(&app, |p| {
-        p.levels_of_location(&location, after.as_deref(), limit + 1, |level, policy| {
-            status.is_none_or(|s| s.holds(level, policy))
-        })
-        .into_iter()
-        .map(|v| {
-            let policy = p.policy_of_level(&v.sku, &v.location_id);
-            (v, policy)
-        })
-        .collect()
-    });
-    let mut levels: Vec<Value> = views
-        .iter()
-        .map(|(v, policy)| crate::http::query::listed_level_json(v, *policy))
-        .collect();
-    if query.scope.as_deref() == Some("local") {
-        if let Some(p) = restoring_here.first() {
-            return Err(restoring(*p));
+impl KafkaApp {
+    /// A page of a location's levels, merged from every member.
+    pub(crate) async fn read_location(
+        &self,
+        location: &str,
+        listing: &crate::http::query::Listing,
+        read: &Read,
+    ) -> Result<Value, ApiError> {
+        let app = self;
+        let (limit, status, after) = (listing.limit, listing.status, listing.after.clone());
+        let (views, restoring_here) = local_views(app, |p| {
+            p.levels_of_location(location, after.as_deref(), limit + 1, |level, policy| {
+                status.is_none_or(|s| s.holds(level, policy))
+            })
+            .into_iter()
+            .map(|v| {
+                let policy = p.policy_of_level(&v.sku, &v.location_id);
+                (v, policy)
+            })
+            .collect()
+        });
+        let mut levels: Vec<Value> = views
+            .iter()
+            .map(|(v, policy)| crate::http::query::listed_level_json(v, *policy))
+            .collect();
+        if read.local_only {
+            if let Some(p) = restoring_here.first() {
+                return Err(restoring(*p));
+            }
+            return Ok(json!({"locationId": location, "levels": levels}));
         }
-        return Ok(Json(json!({"locationId": location, "levels": levels})));
+        let mut path = format!("/v1/locations/{}/stock?limit={limit}", encode(location));
+        if let Some(status) = &listing.status_text {
+            path.push_str(&format!("&status={}", encode(status)));
+        }
+        if let Some(after) = &after {
+            path.push_str(&format!("&after={}", encode(after)));
+        }
+        levels.extend(gather(app, &path, "levels").await?);
+        levels.sort_by(|a, b| a["sku"].as_str().cmp(&b["sku"].as_str()));
+        let more = levels.len() > limit;
+        levels.truncate(limit);
+        let next = more
+            .then(|| {
+                levels
+                    .last()
+                    .and_then(|l| l["sku"].as_str().map(str::to_owned))
+            })
+            .flatten();
+        if levels.is_empty() && after.is_none() && status.is_none() {
+            return Err(ApiError::not_found(format!(
+                "no stock levels at location {location:?}"
+            )));
+        }
+        Ok(json!({"locationId": location, "levels": levels, "nextAfter": next}))
     }
-    let mut path = format!("/v1/locations/{}/stock?limit={limit}", encode(&location));
-    if let Some(status) = &query.status {
-        path.push_str(&format!("&status={}", encode(status)));
-    }
-    if let Some(after) = &after {
-        path.push_str(&format!("&after={}", encode(after)));
-    }
-    levels.extend(gather(&app, &path, "levels").await?);
-    levels.sort_by(|a, b| a["sku"].as_str().cmp(&b["sku"].as_str()));
-    let more = levels.len() > limit;
-    levels.truncate(limit);
-    let next = more
-        .then(|| {
-            levels
-                .last()
-                .and_then(|l| l["sku"].as_str().map(str::to_owned))
-        })
-        .flatten();
-    if levels.is_empty() && after.is_none() && status.is_none() {
-        return Err(ApiError::not_found(format!(
-            "no stock levels at location {location:?}"
-        )));
-    }
-    Ok(Json(
-        json!({"locationId": location, "levels": levels, "nextAfter": next}),
-    ))
 }
 
 /// GET /v1/alerts: the level alerts of every partition, from every member,
