@@ -122,6 +122,9 @@ pub struct Exception {
     /// Position of the event in its batch.
     pub position: u32,
     pub outcome: Outcome,
+    /// The level as the event found it (and left it: a refused event
+    /// changes nothing), so a refusal can say what there was.
+    pub level: Numbers,
 }
 
 #[derive(Debug)]
@@ -325,6 +328,7 @@ impl Partition {
                     exceptions.push(Exception {
                         position: position as u32,
                         outcome,
+                        level: before,
                     });
                 }
             }
@@ -341,6 +345,7 @@ impl Partition {
                     exceptions.push(Exception {
                         position: position as u32,
                         outcome,
+                        level: before,
                     });
                 }
             }

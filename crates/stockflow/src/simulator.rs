@@ -50,7 +50,7 @@ type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + 
 /// object (the backend holds the simulator, so the simulator holds it
 /// weakly, and cannot name its type).
 pub trait Sink: Send + Sync {
-    fn submit(&self, parsed: Parsed) -> BoxFuture<'_, Result<Receipt, ApiError>>;
+    fn submit(&self, parsed: Parsed, wait: Wait) -> BoxFuture<'_, Result<Receipt, ApiError>>;
     fn quantities<'a>(
         &'a self,
         sku: &'a str,
@@ -59,8 +59,8 @@ pub trait Sink: Send + Sync {
 }
 
 impl<B: Backend> Sink for B {
-    fn submit(&self, parsed: Parsed) -> BoxFuture<'_, Result<Receipt, ApiError>> {
-        Box::pin(Backend::submit(self, parsed, "simulator", Wait::Applied))
+    fn submit(&self, parsed: Parsed, wait: Wait) -> BoxFuture<'_, Result<Receipt, ApiError>> {
+        Box::pin(Backend::submit(self, parsed, "simulator", wait))
     }
 
     fn quantities<'a>(
@@ -148,14 +148,15 @@ impl Simulator {
         Traffic::new(Catalog::demo(), seed)
     }
 
-    /// Sends one NDJSON body to the backend, waiting until the owners
-    /// applied it, and records it.
-    async fn send_body(&self, body: String) -> Result<Receipt, SimulatorError> {
+    /// Sends one NDJSON body to the backend and records it. Traffic waits
+    /// until its events are durable; the scenario (`Wait::Applied`) until
+    /// they are applied, as it then reads the levels they made.
+    async fn send_body(&self, body: String, wait: Wait) -> Result<Receipt, SimulatorError> {
         let parsed = parse_body(body.as_bytes(), BodyFormat::Ndjson, self.events_max)
             .map_err(|e| SimulatorError::Invalid(e.to_string()))?;
         let sink = self.sink.upgrade().ok_or(SimulatorError::Stopping)?;
         let receipt = sink
-            .submit(parsed)
+            .submit(parsed, wait)
             .await
             .map_err(|e| match e.status.as_u16() {
                 _ if e.code == "stopping" => SimulatorError::Stopping,
@@ -234,7 +235,7 @@ impl Simulator {
             left -= n;
             let mut body = String::new();
             (0..n).for_each(|_| traffic.push_event(&mut body));
-            let receipt = self.send_body(body).await?;
+            let receipt = self.send_body(body, Wait::Durable).await?;
             accepted += receipt.accepted;
             duplicates += receipt.duplicates;
             rejected += receipt.rejected;
@@ -276,7 +277,7 @@ impl Simulator {
                 let mut body = String::new();
                 (0..n).for_each(|_| traffic.push_event(&mut body));
                 let Some(me) = me.upgrade() else { return };
-                match me.send_body(body).await {
+                match me.send_body(body, Wait::Durable).await {
                     Ok(_) => {}
                     // Overload is the engine protecting itself: skip a beat.
                     Err(SimulatorError::Overloaded) => {}
@@ -356,7 +357,7 @@ impl Simulator {
                         self.wait_for_transit().await;
                     }
                     let body: String = phase.iter().map(|(_, l)| format!("{l}\n")).collect();
-                    let part = self.send_body(body).await?;
+                    let part = self.send_body(body, Wait::Applied).await?;
                     receipt.accepted += part.accepted;
                     receipt.duplicates += part.duplicates;
                     receipt.rejected += part.rejected;

@@ -225,3 +225,42 @@ fn a_count_older_than_the_kept_history_is_rejected_rather_than_guessed() {
     );
     assert_eq!(level(&e, "A", "S").0, 6);
 }
+
+/// A refusal keeps the level as the refused event found it, not as the
+/// rest of its batch left it: an order line refused for lack of stock
+/// says how much there was then.
+#[test]
+fn a_refused_event_carries_the_level_it_was_refused_at() {
+    use stockflow_core::{admit, parse_body, BodyFormat, Numbers, Timestamp};
+    let mut e = engine();
+    let body = [
+        ev("r", "RECEIPT", "A", "S", 8, 1),
+        ev("h1", "RESERVATION", "A", "S", 10, 2),
+        ev("h2", "RESERVATION", "A", "S", 6, 3),
+        ev("r2", "RECEIPT", "A", "S", 20, 4),
+    ]
+    .join("\n");
+    let now = Timestamp::parse_rfc3339("2024-01-02T00:00:00Z").unwrap();
+    let mut parsed = parse_body(body.as_bytes(), BodyFormat::Ndjson, 100).unwrap();
+    admit(&mut e.dedup, &mut parsed.batch, now);
+    parsed.batch.compute_routes(e.config.partitions);
+    let (mut exceptions, mut changes) = (Vec::new(), Vec::new());
+    for (id, partition) in e.partitions.iter_mut().enumerate() {
+        partition.apply_batch(id as u16, &parsed.batch, now, &mut exceptions, &mut changes);
+    }
+    assert_eq!(exceptions.len(), 1, "{exceptions:?}");
+    assert_eq!(
+        exceptions[0].outcome,
+        Outcome::Rejected(Rejection::InsufficientStock)
+    );
+    assert_eq!(
+        exceptions[0].level,
+        Numbers {
+            on_hand: 8,
+            reserved: 0,
+            in_transit: 0
+        },
+        "as h1 found it, not as r2 left it"
+    );
+    assert_eq!(level(&e, "A", "S"), (28, 6, 22, 0));
+}

@@ -21,8 +21,8 @@ use crate::record::DeadLetter;
 
 #[derive(Deserialize)]
 pub struct Filter {
-    /// Exact source (`http:/v1/events`, `source:store-item`, …), a prefix
-    /// ending in `:` (`webhook:`), or a format name (see [`format_of`]).
+    /// A source (`http:/v1/events`, `source:store-item`, …) or a prefix of
+    /// one (`webhook:`), or a format name (see [`format_of`]).
     pub(crate) source: Option<String>,
     /// Case-insensitive substring of the reason.
     pub(crate) reason: Option<String>,
@@ -85,11 +85,10 @@ pub fn after_id<T: std::str::FromStr>(page: &Page) -> Result<Option<T>, ApiError
 }
 
 /// Whether a letter from `letter` is one `?source=wanted` asks for: the
-/// same source, a prefix of it ending in `:`, or the name of its format.
+/// same source or a prefix of it (`webhook:`, `http:/v1/`), or the name of
+/// its format.
 pub(crate) fn source_matches(letter: &str, wanted: &str) -> bool {
-    letter == wanted
-        || (wanted.ends_with(':') && letter.starts_with(wanted))
-        || format_of(letter) == Some(wanted)
+    letter.starts_with(wanted) || format_of(letter) == Some(wanted)
 }
 
 /// The source format a letter's payload is in, by where it came from:

@@ -222,6 +222,10 @@ impl<T> JsonParseErrors<T> {
 /// answer to a request head it could not parse.
 fn answer_for_parse_error(head: &[u8]) -> Option<Vec<u8>> {
     let rest = head.strip_prefix(b"HTTP/1.1 ")?;
+    // The status first: every other answer is passed on after 13 bytes.
+    if !matches!(rest.get(..4)?, b"400 " | b"414 " | b"431 ") {
+        return None;
+    }
     let end = head.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
     if end != head.len() {
         return None;

@@ -124,8 +124,8 @@ fn marker_of<M: Message>(m: &M) -> Option<i64> {
 const SCANNED_MAX: usize = 100_000;
 
 /// GET /v1/dead-letters?source=&reason=&limit=&after=: oldest first;
-/// `source` matches as in the embedded mode (the same source, a prefix
-/// ending in `:`, or a format name), `reason` a part of its reason,
+/// `source` matches as in the embedded mode (a source or a prefix of one,
+/// or a format name, also a raw topic's), `reason` a part of its reason,
 /// case-insensitively.
 pub async fn list(
     State(app): State<Arc<KafkaApp>>,
@@ -204,13 +204,13 @@ fn scan(
             .cloned()
             .unwrap_or_default();
         let why = headers.get("reason").cloned().unwrap_or_default();
-        let wanted = filter
-            .source
+        let wanted = filter.source.as_deref().is_none_or(|s| {
+            crate::http::dead_letters::source_matches(&source, s)
+                    // A raw topic's letters, by the format of the topic.
+                    || source.strip_prefix(settings.topics.raw_prefix.as_str()) == Some(s)
+        }) && reason
             .as_deref()
-            .is_none_or(|s| crate::http::dead_letters::source_matches(&source, s))
-            && reason
-                .as_deref()
-                .is_none_or(|r| why.to_lowercase().contains(r));
+            .is_none_or(|r| why.to_lowercase().contains(r));
         if !wanted {
             continue;
         }

@@ -1889,15 +1889,11 @@ fn line_results(
             .find(|e| e.position as usize == position)
             .map(|e| match e.outcome {
                 // Said as the embedded mode says it: how much of the line
-                // the level could have given.
+                // the level had when it refused it.
                 stockflow_core::Outcome::Rejected(stockflow_core::Rejection::InsufficientStock) => {
                     let available = partition
-                        .get(event.sku, event.location_id)
-                        .map_or(0, |view| {
-                            partition
-                                .policy_of_level(event.sku, event.location_id)
-                                .available(&view.level.numbers())
-                        });
+                        .policy_of_level(event.sku, event.location_id)
+                        .available(&e.level);
                     format!(
                         "insufficient_stock: {} of {} available",
                         available.clamp(0, event.quantity),
