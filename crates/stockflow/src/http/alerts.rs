@@ -223,22 +223,47 @@ fn price_drops(
     found
 }
 
-pub async fn list(
-    State(state): State<Arc<AppState>>,
+/// GET /v1/alerts?kind=&sku=&locationId=&active=&limit=&after=: level
+/// alerts from the backend, and price drops from the catalog, newest first.
+pub async fn list<B: super::backend::Backend>(
+    State(backend): State<Arc<B>>,
     Query(filter): Query<AlertFilter>,
+    Query(query): Query<super::query::ReadQuery>,
+    headers: axum::http::HeaderMap,
+    uri: axum::http::Uri,
 ) -> Result<Json<Value>, ApiError> {
     let limit = limit(&filter.page)?;
     let (kind, price_drop) = filter.kind()?;
-    let mut found = Found::new();
-    if !price_drop {
-        for (p, partition) in state.pipeline.shared.partitions.iter().enumerate() {
-            partition_alerts(p as u16, &partition.read(), &filter, kind, &mut found);
-        }
+    let read = query.read(&headers, &uri)?;
+    let mut found = if price_drop {
+        Found::new()
+    } else {
+        backend.level_alerts(&filter, kind, &read).await?
+    };
+    if read.local_only {
+        // Every match of this member's partitions (at most
+        // ALERTS_KEPT_PER_PARTITION each): the asker merges and pages.
+        let alerts: Vec<Value> = found.into_iter().map(|(_, _, v)| v).collect();
+        return Ok(Json(json!({ "alerts": alerts })));
     }
-    let catalog = state.pipeline.shared.catalog.read();
-    let percent = state.config.price_drop_percent;
-    found.extend(filter.price_drops(kind.is_none() || price_drop, &catalog, percent));
+    // Price drops come from the catalog, which every Kafka-mode instance
+    // holds whole: added here, never gathered.
+    let percent = backend.config().price_drop_percent;
+    found.extend(filter.price_drops(kind.is_none() || price_drop, &backend.catalog(), percent));
     page(found, filter.page.after.as_deref(), limit)
+}
+
+/// The embedded engine's level alerts matching `filter`.
+pub(crate) fn level_alerts_here(
+    state: &AppState,
+    filter: &AlertFilter,
+    kind: Option<AlertKind>,
+) -> Found {
+    let mut found = Found::new();
+    for (p, partition) in state.pipeline.shared.partitions.iter().enumerate() {
+        partition_alerts(p as u16, &partition.read(), filter, kind, &mut found);
+    }
+    found
 }
 
 impl AlertFilter {

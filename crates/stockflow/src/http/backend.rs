@@ -113,6 +113,18 @@ pub trait Backend: Send + Sync + 'static {
         read: &Read,
     ) -> impl Future<Output = Result<serde_json::Value, ApiError>> + Send;
 
+    /// Every level alert matching `filter` (of kind `kind`); the HTTP
+    /// layer adds price drops and pages them.
+    fn level_alerts(
+        &self,
+        filter: &super::alerts::AlertFilter,
+        kind: Option<stockflow_core::alerts::AlertKind>,
+        read: &Read,
+    ) -> impl Future<Output = Result<super::alerts::Found, ApiError>> + Send;
+
+    /// The product and location catalog, read-locked.
+    fn catalog(&self) -> parking_lot::RwLockReadGuard<'_, stockflow_core::Catalog>;
+
     /// A page of a level's history, newest first
     /// (`GET /v1/stock/{sku}/{locationId}/history`).
     fn level_history(

@@ -322,6 +322,19 @@ impl Backend for AppState {
         super::query::location_here(self, location, listing)
     }
 
+    async fn level_alerts(
+        &self,
+        filter: &super::alerts::AlertFilter,
+        kind: Option<stockflow_core::alerts::AlertKind>,
+        _: &super::backend::Read,
+    ) -> Result<super::alerts::Found, ApiError> {
+        Ok(super::alerts::level_alerts_here(self, filter, kind))
+    }
+
+    fn catalog(&self) -> parking_lot::RwLockReadGuard<'_, stockflow_core::Catalog> {
+        self.pipeline.shared.catalog.read()
+    }
+
     async fn level_history(
         &self,
         sku: &str,

@@ -107,7 +107,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/dead-letters/{id}/replay", post(dead_letters::replay))
         .route("/v1/check", get(check::check))
-        .route("/v1/alerts", get(alerts::list))
+        .route("/v1/alerts", get(alerts::list::<AppState>))
         .route("/v1/stream", get(stream::stream))
         .route("/v1/ws", get(stream::websocket))
         .route("/v1/activity", get(dashboard::activity))

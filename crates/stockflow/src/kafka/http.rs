@@ -89,7 +89,7 @@ pub fn router(app: Arc<KafkaApp>) -> Router {
             "/v1/locations/{location_id}/stock",
             get(crate::http::query::location::<KafkaApp>),
         )
-        .route("/v1/alerts", get(alerts))
+        .route("/v1/alerts", get(crate::http::alerts::list::<KafkaApp>))
         .route(
             "/v1/products",
             get(catalog::list_products).post(catalog::post_products),
@@ -250,6 +250,19 @@ impl crate::http::backend::Backend for KafkaApp {
 
     async fn sku_levels(&self, sku: &str, read: &Read) -> Result<Value, ApiError> {
         self.read_sku(sku, read).await
+    }
+
+    async fn level_alerts(
+        &self,
+        filter: &crate::http::alerts::AlertFilter,
+        kind: Option<stockflow_core::alerts::AlertKind>,
+        read: &Read,
+    ) -> Result<crate::http::alerts::Found, ApiError> {
+        self.read_level_alerts(filter, kind, read).await
+    }
+
+    fn catalog(&self) -> parking_lot::RwLockReadGuard<'_, stockflow_core::Catalog> {
+        self.shared.catalog.read()
     }
 
     async fn location_levels(
@@ -991,51 +1004,43 @@ impl KafkaApp {
     }
 }
 
-/// GET /v1/alerts: the level alerts of every partition, from every member,
-/// merged newest first and paged as in the embedded mode.
-async fn alerts(
-    State(app): State<Arc<KafkaApp>>,
-    Query(filter): Query<crate::http::alerts::AlertFilter>,
-) -> Result<Json<Value>, ApiError> {
-    use crate::http::alerts::{found_from_json, page, partition_alerts, Found};
-    let limit = crate::http::query::limit(&filter.page)?;
-    let (kind, price_drop) = filter.kind()?;
-    let mut found = Found::new();
-    let mut restoring_here = Vec::new();
-    for (p, status, _) in app.shared.owned().into_iter().filter(|_| !price_drop) {
-        if status != ACTIVE {
-            restoring_here.push(p);
-            continue;
+impl KafkaApp {
+    /// The level alerts of every partition, from every member (members ask
+    /// each other for every match of their own with `scope=local`).
+    pub(crate) async fn read_level_alerts(
+        &self,
+        filter: &crate::http::alerts::AlertFilter,
+        kind: Option<stockflow_core::alerts::AlertKind>,
+        read: &Read,
+    ) -> Result<crate::http::alerts::Found, ApiError> {
+        use crate::http::alerts::{found_from_json, partition_alerts, Found};
+        let mut found = Found::new();
+        let mut restoring_here = Vec::new();
+        for (p, status, _) in self.shared.owned() {
+            if status != ACTIVE {
+                restoring_here.push(p);
+                continue;
+            }
+            let partition = self.shared.partitions[p as usize].read();
+            partition_alerts(p, &partition, filter, kind, &mut found);
         }
-        let partition = app.shared.partitions[p as usize].read();
-        partition_alerts(p, &partition, &filter, kind, &mut found);
-    }
-    if filter.scope.as_deref() == Some("local") {
-        if let Some(p) = restoring_here.first() {
-            return Err(restoring(*p));
+        if read.local_only {
+            if let Some(p) = restoring_here.first() {
+                return Err(restoring(*p));
+            }
+            return Ok(found);
         }
-        // Every match of this member's partitions (at most
-        // ALERTS_KEPT_PER_PARTITION each): the asker merges and pages.
-        let alerts: Vec<Value> = found.into_iter().map(|(_, _, v)| v).collect();
-        return Ok(Json(json!({ "alerts": alerts })));
-    }
-    let query: Vec<String> = filter
-        .query_pairs()
-        .into_iter()
-        .map(|(name, value)| format!("{name}={}", encode(&value)))
-        .collect();
-    if !price_drop {
+        let query: Vec<String> = filter
+            .query_pairs()
+            .into_iter()
+            .map(|(name, value)| format!("{name}={}", encode(&value)))
+            .collect();
         let path = format!("/v1/alerts?{}", query.join("&"));
-        for alert in gather(&app, &path, "alerts").await? {
+        for alert in gather(self, &path, "alerts").await? {
             found.extend(found_from_json(alert));
         }
+        Ok(found)
     }
-    // Price drops come from the catalog, which every instance holds whole:
-    // added here, never gathered (see the embedded mode's list).
-    let catalog = app.shared.catalog.read();
-    let percent = app.config.price_drop_percent;
-    found.extend(filter.price_drops(kind.is_none() || price_drop, &catalog, percent));
-    page(found, filter.page.after.as_deref(), limit)
 }
 
 /// GET /v1/cluster: members, and each partition's owner, position and lag.
