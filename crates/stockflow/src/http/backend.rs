@@ -125,6 +125,15 @@ pub trait Backend: Send + Sync + 'static {
     /// The product and location catalog, read-locked.
     fn catalog(&self) -> parking_lot::RwLockReadGuard<'_, stockflow_core::Catalog>;
 
+    /// Events and commit latency per second over the last `seconds`, and
+    /// the sources heard from (quiet for `stale`: stale).
+    fn activity(
+        &self,
+        seconds: usize,
+        stale: std::time::Duration,
+        read: &Read,
+    ) -> impl Future<Output = Result<serde_json::Value, ApiError>> + Send;
+
     /// A page of a level's history, newest first
     /// (`GET /v1/stock/{sku}/{locationId}/history`).
     fn level_history(

@@ -44,16 +44,27 @@ impl ActivityQuery {
 
 /// GET /v1/activity?seconds=&staleAfterSeconds=: events and commit latency
 /// per second, and the last event heard from each source at each location.
-pub async fn activity(
-    State(state): State<Arc<AppState>>,
+pub async fn activity<B: super::backend::Backend>(
+    State(backend): State<Arc<B>>,
     Query(query): Query<ActivityQuery>,
+    headers: axum::http::HeaderMap,
+    uri: axum::http::Uri,
 ) -> Result<Json<Value>, ApiError> {
     let (seconds, stale) = query.window()?;
-    Ok(Json(state.pipeline.shared.activity.json(
-        seconds,
-        wall_clock(),
-        stale,
-    )))
+    let read = super::backend::Read {
+        local_only: query.scope.as_deref() == Some("local"),
+        ..super::query::ReadQuery::default().read(&headers, &uri)?
+    };
+    backend.activity(seconds, stale, &read).await.map(Json)
+}
+
+/// The embedded engine's activity.
+pub(crate) fn activity_here(state: &AppState, seconds: usize, stale: Duration) -> Value {
+    state
+        .pipeline
+        .shared
+        .activity
+        .json(seconds, wall_clock(), stale)
 }
 
 impl From<SimulatorError> for ApiError {

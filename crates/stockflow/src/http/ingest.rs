@@ -335,6 +335,15 @@ impl Backend for AppState {
         self.pipeline.shared.catalog.read()
     }
 
+    async fn activity(
+        &self,
+        seconds: usize,
+        stale: std::time::Duration,
+        _: &super::backend::Read,
+    ) -> Result<serde_json::Value, ApiError> {
+        Ok(super::dashboard::activity_here(self, seconds, stale))
+    }
+
     async fn level_history(
         &self,
         sku: &str,

@@ -110,7 +110,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/alerts", get(alerts::list::<AppState>))
         .route("/v1/stream", get(stream::stream))
         .route("/v1/ws", get(stream::websocket))
-        .route("/v1/activity", get(dashboard::activity))
+        .route("/v1/activity", get(dashboard::activity::<AppState>))
         .route("/v1/simulator", get(dashboard::status::<AppState>))
         .route("/v1/simulator/start", post(dashboard::start::<AppState>))
         .route("/v1/simulator/stop", post(dashboard::stop::<AppState>))

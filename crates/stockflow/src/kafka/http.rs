@@ -128,7 +128,10 @@ pub fn router(app: Arc<KafkaApp>) -> Router {
             "/v1/simulator/scenario",
             post(dashboard::scenario::<KafkaApp>),
         )
-        .route("/v1/activity", get(activity))
+        .route(
+            "/v1/activity",
+            get(crate::http::dashboard::activity::<KafkaApp>),
+        )
         // The dashboard and storefront: the same files as the embedded mode.
         .route("/", get(crate::http::ui::index))
         .route("/ui/{*path}", get(crate::http::ui::asset))
@@ -263,6 +266,15 @@ impl crate::http::backend::Backend for KafkaApp {
 
     fn catalog(&self) -> parking_lot::RwLockReadGuard<'_, stockflow_core::Catalog> {
         self.shared.catalog.read()
+    }
+
+    async fn activity(
+        &self,
+        seconds: usize,
+        stale: Duration,
+        read: &Read,
+    ) -> Result<Value, ApiError> {
+        self.read_activity(seconds, stale, read).await
     }
 
     async fn location_levels(
@@ -1043,27 +1055,29 @@ impl KafkaApp {
     }
 }
 
-/// GET /v1/cluster: members, and each partition's owner, position and lag.
-/// GET /v1/activity: the overview's series and source freshness, merged
-/// from every member's own (`scope=local`). A member counts what its
-/// processor applied; its latency is a processing cycle's, from taking
-/// the input to committing the offsets.
-async fn activity(
-    State(app): State<Arc<KafkaApp>>,
-    Query(query): Query<crate::http::dashboard::ActivityQuery>,
-) -> Result<Json<Value>, ApiError> {
-    let (seconds, stale) = query.window()?;
-    let mine = app.shared.activity.json(seconds, wall_clock(), stale);
-    if query.scope.as_deref() == Some("local") {
-        return Ok(Json(json!({ "parts": [mine] })));
+impl KafkaApp {
+    /// The overview's series and source freshness, merged from every
+    /// member's own (`scope=local`). A member counts what its processor
+    /// applied; its latency is a processing cycle's, from taking the input
+    /// to committing the offsets.
+    pub(crate) async fn read_activity(
+        &self,
+        seconds: usize,
+        stale: Duration,
+        read: &Read,
+    ) -> Result<Value, ApiError> {
+        let mine = self.shared.activity.json(seconds, wall_clock(), stale);
+        if read.local_only {
+            return Ok(json!({ "parts": [mine] }));
+        }
+        let path = format!(
+            "/v1/activity?seconds={seconds}&staleAfterSeconds={}",
+            stale.as_secs()
+        );
+        let mut parts = vec![mine];
+        parts.extend(gather(self, &path, "parts").await?);
+        Ok(crate::activity::merge(&parts))
     }
-    let path = format!(
-        "/v1/activity?seconds={seconds}&staleAfterSeconds={}",
-        stale.as_secs()
-    );
-    let mut parts = vec![mine];
-    parts.extend(gather(&app, &path, "parts").await?);
-    Ok(Json(crate::activity::merge(&parts)))
 }
 
 async fn cluster(State(app): State<Arc<KafkaApp>>) -> Json<Value> {

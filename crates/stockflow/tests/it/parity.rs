@@ -241,6 +241,8 @@ const READS: &[(&str, &str, u16)] = &[
     ("GET", "/v1/locations/NONE", 404),
     ("GET", "/v1/dead-letters?limit=many", 400),
     ("GET", "/v1/sources", 200),
+    ("GET", "/v1/activity?seconds=0", 400),
+    ("GET", "/v1/activity?seconds=many", 400),
     ("GET", "/v1/no-such-thing", 404),
     ("DELETE", "/v1/events", 405),
     ("POST", "/v1/orders", 415),
