@@ -189,24 +189,81 @@ async fn ask_all(url: &str) -> Vec<(u16, Value)> {
 /// word, and keep the same dead letters under the same source.
 #[test]
 fn ingest_answers_alike_in_both_modes() {
+    let names = cases().iter().map(|c| c.name.to_owned()).collect();
+    alike_in_both_modes("parity", names, |url, _| async move { ask_all(&url).await });
+}
+
+/// Sends `ask` (given a server's URL and, for Kafka mode, the embedded
+/// mode's answers) to a fresh embedded server, then to a fresh Kafka-mode
+/// instance on tansu (consumer group `group`), and asserts that every
+/// request, named by `names`, answered alike in both.
+fn alike_in_both_modes<Fut>(
+    group: &str,
+    names: Vec<String>,
+    ask: impl Fn(String, Option<Vec<(u16, Value)>>) -> Fut,
+) where
+    Fut: std::future::Future<Output = Vec<(u16, Value)>>,
+{
     let _heavy = crate::heavy();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let embedded = runtime.block_on(async {
         let server = crate::start(&dir.path().join("embedded"), |_| {}).await;
-        let answers = ask_all(&server.url()).await;
+        let answers = ask(server.url(), None).await;
         server.stop().await.unwrap();
         answers
     });
 
     let broker = Broker::start();
     broker.create_topics();
-    let instance = Instance::start(&broker, "parity", &dir.path().join("kafka"));
+    let instance = Instance::start(&broker, group, &dir.path().join("kafka"));
     wait_settled(&instance.url, 1);
-    let kafka = runtime.block_on(ask_all(&instance.url));
+    let kafka = runtime.block_on(ask(instance.url.clone(), Some(embedded.clone())));
 
-    for ((case, embedded), kafka) in cases().iter().zip(&embedded).zip(&kafka) {
-        assert_eq!(embedded, kafka, "{}: embedded vs Kafka mode", case.name);
+    assert_eq!((embedded.len(), kafka.len()), (names.len(), names.len()));
+    let differ: Vec<String> = names
+        .iter()
+        .zip(embedded.iter().zip(&kafka))
+        .filter(|(_, (embedded, kafka))| embedded != kafka)
+        .map(|(name, (embedded, kafka))| {
+            format!("{name}:\n  embedded {embedded:?}\n  kafka    {kafka:?}")
+        })
+        .collect();
+    assert!(differ.is_empty(), "{}", differ.join("\n"));
+}
+
+/// Every `serve` flag works in both modes or is refused at start: the
+/// embedded mode's own flags, given with `--kafka`, stop the start (exit
+/// code 2) naming both, before anything connects to a broker.
+#[test]
+fn serve_flags_kafka_mode_cannot_honour_are_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    for (flag, value) in [
+        ("--catalog", "products.json"),
+        ("--catalog-location", "STORE-1"),
+        ("--webhook", "http://127.0.0.1:9/hook"),
+        ("--webhook-secret", "s3cret"),
+        ("--disk-free-min-bytes", "1"),
+        ("--checkpoint-events", "10"),
+        ("--partitions", "4"),
+    ] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_stockflow"))
+            .args(["serve", "--kafka", "127.0.0.1:9", "--listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args([flag, value])
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{flag}: {said}");
+        assert!(
+            said.contains(flag) && said.contains("--kafka"),
+            "{flag}: {said}"
+        );
+        assert!(
+            !said.contains("s3cret"),
+            "{flag}: the secret is echoed: {said}"
+        );
     }
 }
 
@@ -293,68 +350,11 @@ async fn read_all(url: &str) -> Vec<(u16, Value)> {
 /// (but for times), word for word.
 #[test]
 fn reads_answer_alike_in_both_modes() {
-    let _heavy = crate::heavy();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let embedded = runtime.block_on(async {
-        let server = crate::start(&dir.path().join("embedded"), |_| {}).await;
-        ask_all(&server.url()).await;
-        let answers = read_all(&server.url()).await;
-        server.stop().await.unwrap();
-        answers
+    let names = READS.iter().map(|(m, p, _)| format!("{m} {p}")).collect();
+    alike_in_both_modes("parity-reads", names, |url, _| async move {
+        ask_all(&url).await;
+        read_all(&url).await
     });
-
-    let broker = Broker::start();
-    broker.create_topics();
-    let instance = Instance::start(&broker, "parity-reads", &dir.path().join("kafka"));
-    wait_settled(&instance.url, 1);
-    runtime.block_on(ask_all(&instance.url));
-    let kafka = runtime.block_on(read_all(&instance.url));
-
-    let mut differ = Vec::new();
-    for ((method, path, _), (embedded, kafka)) in READS.iter().zip(embedded.iter().zip(&kafka)) {
-        if embedded != kafka {
-            differ.push(format!(
-                "{method} {path}:\n  embedded {embedded:?}\n  kafka    {kafka:?}"
-            ));
-        }
-    }
-    assert!(differ.is_empty(), "{}", differ.join("\n"));
-}
-
-/// Every `serve` flag works in both modes or is refused at start: the
-/// embedded mode's own flags, given with `--kafka`, stop the start (exit
-/// code 2) naming both, before anything connects to a broker.
-#[test]
-fn serve_flags_kafka_mode_cannot_honour_are_refused_at_start() {
-    let dir = tempfile::tempdir().unwrap();
-    for (flag, value) in [
-        ("--catalog", "products.json"),
-        ("--catalog-location", "STORE-1"),
-        ("--webhook", "http://127.0.0.1:9/hook"),
-        ("--webhook-secret", "s3cret"),
-        ("--disk-free-min-bytes", "1"),
-        ("--checkpoint-events", "10"),
-        ("--partitions", "4"),
-    ] {
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_stockflow"))
-            .args(["serve", "--kafka", "127.0.0.1:9", "--listen", "127.0.0.1:0"])
-            .arg("--data-dir")
-            .arg(dir.path())
-            .args([flag, value])
-            .output()
-            .unwrap();
-        let said = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(2), "{flag}: {said}");
-        assert!(
-            said.contains(flag) && said.contains("--kafka"),
-            "{flag}: {said}"
-        );
-        assert!(
-            !said.contains("s3cret"),
-            "{flag}: the secret is echoed: {said}"
-        );
-    }
 }
 
 /// Catalog and order steps, in order, each with the status it must get.
@@ -481,33 +481,12 @@ async fn write_all(url: &str, like: Option<&[(u16, Value)]>) -> Vec<(u16, Value)
 /// The catalog and orders, step by step, answer alike in both modes.
 #[test]
 fn catalog_and_orders_answer_alike_in_both_modes() {
-    let _heavy = crate::heavy();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let embedded = runtime.block_on(async {
-        let server = crate::start(&dir.path().join("embedded"), |_| {}).await;
-        ask_all(&server.url()).await;
-        let answers = write_all(&server.url(), None).await;
-        server.stop().await.unwrap();
-        answers
+    let names = writes()
+        .iter()
+        .map(|(m, p, _, _)| format!("{m} {p}"))
+        .collect();
+    alike_in_both_modes("parity-writes", names, |url, like| async move {
+        ask_all(&url).await;
+        write_all(&url, like.as_deref()).await
     });
-
-    let broker = Broker::start();
-    broker.create_topics();
-    let instance = Instance::start(&broker, "parity-writes", &dir.path().join("kafka"));
-    wait_settled(&instance.url, 1);
-    runtime.block_on(ask_all(&instance.url));
-    let kafka = runtime.block_on(write_all(&instance.url, Some(&embedded)));
-
-    let mut differ = Vec::new();
-    for ((method, path, _, _), (embedded, kafka)) in
-        writes().iter().zip(embedded.iter().zip(&kafka))
-    {
-        if embedded != kafka {
-            differ.push(format!(
-                "{method} {path}:\n  embedded {embedded:?}\n  kafka    {kafka:?}"
-            ));
-        }
-    }
-    assert!(differ.is_empty(), "{}", differ.join("\n"));
 }
