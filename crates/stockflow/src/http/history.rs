@@ -54,11 +54,7 @@ fn head(state: &AppState, sku: &str, location: &str) -> Result<(u16, u64), ApiEr
     let head = shared.partitions[partition as usize]
         .read()
         .history_head_of(sku, location)
-        .ok_or_else(|| {
-            ApiError::not_found(format!(
-                "no stock level for sku {sku:?} at location {location:?}"
-            ))
-        })?;
+        .ok_or_else(|| super::query::no_level(sku, location))?;
     Ok((partition, head))
 }
 

@@ -149,11 +149,15 @@ pub(crate) fn level_here(
         .read()
         .get(sku, location);
     let policy = policy(state, sku, location);
-    view.map(|v| level_json(&v, policy)).ok_or_else(|| {
-        ApiError::not_found(format!(
-            "no stock level for sku {sku:?} at location {location:?}"
-        ))
-    })
+    view.map(|v| level_json(&v, policy))
+        .ok_or_else(|| no_level(sku, location))
+}
+
+/// 404 for a level that does not exist (the same words in both modes).
+pub fn no_level(sku: &str, location: &str) -> ApiError {
+    ApiError::not_found(format!(
+        "no stock level for sku {sku:?} at location {location:?}"
+    ))
 }
 
 /// GET /v1/stock/{sku}?asOf=: a SKU's levels and their totals.

@@ -30,6 +30,7 @@ use super::{catalog, orders};
 use super::{level_key, KafkaSettings};
 use crate::config::Config;
 use crate::http::backend::{Read, Wait};
+use crate::http::query::no_level;
 use crate::http::{dashboard, level_json, ApiError};
 use crate::pipeline::{wall_clock, Receipt, ReceiptError, RefusedBody};
 
@@ -725,12 +726,6 @@ impl KafkaApp {
             crate::http::history::page_json(sku, location, &reader, start, limit, policy)
         })
     }
-}
-
-fn no_level(sku: &str, location: &str) -> ApiError {
-    ApiError::not_found(format!(
-        "no stock level for sku {sku:?} at location {location:?}"
-    ))
 }
 
 /// Partition `p`'s history, read-locked, and a reader of its files; 503
