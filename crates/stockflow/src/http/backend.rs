@@ -144,6 +144,120 @@ pub trait Backend: Send + Sync + 'static {
         read: &Read,
     ) -> impl Future<Output = Result<serde_json::Value, ApiError>> + Send;
 
+    /// Writes checked catalog items, keeps the refused ones as dead
+    /// letters from `source`, and answers once this instance's reads show
+    /// the write.
+    fn write_catalog(
+        &self,
+        items: Vec<super::catalog::CatalogItem>,
+        rejected: Vec<stockflow_core::Rejected>,
+        source: &str,
+    ) -> impl Future<Output = Result<Receipt, ApiError>> + Send;
+
+    /// A SKU's totals over every location, and by location group.
+    fn item_totals(
+        &self,
+        sku: &str,
+    ) -> impl Future<Output = Result<super::catalog::Rollup, ApiError>> + Send;
+
+    /// The roll-up of a location's stock; `None` if no level is there.
+    fn location_totals(
+        &self,
+        location: &str,
+        read: &Read,
+    ) -> impl Future<Output = Result<Option<stockflow_core::Totals>, ApiError>> + Send;
+
+    /// The roll-up of every location with stock, by location id.
+    fn locations_totals(
+        &self,
+        read: &Read,
+    ) -> impl Future<
+        Output = Result<std::collections::BTreeMap<String, stockflow_core::Totals>, ApiError>,
+    > + Send;
+
+    /// A page of unresolved dead letters after `after` matching `filter`,
+    /// oldest first, and the id the next page starts after.
+    fn dead_letters(
+        &self,
+        filter: &super::dead_letters::Filter,
+        after: Option<u64>,
+        limit: usize,
+    ) -> impl Future<Output = Result<(Vec<serde_json::Value>, Option<u64>), ApiError>> + Send;
+
+    /// The unresolved dead letter `id`; `None`: no such letter.
+    fn dead_letter(
+        &self,
+        id: u64,
+    ) -> impl Future<Output = Result<Option<super::dead_letters::Letter>, ApiError>> + Send;
+
+    /// Applies a letter's corrected (or stored) events or catalog changes
+    /// and, if nothing is refused again, resolves the letter.
+    fn replay(
+        &self,
+        id: u64,
+        letter: &super::dead_letters::Letter,
+        parsed: Parsed,
+        changes: Vec<super::catalog::CatalogItem>,
+    ) -> impl Future<Output = Result<Receipt, ApiError>> + Send;
+
+    /// Resolves a letter without applying it.
+    fn discard(&self, id: u64) -> impl Future<Output = Result<(), ApiError>> + Send;
+
+    /// Takes an order command to the owner that decides it and answers
+    /// what became of the order (or that it is still being decided).
+    fn order_command(
+        &self,
+        command: stockflow_core::orders::OrderCommand,
+    ) -> impl Future<Output = Result<stockflow_core::orders::Answer, ApiError>> + Send;
+
+    /// An order as its owner holds it; `None`: no such order.
+    fn order(
+        &self,
+        order_id: &str,
+    ) -> impl Future<Output = Result<Option<stockflow_core::orders::Order>, ApiError>> + Send;
+
+    /// Orders after `after` by orderId (of `status`), as the API shows
+    /// them: at most `limit + 1`, so the caller can tell there are more.
+    fn orders(
+        &self,
+        status: Option<stockflow_core::orders::Status>,
+        after: Option<&str>,
+        limit: usize,
+        read: &Read,
+    ) -> impl Future<Output = Result<Vec<serde_json::Value>, ApiError>> + Send;
+
+    /// The in-process traffic simulator of the dashboard.
+    fn simulator(&self) -> &std::sync::Arc<crate::simulator::Simulator>;
+
+    /// The live stream's hub (SSE and WebSocket subscribers).
+    fn hub(&self) -> &std::sync::Arc<crate::stream::Hub>;
+
+    /// Whether this server can answer reads now (`/readyz`).
+    fn ready(&self) -> Result<(), ApiError>;
+
+    /// Sets the gauges `/metrics` shows that are read, not counted.
+    fn observe(&self);
+
+    /// The invariants of the books (`GET /v1/check`); with
+    /// `read.local_only`, this instance's part for the asker to judge.
+    fn check(
+        &self,
+        strict: bool,
+        read: &Read,
+    ) -> impl Future<Output = Result<serde_json::Value, ApiError>> + Send;
+
+    /// The members of the cluster and who owns which partition.
+    fn cluster(&self) -> Result<serde_json::Value, ApiError>;
+
+    /// Endpoints only this mode has (what the members of a cluster ask
+    /// each other); never a second copy of a public one.
+    fn own_routes() -> axum::Router<std::sync::Arc<Self>>
+    where
+        Self: Sized,
+    {
+        axum::Router::new()
+    }
+
     /// A level's quantities as its owner has them now; `None` if there is
     /// no such level (or its owner cannot be asked right now).
     fn quantities(

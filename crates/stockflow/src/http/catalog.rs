@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 use stockflow_core::catalog::{parse_location, parse_product};
 use stockflow_core::{BodyFormat, CatalogChange, Location, Product, Rejected, Totals};
 
+use super::backend::{Backend, Read};
 use super::ingest::read_body;
 use super::query::{limit, Page};
 use super::{ApiError, AppState};
@@ -65,19 +66,30 @@ pub fn location_json(location: &Location) -> Value {
     })
 }
 
-/// Commits changes (and keeps the refused ones) and waits until applied.
-async fn commit(
+/// A checked catalog write: the change, and the item's JSON as given
+/// with its id filled in (what Kafka mode's catalog topic carries).
+pub struct CatalogItem {
+    pub change: CatalogChange,
+    pub json: Value,
+}
+
+/// A SKU's totals over every location, and by location group
+/// (`region:…`, `type:…`, `channel:…`).
+pub type Rollup = (Totals, BTreeMap<String, Totals>);
+
+/// The embedded engine commits catalog changes (and keeps the refused
+/// ones) through its log and answers once they are applied.
+pub(crate) async fn write_here(
     state: &AppState,
-    changes: Vec<CatalogChange>,
+    items: Vec<CatalogItem>,
     rejected: Vec<Rejected>,
     source: &str,
 ) -> Result<Receipt, ApiError> {
-    state
+    let changes = items.into_iter().map(|item| item.change).collect();
+    Ok(state
         .pipeline
-        .submit_catalog(changes, rejected, source)
-        .map_err(ApiError::from)?
-        .await
-        .map_err(ApiError::from)
+        .submit_catalog(changes, rejected, source)?
+        .await?)
 }
 
 /// One item of a bulk body: its raw text and its JSON, if it is JSON.
@@ -104,13 +116,13 @@ pub(crate) fn items(bytes: &[u8], format: BodyFormat, max: usize) -> Result<Vec<
 /// Parses every item of a bulk body; the refused ones become rejections.
 fn parse_all(
     items: Vec<Item>,
-    parse: impl Fn(&Value) -> Result<CatalogChange, String>,
-) -> (Vec<CatalogChange>, Vec<Rejected>) {
+    parse: impl Fn(&mut Value) -> Result<CatalogChange, String>,
+) -> (Vec<CatalogItem>, Vec<Rejected>) {
     let mut changes = Vec::new();
     let mut rejected = Vec::new();
     for (index, (raw, value)) in items.into_iter().enumerate() {
-        match value.and_then(|v| parse(&v)) {
-            Ok(change) => changes.push(change),
+        match value.and_then(|mut v| parse(&mut v).map(|change| (change, v))) {
+            Ok((change, json)) => changes.push(CatalogItem { change, json }),
             Err(reason) => rejected.push(Rejected {
                 index: index as u32,
                 event_id: None,
@@ -122,14 +134,16 @@ fn parse_all(
     (changes, rejected)
 }
 
-async fn put_one(
-    state: &AppState,
+/// A PUT body: written, or kept as a dead letter from `source` and
+/// answered 400 with why.
+async fn put_one<B: Backend>(
+    backend: &B,
     headers: &HeaderMap,
     body: Body,
     source: &str,
-    parse: impl Fn(&Value) -> Result<CatalogChange, String>,
+    parse: impl Fn(&mut Value) -> Result<CatalogChange, String>,
 ) -> Result<(), ApiError> {
-    let (bytes, _) = read_body(headers, body, state.config.body_bytes_max).await?;
+    let (bytes, _) = read_body(headers, body, backend.config().body_bytes_max).await?;
     let Ok(raw) = std::str::from_utf8(&bytes).map(str::to_owned) else {
         // Kept as it came: a dead letter's payload is never re-encoded.
         let reason = "body is not valid UTF-8".to_owned();
@@ -137,19 +151,15 @@ async fn put_one(
             reason: reason.clone(),
             payload: bytes.to_vec(),
         };
-        state
-            .pipeline
-            .submit_refused(refused, source)
-            .map_err(ApiError::from)?
-            .await
-            .map_err(ApiError::from)?;
+        backend.keep_refused(refused, source).await?;
         return Err(ApiError::bad_request(reason));
     };
     let parsed = serde_json::from_slice::<Value>(&bytes)
         .map_err(|e| format!("body is not valid JSON: {e}"))
-        .and_then(|v| parse(&v));
+        .and_then(|mut v| parse(&mut v).map(|change| CatalogItem { change, json: v }));
     match parsed {
-        Ok(change) => commit(state, vec![change], Vec::new(), source)
+        Ok(item) => backend
+            .write_catalog(vec![item], Vec::new(), source)
             .await
             .map(drop),
         Err(reason) => {
@@ -159,66 +169,82 @@ async fn put_one(
                 reason: reason.clone(),
                 raw,
             };
-            commit(state, Vec::new(), vec![rejected], source).await?;
+            backend
+                .write_catalog(Vec::new(), vec![rejected], source)
+                .await?;
             Err(ApiError::bad_request(reason))
         }
     }
 }
 
-pub async fn put_product(
-    State(state): State<Arc<AppState>>,
+/// A bulk body of catalog items: the valid ones written, the others kept
+/// as dead letters and reported by index.
+async fn post_bulk<B: Backend>(
+    backend: &B,
+    headers: &HeaderMap,
+    body: Body,
+    source: &str,
+    parse: impl Fn(&mut Value) -> Result<CatalogChange, String>,
+) -> Result<Json<Receipt>, ApiError> {
+    let config = backend.config();
+    let (bytes, format) = read_body(headers, body, config.body_bytes_max).await?;
+    let items = items(&bytes, format, config.request_events_max)?;
+    let (changes, rejected) = parse_all(items, parse);
+    Ok(Json(
+        backend.write_catalog(changes, rejected, source).await?,
+    ))
+}
+
+/// A product as given: checked, with the path's sku filled in.
+pub(crate) fn product_change(v: &mut Value, sku: Option<&str>) -> Result<CatalogChange, String> {
+    let product = parse_product(v, sku)?;
+    v["sku"] = json!(product.sku);
+    Ok(CatalogChange::Product(product))
+}
+
+/// A location as given: checked, with the path's id filled in.
+pub(crate) fn location_change(v: &mut Value, id: Option<&str>) -> Result<CatalogChange, String> {
+    let location = parse_location(v, id)?;
+    v["locationId"] = json!(location.location_id);
+    Ok(CatalogChange::Location(location))
+}
+
+/// PUT /v1/products/{sku}
+pub async fn put_product<B: Backend>(
+    State(backend): State<Arc<B>>,
     Path(sku): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    put_one(&state, &headers, body, "http:/v1/products", |v| {
-        parse_product(v, Some(&sku)).map(CatalogChange::Product)
+    put_one(&*backend, &headers, body, "http:/v1/products", |v| {
+        product_change(v, Some(&sku))
     })
     .await?;
-    get_product(State(state), Path(sku)).await
+    get_product(State(backend), Path(sku)).await
 }
 
-pub async fn post_products(
-    State(state): State<Arc<AppState>>,
+/// POST /v1/products
+pub async fn post_products<B: Backend>(
+    State(backend): State<Arc<B>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Receipt>, ApiError> {
-    post_bulk(&state, &headers, body, "http:/v1/products", |v| {
-        parse_product(v, None).map(CatalogChange::Product)
+    post_bulk(&*backend, &headers, body, "http:/v1/products", |v| {
+        product_change(v, None)
     })
     .await
 }
 
-/// A bulk body of catalog items: the valid ones committed, the others kept
-/// as dead letters and reported by index.
-async fn post_bulk(
-    state: &AppState,
-    headers: &HeaderMap,
-    body: Body,
-    source: &str,
-    parse: impl Fn(&Value) -> Result<CatalogChange, String>,
-) -> Result<Json<Receipt>, ApiError> {
-    let (bytes, format) = read_body(headers, body, state.config.body_bytes_max).await?;
-    let items = items(&bytes, format, state.config.request_events_max)?;
-    let (changes, rejected) = parse_all(items, parse);
-    Ok(Json(commit(state, changes, rejected, source).await?))
-}
-
-pub async fn get_product(
-    State(state): State<Arc<AppState>>,
+/// GET /v1/products/{sku}: the product and its stock over every location.
+pub async fn get_product<B: Backend>(
+    State(backend): State<Arc<B>>,
     Path(sku): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let product = state
-        .pipeline
-        .shared
-        .catalog
-        .read()
-        .products
-        .get(&sku)
-        .cloned();
+    let product = backend.catalog().products.get(&sku).cloned();
     let product = product.ok_or_else(|| ApiError::not_found(format!("no product {sku:?}")))?;
+    let (totals, _) = backend.item_totals(&sku).await?;
     let mut answer = product_json(&product);
-    answer["stock"] = totals_json(&sku_totals(&state, &sku));
+    answer["stock"] = totals_json(&totals);
     Ok(Json(answer))
 }
 
@@ -232,11 +258,11 @@ pub struct ProductFilter {
 
 /// GET /v1/products?category=&q=&limit=&after=: by sku; `q` matches sku or
 /// name, case-insensitively.
-pub async fn list_products(
-    State(state): State<Arc<AppState>>,
+pub async fn list_products<B: Backend>(
+    State(backend): State<Arc<B>>,
     Query(filter): Query<ProductFilter>,
 ) -> Result<Json<Value>, ApiError> {
-    products_page(&state.pipeline.shared.catalog.read(), &filter).map(Json)
+    products_page(&backend.catalog(), &filter).map(Json)
 }
 
 /// One page of products matching `filter` (both modes).
@@ -276,31 +302,36 @@ pub fn products_page(
     }))
 }
 
-pub async fn put_location(
-    State(state): State<Arc<AppState>>,
+/// PUT /v1/locations/{id}
+pub async fn put_location<B: Backend>(
+    State(backend): State<Arc<B>>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    put_one(&state, &headers, body, "http:/v1/locations", |v| {
-        parse_location(v, Some(&id)).map(CatalogChange::Location)
+    put_one(&*backend, &headers, body, "http:/v1/locations", |v| {
+        location_change(v, Some(&id))
     })
     .await?;
-    get_location(State(state), Path(id)).await
+    let totals = backend.location_totals(&id, &Read::default()).await?;
+    location_answer(&*backend, &id, totals).map(Json)
 }
 
-pub async fn post_locations(
-    State(state): State<Arc<AppState>>,
+/// POST /v1/locations
+pub async fn post_locations<B: Backend>(
+    State(backend): State<Arc<B>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Receipt>, ApiError> {
-    post_bulk(&state, &headers, body, "http:/v1/locations", |v| {
-        parse_location(v, None).map(CatalogChange::Location)
+    post_bulk(&*backend, &headers, body, "http:/v1/locations", |v| {
+        location_change(v, None)
     })
     .await
 }
 
-fn location_totals(state: &AppState, id: &str) -> Option<Totals> {
+/// The embedded engine's roll-up of a location's stock; `None` if no
+/// level is there.
+pub(crate) fn location_totals_here(state: &AppState, id: &str) -> Option<Totals> {
     let mut found = None::<Totals>;
     for partition in &state.pipeline.shared.partitions {
         if let Some(t) = partition.read().location_totals(id) {
@@ -310,39 +341,87 @@ fn location_totals(state: &AppState, id: &str) -> Option<Totals> {
     found
 }
 
-fn sku_totals(state: &AppState, sku: &str) -> Totals {
-    let mut totals = Totals::default();
+/// The embedded engine's roll-up of every location with stock.
+pub(crate) fn locations_totals_here(state: &AppState) -> BTreeMap<String, Totals> {
+    let mut found: BTreeMap<String, Totals> = BTreeMap::new();
     for partition in &state.pipeline.shared.partitions {
-        if let Some(t) = partition.read().sku_totals(sku) {
-            totals.add(&t);
+        let partition = partition.read();
+        for id in partition.locations() {
+            if let Some(t) = partition.location_totals(id) {
+                found.entry(id.to_string()).or_default().add(&t);
+            }
         }
     }
-    totals
+    found
 }
 
-/// GET /v1/locations/{id}: the location (type `unknown` if only seen in
-/// events) and the roll-up of its stock.
-pub async fn get_location(
-    State(state): State<Arc<AppState>>,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let known = state
-        .pipeline
-        .shared
-        .catalog
-        .read()
-        .locations
-        .get(&id)
-        .cloned();
-    let totals = location_totals(&state, &id);
+/// The embedded engine's roll-up of a SKU, over every location and by
+/// location group.
+pub(crate) fn item_totals_here(state: &AppState, sku: &str) -> Rollup {
+    let mut groups: BTreeMap<String, Totals> = BTreeMap::new();
+    let mut totals = Totals::default();
+    for partition in &state.pipeline.shared.partitions {
+        let partition = partition.read();
+        if let Some(t) = partition.sku_totals(sku) {
+            totals.add(&t);
+        }
+        for (group, t) in partition.group_totals(sku) {
+            groups.entry(group.to_string()).or_default().add(&t);
+        }
+    }
+    (totals, groups)
+}
+
+/// A location's answer: the catalog's (type `unknown` if only seen in
+/// events) with the roll-up of its stock; 404 if neither knows it.
+fn location_answer<B: Backend>(
+    backend: &B,
+    id: &str,
+    totals: Option<Totals>,
+) -> Result<Value, ApiError> {
+    let known = backend.catalog().locations.get(id).cloned();
     let location = match (known, totals) {
         (Some(location), _) => location,
-        (None, Some(_)) => Location::unknown(&id),
+        (None, Some(_)) => Location::unknown(id),
         (None, None) => return Err(ApiError::not_found(format!("no location {id:?}"))),
     };
     let mut answer = location_json(&location);
     answer["totals"] = totals_json(&totals.unwrap_or_default());
-    Ok(Json(answer))
+    Ok(answer)
+}
+
+/// `scope=local` and the headers of a cluster-internal read.
+#[derive(Deserialize, Default)]
+pub struct ScopeQuery {
+    scope: Option<String>,
+}
+
+impl ScopeQuery {
+    fn read(&self, headers: &HeaderMap) -> Read {
+        Read {
+            forwarded: headers.contains_key(crate::kafka::http::FORWARDED),
+            local_only: self.scope.as_deref() == Some("local"),
+            ..Read::default()
+        }
+    }
+}
+
+/// GET /v1/locations/{id}: the location (type `unknown` if only seen in
+/// events) and the roll-up of its stock. With `scope=local` (what the
+/// members of a cluster ask each other): only the asked instance's part,
+/// `{"parts":[{"totals"}]}`.
+pub async fn get_location<B: Backend>(
+    State(backend): State<Arc<B>>,
+    Path(id): Path<String>,
+    Query(scope): Query<ScopeQuery>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let read = scope.read(&headers);
+    let totals = backend.location_totals(&id, &read).await?;
+    if read.local_only {
+        return Ok(Json(json!({"parts": [{"totals": totals}]})));
+    }
+    location_answer(&*backend, &id, totals).map(Json)
 }
 
 #[derive(Deserialize)]
@@ -356,22 +435,31 @@ pub struct LocationFilter {
 
 /// GET /v1/locations?type=&region=&limit=&after=: the location master plus
 /// every location seen only in events (type `unknown`), by id, each with
-/// the roll-up of its stock.
-pub async fn list_locations(
-    State(state): State<Arc<AppState>>,
+/// the roll-up of its stock. With `scope=local`: only the asked
+/// instance's part, `{"parts":[{"locationId","totals"}]}`.
+pub async fn list_locations<B: Backend>(
+    State(backend): State<Arc<B>>,
+    Query(scope): Query<ScopeQuery>,
     Query(filter): Query<LocationFilter>,
+    headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let mut all: BTreeMap<String, Location> =
-        state.pipeline.shared.catalog.read().locations.clone();
-    for partition in &state.pipeline.shared.partitions {
-        for id in partition.read().locations() {
-            if !all.contains_key(&**id) {
-                all.insert(id.to_string(), Location::unknown(id));
-            }
+    let read = scope.read(&headers);
+    let totals = backend.locations_totals(&read).await?;
+    if read.local_only {
+        let parts: Vec<Value> = totals
+            .iter()
+            .map(|(id, t)| json!({"locationId": id, "totals": t}))
+            .collect();
+        return Ok(Json(json!({ "parts": parts })));
+    }
+    let mut all = backend.catalog().locations.clone();
+    for id in totals.keys() {
+        if !all.contains_key(id) {
+            all.insert(id.clone(), Location::unknown(id));
         }
     }
     locations_page(&all, &filter, |id| {
-        location_totals(&state, id).unwrap_or_default()
+        totals.get(id).copied().unwrap_or_default()
     })
     .map(Json)
 }
@@ -415,29 +503,12 @@ pub fn locations_page(
 
 /// GET /v1/items/{sku}: totals over every location, and by region,
 /// location type and channel.
-pub async fn item(
-    State(state): State<Arc<AppState>>,
+pub async fn item<B: Backend>(
+    State(backend): State<Arc<B>>,
     Path(sku): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let mut groups: BTreeMap<String, Totals> = BTreeMap::new();
-    let mut totals = Totals::default();
-    for partition in &state.pipeline.shared.partitions {
-        let partition = partition.read();
-        if let Some(t) = partition.sku_totals(&sku) {
-            totals.add(&t);
-        }
-        for (group, t) in partition.group_totals(&sku) {
-            groups.entry(group.to_string()).or_default().add(&t);
-        }
-    }
-    let product = state
-        .pipeline
-        .shared
-        .catalog
-        .read()
-        .products
-        .get(&sku)
-        .cloned();
+    let (totals, groups) = backend.item_totals(&sku).await?;
+    let product = backend.catalog().products.get(&sku).cloned();
     item_json(&sku, product.as_ref(), &totals, &groups).map(Json)
 }
 
@@ -475,25 +546,21 @@ pub fn item_json(
 }
 
 /// GET /v1/regions/{region}/stock/{sku}.
-pub async fn region_stock(
-    State(state): State<Arc<AppState>>,
+pub async fn region_stock<B: Backend>(
+    State(backend): State<Arc<B>>,
     Path((region, sku)): Path<(String, String)>,
-) -> Json<Value> {
-    let group = format!("region:{region}");
-    let mut totals = Totals::default();
-    for partition in &state.pipeline.shared.partitions {
-        for (g, t) in partition.read().group_totals(&sku) {
-            if *g == *group {
-                totals.add(&t);
-            }
-        }
-    }
-    Json(region_json(
+) -> Result<Json<Value>, ApiError> {
+    let (_, groups) = backend.item_totals(&sku).await?;
+    let totals = groups
+        .get(&format!("region:{region}"))
+        .copied()
+        .unwrap_or_default();
+    Ok(Json(region_json(
         &region,
         &sku,
         &totals,
-        &state.pipeline.shared.catalog.read(),
-    ))
+        &backend.catalog(),
+    )))
 }
 
 /// GET /v1/regions/{region}/stock/{sku}'s answer (both modes).

@@ -15,7 +15,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use stockflow_core::{Catalog, OrderBook, Partition, Totals};
 
-use super::AppState;
+use super::backend::{Backend, Read};
+use super::{ApiError, AppState};
 
 /// Problems listed in the answer; the counts cover all of them.
 const SHOWN_MAX: usize = 20;
@@ -24,16 +25,26 @@ const SHOWN_MAX: usize = 20;
 pub struct CheckQuery {
     #[serde(default)]
     strict: bool,
+    /// `local`: only the asked instance's part (cluster-internal).
+    scope: Option<String>,
 }
 
-pub async fn check(
-    State(state): State<Arc<AppState>>,
+/// GET /v1/check?strict=: whether the books hold together.
+pub async fn check<B: Backend>(
+    State(backend): State<Arc<B>>,
     Query(query): Query<CheckQuery>,
-) -> Json<Value> {
-    tokio::task::block_in_place(|| Json(run(&state, query.strict)))
+    headers: axum::http::HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let read = Read {
+        forwarded: headers.contains_key(crate::kafka::http::FORWARDED),
+        local_only: query.scope.as_deref() == Some("local"),
+        ..Read::default()
+    };
+    backend.check(query.strict, &read).await.map(Json)
 }
 
-fn run(state: &AppState, strict: bool) -> Value {
+/// The embedded engine's verdict over one consistent view.
+pub(crate) fn run(state: &AppState, strict: bool) -> Value {
     let shared = &state.pipeline.shared;
     // One consistent view: every partition and the book at once.
     let book = shared.orders.read();

@@ -82,20 +82,8 @@ impl From<SimulatorError> for ApiError {
     }
 }
 
-/// A server's state that has a simulator: both modes' routers serve the
-/// same simulator endpoints.
-pub trait WithSimulator: std::marker::Send + Sync + 'static {
-    fn simulator(&self) -> &Arc<crate::simulator::Simulator>;
-}
-
-impl WithSimulator for AppState {
-    fn simulator(&self) -> &Arc<crate::simulator::Simulator> {
-        &self.simulator
-    }
-}
-
 /// GET /v1/simulator
-pub async fn status<S: WithSimulator>(State(state): State<Arc<S>>) -> Json<Value> {
+pub async fn status<S: super::backend::Backend>(State(state): State<Arc<S>>) -> Json<Value> {
     Json(state.simulator().status())
 }
 
@@ -105,7 +93,7 @@ pub struct Start {
 }
 
 /// POST /v1/simulator/start {rate}
-pub async fn start<S: WithSimulator>(
+pub async fn start<S: super::backend::Backend>(
     State(state): State<Arc<S>>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
@@ -115,7 +103,9 @@ pub async fn start<S: WithSimulator>(
 }
 
 /// POST /v1/simulator/stop
-pub async fn stop<S: WithSimulator>(State(state): State<Arc<S>>) -> Result<Json<Value>, ApiError> {
+pub async fn stop<S: super::backend::Backend>(
+    State(state): State<Arc<S>>,
+) -> Result<Json<Value>, ApiError> {
     state.simulator().stop().await?;
     Ok(Json(state.simulator().status()))
 }
@@ -126,7 +116,7 @@ pub struct Send {
 }
 
 /// POST /v1/simulator/send {count}
-pub async fn send<S: WithSimulator>(
+pub async fn send<S: super::backend::Backend>(
     State(state): State<Arc<S>>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
@@ -135,7 +125,7 @@ pub async fn send<S: WithSimulator>(
 }
 
 /// POST /v1/simulator/scenario
-pub async fn scenario<S: WithSimulator>(
+pub async fn scenario<S: super::backend::Backend>(
     State(state): State<Arc<S>>,
 ) -> Result<Json<Value>, ApiError> {
     Ok(Json(state.simulator().scenario().await?))

@@ -11,15 +11,17 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use stockflow_core::catalog::{parse_location, parse_product};
-use stockflow_core::{parse_body, BodyError, CatalogChange, Parsed};
+use stockflow_core::{parse_body, BodyError, Parsed};
 
+use super::backend::Backend;
+use super::catalog::CatalogItem;
 use super::ingest::read_body;
 use super::query::{limit, Page};
 use super::{ApiError, AppState};
+use crate::pipeline::Receipt;
 use crate::record::DeadLetter;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone, Default)]
 pub struct Filter {
     /// A source (`http:/v1/events`, `source:store-item`, …) or a prefix of
     /// one (`webhook:`), or a format name (see [`format_of`]).
@@ -106,13 +108,45 @@ pub(crate) fn format_of(source: &str) -> Option<&str> {
         })
 }
 
-/// GET /v1/dead-letters?source=&reason=&limit=&after=
-pub async fn list(
-    State(state): State<Arc<AppState>>,
+/// A dead letter as a replay needs it.
+pub struct Letter {
+    /// Where it came from (`http:/v1/events`, `source:{format}`, …).
+    pub source: String,
+    /// The source format its payload is in, if it has one.
+    pub format: Option<String>,
+    /// The refused bytes, exactly as received.
+    pub payload: Vec<u8>,
+}
+
+/// The answer for a letter that is not (or no longer) there.
+pub(crate) fn gone(id: u64) -> ApiError {
+    ApiError::not_found(format!(
+        "no dead letter {id} (resolved, discarded, or past what is kept)"
+    ))
+}
+
+/// GET /v1/dead-letters?source=&reason=&limit=&after=: oldest first.
+pub async fn list<B: Backend>(
+    State(backend): State<Arc<B>>,
     Query(filter): Query<Filter>,
 ) -> Result<Json<Value>, ApiError> {
     let limit = limit(&filter.page)?;
     let after: Option<u64> = after_id(&filter.page)?;
+    let (letters, next) = backend.dead_letters(&filter, after, limit).await?;
+    Ok(Json(json!({
+        "deadLetters": letters,
+        "nextAfter": next.map(|n| n.to_string()),
+    })))
+}
+
+/// The embedded engine's page of unresolved letters after `after`, and
+/// the id the next page starts after (if more match).
+pub(crate) fn list_here(
+    state: &AppState,
+    filter: &Filter,
+    after: Option<u64>,
+    limit: usize,
+) -> (Vec<Value>, Option<u64>) {
     let reason = filter.reason.as_deref().map(str::to_lowercase);
     let (letters, more) =
         state
@@ -130,76 +164,104 @@ pub async fn list(
                         .is_none_or(|r| l.reason.to_lowercase().contains(r))
             });
     let next = if more {
-        letters.last().map(|l| l.id.to_string())
+        letters.last().map(|l| l.id)
     } else {
         None
     };
-    Ok(Json(json!({
-        "deadLetters": letters.iter().map(letter_json).collect::<Vec<_>>(),
-        "nextAfter": next,
-    })))
+    (letters.iter().map(letter_json).collect(), next)
 }
 
-fn find(state: &AppState, id: u64) -> Result<DeadLetter, ApiError> {
-    state
+/// The embedded engine's unresolved letter `id`.
+pub(crate) fn find_here(state: &AppState, id: u64) -> Option<Letter> {
+    let letters = state.pipeline.shared.dead_letters.read();
+    let letter = letters.get(id)?;
+    Some(Letter {
+        source: letter.source.clone(),
+        format: format_of(&letter.source).map(str::to_owned),
+        payload: letter.payload.clone(),
+    })
+}
+
+/// The embedded engine replays through its log: the events or changes
+/// and the letter's resolution (if nothing is refused again) in one
+/// record.
+pub(crate) async fn replay_here(
+    state: &AppState,
+    id: u64,
+    letter: &Letter,
+    parsed: Parsed,
+    changes: Vec<CatalogItem>,
+) -> Result<Receipt, ApiError> {
+    let changes = changes.into_iter().map(|c| c.change).collect();
+    Ok(state
         .pipeline
-        .shared
-        .dead_letters
-        .read()
-        .get(id)
-        .cloned()
-        .ok_or_else(|| {
-            ApiError::not_found(format!(
-                "no dead letter {id} (resolved, discarded, or beyond the newest kept in memory)"
-            ))
-        })
+        .submit_replay(parsed, changes, id, &letter.source)?
+        .await?)
+}
+
+/// The embedded engine discards a letter through its log.
+pub(crate) async fn discard_here(state: &AppState, id: u64) -> Result<(), ApiError> {
+    state.pipeline.discard_dead_letter(id)?.await?;
+    Ok(())
 }
 
 /// POST /v1/dead-letters/{id}/replay: the body is the corrected payload in
 /// the letter's original form (empty: replay the stored payload as is). It
-/// goes through the letter's original source; the letter is resolved in
-/// the same log record if nothing is rejected again.
-pub async fn replay(
-    State(state): State<Arc<AppState>>,
+/// goes through the letter's original source (its route, format or raw
+/// topic); the letter is resolved if nothing is refused again (what is
+/// refused again becomes a new letter).
+pub async fn replay<B: Backend>(
+    State(backend): State<Arc<B>>,
     Path(id): Path<u64>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    let letter = find(&state, id)?;
-    let (bytes, framing) = read_body(&headers, body, state.config.body_bytes_max).await?;
-    let payload: Vec<u8> = if bytes.is_empty() {
-        letter.payload.clone()
+    let letter = backend.dead_letter(id).await?.ok_or_else(|| gone(id))?;
+    let config = backend.config();
+    let (bytes, framing) = read_body(&headers, body, config.body_bytes_max).await?;
+    let payload: &[u8] = if bytes.is_empty() {
+        &letter.payload
     } else {
-        bytes.to_vec()
+        &bytes
     };
-    let events_max = state.config.request_events_max;
+    let events_max = config.request_events_max;
     let body_error = |e: BodyError| ApiError::bad_request(format!("corrected payload: {e}"));
+    let canonical = matches!(
+        letter.source.as_str(),
+        "http:/v1/events" | "import:canonical"
+    ) || letter.format.as_deref() == Some(crate::kafka::normaliser::CANONICAL);
     let (parsed, changes) = match letter.source.as_str() {
-        "http:/v1/events" | "import:canonical" => (
-            parse_body(&payload, framing, events_max).map_err(body_error)?,
+        _ if canonical => (
+            parse_body(payload, framing, events_max).map_err(body_error)?,
             Vec::new(),
         ),
         "http:/v1/products" | "http:/v1/locations" => {
-            let value: Value = serde_json::from_slice(&payload)
+            let mut value: Value = serde_json::from_slice(payload)
                 .map_err(|e| ApiError::bad_request(format!("corrected payload: {e}")))?;
             let change = if letter.source.ends_with("products") {
-                parse_product(&value, None).map(CatalogChange::Product)
+                super::catalog::product_change(&mut value, None)
             } else {
-                parse_location(&value, None).map(CatalogChange::Location)
+                super::catalog::location_change(&mut value, None)
             };
             let change = change.map_err(|reason| {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "still_invalid", reason)
             })?;
-            (Parsed::default(), vec![change])
+            let item = CatalogItem {
+                change,
+                json: value,
+            };
+            (Parsed::default(), vec![item])
         }
         source => {
-            let format = format_of(source)
-                .and_then(|f| state.config.sources.get(f))
+            let format = letter
+                .format
+                .as_deref()
+                .and_then(|f| config.sources.get(f))
                 .ok_or_else(|| {
                     ApiError::new(
                         StatusCode::CONFLICT,
                         "not_replayable",
-                        format!("dead letters from {source:?} cannot be replayed; send a corrected event to /v1/events"),
+                        format!("dead letters from {source:?} cannot be replayed; send a corrected event to /v1/events, then discard this letter"),
                     )
                 })?;
             if format.input == crate::sources::Input::Csv && bytes.is_empty() {
@@ -208,37 +270,30 @@ pub async fn replay(
                 ));
             }
             let parsed =
-                crate::sources::translate(format, &payload, framing, &BTreeMap::new(), events_max)
+                crate::sources::translate(format, payload, framing, &BTreeMap::new(), events_max)
                     .map_err(body_error)?;
             (parsed, Vec::new())
         }
     };
-    let receipt = state
-        .pipeline
-        .submit_replay(parsed, changes, id, &letter.source)
-        .map_err(ApiError::from)?
-        .await
-        .map_err(ApiError::from)?;
-    metrics::counter!("stockflow_dead_letters_replayed_total").increment(1);
+    let receipt = backend.replay(id, &letter, parsed, changes).await?;
+    let resolved = receipt.rejected == 0;
+    if resolved {
+        metrics::counter!("stockflow_dead_letters_replayed_total").increment(1);
+    }
     Ok(Json(json!({
         "deadLetterId": id,
-        "resolved": receipt.rejected == 0,
+        "resolved": resolved,
         "receipt": receipt,
     })))
 }
 
 /// DELETE /v1/dead-letters/{id}: discard it (durably).
-pub async fn discard(
-    State(state): State<Arc<AppState>>,
+pub async fn discard<B: Backend>(
+    State(backend): State<Arc<B>>,
     Path(id): Path<u64>,
 ) -> Result<StatusCode, ApiError> {
-    find(&state, id)?;
-    state
-        .pipeline
-        .discard_dead_letter(id)
-        .map_err(ApiError::from)?
-        .await
-        .map_err(ApiError::from)?;
+    backend.dead_letter(id).await?.ok_or_else(|| gone(id))?;
+    backend.discard(id).await?;
     metrics::counter!("stockflow_dead_letters_discarded_total").increment(1);
     Ok(StatusCode::NO_CONTENT)
 }

@@ -354,6 +354,132 @@ impl Backend for AppState {
         super::history::history_here(self, sku, location, page)
     }
 
+    async fn write_catalog(
+        &self,
+        items: Vec<super::catalog::CatalogItem>,
+        rejected: Vec<stockflow_core::Rejected>,
+        source: &str,
+    ) -> Result<Receipt, ApiError> {
+        super::catalog::write_here(self, items, rejected, source).await
+    }
+
+    async fn item_totals(&self, sku: &str) -> Result<super::catalog::Rollup, ApiError> {
+        Ok(super::catalog::item_totals_here(self, sku))
+    }
+
+    async fn location_totals(
+        &self,
+        location: &str,
+        _: &super::backend::Read,
+    ) -> Result<Option<stockflow_core::Totals>, ApiError> {
+        Ok(super::catalog::location_totals_here(self, location))
+    }
+
+    async fn locations_totals(
+        &self,
+        _: &super::backend::Read,
+    ) -> Result<std::collections::BTreeMap<String, stockflow_core::Totals>, ApiError> {
+        Ok(super::catalog::locations_totals_here(self))
+    }
+
+    async fn dead_letters(
+        &self,
+        filter: &super::dead_letters::Filter,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<(Vec<serde_json::Value>, Option<u64>), ApiError> {
+        Ok(super::dead_letters::list_here(self, filter, after, limit))
+    }
+
+    async fn dead_letter(&self, id: u64) -> Result<Option<super::dead_letters::Letter>, ApiError> {
+        Ok(super::dead_letters::find_here(self, id))
+    }
+
+    async fn replay(
+        &self,
+        id: u64,
+        letter: &super::dead_letters::Letter,
+        parsed: Parsed,
+        changes: Vec<super::catalog::CatalogItem>,
+    ) -> Result<Receipt, ApiError> {
+        super::dead_letters::replay_here(self, id, letter, parsed, changes).await
+    }
+
+    async fn discard(&self, id: u64) -> Result<(), ApiError> {
+        super::dead_letters::discard_here(self, id).await
+    }
+
+    fn simulator(&self) -> &Arc<crate::simulator::Simulator> {
+        &self.simulator
+    }
+
+    fn hub(&self) -> &Arc<crate::stream::Hub> {
+        &self.pipeline.shared.hub
+    }
+
+    /// The embedded engine answers once it has started: recovery is over
+    /// before the server listens.
+    fn ready(&self) -> Result<(), ApiError> {
+        Ok(())
+    }
+
+    fn observe(&self) {
+        let shared = &self.pipeline.shared;
+        metrics::gauge!("stockflow_levels").set(shared.levels() as f64);
+        metrics::gauge!("stockflow_dedup_entries").set(
+            shared
+                .dedup_entries
+                .load(std::sync::atomic::Ordering::Relaxed) as f64,
+        );
+    }
+
+    async fn check(
+        &self,
+        strict: bool,
+        _: &super::backend::Read,
+    ) -> Result<serde_json::Value, ApiError> {
+        Ok(tokio::task::block_in_place(|| {
+            super::check::run(self, strict)
+        }))
+    }
+
+    fn cluster(&self) -> Result<serde_json::Value, ApiError> {
+        Err(ApiError::not_found(
+            "this server runs the embedded engine alone: there is no cluster (see `serve --kafka`)",
+        ))
+    }
+
+    async fn order_command(
+        &self,
+        command: stockflow_core::orders::OrderCommand,
+    ) -> Result<stockflow_core::orders::Answer, ApiError> {
+        super::orders::command_here(self, command).await
+    }
+
+    async fn order(
+        &self,
+        order_id: &str,
+    ) -> Result<Option<stockflow_core::orders::Order>, ApiError> {
+        Ok(self
+            .pipeline
+            .shared
+            .orders
+            .read()
+            .orders
+            .get(order_id)
+            .cloned())
+    }
+
+    async fn orders(
+        &self,
+        status: Option<stockflow_core::orders::Status>,
+        after: Option<&str>,
+        limit: usize,
+        _: &super::backend::Read,
+    ) -> Result<Vec<serde_json::Value>, ApiError> {
+        Ok(super::orders::orders_here(self, status, after, limit))
+    }
+
     async fn quantities(&self, sku: &str, location: &str) -> Option<super::backend::Quantities> {
         let shared = &self.pipeline.shared;
         let partition = stockflow_core::route(sku, location, shared.partition_count());

@@ -39,6 +39,7 @@ pub use query::{level_json, sources_json, LevelOut};
 
 use crate::config::Config;
 use crate::pipeline::Pipeline;
+use backend::Backend;
 
 /// The OpenAPI 3.1 description of this API.
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -53,90 +54,93 @@ pub struct AppState {
     pub simulator: Arc<crate::simulator::Simulator>,
 }
 
-pub fn router(state: Arc<AppState>) -> Router {
+/// The one HTTP API, over either backend: every public route is here,
+/// once; a backend adds only the endpoints its own mode needs
+/// ([`Backend::own_routes`]).
+pub fn router<B: Backend>(backend: Arc<B>) -> Router {
+    let read_timeout = backend.config().read_timeout;
     Router::new()
-        .route("/v1/events", post(ingest::post_events::<AppState>))
+        .route("/v1/events", post(ingest::post_events::<B>))
         .route(
             "/v1/sources/{format}/events",
-            post(ingest::post_source_events::<AppState>),
+            post(ingest::post_source_events::<B>),
         )
-        .route("/v1/sources", get(query::sources))
+        .route("/v1/sources", get(query::sources::<B>))
         .route(
             "/v1/products",
-            get(catalog::list_products).post(catalog::post_products),
+            get(catalog::list_products::<B>).post(catalog::post_products::<B>),
         )
         .route(
             "/v1/products/{sku}",
-            get(catalog::get_product).put(catalog::put_product),
+            get(catalog::get_product::<B>).put(catalog::put_product::<B>),
         )
         .route(
             "/v1/locations",
-            get(catalog::list_locations).post(catalog::post_locations),
+            get(catalog::list_locations::<B>).post(catalog::post_locations::<B>),
         )
         .route(
             "/v1/locations/{location_id}",
-            get(catalog::get_location).put(catalog::put_location),
+            get(catalog::get_location::<B>).put(catalog::put_location::<B>),
         )
-        .route("/v1/items/{sku}", get(catalog::item))
-        .route("/v1/orders", post(orders::place).get(orders::list))
-        .route("/v1/orders/{id}", get(orders::get))
-        .route("/v1/orders/{id}/fulfil", post(orders::fulfil))
-        .route("/v1/orders/{id}/cancel", post(orders::cancel))
-        .route("/v1/orders/{id}/extend", post(orders::extend))
+        .route("/v1/items/{sku}", get(catalog::item::<B>))
         .route(
             "/v1/regions/{region}/stock/{sku}",
-            get(catalog::region_stock),
+            get(catalog::region_stock::<B>),
         )
         .route(
-            "/v1/stock/{sku}/{location_id}",
-            get(query::level::<AppState>),
+            "/v1/orders",
+            post(orders::place::<B>).get(orders::list::<B>),
         )
-        .route("/v1/stock/{sku}", get(query::sku::<AppState>))
+        .route("/v1/orders/{id}", get(orders::get::<B>))
+        .route("/v1/orders/{id}/fulfil", post(orders::fulfil::<B>))
+        .route("/v1/orders/{id}/cancel", post(orders::cancel::<B>))
+        .route("/v1/orders/{id}/extend", post(orders::extend::<B>))
+        .route("/v1/stock/{sku}/{location_id}", get(query::level::<B>))
+        .route("/v1/stock/{sku}", get(query::sku::<B>))
         .route(
             "/v1/stock/{sku}/{location_id}/history",
-            get(history::history::<AppState>),
+            get(history::history::<B>),
         )
         .route(
             "/v1/locations/{location_id}/stock",
-            get(query::location::<AppState>),
+            get(query::location::<B>),
         )
-        .route("/v1/dead-letters", get(dead_letters::list))
+        .route("/v1/dead-letters", get(dead_letters::list::<B>))
         .route(
             "/v1/dead-letters/{id}",
-            axum::routing::delete(dead_letters::discard),
+            axum::routing::delete(dead_letters::discard::<B>),
         )
-        .route("/v1/dead-letters/{id}/replay", post(dead_letters::replay))
-        .route("/v1/check", get(check::check))
-        .route("/v1/alerts", get(alerts::list::<AppState>))
-        .route("/v1/stream", get(stream::stream))
-        .route("/v1/ws", get(stream::websocket))
-        .route("/v1/activity", get(dashboard::activity::<AppState>))
-        .route("/v1/simulator", get(dashboard::status::<AppState>))
-        .route("/v1/simulator/start", post(dashboard::start::<AppState>))
-        .route("/v1/simulator/stop", post(dashboard::stop::<AppState>))
-        .route("/v1/simulator/send", post(dashboard::send::<AppState>))
         .route(
-            "/v1/simulator/scenario",
-            post(dashboard::scenario::<AppState>),
+            "/v1/dead-letters/{id}/replay",
+            post(dead_letters::replay::<B>),
         )
+        .route("/v1/check", get(check::check::<B>))
+        .route("/v1/cluster", get(cluster::<B>))
+        .route("/v1/alerts", get(alerts::list::<B>))
+        .route("/v1/stream", get(stream::stream::<B>))
+        .route("/v1/ws", get(stream::websocket::<B>))
+        .route("/v1/activity", get(dashboard::activity::<B>))
+        .route("/v1/simulator", get(dashboard::status::<B>))
+        .route("/v1/simulator/start", post(dashboard::start::<B>))
+        .route("/v1/simulator/stop", post(dashboard::stop::<B>))
+        .route("/v1/simulator/send", post(dashboard::send::<B>))
+        .route("/v1/simulator/scenario", post(dashboard::scenario::<B>))
         .route("/v1/openapi.json", get(openapi))
         .route("/", get(ui::index))
         .route("/ui/{*path}", get(ui::asset))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
-        .route(
-            "/readyz",
-            get(|| async { Json(json!({"status": "ready"})) }),
-        )
-        .route("/metrics", get(metrics))
+        .route("/readyz", get(ready::<B>))
+        .route("/metrics", get(metrics::<B>))
+        .merge(B::own_routes())
         .fallback(|| async { ApiError::not_found("no such endpoint; see /v1/openapi.json") })
         .layer(middleware::from_fn_with_state(
-            state.config.read_timeout,
+            read_timeout,
             serve::body_deadline,
         ))
         .layer(middleware::from_fn(guard::writes_say_what_they_carry))
         .layer(middleware::from_fn(error::errors_are_json))
         .layer(middleware::from_fn(track))
-        .with_state(state)
+        .with_state(backend)
 }
 
 /// A JSON request body as `T`, or 400 saying what is wrong with it.
@@ -148,18 +152,26 @@ async fn openapi() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
 }
 
-async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    let shared = &state.pipeline.shared;
-    metrics::gauge!("stockflow_levels").set(shared.levels() as f64);
-    metrics::gauge!("stockflow_dedup_entries").set(
-        shared
-            .dedup_entries
-            .load(std::sync::atomic::Ordering::Relaxed) as f64,
-    );
+async fn metrics<B: Backend>(State(backend): State<Arc<B>>) -> impl IntoResponse {
+    backend.observe();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         crate::metrics::handle().render(),
     )
+}
+
+async fn ready<B: Backend>(
+    State(backend): State<Arc<B>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    backend.ready()?;
+    Ok(Json(json!({"status": "ready"})))
+}
+
+/// GET /v1/cluster: the members and who owns which partition.
+async fn cluster<B: Backend>(
+    State(backend): State<Arc<B>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    backend.cluster().map(Json)
 }
 
 /// Records latency per route and logs server errors.

@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use stockflow_core::limits::QUANTITY_ABS_MAX;
 use stockflow_core::orders::{Answer, LineRequest, Mode, Order, OrderCommand, Status};
 
+use super::backend::{Backend, Read};
 use super::ingest::read_body;
 use super::query::{limit, Page};
 use super::{json_body, ApiError, AppState};
@@ -60,32 +61,21 @@ pub fn order_json(order: &Order) -> Value {
     out
 }
 
-fn answer(answer: Option<Answer>) -> Response {
+/// What became of an order, as the API answers it.
+fn answer(answer: Answer) -> Response {
     match answer {
-        Some(Answer::Done(order)) => Json(order_json(&order)).into_response(),
-        Some(Answer::Conflict(order, message)) => (
+        Answer::Done(order) => Json(order_json(&order)).into_response(),
+        Answer::Conflict(order, message) => (
             StatusCode::CONFLICT,
             Json(json!({"code": "conflict", "message": message, "order": order_json(&order)})),
         )
             .into_response(),
-        Some(Answer::NotFound(message)) => ApiError::not_found(message).into_response(),
-        None => ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "the order step gave no answer",
-        )
-        .into_response(),
+        Answer::NotFound(message) => ApiError::not_found(message).into_response(),
     }
 }
 
-async fn submit(state: &AppState, command: OrderCommand) -> Result<Response, ApiError> {
-    let receipt = state
-        .pipeline
-        .submit_order(command)
-        .map_err(ApiError::from)?
-        .await
-        .map_err(ApiError::from)?;
-    Ok(answer(receipt.order))
+async fn submit<B: Backend>(backend: &B, command: OrderCommand) -> Result<Response, ApiError> {
+    backend.order_command(command).await.map(answer)
 }
 
 #[derive(Deserialize)]
@@ -184,21 +174,21 @@ pub fn parse_place(bytes: &[u8], default_hold_seconds: u64) -> Result<PlaceReque
 }
 
 /// POST /v1/orders
-pub async fn place(
-    State(state): State<Arc<AppState>>,
+pub async fn place<B: Backend>(
+    State(state): State<Arc<B>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let (bytes, _) = read_body(&headers, body, ORDER_BODY_BYTES_MAX).await?;
-    let request = parse_place(&bytes, state.config.order_hold_seconds)?;
+    let request = parse_place(&bytes, state.config().order_hold_seconds)?;
     submit(
-        &state,
+        &*state,
         OrderCommand::Place {
             order_id: request.order_id,
             lines: request.lines,
             mode: request.mode,
             hold_ns: request.hold_ns,
-            sourcing: state.config.sourcing.clone(),
+            sourcing: state.config().sourcing.clone(),
             fingerprint: request.fingerprint,
         },
     )
@@ -212,8 +202,8 @@ struct FulfilBody {
 }
 
 /// POST /v1/orders/{id}/fulfil, optionally `{"lines": [0, 2]}`.
-pub async fn fulfil(
-    State(state): State<Arc<AppState>>,
+pub async fn fulfil<B: Backend>(
+    State(state): State<Arc<B>>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Body,
@@ -221,7 +211,7 @@ pub async fn fulfil(
     let (bytes, _) = read_body(&headers, body, COMMAND_BODY_BYTES_MAX).await?;
     let lines = parse_fulfil(&bytes)?;
     submit(
-        &state,
+        &*state,
         OrderCommand::Fulfil {
             order_id: id,
             lines,
@@ -249,11 +239,11 @@ pub fn parse_extend(bytes: &[u8]) -> Result<i64, ApiError> {
 }
 
 /// POST /v1/orders/{id}/cancel
-pub async fn cancel(
-    State(state): State<Arc<AppState>>,
+pub async fn cancel<B: Backend>(
+    State(state): State<Arc<B>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    submit(&state, OrderCommand::Cancel { order_id: id }).await
+    submit(&*state, OrderCommand::Cancel { order_id: id }).await
 }
 
 #[derive(Deserialize)]
@@ -264,8 +254,8 @@ struct ExtendBody {
 
 /// POST /v1/orders/{id}/extend `{"holdSeconds": n}`: the hold now ends n
 /// seconds from now.
-pub async fn extend(
-    State(state): State<Arc<AppState>>,
+pub async fn extend<B: Backend>(
+    State(state): State<Arc<B>>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Body,
@@ -273,7 +263,7 @@ pub async fn extend(
     let (bytes, _) = read_body(&headers, body, COMMAND_BODY_BYTES_MAX).await?;
     let hold_ns = parse_extend(&bytes)?;
     submit(
-        &state,
+        &*state,
         OrderCommand::Extend {
             order_id: id,
             hold_ns,
@@ -283,20 +273,22 @@ pub async fn extend(
 }
 
 /// GET /v1/orders/{id}
-pub async fn get(
-    State(state): State<Arc<AppState>>,
+pub async fn get<B: Backend>(
+    State(backend): State<Arc<B>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let book = state.pipeline.shared.orders.read();
-    book.orders
-        .get(&id)
-        .map(|o| Json(order_json(o)))
+    backend
+        .order(&id)
+        .await?
+        .map(|o| Json(order_json(&o)))
         .ok_or_else(|| ApiError::not_found(format!("no order {id:?}")))
 }
 
 #[derive(Deserialize)]
 pub struct OrderFilter {
     status: Option<String>,
+    /// `local`: only the answering instance's orders (cluster-internal).
+    scope: Option<String>,
     #[serde(flatten)]
     page: Page,
 }
@@ -310,30 +302,69 @@ pub(crate) fn not_a_status(text: &str) -> ApiError {
 }
 
 /// GET /v1/orders?status=&limit=&after=, by orderId.
-pub async fn list(
-    State(state): State<Arc<AppState>>,
+pub async fn list<B: Backend>(
+    State(backend): State<Arc<B>>,
     Query(filter): Query<OrderFilter>,
+    headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let limit = limit(&filter.page)?;
     let status = match filter.status.as_deref() {
         None => None,
         Some(text) => Some(Status::from_wire(text).ok_or_else(|| not_a_status(text))?),
     };
+    let read = Read {
+        forwarded: headers.contains_key(crate::kafka::http::FORWARDED),
+        local_only: filter.scope.as_deref() == Some("local"),
+        ..Read::default()
+    };
+    let mut orders = backend
+        .orders(status, filter.page.after.as_deref(), limit, &read)
+        .await?;
+    if read.local_only {
+        // A member's part of a gathered answer: the asker pages.
+        return Ok(Json(json!({ "orders": orders })));
+    }
+    let more = orders.len() > limit;
+    orders.truncate(limit);
+    let next = more
+        .then(|| {
+            orders
+                .last()
+                .and_then(|o| o["orderId"].as_str().map(str::to_owned))
+        })
+        .flatten();
+    Ok(Json(json!({"orders": orders, "nextAfter": next})))
+}
+
+/// The embedded engine's orders after `after` (see [`Backend::orders`]).
+pub(crate) fn orders_here(
+    state: &AppState,
+    status: Option<Status>,
+    after: Option<&str>,
+    limit: usize,
+) -> Vec<Value> {
     let book = state.pipeline.shared.orders.read();
-    let start = filter
-        .page
-        .after
-        .clone()
-        .map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
-    let mut matching = book
-        .orders
-        .range::<String, _>((start, std::ops::Bound::Unbounded))
+    let start = after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+    book.orders
+        .range::<str, _>((start, std::ops::Bound::Unbounded))
         .map(|(_, o)| o)
-        .filter(|o| status.is_none_or(|s| o.status == s));
-    let page: Vec<&Order> = matching.by_ref().take(limit).collect();
-    let next = matching.next().and(page.last().map(|o| o.order_id.clone()));
-    Ok(Json(json!({
-        "orders": page.iter().map(|o| order_json(o)).collect::<Vec<_>>(),
-        "nextAfter": next,
-    })))
+        .filter(|o| status.is_none_or(|s| o.status == s))
+        .take(limit + 1)
+        .map(order_json)
+        .collect()
+}
+
+/// The embedded engine decides an order command in its pipeline.
+pub(crate) async fn command_here(
+    state: &AppState,
+    command: OrderCommand,
+) -> Result<Answer, ApiError> {
+    let receipt = state.pipeline.submit_order(command)?.await?;
+    receipt.order.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the order step gave no answer",
+        )
+    })
 }

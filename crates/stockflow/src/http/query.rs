@@ -203,7 +203,7 @@ pub(crate) fn sku_here(state: &AppState, sku: &str, read: &Read) -> Result<Value
     }))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, Clone)]
 pub struct Page {
     pub limit: Option<String>,
     pub after: Option<String>,
@@ -347,8 +347,8 @@ pub(crate) fn location_here(
 
 /// GET /v1/sources: the formats accepted at /v1/sources/{format}/events,
 /// each with its mapping (so a user can copy one to write their own).
-pub async fn sources(State(state): State<Arc<AppState>>) -> Json<Value> {
-    Json(sources_json(&state.config.sources))
+pub async fn sources<B: Backend>(State(backend): State<Arc<B>>) -> Json<Value> {
+    Json(sources_json(&backend.config().sources))
 }
 
 /// The source formats this server translates, with their mappings.

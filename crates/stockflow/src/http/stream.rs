@@ -14,7 +14,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
 use serde::Deserialize;
 
-use super::{ApiError, AppState};
+use super::ApiError;
 use crate::stream::{Filter, Hub, Kind, Message, Resume, Subscription};
 
 #[derive(Deserialize, Clone)]
@@ -99,12 +99,12 @@ fn event(epoch: u64, m: &Message) -> Event {
         .data(&*m.data())
 }
 
-pub async fn stream(
-    State(state): State<Arc<AppState>>,
+pub async fn stream<B: super::backend::Backend>(
+    State(backend): State<Arc<B>>,
     Query(query): Query<StreamQuery>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    sse(&state.pipeline.shared.hub, query, &headers)
+    sse(backend.hub(), query, &headers)
 }
 
 /// The SSE stream of `hub`'s messages (both modes).
@@ -172,13 +172,13 @@ pub fn sse(
 /// GET /v1/ws: the same messages and filters as /v1/stream over a
 /// WebSocket, one text frame each: `{"id","event","data"}`. Resume with
 /// `?lastEventId=`; `gap` and `resync` work as on the SSE stream.
-pub async fn websocket(
-    State(state): State<Arc<AppState>>,
+pub async fn websocket<B: super::backend::Backend>(
+    State(backend): State<Arc<B>>,
     Query(query): Query<StreamQuery>,
     headers: axum::http::HeaderMap,
     upgrade: axum::extract::ws::WebSocketUpgrade,
 ) -> Result<axum::response::Response, ApiError> {
-    ws(&state.pipeline.shared.hub, query, &headers, upgrade)
+    ws(backend.hub(), query, &headers, upgrade)
 }
 
 /// The WebSocket of `hub`'s messages (both modes), for a client that is

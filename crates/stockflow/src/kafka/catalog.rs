@@ -12,25 +12,19 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::Json;
 use rdkafka::producer::FutureRecord;
 use serde_json::{json, Value};
-use stockflow_core::catalog::{parse_location, parse_product};
 use stockflow_core::rollup::sku_home;
-use stockflow_core::{Location, Totals};
+use stockflow_core::{CatalogChange, Rejected, Totals};
 
-use super::http::{
-    dead_letter, encode, gather, not_owned, restoring, KafkaApp, ReadQuery, FORWARDED,
-};
+use super::http::{dead_letter, encode, gather, not_owned, restoring, KafkaApp, FORWARDED};
 use super::processor::{ACTIVE, RESTORING};
-use crate::http::catalog::{
-    item_json, items, location_json, locations_page, product_json, products_page, region_json,
-    totals_json, LocationFilter, ProductFilter,
-};
-use crate::http::{read_body, ApiError};
+use crate::http::backend::Read;
+use crate::http::catalog::{CatalogItem, Rollup};
+use crate::http::ApiError;
 use crate::pipeline::{Receipt, ReceiptError};
 
 /// Longest wait for this instance to read back its own catalog write.
@@ -65,168 +59,52 @@ async fn read_back(app: &KafkaApp, offset: i64) -> Result<(), ApiError> {
     })
 }
 
-/// Checks and writes one catalog item (PUT); a refused one is kept as a
-/// dead letter and answered 400.
-async fn put_one(
+/// Writes checked catalog items to the catalog topic and keeps the
+/// refused ones as dead letters; answers once this instance has read its
+/// own write back.
+pub(super) async fn write(
     app: &KafkaApp,
-    headers: &HeaderMap,
-    body: Body,
+    items: Vec<CatalogItem>,
+    rejected: Vec<Rejected>,
     source: &str,
-    key: String,
-    check: impl Fn(&mut Value) -> Result<(), String>,
-) -> Result<(), ApiError> {
-    let (bytes, _) = read_body(headers, body, app.config.body_bytes_max).await?;
-    let parsed = serde_json::from_slice::<Value>(&bytes)
-        .map_err(|e| format!("body is not valid JSON: {e}"))
-        .and_then(|mut v| check(&mut v).map(|()| v));
-    match parsed {
-        Ok(value) => {
-            let offset = produce(app, &key, &value).await?;
-            read_back(app, offset).await
-        }
-        Err(reason) => {
-            dead_letter(app, source, &bytes, &reason).await;
-            Err(ApiError::bad_request(reason))
-        }
-    }
-}
-
-/// Checks and writes every item of a bulk body (POST): the valid ones go
-/// to the catalog topic, the others to the DLQ, reported by index.
-async fn post_bulk(
-    app: &KafkaApp,
-    headers: &HeaderMap,
-    body: Body,
-    source: &str,
-    key_of: impl Fn(&Value) -> Result<String, String>,
-) -> Result<Json<Receipt>, ApiError> {
-    let (bytes, format) = read_body(headers, body, app.config.body_bytes_max).await?;
+) -> Result<Receipt, ApiError> {
     let mut receipt = Receipt::default();
+    for refused in rejected {
+        let item = (refused.index, refused.event_id.as_deref());
+        dead_letter(
+            app,
+            source,
+            refused.raw.as_bytes(),
+            &refused.reason,
+            Some(item),
+        )
+        .await;
+        receipt.rejected += 1;
+        receipt.errors.push(ReceiptError {
+            index: refused.index,
+            event_id: None,
+            reason: refused.reason,
+        });
+    }
     let mut last = None;
-    for (index, (raw, value)) in items(&bytes, format, app.config.request_events_max)?
-        .into_iter()
-        .enumerate()
-    {
-        match value.and_then(|v| key_of(&v).map(|key| (key, v))) {
-            Ok((key, value)) => {
-                last = Some(produce(app, &key, &value).await?);
-                receipt.accepted += 1;
-            }
-            Err(reason) => {
-                dead_letter(app, source, raw.as_bytes(), &reason).await;
-                receipt.rejected += 1;
-                receipt.errors.push(ReceiptError {
-                    index: index as u32,
-                    event_id: None,
-                    reason,
-                });
-            }
-        }
+    for item in items {
+        let key = match &item.change {
+            CatalogChange::Product(p) => format!("product:{}", p.sku),
+            CatalogChange::Location(l) => format!("location:{}", l.location_id),
+        };
+        last = Some(produce(app, &key, &item.json).await?);
+        receipt.accepted += 1;
     }
     if let Some(offset) = last {
         read_back(app, offset).await?;
     }
-    Ok(Json(receipt))
+    Ok(receipt)
 }
-
-/// PUT /v1/products/{sku}
-pub async fn put_product(
-    State(app): State<Arc<KafkaApp>>,
-    Path(sku): Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Json<Value>, ApiError> {
-    put_one(
-        &app,
-        &headers,
-        body,
-        "http:/v1/products",
-        format!("product:{sku}"),
-        |v| {
-            parse_product(v, Some(&sku))?;
-            v["sku"] = json!(sku);
-            Ok(())
-        },
-    )
-    .await?;
-    get_product(State(app), Path(sku)).await
-}
-
-/// POST /v1/products
-pub async fn post_products(
-    State(app): State<Arc<KafkaApp>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Json<Receipt>, ApiError> {
-    post_bulk(&app, &headers, body, "http:/v1/products", |v| {
-        parse_product(v, None).map(|p| format!("product:{}", p.sku))
-    })
-    .await
-}
-
-/// PUT /v1/locations/{id}
-pub async fn put_location(
-    State(app): State<Arc<KafkaApp>>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Json<Value>, ApiError> {
-    put_one(
-        &app,
-        &headers,
-        body,
-        "http:/v1/locations",
-        format!("location:{id}"),
-        |v| {
-            parse_location(v, Some(&id))?;
-            v["locationId"] = json!(id);
-            Ok(())
-        },
-    )
-    .await?;
-    get_location(State(app), Path(id), Query(ReadQuery::default())).await
-}
-
-/// POST /v1/locations
-pub async fn post_locations(
-    State(app): State<Arc<KafkaApp>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Json<Receipt>, ApiError> {
-    post_bulk(&app, &headers, body, "http:/v1/locations", |v| {
-        parse_location(v, None).map(|l| format!("location:{}", l.location_id))
-    })
-    .await
-}
-
-/// GET /v1/products?category=&q=&limit=&after=
-pub async fn list_products(
-    State(app): State<Arc<KafkaApp>>,
-    Query(filter): Query<ProductFilter>,
-) -> Result<Json<Value>, ApiError> {
-    products_page(&app.shared.catalog.read(), &filter).map(Json)
-}
-
-/// GET /v1/products/{sku}: the product and its stock over every member.
-pub async fn get_product(
-    State(app): State<Arc<KafkaApp>>,
-    Path(sku): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let product = app.shared.catalog.read().products.get(&sku).cloned();
-    let product = product.ok_or_else(|| ApiError::not_found(format!("no product {sku:?}")))?;
-    let (totals, _) = sku_rollup(&app, &sku).await?;
-    let mut answer = product_json(&product);
-    answer["stock"] = totals_json(&totals);
-    Ok(Json(answer))
-}
-
-/// A SKU's totals, and its totals by location group (`region:…`, …).
-type Rollup = (Totals, BTreeMap<String, Totals>);
 
 /// A SKU's totals over the cluster, and by location group: the roll-up
 /// kept at the SKU's home partition from its levels' reports (see
 /// `stockflow_core::rollup`), read here or asked of the home's owner.
-async fn sku_rollup(app: &KafkaApp, sku: &str) -> Result<Rollup, ApiError> {
+pub(super) async fn sku_rollup(app: &KafkaApp, sku: &str) -> Result<Rollup, ApiError> {
     let body = at_home(app, sku, false).await?;
     let totals = serde_json::from_value(body["totals"].clone()).unwrap_or_default();
     let groups = serde_json::from_value(body["groups"].clone()).unwrap_or_default();
@@ -349,71 +227,34 @@ pub async fn internal_rollup(
     }
 }
 
-/// GET /v1/items/{sku}: totals over every location, and by region,
-/// location type and channel.
-pub async fn item(
-    State(app): State<Arc<KafkaApp>>,
-    Path(sku): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let (totals, groups) = sku_rollup(&app, &sku).await?;
-    let product = app.shared.catalog.read().products.get(&sku).cloned();
-    item_json(&sku, product.as_ref(), &totals, &groups).map(Json)
-}
-
-/// GET /v1/regions/{region}/stock/{sku}
-pub async fn region_stock(
-    State(app): State<Arc<KafkaApp>>,
-    Path((region, sku)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
-    let (_, groups) = sku_rollup(&app, &sku).await?;
-    let totals = groups
-        .get(&format!("region:{region}"))
-        .copied()
-        .unwrap_or_default();
-    let catalog = app.shared.catalog.read();
-    Ok(Json(region_json(&region, &sku, &totals, &catalog)))
-}
-
-/// GET /v1/locations/{id}: the location (type `unknown` if only seen in
-/// events) and the roll-up of its stock over every member. With
-/// `scope=local`: this instance's part, `{"parts":[{"totals"}]}`.
-pub async fn get_location(
-    State(app): State<Arc<KafkaApp>>,
-    Path(id): Path<String>,
-    Query(query): Query<ReadQuery>,
-) -> Result<Json<Value>, ApiError> {
+/// The roll-up of a location's stock over every member; with
+/// `read.local_only`, this instance's part.
+pub(super) async fn location_totals(
+    app: &KafkaApp,
+    id: &str,
+    read: &Read,
+) -> Result<Option<Totals>, ApiError> {
     let mut totals: Option<Totals> = None;
     for (p, status, _) in app.shared.owned() {
         if status != ACTIVE {
-            if query.scope.as_deref() == Some("local") {
+            if read.local_only {
                 return Err(restoring(p));
             }
             continue;
         }
-        if let Some(t) = app.shared.partitions[p as usize]
-            .read()
-            .location_totals(&id)
-        {
+        if let Some(t) = app.shared.partitions[p as usize].read().location_totals(id) {
             totals.get_or_insert_with(Totals::default).add(&t);
         }
     }
-    if query.scope.as_deref() == Some("local") {
-        return Ok(Json(json!({"parts": [{"totals": totals}]})));
+    if read.local_only {
+        return Ok(totals);
     }
-    for part in gather(&app, &format!("/v1/locations/{}", encode(&id)), "parts").await? {
+    for part in gather(app, &format!("/v1/locations/{}", encode(id)), "parts").await? {
         if let Ok(Some(t)) = serde_json::from_value::<Option<Totals>>(part["totals"].clone()) {
             totals.get_or_insert_with(Totals::default).add(&t);
         }
     }
-    let known = app.shared.catalog.read().locations.get(&id).cloned();
-    let location = match (known, totals) {
-        (Some(location), _) => location,
-        (None, Some(_)) => Location::unknown(&id),
-        (None, None) => return Err(ApiError::not_found(format!("no location {id:?}"))),
-    };
-    let mut answer = location_json(&location);
-    answer["totals"] = totals_json(&totals.unwrap_or_default());
-    Ok(Json(answer))
+    Ok(totals)
 }
 
 /// Every location with stock on this instance's active partitions and
@@ -436,26 +277,20 @@ fn local_locations(app: &KafkaApp) -> (BTreeMap<String, Totals>, Option<u16>) {
     (found, restoring_here)
 }
 
-/// GET /v1/locations?type=&region=&limit=&after=: the catalog's locations
-/// and every one seen in events on any member, each with its roll-up.
-/// With `scope=local`: this instance's `{"parts":[{"locationId","totals"}]}`.
-pub async fn list_locations(
-    State(app): State<Arc<KafkaApp>>,
-    Query(query): Query<ReadQuery>,
-    Query(filter): Query<LocationFilter>,
-) -> Result<Json<Value>, ApiError> {
-    let (mut totals, restoring_here) = local_locations(&app);
-    if query.scope.as_deref() == Some("local") {
+/// The roll-up of every location with stock on any member; with
+/// `read.local_only`, this instance's part.
+pub(super) async fn locations_totals(
+    app: &KafkaApp,
+    read: &Read,
+) -> Result<BTreeMap<String, Totals>, ApiError> {
+    let (mut totals, restoring_here) = local_locations(app);
+    if read.local_only {
         if let Some(p) = restoring_here {
             return Err(restoring(p));
         }
-        let parts: Vec<Value> = totals
-            .iter()
-            .map(|(id, t)| json!({"locationId": id, "totals": t}))
-            .collect();
-        return Ok(Json(json!({ "parts": parts })));
+        return Ok(totals);
     }
-    for part in gather(&app, "/v1/locations", "parts").await? {
+    for part in gather(app, "/v1/locations", "parts").await? {
         let (Some(id), Ok(t)) = (
             part["locationId"].as_str(),
             serde_json::from_value::<Totals>(part["totals"].clone()),
@@ -464,14 +299,5 @@ pub async fn list_locations(
         };
         totals.entry(id.to_owned()).or_default().add(&t);
     }
-    let mut all = app.shared.catalog.read().locations.clone();
-    for id in totals.keys() {
-        if !all.contains_key(id) {
-            all.insert(id.clone(), Location::unknown(id));
-        }
-    }
-    locations_page(&all, &filter, |id| {
-        totals.get(id).copied().unwrap_or_default()
-    })
-    .map(Json)
+    Ok(totals)
 }

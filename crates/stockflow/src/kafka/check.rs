@@ -15,26 +15,16 @@
 //!   later, so while events flow a mismatch can be momentary: ask again.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
-use axum::extract::{Query, State};
-use axum::Json;
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::http::{gather, restoring, KafkaApp};
 use super::processor::ACTIVE;
+use crate::http::backend::Read;
 use crate::http::ApiError;
 
 /// Problems listed in the answer; the counts cover all of them.
 const SHOWN_MAX: usize = 20;
-
-#[derive(Deserialize)]
-pub struct CheckQuery {
-    #[serde(default)]
-    strict: bool,
-    scope: Option<String>,
-}
 
 type Sums = [i64; 3];
 
@@ -107,17 +97,14 @@ fn local(app: &KafkaApp) -> Result<Value, ApiError> {
 }
 
 /// GET /v1/check?strict=: gathered from every member.
-pub async fn check(
-    State(app): State<Arc<KafkaApp>>,
-    Query(query): Query<CheckQuery>,
-) -> Result<Json<Value>, ApiError> {
-    let mine = tokio::task::block_in_place(|| local(&app))?;
-    if query.scope.as_deref() == Some("local") {
-        return Ok(Json(json!({ "parts": [mine] })));
+pub(super) async fn check(app: &KafkaApp, strict: bool, read: &Read) -> Result<Value, ApiError> {
+    let mine = tokio::task::block_in_place(|| local(app))?;
+    if read.local_only {
+        return Ok(json!({ "parts": [mine] }));
     }
     let mut parts = vec![mine];
-    parts.extend(gather(&app, "/v1/check", "parts").await?);
-    Ok(Json(verdict(&parts, query.strict)))
+    parts.extend(gather(app, "/v1/check", "parts").await?);
+    Ok(verdict(&parts, strict))
 }
 
 /// The cluster's invariants from every member's part.

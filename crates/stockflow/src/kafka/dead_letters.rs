@@ -7,28 +7,26 @@
 //! restarts. Each instance follows the markers on a thread of its own
 //! ([`Resolved`]) and leaves resolved letters out of its lists.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::Json;
+use axum::http::StatusCode;
 use parking_lot::RwLock;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{json, Value};
-use stockflow_core::{parse_body, BodyError};
+use stockflow_core::Parsed;
 
 use super::http::KafkaApp;
 use super::KafkaSettings;
-use crate::http::dead_letters::Filter;
-use crate::http::query::limit;
-use crate::http::{read_body, ApiError};
+use crate::http::catalog::CatalogItem;
+use crate::http::dead_letters::{Filter, Letter};
+use crate::http::ApiError;
+use crate::pipeline::Receipt;
 
 /// Header of a resolution marker: the id of the letter it resolves.
 const RESOLVES: &str = "resolves";
@@ -123,33 +121,33 @@ fn marker_of<M: Message>(m: &M) -> Option<i64> {
 /// ends there, with `nextAfter` to read on from.
 const SCANNED_MAX: usize = 100_000;
 
-/// GET /v1/dead-letters?source=&reason=&limit=&after=: oldest first;
-/// `source` matches as in the embedded mode (a source or a prefix of one,
-/// or a format name, also a raw topic's), `reason` a part of its reason,
+/// Unresolved letters after offset `after`, oldest first; `source`
+/// matches as in the embedded mode (a source or a prefix of one, or a
+/// format name, also a raw topic's), `reason` a part of its reason,
 /// case-insensitively.
-pub async fn list(
-    State(app): State<Arc<KafkaApp>>,
-    Query(filter): Query<Filter>,
-) -> Result<Json<Value>, ApiError> {
-    let limit = limit(&filter.page)?;
-    let after: Option<i64> = crate::http::dead_letters::after_id(&filter.page)?;
+pub(super) async fn list(
+    app: &KafkaApp,
+    filter: &Filter,
+    after: Option<u64>,
+    limit: usize,
+) -> Result<(Vec<Value>, Option<u64>), ApiError> {
+    let after = after.map(|a| i64::try_from(a).unwrap_or(i64::MAX));
     let settings = app.settings.clone();
     let resolved = app.resolved.clone();
-    let scanned =
+    let filter = filter.clone();
+    let (letters, next) =
         tokio::task::spawn_blocking(move || scan(&settings, &resolved, after, limit, &filter))
             .await
             .map_err(ApiError::stopping)?
-            .map_err(|e| {
-                ApiError::overloaded(
-                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                    format!("cannot read the DLQ topic ({e:#}); retry shortly"),
-                )
-            })?;
-    let (letters, next) = scanned;
-    Ok(Json(json!({
-        "deadLetters": letters,
-        "nextAfter": next.map(|n| n.to_string()),
-    })))
+            .map_err(unreadable)?;
+    Ok((letters, next.map(|n| n as u64)))
+}
+
+fn unreadable(e: anyhow::Error) -> ApiError {
+    ApiError::overloaded(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("cannot read the DLQ topic ({e:#}); retry shortly"),
+    )
 }
 
 /// Up to `limit` matching letters after offset `after`, and where the
@@ -227,11 +225,20 @@ fn scan(
             "id": m.offset(),
             "receivedAt": m.timestamp().to_millis().and_then(chrono::DateTime::from_timestamp_millis).map(|t| t.to_rfc3339()),
             "source": source,
-            "sourcePartition": headers.get("source-partition"),
-            "sourceOffset": headers.get("source-offset"),
+            "index": headers.get("index").and_then(|i| i.parse::<u32>().ok()),
+            "eventId": headers.get("event-id"),
             "reason": why,
         });
         if let Some(fields) = letter.as_object_mut() {
+            // Where in a raw topic a translated record came from.
+            for (header, field) in [
+                ("source-partition", "sourcePartition"),
+                ("source-offset", "sourceOffset"),
+            ] {
+                if let Some(value) = headers.get(header) {
+                    fields.insert(field.into(), Value::from(value.as_str()));
+                }
+            }
             fields.extend(crate::http::dead_letters::payload_fields(
                 m.payload().unwrap_or_default(),
             ));
@@ -243,42 +250,50 @@ fn scan(
     Ok((letters, next))
 }
 
-/// The unresolved letter `id`, or 404.
-async fn find(app: &KafkaApp, id: i64) -> Result<Value, ApiError> {
-    let gone = || {
-        ApiError::not_found(format!(
-            "no dead letter {id} (resolved, discarded, or past the DLQ topic's retention)"
-        ))
+/// The unresolved letter `id`, with its payload's bytes as stored.
+pub(super) async fn find(app: &KafkaApp, id: u64) -> Result<Option<Letter>, ApiError> {
+    let Ok(id) = i64::try_from(id) else {
+        return Ok(None);
     };
-    if id < 0 || app.resolved.contains(id) {
-        return Err(gone());
+    if app.resolved.contains(id) {
+        return Ok(None);
     }
     let settings = app.settings.clone();
     let resolved = app.resolved.clone();
-    let filter = Filter {
-        source: None,
-        reason: None,
-        page: Default::default(),
-    };
+    let filter = Filter::default();
     let (letters, _) =
         tokio::task::spawn_blocking(move || scan(&settings, &resolved, Some(id - 1), 1, &filter))
             .await
             .map_err(ApiError::stopping)?
-            .map_err(|e| {
-                ApiError::overloaded(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("cannot read the DLQ topic ({e:#}); retry shortly"),
-                )
-            })?;
-    letters
-        .into_iter()
-        .find(|l| l["id"].as_i64() == Some(id))
-        .ok_or_else(gone)
+            .map_err(unreadable)?;
+    let Some(letter) = letters.into_iter().find(|l| l["id"].as_i64() == Some(id)) else {
+        return Ok(None);
+    };
+    use base64::Engine as _;
+    let payload = match letter["payloadBase64"].as_str() {
+        Some(exact) => base64::engine::general_purpose::STANDARD
+            .decode(exact)
+            .unwrap_or_default(),
+        None => letter["payload"]
+            .as_str()
+            .unwrap_or_default()
+            .as_bytes()
+            .to_vec(),
+    };
+    let source = letter["source"].as_str().unwrap_or_default().to_owned();
+    let format = crate::http::dead_letters::format_of(&source)
+        .or_else(|| source.strip_prefix(app.settings.topics.raw_prefix.as_str()))
+        .map(str::to_owned);
+    Ok(Some(Letter {
+        source,
+        format,
+        payload,
+    }))
 }
 
 /// Appends the marker that resolves `id`, and waits until this instance
 /// has read it back (so its next list leaves the letter out).
-async fn resolve(app: &KafkaApp, id: i64, resolution: &str) -> Result<(), ApiError> {
+pub(super) async fn resolve(app: &KafkaApp, id: u64, resolution: &str) -> Result<(), ApiError> {
     let id_text = id.to_string();
     let headers = OwnedHeaders::new()
         .insert(Header {
@@ -310,76 +325,23 @@ async fn resolve(app: &KafkaApp, id: i64, resolution: &str) -> Result<(), ApiErr
     Ok(())
 }
 
-/// POST /v1/dead-letters/{id}/replay: the body is the corrected payload in
-/// the letter's original form (empty: the stored payload as is). It is
-/// translated as its route or raw topic would, produced, and applied
-/// (`?wait=applied`); the letter is resolved if nothing is refused again
-/// (what is becomes a new dead letter).
-pub async fn replay(
-    State(app): State<Arc<KafkaApp>>,
-    Path(id): Path<i64>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Json<Value>, ApiError> {
-    let letter = find(&app, id).await?;
-    let (bytes, framing) = read_body(&headers, body, app.config.body_bytes_max).await?;
-    let stored = letter["payload"].as_str().unwrap_or_default();
-    let payload: &[u8] = if bytes.is_empty() {
-        stored.as_bytes()
+/// Produces a letter's corrected (or stored) events and waits until
+/// they are applied, or writes its catalog changes; resolves the letter
+/// if nothing is refused again (what is becomes a new dead letter).
+pub(super) async fn replay(
+    app: &KafkaApp,
+    id: u64,
+    letter: &Letter,
+    parsed: Parsed,
+    changes: Vec<CatalogItem>,
+) -> Result<Receipt, ApiError> {
+    let receipt = if changes.is_empty() {
+        super::http::ingest_parsed(app, true, parsed, &letter.source).await?
     } else {
-        &bytes
+        super::catalog::write(app, changes, Vec::new(), &letter.source).await?
     };
-    let source = letter["source"].as_str().unwrap_or_default().to_owned();
-    let raw_prefix = &app.settings.topics.raw_prefix;
-    let format = crate::http::dead_letters::format_of(&source)
-        .or_else(|| source.strip_prefix(raw_prefix.as_str()));
-    let events_max = app.config.request_events_max;
-    let body_error = |e: BodyError| ApiError::bad_request(format!("corrected payload: {e}"));
-    let parsed = match format {
-        None if source == "http:/v1/events" => {
-            parse_body(payload, framing, events_max).map_err(body_error)?
-        }
-        Some(super::normaliser::CANONICAL) => {
-            parse_body(payload, framing, events_max).map_err(body_error)?
-        }
-        Some(format) if app.config.sources.get(format).is_some() => {
-            let mapping = app.config.sources.get(format).expect("checked");
-            if mapping.input == crate::sources::Input::Csv && bytes.is_empty() {
-                return Err(ApiError::bad_request(
-                    "a CSV dead letter holds one row without its header: send the corrected row under a header line",
-                ));
-            }
-            crate::sources::translate(mapping, payload, framing, &BTreeMap::new(), events_max)
-                .map_err(body_error)?
-        }
-        _ => {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "not_replayable",
-                format!("dead letters from {source:?} cannot be replayed; send the corrected product or location to its endpoint, or a corrected event to /v1/events, then discard this letter"),
-            ))
-        }
-    };
-    let receipt = super::http::ingest_parsed(&app, true, parsed, &source).await?;
-    let resolved = receipt.rejected == 0;
-    if resolved {
-        resolve(&app, id, "replayed").await?;
-        metrics::counter!("stockflow_dead_letters_replayed_total").increment(1);
+    if receipt.rejected == 0 {
+        resolve(app, id, "replayed").await?;
     }
-    Ok(Json(json!({
-        "deadLetterId": id,
-        "resolved": resolved,
-        "receipt": receipt,
-    })))
-}
-
-/// DELETE /v1/dead-letters/{id}: discard it, for every instance.
-pub async fn discard(
-    State(app): State<Arc<KafkaApp>>,
-    Path(id): Path<i64>,
-) -> Result<StatusCode, ApiError> {
-    find(&app, id).await?;
-    resolve(&app, id, "discarded").await?;
-    metrics::counter!("stockflow_dead_letters_discarded_total").increment(1);
-    Ok(StatusCode::NO_CONTENT)
+    Ok(receipt)
 }

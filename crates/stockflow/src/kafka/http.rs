@@ -13,9 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::http::{header, StatusCode};
+use axum::routing::get;
 use axum::{Json, Router};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -31,7 +30,7 @@ use super::{level_key, KafkaSettings};
 use crate::config::Config;
 use crate::http::backend::{Read, Wait};
 use crate::http::query::no_level;
-use crate::http::{dashboard, level_json, ApiError};
+use crate::http::{level_json, ApiError};
 use crate::pipeline::{wall_clock, Receipt, ReceiptError, RefusedBody};
 
 /// Marks a request one instance sent another, so it is never sent on.
@@ -58,174 +57,55 @@ pub struct KafkaApp {
     pub admission: crate::http::Admission,
 }
 
-impl crate::http::dashboard::WithSimulator for KafkaApp {
-    fn simulator(&self) -> &Arc<crate::simulator::Simulator> {
-        &self.simulator
-    }
-}
-
-pub fn router(app: Arc<KafkaApp>) -> Router {
+/// The endpoints the members of a cluster ask each other.
+fn internal_routes() -> Router<Arc<KafkaApp>> {
     Router::new()
-        .route("/v1/events", post(crate::http::ingest::post_events::<KafkaApp>))
-        .route(
-            "/v1/sources/{format}/events",
-            post(crate::http::ingest::post_source_events::<KafkaApp>),
-        )
-        .route(
-            "/v1/sources",
-            get(|State(app): State<Arc<KafkaApp>>| async move {
-                Json(crate::http::sources_json(&app.config.sources))
-            }),
-        )
-        .route(
-            "/v1/stock/{sku}/{location_id}",
-            get(crate::http::query::level::<KafkaApp>),
-        )
-        .route("/v1/stock/{sku}", get(crate::http::query::sku::<KafkaApp>))
-        .route(
-            "/v1/stock/{sku}/{location_id}/history",
-            get(crate::http::history::history::<KafkaApp>),
-        )
-        .route(
-            "/v1/locations/{location_id}/stock",
-            get(crate::http::query::location::<KafkaApp>),
-        )
-        .route("/v1/alerts", get(crate::http::alerts::list::<KafkaApp>))
-        .route(
-            "/v1/products",
-            get(catalog::list_products).post(catalog::post_products),
-        )
-        .route(
-            "/v1/products/{sku}",
-            get(catalog::get_product).put(catalog::put_product),
-        )
-        .route(
-            "/v1/locations",
-            get(catalog::list_locations).post(catalog::post_locations),
-        )
-        .route(
-            "/v1/locations/{location_id}",
-            get(catalog::get_location).put(catalog::put_location),
-        )
-        .route("/v1/items/{sku}", get(catalog::item))
-        .route(
-            "/v1/regions/{region}/stock/{sku}",
-            get(catalog::region_stock),
-        )
         .route("/v1/internal/rollups/{sku}", get(catalog::internal_rollup))
-        .route("/v1/orders", post(orders::place).get(orders::list))
-        .route("/v1/orders/{id}", get(orders::get))
-        .route("/v1/orders/{id}/fulfil", post(orders::fulfil))
-        .route("/v1/orders/{id}/cancel", post(orders::cancel))
-        .route("/v1/orders/{id}/extend", post(orders::extend))
         .route("/v1/internal/orders/{id}", get(orders::internal))
-        .route("/v1/cluster", get(cluster))
-        .route("/v1/check", get(super::check::check))
-        .route("/v1/simulator", get(dashboard::status::<KafkaApp>))
-        .route("/v1/simulator/start", post(dashboard::start::<KafkaApp>))
-        .route("/v1/simulator/stop", post(dashboard::stop::<KafkaApp>))
-        .route("/v1/simulator/send", post(dashboard::send::<KafkaApp>))
-        .route(
-            "/v1/simulator/scenario",
-            post(dashboard::scenario::<KafkaApp>),
-        )
-        .route(
-            "/v1/activity",
-            get(crate::http::dashboard::activity::<KafkaApp>),
-        )
-        // The dashboard and storefront: the same files as the embedded mode.
-        .route("/", get(crate::http::ui::index))
-        .route("/ui/{*path}", get(crate::http::ui::asset))
-        .route("/v1/dead-letters", get(super::dead_letters::list))
-        .route(
-            "/v1/dead-letters/{id}",
-            axum::routing::delete(super::dead_letters::discard),
-        )
-        .route(
-            "/v1/dead-letters/{id}/replay",
-            post(super::dead_letters::replay),
-        )
-        .route(
-            "/v1/stream",
-            get(
-                |State(app): State<Arc<KafkaApp>>, Query(q), headers: HeaderMap| async move {
-                    crate::http::stream::sse(&app.hub, q, &headers)
-                },
-            ),
-        )
-        .route(
-            "/v1/ws",
-            get(
-                |State(app): State<Arc<KafkaApp>>, Query(q), headers: HeaderMap, upgrade| async move {
-                    crate::http::stream::ws(&app.hub, q, &headers, upgrade)
-                },
-            ),
-        )
         .route("/v1/internal/applied", get(applied))
-        .route(
-            "/v1/openapi.json",
-            get(|| async {
-                (
-                    [(header::CONTENT_TYPE, "application/json")],
-                    crate::http::OPENAPI,
-                )
-            }),
-        )
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
-        .route("/readyz", get(ready))
-        .route("/metrics", get(metrics))
-        // Kafka mode has every endpoint the embedded mode has.
-        .fallback(|| async { ApiError::not_found("no such endpoint; see /v1/openapi.json") })
-        .layer(axum::middleware::from_fn_with_state(
-            app.config.read_timeout,
-            crate::http::serve::body_deadline,
-        ))
-        .layer(axum::middleware::from_fn(crate::http::guard::writes_say_what_they_carry))
-        .layer(axum::middleware::from_fn(crate::http::error::errors_are_json))
-        .with_state(app)
 }
 
-async fn metrics(State(app): State<Arc<KafkaApp>>) -> impl IntoResponse {
-    let restoring: i64 = app
-        .shared
-        .restore_left
-        .iter()
-        .map(|l| l.load(Ordering::Relaxed))
-        .sum();
-    metrics::gauge!("stockflow_kafka_restore_records_left").set(restoring as f64);
-    let owned = app.shared.owned();
-    metrics::gauge!("stockflow_kafka_partitions_owned").set(owned.len() as f64);
-    metrics::gauge!("stockflow_kafka_partitions_restoring")
-        .set(owned.iter().filter(|(_, s, _)| *s == RESTORING).count() as f64);
-    let high = app.cluster.high.read().clone();
-    for (p, _, applied) in &owned {
-        if let Some(h) = high.get(*p as usize).filter(|h| **h >= 0) {
-            metrics::gauge!("stockflow_kafka_lag", "partition" => p.to_string())
-                .set((h - applied).max(0) as f64);
+impl KafkaApp {
+    /// The gauges of this instance's partitions: owned, restoring, lag.
+    fn observe_partitions(&self) {
+        let restoring: i64 = self
+            .shared
+            .restore_left
+            .iter()
+            .map(|l| l.load(Ordering::Relaxed))
+            .sum();
+        metrics::gauge!("stockflow_kafka_restore_records_left").set(restoring as f64);
+        let owned = self.shared.owned();
+        metrics::gauge!("stockflow_kafka_partitions_owned").set(owned.len() as f64);
+        metrics::gauge!("stockflow_kafka_partitions_restoring")
+            .set(owned.iter().filter(|(_, s, _)| *s == RESTORING).count() as f64);
+        let high = self.cluster.high.read().clone();
+        for (p, _, applied) in &owned {
+            if let Some(h) = high.get(*p as usize).filter(|h| **h >= 0) {
+                metrics::gauge!("stockflow_kafka_lag", "partition" => p.to_string())
+                    .set((h - applied).max(0) as f64);
+            }
         }
     }
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        crate::metrics::handle().render(),
-    )
-}
 
-async fn ready(State(app): State<Arc<KafkaApp>>) -> Response {
-    let restoring = app
-        .shared
-        .owned()
-        .iter()
-        .filter(|(_, s, _)| *s == RESTORING)
-        .count();
-    if restoring > 0 {
-        let mut error = ApiError::overloaded(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("{restoring} partitions are restoring"),
-        );
-        error.code = "restoring".into();
-        return error.into_response();
+    /// Ready once no partition of this instance is restoring.
+    fn readiness(&self) -> Result<(), ApiError> {
+        let restoring = self
+            .shared
+            .owned()
+            .iter()
+            .filter(|(_, s, _)| *s == RESTORING)
+            .count();
+        if restoring > 0 {
+            let mut error = ApiError::overloaded(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{restoring} partitions are restoring"),
+            );
+            error.code = "restoring".into();
+            return Err(error);
+        }
+        Ok(())
     }
-    Json(json!({"status": "ready"})).into_response()
 }
 
 /// Kafka mode behind the seam: events are produced to their owners'
@@ -244,7 +124,7 @@ impl crate::http::backend::Backend for KafkaApp {
     }
 
     async fn keep_refused(&self, refused: RefusedBody, source: &str) -> Result<(), ApiError> {
-        dead_letter(self, source, &refused.payload, &refused.reason).await;
+        dead_letter(self, source, &refused.payload, &refused.reason, None).await;
         Ok(())
     }
 
@@ -297,6 +177,113 @@ impl crate::http::backend::Backend for KafkaApp {
         self.read_history(sku, location, page, read).await
     }
 
+    async fn write_catalog(
+        &self,
+        items: Vec<crate::http::catalog::CatalogItem>,
+        rejected: Vec<stockflow_core::Rejected>,
+        source: &str,
+    ) -> Result<Receipt, ApiError> {
+        catalog::write(self, items, rejected, source).await
+    }
+
+    async fn item_totals(&self, sku: &str) -> Result<crate::http::catalog::Rollup, ApiError> {
+        catalog::sku_rollup(self, sku).await
+    }
+
+    async fn location_totals(
+        &self,
+        location: &str,
+        read: &Read,
+    ) -> Result<Option<Totals>, ApiError> {
+        catalog::location_totals(self, location, read).await
+    }
+
+    async fn locations_totals(&self, read: &Read) -> Result<BTreeMap<String, Totals>, ApiError> {
+        catalog::locations_totals(self, read).await
+    }
+
+    async fn dead_letters(
+        &self,
+        filter: &crate::http::dead_letters::Filter,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<(Vec<Value>, Option<u64>), ApiError> {
+        super::dead_letters::list(self, filter, after, limit).await
+    }
+
+    async fn dead_letter(
+        &self,
+        id: u64,
+    ) -> Result<Option<crate::http::dead_letters::Letter>, ApiError> {
+        super::dead_letters::find(self, id).await
+    }
+
+    async fn replay(
+        &self,
+        id: u64,
+        letter: &crate::http::dead_letters::Letter,
+        parsed: Parsed,
+        changes: Vec<crate::http::catalog::CatalogItem>,
+    ) -> Result<Receipt, ApiError> {
+        super::dead_letters::replay(self, id, letter, parsed, changes).await
+    }
+
+    async fn discard(&self, id: u64) -> Result<(), ApiError> {
+        super::dead_letters::resolve(self, id, "discarded").await
+    }
+
+    fn simulator(&self) -> &Arc<crate::simulator::Simulator> {
+        &self.simulator
+    }
+
+    fn hub(&self) -> &Arc<crate::stream::Hub> {
+        &self.hub
+    }
+
+    fn ready(&self) -> Result<(), ApiError> {
+        self.readiness()
+    }
+
+    fn observe(&self) {
+        self.observe_partitions();
+    }
+
+    async fn check(&self, strict: bool, read: &Read) -> Result<Value, ApiError> {
+        super::check::check(self, strict, read).await
+    }
+
+    fn cluster(&self) -> Result<Value, ApiError> {
+        Ok(self.cluster_json())
+    }
+
+    fn own_routes() -> Router<Arc<Self>> {
+        internal_routes()
+    }
+
+    async fn order_command(
+        &self,
+        command: stockflow_core::orders::OrderCommand,
+    ) -> Result<stockflow_core::orders::Answer, ApiError> {
+        orders::command(self, command).await
+    }
+
+    async fn order(
+        &self,
+        order_id: &str,
+    ) -> Result<Option<stockflow_core::orders::Order>, ApiError> {
+        orders::get(self, order_id).await
+    }
+
+    async fn orders(
+        &self,
+        status: Option<stockflow_core::orders::Status>,
+        after: Option<&str>,
+        limit: usize,
+        read: &Read,
+    ) -> Result<Vec<Value>, ApiError> {
+        orders::list(self, status, after, limit, read).await
+    }
+
     /// Through this instance's own API: the level's owner may be another.
     async fn quantities(
         &self,
@@ -344,7 +331,15 @@ pub(crate) async fn ingest_parsed(
     }
     let mut errors = Vec::new();
     for rejected in &parsed.rejected {
-        dead_letter(app, source, rejected.raw.as_bytes(), &rejected.reason).await;
+        let item = (rejected.index, rejected.event_id.as_deref());
+        dead_letter(
+            app,
+            source,
+            rejected.raw.as_bytes(),
+            &rejected.reason,
+            Some(item),
+        )
+        .await;
         errors.push(ReceiptError {
             index: rejected.index,
             event_id: rejected.event_id.clone(),
@@ -424,8 +419,17 @@ pub(crate) async fn ingest_parsed(
 
 /// Keeps a refused payload in the DLQ topic with its reason and source
 /// (the route that refused it) as headers.
-pub(super) async fn dead_letter(app: &KafkaApp, source: &str, payload: &[u8], reason: &str) {
-    let headers = OwnedHeaders::new()
+/// Keeps a refused payload in the DLQ topic, with why and where from;
+/// `item` is its place in the body it came in, and its eventId if read.
+pub(super) async fn dead_letter(
+    app: &KafkaApp,
+    source: &str,
+    payload: &[u8],
+    reason: &str,
+    item: Option<(u32, Option<&str>)>,
+) {
+    let index = item.map(|(index, _)| index.to_string());
+    let mut headers = OwnedHeaders::new()
         .insert(Header {
             key: "reason",
             value: Some(reason),
@@ -434,6 +438,18 @@ pub(super) async fn dead_letter(app: &KafkaApp, source: &str, payload: &[u8], re
             key: "source",
             value: Some(source),
         });
+    if let Some(index) = &index {
+        headers = headers.insert(Header {
+            key: "index",
+            value: Some(index),
+        });
+    }
+    if let Some(event_id) = item.and_then(|(_, id)| id) {
+        headers = headers.insert(Header {
+            key: "event-id",
+            value: Some(event_id),
+        });
+    }
     let record = FutureRecord::<(), [u8]>::to(&app.settings.topics.dlq)
         .payload(payload)
         .headers(headers);
@@ -597,16 +613,6 @@ pub(super) fn restoring(p: u16) -> ApiError {
     );
     error.code = "restoring".into();
     error
-}
-
-#[derive(Deserialize, Default, Clone)]
-pub struct ReadQuery {
-    /// `local`: only this instance's partitions (what members ask each other).
-    pub(super) scope: Option<String>,
-    pub(super) status: Option<String>,
-    /// Text, read by `http::query::limit` as in the embedded mode.
-    pub(super) limit: Option<String>,
-    pub(super) after: Option<String>,
 }
 
 /// A forwarded answer as the API's own: its JSON, or its error as it was
@@ -1075,32 +1081,35 @@ impl KafkaApp {
     }
 }
 
-async fn cluster(State(app): State<Arc<KafkaApp>>) -> Json<Value> {
-    let members = app.cluster.live();
-    let high = app.cluster.high.read().clone();
-    let partitions: Vec<Value> = (0..app.settings.partitions)
-        .map(|p| {
-            let owner = members.iter().find_map(|m| {
-                m.partitions
-                    .iter()
-                    .find(|o| o.partition == p)
-                    .map(|o| (m, o))
-            });
-            let high = high.get(p as usize).copied().filter(|h| *h >= 0);
-            json!({
-                "partition": p,
-                "owner": owner.map(|(m, _)| m.instance_id.clone()),
-                "status": owner.map_or("unowned".to_owned(), |(_, o)| o.status.clone()),
-                "applied": owner.map(|(_, o)| o.applied),
-                "highWatermark": high,
-                "lag": owner.and_then(|(_, o)| high.map(|h| (h - o.applied).max(0))),
+impl KafkaApp {
+    fn cluster_json(&self) -> Value {
+        let app = self;
+        let members = app.cluster.live();
+        let high = app.cluster.high.read().clone();
+        let partitions: Vec<Value> = (0..app.settings.partitions)
+            .map(|p| {
+                let owner = members.iter().find_map(|m| {
+                    m.partitions
+                        .iter()
+                        .find(|o| o.partition == p)
+                        .map(|o| (m, o))
+                });
+                let high = high.get(p as usize).copied().filter(|h| *h >= 0);
+                json!({
+                    "partition": p,
+                    "owner": owner.map(|(m, _)| m.instance_id.clone()),
+                    "status": owner.map_or("unowned".to_owned(), |(_, o)| o.status.clone()),
+                    "applied": owner.map(|(_, o)| o.applied),
+                    "highWatermark": high,
+                    "lag": owner.and_then(|(_, o)| high.map(|h| (h - o.applied).max(0))),
+                })
             })
+            .collect();
+        json!({
+            "instanceId": app.instance_id,
+            "group": app.settings.group,
+            "members": members,
+            "partitions": partitions,
         })
-        .collect();
-    Json(json!({
-        "instanceId": app.instance_id,
-        "group": app.settings.group,
-        "members": members,
-        "partitions": partitions,
-    }))
+    }
 }

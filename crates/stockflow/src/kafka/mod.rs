@@ -392,7 +392,7 @@ impl KafkaServer {
             url,
         });
         let limits = crate::http::serve::ConnectionLimits::of(&app.config);
-        let (stop, task) = crate::http::serve::spawn(listener, http::router(app), limits);
+        let (stop, task) = crate::http::serve::spawn(listener, crate::http::router(app), limits);
         tracing::info!(%addr, instance = %instance_id, "listening in Kafka mode");
         Ok(KafkaServer {
             addr,

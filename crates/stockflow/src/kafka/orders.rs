@@ -9,25 +9,22 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use stockflow_core::orders::{Order, Sourcing, Status};
+use stockflow_core::orders::{Answer, LineRequest, Mode, Order, OrderCommand, Sourcing, Status};
 use stockflow_core::saga::{judge, order_home, PlaceLine, ToHome};
 
-use super::http::{encode, KafkaApp, ReadQuery, FORWARDED};
+use super::http::{encode, KafkaApp, FORWARDED};
 use super::processor::{ACTIVE, NOT_OWNED, ORDER_HEADER};
-use crate::http::orders::{
-    order_json, parse_extend, parse_fulfil, parse_place, COMMAND_BODY_BYTES_MAX,
-    ORDER_BODY_BYTES_MAX,
-};
-use crate::http::{read_body, ApiError};
+use crate::http::backend::Read;
+use crate::http::orders::order_json;
+use crate::http::ApiError;
 use crate::pipeline::wall_clock;
 
 /// Longest wait for an order's home to answer a command.
@@ -209,16 +206,8 @@ async fn send_home(app: &KafkaApp, message: &ToHome) -> Result<(), ApiError> {
     }
 }
 
-fn conflict(order: &Order, why: String) -> Response {
-    (
-        StatusCode::CONFLICT,
-        Json(json!({"code": "conflict", "message": why, "order": order_json(order)})),
-    )
-        .into_response()
-}
-
-fn not_found(order_id: &str) -> ApiError {
-    ApiError::not_found(format!("no order {order_id:?}"))
+fn not_found(order_id: &str) -> Answer {
+    Answer::NotFound(format!("no order {order_id:?}"))
 }
 
 fn still_pending(order_id: &str) -> ApiError {
@@ -256,21 +245,23 @@ fn most_available(found: &[(String, i64)], quantity: i64) -> Vec<String> {
     }
 }
 
-/// POST /v1/orders in Kafka mode. A line without a location is sourced
+/// An order placed in Kafka mode. A line without a location is sourced
 /// by the configured priority list, or by the most available location as
 /// the SKU's roll-up (at its home partition) has it; either way the
 /// candidates are tried in turn until one owner grants the whole line.
-pub async fn place(
-    State(app): State<Arc<KafkaApp>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let (bytes, _) = read_body(&headers, body, ORDER_BODY_BYTES_MAX).await?;
-    let request = parse_place(&bytes, app.config.order_hold_seconds)?;
-    let mut lines = Vec::with_capacity(request.lines.len());
+async fn place(
+    app: &KafkaApp,
+    order_id: String,
+    request: Vec<LineRequest>,
+    sourcing: &Sourcing,
+    mode: Mode,
+    hold_ns: i64,
+    fingerprint: u64,
+) -> Result<Answer, ApiError> {
+    let mut lines = Vec::with_capacity(request.len());
     let mut stock: HashMap<String, Vec<(String, i64)>> = HashMap::new();
-    for (n, line) in request.lines.into_iter().enumerate() {
-        let candidates = match (&line.location_id, &app.config.sourcing) {
+    for (n, line) in request.into_iter().enumerate() {
+        let candidates = match (&line.location_id, sourcing) {
             (Some(location), _) => vec![location.clone()],
             (None, Sourcing::Priority(list)) if !list.is_empty() => list.clone(),
             (None, Sourcing::Priority(_)) => {
@@ -280,7 +271,7 @@ pub async fn place(
             }
             (None, Sourcing::MostAvailable) => {
                 if !stock.contains_key(&line.sku) {
-                    let found = super::catalog::availability(&app, &line.sku).await?;
+                    let found = super::catalog::availability(app, &line.sku).await?;
                     stock.insert(line.sku.clone(), found);
                 }
                 let candidates = most_available(&stock[&line.sku], line.quantity);
@@ -304,57 +295,50 @@ pub async fn place(
             candidates,
         });
     }
-    let order_id = request.order_id;
     let deadline = Instant::now() + ORDER_WAIT_MAX;
-    let existing = ask_home(&app, &order_id, None, deadline).await?;
-    let after = match &existing {
-        Some(h) if h.order.fingerprint != request.fingerprint => {
-            return Ok(conflict(
-                &h.order,
-                format!("order {order_id:?} exists with a different body; use a new orderId"),
-            ));
-        }
-        Some(h) if h.order.status != Status::Pending => {
-            return Ok(Json(order_json(&h.order)).into_response())
-        }
+    let differs = |order: Order| {
+        Answer::Conflict(
+            order,
+            format!("order {order_id:?} exists with a different body; use a new orderId"),
+        )
+    };
+    let existing = ask_home(app, &order_id, None, deadline).await?;
+    let after = match existing {
+        Some(h) if h.order.fingerprint != fingerprint => return Ok(differs(h.order)),
+        Some(h) if h.order.status != Status::Pending => return Ok(Answer::Done(h.order)),
         Some(h) => h.version,
         None => {
             send_home(
-                &app,
+                app,
                 &ToHome::Place {
                     order_id: order_id.clone(),
                     lines,
-                    mode: request.mode,
-                    hold_ns: request.hold_ns,
-                    fingerprint: request.fingerprint,
+                    mode,
+                    hold_ns,
+                    fingerprint,
                 },
             )
             .await?;
             0
         }
     };
-    match ask_home(&app, &order_id, Some(after), deadline).await? {
-        Some(h) if h.order.fingerprint != request.fingerprint => Ok(conflict(
-            &h.order,
-            format!("order {order_id:?} exists with a different body; use a new orderId"),
-        )),
-        Some(h) if h.order.status != Status::Pending => {
-            Ok(Json(order_json(&h.order)).into_response())
-        }
+    match ask_home(app, &order_id, Some(after), deadline).await? {
+        Some(h) if h.order.fingerprint != fingerprint => Ok(differs(h.order)),
+        Some(h) if h.order.status != Status::Pending => Ok(Answer::Done(h.order)),
         _ => Err(still_pending(&order_id)),
     }
 }
 
 /// Fulfil, cancel and extend: judged against the order as its home holds
 /// it, sent home, answered once the home has handled it.
-async fn command(app: &KafkaApp, order_id: String, message: ToHome) -> Result<Response, ApiError> {
+async fn change(app: &KafkaApp, order_id: String, message: ToHome) -> Result<Answer, ApiError> {
     let deadline = Instant::now() + ORDER_WAIT_MAX;
     let Some(current) = ask_home(app, &order_id, None, deadline).await? else {
-        return Err(not_found(&order_id));
+        return Ok(not_found(&order_id));
     };
     match judge(&current.order, &message) {
-        Err(why) => return Ok(conflict(&current.order, why)),
-        Ok(false) => return Ok(Json(order_json(&current.order)).into_response()),
+        Err(why) => return Ok(Answer::Conflict(current.order, why)),
+        Ok(false) => return Ok(Answer::Done(current.order)),
         Ok(true) => {}
     }
     send_home(app, &message).await?;
@@ -367,98 +351,78 @@ async fn command(app: &KafkaApp, order_id: String, message: ToHome) -> Result<Re
                 _ => h.order.status.is_live() || h.order.status == Status::Fulfilled,
             };
             if done {
-                Ok(Json(order_json(&h.order)).into_response())
+                Ok(Answer::Done(h.order))
             } else {
                 let why = judge(&h.order, &message).err().unwrap_or_else(|| {
                     format!("the order became {} first", h.order.status.as_str())
                 });
-                Ok(conflict(&h.order, why))
+                Ok(Answer::Conflict(h.order, why))
             }
         }
         Some(_) => Err(still_pending(&order_id)),
-        None => Err(not_found(&order_id)),
+        None => Ok(not_found(&order_id)),
     }
 }
 
-/// POST /v1/orders/{id}/fulfil
-pub async fn fulfil(
-    State(app): State<Arc<KafkaApp>>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let (bytes, _) = read_body(&headers, body, COMMAND_BODY_BYTES_MAX).await?;
-    let lines = parse_fulfil(&bytes)?;
-    let message = ToHome::Fulfil {
-        order_id: id.clone(),
-        lines,
-    };
-    command(&app, id, message).await
-}
-
-/// POST /v1/orders/{id}/cancel
-pub async fn cancel(
-    State(app): State<Arc<KafkaApp>>,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
-    let message = ToHome::Cancel {
-        order_id: id.clone(),
-    };
-    command(&app, id, message).await
-}
-
-/// POST /v1/orders/{id}/extend `{"holdSeconds": n}`: the hold ends n
-/// seconds from now (this instance's clock).
-pub async fn extend(
-    State(app): State<Arc<KafkaApp>>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let (bytes, _) = read_body(&headers, body, COMMAND_BODY_BYTES_MAX).await?;
-    let hold_ns = parse_extend(&bytes)?;
-    let message = ToHome::Extend {
-        order_id: id.clone(),
-        until: wall_clock().saturating_add_ns(hold_ns),
-    };
-    command(&app, id, message).await
-}
-
-/// GET /v1/orders/{id}: from its home's owner.
-pub async fn get(
-    State(app): State<Arc<KafkaApp>>,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    match ask_home(&app, &id, None, deadline).await? {
-        Some(h) => Ok(Json(order_json(&h.order))),
-        None => Err(not_found(&id)),
-    }
-}
-
-/// GET /v1/orders?status=&limit=&after=: every member's homed orders,
-/// merged by orderId.
-pub async fn list(
-    State(app): State<Arc<KafkaApp>>,
-    Query(query): Query<ReadQuery>,
-) -> Result<Json<Value>, ApiError> {
-    let page = crate::http::query::Page {
-        limit: query.limit.clone(),
-        after: query.after.clone(),
-    };
-    let limit = crate::http::query::limit(&page)?;
-    let status = match query.status.as_deref() {
-        None => None,
-        Some(text) => {
-            Some(Status::from_wire(text).ok_or_else(|| crate::http::orders::not_a_status(text))?)
+/// An order command in Kafka mode: to the order's home, through the
+/// repartition topic; the answer once the home has moved the order on.
+pub(super) async fn command(app: &KafkaApp, command: OrderCommand) -> Result<Answer, ApiError> {
+    match command {
+        OrderCommand::Place {
+            order_id,
+            lines,
+            mode,
+            hold_ns,
+            sourcing,
+            fingerprint,
+        } => place(app, order_id, lines, &sourcing, mode, hold_ns, fingerprint).await,
+        OrderCommand::Fulfil { order_id, lines } => {
+            let message = ToHome::Fulfil {
+                order_id: order_id.clone(),
+                lines,
+            };
+            change(app, order_id, message).await
         }
-    };
-    let after = query.after.as_deref().unwrap_or("");
+        OrderCommand::Cancel { order_id } => {
+            let message = ToHome::Cancel {
+                order_id: order_id.clone(),
+            };
+            change(app, order_id, message).await
+        }
+        // The hold ends hold_ns from now, by this instance's clock.
+        OrderCommand::Extend { order_id, hold_ns } => {
+            let message = ToHome::Extend {
+                order_id: order_id.clone(),
+                until: wall_clock().saturating_add_ns(hold_ns),
+            };
+            change(app, order_id, message).await
+        }
+    }
+}
+
+/// An order, from its home's owner.
+pub(super) async fn get(app: &KafkaApp, order_id: &str) -> Result<Option<Order>, ApiError> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    Ok(ask_home(app, order_id, None, deadline)
+        .await?
+        .map(|h| h.order))
+}
+
+/// Every member's homed orders after `after`, merged by orderId: at most
+/// `limit + 1` (see [`crate::http::backend::Backend::orders`]).
+pub(super) async fn list(
+    app: &KafkaApp,
+    status: Option<Status>,
+    after: Option<&str>,
+    limit: usize,
+    read: &Read,
+) -> Result<Vec<Value>, ApiError> {
+    let from = after.unwrap_or("");
     // Enough of each member's to fill a page after merging.
     let mut orders: Vec<Value> = Vec::new();
     for (p, s, _) in app.shared.owned() {
         if s != ACTIVE {
-            if query.scope.as_deref() == Some("local") {
+            if read.local_only {
                 return Err(super::http::restoring(p));
             }
             continue;
@@ -466,39 +430,25 @@ pub async fn list(
         let book = app.shared.books[p as usize].read();
         let matching = book
             .orders
-            .range::<str, _>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded))
+            .range::<str, _>((std::ops::Bound::Excluded(from), std::ops::Bound::Unbounded))
             .map(|(_, s)| &s.order)
             .filter(|o| status.is_none_or(|s| o.status == s))
             .take(limit + 1);
         orders.extend(matching.map(order_json));
     }
-    if query.scope.as_deref() == Some("local") {
-        // One more than a page, so the asker can tell there is more.
-        orders.sort_by(|a, b| a["orderId"].as_str().cmp(&b["orderId"].as_str()));
-        orders.truncate(limit + 1);
-        return Ok(Json(json!({ "orders": orders })));
-    }
-    {
+    if !read.local_only {
         let mut path = format!("/v1/orders?limit={limit}");
-        if let Some(s) = &query.status {
-            path.push_str(&format!("&status={}", encode(s)));
+        if let Some(s) = status {
+            path.push_str(&format!("&status={}", s.as_str()));
         }
-        if let Some(a) = &query.after {
+        if let Some(a) = after {
             path.push_str(&format!("&after={}", encode(a)));
         }
-        orders.extend(super::http::gather(&app, &path, "orders").await?);
+        orders.extend(super::http::gather(app, &path, "orders").await?);
     }
     orders.sort_by(|a, b| a["orderId"].as_str().cmp(&b["orderId"].as_str()));
-    let more = orders.len() > limit;
-    orders.truncate(limit);
-    let next = more
-        .then(|| {
-            orders
-                .last()
-                .and_then(|o| o["orderId"].as_str().map(str::to_owned))
-        })
-        .flatten();
-    Ok(Json(json!({"orders": orders, "nextAfter": next})))
+    orders.truncate(limit + 1);
+    Ok(orders)
 }
 
 #[cfg(test)]

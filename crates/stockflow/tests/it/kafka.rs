@@ -2085,12 +2085,18 @@ fn the_catalog_reaches_every_instance_and_shapes_roll_ups_and_alerts() {
         status, 404,
         "a resolved letter is not replayed twice: {again}"
     );
+    // Replayed as it was, the location is still invalid (as in the
+    // embedded mode): refused, and the letter stays.
     let (status, refused) = call(
         Method::POST,
         format!("{a}/v1/dead-letters/{location}/replay"),
         "",
     );
-    assert_eq!(status, 409, "{refused}");
+    assert_eq!(
+        (status, refused["code"].as_str()),
+        (422, Some("still_invalid")),
+        "{refused}"
+    );
     let (status, _) = call(
         Method::DELETE,
         format!("{a}/v1/dead-letters/{location}"),

@@ -436,6 +436,31 @@ fn writes() -> Vec<(&'static str, &'static str, Value, u16)> {
             200,
         ),
         ("GET", "/v1/alerts?kind=PRICE_DROP", Value::Null, 200),
+        // The refused catalog items are dead letters, resolved alike: the
+        // location replayed as it was (still invalid), then corrected;
+        // the product discarded.
+        ("GET", "/v1/dead-letters?source=http:/v1/", Value::Null, 200),
+        (
+            "POST",
+            "/v1/dead-letters/{letter:http:/v1/locations}/replay",
+            Value::Null,
+            422,
+        ),
+        (
+            "POST",
+            "/v1/dead-letters/{letter:http:/v1/locations}/replay",
+            json!({"locationId": "BAD", "type": "store", "region": "south"}),
+            200,
+        ),
+        ("GET", "/v1/locations/BAD", Value::Null, 200),
+        (
+            "DELETE",
+            "/v1/dead-letters/{letter:http:/v1/products}",
+            Value::Null,
+            204,
+        ),
+        ("GET", "/v1/dead-letters?source=http:/v1/", Value::Null, 200),
+        ("POST", "/v1/dead-letters/999999/replay", Value::Null, 404),
         ("GET", "/v1/alerts?kind=LOW_STOCK", Value::Null, 200),
         ("GET", "/v1/alerts?limit=1", Value::Null, 200),
         (
@@ -456,11 +481,15 @@ async fn write_all(url: &str, like: Option<&[(u16, Value)]>) -> Vec<(u16, Value)
     let client = reqwest::Client::new();
     let mut answers = Vec::new();
     for (n, (method, path, body, status)) in writes().into_iter().enumerate() {
+        let path = with_letter_id(url, path).await;
         let deadline = Instant::now() + Duration::from_secs(10);
         let answer = loop {
             let mut request = client.request(method.parse().unwrap(), format!("{url}{path}"));
             if !body.is_null() {
                 request = request.json(&body);
+            } else if method != "GET" {
+                // An empty write says what it (does not) carry.
+                request = request.header("content-type", "application/json");
             }
             let response = request.send().await.unwrap();
             let got = response.status().as_u16();
@@ -476,6 +505,19 @@ async fn write_all(url: &str, like: Option<&[(u16, Value)]>) -> Vec<(u16, Value)
         answers.push(answer);
     }
     answers
+}
+
+/// `path` with `{letter:SOURCE}` replaced by the id of the oldest
+/// unresolved dead letter from SOURCE (ids differ between modes).
+async fn with_letter_id(url: &str, path: &str) -> String {
+    let Some((before, rest)) = path.split_once("{letter:") else {
+        return path.to_owned();
+    };
+    let (source, after) = rest.split_once('}').expect("a closed placeholder");
+    let (_, page) = crate::get(url, &format!("/v1/dead-letters?source={source}")).await;
+    let id = &page["deadLetters"][0]["id"];
+    assert!(id.is_u64(), "{url}: a dead letter from {source}: {page}");
+    format!("{before}{id}{after}")
 }
 
 /// The catalog and orders, step by step, answer alike in both modes.
