@@ -8,6 +8,7 @@ pub mod bootstrap;
 pub mod config;
 pub mod dead_letters;
 pub mod demo;
+pub mod embedded;
 pub mod history;
 pub mod http;
 pub mod import;

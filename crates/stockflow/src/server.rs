@@ -9,7 +9,8 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
-use crate::http::{router, AppState};
+use crate::embedded::Embedded;
+use crate::http::router;
 use crate::pipeline::Pipeline;
 use crate::recovery::recover;
 use crate::simulator::Simulator;
@@ -41,7 +42,7 @@ impl Server {
         })?;
         let addr = listener.local_addr()?;
         crate::metrics::handle();
-        let state = Arc::new_cyclic(|state| AppState {
+        let state = Arc::new_cyclic(|state| Embedded {
             simulator: crate::simulator::Simulator::new(
                 config.simulator,
                 state.clone() as std::sync::Weak<dyn crate::simulator::Sink>,

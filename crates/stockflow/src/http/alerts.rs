@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use stockflow_core::alerts::{Alert, AlertKind};
 
 use super::query::{limit, Page};
-use super::{ApiError, AppState};
+use super::ApiError;
 
 #[derive(Deserialize)]
 pub struct AlertFilter {
@@ -251,19 +251,6 @@ pub async fn list<B: super::backend::Backend>(
     let percent = backend.config().price_drop_percent;
     found.extend(filter.price_drops(kind.is_none() || price_drop, &backend.catalog(), percent));
     page(found, filter.page.after.as_deref(), limit)
-}
-
-/// The embedded engine's level alerts matching `filter`.
-pub(crate) fn level_alerts_here(
-    state: &AppState,
-    filter: &AlertFilter,
-    kind: Option<AlertKind>,
-) -> Found {
-    let mut found = Found::new();
-    for (p, partition) in state.pipeline.shared.partitions.iter().enumerate() {
-        partition_alerts(p as u16, &partition.read(), filter, kind, &mut found);
-    }
-    found
 }
 
 impl AlertFilter {

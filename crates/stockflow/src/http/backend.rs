@@ -1,5 +1,5 @@
 //! The seam between the HTTP layer and the inventory that keeps the
-//! state: the embedded engine ([`AppState`](super::AppState)) or Kafka
+//! state: the embedded engine ([`Embedded`](super::Embedded)) or Kafka
 //! mode ([`KafkaApp`](crate::kafka::http::KafkaApp)). A handler written
 //! against [`Backend`] is written once and serves both modes; what a mode
 //! cannot do, it refuses per request with an [`ApiError`].
@@ -37,6 +37,9 @@ impl Wait {
     }
 }
 
+/// Marks a request one instance sent another, so it is never sent on.
+pub const FORWARDED: &str = "x-stockflow-forwarded";
+
 /// How a read is asked: as of when, whether a restoring partition's
 /// state will do, and (for a backend that forwards reads to the owner of
 /// the data) where the request came from and what it said.
@@ -53,6 +56,17 @@ pub struct Read {
     /// `scope=local`: only what this instance holds (what the members of
     /// a cluster ask each other when they gather an answer).
     pub local_only: bool,
+}
+
+impl Read {
+    /// A read with `?scope=` and where it came from, but no time.
+    pub fn scoped(headers: &axum::http::HeaderMap, scope: Option<&str>) -> Read {
+        Read {
+            forwarded: headers.contains_key(FORWARDED),
+            local_only: scope == Some("local"),
+            ..Read::default()
+        }
+    }
 }
 
 /// A level's quantities.

@@ -20,7 +20,7 @@ use stockflow_core::{BodyFormat, CatalogChange, Location, Product, Rejected, Tot
 use super::backend::{Backend, Read};
 use super::ingest::read_body;
 use super::query::{limit, Page};
-use super::{ApiError, AppState};
+use super::ApiError;
 use crate::pipeline::Receipt;
 
 pub fn totals_json(t: &Totals) -> Value {
@@ -76,21 +76,6 @@ pub struct CatalogItem {
 /// A SKU's totals over every location, and by location group
 /// (`region:…`, `type:…`, `channel:…`).
 pub type Rollup = (Totals, BTreeMap<String, Totals>);
-
-/// The embedded engine commits catalog changes (and keeps the refused
-/// ones) through its log and answers once they are applied.
-pub(crate) async fn write_here(
-    state: &AppState,
-    items: Vec<CatalogItem>,
-    rejected: Vec<Rejected>,
-    source: &str,
-) -> Result<Receipt, ApiError> {
-    let changes = items.into_iter().map(|item| item.change).collect();
-    Ok(state
-        .pipeline
-        .submit_catalog(changes, rejected, source)?
-        .await?)
-}
 
 /// One item of a bulk body: its raw text and its JSON, if it is JSON.
 pub(crate) type Item = (String, Result<Value, String>);
@@ -329,49 +314,6 @@ pub async fn post_locations<B: Backend>(
     .await
 }
 
-/// The embedded engine's roll-up of a location's stock; `None` if no
-/// level is there.
-pub(crate) fn location_totals_here(state: &AppState, id: &str) -> Option<Totals> {
-    let mut found = None::<Totals>;
-    for partition in &state.pipeline.shared.partitions {
-        if let Some(t) = partition.read().location_totals(id) {
-            found.get_or_insert_with(Totals::default).add(&t);
-        }
-    }
-    found
-}
-
-/// The embedded engine's roll-up of every location with stock.
-pub(crate) fn locations_totals_here(state: &AppState) -> BTreeMap<String, Totals> {
-    let mut found: BTreeMap<String, Totals> = BTreeMap::new();
-    for partition in &state.pipeline.shared.partitions {
-        let partition = partition.read();
-        for id in partition.locations() {
-            if let Some(t) = partition.location_totals(id) {
-                found.entry(id.to_string()).or_default().add(&t);
-            }
-        }
-    }
-    found
-}
-
-/// The embedded engine's roll-up of a SKU, over every location and by
-/// location group.
-pub(crate) fn item_totals_here(state: &AppState, sku: &str) -> Rollup {
-    let mut groups: BTreeMap<String, Totals> = BTreeMap::new();
-    let mut totals = Totals::default();
-    for partition in &state.pipeline.shared.partitions {
-        let partition = partition.read();
-        if let Some(t) = partition.sku_totals(sku) {
-            totals.add(&t);
-        }
-        for (group, t) in partition.group_totals(sku) {
-            groups.entry(group.to_string()).or_default().add(&t);
-        }
-    }
-    (totals, groups)
-}
-
 /// A location's answer: the catalog's (type `unknown` if only seen in
 /// events) with the roll-up of its stock; 404 if neither knows it.
 fn location_answer<B: Backend>(
@@ -398,11 +340,7 @@ pub struct ScopeQuery {
 
 impl ScopeQuery {
     fn read(&self, headers: &HeaderMap) -> Read {
-        Read {
-            forwarded: headers.contains_key(crate::kafka::http::FORWARDED),
-            local_only: self.scope.as_deref() == Some("local"),
-            ..Read::default()
-        }
+        Read::scoped(headers, self.scope.as_deref())
     }
 }
 

@@ -11,8 +11,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{json_body, ApiError, AppState};
-use crate::pipeline::wall_clock;
+use super::{json_body, ApiError};
 use crate::simulator::SimulatorError;
 
 #[derive(Deserialize)]
@@ -56,15 +55,6 @@ pub async fn activity<B: super::backend::Backend>(
         ..super::query::ReadQuery::default().read(&headers, &uri)?
     };
     backend.activity(seconds, stale, &read).await.map(Json)
-}
-
-/// The embedded engine's activity.
-pub(crate) fn activity_here(state: &AppState, seconds: usize, stale: Duration) -> Value {
-    state
-        .pipeline
-        .shared
-        .activity
-        .json(seconds, wall_clock(), stale)
 }
 
 impl From<SimulatorError> for ApiError {

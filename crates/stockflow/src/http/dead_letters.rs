@@ -17,8 +17,7 @@ use super::backend::Backend;
 use super::catalog::CatalogItem;
 use super::ingest::read_body;
 use super::query::{limit, Page};
-use super::{ApiError, AppState};
-use crate::pipeline::Receipt;
+use super::ApiError;
 use crate::record::DeadLetter;
 
 #[derive(Deserialize, Clone, Default)]
@@ -32,7 +31,7 @@ pub struct Filter {
     pub(crate) page: Page,
 }
 
-fn letter_json(l: &DeadLetter) -> Value {
+pub(crate) fn letter_json(l: &DeadLetter) -> Value {
     let mut letter = json!({
         "id": l.id,
         "receivedAt": l.received_at.to_rfc3339(),
@@ -139,72 +138,6 @@ pub async fn list<B: Backend>(
     })))
 }
 
-/// The embedded engine's page of unresolved letters after `after`, and
-/// the id the next page starts after (if more match).
-pub(crate) fn list_here(
-    state: &AppState,
-    filter: &Filter,
-    after: Option<u64>,
-    limit: usize,
-) -> (Vec<Value>, Option<u64>) {
-    let reason = filter.reason.as_deref().map(str::to_lowercase);
-    let (letters, more) =
-        state
-            .pipeline
-            .shared
-            .dead_letters
-            .read()
-            .page(after, limit, PAGE_PAYLOAD_BYTES_MAX, |l| {
-                filter
-                    .source
-                    .as_deref()
-                    .is_none_or(|s| source_matches(&l.source, s))
-                    && reason
-                        .as_deref()
-                        .is_none_or(|r| l.reason.to_lowercase().contains(r))
-            });
-    let next = if more {
-        letters.last().map(|l| l.id)
-    } else {
-        None
-    };
-    (letters.iter().map(letter_json).collect(), next)
-}
-
-/// The embedded engine's unresolved letter `id`.
-pub(crate) fn find_here(state: &AppState, id: u64) -> Option<Letter> {
-    let letters = state.pipeline.shared.dead_letters.read();
-    let letter = letters.get(id)?;
-    Some(Letter {
-        source: letter.source.clone(),
-        format: format_of(&letter.source).map(str::to_owned),
-        payload: letter.payload.clone(),
-    })
-}
-
-/// The embedded engine replays through its log: the events or changes
-/// and the letter's resolution (if nothing is refused again) in one
-/// record.
-pub(crate) async fn replay_here(
-    state: &AppState,
-    id: u64,
-    letter: &Letter,
-    parsed: Parsed,
-    changes: Vec<CatalogItem>,
-) -> Result<Receipt, ApiError> {
-    let changes = changes.into_iter().map(|c| c.change).collect();
-    Ok(state
-        .pipeline
-        .submit_replay(parsed, changes, id, &letter.source)?
-        .await?)
-}
-
-/// The embedded engine discards a letter through its log.
-pub(crate) async fn discard_here(state: &AppState, id: u64) -> Result<(), ApiError> {
-    state.pipeline.discard_dead_letter(id)?.await?;
-    Ok(())
-}
-
 /// POST /v1/dead-letters/{id}/replay: the body is the corrected payload in
 /// the letter's original form (empty: replay the stored payload as is). It
 /// goes through the letter's original source (its route, format or raw
@@ -229,7 +162,7 @@ pub async fn replay<B: Backend>(
     let canonical = matches!(
         letter.source.as_str(),
         "http:/v1/events" | "import:canonical"
-    ) || letter.format.as_deref() == Some(crate::kafka::normaliser::CANONICAL);
+    ) || letter.format.as_deref() == Some(crate::sources::CANONICAL);
     let (parsed, changes) = match letter.source.as_str() {
         _ if canonical => (
             parse_body(payload, framing, events_max).map_err(body_error)?,

@@ -8,13 +8,13 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use stockflow_core::{route, Numbers, Policy, Timestamp, Totals};
+use stockflow_core::{Numbers, Policy, Timestamp};
 
-use super::query::{limit, Page};
-use super::{ApiError, AppState};
+use super::query::Page;
+use super::ApiError;
 use crate::history::{outcome_name, ChainEnd, Entry, HistoryReader};
 
-fn io_error(error: std::io::Error) -> ApiError {
+pub(crate) fn io_error(error: std::io::Error) -> ApiError {
     ApiError::new(
         StatusCode::INTERNAL_SERVER_ERROR,
         "history_unreadable",
@@ -47,21 +47,6 @@ fn entry_json(e: &Entry, policy: Policy) -> Value {
     entry
 }
 
-/// The history cursor of a level, or 404.
-fn head(state: &AppState, sku: &str, location: &str) -> Result<(u16, u64), ApiError> {
-    let shared = &state.pipeline.shared;
-    let partition = route(sku, location, shared.partition_count());
-    let head = shared.partitions[partition as usize]
-        .read()
-        .history_head_of(sku, location)
-        .ok_or_else(|| super::query::no_level(sku, location))?;
-    Ok((partition, head))
-}
-
-fn reader(state: &AppState, partition: u16) -> Result<HistoryReader, ApiError> {
-    HistoryReader::open(&state.config.data_dir, partition).map_err(io_error)
-}
-
 #[derive(Deserialize)]
 pub struct HistoryPage {
     pub before: Option<String>,
@@ -83,21 +68,6 @@ pub async fn history<B: super::backend::Backend>(
         .level_history(&sku, &location, &query, &read)
         .await
         .map(Json)
-}
-
-/// The embedded engine's history of a level.
-pub(crate) fn history_here(
-    state: &AppState,
-    sku: &str,
-    location: &str,
-    query: &HistoryPage,
-) -> Result<Value, ApiError> {
-    let limit = limit(&query.page)?;
-    let (partition, head) = head(state, sku, location)?;
-    let start = page_start(head, query.before.as_deref())?;
-    let policy = super::query::policy(state, sku, location);
-    let reader = reader(state, partition)?;
-    tokio::task::block_in_place(|| page_json(sku, location, &reader, start, limit, policy))
 }
 
 /// Up to `limit` entries of a level's history from cursor `start` back,
@@ -153,20 +123,6 @@ fn too_old(retention_ns: i64, at: Timestamp) -> ApiError {
     )
 }
 
-/// The level of (sku, location) as processing had left it at `at`.
-pub fn level_as_of(
-    state: &AppState,
-    sku: &str,
-    location: &str,
-    at: Timestamp,
-) -> Result<Option<Value>, ApiError> {
-    let (partition, head) = head(state, sku, location)?;
-    let reader = reader(state, partition)?;
-    let policy = super::query::policy(state, sku, location);
-    let retention = state.config.history_retention_ns;
-    tokio::task::block_in_place(|| as_of_json(sku, location, &reader, head, at, policy, retention))
-}
-
 /// The level whose newest history entry is at `head`, as processing had
 /// left it at `at`; `None` if it did not exist yet.
 pub fn as_of_json(
@@ -202,59 +158,4 @@ pub fn as_of_json(
         }
     }
     Ok(Some(level))
-}
-
-/// GET /v1/stock/{sku}/{locationId}?asOf=
-pub fn level_at(
-    state: &AppState,
-    sku: &str,
-    location: &str,
-    at: Timestamp,
-) -> Result<Value, ApiError> {
-    level_as_of(state, sku, location, at)?.ok_or_else(|| {
-        ApiError::not_found(format!(
-            "sku {sku:?} at location {location:?} had no stock level yet at {}",
-            at.to_rfc3339()
-        ))
-    })
-}
-
-/// GET /v1/stock/{sku}?asOf=: every level of the SKU as of then.
-pub fn sku_at(state: &AppState, sku: &str, at: Timestamp) -> Result<Value, ApiError> {
-    let mut locations: Vec<String> = Vec::new();
-    for partition in &state.pipeline.shared.partitions {
-        locations.extend(
-            partition
-                .read()
-                .levels_of_sku(sku)
-                .iter()
-                .map(|v| v.location_id.to_string()),
-        );
-    }
-    locations.sort();
-    let mut levels = Vec::new();
-    let mut totals = Totals::default();
-    for location in &locations {
-        if let Some(level) = level_as_of(state, sku, location, at)? {
-            let n = Numbers {
-                on_hand: level["onHand"].as_i64().unwrap_or(0),
-                reserved: level["reserved"].as_i64().unwrap_or(0),
-                in_transit: level["inTransit"].as_i64().unwrap_or(0),
-            };
-            totals.add(&Totals::of(&n, super::query::policy(state, sku, location)));
-            levels.push(level);
-        }
-    }
-    if levels.is_empty() {
-        return Err(ApiError::not_found(format!(
-            "sku {sku:?} had no stock levels yet at {}",
-            at.to_rfc3339()
-        )));
-    }
-    Ok(json!({
-        "sku": sku,
-        "asOf": at.to_rfc3339(),
-        "totals": {"onHand": totals.on_hand, "reserved": totals.reserved, "available": totals.available, "inTransit": totals.in_transit},
-        "locations": levels,
-    }))
 }

@@ -37,22 +37,10 @@ pub use ingest::{read_body, source_mapping, Admission};
 pub use orders::order_json;
 pub use query::{level_json, sources_json, LevelOut};
 
-use crate::config::Config;
-use crate::pipeline::Pipeline;
 use backend::Backend;
 
 /// The OpenAPI 3.1 description of this API.
 pub const OPENAPI: &str = include_str!("openapi.json");
-
-/// What every handler can reach.
-pub struct AppState {
-    pub pipeline: Arc<Pipeline>,
-    pub config: Config,
-    /// Ingest requests being read or parsed, and their bytes.
-    pub admission: Admission,
-    /// The in-process simulator (refuses unless switched on).
-    pub simulator: Arc<crate::simulator::Simulator>,
-}
 
 /// The one HTTP API, over either backend: every public route is here,
 /// once; a backend adds only the endpoints its own mode needs

@@ -17,7 +17,7 @@ use stockflow_core::orders::{Answer, LineRequest, Mode, Order, OrderCommand, Sta
 use super::backend::{Backend, Read};
 use super::ingest::read_body;
 use super::query::{limit, Page};
-use super::{json_body, ApiError, AppState};
+use super::{json_body, ApiError};
 
 /// Most lines in one order.
 pub const ORDER_LINES_MAX: usize = 100;
@@ -312,11 +312,7 @@ pub async fn list<B: Backend>(
         None => None,
         Some(text) => Some(Status::from_wire(text).ok_or_else(|| not_a_status(text))?),
     };
-    let read = Read {
-        forwarded: headers.contains_key(crate::kafka::http::FORWARDED),
-        local_only: filter.scope.as_deref() == Some("local"),
-        ..Read::default()
-    };
+    let read = Read::scoped(&headers, filter.scope.as_deref());
     let mut orders = backend
         .orders(status, filter.page.after.as_deref(), limit, &read)
         .await?;
@@ -334,37 +330,4 @@ pub async fn list<B: Backend>(
         })
         .flatten();
     Ok(Json(json!({"orders": orders, "nextAfter": next})))
-}
-
-/// The embedded engine's orders after `after` (see [`Backend::orders`]).
-pub(crate) fn orders_here(
-    state: &AppState,
-    status: Option<Status>,
-    after: Option<&str>,
-    limit: usize,
-) -> Vec<Value> {
-    let book = state.pipeline.shared.orders.read();
-    let start = after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
-    book.orders
-        .range::<str, _>((start, std::ops::Bound::Unbounded))
-        .map(|(_, o)| o)
-        .filter(|o| status.is_none_or(|s| o.status == s))
-        .take(limit + 1)
-        .map(order_json)
-        .collect()
-}
-
-/// The embedded engine decides an order command in its pipeline.
-pub(crate) async fn command_here(
-    state: &AppState,
-    command: OrderCommand,
-) -> Result<Answer, ApiError> {
-    let receipt = state.pipeline.submit_order(command)?.await?;
-    receipt.order.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "the order step gave no answer",
-        )
-    })
 }

@@ -6,10 +6,10 @@ use axum::extract::{Path, Query, State};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use stockflow_core::{route, LevelView, Policy, Totals};
+use stockflow_core::{LevelView, Policy};
 
 use super::backend::{Backend, Read};
-use super::{ApiError, AppState};
+use super::ApiError;
 
 const PAGE_DEFAULT: usize = 100;
 const PAGE_MAX: usize = 1000;
@@ -80,13 +80,6 @@ impl<'a> LevelOut<'a> {
     }
 }
 
-/// The stock rules of `sku` at `location` (see [`Catalog::policy`]).
-///
-/// [`Catalog::policy`]: stockflow_core::Catalog::policy
-pub fn policy(state: &AppState, sku: &str, location: &str) -> Policy {
-    state.pipeline.shared.catalog.read().policy(sku, location)
-}
-
 /// `?asOf=` and `?stale=`, the options of a read.
 #[derive(Deserialize, Default)]
 pub struct ReadQuery {
@@ -112,7 +105,7 @@ impl ReadQuery {
                 .map(super::history::parse_as_of)
                 .transpose()?,
             stale: self.stale == Some(true),
-            forwarded: headers.contains_key(crate::kafka::http::FORWARDED),
+            forwarded: headers.contains_key(super::backend::FORWARDED),
             path_and_query: uri
                 .path_and_query()
                 .map_or_else(|| uri.path().to_owned(), |pq| pq.as_str().to_owned()),
@@ -133,26 +126,6 @@ pub async fn level<B: Backend>(
     backend.level(&sku, &location, &read).await.map(Json)
 }
 
-/// The embedded engine's level, now or as of a past time.
-pub(crate) fn level_here(
-    state: &AppState,
-    sku: &str,
-    location: &str,
-    read: &Read,
-) -> Result<Value, ApiError> {
-    if let Some(at) = read.as_of {
-        return super::history::level_at(state, sku, location, at);
-    }
-    let shared = &state.pipeline.shared;
-    let partition = route(sku, location, shared.partition_count());
-    let view = shared.partitions[partition as usize]
-        .read()
-        .get(sku, location);
-    let policy = policy(state, sku, location);
-    view.map(|v| level_json(&v, policy))
-        .ok_or_else(|| no_level(sku, location))
-}
-
 /// 404 for a level that does not exist (the same words in both modes).
 pub fn no_level(sku: &str, location: &str) -> ApiError {
     ApiError::not_found(format!(
@@ -170,37 +143,6 @@ pub async fn sku<B: Backend>(
 ) -> Result<Json<Value>, ApiError> {
     let read = query.read(&headers, &uri)?;
     backend.sku_levels(&sku, &read).await.map(Json)
-}
-
-/// The embedded engine's levels of a SKU, now or as of a past time.
-pub(crate) fn sku_here(state: &AppState, sku: &str, read: &Read) -> Result<Value, ApiError> {
-    if let Some(at) = read.as_of {
-        return super::history::sku_at(state, sku, at);
-    }
-    let mut views: Vec<LevelView> = Vec::new();
-    for partition in &state.pipeline.shared.partitions {
-        views.extend(partition.read().levels_of_sku(sku));
-    }
-    if views.is_empty() {
-        return Err(ApiError::not_found(format!(
-            "no stock levels for sku {sku:?}"
-        )));
-    }
-    views.sort_by(|a, b| a.location_id.cmp(&b.location_id));
-    let catalog = state.pipeline.shared.catalog.read();
-    let mut totals = Totals::default();
-    let mut locations = Vec::with_capacity(views.len());
-    for v in &views {
-        let policy = catalog.policy(sku, &v.location_id);
-        totals.add(&Totals::of(&v.level.numbers(), policy));
-        locations.push(level_json(v, policy));
-    }
-    drop(catalog);
-    Ok(json!({
-        "sku": sku,
-        "totals": {"onHand": totals.on_hand, "reserved": totals.reserved, "available": totals.available, "inTransit": totals.in_transit},
-        "locations": locations,
-    }))
 }
 
 #[derive(Deserialize, Default, Clone)]
@@ -297,52 +239,6 @@ pub async fn location<B: Backend>(
         .location_levels(&location, &listing, &read)
         .await
         .map(Json)
-}
-
-/// The embedded engine's page of a location's levels.
-pub(crate) fn location_here(
-    state: &AppState,
-    location: &str,
-    listing: &Listing,
-) -> Result<Value, ApiError> {
-    let (limit, status) = (listing.limit, listing.status);
-    let after = listing.after.as_deref();
-    // Each partition holds this location's levels sorted by sku; merge the
-    // first `limit` of each.
-    let mut views: Vec<LevelView> = Vec::new();
-    for partition in &state.pipeline.shared.partitions {
-        views.extend(partition.read().levels_of_location(
-            location,
-            after,
-            limit + 1,
-            |level, policy| status.is_none_or(|s| s.holds(level, policy)),
-        ));
-    }
-    if views.is_empty() && after.is_none() && status.is_none() {
-        return Err(ApiError::not_found(format!(
-            "no stock levels at location {location:?}"
-        )));
-    }
-    views.sort_by(|a, b| a.sku.cmp(&b.sku));
-    let more = views.len() > limit;
-    views.truncate(limit);
-    let next = if more {
-        views.last().map(|v| v.sku.to_string())
-    } else {
-        None
-    };
-    let levels: Vec<Value> = {
-        let catalog = state.pipeline.shared.catalog.read();
-        views
-            .iter()
-            .map(|v| listed_level_json(v, catalog.policy(&v.sku, &v.location_id)))
-            .collect()
-    };
-    Ok(json!({
-        "locationId": location,
-        "levels": levels,
-        "nextAfter": next,
-    }))
 }
 
 /// GET /v1/sources: the formats accepted at /v1/sources/{format}/events,

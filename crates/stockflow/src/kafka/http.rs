@@ -33,8 +33,7 @@ use crate::http::query::no_level;
 use crate::http::{level_json, ApiError};
 use crate::pipeline::{wall_clock, Receipt, ReceiptError, RefusedBody};
 
-/// Marks a request one instance sent another, so it is never sent on.
-pub(crate) const FORWARDED: &str = "x-stockflow-forwarded";
+pub(crate) use crate::http::backend::FORWARDED;
 /// Longest `?wait=applied` wait.
 const WAIT_APPLIED_MAX: Duration = Duration::from_secs(30);
 

@@ -28,7 +28,7 @@ use crate::sources::Sources;
 
 /// The raw topic whose messages are canonical events already (validated
 /// here like any other).
-pub const CANONICAL: &str = "canonical";
+pub use crate::sources::CANONICAL;
 
 /// Messages translated per cycle.
 const CYCLE_MAX: usize = 5000;

@@ -18,6 +18,10 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 use stockflow_core::{parse_body, BodyError, BodyFormat, Parsed, Rejected};
 
+/// The format name of the canonical event itself (what `import --format`
+/// and a raw topic call events that need no translation).
+pub const CANONICAL: &str = "canonical";
+
 pub use mapping::{Input, Mapping};
 
 /// The built-in formats, as mapping files.
