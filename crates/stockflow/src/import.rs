@@ -101,7 +101,7 @@ pub async fn run(
     let reader = tokio::task::spawn_blocking(move || read_chunks(&reader_file, input, &chunks_tx));
     let started = Instant::now();
     let summary = match target {
-        Target::Url(url) => to_server(&url, format, &params, chunks_rx, &progress).await?,
+        Target::Url(url) => to_server(&url, format, input, &params, chunks_rx, &progress).await?,
         Target::DataDir(dir) => {
             let format = format.to_owned();
             let progress = progress.clone();
@@ -253,6 +253,7 @@ struct ApiError {
 async fn to_server(
     url: &str,
     format: &str,
+    input: Input,
     params: &BTreeMap<String, String>,
     mut chunks: tokio::sync::mpsc::Receiver<(Chunk, u64)>,
     progress: &ProgressBar,
@@ -261,6 +262,11 @@ async fn to_server(
     let endpoint = match format {
         "canonical" => format!("{url}/v1/events"),
         name => format!("{url}/v1/sources/{name}/events"),
+    };
+    // What the chunks are: the format's CSV, or one JSON message a line.
+    let media_type = match input {
+        Input::Csv => "text/csv",
+        Input::Json => "application/x-ndjson",
     };
     let client = reqwest::Client::new();
     let mut summary = Summary::default();
@@ -271,7 +277,7 @@ async fn to_server(
             let response = client
                 .post(&endpoint)
                 .query(params)
-                .header("content-type", "application/x-ndjson")
+                .header("content-type", media_type)
                 .body(chunk.body.clone())
                 .send()
                 .await

@@ -104,26 +104,37 @@ pub fn found_from_json(alert: Value) -> Option<(i64, String, Value)> {
     Some((at.timestamp_nanos_opt()?, key, alert))
 }
 
+/// A page cursor: an alert's place in the newest-first order, `{at
+/// ns}-{key}` (its time, then its order within that instant). A place,
+/// not an id: a page goes on after it even once that alert is gone.
+fn cursor(at: i64, key: &str) -> String {
+    format!("{at}-{key}")
+}
+
+/// The place a cursor names, as (time ns, order key); 400 if it is not a
+/// cursor.
+fn parse_cursor(text: &str) -> Result<(i64, &str), ApiError> {
+    text.split_once('-')
+        .and_then(|(at, key)| Some((at.parse::<i64>().ok()?, key)))
+        .ok_or_else(|| ApiError::bad_request("after must be a nextAfter of this listing"))
+}
+
 /// Sorts `found` newest first and answers the page after `after`.
 pub fn page(mut found: Found, after: Option<&str>, limit: usize) -> Result<Json<Value>, ApiError> {
     found.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
     if let Some(after) = after {
-        // Continue after the cursor in this order.
-        match found.iter().position(|(_, _, v)| v["id"] == after) {
-            Some(at) => {
-                found.drain(..=at);
-            }
-            None => {
-                return Err(ApiError::bad_request(
-                    "after must be the id of an alert still kept",
-                ))
-            }
-        }
+        // Continue after the cursor's place in this order.
+        let (at, key) = parse_cursor(after)?;
+        let past = found
+            .iter()
+            .position(|(t, k, _)| *t < at || (*t == at && k.as_str() > key))
+            .unwrap_or(found.len());
+        found.drain(..past);
     }
     let more = found.len() > limit;
     found.truncate(limit);
     let next = more
-        .then(|| found.last().map(|(_, _, v)| v["id"].clone()))
+        .then(|| found.last().map(|(at, key, _)| cursor(*at, key)))
         .flatten();
     Ok(Json(json!({
         "alerts": found.into_iter().map(|(_, _, v)| v).collect::<Vec<_>>(),

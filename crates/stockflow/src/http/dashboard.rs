@@ -14,6 +14,9 @@ use serde_json::Value;
 use super::{json_body, ApiError};
 use crate::simulator::SimulatorError;
 
+/// Longest quiet time a request may call stale: a year.
+const STALE_AFTER_SECONDS_MAX: u64 = 365 * 24 * 3600;
+
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ActivityQuery {
@@ -34,10 +37,13 @@ impl ActivityQuery {
                 crate::activity::SECONDS_KEPT
             )));
         }
-        Ok((
-            seconds,
-            Duration::from_secs(self.stale_after_seconds.unwrap_or(300)),
-        ))
+        let stale = self.stale_after_seconds.unwrap_or(300);
+        if stale > STALE_AFTER_SECONDS_MAX {
+            return Err(ApiError::bad_request(format!(
+                "staleAfterSeconds must be at most {STALE_AFTER_SECONDS_MAX} (a year)"
+            )));
+        }
+        Ok((seconds, Duration::from_secs(stale)))
     }
 }
 
@@ -79,6 +85,7 @@ pub async fn status<S: super::backend::Backend>(State(state): State<Arc<S>>) -> 
 
 #[derive(Deserialize)]
 pub struct Start {
+    #[serde(deserialize_with = "whole_u32")]
     rate: u32,
 }
 
@@ -102,7 +109,15 @@ pub async fn stop<S: super::backend::Backend>(
 
 #[derive(Deserialize)]
 pub struct Send {
+    #[serde(deserialize_with = "whole_u32")]
     count: u32,
+}
+
+/// A count in a control body (see [`super::Whole`]), from 0 to u32::MAX.
+fn whole_u32<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let super::Whole(n) = super::Whole::deserialize(d)?;
+    u32::try_from(n)
+        .map_err(|_| serde::de::Error::custom(format!("{n} is not from 0 to {}", u32::MAX)))
 }
 
 /// POST /v1/simulator/send {count}

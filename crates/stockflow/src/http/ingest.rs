@@ -143,6 +143,7 @@ pub async fn post_source_events<B: Backend>(
 ) -> Result<Json<Receipt>, ApiError> {
     let config = backend.config();
     let mapping = source_mapping(&config.sources, &format)?;
+    body_fits_format(&headers, &format, mapping.input)?;
     let wait = Wait::from_query(params.remove("wait").as_deref())?;
     let events_max = config.request_events_max;
     let source = source_of_format(&format);
@@ -157,6 +158,32 @@ pub async fn post_source_events<B: Backend>(
         },
     )
     .await
+}
+
+/// A CSV format reads `text/csv` bodies only, a JSON format JSON or NDJSON
+/// only: a body that says it is the other kind is refused (415) rather
+/// than read as what it is not.
+fn body_fits_format(
+    headers: &HeaderMap,
+    format: &str,
+    input: crate::sources::Input,
+) -> Result<(), ApiError> {
+    let media = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase());
+    let csv = media.as_deref() == Some("text/csv");
+    let wanted = match input {
+        crate::sources::Input::Csv if !csv => "text/csv",
+        crate::sources::Input::Json if csv => "application/json or application/x-ndjson",
+        _ => return Ok(()),
+    };
+    Err(ApiError::new(
+        axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        format!("format {format:?} reads {wanted} bodies; send it with that Content-Type"),
+    ))
 }
 
 /// The mapping of a source format, or 404 naming the known ones.

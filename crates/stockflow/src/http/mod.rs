@@ -27,7 +27,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
 use serde_json::json;
 
@@ -42,93 +42,128 @@ use backend::Backend;
 /// The OpenAPI 3.1 description of this API.
 pub const OPENAPI: &str = include_str!("openapi.json");
 
+/// A route's methods with the write guard, which runs only for a method
+/// the route has: any other gets 405 first, whatever it carries.
+fn guarded<B: Backend>(methods: MethodRouter<Arc<B>>) -> MethodRouter<Arc<B>> {
+    methods.route_layer(middleware::from_fn(guard::writes_say_what_they_carry))
+}
+
 /// The one HTTP API, over either backend: every public route is here,
 /// once; a backend adds only the endpoints its own mode needs
 /// ([`Backend::own_routes`]).
 pub fn router<B: Backend>(backend: Arc<B>) -> Router {
     let read_timeout = backend.config().read_timeout;
     Router::new()
-        .route("/v1/events", post(ingest::post_events::<B>))
+        .route("/v1/events", guarded(post(ingest::post_events::<B>)))
         .route(
             "/v1/sources/{format}/events",
-            post(ingest::post_source_events::<B>),
+            guarded(post(ingest::post_source_events::<B>)),
         )
-        .route("/v1/sources", get(query::sources::<B>))
+        .route("/v1/sources", guarded(get(query::sources::<B>)))
         .route(
             "/v1/products",
-            get(catalog::list_products::<B>).post(catalog::post_products::<B>),
+            guarded(get(catalog::list_products::<B>).post(catalog::post_products::<B>)),
         )
         .route(
             "/v1/products/{sku}",
-            get(catalog::get_product::<B>).put(catalog::put_product::<B>),
+            guarded(get(catalog::get_product::<B>).put(catalog::put_product::<B>)),
         )
         .route(
             "/v1/locations",
-            get(catalog::list_locations::<B>).post(catalog::post_locations::<B>),
+            guarded(get(catalog::list_locations::<B>).post(catalog::post_locations::<B>)),
         )
         .route(
             "/v1/locations/{location_id}",
-            get(catalog::get_location::<B>).put(catalog::put_location::<B>),
+            guarded(get(catalog::get_location::<B>).put(catalog::put_location::<B>)),
         )
-        .route("/v1/items/{sku}", get(catalog::item::<B>))
+        .route("/v1/items/{sku}", guarded(get(catalog::item::<B>)))
         .route(
             "/v1/regions/{region}/stock/{sku}",
-            get(catalog::region_stock::<B>),
+            guarded(get(catalog::region_stock::<B>)),
         )
         .route(
             "/v1/orders",
-            post(orders::place::<B>).get(orders::list::<B>),
+            guarded(post(orders::place::<B>).get(orders::list::<B>)),
         )
-        .route("/v1/orders/{id}", get(orders::get::<B>))
-        .route("/v1/orders/{id}/fulfil", post(orders::fulfil::<B>))
-        .route("/v1/orders/{id}/cancel", post(orders::cancel::<B>))
-        .route("/v1/orders/{id}/extend", post(orders::extend::<B>))
-        .route("/v1/stock/{sku}/{location_id}", get(query::level::<B>))
-        .route("/v1/stock/{sku}", get(query::sku::<B>))
+        .route("/v1/orders/{id}", guarded(get(orders::get::<B>)))
+        .route("/v1/orders/{id}/fulfil", guarded(post(orders::fulfil::<B>)))
+        .route("/v1/orders/{id}/cancel", guarded(post(orders::cancel::<B>)))
+        .route("/v1/orders/{id}/extend", guarded(post(orders::extend::<B>)))
+        .route(
+            "/v1/stock/{sku}/{location_id}",
+            guarded(get(query::level::<B>)),
+        )
+        .route("/v1/stock/{sku}", guarded(get(query::sku::<B>)))
         .route(
             "/v1/stock/{sku}/{location_id}/history",
-            get(history::history::<B>),
+            guarded(get(history::history::<B>)),
         )
         .route(
             "/v1/locations/{location_id}/stock",
-            get(query::location::<B>),
+            guarded(get(query::location::<B>)),
         )
-        .route("/v1/dead-letters", get(dead_letters::list::<B>))
+        .route("/v1/dead-letters", guarded(get(dead_letters::list::<B>)))
         .route(
             "/v1/dead-letters/{id}",
-            axum::routing::delete(dead_letters::discard::<B>),
+            guarded(axum::routing::delete(dead_letters::discard::<B>)),
         )
         .route(
             "/v1/dead-letters/{id}/replay",
-            post(dead_letters::replay::<B>),
+            guarded(post(dead_letters::replay::<B>)),
         )
-        .route("/v1/check", get(check::check::<B>))
-        .route("/v1/cluster", get(cluster::<B>))
-        .route("/v1/alerts", get(alerts::list::<B>))
-        .route("/v1/stream", get(stream::stream::<B>))
-        .route("/v1/ws", get(stream::websocket::<B>))
-        .route("/v1/activity", get(dashboard::activity::<B>))
-        .route("/v1/simulator", get(dashboard::status::<B>))
-        .route("/v1/simulator/start", post(dashboard::start::<B>))
-        .route("/v1/simulator/stop", post(dashboard::stop::<B>))
-        .route("/v1/simulator/send", post(dashboard::send::<B>))
-        .route("/v1/simulator/scenario", post(dashboard::scenario::<B>))
-        .route("/v1/openapi.json", get(openapi))
-        .route("/", get(ui::index))
-        .route("/ui/{*path}", get(ui::asset))
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
-        .route("/readyz", get(ready::<B>))
-        .route("/metrics", get(metrics::<B>))
+        .route("/v1/check", guarded(get(check::check::<B>)))
+        .route("/v1/cluster", guarded(get(cluster::<B>)))
+        .route("/v1/alerts", guarded(get(alerts::list::<B>)))
+        .route("/v1/stream", guarded(get(stream::stream::<B>)))
+        .route("/v1/ws", guarded(get(stream::websocket::<B>)))
+        .route("/v1/activity", guarded(get(dashboard::activity::<B>)))
+        .route("/v1/simulator", guarded(get(dashboard::status::<B>)))
+        .route("/v1/simulator/start", guarded(post(dashboard::start::<B>)))
+        .route("/v1/simulator/stop", guarded(post(dashboard::stop::<B>)))
+        .route("/v1/simulator/send", guarded(post(dashboard::send::<B>)))
+        .route(
+            "/v1/simulator/scenario",
+            guarded(post(dashboard::scenario::<B>)),
+        )
+        .route("/v1/openapi.json", guarded(get(openapi)))
+        .route("/", guarded(get(ui::index)))
+        .route("/ui/{*path}", guarded(get(ui::asset)))
+        .route(
+            "/healthz",
+            guarded(get(|| async { Json(json!({"status": "ok"})) })),
+        )
+        .route("/readyz", guarded(get(ready::<B>)))
+        .route("/metrics", guarded(get(metrics::<B>)))
         .merge(B::own_routes())
         .fallback(|| async { ApiError::not_found("no such endpoint; see /v1/openapi.json") })
         .layer(middleware::from_fn_with_state(
             read_timeout,
             serve::body_deadline,
         ))
-        .layer(middleware::from_fn(guard::writes_say_what_they_carry))
         .layer(middleware::from_fn(error::errors_are_json))
         .layer(middleware::from_fn(track))
         .with_state(backend)
+}
+
+/// A whole number in a JSON body, written `2` or `2.0`: JSON does not
+/// tell them apart, so neither does the API. A fraction is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Whole(pub i64);
+
+impl<'de> serde::Deserialize<'de> for Whole {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Whole, D::Error> {
+        /// Beyond this a float no longer holds every whole number.
+        const EXACT_MAX: f64 = 9_007_199_254_740_992.0;
+        let n = serde_json::Number::deserialize(d)?;
+        n.as_i64()
+            .or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.fract() == 0.0 && f.abs() <= EXACT_MAX)
+                    .map(|f| f as i64)
+            })
+            .map(Whole)
+            .ok_or_else(|| serde::de::Error::custom(format!("{n} is not a whole number")))
+    }
 }
 
 /// A JSON request body as `T`, or 400 saying what is wrong with it.

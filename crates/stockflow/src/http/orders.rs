@@ -17,7 +17,11 @@ use stockflow_core::orders::{Answer, LineRequest, Mode, Order, OrderCommand, Sta
 use super::backend::{Backend, Read};
 use super::ingest::read_body;
 use super::query::{limit, Page};
-use super::{json_body, ApiError};
+use super::{json_body, ApiError, Whole};
+
+/// Longest orderId: the events an order's lines become (Kafka mode) are
+/// named `{orderId}/{line}.{attempt}/reserve`, within an eventId's 128.
+pub const ORDER_ID_CHARS_MAX: usize = 100;
 
 /// Most lines in one order.
 pub const ORDER_LINES_MAX: usize = 100;
@@ -84,7 +88,7 @@ struct PlaceBody {
     order_id: String,
     lines: Vec<LineBody>,
     mode: Option<String>,
-    hold_seconds: Option<u64>,
+    hold_seconds: Option<Whole>,
 }
 
 #[derive(Deserialize)]
@@ -92,7 +96,7 @@ struct PlaceBody {
 struct LineBody {
     sku: String,
     location_id: Option<String>,
-    quantity: i64,
+    quantity: Whole,
 }
 
 /// The rules of an event's ids, for an order's (see `parse::check_id`).
@@ -100,13 +104,13 @@ fn check_id(value: &str, name: &str) -> Result<(), ApiError> {
     stockflow_core::parse::check_id(value, name).map_err(ApiError::bad_request)
 }
 
-fn hold_ns(default_seconds: u64, seconds: Option<u64>) -> Result<i64, ApiError> {
-    let seconds = seconds.unwrap_or(default_seconds);
-    if !(1..=HOLD_SECONDS_MAX).contains(&seconds) {
+fn hold_ns(default_seconds: u64, seconds: Option<Whole>) -> Result<i64, ApiError> {
+    let seconds = seconds.map_or(Ok(default_seconds), |Whole(s)| u64::try_from(s));
+    let Some(seconds) = seconds.ok().filter(|s| (1..=HOLD_SECONDS_MAX).contains(s)) else {
         return Err(ApiError::bad_request(format!(
             "holdSeconds: must be 1 to {HOLD_SECONDS_MAX}"
         )));
-    }
+    };
     Ok(seconds as i64 * 1_000_000_000)
 }
 
@@ -127,6 +131,11 @@ pub const ORDER_BODY_BYTES_MAX: usize = 1 << 20;
 pub fn parse_place(bytes: &[u8], default_hold_seconds: u64) -> Result<PlaceRequest, ApiError> {
     let body: PlaceBody = json_body(bytes)?;
     check_id(&body.order_id, "orderId")?;
+    if body.order_id.chars().count() > ORDER_ID_CHARS_MAX {
+        return Err(ApiError::bad_request(format!(
+            "orderId: longer than {ORDER_ID_CHARS_MAX} characters (an order's id leaves room for the ids of its lines' events)"
+        )));
+    }
     if body.lines.is_empty() || body.lines.len() > ORDER_LINES_MAX {
         return Err(ApiError::bad_request(format!(
             "lines: must hold 1 to {ORDER_LINES_MAX} lines"
@@ -138,7 +147,8 @@ pub fn parse_place(bytes: &[u8], default_hold_seconds: u64) -> Result<PlaceReque
         if let Some(location) = &line.location_id {
             check_id(location, &format!("lines[{n}].locationId"))?;
         }
-        if !(1..=QUANTITY_ABS_MAX).contains(&line.quantity) {
+        let Whole(quantity) = line.quantity;
+        if !(1..=QUANTITY_ABS_MAX).contains(&quantity) {
             return Err(ApiError::bad_request(format!(
                 "lines[{n}].quantity: must be 1 to {QUANTITY_ABS_MAX}"
             )));
@@ -146,7 +156,7 @@ pub fn parse_place(bytes: &[u8], default_hold_seconds: u64) -> Result<PlaceReque
         lines.push(LineRequest {
             sku: line.sku,
             location_id: line.location_id,
-            quantity: line.quantity,
+            quantity,
         });
     }
     let mode = match body.mode.as_deref() {
@@ -198,7 +208,7 @@ pub async fn place<B: Backend>(
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct FulfilBody {
-    lines: Option<Vec<usize>>,
+    lines: Option<Vec<Whole>>,
 }
 
 /// POST /v1/orders/{id}/fulfil, optionally `{"lines": [0, 2]}`.
@@ -229,7 +239,20 @@ pub fn parse_fulfil(bytes: &[u8]) -> Result<Option<Vec<usize>>, ApiError> {
         return Ok(None);
     }
     let body: FulfilBody = json_body(bytes)?;
-    Ok(body.lines)
+    body.lines
+        .map(|lines| {
+            lines
+                .into_iter()
+                .map(|Whole(n)| {
+                    usize::try_from(n).map_err(|_| {
+                        ApiError::bad_request(format!(
+                            "lines: {n} is not a line number (0 or more)"
+                        ))
+                    })
+                })
+                .collect()
+        })
+        .transpose()
 }
 
 /// The new hold of an extend body, in ns.
@@ -249,7 +272,7 @@ pub async fn cancel<B: Backend>(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct ExtendBody {
-    hold_seconds: u64,
+    hold_seconds: Whole,
 }
 
 /// POST /v1/orders/{id}/extend `{"holdSeconds": n}`: the hold now ends n

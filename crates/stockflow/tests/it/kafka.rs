@@ -195,6 +195,8 @@ pub struct Instance {
     group: String,
     /// `--sourcing` for lines without a location.
     sourcing: String,
+    /// More `serve` arguments.
+    extra: Vec<String>,
 }
 
 impl Drop for Instance {
@@ -213,6 +215,17 @@ impl Instance {
     }
 
     pub fn sourcing(broker: &Broker, group: &str, dir: &Path, sourcing: &str) -> Instance {
+        Instance::with_args(broker, group, dir, sourcing, &[])
+    }
+
+    /// An instance started with more `serve` arguments.
+    pub fn with_args(
+        broker: &Broker,
+        group: &str,
+        dir: &Path,
+        sourcing: &str,
+        extra: &[&str],
+    ) -> Instance {
         let port = free_port();
         let mut instance = Instance {
             child: None,
@@ -222,6 +235,7 @@ impl Instance {
             bootstrap: broker.bootstrap.clone(),
             group: group.to_owned(),
             sourcing: sourcing.to_owned(),
+            extra: extra.iter().map(|a| a.to_string()).collect(),
         };
         instance.spawn();
         instance
@@ -247,6 +261,7 @@ impl Instance {
             .arg("--data-dir")
             .arg(&self.dir)
             .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+            .args(&self.extra)
             .env("RUST_LOG", "warn,stockflow=info")
             .stdout(Stdio::null())
             .stderr(log)

@@ -2,6 +2,7 @@
 
 mod alerts;
 mod catalog;
+mod contract;
 mod crash;
 mod damage;
 mod dashboard;

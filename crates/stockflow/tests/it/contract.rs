@@ -1,0 +1,71 @@
+//! The API description held against the server by a contract tester no
+//! one here wrote: Schemathesis (PyPI; `.ci/install` installs it) sends
+//! every operation of /v1/openapi.json requests generated from the
+//! document, valid and invalid, and checks every answer against it (its
+//! default: every check). In both modes, so the one document describes
+//! both.
+
+use std::process::Command;
+
+use std::time::Duration;
+
+use crate::kafka::{wait_settled, Broker, Instance};
+
+/// How long the server keeps an idle connection: longer than the tester
+/// leaves one of its pooled connections idle, so that a POST never meets
+/// a connection the server closed a moment before (a client may retry
+/// only what is idempotent; that race is not what this test is about).
+const IDLE: Duration = Duration::from_secs(300);
+
+/// Runs Schemathesis against the server at `url`; fails with its report.
+fn finds_nothing(url: &str, mode: &str) {
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/schemathesis.toml");
+    // It keeps a cache of what it found where it runs: not in the tree.
+    let scratch = tempfile::tempdir().unwrap();
+    let output = Command::new("schemathesis")
+        .current_dir(scratch.path())
+        .args(["--no-color", "--config-file", config, "run"])
+        .arg(format!("{url}/v1/openapi.json"))
+        // Few examples, a fixed seed: the same requests each run, in the
+        // suite's time. Any other seed explores further.
+        .args(["--max-examples", "5", "--seed", "1", "--workers", "2"])
+        .output()
+        .expect("schemathesis runs (`.ci/install` installs it with pip)");
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{mode}: Schemathesis finds the server and its document disagree:\n{report}"
+    );
+    // It ran the operations, rather than stopping early.
+    assert!(report.contains("API Operations:"), "{mode}: {report}");
+}
+
+#[test]
+fn the_api_description_holds_against_the_embedded_server() {
+    let _heavy = crate::heavy();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let server = runtime.block_on(crate::start(dir.path(), |config| {
+        config.read_timeout = IDLE;
+    }));
+    finds_nothing(&server.url(), "embedded");
+    runtime.block_on(server.stop()).unwrap();
+}
+
+#[test]
+fn the_api_description_holds_against_a_kafka_mode_instance() {
+    let _heavy = crate::heavy();
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start();
+    broker.create_topics();
+    let idle = IDLE.as_secs().to_string();
+    let instance = Instance::with_args(
+        &broker,
+        "contract",
+        &dir.path().join("instance"),
+        "priority:WEB,BACKUP",
+        &["--read-timeout-seconds", &idle],
+    );
+    wait_settled(&instance.url, 1);
+    finds_nothing(&instance.url, "kafka");
+}
