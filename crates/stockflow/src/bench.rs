@@ -416,7 +416,13 @@ pub async fn stream(options: &BenchOptions) -> anyhow::Result<()> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000);
     let dir = tempfile::tempdir()?;
-    let server = Server::start(Config::new(dir.path().to_owned()), "127.0.0.1:0".parse()?).await?;
+    let config = Config {
+        // Every subscriber holds a connection, and the traffic needs a
+        // few more: above the default cap, which sheds the rest.
+        connections_max: subscribers_wanted + 256,
+        ..Config::new(dir.path().to_owned())
+    };
+    let server = Server::start(config, "127.0.0.1:0".parse()?).await?;
     let url = server.url();
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
