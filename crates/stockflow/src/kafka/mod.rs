@@ -25,6 +25,7 @@
 //! input it already applied. Outputs are idempotent (latest level wins;
 //! transit events are deduplicated by eventId at the target).
 
+pub mod backend;
 pub mod bench;
 pub mod catalog;
 pub mod check;
