@@ -50,17 +50,7 @@ fn check_write(method: &Method, headers: &HeaderMap) -> Result<(), ApiError> {
     if !matches!(*method, Method::POST | Method::PUT | Method::PATCH) {
         return Ok(());
     }
-    let given = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        });
-    match given {
+    match media_type(headers) {
         Some(media) if WRITE_TYPES.contains(&media.as_str()) => Ok(()),
         other => Err(unsupported(format!(
             "a write needs Content-Type {} (got {}); an empty body is sent as application/json",
@@ -68,6 +58,20 @@ fn check_write(method: &Method, headers: &HeaderMap) -> Result<(), ApiError> {
             other.map_or("none".to_owned(), |m| format!("{m:?}"))
         ))),
     }
+}
+
+/// The media type a request's Content-Type names, lowercased, without
+/// its parameters (`text/csv; charset=utf-8` is `text/csv`).
+pub(crate) fn media_type(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
+    Some(
+        value
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase(),
+    )
 }
 
 /// A WebSocket upgrade from a browser (it sends `Origin`) must come from a

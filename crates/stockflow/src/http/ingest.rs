@@ -168,12 +168,7 @@ fn body_fits_format(
     format: &str,
     input: crate::sources::Input,
 ) -> Result<(), ApiError> {
-    let media = headers
-        .get(axum::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .map(|v| v.trim().to_ascii_lowercase());
-    let csv = media.as_deref() == Some("text/csv");
+    let csv = super::guard::media_type(headers).as_deref() == Some("text/csv");
     let wanted = match input {
         crate::sources::Input::Csv if !csv => "text/csv",
         crate::sources::Input::Json if csv => "application/json or application/x-ndjson",
