@@ -348,12 +348,7 @@ fn optional_text(
 fn non_negative(object: &Map<String, Value>, name: &str) -> Result<Option<i64>, String> {
     match object.get(name) {
         None | Some(Value::Null) => Ok(None),
-        // `2.0` is the number 2: JSON does not tell them apart.
-        Some(v) => match v.as_i64().or_else(|| {
-            v.as_f64()
-                .filter(|f| f.fract() == 0.0 && f.abs() <= 1e15)
-                .map(|f| f as i64)
-        }) {
+        Some(v) => match v.as_number().and_then(crate::parse::whole_number) {
             Some(n) if (0..=crate::limits::QUANTITY_ABS_MAX).contains(&n) => Ok(Some(n)),
             _ => Err(format!(
                 "{name}: must be a whole number from 0 to {}",

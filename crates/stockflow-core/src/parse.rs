@@ -345,6 +345,18 @@ pub fn check_id(value: &str, name: &str) -> Result<(), String> {
 
 /// Embeddings, overrides and isolates (U+202A–U+202E, U+2066–U+2069): they
 /// reorder how the text around them prints.
+/// A JSON number as a whole number: `2` or `2.0` (JSON does not tell
+/// them apart); `None` for a fraction, or a float past 2^53, beyond which
+/// a float no longer holds every whole number.
+pub fn whole_number(n: &serde_json::Number) -> Option<i64> {
+    const EXACT_MAX: f64 = 9_007_199_254_740_992.0;
+    n.as_i64().or_else(|| {
+        n.as_f64()
+            .filter(|f| f.fract() == 0.0 && f.abs() <= EXACT_MAX)
+            .map(|f| f as i64)
+    })
+}
+
 fn is_bidi_control(c: char) -> bool {
     matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }

@@ -152,15 +152,8 @@ pub(crate) struct Whole(pub i64);
 
 impl<'de> serde::Deserialize<'de> for Whole {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Whole, D::Error> {
-        /// Beyond this a float no longer holds every whole number.
-        const EXACT_MAX: f64 = 9_007_199_254_740_992.0;
         let n = serde_json::Number::deserialize(d)?;
-        n.as_i64()
-            .or_else(|| {
-                n.as_f64()
-                    .filter(|f| f.fract() == 0.0 && f.abs() <= EXACT_MAX)
-                    .map(|f| f as i64)
-            })
+        stockflow_core::parse::whole_number(&n)
             .map(Whole)
             .ok_or_else(|| serde::de::Error::custom(format!("{n} is not a whole number")))
     }
