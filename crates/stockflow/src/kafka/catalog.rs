@@ -20,12 +20,12 @@ use serde_json::{json, Value};
 use stockflow_core::rollup::sku_home;
 use stockflow_core::{CatalogChange, Rejected, Totals};
 
-use super::http::{dead_letter, encode, gather, not_owned, restoring, KafkaApp, FORWARDED};
+use super::http::{encode, gather, keep_rejected, not_owned, restoring, KafkaApp, FORWARDED};
 use super::processor::{ACTIVE, RESTORING};
 use crate::http::backend::Read;
 use crate::http::catalog::{CatalogItem, Rollup};
 use crate::http::ApiError;
-use crate::pipeline::{Receipt, ReceiptError};
+use crate::pipeline::Receipt;
 
 /// Longest wait for this instance to read back its own catalog write.
 const READ_BACK_MAX: Duration = Duration::from_secs(10);
@@ -68,24 +68,12 @@ pub(super) async fn write(
     rejected: Vec<Rejected>,
     source: &str,
 ) -> Result<Receipt, ApiError> {
-    let mut receipt = Receipt::default();
-    for refused in rejected {
-        let item = (refused.index, refused.event_id.as_deref());
-        dead_letter(
-            app,
-            source,
-            refused.raw.as_bytes(),
-            &refused.reason,
-            Some(item),
-        )
-        .await;
-        receipt.rejected += 1;
-        receipt.errors.push(ReceiptError {
-            index: refused.index,
-            event_id: None,
-            reason: refused.reason,
-        });
-    }
+    let errors = keep_rejected(app, source, &rejected).await;
+    let mut receipt = Receipt {
+        rejected: errors.len() as u64,
+        errors,
+        ..Receipt::default()
+    };
     let mut last = None;
     for item in items {
         let key = match &item.change {

@@ -83,23 +83,7 @@ pub(crate) async fn ingest_parsed(
             }
         }
     }
-    let mut errors = Vec::new();
-    for rejected in &parsed.rejected {
-        let item = (rejected.index, rejected.event_id.as_deref());
-        dead_letter(
-            app,
-            source,
-            rejected.raw.as_bytes(),
-            &rejected.reason,
-            Some(item),
-        )
-        .await;
-        errors.push(ReceiptError {
-            index: rejected.index,
-            event_id: rejected.event_id.clone(),
-            reason: rejected.reason.clone(),
-        });
-    }
+    let mut errors = keep_rejected(app, source, &parsed.rejected).await;
     // Where each event landed, and each partition's range of them.
     let mut landed: Vec<(u16, i64)> = Vec::with_capacity(deliveries.len());
     let mut ranges: BTreeMap<u16, (i64, i64)> = BTreeMap::new();
@@ -173,6 +157,33 @@ pub(crate) async fn ingest_parsed(
 
 /// Keeps a refused payload in the DLQ topic with its reason and source
 /// (the route that refused it) as headers.
+/// Keeps each refused item of a body as a dead letter from `source`, and
+/// answers what a receipt says of them.
+pub(super) async fn keep_rejected(
+    app: &KafkaApp,
+    source: &str,
+    rejected: &[stockflow_core::Rejected],
+) -> Vec<ReceiptError> {
+    let mut errors = Vec::with_capacity(rejected.len());
+    for refused in rejected {
+        let item = (refused.index, refused.event_id.as_deref());
+        dead_letter(
+            app,
+            source,
+            refused.raw.as_bytes(),
+            &refused.reason,
+            Some(item),
+        )
+        .await;
+        errors.push(ReceiptError {
+            index: refused.index,
+            event_id: refused.event_id.clone(),
+            reason: refused.reason.clone(),
+        });
+    }
+    errors
+}
+
 /// Keeps a refused payload in the DLQ topic, with why and where from;
 /// `item` is its place in the body it came in, and its eventId if read.
 pub(super) async fn dead_letter(
