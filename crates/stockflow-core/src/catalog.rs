@@ -166,10 +166,52 @@ pub struct Catalog {
     pub locations: BTreeMap<String, Location>,
 }
 
+/// A product's price moving from one price to another: the history a
+/// PRICE_DROP alert is made of.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PriceChange {
+    pub sku: String,
+    /// Server time of the change.
+    pub at: Timestamp,
+    /// In minor units.
+    pub before: i64,
+    pub after: i64,
+}
+
+impl PriceChange {
+    /// A cut of at least `percent` percent: now ≤ before × (1 − percent/100),
+    /// in integers.
+    pub fn is_drop(&self, percent: u8) -> bool {
+        self.before > 0 && self.after * 100 <= self.before * (100 - i64::from(percent))
+    }
+
+    /// The cut in tenths of a percent, rounded down.
+    pub fn drop_permille(&self) -> i64 {
+        if self.before <= 0 {
+            return 0;
+        }
+        (self.before - self.after) * 1000 / self.before
+    }
+}
+
+impl Product {
+    /// The price changes its (bounded) history holds, oldest first.
+    pub fn price_changes(&self) -> impl Iterator<Item = PriceChange> + '_ {
+        self.price_history.windows(2).map(|pair| PriceChange {
+            sku: self.sku.clone(),
+            at: pair[1].0,
+            before: pair[0].1,
+            after: pair[1].1,
+        })
+    }
+}
+
 impl Catalog {
     /// Applies one change at server time `now`. A product's price history
-    /// grows when its price changes.
-    pub fn apply(&mut self, change: &CatalogChange, now: Timestamp) {
+    /// grows when its price changes; the change from a known price is
+    /// returned (what a PRICE_DROP alert is raised from, once, where the
+    /// change is applied).
+    pub fn apply(&mut self, change: &CatalogChange, now: Timestamp) -> Option<PriceChange> {
         match change {
             CatalogChange::Product(product) => {
                 let mut product = product.clone();
@@ -179,8 +221,16 @@ impl Catalog {
                     .get(&product.sku)
                     .map(|old| old.price_history.clone())
                     .unwrap_or_default();
+                let mut changed = None;
                 if let Some(price) = product.price_minor {
-                    if history.last().is_none_or(|(_, last)| *last != price) {
+                    let last = history.last().map(|(_, last)| *last);
+                    if last != Some(price) {
+                        changed = last.map(|before| PriceChange {
+                            sku: product.sku.clone(),
+                            at: now,
+                            before,
+                            after: price,
+                        });
                         history.push((now, price));
                         let excess = history.len().saturating_sub(PRICE_HISTORY_MAX);
                         history.drain(..excess);
@@ -188,12 +238,14 @@ impl Catalog {
                 }
                 product.price_history = history;
                 self.products.insert(product.sku.clone(), product);
+                changed
             }
             CatalogChange::Location(location) => {
                 let mut location = location.clone();
                 location.updated_at = now;
                 self.locations
                     .insert(location.location_id.clone(), location);
+                None
             }
         }
     }
@@ -380,4 +432,43 @@ fn price(value: Option<&Value>) -> Result<Option<i64>, String> {
         .filter(|p| *p <= 1_000_000_000_000)
         .map(Some)
         .ok_or_else(invalid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn priced(catalog: &mut Catalog, price: Value, at: i64) -> Option<PriceChange> {
+        let product = parse_product(&serde_json::json!({"name": "P", "price": price}), Some("P"))
+            .expect("a valid product");
+        catalog.apply(&CatalogChange::Product(product), Timestamp(at))
+    }
+
+    #[test]
+    fn a_price_change_is_reported_once_where_it_is_applied() {
+        let mut catalog = Catalog::default();
+        assert_eq!(
+            priced(&mut catalog, 10.into(), 1),
+            None,
+            "a first price is no change"
+        );
+        assert_eq!(
+            priced(&mut catalog, 10.0.into(), 2),
+            None,
+            "the same price is no change"
+        );
+        let cut = priced(&mut catalog, 8.5.into(), 3).expect("a change");
+        assert_eq!((cut.before, cut.after, cut.at), (1000, 850, Timestamp(3)));
+        assert!(cut.is_drop(15) && !cut.is_drop(16));
+        assert_eq!(cut.drop_permille(), 150);
+        let rise = priced(&mut catalog, 9.into(), 4).expect("a change");
+        assert!(!rise.is_drop(1));
+        let changes: Vec<PriceChange> = catalog.products["P"].price_changes().collect();
+        assert_eq!(changes, [cut, rise], "the history holds the same changes");
+        assert_eq!(
+            priced(&mut catalog, Value::Null, 5),
+            None,
+            "no price is no change"
+        );
+    }
 }

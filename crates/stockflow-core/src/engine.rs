@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::{Catalog, CatalogChange};
+use crate::catalog::{Catalog, CatalogChange, PriceChange};
 use crate::dedup::{event_id_hash, Dedup};
 use crate::event::Batch;
 use crate::level::Outcome;
@@ -113,15 +113,17 @@ impl Engine {
         }
     }
 
-    /// Applies catalog changes at `now`. In a log record they come before
-    /// the record's events.
-    pub fn apply_catalog(&mut self, changes: &[CatalogChange], now: Timestamp) {
+    /// Applies catalog changes at `now` (in a log record they come before
+    /// the record's events); the price changes they make.
+    pub fn apply_catalog(&mut self, changes: &[CatalogChange], now: Timestamp) -> Vec<PriceChange> {
+        let mut prices = Vec::new();
         for change in changes {
-            self.catalog.apply(change, now);
+            prices.extend(self.catalog.apply(change, now));
             for partition in &mut self.partitions {
                 partition.apply_catalog(change, now);
             }
         }
+        prices
     }
 
     /// Roll-up of `sku` over every location.

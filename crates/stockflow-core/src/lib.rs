@@ -34,7 +34,7 @@ pub mod rollup;
 pub mod saga;
 pub mod time;
 
-pub use catalog::{Catalog, CatalogChange, Location, LocationType, Policy, Product};
+pub use catalog::{Catalog, CatalogChange, Location, LocationType, Policy, PriceChange, Product};
 pub use dedup::{event_id_hash, Dedup, DedupDecodeError, DedupSnapshot};
 pub use engine::{admit, route, BatchReport, Engine, EngineConfig, RecordReport};
 pub use event::{Batch, EventRef, EventType, Route};

@@ -16,16 +16,18 @@ use serde_json::Value;
 use stockflow_core::catalog::parse_product;
 use stockflow_core::{parse_body, BodyFormat, CatalogChange, Product};
 
-use crate::pipeline::Pipeline;
+use crate::http::backend::{Backend, Wait};
+use crate::http::catalog::CatalogItem;
 
 /// Largest catalog file read at startup.
 pub const CATALOG_FILE_BYTES_MAX: u64 = 256 << 20;
 
 /// What a catalog file holds: product upserts and initial-stock events.
 pub struct Bootstrap {
-    pub products: Vec<Product>,
-    /// Canonical NDJSON of the initial COUNTs.
-    pub counts: String,
+    /// Each product, and its JSON in stockflow's shape.
+    pub products: Vec<(Product, Value)>,
+    /// The initial COUNTs, one canonical JSON event per line.
+    pub counts: Vec<String>,
 }
 
 /// Reads `file`; `location` is where `inventory` quantities are counted.
@@ -55,7 +57,7 @@ pub fn read(file: &Path, location: &str) -> anyhow::Result<Bootstrap> {
             .collect::<anyhow::Result<_>>()?
     };
     let mut products = Vec::with_capacity(items.len());
-    let mut counts = String::new();
+    let mut counts = Vec::new();
     for (n, mut item) in items.into_iter().enumerate() {
         let object = item
             .as_object_mut()
@@ -80,52 +82,80 @@ pub fn read(file: &Path, location: &str) -> anyhow::Result<Bootstrap> {
                 "timestamp": "1970-01-01T00:00:00Z",
                 "sourceSystem": "catalog",
             });
-            counts.push_str(&count.to_string());
-            counts.push('\n');
+            counts.push(count.to_string());
         }
-        products.push(product);
+        products.push((product, item));
     }
     Ok(Bootstrap { products, counts })
 }
 
+/// Loads `serve --catalog FILE`, if given, before the server listens.
+pub async fn load<B: Backend>(backend: &B) -> anyhow::Result<()> {
+    let config = backend.config();
+    let Some(file) = &config.catalog_file else {
+        return Ok(());
+    };
+    let bootstrap = read(file, &config.catalog_location)?;
+    let products = bootstrap.products.len();
+    let (changed, counted) = apply(backend, bootstrap).await?;
+    tracing::info!(file = %file.display(), products, changed, initial_counts_applied = counted, "catalog file loaded");
+    Ok(())
+}
+
+/// Where the file's writes say they come from (dead letters, activity).
+const SOURCE: &str = "catalog-file";
+
 /// Upserts the products that differ from the catalog and submits the
-/// initial counts; returns (products changed, counts accepted).
-pub async fn apply(pipeline: &Pipeline, bootstrap: Bootstrap) -> anyhow::Result<(usize, u64)> {
-    let changes: Vec<CatalogChange> = {
-        let catalog = pipeline.shared.catalog.read();
+/// initial counts, through whichever backend serves; returns (products
+/// changed, counts accepted).
+pub async fn apply<B: Backend>(backend: &B, bootstrap: Bootstrap) -> anyhow::Result<(usize, u64)> {
+    let refused = |what: &str, error: crate::http::ApiError| {
+        anyhow::anyhow!("catalog file: {what} refused: {}", error.message)
+    };
+    let items: Vec<CatalogItem> = {
+        let catalog = backend.catalog();
         bootstrap
             .products
             .into_iter()
-            .filter(|p| {
+            .filter(|(p, _)| {
                 catalog
                     .products
                     .get(&p.sku)
                     .is_none_or(|old| !same_product(old, p))
             })
-            .map(CatalogChange::Product)
+            .map(|(product, json)| CatalogItem {
+                change: CatalogChange::Product(product),
+                json,
+            })
             .collect()
     };
-    let changed = changes.len();
-    let source = "catalog-file";
-    if !changes.is_empty() {
-        pipeline
-            .submit_catalog(changes, Vec::new(), source)
-            .map_err(|_| anyhow::anyhow!("the engine is overloaded at startup"))?
-            .await?;
+    let changed = items.len();
+    if !items.is_empty() {
+        backend
+            .write_catalog(items, Vec::new(), SOURCE)
+            .await
+            .map_err(|e| refused("products", e))?;
     }
-    let parsed = parse_body(bootstrap.counts.as_bytes(), BodyFormat::Ndjson, usize::MAX)?;
-    if let Some(bad) = parsed.rejected.first() {
-        bail!(
-            "catalog file: initial stock of item {}: {}",
-            bad.index,
-            bad.reason
-        );
+    // In request-sized bodies, as a client would send them.
+    let mut accepted = 0;
+    let size = backend.config().request_events_max.max(1);
+    for (n, lines) in bootstrap.counts.chunks(size).enumerate() {
+        let body = lines.join("\n");
+        let parsed = parse_body(body.as_bytes(), BodyFormat::Ndjson, usize::MAX)?;
+        if let Some(bad) = parsed.rejected.first() {
+            bail!(
+                "catalog file: initial stock number {}: {}",
+                n * size + bad.index as usize + 1,
+                bad.reason
+            );
+        }
+        let receipt = backend
+            .submit(parsed, SOURCE, Wait::Durable)
+            .await
+            .map_err(|e| refused("initial stock", e))?;
+        accepted += receipt.accepted;
     }
-    let receipt = pipeline
-        .submit_blocking(parsed, source)
-        .map_err(anyhow::Error::from)?
-        .await?;
-    Ok((changed, receipt.accepted))
+    Ok((changed, accepted))
 }
 
 /// Equal apart from when it was last written.

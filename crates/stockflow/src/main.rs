@@ -129,20 +129,20 @@ enum Command {
         /// The window of a refusal burst, and the quiet time that clears it.
         #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..))]
         reservation_burst_seconds: u32,
-        /// POST every alert to this URL (repeatable), with retries.
-        /// Embedded mode only, for now.
-        #[arg(long = "webhook", conflicts_with = "kafka")]
+        /// POST every alert to this URL (repeatable), with retries. In
+        /// Kafka mode each alert is sent by one member of the group.
+        #[arg(long = "webhook")]
         webhooks: Vec<String>,
         /// Sign webhook bodies: X-Stockflow-Signature = sha256=HMAC-SHA256(secret, body).
-        #[arg(long, env = "STOCKFLOW_WEBHOOK_SECRET", conflicts_with = "kafka")]
+        #[arg(long, env = "STOCKFLOW_WEBHOOK_SECRET")]
         webhook_secret: Option<String>,
         /// Products to load at startup: a JSON array or NDJSON, in
         /// stockflow's shape or KartShoppe's ({productId, …, inventory}).
-        /// Embedded mode only, for now (Kafka mode: POST /v1/products).
-        #[arg(long, env = "STOCKFLOW_CATALOG", conflicts_with = "kafka")]
+        /// Starting again with the same file changes nothing.
+        #[arg(long, env = "STOCKFLOW_CATALOG")]
         catalog: Option<PathBuf>,
         /// Where the catalog file's `inventory` is counted.
-        #[arg(long, default_value = "ONLINE", conflicts_with = "kafka")]
+        #[arg(long, default_value = "ONLINE")]
         catalog_location: String,
         /// Let the dashboard's simulator page (POST /v1/simulator/*) send
         /// random and scenario traffic into this server. Off by default:

@@ -23,6 +23,7 @@ use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use stockflow_core::orders::{hold_changes, step_due, Answer, HoldChange, StepEffects, StockOf};
+use stockflow_core::rollup::sku_home;
 use stockflow_core::{
     admit, Batch, Catalog, CatalogChange, Dedup, Exception, OrderBook, OrderCommand, Outcome,
     Parsed, Partition, Rejected, Timestamp,
@@ -133,6 +134,8 @@ pub struct Shared {
     pub next_timers: Vec<std::sync::atomic::AtomicI64>,
     /// Throughput, commit latency and source freshness for the dashboard.
     pub activity: crate::activity::Activity,
+    /// A price cut of at least this many percent is a PRICE_DROP alert.
+    pub price_drop_percent: u8,
 }
 
 impl Shared {
@@ -273,6 +276,9 @@ struct Group {
     appliers_left: AtomicUsize,
     /// (request, exception) found by the appliers.
     exceptions: Mutex<Vec<(usize, Exception)>>,
+    /// The price changes of `catalog`, found by the syncer as it applies
+    /// them (it alone knows the prices before).
+    prices: std::sync::OnceLock<Vec<stockflow_core::PriceChange>>,
     formed: Instant,
     events: usize,
 }
@@ -316,6 +322,7 @@ impl Pipeline {
         let shared = Arc::new(Shared {
             next_timers,
             activity: crate::activity::Activity::default(),
+            price_drop_percent: config.price_drop_percent,
             partitions: engine.partitions.into_iter().map(RwLock::new).collect(),
             orders: RwLock::new(engine.orders),
             hub: Arc::new(hub),
@@ -796,6 +803,7 @@ impl Sequencer {
             file,
             appliers_left: AtomicUsize::new(0),
             exceptions: Mutex::new(Vec::new()),
+            prices: std::sync::OnceLock::new(),
             formed,
         })
     }
@@ -929,10 +937,12 @@ fn syncer_loop(
                 Stage::Group(group) => {
                     if !group.catalog.is_empty() {
                         let mut catalog = shared.catalog.write();
-                        group
+                        let prices = group
                             .catalog
                             .iter()
-                            .for_each(|c| catalog.apply(c, group.now));
+                            .filter_map(|c| catalog.apply(c, group.now))
+                            .collect();
+                        let _ = group.prices.set(prices);
                     }
                     let mut letters = shared.dead_letters.write();
                     group
@@ -1011,6 +1021,13 @@ fn applier(
                         .catalog
                         .iter()
                         .for_each(|c| partition.apply_catalog(c, group.now));
+                    if let Some(prices) = group.prices.get() {
+                        if shared.hub.wanted(crate::stream::Kind::Alerts) {
+                            let home = |sku: &str| sku_home(sku, shared.partition_count()) == *id;
+                            let percent = shared.price_drop_percent;
+                            crate::stream::price_drop_drafts(prices, percent, home, drafts);
+                        }
+                    }
                     let alerts_before = partition.alerts.next_seq;
                     for (request, item) in group.requests.iter().enumerate() {
                         found.clear();

@@ -20,6 +20,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use stockflow_core::orders::{hold_changes, step_due, HoldChange, StepEffects, StockOf};
+use stockflow_core::rollup::sku_home;
 use stockflow_core::{
     admit, Catalog, Dedup, DedupSnapshot, Engine, EngineConfig, OrderBook, Partition,
     PartitionSnapshot, Timestamp,
@@ -235,7 +236,19 @@ pub fn recover(config: &Config) -> anyhow::Result<Recovered> {
         if barrier {
             replay.flush(&mut engine.partitions, &mut history, from)?;
         }
-        engine.apply_catalog(&group.catalog, group.now);
+        let prices = engine.apply_catalog(&group.catalog, group.now);
+        if let Some(next) = replay.regen.as_ref().filter(|_| !prices.is_empty()) {
+            // As the pipeline: a SKU's home partition publishes its price
+            // drops, before the record's events.
+            for (id, next) in next.iter().enumerate() {
+                if number >= *next {
+                    let drafts = backlog_entry(&mut replay.backlog[id], number);
+                    let home = |sku: &str| sku_home(sku, partitions) as usize == id;
+                    let percent = config.price_drop_percent;
+                    crate::stream::price_drop_drafts(&prices, percent, home, drafts);
+                }
+            }
+        }
         let mut batches = group.batches;
         for batch in &mut batches {
             events += batch.len() as u64;

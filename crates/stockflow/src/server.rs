@@ -30,13 +30,6 @@ impl Server {
         let recovering = config.clone();
         let recovered = tokio::task::spawn_blocking(move || recover(&recovering)).await??;
         let pipeline = Arc::new(Pipeline::start(&config, recovered)?);
-        if let Some(file) = &config.catalog_file {
-            let bootstrap = crate::bootstrap::read(file, &config.catalog_location)?;
-            let products = bootstrap.products.len();
-            let (changed, counted) = crate::bootstrap::apply(&pipeline, bootstrap).await?;
-            tracing::info!(file = %file.display(), products, changed, initial_counts_applied = counted, "catalog file loaded");
-        }
-        crate::webhooks::start(pipeline.clone(), config.webhooks.clone());
         let listener = TcpListener::bind(listen).await.with_context(|| {
             format!("cannot listen on {listen}; is another server running there?")
         })?;
@@ -52,6 +45,8 @@ impl Server {
             admission: crate::http::Admission::new(&config),
             config,
         });
+        crate::bootstrap::load(&*state).await?;
+        crate::webhooks::start(state.clone(), state.config.webhooks.clone())?;
         let simulator = state.simulator.clone();
         let limits = crate::http::serve::ConnectionLimits::of(&state.config);
         let (stop, task) = crate::http::serve::spawn(listener, router(state), limits);

@@ -660,6 +660,26 @@ pub fn alert_draft(
     }
 }
 
+/// The messages of the PRICE_DROP alerts among `changes` (cuts of at
+/// least `percent`), which the applier of each SKU's home partition
+/// publishes.
+pub fn price_drop_drafts(
+    changes: &[stockflow_core::PriceChange],
+    percent: u8,
+    home: impl Fn(&str) -> bool,
+    out: &mut Vec<Draft>,
+) {
+    let drops = changes
+        .iter()
+        .filter(|c| c.is_drop(percent) && home(&c.sku));
+    out.extend(drops.map(|change| Draft {
+        kind: Kind::Alerts,
+        sku: Some(change.sku.as_str().into()),
+        location_id: None,
+        body: Body::Json(crate::http::price_drop_json(change)),
+    }));
+}
+
 fn journal_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("stream")
 }

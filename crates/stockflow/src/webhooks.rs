@@ -3,19 +3,26 @@
 //! retries and exponential backoff; after [`ATTEMPTS_MAX`] failures the
 //! alert is kept as a dead letter (source `webhook:URL`) with the reason.
 //!
-//! Each URL has its own subscriber on the live stream (kinds=alerts), so a
-//! slow receiver only delays itself; when its buffer overflows it resumes
-//! from its last delivered message. Delivery is at least once while the
-//! server runs; alerts raised while it is down are not re-sent.
+//! Delivery is written once, against the backend seam; where the alerts
+//! come from is the backend's ([`Backend::webhook_feed`]). The default
+//! feed is the server's live stream: each URL has its own subscriber
+//! (kinds=alerts), so a slow receiver only delays itself, and when its
+//! buffer overflows it resumes from its last delivered message; delivery
+//! is at least once while the server runs, and alerts raised while it is
+//! down are not sent. Kafka mode reads the alerts topic in a consumer
+//! group per URL instead: each alert is sent by one member, and its offset
+//! is committed only once it is delivered or kept, so a restart resumes.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+use tokio::sync::mpsc;
 
-use crate::pipeline::{Pipeline, RefusedBody};
-use crate::stream::{Filter, Kind};
+use crate::http::backend::Backend;
+use crate::pipeline::RefusedBody;
+use crate::stream::{Filter, Hub, Kind};
 
 /// Tries per alert before it becomes a dead letter.
 pub const ATTEMPTS_MAX: u32 = 5;
@@ -23,6 +30,15 @@ pub const ATTEMPTS_MAX: u32 = 5;
 pub const BACKOFF_FIRST: Duration = Duration::from_millis(200);
 /// One request's time limit.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
+/// Alerts a feed hands over ahead of their delivery, at most.
+pub const FEED_AHEAD_MAX: usize = 256;
+
+/// One alert to deliver, and what to do once it is delivered or kept as
+/// a dead letter (Kafka mode: mark its offset as done).
+pub struct Delivery {
+    pub body: String,
+    pub done: Option<Box<dyn FnOnce() + Send>>,
+}
 
 #[derive(Clone, Debug)]
 pub struct Webhook {
@@ -40,18 +56,36 @@ pub fn signature(secret: &str, body: &[u8]) -> String {
 }
 
 /// Starts one delivery task per webhook; they end when the server stops.
-pub fn start(pipeline: Arc<Pipeline>, hooks: Vec<Webhook>) {
+pub fn start<B: Backend>(backend: Arc<B>, hooks: Vec<Webhook>) -> anyhow::Result<()> {
     for hook in hooks {
-        tokio::spawn(deliver(pipeline.clone(), hook));
+        let feed = backend.webhook_feed(&hook.url)?;
+        tokio::spawn(deliver(backend.clone(), hook, feed));
     }
+    Ok(())
 }
 
-async fn deliver(pipeline: Arc<Pipeline>, hook: Webhook) {
+async fn deliver<B: Backend>(backend: Arc<B>, hook: Webhook, mut feed: mpsc::Receiver<Delivery>) {
     let client = reqwest::Client::builder()
         .timeout(TIMEOUT)
         .build()
         .expect("a TLS-less client builds");
-    let hub = pipeline.shared.hub.clone();
+    while let Some(delivery) = feed.recv().await {
+        send(&client, &*backend, &hook, &delivery.body).await;
+        if let Some(done) = delivery.done {
+            done();
+        }
+    }
+}
+
+/// The default feed: this server's live stream of alerts, resumed from
+/// the last one handed over when the subscriber falls behind.
+pub fn hub_feed(hub: Arc<Hub>, url: &str) -> mpsc::Receiver<Delivery> {
+    let (tx, rx) = mpsc::channel(FEED_AHEAD_MAX);
+    tokio::spawn(follow(hub, url.to_owned(), tx));
+    rx
+}
+
+async fn follow(hub: Arc<Hub>, url: String, tx: mpsc::Sender<Delivery>) {
     let mut closing = hub.closing();
     let mut last: Option<String> = None;
     loop {
@@ -64,38 +98,43 @@ async fn deliver(pipeline: Arc<Pipeline>, hook: Webhook) {
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         };
-        let mut pending: Vec<_> = match resume {
+        let mut pending: std::collections::VecDeque<_> = match resume {
             crate::stream::Resume::From(missed) => missed
                 .into_iter()
                 .filter(|m| m.kind == Kind::Alerts)
                 .collect(),
             crate::stream::Resume::TooOld => {
                 tracing::warn!(
-                    url = hook.url,
+                    url,
                     "webhook fell too far behind; alerts in between were not sent"
                 );
-                Vec::new()
+                Default::default()
             }
         };
         loop {
-            let message = if pending.is_empty() {
-                tokio::select! {
+            let message = match pending.pop_front() {
+                Some(message) => message,
+                None => tokio::select! {
                     received = subscription.receiver.recv() => match received {
                         Some(m) => m,
                         None => break, // overflowed: resubscribe from `last`
                     },
                     _ = closing.wait_for(|c| *c) => return,
-                }
-            } else {
-                pending.remove(0)
+                },
             };
             last = Some(format!("{}-{}", hub.epoch, message.seq));
-            send(&client, &pipeline, &hook, &message.data()).await;
+            let delivery = Delivery {
+                body: message.data().to_string(),
+                done: None,
+            };
+            if tx.send(delivery).await.is_err() {
+                return;
+            }
         }
     }
 }
 
-async fn send(client: &reqwest::Client, pipeline: &Pipeline, hook: &Webhook, body: &str) {
+async fn send<B: Backend>(client: &reqwest::Client, backend: &B, hook: &Webhook, body: &str) {
     let mut delay = BACKOFF_FIRST;
     let mut why = String::new();
     for attempt in 1..=ATTEMPTS_MAX {
@@ -137,7 +176,12 @@ async fn send(client: &reqwest::Client, pipeline: &Pipeline, hook: &Webhook, bod
         ),
         payload: body.as_bytes().to_vec(),
     };
-    if let Ok(receipt) = pipeline.submit_refused(refused, &format!("webhook:{}", hook.url)) {
-        let _ = receipt.await;
+    let source = format!("webhook:{}", hook.url);
+    if let Err(error) = backend.keep_refused(refused, &source).await {
+        tracing::error!(
+            url = hook.url,
+            error = error.message,
+            "the undelivered alert could not be kept"
+        );
     }
 }

@@ -196,9 +196,9 @@ pub fn alert_json(partition: u16, alert: &Alert, sku: &str, location: &str) -> V
 /// The kinds a filter can ask for: the level kinds, and PRICE_DROP.
 const KINDS: &str = "LOW_STOCK, OUT_OF_STOCK, BACK_IN_STOCK, NEGATIVE_ON_HAND, PRICE_DROP";
 
-/// PRICE_DROP alerts, derived from the products' price histories (which
-/// are durable and replayed): one per change that lowers the price by at
-/// least `percent`.
+/// PRICE_DROP alerts, read from the products' price histories (which are
+/// durable and replayed): one per change that cut the price by at least
+/// `percent`. The same ones were streamed when they happened.
 fn price_drops(
     catalog: &stockflow_core::Catalog,
     percent: u8,
@@ -208,30 +208,36 @@ fn price_drops(
         Some(sku) => Box::new(catalog.products.get(sku).into_iter()),
         None => Box::new(catalog.products.values()),
     };
-    let mut found = Vec::new();
-    for product in products {
-        for pair in product.price_history.windows(2) {
-            let ((_, before), (at, now)) = (pair[0], pair[1]);
-            // now ≤ before × (1 − percent/100), in integers.
-            if before > 0 && now * 100 <= before * (100 - i64::from(percent)) {
-                let id = format!("price:{}:{}", product.sku, at.0);
-                let value = json!({
-                    "id": id,
-                    "kind": "PRICE_DROP",
-                    "state": "fired",
-                    "severity": "INFO",
-                    "sku": product.sku,
-                    "locationId": null,
-                    "at": at.to_rfc3339(),
-                    "previousPrice": before as f64 / 100.0,
-                    "price": now as f64 / 100.0,
-                    "dropPercent": ((before - now) * 1000 / before) as f64 / 10.0,
-                });
-                found.push((at.0, id, value));
-            }
-        }
-    }
-    found
+    products
+        .flat_map(|product| product.price_changes())
+        .filter(|change| change.is_drop(percent))
+        .map(|change| {
+            let id = price_drop_id(&change);
+            (change.at.0, id, price_drop_json(&change))
+        })
+        .collect()
+}
+
+/// A PRICE_DROP's id: the same wherever and whenever it is shown.
+fn price_drop_id(change: &stockflow_core::PriceChange) -> String {
+    format!("price:{}:{}", change.sku, change.at.0)
+}
+
+/// A PRICE_DROP alert as the API, the stream, webhooks and the alerts
+/// topic show it: a one-off notice, for a product, not a level.
+pub fn price_drop_json(change: &stockflow_core::PriceChange) -> Value {
+    json!({
+        "id": price_drop_id(change),
+        "kind": "PRICE_DROP",
+        "state": "fired",
+        "severity": "INFO",
+        "sku": change.sku,
+        "locationId": null,
+        "at": change.at.to_rfc3339(),
+        "previousPrice": change.before as f64 / 100.0,
+        "price": change.after as f64 / 100.0,
+        "dropPercent": change.drop_permille() as f64 / 10.0,
+    })
 }
 
 /// GET /v1/alerts?kind=&sku=&locationId=&active=&limit=&after=: level

@@ -246,6 +246,15 @@ pub trait Backend: Send + Sync + 'static {
     /// The live stream's hub (SSE and WebSocket subscribers).
     fn hub(&self) -> &std::sync::Arc<crate::stream::Hub>;
 
+    /// The alerts a webhook to `url` is sent (see [`crate::webhooks`]):
+    /// by default, this server's live stream.
+    fn webhook_feed(
+        &self,
+        url: &str,
+    ) -> anyhow::Result<tokio::sync::mpsc::Receiver<crate::webhooks::Delivery>> {
+        Ok(crate::webhooks::hub_feed(self.hub().clone(), url))
+    }
+
     /// Whether this server can answer reads now (`/readyz`).
     fn ready(&self) -> Result<(), ApiError>;
 

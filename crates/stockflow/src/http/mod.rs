@@ -31,7 +31,7 @@ use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
 use serde_json::json;
 
-pub use alerts::{alert_json, AlertOut};
+pub use alerts::{alert_json, price_drop_json, AlertOut};
 pub use error::ApiError;
 pub use ingest::{read_body, source_mapping, Admission};
 pub use orders::order_json;

@@ -87,6 +87,15 @@ impl Backend for KafkaApp {
         ingest_parsed(self, wait == Wait::Applied, parsed, source).await
     }
 
+    /// A consumer group per URL on the alerts topic: each alert sent by
+    /// one member, resumed across restarts.
+    fn webhook_feed(
+        &self,
+        url: &str,
+    ) -> anyhow::Result<tokio::sync::mpsc::Receiver<crate::webhooks::Delivery>> {
+        super::webhooks::feed(&self.settings, url, self.hub.closing())
+    }
+
     async fn keep_refused(&self, refused: RefusedBody, source: &str) -> Result<(), ApiError> {
         dead_letter(self, source, &refused.payload, &refused.reason, None).await;
         Ok(())

@@ -38,6 +38,7 @@ pub mod normaliser;
 pub mod orders;
 pub mod processor;
 pub mod topics;
+pub mod webhooks;
 pub mod wire;
 
 use std::sync::Arc;
@@ -138,6 +139,9 @@ pub struct KafkaSettings {
     /// `--order-hold-seconds`), sent to the order's home with what the
     /// event did.
     pub order_hold_ns: i64,
+    /// A price cut of at least this many percent is a PRICE_DROP alert
+    /// (the server's `--price-drop-percent`).
+    pub price_drop_percent: u8,
 }
 
 impl KafkaSettings {
@@ -152,6 +156,7 @@ impl KafkaSettings {
             transactions: false,
             changelog_snapshot_every: 500_000,
             order_hold_ns: 15 * 60 * 1_000_000_000,
+            price_drop_percent: 10,
         }
     }
 
@@ -331,6 +336,7 @@ impl KafkaServer {
     ) -> anyhow::Result<KafkaServer> {
         use anyhow::Context;
         settings.order_hold_ns = config.order_hold_seconds as i64 * 1_000_000_000;
+        settings.price_drop_percent = config.price_drop_percent;
         check_topics(&settings)?;
         let listener = tokio::net::TcpListener::bind(listen)
             .await
@@ -392,6 +398,8 @@ impl KafkaServer {
             instance_id: instance_id.clone(),
             url,
         });
+        crate::bootstrap::load(&*app).await?;
+        crate::webhooks::start(app.clone(), app.config.webhooks.clone())?;
         let limits = crate::http::serve::ConnectionLimits::of(&app.config);
         let (stop, task) = crate::http::serve::spawn(listener, crate::http::router(app), limits);
         tracing::info!(%addr, instance = %instance_id, "listening in Kafka mode");

@@ -31,7 +31,7 @@ use stockflow_core::rollup::{sku_home, RollupBook};
 use stockflow_core::saga::{order_home, reservation_line, LineAction, SagaBook, StepOut, ToHome};
 use stockflow_core::{
     admit, parse_body, route, BodyFormat, Catalog, Dedup, EngineConfig, Partition, PartitionImage,
-    PartitionSnapshot, Timestamp,
+    PartitionSnapshot, PriceChange, Timestamp,
 };
 
 use super::wire::{
@@ -1482,12 +1482,14 @@ impl Processor {
         if changes.is_empty() {
             return;
         }
-        {
+        let prices: Vec<PriceChange> = {
             let mut catalog = self.shared.catalog.write();
-            for (change, ms) in &changes {
-                catalog.apply(change, from_millis(*ms));
-            }
-        }
+            changes
+                .iter()
+                .filter_map(|(change, ms)| catalog.apply(change, from_millis(*ms)))
+                .collect()
+        };
+        let mut told = self.publish_price_drops(&prices);
         let owned: Vec<u16> = self.owned.keys().copied().collect();
         for p in owned {
             let mut partition = self.shared.partitions[p as usize].write();
@@ -1495,7 +1497,12 @@ impl Processor {
             for (change, ms) in &changes {
                 partition.apply_catalog(change, from_millis(*ms));
             }
+            told += (partition.alerts.next_seq - alerts_before) as usize;
             self.publish_alerts(p, &partition, alerts_before);
+        }
+        if told > 0 && self.settings.transactions {
+            // Visible only once committed; there may be no cycle to do it.
+            self.commit_transaction(None, &[]);
         }
         self.shared.progress.notify_waiters();
     }
@@ -1552,6 +1559,31 @@ impl Processor {
             }
         }
         taken
+    }
+
+    /// Queues the PRICE_DROP alerts among `prices`: each one by the owner
+    /// of its SKU's home partition (every instance reads the catalog, one
+    /// tells), to the alerts topic's partition of that home.
+    /// Returns how many.
+    fn publish_price_drops(&self, prices: &[PriceChange]) -> usize {
+        let n = self.settings.partitions;
+        let percent = self.settings.price_drop_percent;
+        let mut told = 0;
+        for change in prices.iter().filter(|c| c.is_drop(percent)) {
+            let home = sku_home(&change.sku, n);
+            if !self.owned.contains_key(&home) {
+                continue;
+            }
+            told += 1;
+            let json = crate::http::price_drop_json(change).to_string();
+            self.send(
+                BaseRecord::to(&self.settings.topics.alerts)
+                    .partition(i32::from(home))
+                    .key(&change.sku)
+                    .payload(&json),
+            );
+        }
+        told
     }
 
     /// Queues the alerts partition `p` raised since `alerts_before`.

@@ -1912,7 +1912,32 @@ fn the_catalog_reaches_every_instance_and_shapes_roll_ups_and_alerts() {
     }
 
     // A new threshold reaches the partitions already loaded; a price cut
-    // is a PRICE_DROP on every instance.
+    // is a PRICE_DROP on every instance: listed, streamed by each, and on
+    // the alerts topic once (told by the owner of the SKU's home).
+    let streams: Vec<_> = runtime.block_on(async {
+        let mut streams = Vec::new();
+        for url in [&a, &b] {
+            let live = client
+                .get(format!("{url}/v1/stream?sku=CAT1&kinds=alerts"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(live.status(), 200);
+            streams.push(tokio::spawn(async move {
+                let mut live = live;
+                let mut seen = String::new();
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+                while !seen.contains(r#""kind":"PRICE_DROP""#) {
+                    match tokio::time::timeout_at(deadline, live.chunk()).await {
+                        Ok(Ok(Some(chunk))) => seen.push_str(&String::from_utf8_lossy(&chunk)),
+                        _ => panic!("the stream did not carry the price drop: {seen}"),
+                    }
+                }
+                seen
+            }));
+        }
+        streams
+    });
     runtime.block_on(async {
         let (status, _) = send_json(
             &client,
@@ -1934,11 +1959,55 @@ fn the_catalog_reaches_every_instance_and_shapes_roll_ups_and_alerts() {
         assert_eq!(drops.len(), 1, "via {url}: {drops:?}");
         assert_eq!(drops[0]["dropPercent"].as_f64(), Some(20.0));
     }
+    let (_, listed) = get_settled(&format!("{a}/v1/alerts?kind=PRICE_DROP&sku=CAT1"));
+    let listed = &listed["alerts"][0];
+    for stream in streams {
+        let seen = runtime.block_on(stream).unwrap();
+        let data = seen
+            .lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .map(|d| serde_json::from_str::<serde_json::Value>(d.trim()).unwrap())
+            .find(|v| v["kind"] == "PRICE_DROP")
+            .unwrap();
+        assert_eq!(&data, listed, "streamed as listed");
+    }
+    let told: Vec<serde_json::Value> = broker
+        .read_all("inventory.alerts")
+        .into_iter()
+        .filter_map(|(_, payload, _)| serde_json::from_slice(&payload?).ok())
+        .filter(|v: &serde_json::Value| v["kind"] == "PRICE_DROP")
+        .collect();
+    assert_eq!(
+        told,
+        std::slice::from_ref(listed),
+        "one record on the alerts topic"
+    );
 
     // A member that starts with nothing reads the catalog before it
     // restores its partitions.
     instances[1].kill();
-    instances.push(Instance::start(&broker, "catalog", &dirs.join("fresh")));
+    // It starts with a catalog file (`serve --catalog`, as in the
+    // embedded mode): KartShoppe's shape, with initial stock.
+    let file = dirs.join("products.json");
+    let products = serde_json::json!([
+        {"productId": "KS1", "name": "Kettle", "brand": "Steam", "price": 30.0, "inventory": 12},
+        {"productId": "KS2", "name": "Toaster", "price": 25.0},
+    ]);
+    std::fs::write(&file, products.to_string()).unwrap();
+    let catalog_args = [
+        "--catalog",
+        file.to_str().unwrap(),
+        "--catalog-location",
+        "WEB",
+    ];
+    let fresh_dir = dirs.join("fresh");
+    instances.push(Instance::with_args(
+        &broker,
+        "catalog",
+        &fresh_dir,
+        "priority:WEB,BACKUP",
+        &catalog_args,
+    ));
     instances[1].restart();
     wait_settled(&instances[0].url, 3);
     let fresh = instances[2].url.clone();
@@ -1946,6 +2015,36 @@ fn the_catalog_reaches_every_instance_and_shapes_roll_ups_and_alerts() {
     assert_eq!(north["totals"]["onHand"].as_i64(), Some(30), "{north}");
     let (_, product) = get_settled(&format!("{fresh}/v1/products/CAT1"));
     assert_eq!(product["lowStockThreshold"].as_i64(), Some(20), "{product}");
+    for url in [&fresh, &a] {
+        let (_, kettle) = get_settled(&format!("{url}/v1/products/KS1"));
+        assert_eq!(
+            (
+                kettle["name"].as_str(),
+                kettle["attributes"]["brand"].as_str()
+            ),
+            (Some("Kettle"), Some("Steam")),
+            "{kettle}"
+        );
+        let (_, level) = get_settled(&format!("{url}/v1/stock/KS1/WEB"));
+        assert_eq!(level["onHand"].as_i64(), Some(12), "{level}");
+    }
+    // Starting again with the same file neither recounts nor rewrites.
+    runtime.block_on(async {
+        let sale = serde_json::json!({"eventId": "ks-sale", "eventType": "SALE", "sku": "KS1", "locationId": "WEB", "quantity": 5});
+        let (status, _) = send_json(&client, Method::POST, &format!("{fresh}/v1/events?wait=applied"), &sale).await;
+        assert_eq!(status, 200);
+    });
+    instances[2].stop();
+    instances[2].restart();
+    wait_settled(&instances[0].url, 3);
+    let (_, level) = get_settled(&format!("{fresh}/v1/stock/KS1/WEB"));
+    assert_eq!(level["onHand"].as_i64(), Some(7), "{level}");
+    let (_, kettle) = get_settled(&format!("{fresh}/v1/products/KS1"));
+    assert_eq!(
+        kettle["priceHistory"].as_array().map(Vec::len),
+        Some(1),
+        "{kettle}"
+    );
     runtime.block_on(async {
         // 30 − 15 = 15: low under the catalog's threshold (20), not under the default (10).
         let sale = serde_json::json!({"eventId": "c3", "eventType": "SALE", "sku": "CAT1", "locationId": "NORTH-1", "quantity": 15});
@@ -2617,4 +2716,189 @@ fn a_full_local_disk_neither_stops_an_instance_nor_its_writes() {
     );
 
     drop(filler);
+}
+
+/// `--webhook` in Kafka mode: every member is started with it, and each
+/// alert of the cluster reaches the receiver once (the members share a
+/// consumer group on the alerts topic), price drops included.
+#[test]
+fn each_alert_reaches_a_webhook_once_from_the_whole_cluster() {
+    let _heavy = crate::heavy();
+    let broker = Broker::start();
+    broker.create_topics();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (hook_url, hook) = runtime.block_on(crate::webhooks::receiver(0));
+    let dirs = scratch("kafka-webhooks");
+    let args = ["--webhook", hook_url.as_str()];
+    let instances: Vec<Instance> = (0..2)
+        .map(|i| {
+            let dir = dirs.join(format!("i{i}"));
+            Instance::with_args(&broker, "hooks", &dir, "priority:WEB,BACKUP", &args)
+        })
+        .collect();
+    wait_settled(&instances[0].url, 2);
+    let (a, b) = (instances[0].url.clone(), instances[1].url.clone());
+    let client = reqwest::Client::new();
+    let low = |sku: String| serde_json::json!({"eventId": format!("low-{sku}"), "eventType": "RECEIPT", "sku": sku, "locationId": "S1", "quantity": 3});
+    let posted_skus = || -> Vec<String> {
+        hook.accepted
+            .lock()
+            .iter()
+            .map(|(body, _)| {
+                serde_json::from_str::<Value>(body).unwrap()["sku"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    };
+    // A group new to a URL starts at the topic's end once it has its
+    // partitions: alerts until the first one arrives show it is reading.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for n in 0.. {
+        let event = low(format!("WARM{n}"));
+        runtime.block_on(send_json(
+            &client,
+            reqwest::Method::POST,
+            &format!("{a}/v1/events?wait=applied"),
+            &event,
+        ));
+        std::thread::sleep(Duration::from_millis(500));
+        if !posted_skus().is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the webhook never got an alert");
+    }
+
+    // 24 levels made low through both members, and a price cut: 25 alerts
+    // spread over the partitions, so over both members' webhook readers.
+    let skus: Vec<String> = (0..24).map(|n| format!("HOOK{n}")).collect();
+    runtime.block_on(async {
+        for (n, sku) in skus.iter().enumerate() {
+            let via = if n % 2 == 0 { &a } else { &b };
+            let (status, _) = send_json(
+                &client,
+                reqwest::Method::POST,
+                &format!("{via}/v1/events?wait=applied"),
+                &low(sku.clone()),
+            )
+            .await;
+            assert_eq!(status, 200);
+        }
+        for price in [10.0, 5.0] {
+            let product = serde_json::json!({"name": "Hooked", "price": price});
+            let (status, _) = send_json(
+                &client,
+                reqwest::Method::PUT,
+                &format!("{b}/v1/products/HOOKP"),
+                &product,
+            )
+            .await;
+            assert_eq!(status, 200);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let wanted = skus.len() + 1;
+    let ours = || -> Vec<Value> {
+        hook.accepted
+            .lock()
+            .iter()
+            .map(|(body, _)| serde_json::from_str::<Value>(body).unwrap())
+            .filter(|alert| alert["sku"].as_str().is_some_and(|s| s.starts_with("HOOK")))
+            .collect()
+    };
+    while ours().len() < wanted && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The same alerts as the alerts topic holds.
+    let mut told: Vec<Value> = broker
+        .read_all("inventory.alerts")
+        .into_iter()
+        .filter_map(|(_, payload, _)| serde_json::from_slice::<Value>(&payload?).ok())
+        .filter(|alert| alert["sku"].as_str().is_some_and(|s| s.starts_with("HOOK")))
+        .collect();
+    // Nothing more comes: each was sent once, by one member.
+    std::thread::sleep(Duration::from_secs(3));
+    let posted = ours();
+    let names = |alerts: &[Value]| -> Vec<String> {
+        alerts
+            .iter()
+            .map(|a| format!("{} {} {}", a["kind"], a["sku"], a["id"]))
+            .collect()
+    };
+    assert_eq!(
+        posted.len(),
+        told.len(),
+        "posted {:?}\ntold {:?}",
+        names(&posted),
+        names(&told)
+    );
+    let mut ids: Vec<&str> = posted.iter().map(|a| a["id"].as_str().unwrap()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!((posted.len(), ids.len()), (wanted, wanted), "{posted:?}");
+    let kinds: std::collections::BTreeMap<&str, usize> =
+        posted.iter().fold(Default::default(), |mut kinds, a| {
+            *kinds.entry(a["kind"].as_str().unwrap()).or_default() += 1;
+            kinds
+        });
+    assert_eq!(
+        kinds,
+        [("LOW_STOCK", 24), ("PRICE_DROP", 1)].into_iter().collect(),
+        "{posted:?}"
+    );
+    let mut posted = posted;
+    let by_id = |x: &Value, y: &Value| x["id"].as_str().cmp(&y["id"].as_str());
+    told.sort_by(by_id);
+    posted.sort_by(by_id);
+    assert_eq!(posted, told);
+
+    // kill -9 a member: the other takes over its partitions, and its
+    // webhook reader the rest of its alerts (at least once: one it sent
+    // but had not committed may come again).
+    let mut instances = instances;
+    instances[1].kill();
+    let more: Vec<String> = (0..12).map(|n| format!("HOOKK{n}")).collect();
+    runtime.block_on(async {
+        for sku in &more {
+            let (status, _) = send_json(
+                &client,
+                reqwest::Method::POST,
+                &format!("{a}/v1/events"),
+                &low(sku.clone()),
+            )
+            .await;
+            assert_eq!(status, 200);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let missing = || -> Vec<String> {
+        let posted: std::collections::BTreeSet<String> = ours()
+            .iter()
+            .map(|a| a["sku"].as_str().unwrap().to_owned())
+            .collect();
+        more.iter()
+            .filter(|s| !posted.contains(*s))
+            .cloned()
+            .collect()
+    };
+    while !missing().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let told: Vec<String> = broker
+        .read_all("inventory.alerts")
+        .into_iter()
+        .filter_map(|(_, payload, _)| serde_json::from_slice::<Value>(&payload?).ok())
+        .filter(|alert| {
+            alert["sku"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("HOOKK"))
+        })
+        .map(|alert| format!("{} {}", alert["sku"], alert["id"]))
+        .collect();
+    assert!(
+        missing().is_empty(),
+        "never posted after the kill: {:?}; the topic has {told:?}",
+        missing()
+    );
 }

@@ -22,7 +22,7 @@ pub mod reference;
 mod sources;
 pub mod stream;
 mod ui;
-mod webhooks;
+pub mod webhooks;
 
 use std::path::Path;
 

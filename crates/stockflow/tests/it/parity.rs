@@ -233,16 +233,14 @@ fn alike_in_both_modes<Fut>(
 }
 
 /// Every `serve` flag works in both modes or is refused at start: the
-/// embedded mode's own flags, given with `--kafka`, stop the start (exit
-/// code 2) naming both, before anything connects to a broker.
+/// embedded mode's own flags (its data directory's disk, checkpoints and
+/// partitions; Kafka mode has its own), given with `--kafka`, stop the
+/// start (exit code 2) naming both, before anything connects to a broker.
+/// (`--catalog` and `--webhook` work in both: kafka.rs.)
 #[test]
 fn serve_flags_kafka_mode_cannot_honour_are_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();
     for (flag, value) in [
-        ("--catalog", "products.json"),
-        ("--catalog-location", "STORE-1"),
-        ("--webhook", "http://127.0.0.1:9/hook"),
-        ("--webhook-secret", "s3cret"),
         ("--disk-free-min-bytes", "1"),
         ("--checkpoint-events", "10"),
         ("--partitions", "4"),
@@ -259,10 +257,6 @@ fn serve_flags_kafka_mode_cannot_honour_are_refused_at_start() {
         assert!(
             said.contains(flag) && said.contains("--kafka"),
             "{flag}: {said}"
-        );
-        assert!(
-            !said.contains("s3cret"),
-            "{flag}: the secret is echoed: {said}"
         );
     }
 }

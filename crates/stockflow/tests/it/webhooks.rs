@@ -14,15 +14,15 @@ use stockflow::webhooks::{signature, Webhook};
 use crate::{get, send_event, start};
 
 #[derive(Default)]
-struct Receiver {
-    attempts: AtomicUsize,
+pub struct Receiver {
+    pub attempts: AtomicUsize,
     /// (body, signature header) of accepted deliveries.
-    accepted: Mutex<Vec<(String, String)>>,
+    pub accepted: Mutex<Vec<(String, String)>>,
 }
 
 /// A receiver on a free port that fails the first `fail_first` attempts
 /// (all of them with usize::MAX).
-async fn receiver(fail_first: usize) -> (String, Arc<Receiver>) {
+pub async fn receiver(fail_first: usize) -> (String, Arc<Receiver>) {
     let state = Arc::new(Receiver::default());
     let shared = state.clone();
     let app = axum::Router::new().route(
@@ -123,5 +123,105 @@ async fn alerts_are_posted_signed_retried_and_dead_lettered() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(down.attempts.load(Ordering::SeqCst), 5);
+    server.stop().await.unwrap();
+}
+
+/// PUT /v1/products/{sku} with `price`.
+async fn price(url: &str, sku: &str, price: f64) {
+    let response = reqwest::Client::new()
+        .put(format!("{url}/v1/products/{sku}"))
+        .json(&serde_json::json!({"name": "Price test", "price": price}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+/// A PRICE_DROP is an alert like the others: streamed as it happens,
+/// posted to webhooks, listed, and still there for a stream resumed after
+/// a restart, with the same JSON everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_price_drop_is_streamed_posted_listed_and_kept_across_a_restart() {
+    use crate::stream::Reader;
+    let (hook_url, hook) = receiver(0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let hooks = vec![Webhook {
+        url: hook_url,
+        secret: None,
+    }];
+    let server = start(dir.path(), |c| c.webhooks = hooks.clone()).await;
+    let url = server.url();
+    let mut live = Reader::open(&format!("{url}/v1/stream?kinds=alerts"), None).await;
+    let mut by_sku = Reader::open(&format!("{url}/v1/stream?kinds=alerts&sku=PD2"), None).await;
+    // 10 → 8 is a 20% cut (≥ the default 10%); 8 → 7.9 is 1.25%; a rise
+    // is none; PD2's first price is no change, its cut is 50%.
+    price(&url, "PD1", 10.0).await;
+    price(&url, "PD1", 8.0).await;
+    price(&url, "PD1", 7.9).await;
+    price(&url, "PD1", 12.0).await;
+    price(&url, "PD2", 4.0).await;
+    price(&url, "PD2", 2.0).await;
+
+    let (_, listed) = get(&url, "/v1/alerts?kind=PRICE_DROP").await;
+    let listed = listed["alerts"].as_array().unwrap().clone();
+    let summary: Vec<(&str, f64, f64)> = listed
+        .iter()
+        .map(|a| {
+            let sku = a["sku"].as_str().unwrap();
+            (
+                sku,
+                a["previousPrice"].as_f64().unwrap(),
+                a["dropPercent"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [("PD2", 4.0, 50.0), ("PD1", 10.0, 20.0)],
+        "{listed:?}"
+    );
+
+    // The stream carried the same two, oldest first, and nothing else.
+    let (first_id, name, first) = live.next().await;
+    assert_eq!(name, "alerts");
+    assert_eq!(first, listed[1], "the streamed alert is the listed one");
+    let (_, _, second) = live.next().await;
+    assert_eq!(second, listed[0]);
+    let (_, _, only) = by_sku.next().await;
+    assert_eq!(only, listed[0], "a SKU filter sees its own drop only");
+    let (_, located) = get(&url, "/v1/alerts?kind=PRICE_DROP&locationId=S1").await;
+    assert_eq!(
+        located["alerts"],
+        serde_json::json!([]),
+        "a drop is no location's"
+    );
+
+    // The webhook got both, as streamed.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while hook.accepted.lock().len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the webhook did not get both drops"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let posted: Vec<Value> = hook
+        .accepted
+        .lock()
+        .iter()
+        .map(|(body, _)| serde_json::from_str(body).unwrap())
+        .collect();
+    assert_eq!(posted, [listed[1].clone(), listed[0].clone()]);
+
+    // After a restart, a client that had seen the first resumes with the
+    // second; the list is unchanged.
+    server.stop().await.unwrap();
+    let server = start(dir.path(), |_| {}).await;
+    let url = server.url();
+    let mut resumed = Reader::open(&format!("{url}/v1/stream?kinds=alerts"), Some(&first_id)).await;
+    let (_, _, again) = resumed.next().await;
+    assert_eq!(again, listed[0]);
+    let (_, relisted) = get(&url, "/v1/alerts?kind=PRICE_DROP").await;
+    assert_eq!(relisted["alerts"], Value::Array(listed));
     server.stop().await.unwrap();
 }

@@ -18,6 +18,7 @@ function alertItem(a) {
     a.state === 'cleared' ? h('span', { class: 'muted' }, 'cleared ') : null,
     h('a', { href: `#/items/${encodeURIComponent(a.sku)}` }, a.sku), where,
     a.available !== undefined && a.available !== null ? ` · available ${num(a.available)}` : '',
+    a.kind === 'PRICE_DROP' ? ` · ${a.previousPrice} → ${a.price} (−${a.dropPercent}%)` : '',
     h('span', { class: 'muted' }, ` · ${time(a.at)}`));
 }
 
