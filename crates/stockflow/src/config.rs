@@ -70,7 +70,7 @@ pub struct Config {
     /// a PRICE_DROP alert.
     pub price_drop_percent: u8,
     /// Alert receivers.
-    pub webhooks: Vec<crate::webhooks::Webhook>,
+    pub webhooks: Vec<Webhook>,
     /// Products (and initial stock) loaded at startup.
     pub catalog_file: Option<PathBuf>,
     /// Where a catalog file's `inventory` quantities are counted.
@@ -113,4 +113,12 @@ impl Config {
             simulator: false,
         }
     }
+}
+
+/// Where alerts are POSTed (`serve --webhook`), and the secret that signs them.
+#[derive(Clone, Debug)]
+pub struct Webhook {
+    pub url: String,
+    /// Signs bodies when set.
+    pub secret: Option<String>,
 }

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use crate::config::Config;
 use crate::server::Server;
-use crate::simulate::{self, Catalog};
+use crate::simulate;
+use crate::traffic::Catalog;
 
 pub async fn run(listen: SocketAddr, data_dir: Option<PathBuf>, rate: u32) -> anyhow::Result<()> {
     // Without --data-dir the demo keeps its data in a temporary directory

@@ -18,7 +18,8 @@ use serde_json::value::RawValue;
 use stockflow_core::{parse_body, BodyFormat, Parsed};
 
 use crate::config::Config;
-use crate::pipeline::{Pipeline, Receipt};
+use crate::pipeline::Pipeline;
+use crate::receipt::Receipt;
 use crate::sources::{translate, Input, Sources};
 
 /// Messages per request or per submitted batch.

@@ -5,6 +5,7 @@
 pub mod activity;
 pub mod bench;
 pub mod bootstrap;
+pub mod clock;
 pub mod config;
 pub mod dead_letters;
 pub mod demo;
@@ -12,17 +13,19 @@ pub mod embedded;
 pub mod history;
 pub mod http;
 pub mod import;
+pub mod json;
 pub mod kafka;
 pub mod metrics;
 pub mod pipeline;
+pub mod receipt;
 pub mod record;
 pub mod recovery;
 pub mod repair;
 pub mod server;
 pub mod simulate;
-pub mod simulator;
 pub mod sources;
 pub mod stream;
+pub mod traffic;
 pub mod webhooks;
 
 /// Resolves on Ctrl-C or SIGTERM.

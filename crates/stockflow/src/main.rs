@@ -193,7 +193,7 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
         /// Simulated events per second (0: start with no traffic).
-        #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(0..=stockflow::simulator::RATE_MAX as i64))]
+        #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(0..=stockflow::http::simulator::RATE_MAX as i64))]
         rate: u32,
     },
     /// Send simulated traffic to a running server.
@@ -406,7 +406,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             config.order_hold_seconds = order_hold_seconds;
             config.webhooks = webhooks
                 .into_iter()
-                .map(|url| stockflow::webhooks::Webhook {
+                .map(|url| stockflow::config::Webhook {
                     url,
                     secret: webhook_secret.clone(),
                 })
@@ -599,12 +599,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     .map_or(bootstrap.to_owned(), |m| m.bootstrap_servers());
                 let settings = kafka.settings(&bootstrap);
                 if matches!(mode, BenchMode::KafkaOrders) {
-                    return stockflow::kafka::bench::orders(settings, mock.as_ref()).await;
+                    return stockflow::bench::kafka::orders(settings, mock.as_ref()).await;
                 }
                 let embedded =
                     tokio::task::spawn_blocking(move || bench::engine(&options)).await??;
                 let measured =
-                    stockflow::kafka::bench::run(&options, settings, mock.as_ref()).await?;
+                    stockflow::bench::kafka::run(&options, settings, mock.as_ref()).await?;
                 println!(
                     "kafka: one instance runs at {:.2}x the embedded engine path ({:.0} vs {:.0} events/s)",
                     measured.events_per_s / embedded,

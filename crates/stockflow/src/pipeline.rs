@@ -19,10 +19,11 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
+use crate::clock::wall_clock;
+use crate::receipt::{Receipt, ReceiptError, RefusedBody};
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use parking_lot::{Mutex, RwLock};
-use serde::{Deserialize, Serialize};
-use stockflow_core::orders::{hold_changes, step_due, Answer, HoldChange, StepEffects, StockOf};
+use stockflow_core::orders::{hold_changes, step_due, HoldChange, StepEffects, StockOf};
 use stockflow_core::rollup::sku_home;
 use stockflow_core::{
     admit, Batch, Catalog, CatalogChange, Dedup, Exception, OrderBook, OrderCommand, Outcome,
@@ -36,27 +37,6 @@ use crate::dead_letters::DeadLetters;
 use crate::history::HistoryWriter;
 use crate::record::{CommitGroupRef, DeadLetter};
 use crate::recovery::{CheckpointJob, CheckpointMeta, Recovered};
-
-/// The answer to one ingest request.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Receipt {
-    pub accepted: u64,
-    pub duplicates: u64,
-    pub rejected: u64,
-    pub errors: Vec<ReceiptError>,
-    /// The answer to an order command, for order requests.
-    #[serde(skip)]
-    pub order: Option<Answer>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ReceiptError {
-    pub index: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub event_id: Option<String>,
-    pub reason: String,
-}
 
 /// What a submission is answered: its receipt once durable and applied,
 /// or why it was refused without being applied.
@@ -83,13 +63,6 @@ impl Pending {
     pub fn blocking_recv(self) -> Reply {
         self.0.blocking_recv().unwrap_or(Err(Overloaded::Stopping))
     }
-}
-
-/// A body refused as a whole, to be kept as a dead letter.
-pub struct RefusedBody {
-    pub reason: String,
-    /// As received (kept verbatim, whatever its encoding).
-    pub payload: Vec<u8>,
 }
 
 /// What a handler hands to the sequencer.
@@ -286,11 +259,6 @@ struct Group {
 enum Stage {
     Group(Arc<Group>),
     Checkpoint(Arc<CheckpointJob>),
-}
-
-/// Server time now (only the sequencer uses it for state).
-pub fn wall_clock() -> Timestamp {
-    Timestamp::from_datetime(chrono::Utc::now()).expect("the clock is within 1677..2262")
 }
 
 impl Pipeline {

@@ -11,9 +11,9 @@ use tokio::task::JoinHandle;
 use crate::config::Config;
 use crate::embedded::Embedded;
 use crate::http::router;
+use crate::http::simulator::Simulator;
 use crate::pipeline::Pipeline;
 use crate::recovery::recover;
-use crate::simulator::Simulator;
 
 /// A running server.
 pub struct Server {
@@ -36,9 +36,9 @@ impl Server {
         let addr = listener.local_addr()?;
         crate::metrics::handle();
         let state = Arc::new_cyclic(|state| Embedded {
-            simulator: crate::simulator::Simulator::new(
+            simulator: crate::http::simulator::Simulator::new(
                 config.simulator,
-                state.clone() as std::sync::Weak<dyn crate::simulator::Sink>,
+                state.clone() as std::sync::Weak<dyn crate::http::simulator::Sink>,
                 config.request_events_max,
             ),
             pipeline: pipeline.clone(),

@@ -28,6 +28,7 @@ use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use serde_json::Value;
@@ -249,7 +250,7 @@ impl Drop for Subscription {
 impl Default for Hub {
     fn default() -> Hub {
         Hub {
-            epoch: crate::pipeline::wall_clock().0 as u64,
+            epoch: crate::clock::wall_clock().0 as u64,
             inner: Mutex::new(Inner::default()),
             keep_until: AtomicI64::new(0),
             skipping: Default::default(),
@@ -264,7 +265,7 @@ impl Hub {
     /// what they skip is a gap for anyone resuming from before it.
     pub fn wanted(&self, kind: Kind) -> bool {
         let wanted = self.listening[kind as usize].load(Ordering::Relaxed) > 0
-            || self.keep_until.load(Ordering::Relaxed) > crate::pipeline::wall_clock().0;
+            || self.keep_until.load(Ordering::Relaxed) > crate::clock::wall_clock().0;
         if !wanted && !self.skipping[kind as usize].swap(true, Ordering::Relaxed) {
             let mut inner = self.inner.lock();
             inner.unbuilt_after[kind as usize] = inner.seq;
@@ -417,7 +418,7 @@ impl Hub {
         self.remove(&mut inner, id);
         // Keep building messages for a while so that it can resume.
         self.keep_until.store(
-            crate::pipeline::wall_clock()
+            crate::clock::wall_clock()
                 .0
                 .saturating_add(RESUME_WINDOW_NS),
             Ordering::Relaxed,
@@ -430,7 +431,7 @@ impl Hub {
     /// marks behind its checkpoint and reports a gap, which it is.
     pub fn mark(&self, next: u64, partitions: &[u16]) {
         let building = self.listening.iter().any(|n| n.load(Ordering::Relaxed) > 0)
-            || self.keep_until.load(Ordering::Relaxed) > crate::pipeline::wall_clock().0;
+            || self.keep_until.load(Ordering::Relaxed) > crate::clock::wall_clock().0;
         if building {
             self.write_mark(next, partitions);
         }
@@ -510,7 +511,7 @@ impl Hub {
         // for a while. A run that built none had no clients to come back.
         if !hub.inner.lock().ring.is_empty() {
             hub.keep_until.store(
-                crate::pipeline::wall_clock()
+                crate::clock::wall_clock()
                     .0
                     .saturating_add(RESUME_WINDOW_NS),
                 Ordering::Relaxed,
@@ -618,7 +619,7 @@ pub fn order_drafts(
             kind: Kind::Orders,
             sku: None,
             location_id: None,
-            body: Body::Json(crate::http::order_json(order)),
+            body: Body::Json(crate::json::order_json(order)),
         })
         .collect()
 }
@@ -656,7 +657,7 @@ pub fn alert_draft(
         kind: Kind::Alerts,
         sku: Some(sku.clone()),
         location_id: Some(location.clone()),
-        body: Body::Json(crate::http::alert_json(id, alert, sku, location)),
+        body: Body::Json(crate::json::alert_json(id, alert, sku, location)),
     }
 }
 
@@ -676,8 +677,76 @@ pub fn price_drop_drafts(
         kind: Kind::Alerts,
         sku: Some(change.sku.as_str().into()),
         location_id: None,
-        body: Body::Json(crate::http::price_drop_json(change)),
+        body: Body::Json(crate::json::price_drop_json(change)),
     }));
+}
+
+/// Alerts a webhook feed hands over ahead of their delivery, at most.
+pub const FEED_AHEAD_MAX: usize = 256;
+
+/// One alert to deliver, and what to do once it is delivered or kept as
+/// a dead letter (Kafka mode: mark its offset as done).
+pub struct Delivery {
+    pub body: String,
+    pub done: Option<Box<dyn FnOnce() + Send>>,
+}
+
+/// The alerts of this server's live stream for a webhook to `url`,
+/// resumed from the last one handed over when the subscriber falls behind
+/// (the default [`Backend::webhook_feed`](crate::http::backend::Backend::webhook_feed)).
+pub fn alert_feed(hub: Arc<Hub>, url: &str) -> mpsc::Receiver<Delivery> {
+    let (tx, rx) = mpsc::channel(FEED_AHEAD_MAX);
+    tokio::spawn(follow(hub, url.to_owned(), tx));
+    rx
+}
+
+async fn follow(hub: Arc<Hub>, url: String, tx: mpsc::Sender<Delivery>) {
+    let mut closing = hub.closing();
+    let mut last: Option<String> = None;
+    loop {
+        let filter = Filter {
+            sku: None,
+            location_id: None,
+            kinds: vec![Kind::Alerts],
+        };
+        let Some((mut subscription, resume)) = hub.subscribe(filter, last.as_deref()) else {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        };
+        let mut pending: std::collections::VecDeque<_> = match resume {
+            Resume::From(missed) => missed
+                .into_iter()
+                .filter(|m| m.kind == Kind::Alerts)
+                .collect(),
+            Resume::TooOld => {
+                tracing::warn!(
+                    url,
+                    "webhook fell too far behind; alerts in between were not sent"
+                );
+                Default::default()
+            }
+        };
+        loop {
+            let message = match pending.pop_front() {
+                Some(message) => message,
+                None => tokio::select! {
+                    received = subscription.receiver.recv() => match received {
+                        Some(m) => m,
+                        None => break, // overflowed: resubscribe from `last`
+                    },
+                    _ = closing.wait_for(|c| *c) => return,
+                },
+            };
+            last = Some(format!("{}-{}", hub.epoch, message.seq));
+            let delivery = Delivery {
+                body: message.data().to_string(),
+                done: None,
+            };
+            if tx.send(delivery).await.is_err() {
+                return;
+            }
+        }
+    }
 }
 
 fn journal_dir(data_dir: &Path) -> PathBuf {

@@ -5,7 +5,7 @@
 //!
 //! Delivery is written once, against the backend seam; where the alerts
 //! come from is the backend's ([`Backend::webhook_feed`]). The default
-//! feed is the server's live stream: each URL has its own subscriber
+//! feed is the server's live stream ([`crate::stream::alert_feed`]): each URL has its own subscriber
 //! (kinds=alerts), so a slow receiver only delays itself, and when its
 //! buffer overflows it resumes from its last delivered message; delivery
 //! is at least once while the server runs, and alerts raised while it is
@@ -20,9 +20,10 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use tokio::sync::mpsc;
 
+use crate::config::Webhook;
 use crate::http::backend::Backend;
-use crate::pipeline::RefusedBody;
-use crate::stream::{Filter, Hub, Kind};
+use crate::receipt::RefusedBody;
+use crate::stream::Delivery;
 
 /// Tries per alert before it becomes a dead letter.
 pub const ATTEMPTS_MAX: u32 = 5;
@@ -30,22 +31,6 @@ pub const ATTEMPTS_MAX: u32 = 5;
 pub const BACKOFF_FIRST: Duration = Duration::from_millis(200);
 /// One request's time limit.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
-/// Alerts a feed hands over ahead of their delivery, at most.
-pub const FEED_AHEAD_MAX: usize = 256;
-
-/// One alert to deliver, and what to do once it is delivered or kept as
-/// a dead letter (Kafka mode: mark its offset as done).
-pub struct Delivery {
-    pub body: String,
-    pub done: Option<Box<dyn FnOnce() + Send>>,
-}
-
-#[derive(Clone, Debug)]
-pub struct Webhook {
-    pub url: String,
-    /// Signs bodies when set.
-    pub secret: Option<String>,
-}
 
 /// `sha256=<hex>` of `body` under `secret`.
 pub fn signature(secret: &str, body: &[u8]) -> String {
@@ -73,63 +58,6 @@ async fn deliver<B: Backend>(backend: Arc<B>, hook: Webhook, mut feed: mpsc::Rec
         send(&client, &*backend, &hook, &delivery.body).await;
         if let Some(done) = delivery.done {
             done();
-        }
-    }
-}
-
-/// The default feed: this server's live stream of alerts, resumed from
-/// the last one handed over when the subscriber falls behind.
-pub fn hub_feed(hub: Arc<Hub>, url: &str) -> mpsc::Receiver<Delivery> {
-    let (tx, rx) = mpsc::channel(FEED_AHEAD_MAX);
-    tokio::spawn(follow(hub, url.to_owned(), tx));
-    rx
-}
-
-async fn follow(hub: Arc<Hub>, url: String, tx: mpsc::Sender<Delivery>) {
-    let mut closing = hub.closing();
-    let mut last: Option<String> = None;
-    loop {
-        let filter = Filter {
-            sku: None,
-            location_id: None,
-            kinds: vec![Kind::Alerts],
-        };
-        let Some((mut subscription, resume)) = hub.subscribe(filter, last.as_deref()) else {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            continue;
-        };
-        let mut pending: std::collections::VecDeque<_> = match resume {
-            crate::stream::Resume::From(missed) => missed
-                .into_iter()
-                .filter(|m| m.kind == Kind::Alerts)
-                .collect(),
-            crate::stream::Resume::TooOld => {
-                tracing::warn!(
-                    url,
-                    "webhook fell too far behind; alerts in between were not sent"
-                );
-                Default::default()
-            }
-        };
-        loop {
-            let message = match pending.pop_front() {
-                Some(message) => message,
-                None => tokio::select! {
-                    received = subscription.receiver.recv() => match received {
-                        Some(m) => m,
-                        None => break, // overflowed: resubscribe from `last`
-                    },
-                    _ = closing.wait_for(|c| *c) => return,
-                },
-            };
-            last = Some(format!("{}-{}", hub.epoch, message.seq));
-            let delivery = Delivery {
-                body: message.data().to_string(),
-                done: None,
-            };
-            if tx.send(delivery).await.is_err() {
-                return;
-            }
         }
     }
 }

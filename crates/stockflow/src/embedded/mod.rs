@@ -14,7 +14,8 @@ use stockflow_core::Parsed;
 use crate::config::Config;
 use crate::http::backend::{Backend, Wait};
 use crate::http::{Admission, ApiError};
-use crate::pipeline::{Pipeline, Receipt, RefusedBody};
+use crate::pipeline::Pipeline;
+use crate::receipt::{Receipt, RefusedBody};
 
 /// The embedded engine, as the HTTP layer reaches it.
 pub struct Embedded {
@@ -23,7 +24,7 @@ pub struct Embedded {
     /// Ingest requests being read or parsed, and their bytes.
     pub admission: Admission,
     /// The in-process simulator (refuses unless switched on).
-    pub simulator: Arc<crate::simulator::Simulator>,
+    pub simulator: Arc<crate::http::simulator::Simulator>,
 }
 
 /// The embedded engine behind the seam: submissions go to the pipeline,
@@ -162,7 +163,7 @@ impl Backend for Embedded {
         writes::discard_here(self, id).await
     }
 
-    fn simulator(&self) -> &Arc<crate::simulator::Simulator> {
+    fn simulator(&self) -> &Arc<crate::http::simulator::Simulator> {
         &self.simulator
     }
 
@@ -247,5 +248,32 @@ impl Backend for Embedded {
             reserved: level.reserved,
             in_transit: level.in_transit,
         })
+    }
+}
+
+/// The pipeline refused a submission: the HTTP answer says why and when
+/// to come back.
+impl From<crate::pipeline::Overloaded> for ApiError {
+    fn from(refused: crate::pipeline::Overloaded) -> ApiError {
+        use crate::http::error::shed;
+        use crate::pipeline::Overloaded;
+        use axum::http::StatusCode;
+        match &refused {
+            Overloaded::QueueFull => shed("queue_full"),
+            Overloaded::DiskFull { .. } => shed("disk_full"),
+            Overloaded::Stopping => {}
+        }
+        match refused {
+            Overloaded::QueueFull => ApiError::queue_full(()),
+            Overloaded::Stopping => ApiError::stopping(()),
+            Overloaded::DiskFull { .. } => ApiError {
+                retry_after: Some(30),
+                ..ApiError::new(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "disk_full",
+                    refused.to_string(),
+                )
+            },
+        }
     }
 }

@@ -9,6 +9,7 @@ use stockflow_core::alerts::AlertKind;
 use stockflow_core::{route, LevelView, Numbers, Policy, Timestamp, Totals};
 
 use super::Embedded;
+use crate::clock::wall_clock;
 use crate::history::HistoryReader;
 use crate::http::alerts::{partition_alerts, AlertFilter, Found};
 use crate::http::backend::Read;
@@ -16,7 +17,6 @@ use crate::http::catalog::Rollup;
 use crate::http::history::{as_of_json, io_error, page_json, page_start, HistoryPage};
 use crate::http::query::{level_json, limit, listed_level_json, no_level, Listing};
 use crate::http::ApiError;
-use crate::pipeline::wall_clock;
 
 /// The stock rules of `sku` at `location` (see [`Catalog::policy`]).
 ///

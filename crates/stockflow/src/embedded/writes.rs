@@ -12,9 +12,9 @@ use crate::http::catalog::CatalogItem;
 use crate::http::dead_letters::{
     format_of, letter_json, source_matches, Filter, Letter, PAGE_PAYLOAD_BYTES_MAX,
 };
-use crate::http::orders::order_json;
 use crate::http::ApiError;
-use crate::pipeline::Receipt;
+use crate::json::order_json;
+use crate::receipt::Receipt;
 
 /// The embedded engine commits catalog changes (and keeps the refused
 /// ones) through its log and answers once they are applied.

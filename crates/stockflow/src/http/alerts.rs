@@ -90,7 +90,11 @@ pub fn partition_alerts(
                 .as_deref()
                 .is_none_or(|l| **location == *l);
         if keep {
-            found.push((a.at.0, order_key(p, a.seq), alert_json(p, a, sku, location)));
+            found.push((
+                a.at.0,
+                order_key(p, a.seq),
+                crate::json::alert_json(p, a, sku, location),
+            ));
         }
     }
 }
@@ -142,57 +146,6 @@ pub fn page(mut found: Found, after: Option<&str>, limit: usize) -> Result<Json<
     })))
 }
 
-/// An alert as the API, the stream and the alerts topic show it. Typed,
-/// so that writing one to a buffer (as Kafka mode does per alert) builds
-/// no map.
-#[derive(serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct AlertOut<'a> {
-    /// `{partition}-{seq}`.
-    id: AlertId,
-    kind: &'static str,
-    state: &'static str,
-    severity: &'static str,
-    sku: &'a str,
-    location_id: &'a str,
-    at: String,
-    on_hand: i64,
-    available: i64,
-    threshold: i64,
-    event_id: &'a str,
-}
-
-struct AlertId(u16, u64);
-
-impl serde::Serialize for AlertId {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&format_args!("{}-{}", self.0, self.1))
-    }
-}
-
-impl<'a> AlertOut<'a> {
-    pub fn new(partition: u16, alert: &'a Alert, sku: &'a str, location: &'a str) -> AlertOut<'a> {
-        AlertOut {
-            id: AlertId(partition, alert.seq),
-            kind: alert.kind.as_str(),
-            state: alert.transition.as_str(),
-            severity: alert.severity.as_str(),
-            sku,
-            location_id: location,
-            at: alert.at.to_rfc3339(),
-            on_hand: alert.on_hand,
-            available: alert.available,
-            threshold: alert.threshold,
-            event_id: &alert.event_id,
-        }
-    }
-}
-
-pub fn alert_json(partition: u16, alert: &Alert, sku: &str, location: &str) -> Value {
-    serde_json::to_value(AlertOut::new(partition, alert, sku, location))
-        .expect("an alert serializes")
-}
-
 /// The kinds a filter can ask for: the level kinds, and PRICE_DROP.
 const KINDS: &str = "LOW_STOCK, OUT_OF_STOCK, BACK_IN_STOCK, NEGATIVE_ON_HAND, PRICE_DROP";
 
@@ -212,32 +165,10 @@ fn price_drops(
         .flat_map(|product| product.price_changes())
         .filter(|change| change.is_drop(percent))
         .map(|change| {
-            let id = price_drop_id(&change);
-            (change.at.0, id, price_drop_json(&change))
+            let id = crate::json::price_drop_id(&change);
+            (change.at.0, id, crate::json::price_drop_json(&change))
         })
         .collect()
-}
-
-/// A PRICE_DROP's id: the same wherever and whenever it is shown.
-fn price_drop_id(change: &stockflow_core::PriceChange) -> String {
-    format!("price:{}:{}", change.sku, change.at.0)
-}
-
-/// A PRICE_DROP alert as the API, the stream, webhooks and the alerts
-/// topic show it: a one-off notice, for a product, not a level.
-pub fn price_drop_json(change: &stockflow_core::PriceChange) -> Value {
-    json!({
-        "id": price_drop_id(change),
-        "kind": "PRICE_DROP",
-        "state": "fired",
-        "severity": "INFO",
-        "sku": change.sku,
-        "locationId": null,
-        "at": change.at.to_rfc3339(),
-        "previousPrice": change.before as f64 / 100.0,
-        "price": change.after as f64 / 100.0,
-        "dropPercent": change.drop_permille() as f64 / 10.0,
-    })
 }
 
 /// GET /v1/alerts?kind=&sku=&locationId=&active=&limit=&after=: level

@@ -1,6 +1,6 @@
 //! The seam between the HTTP layer and the inventory that keeps the
-//! state: the embedded engine ([`Embedded`](super::Embedded)) or Kafka
-//! mode ([`KafkaApp`](crate::kafka::http::KafkaApp)). A handler written
+//! state: the embedded engine (`embedded::Embedded`) or Kafka mode
+//! (`kafka::http::KafkaApp`), the two implementations. A handler written
 //! against [`Backend`] is written once and serves both modes; what a mode
 //! cannot do, it refuses per request with an [`ApiError`].
 
@@ -10,7 +10,7 @@ use stockflow_core::Parsed;
 
 use super::{Admission, ApiError};
 use crate::config::Config;
-use crate::pipeline::{Receipt, RefusedBody};
+use crate::receipt::{Receipt, RefusedBody};
 
 /// When an ingest request is answered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -241,18 +241,18 @@ pub trait Backend: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<serde_json::Value>, ApiError>> + Send;
 
     /// The in-process traffic simulator of the dashboard.
-    fn simulator(&self) -> &std::sync::Arc<crate::simulator::Simulator>;
+    fn simulator(&self) -> &std::sync::Arc<crate::http::simulator::Simulator>;
 
     /// The live stream's hub (SSE and WebSocket subscribers).
     fn hub(&self) -> &std::sync::Arc<crate::stream::Hub>;
 
-    /// The alerts a webhook to `url` is sent (see [`crate::webhooks`]):
+    /// The alerts a webhook to `url` is sent (webhooks):
     /// by default, this server's live stream.
     fn webhook_feed(
         &self,
         url: &str,
-    ) -> anyhow::Result<tokio::sync::mpsc::Receiver<crate::webhooks::Delivery>> {
-        Ok(crate::webhooks::hub_feed(self.hub().clone(), url))
+    ) -> anyhow::Result<tokio::sync::mpsc::Receiver<crate::stream::Delivery>> {
+        Ok(crate::stream::alert_feed(self.hub().clone(), url))
     }
 
     /// Whether this server can answer reads now (`/readyz`).

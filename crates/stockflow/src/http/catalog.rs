@@ -21,7 +21,7 @@ use super::backend::{Backend, Read};
 use super::ingest::read_body;
 use super::query::{limit, Page};
 use super::ApiError;
-use crate::pipeline::Receipt;
+use crate::receipt::Receipt;
 
 pub fn totals_json(t: &Totals) -> Value {
     json!({
@@ -132,7 +132,7 @@ async fn put_one<B: Backend>(
     let Ok(raw) = std::str::from_utf8(&bytes).map(str::to_owned) else {
         // Kept as it came: a dead letter's payload is never re-encoded.
         let reason = "body is not valid UTF-8".to_owned();
-        let refused = crate::pipeline::RefusedBody {
+        let refused = crate::receipt::RefusedBody {
             reason: reason.clone(),
             payload: bytes.to_vec(),
         };

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{json_body, ApiError};
-use crate::simulator::SimulatorError;
+use crate::http::simulator::SimulatorError;
 
 /// Longest quiet time a request may call stale: a year.
 const STALE_AFTER_SECONDS_MAX: u64 = 365 * 24 * 3600;

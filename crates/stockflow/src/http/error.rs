@@ -160,29 +160,6 @@ pub fn shed(reason: &'static str) {
     }
 }
 
-impl From<crate::pipeline::Overloaded> for ApiError {
-    fn from(refused: crate::pipeline::Overloaded) -> ApiError {
-        use crate::pipeline::Overloaded;
-        match &refused {
-            Overloaded::QueueFull => shed("queue_full"),
-            Overloaded::DiskFull { .. } => shed("disk_full"),
-            Overloaded::Stopping => {}
-        }
-        match refused {
-            Overloaded::QueueFull => ApiError::queue_full(()),
-            Overloaded::Stopping => ApiError::stopping(()),
-            Overloaded::DiskFull { .. } => ApiError {
-                retry_after: Some(30),
-                ..ApiError::new(
-                    StatusCode::INSUFFICIENT_STORAGE,
-                    "disk_full",
-                    refused.to_string(),
-                )
-            },
-        }
-    }
-}
-
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (

@@ -138,7 +138,7 @@ pub fn as_of_json(
     let Some((numbers, entry)) = found else {
         return Ok(None);
     };
-    let horizon = crate::pipeline::wall_clock().saturating_sub_ns(retention_ns);
+    let horizon = crate::clock::wall_clock().saturating_sub_ns(retention_ns);
     if entry.is_none() && at < horizon {
         return Err(too_old(retention_ns, at));
     }

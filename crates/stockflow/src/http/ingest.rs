@@ -13,7 +13,7 @@ use stockflow_core::{parse_body, BodyError, BodyFormat, Parsed};
 
 use super::backend::{Backend, Wait};
 use super::ApiError;
-use crate::pipeline::{Receipt, RefusedBody};
+use crate::receipt::{Receipt, RefusedBody};
 
 /// Bodies larger than this are parsed on the blocking pool so that a big
 /// request does not stall the async workers serving queries.

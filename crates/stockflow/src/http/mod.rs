@@ -17,6 +17,7 @@ pub(crate) mod ingest;
 pub mod orders;
 pub(crate) mod query;
 pub mod serve;
+pub mod simulator;
 pub(crate) mod stream;
 pub(crate) mod ui;
 
@@ -31,10 +32,8 @@ use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
 use serde_json::json;
 
-pub use alerts::{alert_json, price_drop_json, AlertOut};
 pub use error::ApiError;
 pub use ingest::{read_body, source_mapping, Admission};
-pub use orders::order_json;
 pub use query::{level_json, sources_json, LevelOut};
 
 use backend::Backend;

@@ -12,7 +12,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use stockflow_core::limits::QUANTITY_ABS_MAX;
-use stockflow_core::orders::{Answer, LineRequest, Mode, Order, OrderCommand, Status};
+use stockflow_core::orders::{Answer, LineRequest, Mode, OrderCommand, Status};
 
 use super::backend::{Backend, Read};
 use super::ingest::read_body;
@@ -28,50 +28,13 @@ pub const ORDER_LINES_MAX: usize = 100;
 /// Longest hold: a week.
 pub use stockflow_core::limits::HOLD_SECONDS_MAX;
 
-pub fn order_json(order: &Order) -> Value {
-    let lines: Vec<Value> = order
-        .lines
-        .iter()
-        .map(|line| {
-            let location = line.location_id.clone().or_else(|| {
-                (line.allocations.len() == 1).then(|| line.allocations[0].location_id.clone())
-            });
-            let mut out = json!({
-                "sku": line.sku,
-                "locationId": location,
-                "requested": line.requested,
-                "reserved": line.reserved(),
-                "allocations": line.allocations.iter().map(|a| json!({
-                    "locationId": a.location_id, "quantity": a.quantity, "fulfilled": a.fulfilled,
-                })).collect::<Vec<_>>(),
-            });
-            if let Some(reason) = &line.reason {
-                out["reason"] = json!(reason);
-            }
-            out
-        })
-        .collect();
-    let mut out = json!({
-        "orderId": order.order_id,
-        "status": order.status.as_str(),
-        "mode": match order.mode { Mode::AllOrNothing => "all_or_nothing", Mode::Partial => "partial" },
-        "lines": lines,
-        "createdAt": order.created_at.to_rfc3339(),
-        "updatedAt": order.updated_at.to_rfc3339(),
-    });
-    if let Some(at) = order.expires_at {
-        out["expiresAt"] = json!(at.to_rfc3339());
-    }
-    out
-}
-
 /// What became of an order, as the API answers it.
 fn answer(answer: Answer) -> Response {
     match answer {
-        Answer::Done(order) => Json(order_json(&order)).into_response(),
+        Answer::Done(order) => Json(crate::json::order_json(&order)).into_response(),
         Answer::Conflict(order, message) => (
             StatusCode::CONFLICT,
-            Json(json!({"code": "conflict", "message": message, "order": order_json(&order)})),
+            Json(json!({"code": "conflict", "message": message, "order": crate::json::order_json(&order)})),
         )
             .into_response(),
         Answer::NotFound(message) => ApiError::not_found(message).into_response(),
@@ -303,7 +266,7 @@ pub async fn get<B: Backend>(
     backend
         .order(&id)
         .await?
-        .map(|o| Json(order_json(&o)))
+        .map(|o| Json(crate::json::order_json(&o)))
         .ok_or_else(|| ApiError::not_found(format!("no order {id:?}")))
 }
 

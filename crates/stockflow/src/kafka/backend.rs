@@ -19,7 +19,7 @@ use super::{catalog, orders};
 use crate::config::Config;
 use crate::http::backend::{Backend, Read, Wait};
 use crate::http::ApiError;
-use crate::pipeline::{Receipt, RefusedBody};
+use crate::receipt::{Receipt, RefusedBody};
 
 /// The endpoints the members of a cluster ask each other.
 fn internal_routes() -> Router<Arc<KafkaApp>> {
@@ -92,7 +92,7 @@ impl Backend for KafkaApp {
     fn webhook_feed(
         &self,
         url: &str,
-    ) -> anyhow::Result<tokio::sync::mpsc::Receiver<crate::webhooks::Delivery>> {
+    ) -> anyhow::Result<tokio::sync::mpsc::Receiver<crate::stream::Delivery>> {
         super::webhooks::feed(&self.settings, url, self.hub.closing())
     }
 
@@ -205,7 +205,7 @@ impl Backend for KafkaApp {
         super::dead_letters::resolve(self, id, "discarded").await
     }
 
-    fn simulator(&self) -> &Arc<crate::simulator::Simulator> {
+    fn simulator(&self) -> &Arc<crate::http::simulator::Simulator> {
         &self.simulator
     }
 

@@ -25,7 +25,7 @@ use super::processor::{ACTIVE, RESTORING};
 use crate::http::backend::Read;
 use crate::http::catalog::{CatalogItem, Rollup};
 use crate::http::ApiError;
-use crate::pipeline::Receipt;
+use crate::receipt::Receipt;
 
 /// Longest wait for this instance to read back its own catalog write.
 const READ_BACK_MAX: Duration = Duration::from_secs(10);

@@ -26,7 +26,7 @@ use super::KafkaSettings;
 use crate::http::catalog::CatalogItem;
 use crate::http::dead_letters::{Filter, Letter};
 use crate::http::ApiError;
-use crate::pipeline::Receipt;
+use crate::receipt::Receipt;
 
 /// Header of a resolution marker: the id of the letter it resolves.
 const RESOLVES: &str = "resolves";

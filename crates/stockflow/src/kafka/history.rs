@@ -557,7 +557,7 @@ impl Materialiser {
     }
 
     fn compact(&self) {
-        let horizon = crate::pipeline::wall_clock().saturating_sub_ns(self.retention_ns);
+        let horizon = crate::clock::wall_clock().saturating_sub_ns(self.retention_ns);
         for p in self.locals.keys() {
             if let Err(error) = crate::history::compact(&self.dir, *p, horizon) {
                 tracing::warn!(%error, partition = p, "history: compaction failed");

@@ -25,11 +25,12 @@ use super::cluster::Cluster;
 use super::processor::{Reason, Shared, ACTIVE, NOT_OWNED, RESTORING};
 use super::wire::canonical_json;
 use super::{level_key, KafkaSettings};
+use crate::clock::wall_clock;
 use crate::config::Config;
 use crate::http::backend::Read;
 use crate::http::query::no_level;
 use crate::http::{level_json, ApiError};
-use crate::pipeline::{wall_clock, Receipt, ReceiptError};
+use crate::receipt::{Receipt, ReceiptError};
 
 pub(crate) use crate::http::backend::FORWARDED;
 /// Longest `?wait=applied` wait.
@@ -49,7 +50,7 @@ pub struct KafkaApp {
     /// The dead letters resolved so far (see [`super::dead_letters`]).
     pub resolved: Arc<super::dead_letters::Resolved>,
     /// The dashboard's simulator, producing as POST /v1/events does.
-    pub simulator: Arc<crate::simulator::Simulator>,
+    pub simulator: Arc<crate::http::simulator::Simulator>,
     /// Ingest requests being read or parsed, and their bytes.
     pub admission: crate::http::Admission,
 }

@@ -26,7 +26,6 @@
 //! transit events are deduplicated by eventId at the target).
 
 pub mod backend;
-pub mod bench;
 pub mod catalog;
 pub mod check;
 pub mod cluster;
@@ -381,9 +380,9 @@ impl KafkaServer {
         let simulator_on = config.simulator;
         let events_max = config.request_events_max;
         let app = Arc::new_cyclic(|app| http::KafkaApp {
-            simulator: crate::simulator::Simulator::new(
+            simulator: crate::http::simulator::Simulator::new(
                 simulator_on,
-                app.clone() as std::sync::Weak<dyn crate::simulator::Sink>,
+                app.clone() as std::sync::Weak<dyn crate::http::simulator::Sink>,
                 events_max,
             ),
             resolved,

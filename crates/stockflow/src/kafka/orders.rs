@@ -22,10 +22,10 @@ use stockflow_core::saga::{judge, order_home, PlaceLine, ToHome};
 
 use super::http::{encode, KafkaApp, FORWARDED};
 use super::processor::{ACTIVE, NOT_OWNED, ORDER_HEADER};
+use crate::clock::wall_clock;
 use crate::http::backend::Read;
-use crate::http::orders::order_json;
 use crate::http::ApiError;
-use crate::pipeline::wall_clock;
+use crate::json::order_json;
 
 /// Longest wait for an order's home to answer a command.
 const ORDER_WAIT_MAX: Duration = Duration::from_secs(30);

@@ -39,7 +39,7 @@ use super::wire::{
     SnapshotChunk, SnapshotIndex, SNAPSHOT_KEY_PREFIX,
 };
 use super::{level_key, Deliveries, KafkaSettings};
-use crate::http::AlertOut;
+use crate::json::AlertOut;
 
 /// A partition this instance does not own.
 pub const NOT_OWNED: u8 = 0;
@@ -1301,7 +1301,7 @@ impl Processor {
         asked.changed.dedup();
         for id in &asked.changed {
             if let Some(saga) = book.orders.get(id) {
-                let json = crate::http::orders::order_json(&saga.order).to_string();
+                let json = crate::json::order_json(&saga.order).to_string();
                 self.send(
                     BaseRecord::to(&self.settings.topics.orders)
                         .partition(i32::from(p))
@@ -1513,7 +1513,7 @@ impl Processor {
     /// changelog expires it at the same point).
     fn tick_due_holds(&mut self) {
         const AGAIN_AFTER: Duration = Duration::from_millis(200);
-        let now = crate::pipeline::wall_clock();
+        let now = crate::clock::wall_clock();
         let mut sent = false;
         let owned: Vec<u16> = self.owned.keys().copied().collect();
         for p in owned {
@@ -1575,7 +1575,7 @@ impl Processor {
                 continue;
             }
             told += 1;
-            let json = crate::http::price_drop_json(change).to_string();
+            let json = crate::json::price_drop_json(change).to_string();
             self.send(
                 BaseRecord::to(&self.settings.topics.alerts)
                     .partition(i32::from(home))
@@ -1740,7 +1740,7 @@ impl Processor {
                 .iter()
                 .filter(|(_, r)| matches!(r, Reason::Rejected(_)))
                 .count();
-            let wall = crate::pipeline::wall_clock();
+            let wall = crate::clock::wall_clock();
             let accepted = events.len() - rejected;
             self.shared.activity.counted(
                 wall,
@@ -2285,7 +2285,7 @@ fn run(
         processor
             .shared
             .activity
-            .committed(crate::pipeline::wall_clock(), cycle_started.elapsed());
+            .committed(crate::clock::wall_clock(), cycle_started.elapsed());
         let mut offsets = TopicPartitionList::new();
         let mut due = Vec::new();
         let owned: Vec<u16> = processor.owned.keys().copied().collect();

@@ -19,7 +19,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc::{self, error::TrySendError};
 
 use super::KafkaSettings;
-use crate::webhooks::{Delivery, FEED_AHEAD_MAX};
+use crate::stream::{Delivery, FEED_AHEAD_MAX};
 
 /// The consumer group that delivers to `url`.
 pub fn group_of(settings: &KafkaSettings, url: &str) -> String {

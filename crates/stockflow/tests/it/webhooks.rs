@@ -9,7 +9,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post as route_post;
 use parking_lot::Mutex;
 use serde_json::Value;
-use stockflow::webhooks::{signature, Webhook};
+use stockflow::config::Webhook;
+use stockflow::webhooks::signature;
 
 use crate::{get, send_event, start};
 

@@ -17,10 +17,11 @@ use serde_json::{json, Value};
 use stockflow_core::{parse_body, BodyFormat, Parsed};
 use tokio::task::JoinHandle;
 
+use crate::clock::wall_clock;
 use crate::http::backend::{Backend, Quantities, Wait};
 use crate::http::ApiError;
-use crate::pipeline::{wall_clock, Receipt};
-use crate::simulate::{Catalog, Traffic, CONTROLLED_EVENTS, CONTROLLED_EXPECTED};
+use crate::receipt::Receipt;
+use crate::traffic::{Catalog, Traffic, CONTROLLED_EVENTS, CONTROLLED_EXPECTED};
 
 /// Highest continuous rate (events/s) the dashboard may ask for.
 pub const RATE_MAX: u32 = 100_000;

@@ -19,10 +19,10 @@ use rand::{Rng, SeedableRng};
 use rdkafka::producer::{BaseProducer, BaseRecord};
 use stockflow_core::{parse_body, route, BodyFormat, EngineConfig, Timestamp};
 
-use super::processor::{self, Shared, ACTIVE};
-use super::wire::canonical_json;
-use super::{level_key, topics, KafkaSettings};
-use crate::bench::{bar, workload, BenchOptions};
+use super::{bar, workload, BenchOptions};
+use crate::kafka::processor::{self, Shared, ACTIVE};
+use crate::kafka::wire::canonical_json;
+use crate::kafka::{level_key, topics, KafkaSettings};
 
 /// What the run measured, for the caller to compare with the embedded mode.
 pub struct Measured {
@@ -107,9 +107,9 @@ pub async fn run(
                         .partition(i32::from(*p))
                         .key(key.as_str())
                         .payload(json.as_str());
-                    super::send(&producer, record)?;
+                    crate::kafka::send(&producer, record)?;
                 }
-                super::flush(&producer, Duration::from_secs(120))?;
+                crate::kafka::flush(&producer, Duration::from_secs(120))?;
             }
             Ok(started.elapsed())
         })
@@ -192,7 +192,8 @@ pub async fn run(
 async fn prepare(settings: &mut KafkaSettings, mock: Option<&Mock>) -> anyhow::Result<()> {
     let tag = format!("bench-{:08x}", rand::random::<u32>());
     settings.group = tag.clone();
-    settings.topics = super::Topics::named(&format!("{tag}.{}", super::TOPIC_PREFIX_DEFAULT));
+    settings.topics =
+        crate::kafka::Topics::named(&format!("{tag}.{}", crate::kafka::TOPIC_PREFIX_DEFAULT));
     match mock {
         Some(mock) => {
             for spec in topics::specs(settings, std::iter::empty()) {
@@ -214,7 +215,8 @@ pub async fn orders(mut settings: KafkaSettings, mock: Option<&Mock>) -> anyhow:
     prepare(&mut settings, mock).await?;
     let dir = tempfile::tempdir()?;
     let config = crate::config::Config::new(dir.path().to_owned());
-    let server = super::KafkaServer::start(settings, config, "127.0.0.1:0".parse()?, None).await?;
+    let server =
+        crate::kafka::KafkaServer::start(settings, config, "127.0.0.1:0".parse()?, None).await?;
     let url = server.url();
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(120);

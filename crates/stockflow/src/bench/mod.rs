@@ -4,6 +4,8 @@
 //! batches of 1,000 from 4 clients), event→queryable p99 ≤ 10 ms at 100k
 //! events/s offered, GET p99 ≤ 1 ms.
 
+pub mod kafka;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
