@@ -15,18 +15,8 @@ use crate::limits::{DEDUP_ENTRIES_MAX_DEFAULT, DEDUP_RETENTION_NS_DEFAULT, PARTI
 use crate::orders::{
     hold_changes, step_due, Answer, OrderBook, OrderCommand, StepEffects, StockOf,
 };
-use crate::partition::{Exception, LevelView, Partition, Totals};
+use crate::partition::{route, Exception, LevelView, Partition, Totals};
 use crate::time::Timestamp;
-
-/// The partition that owns (sku, locationId), stable across versions and
-/// machines (it is persisted implicitly by where levels live).
-pub fn route(sku: &str, location_id: &str, partitions: u16) -> u16 {
-    let h = xxhash_rust::xxh3::xxh3_64_with_seed(
-        location_id.as_bytes(),
-        xxhash_rust::xxh3::xxh3_64(sku.as_bytes()),
-    );
-    (h % u64::from(partitions)) as u16
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EngineConfig {

@@ -856,7 +856,7 @@ pub struct StockOf<'a, P> {
 
 impl<P: std::ops::Deref<Target = crate::partition::Partition>> StockView for StockOf<'_, P> {
     fn free(&self, sku: &str, location: &str) -> i64 {
-        let p = crate::engine::route(sku, location, self.partitions.len() as u16);
+        let p = crate::partition::route(sku, location, self.partitions.len() as u16);
         match self.partitions[p as usize].level(sku, location) {
             Some(l) => l.on_hand - l.reserved - self.catalog.policy(sku, location).safety_stock,
             None => 0,
@@ -864,7 +864,7 @@ impl<P: std::ops::Deref<Target = crate::partition::Partition>> StockView for Sto
     }
 
     fn holders(&self, sku: &str, location: &str) -> usize {
-        let p = crate::engine::route(sku, location, self.partitions.len() as u16);
+        let p = crate::partition::route(sku, location, self.partitions.len() as u16);
         self.partitions[p as usize]
             .level(sku, location)
             .map_or(0, |l| l.holds().len())
@@ -906,7 +906,7 @@ impl StepEffects {
                 .into_iter()
                 .map(|(sku, location, cause)| {
                     (
-                        crate::engine::route(&sku, &location, partitions),
+                        crate::partition::route(&sku, &location, partitions),
                         sku,
                         location,
                         cause,

@@ -15,6 +15,16 @@ use crate::event::{Batch, EventType};
 use crate::level::{Level, Numbers, Outcome, Rejection};
 use crate::time::Timestamp;
 
+/// The partition that owns (sku, locationId), stable across versions and
+/// machines (it is persisted implicitly by where levels live).
+pub fn route(sku: &str, location_id: &str, partitions: u16) -> u16 {
+    let h = xxhash_rust::xxh3::xxh3_64_with_seed(
+        location_id.as_bytes(),
+        xxhash_rust::xxh3::xxh3_64(sku.as_bytes()),
+    );
+    (h % u64::from(partitions)) as u16
+}
+
 /// An interned name (sku or locationId) within one partition.
 type Sym = u32;
 

@@ -16,8 +16,9 @@ use serde_json::Value;
 use stockflow_core::catalog::parse_product;
 use stockflow_core::{parse_body, BodyFormat, CatalogChange, Product};
 
-use crate::http::backend::{Backend, Wait};
-use crate::http::catalog::CatalogItem;
+use crate::http::asks::CatalogItem;
+use crate::http::asks::Wait;
+use crate::http::backend::Backend;
 
 /// Largest catalog file read at startup.
 pub const CATALOG_FILE_BYTES_MAX: u64 = 256 << 20;

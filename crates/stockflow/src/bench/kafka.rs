@@ -20,7 +20,8 @@ use rdkafka::producer::{BaseProducer, BaseRecord};
 use stockflow_core::{parse_body, route, BodyFormat, EngineConfig, Timestamp};
 
 use super::{bar, workload, BenchOptions};
-use crate::kafka::processor::{self, Shared, ACTIVE};
+use crate::kafka::processor;
+use crate::kafka::shared::{Shared, ACTIVE};
 use crate::kafka::wire::canonical_json;
 use crate::kafka::{level_key, topics, KafkaSettings};
 

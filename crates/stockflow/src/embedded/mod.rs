@@ -12,7 +12,8 @@ use std::sync::Arc;
 use stockflow_core::Parsed;
 
 use crate::config::Config;
-use crate::http::backend::{Backend, Wait};
+use crate::http::asks::Wait;
+use crate::http::backend::Backend;
 use crate::http::{Admission, ApiError};
 use crate::pipeline::Pipeline;
 use crate::receipt::{Receipt, RefusedBody};
@@ -67,7 +68,7 @@ impl Backend for Embedded {
     async fn location_levels(
         &self,
         location: &str,
-        listing: &crate::http::query::Listing,
+        listing: &crate::http::asks::Listing,
         _: &crate::http::backend::Read,
     ) -> Result<serde_json::Value, ApiError> {
         reads::location_here(self, location, listing)
@@ -75,10 +76,10 @@ impl Backend for Embedded {
 
     async fn level_alerts(
         &self,
-        filter: &crate::http::alerts::AlertFilter,
+        filter: &crate::http::asks::AlertFilter,
         kind: Option<stockflow_core::alerts::AlertKind>,
         _: &crate::http::backend::Read,
-    ) -> Result<crate::http::alerts::Found, ApiError> {
+    ) -> Result<crate::http::asks::Found, ApiError> {
         Ok(reads::level_alerts_here(self, filter, kind))
     }
 
@@ -99,7 +100,7 @@ impl Backend for Embedded {
         &self,
         sku: &str,
         location: &str,
-        page: &crate::http::history::HistoryPage,
+        page: &crate::http::asks::HistoryPage,
         _: &crate::http::backend::Read,
     ) -> Result<serde_json::Value, ApiError> {
         reads::history_here(self, sku, location, page)
@@ -107,14 +108,14 @@ impl Backend for Embedded {
 
     async fn write_catalog(
         &self,
-        items: Vec<crate::http::catalog::CatalogItem>,
+        items: Vec<crate::http::asks::CatalogItem>,
         rejected: Vec<stockflow_core::Rejected>,
         source: &str,
     ) -> Result<Receipt, ApiError> {
         writes::write_here(self, items, rejected, source).await
     }
 
-    async fn item_totals(&self, sku: &str) -> Result<crate::http::catalog::Rollup, ApiError> {
+    async fn item_totals(&self, sku: &str) -> Result<crate::http::asks::Rollup, ApiError> {
         Ok(reads::item_totals_here(self, sku))
     }
 
@@ -135,26 +136,23 @@ impl Backend for Embedded {
 
     async fn dead_letters(
         &self,
-        filter: &crate::http::dead_letters::Filter,
+        filter: &crate::http::asks::LetterFilter,
         after: Option<u64>,
         limit: usize,
     ) -> Result<(Vec<serde_json::Value>, Option<u64>), ApiError> {
         Ok(writes::list_here(self, filter, after, limit))
     }
 
-    async fn dead_letter(
-        &self,
-        id: u64,
-    ) -> Result<Option<crate::http::dead_letters::Letter>, ApiError> {
+    async fn dead_letter(&self, id: u64) -> Result<Option<crate::http::asks::Letter>, ApiError> {
         Ok(writes::find_here(self, id))
     }
 
     async fn replay(
         &self,
         id: u64,
-        letter: &crate::http::dead_letters::Letter,
+        letter: &crate::http::asks::Letter,
         parsed: Parsed,
-        changes: Vec<crate::http::catalog::CatalogItem>,
+        changes: Vec<crate::http::asks::CatalogItem>,
     ) -> Result<Receipt, ApiError> {
         writes::replay_here(self, id, letter, parsed, changes).await
     }
@@ -232,18 +230,14 @@ impl Backend for Embedded {
         Ok(writes::orders_here(self, status, after, limit))
     }
 
-    async fn quantities(
-        &self,
-        sku: &str,
-        location: &str,
-    ) -> Option<crate::http::backend::Quantities> {
+    async fn quantities(&self, sku: &str, location: &str) -> Option<crate::http::asks::Quantities> {
         let shared = &self.pipeline.shared;
         let partition = stockflow_core::route(sku, location, shared.partition_count());
         let level = shared.partitions[partition as usize]
             .read()
             .get(sku, location)?
             .level;
-        Some(crate::http::backend::Quantities {
+        Some(crate::http::asks::Quantities {
             on_hand: level.on_hand,
             reserved: level.reserved,
             in_transit: level.in_transit,

@@ -11,11 +11,14 @@ use stockflow_core::{route, LevelView, Numbers, Policy, Timestamp, Totals};
 use super::Embedded;
 use crate::clock::wall_clock;
 use crate::history::HistoryReader;
-use crate::http::alerts::{partition_alerts, AlertFilter, Found};
+use crate::http::alerts::partition_alerts;
+use crate::http::asks::HistoryPage;
+use crate::http::asks::Listing;
+use crate::http::asks::Rollup;
+use crate::http::asks::{AlertFilter, Found};
 use crate::http::backend::Read;
-use crate::http::catalog::Rollup;
-use crate::http::history::{as_of_json, io_error, page_json, page_start, HistoryPage};
-use crate::http::query::{level_json, limit, listed_level_json, no_level, Listing};
+use crate::http::history::{as_of_json, io_error, page_json, page_start};
+use crate::http::query::{level_json, limit, listed_level_json, no_level};
 use crate::http::ApiError;
 
 /// The stock rules of `sku` at `location` (see [`Catalog::policy`]).

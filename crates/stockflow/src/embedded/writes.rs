@@ -8,10 +8,9 @@ use stockflow_core::orders::{Answer, OrderCommand, Status};
 use stockflow_core::{Parsed, Rejected};
 
 use super::Embedded;
-use crate::http::catalog::CatalogItem;
-use crate::http::dead_letters::{
-    format_of, letter_json, source_matches, Filter, Letter, PAGE_PAYLOAD_BYTES_MAX,
-};
+use crate::http::asks::CatalogItem;
+use crate::http::asks::{Letter, LetterFilter as Filter};
+use crate::http::dead_letters::{format_of, letter_json, source_matches, PAGE_PAYLOAD_BYTES_MAX};
 use crate::http::ApiError;
 use crate::json::order_json;
 use crate::receipt::Receipt;

@@ -6,25 +6,12 @@ use std::sync::Arc;
 
 use axum::extract::{Query, State};
 use axum::Json;
-use serde::Deserialize;
 use serde_json::{json, Value};
 use stockflow_core::alerts::{Alert, AlertKind};
 
-use super::query::{limit, Page};
+use super::asks::{AlertFilter, Found};
+use super::query::limit;
 use super::ApiError;
-
-#[derive(Deserialize)]
-pub struct AlertFilter {
-    kind: Option<String>,
-    sku: Option<String>,
-    #[serde(rename = "locationId")]
-    location_id: Option<String>,
-    active: Option<bool>,
-    /// Kafka mode: `local` asks one member for its own partitions' alerts.
-    pub scope: Option<String>,
-    #[serde(flatten)]
-    pub page: Page,
-}
 
 impl AlertFilter {
     /// The level kind asked for, and whether PRICE_DROP was asked for.
@@ -56,10 +43,6 @@ impl AlertFilter {
             .collect()
     }
 }
-
-/// (time ns, order within an instant, alert): sorted ascending by the first
-/// two, the list is newest first.
-pub type Found = Vec<(i64, String, Value)>;
 
 /// Within one instant: by partition, newest first.
 fn order_key(partition: u16, seq: u64) -> String {

@@ -8,34 +8,10 @@ use std::future::Future;
 
 use stockflow_core::Parsed;
 
+use super::asks::{Quantities, Wait};
 use super::{Admission, ApiError};
 use crate::config::Config;
 use crate::receipt::{Receipt, RefusedBody};
-
-/// When an ingest request is answered.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Wait {
-    /// Once the events are durable. The embedded mode applies them in the
-    /// same step, so there it is the same as [`Wait::Applied`].
-    Durable,
-    /// Once their owners have applied them, with each one's outcome
-    /// (`?wait=applied`).
-    Applied,
-}
-
-impl Wait {
-    /// The `wait` query parameter: absent, or `applied`.
-    pub fn from_query(wait: Option<&str>) -> Result<Wait, ApiError> {
-        match wait {
-            None => Ok(Wait::Durable),
-            Some("applied") => Ok(Wait::Applied),
-            Some(other) => Err(ApiError::bad_request(format!(
-                "wait: {} is not `applied`",
-                stockflow_core::parse::quote(other)
-            ))),
-        }
-    }
-}
 
 /// Marks a request one instance sent another, so it is never sent on.
 pub const FORWARDED: &str = "x-stockflow-forwarded";
@@ -67,14 +43,6 @@ impl Read {
             ..Read::default()
         }
     }
-}
-
-/// A level's quantities.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Quantities {
-    pub on_hand: i64,
-    pub reserved: i64,
-    pub in_transit: i64,
 }
 
 /// What the HTTP layer asks of the inventory, whichever mode keeps it.
@@ -123,7 +91,7 @@ pub trait Backend: Send + Sync + 'static {
     fn location_levels(
         &self,
         location: &str,
-        listing: &super::query::Listing,
+        listing: &super::asks::Listing,
         read: &Read,
     ) -> impl Future<Output = Result<serde_json::Value, ApiError>> + Send;
 
@@ -131,10 +99,10 @@ pub trait Backend: Send + Sync + 'static {
     /// layer adds price drops and pages them.
     fn level_alerts(
         &self,
-        filter: &super::alerts::AlertFilter,
+        filter: &super::asks::AlertFilter,
         kind: Option<stockflow_core::alerts::AlertKind>,
         read: &Read,
-    ) -> impl Future<Output = Result<super::alerts::Found, ApiError>> + Send;
+    ) -> impl Future<Output = Result<super::asks::Found, ApiError>> + Send;
 
     /// The product and location catalog, read-locked.
     fn catalog(&self) -> parking_lot::RwLockReadGuard<'_, stockflow_core::Catalog>;
@@ -154,7 +122,7 @@ pub trait Backend: Send + Sync + 'static {
         &self,
         sku: &str,
         location: &str,
-        page: &super::history::HistoryPage,
+        page: &super::asks::HistoryPage,
         read: &Read,
     ) -> impl Future<Output = Result<serde_json::Value, ApiError>> + Send;
 
@@ -163,7 +131,7 @@ pub trait Backend: Send + Sync + 'static {
     /// the write.
     fn write_catalog(
         &self,
-        items: Vec<super::catalog::CatalogItem>,
+        items: Vec<super::asks::CatalogItem>,
         rejected: Vec<stockflow_core::Rejected>,
         source: &str,
     ) -> impl Future<Output = Result<Receipt, ApiError>> + Send;
@@ -172,7 +140,7 @@ pub trait Backend: Send + Sync + 'static {
     fn item_totals(
         &self,
         sku: &str,
-    ) -> impl Future<Output = Result<super::catalog::Rollup, ApiError>> + Send;
+    ) -> impl Future<Output = Result<super::asks::Rollup, ApiError>> + Send;
 
     /// The roll-up of a location's stock; `None` if no level is there.
     fn location_totals(
@@ -193,7 +161,7 @@ pub trait Backend: Send + Sync + 'static {
     /// oldest first, and the id the next page starts after.
     fn dead_letters(
         &self,
-        filter: &super::dead_letters::Filter,
+        filter: &super::asks::LetterFilter,
         after: Option<u64>,
         limit: usize,
     ) -> impl Future<Output = Result<(Vec<serde_json::Value>, Option<u64>), ApiError>> + Send;
@@ -202,16 +170,16 @@ pub trait Backend: Send + Sync + 'static {
     fn dead_letter(
         &self,
         id: u64,
-    ) -> impl Future<Output = Result<Option<super::dead_letters::Letter>, ApiError>> + Send;
+    ) -> impl Future<Output = Result<Option<super::asks::Letter>, ApiError>> + Send;
 
     /// Applies a letter's corrected (or stored) events or catalog changes
     /// and, if nothing is refused again, resolves the letter.
     fn replay(
         &self,
         id: u64,
-        letter: &super::dead_letters::Letter,
+        letter: &super::asks::Letter,
         parsed: Parsed,
-        changes: Vec<super::catalog::CatalogItem>,
+        changes: Vec<super::asks::CatalogItem>,
     ) -> impl Future<Output = Result<Receipt, ApiError>> + Send;
 
     /// Resolves a letter without applying it.
@@ -288,4 +256,23 @@ pub trait Backend: Send + Sync + 'static {
         sku: &str,
         location: &str,
     ) -> impl Future<Output = Option<Quantities>> + Send;
+}
+
+/// The simulator sends into whichever backend serves.
+impl<B: Backend> super::simulator::Sink for B {
+    fn submit(
+        &self,
+        parsed: Parsed,
+        wait: Wait,
+    ) -> super::simulator::BoxFuture<'_, Result<Receipt, ApiError>> {
+        Box::pin(Backend::submit(self, parsed, "simulator", wait))
+    }
+
+    fn quantities<'a>(
+        &'a self,
+        sku: &'a str,
+        location: &'a str,
+    ) -> super::simulator::BoxFuture<'a, Option<Quantities>> {
+        Box::pin(Backend::quantities(self, sku, location))
+    }
 }

@@ -17,9 +17,11 @@ use serde_json::{json, Value};
 use stockflow_core::catalog::{parse_location, parse_product};
 use stockflow_core::{BodyFormat, CatalogChange, Location, Product, Rejected, Totals};
 
+use super::asks::CatalogItem;
+use super::asks::Page;
 use super::backend::{Backend, Read};
 use super::ingest::read_body;
-use super::query::{limit, Page};
+use super::query::limit;
 use super::ApiError;
 use crate::receipt::Receipt;
 
@@ -65,17 +67,6 @@ pub fn location_json(location: &Location) -> Value {
         "lowStockThreshold": location.low_stock_threshold,
     })
 }
-
-/// A checked catalog write: the change, and the item's JSON as given
-/// with its id filled in (what Kafka mode's catalog topic carries).
-pub struct CatalogItem {
-    pub change: CatalogChange,
-    pub json: Value,
-}
-
-/// A SKU's totals over every location, and by location group
-/// (`region:…`, `type:…`, `channel:…`).
-pub type Rollup = (Totals, BTreeMap<String, Totals>);
 
 /// One item of a bulk body: its raw text and its JSON, if it is JSON.
 pub(crate) type Item = (String, Result<Value, String>);

@@ -9,27 +9,17 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
-use serde::Deserialize;
 use serde_json::{json, Value};
 use stockflow_core::{parse_body, BodyError, Parsed};
 
+use super::asks::CatalogItem;
+use super::asks::LetterFilter as Filter;
+use super::asks::Page;
 use super::backend::Backend;
-use super::catalog::CatalogItem;
 use super::ingest::read_body;
-use super::query::{limit, Page};
+use super::query::limit;
 use super::ApiError;
 use crate::record::DeadLetter;
-
-#[derive(Deserialize, Clone, Default)]
-pub struct Filter {
-    /// A source (`http:/v1/events`, `source:store-item`, …) or a prefix of
-    /// one (`webhook:`), or a format name (see [`format_of`]).
-    pub(crate) source: Option<String>,
-    /// Case-insensitive substring of the reason.
-    pub(crate) reason: Option<String>,
-    #[serde(flatten)]
-    pub(crate) page: Page,
-}
 
 pub(crate) fn letter_json(l: &DeadLetter) -> Value {
     let mut letter = json!({
@@ -105,16 +95,6 @@ pub(crate) fn format_of(source: &str) -> Option<&str> {
                 .strip_prefix("http:/v1/sources/")
                 .and_then(|f| f.strip_suffix("/events"))
         })
-}
-
-/// A dead letter as a replay needs it.
-pub struct Letter {
-    /// Where it came from (`http:/v1/events`, `source:{format}`, …).
-    pub source: String,
-    /// The source format its payload is in, if it has one.
-    pub format: Option<String>,
-    /// The refused bytes, exactly as received.
-    pub payload: Vec<u8>,
 }
 
 /// The answer for a letter that is not (or no longer) there.

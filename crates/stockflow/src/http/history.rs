@@ -6,11 +6,10 @@ use std::sync::Arc;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
-use serde::Deserialize;
 use serde_json::{json, Value};
 use stockflow_core::{Numbers, Policy, Timestamp};
 
-use super::query::Page;
+use super::asks::HistoryPage;
 use super::ApiError;
 use crate::history::{outcome_name, ChainEnd, Entry, HistoryReader};
 
@@ -45,13 +44,6 @@ fn entry_json(e: &Entry, policy: Policy) -> Value {
         entry["part"] = json!("in_transit");
     }
     entry
-}
-
-#[derive(Deserialize)]
-pub struct HistoryPage {
-    pub before: Option<String>,
-    #[serde(flatten)]
-    pub page: Page,
 }
 
 /// GET /v1/stock/{sku}/{locationId}/history?before=&limit=: applied
@@ -103,12 +95,6 @@ pub fn page_start(head: u64, before: Option<&str>) -> Result<u64, ApiError> {
                 ApiError::bad_request("before must be a nextBefore value of this level's history")
             }),
     }
-}
-
-/// Parses `asOf`.
-pub fn parse_as_of(text: &str) -> Result<Timestamp, ApiError> {
-    Timestamp::parse_rfc3339(text)
-        .ok_or_else(|| ApiError::bad_request(format!("asOf: {text:?} is not an RFC 3339 time")))
 }
 
 fn too_old(retention_ns: i64, at: Timestamp) -> ApiError {

@@ -11,7 +11,8 @@ use axum::Json;
 use http_body_util::BodyExt;
 use stockflow_core::{parse_body, BodyError, BodyFormat, Parsed};
 
-use super::backend::{Backend, Wait};
+use super::asks::Wait;
+use super::backend::Backend;
 use super::ApiError;
 use crate::receipt::{Receipt, RefusedBody};
 

@@ -5,6 +5,7 @@
 //! writer holds for more than one group's slice of a partition.
 
 pub(crate) mod alerts;
+pub mod asks;
 pub mod backend;
 pub(crate) mod catalog;
 mod check;

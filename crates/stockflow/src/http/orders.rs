@@ -14,9 +14,10 @@ use serde_json::{json, Value};
 use stockflow_core::limits::QUANTITY_ABS_MAX;
 use stockflow_core::orders::{Answer, LineRequest, Mode, OrderCommand, Status};
 
+use super::asks::Page;
 use super::backend::{Backend, Read};
 use super::ingest::read_body;
-use super::query::{limit, Page};
+use super::query::limit;
 use super::{json_body, ApiError, Whole};
 
 /// Longest orderId: the events an order's lines become (Kafka mode) are

@@ -8,6 +8,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use stockflow_core::{LevelView, Policy};
 
+use super::asks::{Listing, Page, Status};
 use super::backend::{Backend, Read};
 use super::ApiError;
 
@@ -99,11 +100,7 @@ impl ReadQuery {
         uri: &axum::http::Uri,
     ) -> Result<Read, ApiError> {
         Ok(Read {
-            as_of: self
-                .as_of
-                .as_deref()
-                .map(super::history::parse_as_of)
-                .transpose()?,
+            as_of: self.as_of.as_deref().map(parse_as_of).transpose()?,
             stale: self.stale == Some(true),
             forwarded: headers.contains_key(super::backend::FORWARDED),
             path_and_query: uri
@@ -145,12 +142,6 @@ pub async fn sku<B: Backend>(
     backend.sku_levels(&sku, &read).await.map(Json)
 }
 
-#[derive(Deserialize, Default, Clone)]
-pub struct Page {
-    pub limit: Option<String>,
-    pub after: Option<String>,
-}
-
 pub fn limit(page: &Page) -> Result<usize, ApiError> {
     match &page.limit {
         None => Ok(PAGE_DEFAULT),
@@ -163,60 +154,11 @@ pub fn limit(page: &Page) -> Result<usize, ApiError> {
     }
 }
 
-/// Which levels of a location to list, by how their stock stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Status {
-    /// available below the low-stock threshold (including none).
-    Low,
-    /// nothing available.
-    Out,
-    /// onHand below zero (sales ahead of receipts).
-    Negative,
-    /// at or above the threshold.
-    Ok,
-}
-
-impl Status {
-    pub(crate) fn parse(text: &str) -> Result<Status, ApiError> {
-        match text {
-            "low" => Ok(Status::Low),
-            "out" => Ok(Status::Out),
-            "negative" => Ok(Status::Negative),
-            "ok" => Ok(Status::Ok),
-            _ => Err(ApiError::bad_request(format!(
-                "status: {text:?} is not one of low, out, negative, ok"
-            ))),
-        }
-    }
-
-    pub(crate) fn holds(self, level: &stockflow_core::Level, policy: Policy) -> bool {
-        let available = policy.available(&level.numbers());
-        match self {
-            Status::Low => available < policy.low_stock_threshold,
-            Status::Out => available == 0,
-            Status::Negative => level.on_hand < 0,
-            Status::Ok => available >= policy.low_stock_threshold,
-        }
-    }
-}
-
 #[derive(Deserialize)]
 pub struct LocationFilter {
     status: Option<String>,
     #[serde(flatten)]
     page: Page,
-}
-
-/// A page of a location's levels, as asked.
-#[derive(Clone, Debug)]
-pub struct Listing {
-    /// Only levels whose stock stands so.
-    pub(crate) status: Option<Status>,
-    /// The status as asked (to ask other members the same).
-    pub status_text: Option<String>,
-    pub limit: usize,
-    /// After this SKU.
-    pub after: Option<String>,
 }
 
 /// GET /v1/locations/{locationId}/stock?status=&limit=&after=
@@ -262,4 +204,10 @@ pub fn sources_json(sources: &crate::sources::Sources) -> Value {
         })
         .collect();
     json!({ "formats": formats })
+}
+
+/// Parses `asOf`.
+pub fn parse_as_of(text: &str) -> Result<stockflow_core::Timestamp, ApiError> {
+    stockflow_core::Timestamp::parse_rfc3339(text)
+        .ok_or_else(|| ApiError::bad_request(format!("asOf: {text:?} is not an RFC 3339 time")))
 }

@@ -18,7 +18,7 @@ use stockflow_core::{parse_body, BodyFormat, Parsed};
 use tokio::task::JoinHandle;
 
 use crate::clock::wall_clock;
-use crate::http::backend::{Backend, Quantities, Wait};
+use crate::http::asks::{Quantities, Wait};
 use crate::http::ApiError;
 use crate::receipt::Receipt;
 use crate::traffic::{Catalog, Traffic, CONTROLLED_EVENTS, CONTROLLED_EXPECTED};
@@ -45,7 +45,7 @@ pub enum SimulatorError {
     Stopping,
 }
 
-type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
 /// Where the simulator's events go: the server's own backend, as a trait
 /// object (the backend holds the simulator, so the simulator holds it
@@ -57,20 +57,6 @@ pub trait Sink: Send + Sync {
         sku: &'a str,
         location: &'a str,
     ) -> BoxFuture<'a, Option<Quantities>>;
-}
-
-impl<B: Backend> Sink for B {
-    fn submit(&self, parsed: Parsed, wait: Wait) -> BoxFuture<'_, Result<Receipt, ApiError>> {
-        Box::pin(Backend::submit(self, parsed, "simulator", wait))
-    }
-
-    fn quantities<'a>(
-        &'a self,
-        sku: &'a str,
-        location: &'a str,
-    ) -> BoxFuture<'a, Option<Quantities>> {
-        Box::pin(Backend::quantities(self, sku, location))
-    }
 }
 
 /// One sent message and what became of it.

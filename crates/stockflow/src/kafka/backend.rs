@@ -14,10 +14,11 @@ use serde_json::{json, Value};
 use stockflow_core::{Parsed, Totals};
 
 use super::http::{applied, dead_letter, ingest_parsed, KafkaApp};
-use super::processor::RESTORING;
+use super::shared::RESTORING;
 use super::{catalog, orders};
 use crate::config::Config;
-use crate::http::backend::{Backend, Read, Wait};
+use crate::http::asks::Wait;
+use crate::http::backend::{Backend, Read};
 use crate::http::ApiError;
 use crate::receipt::{Receipt, RefusedBody};
 
@@ -111,10 +112,10 @@ impl Backend for KafkaApp {
 
     async fn level_alerts(
         &self,
-        filter: &crate::http::alerts::AlertFilter,
+        filter: &crate::http::asks::AlertFilter,
         kind: Option<stockflow_core::alerts::AlertKind>,
         read: &Read,
-    ) -> Result<crate::http::alerts::Found, ApiError> {
+    ) -> Result<crate::http::asks::Found, ApiError> {
         self.read_level_alerts(filter, kind, read).await
     }
 
@@ -134,7 +135,7 @@ impl Backend for KafkaApp {
     async fn location_levels(
         &self,
         location: &str,
-        listing: &crate::http::query::Listing,
+        listing: &crate::http::asks::Listing,
         read: &Read,
     ) -> Result<Value, ApiError> {
         self.read_location(location, listing, read).await
@@ -144,7 +145,7 @@ impl Backend for KafkaApp {
         &self,
         sku: &str,
         location: &str,
-        page: &crate::http::history::HistoryPage,
+        page: &crate::http::asks::HistoryPage,
         read: &Read,
     ) -> Result<Value, ApiError> {
         self.read_history(sku, location, page, read).await
@@ -152,14 +153,14 @@ impl Backend for KafkaApp {
 
     async fn write_catalog(
         &self,
-        items: Vec<crate::http::catalog::CatalogItem>,
+        items: Vec<crate::http::asks::CatalogItem>,
         rejected: Vec<stockflow_core::Rejected>,
         source: &str,
     ) -> Result<Receipt, ApiError> {
         catalog::write(self, items, rejected, source).await
     }
 
-    async fn item_totals(&self, sku: &str) -> Result<crate::http::catalog::Rollup, ApiError> {
+    async fn item_totals(&self, sku: &str) -> Result<crate::http::asks::Rollup, ApiError> {
         catalog::sku_rollup(self, sku).await
     }
 
@@ -177,26 +178,23 @@ impl Backend for KafkaApp {
 
     async fn dead_letters(
         &self,
-        filter: &crate::http::dead_letters::Filter,
+        filter: &crate::http::asks::LetterFilter,
         after: Option<u64>,
         limit: usize,
     ) -> Result<(Vec<Value>, Option<u64>), ApiError> {
         super::dead_letters::list(self, filter, after, limit).await
     }
 
-    async fn dead_letter(
-        &self,
-        id: u64,
-    ) -> Result<Option<crate::http::dead_letters::Letter>, ApiError> {
+    async fn dead_letter(&self, id: u64) -> Result<Option<crate::http::asks::Letter>, ApiError> {
         super::dead_letters::find(self, id).await
     }
 
     async fn replay(
         &self,
         id: u64,
-        letter: &crate::http::dead_letters::Letter,
+        letter: &crate::http::asks::Letter,
         parsed: Parsed,
-        changes: Vec<crate::http::catalog::CatalogItem>,
+        changes: Vec<crate::http::asks::CatalogItem>,
     ) -> Result<Receipt, ApiError> {
         super::dead_letters::replay(self, id, letter, parsed, changes).await
     }
@@ -258,14 +256,10 @@ impl Backend for KafkaApp {
     }
 
     /// Through this instance's own API: the level's owner may be another.
-    async fn quantities(
-        &self,
-        sku: &str,
-        location: &str,
-    ) -> Option<crate::http::backend::Quantities> {
+    async fn quantities(&self, sku: &str, location: &str) -> Option<crate::http::asks::Quantities> {
         let url = format!("{}/v1/stock/{sku}/{location}", self.url);
         let level: Value = self.client.get(url).send().await.ok()?.json().await.ok()?;
-        Some(crate::http::backend::Quantities {
+        Some(crate::http::asks::Quantities {
             on_hand: level["onHand"].as_i64()?,
             reserved: level["reserved"].as_i64()?,
             in_transit: level["inTransit"].as_i64()?,

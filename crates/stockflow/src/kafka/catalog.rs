@@ -21,9 +21,9 @@ use stockflow_core::rollup::sku_home;
 use stockflow_core::{CatalogChange, Rejected, Totals};
 
 use super::http::{encode, gather, keep_rejected, not_owned, restoring, KafkaApp, FORWARDED};
-use super::processor::{ACTIVE, RESTORING};
+use super::shared::{ACTIVE, RESTORING};
+use crate::http::asks::{CatalogItem, Rollup};
 use crate::http::backend::Read;
-use crate::http::catalog::{CatalogItem, Rollup};
 use crate::http::ApiError;
 use crate::receipt::Receipt;
 

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use serde_json::{json, Value};
 
 use super::http::{gather, restoring, KafkaApp};
-use super::processor::ACTIVE;
+use super::shared::ACTIVE;
 use crate::http::backend::Read;
 use crate::http::ApiError;
 

@@ -16,7 +16,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
-use super::processor::{Shared, ACTIVE, RESTORING};
+use super::shared::{Shared, ACTIVE, RESTORING};
 use super::KafkaSettings;
 
 /// An instance that has not announced itself for this long is gone.

@@ -5,15 +5,14 @@
 //! same topic (headers `resolves` = the letter's id and `resolution`), so
 //! a resolved letter stays resolved for every instance and across
 //! restarts. Each instance follows the markers on a thread of its own
-//! ([`Resolved`]) and leaves resolved letters out of its lists.
+//! ([`Resolved`](super::shared::Resolved)) and leaves resolved letters out of its lists.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
-use parking_lot::RwLock;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
@@ -22,9 +21,10 @@ use serde_json::{json, Value};
 use stockflow_core::Parsed;
 
 use super::http::KafkaApp;
+use super::shared::Resolved;
 use super::KafkaSettings;
-use crate::http::catalog::CatalogItem;
-use crate::http::dead_letters::{Filter, Letter};
+use crate::http::asks::CatalogItem;
+use crate::http::asks::{Letter, LetterFilter as Filter};
 use crate::http::ApiError;
 use crate::receipt::Receipt;
 
@@ -34,20 +34,6 @@ const RESOLVES: &str = "resolves";
 const RESOLUTION: &str = "resolution";
 /// Longest wait for this instance to read back a marker it wrote.
 const READ_BACK_MAX: Duration = Duration::from_secs(10);
-
-/// The letters resolved so far, as this instance has read the markers.
-#[derive(Default)]
-pub struct Resolved {
-    ids: RwLock<HashSet<i64>>,
-    /// The DLQ offset read up to (exclusive).
-    read_to: AtomicI64,
-}
-
-impl Resolved {
-    pub fn contains(&self, id: i64) -> bool {
-        self.ids.read().contains(&id)
-    }
-}
 
 /// The thread that follows the DLQ topic's resolution markers.
 pub struct Follower {

@@ -51,7 +51,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::processor::{Shared, NOT_OWNED};
+use super::shared::{Shared, NOT_OWNED};
 use super::wire::Positions;
 use super::KafkaSettings;
 use crate::history::{Entry, Fixed, HistoryWriter};

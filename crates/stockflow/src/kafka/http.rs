@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 use stockflow_core::{route, LevelView, Parsed, Totals};
 
 use super::cluster::Cluster;
-use super::processor::{Reason, Shared, ACTIVE, NOT_OWNED, RESTORING};
+use super::shared::{Reason, Shared, ACTIVE, NOT_OWNED, RESTORING};
 use super::wire::canonical_json;
 use super::{level_key, KafkaSettings};
 use crate::clock::wall_clock;
@@ -48,7 +48,7 @@ pub struct KafkaApp {
     pub instance_id: String,
     pub url: String,
     /// The dead letters resolved so far (see [`super::dead_letters`]).
-    pub resolved: Arc<super::dead_letters::Resolved>,
+    pub resolved: Arc<super::shared::Resolved>,
     /// The dashboard's simulator, producing as POST /v1/events does.
     pub simulator: Arc<crate::http::simulator::Simulator>,
     /// Ingest requests being read or parsed, and their bytes.
@@ -239,7 +239,7 @@ async fn wait_applied_on(
         ApiError::new(StatusCode::GATEWAY_TIMEOUT, "not_applied_yet", format!("partition {p} has not applied offset {offset} yet; the events are in the log and will be applied"))
     };
     loop {
-        if app.shared.status(p) != super::processor::NOT_OWNED {
+        if app.shared.status(p) != super::shared::NOT_OWNED {
             match wait_local(&app.shared, p, from, offset, deadline).await? {
                 Some(answer) => return Ok(answer),
                 None => continue, // released meanwhile: ask the new owner
@@ -284,7 +284,7 @@ async fn wait_local(
     deadline: Instant,
 ) -> Result<Option<Value>, ApiError> {
     let applied = || match shared.status(p) {
-        super::processor::NOT_OWNED => Some(None),
+        super::shared::NOT_OWNED => Some(None),
         ACTIVE if shared.applied[p as usize].load(Ordering::Acquire) > offset => {
             Some(Some(outcomes_json(shared, p, from, offset)))
         }
@@ -343,7 +343,7 @@ pub(super) async fn applied(
         )
     };
     if q.partition >= app.settings.partitions
-        || app.shared.status(q.partition) == super::processor::NOT_OWNED
+        || app.shared.status(q.partition) == super::shared::NOT_OWNED
     {
         return Err(not_owner());
     }
@@ -476,7 +476,7 @@ impl KafkaApp {
         &self,
         sku: &str,
         location: &str,
-        query: &crate::http::history::HistoryPage,
+        query: &crate::http::asks::HistoryPage,
         read: &Read,
     ) -> Result<Value, ApiError> {
         let p = route(sku, location, self.settings.partitions);
@@ -730,7 +730,7 @@ impl KafkaApp {
     pub(crate) async fn read_location(
         &self,
         location: &str,
-        listing: &crate::http::query::Listing,
+        listing: &crate::http::asks::Listing,
         read: &Read,
     ) -> Result<Value, ApiError> {
         let app = self;
@@ -788,11 +788,12 @@ impl KafkaApp {
     /// each other for every match of their own with `scope=local`).
     pub(crate) async fn read_level_alerts(
         &self,
-        filter: &crate::http::alerts::AlertFilter,
+        filter: &crate::http::asks::AlertFilter,
         kind: Option<stockflow_core::alerts::AlertKind>,
         read: &Read,
-    ) -> Result<crate::http::alerts::Found, ApiError> {
-        use crate::http::alerts::{found_from_json, partition_alerts, Found};
+    ) -> Result<crate::http::asks::Found, ApiError> {
+        use crate::http::alerts::{found_from_json, partition_alerts};
+        use crate::http::asks::Found;
         let mut found = Found::new();
         let mut restoring_here = Vec::new();
         for (p, status, _) in self.shared.owned() {

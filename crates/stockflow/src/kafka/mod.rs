@@ -36,6 +36,7 @@ pub mod live;
 pub mod normaliser;
 pub mod orders;
 pub mod processor;
+pub mod shared;
 pub mod topics;
 pub mod webhooks;
 pub mod wire;
@@ -348,7 +349,7 @@ impl KafkaServer {
         crate::metrics::handle();
         let mut engine = config.engine;
         engine.partitions = settings.partitions;
-        let shared = Arc::new(processor::Shared::new(settings.partitions));
+        let shared = Arc::new(shared::Shared::new(settings.partitions));
         let cluster_state = Arc::new(cluster::Cluster::default());
         let processor = processor::start(
             settings.clone(),
@@ -372,7 +373,7 @@ impl KafkaServer {
         let producer: rdkafka::producer::FutureProducer = settings.producer_config().create()?;
         let hub = Arc::new(crate::stream::Hub::default());
         let live = live::start(&settings, hub.clone())?;
-        let resolved = Arc::new(dead_letters::Resolved::default());
+        let resolved = Arc::new(shared::Resolved::default());
         let markers = dead_letters::follow(&settings, resolved.clone())?;
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(35))

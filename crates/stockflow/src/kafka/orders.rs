@@ -21,7 +21,8 @@ use stockflow_core::orders::{Answer, LineRequest, Mode, Order, OrderCommand, Sou
 use stockflow_core::saga::{judge, order_home, PlaceLine, ToHome};
 
 use super::http::{encode, KafkaApp, FORWARDED};
-use super::processor::{ACTIVE, NOT_OWNED, ORDER_HEADER};
+use super::processor::ORDER_HEADER;
+use super::shared::{ACTIVE, NOT_OWNED};
 use crate::clock::wall_clock;
 use crate::http::backend::Read;
 use crate::http::ApiError;
