@@ -29,6 +29,9 @@ pub struct Config {
     /// Below the usual 1,024 file descriptors a process gets, so that the
     /// log, the history files and Kafka's sockets still have theirs.
     pub connections_max: usize,
+    /// Open HTTP connections from one client address; one more from it is
+    /// closed at once (and logged), so one host cannot take every place.
+    pub connections_per_address_max: usize,
     /// A request's head, and then its body, must each arrive within this
     /// (an idle keep-alive connection is closed after it too): a slow
     /// client cannot hold an ingest slot or a connection for long.
@@ -91,6 +94,7 @@ impl Config {
             ingest_in_flight_max: 512,
             ingest_bytes_in_flight_max: 256 << 20,
             connections_max: 768,
+            connections_per_address_max: 512,
             read_timeout: std::time::Duration::from_secs(10),
             group_events_max: 50_000,
             group_bytes_max: 64 << 20,

@@ -78,6 +78,11 @@ enum Command {
         /// Open HTTP connections at most; one more is closed at once.
         #[arg(long, default_value_t = 768, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
         connections_max: u64,
+        /// Open HTTP connections from one client address at most; one more
+        /// from it is closed at once. Behind a proxy (every client has its
+        /// address) set it to --connections-max.
+        #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+        connections_per_address_max: u64,
         /// A request's head, then its body, must each arrive within this
         /// many seconds (408 for a late body); an idle connection is closed
         /// after it too.
@@ -376,6 +381,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             partitions,
             body_limit_bytes,
             connections_max,
+            connections_per_address_max,
             read_timeout_seconds,
             disk_free_min_bytes,
             ingest_bytes_in_flight_max,
@@ -418,6 +424,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             config.engine.partitions = partitions;
             config.body_bytes_max = body_limit_bytes;
             config.connections_max = connections_max as usize;
+            config.connections_per_address_max = connections_per_address_max as usize;
             config.read_timeout = Duration::from_secs(read_timeout_seconds);
             config.disk_free_min_bytes = disk_free_min_bytes;
             config.ingest_bytes_in_flight_max = ingest_bytes_in_flight_max;

@@ -138,6 +138,10 @@ fn describe() {
         "stockflow_http_connections_shed_total",
         "New connections closed at once because --connections-max were open, all inside a request."
     );
+    describe_counter!(
+        "stockflow_http_connections_refused_per_address_total",
+        "New connections closed at once because their client address had --connections-per-address-max open."
+    );
     describe_gauge!(
         "stockflow_disk_free_bytes",
         Unit::Bytes,

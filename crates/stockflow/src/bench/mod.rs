@@ -422,6 +422,7 @@ pub async fn stream(options: &BenchOptions) -> anyhow::Result<()> {
         // Every subscriber holds a connection, and the traffic needs a
         // few more: above the default cap, which sheds the rest.
         connections_max: subscribers_wanted + 256,
+        connections_per_address_max: subscribers_wanted + 256,
         ..Config::new(dir.path().to_owned())
     };
     let server = Server::start(config, "127.0.0.1:0".parse()?).await?;

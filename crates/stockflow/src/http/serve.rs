@@ -9,9 +9,15 @@
 //! half-sent heads cannot keep a health probe or a real client out for
 //! the length of the timeout. Only when every open connection is inside a
 //! request is the new one closed at once (counted and logged).
+//!
+//! One client address holds at most `connections_per_address_max` of
+//! them: a single host cannot take every place (one more from it is
+//! closed at once, counted and logged). Behind a proxy every client has
+//! the proxy's address; raise it to `connections_max` there.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,13 +58,53 @@ impl Waiting {
 #[derive(Clone, Copy, Debug)]
 pub struct ConnectionLimits {
     pub connections_max: usize,
+    pub connections_per_address_max: usize,
     pub header_read_timeout: Duration,
+}
+
+/// Open connections per client address.
+#[derive(Clone, Default)]
+struct PerAddress(Arc<parking_lot::Mutex<HashMap<IpAddr, usize>>>);
+
+/// One connection's count in [`PerAddress`], given back when dropped.
+struct Counted {
+    table: PerAddress,
+    address: IpAddr,
+}
+
+impl PerAddress {
+    /// Counts one more connection from `address`, unless it has `max`.
+    fn admit(&self, address: IpAddr, max: usize) -> Option<Counted> {
+        let mut table = self.0.lock();
+        let open = table.entry(address).or_insert(0);
+        if *open >= max {
+            return None;
+        }
+        *open += 1;
+        Some(Counted {
+            table: self.clone(),
+            address,
+        })
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        let mut table = self.table.0.lock();
+        if let Some(open) = table.get_mut(&self.address) {
+            *open -= 1;
+            if *open == 0 {
+                table.remove(&self.address);
+            }
+        }
+    }
 }
 
 impl ConnectionLimits {
     pub fn of(config: &crate::config::Config) -> ConnectionLimits {
         ConnectionLimits {
             connections_max: config.connections_max,
+            connections_per_address_max: config.connections_per_address_max,
             header_read_timeout: config.read_timeout,
         }
     }
@@ -93,6 +139,8 @@ pub async fn serve(
     // Stopping: every connection finishes its request in flight and closes.
     let (stopping, stop_seen) = tokio::sync::watch::channel(false);
     let shed = AtomicU64::new(0);
+    let per_address = PerAddress::default();
+    let refused = AtomicU64::new(0);
     let waiting = Arc::new(parking_lot::Mutex::new(Waiting::default()));
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -107,6 +155,16 @@ pub async fn serve(
                 }
             },
             () = &mut shutdown => break,
+        };
+        // Its own address's limit first: a host over it takes no one's place.
+        let Some(counted) = per_address.admit(peer.ip(), limits.connections_per_address_max) else {
+            let n = refused.fetch_add(1, Ordering::Relaxed) + 1;
+            metrics::counter!("stockflow_http_connections_refused_per_address_total").increment(1);
+            if n <= 10 || n.is_multiple_of(1000) {
+                tracing::warn!(%peer, limit = limits.connections_per_address_max, refused = n, "closing a connection: too many open from its address");
+            }
+            drop(stream);
+            continue;
         };
         let permit = open.clone().try_acquire_owned().ok();
         let permit = permit.or_else(|| {
@@ -176,6 +234,7 @@ pub async fn serve(
             }
             gone.lock().by_age.remove(&id);
             drop(slot);
+            drop(counted);
         });
     }
     drop(listener);

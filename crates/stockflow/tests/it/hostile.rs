@@ -420,6 +420,91 @@ async fn issue_19_4_slow_and_idle_clients_are_cut_off_and_the_server_keeps_answe
     server.stop().await.unwrap();
 }
 
+/// Defect 4, one host: with only a global cap, one address could hold
+/// every connection the server has. It holds at most
+/// `connections_per_address_max`; one more from it is closed at once
+/// (counted in the metrics), while another address is served, and the
+/// host gets its places back as its connections end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_19_4_one_address_cannot_take_every_connection() {
+    use std::time::Duration;
+    use tokio::io::AsyncReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), |c| {
+        c.connections_max = 16;
+        c.connections_per_address_max = 4;
+    })
+    .await;
+    let url = server.url();
+    let port = server.addr.port();
+    // The metrics are the process's, shared with the other tests here.
+    let refused = || async {
+        let metrics = reqwest::get(format!("{url}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("stockflow_http_connections_refused_per_address_total "))
+            .map_or(0, |n| n.trim().parse::<u64>().unwrap())
+    };
+    let refused_before = refused().await;
+    let from = |host: [u8; 4]| async move {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(std::net::SocketAddr::from((host, 0))).unwrap();
+        socket
+            .connect(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+            .await
+            .unwrap()
+    };
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(from([127, 0, 0, 2]).await);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // A fifth from the same address: closed before it can ask anything.
+    let mut fifth = from([127, 0, 0, 2]).await;
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(2), fifth.read(&mut byte)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "the fifth was closed: {read:?}"
+    );
+    // The four are still open (none was evicted for it).
+    let still = tokio::time::timeout(Duration::from_millis(200), held[0].read(&mut byte)).await;
+    assert!(
+        still.is_err(),
+        "the first held connection is still open: {still:?}"
+    );
+    // Another address is served at once.
+    let (status, health) = get(&url, "/healthz").await;
+    assert_eq!((status, health["status"].as_str()), (200, Some("ok")));
+    assert_eq!(refused().await, refused_before + 1, "one refusal counted");
+    // Its connections end: the host is served again.
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut again = from([127, 0, 0, 2]).await;
+    tokio::io::AsyncWriteExt::write_all(
+        &mut again,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut said = Vec::new();
+    tokio::time::timeout(Duration::from_secs(2), again.read_to_end(&mut said))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        said.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&said)
+    );
+    server.stop().await.unwrap();
+}
+
 /// Defect 1: refused bodies counted as no events toward a group commit,
 /// and their invalid bytes tripled in size as text, so 70 concurrent
 /// 16 MiB bodies of 0xFF made a log record over the 1 GiB limit and the
@@ -948,7 +1033,11 @@ fn overload_by_slow_and_huge_clients_keeps_reads_answering_and_memory_bounded() 
         for i in 0..500 {
             let addr = addr.clone();
             tasks.push(tokio::spawn(async move {
-                let Ok(mut stream) = tokio::net::TcpStream::connect(&addr).await else {
+                // From an address of their own: the per-address limit
+                // would otherwise shut the readers out with them.
+                let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                socket.bind(std::net::SocketAddr::from(([127, 0, 0, 2], 0))).unwrap();
+                let Ok(mut stream) = socket.connect(addr.parse().unwrap()).await else {
                     return (0u16, 0u64);
                 };
                 let head = if i < 300 {
