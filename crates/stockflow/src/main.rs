@@ -267,13 +267,36 @@ fn main() -> anyhow::Result<()> {
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(|| Unfailing(std::io::stderr()));
     match cli.log_format {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().init(),
     }
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(run(cli.command))
+}
+
+/// A server's standard output and error may be files on the disk that
+/// fills up: a line that cannot be written is lost, the server goes on
+/// (`println!` and tracing's own fallback `eprintln!` would panic).
+struct Unfailing<W>(W);
+
+impl<W: std::io::Write> std::io::Write for Unfailing<W> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let _ = self.0.write_all(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = self.0.flush();
+        Ok(())
+    }
+}
+
+/// A line on standard output that is lost, not fatal, if it cannot be written.
+fn say(line: std::fmt::Arguments) {
+    use std::io::Write;
+    let _ = writeln!(Unfailing(std::io::stdout()), "{line}");
 }
 
 fn parse_sourcing(text: &str) -> Result<stockflow_core::orders::Sourcing, String> {
@@ -445,20 +468,20 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     kafka.advertise.clone(),
                 )
                 .await?;
-                println!(
+                say(format_args!(
                     "stockflow listening on {} in Kafka mode (group {}, instance {})",
                     server.url(),
                     kafka.group,
                     server.instance_id
-                );
+                ));
                 stockflow::shutdown_signal().await;
                 return server.stop().await;
             }
             let server = Server::start(config, listen).await?;
-            println!(
+            say(format_args!(
                 "stockflow listening on {url} (dashboard: {url}/)",
                 url = server.url()
-            );
+            ));
             stockflow::shutdown_signal().await;
             server.stop().await
         }
