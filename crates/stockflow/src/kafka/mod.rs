@@ -142,6 +142,10 @@ pub struct KafkaSettings {
     /// A price cut of at least this many percent is a PRICE_DROP alert
     /// (the server's `--price-drop-percent`).
     pub price_drop_percent: u8,
+    /// Consumer groups are joined no sooner than this: after an unclean
+    /// stop, once the dead process's memberships have timed out (see
+    /// [`KafkaSettings::wait_to_join`]).
+    pub join_not_before: Option<std::time::Instant>,
 }
 
 impl KafkaSettings {
@@ -157,6 +161,7 @@ impl KafkaSettings {
             changelog_snapshot_every: 500_000,
             order_hold_ns: 15 * 60 * 1_000_000_000,
             price_drop_percent: 10,
+            join_not_before: None,
         }
     }
 
@@ -172,6 +177,41 @@ impl KafkaSettings {
             config.set(k, v);
         }
         config
+    }
+
+    /// The group session timeout the consumers use: librdkafka's default
+    /// unless passed through.
+    pub fn session_timeout(&self) -> Duration {
+        let ms = self
+            .extra
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "session.timeout.ms")
+            .and_then(|(_, v)| v.parse::<u64>().ok())
+            .unwrap_or(45_000);
+        Duration::from_millis(ms)
+    }
+
+    /// Waits, before a consumer subscribes, until [`join_not_before`]
+    /// (false if it is `stopped` meanwhile). A process that was killed stays
+    /// in its groups until its session times out; a new member that joins
+    /// meanwhile gets the dead one as the group's leader, and tansu 0.6.0
+    /// then leaves it with no partitions at all (the group never
+    /// rebalances again once the dead leader expires). Joining after the
+    /// timeout finds the group without it.
+    ///
+    /// [`join_not_before`]: KafkaSettings::join_not_before
+    pub fn wait_to_join(&self, stopped: impl Fn() -> bool) -> bool {
+        while let Some(left) = self
+            .join_not_before
+            .and_then(|at| at.checked_duration_since(std::time::Instant::now()))
+        {
+            if stopped() {
+                return false;
+            }
+            std::thread::sleep(left.min(Duration::from_millis(100)));
+        }
+        !stopped()
     }
 
     /// The idempotent producer every stockflow writer uses: ordered per
@@ -321,8 +361,38 @@ pub struct KafkaServer {
     processor: processor::Running,
     normaliser: normaliser::Running,
     cluster: cluster::Running,
+    running: RunningMark,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+/// A file in the data directory that says an instance is running there:
+/// made at start, removed by a clean stop. Found at start, it tells that
+/// the last run was killed or crashed.
+struct RunningMark {
+    path: std::path::PathBuf,
+    unclean: bool,
+}
+
+impl RunningMark {
+    fn take(dir: &std::path::Path) -> anyhow::Result<RunningMark> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join("running");
+        let unclean = path.exists();
+        // A full disk must not keep an instance from starting: only the
+        // next start's wait depends on this file.
+        if let Err(error) = std::fs::write(&path, std::process::id().to_string()) {
+            tracing::warn!(%error, path = %path.display(), "could not write the running mark; a start after a crash may not wait out the group session");
+        }
+        Ok(RunningMark { path, unclean })
+    }
+
+    /// After a clean stop: the next start joins at once.
+    fn clear(self) {
+        if let Err(error) = std::fs::remove_file(&self.path) {
+            tracing::warn!(%error, path = %self.path.display(), "could not remove the running mark; the next start waits out the group session");
+        }
+    }
 }
 
 impl KafkaServer {
@@ -338,6 +408,15 @@ impl KafkaServer {
         settings.order_hold_ns = config.order_hold_seconds as i64 * 1_000_000_000;
         settings.price_drop_percent = config.price_drop_percent;
         check_topics(&settings)?;
+        let running = RunningMark::take(&config.data_dir.join("kafka"))?;
+        if running.unclean {
+            let wait = settings.session_timeout() + Duration::from_secs(1);
+            tracing::warn!(
+                seconds = wait.as_secs(),
+                "the last run did not stop cleanly: its group memberships expire before this one joins"
+            );
+            settings.join_not_before = Some(std::time::Instant::now() + wait);
+        }
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| {
@@ -412,6 +491,7 @@ impl KafkaServer {
             processor,
             normaliser,
             cluster,
+            running,
             stop,
             task,
         })
@@ -438,6 +518,7 @@ impl KafkaServer {
             cluster.stop();
         })
         .await?;
+        self.running.clear();
         Ok(())
     }
 }

@@ -141,13 +141,19 @@ pub fn start(
         .chain(sources.names())
         .map(|format| format!("{}{format}", settings.topics.raw_prefix))
         .collect();
-    let raw: Vec<&str> = raw.iter().map(String::as_str).collect();
-    consumer.subscribe(&raw)?;
     let stop = Arc::new(AtomicBool::new(false));
     let stopping = stop.clone();
     let thread = std::thread::Builder::new()
         .name("kafka-normaliser".into())
         .spawn(move || {
+            if !settings.wait_to_join(|| stopping.load(Ordering::Acquire)) {
+                return;
+            }
+            let raw: Vec<&str> = raw.iter().map(String::as_str).collect();
+            if let Err(error) = consumer.subscribe(&raw) {
+                tracing::error!(%error, "normaliser cannot subscribe to the raw topics; stopping");
+                std::process::abort();
+            }
             run(
                 consumer, producer, expected, probes, settings, sources, events_max, stopping,
             )

@@ -48,14 +48,20 @@ pub fn feed(
         .create()
         .context("creating the webhook's consumer")?;
     pin_start(&consumer, &settings.topics.alerts);
-    consumer
-        .subscribe(&[&settings.topics.alerts])
-        .context("subscribing the webhook's consumer to the alerts topic")?;
     let (tx, rx) = mpsc::channel(FEED_AHEAD_MAX);
     let consumer = Arc::new(consumer);
+    let (settings, topic) = (settings.clone(), settings.topics.alerts.clone());
     std::thread::Builder::new()
         .name("webhook-feed".into())
-        .spawn(move || run(&consumer, &tx, &closing))?;
+        .spawn(move || {
+            if !settings.wait_to_join(|| *closing.borrow()) {
+                return;
+            }
+            match consumer.subscribe(&[&topic]) {
+                Ok(()) => run(&consumer, &tx, &closing),
+                Err(error) => tracing::error!(%error, "a webhook cannot read the alerts topic: its alerts are not sent"),
+            }
+        })?;
     Ok(rx)
 }
 

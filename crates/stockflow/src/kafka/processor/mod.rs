@@ -303,7 +303,6 @@ pub fn start(
         .create_with_context(Rebalancer {
             processor: processor.clone(),
         })?;
-    consumer.subscribe(&[&settings.topics.canonical])?;
     let stop = Arc::new(AtomicBool::new(false));
     let history = super::history::start(
         &settings,
@@ -315,7 +314,15 @@ pub fn start(
     let stopping = stop.clone();
     let thread = std::thread::Builder::new()
         .name("kafka-processor".into())
-        .spawn(move || run(consumer, processor, settings, stopping))?;
+        .spawn(move || {
+            if !settings.wait_to_join(|| stopping.load(Ordering::Acquire)) {
+                return;
+            }
+            if let Err(error) = consumer.subscribe(&[&settings.topics.canonical]) {
+                poison(&format!("subscribing to the canonical topic: {error}"));
+            }
+            run(consumer, processor, settings, stopping)
+        })?;
     Ok(Running {
         stop,
         thread: Some(thread),
