@@ -459,3 +459,25 @@ pub fn wait_level(url: &str, sku: &str, want: (i64, i64)) {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Reads an open stream (SSE) on a task until the text it carried so far
+/// satisfies `done`, answering that text; panics, naming `what`, if the
+/// stream ends or 30 s pass first. Called inside a runtime.
+pub fn watch_stream(
+    mut live: reqwest::Response,
+    what: &'static str,
+    done: impl Fn(&str) -> bool + Send + 'static,
+) -> tokio::task::JoinHandle<String> {
+    assert_eq!(live.status(), 200, "{what}: the stream opens");
+    tokio::spawn(async move {
+        let mut seen = String::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !done(&seen) {
+            match tokio::time::timeout_at(deadline, live.chunk()).await {
+                Ok(Ok(Some(chunk))) => seen.push_str(&String::from_utf8_lossy(&chunk)),
+                _ => panic!("the stream did not carry {what}: {seen}"),
+            }
+        }
+        seen
+    })
+}
