@@ -487,19 +487,13 @@ impl Materialiser {
             };
             match self
                 .gaps
-                .check(i32::from(p), expected, message.offset(), log_start)
+                .check(topic, i32::from(p), expected, message.offset(), log_start)
             {
                 super::Next::Old => continue,
                 super::Next::Seek(offset) => {
                     self.seek(i32::from(p), offset);
                     continue;
                 }
-                super::Next::Gap => tracing::warn!(
-                    partition = p,
-                    expected,
-                    got = message.offset(),
-                    "history: records deleted by retention before they were read; going on"
-                ),
                 super::Next::Take => {}
             }
             let local = self.locals.get_mut(&p).expect("checked above");

@@ -568,8 +568,6 @@ pub enum Next {
     Old,
     /// Records were skipped: read again from this offset.
     Seek(i64),
-    /// Records are really missing (compaction, transaction markers): go on.
-    Gap,
 }
 
 /// Keeps every reader contiguous. A record beyond the expected offset
@@ -606,6 +604,7 @@ impl Contiguity {
     /// reached the start without finding the record.
     pub fn check(
         &mut self,
+        topic: &str,
         partition: i32,
         expected: i64,
         offset: i64,
@@ -623,7 +622,15 @@ impl Contiguity {
                 if expected - step <= 0 {
                     self.searching.remove(&partition);
                     if log_start().is_some_and(|start| expected < start) {
-                        return Next::Gap;
+                        // Really gone (retention, compaction): go on.
+                        tracing::warn!(
+                            topic,
+                            partition,
+                            expected,
+                            got = offset,
+                            "records deleted by retention before they were read; going on"
+                        );
+                        return Next::Take;
                     }
                     tracing::warn!(
                         partition,
@@ -740,32 +747,33 @@ mod tests {
     fn a_skipped_record_is_searched_for_further_back_each_time() {
         let mut c = Contiguity::default();
         let start = || Some(0);
-        assert_eq!(c.check(0, 10, 10, start), Next::Take);
-        assert_eq!(c.check(0, 11, 9, start), Next::Old);
-        assert_eq!(c.check(0, 11, 13, start), Next::Seek(10));
-        assert_eq!(c.check(0, 11, 13, start), Next::Seek(9));
-        assert_eq!(c.check(0, 11, 13, start), Next::Seek(7));
-        assert_eq!(c.check(0, 11, 13, start), Next::Seek(3));
-        assert_eq!(c.check(0, 11, 13, start), Next::Seek(0));
+        assert_eq!(c.check("t", 0, 10, 10, start), Next::Take);
+        assert_eq!(c.check("t", 0, 11, 9, start), Next::Old);
+        assert_eq!(c.check("t", 0, 11, 13, start), Next::Seek(10));
+        assert_eq!(c.check("t", 0, 11, 13, start), Next::Seek(9));
+        assert_eq!(c.check("t", 0, 11, 13, start), Next::Seek(7));
+        assert_eq!(c.check("t", 0, 11, 13, start), Next::Seek(3));
+        assert_eq!(c.check("t", 0, 11, 13, start), Next::Seek(0));
         // Read from the start and still missing, but the log holds it:
         // search again rather than skip it.
-        assert_eq!(c.check(0, 11, 13, start), Next::Seek(10));
+        assert_eq!(c.check("t", 0, 11, 13, start), Next::Seek(10));
         // Found on the way back: the search ends.
-        assert_eq!(c.check(1, 5, 7, start), Next::Seek(4));
-        assert_eq!(c.check(1, 5, 5, start), Next::Take);
-        assert_eq!(c.check(1, 6, 8, start), Next::Seek(5));
+        assert_eq!(c.check("t", 1, 5, 7, start), Next::Seek(4));
+        assert_eq!(c.check("t", 1, 5, 5, start), Next::Take);
+        assert_eq!(c.check("t", 1, 6, 8, start), Next::Seek(5));
     }
 
     #[test]
     fn records_deleted_by_retention_are_a_gap_to_go_past() {
         let mut c = Contiguity::default();
         let start = || Some(100);
-        assert_eq!(c.check(0, 2, 100, start), Next::Seek(1));
-        assert_eq!(c.check(0, 2, 100, start), Next::Seek(0));
-        assert_eq!(c.check(0, 2, 100, start), Next::Gap);
+        assert_eq!(c.check("t", 0, 2, 100, start), Next::Seek(1));
+        assert_eq!(c.check("t", 0, 2, 100, start), Next::Seek(0));
+        // Gone for good: read past (and logged).
+        assert_eq!(c.check("t", 0, 2, 100, start), Next::Take);
         // An unknown start (the broker did not answer) is not a gap.
-        assert_eq!(c.check(1, 1, 5, || None), Next::Seek(0));
-        assert_eq!(c.check(1, 1, 5, || None), Next::Seek(0));
+        assert_eq!(c.check("t", 1, 1, 5, || None), Next::Seek(0));
+        assert_eq!(c.check("t", 1, 1, 5, || None), Next::Seek(0));
     }
 
     #[test]
@@ -810,7 +818,7 @@ mod tests {
     #[test]
     fn with_transactions_a_jump_is_a_marker_not_a_hole() {
         let mut c = Contiguity::with_transactions(true);
-        assert_eq!(c.check(0, 10, 12, || Some(0)), Next::Take);
-        assert_eq!(c.check(0, 13, 12, || Some(0)), Next::Old);
+        assert_eq!(c.check("t", 0, 10, 12, || Some(0)), Next::Take);
+        assert_eq!(c.check("t", 0, 13, 12, || Some(0)), Next::Old);
     }
 }

@@ -250,12 +250,15 @@ fn run(
                         .ok()
                         .map(|(low, _)| low)
                 };
-                match gaps.check(message.partition(), want, message.offset(), log_start) {
+                match gaps.check(
+                    &topic,
+                    message.partition(),
+                    want,
+                    message.offset(),
+                    log_start,
+                ) {
                     Next::Old => continue,
                     Next::Take => {}
-                    Next::Gap => {
-                        tracing::warn!(%topic, partition = message.partition(), want, got = message.offset(), "raw records deleted by retention before they were read; going on")
-                    }
                     Next::Seek(offset) => {
                         if let Err(error) = consumer.seek(
                             &topic,

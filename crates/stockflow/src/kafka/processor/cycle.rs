@@ -80,6 +80,7 @@ pub(super) fn line_results(
 /// are dropped, and a hole stops the run and queues a re-read in `seeks`.
 pub(super) fn contiguous<'a>(
     gaps: &mut crate::kafka::Contiguity,
+    topic: &str,
     p: u16,
     mut next: i64,
     inputs: &'a [Input],
@@ -88,17 +89,9 @@ pub(super) fn contiguous<'a>(
 ) -> Vec<&'a Input> {
     let mut run = Vec::with_capacity(inputs.len());
     for input in inputs {
-        match gaps.check(i32::from(p), next, input.offset, &log_start) {
+        match gaps.check(topic, i32::from(p), next, input.offset, &log_start) {
             crate::kafka::Next::Old => continue,
             crate::kafka::Next::Take => {}
-            crate::kafka::Next::Gap => {
-                tracing::warn!(
-                    partition = p,
-                    expected = next,
-                    got = input.offset,
-                    "records deleted by retention before they were applied; going on"
-                );
-            }
             crate::kafka::Next::Seek(offset) => {
                 seeks.push((p, offset));
                 break;
@@ -273,6 +266,7 @@ impl Processor {
         };
         let canonical = contiguous(
             &mut self.canonical_gaps,
+            &self.settings.topics.canonical,
             p,
             from.canonical,
             canonical,
@@ -281,6 +275,7 @@ impl Processor {
         );
         let transit_in = contiguous(
             &mut self.transit_gaps,
+            &self.settings.topics.repartition,
             p,
             from.repartition,
             transit,

@@ -436,17 +436,9 @@ impl Processor {
                     }
                 };
                 heard = true;
-                match gaps.check(i32::from(p), next, message.offset(), || Some(low)) {
+                match gaps.check(topic, i32::from(p), next, message.offset(), || Some(low)) {
                     crate::kafka::Next::Old => continue,
                     crate::kafka::Next::Take => {}
-                    crate::kafka::Next::Gap => {
-                        tracing::warn!(
-                            partition = p,
-                            expected = next,
-                            got = message.offset(),
-                            "changelog records deleted by retention; going on"
-                        )
-                    }
                     crate::kafka::Next::Seek(offset) => {
                         reposition(&reader, topic, p, offset)?;
                         (placed, heard, step) = (offset, false, 1);
