@@ -126,7 +126,45 @@ pub(super) async fn list(
             .await
             .map_err(ApiError::stopping)?
             .map_err(unreadable)?;
+    let letters = letters.iter().map(Scanned::json).collect();
     Ok((letters, next.map(|n| n as u64)))
+}
+
+/// A letter as read from the DLQ topic, its payload's bytes as stored.
+struct Scanned {
+    id: i64,
+    received_at: Option<String>,
+    source: String,
+    why: String,
+    headers: HashMap<String, String>,
+    payload: Vec<u8>,
+}
+
+impl Scanned {
+    /// The letter in the API's JSON, as the embedded mode's.
+    fn json(&self) -> Value {
+        let mut letter = json!({
+            "id": self.id,
+            "receivedAt": self.received_at,
+            "source": self.source,
+            "index": self.headers.get("index").and_then(|i| i.parse::<u32>().ok()),
+            "eventId": self.headers.get("event-id"),
+            "reason": self.why,
+        });
+        if let Some(fields) = letter.as_object_mut() {
+            // Where in a raw topic a translated record came from.
+            for (header, field) in [
+                ("source-partition", "sourcePartition"),
+                ("source-offset", "sourceOffset"),
+            ] {
+                if let Some(value) = self.headers.get(header) {
+                    fields.insert(field.into(), Value::from(value.as_str()));
+                }
+            }
+            fields.extend(crate::http::dead_letters::payload_fields(&self.payload));
+        }
+        letter
+    }
 }
 
 fn unreadable(e: anyhow::Error) -> ApiError {
@@ -144,7 +182,7 @@ fn scan(
     after: Option<i64>,
     limit: usize,
     filter: &Filter,
-) -> anyhow::Result<(Vec<Value>, Option<i64>)> {
+) -> anyhow::Result<(Vec<Scanned>, Option<i64>)> {
     let topic = &settings.topics.dlq;
     let reader = reader(settings)?;
     let (low, high) = reader.fetch_watermarks(topic, 0, Duration::from_secs(10))?;
@@ -158,7 +196,8 @@ fn scan(
     list.add_partition_offset(topic, 0, Offset::Offset((first - 1_000).max(low)))?;
     reader.assign(&list)?;
     let reason = filter.reason.as_deref().map(str::to_lowercase);
-    let (mut letters, mut scanned, mut last): (Vec<Value>, usize, i64) = (Vec::new(), 0, first - 1);
+    let (mut letters, mut scanned, mut last): (Vec<Scanned>, usize, i64) =
+        (Vec::new(), 0, first - 1);
     let mut page_bytes = 0usize;
     let deadline = Instant::now() + Duration::from_secs(10);
     while last + 1 < high && scanned < SCANNED_MAX && Instant::now() < deadline {
@@ -174,11 +213,16 @@ fn scan(
         if marker_of(&m).is_some() || resolved.contains(m.offset()) {
             continue;
         }
-        let headers: HashMap<&str, String> = m
+        let headers: HashMap<String, String> = m
             .headers()
             .map(|h| {
                 h.iter()
-                    .filter_map(|h| Some((h.key, String::from_utf8_lossy(h.value?).into_owned())))
+                    .filter_map(|h| {
+                        Some((
+                            h.key.to_owned(),
+                            String::from_utf8_lossy(h.value?).into_owned(),
+                        ))
+                    })
                     .collect()
             })
             .unwrap_or_default();
@@ -204,32 +248,21 @@ fn scan(
             !letters.is_empty() && page_bytes > crate::http::dead_letters::PAGE_PAYLOAD_BYTES_MAX;
         if letters.len() == limit || full_in_bytes {
             // One more matches: the next page starts after this one's last.
-            let next = letters.last().and_then(|l| l["id"].as_i64());
+            let next = letters.last().map(|l| l.id);
             return Ok((letters, next));
         }
-        let mut letter = json!({
-            "id": m.offset(),
-            "receivedAt": m.timestamp().to_millis().and_then(chrono::DateTime::from_timestamp_millis).map(|t| t.to_rfc3339()),
-            "source": source,
-            "index": headers.get("index").and_then(|i| i.parse::<u32>().ok()),
-            "eventId": headers.get("event-id"),
-            "reason": why,
+        letters.push(Scanned {
+            id: m.offset(),
+            received_at: m
+                .timestamp()
+                .to_millis()
+                .and_then(chrono::DateTime::from_timestamp_millis)
+                .map(|t| t.to_rfc3339()),
+            source,
+            why,
+            headers,
+            payload: m.payload().unwrap_or_default().to_vec(),
         });
-        if let Some(fields) = letter.as_object_mut() {
-            // Where in a raw topic a translated record came from.
-            for (header, field) in [
-                ("source-partition", "sourcePartition"),
-                ("source-offset", "sourceOffset"),
-            ] {
-                if let Some(value) = headers.get(header) {
-                    fields.insert(field.into(), Value::from(value.as_str()));
-                }
-            }
-            fields.extend(crate::http::dead_letters::payload_fields(
-                m.payload().unwrap_or_default(),
-            ));
-        }
-        letters.push(letter);
     }
     // Stopped before the end (the scan's cap or deadline): read on from here.
     let next = (last + 1 < high).then_some(last);
@@ -252,28 +285,17 @@ pub(super) async fn find(app: &KafkaApp, id: u64) -> Result<Option<Letter>, ApiE
             .await
             .map_err(ApiError::stopping)?
             .map_err(unreadable)?;
-    let Some(letter) = letters.into_iter().find(|l| l["id"].as_i64() == Some(id)) else {
+    let Some(letter) = letters.into_iter().find(|l| l.id == id) else {
         return Ok(None);
     };
-    use base64::Engine as _;
-    let payload = match letter["payloadBase64"].as_str() {
-        Some(exact) => base64::engine::general_purpose::STANDARD
-            .decode(exact)
-            .unwrap_or_default(),
-        None => letter["payload"]
-            .as_str()
-            .unwrap_or_default()
-            .as_bytes()
-            .to_vec(),
-    };
-    let source = letter["source"].as_str().unwrap_or_default().to_owned();
+    let source = letter.source;
     let format = crate::http::dead_letters::format_of(&source)
         .or_else(|| source.strip_prefix(app.settings.topics.raw_prefix.as_str()))
         .map(str::to_owned);
     Ok(Some(Letter {
         source,
         format,
-        payload,
+        payload: letter.payload,
     }))
 }
 
