@@ -10,10 +10,12 @@
 //! the length of the timeout. Only when every open connection is inside a
 //! request is the new one closed at once (counted and logged).
 //!
-//! One client address holds at most `connections_per_address_max` of
-//! them: a single host cannot take every place (one more from it is
-//! closed at once, counted and logged). Behind a proxy every client has
-//! the proxy's address; raise it to `connections_max` there.
+//! One client host (an IPv4 address, an IPv6 /64) holds at most
+//! `connections_per_address_max` of them: a single host cannot take every
+//! place (one more from it is closed at once, counted and logged). Behind
+//! a proxy every client has the proxy's address; raise it to
+//! `connections_max` there. An upgraded connection (a WebSocket) keeps
+//! its place under both limits until it closes.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -75,16 +77,28 @@ struct Counted {
 impl PerAddress {
     /// Counts one more connection from `address`, unless it has `max`.
     fn admit(&self, address: IpAddr, max: usize) -> Option<Counted> {
+        let address = host_of(address);
         let mut table = self.0.lock();
-        let open = table.entry(address).or_insert(0);
-        if *open >= max {
+        if table.get(&address).is_some_and(|open| *open >= max) || max == 0 {
             return None;
         }
-        *open += 1;
+        *table.entry(address).or_insert(0) += 1;
         Some(Counted {
             table: self.clone(),
             address,
         })
+    }
+}
+
+/// The host an address counts for: an IPv4 address (also one mapped into
+/// IPv6) as it is, an IPv6 address by its /64, the block one host gets.
+fn host_of(address: IpAddr) -> IpAddr {
+    match address.to_canonical() {
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(std::net::Ipv6Addr::from(bits))
+        }
+        v4 => v4,
     }
 }
 
@@ -214,7 +228,10 @@ pub async fn serve(
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout);
         let connection = builder
-            .serve_connection(JsonParseErrors::new(TokioIo::new(stream)), service)
+            .serve_connection(
+                JsonParseErrors::new(TokioIo::new(stream), (slot.clone(), counted)),
+                service,
+            )
             .with_upgrades();
         let mut stop_seen = stop_seen.clone();
         let gone = waiting.clone();
@@ -233,8 +250,9 @@ pub async fn serve(
                 tracing::debug!(%peer, %error, "connection ended");
             }
             gone.lock().by_age.remove(&id);
+            // The IO (with its place) is gone with the connection, or
+            // lives on in an upgraded one.
             drop(slot);
-            drop(counted);
         });
     }
     drop(listener);
@@ -265,14 +283,18 @@ struct JsonParseErrors<T> {
     /// The JSON answer still to be written in place of hyper's.
     pending: Vec<u8>,
     written: usize,
+    /// The connection's place under both limits, given back when the IO
+    /// is dropped: an upgraded connection (a WebSocket) keeps it.
+    _place: (Slot, Counted),
 }
 
 impl<T> JsonParseErrors<T> {
-    fn new(inner: T) -> JsonParseErrors<T> {
+    fn new(inner: T, place: (Slot, Counted)) -> JsonParseErrors<T> {
         JsonParseErrors {
             inner,
             pending: Vec::new(),
             written: 0,
+            _place: place,
         }
     }
 }
