@@ -849,7 +849,12 @@ fn event_holds(batch: &Batch, default_ns: i64) -> Vec<i64> {
 /// rebuild from what is really on disk.
 fn poison(what: &str, error: &dyn std::fmt::Display) -> ! {
     tracing::error!(%error, "{what}; stopping so that recovery can rebuild from the disk");
-    eprintln!("stockflow: fatal: {what}: {error}");
+    // Not eprintln!: it panics when stderr's disk is full, and a panic
+    // here would unwind this stage instead of stopping the process.
+    let _ = std::io::Write::write_fmt(
+        &mut std::io::stderr(),
+        format_args!("stockflow: fatal: {what}: {error}\n"),
+    );
     std::process::abort();
 }
 

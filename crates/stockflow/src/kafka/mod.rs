@@ -214,6 +214,29 @@ impl KafkaSettings {
         !stopped()
     }
 
+    /// Subscribes `consumer` to `topics` once [`wait_to_join`] allows
+    /// (false, not subscribed, if it is `stopped` meanwhile). A consumer
+    /// that cannot subscribe (a topic name the client refuses) stops the
+    /// process: an instance must not run with a reader missing.
+    ///
+    /// [`wait_to_join`]: KafkaSettings::wait_to_join
+    pub fn join<C: rdkafka::consumer::ConsumerContext>(
+        &self,
+        consumer: &rdkafka::consumer::BaseConsumer<C>,
+        topics: &[&str],
+        stopped: impl Fn() -> bool,
+    ) -> bool {
+        use rdkafka::consumer::Consumer;
+        if !self.wait_to_join(stopped) {
+            return false;
+        }
+        if let Err(error) = consumer.subscribe(topics) {
+            tracing::error!(%error, ?topics, "cannot subscribe; stopping");
+            std::process::abort();
+        }
+        true
+    }
+
     /// The idempotent producer every stockflow writer uses: ordered per
     /// partition, no duplicates from retries.
     pub fn producer_config(&self) -> ClientConfig {
@@ -367,30 +390,63 @@ pub struct KafkaServer {
 }
 
 /// A file in the data directory that says an instance is running there:
-/// made at start, removed by a clean stop. Found at start, it tells that
-/// the last run was killed or crashed.
+/// its process id while it runs, removed by a clean stop. Found holding a
+/// process id at start, it tells that the last run was killed or crashed,
+/// and the new one waits out the group session before joining. A run
+/// stopped during that wait leaves `until <unix ms>` instead: the dead
+/// member it was waiting for is not gone before then either.
 struct RunningMark {
     path: std::path::PathBuf,
-    unclean: bool,
+    /// Wall-clock end of this run's wait, in ms since the epoch.
+    wait_until_ms: Option<i64>,
 }
 
 impl RunningMark {
-    fn take(dir: &std::path::Path) -> anyhow::Result<RunningMark> {
+    /// Marks `dir` as in use; answers how long to wait before joining the
+    /// groups (`session`: their session timeout).
+    fn take(
+        dir: &std::path::Path,
+        session: Duration,
+    ) -> anyhow::Result<(RunningMark, Option<Duration>)> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join("running");
-        let unclean = path.exists();
+        let now_ms = crate::clock::wall_clock().0 / 1_000_000;
+        let wait = match std::fs::read_to_string(&path) {
+            Err(_) => None,
+            Ok(text) => match text.trim().strip_prefix("until ") {
+                Some(until) => until
+                    .parse::<i64>()
+                    .ok()
+                    .filter(|until| *until > now_ms)
+                    .map(|until| Duration::from_millis((until - now_ms) as u64)),
+                None => Some(session + Duration::from_secs(1)),
+            },
+        };
         // A full disk must not keep an instance from starting: only the
         // next start's wait depends on this file.
         if let Err(error) = std::fs::write(&path, std::process::id().to_string()) {
             tracing::warn!(%error, path = %path.display(), "could not write the running mark; a start after a crash may not wait out the group session");
         }
-        Ok(RunningMark { path, unclean })
+        let wait_until_ms = wait.map(|w| now_ms + w.as_millis() as i64);
+        Ok((
+            RunningMark {
+                path,
+                wait_until_ms,
+            },
+            wait,
+        ))
     }
 
-    /// After a clean stop: the next start joins at once.
+    /// After a clean stop: the next start joins at once, unless this run
+    /// was still waiting to join.
     fn clear(self) {
-        if let Err(error) = std::fs::remove_file(&self.path) {
-            tracing::warn!(%error, path = %self.path.display(), "could not remove the running mark; the next start waits out the group session");
+        let now_ms = crate::clock::wall_clock().0 / 1_000_000;
+        let cleared = match self.wait_until_ms.filter(|until| *until > now_ms) {
+            Some(until) => std::fs::write(&self.path, format!("until {until}")),
+            None => std::fs::remove_file(&self.path),
+        };
+        if let Err(error) = cleared {
+            tracing::warn!(%error, path = %self.path.display(), "could not update the running mark; the next start waits out the group session");
         }
     }
 }
@@ -408,21 +464,21 @@ impl KafkaServer {
         settings.order_hold_ns = config.order_hold_seconds as i64 * 1_000_000_000;
         settings.price_drop_percent = config.price_drop_percent;
         check_topics(&settings)?;
-        let running = RunningMark::take(&config.data_dir.join("kafka"))?;
-        if running.unclean {
-            let wait = settings.session_timeout() + Duration::from_secs(1);
-            tracing::warn!(
-                seconds = wait.as_secs(),
-                "the last run did not stop cleanly: its group memberships expire before this one joins"
-            );
-            settings.join_not_before = Some(std::time::Instant::now() + wait);
-        }
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| {
                 format!("cannot listen on {listen}; is another server running there?")
             })?;
         let addr = listener.local_addr()?;
+        let (running, wait) =
+            RunningMark::take(&config.data_dir.join("kafka"), settings.session_timeout())?;
+        if let Some(wait) = wait {
+            tracing::warn!(
+                seconds = wait.as_secs_f64().ceil(),
+                "the last run did not stop cleanly: its group memberships expire before this one joins"
+            );
+            settings.join_not_before = Some(std::time::Instant::now() + wait);
+        }
         let url = advertise.unwrap_or_else(|| format!("http://{addr}"));
         let instance_id = format!("{}-{:08x}", std::process::id(), rand::random::<u32>());
         crate::metrics::handle();
@@ -633,6 +689,7 @@ impl Contiguity {
                         return Next::Take;
                     }
                     tracing::warn!(
+                        topic,
                         partition,
                         expected,
                         got = offset,
@@ -742,6 +799,37 @@ impl Probe {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_start_after_a_kill_waits_out_the_session_and_a_stop_while_waiting_keeps_the_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let session = Duration::from_secs(45);
+        // A first start, stopped cleanly: the next one joins at once.
+        let (mark, wait) = RunningMark::take(dir.path(), session).unwrap();
+        assert_eq!(wait, None);
+        mark.clear();
+        assert!(!dir.path().join("running").exists());
+        let (_killed, wait) = RunningMark::take(dir.path(), session).unwrap();
+        assert_eq!(wait, None);
+        // That run was killed (its mark stays): the next waits the session out.
+        let (waiting, wait) = RunningMark::take(dir.path(), session).unwrap();
+        assert_eq!(wait, Some(session + Duration::from_secs(1)));
+        // Stopped while it waits: the one after still waits, no longer.
+        waiting.clear();
+        let (mark, wait) = RunningMark::take(dir.path(), session).unwrap();
+        let wait = wait.expect("the dead member has not expired yet");
+        assert!(
+            wait <= session + Duration::from_secs(1) && wait > session - Duration::from_secs(5),
+            "{wait:?}"
+        );
+        drop(mark);
+        // A wait that is over is no wait.
+        std::fs::write(dir.path().join("running"), "until 1000").unwrap();
+        let (mark, wait) = RunningMark::take(dir.path(), session).unwrap();
+        assert_eq!(wait, None);
+        mark.clear();
+        assert!(!dir.path().join("running").exists());
+    }
 
     #[test]
     fn a_skipped_record_is_searched_for_further_back_each_time() {

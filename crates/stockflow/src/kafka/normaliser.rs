@@ -146,17 +146,12 @@ pub fn start(
     let thread = std::thread::Builder::new()
         .name("kafka-normaliser".into())
         .spawn(move || {
-            if !settings.wait_to_join(|| stopping.load(Ordering::Acquire)) {
-                return;
-            }
             let raw: Vec<&str> = raw.iter().map(String::as_str).collect();
-            if let Err(error) = consumer.subscribe(&raw) {
-                tracing::error!(%error, "normaliser cannot subscribe to the raw topics; stopping");
-                std::process::abort();
+            if settings.join(&consumer, &raw, || stopping.load(Ordering::Acquire)) {
+                run(
+                    consumer, producer, expected, probes, settings, sources, events_max, stopping,
+                )
             }
-            run(
-                consumer, producer, expected, probes, settings, sources, events_max, stopping,
-            )
         })?;
     Ok(Running {
         stop,

@@ -54,12 +54,8 @@ pub fn feed(
     std::thread::Builder::new()
         .name("webhook-feed".into())
         .spawn(move || {
-            if !settings.wait_to_join(|| *closing.borrow()) {
-                return;
-            }
-            match consumer.subscribe(&[&topic]) {
-                Ok(()) => run(&consumer, &tx, &closing),
-                Err(error) => tracing::error!(%error, "a webhook cannot read the alerts topic: its alerts are not sent"),
+            if settings.join(&consumer, &[&topic], || *closing.borrow() || tx.is_closed()) {
+                run(&consumer, &tx, &closing);
             }
         })?;
     Ok(rx)

@@ -315,13 +315,10 @@ pub fn start(
     let thread = std::thread::Builder::new()
         .name("kafka-processor".into())
         .spawn(move || {
-            if !settings.wait_to_join(|| stopping.load(Ordering::Acquire)) {
-                return;
+            let topics = [settings.topics.canonical.as_str()];
+            if settings.join(&consumer, &topics, || stopping.load(Ordering::Acquire)) {
+                run(consumer, processor, settings, stopping)
             }
-            if let Err(error) = consumer.subscribe(&[&settings.topics.canonical]) {
-                poison(&format!("subscribing to the canonical topic: {error}"));
-            }
-            run(consumer, processor, settings, stopping)
         })?;
     Ok(Running {
         stop,

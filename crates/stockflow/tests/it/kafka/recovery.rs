@@ -762,7 +762,7 @@ fn a_lone_instance_killed_mid_stream_and_restarted_at_once_settles_and_loses_not
     let batches = writer.join().unwrap();
     assert!(
         unanswered.load(Ordering::Relaxed) > 0,
-        "the kill hit while the writer was sending (it acknowledged {before_kill} batches before)"
+        "the writer was still writing when the process was killed (it had {before_kill} batches acknowledged), so some requests failed"
     );
     eprintln!("lone restart: settled {settled:?} after the restart; {batches} batches");
     // Every batch once: none lost with the process, none doubled by the resend.
