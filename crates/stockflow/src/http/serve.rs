@@ -90,6 +90,14 @@ impl PerAddress {
     }
 }
 
+/// Counts one more closed connection; answers its number when it is worth
+/// a log line: each of the first ten, then every 1,000th (an attack must
+/// not fill the log either).
+fn worth_a_line(closed: &AtomicU64) -> Option<u64> {
+    let n = closed.fetch_add(1, Ordering::Relaxed) + 1;
+    (n <= 10 || n.is_multiple_of(1000)).then_some(n)
+}
+
 /// The host an address counts for: an IPv4 address (also one mapped into
 /// IPv6) as it is, an IPv6 address by its /64, the block one host gets.
 fn host_of(address: IpAddr) -> IpAddr {
@@ -172,9 +180,8 @@ pub async fn serve(
         };
         // Its own address's limit first: a host over it takes no one's place.
         let Some(counted) = per_address.admit(peer.ip(), limits.connections_per_address_max) else {
-            let n = refused.fetch_add(1, Ordering::Relaxed) + 1;
             metrics::counter!("stockflow_http_connections_refused_per_address_total").increment(1);
-            if n <= 10 || n.is_multiple_of(1000) {
+            if let Some(n) = worth_a_line(&refused) {
                 tracing::warn!(%peer, limit = limits.connections_per_address_max, refused = n, "closing a connection: too many open from its address");
             }
             drop(stream);
@@ -189,11 +196,8 @@ pub async fn serve(
             taken
         });
         let Some(permit) = permit else {
-            let n = shed.fetch_add(1, Ordering::Relaxed) + 1;
             metrics::counter!("stockflow_http_connections_shed_total").increment(1);
-            // Every time for the first ones, then every 1,000th: an attack
-            // must not fill the log either.
-            if n <= 10 || n.is_multiple_of(1000) {
+            if let Some(n) = worth_a_line(&shed) {
                 tracing::warn!(%peer, limit = limits.connections_max, shed = n, "shedding a connection: too many open");
             }
             drop(stream);
