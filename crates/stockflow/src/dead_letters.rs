@@ -67,15 +67,14 @@ impl DeadLetters {
     ) -> (Vec<DeadLetter>, bool) {
         let start = after.map_or(0, |a| a.saturating_add(1));
         let mut page = Vec::new();
-        let mut bytes = 0;
+        let mut cut = PageCut::new(limit, payload_bytes_max);
         for letter in self
             .by_id
             .range(start..)
             .map(|(_, l)| l)
             .filter(|l| keep(l))
         {
-            bytes += letter.payload.len();
-            if page.len() == limit || (!page.is_empty() && bytes > payload_bytes_max) {
+            if !cut.takes(letter.payload.len()) {
                 return (page, true);
             }
             page.push(letter.clone());
@@ -103,6 +102,39 @@ impl DeadLetters {
 
     pub fn all(&self) -> Vec<DeadLetter> {
         self.by_id.values().cloned().collect()
+    }
+}
+
+/// Where a page of dead letters ends (both modes): at `limit` letters, or
+/// before the letter whose payload would take the page over `bytes_max`
+/// (a page always holds one), so a page of large refused bodies does not
+/// take hundreds of megabytes to answer.
+pub struct PageCut {
+    limit: usize,
+    bytes_max: usize,
+    taken: usize,
+    bytes: usize,
+}
+
+impl PageCut {
+    pub fn new(limit: usize, bytes_max: usize) -> PageCut {
+        PageCut {
+            limit,
+            bytes_max,
+            taken: 0,
+            bytes: 0,
+        }
+    }
+
+    /// Whether the next matching letter, of `payload_bytes`, goes on this
+    /// page; false: it is the first of the next one.
+    pub fn takes(&mut self, payload_bytes: usize) -> bool {
+        self.bytes += payload_bytes;
+        if self.taken == self.limit || (self.taken > 0 && self.bytes > self.bytes_max) {
+            return false;
+        }
+        self.taken += 1;
+        true
     }
 }
 

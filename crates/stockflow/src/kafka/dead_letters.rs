@@ -198,7 +198,8 @@ fn scan(
     let reason = filter.reason.as_deref().map(str::to_lowercase);
     let (mut letters, mut scanned, mut last): (Vec<Scanned>, usize, i64) =
         (Vec::new(), 0, first - 1);
-    let mut page_bytes = 0usize;
+    let mut cut =
+        crate::dead_letters::PageCut::new(limit, crate::http::dead_letters::PAGE_PAYLOAD_BYTES_MAX);
     let deadline = Instant::now() + Duration::from_secs(10);
     while last + 1 < high && scanned < SCANNED_MAX && Instant::now() < deadline {
         let Some(message) = reader.poll(Duration::from_millis(500)) else {
@@ -242,11 +243,7 @@ fn scan(
         if !wanted {
             continue;
         }
-        let payload_bytes = m.payload().map_or(0, <[u8]>::len);
-        page_bytes += payload_bytes;
-        let full_in_bytes =
-            !letters.is_empty() && page_bytes > crate::http::dead_letters::PAGE_PAYLOAD_BYTES_MAX;
-        if letters.len() == limit || full_in_bytes {
+        if !cut.takes(m.payload().map_or(0, <[u8]>::len)) {
             // One more matches: the next page starts after this one's last.
             let next = letters.last().map(|l| l.id);
             return Ok((letters, next));
