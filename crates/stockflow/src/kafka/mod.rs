@@ -201,7 +201,7 @@ impl KafkaSettings {
     /// timeout finds the group without it.
     ///
     /// [`join_not_before`]: KafkaSettings::join_not_before
-    pub fn wait_to_join(&self, stopped: impl Fn() -> bool) -> bool {
+    fn wait_to_join(&self, stopped: impl Fn() -> bool) -> bool {
         while let Some(left) = self
             .join_not_before
             .and_then(|at| at.checked_duration_since(std::time::Instant::now()))

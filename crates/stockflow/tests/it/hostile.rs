@@ -326,6 +326,50 @@ pub async fn closed_after(
     )
 }
 
+/// A connection to the server at `url` from the local address `source`
+/// (any 127.x.y.z on Linux's loopback).
+async fn connect_from(url: &str, source: [u8; 4]) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(std::net::SocketAddr::from((source, 0)))
+        .unwrap();
+    let server: std::net::SocketAddr = url.trim_start_matches("http://").parse().unwrap();
+    socket.connect(server).await.unwrap()
+}
+
+/// `GET /healthz` from `source`, the connection then closed: what the
+/// server said within 2 s (nothing, when it refused the connection).
+async fn health_from(url: &str, source: [u8; 4]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = connect_from(url, source).await;
+    let ask = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let _ = stream.write_all(ask).await;
+    let mut said = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        stream.read_to_end(&mut said),
+    )
+    .await;
+    String::from_utf8_lossy(&said).into_owned()
+}
+
+/// Asks `/healthz` from `source` until it is answered (within 5 s): a
+/// host's places come back once the server has seen its connections close.
+async fn served_again_from(url: &str, source: [u8; 4]) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let said = health_from(url, source).await;
+        if said.starts_with("HTTP/1.1 200") {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{source:?} was not served again: {said}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// Defect 4: no header or body read timeouts and no cap on connections:
 /// 700 connections sending a body a byte at a time held every ingest slot
 /// for as long as they liked, and 1,100 half-sent heads silenced
@@ -436,7 +480,6 @@ async fn issue_19_4_one_address_cannot_take_every_connection() {
     })
     .await;
     let url = server.url();
-    let port = server.addr.port();
     // The metrics are the process's, shared with the other tests here.
     let refused = || async {
         let metrics = reqwest::get(format!("{url}/metrics"))
@@ -451,21 +494,13 @@ async fn issue_19_4_one_address_cannot_take_every_connection() {
             .map_or(0, |n| n.trim().parse::<u64>().unwrap())
     };
     let refused_before = refused().await;
-    let from = |host: [u8; 4]| async move {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.bind(std::net::SocketAddr::from((host, 0))).unwrap();
-        socket
-            .connect(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
-            .await
-            .unwrap()
-    };
     let mut held = Vec::new();
     for _ in 0..4 {
-        held.push(from([127, 0, 0, 2]).await);
+        held.push(connect_from(&url, [127, 0, 0, 2]).await);
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
     // A fifth from the same address: closed before it can ask anything.
-    let mut fifth = from([127, 0, 0, 2]).await;
+    let mut fifth = connect_from(&url, [127, 0, 0, 2]).await;
     let mut byte = [0u8; 1];
     let read = tokio::time::timeout(Duration::from_secs(2), fifth.read(&mut byte)).await;
     assert!(
@@ -485,23 +520,7 @@ async fn issue_19_4_one_address_cannot_take_every_connection() {
     // Its connections end: the host is served again (once the server has
     // seen them close).
     drop(held);
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let mut again = from([127, 0, 0, 2]).await;
-        let ask = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
-        let _ = tokio::io::AsyncWriteExt::write_all(&mut again, ask).await;
-        let mut said = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(2), again.read_to_end(&mut said)).await;
-        if said.starts_with(b"HTTP/1.1 200") {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the host was not served again: {}",
-            String::from_utf8_lossy(&said)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    served_again_from(&url, [127, 0, 0, 2]).await;
     server.stop().await.unwrap();
 }
 
@@ -510,8 +529,6 @@ async fn issue_19_4_one_address_cannot_take_every_connection() {
 /// than of any other connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issue_19_4_websockets_count_toward_the_connection_limits() {
-    use std::time::Duration;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path(), |c| {
         c.connections_max = 16;
@@ -527,36 +544,14 @@ async fn issue_19_4_websockets_count_toward_the_connection_limits() {
         .await
         .unwrap();
     // Both upgraded and open: a third connection from the host is closed.
-    let ask = |url: String| async move {
-        let mut stream = tokio::net::TcpStream::connect(url.trim_start_matches("http://"))
-            .await
-            .unwrap();
-        let _ = stream
-            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await;
-        let mut said = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut said)).await;
-        String::from_utf8_lossy(&said).into_owned()
-    };
-    let said = ask(url.clone()).await;
+    let said = health_from(&url, [127, 0, 0, 1]).await;
     assert!(
         said.is_empty(),
         "refused while two WebSockets are open: {said}"
     );
     // One closes: the host has a place again.
     drop(first);
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let said = ask(url.clone()).await;
-        if said.starts_with("HTTP/1.1 200") {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never served again: {said}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    served_again_from(&url, [127, 0, 0, 1]).await;
     drop(second);
     server.stop().await.unwrap();
 }
