@@ -3,10 +3,10 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use crate::config::Config;
 use crate::server::Server;
 use crate::simulate;
-use crate::traffic::Catalog;
+use stockflow_service::config::Config;
+use stockflow_service::traffic::Catalog;
 
 pub async fn run(listen: SocketAddr, data_dir: Option<PathBuf>, rate: u32) -> anyhow::Result<()> {
     // Without --data-dir the demo keeps its data in a temporary directory

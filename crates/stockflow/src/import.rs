@@ -17,10 +17,10 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use stockflow_core::{parse_body, BodyFormat, Parsed};
 
-use crate::config::Config;
-use crate::pipeline::Pipeline;
-use crate::receipt::Receipt;
-use crate::sources::{translate, Input, Sources};
+use stockflow_embedded::pipeline::Pipeline;
+use stockflow_service::config::Config;
+use stockflow_service::receipt::Receipt;
+use stockflow_service::sources::{translate, Input, Sources};
 
 /// Messages per request or per submitted batch.
 pub const BATCH_MESSAGES: usize = 5_000;
@@ -328,7 +328,7 @@ fn to_data_dir(
         sources,
         ..Config::new(dir)
     };
-    let recovered = crate::recovery::recover(&config)?;
+    let recovered = stockflow_embedded::recovery::recover(&config)?;
     let pipeline = Pipeline::start(&config, recovered)?;
     let source = format!("import:{format}");
     let mut summary = Summary::default();

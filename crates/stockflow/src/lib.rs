@@ -1,32 +1,12 @@
-//! The stockflow shell: everything around the deterministic core that does
-//! IO — the log and checkpoints on disk, the threaded write path, the HTTP
-//! API, metrics, and the CLI's demo, simulator and benchmark.
+//! The `stockflow` command's own parts, on top of the crates it puts
+//! together: starting a server in either mode, `import`, `simulate`,
+//! `demo` and `bench`. The CLI itself is `main.rs`.
 
-pub mod activity;
 pub mod bench;
-pub mod bootstrap;
-pub mod clock;
-pub mod config;
-pub mod dead_letters;
 pub mod demo;
-pub mod embedded;
-pub mod history;
-pub mod http;
 pub mod import;
-pub mod json;
-pub mod kafka;
-pub mod metrics;
-pub mod pipeline;
-pub mod receipt;
-pub mod record;
-pub mod recovery;
-pub mod repair;
 pub mod server;
 pub mod simulate;
-pub mod sources;
-pub mod stream;
-pub mod traffic;
-pub mod webhooks;
 
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {

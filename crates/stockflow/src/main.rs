@@ -7,9 +7,9 @@ use std::time::Duration;
 use anyhow::bail;
 use clap::{Parser, Subcommand, ValueEnum};
 use stockflow::bench::{self, BenchOptions};
-use stockflow::config::Config;
 use stockflow::server::Server;
 use stockflow::simulate;
+use stockflow_service::config::Config;
 
 /// Real-time inventory engine: ingest stock events, keep exact per
 /// SKU-location state (exactly once, durable), answer queries.
@@ -198,7 +198,7 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
         /// Simulated events per second (0: start with no traffic).
-        #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(0..=stockflow::http::simulator::RATE_MAX as i64))]
+        #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(0..=stockflow_http::simulator::RATE_MAX as i64))]
         rate: u32,
     },
     /// Send simulated traffic to a running server.
@@ -326,7 +326,7 @@ struct KafkaArgs {
     #[arg(long, default_value = "stockflow", requires = "kafka")]
     group: String,
     /// Topic names start with this (`{prefix}.events.canonical`, …).
-    #[arg(long, default_value = stockflow::kafka::TOPIC_PREFIX_DEFAULT, value_parser = stockflow::kafka::parse_topic_prefix)]
+    #[arg(long, default_value = stockflow_kafka::TOPIC_PREFIX_DEFAULT, value_parser = stockflow_kafka::parse_topic_prefix)]
     topic_prefix: String,
     /// A librdkafka property passed through, e.g. security.protocol=SASL_SSL (repeatable).
     #[arg(long = "kafka-config", value_parser = parse_param, requires = "kafka")]
@@ -354,10 +354,10 @@ struct KafkaArgs {
 }
 
 impl KafkaArgs {
-    fn settings(&self, bootstrap: &str) -> stockflow::kafka::KafkaSettings {
-        let mut settings = stockflow::kafka::KafkaSettings::new(bootstrap);
+    fn settings(&self, bootstrap: &str) -> stockflow_kafka::KafkaSettings {
+        let mut settings = stockflow_kafka::KafkaSettings::new(bootstrap);
         settings.group = self.group.clone();
-        settings.topics = stockflow::kafka::Topics::named(&self.topic_prefix);
+        settings.topics = stockflow_kafka::Topics::named(&self.topic_prefix);
         settings.extra = self.kafka_config.clone();
         settings.partitions = self.kafka_partitions;
         settings.commit_interval = Duration::from_millis(self.commit_interval_ms);
@@ -377,7 +377,7 @@ enum TopicsAction {
         #[arg(long = "kafka-config", value_parser = parse_param)]
         kafka_config: Vec<(String, String)>,
         /// Topic names start with this (`{prefix}.events.canonical`, …).
-        #[arg(long, default_value = stockflow::kafka::TOPIC_PREFIX_DEFAULT, value_parser = stockflow::kafka::parse_topic_prefix)]
+        #[arg(long, default_value = stockflow_kafka::TOPIC_PREFIX_DEFAULT, value_parser = stockflow_kafka::parse_topic_prefix)]
         topic_prefix: String,
         /// Partitions of the partitioned topics.
         #[arg(long, default_value_t = 12, value_parser = clap::value_parser!(u16).range(1..=1024))]
@@ -435,14 +435,14 @@ async fn run(command: Command) -> anyhow::Result<()> {
             config.order_hold_seconds = order_hold_seconds;
             config.webhooks = webhooks
                 .into_iter()
-                .map(|url| stockflow::config::Webhook {
+                .map(|url| stockflow_service::config::Webhook {
                     url,
                     secret: webhook_secret.clone(),
                 })
                 .collect();
             config.catalog_location = catalog_location;
             if let Some(dir) = sources {
-                config.sources = stockflow::sources::Sources::with_dir(&dir)?;
+                config.sources = stockflow_service::sources::Sources::with_dir(&dir)?;
             }
             config.engine.partitions = partitions;
             config.body_bytes_max = body_limit_bytes;
@@ -461,7 +461,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             };
             if let Some(bootstrap) = &kafka.kafka {
                 let settings = kafka.settings(bootstrap);
-                let server = stockflow::kafka::KafkaServer::start(
+                let server = stockflow_kafka::KafkaServer::start(
                     settings,
                     config,
                     listen,
@@ -494,8 +494,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
             sources,
         } => {
             let sources = match sources {
-                Some(dir) => stockflow::sources::Sources::with_dir(&dir)?,
-                None => stockflow::sources::Sources::default(),
+                Some(dir) => stockflow_service::sources::Sources::with_dir(&dir)?,
+                None => stockflow_service::sources::Sources::default(),
             };
             let target = match (url, data_dir) {
                 (Some(url), _) => stockflow::import::Target::Url(url),
@@ -522,17 +522,17 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     sources,
                 },
         } => {
-            let mut settings = stockflow::kafka::KafkaSettings::new(kafka);
-            settings.topics = stockflow::kafka::Topics::named(&topic_prefix);
+            let mut settings = stockflow_kafka::KafkaSettings::new(kafka);
+            settings.topics = stockflow_kafka::Topics::named(&topic_prefix);
             settings.extra = kafka_config;
             settings.partitions = partitions;
             let sources = match sources {
-                Some(dir) => stockflow::sources::Sources::with_dir(&dir)?,
-                None => stockflow::sources::Sources::default(),
+                Some(dir) => stockflow_service::sources::Sources::with_dir(&dir)?,
+                None => stockflow_service::sources::Sources::default(),
             };
             let formats = sources.names().map(str::to_owned).collect();
             let (created, existing) =
-                stockflow::kafka::topics::create(&settings, replication_factor, formats).await?;
+                stockflow_kafka::topics::create(&settings, replication_factor, formats).await?;
             for name in &created {
                 println!("created  {name}");
             }
@@ -579,7 +579,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
         }
         Command::Repair { data_dir, dry_run } => {
-            let repaired = stockflow::repair::repair(&data_dir, dry_run)?;
+            let repaired = stockflow_embedded::repair::repair(&data_dir, dry_run)?;
             print!("{}", repaired.report);
             Ok(())
         }

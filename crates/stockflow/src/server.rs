@@ -8,12 +8,12 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::config::Config;
-use crate::embedded::Embedded;
-use crate::http::router;
-use crate::http::simulator::Simulator;
-use crate::pipeline::Pipeline;
-use crate::recovery::recover;
+use stockflow_embedded::pipeline::Pipeline;
+use stockflow_embedded::recovery::recover;
+use stockflow_embedded::Embedded;
+use stockflow_http::router;
+use stockflow_http::simulator::Simulator;
+use stockflow_service::config::Config;
 
 /// A running server.
 pub struct Server {
@@ -34,22 +34,22 @@ impl Server {
             format!("cannot listen on {listen}; is another server running there?")
         })?;
         let addr = listener.local_addr()?;
-        crate::metrics::handle();
+        stockflow_service::metrics::handle();
         let state = Arc::new_cyclic(|state| Embedded {
-            simulator: crate::http::simulator::Simulator::new(
+            simulator: stockflow_http::simulator::Simulator::new(
                 config.simulator,
-                state.clone() as std::sync::Weak<dyn crate::http::simulator::Sink>,
+                state.clone() as std::sync::Weak<dyn stockflow_http::simulator::Sink>,
                 config.request_events_max,
             ),
             pipeline: pipeline.clone(),
-            admission: crate::http::Admission::new(&config),
+            admission: stockflow_http::Admission::new(&config),
             config,
         });
-        crate::bootstrap::load(&*state).await?;
-        crate::webhooks::start(state.clone(), state.config.webhooks.clone())?;
+        stockflow_http::bootstrap::load(&*state).await?;
+        stockflow_http::webhooks::start(state.clone(), state.config.webhooks.clone())?;
         let simulator = state.simulator.clone();
-        let limits = crate::http::serve::ConnectionLimits::of(&state.config);
-        let (stop, task) = crate::http::serve::spawn(listener, router(state), limits);
+        let limits = stockflow_http::serve::ConnectionLimits::of(&state.config);
+        let (stop, task) = stockflow_http::serve::spawn(listener, router(state), limits);
         tracing::info!(%addr, "listening");
         Ok(Server {
             addr,

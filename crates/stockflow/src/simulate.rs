@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Deserialize;
 
-use crate::traffic::{Catalog, Traffic, CONTROLLED_EVENTS, CONTROLLED_EXPECTED};
+use stockflow_service::traffic::{Catalog, Traffic, CONTROLLED_EVENTS, CONTROLLED_EXPECTED};
 
 /// What the server answered, summed.
 #[derive(Debug, Default, Deserialize)]

@@ -20,10 +20,10 @@ use rdkafka::producer::{BaseProducer, BaseRecord};
 use stockflow_core::{parse_body, route, BodyFormat, EngineConfig, Timestamp};
 
 use super::{bar, workload, BenchOptions};
-use crate::kafka::processor;
-use crate::kafka::shared::{Shared, ACTIVE};
-use crate::kafka::wire::canonical_json;
-use crate::kafka::{level_key, topics, KafkaSettings};
+use stockflow_kafka::processor;
+use stockflow_kafka::shared::{Shared, ACTIVE};
+use stockflow_kafka::wire::canonical_json;
+use stockflow_kafka::{level_key, topics, KafkaSettings};
 
 /// What the run measured, for the caller to compare with the embedded mode.
 pub struct Measured {
@@ -64,7 +64,8 @@ pub async fn run(
     };
     let first_dir = tempfile::tempdir()?;
     let shared = Arc::new(Shared::new(n));
-    let retention = crate::config::Config::new(std::path::PathBuf::new()).history_retention_ns;
+    let retention =
+        stockflow_service::config::Config::new(std::path::PathBuf::new()).history_retention_ns;
     let first = processor::start(
         settings.clone(),
         engine,
@@ -108,9 +109,9 @@ pub async fn run(
                         .partition(i32::from(*p))
                         .key(key.as_str())
                         .payload(json.as_str());
-                    crate::kafka::send(&producer, record)?;
+                    stockflow_kafka::send(&producer, record)?;
                 }
-                crate::kafka::flush(&producer, Duration::from_secs(120))?;
+                stockflow_kafka::flush(&producer, Duration::from_secs(120))?;
             }
             Ok(started.elapsed())
         })
@@ -194,7 +195,7 @@ async fn prepare(settings: &mut KafkaSettings, mock: Option<&Mock>) -> anyhow::R
     let tag = format!("bench-{:08x}", rand::random::<u32>());
     settings.group = tag.clone();
     settings.topics =
-        crate::kafka::Topics::named(&format!("{tag}.{}", crate::kafka::TOPIC_PREFIX_DEFAULT));
+        stockflow_kafka::Topics::named(&format!("{tag}.{}", stockflow_kafka::TOPIC_PREFIX_DEFAULT));
     match mock {
         Some(mock) => {
             for spec in topics::specs(settings, std::iter::empty()) {
@@ -215,9 +216,9 @@ async fn prepare(settings: &mut KafkaSettings, mock: Option<&Mock>) -> anyhow::R
 pub async fn orders(mut settings: KafkaSettings, mock: Option<&Mock>) -> anyhow::Result<()> {
     prepare(&mut settings, mock).await?;
     let dir = tempfile::tempdir()?;
-    let config = crate::config::Config::new(dir.path().to_owned());
+    let config = stockflow_service::config::Config::new(dir.path().to_owned());
     let server =
-        crate::kafka::KafkaServer::start(settings, config, "127.0.0.1:0".parse()?, None).await?;
+        stockflow_kafka::KafkaServer::start(settings, config, "127.0.0.1:0".parse()?, None).await?;
     let url = server.url();
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(120);

@@ -15,10 +15,10 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use stockflow_core::{parse_body, BodyFormat};
 
-use crate::config::Config;
-use crate::pipeline::Pipeline;
-use crate::recovery::recover;
 use crate::server::Server;
+use stockflow_embedded::pipeline::Pipeline;
+use stockflow_embedded::recovery::recover;
+use stockflow_service::config::Config;
 
 #[derive(Clone, Copy, Debug)]
 pub struct BenchOptions {
@@ -101,7 +101,7 @@ pub fn engine(options: &BenchOptions) -> anyhow::Result<f64> {
         let waiter = scope.spawn(move || {
             let mut h = Histogram::<u64>::new(3).expect("valid precision");
             for (sent, receipt) in rx {
-                let receipt: crate::pipeline::Pending = receipt;
+                let receipt: stockflow_embedded::pipeline::Pending = receipt;
                 receipt.blocking_recv().expect("pipeline answers");
                 h.record(Instant::elapsed(&sent).as_micros() as u64).ok();
                 progress.inc(1);
@@ -155,7 +155,7 @@ pub fn engine(options: &BenchOptions) -> anyhow::Result<f64> {
     drop(recovered);
     // A crash just before the final checkpoint leaves the previous one and
     // the log tail behind it: the worst restart. Recreate that on disk.
-    if crate::recovery::drop_newest_checkpoint(&config.data_dir)? {
+    if stockflow_embedded::recovery::drop_newest_checkpoint(&config.data_dir)? {
         let reopening = Instant::now();
         let recovered = recover(&config)?;
         println!(

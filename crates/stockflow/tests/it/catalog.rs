@@ -245,7 +245,7 @@ async fn a_kartshoppe_catalog_file_loads_products_and_initial_stock_once() {
         .collect();
     std::fs::write(&file, serde_json::to_string_pretty(&products).unwrap()).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let with_catalog = |c: &mut stockflow::config::Config| {
+    let with_catalog = |c: &mut stockflow_service::config::Config| {
         c.catalog_file = Some(file.clone());
         c.catalog_location = "WEB".into();
     };

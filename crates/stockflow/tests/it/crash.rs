@@ -565,17 +565,17 @@ async fn sigkill_during_an_order_storm_leaves_no_order_half_reserved() {
 /// records its part does not hold.
 #[test]
 fn a_checkpoint_spread_over_groups_restores_exactly() {
-    use stockflow::pipeline::Pipeline;
-    use stockflow::recovery::{drop_newest_checkpoint, recover};
+    use stockflow_embedded::pipeline::Pipeline;
+    use stockflow_embedded::recovery::{drop_newest_checkpoint, recover};
     for attempt in 0..5u64 {
         // Plain events: a record with events naming orders runs the order
         // step, before which every partition is copied at once (no spread).
         let (bodies, events) = workload(attempt, false);
         let dir = tempfile::tempdir().unwrap();
-        let config = stockflow::config::Config {
+        let config = stockflow_service::config::Config {
             checkpoint_events: 4_000,
             group_events_max: 2_000,
-            ..stockflow::config::Config::new(dir.path().to_owned())
+            ..stockflow_service::config::Config::new(dir.path().to_owned())
         };
         let pipeline = Pipeline::start(&config, recover(&config).unwrap()).unwrap();
         // Queued back to back, so groups wait behind every checkpoint; the

@@ -195,12 +195,12 @@ proptest! {
         changes in mutations(),
     ) {
         let (format, framing, text) = SOURCE_SEEDS[seed];
-        let sources = stockflow::sources::Sources::default();
+        let sources = stockflow_service::sources::Sources::default();
         let mapping = sources.get(format).expect("a built-in format");
         let body = apply(text.as_bytes(), &changes);
         let params = BTreeMap::from([("locationId".to_owned(), "STORE-7".to_owned())]);
         for params in [BTreeMap::new(), params] {
-            if let Ok(parsed) = stockflow::sources::translate(mapping, &body, framing, &params, EVENTS_MAX) {
+            if let Ok(parsed) = stockflow_service::sources::translate(mapping, &body, framing, &params, EVENTS_MAX) {
                 within_the_contract(&parsed, EVENTS_MAX);
             }
         }
@@ -256,7 +256,7 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 }
 
 /// Every event of a decoded record, read as replay reads it.
-fn read_all(group: &stockflow::record::CommitGroup) {
+fn read_all(group: &stockflow_embedded::record::CommitGroup) {
     for batch in &group.batches {
         for i in 0..batch.len() {
             let event = batch.get(i);
@@ -276,7 +276,7 @@ proptest! {
     fn a_mutated_log_segment_opens_or_is_refused_and_its_records_decode_or_are_refused(
         changes in mutations(),
     ) {
-        let log = stockflow::recovery::log_dir(written());
+        let log = stockflow_embedded::recovery::log_dir(written());
         let (_, segment) = stockflow_log::segments(&log).unwrap().pop().unwrap();
         let bytes = apply(&std::fs::read(&segment).unwrap(), &changes);
         let dir = tempfile::tempdir().unwrap();
@@ -285,7 +285,7 @@ proptest! {
         if stockflow_log::LogWriter::open(dir.path(), 1 << 30).is_ok() {
             for record in stockflow_log::read_records(dir.path(), 0).unwrap() {
                 let Ok((_, payload)) = record else { break };
-                if let Ok(group) = stockflow::record::CommitGroup::decode(&payload) {
+                if let Ok(group) = stockflow_embedded::record::CommitGroup::decode(&payload) {
                     read_all(&group);
                 }
             }
@@ -297,14 +297,14 @@ proptest! {
         record in any::<prop::sample::Index>(),
         changes in mutations(),
     ) {
-        let log = stockflow::recovery::log_dir(written());
+        let log = stockflow_embedded::recovery::log_dir(written());
         let records: Vec<Vec<u8>> = stockflow_log::read_records(&log, 0)
             .unwrap()
             .map(|r| r.unwrap().1)
             .collect();
         let chosen: &Vec<u8> = record.get(&records);
         let payload = apply(chosen, &changes);
-        if let Ok(group) = stockflow::record::CommitGroup::decode(&payload) {
+        if let Ok(group) = stockflow_embedded::record::CommitGroup::decode(&payload) {
             read_all(&group);
         }
     }
@@ -337,7 +337,7 @@ proptest! {
             let bytes = apply(&std::fs::read(part).unwrap(), &changes);
             std::fs::write(part, bytes).unwrap();
         }
-        let config = stockflow::config::Config::new(dir.path().to_owned());
-        let _ = stockflow::recovery::recover(&config);
+        let config = stockflow_service::config::Config::new(dir.path().to_owned());
+        let _ = stockflow_embedded::recovery::recover(&config);
     }
 }

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::json;
-use stockflow::record::CommitGroup;
 use stockflow_core::{Engine, EngineConfig, Timestamp};
+use stockflow_embedded::record::CommitGroup;
 
 use crate::{get, post, start};
 

@@ -362,7 +362,7 @@ async fn thirty_thousand_mixed_events_and_orders_end_exactly_where_the_model_doe
     );
 
     let dir = tempfile::tempdir().unwrap();
-    let hold = |c: &mut stockflow::config::Config| c.order_hold_seconds = 100_000;
+    let hold = |c: &mut stockflow_service::config::Config| c.order_hold_seconds = 100_000;
     let mut server = start(dir.path(), hold).await;
     let mut url = server.url();
     // No hold expires during the test: server time never reaches it.

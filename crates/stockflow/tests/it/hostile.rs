@@ -572,7 +572,7 @@ async fn issue_19_4_websockets_count_toward_the_connection_limits() {
 async fn issue_19_1_5_and_9_bodies_of_invalid_bytes_are_kept_verbatim_within_bounds() {
     use base64::Engine as _;
     let dir = tempfile::tempdir().unwrap();
-    let small = |c: &mut stockflow::config::Config| {
+    let small = |c: &mut stockflow_service::config::Config| {
         c.body_bytes_max = 1 << 20;
         c.group_bytes_max = 2 << 20;
         c.dead_letters_in_memory_bytes_max = 8 << 20;
@@ -620,12 +620,12 @@ async fn issue_19_1_5_and_9_bodies_of_invalid_bytes_are_kept_verbatim_within_bou
     in_memory(&get(&url, "/v1/dead-letters?limit=100").await.1);
     server.stop().await.unwrap();
 
-    let log = stockflow::recovery::log_dir(dir.path());
+    let log = stockflow_embedded::recovery::log_dir(dir.path());
     let (mut kept, mut largest) = (0, 0);
     for record in stockflow_log::read_records(&log, 0).unwrap() {
         let payload = record.unwrap().1;
         largest = largest.max(payload.len());
-        let group = stockflow::record::CommitGroup::decode(&payload).unwrap();
+        let group = stockflow_embedded::record::CommitGroup::decode(&payload).unwrap();
         for letter in group.dead_letters {
             assert!(letter.payload == body, "kept verbatim in the log");
             kept += 1;
@@ -686,7 +686,7 @@ async fn issue_19_8_a_full_disk_refuses_writes_and_resumes_when_space_returns() 
     const MIN: u64 = 16 << 20;
     let disk = SmallDisk::mount(64 << 20);
     let data = disk.path().join("data");
-    let small = |c: &mut stockflow::config::Config| {
+    let small = |c: &mut stockflow_service::config::Config| {
         c.disk_free_min_bytes = MIN;
         c.segment_bytes_max = 4 << 20;
     };

@@ -72,7 +72,10 @@ async fn json_arrays_and_csv_files_import_into_a_running_server() {
     let data = tempfile::tempdir().unwrap();
     let server = start(data.path(), |_| {}).await;
     let url = server.url();
-    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/sources/examples");
+    let examples = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../stockflow-service/sources/examples"
+    );
     let out = import(&[
         &format!("{examples}/store-item-controlled.json"),
         "--format",

@@ -27,8 +27,8 @@ pub mod webhooks;
 use std::path::Path;
 
 use serde_json::Value;
-use stockflow::config::Config;
 use stockflow::server::Server;
+use stockflow_service::config::Config;
 
 /// Tests that load both cores for a long time share this: the Kafka tests
 /// (a broker and several instances each) take it shared, the browser test

@@ -6,7 +6,8 @@ use serde_json::{json, Value};
 
 use crate::{get, start};
 
-const CONTROLLED: &str = include_str!("../../sources/examples/store-item-controlled.json");
+const CONTROLLED: &str =
+    include_str!("../../../stockflow-service/sources/examples/store-item-controlled.json");
 
 /// POSTs `body` to `path` with `content_type`: (status, JSON answer).
 pub(crate) async fn post_source(
@@ -272,7 +273,7 @@ async fn csv_files_and_erp_snapshots_become_events_and_counts() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path(), |_| {}).await;
     let url = server.url();
-    let bulk = include_str!("../../sources/examples/bulk.csv");
+    let bulk = include_str!("../../../stockflow-service/sources/examples/bulk.csv");
     let (status, receipt) = post_source(&url, "/v1/sources/csv/events", "text/csv", bulk).await;
     assert_eq!(
         (status, receipt["accepted"].clone()),
@@ -292,7 +293,7 @@ async fn csv_files_and_erp_snapshots_become_events_and_counts() {
     let (_, letters) = get(&url, "/v1/dead-letters").await;
     assert_eq!(letters["deadLetters"][0]["payload"], "A,L,RECEIPT,1.5,x1");
 
-    let snapshot = include_str!("../../sources/examples/erp-snapshot.csv");
+    let snapshot = include_str!("../../../stockflow-service/sources/examples/erp-snapshot.csv");
     let path = "/v1/sources/erp-snapshot/events";
     let (_, receipt) = post_source(&url, path, "text/csv", snapshot).await;
     assert_eq!(receipt["accepted"], 3, "{receipt}");
@@ -319,7 +320,7 @@ async fn formats_are_listed_and_a_users_mapping_file_adds_one() {
             "quantity": {"path": "line.units"}, "timestamp": {"path": "at", "assumeOffset": "+01:00"}}}"#,
     )
     .unwrap();
-    let sources = stockflow::sources::Sources::with_dir(mappings.path()).unwrap();
+    let sources = stockflow_service::sources::Sources::with_dir(mappings.path()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path(), |c| c.sources = sources).await;
     let url = server.url();
@@ -357,7 +358,7 @@ async fn formats_are_listed_and_a_users_mapping_file_adds_one() {
     server.stop().await.unwrap();
 
     std::fs::write(mappings.path().join("broken.json"), r#"{"format": "b", "fields": {"eventId": {"path": "id"}, "eventType": {"const": "SALE"}, "sku": {"path": "s"}, "locationId": {"path": "l"}, "quantity": {"pth": "q"}}}"#).unwrap();
-    let error = stockflow::sources::Sources::with_dir(mappings.path()).unwrap_err();
+    let error = stockflow_service::sources::Sources::with_dir(mappings.path()).unwrap_err();
     let message = format!("{error:#}");
     assert!(
         message.contains("broken.json") && message.contains("pth"),

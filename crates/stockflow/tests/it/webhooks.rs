@@ -9,8 +9,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post as route_post;
 use parking_lot::Mutex;
 use serde_json::Value;
-use stockflow::config::Webhook;
-use stockflow::webhooks::signature;
+use stockflow_http::webhooks::signature;
+use stockflow_service::config::Webhook;
 
 use crate::{get, send_event, start};
 

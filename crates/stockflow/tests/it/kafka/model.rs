@@ -158,7 +158,7 @@ pub fn produce(producer: &BaseProducer, topic: &str, lines: &[(String, String)])
         let record = BaseRecord::to(topic)
             .key(key.as_str())
             .payload(line.as_str());
-        stockflow::kafka::send(producer, record).unwrap();
+        stockflow_kafka::send(producer, record).unwrap();
     }
     producer.flush(Duration::from_secs(60)).unwrap();
 }

@@ -446,7 +446,7 @@ fn a_restoring_partition_answers_503_or_a_flagged_stale_level() {
 fn with_transactions_cycles_commit_whole_and_a_new_owner_resumes_exactly() {
     let _heavy = crate::heavy();
     use rdkafka::mocking::MockCluster;
-    use stockflow::kafka::{KafkaServer, KafkaSettings};
+    use stockflow_kafka::{KafkaServer, KafkaSettings};
 
     let mock = MockCluster::new(1).unwrap();
     let mut settings = KafkaSettings::new(mock.bootstrap_servers());
@@ -458,8 +458,8 @@ fn with_transactions_cycles_commit_whole_and_a_new_owner_resumes_exactly() {
     settings
         .extra
         .push(("session.timeout.ms".into(), "6000".into()));
-    let sources = stockflow::sources::Sources::default();
-    for spec in stockflow::kafka::topics::specs(&settings, sources.names()) {
+    let sources = stockflow_service::sources::Sources::default();
+    for spec in stockflow_kafka::topics::specs(&settings, sources.names()) {
         mock.create_topic(&spec.name, spec.partitions, 1).unwrap();
     }
     // Two levels in different partitions, so the transfer's in-transit
@@ -477,7 +477,7 @@ fn with_transactions_cycles_commit_whole_and_a_new_owner_resumes_exactly() {
         let start = |dir: PathBuf| {
             let settings = settings.clone();
             async move {
-                let config = stockflow::config::Config::new(dir);
+                let config = stockflow_service::config::Config::new(dir);
                 KafkaServer::start(settings, config, "127.0.0.1:0".parse().unwrap(), None)
                     .await
                     .unwrap()

@@ -1,0 +1,137 @@
+//! What only the dashboard needs: recent activity, and control of the
+//! in-process simulator.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{json_body, ApiError};
+use crate::simulator::SimulatorError;
+
+/// Longest quiet time a request may call stale: a year.
+const STALE_AFTER_SECONDS_MAX: u64 = 365 * 24 * 3600;
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ActivityQuery {
+    seconds: Option<usize>,
+    stale_after_seconds: Option<u64>,
+    /// Kafka mode: `local` asks one member for its own part.
+    pub scope: Option<String>,
+}
+
+impl ActivityQuery {
+    /// The seconds of series asked for, and the quiet time that makes a
+    /// source stale.
+    pub fn window(&self) -> Result<(usize, Duration), ApiError> {
+        let seconds = self.seconds.unwrap_or(300);
+        if !(1..=stockflow_service::activity::SECONDS_KEPT).contains(&seconds) {
+            return Err(ApiError::bad_request(format!(
+                "seconds must be from 1 to {}",
+                stockflow_service::activity::SECONDS_KEPT
+            )));
+        }
+        let stale = self.stale_after_seconds.unwrap_or(300);
+        if stale > STALE_AFTER_SECONDS_MAX {
+            return Err(ApiError::bad_request(format!(
+                "staleAfterSeconds must be at most {STALE_AFTER_SECONDS_MAX} (a year)"
+            )));
+        }
+        Ok((seconds, Duration::from_secs(stale)))
+    }
+}
+
+/// GET /v1/activity?seconds=&staleAfterSeconds=: events and commit latency
+/// per second, and the last event heard from each source at each location.
+pub async fn activity<B: super::backend::Backend>(
+    State(backend): State<Arc<B>>,
+    Query(query): Query<ActivityQuery>,
+    headers: axum::http::HeaderMap,
+    uri: axum::http::Uri,
+) -> Result<Json<Value>, ApiError> {
+    let (seconds, stale) = query.window()?;
+    let read = super::backend::Read {
+        local_only: query.scope.as_deref() == Some("local"),
+        ..super::query::ReadQuery::default().read(&headers, &uri)?
+    };
+    backend.activity(seconds, stale, &read).await.map(Json)
+}
+
+impl From<SimulatorError> for ApiError {
+    fn from(error: SimulatorError) -> ApiError {
+        match error {
+            SimulatorError::Disabled => ApiError::new(
+                StatusCode::FORBIDDEN,
+                "simulator_disabled",
+                error.to_string(),
+            ),
+            SimulatorError::Invalid(message) => ApiError::bad_request(message),
+            SimulatorError::Overloaded => ApiError::queue_full(()),
+            SimulatorError::Stopping => ApiError::stopping(()),
+        }
+    }
+}
+
+/// GET /v1/simulator
+pub async fn status<S: super::backend::Backend>(State(state): State<Arc<S>>) -> Json<Value> {
+    Json(state.simulator().status())
+}
+
+#[derive(Deserialize)]
+pub struct Start {
+    #[serde(deserialize_with = "whole_u32")]
+    rate: u32,
+}
+
+/// POST /v1/simulator/start {rate}
+pub async fn start<S: super::backend::Backend>(
+    State(state): State<Arc<S>>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let body: Start = json_body(&body)?;
+    state.simulator().start(body.rate)?;
+    Ok(Json(state.simulator().status()))
+}
+
+/// POST /v1/simulator/stop
+pub async fn stop<S: super::backend::Backend>(
+    State(state): State<Arc<S>>,
+) -> Result<Json<Value>, ApiError> {
+    state.simulator().stop().await?;
+    Ok(Json(state.simulator().status()))
+}
+
+#[derive(Deserialize)]
+pub struct Send {
+    #[serde(deserialize_with = "whole_u32")]
+    count: u32,
+}
+
+/// A count in a control body (see [`super::Whole`]), from 0 to u32::MAX.
+fn whole_u32<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let super::Whole(n) = super::Whole::deserialize(d)?;
+    u32::try_from(n)
+        .map_err(|_| serde::de::Error::custom(format!("{n} is not from 0 to {}", u32::MAX)))
+}
+
+/// POST /v1/simulator/send {count}
+pub async fn send<S: super::backend::Backend>(
+    State(state): State<Arc<S>>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let body: Send = json_body(&body)?;
+    Ok(Json(state.simulator().send(body.count).await?))
+}
+
+/// POST /v1/simulator/scenario
+pub async fn scenario<S: super::backend::Backend>(
+    State(state): State<Arc<S>>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(state.simulator().scenario().await?))
+}

@@ -1,0 +1,183 @@
+//! Orders in Kafka mode: the messages to and from an order's home
+//! partition (the saga coordinator's book), the roll-up reports to a
+//! SKU's home, and the Tick that expires due holds.
+
+use super::*;
+
+/// A saga's line action as the canonical event its level's owner applies.
+pub(super) fn line_action_json(action: &LineAction, now: Timestamp) -> String {
+    let event_id = action.event_id();
+    let event = stockflow_core::EventRef {
+        event_id: &event_id,
+        event_type: action.event_type,
+        sku: &action.sku,
+        location_id: &action.location_id,
+        quantity: action.quantity,
+        timestamp: Some(now),
+        to_location_id: None,
+        source_system: Some("stockflow-orders"),
+        correlation_id: Some(&action.order_id),
+        hold_seconds: None,
+        index: 0,
+    };
+    canonical_json(&event, now)
+}
+
+impl Processor {
+    /// The order messages among a cycle's repartition records, and their
+    /// newest timestamp; unreadable ones go to the DLQ.
+    pub(super) fn order_messages(&self, p: u16, inputs: &[&Input]) -> (Vec<ToHome>, i64) {
+        let mut messages = Vec::new();
+        let mut newest = 0i64;
+        for input in inputs.iter().filter(|i| i.kind == InputKind::Order) {
+            match serde_json::from_slice::<ToHome>(&input.payload) {
+                Ok(message) => {
+                    newest = newest.max(input.timestamp_ms);
+                    messages.push(message);
+                }
+                Err(error) => self.dead_letter(
+                    &self.settings.topics.repartition,
+                    i32::from(p),
+                    input.offset,
+                    &input.payload,
+                    &format!("not an order message: {error}"),
+                ),
+            }
+        }
+        (messages, newest)
+    }
+
+    /// Applies the level reports among a cycle's repartition records to
+    /// the roll-ups of the SKUs homed in `p`; the records' payloads, for
+    /// the changelog. Unreadable ones go to the DLQ, whole.
+    pub(super) fn level_reports(&self, p: u16, inputs: &[&Input]) -> Vec<Vec<u8>> {
+        let mut payloads = Vec::new();
+        let mut book = self.shared.rollups[p as usize].write();
+        for input in inputs.iter().filter(|i| i.kind == InputKind::Rollup) {
+            match decode_reports(&input.payload) {
+                Ok(reports) => {
+                    for r in reports {
+                        book.apply(r.sku, r.location_id, r.version, r.numbers);
+                    }
+                    payloads.push(input.payload.clone());
+                }
+                Err(error) => self.dead_letter(
+                    &self.settings.topics.repartition,
+                    i32::from(p),
+                    input.offset,
+                    &input.payload,
+                    &format!("not level reports: {error}"),
+                ),
+            }
+        }
+        payloads
+    }
+
+    /// Queues level reports to the home of their SKUs (repartition
+    /// partition `home`).
+    pub(super) fn send_reports(&self, home: u16, payload: &[u8]) {
+        let headers = OwnedHeaders::new().insert(Header {
+            key: ROLLUP_HEADER,
+            value: Some("1"),
+        });
+        self.send(
+            BaseRecord::<(), [u8]>::to(&self.settings.topics.repartition)
+                .partition(i32::from(home))
+                .payload(payload)
+                .headers(headers),
+        );
+    }
+
+    /// Runs the order step of partition `p` (the home of some orders):
+    /// the cycle's messages, then the holds due. Queues what it asks of
+    /// line owners, this partition's answers to its line reservations,
+    /// and every changed order to the orders topic.
+    pub(super) fn step_orders(
+        &self,
+        p: u16,
+        messages: &[ToHome],
+        replies: &[(u16, ToHome)],
+        now: Timestamp,
+    ) {
+        let mut asked = StepOut::default();
+        let mut book = self.shared.books[p as usize].write();
+        for message in messages {
+            book.apply(message, now, &mut asked);
+        }
+        book.expire(now, &mut asked);
+        let n = self.settings.partitions;
+        for action in &asked.actions {
+            let payload = line_action_json(action, now);
+            let key = level_key(&action.sku, &action.location_id);
+            self.send(
+                BaseRecord::to(&self.settings.topics.repartition)
+                    .partition(i32::from(route(&action.sku, &action.location_id, n)))
+                    .key(&key)
+                    .payload(&payload),
+            );
+        }
+        for (home, reply) in replies {
+            self.send_order_message(*home, reply);
+        }
+        asked.changed.sort_unstable();
+        asked.changed.dedup();
+        for id in &asked.changed {
+            if let Some(saga) = book.orders.get(id) {
+                let json = stockflow_service::json::order_json(&saga.order).to_string();
+                self.send(
+                    BaseRecord::to(&self.settings.topics.orders)
+                        .partition(i32::from(p))
+                        .key(id)
+                        .payload(&json),
+                );
+            }
+        }
+    }
+
+    /// Holds fall due with time, and time in Kafka mode is the input's: a
+    /// home partition whose next hold is due by the wall clock is sent a
+    /// Tick record, so its next cycle expires the hold (and replaying the
+    /// changelog expires it at the same point).
+    pub(super) fn tick_due_holds(&mut self) {
+        const AGAIN_AFTER: Duration = Duration::from_millis(200);
+        let now = stockflow_service::clock::wall_clock();
+        let mut sent = false;
+        let owned: Vec<u16> = self.owned.keys().copied().collect();
+        for p in owned {
+            let due = self.shared.books[p as usize]
+                .read()
+                .next_expiry()
+                .is_some_and(|at| at <= now);
+            let recently = self
+                .ticked
+                .get(&p)
+                .is_some_and(|t| t.elapsed() < AGAIN_AFTER);
+            if due && !recently {
+                self.send_order_message(p, &ToHome::Tick);
+                self.ticked.insert(p, Instant::now());
+                sent = true;
+            }
+        }
+        if sent && self.settings.transactions {
+            // Visible only once committed; there may be no cycle to do it.
+            self.commit_transaction(None, &[]);
+        }
+    }
+
+    /// Queues a message to the home of an order (repartition partition `home`).
+    pub(super) fn send_order_message(&self, home: u16, message: &ToHome) {
+        let payload = serde_json::to_vec(message).expect("an order message serializes");
+        let headers = OwnedHeaders::new().insert(Header {
+            key: ORDER_HEADER,
+            value: Some("1"),
+        });
+        let key = message.order_id().unwrap_or_default();
+        self.send(
+            BaseRecord::to(&self.settings.topics.repartition)
+                .partition(i32::from(home))
+                .key(key)
+                .payload(&payload)
+                .headers(headers),
+        );
+    }
+}

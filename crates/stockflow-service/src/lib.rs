@@ -1,0 +1,20 @@
+//! What every part of a running stockflow service shares, below the
+//! backend seam: the shell's configuration and limits, the live stream
+//! hub, per-level history files, source dialects, activity, metrics,
+//! dead letters and the JSON shapes both modes answer in.
+//!
+//! **Never** knows which mode runs it, and never speaks HTTP: the seam
+//! and the router are `stockflow-http`, the modes `stockflow-embedded`
+//! and `stockflow-kafka`.
+
+pub mod activity;
+pub mod clock;
+pub mod config;
+pub mod dead_letter;
+pub mod history;
+pub mod json;
+pub mod metrics;
+pub mod receipt;
+pub mod sources;
+pub mod stream;
+pub mod traffic;
