@@ -1,9 +1,9 @@
 //! The engine: dedup plus partitions, composed the one way every mode uses.
 //!
 //! The shell runs the two halves on different threads — [`admit`] on the
-//! single sequencer, [`Partition::apply_batch`] on each partition's writer —
-//! but in exactly the order [`Engine::apply`] does here, so this function is
-//! the specification the property tests check and recovery replays.
+//! single sequencer, each partition's [`Step`] on its writer — but in
+//! exactly the order [`Engine::apply_record`] does here, so this function
+//! is the specification the property tests check and recovery replays.
 
 use serde::{Deserialize, Serialize};
 
@@ -16,6 +16,7 @@ use crate::orders::{
     hold_changes, step_due, Answer, OrderBook, OrderCommand, StepEffects, StockOf,
 };
 use crate::partition::{route, Exception, LevelView, Partition, Totals};
+use crate::step::Step;
 use crate::time::Timestamp;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,6 +75,8 @@ pub struct RecordReport {
     pub batches: Vec<BatchReport>,
     /// One per order command, in order (empty when the step did not run).
     pub answers: Vec<Answer>,
+    /// The price changes of the record's catalog changes.
+    pub prices: Vec<PriceChange>,
 }
 
 /// The whole state, single-threaded.
@@ -103,17 +106,35 @@ impl Engine {
         }
     }
 
-    /// Applies catalog changes at `now` (in a log record they come before
-    /// the record's events); the price changes they make.
-    pub fn apply_catalog(&mut self, changes: &[CatalogChange], now: Timestamp) -> Vec<PriceChange> {
+    /// One [`Step`] per partition, at `now`.
+    pub fn begin_steps(&self, now: Timestamp) -> Vec<Step> {
+        (0..self.partitions.len())
+            .map(|id| Step::begin(id as u16, now))
+            .collect()
+    }
+
+    /// The catalog changes of a step: to the catalog and every partition;
+    /// the price changes they make.
+    pub fn step_catalog(
+        &mut self,
+        steps: &mut [Step],
+        changes: &[CatalogChange],
+    ) -> Vec<PriceChange> {
         let mut prices = Vec::new();
         for change in changes {
-            prices.extend(self.catalog.apply(change, now));
-            for partition in &mut self.partitions {
-                partition.apply_catalog(change, now);
+            prices.extend(self.catalog.apply(change, steps[0].now()));
+            for (step, partition) in steps.iter_mut().zip(&mut self.partitions) {
+                step.catalog(partition, change);
             }
         }
         prices
+    }
+
+    /// Ends every partition's step: time passes.
+    pub fn end_steps(&mut self, steps: Vec<Step>) {
+        for (step, partition) in steps.into_iter().zip(&mut self.partitions) {
+            step.end(partition);
+        }
     }
 
     /// Roll-up of `sku` over every location.
@@ -127,41 +148,51 @@ impl Engine {
         totals
     }
 
-    /// Admits `batch` (removing duplicates from it) and applies it at `now`.
+    /// Admits `batch` (removing duplicates from it) and applies it at
+    /// `now`, as a record of its own: one step.
     pub fn apply(&mut self, batch: &mut Batch, now: Timestamp) -> BatchReport {
-        let duplicates = admit(&mut self.dedup, batch, now);
-        let exceptions = self.apply_admitted(batch, now);
-        BatchReport {
-            duplicates,
-            exceptions,
-        }
+        self.apply_with_catalog(&[], batch, now)
     }
 
-    /// Applies a batch that was already admitted (as the log holds it).
-    pub fn apply_admitted(&mut self, batch: &mut Batch, now: Timestamp) -> Vec<(u32, Outcome)> {
+    /// [`Engine::apply`] for a record that also holds catalog changes,
+    /// applied first.
+    pub fn apply_with_catalog(
+        &mut self,
+        catalog: &[CatalogChange],
+        batch: &mut Batch,
+        now: Timestamp,
+    ) -> BatchReport {
+        let mut steps = self.begin_steps(now);
+        self.step_catalog(&mut steps, catalog);
+        let duplicates = admit(&mut self.dedup, batch, now);
         batch.compute_routes(self.config.partitions);
         let mut exceptions: Vec<Exception> = Vec::new();
         let mut changes = Vec::new();
-        for (id, partition) in self.partitions.iter_mut().enumerate() {
-            partition.apply_batch(id as u16, batch, now, &mut exceptions, &mut changes);
-            partition.tick(now);
+        for (step, partition) in steps.iter_mut().zip(&mut self.partitions) {
+            step.batch(partition, batch, &mut exceptions, &mut changes);
             changes.clear();
         }
+        self.end_steps(steps);
         exceptions.sort_by_key(|e| e.position);
-        exceptions
-            .into_iter()
-            .map(|e| (batch.get(e.position as usize).index, e.outcome))
-            .collect()
+        BatchReport {
+            duplicates,
+            exceptions: exceptions
+                .into_iter()
+                .map(|e| (batch.get(e.position as usize).index, e.outcome))
+                .collect(),
+        }
     }
 
     /// Applies one log record the way the embedded pipeline and its replay
-    /// do: each batch admitted and applied in order; then, if due, the
+    /// do, as one step: its catalog changes; each batch admitted and
+    /// applied in order; then, if due, the
     /// order step (take in what the batches' order events did to holds,
     /// expire due holds, decide `commands`, apply the decisions); then
     /// time passes for the alerts. `event_hold_ns` is the hold an order
     /// gets when an event reserves for it.
     pub fn apply_record(
         &mut self,
+        catalog: &[CatalogChange],
         batches: &mut [Batch],
         commands: &[OrderCommand],
         now: Timestamp,
@@ -171,13 +202,15 @@ impl Engine {
         let mut report = RecordReport::default();
         let mut observed = Vec::new();
         let mut order_events = false;
+        let mut steps = self.begin_steps(now);
+        report.prices = self.step_catalog(&mut steps, catalog);
         for batch in batches.iter_mut() {
             let duplicates = admit(&mut self.dedup, batch, now);
             batch.compute_routes(partitions);
             order_events |= batch.has_order_events();
             let (mut exceptions, mut changes) = (Vec::new(), Vec::new());
-            for (id, partition) in self.partitions.iter_mut().enumerate() {
-                partition.apply_batch(id as u16, batch, now, &mut exceptions, &mut changes);
+            for (step, partition) in steps.iter_mut().zip(&mut self.partitions) {
+                step.batch(partition, batch, &mut exceptions, &mut changes);
             }
             let mut held: Vec<_> = hold_changes(batch, &changes).collect();
             held.sort_by_key(|(position, _)| *position);
@@ -199,10 +232,10 @@ impl Engine {
                 catalog: &self.catalog,
             };
             let (events, answers) = self.orders.decide(commands, now, &stock);
-            let step = StepEffects::new(commands, &events, &answers, now, partitions);
+            let effects = StepEffects::new(commands, &events, &answers, now, partitions);
             let (mut exceptions, mut changes) = (Vec::new(), Vec::new());
-            for (id, partition) in self.partitions.iter_mut().enumerate() {
-                step.apply_to(id as u16, partition, now, &mut exceptions, &mut changes);
+            for (step, partition) in steps.iter_mut().zip(&mut self.partitions) {
+                step.orders(partition, &effects, &mut exceptions, &mut changes);
             }
             debug_assert!(
                 exceptions.is_empty(),
@@ -210,9 +243,7 @@ impl Engine {
             );
             report.answers = answers;
         }
-        for partition in &mut self.partitions {
-            partition.tick(now);
-        }
+        self.end_steps(steps);
         report
     }
 

@@ -7,9 +7,11 @@
 //! - [`parse_body`] turns a request body into a [`Batch`] of valid events
 //!   and a list of [`Rejected`] ones with reasons.
 //! - [`admit`] stamps server time and drops duplicate eventIds ([`Dedup`]).
-//! - [`Partition::apply_batch`] applies the contract's rules ([`Level`]) to
-//!   the levels a partition owns; [`route`] says which partition that is.
-//! - [`Engine`] composes the three the way every mode does.
+//! - A [`Step`] is the one way a partition changes: a record's catalog
+//!   changes, its batches (the contract's rules, [`Level`], applied to the
+//!   levels the partition owns; [`route`] says which partition that is),
+//!   the order step's decisions, then time passing, in that order.
+//! - [`Engine`] composes them the way every mode does.
 //!
 //! ```
 //! use stockflow_core::{parse_body, BodyFormat, Engine, EngineConfig, Timestamp};
@@ -32,6 +34,7 @@ pub mod parse;
 pub mod partition;
 pub mod rollup;
 pub mod saga;
+pub mod step;
 pub mod time;
 
 pub use catalog::{Catalog, CatalogChange, Location, LocationType, Policy, PriceChange, Product};
@@ -45,4 +48,5 @@ pub use partition::route;
 pub use partition::{
     Change, Exception, LevelView, Partition, PartitionImage, PartitionSnapshot, Totals,
 };
+pub use step::Step;
 pub use time::Timestamp;

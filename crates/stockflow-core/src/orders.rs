@@ -487,7 +487,7 @@ impl HoldChange {
 }
 
 /// The hold changes of the order events among a batch's applied `changes`
-/// (see [`crate::Partition::apply_batch`]), in the changes' order, with
+/// (see [`crate::Step::batch`]), in the changes' order, with
 /// each event's position in the batch.
 pub fn hold_changes<'a>(
     batch: &'a crate::event::Batch,
@@ -917,8 +917,8 @@ impl StepEffects {
     }
 
     /// Applies the step to partition `id`: its share of the decisions,
-    /// then its refusals.
-    pub fn apply_to(
+    /// then its refusals (see [`crate::Step::orders`]).
+    pub(crate) fn apply_to(
         &self,
         id: u16,
         partition: &mut crate::partition::Partition,
@@ -931,7 +931,7 @@ impl StepEffects {
     }
 
     /// The refusals part of [`StepEffects::apply_to`].
-    pub fn apply_refusals(
+    pub(crate) fn apply_refusals(
         &self,
         id: u16,
         partition: &mut crate::partition::Partition,

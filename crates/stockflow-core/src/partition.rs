@@ -298,7 +298,7 @@ impl Partition {
     /// Applies, in order, the parts of `batch` that land in partition `id`
     /// (see [`Batch::compute_routes`]), pushing every event that changed
     /// nothing to `exceptions` and what each part did to `changes`.
-    pub fn apply_batch(
+    pub(crate) fn apply_batch(
         &mut self,
         id: u16,
         batch: &Batch,
@@ -551,7 +551,7 @@ impl Partition {
     /// Lets time pass to `now`: raises STALE for levels unchanged for the
     /// stale time and clears bursts quiet for a window. Run once per log
     /// record, after its events, live and in replay alike.
-    pub fn tick(&mut self, now: Timestamp) {
+    pub(crate) fn tick(&mut self, now: Timestamp) {
         let rules = self.timers.rules;
         while let Some(&std::cmp::Reverse((due, slot, kind))) = self.timers.due.peek() {
             if due > now {

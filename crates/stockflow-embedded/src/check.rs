@@ -162,6 +162,7 @@ mod tests {
             .unwrap()
             .batch;
         engine.apply_record(
+            &[],
             std::slice::from_mut(&mut batch),
             &[],
             Timestamp(1),

@@ -25,7 +25,7 @@ use stockflow_core::orders::{hold_changes, step_due, HoldChange, StepEffects, St
 use stockflow_core::rollup::sku_home;
 use stockflow_core::{
     admit, Batch, Catalog, CatalogChange, Dedup, Exception, OrderBook, OrderCommand, Outcome,
-    Parsed, Partition, Rejected, Timestamp,
+    Parsed, Partition, Rejected, Step, Timestamp,
 };
 use stockflow_log::{Appended, DurableMark, LogWriter, Mark};
 use stockflow_service::clock::wall_clock;
@@ -979,6 +979,7 @@ fn applier(
     // (one journal entry) once the group is done with the partition.
     let mut drafts: Vec<Vec<stockflow_service::stream::Draft>> =
         ids.iter().map(|_| Vec::new()).collect();
+    let mut steps: Vec<Step> = Vec::with_capacity(ids.len());
     loop {
         while input.is_empty() && pending.copy_one(&mut owned, shared) {}
         let Ok(stage) = input.recv() else { break };
@@ -990,12 +991,16 @@ fn applier(
                     pending.copy_one(&mut owned, shared);
                 }
                 let mut exceptions = Vec::new();
-                for ((id, history), drafts) in owned.iter_mut().zip(&mut drafts) {
+                // Each owned partition's share of the group: catalog,
+                // batches, the order step's decisions, time (see `Step`).
+                steps.extend(ids.iter().map(|id| Step::begin(*id, group.now)));
+                for (((id, history), drafts), step) in
+                    owned.iter_mut().zip(&mut drafts).zip(&mut steps)
+                {
                     let mut partition = shared.partitions[*id as usize].write();
-                    group
-                        .catalog
-                        .iter()
-                        .for_each(|c| partition.apply_catalog(c, group.now));
+                    for change in &group.catalog {
+                        step.catalog(&mut partition, change);
+                    }
                     if let Some(prices) = group.prices.get() {
                         if shared.hub.wanted(stockflow_service::stream::Kind::Alerts) {
                             let home = |sku: &str| sku_home(sku, shared.partition_count()) == *id;
@@ -1009,13 +1014,7 @@ fn applier(
                     for (request, item) in group.requests.iter().enumerate() {
                         found.clear();
                         changes.clear();
-                        partition.apply_batch(
-                            *id,
-                            &item.batch,
-                            group.now,
-                            &mut found,
-                            &mut changes,
-                        );
+                        step.batch(&mut partition, &item.batch, &mut found, &mut changes);
                         exceptions.extend(found.iter().map(|e| (request, *e)));
                         if group.serial {
                             let mut held = group.hold_changes.lock();
@@ -1036,15 +1035,17 @@ fn applier(
                         decide_orders(&group, shared);
                     }
                     barrier.wait();
-                    let step = group.order_step.lock().clone();
-                    if let Some(step) = step {
-                        let batch = &step.batch;
-                        for ((id, history), drafts) in owned.iter_mut().zip(&mut drafts) {
+                    let effects = group.order_step.lock().clone();
+                    if let Some(effects) = effects {
+                        let batch = &effects.batch;
+                        for (((id, history), drafts), step) in
+                            owned.iter_mut().zip(&mut drafts).zip(&mut steps)
+                        {
                             let mut partition = shared.partitions[*id as usize].write();
                             let alerts_before = partition.alerts.next_seq;
                             found.clear();
                             changes.clear();
-                            step.apply_to(*id, &mut partition, group.now, &mut found, &mut changes);
+                            step.orders(&mut partition, &effects, &mut found, &mut changes);
                             if let Some(e) = found.first() {
                                 tracing::error!(
                                     ?e,
@@ -1059,10 +1060,11 @@ fn applier(
                 }
                 // Time passes after the group's events and order step, as
                 // in replay.
-                for ((id, _), drafts) in owned.iter().zip(&mut drafts) {
+                for (((id, _), drafts), step) in owned.iter().zip(&mut drafts).zip(steps.drain(..))
+                {
                     let mut partition = shared.partitions[*id as usize].write();
                     let alerts_before = partition.alerts.next_seq;
-                    partition.tick(group.now);
+                    step.end(&mut partition);
                     if partition.alerts.next_seq != alerts_before {
                         let none = Batch::default();
                         let since = Some(alerts_before);

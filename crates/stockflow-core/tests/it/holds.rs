@@ -287,7 +287,7 @@ proptest! {
                 })
                 .collect();
             let commands: Vec<OrderCommand> = record.commands.iter().map(to_engine).collect();
-            let report = engine.apply_record(&mut batches, &commands, Timestamp(now), EVENT_HOLD_NS);
+            let report = engine.apply_record(&[], &mut batches, &commands, Timestamp(now), EVENT_HOLD_NS);
             for (events, batch) in record.batches.iter().zip(&report.batches) {
                 for (index, outcome) in &batch.exceptions {
                     let Outcome::Rejected(why) = outcome else { unreachable!() };
@@ -313,7 +313,7 @@ proptest! {
         let mut replayed = Engine::new(config);
         for (batches, commands, at) in &logged {
             let mut batches = batches.clone();
-            let report = replayed.apply_record(&mut batches, commands, *at, EVENT_HOLD_NS);
+            let report = replayed.apply_record(&[], &mut batches, commands, *at, EVENT_HOLD_NS);
             prop_assert!(report.batches.iter().all(|b| b.duplicates.is_empty()));
         }
         prop_assert_eq!(engine_levels(&replayed), engine_levels(&engine));
@@ -332,6 +332,7 @@ fn a_refused_reservation_does_not_rewrite_how_an_order_ended() {
             .unwrap()
             .batch;
         engine.apply_record(
+            &[],
             std::slice::from_mut(&mut batch),
             commands,
             Timestamp(SERVER_EPOCH_NS + t),

@@ -334,8 +334,7 @@ proptest! {
             rejected += parsed.rejected.len();
             now = now.saturating_add_ns(batch.len() as i64 * 1_000_000);
             let catalog: Vec<CatalogChange> = changes.next().cloned().flatten().into_iter().collect();
-            engine.apply_catalog(&catalog, now);
-            let report = engine.apply(&mut parsed.batch, now);
+            let report = engine.apply_with_catalog(&catalog, &mut parsed.batch, now);
             for (index, outcome) in report.exceptions {
                 prop_assert_eq!(outcome, Outcome::Rejected(Rejection::InsufficientStock));
                 insufficient.push(batch[index as usize].id);
@@ -358,8 +357,7 @@ proptest! {
         // Replaying the log into a fresh engine rebuilds identical state.
         let mut replayed = Engine::new(config);
         for (catalog, batch, at) in &mut logged {
-            replayed.apply_catalog(catalog, *at);
-            let report = replayed.apply(batch, *at);
+            let report = replayed.apply_with_catalog(catalog, batch, *at);
             prop_assert!(report.duplicates.is_empty(), "the log holds no duplicates");
         }
         prop_assert_eq!(&state(&replayed), &expected);
@@ -391,8 +389,7 @@ proptest! {
         check_rollups(&restarted)?;
         for (catalog, batch, at) in &mut logged[logged_before..] {
             let mut batch = batch.clone();
-            restarted.apply_catalog(catalog, *at);
-            let report = restarted.apply(&mut batch, *at);
+            let report = restarted.apply_with_catalog(catalog, &mut batch, *at);
             prop_assert!(report.duplicates.is_empty(), "the log tail holds no duplicates");
         }
         for view in engine.levels() {

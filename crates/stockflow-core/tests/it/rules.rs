@@ -245,9 +245,11 @@ fn a_refused_event_carries_the_level_it_was_refused_at() {
     admit(&mut e.dedup, &mut parsed.batch, now);
     parsed.batch.compute_routes(e.config.partitions);
     let (mut exceptions, mut changes) = (Vec::new(), Vec::new());
-    for (id, partition) in e.partitions.iter_mut().enumerate() {
-        partition.apply_batch(id as u16, &parsed.batch, now, &mut exceptions, &mut changes);
+    let mut steps = e.begin_steps(now);
+    for (step, partition) in steps.iter_mut().zip(&mut e.partitions) {
+        step.batch(partition, &parsed.batch, &mut exceptions, &mut changes);
     }
+    e.end_steps(steps);
     assert_eq!(exceptions.len(), 1, "{exceptions:?}");
     assert_eq!(
         exceptions[0].outcome,

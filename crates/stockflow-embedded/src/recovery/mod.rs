@@ -21,7 +21,7 @@ pub use checkpoint::{
     drop_newest_checkpoint, wait_for_checkpoint_writers, CheckpointJob, CheckpointMeta,
 };
 use checkpoint::{load_checkpoint, newest_checkpoint, whole_checkpoints, write_snapshot_json};
-use replay::{apply_with_history, backlog_entry, Pending, Replay, REPLAY_CHUNK_EVENTS};
+use replay::{apply_orders_with_history, backlog_entry, Pending, Replay, REPLAY_CHUNK_EVENTS};
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -35,7 +35,7 @@ use stockflow_core::orders::{hold_changes, step_due, HoldChange, StepEffects, St
 use stockflow_core::rollup::sku_home;
 use stockflow_core::{
     admit, Catalog, Dedup, DedupSnapshot, Engine, EngineConfig, OrderBook, Partition,
-    PartitionSnapshot, Timestamp,
+    PartitionSnapshot, Step, Timestamp,
 };
 use stockflow_log::{read_records, read_snapshot, write_snapshot, LogWriter};
 
@@ -226,9 +226,15 @@ pub fn recover(config: &Config) -> anyhow::Result<Recovered> {
         }
         let barrier = order_step || !group.catalog.is_empty();
         if barrier {
-            replay.flush(&mut engine.partitions, &mut history, from)?;
+            replay.flush(&mut engine.partitions, &mut history, from, None)?;
         }
-        let prices = engine.apply_catalog(&group.catalog, group.now);
+        // A barrier's steps stay open through its order step (every
+        // partition is past the checkpoint here: checked above).
+        let mut steps = match barrier {
+            true => engine.begin_steps(group.now),
+            false => Vec::new(),
+        };
+        let prices = engine.step_catalog(&mut steps, &group.catalog);
         if let Some(next) = replay.regen.as_ref().filter(|_| !prices.is_empty()) {
             // As the pipeline: a SKU's home partition publishes its price
             // drops, before the record's events.
@@ -255,11 +261,11 @@ pub fn recover(config: &Config) -> anyhow::Result<Recovered> {
             now: group.now,
             batches,
             // A barrier's timers run after its order step, below.
-            tick: !barrier,
+            open: barrier,
             observe: order_events,
         });
         let observed = match barrier {
-            true => replay.flush(&mut engine.partitions, &mut history, from)?,
+            true => replay.flush(&mut engine.partitions, &mut history, from, Some(&mut steps))?,
             false => Vec::new(),
         };
         let rebuild = |p: usize| replay.regen.as_ref().is_some_and(|next| number >= next[p]);
@@ -295,14 +301,14 @@ pub fn recover(config: &Config) -> anyhow::Result<Recovered> {
                 );
                 order_backlog.push((stockflow_service::stream::ORDER_STEP, number, drafts));
             }
-            let step = StepEffects::new(&group.orders, &decided, &answers, group.now, partitions);
-            let changes = apply_with_history(
+            let effects =
+                StepEffects::new(&group.orders, &decided, &answers, group.now, partitions);
+            let changes = apply_orders_with_history(
                 &mut engine.partitions,
                 &mut history,
-                &step.batch,
-                group.now,
+                &mut steps,
+                &effects,
                 number,
-                from,
             )?;
             for (id, changes) in changes.iter().enumerate() {
                 if rebuild(id) {
@@ -311,7 +317,7 @@ pub fn recover(config: &Config) -> anyhow::Result<Recovered> {
                     stockflow_service::stream::drafts_of(
                         id as u16,
                         partition,
-                        &step.batch,
+                        &effects.batch,
                         changes,
                         true,
                         None,
@@ -319,17 +325,11 @@ pub fn recover(config: &Config) -> anyhow::Result<Recovered> {
                     );
                 }
             }
-            for (id, partition) in engine.partitions.iter_mut().enumerate() {
-                if number >= from[id] {
-                    step.apply_refusals(id as u16, partition, group.now);
-                }
-            }
         }
         if barrier {
-            for (id, partition) in engine.partitions.iter_mut().enumerate() {
-                if number >= from[id] {
-                    partition.tick(group.now);
-                }
+            let partitions = engine.partitions.iter_mut().enumerate();
+            for ((id, partition), step) in partitions.zip(steps) {
+                step.end(partition);
                 if rebuild(id) {
                     let drafts = backlog_entry(&mut replay.backlog[id], number);
                     stockflow_service::stream::alert_drafts(
@@ -342,7 +342,7 @@ pub fn recover(config: &Config) -> anyhow::Result<Recovered> {
             }
         }
         if replay.events >= REPLAY_CHUNK_EVENTS {
-            replay.flush(&mut engine.partitions, &mut history, from)?;
+            replay.flush(&mut engine.partitions, &mut history, from, None)?;
         }
         for letter in group.dead_letters {
             meta.next_dead_letter_id = meta.next_dead_letter_id.max(letter.id + 1);
@@ -358,6 +358,7 @@ pub fn recover(config: &Config) -> anyhow::Result<Recovered> {
         &mut engine.partitions,
         &mut history,
         &meta.partition_records,
+        None,
     )?;
     let stream = journal.map(|journal| {
         let backlog = replay

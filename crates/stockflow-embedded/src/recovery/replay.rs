@@ -31,12 +31,14 @@ pub(super) struct Replay {
 
 impl Replay {
     /// Replays everything gathered; returns what events naming orders did
-    /// to their holds, in the order the pipeline received them.
+    /// to their holds, in the order the pipeline received them. `open`:
+    /// the steps of the last record, if it is a barrier (see [`Pending`]).
     pub(super) fn flush(
         &mut self,
         partitions: &mut [Partition],
         history: &mut [HistoryWriter],
         from: &[u64],
+        open: Option<&mut [Step]>,
     ) -> anyhow::Result<Vec<HoldChange>> {
         let regen = self.regen.as_deref();
         let observed = replay_pending(
@@ -46,6 +48,7 @@ impl Replay {
             from,
             regen,
             &mut self.backlog,
+            open,
         )?;
         self.events = 0;
         Ok(observed)
@@ -57,18 +60,21 @@ pub(super) struct Pending {
     pub(super) number: u64,
     pub(super) now: Timestamp,
     pub(super) batches: Vec<stockflow_core::Batch>,
-    /// Run the partitions' timers after the batches.
-    pub(super) tick: bool,
+    /// A barrier: its caller began its steps (and applied its catalog
+    /// changes) and ends them after the order step; replay applies only
+    /// its batches, with the steps handed to [`Replay::flush`]. Always the
+    /// last record gathered.
+    pub(super) open: bool,
     /// Some batch has events naming orders, whose hold changes the order
     /// step takes in.
     pub(super) observe: bool,
 }
 
-/// Replays `pending` records, each followed by its timers (unless told
-/// otherwise), on one thread
-/// per core, each owning a contiguous share of the partitions and their
-/// history writers. Each partition sees the records in log order, which is
-/// all the order there is: within a record no partition reads another.
+/// Replays `pending` records, each one step per partition (but an open
+/// one's, which `open` holds), on one thread per core, each owning a
+/// contiguous share of the partitions and their history writers. Each
+/// partition sees the records in log order, which is all the order there
+/// is: within a record no partition reads another.
 pub(super) fn replay_pending(
     partitions: &mut [Partition],
     history: &mut [HistoryWriter],
@@ -76,15 +82,22 @@ pub(super) fn replay_pending(
     from: &[u64],
     regen: Option<&[u64]>,
     backlog: &mut [Vec<(u64, Vec<Draft>)>],
+    open: Option<&mut [Step]>,
 ) -> anyhow::Result<Vec<HoldChange>> {
     if pending.is_empty() {
         return Ok(Vec::new());
     }
+    debug_assert!(
+        pending.iter().rev().skip(1).all(|record| !record.open)
+            && pending.last().is_some_and(|last| last.open) == open.is_some(),
+        "only the last record gathered is open, and it comes with its steps"
+    );
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let share = partitions
         .len()
         .div_ceil(threads.clamp(1, partitions.len().max(1)));
     let records = &*pending;
+    let mut open = open.map(|steps| steps.chunks_mut(share));
     let observed = std::thread::scope(|scope| {
         let workers: Vec<_> = partitions
             .chunks_mut(share)
@@ -92,6 +105,7 @@ pub(super) fn replay_pending(
             .zip(backlog.chunks_mut(share))
             .enumerate()
             .map(|(worker, ((partitions, history), backlog))| {
+                let mut open = open.as_mut().and_then(Iterator::next);
                 scope.spawn(move || {
                     let (mut exceptions, mut changes) = (Vec::new(), Vec::new());
                     let mut observed = Vec::new();
@@ -108,16 +122,16 @@ pub(super) fn replay_pending(
                             }
                             let rebuild = regen.is_some_and(|next| record.number >= next[id]);
                             let alerts_before = partition.alerts.next_seq;
+                            let mut own =
+                                (!record.open).then(|| Step::begin(id as u16, record.now));
+                            let step = match own.as_mut() {
+                                Some(step) => step,
+                                None => &mut open.as_deref_mut().expect("open steps")[offset],
+                            };
                             for (n, batch) in record.batches.iter().enumerate() {
                                 exceptions.clear();
                                 changes.clear();
-                                partition.apply_batch(
-                                    id as u16,
-                                    batch,
-                                    record.now,
-                                    &mut exceptions,
-                                    &mut changes,
-                                );
+                                step.batch(partition, batch, &mut exceptions, &mut changes);
                                 if record.observe {
                                     let held = hold_changes(batch, &changes);
                                     observed.extend(held.map(|(at, c)| (record.number, n, at, c)));
@@ -133,8 +147,8 @@ pub(super) fn replay_pending(
                                     );
                                 }
                             }
-                            if record.tick {
-                                partition.tick(record.now);
+                            if let Some(step) = own {
+                                step.end(partition);
                             }
                             if rebuild {
                                 let drafts = backlog_entry(backlog, record.number);
@@ -164,28 +178,29 @@ pub(super) fn replay_pending(
     Ok(observed.into_iter().map(|(.., c)| c).collect())
 }
 
-/// Applies an admitted, routed batch of log record `record` to every
-/// partition whose checkpoint part does not already include it (`from`),
-/// and writes what it did to their history, as the appliers do.
-pub(super) fn apply_with_history(
+/// Applies the order step's decisions (`effects`) of log record `record`
+/// to every partition through its step, and writes what they did to
+/// their history, as the appliers do.
+pub(super) fn apply_orders_with_history(
     partitions: &mut [Partition],
     history: &mut [HistoryWriter],
-    batch: &stockflow_core::Batch,
-    now: Timestamp,
+    steps: &mut [Step],
+    effects: &StepEffects,
     record: u64,
-    from: &[u64],
 ) -> anyhow::Result<Vec<Vec<stockflow_core::Change>>> {
     let mut exceptions = Vec::new();
     let mut all = Vec::with_capacity(partitions.len());
-    for (id, partition) in partitions.iter_mut().enumerate() {
+    for ((partition, history), step) in partitions.iter_mut().zip(history).zip(steps) {
         let mut changes = Vec::new();
-        if record >= from[id] {
-            partition.apply_batch(id as u16, batch, now, &mut exceptions, &mut changes);
-            history[id]
-                .record(partition, batch, &changes, now, record)
-                .context("cannot write history")?;
-        }
+        step.orders(partition, effects, &mut exceptions, &mut changes);
+        history
+            .record(partition, &effects.batch, &changes, step.now(), record)
+            .context("cannot write history")?;
         all.push(changes);
     }
+    debug_assert!(
+        exceptions.is_empty(),
+        "every decision applies: {exceptions:?}"
+    );
     Ok(all)
 }

@@ -327,7 +327,10 @@ impl Processor {
         let (mut exceptions, mut changes) = (Vec::new(), Vec::new());
         let mut partition = self.shared.partitions[p as usize].write();
         let alerts_before = partition.alerts.next_seq;
-        partition.apply_batch(p, &events, now, &mut exceptions, &mut changes);
+        // This batch is one step of the partition: the canonical events,
+        // then the transit batch, then time (see `Step`).
+        let mut step = Step::begin(p, now);
+        step.batch(&mut partition, &events, &mut exceptions, &mut changes);
         // What events naming orders did to their holds here, for the
         // orders' homes (the sagas' own line events come back as answers).
         let mut replies: Vec<(u16, ToHome)> = hold_changes(&events, &changes)
@@ -374,8 +377,13 @@ impl Processor {
         // Before the changelog record takes the batch, so a restore
         // applies the same quantities.
         stockflow_core::saga::settle_fulfilments(&mut transit_batch, &partition);
-        partition.apply_batch(p, &transit_batch, now, &mut exceptions, &mut changes);
-        partition.tick(now);
+        step.batch(
+            &mut partition,
+            &transit_batch,
+            &mut exceptions,
+            &mut changes,
+        );
+        step.end(&mut partition);
         replies.extend(line_results(p, n, &transit_batch, &exceptions, &partition));
 
         // In-transit effects owned elsewhere go to their owner.

@@ -42,7 +42,7 @@ use stockflow_core::rollup::{sku_home, RollupBook};
 use stockflow_core::saga::{order_home, reservation_line, LineAction, SagaBook, StepOut, ToHome};
 use stockflow_core::{
     admit, parse_body, route, BodyFormat, Dedup, EngineConfig, Partition, PartitionImage,
-    PartitionSnapshot, PriceChange, Timestamp,
+    PartitionSnapshot, PriceChange, Step, Timestamp,
 };
 
 use super::shared::{Reason, Shared, ACTIVE, NOT_OWNED, RESTORING};

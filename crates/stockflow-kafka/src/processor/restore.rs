@@ -566,15 +566,10 @@ impl Processor {
         record.events.compute_routes(n);
         record.transit.compute_routes(n);
         let (mut exceptions, mut changes) = (Vec::new(), Vec::new());
-        partition.apply_batch(p, &record.events, record.now, &mut exceptions, &mut changes);
-        partition.apply_batch(
-            p,
-            &record.transit,
-            record.now,
-            &mut exceptions,
-            &mut changes,
-        );
-        partition.tick(record.now);
+        let mut step = Step::begin(p, record.now);
+        step.batch(partition, &record.events, &mut exceptions, &mut changes);
+        step.batch(partition, &record.transit, &mut exceptions, &mut changes);
+        step.end(partition);
         let mut book = self.shared.books[p as usize].write();
         let mut asked = StepOut::default();
         for message in &record.orders {

@@ -29,10 +29,15 @@ fn replay_until(
         if group.now > at {
             break;
         }
-        engine.apply_catalog(&group.catalog, group.now);
-        for mut batch in group.batches {
-            engine.apply(&mut batch, group.now);
-        }
+        let mut batches = group.batches;
+        let (catalog, orders) = (&group.catalog, &group.orders);
+        engine.apply_record(
+            catalog,
+            &mut batches,
+            orders,
+            group.now,
+            group.event_hold_ns,
+        );
     }
     crate::levels_of(&engine)
 }
