@@ -28,6 +28,59 @@ use stockflow_http::asks::{Letter, LetterFilter as Filter};
 use stockflow_http::ApiError;
 use stockflow_service::receipt::Receipt;
 
+/// Where a dead letter came from, as its DLQ record's headers say.
+pub enum Origin<'a> {
+    /// A record of a topic that could not be used.
+    Record {
+        topic: &'a str,
+        partition: i32,
+        offset: i64,
+    },
+    /// A request (`source`: its route), and the item's place in the body
+    /// with its eventId, if one was read.
+    Request {
+        source: &'a str,
+        item: Option<(u32, Option<&'a str>)>,
+    },
+}
+
+/// The headers of a dead letter's DLQ record: why, and where it came
+/// from. Every writer of a letter uses it; [`Letter`]'s reading is its
+/// other half.
+pub fn letter_headers(reason: &str, origin: Origin<'_>) -> OwnedHeaders {
+    let headers = OwnedHeaders::new().insert(Header {
+        key: "reason",
+        value: Some(reason),
+    });
+    let with = |headers: OwnedHeaders, key: &str, value: &str| {
+        headers.insert(Header {
+            key,
+            value: Some(value),
+        })
+    };
+    match origin {
+        Origin::Record {
+            topic,
+            partition,
+            offset,
+        } => {
+            let headers = with(headers, "source-topic", topic);
+            let headers = with(headers, "source-partition", &partition.to_string());
+            with(headers, "source-offset", &offset.to_string())
+        }
+        Origin::Request { source, item } => {
+            let mut headers = with(headers, "source", source);
+            if let Some((index, event_id)) = item {
+                headers = with(headers, "index", &index.to_string());
+                if let Some(event_id) = event_id {
+                    headers = with(headers, "event-id", event_id);
+                }
+            }
+            headers
+        }
+    }
+}
+
 /// Header of a resolution marker: the id of the letter it resolves.
 const RESOLVES: &str = "resolves";
 /// Header of a resolution marker: `replayed` or `discarded`.

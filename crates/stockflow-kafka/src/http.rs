@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::Json;
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -25,6 +24,7 @@ use super::cluster::Cluster;
 use super::shared::{Reason, Shared, ACTIVE, NOT_OWNED, RESTORING};
 use super::wire::canonical_json;
 use super::{level_key, KafkaSettings};
+use crate::dead_letters::{letter_headers, Origin};
 use stockflow_http::backend::Read;
 use stockflow_http::query::no_level;
 use stockflow_http::{level_json, ApiError};
@@ -194,28 +194,7 @@ pub(super) async fn dead_letter(
     reason: &str,
     item: Option<(u32, Option<&str>)>,
 ) {
-    let index = item.map(|(index, _)| index.to_string());
-    let mut headers = OwnedHeaders::new()
-        .insert(Header {
-            key: "reason",
-            value: Some(reason),
-        })
-        .insert(Header {
-            key: "source",
-            value: Some(source),
-        });
-    if let Some(index) = &index {
-        headers = headers.insert(Header {
-            key: "index",
-            value: Some(index),
-        });
-    }
-    if let Some(event_id) = item.and_then(|(_, id)| id) {
-        headers = headers.insert(Header {
-            key: "event-id",
-            value: Some(event_id),
-        });
-    }
+    let headers = letter_headers(reason, Origin::Request { source, item });
     let record = FutureRecord::<(), [u8]>::to(&app.settings.topics.dlq)
         .payload(payload)
         .headers(headers);

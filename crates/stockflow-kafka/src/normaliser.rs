@@ -17,13 +17,14 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use stockflow_core::{route, BodyFormat};
 
 use super::wire::{canonical_json, from_millis};
 use super::{Contiguity, Deliveries, KafkaSettings, Next, Probe};
+use crate::dead_letters::{letter_headers, Origin};
 use stockflow_service::sources::Sources;
 
 /// The raw topic whose messages are canonical events already (validated
@@ -274,23 +275,12 @@ fn run(
                 .unwrap_or(&topic);
             let received = from_millis(message.timestamp().to_millis().unwrap_or(0));
             let dead = |reason: &str| {
-                let headers = OwnedHeaders::new()
-                    .insert(Header {
-                        key: "reason",
-                        value: Some(reason),
-                    })
-                    .insert(Header {
-                        key: "source-topic",
-                        value: Some(topic.as_str()),
-                    })
-                    .insert(Header {
-                        key: "source-partition",
-                        value: Some(&message.partition().to_string()),
-                    })
-                    .insert(Header {
-                        key: "source-offset",
-                        value: Some(&message.offset().to_string()),
-                    });
+                let origin = Origin::Record {
+                    topic: &topic,
+                    partition: message.partition(),
+                    offset: message.offset(),
+                };
+                let headers = letter_headers(reason, origin);
                 send(
                     &producer,
                     BaseRecord::<(), [u8]>::to(&settings.topics.dlq)

@@ -51,6 +51,7 @@ use super::wire::{
     SnapshotChunk, SnapshotIndex, SNAPSHOT_KEY_PREFIX,
 };
 use super::{level_key, Deliveries, KafkaSettings};
+use crate::dead_letters::{letter_headers, Origin};
 use stockflow_service::json::AlertOut;
 
 /// Most input records applied in one cycle: each cycle waits for the
@@ -603,23 +604,12 @@ impl Processor {
     }
 
     fn dead_letter(&self, topic: &str, partition: i32, offset: i64, payload: &[u8], reason: &str) {
-        let headers = OwnedHeaders::new()
-            .insert(Header {
-                key: "reason",
-                value: Some(reason),
-            })
-            .insert(Header {
-                key: "source-topic",
-                value: Some(topic),
-            })
-            .insert(Header {
-                key: "source-partition",
-                value: Some(&partition.to_string()),
-            })
-            .insert(Header {
-                key: "source-offset",
-                value: Some(&offset.to_string()),
-            });
+        let origin = Origin::Record {
+            topic,
+            partition,
+            offset,
+        };
+        let headers = letter_headers(reason, origin);
         self.send(
             BaseRecord::<(), [u8]>::to(&self.settings.topics.dlq)
                 .payload(payload)
