@@ -27,6 +27,10 @@ fn internal_routes() -> Router<Arc<KafkaApp>> {
     Router::new()
         .route("/v1/internal/rollups/{sku}", get(catalog::internal_rollup))
         .route("/v1/internal/orders/{id}", get(orders::internal))
+        .route(
+            "/v1/internal/holds/{sku}/{location}",
+            get(orders::internal_holds),
+        )
         .route("/v1/internal/applied", get(applied))
 }
 

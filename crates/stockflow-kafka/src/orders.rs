@@ -5,7 +5,7 @@
 //! moved on. Decisions are never taken here: the home decides the order,
 //! the owner of each level decides its line.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,6 +18,7 @@ use rdkafka::producer::FutureRecord;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use stockflow_core::orders::{Answer, LineRequest, Mode, Order, OrderCommand, Sourcing, Status};
+use stockflow_core::route;
 use stockflow_core::saga::{judge, order_home, PlaceLine, ToHome};
 
 use super::http::{encode, KafkaApp, FORWARDED};
@@ -352,6 +353,7 @@ async fn change(app: &KafkaApp, order_id: String, message: ToHome) -> Result<Ans
                 _ => h.order.status.is_live() || h.order.status == Status::Fulfilled,
             };
             if done {
+                settled_at_levels(app, &order_id, &current.order, &h.order, deadline).await;
                 Ok(Answer::Done(h.order))
             } else {
                 let why = judge(&h.order, &message).err().unwrap_or_else(|| {
@@ -362,6 +364,151 @@ async fn change(app: &KafkaApp, order_id: String, message: ToHome) -> Result<Ans
         }
         Some(_) => Err(still_pending(&order_id)),
         None => Ok(not_found(&order_id)),
+    }
+}
+
+/// Units `order` holds at each of its levels: its unfulfilled allocations.
+fn held(order: &Order) -> BTreeMap<(&str, &str), i64> {
+    let mut held = BTreeMap::new();
+    for line in &order.lines {
+        for a in line.allocations.iter().filter(|a| !a.fulfilled) {
+            *held
+                .entry((line.sku.as_str(), a.location_id.as_str()))
+                .or_default() += a.quantity;
+        }
+    }
+    held
+}
+
+/// A fulfil or cancel is decided at the order's home, but its FULFILLMENT
+/// and RELEASE events reach the levels' owners a moment later (through
+/// the repartition topic). Waits until every level the order now holds
+/// less at says so, so that a read after the answer sees the units gone
+/// or back, as in the embedded mode. At `deadline` it stops waiting: the
+/// decision stands and its events are on their way.
+async fn settled_at_levels(
+    app: &KafkaApp,
+    order_id: &str,
+    before: &Order,
+    after: &Order,
+    deadline: Instant,
+) {
+    let now_held = held(after);
+    for ((sku, location), units) in held(before) {
+        let at_most = now_held.get(&(sku, location)).copied().unwrap_or(0);
+        if at_most < units {
+            hold_at_most(app, sku, location, order_id, at_most, deadline).await;
+        }
+    }
+}
+
+/// Waits until the level's owner, wherever it runs, holds at most
+/// `at_most` units for `order_id` there; false at `deadline`.
+async fn hold_at_most(
+    app: &KafkaApp,
+    sku: &str,
+    location: &str,
+    order_id: &str,
+    at_most: i64,
+    deadline: Instant,
+) -> bool {
+    let p = route(sku, location, app.settings.partitions);
+    loop {
+        if app.shared.status(p) == ACTIVE {
+            match wait_hold_local(app, p, sku, location, order_id, at_most, deadline).await {
+                Some(settled) => return settled,
+                None => continue, // no longer the owner: ask whoever is now
+            }
+        }
+        if let Some((owner, _)) = app
+            .cluster
+            .owner(p)
+            .filter(|(o, _)| o.instance_id != app.instance_id)
+        {
+            let wait_ms = deadline
+                .saturating_duration_since(Instant::now())
+                .as_millis();
+            let answer = app
+                .client
+                .get(format!(
+                    "{}/v1/internal/holds/{}/{}?order={}&atMost={at_most}&timeoutMs={wait_ms}",
+                    owner.url,
+                    encode(sku),
+                    encode(location),
+                    encode(order_id)
+                ))
+                .header(FORWARDED, "1")
+                .timeout(ORDER_WAIT_MAX + Duration::from_secs(5))
+                .send()
+                .await;
+            match answer.map(|r| r.status().as_u16()) {
+                Ok(200) => return true,
+                Ok(504) => return false,
+                _ => {} // moved or restoring: ask again below
+            }
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// At the owner of `p`: whether the level came to hold at most `at_most`
+/// for the order by `deadline`; `None` if this instance stops owning `p`.
+async fn wait_hold_local(
+    app: &KafkaApp,
+    p: u16,
+    sku: &str,
+    location: &str,
+    order_id: &str,
+    at_most: i64,
+    deadline: Instant,
+) -> Option<bool> {
+    let check = || {
+        if app.shared.status(p) != ACTIVE {
+            return Some(None);
+        }
+        let partition = app.shared.partitions[p as usize].read();
+        let holds = partition
+            .get(sku, location)
+            .map_or(0, |v| v.level.hold_of(order_id));
+        (holds <= at_most).then_some(Some(true))
+    };
+    match app.shared.wait_for(deadline, check).await {
+        Some(answer) => answer,
+        None => Some(false),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HoldsQuery {
+    order: String,
+    at_most: i64,
+    timeout_ms: Option<u64>,
+}
+
+/// GET /v1/internal/holds/{sku}/{location}: answers 200 once the level
+/// holds at most `atMost` units for `order` (see [`hold_at_most`]), 504
+/// if it does not by `timeoutMs`, 409 if this instance does not own it.
+pub async fn internal_holds(
+    State(app): State<Arc<KafkaApp>>,
+    Path((sku, location)): Path<(String, String)>,
+    Query(q): Query<HoldsQuery>,
+) -> Response {
+    let p = route(&sku, &location, app.settings.partitions);
+    let wait = Duration::from_millis(q.timeout_ms.unwrap_or(0)).min(ORDER_WAIT_MAX);
+    let deadline = Instant::now() + wait;
+    match wait_hold_local(&app, p, &sku, &location, &q.order, q.at_most, deadline).await {
+        Some(true) => StatusCode::OK.into_response(),
+        Some(false) => StatusCode::GATEWAY_TIMEOUT.into_response(),
+        None => ApiError::new(
+            StatusCode::CONFLICT,
+            "not_owner",
+            format!("partition {p} is not active here"),
+        )
+        .into_response(),
     }
 }
 

@@ -339,12 +339,27 @@ fn orders_across_partitions_never_oversell_survive_a_kill_and_expire() {
         assert_eq!((status, order_status(&order)), (200, "cancelled"), "{order}");
         let (status, again) = definite(&client, &urls, 1, &format!("/v1/orders/{a}/cancel"), &serde_json::json!({})).await;
         assert_eq!((status, order_status(&again)), (200, "cancelled"), "{again}");
+        // The answer comes once the levels have the units back, as in the
+        // embedded mode: read at once, through another instance.
+        let level_now = |url: String, sku: String| {
+            let client = client.clone();
+            async move {
+                let level: serde_json::Value = client.get(format!("{url}/v1/stock/{sku}/WEB")).send().await.unwrap().json().await.unwrap();
+                (level["onHand"].as_i64().unwrap(), level["reserved"].as_i64().unwrap())
+            }
+        };
+        for sku in three {
+            assert_eq!(level_now(urls[1].clone(), sku.to_string()).await, (UNITS, held - 1), "{sku} right after the cancel");
+        }
         let (status, refused) = definite(&client, &urls, 0, &format!("/v1/orders/{a}/fulfil"), &serde_json::json!({})).await;
         assert_eq!(status, 409, "fulfilling a cancelled order: {refused}");
-        // Fulfil ships the units.
+        // Fulfil ships the units: gone from the levels when it answers.
         if let Some(b) = b {
             let (status, order) = definite(&client, &urls, 1, &format!("/v1/orders/{b}/fulfil"), &serde_json::json!({})).await;
             assert_eq!((status, order_status(&order)), (200, "fulfilled"), "{order}");
+            for sku in three {
+                assert_eq!(level_now(urls[0].clone(), sku.to_string()).await, (UNITS - 1, held - 2), "{sku} right after the fulfil");
+            }
         }
         // A different body under a used orderId is a conflict.
         let other = serde_json::json!({"orderId": a, "lines": [{"sku": three[0], "locationId": "WEB", "quantity": 2}]});
@@ -365,7 +380,7 @@ fn orders_across_partitions_never_oversell_survive_a_kill_and_expire() {
         "the sourced line held at BACKUP",
         |l| l["reserved"] == 2,
     );
-    // The answer is the home's decision; the levels follow within a cycle.
+    // And so they stay.
     let fulfilled = i64::from(reserved_orders.len() > 1);
     for sku in three {
         wait_level(&urls[1], sku, (UNITS - fulfilled, held - 1 - fulfilled));
