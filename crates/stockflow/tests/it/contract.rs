@@ -3,7 +3,8 @@
 //! every operation of /v1/openapi.json requests generated from the
 //! document, valid and invalid, and checks every answer against it (its
 //! default: every check). In both modes, so the one document describes
-//! both.
+//! both. Then a client generated from the document (openapi-python-client,
+//! PyPI) does what an integrator's would: `tests/client/generated_client.py`.
 
 use std::process::Command;
 
@@ -40,6 +41,28 @@ fn finds_nothing(url: &str, mode: &str) {
     assert!(report.contains("API Operations:"), "{mode}: {report}");
 }
 
+/// Generates a Python client from the document the server at `url`
+/// serves, and uses it: stock in, a level read, an order placed and
+/// cancelled, a refused event found among the dead letters.
+fn a_generated_client_works(url: &str, mode: &str) {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/client/generated_client.py"
+    );
+    let output = Command::new("python3")
+        .args([script, url, mode])
+        .output()
+        .expect("python3 runs");
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{mode}: the client generated from the document failed \
+         (openapi-python-client missing? .ci/install installs it):\n{said}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(said.contains("generated client ok"), "{mode}: {said}");
+}
+
 #[test]
 fn the_api_description_holds_against_the_embedded_server() {
     let _heavy = crate::heavy();
@@ -49,6 +72,7 @@ fn the_api_description_holds_against_the_embedded_server() {
         config.read_timeout = IDLE;
     }));
     finds_nothing(&server.url(), "embedded");
+    a_generated_client_works(&server.url(), "embedded");
     runtime.block_on(server.stop()).unwrap();
 }
 
@@ -68,4 +92,5 @@ fn the_api_description_holds_against_a_kafka_mode_instance() {
     );
     wait_settled(&instance.url, 1);
     finds_nothing(&instance.url, "kafka");
+    a_generated_client_works(&instance.url, "kafka");
 }
