@@ -120,6 +120,7 @@ impl Engine {
         steps: &mut [Step],
         changes: &[CatalogChange],
     ) -> Vec<PriceChange> {
+        assert_eq!(steps.len(), self.partitions.len(), "one step a partition");
         let mut prices = Vec::new();
         for change in changes {
             prices.extend(self.catalog.apply(change, steps[0].now()));

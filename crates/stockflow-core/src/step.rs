@@ -110,7 +110,8 @@ impl Drop for Step {
     fn drop(&mut self) {
         debug_assert!(
             self.phase == Phase::Ended || std::thread::panicking(),
-            "partition {}: a step at {:?} was dropped without `end`, so its time never passed",
+            "partition {}: a step at {:?} was dropped without `end` (so its time never \
+             passed), or an error cut its record short",
             self.id,
             self.now
         );

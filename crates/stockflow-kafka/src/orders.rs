@@ -340,7 +340,14 @@ async fn change(app: &KafkaApp, order_id: String, message: ToHome) -> Result<Ans
     };
     match judge(&current.order, &message) {
         Err(why) => return Ok(Answer::Conflict(current.order, why)),
-        Ok(false) => return Ok(Answer::Done(current.order)),
+        Ok(false) => {
+            // Done before (a retry, say): answered as the first time was.
+            if moves_units(&message) {
+                let seen = [&current.order];
+                settled_at_levels(app, &order_id, &seen, &current.order, deadline).await;
+            }
+            return Ok(Answer::Done(current.order));
+        }
         Ok(true) => {}
     }
     send_home(app, &message).await?;
@@ -353,7 +360,10 @@ async fn change(app: &KafkaApp, order_id: String, message: ToHome) -> Result<Ans
                 _ => h.order.status.is_live() || h.order.status == Status::Fulfilled,
             };
             if done {
-                settled_at_levels(app, &order_id, &current.order, &h.order, deadline).await;
+                if moves_units(&message) {
+                    let seen = [&current.order, &h.order];
+                    settled_at_levels(app, &order_id, &seen, &h.order, deadline).await;
+                }
                 Ok(Answer::Done(h.order))
             } else {
                 let why = judge(&h.order, &message).err().unwrap_or_else(|| {
@@ -366,6 +376,16 @@ async fn change(app: &KafkaApp, order_id: String, message: ToHome) -> Result<Ans
         None => Ok(not_found(&order_id)),
     }
 }
+
+/// Whether the command moves units at levels (fulfil, cancel), which
+/// its answer then waits for; an extend moves none.
+fn moves_units(message: &ToHome) -> bool {
+    matches!(message, ToHome::Fulfil { .. } | ToHome::Cancel { .. })
+}
+
+/// Longest wait, once the home has decided a fulfil or cancel, for its
+/// levels to show it (see [`settled_at_levels`]).
+const LEVEL_WAIT_MAX: Duration = Duration::from_secs(5);
 
 /// Units `order` holds at each of its levels: its unfulfilled allocations.
 fn held(order: &Order) -> BTreeMap<(&str, &str), i64> {
@@ -380,24 +400,48 @@ fn held(order: &Order) -> BTreeMap<(&str, &str), i64> {
     held
 }
 
+/// Every level an order names: where it holds or held units, and each
+/// line's own location.
+fn levels_of(order: &Order) -> impl Iterator<Item = (&str, &str)> {
+    order.lines.iter().flat_map(|line| {
+        let held = line.allocations.iter().map(|a| a.location_id.as_str());
+        let own = line.location_id.as_deref();
+        held.chain(own)
+            .map(move |location| (line.sku.as_str(), location))
+    })
+}
+
 /// A fulfil or cancel is decided at the order's home, but its FULFILLMENT
 /// and RELEASE events reach the levels' owners a moment later (through
-/// the repartition topic). Waits until every level the order now holds
-/// less at says so, so that a read after the answer sees the units gone
-/// or back, as in the embedded mode. At `deadline` it stops waiting: the
-/// decision stands and its events are on their way.
+/// the repartition topic). Waits until every level of `seen` (the order
+/// as read before and after the command) holds no more for it than
+/// `decided` says, so that a read after the answer sees the units gone or
+/// back, as in the embedded mode (a SKU's roll-up follows within a cycle).
+/// Gives up after [`LEVEL_WAIT_MAX`] or at `deadline`: the decision stands
+/// and its events are on their way. A retried command waits the same way,
+/// so its answer means the same.
 async fn settled_at_levels(
     app: &KafkaApp,
     order_id: &str,
-    before: &Order,
-    after: &Order,
+    seen: &[&Order],
+    decided: &Order,
     deadline: Instant,
 ) {
-    let now_held = held(after);
-    for ((sku, location), units) in held(before) {
-        let at_most = now_held.get(&(sku, location)).copied().unwrap_or(0);
-        if at_most < units {
-            hold_at_most(app, sku, location, order_id, at_most, deadline).await;
+    let deadline = deadline.min(Instant::now() + LEVEL_WAIT_MAX);
+    let at_most = held(decided);
+    let levels: std::collections::BTreeSet<(&str, &str)> =
+        seen.iter().flat_map(|order| levels_of(order)).collect();
+    for (sku, location) in levels {
+        let at_most = at_most.get(&(sku, location)).copied().unwrap_or(0);
+        if !hold_at_most(app, sku, location, order_id, at_most, deadline).await {
+            metrics::counter!("stockflow_kafka_order_level_waits_timed_out_total").increment(1);
+            tracing::warn!(
+                order = order_id,
+                sku,
+                location,
+                "answering before the level shows the order's fulfil or cancel"
+            );
+            return;
         }
     }
 }
@@ -443,7 +487,8 @@ async fn hold_at_most(
                 .await;
             match answer.map(|r| r.status().as_u16()) {
                 Ok(200) => return true,
-                Ok(504) => return false,
+                // Not by the deadline, or a member that cannot tell.
+                Ok(504 | 400 | 404) => return false,
                 _ => {} // moved or restoring: ask again below
             }
         }
@@ -497,8 +542,11 @@ pub async fn internal_holds(
     Path((sku, location)): Path<(String, String)>,
     Query(q): Query<HoldsQuery>,
 ) -> Response {
+    if q.at_most < 0 {
+        return ApiError::bad_request("atMost: a number of units, 0 or more").into_response();
+    }
     let p = route(&sku, &location, app.settings.partitions);
-    let wait = Duration::from_millis(q.timeout_ms.unwrap_or(0)).min(ORDER_WAIT_MAX);
+    let wait = Duration::from_millis(q.timeout_ms.unwrap_or(0)).min(LEVEL_WAIT_MAX);
     let deadline = Instant::now() + wait;
     match wait_hold_local(&app, p, &sku, &location, &q.order, q.at_most, deadline).await {
         Some(true) => StatusCode::OK.into_response(),

@@ -60,6 +60,10 @@ fn describe() {
         "stockflow_dead_letters_total",
         "Dead letters written (rejected events and refused bodies)."
     );
+    describe_counter!(
+        "stockflow_kafka_order_level_waits_timed_out_total",
+        "Fulfils and cancels answered before a level showed their units gone or back (Kafka mode)."
+    );
     describe_counter!("stockflow_checkpoints_total", "Checkpoints completed.");
     // Kafka mode.
     for (name, help) in [

@@ -230,11 +230,15 @@ pub fn recover(config: &Config) -> anyhow::Result<Recovered> {
         }
         // A barrier's steps stay open through its order step (every
         // partition is past the checkpoint here: checked above).
-        let mut steps = match barrier {
-            true => engine.begin_steps(group.now),
-            false => Vec::new(),
+        let (mut steps, prices) = match barrier {
+            true => {
+                let mut steps = engine.begin_steps(group.now);
+                let prices = engine.step_catalog(&mut steps, &group.catalog);
+                (steps, prices)
+            }
+            // Not a barrier: no catalog change.
+            false => (Vec::new(), Vec::new()),
         };
-        let prices = engine.step_catalog(&mut steps, &group.catalog);
         if let Some(next) = replay.regen.as_ref().filter(|_| !prices.is_empty()) {
             // As the pipeline: a SKU's home partition publishes its price
             // drops, before the record's events.
