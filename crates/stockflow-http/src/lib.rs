@@ -27,14 +27,15 @@ pub(crate) mod stream;
 pub(crate) mod ui;
 pub mod webhooks;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, MethodRouter};
+use axum::routing::{delete, get, post, put, MethodRouter};
 use axum::{Json, Router};
 use serde_json::json;
 
@@ -53,92 +54,144 @@ fn guarded<B: Backend>(methods: MethodRouter<Arc<B>>) -> MethodRouter<Arc<B>> {
     methods.route_layer(middleware::from_fn(guard::writes_say_what_they_carry))
 }
 
-/// The one HTTP API, over either backend: every public route is here,
-/// once; a backend adds only the endpoints its own mode needs
-/// ([`Backend::own_routes`]).
+/// One public operation of the API: its method, its path as the OpenAPI
+/// document spells it, and its handler. [`operations`] lists them all and
+/// [`router`] routes exactly that list, so what is routed and what a test
+/// holds against the document are one thing.
+pub struct Operation<B> {
+    pub method: Method,
+    pub path: &'static str,
+    /// False for the few routes the document describes in prose only
+    /// (`/v1/ws`, in the stream's operation; the UI's files).
+    pub documented: bool,
+    handler: MethodRouter<Arc<B>>,
+}
+
+fn op<B>(method: Method, path: &'static str, handler: MethodRouter<Arc<B>>) -> Operation<B> {
+    Operation {
+        method,
+        path,
+        documented: true,
+        handler,
+    }
+}
+
+fn prose_only<B>(operation: Operation<B>) -> Operation<B> {
+    Operation {
+        documented: false,
+        ..operation
+    }
+}
+
+/// Every public operation, once. A backend adds only the endpoints its
+/// own mode needs ([`Backend::own_routes`]), which are not public.
+pub fn operations<B: Backend>() -> Vec<Operation<B>> {
+    use Method as M;
+    vec![
+        op(M::POST, "/v1/events", post(ingest::post_events::<B>)),
+        op(
+            M::POST,
+            "/v1/sources/{format}/events",
+            post(ingest::post_source_events::<B>),
+        ),
+        op(M::GET, "/v1/sources", get(query::sources::<B>)),
+        op(M::GET, "/v1/products", get(catalog::list_products::<B>)),
+        op(M::POST, "/v1/products", post(catalog::post_products::<B>)),
+        op(M::GET, "/v1/products/{sku}", get(catalog::get_product::<B>)),
+        op(M::PUT, "/v1/products/{sku}", put(catalog::put_product::<B>)),
+        op(M::GET, "/v1/locations", get(catalog::list_locations::<B>)),
+        op(M::POST, "/v1/locations", post(catalog::post_locations::<B>)),
+        op(
+            M::GET,
+            "/v1/locations/{locationId}",
+            get(catalog::get_location::<B>),
+        ),
+        op(
+            M::PUT,
+            "/v1/locations/{locationId}",
+            put(catalog::put_location::<B>),
+        ),
+        op(M::GET, "/v1/items/{sku}", get(catalog::item::<B>)),
+        op(
+            M::GET,
+            "/v1/regions/{region}/stock/{sku}",
+            get(catalog::region_stock::<B>),
+        ),
+        op(M::POST, "/v1/orders", post(orders::place::<B>)),
+        op(M::GET, "/v1/orders", get(orders::list::<B>)),
+        op(M::GET, "/v1/orders/{id}", get(orders::get::<B>)),
+        op(M::POST, "/v1/orders/{id}/fulfil", post(orders::fulfil::<B>)),
+        op(M::POST, "/v1/orders/{id}/cancel", post(orders::cancel::<B>)),
+        op(M::POST, "/v1/orders/{id}/extend", post(orders::extend::<B>)),
+        op(
+            M::GET,
+            "/v1/stock/{sku}/{locationId}",
+            get(query::level::<B>),
+        ),
+        op(M::GET, "/v1/stock/{sku}", get(query::sku::<B>)),
+        op(
+            M::GET,
+            "/v1/stock/{sku}/{locationId}/history",
+            get(history::history::<B>),
+        ),
+        op(
+            M::GET,
+            "/v1/locations/{locationId}/stock",
+            get(query::location::<B>),
+        ),
+        op(M::GET, "/v1/dead-letters", get(dead_letters::list::<B>)),
+        op(
+            M::DELETE,
+            "/v1/dead-letters/{id}",
+            delete(dead_letters::discard::<B>),
+        ),
+        op(
+            M::POST,
+            "/v1/dead-letters/{id}/replay",
+            post(dead_letters::replay::<B>),
+        ),
+        op(M::GET, "/v1/check", get(check::check::<B>)),
+        op(M::GET, "/v1/cluster", get(cluster::<B>)),
+        op(M::GET, "/v1/alerts", get(alerts::list::<B>)),
+        op(M::GET, "/v1/stream", get(stream::stream::<B>)),
+        prose_only(op(M::GET, "/v1/ws", get(stream::websocket::<B>))),
+        op(M::GET, "/v1/activity", get(dashboard::activity::<B>)),
+        op(M::GET, "/v1/simulator", get(dashboard::status::<B>)),
+        op(M::POST, "/v1/simulator/start", post(dashboard::start::<B>)),
+        op(M::POST, "/v1/simulator/stop", post(dashboard::stop::<B>)),
+        op(M::POST, "/v1/simulator/send", post(dashboard::send::<B>)),
+        op(
+            M::POST,
+            "/v1/simulator/scenario",
+            post(dashboard::scenario::<B>),
+        ),
+        op(M::GET, "/v1/openapi.json", get(openapi)),
+        op(M::GET, "/", get(ui::index)),
+        prose_only(op(M::GET, "/ui/{*path}", get(ui::asset))),
+        op(
+            M::GET,
+            "/healthz",
+            get(|| async { Json(json!({"status": "ok"})) }),
+        ),
+        op(M::GET, "/readyz", get(ready::<B>)),
+        op(M::GET, "/metrics", get(metrics::<B>)),
+    ]
+}
+
+/// The one HTTP API, over either backend: [`operations`], each path's
+/// methods behind the write guard, and the backend's own routes.
 pub fn router<B: Backend>(backend: Arc<B>) -> Router {
     let read_timeout = backend.config().read_timeout;
-    Router::new()
-        .route("/v1/events", guarded(post(ingest::post_events::<B>)))
-        .route(
-            "/v1/sources/{format}/events",
-            guarded(post(ingest::post_source_events::<B>)),
-        )
-        .route("/v1/sources", guarded(get(query::sources::<B>)))
-        .route(
-            "/v1/products",
-            guarded(get(catalog::list_products::<B>).post(catalog::post_products::<B>)),
-        )
-        .route(
-            "/v1/products/{sku}",
-            guarded(get(catalog::get_product::<B>).put(catalog::put_product::<B>)),
-        )
-        .route(
-            "/v1/locations",
-            guarded(get(catalog::list_locations::<B>).post(catalog::post_locations::<B>)),
-        )
-        .route(
-            "/v1/locations/{location_id}",
-            guarded(get(catalog::get_location::<B>).put(catalog::put_location::<B>)),
-        )
-        .route("/v1/items/{sku}", guarded(get(catalog::item::<B>)))
-        .route(
-            "/v1/regions/{region}/stock/{sku}",
-            guarded(get(catalog::region_stock::<B>)),
-        )
-        .route(
-            "/v1/orders",
-            guarded(post(orders::place::<B>).get(orders::list::<B>)),
-        )
-        .route("/v1/orders/{id}", guarded(get(orders::get::<B>)))
-        .route("/v1/orders/{id}/fulfil", guarded(post(orders::fulfil::<B>)))
-        .route("/v1/orders/{id}/cancel", guarded(post(orders::cancel::<B>)))
-        .route("/v1/orders/{id}/extend", guarded(post(orders::extend::<B>)))
-        .route(
-            "/v1/stock/{sku}/{location_id}",
-            guarded(get(query::level::<B>)),
-        )
-        .route("/v1/stock/{sku}", guarded(get(query::sku::<B>)))
-        .route(
-            "/v1/stock/{sku}/{location_id}/history",
-            guarded(get(history::history::<B>)),
-        )
-        .route(
-            "/v1/locations/{location_id}/stock",
-            guarded(get(query::location::<B>)),
-        )
-        .route("/v1/dead-letters", guarded(get(dead_letters::list::<B>)))
-        .route(
-            "/v1/dead-letters/{id}",
-            guarded(axum::routing::delete(dead_letters::discard::<B>)),
-        )
-        .route(
-            "/v1/dead-letters/{id}/replay",
-            guarded(post(dead_letters::replay::<B>)),
-        )
-        .route("/v1/check", guarded(get(check::check::<B>)))
-        .route("/v1/cluster", guarded(get(cluster::<B>)))
-        .route("/v1/alerts", guarded(get(alerts::list::<B>)))
-        .route("/v1/stream", guarded(get(stream::stream::<B>)))
-        .route("/v1/ws", guarded(get(stream::websocket::<B>)))
-        .route("/v1/activity", guarded(get(dashboard::activity::<B>)))
-        .route("/v1/simulator", guarded(get(dashboard::status::<B>)))
-        .route("/v1/simulator/start", guarded(post(dashboard::start::<B>)))
-        .route("/v1/simulator/stop", guarded(post(dashboard::stop::<B>)))
-        .route("/v1/simulator/send", guarded(post(dashboard::send::<B>)))
-        .route(
-            "/v1/simulator/scenario",
-            guarded(post(dashboard::scenario::<B>)),
-        )
-        .route("/v1/openapi.json", guarded(get(openapi)))
-        .route("/", guarded(get(ui::index)))
-        .route("/ui/{*path}", guarded(get(ui::asset)))
-        .route(
-            "/healthz",
-            guarded(get(|| async { Json(json!({"status": "ok"})) })),
-        )
-        .route("/readyz", guarded(get(ready::<B>)))
-        .route("/metrics", guarded(get(metrics::<B>)))
+    let mut paths: BTreeMap<&str, MethodRouter<Arc<B>>> = BTreeMap::new();
+    for operation in operations::<B>() {
+        let methods = paths.remove(operation.path).unwrap_or_default();
+        paths.insert(operation.path, methods.merge(operation.handler));
+    }
+    paths
+        .into_iter()
+        .fold(Router::new(), |router, (path, methods)| {
+            router.route(path, guarded(methods))
+        })
         .merge(B::own_routes())
         .fallback(|| async { ApiError::not_found("no such endpoint; see /v1/openapi.json") })
         .layer(middleware::from_fn_with_state(
