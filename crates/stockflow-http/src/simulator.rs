@@ -21,7 +21,8 @@ use crate::asks::{Quantities, Wait};
 use crate::ApiError;
 use stockflow_service::clock::wall_clock;
 use stockflow_service::receipt::Receipt;
-use stockflow_service::traffic::{Catalog, Traffic, CONTROLLED_EVENTS, CONTROLLED_EXPECTED};
+use stockflow_service::scenario;
+use stockflow_service::traffic::{Catalog, Traffic};
 
 /// Highest continuous rate (events/s) the dashboard may ask for.
 pub const RATE_MAX: u32 = 100_000;
@@ -152,25 +153,6 @@ impl Simulator {
             })?;
         self.record(&body, &receipt);
         Ok(receipt)
-    }
-
-    /// Waits (up to 5 s) until the controlled scenario's transfers are in
-    /// transit at their destinations.
-    async fn wait_for_transit(&self) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while std::time::Instant::now() < deadline {
-            let mut landed = true;
-            for e in CONTROLLED_EXPECTED.iter().filter(|e| e.in_transit > 0) {
-                landed &= self
-                    .level(e.sku, e.location)
-                    .await
-                    .is_some_and(|(_, _, in_transit)| in_transit > 0);
-            }
-            if landed {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
     }
 
     /// A level's (onHand, reserved, inTransit) as its owner has it now.
@@ -317,77 +299,31 @@ impl Simulator {
         Ok(())
     }
 
-    /// Runs the controlled scenario: fixed events with documented results,
-    /// and each expected level next to the one the engine now has.
+    /// Runs the controlled scenario ([`scenario::run`]): fixed events with
+    /// documented results, and each expected level next to the one the
+    /// engine now has.
     pub async fn scenario(&self) -> Result<Value, SimulatorError> {
         self.check_enabled()?;
-        // In Kafka mode a transfer's in-transit part reaches its
-        // destination's owner through the repartition topic, a cycle after
-        // the TRANSFER_OUT is applied; a TRANSFER_IN applied before that
-        // finds nothing in transit (a direct delivery). As in a store, the
-        // arrivals go once the departures have landed (in the embedded
-        // mode they have as soon as they are applied).
-        let receipt = {
-            {
-                let lines: Vec<&str> = CONTROLLED_EVENTS.lines().collect();
-                let arrival = |l: &str| l.contains(r#""eventType":"TRANSFER_IN""#);
-                // (original line, line) of each phase.
-                type Phase<'a> = Vec<(usize, &'a str)>;
-                let (arrivals, rest): (Phase, Phase) = lines
-                    .iter()
-                    .copied()
-                    .enumerate()
-                    .partition(|(_, l)| arrival(l));
-                let mut receipt = Receipt::default();
-                for (i, phase) in [rest, arrivals].into_iter().enumerate() {
-                    if i == 1 {
-                        self.wait_for_transit().await;
-                    }
-                    let body: String = phase.iter().map(|(_, l)| format!("{l}\n")).collect();
-                    let part = self.send_body(body, Wait::Applied).await?;
-                    receipt.accepted += part.accepted;
-                    receipt.duplicates += part.duplicates;
-                    receipt.rejected += part.rejected;
-                    receipt.errors.extend(part.errors.into_iter().map(|mut e| {
-                        e.index = phase[e.index as usize].0 as u32;
-                        e
-                    }));
-                }
-                receipt.errors.sort_by_key(|e| e.index);
-                receipt
-            }
-        };
-        // The levels once they settle (or after 5 s, as they are then).
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        loop {
-            let mut settled = true;
-            for e in CONTROLLED_EXPECTED {
-                let level = self.level(e.sku, e.location).await;
-                settled &= level == Some((e.on_hand, e.reserved, e.in_transit));
-            }
-            if settled || std::time::Instant::now() > deadline {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let mut levels: Vec<Value> = Vec::new();
-        for e in CONTROLLED_EXPECTED {
-            let level = self.level(e.sku, e.location).await;
-            let actual = level.map(|(on_hand, reserved, in_transit)| {
-                json!({"onHand": on_hand, "reserved": reserved, "inTransit": in_transit})
-            });
-            let ok = level == Some((e.on_hand, e.reserved, e.in_transit));
-            levels.push(json!({
-                "sku": e.sku,
-                "locationId": e.location,
-                "expected": {"onHand": e.on_hand, "reserved": e.reserved, "inTransit": e.in_transit},
-                "actual": actual,
-                "ok": ok,
-            }));
-        }
-        let passed = levels.iter().all(|l| l["ok"] == true);
+        let run = scenario::run(self).await?;
+        let passed = run.passed();
+        let levels: Vec<Value> = run
+            .levels
+            .into_iter()
+            .map(|(e, level)| {
+                let actual = level.map(|(on_hand, reserved, in_transit)| {
+                    json!({"onHand": on_hand, "reserved": reserved, "inTransit": in_transit})
+                });
+                json!({
+                    "sku": e.sku,
+                    "locationId": e.location,
+                    "expected": {"onHand": e.on_hand, "reserved": e.reserved, "inTransit": e.in_transit},
+                    "actual": actual,
+                    "ok": scenario::ok(e, level),
+                })
+            })
+            .collect();
         Ok(json!({
-            "receipt": receipt,
+            "receipt": run.receipt,
             "levels": levels,
             "passed": passed,
         }))
@@ -417,6 +353,24 @@ impl Simulator {
             "rejected": t.rejected,
             "recent": recent,
         })
+    }
+}
+
+/// The scenario runs into the server's own backend, waiting for each
+/// body to be applied.
+impl scenario::Target for Simulator {
+    type Error = SimulatorError;
+
+    async fn send_applied(&self, body: String) -> Result<Receipt, SimulatorError> {
+        self.send_body(body, Wait::Applied).await
+    }
+
+    async fn level(
+        &self,
+        sku: &str,
+        location: &str,
+    ) -> Result<Option<(i64, i64, i64)>, SimulatorError> {
+        Ok(Simulator::level(self, sku, location).await)
     }
 }
 

@@ -15,6 +15,7 @@ pub mod history;
 pub mod json;
 pub mod metrics;
 pub mod receipt;
+pub mod scenario;
 pub mod sources;
 pub mod stream;
 pub mod traffic;

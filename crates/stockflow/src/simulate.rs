@@ -8,7 +8,9 @@ use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Deserialize;
 
-use stockflow_service::traffic::{Catalog, Traffic, CONTROLLED_EVENTS, CONTROLLED_EXPECTED};
+use stockflow_service::receipt::Receipt;
+use stockflow_service::scenario;
+use stockflow_service::traffic::{Catalog, Traffic};
 
 /// What the server answered, summed.
 #[derive(Debug, Default, Deserialize)]
@@ -95,34 +97,78 @@ struct LevelBody {
     in_transit: i64,
 }
 
-/// Runs the controlled scenario and checks every expected level; returns
-/// the mismatches (empty when all is as documented).
-pub async fn controlled(url: &str) -> anyhow::Result<(Totals, Vec<String>)> {
-    let client = reqwest::Client::new();
-    let totals = post_ndjson(&client, url, CONTROLLED_EVENTS.to_owned()).await?;
-    let mut mismatches = Vec::new();
-    for e in &CONTROLLED_EXPECTED {
-        let got: LevelBody = client
-            .get(format!("{url}/v1/stock/{}/{}", e.sku, e.location))
+/// The scenario over HTTP: each body with `?wait=applied`, levels read
+/// through the public API.
+struct Http {
+    client: reqwest::Client,
+    url: String,
+}
+
+impl scenario::Target for Http {
+    type Error = anyhow::Error;
+
+    async fn send_applied(&self, body: String) -> anyhow::Result<Receipt> {
+        let url = &self.url;
+        let response = self
+            .client
+            .post(format!("{url}/v1/events?wait=applied"))
+            .header("content-type", "application/x-ndjson")
+            .body(body)
             .send()
-            .await?
-            .error_for_status()?
-            .json()
+            .await
+            .with_context(|| format!("cannot reach {url}; is `stockflow serve` running?"))?;
+        let status = response.status();
+        if !status.is_success() {
+            bail!(
+                "{url} answered {status}: {}",
+                response.text().await.unwrap_or_default()
+            );
+        }
+        Ok(response.json().await?)
+    }
+
+    async fn level(&self, sku: &str, location: &str) -> anyhow::Result<Option<(i64, i64, i64)>> {
+        let response = self
+            .client
+            .get(format!("{}/v1/stock/{sku}/{location}", self.url))
+            .send()
             .await?;
-        let (want, have) = (
-            (e.on_hand, e.reserved, e.in_transit),
-            (got.on_hand, got.reserved, got.in_transit),
-        );
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let level: LevelBody = response.error_for_status()?.json().await?;
+        Ok(Some((level.on_hand, level.reserved, level.in_transit)))
+    }
+}
+
+/// Runs the controlled scenario ([`scenario::run`]) and checks every
+/// expected level; returns the mismatches (empty when all is as
+/// documented).
+pub async fn controlled(url: &str) -> anyhow::Result<(Totals, Vec<String>)> {
+    let target = Http {
+        client: reqwest::Client::new(),
+        url: url.to_owned(),
+    };
+    let run = scenario::run(&target).await?;
+    let mut mismatches = Vec::new();
+    for (e, level) in &run.levels {
+        let want = (e.on_hand, e.reserved, e.in_transit);
+        let have = level.map_or("no such level".to_owned(), |l| format!("{l:?}"));
         println!(
-            "{:<7} {:<8} expected onHand/reserved/inTransit {want:?}, got {have:?}",
+            "{:<7} {:<8} expected onHand/reserved/inTransit {want:?}, got {have}",
             e.sku, e.location
         );
-        if want != have {
+        if !scenario::ok(e, *level) {
             mismatches.push(format!(
-                "{} at {}: expected {want:?}, got {have:?}",
+                "{} at {}: expected {want:?}, got {have}",
                 e.sku, e.location
             ));
         }
     }
+    let totals = Totals {
+        accepted: run.receipt.accepted,
+        duplicates: run.receipt.duplicates,
+        rejected: run.receipt.rejected,
+    };
     Ok((totals, mismatches))
 }

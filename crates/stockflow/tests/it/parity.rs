@@ -232,6 +232,42 @@ fn alike_in_both_modes<Fut>(
     assert!(differ.is_empty(), "{}", differ.join("\n"));
 }
 
+/// `stockflow simulate --scenario controlled`, the CLI client, gets the
+/// documented levels from both modes, and running it again changes
+/// nothing (every event is a duplicate but the one refused).
+#[test]
+fn the_cli_controlled_scenario_gives_the_documented_levels_in_both_modes() {
+    let names = vec!["first run".to_owned(), "second run".to_owned()];
+    alike_in_both_modes("scenario", names, |url, _| async move {
+        let mut answers = Vec::new();
+        for (run, totals) in [
+            (1, "accepted 13, duplicates 1, rejected 1"),
+            (2, "accepted 0, duplicates 14, rejected 1"),
+        ] {
+            let to = url.clone();
+            let out = tokio::task::spawn_blocking(move || {
+                std::process::Command::new(env!("CARGO_BIN_EXE_stockflow"))
+                    .args(["simulate", "--scenario", "controlled", "--url", &to])
+                    .output()
+                    .unwrap()
+            })
+            .await
+            .unwrap();
+            let said = String::from_utf8_lossy(&out.stdout).into_owned();
+            let error = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                out.status.success(),
+                "run {run} via {url}:\n{said}\n{error}"
+            );
+            assert!(said.contains(totals), "run {run} via {url}:\n{said}");
+            assert!(said.contains("all levels as documented"), "{said}");
+            let summary: Vec<&str> = said.lines().filter(|l| !l.contains("http")).collect();
+            answers.push((out.status.code().unwrap_or(-1) as u16, json!(summary)));
+        }
+        answers
+    });
+}
+
 /// Every `serve` flag works in both modes or is refused at start: the
 /// embedded mode's own flags (its data directory's disk, checkpoints and
 /// partitions; Kafka mode has its own), given with `--kafka`, stop the
