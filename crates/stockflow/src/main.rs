@@ -39,7 +39,10 @@ enum Scenario {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum BenchMode {
+    /// The write path without HTTP: parse, dedup, log, fsync, apply.
     Engine,
+    /// Ingest over HTTP, event→queryable latency, and level and roll-up
+    /// reads.
     Http,
     /// Orders with other traffic flowing.
     Orders,
@@ -192,6 +195,7 @@ enum Command {
     },
     /// Start a server with a demo catalog and live simulated traffic.
     Demo {
+        /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
         /// Keep the demo's data here (default: a temporary directory).
@@ -203,6 +207,7 @@ enum Command {
     },
     /// Send simulated traffic to a running server.
     Simulate {
+        /// The server to send to.
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         url: String,
         /// Events per second.
@@ -232,6 +237,7 @@ enum Command {
     /// backed by reservations, and every roll-up equals its levels. Exits 1
     /// on any violation.
     Check {
+        /// The server to check.
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         url: String,
         /// Also require reserved = Σ holds exactly (every reservation was
@@ -374,14 +380,19 @@ enum TopicsAction {
         /// Bootstrap servers.
         #[arg(long, env = "STOCKFLOW_KAFKA")]
         kafka: String,
+        /// A librdkafka property passed through, e.g.
+        /// security.protocol=SASL_SSL (repeatable).
         #[arg(long = "kafka-config", value_parser = parse_param)]
         kafka_config: Vec<(String, String)>,
         /// Topic names start with this (`{prefix}.events.canonical`, …).
         #[arg(long, default_value = stockflow_kafka::TOPIC_PREFIX_DEFAULT, value_parser = stockflow_kafka::parse_topic_prefix)]
         topic_prefix: String,
-        /// Partitions of the partitioned topics.
+        /// Partitions of the partitioned topics (what `serve --kafka`
+        /// calls `--kafka-partitions`; fixed once created).
         #[arg(long, default_value_t = 12, value_parser = clap::value_parser!(u16).range(1..=1024))]
         partitions: u16,
+        /// Copies of each partition the brokers keep (at most the number
+        /// of brokers).
         #[arg(long, default_value_t = 1)]
         replication_factor: i32,
         /// A directory of extra source formats (a raw topic is made for each).
