@@ -104,14 +104,20 @@ impl Step {
         self.enter(Phase::Ended);
         partition.tick(self.now);
     }
+
+    /// Gives up on a step whose record an error cut short: the caller
+    /// drops the state it was building (a failed start), so no time
+    /// passes and nothing else may follow.
+    pub fn abandon(mut self) {
+        self.phase = Phase::Ended;
+    }
 }
 
 impl Drop for Step {
     fn drop(&mut self) {
         debug_assert!(
             self.phase == Phase::Ended || std::thread::panicking(),
-            "partition {}: a step at {:?} was dropped without `end` (so its time never \
-             passed), or an error cut its record short",
+            "partition {}: a step at {:?} was dropped without `end`, so its time never passed",
             self.id,
             self.now
         );

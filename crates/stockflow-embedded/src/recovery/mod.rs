@@ -269,7 +269,9 @@ pub fn recover(config: &Config) -> anyhow::Result<Recovered> {
             observe: order_events,
         });
         let observed = match barrier {
-            true => replay.flush(&mut engine.partitions, &mut history, from, Some(&mut steps))?,
+            true => replay
+                .flush(&mut engine.partitions, &mut history, from, Some(&mut steps))
+                .inspect_err(|_| steps.drain(..).for_each(Step::abandon))?,
             false => Vec::new(),
         };
         let rebuild = |p: usize| replay.regen.as_ref().is_some_and(|next| number >= next[p]);
@@ -313,7 +315,8 @@ pub fn recover(config: &Config) -> anyhow::Result<Recovered> {
                 &mut steps,
                 &effects,
                 number,
-            )?;
+            )
+            .inspect_err(|_| steps.drain(..).for_each(Step::abandon))?;
             for (id, changes) in changes.iter().enumerate() {
                 if rebuild(id) {
                     let drafts = backlog_entry(&mut replay.backlog[id], number);

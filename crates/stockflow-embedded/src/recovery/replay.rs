@@ -136,9 +136,19 @@ pub(super) fn replay_pending(
                                     let held = hold_changes(batch, &changes);
                                     observed.extend(held.map(|(at, c)| (record.number, n, at, c)));
                                 }
-                                history
-                                    .record(partition, batch, &changes, record.now, record.number)
-                                    .context("cannot write history")?;
+                                let written = history.record(
+                                    partition,
+                                    batch,
+                                    &changes,
+                                    record.now,
+                                    record.number,
+                                );
+                                if let Err(error) = written {
+                                    if let Some(step) = own {
+                                        step.abandon();
+                                    }
+                                    return Err(error).context("cannot write history");
+                                }
                                 if rebuild {
                                     let drafts = backlog_entry(backlog, record.number);
                                     let p = &*partition;
