@@ -58,20 +58,12 @@ async fn ask_home(
                 None => continue,
             }
         }
-        if let Some((owner, _)) = app
-            .cluster
-            .owner(p)
-            .filter(|(o, _)| o.instance_id != app.instance_id)
-        {
-            let wait_ms = deadline
-                .saturating_duration_since(Instant::now())
-                .as_millis();
+        if let Some((owner, wait_ms)) = elsewhere(app, p, deadline) {
             let after = after_version.map_or(String::new(), |v| format!("&afterVersion={v}"));
             let answer = app
                 .client
                 .get(format!(
-                    "{}/v1/internal/orders/{}?timeoutMs={wait_ms}{after}",
-                    owner.url,
+                    "{owner}/v1/internal/orders/{}?timeoutMs={wait_ms}{after}",
                     encode(order_id)
                 ))
                 .header(FORWARDED, "1")
@@ -102,6 +94,19 @@ async fn ask_home(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The URL of the instance that owns partition `p`, if another one does,
+/// and how long (ms) it may wait there before `deadline`.
+fn elsewhere(app: &KafkaApp, p: u16, deadline: Instant) -> Option<(String, u128)> {
+    let (owner, _) = app
+        .cluster
+        .owner(p)
+        .filter(|(o, _)| o.instance_id != app.instance_id)?;
+    let wait_ms = deadline
+        .saturating_duration_since(Instant::now())
+        .as_millis();
+    Some((owner.url, wait_ms))
 }
 
 fn homed_from_json(body: &Value) -> Option<Homed> {
@@ -464,19 +469,11 @@ async fn hold_at_most(
                 None => continue, // no longer the owner: ask whoever is now
             }
         }
-        if let Some((owner, _)) = app
-            .cluster
-            .owner(p)
-            .filter(|(o, _)| o.instance_id != app.instance_id)
-        {
-            let wait_ms = deadline
-                .saturating_duration_since(Instant::now())
-                .as_millis();
+        if let Some((owner, wait_ms)) = elsewhere(app, p, deadline) {
             let answer = app
                 .client
                 .get(format!(
-                    "{}/v1/internal/holds/{}/{}?order={}&atMost={at_most}&timeoutMs={wait_ms}",
-                    owner.url,
+                    "{owner}/v1/internal/holds/{}/{}?order={}&atMost={at_most}&timeoutMs={wait_ms}",
                     encode(sku),
                     encode(location),
                     encode(order_id)

@@ -26,8 +26,19 @@ pub async fn post_ndjson(
     url: &str,
     body: String,
 ) -> anyhow::Result<Totals> {
+    post_events(client, url, "", body).await
+}
+
+/// POSTs one NDJSON body to `/v1/events{query}` and reads the receipt as
+/// `T`, or says what the server answered.
+async fn post_events<T: serde::de::DeserializeOwned>(
+    client: &reqwest::Client,
+    url: &str,
+    query: &str,
+    body: String,
+) -> anyhow::Result<T> {
     let response = client
-        .post(format!("{url}/v1/events"))
+        .post(format!("{url}/v1/events{query}"))
         .header("content-type", "application/x-ndjson")
         .body(body)
         .send()
@@ -108,23 +119,7 @@ impl scenario::Target for Http {
     type Error = anyhow::Error;
 
     async fn send_applied(&self, body: String) -> anyhow::Result<Receipt> {
-        let url = &self.url;
-        let response = self
-            .client
-            .post(format!("{url}/v1/events?wait=applied"))
-            .header("content-type", "application/x-ndjson")
-            .body(body)
-            .send()
-            .await
-            .with_context(|| format!("cannot reach {url}; is `stockflow serve` running?"))?;
-        let status = response.status();
-        if !status.is_success() {
-            bail!(
-                "{url} answered {status}: {}",
-                response.text().await.unwrap_or_default()
-            );
-        }
-        Ok(response.json().await?)
+        post_events(&self.client, &self.url, "?wait=applied", body).await
     }
 
     async fn level(&self, sku: &str, location: &str) -> anyhow::Result<Option<(i64, i64, i64)>> {
