@@ -157,7 +157,7 @@ enum Command {
         /// a production server must not invent sales.
         #[arg(long)]
         simulator: bool,
-        #[command(flatten)]
+        #[command(flatten, next_help_heading = "Kafka mode (with --kafka)")]
         kafka: KafkaArgs,
     },
     /// Manage the Kafka topics of Kafka mode.
@@ -262,7 +262,10 @@ enum Command {
         /// holds one checkpoint interval at the default 2M events).
         #[arg(long, default_value_t = 20)]
         paced_seconds: u64,
-        #[command(flatten)]
+        #[command(
+            flatten,
+            next_help_heading = "Kafka modes (--mode kafka, kafka-orders)"
+        )]
         kafka: KafkaArgs,
     },
 }
