@@ -207,11 +207,7 @@ pub async fn internal_rollup(
     let home = sku_home(&sku, app.settings.partitions);
     match local_rollup(&app, home, &sku, query.locations)? {
         Some(answer) => Ok(Json(answer)),
-        None => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "not_owner",
-            format!("partition {home} is not active here"),
-        )),
+        None => Err(super::http::not_owner(home)),
     }
 }
 

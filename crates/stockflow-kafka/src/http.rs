@@ -308,6 +308,17 @@ pub struct AppliedQuery {
     timeout_ms: Option<u64>,
 }
 
+/// 409 from a cluster-internal endpoint asked about partition `p`, which
+/// is not active on this instance (moved, or restoring): the asker finds
+/// the owner again.
+pub(super) fn not_owner(p: u16) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "not_owner",
+        format!("partition {p} is not active here"),
+    )
+}
+
 /// GET /v1/internal/applied: answers once this instance's partition has
 /// applied the offset (or 409 if it does not own it).
 pub(super) async fn applied(

@@ -21,7 +21,7 @@ use stockflow_core::orders::{Answer, LineRequest, Mode, Order, OrderCommand, Sou
 use stockflow_core::route;
 use stockflow_core::saga::{judge, order_home, PlaceLine, ToHome};
 
-use super::http::{encode, KafkaApp, FORWARDED};
+use super::http::{encode, not_owner, KafkaApp, FORWARDED};
 use super::processor::ORDER_HEADER;
 use super::shared::{ACTIVE, NOT_OWNED};
 use stockflow_http::backend::Read;
@@ -171,14 +171,7 @@ pub async fn internal(
 ) -> Response {
     let p = order_home(&id, app.settings.partitions);
     let wait = Duration::from_millis(q.timeout_ms.unwrap_or(0)).min(ORDER_WAIT_MAX);
-    let not_owner = || {
-        ApiError::new(
-            StatusCode::CONFLICT,
-            "not_owner",
-            format!("partition {p} is not active here"),
-        )
-        .into_response()
-    };
+    let not_owner = || not_owner(p).into_response();
     if app.shared.status(p) == NOT_OWNED {
         return not_owner();
     }
@@ -548,12 +541,7 @@ pub async fn internal_holds(
     match wait_hold_local(&app, p, &sku, &location, &q.order, q.at_most, deadline).await {
         Some(true) => StatusCode::OK.into_response(),
         Some(false) => StatusCode::GATEWAY_TIMEOUT.into_response(),
-        None => ApiError::new(
-            StatusCode::CONFLICT,
-            "not_owner",
-            format!("partition {p} is not active here"),
-        )
-        .into_response(),
+        None => not_owner(p).into_response(),
     }
 }
 
