@@ -129,18 +129,19 @@ impl Status {
         }
     }
 
+    /// Every status, in the order an order may go through them.
+    pub const ALL: [Status; 7] = [
+        Status::Pending,
+        Status::Reserved,
+        Status::PartiallyReserved,
+        Status::Rejected,
+        Status::Fulfilled,
+        Status::Cancelled,
+        Status::Expired,
+    ];
+
     pub fn from_wire(text: &str) -> Option<Status> {
-        [
-            Status::Pending,
-            Status::Reserved,
-            Status::PartiallyReserved,
-            Status::Rejected,
-            Status::Fulfilled,
-            Status::Cancelled,
-            Status::Expired,
-        ]
-        .into_iter()
-        .find(|s| s.as_str() == text)
+        Status::ALL.into_iter().find(|s| s.as_str() == text)
     }
 
     /// Holding stock right now.

@@ -160,6 +160,15 @@ fn price_drops(
 
 /// GET /v1/alerts?kind=&sku=&locationId=&active=&limit=&after=: level
 /// alerts from the backend, and price drops from the catalog, newest first.
+#[utoipa::path(get, path = "/v1/alerts",
+    operation_id = "listAlerts", tag = "alerts",
+    summary = "Alert events (raised, cleared, fired), newest first, or the active ones",
+    description = "LOW_STOCK (available < the threshold: the location's lowStockThreshold if it sets one, else the product's, default 10; CRITICAL at or below half), OUT_OF_STOCK (available reaches 0), BACK_IN_STOCK (fired when available leaves 0), NEGATIVE_ON_HAND, STALE (no change to the level for --stale-after-seconds, default 1 h; cleared by its next change), RESERVATION_REJECTED (--reservation-burst refused reservations, default 5, within --reservation-burst-seconds, default 60; cleared after as long with none). One event per transition, never one per stock event; kept with the state (durable, replayed); time-driven alerts are raised by the engine's timers, at most about a second late. PRICE_DROP (a product price cut of at least --price-drop-percent, default 10) is derived from the price history; it is never active and has no location. In Kafka mode every instance gathers the level alerts from every member (members ask each other with scope=local); PRICE_DROP comes from the catalog topic, which every instance reads whole.",
+    params(("kind" = Option<String>, Query, pattern = "^(LOW_STOCK|OUT_OF_STOCK|BACK_IN_STOCK|NEGATIVE_ON_HAND|STALE|RESERVATION_REJECTED|PRICE_DROP)$"), ("sku" = Option<String>, Query), ("locationId" = Option<String>, Query), ("active" = Option<bool>, Query), ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000), ("after" = Option<String>, Query, pattern = "^[0-9]{1,18}-.+$", description = "nextAfter of the previous page: a place in the list (a time, then an order within it).")),
+    responses(
+        (status = 200, description = "A page", body = crate::shapes::AlertPage),
+        crate::openapi::ReadRefusals,
+    ))]
 pub async fn list<B: super::backend::Backend>(
     State(backend): State<Arc<B>>,
     Query(filter): Query<AlertFilter>,

@@ -5,7 +5,7 @@
 //! replayed); reads come from the catalog and the partitions' roll-ups,
 //! which are kept incrementally, so no query scans levels.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -186,6 +186,17 @@ pub(crate) fn location_change(v: &mut Value, id: Option<&str>) -> Result<Catalog
 }
 
 /// PUT /v1/products/{sku}
+#[utoipa::path(put, path = "/v1/products/{sku}",
+    operation_id = "putProduct", tag = "catalog",
+    summary = "Create or replace a product (durable, through the log)",
+    description = "Upserts a product. In Kafka mode the product goes to the catalog topic (key `product:{sku}`, value this JSON), which every instance reads whole; the answer comes once this instance has read it back.",
+    params(("sku" = crate::openapi::Id, Path)),
+    request_body(content = ProductInput, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The product as stored", body = crate::shapes::Product),
+        (status = 404, description = "Not found; the message says what.", body = crate::error::ErrorBody),
+        crate::openapi::WriteRefusals,
+    ))]
 pub async fn put_product<B: Backend>(
     State(backend): State<Arc<B>>,
     Path(sku): Path<String>,
@@ -200,6 +211,15 @@ pub async fn put_product<B: Backend>(
 }
 
 /// POST /v1/products
+#[utoipa::path(post, path = "/v1/products",
+    operation_id = "postProducts", tag = "catalog",
+    summary = "Upsert products in bulk",
+    description = "Upserts many products (a JSON array, one object, or NDJSON); refused items are dead letters, reported by index. In Kafka mode they go to the catalog topic as PUT does.",
+    request_body(content((crate::openapi::Batch = "application/json"), (serde_json::Value = "application/x-ndjson")), description = "One item or an array of them (or NDJSON: one JSON object per line)."),
+    responses(
+        (status = 200, description = "Receipt: accepted and rejected items (rejected ones are kept as dead letters).", body = stockflow_service::receipt::Receipt),
+        crate::openapi::WriteRefusals,
+    ))]
 pub async fn post_products<B: Backend>(
     State(backend): State<Arc<B>>,
     headers: HeaderMap,
@@ -212,6 +232,15 @@ pub async fn post_products<B: Backend>(
 }
 
 /// GET /v1/products/{sku}: the product and its stock over every location.
+#[utoipa::path(get, path = "/v1/products/{sku}",
+    operation_id = "getProduct", tag = "catalog",
+    summary = "One product",
+    params(("sku" = String, Path)),
+    responses(
+        (status = 200, description = "product", body = crate::shapes::Product),
+        (status = 404, description = "Unknown.", body = crate::error::ErrorBody),
+        crate::openapi::ReadRefusals,
+    ))]
 pub async fn get_product<B: Backend>(
     State(backend): State<Arc<B>>,
     Path(sku): Path<String>,
@@ -234,6 +263,14 @@ pub struct ProductFilter {
 
 /// GET /v1/products?category=&q=&limit=&after=: by sku; `q` matches sku or
 /// name, case-insensitively.
+#[utoipa::path(get, path = "/v1/products",
+    operation_id = "listProducts", tag = "catalog",
+    summary = "Search products",
+    params(("category" = Option<String>, Query), ("q" = Option<String>, Query, description = "Case-insensitive substring of sku or name."), ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000), ("after" = Option<String>, Query, description = "nextAfter of the previous page.")),
+    responses(
+        (status = 200, description = "A page", body = crate::shapes::ProductPage),
+        crate::openapi::ReadRefusals,
+    ))]
 pub async fn list_products<B: Backend>(
     State(backend): State<Arc<B>>,
     Query(filter): Query<ProductFilter>,
@@ -279,6 +316,16 @@ pub fn products_page(
 }
 
 /// PUT /v1/locations/{id}
+#[utoipa::path(put, path = "/v1/locations/{locationId}",
+    operation_id = "putLocation", tag = "catalog",
+    summary = "Create or replace a location (durable, through the log)",
+    params(("locationId" = crate::openapi::Id, Path)),
+    request_body(content = LocationInput, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The location as stored", body = crate::shapes::Location),
+        (status = 404, description = "Not found; the message says what.", body = crate::error::ErrorBody),
+        crate::openapi::WriteRefusals,
+    ))]
 pub async fn put_location<B: Backend>(
     State(backend): State<Arc<B>>,
     Path(id): Path<String>,
@@ -294,6 +341,14 @@ pub async fn put_location<B: Backend>(
 }
 
 /// POST /v1/locations
+#[utoipa::path(post, path = "/v1/locations",
+    operation_id = "postLocations", tag = "catalog",
+    summary = "Upsert locations in bulk",
+    request_body(content((crate::openapi::Batch = "application/json"), (serde_json::Value = "application/x-ndjson")), description = "One item or an array of them (or NDJSON: one JSON object per line)."),
+    responses(
+        (status = 200, description = "Receipt: accepted and rejected items (rejected ones are kept as dead letters).", body = stockflow_service::receipt::Receipt),
+        crate::openapi::WriteRefusals,
+    ))]
 pub async fn post_locations<B: Backend>(
     State(backend): State<Arc<B>>,
     headers: HeaderMap,
@@ -339,6 +394,15 @@ impl ScopeQuery {
 /// events) and the roll-up of its stock. With `scope=local` (what the
 /// members of a cluster ask each other): only the asked instance's part,
 /// `{"parts":[{"totals"}]}`.
+#[utoipa::path(get, path = "/v1/locations/{locationId}",
+    operation_id = "getLocation", tag = "catalog",
+    summary = "One location with the roll-up of its stock (totals)",
+    params(("locationId" = String, Path)),
+    responses(
+        (status = 200, description = "location", body = crate::shapes::Location),
+        (status = 404, description = "Unknown.", body = crate::error::ErrorBody),
+        crate::openapi::ReadRefusals,
+    ))]
 pub async fn get_location<B: Backend>(
     State(backend): State<Arc<B>>,
     Path(id): Path<String>,
@@ -366,6 +430,15 @@ pub struct LocationFilter {
 /// every location seen only in events (type `unknown`), by id, each with
 /// the roll-up of its stock. With `scope=local`: only the asked
 /// instance's part, `{"parts":[{"locationId","totals"}]}`.
+#[utoipa::path(get, path = "/v1/locations",
+    operation_id = "listLocations", tag = "catalog",
+    summary = "List locations (the master plus those only seen in events, as type unknown)",
+    description = "Each location carries `totals`, the roll-up of its stock.",
+    params(("type" = Option<String>, Query), ("region" = Option<String>, Query), ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000), ("after" = Option<String>, Query, description = "nextAfter of the previous page.")),
+    responses(
+        (status = 200, description = "A page", body = crate::shapes::LocationPage),
+        crate::openapi::ReadRefusals,
+    ))]
 pub async fn list_locations<B: Backend>(
     State(backend): State<Arc<B>>,
     Query(scope): Query<ScopeQuery>,
@@ -432,6 +505,16 @@ pub fn locations_page(
 
 /// GET /v1/items/{sku}: totals over every location, and by region,
 /// location type and channel.
+#[utoipa::path(get, path = "/v1/items/{sku}",
+    operation_id = "getItem", tag = "stock",
+    summary = "Roll-up of an item: totals, by region, by location type, by channel (maintained incrementally)",
+    description = "Embedded mode: summed from every partition's incremental roll-ups. Kafka mode: read at the SKU's home partition (a hash of the SKU), which every level's owner reports to through the repartition topic; it follows the levels within a processing cycle, and answers 503 while that partition restores.",
+    params(("sku" = String, Path)),
+    responses(
+        (status = 200, description = "Item roll-up", body = crate::shapes::ItemRollup),
+        (status = 404, description = "Neither stock nor product.", body = crate::error::ErrorBody),
+        crate::openapi::ReadRefusals,
+    ))]
 pub async fn item<B: Backend>(
     State(backend): State<Arc<B>>,
     Path(sku): Path<String>,
@@ -475,6 +558,15 @@ pub fn item_json(
 }
 
 /// GET /v1/regions/{region}/stock/{sku}.
+#[utoipa::path(get, path = "/v1/regions/{region}/stock/{sku}",
+    operation_id = "getRegionStock", tag = "stock",
+    summary = "Roll-up of an item over a region's locations",
+    params(("region" = String, Path), ("sku" = String, Path)),
+    responses(
+        (status = 200, description = "Region roll-up", body = crate::shapes::RegionRollup),
+        (status = 404, description = "Not found; the message says what.", body = crate::error::ErrorBody),
+        crate::openapi::ReadRefusals,
+    ))]
 pub async fn region_stock<B: Backend>(
     State(backend): State<Arc<B>>,
     Path((region, sku)): Path<(String, String)>,
@@ -510,4 +602,52 @@ pub fn region_json(
         "totals": totals_json(totals),
         "regionLocations": locations,
     })
+}
+
+/// A product as written: the path's sku names it. Unknown top-level fields
+/// are kept in `attributes`. (Read field by field by `product_change`,
+/// which keeps unknown fields; this type only describes it.)
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)]
+pub(crate) struct ProductInput {
+    #[schema(min_length = 1, max_length = 512)]
+    name: String,
+    #[schema(min_length = 1, max_length = 128)]
+    category: Option<String>,
+    /// At most 2 decimals, no exponent.
+    #[schema(minimum = 0, maximum = 10000000000.0, multiple_of = 0.01)]
+    price: Option<f64>,
+    /// Three capital letters; USD when absent.
+    #[schema(pattern = "^[A-Z]{3}$")]
+    currency: Option<String>,
+    #[schema(minimum = 0, maximum = 1000000000)]
+    low_stock_threshold: Option<i64>,
+    /// Held back from available where set.
+    #[schema(minimum = 0, maximum = 1000000000)]
+    safety_stock: Option<i64>,
+    attributes: Option<HashMap<String, serde_json::Value>>,
+}
+
+/// A location as written: the path's locationId names it. (Read field by
+/// field by `location_change`; this type only describes it.)
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)]
+pub(crate) struct LocationInput {
+    #[schema(min_length = 1, max_length = 512)]
+    name: Option<String>,
+    /// store, warehouse, online, dc or unknown.
+    #[serde(rename = "type")]
+    #[schema(pattern = "^(store|warehouse|online|dc|unknown)$")]
+    kind: Option<String>,
+    #[schema(min_length = 1, max_length = 128)]
+    region: Option<String>,
+    #[schema(min_length = 1, max_length = 128)]
+    channel: Option<String>,
+    #[schema(min_length = 1, max_length = 128)]
+    city: Option<String>,
+    /// Overrides the products' low-stock threshold for stock held here.
+    #[schema(minimum = 0, maximum = 1000000000)]
+    low_stock_threshold: Option<i64>,
 }

@@ -49,6 +49,15 @@ impl ActivityQuery {
 
 /// GET /v1/activity?seconds=&staleAfterSeconds=: events and commit latency
 /// per second, and the last event heard from each source at each location.
+#[utoipa::path(get, path = "/v1/activity",
+    operation_id = "getActivity", tag = "operations",
+    summary = "Events and commit latency per second, and source freshness",
+    description = "What the dashboard's overview charts. In memory: after a restart it starts empty. Seconds with no commits are zeros. In Kafka mode it is merged from every member: counts are summed per second, latencies are the slowest member's, and a member's commit latency is its processing cycle's (input taken to offsets committed). `scope=local` (members asking each other) answers one member's part as `{\"parts\": [...]}`.",
+    params(("seconds" = Option<i64>, Query, minimum = 1, maximum = 600), ("staleAfterSeconds" = Option<i64>, Query, minimum = 0, maximum = 31536000, description = "A source heard from longer ago than this is `stale`.")),
+    responses(
+        (status = 200, description = "Oldest second first; sources least recently heard first.", body = crate::shapes::Activity),
+        crate::openapi::ReadRefusals,
+    ))]
 pub async fn activity<B: super::backend::Backend>(
     State(backend): State<Arc<B>>,
     Query(query): Query<ActivityQuery>,
@@ -79,17 +88,35 @@ impl From<SimulatorError> for ApiError {
 }
 
 /// GET /v1/simulator
+#[utoipa::path(get, path = "/v1/simulator",
+    operation_id = "getSimulator", tag = "simulator",
+    summary = "The in-process simulator's state, totals and last messages",
+    responses(
+        (status = 200, description = "State", body = crate::shapes::Simulator),
+    ))]
 pub async fn status<S: super::backend::Backend>(State(state): State<Arc<S>>) -> Json<Value> {
     Json(state.simulator().status())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = SimulatorStart)]
 pub struct Start {
+    /// Events per second.
     #[serde(deserialize_with = "whole_u32")]
+    #[schema(value_type = i64, minimum = 1, maximum = 100000)]
     rate: u32,
 }
 
 /// POST /v1/simulator/start {rate}
+#[utoipa::path(post, path = "/v1/simulator/start",
+    operation_id = "startSimulator", tag = "simulator",
+    summary = "Start (or change the rate of) continuous random traffic",
+    request_body(content = Start, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Running", body = crate::shapes::Simulator),
+        (status = 403, description = "The simulator is off on this server (code simulator_disabled).", body = crate::error::ErrorBody),
+        crate::openapi::WriteRefusals,
+    ))]
 pub async fn start<S: super::backend::Backend>(
     State(state): State<Arc<S>>,
     body: Bytes,
@@ -100,6 +127,15 @@ pub async fn start<S: super::backend::Backend>(
 }
 
 /// POST /v1/simulator/stop
+#[utoipa::path(post, path = "/v1/simulator/stop",
+    operation_id = "stopSimulator", tag = "simulator",
+    summary = "Stop continuous traffic after the batch in flight",
+    request_body(content = serde_json::Value, content_type = "application/json", description = "Nothing is read from it; send `{}` (a write must carry Content-Type application/json, so a web page of another origin cannot send it)."),
+    responses(
+        (status = 200, description = "Stopped", body = crate::shapes::Simulator),
+        (status = 403, description = "The simulator is off on this server (code simulator_disabled).", body = crate::error::ErrorBody),
+        crate::openapi::WriteRefusals,
+    ))]
 pub async fn stop<S: super::backend::Backend>(
     State(state): State<Arc<S>>,
 ) -> Result<Json<Value>, ApiError> {
@@ -107,9 +143,11 @@ pub async fn stop<S: super::backend::Backend>(
     Ok(Json(state.simulator().status()))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = SimulatorSend)]
 pub struct Send {
     #[serde(deserialize_with = "whole_u32")]
+    #[schema(value_type = i64, minimum = 1, maximum = 100000)]
     count: u32,
 }
 
@@ -121,6 +159,15 @@ fn whole_u32<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
 }
 
 /// POST /v1/simulator/send {count}
+#[utoipa::path(post, path = "/v1/simulator/send",
+    operation_id = "sendSimulated", tag = "simulator",
+    summary = "Send N random events now",
+    request_body(content = Send, content_type = "application/json"),
+    responses(
+        (status = 200, description = "What the engine made of them", body = crate::shapes::SendOutcome),
+        (status = 403, description = "The simulator is off on this server (code simulator_disabled).", body = crate::error::ErrorBody),
+        crate::openapi::WriteRefusals,
+    ))]
 pub async fn send<S: super::backend::Backend>(
     State(state): State<Arc<S>>,
     body: Bytes,
@@ -130,6 +177,16 @@ pub async fn send<S: super::backend::Backend>(
 }
 
 /// POST /v1/simulator/scenario
+#[utoipa::path(post, path = "/v1/simulator/scenario",
+    operation_id = "runScenario", tag = "simulator",
+    summary = "Run the controlled scenario and compare each level with its documented result",
+    description = "Fixed eventIds: running it again changes nothing.",
+    request_body(content = serde_json::Value, content_type = "application/json", description = "Nothing is read from it; send `{}` (a write must carry Content-Type application/json, so a web page of another origin cannot send it)."),
+    responses(
+        (status = 200, description = "The receipt, and expected next to actual levels", body = crate::shapes::ScenarioOutcome),
+        (status = 403, description = "The simulator is off on this server (code simulator_disabled).", body = crate::error::ErrorBody),
+        crate::openapi::WriteRefusals,
+    ))]
 pub async fn scenario<S: super::backend::Backend>(
     State(state): State<Arc<S>>,
 ) -> Result<Json<Value>, ApiError> {

@@ -105,6 +105,15 @@ pub(crate) fn gone(id: u64) -> ApiError {
 }
 
 /// GET /v1/dead-letters?source=&reason=&limit=&after=: oldest first.
+#[utoipa::path(get, path = "/v1/dead-letters",
+    operation_id = "listDeadLetters", tag = "dead letters",
+    summary = "Rejected events and refused bodies, oldest first",
+    description = "In Kafka mode the letters are read from the DLQ topic: `id` is the record's offset, `source` the route or topic it came from, with `sourcePartition` and `sourceOffset` for topic input; replaying (through the letter's route, or its raw topic's format) and discarding append a resolution marker to the DLQ topic (headers `resolves` and `resolution`), after which no instance lists the letter.",
+    params(("limit" = Option<i64>, Query, minimum = 1, maximum = 1000), ("after" = Option<String>, Query, pattern = "^[0-9]{1,19}$", description = "The nextAfter of the previous page."), ("source" = Option<String>, Query, description = "Exact source (http:/v1/events, source:store-item, import:csv, http:/v1/products…) or a format name."), ("reason" = Option<String>, Query, description = "Case-insensitive substring of the reason.")),
+    responses(
+        (status = 200, description = "A page", body = crate::shapes::DeadLetterPage),
+        crate::openapi::ReadRefusals,
+    ))]
 pub async fn list<B: Backend>(
     State(backend): State<Arc<B>>,
     Query(filter): Query<Filter>,
@@ -123,6 +132,19 @@ pub async fn list<B: Backend>(
 /// goes through the letter's original source (its route, format or raw
 /// topic); the letter is resolved if nothing is refused again (what is
 /// refused again becomes a new letter).
+#[utoipa::path(post, path = "/v1/dead-letters/{id}/replay",
+    operation_id = "replayDeadLetter", tag = "dead letters",
+    summary = "Replay a dead letter with a corrected payload",
+    description = "The body is the corrected payload in the letter's original form (empty body: the stored payload as is). It goes through the letter's original source (canonical events, a source format, products or locations); the letter is resolved in the same log record if nothing is rejected again.",
+    params(("id" = u64, Path, minimum = 0)),
+    request_body(content((serde_json::Value = "application/json"), (serde_json::Value = "application/x-ndjson"), (serde_json::Value = "text/csv")), description = "The corrected payload, in the form the letter's source takes."),
+    responses(
+        (status = 200, description = "Outcome", body = crate::shapes::ReplayOutcome),
+        (status = 404, description = "No such dead letter.", body = crate::error::ErrorBody),
+        (status = 409, description = "Letters from this source cannot be replayed.", body = crate::error::ErrorBody),
+        (status = 422, description = "A corrected product or location is still invalid.", body = crate::error::ErrorBody),
+        crate::openapi::WriteRefusals,
+    ))]
 pub async fn replay<B: Backend>(
     State(backend): State<Arc<B>>,
     Path(id): Path<u64>,
@@ -206,6 +228,15 @@ pub async fn replay<B: Backend>(
 }
 
 /// DELETE /v1/dead-letters/{id}: discard it (durably).
+#[utoipa::path(delete, path = "/v1/dead-letters/{id}",
+    operation_id = "discardDeadLetter", tag = "dead letters",
+    summary = "Discard a dead letter (durable)",
+    params(("id" = u64, Path, minimum = 0)),
+    responses(
+        (status = 204, description = "Discarded"),
+        (status = 404, description = "No such dead letter.", body = crate::error::ErrorBody),
+        crate::openapi::WriteRefusals,
+    ))]
 pub async fn discard<B: Backend>(
     State(backend): State<Arc<B>>,
     Path(id): Path<u64>,

@@ -3,7 +3,14 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
+
+/// What every refusal answers: a stable code and a message for people.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorBody<'a> {
+    pub code: &'a str,
+    pub message: &'a str,
+}
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -162,11 +169,11 @@ pub fn shed(reason: &'static str) {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut response = (
-            self.status,
-            Json(json!({"code": self.code, "message": self.message})),
-        )
-            .into_response();
+        let body = ErrorBody {
+            code: &self.code,
+            message: &self.message,
+        };
+        let mut response = (self.status, Json(body)).into_response();
         if let Some(seconds) = self.retry_after {
             response
                 .headers_mut()

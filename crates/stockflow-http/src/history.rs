@@ -48,6 +48,16 @@ fn entry_json(e: &Entry, policy: Policy) -> Value {
 
 /// GET /v1/stock/{sku}/{locationId}/history?before=&limit=: applied
 /// events of a level with the level after each, newest first.
+#[utoipa::path(get, path = "/v1/stock/{sku}/{locationId}/history",
+    operation_id = "getLevelHistory", tag = "stock",
+    summary = "The events applied to a level, newest first, with the level after each",
+    description = "Includes rejected reservations (outcome insufficient_stock), events absorbed by a later COUNT (absorbed) and stale counts; the in-transit part of a TRANSFER_OUT appears at its destination with part=in_transit. In Kafka mode the level's owner answers (any instance forwards to it) from the history it rebuilds from the history topic when it is assigned the partition; until it has caught up the answer is 503 restoring with Retry-After. `processedAt` there is the time of the input records that cycle applied.",
+    params(("sku" = String, Path), ("locationId" = String, Path), ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000), ("before" = Option<String>, Query, pattern = "^0*[1-9][0-9]{0,18}$", description = "nextBefore of the previous page.")),
+    responses(
+        (status = 200, description = "A page of history", body = crate::shapes::HistoryPage),
+        (status = 404, description = "Level never seen, or its history has no page at `before`.", body = crate::error::ErrorBody),
+        crate::openapi::ReadRefusals,
+    ))]
 pub async fn history<B: super::backend::Backend>(
     State(backend): State<Arc<B>>,
     Path((sku, location)): Path<(String, String)>,
@@ -83,18 +93,25 @@ pub fn page_json(
 }
 
 /// The cursor to start a page at: the newest entry (`head`) or the
-/// `before` a previous page gave.
+/// `before` a previous page gave: 400 if it is not a cursor at all, 404
+/// if it is one this level's history has no page at.
 pub fn page_start(head: u64, before: Option<&str>) -> Result<u64, ApiError> {
-    match before {
-        None => Ok(head),
-        Some(text) => text
-            .parse::<u64>()
-            .ok()
-            .filter(|b| *b > 0 && *b <= head)
-            .ok_or_else(|| {
-                ApiError::bad_request("before must be a nextBefore value of this level's history")
-            }),
+    let Some(text) = before else {
+        return Ok(head);
+    };
+    let cursor = text
+        .parse::<u64>()
+        .ok()
+        .filter(|b| *b > 0 && text.bytes().all(|c| c.is_ascii_digit()))
+        .ok_or_else(|| {
+            ApiError::bad_request("before must be a nextBefore value of this level's history")
+        })?;
+    if cursor > head {
+        return Err(ApiError::not_found(format!(
+            "this level's history has no page before {cursor} (its newest entry is {head})"
+        )));
     }
+    Ok(cursor)
 }
 
 fn too_old(retention_ns: i64, at: Timestamp) -> ApiError {

@@ -102,6 +102,18 @@ pub struct IngestQuery {
 }
 
 /// POST /v1/events: canonical events.
+#[utoipa::path(post, path = "/v1/events",
+    operation_id = "postEvents", tag = "events",
+    summary = "Ingest events",
+    description = "Answers only after the accepted events are durably committed and applied. A RESERVATION, RELEASE or FULFILLMENT with a correlationId acts for the order of that id, at its level only, applied in the order received with its own timestamp: a RESERVATION adds q to the order's hold there if q <= onHand - reserved (creating the order with the default hold if new; else rejected insufficient_stock like any reservation); a RELEASE gives back at most what that order holds there (rejected `no_hold: order X holds nothing at sku@location` if it holds nothing: unknown, expired, cancelled, released or fulfilled); a FULFILLMENT always takes q from onHand and gives back at most what the order holds there. Without a correlationId a RELEASE or FULFILLMENT acts only on the free reservations (reserved minus every order's hold), never on an order's. So reserved = sum of the orders' holds + free reservations, free >= 0, at every level. An accepted event was applied (its outcome is in the level's history); a rejection is listed in errors with its reason. In Kafka mode (`serve --kafka`) it answers once the broker has acknowledged the events, and `?wait=applied` waits until their owning instances have applied them, reporting duplicates and refusals as here; an outcome no longer known (the event was applied by an owner before a rebalance) is reported as `outcome_unknown: …`.",
+    params(("wait" = Option<String>, Query, pattern = "^(applied)$", description = "`applied` answers after the owners applied the events, with each one's outcome (Kafka mode waits at most 30 s, then answers 504 not_applied_yet: the events are in the log and will be applied). The embedded mode always answers after applying; any other value is 400.")),
+    request_body(content((crate::openapi::Batch = "application/json"), (serde_json::Value = "application/x-ndjson")), description = "One item or an array of them (or NDJSON: one JSON object per line)."),
+    responses(
+        (status = 200, description = "Receipt", body = stockflow_service::receipt::Receipt),
+        (status = 429, description = "Too many ingest requests in flight; see Retry-After.", body = crate::error::ErrorBody),
+        (status = 504, description = "Kafka mode, `?wait=applied`: not applied within the wait (the events are in the log).", body = crate::error::ErrorBody),
+        crate::openapi::WriteRefusals,
+    ))]
 pub async fn post_events<B: Backend>(
     State(backend): State<Arc<B>>,
     Query(query): Query<IngestQuery>,
@@ -135,6 +147,18 @@ pub fn source_of_format(format: &str) -> String {
 /// translated into canonical events, then ingested as POST /v1/events
 /// (`?wait=applied` included; every other query parameter goes to the
 /// mapping).
+#[utoipa::path(post, path = "/v1/sources/{format}/events",
+    operation_id = "postSourceEvents", tag = "events",
+    summary = "Ingest a source system's own messages",
+    description = "Translates each message of the named format (see GET /v1/sources) into canonical events, then behaves exactly like POST /v1/events. Error indexes are source message positions; reasons name the source field at fault; rejected messages are kept as dead letters with source \"source:{format}\" (in Kafka mode in the DLQ topic); `?wait=applied` works as on POST /v1/events. Built-in formats: store-item, inventory-event, order-line, order-placed, order-cancelled (JSON/NDJSON), csv and erp-snapshot (text/csv with a header row).",
+    params(("format" = String, Path, description = "A source format name."), ("params" = Option<std::collections::HashMap<String, String>>, Query, style = Form, explode, description = "Format parameters named by the mapping, e.g. locationId for order-line and order-placed; assumeOffset (e.g. +02:00) for the zone of zone-less times in any format.")),
+    request_body(content((crate::openapi::SourceBatch = "application/json"), (serde_json::Value = "application/x-ndjson"), (serde_json::Value = "text/csv")), description = "The source's own messages: JSON (one or an array), NDJSON (one per line), or CSV with a header line, as the format's mapping takes."),
+    responses(
+        (status = 200, description = "Receipt", body = stockflow_service::receipt::Receipt),
+        (status = 404, description = "Unknown format; the message lists the known ones.", body = crate::error::ErrorBody),
+        (status = 429, description = "Too many ingest requests in flight; see Retry-After.", body = crate::error::ErrorBody),
+        crate::openapi::WriteRefusals,
+    ))]
 pub async fn post_source_events<B: Backend>(
     State(backend): State<Arc<B>>,
     Path(format): Path<String>,

@@ -1,4 +1,4 @@
-//! The one HTTP API of stockflow (documented in `openapi.json`, served at
+//! The one HTTP API of stockflow (described by [`openapi::document`], served at
 //! /v1/openapi.json), over the backend seam ([`backend::Backend`]) that
 //! both modes implement; with the accept loop, the web UI's files, webhook
 //! delivery and `serve --catalog`, all written once against the seam.
@@ -19,9 +19,11 @@ pub mod error;
 pub(crate) mod guard;
 pub mod history;
 pub(crate) mod ingest;
+pub mod openapi;
 pub mod orders;
 pub mod query;
 pub mod serve;
+mod shapes;
 pub mod simulator;
 pub(crate) mod stream;
 pub(crate) mod ui;
@@ -44,9 +46,6 @@ pub use ingest::{read_body, source_mapping, Admission};
 pub use query::{level_json, sources_json, LevelOut};
 
 use backend::Backend;
-
-/// The OpenAPI 3.1 description of this API.
-pub const OPENAPI: &str = include_str!("openapi.json");
 
 /// A route's methods with the write guard, which runs only for a method
 /// the route has: any other gets 405 first, whatever it carries.
@@ -168,11 +167,7 @@ pub fn operations<B: Backend>() -> Vec<Operation<B>> {
         op(M::GET, "/v1/openapi.json", get(openapi)),
         op(M::GET, "/", get(ui::index)),
         prose_only(op(M::GET, "/ui/{*path}", get(ui::asset))),
-        op(
-            M::GET,
-            "/healthz",
-            get(|| async { Json(json!({"status": "ok"})) }),
-        ),
+        op(M::GET, "/healthz", get(healthz)),
         op(M::GET, "/readyz", get(ready::<B>)),
         op(M::GET, "/metrics", get(metrics::<B>)),
     ]
@@ -222,10 +217,19 @@ fn json_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError
     serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request(format!("body: {e}")))
 }
 
+#[utoipa::path(get, path = "/v1/openapi.json",
+    operation_id = "getOpenapi", tag = "operations", summary = "This document",
+    responses((status = 200, description = "OpenAPI 3.1", content_type = "application/json")))]
 async fn openapi() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        openapi::document(),
+    )
 }
 
+#[utoipa::path(get, path = "/metrics",
+    operation_id = "metrics", tag = "operations", summary = "Prometheus metrics",
+    responses((status = 200, description = "Text exposition format", content_type = "text/plain")))]
 async fn metrics<B: Backend>(State(backend): State<Arc<B>>) -> impl IntoResponse {
     backend.observe();
     (
@@ -234,6 +238,19 @@ async fn metrics<B: Backend>(State(backend): State<Arc<B>>) -> impl IntoResponse
     )
 }
 
+#[utoipa::path(get, path = "/healthz",
+    operation_id = "healthz", tag = "operations", summary = "Liveness",
+    responses((status = 200, description = "Up", content_type = "application/json")))]
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+#[utoipa::path(get, path = "/readyz",
+    operation_id = "readyz", tag = "operations", summary = "Readiness (recovery finished)",
+    responses(
+        (status = 200, description = "Ready", content_type = "application/json"),
+        (status = 503, description = "Recovering, joining the cluster or shutting down; see Retry-After.", body = error::ErrorBody),
+    ))]
 async fn ready<B: Backend>(
     State(backend): State<Arc<B>>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -242,6 +259,15 @@ async fn ready<B: Backend>(
 }
 
 /// GET /v1/cluster: the members and who owns which partition.
+#[utoipa::path(get, path = "/v1/cluster",
+    operation_id = "getCluster", tag = "operations",
+    summary = "Kafka mode: members, partitions and lag",
+    description = "The group as the instances announce it on the cluster topic: each member's id, URL and owned partitions, and per canonical partition its owner, status (`active` or `restoring`), applied offset, high watermark and lag. Kafka mode only.",
+    responses(
+        (status = 200, description = "Cluster view", body = shapes::Cluster),
+        (status = 404, description = "The embedded mode runs alone: there is no cluster.", body = error::ErrorBody),
+        openapi::ReadRefusals,
+    ))]
 async fn cluster<B: Backend>(
     State(backend): State<Arc<B>>,
 ) -> Result<Json<serde_json::Value>, ApiError> {

@@ -35,7 +35,11 @@ fn answer(answer: Answer) -> Response {
         Answer::Done(order) => Json(stockflow_service::json::order_json(&order)).into_response(),
         Answer::Conflict(order, message) => (
             StatusCode::CONFLICT,
-            Json(json!({"code": "conflict", "message": message, "order": stockflow_service::json::order_json(&order)})),
+            Json(ConflictBody {
+                code: "conflict",
+                message: &message,
+                order: stockflow_service::json::OrderOut::new(&order),
+            }),
         )
             .into_response(),
         Answer::NotFound(message) => ApiError::not_found(message).into_response(),
@@ -46,21 +50,62 @@ async fn submit<B: Backend>(backend: &B, command: OrderCommand) -> Result<Respon
     backend.order_command(command).await.map(answer)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct PlaceBody {
+#[schema(as = OrderRequest)]
+pub(crate) struct PlaceBody {
+    /// 1 to 100 characters (room for the ids of its lines' events), none a
+    /// control character.
+    #[schema(value_type = crate::openapi::OrderId)]
     order_id: String,
+    #[schema(min_items = 1, max_items = 100)]
     lines: Vec<LineBody>,
+    /// all_or_nothing (the default) reserves every line or none; partial
+    /// reserves what it can.
+    #[schema(pattern = "^(all_or_nothing|partial)$")]
     mode: Option<String>,
+    /// How long the order holds its units (the server's
+    /// --order-hold-seconds when absent).
+    #[schema(value_type = Option<i64>, minimum = 1, maximum = 604800)]
     hold_seconds: Option<Whole>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct LineBody {
+#[schema(as = OrderLineRequest)]
+pub(crate) struct LineBody {
+    #[schema(value_type = crate::openapi::Id)]
     sku: String,
+    /// Where to reserve; absent: sourced by the server's --sourcing.
+    #[schema(value_type = Option<crate::openapi::Id>)]
     location_id: Option<String>,
+    #[schema(value_type = i64, minimum = 1, maximum = 1000000000)]
     quantity: Whole,
+}
+
+/// What a command on an existing order answers, besides the refusals of
+/// any write.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub(crate) enum CommandAnswers<'a> {
+    /// The order
+    #[response(status = 200)]
+    Done(stockflow_service::json::OrderOut<'a>),
+    /// No such order.
+    #[response(status = 404)]
+    NotFound(crate::error::ErrorBody<'a>),
+    /// Not allowed in the order's current state.
+    #[response(status = 409)]
+    Conflict(ConflictBody<'a>),
+}
+
+/// A refusal that shows the order as it stands.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[schema(as = OrderConflict)]
+pub(crate) struct ConflictBody<'a> {
+    code: &'a str,
+    message: &'a str,
+    order: stockflow_service::json::OrderOut<'a>,
 }
 
 /// The rules of an event's ids, for an order's (see `parse::check_id`).
@@ -148,6 +193,16 @@ pub fn parse_place(bytes: &[u8], default_hold_seconds: u64) -> Result<PlaceReque
 }
 
 /// POST /v1/orders
+#[utoipa::path(post, path = "/v1/orders",
+    operation_id = "placeOrder", tag = "orders",
+    summary = "Place an order (reserve stock with a hold)",
+    description = "Decided by the engine at one log position: all_or_nothing reserves every line or none; lines without locationId are sourced (most available first, split over locations). Idempotent by orderId. In Kafka mode an order is a saga run by its home partition (a hash of orderId): each line is reserved whole or refused by the single owner of its level, and an all_or_nothing order with a refused line releases the others; a line without locationId tries the locations of the server's priority list (`--sourcing priority:A,B`) in turn, and is reserved whole at the first that grants it (with `most-available` sourcing such a line is refused with 400). The answer comes once the home has decided (504 order_pending after 30 s: GET the order later); the levels reflect the decision within a processing cycle. Status `pending` is only seen in Kafka mode, while lines are out.",
+    request_body(content = PlaceBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The order", body = stockflow_service::json::OrderOut),
+        (status = 409, description = "Not allowed in the order's current state, or a different body for an existing orderId.", body = ConflictBody),
+        crate::openapi::WriteRefusals,
+    ))]
 pub async fn place<B: Backend>(
     State(state): State<Arc<B>>,
     headers: HeaderMap,
@@ -169,13 +224,25 @@ pub async fn place<B: Backend>(
     .await
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct FulfilBody {
+#[schema(as = FulfilRequest)]
+pub(crate) struct FulfilBody {
+    /// The lines to fulfil, by index (all when absent).
+    #[schema(value_type = Option<Vec<u32>>)]
     lines: Option<Vec<Whole>>,
 }
 
 /// POST /v1/orders/{id}/fulfil, optionally `{"lines": [0, 2]}`.
+#[utoipa::path(post, path = "/v1/orders/{id}/fulfil",
+    operation_id = "fulfilOrder", tag = "orders",
+    summary = "Fulfil the order (or the given lines): FULFILLMENT of the held units",
+    params(("id" = String, Path)),
+    request_body(content = FulfilBody, content_type = "application/json"),
+    responses(
+        CommandAnswers,
+        crate::openapi::WriteRefusals,
+    ))]
 pub async fn fulfil<B: Backend>(
     State(state): State<Arc<B>>,
     Path(id): Path<String>,
@@ -226,6 +293,15 @@ pub fn parse_extend(bytes: &[u8]) -> Result<i64, ApiError> {
 }
 
 /// POST /v1/orders/{id}/cancel
+#[utoipa::path(post, path = "/v1/orders/{id}/cancel",
+    operation_id = "cancelOrder", tag = "orders",
+    summary = "Cancel: release the held units",
+    params(("id" = String, Path)),
+    request_body(content = serde_json::Value, content_type = "application/json", description = "Nothing is read from it; send `{}` (a write must carry Content-Type application/json, so a web page of another origin cannot send it)."),
+    responses(
+        CommandAnswers,
+        crate::openapi::WriteRefusals,
+    ))]
 pub async fn cancel<B: Backend>(
     State(state): State<Arc<B>>,
     Path(id): Path<String>,
@@ -233,14 +309,25 @@ pub async fn cancel<B: Backend>(
     submit(&*state, OrderCommand::Cancel { order_id: id }).await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct ExtendBody {
+#[schema(as = ExtendRequest)]
+pub(crate) struct ExtendBody {
+    #[schema(value_type = i64, minimum = 1, maximum = 604800)]
     hold_seconds: Whole,
 }
 
 /// POST /v1/orders/{id}/extend `{"holdSeconds": n}`: the hold now ends n
 /// seconds from now.
+#[utoipa::path(post, path = "/v1/orders/{id}/extend",
+    operation_id = "extendOrder", tag = "orders",
+    summary = "The hold now ends holdSeconds from now",
+    params(("id" = String, Path)),
+    request_body(content = ExtendBody, content_type = "application/json"),
+    responses(
+        CommandAnswers,
+        crate::openapi::WriteRefusals,
+    ))]
 pub async fn extend<B: Backend>(
     State(state): State<Arc<B>>,
     Path(id): Path<String>,
@@ -260,6 +347,15 @@ pub async fn extend<B: Backend>(
 }
 
 /// GET /v1/orders/{id}
+#[utoipa::path(get, path = "/v1/orders/{id}",
+    operation_id = "getOrder", tag = "orders",
+    summary = "One order",
+    params(("id" = String, Path)),
+    responses(
+        (status = 200, description = "The order", body = stockflow_service::json::OrderOut),
+        (status = 404, description = "No such order.", body = crate::error::ErrorBody),
+        crate::openapi::ReadRefusals,
+    ))]
 pub async fn get<B: Backend>(
     State(backend): State<Arc<B>>,
     Path(id): Path<String>,
@@ -289,6 +385,14 @@ pub(crate) fn not_a_status(text: &str) -> ApiError {
 }
 
 /// GET /v1/orders?status=&limit=&after=, by orderId.
+#[utoipa::path(get, path = "/v1/orders",
+    operation_id = "listOrders", tag = "orders",
+    summary = "List orders",
+    params(("status" = Option<stockflow_service::json::OrderStatus>, Query), ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000), ("after" = Option<String>, Query)),
+    responses(
+        (status = 200, description = "A page", body = crate::shapes::OrderPage),
+        crate::openapi::ReadRefusals,
+    ))]
 pub async fn list<B: Backend>(
     State(backend): State<Arc<B>>,
     Query(filter): Query<OrderFilter>,

@@ -13,7 +13,7 @@ use super::backend::{Backend, Read};
 use super::ApiError;
 
 const PAGE_DEFAULT: usize = 100;
-const PAGE_MAX: usize = 1000;
+pub(crate) const PAGE_MAX: usize = 1000;
 
 /// A level as the API shows it. Where the product has a safety stock,
 /// `available` holds it back and the answer says so with `safetyStock`.
@@ -32,17 +32,23 @@ pub fn listed_level_json(view: &LevelView, policy: Policy) -> Value {
 /// A level as the API and the stock-levels topic show it. Typed, so that
 /// writing one to a buffer (as Kafka mode does per changed level) builds
 /// no map.
-#[derive(serde::Serialize)]
+#[derive(serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = Level)]
 pub struct LevelOut<'a> {
     sku: &'a str,
     location_id: &'a str,
+    /// May be negative: a sale is a fact.
     on_hand: i64,
     reserved: i64,
+    /// max(0, onHand - reserved - safetyStock)
     available: i64,
     in_transit: i64,
+    /// Number of events that changed this level.
     version: u64,
+    #[schema(format = DateTime)]
     updated_at: String,
+    /// Present when the product holds back safety stock.
     #[serde(skip_serializing_if = "Option::is_none")]
     safety_stock: Option<i64>,
     /// The event whose change this is (Kafka mode's stock-levels topic,
@@ -112,6 +118,16 @@ impl ReadQuery {
 }
 
 /// GET /v1/stock/{sku}/{locationId}?asOf=&stale=
+#[utoipa::path(get, path = "/v1/stock/{sku}/{locationId}",
+    operation_id = "getLevel", tag = "stock",
+    summary = "One level",
+    params(("sku" = String, Path), ("locationId" = String, Path), ("asOf" = Option<String>, Query, pattern = "^(19[7-9][0-9]|2[01][0-9][0-9]|22[0-5][0-9])-", format = DateTime, description = "Answer as processing had left the level at this server time (within the history retention, default 30 days); the answer names the last event applied before it (lastEventId). A time from 1970 to 2259.")),
+    responses(
+        (status = 200, description = "The level", body = crate::query::LevelOut),
+        (status = 404, description = "Never seen.", body = crate::error::ErrorBody),
+        (status = 410, description = "asOf is older than the history retention.", body = crate::error::ErrorBody),
+        crate::openapi::ReadRefusals,
+    ))]
 pub async fn level<B: Backend>(
     State(backend): State<Arc<B>>,
     Path((sku, location)): Path<(String, String)>,
@@ -131,6 +147,16 @@ pub fn no_level(sku: &str, location: &str) -> ApiError {
 }
 
 /// GET /v1/stock/{sku}?asOf=: a SKU's levels and their totals.
+#[utoipa::path(get, path = "/v1/stock/{sku}",
+    operation_id = "getSkuStock", tag = "stock",
+    summary = "A SKU at every location, with totals",
+    params(("sku" = String, Path), ("asOf" = Option<String>, Query, pattern = "^(19[7-9][0-9]|2[01][0-9][0-9]|22[0-5][0-9])-", format = DateTime, description = "Answer as processing had left the level at this server time (within the history retention, default 30 days); the answer names the last event applied before it (lastEventId). A time from 1970 to 2259.")),
+    responses(
+        (status = 200, description = "Totals and levels", body = crate::shapes::SkuStock),
+        (status = 404, description = "Never seen.", body = crate::error::ErrorBody),
+        (status = 410, description = "asOf is older than the history retention.", body = crate::error::ErrorBody),
+        crate::openapi::ReadRefusals,
+    ))]
 pub async fn sku<B: Backend>(
     State(backend): State<Arc<B>>,
     Path(sku): Path<String>,
@@ -162,6 +188,15 @@ pub struct LocationFilter {
 }
 
 /// GET /v1/locations/{locationId}/stock?status=&limit=&after=
+#[utoipa::path(get, path = "/v1/locations/{locationId}/stock",
+    operation_id = "getLocationStock", tag = "stock",
+    summary = "A location's levels, by sku, optionally only those low, out of stock or negative",
+    params(("locationId" = String, Path), ("status" = Option<String>, Query, pattern = "^(low|out|negative|ok)$", description = "low: available below the low-stock threshold; out: nothing available; negative: onHand below 0; ok: at or above the threshold. Pages skip what the filter leaves out."), ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000), ("after" = Option<String>, Query, description = "The nextAfter of the previous page.")),
+    responses(
+        (status = 200, description = "A page", body = crate::shapes::LocationStockPage),
+        (status = 404, description = "Never seen.", body = crate::error::ErrorBody),
+        crate::openapi::ReadRefusals,
+    ))]
 pub async fn location<B: Backend>(
     State(backend): State<Arc<B>>,
     Path(location): Path<String>,
@@ -185,6 +220,13 @@ pub async fn location<B: Backend>(
 
 /// GET /v1/sources: the formats accepted at /v1/sources/{format}/events,
 /// each with its mapping (so a user can copy one to write their own).
+#[utoipa::path(get, path = "/v1/sources",
+    operation_id = "listSourceFormats", tag = "events",
+    summary = "List source formats",
+    description = "Every accepted format with its description, input kind, endpoint and mapping (copy one to write your own and load it with `serve --sources DIR`).",
+    responses(
+        (status = 200, description = "Formats", body = crate::shapes::SourceFormats),
+    ))]
 pub async fn sources<B: Backend>(State(backend): State<Arc<B>>) -> Json<Value> {
     Json(sources_json(&backend.config().sources))
 }

@@ -99,6 +99,15 @@ fn event(epoch: u64, m: &Message) -> Event {
         .data(&*m.data())
 }
 
+#[utoipa::path(get, path = "/v1/stream",
+    operation_id = "stream", tag = "stream",
+    summary = "Live push (Server-Sent Events) of stock changes, alerts and order decisions",
+    description = "Events are named stock, alerts or orders; every one has an id `{epoch}-{seq}`. Reconnect with the Last-Event-ID header (or lastEventId) to receive exactly what was missed; ids and the last 100,000 messages survive restarts, kill -9 included. If that is no longer kept (older than that, or from a time when nobody listened and messages were not built) an event named gap says so. A subscriber whose buffer overflows receives what it held, then an event named resync, and the stream ends; reconnect with Last-Event-ID. Orders carry no sku, so they reach only subscribers without sku/locationId filters. In Kafka mode each instance pushes what the output topics carry: a stock message is the level as the stock-levels topic has it (the newest per level and processing cycle, with its version and the eventId and eventType that made it), and ids are the instance's own, so a resume on another instance (or after a restart) gets `gap`. The same messages come over a WebSocket at GET /v1/ws (same query parameters; each text frame is `{\"id\",\"event\",\"data\"}`); a browser may open it only from a page of this server (403 otherwise).",
+    params(("sku" = Option<String>, Query), ("locationId" = Option<String>, Query), ("kinds" = Option<String>, Query, pattern = "^(stock|alerts|orders)(,(stock|alerts|orders))*$", description = "Comma-separated: stock, alerts, orders (default all)."), ("Last-Event-ID" = Option<String>, Header), ("lastEventId" = Option<String>, Query)),
+    responses(
+        (status = 200, description = "An event stream", body = crate::shapes::StreamMessage, content_type = "text/event-stream"),
+        crate::openapi::ReadRefusals,
+    ))]
 pub async fn stream<B: super::backend::Backend>(
     State(backend): State<Arc<B>>,
     Query(query): Query<StreamQuery>,

@@ -54,6 +54,13 @@ fn serve(path: &str, headers: &HeaderMap) -> Response {
 }
 
 /// GET /: the single page; views are chosen by the URL's #fragment.
+#[utoipa::path(get, path = "/",
+    operation_id = "getConsole", tag = "operations",
+    summary = "The web dashboard and storefront (HTML)",
+    description = "Static files embedded in the binary, also under /ui/…; they use only this API and /v1/stream.",
+    responses(
+        (status = 200, description = "The page", content_type = "text/html"),
+    ))]
 pub async fn index(headers: HeaderMap) -> Response {
     serve("index.html", &headers)
 }

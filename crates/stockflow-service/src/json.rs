@@ -4,7 +4,10 @@
 
 use serde_json::{json, Value};
 use stockflow_core::alerts::Alert;
-use stockflow_core::orders::{Mode, Order};
+use stockflow_core::orders::{Mode, Order, Status};
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::openapi::RefOr;
+use utoipa::{PartialSchema, ToSchema};
 
 /// An alert as the API, the stream and the alerts topic show it. Typed,
 /// so that writing one to a buffer (as Kafka mode does per alert) builds
@@ -79,40 +82,130 @@ pub fn price_drop_json(change: &stockflow_core::PriceChange) -> Value {
     })
 }
 
+/// The schema of a string that is one of `values` (written by hand: the
+/// derive lists an enum's variants, and these lists live in the core as
+/// the words the API uses, not as types of their own).
+fn one_of(values: impl IntoIterator<Item = &'static str>, description: &str) -> RefOr<Schema> {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(values))
+        .description(Some(description))
+        .into()
+}
+
+/// An order's status, as the API writes it.
+pub struct OrderStatus;
+
+impl PartialSchema for OrderStatus {
+    fn schema() -> RefOr<Schema> {
+        one_of(
+            Status::ALL.map(Status::as_str),
+            "pending (Kafka mode only, while lines are out), reserved, partially_reserved, rejected, fulfilled, cancelled or expired.",
+        )
+    }
+}
+
+impl ToSchema for OrderStatus {}
+
+/// An event's type, as the API writes it.
+pub struct EventTypeName;
+
+impl PartialSchema for EventTypeName {
+    fn schema() -> RefOr<Schema> {
+        one_of(
+            stockflow_core::EventType::ALL.map(stockflow_core::EventType::as_str),
+            "What happened to the stock.",
+        )
+    }
+}
+
+impl ToSchema for EventTypeName {}
+
+/// An order as the API, the stream and webhooks show it.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = Order)]
+pub struct OrderOut<'a> {
+    order_id: &'a str,
+    #[schema(value_type = OrderStatus)]
+    status: &'static str,
+    /// all_or_nothing or partial.
+    mode: &'static str,
+    lines: Vec<LineOut<'a>>,
+    /// While the order holds stock: when the hold ends.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    expires_at: Option<String>,
+    #[schema(format = DateTime)]
+    created_at: String,
+    #[schema(format = DateTime)]
+    updated_at: String,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = OrderLine)]
+pub struct LineOut<'a> {
+    sku: &'a str,
+    /// The location asked for, or the one location it was sourced from.
+    location_id: Option<&'a str>,
+    requested: i64,
+    reserved: i64,
+    allocations: Vec<AllocationOut<'a>>,
+    /// Why the line holds less than requested.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = Allocation)]
+pub struct AllocationOut<'a> {
+    location_id: &'a str,
+    quantity: i64,
+    fulfilled: bool,
+}
+
+impl<'a> OrderOut<'a> {
+    pub fn new(order: &'a Order) -> OrderOut<'a> {
+        OrderOut {
+            order_id: &order.order_id,
+            status: order.status.as_str(),
+            mode: match order.mode {
+                Mode::AllOrNothing => "all_or_nothing",
+                Mode::Partial => "partial",
+            },
+            lines: order
+                .lines
+                .iter()
+                .map(|line| LineOut {
+                    sku: &line.sku,
+                    location_id: line.location_id.as_deref().or_else(|| {
+                        (line.allocations.len() == 1)
+                            .then(|| line.allocations[0].location_id.as_str())
+                    }),
+                    requested: line.requested,
+                    reserved: line.reserved(),
+                    allocations: line
+                        .allocations
+                        .iter()
+                        .map(|a| AllocationOut {
+                            location_id: &a.location_id,
+                            quantity: a.quantity,
+                            fulfilled: a.fulfilled,
+                        })
+                        .collect(),
+                    reason: line.reason.as_deref(),
+                })
+                .collect(),
+            expires_at: order.expires_at.map(|at| at.to_rfc3339()),
+            created_at: order.created_at.to_rfc3339(),
+            updated_at: order.updated_at.to_rfc3339(),
+        }
+    }
+}
+
 /// An order as the API shows it.
 pub fn order_json(order: &Order) -> Value {
-    let lines: Vec<Value> = order
-        .lines
-        .iter()
-        .map(|line| {
-            let location = line.location_id.clone().or_else(|| {
-                (line.allocations.len() == 1).then(|| line.allocations[0].location_id.clone())
-            });
-            let mut out = json!({
-                "sku": line.sku,
-                "locationId": location,
-                "requested": line.requested,
-                "reserved": line.reserved(),
-                "allocations": line.allocations.iter().map(|a| json!({
-                    "locationId": a.location_id, "quantity": a.quantity, "fulfilled": a.fulfilled,
-                })).collect::<Vec<_>>(),
-            });
-            if let Some(reason) = &line.reason {
-                out["reason"] = json!(reason);
-            }
-            out
-        })
-        .collect();
-    let mut out = json!({
-        "orderId": order.order_id,
-        "status": order.status.as_str(),
-        "mode": match order.mode { Mode::AllOrNothing => "all_or_nothing", Mode::Partial => "partial" },
-        "lines": lines,
-        "createdAt": order.created_at.to_rfc3339(),
-        "updatedAt": order.updated_at.to_rfc3339(),
-    });
-    if let Some(at) = order.expires_at {
-        out["expiresAt"] = json!(at.to_rfc3339());
-    }
-    out
+    serde_json::to_value(OrderOut::new(order)).expect("an order serializes")
 }

@@ -245,6 +245,9 @@ enum Command {
         #[arg(long)]
         strict: bool,
     },
+    /// Print the HTTP API's OpenAPI document (what a server serves at
+    /// /v1/openapi.json), to generate a client without running one.
+    Openapi,
     /// Measure throughput and latency on a temporary data directory.
     Bench {
         #[arg(long, value_enum, default_value_t = BenchMode::All)]
@@ -610,6 +613,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
             if report["ok"] != true {
                 bail!("invariants violated (see problems above)");
             }
+            Ok(())
+        }
+        Command::Openapi => {
+            println!("{}", stockflow_http::openapi::document());
             Ok(())
         }
         Command::Bench {

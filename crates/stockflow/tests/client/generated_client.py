@@ -32,18 +32,18 @@ subprocess.run(
 sys.path.insert(0, str(scratch))
 
 client_module = importlib.import_module("stockflow_client")
-api = "stockflow_client.api.default."
-post_events = importlib.import_module(api + "post_v1_events")
-get_level = importlib.import_module(api + "get_v_1_stock_sku_location_id")
-post_orders = importlib.import_module(api + "post_v1_orders")
-get_order = importlib.import_module(api + "get_v1_orders_id")
-cancel_order = importlib.import_module(api + "post_v1_orders_id_cancel")
-get_dead_letters = importlib.import_module(api + "get_v1_dead_letters")
+api = "stockflow_client.api."
+post_events = importlib.import_module(api + "events.post_events")
+get_level = importlib.import_module(api + "stock.get_level")
+post_orders = importlib.import_module(api + "orders.place_order")
+get_order = importlib.import_module(api + "orders.get_order")
+cancel_order = importlib.import_module(api + "orders.cancel_order")
+get_dead_letters = importlib.import_module(api + "dead_letters.list_dead_letters")
 models = importlib.import_module("stockflow_client.models")
 
 client = client_module.Client(base_url=url, raise_on_unexpected_status=True, timeout=30.0)
 sku, store = f"GEN-{run}", f"S-{run}"
-wait = models.PostV1EventsWait("applied")
+wait = "applied"
 
 
 def event(n, kind, quantity, **more):
@@ -70,7 +70,7 @@ expect("available", level.available, 7)
 
 # An order holds 4; the level shows it reserved; a cancel gives it back.
 order_id = f"gen-order-{run}"
-body = models.PostV1OrdersBody.from_dict(
+body = models.OrderRequest.from_dict(
     {"orderId": order_id, "lines": [{"sku": sku, "locationId": store, "quantity": 4}]}
 )
 placed = post_orders.sync(client=client, body=body)

@@ -156,6 +156,14 @@ async fn as_of_answers_equal_a_replay_of_the_log_up_to_each_instant() {
     )
     .await;
     assert_eq!(second_page["events"][0]["eventId"], "h5");
+    // A cursor no page of this level starts at is not found; one that is
+    // not a cursor is a bad request.
+    let (status, beyond) = get(&url, "/v1/stock/A/S1/history?before=999999").await;
+    assert_eq!(status, 404, "{beyond}");
+    for bad in ["0", "x1", "%2B1"] {
+        let (status, _) = get(&url, &format!("/v1/stock/A/S1/history?before={bad}")).await;
+        assert_eq!(status, 400, "before={bad}");
+    }
 
     let (_, explained) = get(
         &url,

@@ -1,0 +1,420 @@
+//! The shapes of answers the handlers render as JSON values, as types the
+//! document is generated from. Each is checked against real answers by
+//! the contract test (Schemathesis validates every response it gets
+//! against its schema, in both modes); a shape that a handler renders from
+//! a typed value (a level, an order, a receipt, an error) is that type
+//! instead, not one of these.
+#![allow(dead_code)]
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SkuStock {
+    sku: Option<String>,
+    totals: Option<LevelNumbers>,
+    locations: Option<Vec<crate::query::LevelOut<'static>>>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+/// A level's numbers (or their sums).
+pub struct LevelNumbers {
+    on_hand: Option<i64>,
+    reserved: Option<i64>,
+    available: Option<i64>,
+    in_transit: Option<i64>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LocationStockPage {
+    location_id: Option<String>,
+    levels: Option<Vec<crate::query::LevelOut<'static>>>,
+    next_after: Option<String>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadLetterPage {
+    dead_letters: Option<Vec<DeadLetter>>,
+    next_after: Option<String>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadLetter {
+    id: Option<i64>,
+    #[schema(format = DateTime)]
+    received_at: Option<String>,
+    source: Option<String>,
+    index: Option<i64>,
+    event_id: Option<String>,
+    reason: Option<String>,
+    /// The raw event (or body) as received, when it is UTF-8; otherwise a preview of its first 4 KiB with U+FFFD for each invalid byte (the bytes themselves are in payloadBase64).
+    payload: Option<String>,
+    /// Only when the payload is not UTF-8: its bytes exactly, base64.
+    payload_base64: Option<String>,
+    /// Only when the payload is not UTF-8: its length in bytes.
+    payload_bytes: Option<i64>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceFormats {
+    formats: Option<Vec<SourceFormatsFormatItem>>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceFormatsFormatItem {
+    format: Option<String>,
+    description: Option<String>,
+    input: Option<String>,
+    endpoint: Option<String>,
+    mapping: Option<std::collections::HashMap<String, serde_json::Value>>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProductPage {
+    products: Option<Vec<Product>>,
+    next_after: Option<String>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Product {
+    sku: String,
+    name: String,
+    category: Option<String>,
+    /// At most 2 decimals.
+    price: Option<f64>,
+    currency: Option<String>,
+    /// Default 10.
+    low_stock_threshold: Option<i64>,
+    /// Held back from available where set.
+    safety_stock: Option<i64>,
+    /// Free-form; unknown top-level fields land here.
+    attributes: Option<std::collections::HashMap<String, serde_json::Value>>,
+    #[schema(format = DateTime)]
+    updated_at: Option<String>,
+    price_history: Option<Vec<ProductPriceHistoryItem>>,
+    stock: Option<Totals>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProductPriceHistoryItem {
+    #[schema(format = DateTime)]
+    at: Option<String>,
+    price: Option<f64>,
+}
+
+/// Sums over a set of levels; available honours safety stock; atZero/belowThreshold count levels.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Totals {
+    on_hand: Option<i64>,
+    reserved: Option<i64>,
+    available: Option<i64>,
+    in_transit: Option<i64>,
+    levels: Option<i64>,
+    at_zero: Option<i64>,
+    below_threshold: Option<i64>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LocationPage {
+    locations: Option<Vec<Location>>,
+    next_after: Option<String>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Location {
+    location_id: String,
+    name: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    region: Option<String>,
+    channel: Option<String>,
+    city: Option<String>,
+    totals: Option<Totals>,
+    /// Overrides the products' low-stock threshold for stock held here.
+    low_stock_threshold: Option<i64>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ItemRollup {
+    sku: Option<String>,
+    product: Option<Product>,
+    totals: Option<Totals>,
+    by_region: Option<std::collections::HashMap<String, serde_json::Value>>,
+    by_type: Option<std::collections::HashMap<String, serde_json::Value>>,
+    by_channel: Option<std::collections::HashMap<String, serde_json::Value>>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RegionRollup {
+    region: Option<String>,
+    sku: Option<String>,
+    totals: Option<Totals>,
+    region_locations: Option<i64>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplayOutcome {
+    dead_letter_id: Option<i64>,
+    resolved: Option<bool>,
+    receipt: Option<stockflow_service::receipt::Receipt>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryPage {
+    sku: Option<String>,
+    location_id: Option<String>,
+    events: Option<Vec<HistoryPageEventItem>>,
+    next_before: Option<String>,
+    older_compacted: Option<bool>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryPageEventItem {
+    event_id: Option<String>,
+    event_type: Option<String>,
+    quantity: Option<i64>,
+    #[schema(format = DateTime)]
+    timestamp: Option<String>,
+    #[schema(format = DateTime)]
+    processed_at: Option<String>,
+    outcome: Option<String>,
+    part: Option<String>,
+    level: Option<LevelNumbers>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderPage {
+    orders: Option<Vec<stockflow_service::json::OrderOut<'static>>>,
+    next_after: Option<String>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckReport {
+    ok: Option<bool>,
+    levels: Option<i64>,
+    live_orders: Option<i64>,
+    hold_violations: Option<i64>,
+    reservations_not_held_by_orders: Option<i64>,
+    rollup_mismatches: Option<i64>,
+    problems: Option<Vec<String>>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AlertPage {
+    alerts: Option<Vec<AlertPageAlertItem>>,
+    next_after: Option<String>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AlertPageAlertItem {
+    id: Option<String>,
+    kind: Option<String>,
+    state: Option<String>,
+    severity: Option<String>,
+    sku: Option<String>,
+    /// null for a PRICE_DROP, which is the product's everywhere.
+    location_id: Option<String>,
+    #[schema(format = DateTime)]
+    at: Option<String>,
+    on_hand: Option<i64>,
+    available: Option<i64>,
+    threshold: Option<i64>,
+    event_id: Option<String>,
+}
+
+/// One server-sent event: `event` is stock, alerts, orders, gap or resync; `data` its JSON.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamMessage {
+    event: Option<String>,
+    data: Option<String>,
+    id: Option<String>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Activity {
+    seconds: Option<Vec<ActivitySecondItem>>,
+    sources: Option<Vec<ActivitySourceItem>>,
+    /// Events from (source, location) pairs beyond the 10,000 tracked.
+    sources_untracked: Option<i64>,
+    stale_after_seconds: Option<i64>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ActivitySecondItem {
+    #[schema(format = DateTime)]
+    at: Option<String>,
+    accepted: Option<i64>,
+    duplicates: Option<i64>,
+    rejected: Option<i64>,
+    commits: Option<i64>,
+    commit_p50_ms: Option<f64>,
+    commit_p99_ms: Option<f64>,
+    commit_max_ms: Option<f64>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ActivitySourceItem {
+    /// The events' sourceSystem, or the channel they came through when they name none.
+    source_system: Option<String>,
+    location_id: Option<String>,
+    #[schema(format = DateTime)]
+    last_received_at: Option<String>,
+    /// The newest event timestamp the source gave.
+    #[schema(format = DateTime)]
+    last_event_at: Option<String>,
+    events: Option<i64>,
+    seconds_since_last: Option<i64>,
+    stale: Option<bool>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SendOutcome {
+    sent: Option<i64>,
+    accepted: Option<i64>,
+    duplicates: Option<i64>,
+    rejected: Option<i64>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScenarioOutcome {
+    receipt: Option<stockflow_service::receipt::Receipt>,
+    passed: Option<bool>,
+    levels: Option<Vec<ScenarioOutcomeLevelItem>>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScenarioOutcomeLevelItem {
+    sku: Option<String>,
+    location_id: Option<String>,
+    expected: Option<std::collections::HashMap<String, serde_json::Value>>,
+    actual: Option<std::collections::HashMap<String, serde_json::Value>>,
+    ok: Option<bool>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Cluster {
+    group: String,
+    instance_id: String,
+    members: Vec<ClusterMemberItem>,
+    partitions: Vec<ClusterPartitionItem>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterMemberItem {
+    instance_id: Option<String>,
+    url: Option<String>,
+    /// ms since the epoch
+    announced_at: Option<i64>,
+    partitions: Option<Vec<ClusterMemberItemPartitionItem>>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterMemberItemPartitionItem {
+    partition: Option<i64>,
+    status: Option<String>,
+    applied: Option<i64>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterPartitionItem {
+    partition: Option<i64>,
+    owner: Option<String>,
+    status: Option<String>,
+    /// next canonical offset the owner will apply
+    applied: Option<i64>,
+    high_watermark: Option<i64>,
+    lag: Option<i64>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Simulator {
+    /// false unless the server runs with --simulator (or is `stockflow demo`).
+    enabled: Option<bool>,
+    running: Option<bool>,
+    /// Events per second while running.
+    rate: Option<i64>,
+    sent: Option<i64>,
+    accepted: Option<i64>,
+    duplicates: Option<i64>,
+    rejected: Option<i64>,
+    /// The last messages sent, newest first.
+    recent: Option<Vec<SimulatorRecentItem>>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SimulatorRecentItem {
+    /// The canonical event as sent.
+    event: Option<std::collections::HashMap<String, serde_json::Value>>,
+    /// `applied or duplicate`, or the reason it was refused.
+    outcome: Option<String>,
+}
+
+/// A canonical event, as POST /v1/events takes it (parsed by
+/// `stockflow_core::parse`, which names the field at fault when it
+/// refuses one).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Event {
+    /// Globally unique; an eventId already applied has no effect again.
+    #[schema(min_length = 1, max_length = 128)]
+    event_id: String,
+    #[schema(value_type = stockflow_service::json::EventTypeName)]
+    event_type: String,
+    #[schema(min_length = 1, max_length = 128)]
+    sku: String,
+    #[schema(min_length = 1, max_length = 128)]
+    location_id: String,
+    /// Above 0, except ADJUSTMENT (signed, not 0) and COUNT (0 or more,
+    /// absolute); at most 1e9 either way.
+    quantity: i64,
+    /// When it happened at the source; server time if absent.
+    #[schema(format = DateTime)]
+    timestamp: Option<String>,
+    /// TRANSFER_OUT only: puts the quantity in transit there.
+    #[schema(max_length = 128)]
+    to_location_id: Option<String>,
+    #[schema(max_length = 128)]
+    source_system: Option<String>,
+    /// On RESERVATION, RELEASE and FULFILLMENT: the order whose hold at
+    /// this level the event moves (see POST /v1/events). Carried along on
+    /// other types.
+    #[schema(max_length = 128)]
+    correlation_id: Option<String>,
+    /// RESERVATION with a correlationId only: how long the order holds
+    /// what it reserves (the server's --order-hold-seconds when absent).
+    /// Refused on any other event.
+    #[schema(minimum = 1, maximum = 604800)]
+    hold_seconds: Option<i64>,
+}
