@@ -374,11 +374,10 @@ pub fn parse_location(value: &Value, id: Option<&str>) -> Result<Location, Strin
     })
 }
 
+/// A product's sku or a location's id: the rule of every id (an order
+/// could not name a product whose sku an event could not carry).
 fn check_id(value: &str, name: &str) -> Result<(), String> {
-    if value.is_empty() || value.chars().count() > ID_CHARS_MAX {
-        return Err(format!("{name}: must be 1 to {ID_CHARS_MAX} characters"));
-    }
-    Ok(())
+    crate::parse::check_id(value, name)
 }
 
 fn optional_text(

@@ -129,7 +129,8 @@ impl Status {
         }
     }
 
-    /// Every status, in the order an order may go through them.
+    /// Every status (pending first; each later one is where a decision
+    /// may leave an order).
     pub const ALL: [Status; 7] = [
         Status::Pending,
         Status::Reserved,

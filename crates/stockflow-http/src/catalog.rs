@@ -215,7 +215,7 @@ pub async fn put_product<B: Backend>(
     operation_id = "postProducts", tag = "catalog",
     summary = "Upsert products in bulk",
     description = "Upserts many products (a JSON array, one object, or NDJSON); refused items are dead letters, reported by index. In Kafka mode they go to the catalog topic as PUT does.",
-    request_body(content((crate::openapi::Batch = "application/json"), (serde_json::Value = "application/x-ndjson")), description = "One item or an array of them (or NDJSON: one JSON object per line)."),
+    request_body(content((crate::openapi::Batch = "application/json"), (serde_json::Value = "application/x-ndjson")), description = "One item or an array of them (or NDJSON: one JSON object per line). Each is checked on its own (see the schema ProductInput): one refused is listed in the receipt's errors and kept as a dead letter, and the others are taken."),
     responses(
         (status = 200, description = "Receipt: accepted and rejected items (rejected ones are kept as dead letters).", body = stockflow_service::receipt::Receipt),
         crate::openapi::WriteRefusals,
@@ -344,7 +344,7 @@ pub async fn put_location<B: Backend>(
 #[utoipa::path(post, path = "/v1/locations",
     operation_id = "postLocations", tag = "catalog",
     summary = "Upsert locations in bulk",
-    request_body(content((crate::openapi::Batch = "application/json"), (serde_json::Value = "application/x-ndjson")), description = "One item or an array of them (or NDJSON: one JSON object per line)."),
+    request_body(content((crate::openapi::Batch = "application/json"), (serde_json::Value = "application/x-ndjson")), description = "One item or an array of them (or NDJSON: one JSON object per line). Each is checked on its own (see the schema LocationInput): one refused is listed in the receipt's errors and kept as a dead letter, and the others are taken."),
     responses(
         (status = 200, description = "Receipt: accepted and rejected items (rejected ones are kept as dead letters).", body = stockflow_service::receipt::Receipt),
         crate::openapi::WriteRefusals,

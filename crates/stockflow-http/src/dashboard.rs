@@ -15,7 +15,7 @@ use super::{json_body, ApiError};
 use crate::simulator::SimulatorError;
 
 /// Longest quiet time a request may call stale: a year.
-const STALE_AFTER_SECONDS_MAX: u64 = 365 * 24 * 3600;
+pub(crate) const STALE_AFTER_SECONDS_MAX: u64 = 365 * 24 * 3600;
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]

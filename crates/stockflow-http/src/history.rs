@@ -54,7 +54,7 @@ fn entry_json(e: &Entry, policy: Policy) -> Value {
     description = "Includes rejected reservations (outcome insufficient_stock), events absorbed by a later COUNT (absorbed) and stale counts; the in-transit part of a TRANSFER_OUT appears at its destination with part=in_transit. In Kafka mode the level's owner answers (any instance forwards to it) from the history it rebuilds from the history topic when it is assigned the partition; until it has caught up the answer is 503 restoring with Retry-After. `processedAt` there is the time of the input records that cycle applied.",
     params(("sku" = String, Path), ("locationId" = String, Path), ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000), ("before" = Option<String>, Query, pattern = "^0*[1-9][0-9]{0,18}$", description = "nextBefore of the previous page.")),
     responses(
-        (status = 200, description = "A page of history", body = crate::shapes::HistoryPage),
+        (status = 200, description = "A page of history", body = crate::shapes::LevelHistory),
         (status = 404, description = "Level never seen, or its history has no page at `before`.", body = crate::error::ErrorBody),
         crate::openapi::ReadRefusals,
     ))]

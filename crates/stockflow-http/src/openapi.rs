@@ -3,9 +3,14 @@
 //! handler, each shape by the type that parses or renders it, and the
 //! refusals that any read or write may meet once, here.
 //!
-//! [`super::operations`] is what the router serves; a test holds the two
-//! lists to each other, so an operation cannot be routed and not
-//! described, or described and not routed.
+//! Answers a handler still renders as a JSON value are described by
+//! schema types in `shapes`; the contract test holds every answer it gets
+//! to its schema, in both modes.
+//!
+//! [`super::operations`] is what the router serves and `Api`'s `paths`
+//! what is described; `the_document_describes_exactly_the_operations_the_router_serves`
+//! (tests/it/http.rs) holds the two lists to each other, so an operation
+//! cannot be routed and not described, or described and not routed.
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -56,7 +61,7 @@ impl PartialSchema for OrderId {
     fn schema() -> RefOr<Schema> {
         id_schema(
             super::orders::ORDER_ID_CHARS_MAX,
-            "1 to 100 characters (room for the ids of its lines' events), not only white space, none a control character.",
+            "1 to 100 characters (room for the ids of its lines' events), not only white space, none of them a control character or a bidirectional-text control.",
         )
     }
 }
@@ -244,6 +249,37 @@ mod tests {
                 "{schema}.{property}"
             );
         }
+        for (name, max) in [
+            ("seconds", stockflow_service::activity::SECONDS_KEPT as u64),
+            (
+                "staleAfterSeconds",
+                crate::dashboard::STALE_AFTER_SECONDS_MAX,
+            ),
+        ] {
+            let parameters = doc["paths"]["/v1/activity"]["get"]["parameters"].clone();
+            let parameter = parameters
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["name"] == name)
+                .unwrap()
+                .clone();
+            assert_eq!(parameter["schema"]["maximum"], max, "{name}");
+        }
+        let quantity = stockflow_core::limits::QUANTITY_ABS_MAX;
+        for (schema, property) in [
+            ("ProductInput", "lowStockThreshold"),
+            ("ProductInput", "safetyStock"),
+            ("LocationInput", "lowStockThreshold"),
+        ] {
+            assert_eq!(
+                body_property(&doc, schema, property)["maximum"],
+                quantity,
+                "{schema}.{property}"
+            );
+        }
+        let id = &doc["components"]["schemas"]["Id"];
+        assert_eq!(id["maxLength"], stockflow_core::limits::ID_CHARS_MAX);
         let lines = body_property(&doc, "OrderRequest", "lines");
         assert_eq!(lines["maxItems"], crate::orders::ORDER_LINES_MAX);
         for (path, item) in doc["paths"].as_object().unwrap() {

@@ -54,8 +54,6 @@ async fn submit<B: Backend>(backend: &B, command: OrderCommand) -> Result<Respon
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 #[schema(as = OrderRequest)]
 pub(crate) struct PlaceBody {
-    /// 1 to 100 characters (room for the ids of its lines' events), none a
-    /// control character.
     #[schema(value_type = crate::openapi::OrderId)]
     order_id: String,
     #[schema(min_items = 1, max_items = 100)]

@@ -123,7 +123,7 @@ impl ReadQuery {
     summary = "One level",
     params(("sku" = String, Path), ("locationId" = String, Path), ("asOf" = Option<String>, Query, pattern = "^(19[7-9][0-9]|2[01][0-9][0-9]|22[0-5][0-9])-", format = DateTime, description = "Answer as processing had left the level at this server time (within the history retention, default 30 days); the answer names the last event applied before it (lastEventId). A time from 1970 to 2259.")),
     responses(
-        (status = 200, description = "The level", body = crate::query::LevelOut),
+        (status = 200, description = "The level (with asOf: as it was then)", body = crate::shapes::LevelAnswer),
         (status = 404, description = "Never seen.", body = crate::error::ErrorBody),
         (status = 410, description = "asOf is older than the history retention.", body = crate::error::ErrorBody),
         crate::openapi::ReadRefusals,

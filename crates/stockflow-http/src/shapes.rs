@@ -11,7 +11,7 @@
 pub struct SkuStock {
     sku: Option<String>,
     totals: Option<LevelNumbers>,
-    locations: Option<Vec<crate::query::LevelOut<'static>>>,
+    locations: Option<Vec<LevelAnswer>>,
 }
 
 #[derive(serde::Serialize, utoipa::ToSchema)]
@@ -28,7 +28,7 @@ pub struct LevelNumbers {
 #[serde(rename_all = "camelCase")]
 pub struct LocationStockPage {
     location_id: Option<String>,
-    levels: Option<Vec<crate::query::LevelOut<'static>>>,
+    levels: Option<Vec<ListedLevel>>,
     next_after: Option<String>,
 }
 
@@ -60,12 +60,12 @@ pub struct DeadLetter {
 #[derive(serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SourceFormats {
-    formats: Option<Vec<SourceFormatsFormatItem>>,
+    formats: Option<Vec<SourceFormat>>,
 }
 
 #[derive(serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct SourceFormatsFormatItem {
+pub struct SourceFormat {
     format: Option<String>,
     description: Option<String>,
     input: Option<String>,
@@ -97,13 +97,13 @@ pub struct Product {
     attributes: Option<std::collections::HashMap<String, serde_json::Value>>,
     #[schema(format = DateTime)]
     updated_at: Option<String>,
-    price_history: Option<Vec<ProductPriceHistoryItem>>,
+    price_history: Option<Vec<PricePoint>>,
     stock: Option<Totals>,
 }
 
 #[derive(serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct ProductPriceHistoryItem {
+pub struct PricePoint {
     #[schema(format = DateTime)]
     at: Option<String>,
     price: Option<f64>,
@@ -150,9 +150,9 @@ pub struct ItemRollup {
     sku: Option<String>,
     product: Option<Product>,
     totals: Option<Totals>,
-    by_region: Option<std::collections::HashMap<String, serde_json::Value>>,
-    by_type: Option<std::collections::HashMap<String, serde_json::Value>>,
-    by_channel: Option<std::collections::HashMap<String, serde_json::Value>>,
+    by_region: Option<std::collections::HashMap<String, Totals>>,
+    by_type: Option<std::collections::HashMap<String, Totals>>,
+    by_channel: Option<std::collections::HashMap<String, Totals>>,
 }
 
 #[derive(serde::Serialize, utoipa::ToSchema)]
@@ -174,17 +174,17 @@ pub struct ReplayOutcome {
 
 #[derive(serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct HistoryPage {
+pub struct LevelHistory {
     sku: Option<String>,
     location_id: Option<String>,
-    events: Option<Vec<HistoryPageEventItem>>,
+    events: Option<Vec<HistoryEntry>>,
     next_before: Option<String>,
     older_compacted: Option<bool>,
 }
 
 #[derive(serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct HistoryPageEventItem {
+pub struct HistoryEntry {
     event_id: Option<String>,
     event_type: Option<String>,
     quantity: Option<i64>,
@@ -219,13 +219,13 @@ pub struct CheckReport {
 #[derive(serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AlertPage {
-    alerts: Option<Vec<AlertPageAlertItem>>,
+    alerts: Option<Vec<Alert>>,
     next_after: Option<String>,
 }
 
 #[derive(serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct AlertPageAlertItem {
+pub struct Alert {
     id: Option<String>,
     kind: Option<String>,
     state: Option<String>,
@@ -253,8 +253,8 @@ pub struct StreamMessage {
 #[derive(serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Activity {
-    seconds: Option<Vec<ActivitySecondItem>>,
-    sources: Option<Vec<ActivitySourceItem>>,
+    seconds: Option<Vec<ActivitySecond>>,
+    sources: Option<Vec<SourceFreshness>>,
     /// Events from (source, location) pairs beyond the 10,000 tracked.
     sources_untracked: Option<i64>,
     stale_after_seconds: Option<i64>,
@@ -262,7 +262,7 @@ pub struct Activity {
 
 #[derive(serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct ActivitySecondItem {
+pub struct ActivitySecond {
     #[schema(format = DateTime)]
     at: Option<String>,
     accepted: Option<i64>,
@@ -276,7 +276,7 @@ pub struct ActivitySecondItem {
 
 #[derive(serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct ActivitySourceItem {
+pub struct SourceFreshness {
     /// The events' sourceSystem, or the channel they came through when they name none.
     source_system: Option<String>,
     location_id: Option<String>,
@@ -304,12 +304,12 @@ pub struct SendOutcome {
 pub struct ScenarioOutcome {
     receipt: Option<stockflow_service::receipt::Receipt>,
     passed: Option<bool>,
-    levels: Option<Vec<ScenarioOutcomeLevelItem>>,
+    levels: Option<Vec<ScenarioLevel>>,
 }
 
 #[derive(serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct ScenarioOutcomeLevelItem {
+pub struct ScenarioLevel {
     sku: Option<String>,
     location_id: Option<String>,
     expected: Option<std::collections::HashMap<String, serde_json::Value>>,
@@ -322,23 +322,23 @@ pub struct ScenarioOutcomeLevelItem {
 pub struct Cluster {
     group: String,
     instance_id: String,
-    members: Vec<ClusterMemberItem>,
-    partitions: Vec<ClusterPartitionItem>,
+    members: Vec<ClusterMember>,
+    partitions: Vec<ClusterPartition>,
 }
 
 #[derive(serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct ClusterMemberItem {
+pub struct ClusterMember {
     instance_id: Option<String>,
     url: Option<String>,
     /// ms since the epoch
     announced_at: Option<i64>,
-    partitions: Option<Vec<ClusterMemberItemPartitionItem>>,
+    partitions: Option<Vec<MemberPartition>>,
 }
 
 #[derive(serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct ClusterMemberItemPartitionItem {
+pub struct MemberPartition {
     partition: Option<i64>,
     status: Option<String>,
     applied: Option<i64>,
@@ -346,7 +346,7 @@ pub struct ClusterMemberItemPartitionItem {
 
 #[derive(serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct ClusterPartitionItem {
+pub struct ClusterPartition {
     partition: Option<i64>,
     owner: Option<String>,
     status: Option<String>,
@@ -369,16 +369,56 @@ pub struct Simulator {
     duplicates: Option<i64>,
     rejected: Option<i64>,
     /// The last messages sent, newest first.
-    recent: Option<Vec<SimulatorRecentItem>>,
+    recent: Option<Vec<SimulatorMessage>>,
 }
 
 #[derive(serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct SimulatorRecentItem {
+pub struct SimulatorMessage {
     /// The canonical event as sent.
     event: Option<std::collections::HashMap<String, serde_json::Value>>,
     /// `applied or duplicate`, or the reason it was refused.
     outcome: Option<String>,
+}
+
+/// A level as a read answers it: now, or (with `asOf`) as processing had
+/// left it then.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum LevelAnswer {
+    Now(crate::query::LevelOut<'static>),
+    AsOf(LevelAsOf),
+}
+
+/// A level as processing had left it at `asOf` (`history::as_of_json`).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LevelAsOf {
+    sku: String,
+    location_id: String,
+    on_hand: i64,
+    reserved: i64,
+    available: i64,
+    in_transit: i64,
+    #[schema(format = DateTime)]
+    as_of: String,
+    /// The last event applied before asOf; null when the events before
+    /// asOf are past the history retention (see explanation).
+    last_event_id: Option<String>,
+    last_event_type: Option<String>,
+    #[schema(format = DateTime)]
+    last_processed_at: Option<String>,
+    explanation: Option<String>,
+}
+
+/// A level as a location's listing shows it: with its low-stock
+/// threshold (`query::listed_level_json`).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ListedLevel {
+    #[serde(flatten)]
+    level: crate::query::LevelOut<'static>,
+    low_stock_threshold: i64,
 }
 
 /// A canonical event, as POST /v1/events takes it (parsed by
@@ -388,13 +428,13 @@ pub struct SimulatorRecentItem {
 #[serde(rename_all = "camelCase")]
 pub struct Event {
     /// Globally unique; an eventId already applied has no effect again.
-    #[schema(min_length = 1, max_length = 128)]
+    #[schema(value_type = crate::openapi::Id)]
     event_id: String,
     #[schema(value_type = stockflow_service::json::EventTypeName)]
     event_type: String,
-    #[schema(min_length = 1, max_length = 128)]
+    #[schema(value_type = crate::openapi::Id)]
     sku: String,
-    #[schema(min_length = 1, max_length = 128)]
+    #[schema(value_type = crate::openapi::Id)]
     location_id: String,
     /// Above 0, except ADJUSTMENT (signed, not 0) and COUNT (0 or more,
     /// absolute); at most 1e9 either way.
@@ -403,14 +443,14 @@ pub struct Event {
     #[schema(format = DateTime)]
     timestamp: Option<String>,
     /// TRANSFER_OUT only: puts the quantity in transit there.
-    #[schema(max_length = 128)]
+    #[schema(value_type = Option<crate::openapi::Id>)]
     to_location_id: Option<String>,
     #[schema(max_length = 128)]
     source_system: Option<String>,
     /// On RESERVATION, RELEASE and FULFILLMENT: the order whose hold at
     /// this level the event moves (see POST /v1/events). Carried along on
     /// other types.
-    #[schema(max_length = 128)]
+    #[schema(value_type = Option<crate::openapi::Id>)]
     correlation_id: Option<String>,
     /// RESERVATION with a correlationId only: how long the order holds
     /// what it reserves (the server's --order-hold-seconds when absent).

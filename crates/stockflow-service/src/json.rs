@@ -107,6 +107,28 @@ impl PartialSchema for OrderStatus {
 
 impl ToSchema for OrderStatus {}
 
+/// An order's mode, as the API writes it.
+pub struct OrderMode;
+
+/// The word for a mode.
+fn mode_str(mode: Mode) -> &'static str {
+    match mode {
+        Mode::AllOrNothing => "all_or_nothing",
+        Mode::Partial => "partial",
+    }
+}
+
+impl PartialSchema for OrderMode {
+    fn schema() -> RefOr<Schema> {
+        one_of(
+            [Mode::AllOrNothing, Mode::Partial].map(mode_str),
+            "all_or_nothing: every line is reserved or none; partial: each line as far as it can be.",
+        )
+    }
+}
+
+impl ToSchema for OrderMode {}
+
 /// An event's type, as the API writes it.
 pub struct EventTypeName;
 
@@ -129,7 +151,7 @@ pub struct OrderOut<'a> {
     order_id: &'a str,
     #[schema(value_type = OrderStatus)]
     status: &'static str,
-    /// all_or_nothing or partial.
+    #[schema(value_type = OrderMode)]
     mode: &'static str,
     lines: Vec<LineOut<'a>>,
     /// While the order holds stock: when the hold ends.
@@ -171,10 +193,7 @@ impl<'a> OrderOut<'a> {
         OrderOut {
             order_id: &order.order_id,
             status: order.status.as_str(),
-            mode: match order.mode {
-                Mode::AllOrNothing => "all_or_nothing",
-                Mode::Partial => "partial",
-            },
+            mode: mode_str(order.mode),
             lines: order
                 .lines
                 .iter()
