@@ -9,6 +9,7 @@
 
 pub mod alerts;
 pub mod asks;
+pub mod auth;
 pub mod backend;
 pub mod bootstrap;
 pub(crate) mod catalog;
@@ -164,7 +165,7 @@ pub fn operations<B: Backend>() -> Vec<Operation<B>> {
             "/v1/simulator/scenario",
             post(dashboard::scenario::<B>),
         ),
-        op(M::GET, "/v1/openapi.json", get(openapi)),
+        op(M::GET, "/v1/openapi.json", get(openapi::<B>)),
         op(M::GET, "/", get(ui::index)),
         prose_only(op(M::GET, "/ui/{*path}", get(ui::asset))),
         op(M::GET, "/healthz", get(healthz)),
@@ -177,6 +178,10 @@ pub fn operations<B: Backend>() -> Vec<Operation<B>> {
 /// methods behind the write guard, and the backend's own routes.
 pub fn router<B: Backend>(backend: Arc<B>) -> Router {
     let read_timeout = backend.config().read_timeout;
+    let guard = auth::Guard {
+        tokens: backend.config().auth.clone(),
+        metrics_open: backend.config().metrics_open,
+    };
     let mut paths: BTreeMap<&str, MethodRouter<Arc<B>>> = BTreeMap::new();
     for operation in operations::<B>() {
         let methods = paths.remove(operation.path).unwrap_or_default();
@@ -189,6 +194,7 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
         })
         .merge(B::own_routes())
         .fallback(|| async { ApiError::not_found("no such endpoint; see /v1/openapi.json") })
+        .layer(middleware::from_fn_with_state(guard, auth::authorize))
         .layer(middleware::from_fn_with_state(
             read_timeout,
             serve::body_deadline,
@@ -220,10 +226,11 @@ fn json_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError
 #[utoipa::path(get, path = "/v1/openapi.json",
     operation_id = "getOpenapi", tag = "operations", summary = "This document",
     responses((status = 200, description = "OpenAPI 3.1", content_type = "application/json")))]
-async fn openapi() -> impl IntoResponse {
+async fn openapi<B: Backend>(State(backend): State<Arc<B>>) -> impl IntoResponse {
+    let secured = backend.config().auth.is_some();
     (
         [(header::CONTENT_TYPE, "application/json")],
-        openapi::document(),
+        openapi::document(secured),
     )
 }
 

@@ -195,14 +195,62 @@ pub(crate) enum SourceBatch {
 )]
 struct Api;
 
-/// The document as served at /v1/openapi.json.
-pub fn document() -> &'static str {
-    static DOCUMENT: OnceLock<String> = OnceLock::new();
-    DOCUMENT.get_or_init(|| {
-        Api::openapi()
-            .to_pretty_json()
-            .expect("the document serializes")
-    })
+/// The document as served at /v1/openapi.json: by a server with an auth
+/// file (`secured`), with who may call each operation; by one without,
+/// every operation open, as it is.
+pub fn document(secured: bool) -> &'static str {
+    static OPEN: OnceLock<String> = OnceLock::new();
+    static SECURED: OnceLock<String> = OnceLock::new();
+    let render = || {
+        let mut doc = serde_json::to_value(Api::openapi()).expect("the document serializes");
+        if secured {
+            with_access(&mut doc);
+        }
+        serde_json::to_string_pretty(&doc).expect("the document serializes")
+    };
+    if secured {
+        SECURED.get_or_init(render)
+    } else {
+        OPEN.get_or_init(render)
+    }
+}
+
+/// Adds who may call each operation, from [`super::auth::access`]: the
+/// bearer scheme, each operation's requirement and role, and the 401 and
+/// 403 a server with an auth file answers.
+fn with_access(doc: &mut serde_json::Value) {
+    use serde_json::json;
+    doc["components"]["securitySchemes"]["bearer"] = json!({
+        "type": "http",
+        "scheme": "bearer",
+        "description": "A token's secret (`stockflow token create`), on a server started with --auth-file; without one every operation is open."
+    });
+    let refusal = |text: &str| json!({"description": text, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
+    let paths = doc["paths"].as_object_mut().expect("paths");
+    for (path, item) in paths.iter_mut() {
+        for (method, operation) in item.as_object_mut().expect("a path item").iter_mut() {
+            let Ok(method) = method.to_uppercase().parse::<axum::http::Method>() else {
+                continue;
+            };
+            let super::auth::Access::Needs(role) = super::auth::access(&method, path) else {
+                operation["security"] = json!([]);
+                continue;
+            };
+            operation["security"] = json!([{"bearer": []}]);
+            let needs = format!("Needs a token with the role `{}`.", role.as_str());
+            let description = match operation["description"].as_str() {
+                Some(text) => format!("{text}\n\n{needs}"),
+                None => needs,
+            };
+            operation["description"] = json!(description);
+            let responses = &mut operation["responses"];
+            responses["401"] =
+                refusal("No token, or one the server does not know (see WWW-Authenticate).");
+            if responses.get("403").is_none() {
+                responses["403"] = refusal("The token lacks the role this operation needs.");
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -210,7 +258,7 @@ mod tests {
     use serde_json::Value;
 
     fn document() -> Value {
-        serde_json::from_str(super::document()).unwrap()
+        serde_json::from_str(super::document(false)).unwrap()
     }
 
     fn body_property(doc: &Value, schema: &str, property: &str) -> Value {

@@ -81,6 +81,11 @@ pub struct Config {
     /// Whether POST /v1/simulator/* may generate traffic (demo only by
     /// default: a production server must not invent sales).
     pub simulator: bool,
+    /// The tokens callers must present (`serve --auth-file`); `None`:
+    /// every caller is `anonymous`, with every role.
+    pub auth: Option<std::sync::Arc<crate::auth::Tokens>>,
+    /// Whether GET /metrics is open to anyone even with an auth file.
+    pub metrics_open: bool,
 }
 
 impl Config {
@@ -115,6 +120,8 @@ impl Config {
             catalog_file: None,
             catalog_location: "ONLINE".into(),
             simulator: false,
+            auth: None,
+            metrics_open: false,
         }
     }
 }

@@ -8,6 +8,7 @@
 //! and `stockflow-kafka`.
 
 pub mod activity;
+pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod dead_letter;

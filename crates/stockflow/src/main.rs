@@ -157,8 +157,27 @@ enum Command {
         /// a production server must not invent sales.
         #[arg(long)]
         simulator: bool,
+        /// Tokens callers must present (JSON Lines of name, roles and the
+        /// SHA-256 of the secret, as `stockflow token create` writes them);
+        /// reloaded on SIGHUP. Needed on a --listen address other machines
+        /// can reach, unless --insecure-no-auth.
+        #[arg(long, env = "STOCKFLOW_AUTH_FILE", help_heading = "Access")]
+        auth_file: Option<PathBuf>,
+        /// Listen where other machines can reach without an auth file:
+        /// anyone who reaches the port may read and write.
+        #[arg(long, conflicts_with = "auth_file", help_heading = "Access")]
+        insecure_no_auth: bool,
+        /// Let anyone scrape GET /metrics even with an auth file (otherwise
+        /// it needs a token with the `metrics` role).
+        #[arg(long, help_heading = "Access")]
+        metrics_without_auth: bool,
         #[command(flatten, next_help_heading = "Kafka mode (with --kafka)")]
         kafka: KafkaArgs,
+    },
+    /// Manage the tokens of an auth file (`serve --auth-file`).
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
     },
     /// Manage the Kafka topics of Kafka mode.
     Topics {
@@ -246,8 +265,14 @@ enum Command {
         strict: bool,
     },
     /// Print the HTTP API's OpenAPI document (what a server serves at
-    /// /v1/openapi.json), to generate a client without running one.
-    Openapi,
+    /// /v1/openapi.json), to generate a client without running one: as a
+    /// server with --auth-file serves it, with the role each operation
+    /// needs.
+    Openapi {
+        /// As a server without an auth file serves it: every operation open.
+        #[arg(long)]
+        without_auth: bool,
+    },
     /// Measure throughput and latency on a temporary data directory.
     Bench {
         #[arg(long, value_enum, default_value_t = BenchMode::All)]
@@ -380,6 +405,28 @@ impl KafkaArgs {
 }
 
 #[derive(Subcommand, Debug)]
+enum TokenAction {
+    /// Add a token to the auth file (created with mode 0600 if missing)
+    /// and print its secret on stdout, once: it is kept nowhere else. A
+    /// running server takes it on SIGHUP.
+    Create {
+        /// Who holds it; recorded as the author of what it changes.
+        #[arg(long)]
+        name: String,
+        /// read, ingest, orders, admin or metrics (repeatable).
+        #[arg(long = "role", required = true, value_parser = parse_role)]
+        roles: Vec<stockflow_service::auth::Role>,
+        #[arg(long, env = "STOCKFLOW_AUTH_FILE")]
+        auth_file: PathBuf,
+    },
+}
+
+fn parse_role(text: &str) -> Result<stockflow_service::auth::Role, String> {
+    stockflow_service::auth::Role::parse(text)
+        .ok_or_else(|| format!("{text:?} is not read, ingest, orders, admin or metrics"))
+}
+
+#[derive(Subcommand, Debug)]
 enum TopicsAction {
     /// Create every topic Kafka mode uses (existing ones are left alone).
     Create {
@@ -440,9 +487,14 @@ async fn run(command: Command) -> anyhow::Result<()> {
             reservation_burst,
             reservation_burst_seconds,
             simulator,
+            auth_file,
+            insecure_no_auth,
+            metrics_without_auth,
             kafka,
         } => {
             let mut config = Config::new(data_dir);
+            config.metrics_open = metrics_without_auth;
+            config.auth = access(auth_file.as_deref(), listen, insecure_no_auth, &kafka)?;
             config.simulator = simulator;
             config.history_retention_ns =
                 i64::from(history_retention_days) * 24 * 3600 * 1_000_000_000;
@@ -501,6 +553,22 @@ async fn run(command: Command) -> anyhow::Result<()> {
             ));
             stockflow::shutdown_signal().await;
             server.stop().await
+        }
+        Command::Token {
+            action:
+                TokenAction::Create {
+                    name,
+                    roles,
+                    auth_file,
+                },
+        } => {
+            let secret = stockflow_service::auth::create(&auth_file, &name, &roles)?;
+            println!("{secret}");
+            eprintln!(
+                "token {name:?} added to {}; a running server takes it on SIGHUP",
+                auth_file.display()
+            );
+            Ok(())
         }
         Command::Import {
             file,
@@ -615,8 +683,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Openapi => {
-            println!("{}", stockflow_http::openapi::document());
+        Command::Openapi { without_auth } => {
+            println!("{}", stockflow_http::openapi::document(!without_auth));
             Ok(())
         }
         Command::Bench {
@@ -675,4 +743,53 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The tokens `serve` holds callers to, if any: an auth file's (reloaded
+/// on SIGHUP), or none where that is safe or asked for.
+fn access(
+    auth_file: Option<&std::path::Path>,
+    listen: SocketAddr,
+    insecure_no_auth: bool,
+    kafka: &KafkaArgs,
+) -> anyhow::Result<Option<std::sync::Arc<stockflow_service::auth::Tokens>>> {
+    let Some(path) = auth_file else {
+        if !listen.ip().is_loopback() {
+            if !insecure_no_auth {
+                bail!(
+                    "--listen {listen} can be reached from other machines: give --auth-file FILE \
+                     (create tokens with `stockflow token create`), or --insecure-no-auth to let \
+                     anyone who reaches it read and write"
+                );
+            }
+            tracing::warn!(%listen, "no authentication: anyone who reaches this port may read and write");
+        }
+        return Ok(None);
+    };
+    if kafka.kafka.is_some() {
+        bail!(
+            "Kafka mode does not take --auth-file yet: its instances call each other's \
+             endpoints, which first need a secret of their own; run it on a private network \
+             (--insecure-no-auth on a non-loopback --listen)"
+        );
+    }
+    let tokens = std::sync::Arc::new(stockflow_service::auth::Tokens::load(path)?);
+    let reloaded = tokens.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            match reloaded.reload() {
+                Ok(count) => {
+                    tracing::info!(tokens = count, file = %reloaded.path().display(), "auth file reloaded")
+                }
+                Err(e) => {
+                    tracing::warn!("auth file not reloaded, the tokens stay as they were: {e:#}")
+                }
+            }
+        }
+    });
+    Ok(Some(tokens))
 }

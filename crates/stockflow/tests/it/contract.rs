@@ -24,8 +24,13 @@ const IDLE: Duration = Duration::from_secs(300);
 /// finding its generation "inconsistent" when a slow machine cut its time
 /// budget differently on replay) is run once more; a disagreement never is.
 fn finds_nothing(url: &str, mode: &str) {
+    finds_nothing_as(url, mode, None);
+}
+
+/// [`finds_nothing`], presenting `token` (a server with an auth file).
+fn finds_nothing_as(url: &str, mode: &str, token: Option<&str>) {
     for attempt in 1..=2 {
-        let (success, report) = schemathesis(url);
+        let (success, report) = schemathesis(url, token);
         if success {
             // It ran the operations, rather than stopping early.
             assert!(report.contains("API Operations:"), "{mode}: {report}");
@@ -41,14 +46,21 @@ fn finds_nothing(url: &str, mode: &str) {
 }
 
 /// One Schemathesis run: whether it passed, and its report.
-fn schemathesis(url: &str) -> (bool, String) {
+fn schemathesis(url: &str, token: Option<&str>) -> (bool, String) {
     let config = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/schemathesis.toml");
     // It keeps a cache of what it found where it runs: not in the tree.
     let scratch = tempfile::tempdir().unwrap();
-    let output = Command::new("schemathesis")
+    let mut command = Command::new("schemathesis");
+    command
         .current_dir(scratch.path())
         .args(["--no-color", "--config-file", config, "run"])
-        .arg(format!("{url}/v1/openapi.json"))
+        .arg(format!("{url}/v1/openapi.json"));
+    if let Some(token) = token {
+        command
+            .arg("--header")
+            .arg(format!("Authorization: Bearer {token}"));
+    }
+    let output = command
         // Few examples, a fixed seed: the same requests each run, in the
         // suite's time. Any other seed explores further.
         .args(["--max-examples", "5", "--seed", "1", "--workers", "2"])
@@ -90,6 +102,26 @@ fn the_api_description_holds_against_the_embedded_server() {
     }));
     finds_nothing(&server.url(), "embedded");
     a_generated_client_works(&server.url(), "embedded");
+    runtime.block_on(server.stop()).unwrap();
+}
+
+/// With an auth file the document says who may call what, and the tester
+/// holds that too: a request without the token, or with one it made up,
+/// must be refused.
+#[test]
+fn the_api_description_holds_against_a_server_that_wants_tokens() {
+    let _heavy = crate::heavy();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens");
+    let roles = stockflow_service::auth::Role::ALL;
+    let secret = stockflow_service::auth::create(&file, "contract", &roles).unwrap();
+    let tokens = stockflow_service::auth::Tokens::load(&file).unwrap();
+    let server = runtime.block_on(crate::start(&dir.path().join("data"), |config| {
+        config.read_timeout = IDLE;
+        config.auth = Some(std::sync::Arc::new(tokens));
+    }));
+    finds_nothing_as(&server.url(), "with tokens", Some(&secret));
     runtime.block_on(server.stop()).unwrap();
 }
 

@@ -1,0 +1,135 @@
+//! Who may call which operation: the role each one needs, and the
+//! middleware that holds a request's bearer token to it.
+//!
+//! Without an auth file (`serve` on a loopback address, `demo`) every
+//! request passes as `anonymous`. With one, every operation but liveness,
+//! readiness and the console's static files needs `Authorization: Bearer
+//! <secret>` of a token that has the operation's role: 401 without a
+//! known token, 403 naming the role with one that lacks it.
+
+use std::sync::Arc;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use stockflow_service::auth::{Caller, Role, Tokens};
+
+use super::ApiError;
+
+/// What an operation asks of its caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone: liveness, readiness, the console's files (a browser loads
+    /// them before it can hold a token; they carry no data).
+    Open,
+    Needs(Role),
+}
+
+/// The access an operation needs, by its method and path as the router
+/// matched it: the one place that says who may do what.
+pub fn access(method: &Method, path: &str) -> Access {
+    use Role::*;
+    let read = *method == Method::GET || *method == Method::HEAD;
+    match path {
+        "/healthz" | "/readyz" | "/" => Access::Open,
+        _ if path.starts_with("/ui/") => Access::Open,
+        "/metrics" => Access::Needs(Metrics),
+        // It verifies the books across the whole state: an operator's
+        // question, and not a cheap one.
+        "/v1/check" => Access::Needs(Admin),
+        _ if read => Access::Needs(Read),
+        "/v1/events" | "/v1/sources/{format}/events" => Access::Needs(Ingest),
+        _ if path.starts_with("/v1/orders") => Access::Needs(Orders),
+        _ => Access::Needs(Admin),
+    }
+}
+
+/// The auth middleware's settings.
+#[derive(Clone)]
+pub struct Guard {
+    /// `None`: no auth file, every caller is `anonymous`.
+    pub tokens: Option<Arc<Tokens>>,
+    /// Whether GET /metrics is open to anyone (`--metrics-without-auth`).
+    pub metrics_open: bool,
+}
+
+/// The caller of an unauthenticated server.
+pub fn anonymous() -> Caller {
+    Caller {
+        name: "anonymous".into(),
+        roles: Role::ALL.to_vec(),
+    }
+}
+
+/// Middleware: identifies the caller (put in the request's extensions for
+/// the handlers) and refuses one without the operation's role.
+pub async fn authorize(State(guard): State<Guard>, mut request: Request, next: Next) -> Response {
+    let Some(tokens) = &guard.tokens else {
+        request.extensions_mut().insert(anonymous());
+        return next.run(request).await;
+    };
+    let path = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str());
+    let needs = match access(request.method(), path) {
+        Access::Needs(Role::Metrics) if guard.metrics_open => Access::Open,
+        other => other,
+    };
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let caller = presented.and_then(|secret| tokens.identify(secret));
+    match (needs, caller) {
+        (Access::Open, caller) => {
+            request
+                .extensions_mut()
+                .insert(caller.unwrap_or_else(|| Caller {
+                    name: "anonymous".into(),
+                    roles: Vec::new(),
+                }));
+            next.run(request).await
+        }
+        (Access::Needs(_), None) => {
+            let message = if presented.is_some() {
+                "the bearer token is not one this server knows"
+            } else {
+                "send Authorization: Bearer <token> (see `stockflow token create`)"
+            };
+            let mut response =
+                ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response();
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"stockflow\""),
+            );
+            response
+        }
+        (Access::Needs(role), Some(caller)) if !caller.roles.contains(&role) => {
+            let has: Vec<&str> = caller.roles.iter().map(|r| r.as_str()).collect();
+            tracing::info!(token = %caller.name, needs = role.as_str(), %path, "refused: role missing");
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!(
+                    "this operation needs the role {}; the token {} has {}",
+                    role.as_str(),
+                    caller.name,
+                    if has.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        has.join(", ")
+                    }
+                ),
+            )
+            .into_response()
+        }
+        (Access::Needs(_), Some(caller)) => {
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! Who may do what: named tokens with roles, read from an auth file that
+//! holds only a hash of each secret.
+//!
+//! The file is JSON Lines, one token per line:
+//! `{"name":"pos-gateway","roles":["ingest"],"sha256":"<hex>"}`, so that
+//! `stockflow token create` appends to it and an operator can read, diff
+//! and remove entries by hand. Secrets are 32 random bytes: a plain
+//! SHA-256 of one is as hard to invert as the secret is to guess, so no
+//! slow password hash is needed. The server reloads the file on SIGHUP.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use parking_lot::RwLock;
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// What a token may do. An operation needs one role; a token holds any.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Every read: levels, catalog, orders, alerts, dead letters, the
+    /// stream, the document.
+    Read,
+    /// Events, in canonical and source formats.
+    Ingest,
+    /// Place, fulfil, cancel and extend orders.
+    Orders,
+    /// Catalog writes, dead-letter replay and discard, the simulator,
+    /// check.
+    Admin,
+    /// GET /metrics (unless the server lets anyone scrape it).
+    Metrics,
+}
+
+impl Role {
+    pub const ALL: [Role; 5] = [
+        Role::Read,
+        Role::Ingest,
+        Role::Orders,
+        Role::Admin,
+        Role::Metrics,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Read => "read",
+            Role::Ingest => "ingest",
+            Role::Orders => "orders",
+            Role::Admin => "admin",
+            Role::Metrics => "metrics",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.as_str() == text)
+    }
+}
+
+/// One line of the auth file.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Entry {
+    pub name: String,
+    pub roles: Vec<Role>,
+    /// SHA-256 of the secret, lowercase hex.
+    pub sha256: String,
+}
+
+/// The tokens a server accepts, reloadable.
+pub struct Tokens {
+    path: PathBuf,
+    entries: RwLock<Arc<Vec<Loaded>>>,
+}
+
+struct Loaded {
+    name: String,
+    roles: Vec<Role>,
+    digest: [u8; 32],
+}
+
+/// Who made a request, as the server knows them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caller {
+    pub name: String,
+    pub roles: Vec<Role>,
+}
+
+/// Names the file and how many tokens it holds: never a digest.
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokens")
+            .field("path", &self.path)
+            .field("tokens", &self.entries.read().len())
+            .finish()
+    }
+}
+
+impl Tokens {
+    /// Reads `path`; an error names the line at fault.
+    pub fn load(path: &Path) -> anyhow::Result<Tokens> {
+        let entries = read(path)?;
+        Ok(Tokens {
+            path: path.to_owned(),
+            entries: RwLock::new(Arc::new(entries)),
+        })
+    }
+
+    /// Reads the file again; on an error the tokens stay as they were.
+    pub fn reload(&self) -> anyhow::Result<usize> {
+        let entries = read(&self.path)?;
+        let count = entries.len();
+        *self.entries.write() = Arc::new(entries);
+        Ok(count)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The caller a presented secret belongs to. Every entry is compared,
+    /// each in constant time, so the answer's timing says nothing about
+    /// which entry (or how much of one) matched.
+    pub fn identify(&self, secret: &str) -> Option<Caller> {
+        let digest: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
+        let entries = self.entries.read().clone();
+        let mut found = None;
+        for entry in entries.iter() {
+            if same(&entry.digest, &digest) && found.is_none() {
+                found = Some(Caller {
+                    name: entry.name.clone(),
+                    roles: entry.roles.clone(),
+                });
+            }
+        }
+        found
+    }
+}
+
+/// Constant-time equality of two digests (hand-written: eight lines do
+/// not justify a dependency).
+fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    let mut differ = 0u8;
+    for (x, y) in a.iter().zip(b) {
+        differ |= x ^ y;
+    }
+    std::hint::black_box(differ) == 0
+}
+
+fn read(path: &Path) -> anyhow::Result<Vec<Loaded>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the auth file {}", path.display()))?;
+    let mut entries: Vec<Loaded> = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let at = || format!("{}:{}", path.display(), n + 1);
+        let entry: Entry =
+            serde_json::from_str(line).with_context(|| format!("{}: not a token entry", at()))?;
+        let digest = hex::decode(&entry.sha256)
+            .ok()
+            .and_then(|d| <[u8; 32]>::try_from(d).ok())
+            .with_context(|| format!("{}: sha256 must be 64 hex digits", at()))?;
+        if entry.name.is_empty() || entries.iter().any(|e| e.name == entry.name) {
+            bail!("{}: token names must be present and unique", at());
+        }
+        entries.push(Loaded {
+            name: entry.name,
+            roles: entry.roles,
+            digest,
+        });
+    }
+    Ok(entries)
+}
+
+/// A new token: appends its entry to `path` (created with mode 0600 if
+/// missing) and returns the secret, which is kept nowhere else.
+pub fn create(path: &Path, name: &str, roles: &[Role]) -> anyhow::Result<String> {
+    if name.is_empty() || name.chars().any(|c| c.is_control()) {
+        bail!("a token's name must be printable and not empty");
+    }
+    if roles.is_empty() {
+        bail!("a token needs at least one --role");
+    }
+    if path.exists() && read(path)?.iter().any(|e| e.name == name) {
+        bail!(
+            "{} already has a token named {name:?}; remove its line or pick another name",
+            path.display()
+        );
+    }
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    let secret = format!("sf_{}", hex::encode(bytes));
+    let entry = Entry {
+        name: name.to_owned(),
+        roles: roles.to_vec(),
+        sha256: hex::encode(Sha256::digest(secret.as_bytes())),
+    };
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).append(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("cannot open {} to append a token", path.display()))?;
+    writeln!(file, "{}", serde_json::to_string(&entry)?)?;
+    file.sync_all()?;
+    Ok(secret)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_created_token_is_known_by_its_secret_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens");
+        let pos = create(&path, "pos", &[Role::Ingest]).unwrap();
+        let web = create(&path, "web", &[Role::Read, Role::Orders]).unwrap();
+        let tokens = Tokens::load(&path).unwrap();
+        assert_eq!(tokens.identify(&pos).unwrap().name, "pos");
+        assert_eq!(
+            tokens.identify(&web).unwrap().roles,
+            [Role::Read, Role::Orders]
+        );
+        assert_eq!(tokens.identify("sf_guess"), None);
+        assert_eq!(tokens.identify(&pos[..pos.len() - 1]), None);
+        let file = std::fs::read_to_string(&path).unwrap();
+        assert!(!file.contains(&pos) && !file.contains(&web), "{file}");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        assert!(
+            create(&path, "pos", &[Role::Read]).is_err(),
+            "names are unique"
+        );
+    }
+
+    #[test]
+    fn a_reload_takes_the_file_as_it_is_now_or_keeps_the_old_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens");
+        let first = create(&path, "first", &[Role::Read]).unwrap();
+        let tokens = Tokens::load(&path).unwrap();
+        let second = create(&path, "second", &[Role::Admin]).unwrap();
+        assert_eq!(tokens.identify(&second), None);
+        assert_eq!(tokens.reload().unwrap(), 2);
+        assert_eq!(tokens.identify(&second).unwrap().name, "second");
+        std::fs::write(&path, "not json\n").unwrap();
+        let error = tokens.reload().unwrap_err().to_string();
+        assert!(error.contains(":1"), "{error}");
+        assert_eq!(tokens.identify(&first).unwrap().name, "first");
+    }
+}

@@ -1,0 +1,328 @@
+//! Tokens and roles: every route of the router, with no token, a token
+//! without the route's role and one with it; tokens made by `stockflow
+//! token create` and taken by a running server on SIGHUP; and a server
+//! that would be reachable from other machines without an auth file
+//! refusing to start.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::Value;
+use stockflow_http::auth::{access, Access};
+use stockflow_service::auth::Role;
+
+/// `stockflow token create` as a user runs it: the secret on stdout.
+fn create_token(file: &Path, name: &str, roles: &[Role]) -> String {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_stockflow"));
+    command.args(["token", "create", "--name", name, "--auth-file"]);
+    command.arg(file);
+    for role in roles {
+        command.args(["--role", role.as_str()]);
+    }
+    let output = command.output().expect("the stockflow binary runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let secret = String::from_utf8(output.stdout).unwrap();
+    let secret = secret.trim().to_owned();
+    assert!(
+        secret.starts_with("sf_") && !secret.contains('\n'),
+        "{secret}"
+    );
+    secret
+}
+
+/// A request of `method` to `path` (its parameters filled with
+/// placeholders), with `token` if any: the status and the error code.
+async fn call(url: &str, method: &Method, path: &str, token: Option<&str>) -> (u16, Value) {
+    let path = path
+        .replace("{*path}", "app.js")
+        .replace("{id}", "1")
+        .replace(['{', '}'], "");
+    let client = reqwest::Client::new();
+    let mut request = client
+        .request(method.clone(), format!("{url}{path}"))
+        .timeout(Duration::from_secs(30));
+    if *method != Method::GET {
+        request = request
+            .header("content-type", "application/json")
+            .body("{}");
+    }
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.expect("the server answers");
+    let status = response.status().as_u16();
+    let www = response.headers().get("www-authenticate").cloned();
+    if status == 401 {
+        assert_eq!(
+            www.as_ref().and_then(|v| v.to_str().ok()),
+            Some("Bearer realm=\"stockflow\""),
+            "{method} {path}: a 401 says how to authenticate"
+        );
+    }
+    // Only refusals are read: a stream's body never ends.
+    let body = if status == 401 || status == 403 {
+        response.json().await.unwrap_or(Value::Null)
+    } else {
+        Value::Null
+    };
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_needs_a_token_with_its_role() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens");
+    let mut secrets = std::collections::BTreeMap::new();
+    for role in Role::ALL {
+        secrets.insert(role, create_token(&file, role.as_str(), &[role]));
+    }
+    let data = dir.path().join("data");
+    let tokens = stockflow_service::auth::Tokens::load(&file).unwrap();
+    let server = crate::start(&data, |c| c.auth = Some(std::sync::Arc::new(tokens))).await;
+    let url = server.url();
+
+    let operations = stockflow_http::operations::<stockflow_embedded::Embedded>();
+    assert!(operations.len() > 40, "the router's own list");
+    for operation in &operations {
+        if operation.method != Method::GET {
+            assert!(
+                !matches!(
+                    access(&operation.method, operation.path),
+                    Access::Open | Access::Needs(Role::Read)
+                ),
+                "{} {} is a write open to readers",
+                operation.method,
+                operation.path
+            );
+        }
+    }
+    for operation in &operations {
+        let (method, path) = (&operation.method, operation.path);
+        let needed = match access(method, path) {
+            Access::Open => {
+                let (status, _) = call(&url, method, path, None).await;
+                assert!(
+                    status != 401 && status != 403,
+                    "{method} {path} is open: {status}"
+                );
+                continue;
+            }
+            Access::Needs(role) => role,
+        };
+        let (status, body) = call(&url, method, path, None).await;
+        assert_eq!(status, 401, "{method} {path} without a token: {body}");
+        let (status, _) = call(&url, method, path, Some("sf_not-a-token")).await;
+        assert_eq!(status, 401, "{method} {path} with an unknown token");
+        for role in Role::ALL.into_iter().filter(|r| *r != needed) {
+            let (status, body) = call(&url, method, path, Some(&secrets[&role])).await;
+            assert_eq!(
+                status,
+                403,
+                "{method} {path} with a {} token",
+                role.as_str()
+            );
+            assert_eq!(body["code"], "forbidden");
+            let message = body["message"].as_str().unwrap();
+            assert!(
+                message.contains(&format!("needs the role {}", needed.as_str())),
+                "{message}"
+            );
+        }
+        let (status, body) = call(&url, method, path, Some(&secrets[&needed])).await;
+        assert!(
+            status != 401 && !(status == 403 && body["code"] == "forbidden"),
+            "{method} {path} with its role {}: {status} {body}",
+            needed.as_str()
+        );
+    }
+
+    // What each role does, end to end: ingest writes, read reads, orders
+    // places; none of them does another's work.
+    let client = reqwest::Client::new();
+    let event = serde_json::json!({"eventId": "auth-1", "eventType": "RECEIPT",
+        "sku": "A", "locationId": "S", "quantity": 5});
+    let posted = client
+        .post(format!("{url}/v1/events"))
+        .bearer_auth(&secrets[&Role::Ingest])
+        .json(&event)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), 200);
+    let level: Value = client
+        .get(format!("{url}/v1/stock/A/S"))
+        .bearer_auth(&secrets[&Role::Read])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(level["onHand"], 5);
+    let order = serde_json::json!({"orderId": "auth-o", "lines": [{"sku": "A", "locationId": "S", "quantity": 2}]});
+    let placed: Value = client
+        .post(format!("{url}/v1/orders"))
+        .bearer_auth(&secrets[&Role::Orders])
+        .json(&order)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(placed["status"], "reserved", "{placed}");
+    server.stop().await.unwrap();
+}
+
+/// A `stockflow serve` process, killed when dropped.
+struct Serve(Child);
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `stockflow serve` with `args`, its log to `log`; waits for it
+/// to listen.
+fn serve(data: &Path, args: &[&str], log: &Path) -> (Serve, String) {
+    let port = crate::free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_stockflow"))
+        .args(["serve", "--data-dir"])
+        .arg(data)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(args)
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .expect("the stockflow binary runs");
+    let stdout = child.stdout.take().unwrap();
+    let (ready, listening) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.starts_with("stockflow listening") {
+                let _ = ready.send(());
+            }
+        }
+    });
+    listening
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the server starts");
+    (Serve(child), format!("http://127.0.0.1:{port}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_created_while_the_server_runs_works_after_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens");
+    let first = create_token(&file, "first", &[Role::Read]);
+    let log = dir.path().join("log.txt");
+    let (server, url) = serve(
+        &dir.path().join("data"),
+        &["--auth-file", file.to_str().unwrap()],
+        &log,
+    );
+    let status = |token: String| {
+        let url = url.clone();
+        async move {
+            reqwest::Client::new()
+                .get(format!("{url}/v1/sources"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(status(first.clone()).await, 200);
+    let second = create_token(&file, "second", &[Role::Read]);
+    assert_eq!(status(second.clone()).await, 401, "not before SIGHUP");
+    let pid = server.0.id().to_string();
+    let hup = Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+    assert!(hup.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status(second.clone()).await != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the new token works after SIGHUP"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status(first.clone()).await, 200, "the old one still does");
+    drop(server);
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(log.contains("auth file reloaded"), "{log}");
+    for secret in [&first, &second] {
+        assert!(!log.contains(secret.as_str()), "a secret in the log");
+        assert!(!log.contains(&secret[3..15]), "part of a secret in the log");
+    }
+}
+
+#[test]
+fn a_server_other_machines_can_reach_needs_an_auth_file_or_says_it_has_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let output = Command::new(env!("CARGO_BIN_EXE_stockflow"))
+        .args(["serve", "--listen", "0.0.0.0:0", "--data-dir"])
+        .arg(&data)
+        .output()
+        .expect("the stockflow binary runs");
+    assert!(!output.status.success(), "it must not start");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--auth-file") && stderr.contains("--insecure-no-auth"),
+        "{stderr}"
+    );
+    assert!(!data.exists(), "refused before creating the data directory");
+
+    // Kafka mode refuses an auth file rather than leave its instances'
+    // endpoints to each other open (or closed) by surprise.
+    let tokens = dir.path().join("tokens");
+    create_token(&tokens, "t", &[Role::Read]);
+    let output = Command::new(env!("CARGO_BIN_EXE_stockflow"))
+        .args(["serve", "--kafka", "127.0.0.1:1", "--data-dir"])
+        .arg(&data)
+        .arg("--auth-file")
+        .arg(&tokens)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("Kafka mode does not take --auth-file"),
+        "{stderr}"
+    );
+
+    let port = crate::free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_stockflow"))
+        .args(["serve", "--insecure-no-auth", "--listen"])
+        .arg(format!("0.0.0.0:{port}"))
+        .arg("--data-dir")
+        .arg(&data)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut warned = false;
+    for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+        if line.contains("no authentication") {
+            warned = true;
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(warned, "--insecure-no-auth starts, and says so");
+}
