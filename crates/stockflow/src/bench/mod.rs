@@ -167,14 +167,15 @@ pub fn engine(options: &BenchOptions) -> anyhow::Result<f64> {
     Ok(options.events as f64 / elapsed.as_secs_f64())
 }
 
-/// HTTP path: 4 clients at full speed, then a paced run for latency, then GETs.
-pub async fn http(options: &BenchOptions) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let server = Server::start(Config::new(dir.path().to_owned()), "127.0.0.1:0".parse()?).await?;
-    let url = server.url();
-    let client = reqwest::Client::new();
-    let bodies = Arc::new(workload(options, options.http_batch));
-
+/// Sends every body with `options.clients` clients at full speed; prints
+/// the rate and request latencies, and returns the rate.
+async fn ingest(
+    options: &BenchOptions,
+    client: &reqwest::Client,
+    url: &str,
+    bodies: &Arc<Vec<String>>,
+    what: &str,
+) -> anyhow::Result<f64> {
     let progress = bar(bodies.len() as u64, "http");
     let started = Instant::now();
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -182,7 +183,7 @@ pub async fn http(options: &BenchOptions) -> anyhow::Result<()> {
     for _ in 0..options.clients {
         let (client, url, bodies, next, progress) = (
             client.clone(),
-            url.clone(),
+            url.to_owned(),
             bodies.clone(),
             next.clone(),
             progress.clone(),
@@ -208,7 +209,7 @@ pub async fn http(options: &BenchOptions) -> anyhow::Result<()> {
     progress.finish_and_clear();
     let elapsed = started.elapsed();
     println!(
-        "http: {} events in {:.2} s = {:.0} events/s ({} clients, NDJSON batches of {}); request p50 {:.2} ms, p99 {:.2} ms",
+        "{what}: {} events in {:.2} s = {:.0} events/s ({} clients, NDJSON batches of {}); request p50 {:.2} ms, p99 {:.2} ms",
         options.events,
         elapsed.as_secs_f64(),
         options.events as f64 / elapsed.as_secs_f64(),
@@ -216,6 +217,59 @@ pub async fn http(options: &BenchOptions) -> anyhow::Result<()> {
         options.http_batch,
         ms(&latencies, 0.5),
         ms(&latencies, 0.99)
+    );
+    Ok(options.events as f64 / elapsed.as_secs_f64())
+}
+
+/// HTTP path: 4 clients at full speed, the same against a server that
+/// wants tokens and against a plain one again, then a paced run for
+/// latency, then GETs.
+pub async fn http(options: &BenchOptions) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(Config::new(dir.path().to_owned()), "127.0.0.1:0".parse()?).await?;
+    let url = server.url();
+    let client = reqwest::Client::new();
+    let bodies = Arc::new(workload(options, options.http_batch));
+    let open = ingest(options, &client, &url, &bodies, "http").await?;
+
+    // The same events again, with an auth file and a bearer token on
+    // every request: what checking callers costs.
+    let secured = tempfile::tempdir()?;
+    let file = secured.path().join("tokens");
+    let roles = [stockflow_service::auth::Role::Ingest];
+    let secret = stockflow_service::auth::create(&file, "bench", &roles)?;
+    let config = Config {
+        auth: Some(Arc::new(stockflow_service::auth::Tokens::load(&file)?)),
+        ..Config::new(secured.path().join("data"))
+    };
+    let guarded = Server::start(config, "127.0.0.1:0".parse()?).await?;
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {secret}").parse()?,
+    );
+    let with_token = reqwest::Client::builder()
+        .default_headers(headers)
+        .build()?;
+    let tokens = ingest(
+        options,
+        &with_token,
+        &guarded.url(),
+        &bodies,
+        "http with tokens",
+    )
+    .await?;
+    guarded.stop().await?;
+    // Once more without, on a new server: the second run of the three is
+    // warmer than the first, so the one with tokens is held to both.
+    let again = tempfile::tempdir()?;
+    let plain = Server::start(Config::new(again.path().to_owned()), "127.0.0.1:0".parse()?).await?;
+    let open_again = ingest(options, &client, &plain.url(), &bodies, "http again").await?;
+    plain.stop().await?;
+    println!(
+        "http: with an auth file and a bearer token on every request: {:.0} events/s, {:.1}% of the mean of the runs without",
+        tokens,
+        200.0 * tokens / (open + open_again)
     );
 
     // Paced: 100k events/s offered as 100 batches of 1,000 per second; the
