@@ -45,6 +45,16 @@ pub fn access(method: &Method, path: &str) -> Access {
     }
 }
 
+/// The secret of an `Authorization: Bearer <secret>` header; the scheme's
+/// name is case-insensitive (RFC 9110, 11.1).
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, secret) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| secret.trim())
+        .filter(|s| !s.is_empty())
+}
+
 /// The auth middleware's settings.
 #[derive(Clone)]
 pub struct Guard {
@@ -81,8 +91,7 @@ pub async fn authorize(State(guard): State<Guard>, mut request: Request, next: N
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(bearer);
     let caller = presented.and_then(|secret| tokens.identify(secret));
     match (needs, caller) {
         (Access::Open, caller) => {

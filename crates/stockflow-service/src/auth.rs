@@ -121,6 +121,15 @@ impl Tokens {
         &self.path
     }
 
+    /// How many tokens the file held when last read.
+    pub fn len(&self) -> usize {
+        self.entries.read().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// The caller a presented secret belongs to. Every entry is compared,
     /// each in constant time, so the answer's timing says nothing about
     /// which entry (or how much of one) matched.

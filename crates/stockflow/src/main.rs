@@ -416,6 +416,8 @@ enum TokenAction {
         /// read, ingest, orders, admin or metrics (repeatable).
         #[arg(long = "role", required = true, value_parser = parse_role)]
         roles: Vec<stockflow_service::auth::Role>,
+        /// The auth file `serve --auth-file` reads (JSON Lines; remove a
+        /// token by deleting its line, then SIGHUP the server).
         #[arg(long, env = "STOCKFLOW_AUTH_FILE")]
         auth_file: PathBuf,
     },
@@ -563,7 +565,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 },
         } => {
             let secret = stockflow_service::auth::create(&auth_file, &name, &roles)?;
-            println!("{secret}");
+            say(format_args!("{secret}"));
             eprintln!(
                 "token {name:?} added to {}; a running server takes it on SIGHUP",
                 auth_file.display()
@@ -684,7 +686,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Openapi { without_auth } => {
-            println!("{}", stockflow_http::openapi::document(!without_auth));
+            say(format_args!(
+                "{}",
+                stockflow_http::openapi::document(!without_auth)
+            ));
             Ok(())
         }
         Command::Bench {
@@ -754,6 +759,18 @@ fn access(
     kafka: &KafkaArgs,
 ) -> anyhow::Result<Option<std::sync::Arc<stockflow_service::auth::Tokens>>> {
     let Some(path) = auth_file else {
+        // SIGHUP rereads an auth file; without one it must not stop the
+        // server (its default action), as a reload meant for another
+        // process would.
+        tokio::spawn(async {
+            use tokio::signal::unix::{signal, SignalKind};
+            let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+                return;
+            };
+            while hangups.recv().await.is_some() {
+                tracing::info!("SIGHUP: no auth file to reload");
+            }
+        });
         if !listen.ip().is_loopback() {
             if !insecure_no_auth {
                 bail!(
@@ -774,6 +791,12 @@ fn access(
         );
     }
     let tokens = std::sync::Arc::new(stockflow_service::auth::Tokens::load(path)?);
+    match tokens.len() {
+        0 => {
+            tracing::warn!(file = %path.display(), "the auth file holds no token: every request but /healthz and /readyz is refused")
+        }
+        count => tracing::info!(tokens = count, file = %path.display(), "auth file read"),
+    }
     let reloaded = tokens.clone();
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};

@@ -166,6 +166,19 @@ async fn every_route_needs_a_token_with_its_role() {
         .await
         .unwrap();
     assert_eq!(level["onHand"], 5);
+    // The scheme's name is case-insensitive; another scheme is no token.
+    for (header, status) in [
+        (format!("bearer {}", secrets[&Role::Read]), 200),
+        (format!("Basic {}", secrets[&Role::Read]), 401),
+    ] {
+        let answer = client
+            .get(format!("{url}/v1/stock/A/S"))
+            .header("authorization", header)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), status);
+    }
     let order = serde_json::json!({"orderId": "auth-o", "lines": [{"sku": "A", "locationId": "S", "quantity": 2}]});
     let placed: Value = client
         .post(format!("{url}/v1/orders"))
@@ -260,6 +273,23 @@ async fn a_token_created_while_the_server_runs_works_after_sighup() {
     }
     assert_eq!(status(first.clone()).await, 200, "the old one still does");
     drop(server);
+    // A server without an auth file takes a SIGHUP (meant for a reload)
+    // without stopping.
+    let (plain, plain_url) = serve(
+        &dir.path().join("plain"),
+        &[],
+        &dir.path().join("plain.txt"),
+    );
+    let pid = plain.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let health = reqwest::get(format!("{plain_url}/healthz")).await.unwrap();
+    assert_eq!(health.status(), 200, "still serving after SIGHUP");
+    drop(plain);
     let log = std::fs::read_to_string(&log).unwrap();
     assert!(log.contains("auth file reloaded"), "{log}");
     for secret in [&first, &second] {
