@@ -497,6 +497,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let mut config = Config::new(data_dir);
             config.metrics_open = metrics_without_auth;
             config.auth = access(auth_file.as_deref(), listen, insecure_no_auth, &kafka)?;
+            reload_on_sighup(config.auth.clone());
             config.simulator = simulator;
             config.history_retention_ns =
                 i64::from(history_retention_days) * 24 * 3600 * 1_000_000_000;
@@ -750,8 +751,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
-/// The tokens `serve` holds callers to, if any: an auth file's (reloaded
-/// on SIGHUP), or none where that is safe or asked for.
+/// The tokens `serve` holds callers to, if any: an auth file's, or none
+/// where that is safe or asked for.
 fn access(
     auth_file: Option<&std::path::Path>,
     listen: SocketAddr,
@@ -759,18 +760,6 @@ fn access(
     kafka: &KafkaArgs,
 ) -> anyhow::Result<Option<std::sync::Arc<stockflow_service::auth::Tokens>>> {
     let Some(path) = auth_file else {
-        // SIGHUP rereads an auth file; without one it must not stop the
-        // server (its default action), as a reload meant for another
-        // process would.
-        tokio::spawn(async {
-            use tokio::signal::unix::{signal, SignalKind};
-            let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-                return;
-            };
-            while hangups.recv().await.is_some() {
-                tracing::info!("SIGHUP: no auth file to reload");
-            }
-        });
         if !listen.ip().is_loopback() {
             if !insecure_no_auth {
                 bail!(
@@ -797,16 +786,26 @@ fn access(
         }
         count => tracing::info!(tokens = count, file = %path.display(), "auth file read"),
     }
-    let reloaded = tokens.clone();
+    Ok(Some(tokens))
+}
+
+/// SIGHUP rereads the auth file, if there is one; without one it must not
+/// stop the server (the signal's default action), as a reload meant for
+/// another process would.
+fn reload_on_sighup(tokens: Option<std::sync::Arc<stockflow_service::auth::Tokens>>) {
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
         let Ok(mut hangups) = signal(SignalKind::hangup()) else {
             return;
         };
         while hangups.recv().await.is_some() {
-            match reloaded.reload() {
+            let Some(tokens) = &tokens else {
+                tracing::info!("SIGHUP: no auth file to reload");
+                continue;
+            };
+            match tokens.reload() {
                 Ok(count) => {
-                    tracing::info!(tokens = count, file = %reloaded.path().display(), "auth file reloaded")
+                    tracing::info!(tokens = count, file = %tokens.path().display(), "auth file reloaded")
                 }
                 Err(e) => {
                     tracing::warn!("auth file not reloaded, the tokens stay as they were: {e:#}")
@@ -814,5 +813,4 @@ fn access(
             }
         }
     });
-    Ok(Some(tokens))
 }
