@@ -25,7 +25,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use stockflow_service::tls::ServerTls;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
@@ -138,23 +139,26 @@ pub fn spawn(
     listener: TcpListener,
     router: Router,
     limits: ConnectionLimits,
+    tls: Option<Arc<ServerTls>>,
 ) -> (
     tokio::sync::oneshot::Sender<()>,
     tokio::task::JoinHandle<std::io::Result<()>>,
 ) {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(serve(listener, router, limits, async move {
+    let task = tokio::spawn(serve(listener, router, limits, tls, async move {
         let _ = stopped.await;
     }));
     (stop, task)
 }
 
 /// Serves `router` on `listener` until `shutdown` completes, then lets the
-/// open connections finish (at most [`DRAIN_MAX`]).
+/// open connections finish (at most [`DRAIN_MAX`]). With `tls`, every
+/// connection is TLS (HTTP/1.1 or HTTP/2).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: ConnectionLimits,
+    tls: Option<Arc<ServerTls>>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let open = Arc::new(Semaphore::new(limits.connections_max));
@@ -227,36 +231,51 @@ pub async fn serve(
             },
         );
         let service = hyper_util::service::TowerToHyperService::new(router);
-        let mut builder = hyper::server::conn::http1::Builder::new();
-        builder
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout);
-        let connection = builder
-            .serve_connection(
-                JsonParseErrors::new(TokioIo::new(stream), (slot.clone(), counted)),
-                service,
-            )
-            .with_upgrades();
-        let mut stop_seen = stop_seen.clone();
+        let place = (slot, counted);
+        let stop_seen = stop_seen.clone();
         let gone = waiting.clone();
+        let acceptor = tls
+            .as_ref()
+            .map(|tls| tokio_rustls::TlsAcceptor::from(tls.config()));
         tokio::spawn(async move {
-            let mut connection = std::pin::pin!(connection);
-            let ended = tokio::select! {
-                ended = connection.as_mut() => ended,
-                // Evicted: its place went to a newer connection.
-                Ok(()) = closed => Ok(()),
-                _ = async { let _ = stop_seen.wait_for(|stopping| *stopping).await; } => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
+            let mut closed = closed;
+            let ended = match acceptor {
+                None => {
+                    let io = JsonParseErrors::new(TokioIo::new(stream), place);
+                    drive(io, service, limits, false, closed, stop_seen).await
+                }
+                Some(acceptor) => {
+                    let handshake = tokio::time::timeout(
+                        limits.header_read_timeout,
+                        handshake(acceptor, stream, peer),
+                    );
+                    let stream = tokio::select! {
+                        done = handshake => match done {
+                            Ok(Some(stream)) => Some(stream),
+                            Ok(None) => None,
+                            Err(_) => {
+                                metrics::counter!("stockflow_http_tls_handshakes_failed_total").increment(1);
+                                tracing::debug!(%peer, "no TLS handshake in time");
+                                None
+                            }
+                        },
+                        // Evicted while shaking hands.
+                        Ok(()) = &mut closed => None,
+                    };
+                    match stream {
+                        Some(stream) => {
+                            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                            let io = JsonParseErrors::new(TokioIo::new(stream), place);
+                            drive(io, service, limits, h2, closed, stop_seen).await
+                        }
+                        None => Ok(()),
+                    }
                 }
             };
             if let Err(error) = ended {
                 tracing::debug!(%peer, %error, "connection ended");
             }
             gone.lock().by_age.remove(&id);
-            // The IO (with its place) is gone with the connection, or
-            // lives on in an upgraded one.
-            drop(slot);
         });
     }
     drop(listener);
@@ -270,6 +289,140 @@ pub async fn serve(
         tracing::warn!("connections still open {DRAIN_MAX:?} after stopping; closing them");
     }
     Ok(())
+}
+
+/// Serves one connection's requests until it ends, is evicted (`closed`)
+/// or the server stops: HTTP/2 when `h2` (the client chose it by ALPN),
+/// else HTTP/1.1. (hyper-util's auto builder would sniff the version
+/// itself, but outside the head timeout: a silent client would stay.)
+async fn drive<I, S>(
+    io: I,
+    service: S,
+    limits: ConnectionLimits,
+    h2: bool,
+    closed: tokio::sync::oneshot::Receiver<()>,
+    stop_seen: tokio::sync::watch::Receiver<bool>,
+) -> hyper::Result<()>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    if h2 {
+        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        // HTTP/2 has no head timeout: pings close a connection whose
+        // client stopped answering.
+        builder
+            .timer(TokioTimer::new())
+            .keep_alive_interval(limits.header_read_timeout)
+            .keep_alive_timeout(limits.header_read_timeout);
+        let connection = builder.serve_connection(io, service);
+        until_closed(connection, closed, stop_seen).await
+    } else {
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout);
+        let connection = builder.serve_connection(io, service).with_upgrades();
+        until_closed(connection, closed, stop_seen).await
+    }
+}
+
+/// A connection hyper serves, which can be asked to finish gracefully.
+trait Graceful: Future<Output = hyper::Result<()>> {
+    fn finish(self: std::pin::Pin<&mut Self>);
+}
+
+impl<I, S> Graceful for hyper::server::conn::http1::UpgradeableConnection<I, S>
+where
+    hyper::server::conn::http1::UpgradeableConnection<I, S>: Future<Output = hyper::Result<()>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::Service<
+        hyper::Request<hyper::body::Incoming>,
+        Response = axum::response::Response,
+        Error = std::convert::Infallible,
+    >,
+{
+    fn finish(self: std::pin::Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I, S, E> Graceful for hyper::server::conn::http2::Connection<I, S, E>
+where
+    hyper::server::conn::http2::Connection<I, S, E>: Future<Output = hyper::Result<()>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S: hyper::service::Service<
+        hyper::Request<hyper::body::Incoming>,
+        Response = axum::response::Response,
+        Error = std::convert::Infallible,
+    >,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, axum::body::Body>,
+{
+    fn finish(self: std::pin::Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// Runs `connection` until it ends, is evicted or the server stops.
+async fn until_closed(
+    connection: impl Graceful,
+    closed: tokio::sync::oneshot::Receiver<()>,
+    mut stop_seen: tokio::sync::watch::Receiver<bool>,
+) -> hyper::Result<()> {
+    let mut connection = std::pin::pin!(connection);
+    tokio::select! {
+        ended = connection.as_mut() => ended,
+        // Evicted: its place went to a newer connection.
+        Ok(()) = closed => Ok(()),
+        _ = async { let _ = stop_seen.wait_for(|stopping| *stopping).await; } => {
+            connection.as_mut().finish();
+            connection.await
+        }
+    }
+}
+
+/// The answer to a plain-HTTP request on a TLS port: that it takes https.
+const HTTPS_REQUIRED: &str = "{\"code\":\"https_required\",\"message\":\"this port speaks \
+    HTTPS only: use https:// in the URL\"}";
+
+/// A TLS handshake with a new connection. A client that speaks plain HTTP
+/// instead (its first byte is not a TLS record's) is told to use https,
+/// as far as it reads an answer, and closed.
+async fn handshake(
+    acceptor: tokio_rustls::TlsAcceptor,
+    stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+) -> Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+    use tokio::io::AsyncWriteExt;
+    let mut first = [0u8; 1];
+    // 0x16: a TLS handshake record.
+    if matches!(stream.peek(&mut first).await, Ok(1)) && first[0] != 0x16 {
+        metrics::counter!("stockflow_http_tls_handshakes_failed_total").increment(1);
+        tracing::debug!(%peer, "plain HTTP on the TLS port");
+        let mut stream = stream;
+        let answer = format!(
+            "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\nconnection: close\r\n\r\n{HTTPS_REQUIRED}",
+            HTTPS_REQUIRED.len()
+        );
+        let _ = stream.write_all(answer.as_bytes()).await;
+        let _ = stream.shutdown().await;
+        return None;
+    }
+    match acceptor.accept(stream).await {
+        Ok(stream) => Some(stream),
+        Err(error) => {
+            metrics::counter!("stockflow_http_tls_handshakes_failed_total").increment(1);
+            tracing::debug!(%peer, %error, "TLS handshake failed");
+            None
+        }
+    }
 }
 
 /// A connection's IO, through which hyper's own answers to a request head

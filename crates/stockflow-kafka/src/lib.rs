@@ -377,6 +377,8 @@ pub fn level_key(sku: &str, location: &str) -> String {
 /// the HTTP API.
 pub struct KafkaServer {
     pub addr: std::net::SocketAddr,
+    /// `https` with a certificate, else `http`.
+    pub scheme: &'static str,
     pub instance_id: String,
     hub: Arc<stockflow_service::stream::Hub>,
     live: live::Feeder,
@@ -479,7 +481,12 @@ impl KafkaServer {
             );
             settings.join_not_before = Some(std::time::Instant::now() + wait);
         }
-        let url = advertise.unwrap_or_else(|| format!("http://{addr}"));
+        let scheme = if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let url = advertise.unwrap_or_else(|| format!("{scheme}://{addr}"));
         let instance_id = format!("{}-{:08x}", std::process::id(), rand::random::<u32>());
         stockflow_service::metrics::handle();
         let mut engine = config.engine;
@@ -510,7 +517,9 @@ impl KafkaServer {
         let live = live::start(&settings, hub.clone())?;
         let resolved = Arc::new(shared::Resolved::default());
         let markers = dead_letters::follow(&settings, resolved.clone())?;
-        let client = reqwest::Client::builder()
+        let client = config
+            .trust
+            .client()
             .timeout(Duration::from_secs(35))
             .build()?;
         let simulator_on = config.simulator;
@@ -536,11 +545,13 @@ impl KafkaServer {
         stockflow_http::bootstrap::load(&*app).await?;
         stockflow_http::webhooks::start(app.clone(), app.config.webhooks.clone())?;
         let limits = stockflow_http::serve::ConnectionLimits::of(&app.config);
+        let tls = app.config.tls.clone();
         let (stop, task) =
-            stockflow_http::serve::spawn(listener, stockflow_http::router(app), limits);
+            stockflow_http::serve::spawn(listener, stockflow_http::router(app), limits, tls);
         tracing::info!(%addr, instance = %instance_id, "listening in Kafka mode");
         Ok(KafkaServer {
             addr,
+            scheme,
             instance_id,
             hub,
             live,
@@ -555,7 +566,7 @@ impl KafkaServer {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 
     /// Stops listening, then the threads: the processor flushes and

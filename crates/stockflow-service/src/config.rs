@@ -86,6 +86,10 @@ pub struct Config {
     pub auth: Option<std::sync::Arc<crate::auth::Tokens>>,
     /// Whether GET /metrics is open to anyone even with an auth file.
     pub metrics_open: bool,
+    /// The listener's certificate (`serve --tls-cert`); `None`: plain HTTP.
+    pub tls: Option<std::sync::Arc<crate::tls::ServerTls>>,
+    /// The roots outgoing https calls trust besides the system's.
+    pub trust: crate::tls::Trust,
 }
 
 impl Config {
@@ -122,6 +126,8 @@ impl Config {
             simulator: false,
             auth: None,
             metrics_open: false,
+            tls: None,
+            trust: crate::tls::Trust::default(),
         }
     }
 }

@@ -19,4 +19,5 @@ pub mod receipt;
 pub mod scenario;
 pub mod sources;
 pub mod stream;
+pub mod tls;
 pub mod traffic;

@@ -171,6 +171,27 @@ enum Command {
         /// it needs a token with the `metrics` role).
         #[arg(long, help_heading = "Access")]
         metrics_without_auth: bool,
+        /// Serve HTTPS (HTTP/1.1 and HTTP/2) with this PEM certificate
+        /// chain; reread with --tls-key on SIGHUP.
+        #[arg(
+            long,
+            env = "STOCKFLOW_TLS_CERT",
+            requires = "tls_key",
+            help_heading = "TLS"
+        )]
+        tls_cert: Option<PathBuf>,
+        /// The PEM private key of --tls-cert.
+        #[arg(
+            long,
+            env = "STOCKFLOW_TLS_KEY",
+            requires = "tls_cert",
+            help_heading = "TLS"
+        )]
+        tls_key: Option<PathBuf>,
+        /// PEM certificates that outgoing https calls (webhooks, other
+        /// instances) trust besides the system's roots: a private CA.
+        #[arg(long, env = "STOCKFLOW_TLS_CA_FILE", help_heading = "TLS")]
+        tls_ca_file: Option<PathBuf>,
         #[command(flatten, next_help_heading = "Kafka mode (with --kafka)")]
         kafka: KafkaArgs,
     },
@@ -492,12 +513,23 @@ async fn run(command: Command) -> anyhow::Result<()> {
             auth_file,
             insecure_no_auth,
             metrics_without_auth,
+            tls_cert,
+            tls_key,
+            tls_ca_file,
             kafka,
         } => {
             let mut config = Config::new(data_dir);
             config.metrics_open = metrics_without_auth;
             config.auth = access(auth_file.as_deref(), listen, insecure_no_auth, &kafka)?;
-            reload_on_sighup(config.auth.clone());
+            if let (Some(cert), Some(key)) = (&tls_cert, &tls_key) {
+                config.tls = Some(stockflow_service::tls::ServerTls::load(cert, key)?);
+            } else if config.auth.is_some() && !listen.ip().is_loopback() {
+                tracing::warn!(%listen, "tokens cross the network in clear text: give --tls-cert and --tls-key");
+            }
+            if let Some(file) = &tls_ca_file {
+                config.trust = stockflow_service::tls::Trust::load(file)?;
+            }
+            reload_on_sighup(config.auth.clone(), config.tls.clone());
             config.simulator = simulator;
             config.history_retention_ns =
                 i64::from(history_retention_days) * 24 * 3600 * 1_000_000_000;
@@ -789,26 +821,42 @@ fn access(
     Ok(Some(tokens))
 }
 
-/// SIGHUP rereads the auth file, if there is one; without one it must not
-/// stop the server (the signal's default action), as a reload meant for
-/// another process would.
-fn reload_on_sighup(tokens: Option<std::sync::Arc<stockflow_service::auth::Tokens>>) {
+/// SIGHUP rereads the auth file and the TLS certificate, those there
+/// are; without either it must not stop the server (the signal's default
+/// action), as a reload meant for another process would.
+fn reload_on_sighup(
+    tokens: Option<std::sync::Arc<stockflow_service::auth::Tokens>>,
+    tls: Option<std::sync::Arc<stockflow_service::tls::ServerTls>>,
+) {
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
         let Ok(mut hangups) = signal(SignalKind::hangup()) else {
             return;
         };
         while hangups.recv().await.is_some() {
-            let Some(tokens) = &tokens else {
-                tracing::info!("SIGHUP: no auth file to reload");
-                continue;
-            };
-            match tokens.reload() {
-                Ok(count) => {
-                    tracing::info!(tokens = count, file = %tokens.path().display(), "auth file reloaded")
+            if tokens.is_none() && tls.is_none() {
+                tracing::info!("SIGHUP: no auth file or certificate to reload");
+            }
+            if let Some(tokens) = &tokens {
+                match tokens.reload() {
+                    Ok(count) => {
+                        tracing::info!(tokens = count, file = %tokens.path().display(), "auth file reloaded")
+                    }
+                    Err(e) => {
+                        tracing::warn!(
+                            "auth file not reloaded, the tokens stay as they were: {e:#}"
+                        )
+                    }
                 }
-                Err(e) => {
-                    tracing::warn!("auth file not reloaded, the tokens stay as they were: {e:#}")
+            }
+            if let Some(tls) = &tls {
+                match tls.reload() {
+                    Ok(()) => {
+                        tracing::info!(file = %tls.cert_path().display(), "TLS certificate reloaded")
+                    }
+                    Err(e) => tracing::warn!(
+                        "TLS certificate not reloaded, new connections get the one in use: {e:#}"
+                    ),
                 }
             }
         }

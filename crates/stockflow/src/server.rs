@@ -18,6 +18,8 @@ use stockflow_service::config::Config;
 /// A running server.
 pub struct Server {
     pub addr: SocketAddr,
+    /// `https` with a certificate, else `http`.
+    pub scheme: &'static str,
     pub pipeline: Arc<Pipeline>,
     pub simulator: Arc<Simulator>,
     stop: oneshot::Sender<()>,
@@ -49,10 +51,13 @@ impl Server {
         stockflow_http::webhooks::start(state.clone(), state.config.webhooks.clone())?;
         let simulator = state.simulator.clone();
         let limits = stockflow_http::serve::ConnectionLimits::of(&state.config);
-        let (stop, task) = stockflow_http::serve::spawn(listener, router(state), limits);
-        tracing::info!(%addr, "listening");
+        let tls = state.config.tls.clone();
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let (stop, task) = stockflow_http::serve::spawn(listener, router(state), limits, tls);
+        tracing::info!(%addr, scheme, "listening");
         Ok(Server {
             addr,
+            scheme,
             pipeline,
             simulator,
             stop,
@@ -61,7 +66,7 @@ impl Server {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 
     /// Stops listening, finishes in-flight requests, drains the pipeline

@@ -221,8 +221,8 @@ async fn ingest(
     Ok(options.events as f64 / elapsed.as_secs_f64())
 }
 
-/// HTTP path: 4 clients at full speed, the same against a server that
-/// wants tokens and against a plain one again, then a paced run for
+/// HTTP path: 4 clients at full speed, the same over TLS to a server
+/// that wants tokens and against a plain one again, then a paced run for
 /// latency, then GETs.
 pub async fn http(options: &BenchOptions) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -232,14 +232,22 @@ pub async fn http(options: &BenchOptions) -> anyhow::Result<()> {
     let bodies = Arc::new(workload(options, options.http_batch));
     let open = ingest(options, &client, &url, &bodies, "http").await?;
 
-    // The same events again, with an auth file and a bearer token on
-    // every request: what checking callers costs.
+    // The same events again, over TLS with an auth file and a bearer
+    // token on every request: what securing the port costs.
     let secured = tempfile::tempdir()?;
     let file = secured.path().join("tokens");
     let roles = [stockflow_service::auth::Role::Ingest];
     let secret = stockflow_service::auth::create(&file, "bench", &roles)?;
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()])?;
+    let (cert, key) = (
+        secured.path().join("cert.pem"),
+        secured.path().join("key.pem"),
+    );
+    std::fs::write(&cert, certified.cert.pem())?;
+    std::fs::write(&key, certified.signing_key.serialize_pem())?;
     let config = Config {
         auth: Some(Arc::new(stockflow_service::auth::Tokens::load(&file)?)),
+        tls: Some(stockflow_service::tls::ServerTls::load(&cert, &key)?),
         ..Config::new(secured.path().join("data"))
     };
     let guarded = Server::start(config, "127.0.0.1:0".parse()?).await?;
@@ -250,13 +258,17 @@ pub async fn http(options: &BenchOptions) -> anyhow::Result<()> {
     );
     let with_token = reqwest::Client::builder()
         .default_headers(headers)
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(
+            certified.cert.pem().as_bytes(),
+        )?)
         .build()?;
     let tokens = ingest(
         options,
         &with_token,
         &guarded.url(),
         &bodies,
-        "http with tokens",
+        "https with tokens",
     )
     .await?;
     guarded.stop().await?;
@@ -267,7 +279,7 @@ pub async fn http(options: &BenchOptions) -> anyhow::Result<()> {
     let open_again = ingest(options, &client, &plain.url(), &bodies, "http again").await?;
     plain.stop().await?;
     println!(
-        "http: with an auth file and a bearer token on every request: {:.0} events/s, {:.1}% of the mean of the runs without",
+        "http: over TLS with an auth file and a bearer token on every request: {:.0} events/s, {:.1}% of the mean of the runs without",
         tokens,
         200.0 * tokens / (open + open_again)
     );

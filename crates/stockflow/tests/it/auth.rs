@@ -195,7 +195,7 @@ async fn every_route_needs_a_token_with_its_role() {
 }
 
 /// A `stockflow serve` process, killed when dropped.
-struct Serve(Child);
+pub struct Serve(pub Child);
 
 impl Drop for Serve {
     fn drop(&mut self) {
@@ -206,7 +206,7 @@ impl Drop for Serve {
 
 /// Starts `stockflow serve` with `args`, its log to `log`; waits for it
 /// to listen.
-fn serve(data: &Path, args: &[&str], log: &Path) -> (Serve, String) {
+pub fn serve(data: &Path, args: &[&str], log: &Path) -> (Serve, String) {
     let port = crate::free_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_stockflow"))
         .args(["serve", "--data-dir"])

@@ -1,7 +1,7 @@
 //! Integration tests of the stockflow server: one binary, several modules.
 
 mod alerts;
-mod auth;
+pub mod auth;
 mod catalog;
 mod contract;
 mod crash;
@@ -22,6 +22,7 @@ mod parity;
 pub mod reference;
 mod sources;
 pub mod stream;
+mod tls;
 mod ui;
 pub mod webhooks;
 
