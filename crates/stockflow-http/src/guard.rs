@@ -5,11 +5,12 @@
 //! `application/x-www-form-urlencoded`, `multipart/form-data` or
 //! `text/plain`, or no body at all) without asking the server first. So
 //! every write must say it is JSON, NDJSON or CSV, which a browser sends
-//! cross-origin only after a CORS preflight this server never grants; a
+//! cross-origin only after a CORS preflight, granted only to the origins
+//! `--cors-origin` lists (see [`cors`]); a
 //! body in a compression the server does not decode is refused too,
 //! rather than parsed as garbage. A WebSocket upgrade is a GET a page can
 //! also make, so one sent by a browser (it carries `Origin`) must come
-//! from the server's own origin.
+//! from the server's own origin or a listed one.
 
 use axum::extract::Request;
 use axum::http::{header, HeaderMap, Method, StatusCode};
@@ -75,13 +76,16 @@ pub(crate) fn media_type(headers: &HeaderMap) -> Option<String> {
 }
 
 /// A WebSocket upgrade from a browser (it sends `Origin`) must come from a
-/// page of this server: the Origin's host must be the request's Host.
-/// Clients that are not browsers send no Origin.
-pub fn same_origin(headers: &HeaderMap) -> Result<(), ApiError> {
+/// page of this server (the Origin's host is the request's Host) or of an
+/// `allowed` origin. Clients that are not browsers send no Origin.
+pub fn same_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), ApiError> {
     let Some(origin) = headers.get(header::ORIGIN) else {
         return Ok(());
     };
     let origin = origin.to_str().unwrap_or("");
+    if allowed.iter().any(|a| a.eq_ignore_ascii_case(origin)) {
+        return Ok(());
+    }
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
@@ -99,6 +103,55 @@ pub fn same_origin(headers: &HeaderMap) -> Result<(), ApiError> {
         "forbidden_origin",
         format!("a WebSocket from origin {origin:?} is not accepted; open it from a page of this server ({host})"),
     ))
+}
+
+/// The CORS layer for `origins` (none: no layer, so no page of another
+/// origin may read an answer or send a write). Preflights are answered
+/// before authentication: they carry no token by design.
+pub fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use std::time::Duration;
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return None;
+    }
+    let origins = origins.iter().filter_map(|o| o.parse().ok());
+    Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_methods([
+                Method::GET,
+                Method::POST,
+                Method::PUT,
+                Method::PATCH,
+                Method::DELETE,
+            ])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                header::HeaderName::from_static("last-event-id"),
+            ])
+            .expose_headers([header::RETRY_AFTER, header::WWW_AUTHENTICATE])
+            .max_age(Duration::from_secs(600)),
+    )
+}
+
+/// An origin as `--cors-origin` takes it: a scheme and a host (and port),
+/// nothing more, as browsers send it.
+pub fn parse_origin(text: &str) -> Result<String, String> {
+    let rest = text
+        .strip_prefix("https://")
+        .or_else(|| text.strip_prefix("http://"))
+        .ok_or_else(|| format!("{text:?} is not an origin: it starts with https:// or http://"))?;
+    if rest.is_empty() || rest.contains(['/', '?', '#', '*', ' ']) {
+        return Err(format!(
+            "{text:?} is not an origin: a scheme and a host, like https://shop.example.com \
+             (no path, no trailing slash, no wildcard)"
+        ));
+    }
+    let _: axum::http::HeaderValue = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not an origin"))?;
+    Ok(text.to_ascii_lowercase())
 }
 
 #[cfg(test)]
@@ -155,22 +208,35 @@ mod tests {
     }
 
     #[test]
-    fn a_websocket_from_a_browser_must_come_from_this_server() {
+    fn a_websocket_from_a_browser_must_come_from_this_server_or_a_listed_origin() {
         let host = (header::HOST, "127.0.0.1:8080");
+        let from = |origin: &str| headers(&[host.clone(), (header::ORIGIN, origin)]);
         assert!(
-            same_origin(&headers(std::slice::from_ref(&host))).is_ok(),
+            same_origin(&headers(std::slice::from_ref(&host)), &[]).is_ok(),
             "not a browser"
         );
-        assert!(same_origin(&headers(&[
-            host.clone(),
-            (header::ORIGIN, "http://127.0.0.1:8080")
-        ]))
-        .is_ok());
-        assert!(same_origin(&headers(&[
-            host.clone(),
-            (header::ORIGIN, "https://evil.example")
-        ]))
-        .is_err());
-        assert!(same_origin(&headers(&[host, (header::ORIGIN, "null")])).is_err());
+        assert!(same_origin(&from("http://127.0.0.1:8080"), &[]).is_ok());
+        assert!(same_origin(&from("https://evil.example"), &[]).is_err());
+        assert!(same_origin(&from("null"), &[]).is_err());
+        let listed = ["https://shop.example".to_owned()];
+        assert!(same_origin(&from("https://shop.example"), &listed).is_ok());
+        assert!(same_origin(&from("https://evil.example"), &listed).is_err());
+    }
+
+    #[test]
+    fn an_origin_is_a_scheme_and_a_host() {
+        assert_eq!(
+            parse_origin("https://Shop.example:8443"),
+            Ok("https://shop.example:8443".to_owned())
+        );
+        for bad in [
+            "shop.example",
+            "https://shop.example/",
+            "*",
+            "https://*.example",
+            "https://",
+        ] {
+            assert!(parse_origin(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -17,7 +17,7 @@ mod check;
 pub(crate) mod dashboard;
 pub mod dead_letters;
 pub mod error;
-pub(crate) mod guard;
+pub mod guard;
 pub mod history;
 pub(crate) mod ingest;
 pub mod openapi;
@@ -201,6 +201,9 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
         ))
         .layer(middleware::from_fn(error::errors_are_json))
         .layer(middleware::from_fn(track))
+        .layer(tower::util::option_layer(guard::cors(
+            &backend.config().cors_origins,
+        )))
         .with_state(backend)
 }
 

@@ -187,7 +187,13 @@ pub async fn websocket<B: super::backend::Backend>(
     headers: axum::http::HeaderMap,
     upgrade: axum::extract::ws::WebSocketUpgrade,
 ) -> Result<axum::response::Response, ApiError> {
-    ws(backend.hub(), query, &headers, upgrade)
+    ws(
+        backend.hub(),
+        query,
+        &headers,
+        &backend.config().cors_origins,
+        upgrade,
+    )
 }
 
 /// The WebSocket of `hub`'s messages (both modes), for a client that is
@@ -196,9 +202,10 @@ pub fn ws(
     hub: &Arc<Hub>,
     query: StreamQuery,
     headers: &axum::http::HeaderMap,
+    allowed: &[String],
     upgrade: axum::extract::ws::WebSocketUpgrade,
 ) -> Result<axum::response::Response, ApiError> {
-    super::guard::same_origin(headers)?;
+    super::guard::same_origin(headers, allowed)?;
     let (subscription, missed) = subscribe(hub, query, None)?;
     let epoch = hub.epoch;
     let mut closing = hub.closing();

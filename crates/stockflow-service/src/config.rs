@@ -90,6 +90,9 @@ pub struct Config {
     pub tls: Option<std::sync::Arc<crate::tls::ServerTls>>,
     /// The roots outgoing https calls trust besides the system's.
     pub trust: crate::tls::Trust,
+    /// Web origins (`https://shop.example`) whose pages may call the API
+    /// (`serve --cors-origin`); none: only this server's own pages.
+    pub cors_origins: Vec<String>,
 }
 
 impl Config {
@@ -128,6 +131,7 @@ impl Config {
             metrics_open: false,
             tls: None,
             trust: crate::tls::Trust::default(),
+            cors_origins: Vec::new(),
         }
     }
 }

@@ -171,6 +171,11 @@ enum Command {
         /// it needs a token with the `metrics` role).
         #[arg(long, help_heading = "Access")]
         metrics_without_auth: bool,
+        /// Let pages of this web origin (`https://shop.example.com`) call
+        /// the API from a browser; repeat for more. None: only this
+        /// server's own pages.
+        #[arg(long = "cors-origin", value_parser = stockflow_http::guard::parse_origin, help_heading = "Access")]
+        cors_origins: Vec<String>,
         /// Serve HTTPS (HTTP/1.1 and HTTP/2) with this PEM certificate
         /// chain; reread with --tls-key on SIGHUP.
         #[arg(
@@ -513,6 +518,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             auth_file,
             insecure_no_auth,
             metrics_without_auth,
+            cors_origins,
             tls_cert,
             tls_key,
             tls_ca_file,
@@ -520,6 +526,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         } => {
             let mut config = Config::new(data_dir);
             config.metrics_open = metrics_without_auth;
+            config.cors_origins = cors_origins;
             config.auth = access(auth_file.as_deref(), listen, insecure_no_auth, &kafka)?;
             if let (Some(cert), Some(key)) = (&tls_cert, &tls_key) {
                 config.tls = Some(stockflow_service::tls::ServerTls::load(cert, key)?);

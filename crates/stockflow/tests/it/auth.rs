@@ -356,3 +356,73 @@ fn a_server_other_machines_can_reach_needs_an_auth_file_or_says_it_has_none() {
     let _ = child.wait();
     assert!(warned, "--insecure-no-auth starts, and says so");
 }
+
+/// What a browser asks before a page of another origin may call the API,
+/// and what it is told: only origins given by `--cors-origin` are let in,
+/// their preflights are answered without a token (a browser sends none),
+/// and a server without the flag lets no other origin in at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_listed_origins_may_call_from_a_browser() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens");
+    let secret = create_token(&file, "shop", &[Role::Read]);
+    let listed = "https://shop.example";
+    let server = crate::start(&dir.path().join("data"), |c| {
+        c.auth = Some(std::sync::Arc::new(
+            stockflow_service::auth::Tokens::load(&file).unwrap(),
+        ));
+        c.cors_origins = vec![listed.to_owned()];
+    })
+    .await;
+    let plain = crate::start(&dir.path().join("plain"), |_| {}).await;
+    let client = reqwest::Client::new();
+    let preflight = |url: String, origin: &'static str| {
+        client
+            .request(Method::OPTIONS, format!("{url}/v1/orders"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization,content-type",
+            )
+            .send()
+    };
+    let allowed = |answer: &reqwest::Response| {
+        answer
+            .headers()
+            .get("access-control-allow-origin")
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    let answer = preflight(server.url(), listed).await.unwrap();
+    assert!(answer.status().is_success(), "{}", answer.status());
+    assert_eq!(allowed(&answer).as_deref(), Some(listed));
+    let headers = answer.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(headers.contains("authorization"), "{headers}");
+    let answer = preflight(server.url(), "https://evil.example")
+        .await
+        .unwrap();
+    assert_eq!(allowed(&answer), None, "an origin not listed");
+    let answer = preflight(plain.url(), listed).await.unwrap();
+    assert_eq!(allowed(&answer), None, "a server without --cors-origin");
+
+    // The call itself still needs its token; its answer may be read.
+    let read = |token: Option<&str>| {
+        let mut request = client
+            .get(format!("{}/v1/sources", server.url()))
+            .header("origin", listed);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send()
+    };
+    let answer = read(None).await.unwrap();
+    assert_eq!(answer.status(), 401);
+    let answer = read(Some(&secret)).await.unwrap();
+    assert_eq!(answer.status(), 200);
+    assert_eq!(allowed(&answer).as_deref(), Some(listed));
+    server.stop().await.unwrap();
+    plain.stop().await.unwrap();
+}
