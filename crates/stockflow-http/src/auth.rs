@@ -23,6 +23,8 @@ pub enum Access {
     /// Anyone: liveness, readiness, the console's files (a browser loads
     /// them before it can hold a token; they carry no data).
     Open,
+    /// Any token the server knows, whatever its roles: who-am-I.
+    AnyToken,
     Needs(Role),
 }
 
@@ -38,12 +40,18 @@ pub fn access(method: &Method, path: &str) -> Access {
         // It verifies the books across the whole state: an operator's
         // question, and not a cheap one.
         "/v1/check" => Access::Needs(Admin),
+        "/v1/session" => Access::AnyToken,
+        // It writes nothing but a cookie that opens what `read` opens.
+        "/v1/session/stream" => Access::Needs(Read),
         _ if read => Access::Needs(Read),
         "/v1/events" | "/v1/sources/{format}/events" => Access::Needs(Ingest),
         _ if path.starts_with("/v1/orders") => Access::Needs(Orders),
         _ => Access::Needs(Admin),
     }
 }
+
+/// The routes a stream cookie opens (see `session`).
+const STREAMS: [&str; 2] = ["/v1/stream", "/v1/ws"];
 
 /// The secret of an `Authorization: Bearer <secret>` header; the scheme's
 /// name is case-insensitive (RFC 9110, 11.1).
@@ -92,7 +100,13 @@ pub async fn authorize(State(guard): State<Guard>, mut request: Request, next: N
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(bearer);
-    let caller = presented.and_then(|secret| tokens.identify(secret));
+    let caller = match presented {
+        Some(secret) => tokens.identify(secret),
+        // A browser's EventSource or WebSocket: its stream cookie.
+        None if STREAMS.contains(&path) => super::session::stream_caller(request.headers(), tokens),
+        None => None,
+    };
+
     match (needs, caller) {
         (Access::Open, caller) => {
             request
@@ -103,7 +117,7 @@ pub async fn authorize(State(guard): State<Guard>, mut request: Request, next: N
                 }));
             next.run(request).await
         }
-        (Access::Needs(_), None) => {
+        (Access::AnyToken | Access::Needs(_), None) => {
             let message = if presented.is_some() {
                 "the bearer token is not one this server knows"
             } else {
@@ -136,7 +150,7 @@ pub async fn authorize(State(guard): State<Guard>, mut request: Request, next: N
             )
             .into_response()
         }
-        (Access::Needs(_), Some(caller)) => {
+        (Access::AnyToken | Access::Needs(_), Some(caller)) => {
             request.extensions_mut().insert(caller);
             next.run(request).await
         }

@@ -24,6 +24,7 @@ pub mod openapi;
 pub mod orders;
 pub mod query;
 pub mod serve;
+pub mod session;
 mod shapes;
 pub mod simulator;
 pub(crate) mod stream;
@@ -153,6 +154,12 @@ pub fn operations<B: Backend>() -> Vec<Operation<B>> {
         op(M::GET, "/v1/check", get(check::check::<B>)),
         op(M::GET, "/v1/cluster", get(cluster::<B>)),
         op(M::GET, "/v1/alerts", get(alerts::list::<B>)),
+        op(M::GET, "/v1/session", get(session::get::<B>)),
+        op(
+            M::POST,
+            "/v1/session/stream",
+            post(session::stream_cookie::<B>),
+        ),
         op(M::GET, "/v1/stream", get(stream::stream::<B>)),
         prose_only(op(M::GET, "/v1/ws", get(stream::websocket::<B>))),
         op(M::GET, "/v1/activity", get(dashboard::activity::<B>)),

@@ -174,6 +174,8 @@ pub(crate) enum SourceBatch {
         super::check::check,
         super::cluster,
         super::alerts::list,
+        super::session::get,
+        super::session::stream_cookie,
         super::stream::stream,
         super::dashboard::activity,
         super::dashboard::status,
@@ -232,12 +234,17 @@ fn with_access(doc: &mut serde_json::Value) {
             let Ok(method) = method.to_uppercase().parse::<axum::http::Method>() else {
                 continue;
             };
-            let super::auth::Access::Needs(role) = super::auth::access(&method, path) else {
-                operation["security"] = json!([]);
-                continue;
+            let needs = match super::auth::access(&method, path) {
+                super::auth::Access::Open => {
+                    operation["security"] = json!([]);
+                    continue;
+                }
+                super::auth::Access::AnyToken => "Needs a token (any role).".to_owned(),
+                super::auth::Access::Needs(role) => {
+                    format!("Needs a token with the role `{}`.", role.as_str())
+                }
             };
             operation["security"] = json!([{"bearer": []}]);
-            let needs = format!("Needs a token with the role `{}`.", role.as_str());
             let description = match operation["description"].as_str() {
                 Some(text) => format!("{text}\n\n{needs}"),
                 None => needs,

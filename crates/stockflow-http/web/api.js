@@ -11,9 +11,30 @@ export class ApiError extends Error {
   }
 }
 
-/** Fetches `path` and returns the JSON answer, or throws an ApiError. */
+// The token the console signed in with, kept for this browser tab's
+// session only (sessionStorage: gone when the tab closes).
+const TOKEN = 'stockflow.token';
+export const token = {
+  get: () => sessionStorage.getItem(TOKEN),
+  set: (secret) => sessionStorage.setItem(TOKEN, secret),
+  clear: () => sessionStorage.removeItem(TOKEN),
+};
+
+/**
+ * Who the console is signed in as: `{name, roles, authentication}` from
+ * GET /v1/session. `authentication` false: the server asks for no token.
+ */
+export const session = { name: null, roles: [], authentication: false };
+
+/** Whether the session's token has `role`. */
+export const can = (role) => session.roles.includes(role);
+
+/** Fetches `path` and returns the JSON answer, or throws an ApiError. A
+ * 401 on a server that asks for tokens signs the console out. */
 export async function api(path, { method = 'GET', body } = {}) {
   const init = { method, headers: {} };
+  const secret = token.get();
+  if (secret) init.headers.authorization = `Bearer ${secret}`;
   if (body !== undefined) {
     init.headers['content-type'] = 'application/json';
     init.body = JSON.stringify(body);
@@ -27,6 +48,9 @@ export async function api(path, { method = 'GET', body } = {}) {
   const text = await response.text();
   let data = null;
   try { data = text ? JSON.parse(text) : null; } catch { data = null; }
+  if (response.status === 401 && session.authentication) {
+    window.dispatchEvent(new CustomEvent('stockflow:signed-out', { detail: data?.message }));
+  }
   if (!response.ok) {
     throw new ApiError(response.status, data?.code ?? 'error', data?.message ?? (text || response.statusText), data);
   }
@@ -54,18 +78,47 @@ const status = () => document.getElementById('live');
  * Returns a function that closes the stream.
  */
 export function live(filter, handlers) {
-  const source = new EventSource(`/v1/stream${query(filter)}`);
-  for (const kind of ['stock', 'alerts', 'orders']) {
-    if (handlers[kind]) {
-      source.addEventListener(kind, (e) => handlers[kind](JSON.parse(e.data)));
+  let source = null;
+  let closed = false;
+  let lastId = null;
+  let retry = null;
+  // A server that asks for tokens opens the stream to a cookie (an
+  // EventSource cannot send the token); it is asked for before each
+  // connection the browser does not make by itself.
+  const open = async () => {
+    if (closed) return;
+    if (session.authentication) {
+      try {
+        await api('/v1/session/stream', { method: 'POST', body: {} });
+      } catch {
+        status().textContent = '○ reconnecting…';
+        retry = setTimeout(open, 3000);
+        return;
+      }
     }
-  }
-  const reload = () => handlers.reload?.();
-  source.addEventListener('gap', reload);
-  source.addEventListener('resync', reload);
-  source.onopen = () => { status().textContent = '● live'; };
-  source.onerror = () => { status().textContent = '○ reconnecting…'; };
-  return () => source.close();
+    if (closed) return;
+    source = new EventSource(`/v1/stream${query({ ...filter, lastEventId: lastId })}`);
+    for (const kind of ['stock', 'alerts', 'orders']) {
+      if (handlers[kind]) {
+        source.addEventListener(kind, (e) => { lastId = e.lastEventId || lastId; handlers[kind](JSON.parse(e.data)); });
+      }
+    }
+    const reload = () => handlers.reload?.();
+    source.addEventListener('gap', reload);
+    source.addEventListener('resync', reload);
+    source.onopen = () => { status().textContent = '● live'; };
+    source.onerror = () => {
+      status().textContent = '○ reconnecting…';
+      // Refused (a cookie that expired, a restarted server): the browser
+      // gives up; start again with a new cookie, from the last message.
+      if (source.readyState === EventSource.CLOSED) {
+        source = null;
+        retry = setTimeout(open, 1000);
+      }
+    };
+  };
+  open();
+  return () => { closed = true; clearTimeout(retry); source?.close(); };
 }
 
 /**

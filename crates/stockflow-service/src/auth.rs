@@ -149,6 +149,19 @@ impl Tokens {
     }
 }
 
+impl Tokens {
+    /// The caller a token's name stands for now (a stream cookie names
+    /// its token: one removed from the file, or without a role it had,
+    /// no longer opens what it did).
+    pub fn named(&self, name: &str) -> Option<Caller> {
+        let entries = self.entries.read().clone();
+        entries.iter().find(|e| e.name == name).map(|e| Caller {
+            name: e.name.clone(),
+            roles: e.roles.clone(),
+        })
+    }
+}
+
 /// Constant-time equality of two digests (hand-written: eight lines do
 /// not justify a dependency).
 fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {

@@ -31,8 +31,8 @@ export function mount(main) {
     tr.append(h('td', {}, time(l.receivedAt)), h('td', {}, l.source), h('td', {}, l.eventId ?? ''),
       h('td', {}, l.reason), h('td', {}, h('pre', {}, l.payload.length > 400 ? `${l.payload.slice(0, 400)}…` : l.payload)),
       h('td', {},
-        h('button', { type: 'button', onclick: () => act(l, 'POST', `/v1/dead-letters/${l.id}/replay`, tr) }, 'Replay'), ' ',
-        h('button', { type: 'button', onclick: () => act(l, 'DELETE', `/v1/dead-letters/${l.id}`, tr) }, 'Discard')));
+        h('button', { type: 'button', 'data-needs': 'admin', onclick: () => act(l, 'POST', `/v1/dead-letters/${l.id}/replay`, tr) }, 'Replay'), ' ',
+        h('button', { type: 'button', 'data-needs': 'admin', onclick: () => act(l, 'DELETE', `/v1/dead-letters/${l.id}`, tr) }, 'Discard')));
     return tr;
   };
   let after = null;

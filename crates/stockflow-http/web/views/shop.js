@@ -18,7 +18,7 @@ export function mount(main) {
   const errors = h('div', {});
   const grid = h('div', { class: 'products', 'aria-label': 'Products' });
   const cartList = h('ul', { class: 'feed' });
-  const checkout = h('button', { type: 'button', class: 'primary', 'data-testid': 'checkout' }, 'Check out');
+  const checkout = h('button', { type: 'button', class: 'primary', 'data-testid': 'checkout', 'data-needs': 'orders' }, 'Check out');
   const result = h('div', { 'aria-live': 'polite', 'data-testid': 'order-result' });
   const where = h('select', { id: 'shop-location' });
   const search = h('input', { id: 'shop-search', type: 'search', placeholder: 'name or SKU', autocomplete: 'off' });
@@ -30,7 +30,8 @@ export function mount(main) {
     errors,
     h('div', { class: 'shop' },
       h('section', {}, grid),
-      h('aside', { class: 'panel', 'aria-label': 'Cart' }, h('h2', {}, 'Cart'), cartList, checkout, result)));
+      h('aside', { class: 'panel', 'aria-label': 'Cart' }, h('h2', {}, 'Cart'), cartList, checkout,
+        h('p', { class: 'muted', 'data-lacks': 'orders' }, 'Checking out needs a token with the orders role.'), result)));
 
   let location = null;
   let products = [];

@@ -91,6 +91,10 @@ async fn every_route_needs_a_token_with_its_role() {
     let operations = stockflow_http::operations::<stockflow_embedded::Embedded>();
     assert!(operations.len() > 40, "the router's own list");
     for operation in &operations {
+        // A cookie that opens the stream, which `read` opens anyway.
+        if operation.path == "/v1/session/stream" {
+            continue;
+        }
         if operation.method != Method::GET {
             assert!(
                 !matches!(
@@ -112,6 +116,19 @@ async fn every_route_needs_a_token_with_its_role() {
                     status != 401 && status != 403,
                     "{method} {path} is open: {status}"
                 );
+                continue;
+            }
+            Access::AnyToken => {
+                assert_eq!(call(&url, method, path, None).await.0, 401);
+                for role in Role::ALL {
+                    let (status, body) = call(&url, method, path, Some(&secrets[&role])).await;
+                    assert_eq!(
+                        status,
+                        200,
+                        "{method} {path} with a {} token: {body}",
+                        role.as_str()
+                    );
+                }
                 continue;
             }
             Access::Needs(role) => role,
@@ -425,4 +442,122 @@ async fn only_listed_origins_may_call_from_a_browser() {
     assert_eq!(allowed(&answer).as_deref(), Some(listed));
     server.stop().await.unwrap();
     plain.stop().await.unwrap();
+}
+
+/// The console's way into the live stream: a cookie from `POST
+/// /v1/session/stream` opens `GET /v1/stream` (which a browser's
+/// EventSource calls without headers) and nothing else; a forged or
+/// altered one opens nothing, and one whose token left the auth file
+/// stops working at the next reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_cookie_opens_the_stream_only_while_its_token_is_known() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens");
+    let reader = create_token(&file, "console", &[Role::Read]);
+    let writer = create_token(&file, "writer", &[Role::Ingest]);
+    let tokens = std::sync::Arc::new(stockflow_service::auth::Tokens::load(&file).unwrap());
+    let server = crate::start(&dir.path().join("data"), |c| c.auth = Some(tokens.clone())).await;
+    let url = server.url();
+    let client = reqwest::Client::new();
+
+    let who: Value = client
+        .get(format!("{url}/v1/session"))
+        .bearer_auth(&writer)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        who,
+        serde_json::json!({"name": "writer", "roles": ["ingest"], "authentication": true})
+    );
+
+    let cookie_for = |token: String| {
+        let client = client.clone();
+        let url = url.clone();
+        async move {
+            client
+                .post(format!("{url}/v1/session/stream"))
+                .bearer_auth(token)
+                .json(&serde_json::json!({}))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        cookie_for(writer.clone()).await.status(),
+        403,
+        "ingest cannot read"
+    );
+    let answer = cookie_for(reader.clone()).await;
+    assert_eq!(answer.status(), 200);
+    let set = answer.headers()["set-cookie"].to_str().unwrap().to_owned();
+    for part in ["HttpOnly", "SameSite=Strict", "Path=/v1"] {
+        assert!(set.contains(part), "{set}");
+    }
+    assert!(
+        !set.contains(&reader[3..15]),
+        "the cookie holds no secret: {set}"
+    );
+    let cookie = set.split(';').next().unwrap().to_owned();
+
+    let with = |path: &'static str, cookie: String| {
+        let client = client.clone();
+        let url = url.clone();
+        async move {
+            client
+                .get(format!("{url}{path}"))
+                .header("cookie", cookie)
+                .timeout(Duration::from_secs(10))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(with("/v1/stream", cookie.clone()).await, 200);
+    assert_eq!(
+        with("/v1/stock/A/S", cookie.clone()).await,
+        401,
+        "only the stream"
+    );
+    let (name, rest) = cookie.split_once('=').unwrap();
+    let forged = format!(
+        "{name}={}{}",
+        hex_of("writer"),
+        &rest[hex_of("console").len()..]
+    );
+    assert_eq!(
+        with("/v1/stream", forged).await,
+        401,
+        "another name, same signature"
+    );
+    let mut altered = cookie.clone();
+    let last = altered.pop().unwrap();
+    altered.push(if last == '0' { '1' } else { '0' });
+    assert_eq!(
+        with("/v1/stream", altered).await,
+        401,
+        "a changed signature"
+    );
+
+    // The token leaves the file: its cookie stops opening the stream.
+    let kept: String = std::fs::read_to_string(&file)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.contains("\"console\""))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&file, kept).unwrap();
+    tokens.reload().unwrap();
+    assert_eq!(with("/v1/stream", cookie).await, 401);
+    server.stop().await.unwrap();
+}
+
+fn hex_of(text: &str) -> String {
+    text.bytes().map(|b| format!("{b:02x}")).collect()
 }

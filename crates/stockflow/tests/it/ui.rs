@@ -25,6 +25,11 @@ impl Drop for Demo {
 /// `url`, and fails with their report if any fails. Never skips: a
 /// machine without the browser fails, saying what to run.
 pub fn run_browser_tests(file: &str, url: &str) {
+    run_browser_tests_with(file, url, &[]);
+}
+
+/// [`run_browser_tests`] with more environment for the tests.
+pub fn run_browser_tests_with(file: &str, url: &str, env: &[(&str, String)]) {
     let e2e = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e");
     assert!(
         Path::new(CHROMIUM).exists(),
@@ -43,6 +48,7 @@ pub fn run_browser_tests(file: &str, url: &str) {
         .env("STOCKFLOW_URL", url)
         .env("STOCKFLOW_SCREENSHOTS", &screenshots)
         .env("CHROMIUM", CHROMIUM)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .output()
         .expect("node runs (install Node.js 18+)");
     let report = String::from_utf8_lossy(&output.stdout);
@@ -92,4 +98,36 @@ fn the_web_ui_works_in_a_real_browser() {
 
     run_browser_tests("ui.test.mjs", &format!("http://127.0.0.1:{port}"));
     drop(demo);
+}
+
+/// The console on a server that asks for tokens: see `tests/e2e/auth.test.mjs`.
+#[test]
+fn the_console_asks_for_a_token_and_shows_only_what_it_allows() {
+    use stockflow_service::auth::Role;
+    let _alone = crate::alone();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens");
+    let mut tokens = serde_json::Map::new();
+    for (name, roles) in [
+        ("viewer", vec![Role::Read]),
+        ("ingest", vec![Role::Ingest]),
+        ("admin", vec![Role::Read, Role::Orders, Role::Admin]),
+    ] {
+        let secret = stockflow_service::auth::create(&file, name, &roles).unwrap();
+        tokens.insert(name.to_owned(), secret.into());
+    }
+    let (server, url) = crate::auth::serve(
+        &dir.path().join("data"),
+        &["--auth-file", file.to_str().unwrap()],
+        &dir.path().join("log.txt"),
+    );
+    run_browser_tests_with(
+        "auth.test.mjs",
+        &url,
+        &[(
+            "STOCKFLOW_TOKENS",
+            serde_json::Value::Object(tokens).to_string(),
+        )],
+    );
+    drop(server);
 }
