@@ -13,7 +13,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use stockflow_service::auth::{Caller, Role, Tokens};
+use stockflow_service::auth::{Caller, ClusterSecret, Role, Tokens};
 
 use super::ApiError;
 
@@ -25,6 +25,9 @@ pub enum Access {
     Open,
     /// Any token the server knows, whatever its roles: who-am-I.
     AnyToken,
+    /// Only the other instances of a Kafka-mode cluster, by the cluster
+    /// secret (when the server has one).
+    Cluster,
     Needs(Role),
 }
 
@@ -35,6 +38,7 @@ pub fn access(method: &Method, path: &str) -> Access {
     let read = *method == Method::GET || *method == Method::HEAD;
     match path {
         "/healthz" | "/readyz" | "/" => Access::Open,
+        _ if path.starts_with("/v1/internal/") => Access::Cluster,
         _ if path.starts_with("/ui/") => Access::Open,
         "/metrics" => Access::Needs(Metrics),
         // It verifies the books across the whole state: an operator's
@@ -70,6 +74,19 @@ pub struct Guard {
     pub tokens: Option<Arc<Tokens>>,
     /// Whether GET /metrics is open to anyone (`--metrics-without-auth`).
     pub metrics_open: bool,
+    /// Kafka mode: the secret the instances present to each other.
+    pub cluster: Option<Arc<ClusterSecret>>,
+}
+
+/// 401, saying how to authenticate.
+fn unauthorized(message: &'static str) -> Response {
+    let mut response =
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response();
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"stockflow\""),
+    );
+    response
 }
 
 /// The caller of an unauthenticated server.
@@ -83,10 +100,10 @@ pub fn anonymous() -> Caller {
 /// Middleware: identifies the caller (put in the request's extensions for
 /// the handlers) and refuses one without the operation's role.
 pub async fn authorize(State(guard): State<Guard>, mut request: Request, next: Next) -> Response {
-    let Some(tokens) = &guard.tokens else {
+    if guard.tokens.is_none() && guard.cluster.is_none() {
         request.extensions_mut().insert(anonymous());
         return next.run(request).await;
-    };
+    }
     let path = request
         .extensions()
         .get::<MatchedPath>()
@@ -100,13 +117,37 @@ pub async fn authorize(State(guard): State<Guard>, mut request: Request, next: N
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(bearer);
-    let caller = match presented {
-        Some(secret) => tokens.identify(secret),
+    let from_cluster = guard
+        .cluster
+        .as_ref()
+        .zip(presented)
+        .is_some_and(|(cluster, secret)| cluster.matches(secret));
+    let caller = match (&guard.tokens, presented) {
+        // Another instance: it forwards reads, nothing else.
+        _ if from_cluster => Some(Caller {
+            name: "cluster".into(),
+            roles: vec![Role::Read],
+        }),
+        (None, _) => Some(anonymous()),
+        (Some(tokens), Some(secret)) => tokens.identify(secret),
         // A browser's EventSource or WebSocket: its stream cookie.
-        None if STREAMS.contains(&path) => super::session::stream_caller(request.headers(), tokens),
-        None => None,
+        (Some(tokens), None) if STREAMS.contains(&path) => {
+            super::session::stream_caller(request.headers(), tokens)
+        }
+        (Some(_), None) => None,
     };
-
+    if needs == Access::Cluster && !from_cluster {
+        if presented.is_none() {
+            return unauthorized("send Authorization: Bearer <the cluster secret>");
+        }
+        tracing::info!(%path, "refused: not the cluster secret");
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "only the instances of this cluster call /v1/internal/ (with the cluster secret)",
+        )
+        .into_response();
+    }
     match (needs, caller) {
         (Access::Open, caller) => {
             request
@@ -117,19 +158,12 @@ pub async fn authorize(State(guard): State<Guard>, mut request: Request, next: N
                 }));
             next.run(request).await
         }
-        (Access::AnyToken | Access::Needs(_), None) => {
-            let message = if presented.is_some() {
+        (Access::AnyToken | Access::Needs(_) | Access::Cluster, None) => {
+            unauthorized(if presented.is_some() {
                 "the bearer token is not one this server knows"
             } else {
                 "send Authorization: Bearer <token> (see `stockflow token create`)"
-            };
-            let mut response =
-                ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response();
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"stockflow\""),
-            );
-            response
+            })
         }
         (Access::Needs(role), Some(caller)) if !caller.roles.contains(&role) => {
             let has: Vec<&str> = caller.roles.iter().map(|r| r.as_str()).collect();
@@ -150,7 +184,7 @@ pub async fn authorize(State(guard): State<Guard>, mut request: Request, next: N
             )
             .into_response()
         }
-        (Access::AnyToken | Access::Needs(_), Some(caller)) => {
+        (Access::AnyToken | Access::Needs(_) | Access::Cluster, Some(caller)) => {
             request.extensions_mut().insert(caller);
             next.run(request).await
         }

@@ -188,6 +188,7 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
     let guard = auth::Guard {
         tokens: backend.config().auth.clone(),
         metrics_open: backend.config().metrics_open,
+        cluster: backend.config().cluster_secret.clone(),
     };
     let mut paths: BTreeMap<&str, MethodRouter<Arc<B>>> = BTreeMap::new();
     for operation in operations::<B>() {

@@ -240,6 +240,7 @@ fn with_access(doc: &mut serde_json::Value) {
                     continue;
                 }
                 super::auth::Access::AnyToken => "Needs a token (any role).".to_owned(),
+                super::auth::Access::Cluster => "Only other instances of the cluster.".to_owned(),
                 super::auth::Access::Needs(role) => {
                     format!("Needs a token with the role `{}`.", role.as_str())
                 }

@@ -517,9 +517,16 @@ impl KafkaServer {
         let live = live::start(&settings, hub.clone())?;
         let resolved = Arc::new(shared::Resolved::default());
         let markers = dead_letters::follow(&settings, resolved.clone())?;
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(cluster) = &config.cluster_secret {
+            let mut bearer = reqwest::header::HeaderValue::from_str(&cluster.bearer())?;
+            bearer.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, bearer);
+        }
         let client = config
             .trust
             .client()
+            .default_headers(headers)
             .timeout(Duration::from_secs(35))
             .build()?;
         let simulator_on = config.simulator;

@@ -162,6 +162,56 @@ impl Tokens {
     }
 }
 
+/// The secret the instances of a Kafka-mode cluster present to each
+/// other (`serve --cluster-secret-file`): it opens the endpoints only they
+/// call (`/v1/internal/…`) and the reads they forward, and no user token
+/// carries it. Every instance reads the same file.
+pub struct ClusterSecret {
+    secret: String,
+    digest: [u8; 32],
+}
+
+/// Never the secret.
+impl std::fmt::Debug for ClusterSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClusterSecret(..)")
+    }
+}
+
+impl ClusterSecret {
+    /// Shorter secrets are refused: they could be guessed.
+    pub const CHARS_MIN: usize = 32;
+
+    /// Reads the secret: the file's text without surrounding white space.
+    pub fn load(path: &Path) -> anyhow::Result<Arc<ClusterSecret>> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the cluster secret file {}", path.display()))?;
+        let secret = text.trim();
+        if secret.chars().count() < Self::CHARS_MIN || secret.contains(char::is_whitespace) {
+            bail!(
+                "the cluster secret in {} must be at least {} characters without spaces; \
+                 make one with `openssl rand -hex 32 > {0}` and give every instance the same file",
+                path.display(),
+                Self::CHARS_MIN
+            );
+        }
+        Ok(Arc::new(ClusterSecret {
+            digest: Sha256::digest(secret.as_bytes()).into(),
+            secret: secret.to_owned(),
+        }))
+    }
+
+    /// Whether `presented` is the secret (compared in constant time).
+    pub fn matches(&self, presented: &str) -> bool {
+        same(&Sha256::digest(presented.as_bytes()).into(), &self.digest)
+    }
+
+    /// The Authorization header's value an instance sends.
+    pub fn bearer(&self) -> String {
+        format!("Bearer {}", self.secret)
+    }
+}
+
 /// Constant-time equality of two digests (hand-written: eight lines do
 /// not justify a dependency).
 fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {

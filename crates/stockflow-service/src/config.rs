@@ -86,6 +86,8 @@ pub struct Config {
     pub auth: Option<std::sync::Arc<crate::auth::Tokens>>,
     /// Whether GET /metrics is open to anyone even with an auth file.
     pub metrics_open: bool,
+    /// Kafka mode: what the instances present to each other.
+    pub cluster_secret: Option<std::sync::Arc<crate::auth::ClusterSecret>>,
     /// The listener's certificate (`serve --tls-cert`); `None`: plain HTTP.
     pub tls: Option<std::sync::Arc<crate::tls::ServerTls>>,
     /// The roots outgoing https calls trust besides the system's.
@@ -129,6 +131,7 @@ impl Config {
             simulator: false,
             auth: None,
             metrics_open: false,
+            cluster_secret: None,
             tls: None,
             trust: crate::tls::Trust::default(),
             cors_origins: Vec::new(),

@@ -391,6 +391,11 @@ struct KafkaArgs {
     /// Topic names start with this (`{prefix}.events.canonical`, …).
     #[arg(long, default_value = stockflow_kafka::TOPIC_PREFIX_DEFAULT, value_parser = stockflow_kafka::parse_topic_prefix)]
     topic_prefix: String,
+    /// The secret the instances present to each other (a file holding
+    /// at least 32 characters, the same for every instance; e.g.
+    /// `openssl rand -hex 32 > FILE`). Needed with --auth-file.
+    #[arg(long, env = "STOCKFLOW_CLUSTER_SECRET_FILE", requires = "kafka")]
+    cluster_secret_file: Option<PathBuf>,
     /// A librdkafka property passed through, e.g. security.protocol=SASL_SSL (repeatable).
     #[arg(long = "kafka-config", value_parser = parse_param, requires = "kafka")]
     kafka_config: Vec<(String, String)>,
@@ -527,6 +532,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let mut config = Config::new(data_dir);
             config.metrics_open = metrics_without_auth;
             config.cors_origins = cors_origins;
+            if let Some(file) = &kafka.cluster_secret_file {
+                config.cluster_secret = Some(stockflow_service::auth::ClusterSecret::load(file)?);
+            }
             config.auth = access(auth_file.as_deref(), listen, insecure_no_auth, &kafka)?;
             if let (Some(cert), Some(key)) = (&tls_cert, &tls_key) {
                 config.tls = Some(stockflow_service::tls::ServerTls::load(cert, key)?);
@@ -811,11 +819,11 @@ fn access(
         }
         return Ok(None);
     };
-    if kafka.kafka.is_some() {
+    if kafka.kafka.is_some() && kafka.cluster_secret_file.is_none() {
         bail!(
-            "Kafka mode does not take --auth-file yet: its instances call each other's \
-             endpoints, which first need a secret of their own; run it on a private network \
-             (--insecure-no-auth on a non-loopback --listen)"
+            "Kafka mode with --auth-file needs --cluster-secret-file FILE as well: the secret \
+             the instances present to each other (make one with `openssl rand -hex 32 > FILE`, \
+             then give every instance the same file)"
         );
     }
     let tokens = std::sync::Arc::new(stockflow_service::auth::Tokens::load(path)?);

@@ -118,6 +118,7 @@ async fn every_route_needs_a_token_with_its_role() {
                 );
                 continue;
             }
+            Access::Cluster => panic!("{method} {path}: an instances' route in the public list"),
             Access::AnyToken => {
                 assert_eq!(call(&url, method, path, None).await.0, 401);
                 for role in Role::ALL {
@@ -332,8 +333,9 @@ fn a_server_other_machines_can_reach_needs_an_auth_file_or_says_it_has_none() {
     );
     assert!(!data.exists(), "refused before creating the data directory");
 
-    // Kafka mode refuses an auth file rather than leave its instances'
-    // endpoints to each other open (or closed) by surprise.
+    // Kafka mode refuses an auth file without a cluster secret rather
+    // than leave its instances' endpoints to each other open (or closed)
+    // by surprise.
     let tokens = dir.path().join("tokens");
     create_token(&tokens, "t", &[Role::Read]);
     let output = Command::new(env!("CARGO_BIN_EXE_stockflow"))
@@ -345,9 +347,25 @@ fn a_server_other_machines_can_reach_needs_an_auth_file_or_says_it_has_none() {
         .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--cluster-secret-file"), "{stderr}");
+    // A secret anyone could guess is refused too.
+    let short = dir.path().join("short");
+    std::fs::write(&short, "hunter2\n").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_stockflow"))
+        .args(["serve", "--kafka", "127.0.0.1:1", "--data-dir"])
+        .arg(&data)
+        .arg("--auth-file")
+        .arg(&tokens)
+        .arg("--cluster-secret-file")
+        .arg(&short)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("at least 32 characters"), "{stderr}");
     assert!(
-        stderr.contains("Kafka mode does not take --auth-file"),
-        "{stderr}"
+        !stderr.contains("hunter2"),
+        "the secret is not echoed: {stderr}"
     );
 
     let port = crate::free_port();

@@ -24,6 +24,7 @@ use stockflow_core::{parse_body, BodyFormat, Engine, EngineConfig, Timestamp};
 use crate::free_port;
 use crate::reference::{location, sku, Ev, Model};
 
+mod access;
 mod catalog;
 mod clients;
 pub mod harness;

@@ -1,0 +1,141 @@
+//! A Kafka-mode cluster with an auth file: the instances forward reads to
+//! each other with the cluster secret, so a user's token works on any of
+//! them; the endpoints only they call refuse every user token, even an
+//! admin's.
+
+use super::*;
+use stockflow_service::auth::Role;
+
+/// GET `url` with `token`: (status, JSON).
+async fn get_with(client: &reqwest::Client, url: &str, token: &str) -> (u16, Value) {
+    let answer = client.get(url).bearer_auth(token).send().await.unwrap();
+    let status = answer.status().as_u16();
+    (status, answer.json().await.unwrap_or(Value::Null))
+}
+
+#[test]
+fn a_secured_cluster_forwards_with_its_secret_and_keeps_its_own_endpoints_to_itself() {
+    let _heavy = crate::heavy();
+    let broker = Broker::start();
+    broker.create_topics();
+    let dirs = scratch("kafka-access");
+    let tokens = dirs.join("tokens");
+    let mut secret_of = BTreeMap::new();
+    for (name, roles) in [
+        ("reader", vec![Role::Read]),
+        ("till", vec![Role::Ingest]),
+        ("admin", Role::ALL.to_vec()),
+    ] {
+        let secret = stockflow_service::auth::create(&tokens, name, &roles).unwrap();
+        secret_of.insert(name, secret);
+    }
+    let cluster = dirs.join("cluster.secret");
+    let cluster_secret: String = (0..64)
+        .map(|_| char::from_digit(rand::random_range(0..16), 16).unwrap())
+        .collect();
+    std::fs::write(&cluster, format!("{cluster_secret}\n")).unwrap();
+    let args = [
+        "--auth-file",
+        tokens.to_str().unwrap(),
+        "--cluster-secret-file",
+        cluster.to_str().unwrap(),
+    ];
+    let instances: Vec<Instance> = (0..2)
+        .map(|i| {
+            Instance::with_args(
+                &broker,
+                "access",
+                &dirs.join(format!("i{i}")),
+                "priority:WEB,BACKUP",
+                &args,
+            )
+        })
+        .collect();
+    let (a, b) = (instances[0].url.clone(), instances[1].url.clone());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let client = reqwest::Client::new();
+    runtime.block_on(async {
+        // Two members, each owning partitions: reads of half the levels
+        // on either instance are forwarded.
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let (status, view) =
+                get_with(&client, &format!("{a}/v1/cluster"), &secret_of["reader"]).await;
+            let members = view["members"].as_array().map_or(0, Vec::len);
+            let active = view["partitions"]
+                .as_array()
+                .is_some_and(|ps| ps.iter().all(|p| p["status"] == "active"));
+            if status == 200 && members == 2 && active {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the group did not settle: {status} {view}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let events: Vec<Value> = (0..40)
+            .map(|i| {
+                serde_json::json!({"eventId": format!("acc-{i}"), "eventType": "RECEIPT",
+                    "sku": format!("ACC-{i}"), "locationId": "S1", "quantity": i + 1})
+            })
+            .collect();
+        let posted = client
+            .post(format!("{a}/v1/events"))
+            .bearer_auth(&secret_of["till"])
+            .json(&events)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(posted.status(), 200, "{}", posted.text().await.unwrap());
+        // Every level, read on the other instance with the reader's
+        // token: the ones it does not own come through its owner.
+        for i in 0..40 {
+            let url = format!("{b}/v1/stock/ACC-{i}/S1");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let (status, level) = get_with(&client, &url, &secret_of["reader"]).await;
+                assert!(status != 401 && status != 403, "{url}: {status} {level}");
+                if status == 200 && level["onHand"] == i + 1 {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "{url}: {status} {level}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        // The instances' own endpoints: not for users, however trusted.
+        let internal = format!("{a}/v1/internal/orders/none");
+        let no_token = client.get(&internal).send().await.unwrap().status();
+        assert_eq!(no_token, 401);
+        for user in ["reader", "admin"] {
+            let (status, body) = get_with(&client, &internal, &secret_of[user]).await;
+            assert_eq!(status, 403, "{user}: {body}");
+        }
+        let (status, body) = get_with(&client, &internal, &cluster_secret).await;
+        assert!(
+            status != 401 && status != 403,
+            "the cluster secret: {status} {body}"
+        );
+        // And the cluster secret is no user token: it cannot write.
+        let posted = client
+            .post(format!("{a}/v1/events"))
+            .bearer_auth(&cluster_secret)
+            .json(&events[0])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(posted.status(), 403);
+    });
+    drop(instances);
+    for i in 0..2 {
+        let log =
+            std::fs::read_to_string(dirs.join(format!("i{i}")).with_extension("log")).unwrap();
+        assert!(
+            !log.contains(&cluster_secret),
+            "the cluster secret in a log"
+        );
+        for secret in secret_of.values() {
+            assert!(!log.contains(secret.as_str()), "a token in a log");
+        }
+    }
+}
