@@ -22,7 +22,7 @@ mod parity;
 pub mod reference;
 mod sources;
 pub mod stream;
-mod tls;
+pub mod tls;
 mod ui;
 pub mod webhooks;
 

@@ -12,13 +12,15 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 /// A test certificate authority, and certificates it signs.
-struct Authority {
+pub struct Authority {
     issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-    pem: String,
+    pub pem: String,
 }
 
 impl Authority {
-    fn new() -> Authority {
+    /// A new CA, with a key of its own.
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Authority {
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         params
@@ -33,7 +35,7 @@ impl Authority {
     }
 
     /// A server certificate for 127.0.0.1 and localhost: (cert, key) PEM.
-    fn server(&self, name: &str) -> (String, String) {
+    pub fn server(&self, name: &str) -> (String, String) {
         let mut params =
             rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
                 .unwrap();

@@ -19,17 +19,100 @@ pub type Record = (Option<String>, Option<Vec<u8>>, Vec<(String, String)>);
 pub struct Broker {
     child: Child,
     pub bootstrap: String,
+    /// librdkafka settings every client of this broker needs (TLS).
+    pub settings: Vec<(String, String)>,
+    /// The TLS proxy in front of it, if any.
+    proxy: Option<Child>,
 }
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        for child in std::iter::once(&mut self.child).chain(self.proxy.as_mut()) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
 impl Broker {
     pub fn start() -> Broker {
+        let port = free_port();
+        Broker::advertising(port, &format!("127.0.0.1:{port}"))
+    }
+
+    /// A broker that only speaks TLS: tansu (which has no TLS listener of
+    /// its own) behind stunnel, advertising the proxy's address, with a
+    /// certificate of a CA made here that clients are given. Every client
+    /// of it, the instances' included, gets the settings.
+    pub fn start_tls(dir: &Path) -> Broker {
+        let stunnel = on_path("stunnel4")
+            .expect("stunnel4 is not on PATH: run .ci/install (installs Debian's stunnel4)");
+        let authority = crate::tls::Authority::new();
+        let ca = dir.join("kafka-ca.pem");
+        std::fs::write(&ca, &authority.pem).unwrap();
+        let (cert, key) = authority.server("kafka");
+        let (cert_file, key_file) = (dir.join("kafka.pem"), dir.join("kafka.key"));
+        std::fs::write(&cert_file, cert).unwrap();
+        std::fs::write(&key_file, key).unwrap();
+        let (plain, proxied) = (free_port(), free_port());
+        let mut broker = Broker::advertising(plain, &format!("localhost:{proxied}"));
+        let config = dir.join("stunnel.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "foreground = yes\npid =\noutput = {}\n[kafka]\naccept = 127.0.0.1:{proxied}\n\
+                 connect = 127.0.0.1:{plain}\ncert = {}\nkey = {}\n",
+                dir.join("stunnel.log").display(),
+                cert_file.display(),
+                key_file.display()
+            ),
+        )
+        .unwrap();
+        broker.proxy = Some(
+            Command::new(stunnel)
+                .arg(&config)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("stunnel starts"),
+        );
+        broker.bootstrap = format!("localhost:{proxied}");
+        broker.settings = vec![
+            ("security.protocol".into(), "SSL".into()),
+            ("ssl.ca.location".into(), ca.to_str().unwrap().to_owned()),
+        ];
+        let client: BaseConsumer = broker.client().create().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while client.fetch_metadata(None, Duration::from_secs(1)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "tansu behind stunnel did not answer over TLS"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        broker
+    }
+
+    /// A client configuration for this broker.
+    pub fn client(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.bootstrap);
+        for (key, value) in &self.settings {
+            config.set(key, value);
+        }
+        config
+    }
+
+    /// `--kafka-config` arguments for this broker's settings.
+    pub fn kafka_args(&self) -> Vec<String> {
+        self.settings
+            .iter()
+            .flat_map(|(k, v)| ["--kafka-config".to_owned(), format!("{k}={v}")])
+            .collect()
+    }
+
+    /// tansu listening on `port`, telling clients to find it at `advertised`.
+    fn advertising(port: u16, advertised: &str) -> Broker {
         // Never skip: without the broker the test fails, saying what to run.
         // `cargo install` puts it in ~/.cargo/bin, on PATH where cargo is.
         let installed = std::env::var_os("CARGO_HOME")
@@ -40,7 +123,6 @@ impl Broker {
         let tansu = on_path("tansu").or(installed).expect(
             "tansu is not on PATH: run .ci/install (cargo install tansu --locked --features dynostore)",
         );
-        let port = free_port();
         let url = format!("tcp://127.0.0.1:{port}");
         let child = Command::new(tansu)
             .args([
@@ -48,7 +130,7 @@ impl Broker {
                 "--listener-url",
                 &url,
                 "--advertised-listener-url",
-                &url,
+                &format!("tcp://{advertised}"),
             ])
             .args(["--storage-engine", "memory://tansu/"])
             .stdout(Stdio::null())
@@ -58,6 +140,8 @@ impl Broker {
         let broker = Broker {
             child,
             bootstrap: format!("127.0.0.1:{port}"),
+            settings: Vec::new(),
+            proxy: None,
         };
         let client: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &broker.bootstrap)
@@ -74,6 +158,7 @@ impl Broker {
     pub fn create_topics(&self) {
         let output = Command::new(env!("CARGO_BIN_EXE_stockflow"))
             .args(["topics", "create", "--kafka", &self.bootstrap])
+            .args(self.kafka_args())
             .output()
             .unwrap();
         assert!(
@@ -84,8 +169,7 @@ impl Broker {
     }
 
     pub fn producer(&self) -> BaseProducer {
-        ClientConfig::new()
-            .set("bootstrap.servers", &self.bootstrap)
+        self.client()
             .set("enable.idempotence", "true")
             .set("linger.ms", "5")
             .create()
@@ -97,8 +181,8 @@ impl Broker {
     /// returns, so they cannot say where the end is).
     pub fn read_all(&self, topic: &str) -> Vec<Record> {
         use rdkafka::message::Headers;
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.bootstrap)
+        let consumer: BaseConsumer = self
+            .client()
             .set("group.id", "test-reader")
             .set("enable.auto.commit", "false")
             .create()
@@ -216,7 +300,11 @@ impl Instance {
             bootstrap: broker.bootstrap.clone(),
             group: group.to_owned(),
             sourcing: sourcing.to_owned(),
-            extra: extra.iter().map(|a| a.to_string()).collect(),
+            extra: extra
+                .iter()
+                .map(|a| a.to_string())
+                .chain(broker.kafka_args())
+                .collect(),
         };
         instance.spawn();
         instance
