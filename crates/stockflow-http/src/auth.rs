@@ -54,6 +54,11 @@ pub fn access(method: &Method, path: &str) -> Access {
     }
 }
 
+/// The token name a connection's verified client certificate stands for
+/// (`--tls-client-ca`), put in each of its requests by the accept loop.
+#[derive(Clone, Debug)]
+pub struct ClientCertificate(pub String);
+
 /// The routes a stream cookie opens (see `session`).
 const STREAMS: [&str; 2] = ["/v1/stream", "/v1/ws"];
 
@@ -130,6 +135,11 @@ pub async fn authorize(State(guard): State<Guard>, mut request: Request, next: N
         }),
         (None, _) => Some(anonymous()),
         (Some(tokens), Some(secret)) => tokens.identify(secret),
+        // A client certificate names its token.
+        (Some(tokens), None) if request.extensions().get::<ClientCertificate>().is_some() => {
+            let certificate = request.extensions().get::<ClientCertificate>();
+            certificate.and_then(|c| tokens.named(&c.0))
+        }
         // A browser's EventSource or WebSocket: its stream cookie.
         (Some(tokens), None) if STREAMS.contains(&path) => {
             super::session::stream_caller(request.headers(), tokens)

@@ -27,6 +27,8 @@ use std::time::Duration;
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use stockflow_service::tls::ServerTls;
+
+use crate::auth::ClientCertificate;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
@@ -221,11 +223,17 @@ pub async fn serve(
         // is taken for that one only).
         let headed = waiting.clone();
         let first = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        // The token a client certificate names, once the handshake is done.
+        let certified: Arc<std::sync::OnceLock<ClientCertificate>> = Arc::default();
+        let named = certified.clone();
         let router = tower::ServiceExt::map_request(
             router.clone(),
-            move |request: hyper::Request<hyper::body::Incoming>| {
+            move |mut request: hyper::Request<hyper::body::Incoming>| {
                 if first.swap(false, Ordering::Relaxed) {
                     headed.lock().by_age.remove(&id);
+                }
+                if let Some(name) = named.get() {
+                    request.extensions_mut().insert(name.clone());
                 }
                 request
             },
@@ -264,7 +272,16 @@ pub async fn serve(
                     };
                     match stream {
                         Some(stream) => {
-                            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                            let session = stream.get_ref().1;
+                            let h2 = session.alpn_protocol() == Some(b"h2");
+                            // Verified by the handshake against --tls-client-ca.
+                            let name = session
+                                .peer_certificates()
+                                .and_then(|chain| chain.first())
+                                .and_then(|leaf| stockflow_service::tls::client_name(leaf));
+                            if let Some(name) = name {
+                                let _ = certified.set(ClientCertificate(name));
+                            }
                             let io = JsonParseErrors::new(TokioIo::new(stream), place);
                             drive(io, service, limits, h2, closed, stop_seen).await
                         }

@@ -63,12 +63,42 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 impl ServerTls {
     /// Reads a PEM certificate chain and its private key.
     pub fn load(cert: &Path, key: &Path) -> anyhow::Result<Arc<ServerTls>> {
+        ServerTls::with_client_ca(cert, key, None)
+    }
+
+    /// As [`ServerTls::load`], and with `client_ca` (PEM) clients may
+    /// also show a certificate it signed (`--tls-client-ca`): its subject's
+    /// common name is the token name they act as ([`client_name`]).
+    /// Clients without one still connect, and use bearer tokens.
+    pub fn with_client_ca(
+        cert: &Path,
+        key: &Path,
+        client_ca: Option<&Path>,
+    ) -> anyhow::Result<Arc<ServerTls>> {
         let keys = Arc::new(Current(parking_lot::RwLock::new(read_pair(cert, key)?)));
-        let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        let builder = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
-            .context("TLS protocol versions")?
-            .with_no_client_auth()
-            .with_cert_resolver(keys.clone());
+            .context("TLS protocol versions")?;
+        let builder = match client_ca {
+            None => builder.with_no_client_auth(),
+            Some(path) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for root in certificates(path, "--tls-client-ca")? {
+                    roots
+                        .add(root)
+                        .map_err(|e| anyhow::anyhow!("--tls-client-ca {}: {e}", path.display()))?;
+                }
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider(),
+                )
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| anyhow::anyhow!("--tls-client-ca {}: {e}", path.display()))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut config = builder.with_cert_resolver(keys.clone());
         config.ignore_client_order = true;
         // HTTP/2 when the client offers it, else HTTP/1.1.
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -136,6 +166,14 @@ fn certificates(path: &Path, flag: &str) -> anyhow::Result<Vec<CertificateDer<'s
         );
     }
     Ok(chain)
+}
+
+/// The token name a verified client certificate stands for: the common
+/// name of its subject. `None` if it has none (or it cannot be read).
+pub fn client_name(certificate: &[u8]) -> Option<String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(certificate).ok()?;
+    let name = parsed.subject().iter_common_name().next()?;
+    name.as_str().ok().map(str::to_owned)
 }
 
 /// The extra roots outgoing https calls trust besides the system's.

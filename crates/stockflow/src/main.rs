@@ -197,6 +197,11 @@ enum Command {
         /// instances) trust besides the system's roots: a private CA.
         #[arg(long, env = "STOCKFLOW_TLS_CA_FILE", help_heading = "TLS")]
         tls_ca_file: Option<PathBuf>,
+        /// Let clients sign in with a certificate this PEM CA signed: the
+        /// common name of its subject is the name of the auth file's token
+        /// whose roles they get (clients without one still use tokens).
+        #[arg(long, env = "STOCKFLOW_TLS_CLIENT_CA", requires_all = ["tls_cert", "auth_file"], help_heading = "TLS")]
+        tls_client_ca: Option<PathBuf>,
         #[command(flatten, next_help_heading = "Kafka mode (with --kafka)")]
         kafka: KafkaArgs,
     },
@@ -527,6 +532,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             tls_cert,
             tls_key,
             tls_ca_file,
+            tls_client_ca,
             kafka,
         } => {
             let mut config = Config::new(data_dir);
@@ -537,7 +543,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             config.auth = access(auth_file.as_deref(), listen, insecure_no_auth, &kafka)?;
             if let (Some(cert), Some(key)) = (&tls_cert, &tls_key) {
-                config.tls = Some(stockflow_service::tls::ServerTls::load(cert, key)?);
+                config.tls = Some(stockflow_service::tls::ServerTls::with_client_ca(
+                    cert,
+                    key,
+                    tls_client_ca.as_deref(),
+                )?);
             } else if config.auth.is_some() && !listen.ip().is_loopback() {
                 tracing::warn!(%listen, "tokens cross the network in clear text: give --tls-cert and --tls-key");
             }

@@ -48,6 +48,21 @@ impl Authority {
     }
 }
 
+impl Authority {
+    /// A client certificate whose subject's common name is `name`: cert
+    /// and key in one PEM, as a client identity.
+    pub fn client(&self, name: &str) -> String {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        format!("{}{}", cert.pem(), key.serialize_pem())
+    }
+}
+
 /// A client that trusts the test CA (and nothing else).
 fn client(ca: &str, http1_only: bool) -> reqwest::Client {
     let mut builder = reqwest::Client::builder()
@@ -319,4 +334,89 @@ fn a_key_that_does_not_go_with_the_certificate_stops_the_start() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("does not go with"), "{stderr}");
+}
+
+/// `--tls-client-ca`: a client showing a certificate of that CA acts as
+/// the auth file's token its subject names, with that token's roles and no
+/// bearer token; a name the file does not hold, or no certificate, is 401;
+/// a certificate of another CA does not get through the handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_acts_as_the_token_it_names() {
+    use stockflow_service::auth::Role;
+    let dir = tempfile::tempdir().unwrap();
+    let authority = Authority::new();
+    let ca = write(dir.path(), "ca.pem", &authority.pem);
+    let (cert, key) = authority.server("server");
+    let tokens = dir.path().join("tokens");
+    stockflow_service::auth::create(&tokens, "pos-7", &[Role::Ingest]).unwrap();
+    let (server, url) = crate::auth::serve(
+        &dir.path().join("data"),
+        &[
+            "--tls-cert",
+            &write(dir.path(), "server.pem", &cert),
+            "--tls-key",
+            &write(dir.path(), "server.key", &key),
+            "--tls-client-ca",
+            &ca,
+            "--auth-file",
+            tokens.to_str().unwrap(),
+        ],
+        &dir.path().join("log.txt"),
+    );
+    let url = url.replace("http://", "https://");
+    let with = |identity: Option<String>| {
+        let mut builder = reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(authority.pem.as_bytes()).unwrap(),
+            );
+        if let Some(pem) = identity {
+            builder = builder.identity(reqwest::Identity::from_pem(pem.as_bytes()).unwrap());
+        }
+        builder.build().unwrap()
+    };
+    let event = serde_json::json!({"eventId": "cc-1", "eventType": "RECEIPT",
+        "sku": "CC", "locationId": "S1", "quantity": 3});
+    let post = |client: reqwest::Client| {
+        let url = url.clone();
+        let event = event.clone();
+        async move {
+            match client
+                .post(format!("{url}/v1/events"))
+                .json(&event)
+                .send()
+                .await
+            {
+                Ok(answer) => Some(answer.status().as_u16()),
+                Err(_) => None,
+            }
+        }
+    };
+    assert_eq!(
+        post(with(Some(authority.client("pos-7")))).await,
+        Some(200),
+        "the token's role"
+    );
+    let read = with(Some(authority.client("pos-7")))
+        .get(format!("{url}/v1/stock/CC/S1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), 403, "and only the token's roles");
+    assert_eq!(
+        post(with(Some(authority.client("stranger")))).await,
+        Some(401)
+    );
+    assert_eq!(
+        post(with(None)).await,
+        Some(401),
+        "no certificate: a token is needed"
+    );
+    let other = Authority::new();
+    assert_eq!(
+        post(with(Some(other.client("pos-7")))).await,
+        None,
+        "another CA's"
+    );
+    drop(server);
 }
