@@ -142,7 +142,7 @@ pub async fn authorize(State(guard): State<Guard>, mut request: Request, next: N
         }
         // A browser's EventSource or WebSocket: its stream cookie.
         (Some(tokens), None) if STREAMS.contains(&path) => {
-            super::session::stream_caller(request.headers(), tokens)
+            super::session::stream_caller(request.headers(), tokens, guard.cluster.as_deref())
         }
         (Some(_), None) => None,
     };

@@ -160,6 +160,11 @@ pub fn operations<B: Backend>() -> Vec<Operation<B>> {
             "/v1/session/stream",
             post(session::stream_cookie::<B>),
         ),
+        op(
+            M::DELETE,
+            "/v1/session/stream",
+            delete(session::end_stream_cookie::<B>),
+        ),
         op(M::GET, "/v1/stream", get(stream::stream::<B>)),
         prose_only(op(M::GET, "/v1/ws", get(stream::websocket::<B>))),
         op(M::GET, "/v1/activity", get(dashboard::activity::<B>)),

@@ -176,6 +176,7 @@ pub(crate) enum SourceBatch {
         super::alerts::list,
         super::session::get,
         super::session::stream_cookie,
+        super::session::end_stream_cookie,
         super::stream::stream,
         super::dashboard::activity,
         super::dashboard::status,

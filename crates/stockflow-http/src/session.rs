@@ -3,60 +3,75 @@
 //!
 //! A browser's EventSource and WebSocket cannot send an Authorization
 //! header, and a secret in the URL would land in logs. So the console,
-//! holding its token, asks `POST /v1/session/stream` for a cookie that is
-//! HttpOnly, SameSite=Strict, limited to `/v1` and twelve hours, and
-//! signed with a key this process draws at start. It carries the token's
-//! name, not its secret, and opens only the two stream routes (see
-//! [`stream_caller`]): a token removed from the auth file stops opening
-//! them at the next connection, and a restart ends every cookie (the
-//! console asks for a new one).
+//! holding its token, asks `POST /v1/session/stream` for a cookie: a
+//! session cookie (gone with the browser; `DELETE` ends it at sign-out),
+//! HttpOnly, SameSite=Strict, limited to `/v1`, valid twelve hours at
+//! most. It carries the token's name, not its secret, and opens only the
+//! two stream routes (see [`stream_caller`]). Its signature covers the
+//! digest of the token's secret, so a token removed from the auth file, or
+//! replaced under the same name, stops opening them at the next
+//! connection. The key is derived from the cluster secret in Kafka mode
+//! (any instance takes any instance's cookie), else drawn at start (a
+//! restart ends every cookie; the console asks for a new one).
 
 use std::sync::{Arc, OnceLock};
 
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use stockflow_service::auth::{Caller, Role, Tokens};
+use stockflow_service::auth::{Caller, ClusterSecret, Role, Tokens};
 
 use super::backend::Backend;
+use super::ApiError;
 
 /// The cookie's name.
 pub const COOKIE: &str = "sf_stream";
 /// How long a cookie opens the stream.
 const LIFETIME_SECONDS: i64 = 12 * 3600;
 
-/// The key cookies are signed with: random, this process only.
-fn key() -> &'static [u8; 32] {
-    static KEY: OnceLock<[u8; 32]> = OnceLock::new();
-    KEY.get_or_init(rand::random)
+/// The key cookies are signed with: derived from the cluster secret, or
+/// random for this process.
+fn key(cluster: Option<&ClusterSecret>) -> [u8; 32] {
+    static DRAWN: OnceLock<[u8; 32]> = OnceLock::new();
+    match cluster {
+        Some(cluster) => cluster.derive("stream cookie"),
+        None => *DRAWN.get_or_init(rand::random),
+    }
 }
 
-fn signature(payload: &str) -> Hmac<Sha256> {
-    let mut mac = Hmac::<Sha256>::new_from_slice(key()).expect("any key length");
+/// The MAC of a cookie's `payload` for the token whose secret's digest
+/// is `bound`.
+fn signature(key: &[u8; 32], payload: &str, bound: &[u8; 32]) -> Hmac<Sha256> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("any key length");
     mac.update(payload.as_bytes());
+    mac.update(b"\0");
+    mac.update(bound);
     mac
 }
 
 /// A cookie value for `name`, valid until `expires` (Unix seconds):
 /// `hex(name).expires.hex(hmac)`.
-fn ticket(name: &str, expires: i64) -> String {
+fn ticket(key: &[u8; 32], name: &str, bound: &[u8; 32], expires: i64) -> String {
     let payload = format!("{}.{expires}", hex::encode(name));
-    let signed = hex::encode(signature(&payload).finalize().into_bytes());
+    let signed = hex::encode(signature(key, &payload, bound).finalize().into_bytes());
     format!("{payload}.{signed}")
 }
 
-/// The token name a cookie value names, if its signature holds (checked
-/// in constant time) and it has not expired at `now`.
-fn verify(value: &str, now: i64) -> Option<String> {
+/// The caller a cookie value stands for, if it names a token of `tokens`,
+/// its signature holds for that token's secret (checked in constant time)
+/// and it has not expired at `now`.
+fn verify(key: &[u8; 32], value: &str, tokens: &Tokens, now: i64) -> Option<Caller> {
     let (payload, signed) = value.rsplit_once('.')?;
     let signed = hex::decode(signed).ok()?;
-    signature(payload).verify_slice(&signed).ok()?;
     let (name, expires) = payload.split_once('.')?;
     (expires.parse::<i64>().ok()? > now).then_some(())?;
-    String::from_utf8(hex::decode(name).ok()?).ok()
+    let name = String::from_utf8(hex::decode(name).ok()?).ok()?;
+    let (caller, bound) = tokens.bound(&name)?;
+    signature(key, payload, &bound).verify_slice(&signed).ok()?;
+    Some(caller)
 }
 
 fn unix_now() -> i64 {
@@ -66,17 +81,22 @@ fn unix_now() -> i64 {
 }
 
 /// The caller a request to a stream route stands for by its cookie, if it
-/// carries a valid one whose token still has the `read` role.
-pub fn stream_caller(headers: &HeaderMap, tokens: &Tokens) -> Option<Caller> {
-    let value = headers
+/// carries a valid one (any of them, if several) whose token still has the
+/// `read` role.
+pub fn stream_caller(
+    headers: &HeaderMap,
+    tokens: &Tokens,
+    cluster: Option<&ClusterSecret>,
+) -> Option<Caller> {
+    let key = key(cluster);
+    let now = unix_now();
+    headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .find_map(|pair| pair.trim().strip_prefix(COOKIE)?.strip_prefix('='))?;
-    let name = verify(value, unix_now())?;
-    tokens
-        .named(&name)
+        .filter_map(|pair| pair.trim().strip_prefix(COOKIE)?.strip_prefix('='))
+        .find_map(|value| verify(&key, value, tokens, now))
         .filter(|c| c.roles.contains(&Role::Read))
 }
 
@@ -132,21 +152,61 @@ pub struct StreamCookie {
 pub async fn stream_cookie<B: Backend>(
     State(backend): State<Arc<B>>,
     Extension(caller): Extension<Caller>,
-) -> Response {
+) -> Result<Response, ApiError> {
+    let config = backend.config();
     let expires = unix_now() + LIFETIME_SECONDS;
-    let secure = if backend.config().tls.is_some() {
-        "; Secure"
-    } else {
-        ""
+    // Without an auth file the stream is open and the cookie unused.
+    let bound = match &config.auth {
+        None => [0; 32],
+        Some(tokens) => match tokens.bound(&caller.name) {
+            Some((_, bound)) => bound,
+            None => {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    "only a token of the auth file can open the stream from a browser",
+                ))
+            }
+        },
     };
+    let key = key(config.cluster_secret.as_deref());
     let cookie = format!(
-        "{COOKIE}={}; Path=/v1; Max-Age={LIFETIME_SECONDS}; HttpOnly; SameSite=Strict{secure}",
-        ticket(&caller.name, expires)
+        "{COOKIE}={}; Path=/v1; HttpOnly; SameSite=Strict{}",
+        ticket(&key, &caller.name, &bound, expires),
+        secure(config)
     );
     let expires_at = chrono::DateTime::from_timestamp(expires, 0)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
         .unwrap_or_default();
     let mut response = Json(StreamCookie { expires_at }).into_response();
+    if let Ok(value) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    Ok(response)
+}
+
+/// `; Secure` when this server speaks TLS.
+fn secure(config: &stockflow_service::config::Config) -> &'static str {
+    if config.tls.is_some() {
+        "; Secure"
+    } else {
+        ""
+    }
+}
+
+#[utoipa::path(delete, path = "/v1/session/stream",
+    operation_id = "closeStreamSession", tag = "access",
+    summary = "Ends the browser's stream cookie (sign-out)",
+    responses(
+        (status = 204, description = "The cookie is cleared"),
+        openapi::WriteRefusals,
+    ))]
+pub async fn end_stream_cookie<B: Backend>(State(backend): State<Arc<B>>) -> Response {
+    let cookie = format!(
+        "{COOKIE}=; Path=/v1; Max-Age=0; HttpOnly; SameSite=Strict{}",
+        secure(backend.config())
+    );
+    let mut response = StatusCode::NO_CONTENT.into_response();
     if let Ok(value) = HeaderValue::from_str(&cookie) {
         response.headers_mut().insert(header::SET_COOKIE, value);
     }
@@ -160,20 +220,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_ticket_opens_until_it_expires_and_only_unaltered() {
-        let value = ticket("console.eu", 1_000);
-        assert_eq!(verify(&value, 999).as_deref(), Some("console.eu"));
-        assert_eq!(verify(&value, 1_000), None, "expired");
+    fn a_ticket_opens_until_it_expires_and_only_unaltered_and_for_its_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tokens");
+        stockflow_service::auth::create(&file, "console.eu", &[Role::Read]).unwrap();
+        stockflow_service::auth::create(&file, "admin", &[Role::Read]).unwrap();
+        let tokens = Tokens::load(&file).unwrap();
+        let key = key(None);
+        let (_, bound) = tokens.bound("console.eu").unwrap();
+        let value = ticket(&key, "console.eu", &bound, 1_000);
+        let name = |v: &str, now| verify(&key, v, &tokens, now).map(|c| c.name);
+        assert_eq!(name(&value, 999).as_deref(), Some("console.eu"));
+        assert_eq!(name(&value, 1_000), None, "expired");
         let later = value.replacen(".1000.", ".9000.", 1);
         assert_ne!(later, value);
-        assert_eq!(verify(&later, 999), None, "a changed expiry");
+        assert_eq!(name(&later, 999), None, "a changed expiry");
         let other = format!(
             "{}{}",
             hex::encode("admin"),
             &value[hex::encode("console.eu").len()..]
         );
-        assert_eq!(verify(&other, 999), None, "a changed name");
-        assert_eq!(verify("", 0), None);
-        assert_eq!(verify("zz.1.zz", 0), None);
+        assert_eq!(name(&other, 999), None, "a changed name");
+        assert_eq!(name("", 0), None);
+        assert_eq!(name("zz.1.zz", 0), None);
+        assert_eq!(verify(&[7; 32], &value, &tokens, 999), None, "another key");
     }
 }

@@ -82,6 +82,13 @@ export function live(filter, handlers) {
   let closed = false;
   let lastId = null;
   let retry = null;
+  // Refused reopenings wait longer each time (1 s, 2 s, … 30 s), so a
+  // cookie the server keeps refusing costs a request now and then.
+  let wait = 1000;
+  const again = () => {
+    retry = setTimeout(open, wait);
+    wait = Math.min(wait * 2, 30000);
+  };
   // A server that asks for tokens opens the stream to a cookie (an
   // EventSource cannot send the token); it is asked for before each
   // connection the browser does not make by itself.
@@ -90,9 +97,13 @@ export function live(filter, handlers) {
     if (session.authentication) {
       try {
         await api('/v1/session/stream', { method: 'POST', body: {} });
-      } catch {
+      } catch (error) {
+        if (error.status === 403) {
+          status().textContent = '○ no live updates for this token';
+          return;
+        }
         status().textContent = '○ reconnecting…';
-        retry = setTimeout(open, 3000);
+        again();
         return;
       }
     }
@@ -106,14 +117,14 @@ export function live(filter, handlers) {
     const reload = () => handlers.reload?.();
     source.addEventListener('gap', reload);
     source.addEventListener('resync', reload);
-    source.onopen = () => { status().textContent = '● live'; };
+    source.onopen = () => { status().textContent = '● live'; wait = 1000; };
     source.onerror = () => {
       status().textContent = '○ reconnecting…';
       // Refused (a cookie that expired, a restarted server): the browser
       // gives up; start again with a new cookie, from the last message.
       if (source.readyState === EventSource.CLOSED) {
         source = null;
-        retry = setTimeout(open, 1000);
+        again();
       }
     };
   };

@@ -63,7 +63,10 @@ function showSession() {
     h('button', { type: 'button', class: 'link', onclick: signOut }, 'Sign out'));
 }
 
-function signOut() {
+async function signOut() {
+  // The stream cookie goes too: the next person at this browser gets
+  // nothing from it.
+  try { await api('/v1/session/stream', { method: 'DELETE' }); } catch { /* signed out anyway */ }
   token.clear();
   Object.assign(session, { name: null, roles: [], authentication: true });
   unmount();

@@ -154,10 +154,20 @@ impl Tokens {
     /// its token: one removed from the file, or without a role it had,
     /// no longer opens what it did).
     pub fn named(&self, name: &str) -> Option<Caller> {
+        self.bound(name).map(|(caller, _)| caller)
+    }
+
+    /// [`Tokens::named`], with the digest of the token's secret: what a
+    /// cookie issued to it is bound to, so that a new token under an old
+    /// name does not revive the old one's cookies.
+    pub fn bound(&self, name: &str) -> Option<(Caller, [u8; 32])> {
         let entries = self.entries.read().clone();
-        entries.iter().find(|e| e.name == name).map(|e| Caller {
-            name: e.name.clone(),
-            roles: e.roles.clone(),
+        entries.iter().find(|e| e.name == name).map(|e| {
+            let caller = Caller {
+                name: e.name.clone(),
+                roles: e.roles.clone(),
+            };
+            (caller, e.digest)
         })
     }
 }
@@ -187,9 +197,10 @@ impl ClusterSecret {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read the cluster secret file {}", path.display()))?;
         let secret = text.trim();
-        if secret.chars().count() < Self::CHARS_MIN || secret.contains(char::is_whitespace) {
+        // Sent in a header: printable ASCII only.
+        if secret.len() < Self::CHARS_MIN || !secret.bytes().all(|b| b.is_ascii_graphic()) {
             bail!(
-                "the cluster secret in {} must be at least {} characters without spaces; \
+                "the cluster secret in {} must be at least {} printable ASCII characters without spaces; \
                  make one with `openssl rand -hex 32 > {0}` and give every instance the same file",
                 path.display(),
                 Self::CHARS_MIN
@@ -206,11 +217,25 @@ impl ClusterSecret {
         same(&Sha256::digest(presented.as_bytes()).into(), &self.digest)
     }
 
+    /// A key for `purpose` that every instance derives alike (the stream
+    /// cookie's, so that one instance's cookie opens another's stream).
+    pub fn derive(&self, purpose: &str) -> [u8; 32] {
+        let mut hasher = Sha256::new();
+        hasher.update(b"stockflow cluster key\0");
+        hasher.update(purpose.as_bytes());
+        hasher.update(b"\0");
+        hasher.update(self.secret.as_bytes());
+        hasher.finalize().into()
+    }
+
     /// The Authorization header's value an instance sends.
     pub fn bearer(&self) -> String {
         format!("Bearer {}", self.secret)
     }
 }
+
+/// Names the server gives callers that hold no token of the file.
+pub const RESERVED: [&str; 2] = ["anonymous", "cluster"];
 
 /// Constant-time equality of two digests (hand-written: eight lines do
 /// not justify a dependency).
@@ -255,6 +280,9 @@ fn read(path: &Path) -> anyhow::Result<Vec<Loaded>> {
 pub fn create(path: &Path, name: &str, roles: &[Role]) -> anyhow::Result<String> {
     if name.is_empty() || name.chars().any(|c| c.is_control()) {
         bail!("a token's name must be printable and not empty");
+    }
+    if RESERVED.contains(&name) {
+        bail!("{name:?} names the server's own callers; pick another name");
     }
     if roles.is_empty() {
         bail!("a token needs at least one --role");

@@ -13,8 +13,13 @@ let browser;
 let page;
 let pageErrors;
 
+let cookieRequests = 0;
+
 before(async () => {
   ({ browser, page, pageErrors } = await launch());
+  page.on('request', (r) => {
+    if (r.method() === 'POST' && r.url().endsWith('/v1/session/stream')) cookieRequests += 1;
+  });
 });
 
 after(async () => { await browser?.close(); });
@@ -91,4 +96,7 @@ test('the console asks for a token and shows only what it allows', async () => {
   assert.equal(await page.getByText('Checking out needs a token with the orders role.').isVisible(), false);
   await page.screenshot({ path: `${SHOTS}/auth-admin-shop.png` });
   assert.deepEqual(pageErrors.filter((e) => !/401|403/.test(e)), []);
+  // One cookie per live view opened (four of them here), not a storm of
+  // retries.
+  assert.ok(cookieRequests >= 1 && cookieRequests <= 8, `${cookieRequests} cookie requests`);
 });
