@@ -333,20 +333,33 @@ where
     if h2 {
         let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         // HTTP/2 has no head timeout: pings close a connection whose
-        // client stopped answering.
+        // client stopped answering, and `idle` one with no request open
+        // for as long (as an idle HTTP/1.1 keep-alive is). Streams per
+        // connection are capped, so one connection is not a hundred.
         builder
             .timer(TokioTimer::new())
             .keep_alive_interval(limits.header_read_timeout)
-            .keep_alive_timeout(limits.header_read_timeout);
+            .keep_alive_timeout(limits.header_read_timeout)
+            .max_concurrent_streams(H2_STREAMS_MAX)
+            .max_header_list_size(H2_HEADERS_BYTES_MAX);
+        let activity = Arc::new(Activity::new());
+        let service = Tracked {
+            inner: service,
+            activity: activity.clone(),
+        };
         let connection = builder.serve_connection(io, service);
-        until_closed(connection, closed, stop_seen).await
+        let idle = async move {
+            activity.idle_for(limits.header_read_timeout).await;
+            metrics::counter!("stockflow_http_idle_connections_closed_total").increment(1);
+        };
+        until_closed(connection, closed, stop_seen, idle).await
     } else {
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout);
         let connection = builder.serve_connection(io, service).with_upgrades();
-        until_closed(connection, closed, stop_seen).await
+        until_closed(connection, closed, stop_seen, std::future::pending()).await
     }
 }
 
@@ -391,16 +404,135 @@ async fn until_closed(
     connection: impl Graceful,
     closed: tokio::sync::oneshot::Receiver<()>,
     mut stop_seen: tokio::sync::watch::Receiver<bool>,
+    idle: impl Future<Output = ()>,
 ) -> hyper::Result<()> {
     let mut connection = std::pin::pin!(connection);
     tokio::select! {
         ended = connection.as_mut() => ended,
         // Evicted: its place went to a newer connection.
         Ok(()) = closed => Ok(()),
+        () = idle => {
+            connection.as_mut().finish();
+            connection.await
+        }
         _ = async { let _ = stop_seen.wait_for(|stopping| *stopping).await; } => {
             connection.as_mut().finish();
             connection.await
         }
+    }
+}
+
+/// Requests one HTTP/2 connection may have open at once.
+const H2_STREAMS_MAX: u32 = 64;
+/// Bytes of one request's headers over HTTP/2.
+const H2_HEADERS_BYTES_MAX: u32 = 64 << 10;
+
+/// An HTTP/2 connection's open requests (their answers' bodies included,
+/// so a live stream counts), and since when it has had none.
+struct Activity {
+    open: std::sync::atomic::AtomicUsize,
+    idle_since: parking_lot::Mutex<std::time::Instant>,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            open: Default::default(),
+            idle_since: parking_lot::Mutex::new(std::time::Instant::now()),
+        }
+    }
+
+    /// Completes once the connection has had no open request for `limit`.
+    async fn idle_for(self: Arc<Self>, limit: Duration) {
+        let every = (limit / 4).max(Duration::from_millis(100));
+        loop {
+            tokio::time::sleep(every).await;
+            if self.open.load(Ordering::Acquire) == 0 && self.idle_since.lock().elapsed() >= limit {
+                return;
+            }
+        }
+    }
+}
+
+/// One open request of an [`Activity`], closed when dropped.
+struct Open(Arc<Activity>);
+
+impl Open {
+    fn new(activity: Arc<Activity>) -> Open {
+        activity.open.fetch_add(1, Ordering::AcqRel);
+        Open(activity)
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            *self.0.idle_since.lock() = std::time::Instant::now();
+        }
+    }
+}
+
+/// A service whose requests are counted open until their answer's body
+/// is done or dropped.
+#[derive(Clone)]
+struct Tracked<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+impl<S> hyper::service::Service<hyper::Request<hyper::body::Incoming>> for Tracked<S>
+where
+    S: hyper::service::Service<
+        hyper::Request<hyper::body::Incoming>,
+        Response = axum::response::Response,
+        Error = std::convert::Infallible,
+    >,
+    S::Future: Send + 'static,
+{
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn Future<Output = Result<axum::response::Response, std::convert::Infallible>> + Send>,
+    >;
+
+    fn call(&self, request: hyper::Request<hyper::body::Incoming>) -> Self::Future {
+        let open = Open::new(self.activity.clone());
+        let answer = self.inner.call(request);
+        Box::pin(async move {
+            let response = answer.await?;
+            Ok(response.map(|body| {
+                axum::body::Body::new(CountedBody {
+                    inner: body,
+                    _open: open,
+                })
+            }))
+        })
+    }
+}
+
+/// An answer's body that keeps its request counted open.
+struct CountedBody {
+    inner: axum::body::Body,
+    _open: Open,
+}
+
+impl hyper::body::Body for CountedBody {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

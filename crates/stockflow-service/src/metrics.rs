@@ -143,6 +143,14 @@ fn describe() {
         "New connections closed at once because --connections-max were open, all inside a request."
     );
     describe_counter!(
+        "stockflow_http_tls_handshakes_failed_total",
+        "Connections to the TLS port closed without a handshake: failed, too slow, or plain HTTP (told to use https)."
+    );
+    describe_counter!(
+        "stockflow_http_idle_connections_closed_total",
+        "HTTP/2 connections closed after --read-timeout-seconds with no request open."
+    );
+    describe_counter!(
         "stockflow_http_connections_refused_per_address_total",
         "New connections closed at once because their client address had --connections-per-address-max open."
     );

@@ -238,6 +238,36 @@ async fn https_serves_http1_http2_the_stream_and_webhooks_and_refuses_plain_http
         "closed after {after:?}"
     );
 
+    // An HTTP/2 connection with no request open is closed after the read
+    // timeout too (its client answers pings, so they would not).
+    let idle_closed = || async {
+        let text = h1
+            .get(format!("{url}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find(|l| l.starts_with("stockflow_http_idle_connections_closed_total"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let before = idle_closed().await;
+    let idle = client(&authority.pem, false);
+    let answer = idle.get(format!("{url}/healthz")).send().await.unwrap();
+    assert_eq!(answer.version(), reqwest::Version::HTTP_2);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while idle_closed().await <= before {
+        assert!(
+            Instant::now() < deadline,
+            "an idle HTTP/2 connection stays open"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(idle);
+
     // A client that does not trust the CA does not get through.
     let stranger = reqwest::Client::builder().build().unwrap();
     assert!(stranger.get(format!("{url}/healthz")).send().await.is_err());
