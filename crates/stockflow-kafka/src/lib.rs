@@ -523,9 +523,13 @@ impl KafkaServer {
             bearer.set_sensitive(true);
             headers.insert(reqwest::header::AUTHORIZATION, bearer);
         }
+        // A server with TLS calls its peers over https only: the cluster
+        // secret never crosses the network in clear to a peer that
+        // announces an http:// URL.
         let client = config
             .trust
             .client()
+            .https_only(config.tls.is_some())
             .default_headers(headers)
             .timeout(Duration::from_secs(35))
             .build()?;

@@ -1,7 +1,7 @@
-//! A Kafka-mode cluster with an auth file: the instances forward reads to
-//! each other with the cluster secret, so a user's token works on any of
-//! them; the endpoints only they call refuse every user token, even an
-//! admin's.
+//! A Kafka-mode cluster with an auth file and TLS: the instances forward
+//! reads to each other over https with the cluster secret, so a user's
+//! token works on any of them; the endpoints only they call refuse every
+//! user token, even an admin's.
 
 use super::*;
 use stockflow_service::auth::Role;
@@ -34,11 +34,29 @@ fn a_secured_cluster_forwards_with_its_secret_and_keeps_its_own_endpoints_to_its
         .map(|_| char::from_digit(rand::random_range(0..16), 16).unwrap())
         .collect();
     std::fs::write(&cluster, format!("{cluster_secret}\n")).unwrap();
+    // A certificate of a CA made here; the instances trust it for their
+    // calls to each other.
+    let authority = crate::tls::Authority::new();
+    let (cert, key) = authority.server("instance");
+    let (ca, cert_file, key_file) = (
+        dirs.join("ca.pem"),
+        dirs.join("cert.pem"),
+        dirs.join("key.pem"),
+    );
+    std::fs::write(&ca, &authority.pem).unwrap();
+    std::fs::write(&cert_file, cert).unwrap();
+    std::fs::write(&key_file, key).unwrap();
     let args = [
         "--auth-file",
         tokens.to_str().unwrap(),
         "--cluster-secret-file",
         cluster.to_str().unwrap(),
+        "--tls-cert",
+        cert_file.to_str().unwrap(),
+        "--tls-key",
+        key_file.to_str().unwrap(),
+        "--tls-ca-file",
+        ca.to_str().unwrap(),
     ];
     let instances: Vec<Instance> = (0..2)
         .map(|i| {
@@ -51,9 +69,14 @@ fn a_secured_cluster_forwards_with_its_secret_and_keeps_its_own_endpoints_to_its
             )
         })
         .collect();
-    let (a, b) = (instances[0].url.clone(), instances[1].url.clone());
+    let https = |i: &Instance| i.url.replace("http://", "https://");
+    let (a, b) = (https(&instances[0]), https(&instances[1]));
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let client = reqwest::Client::new();
+    let client = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(authority.pem.as_bytes()).unwrap())
+        .build()
+        .unwrap();
     runtime.block_on(async {
         // Two members, each owning partitions: reads of half the levels
         // on either instance are forwarded.
@@ -66,6 +89,15 @@ fn a_secured_cluster_forwards_with_its_secret_and_keeps_its_own_endpoints_to_its
                 .as_array()
                 .is_some_and(|ps| ps.iter().all(|p| p["status"] == "active"));
             if status == 200 && members == 2 && active {
+                // They know each other by their https URLs.
+                let urls: Vec<&str> = view["members"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter_map(|m| m["url"].as_str())
+                    .collect();
+                assert_eq!(urls.len(), 2, "{view}");
+                assert!(urls.iter().all(|u| u.starts_with("https://")), "{view}");
                 break;
             }
             assert!(
