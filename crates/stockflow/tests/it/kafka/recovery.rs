@@ -293,7 +293,11 @@ fn three_instances_one_killed(broker: &Broker, dirs: &Path, size: usize) {
         "{dlq} dead letters for {invalid} invalid events"
     );
     // Owners wrote changelog snapshots (every 3,000 records here) on the
-    // way, and tombstoned the records they cover, for compaction.
+    // way, and tombstoned the records they cover, for compaction. A
+    // smaller stream may leave every partition below 3,000 records.
+    if size < 100_000 {
+        return;
+    }
     let written: f64 = instances
         .iter()
         .map(|i| metric(&i.url, "stockflow_kafka_changelog_snapshots_total"))
