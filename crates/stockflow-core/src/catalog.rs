@@ -32,6 +32,9 @@ pub struct Product {
     /// A JSON object as text: anything else the source said about it.
     pub attributes: String,
     pub updated_at: Timestamp,
+    /// The token name that last wrote it (empty: not yet recorded).
+    #[serde(default)]
+    pub updated_by: String,
     /// (when, price in minor units), oldest first, bounded.
     pub price_history: Vec<(Timestamp, i64)>,
 }
@@ -120,6 +123,9 @@ pub struct Location {
     /// (a small store alerts earlier than a warehouse).
     pub low_stock_threshold: Option<i64>,
     pub updated_at: Timestamp,
+    /// The token name that last wrote it (empty: not yet recorded).
+    #[serde(default)]
+    pub updated_by: String,
 }
 
 impl Location {
@@ -147,6 +153,7 @@ impl Location {
             city: None,
             low_stock_threshold: None,
             updated_at: Timestamp(0),
+            updated_by: String::new(),
         }
     }
 }
@@ -279,8 +286,12 @@ pub fn parse_product(value: &Value, sku: Option<&str>) -> Result<Product, String
         Some(Value::Object(map)) => map.clone(),
         Some(_) => return Err("attributes: must be an object".into()),
     };
-    const KNOWN: [&str; 9] = [
+    // updatedAt and updatedBy are the server's to set (a product read
+    // back and sent again must not grow attributes of them).
+    const KNOWN: [&str; 11] = [
         "sku",
+        "updatedAt",
+        "updatedBy",
         "name",
         "category",
         "price",
@@ -328,6 +339,7 @@ pub fn parse_product(value: &Value, sku: Option<&str>) -> Result<Product, String
         safety_stock: non_negative(object, "safetyStock")?,
         attributes: Value::Object(attributes).to_string(),
         updated_at: Timestamp(0),
+        updated_by: updated_by(object)?,
         price_history: Vec::new(),
     })
 }
@@ -371,6 +383,7 @@ pub fn parse_location(value: &Value, id: Option<&str>) -> Result<Location, Strin
         city: optional_text(object, "city", ID_CHARS_MAX)?,
         low_stock_threshold: non_negative(object, "lowStockThreshold")?,
         updated_at: Timestamp(0),
+        updated_by: updated_by(object)?,
     })
 }
 
@@ -378,6 +391,12 @@ pub fn parse_location(value: &Value, id: Option<&str>) -> Result<Location, Strin
 /// could not name a product whose sku an event could not carry).
 fn check_id(value: &str, name: &str) -> Result<(), String> {
     crate::parse::check_id(value, name)
+}
+
+/// `updatedBy`, which the shell sets to the writer's token name before
+/// the JSON is parsed (in Kafka mode the catalog topic carries it so).
+fn updated_by(object: &Map<String, Value>) -> Result<String, String> {
+    Ok(optional_text(object, "updatedBy", crate::limits::BY_BYTES_MAX)?.unwrap_or_default())
 }
 
 fn optional_text(

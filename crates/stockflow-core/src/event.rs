@@ -92,6 +92,9 @@ pub struct EventRec {
     pub quantity: i64,
     /// `None` until the sequencer stamps server time; always `Some` in the log.
     pub timestamp: Option<Timestamp>,
+    /// Who sent it: the token name (empty: [`ANONYMOUS`]). Events of one
+    /// request share one copy of the name in the batch text.
+    pub by: Span,
     /// Position of the event in the request that delivered it (for replies);
     /// not stored in the log.
     #[serde(skip)]
@@ -111,8 +114,19 @@ pub struct EventRef<'a> {
     pub source_system: Option<&'a str>,
     pub correlation_id: Option<&'a str>,
     pub hold_seconds: Option<u32>,
+    /// Who sent it (see [`EventRec::by`]); the parser leaves it empty,
+    /// [`Batch::get`] says [`ANONYMOUS`] for empty.
+    pub by: &'a str,
     pub index: u32,
 }
+
+/// Who made a change the server cannot name a token for: an
+/// unauthenticated server's callers, a record produced to a topic
+/// without a `by` header, an import straight into a data directory.
+pub const ANONYMOUS: &str = "anonymous";
+
+/// Who made a change the server made itself, e.g. an expired hold.
+pub const SERVER: &str = "stockflow";
 
 /// Where an event's effects land: its own level's partition, and for a
 /// TRANSFER_OUT with a destination, the destination's partition.
@@ -168,7 +182,7 @@ impl TryFrom<BatchWire> for Batch {
                 event.correlation_id.as_ref(),
             ])
             .flatten();
-            for span in spans {
+            for span in spans.chain([&event.by]) {
                 if !inside(span) {
                     return Err(format!("event {i} of a batch points outside its text"));
                 }
@@ -179,6 +193,52 @@ impl TryFrom<BatchWire> for Batch {
             events: wire.events,
             routes: Vec::new(),
         })
+    }
+}
+
+/// A batch read without checking its spans: what `repair` salvages from
+/// a damaged log record, whose flipped bit may have moved one span out of
+/// its text (which would refuse the whole batch).
+#[derive(Deserialize)]
+pub struct DamagedBatch(BatchWire);
+
+impl DamagedBatch {
+    /// The events whose eventId still lies in the text, as a batch of
+    /// those ids alone (every other field blank), and how many events
+    /// could not be read.
+    pub fn salvage(self) -> (Batch, usize) {
+        let BatchWire { text, events } = self.0;
+        let mut batch = Batch::with_capacity(events.len(), text.len());
+        let mut unreadable = 0;
+        for (index, rec) in events.iter().enumerate() {
+            let (start, end) = (rec.event_id.start as usize, rec.event_id.end());
+            let id = text.get(start..end).filter(|_| end <= text.len());
+            let Some(event_id) = id else {
+                unreadable += 1;
+                continue;
+            };
+            batch.push(&EventRef {
+                event_id,
+                event_type: rec.event_type,
+                sku: "",
+                location_id: "",
+                quantity: rec.quantity,
+                timestamp: rec.timestamp,
+                to_location_id: None,
+                source_system: None,
+                correlation_id: None,
+                hold_seconds: None,
+                by: "",
+                index: index as u32,
+            });
+        }
+        (batch, unreadable)
+    }
+}
+
+impl Span {
+    fn end(self) -> usize {
+        self.start as usize + self.len as usize
     }
 }
 
@@ -218,9 +278,60 @@ impl Batch {
             event_type: event.event_type,
             quantity: event.quantity,
             timestamp: event.timestamp,
+            by: self.intern_by(event.by),
             index: event.index,
         };
         self.events.push(rec);
+    }
+
+    /// The span of `by`: the previous event's when it is the same name (a
+    /// request's events share one copy), else a new one. Empty and
+    /// [`ANONYMOUS`] are stored alike, as nothing.
+    fn intern_by(&mut self, by: &str) -> Span {
+        if by.is_empty() || by == ANONYMOUS {
+            return Span::default();
+        }
+        match self.events.last() {
+            Some(last) if last.by.len > 0 && self.str(last.by) == by => last.by,
+            _ => self.intern(by),
+        }
+    }
+
+    /// Records `by` as the sender of every event (the caller a request
+    /// was authenticated as): one copy of the name for the batch.
+    pub fn set_by(&mut self, by: &str) {
+        let span = match by.is_empty() || by == ANONYMOUS {
+            true => Span::default(),
+            false => self.intern(by),
+        };
+        for rec in &mut self.events {
+            rec.by = span;
+        }
+    }
+
+    /// Records the sender of each event as `by_of(its index)` (events
+    /// gathered from records of different senders). Consecutive events of
+    /// one sender share one copy of the name.
+    pub fn set_by_each<'a>(&mut self, by_of: impl Fn(u32) -> &'a str) {
+        let mut last: Option<(&'a str, Span)> = None;
+        for i in 0..self.events.len() {
+            let by = by_of(self.events[i].index);
+            let span = match last {
+                Some((name, span)) if name == by => span,
+                _ if by.is_empty() || by == ANONYMOUS => Span::default(),
+                _ => self.intern(by),
+            };
+            last = Some((by, span));
+            self.events[i].by = span;
+        }
+    }
+
+    /// Who sent event `i` ([`ANONYMOUS`] when no one is known).
+    pub fn by(&self, i: usize) -> &str {
+        match self.events[i].by {
+            span if span.len == 0 => ANONYMOUS,
+            span => self.str(span),
+        }
     }
 
     fn intern(&mut self, s: &str) -> Span {
@@ -251,6 +362,7 @@ impl Batch {
             source_system: rec.source_system.map(|s| self.str(s)),
             correlation_id: rec.correlation_id.map(|s| self.str(s)),
             hold_seconds: rec.hold_seconds,
+            by: self.by(i),
             index: rec.index,
         }
     }
@@ -376,6 +488,7 @@ mod tests {
             source_system: None,
             correlation_id: None,
             hold_seconds: None,
+            by: "pos-gateway",
             index: 0,
         });
         batch
@@ -388,13 +501,64 @@ mod tests {
         let good = one_event();
         let decoded: Batch = postcard::from_bytes(&postcard::to_stdvec(&good).unwrap()).unwrap();
         assert_eq!(decoded.get(0).sku, "SKU-é");
+        assert_eq!(decoded.get(0).by, "pos-gateway");
         let mut past_the_end = good.clone();
-        past_the_end.events[0].location_id.len += 1;
+        past_the_end.events[0].location_id.len = past_the_end.text.len() as u32;
         let mut inside_a_char = good.clone();
         inside_a_char.events[0].sku.len -= 1;
         for bad in [past_the_end, inside_a_char] {
             let bytes = postcard::to_stdvec(&bad).unwrap();
             assert!(postcard::from_bytes::<Batch>(&bytes).is_err());
         }
+    }
+
+    #[test]
+    fn senders_are_kept_per_event_and_share_one_copy_per_run() {
+        let mut batch = Batch::default();
+        let template = one_event();
+        for (i, id) in ["a", "b", "c", "d"].into_iter().enumerate() {
+            batch.push(&EventRef {
+                event_id: id,
+                index: i as u32,
+                by: "",
+                ..template.get(0)
+            });
+        }
+        assert!(batch.iter().all(|e| e.by == ANONYMOUS));
+        batch.set_by_each(|i| ["pos", "pos", ANONYMOUS, "wms"][i as usize]);
+        let by: Vec<&str> = batch.iter().map(|e| e.by).collect();
+        assert_eq!(by, ["pos", "pos", ANONYMOUS, "wms"]);
+        assert_eq!(batch.rec(0).by, batch.rec(1).by, "one copy for a run");
+        batch.set_by("ops");
+        assert!(batch.iter().all(|e| e.by == "ops"));
+        let decoded: Batch = postcard::from_bytes(&postcard::to_stdvec(&batch).unwrap()).unwrap();
+        assert_eq!(decoded.by(3), "ops");
+    }
+
+    #[test]
+    fn a_damaged_batch_gives_up_the_ids_still_in_its_text() {
+        let template = one_event();
+        let mut batch = Batch::default();
+        let ids: Vec<String> = (0..20).map(|i| format!("e-{i}")).collect();
+        for id in &ids {
+            batch.push(&EventRef {
+                event_id: id,
+                ..template.get(0)
+            });
+        }
+        let beyond = batch.text.len() as u32 + 7;
+        batch.events[3].sku.start = beyond;
+        batch.events[9].event_id.start = beyond;
+        let bytes = postcard::to_stdvec(&batch).unwrap();
+        assert!(postcard::from_bytes::<Batch>(&bytes).is_err());
+        let damaged: DamagedBatch = postcard::from_bytes(&bytes).unwrap();
+        let (salvaged, unreadable) = damaged.salvage();
+        let got: Vec<&str> = salvaged.iter().map(|e| e.event_id).collect();
+        let want: Vec<&str> = ids
+            .iter()
+            .map(String::as_str)
+            .filter(|id| *id != "e-9")
+            .collect();
+        assert_eq!((got, unreadable), (want, 1));
     }
 }

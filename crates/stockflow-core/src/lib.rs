@@ -40,7 +40,7 @@ pub mod time;
 pub use catalog::{Catalog, CatalogChange, Location, LocationType, Policy, PriceChange, Product};
 pub use dedup::{event_id_hash, Dedup, DedupDecodeError, DedupSnapshot};
 pub use engine::{admit, BatchReport, Engine, EngineConfig, RecordReport};
-pub use event::{Batch, EventRef, EventType, Route};
+pub use event::{Batch, EventRef, EventType, Route, ANONYMOUS, SERVER};
 pub use level::{Hold, Level, Numbers, Outcome, Rejection};
 pub use orders::{OrderBook, OrderCommand};
 pub use parse::{parse_body, BodyError, BodyFormat, Parsed, Rejected};

@@ -88,3 +88,11 @@ pub const STALE_AFTER_NS_DEFAULT: i64 = 3600 * 1_000_000_000;
 pub const BURST_REJECTIONS_DEFAULT: u32 = 5;
 
 pub const BURST_WINDOW_NS_DEFAULT: i64 = 60 * 1_000_000_000;
+
+/// Bytes of a token name: the name is recorded with every change its
+/// holder makes (history entries keep its length in one byte).
+pub const BY_BYTES_MAX: usize = 64;
+
+/// Transitions an order remembers (its placement and the newest ones):
+/// an order extended every minute for a week must not grow without end.
+pub const ORDER_TRANSITIONS_MAX: usize = 32;

@@ -68,18 +68,23 @@ pub enum OrderCommand {
         sourcing: Sourcing,
         /// Hash of the request, to tell a retry from a different order.
         fingerprint: u64,
+        /// The token name that sent it (see [`OrderCommand::by`]).
+        by: String,
     },
     /// Fulfils the given lines (all when `None`).
     Fulfil {
         order_id: String,
         lines: Option<Vec<usize>>,
+        by: String,
     },
     Cancel {
         order_id: String,
+        by: String,
     },
     Extend {
         order_id: String,
         hold_ns: i64,
+        by: String,
     },
 }
 
@@ -88,8 +93,19 @@ impl OrderCommand {
         match self {
             OrderCommand::Place { order_id, .. }
             | OrderCommand::Fulfil { order_id, .. }
-            | OrderCommand::Cancel { order_id }
+            | OrderCommand::Cancel { order_id, .. }
             | OrderCommand::Extend { order_id, .. } => order_id,
+        }
+    }
+
+    /// Who sent the command: recorded on the order's transition and on
+    /// the events that carry its decision out.
+    pub fn by(&self) -> &str {
+        match self {
+            OrderCommand::Place { by, .. }
+            | OrderCommand::Fulfil { by, .. }
+            | OrderCommand::Cancel { by, .. }
+            | OrderCommand::Extend { by, .. } => by,
         }
     }
 
@@ -184,6 +200,53 @@ pub struct Order {
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
     pub expires_at: Option<Timestamp>,
+    /// What changed the order, by whom, oldest first: its first
+    /// transition and the newest (at most [`ORDER_TRANSITIONS_MAX`]).
+    ///
+    /// [`ORDER_TRANSITIONS_MAX`]: crate::limits::ORDER_TRANSITIONS_MAX
+    pub transitions: Vec<Transition>,
+}
+
+/// What moved an order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Place,
+    Fulfil,
+    Cancel,
+    Extend,
+    /// Its hold fell due.
+    Expire,
+    /// An event naming the order (correlationId) moved its hold.
+    ReservationEvent,
+    ReleaseEvent,
+    FulfillmentEvent,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Place => "place",
+            Action::Fulfil => "fulfil",
+            Action::Cancel => "cancel",
+            Action::Extend => "extend",
+            Action::Expire => "expire",
+            Action::ReservationEvent => "reservation_event",
+            Action::ReleaseEvent => "release_event",
+            Action::FulfillmentEvent => "fulfillment_event",
+        }
+    }
+}
+
+/// One change of an order: what, when, by whom, and the status it left.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Transition {
+    pub action: Action,
+    pub status: Status,
+    pub at: Timestamp,
+    /// The token name (or [`crate::ANONYMOUS`], [`crate::SERVER`]).
+    pub by: String,
 }
 
 /// A decision's effect on one level, carried out as a canonical event.
@@ -195,6 +258,8 @@ pub struct OrderEvent {
     pub location_id: String,
     pub quantity: i64,
     pub order_id: String,
+    /// Who made the decision (the command's sender, or [`crate::SERVER`]).
+    pub by: String,
 }
 
 /// The answer to one command.
@@ -292,10 +357,11 @@ impl OrderBook {
             self.expiries.pop_first();
             if let Some(order) = self.orders.get_mut(&id) {
                 if order.status.is_live() && order.expires_at == Some(at) {
-                    release(order, "expire", &mut events, &mut pending);
+                    release(order, "expire", crate::SERVER, &mut events, &mut pending);
                     order.status = Status::Expired;
                     order.expires_at = None;
                     order.updated_at = now;
+                    order.record(Action::Expire, now, crate::SERVER);
                 }
             }
         }
@@ -323,6 +389,7 @@ impl OrderBook {
                 hold_ns,
                 sourcing,
                 fingerprint,
+                by,
             } = command
             else {
                 return Answer::NotFound(format!("no order {id:?}"));
@@ -334,6 +401,7 @@ impl OrderBook {
                 *hold_ns,
                 sourcing,
                 *fingerprint,
+                by,
                 now,
                 stock,
                 events,
@@ -369,6 +437,7 @@ impl OrderBook {
         if let Some(at) = expiry {
             self.expiries.remove(&(at, order.order_id.clone()));
         }
+        let events_before = events.len();
         match command {
             OrderCommand::Fulfil { lines, .. } => {
                 for (n, line) in order.lines.iter_mut().enumerate() {
@@ -389,6 +458,7 @@ impl OrderBook {
                             location_id: a.location_id.clone(),
                             quantity: a.quantity,
                             order_id: order.order_id.clone(),
+                            by: command.by().to_owned(),
                         });
                     }
                 }
@@ -397,8 +467,8 @@ impl OrderBook {
                     order.expires_at = expiry;
                 }
             }
-            OrderCommand::Cancel { .. } => {
-                release(order, "cancel", events, pending);
+            OrderCommand::Cancel { by, .. } => {
+                release(order, "cancel", by, events, pending);
                 order.status = Status::Cancelled;
             }
             OrderCommand::Extend { hold_ns, .. } => {
@@ -406,7 +476,18 @@ impl OrderBook {
             }
             OrderCommand::Place { .. } => unreachable!("answered above"),
         }
-        order.updated_at = now;
+        let action = match act {
+            // A fulfil of lines that hold nothing (fulfilled already, or
+            // refused) changes nothing, as in Kafka mode's saga.
+            Act::Fulfil(_) if events.len() == events_before => None,
+            Act::Fulfil(_) => Some(Action::Fulfil),
+            Act::Cancel => Some(Action::Cancel),
+            Act::Extend => Some(Action::Extend),
+        };
+        if let Some(action) = action {
+            order.record(action, now, command.by());
+            order.updated_at = now;
+        }
         let answer = Answer::Done(order.clone());
         self.schedule(id);
         answer
@@ -475,6 +556,9 @@ pub struct HoldChange {
     /// The hold a RESERVATION asked for (`holdSeconds`), if it did.
     #[serde(default)]
     pub hold_ns: Option<i64>,
+    /// Who sent the event.
+    #[serde(default)]
+    pub by: String,
 }
 
 impl HoldChange {
@@ -524,6 +608,7 @@ pub fn hold_changes<'a>(
                     refused: refused
                         .map(|why| why.describe(event.sku, event.location_id, Some(order_id))),
                     hold_ns: event.hold_seconds.map(|s| i64::from(s) * 1_000_000_000),
+                    by: event.by.to_owned(),
                 },
             ))
         })
@@ -596,7 +681,25 @@ impl Order {
             created_at: now,
             updated_at: now,
             expires_at: None,
+            transitions: Vec::new(),
         }
+    }
+
+    /// Notes a transition that left the order in its current status.
+    /// Past [`ORDER_TRANSITIONS_MAX`] the oldest but the first are
+    /// forgotten.
+    ///
+    /// [`ORDER_TRANSITIONS_MAX`]: crate::limits::ORDER_TRANSITIONS_MAX
+    pub fn record(&mut self, action: Action, at: Timestamp, by: &str) {
+        if self.transitions.len() >= crate::limits::ORDER_TRANSITIONS_MAX {
+            self.transitions.remove(1);
+        }
+        self.transitions.push(Transition {
+            action,
+            status: self.status,
+            at,
+            by: by.to_owned(),
+        });
     }
 
     /// Units this order holds (unfulfilled allocations) at (sku, location).
@@ -701,11 +804,23 @@ impl Order {
         }
         self.status_from_holds();
         self.updated_at = now;
+        let action = match event_type {
+            EventType::Reservation => Action::ReservationEvent,
+            EventType::Release => Action::ReleaseEvent,
+            _ => Action::FulfillmentEvent,
+        };
+        self.record(action, now, &change.by);
     }
 }
 
 /// Releases every unfulfilled allocation of `order`.
-fn release(order: &mut Order, why: &str, events: &mut Vec<OrderEvent>, pending: &mut Promised) {
+fn release(
+    order: &mut Order,
+    why: &str,
+    by: &str,
+    events: &mut Vec<OrderEvent>,
+    pending: &mut Promised,
+) {
     for (n, line) in order.lines.iter_mut().enumerate() {
         for (k, a) in line
             .allocations
@@ -724,6 +839,7 @@ fn release(order: &mut Order, why: &str, events: &mut Vec<OrderEvent>, pending: 
                 location_id: a.location_id.clone(),
                 quantity: a.quantity,
                 order_id: order.order_id.clone(),
+                by: by.to_owned(),
             });
         }
         line.allocations.retain(|a| a.fulfilled);
@@ -738,6 +854,7 @@ fn place(
     hold_ns: i64,
     sourcing: &Sourcing,
     fingerprint: u64,
+    by: &str,
     now: Timestamp,
     stock: &dyn StockView,
     events: &mut Vec<OrderEvent>,
@@ -834,10 +951,11 @@ fn place(
                 location_id: a.location_id.clone(),
                 quantity: a.quantity,
                 order_id: order_id.to_owned(),
+                by: by.to_owned(),
             });
         }
     }
-    Order {
+    let mut order = Order {
         order_id: order_id.to_owned(),
         fingerprint,
         mode,
@@ -846,7 +964,10 @@ fn place(
         created_at: now,
         updated_at: now,
         expires_at: status.is_live().then(|| now.saturating_add_ns(hold_ns)),
-    }
+        transitions: Vec::new(),
+    };
+    order.record(Action::Place, now, by);
+    order
 }
 
 /// [`StockView`] over partitions (plain, or behind lock guards) and the
@@ -959,6 +1080,7 @@ pub fn order_batch(events: &[OrderEvent], now: Timestamp, partitions: u16) -> cr
             source_system: Some("orders"),
             correlation_id: Some(&e.order_id),
             hold_seconds: None,
+            by: &e.by,
             index: index as u32,
         });
     }

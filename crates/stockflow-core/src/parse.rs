@@ -231,6 +231,8 @@ fn validate<'a>(wire: &'a Wire<'a>, index: u32) -> Result<EventRef<'a>, String> 
         source_system,
         correlation_id,
         hold_seconds,
+        // Never read from the body: the shell records who sent it.
+        by: "",
         index,
     })
 }

@@ -184,6 +184,7 @@ mod tests {
                 safety_stock: Some(1),
                 attributes: "{}".into(),
                 updated_at: now,
+                updated_by: String::new(),
                 price_history: Vec::new(),
             }),
             now,

@@ -35,7 +35,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::event::EventType;
-use crate::orders::{Act, Allocation, Line, Mode, Order, Status};
+use crate::orders::{Act, Action, Allocation, Line, Mode, Order, Status};
 use crate::time::Timestamp;
 
 /// The partition that coordinates an order: a pure function of its id.
@@ -67,6 +67,9 @@ pub enum ToHome {
         mode: Mode,
         hold_ns: i64,
         fingerprint: u64,
+        /// Who sent the command (a token name).
+        #[serde(default)]
+        by: String,
     },
     /// A line owner's decision on a line's RESERVATION at its
     /// `attempt`-th candidate location.
@@ -82,14 +85,20 @@ pub enum ToHome {
     Fulfil {
         order_id: String,
         lines: Option<Vec<usize>>,
+        #[serde(default)]
+        by: String,
     },
     Cancel {
         order_id: String,
+        #[serde(default)]
+        by: String,
     },
     /// The hold ends at `until` (absolute, so a repeat is harmless).
     Extend {
         order_id: String,
         until: Timestamp,
+        #[serde(default)]
+        by: String,
     },
     /// Time passes (holds may fall due); carries no order.
     Tick,
@@ -109,7 +118,7 @@ impl ToHome {
             ToHome::Place { order_id, .. }
             | ToHome::LineResult { order_id, .. }
             | ToHome::Fulfil { order_id, .. }
-            | ToHome::Cancel { order_id }
+            | ToHome::Cancel { order_id, .. }
             | ToHome::Extend { order_id, .. } => Some(order_id),
             ToHome::Held { change, .. } => Some(&change.order_id),
             ToHome::Tick => None,
@@ -129,6 +138,9 @@ pub struct LineAction {
     pub sku: String,
     pub location_id: String,
     pub quantity: i64,
+    /// Who the order's decision is made for: the command's sender, or
+    /// [`crate::SERVER`] for an expiry.
+    pub by: String,
 }
 
 impl LineAction {
@@ -299,6 +311,7 @@ impl SagaBook {
                 mode,
                 hold_ns,
                 fingerprint,
+                by,
             } => {
                 if let Some(saga) = self.orders.get_mut(order_id) {
                     // A retry, or a different order under the same id:
@@ -316,9 +329,10 @@ impl SagaBook {
                         sku: line.sku.clone(),
                         location_id: line.candidates.first().cloned().unwrap_or_default(),
                         quantity: line.quantity,
+                        by: by.clone(),
                     });
                 }
-                let order = Order {
+                let mut order = Order {
                     order_id: order_id.clone(),
                     fingerprint: *fingerprint,
                     mode: *mode,
@@ -336,7 +350,10 @@ impl SagaBook {
                     created_at: now,
                     updated_at: now,
                     expires_at: None,
+                    transitions: Vec::new(),
                 };
+                // Its status is set when every line is answered (`decide`).
+                order.record(Action::Place, now, by);
                 self.orders.insert(
                     order_id.clone(),
                     SagaOrder {
@@ -386,6 +403,7 @@ impl SagaBook {
                         sku: l.sku.clone(),
                         location_id: candidates[next as usize].clone(),
                         quantity: l.requested,
+                        by: placer(&saga.order),
                     });
                     return;
                 }
@@ -408,7 +426,11 @@ impl SagaBook {
                     }
                 }
             }
-            ToHome::Fulfil { order_id, lines } => {
+            ToHome::Fulfil {
+                order_id,
+                lines,
+                by,
+            } => {
                 let Some(saga) = self.orders.get_mut(order_id) else {
                     return;
                 };
@@ -417,6 +439,7 @@ impl SagaBook {
                 if judge(&saga.order, message) != Ok(true) {
                     return;
                 }
+                let asked = out.actions.len();
                 for (n, line) in saga.order.lines.iter_mut().enumerate() {
                     if lines.as_ref().is_some_and(|only| !only.contains(&n)) {
                         continue;
@@ -431,6 +454,7 @@ impl SagaBook {
                             sku: line.sku.clone(),
                             location_id: a.location_id.clone(),
                             quantity: a.quantity,
+                            by: by.clone(),
                         });
                     }
                 }
@@ -444,28 +468,40 @@ impl SagaBook {
                     saga.order.status = Status::Fulfilled;
                     saga.order.expires_at = None;
                 }
-                saga.order.updated_at = now;
-            }
-            ToHome::Cancel { order_id } => {
-                let Some(saga) = self.orders.get_mut(order_id) else {
-                    return;
-                };
-                saga.version += 1;
-                out.changed.push(order_id.clone());
-                if judge(&saga.order, message) == Ok(true) {
-                    release(saga, Status::Cancelled, now, out);
-                    saga.order.expires_at = None;
+                // A repeated message (a crash sends a cycle's again)
+                // fulfils nothing more and is no transition.
+                if out.actions.len() > asked {
+                    saga.order.updated_at = now;
+                    saga.order.record(Action::Fulfil, now, by);
                 }
             }
-            ToHome::Extend { order_id, until } => {
+            ToHome::Cancel { order_id, by } => {
                 let Some(saga) = self.orders.get_mut(order_id) else {
                     return;
                 };
                 saga.version += 1;
                 out.changed.push(order_id.clone());
                 if judge(&saga.order, message) == Ok(true) {
+                    release(saga, Status::Cancelled, now, by, out);
+                    saga.order.expires_at = None;
+                    saga.order.record(Action::Cancel, now, by);
+                }
+            }
+            ToHome::Extend {
+                order_id,
+                until,
+                by,
+            } => {
+                let Some(saga) = self.orders.get_mut(order_id) else {
+                    return;
+                };
+                saga.version += 1;
+                out.changed.push(order_id.clone());
+                let repeated = saga.order.expires_at == Some(*until);
+                if judge(&saga.order, message) == Ok(true) && !repeated {
                     saga.order.expires_at = Some(*until);
                     saga.order.updated_at = now;
+                    saga.order.record(Action::Extend, now, by);
                     self.expiries.insert((*until, order_id.clone()));
                 }
             }
@@ -485,7 +521,8 @@ impl SagaBook {
             // An extended hold left its old expiry behind.
             if saga.order.status.is_live() && saga.order.expires_at == Some(at) {
                 saga.version += 1;
-                release(saga, Status::Expired, now, out);
+                release(saga, Status::Expired, now, crate::SERVER, out);
+                saga.order.record(Action::Expire, now, crate::SERVER);
                 out.changed.push(id);
             }
         }
@@ -524,6 +561,7 @@ fn decide(saga: &mut SagaOrder, now: Timestamp, out: &mut StepOut) {
         _ => Status::Rejected,
     };
     order.updated_at = now;
+    let by = placer(order);
     if order.status == Status::Rejected {
         for (n, line) in order.lines.iter_mut().enumerate().take(placed) {
             for a in line.allocations.iter().filter(|a| !a.fulfilled) {
@@ -535,6 +573,7 @@ fn decide(saga: &mut SagaOrder, now: Timestamp, out: &mut StepOut) {
                     sku: line.sku.clone(),
                     location_id: a.location_id.clone(),
                     quantity: a.quantity,
+                    by: by.clone(),
                 });
             }
             line.allocations.retain(|a| a.fulfilled);
@@ -546,7 +585,18 @@ fn decide(saga: &mut SagaOrder, now: Timestamp, out: &mut StepOut) {
     // Then as every order: its status follows all its holds (units its
     // events hold keep a rejected one live, with the hold they set).
     let rejected = order.status == Status::Rejected;
-    if !order.status_from_holds() {
+    let live = order.status_from_holds();
+    // The placement's transition says what it decided, as the embedded
+    // book's does.
+    let status = order.status;
+    if let Some(place) = order
+        .transitions
+        .iter_mut()
+        .find(|t| t.action == Action::Place)
+    {
+        place.status = status;
+    }
+    if !live {
         order.expires_at = None;
     } else if !rejected {
         let until = now.saturating_add_ns(saga.hold_ns);
@@ -554,8 +604,16 @@ fn decide(saga: &mut SagaOrder, now: Timestamp, out: &mut StepOut) {
     }
 }
 
+/// Who placed `order` (its first transition's sender).
+fn placer(order: &Order) -> String {
+    order
+        .transitions
+        .first()
+        .map_or_else(|| crate::SERVER.to_owned(), |t| t.by.clone())
+}
+
 /// Gives back every unfulfilled unit of a live order.
-fn release(saga: &mut SagaOrder, status: Status, now: Timestamp, out: &mut StepOut) {
+fn release(saga: &mut SagaOrder, status: Status, now: Timestamp, by: &str, out: &mut StepOut) {
     let order = &mut saga.order;
     for (n, line) in order.lines.iter_mut().enumerate() {
         for a in line.allocations.iter().filter(|a| !a.fulfilled) {
@@ -567,6 +625,7 @@ fn release(saga: &mut SagaOrder, status: Status, now: Timestamp, out: &mut StepO
                 sku: line.sku.clone(),
                 location_id: a.location_id.clone(),
                 quantity: a.quantity,
+                by: by.to_owned(),
             });
         }
         line.allocations.retain(|a| a.fulfilled);
@@ -581,6 +640,7 @@ mod tests {
 
     fn place(id: &str, lines: &[(&str, &str, i64)], mode: Mode) -> ToHome {
         ToHome::Place {
+            by: "web".into(),
             order_id: id.into(),
             lines: lines
                 .iter()
@@ -703,14 +763,17 @@ mod tests {
             result("o", 0, true),
             result("o", 1, true),
             ToHome::Fulfil {
+                by: "wms".into(),
                 order_id: "o".into(),
                 lines: Some(vec![0]),
             },
             ToHome::Extend {
+                by: "ops".into(),
                 order_id: "o".into(),
                 until: Timestamp(50),
             },
             ToHome::Cancel {
+                by: "ops".into(),
                 order_id: "o".into(),
             },
         ];
@@ -748,6 +811,7 @@ mod tests {
         );
         book.apply(&result("o", 0, true), Timestamp(0), &mut out);
         let extend = ToHome::Extend {
+            by: "ops".into(),
             order_id: "o".into(),
             until: Timestamp(20_000),
         };
@@ -766,10 +830,12 @@ mod tests {
             place("o", &[("A", "S", 1)], Mode::Partial),
             result("o", 0, false),
             ToHome::Fulfil {
+                by: "wms".into(),
                 order_id: "o".into(),
                 lines: Some(vec![0]),
             },
             ToHome::Extend {
+                by: "ops".into(),
                 order_id: "o".into(),
                 until: Timestamp(9),
             },
@@ -802,6 +868,7 @@ mod tests {
             candidates: vec!["S1".into(), "S2".into(), "S3".into()],
         };
         let place = ToHome::Place {
+            by: "web".into(),
             order_id: "o".into(),
             lines: vec![line],
             mode: Mode::AllOrNothing,
@@ -853,6 +920,7 @@ mod tests {
     fn held(order: &str, event_id: &str, kind: EventType, moved: i64) -> ToHome {
         ToHome::Held {
             change: crate::orders::HoldChange {
+                by: "pos".into(),
                 order_id: order.into(),
                 event_id: event_id.into(),
                 event_type: kind,

@@ -158,12 +158,13 @@ impl Backend for Embedded {
         letter: &stockflow_http::asks::Letter,
         parsed: Parsed,
         changes: Vec<stockflow_http::asks::CatalogItem>,
+        by: &str,
     ) -> Result<Receipt, ApiError> {
-        writes::replay_here(self, id, letter, parsed, changes).await
+        writes::replay_here(self, id, letter, parsed, changes, by).await
     }
 
-    async fn discard(&self, id: u64) -> Result<(), ApiError> {
-        writes::discard_here(self, id).await
+    async fn discard(&self, id: u64, by: &str) -> Result<(), ApiError> {
+        writes::discard_here(self, id, by).await
     }
 
     fn simulator(&self) -> &Arc<stockflow_http::simulator::Simulator> {

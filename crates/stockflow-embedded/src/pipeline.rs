@@ -72,7 +72,8 @@ struct Submission {
     catalog: Vec<CatalogChange>,
     /// A dead letter this submission resolves if none of it is rejected,
     /// or discards outright when nothing else is submitted.
-    resolves: Option<u64>,
+    /// With who resolves it (a token name).
+    resolves: Option<(u64, String)>,
     order: Option<OrderCommand>,
     refused: Option<RefusedBody>,
     source: String,
@@ -228,7 +229,7 @@ struct Request {
 struct Group {
     now: Timestamp,
     catalog: Vec<CatalogChange>,
-    discarded: Vec<u64>,
+    discarded: Vec<(u64, String)>,
     /// Order commands and the request each came from.
     orders: Vec<(usize, OrderCommand)>,
     /// Runs the order step (commands, events naming orders, or a hold may
@@ -398,8 +399,16 @@ impl Pipeline {
         changes: Vec<CatalogChange>,
         id: u64,
         source: &str,
+        by: &str,
     ) -> Result<Pending, Overloaded> {
-        self.send_all(parsed, changes, None, source, false, Some(id))
+        self.send_all(
+            parsed,
+            changes,
+            None,
+            source,
+            false,
+            Some((id, by.to_owned())),
+        )
     }
 
     /// Submits an order command; the receipt's `order` holds the answer.
@@ -418,15 +427,15 @@ impl Pipeline {
         Ok(Pending(rx))
     }
 
-    /// Discards dead letter `id` (durably).
-    pub fn discard_dead_letter(&self, id: u64) -> Result<Pending, Overloaded> {
+    /// Discards dead letter `id` (durably), as `by` asked.
+    pub fn discard_dead_letter(&self, id: u64, by: &str) -> Result<Pending, Overloaded> {
         self.send_all(
             Parsed::default(),
             Vec::new(),
             None,
             "discard",
             false,
-            Some(id),
+            Some((id, by.to_owned())),
         )
     }
 
@@ -461,7 +470,7 @@ impl Pipeline {
         refused: Option<RefusedBody>,
         source: &str,
         wait: bool,
-        resolves: Option<u64>,
+        resolves: Option<(u64, String)>,
     ) -> Result<Pending, Overloaded> {
         let (reply, rx) = oneshot::channel();
         let submission = Submission {
@@ -658,8 +667,8 @@ impl Sequencer {
                 mut batch,
                 rejected,
             } = parsed;
-            if let Some(id) = resolves.filter(|_| rejected.is_empty() && refused.is_none()) {
-                discarded.push(id);
+            if let Some(resolved) = resolves.filter(|_| rejected.is_empty() && refused.is_none()) {
+                discarded.push(resolved);
             }
             let duplicates = admit(&mut self.dedup, &mut batch, now);
             let admitted = batch.len();
@@ -923,8 +932,9 @@ fn syncer_loop(
                         .dead_letters
                         .iter()
                         .for_each(|l| letters.insert(l.clone()));
-                    for id in &group.discarded {
+                    for (id, by) in &group.discarded {
                         letters.remove(*id);
+                        tracing::info!(dead_letter = id, by = %by, "dead letter resolved");
                     }
                     metrics::counter!("stockflow_dead_letters_resolved_total")
                         .increment(group.discarded.len() as u64);

@@ -18,8 +18,9 @@ pub struct CommitGroupRef<'a> {
     pub catalog: &'a [CatalogChange],
     pub batches: Vec<&'a Batch>,
     pub dead_letters: &'a [DeadLetter],
-    /// Dead letters resolved (replayed) or discarded, by id.
-    pub discarded: &'a [u64],
+    /// Dead letters resolved (replayed) or discarded: id, and the token
+    /// name that did it.
+    pub discarded: &'a [(u64, String)],
     /// Order commands, decided after the batches (see `orders`).
     pub orders: &'a [OrderCommand],
     /// The hold an order gets when an event of these batches reserves for
@@ -35,7 +36,7 @@ pub struct CommitGroup {
     pub catalog: Vec<CatalogChange>,
     pub batches: Vec<Batch>,
     pub dead_letters: Vec<DeadLetter>,
-    pub discarded: Vec<u64>,
+    pub discarded: Vec<(u64, String)>,
     pub orders: Vec<OrderCommand>,
     pub event_hold_ns: i64,
 }

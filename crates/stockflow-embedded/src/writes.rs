@@ -117,16 +117,17 @@ pub(crate) async fn replay_here(
     letter: &Letter,
     parsed: Parsed,
     changes: Vec<CatalogItem>,
+    by: &str,
 ) -> Result<Receipt, ApiError> {
     let changes = changes.into_iter().map(|c| c.change).collect();
     Ok(state
         .pipeline
-        .submit_replay(parsed, changes, id, &letter.source)?
+        .submit_replay(parsed, changes, id, &letter.source, by)?
         .await?)
 }
 
 /// The embedded engine discards a letter through its log.
-pub(crate) async fn discard_here(state: &Embedded, id: u64) -> Result<(), ApiError> {
-    state.pipeline.discard_dead_letter(id)?.await?;
+pub(crate) async fn discard_here(state: &Embedded, id: u64, by: &str) -> Result<(), ApiError> {
+    state.pipeline.discard_dead_letter(id, by)?.await?;
     Ok(())
 }

@@ -94,6 +94,26 @@ fn unauthorized(message: &'static str) -> Response {
     response
 }
 
+/// Who sent a request, for the audit: the name of the token it was
+/// authenticated as (`anonymous` on a server without tokens). Every write
+/// records it: on events, catalog entries, orders and dead letters.
+#[derive(Clone, Debug)]
+pub struct By(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for By {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<By, Self::Rejection> {
+        Ok(By(parts.extensions.get::<Caller>().map_or_else(
+            || stockflow_core::ANONYMOUS.to_owned(),
+            |caller| caller.name.clone(),
+        )))
+    }
+}
+
 /// The caller of an unauthenticated server.
 pub fn anonymous() -> Caller {
     Caller {

@@ -173,17 +173,19 @@ pub trait Backend: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<super::asks::Letter>, ApiError>> + Send;
 
     /// Applies a letter's corrected (or stored) events or catalog changes
-    /// and, if nothing is refused again, resolves the letter.
+    /// (each already recording who sends it) and, if nothing is refused
+    /// again, resolves the letter, recording `by` as who resolved it.
     fn replay(
         &self,
         id: u64,
         letter: &super::asks::Letter,
         parsed: Parsed,
         changes: Vec<super::asks::CatalogItem>,
+        by: &str,
     ) -> impl Future<Output = Result<Receipt, ApiError>> + Send;
 
-    /// Resolves a letter without applying it.
-    fn discard(&self, id: u64) -> impl Future<Output = Result<(), ApiError>> + Send;
+    /// Resolves a letter without applying it, recording `by` as who did.
+    fn discard(&self, id: u64, by: &str) -> impl Future<Output = Result<(), ApiError>> + Send;
 
     /// Takes an order command to the owner that decides it and answers
     /// what became of the order (or that it is still being decided).

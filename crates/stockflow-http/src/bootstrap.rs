@@ -71,6 +71,8 @@ pub fn read(file: &Path, location: &str) -> anyhow::Result<Bootstrap> {
             object.entry("sku").or_insert(id);
         }
         let inventory = object.remove("inventory");
+        // The server writes the file's products itself.
+        object.insert("updatedBy".into(), Value::from(stockflow_core::SERVER));
         let product = parse_product(&item, None)
             .map_err(|reason| anyhow::anyhow!("{} item {n}: {reason}", file.display()))?;
         if let Some(quantity) = inventory {
@@ -142,7 +144,8 @@ pub async fn apply<B: Backend>(backend: &B, bootstrap: Bootstrap) -> anyhow::Res
     let size = backend.config().request_events_max.max(1);
     for (n, lines) in bootstrap.counts.chunks(size).enumerate() {
         let body = lines.join("\n");
-        let parsed = parse_body(body.as_bytes(), BodyFormat::Ndjson, usize::MAX)?;
+        let mut parsed = parse_body(body.as_bytes(), BodyFormat::Ndjson, usize::MAX)?;
+        parsed.batch.set_by(stockflow_core::SERVER);
         if let Some(bad) = parsed.rejected.first() {
             bail!(
                 "catalog file: initial stock number {}: {}",
@@ -163,6 +166,7 @@ pub async fn apply<B: Backend>(backend: &B, bootstrap: Bootstrap) -> anyhow::Res
 fn same_product(old: &Product, new: &Product) -> bool {
     Product {
         updated_at: old.updated_at,
+        updated_by: old.updated_by.clone(),
         price_history: old.price_history.clone(),
         ..new.clone()
     } == *old

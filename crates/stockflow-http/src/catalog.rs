@@ -19,6 +19,7 @@ use stockflow_core::{BodyFormat, CatalogChange, Location, Product, Rejected, Tot
 
 use super::asks::CatalogItem;
 use super::asks::Page;
+use super::auth::By;
 use super::backend::{Backend, Read};
 use super::ingest::read_body;
 use super::query::limit;
@@ -50,6 +51,7 @@ pub fn product_json(product: &Product) -> Value {
         "safetyStock": product.safety_stock,
         "attributes": attributes,
         "updatedAt": product.updated_at.to_rfc3339(),
+        "updatedBy": by(&product.updated_by),
         "priceHistory": product.price_history.iter()
             .map(|(at, p)| json!({"at": at.to_rfc3339(), "price": money(*p)}))
             .collect::<Vec<_>>(),
@@ -65,7 +67,16 @@ pub fn location_json(location: &Location) -> Value {
         "channel": location.channel,
         "city": location.city,
         "lowStockThreshold": location.low_stock_threshold,
+        "updatedBy": by(&location.updated_by),
     })
+}
+
+/// Who last wrote a catalog entry; null for a location only seen in events.
+fn by(name: &str) -> Value {
+    match name {
+        "" => Value::Null,
+        name => json!(name),
+    }
 }
 
 /// One item of a bulk body: its raw text and its JSON, if it is JSON.
@@ -171,15 +182,35 @@ async fn post_bulk<B: Backend>(
     ))
 }
 
-/// A product as given: checked, with the path's sku filled in.
-pub(crate) fn product_change(v: &mut Value, sku: Option<&str>) -> Result<CatalogChange, String> {
+/// A product as given: checked, with the path's sku filled in and
+/// `updatedBy` set to the writer (whatever the body said).
+pub(crate) fn product_change(
+    v: &mut Value,
+    sku: Option<&str>,
+    by: &str,
+) -> Result<CatalogChange, String> {
+    stamp(v, by);
     let product = parse_product(v, sku)?;
     v["sku"] = json!(product.sku);
     Ok(CatalogChange::Product(product))
 }
 
-/// A location as given: checked, with the path's id filled in.
-pub(crate) fn location_change(v: &mut Value, id: Option<&str>) -> Result<CatalogChange, String> {
+/// Sets who writes a catalog item; in Kafka mode the JSON goes to the
+/// catalog topic with it.
+fn stamp(v: &mut Value, by: &str) {
+    if let Some(object) = v.as_object_mut() {
+        object.insert("updatedBy".into(), json!(by));
+    }
+}
+
+/// A location as given: checked, with the path's id filled in and
+/// `updatedBy` set to the writer.
+pub(crate) fn location_change(
+    v: &mut Value,
+    id: Option<&str>,
+    by: &str,
+) -> Result<CatalogChange, String> {
+    stamp(v, by);
     let location = parse_location(v, id)?;
     v["locationId"] = json!(location.location_id);
     Ok(CatalogChange::Location(location))
@@ -200,11 +231,12 @@ pub(crate) fn location_change(v: &mut Value, id: Option<&str>) -> Result<Catalog
 pub async fn put_product<B: Backend>(
     State(backend): State<Arc<B>>,
     Path(sku): Path<String>,
+    By(by): By,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     put_one(&*backend, &headers, body, "http:/v1/products", |v| {
-        product_change(v, Some(&sku))
+        product_change(v, Some(&sku), &by)
     })
     .await?;
     get_product(State(backend), Path(sku)).await
@@ -222,11 +254,12 @@ pub async fn put_product<B: Backend>(
     ))]
 pub async fn post_products<B: Backend>(
     State(backend): State<Arc<B>>,
+    By(by): By,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Receipt>, ApiError> {
     post_bulk(&*backend, &headers, body, "http:/v1/products", |v| {
-        product_change(v, None)
+        product_change(v, None, &by)
     })
     .await
 }
@@ -329,11 +362,12 @@ pub fn products_page(
 pub async fn put_location<B: Backend>(
     State(backend): State<Arc<B>>,
     Path(id): Path<String>,
+    By(by): By,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     put_one(&*backend, &headers, body, "http:/v1/locations", |v| {
-        location_change(v, Some(&id))
+        location_change(v, Some(&id), &by)
     })
     .await?;
     let totals = backend.location_totals(&id, &Read::default()).await?;
@@ -351,11 +385,12 @@ pub async fn put_location<B: Backend>(
     ))]
 pub async fn post_locations<B: Backend>(
     State(backend): State<Arc<B>>,
+    By(by): By,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Receipt>, ApiError> {
     post_bulk(&*backend, &headers, body, "http:/v1/locations", |v| {
-        location_change(v, None)
+        location_change(v, None, &by)
     })
     .await
 }

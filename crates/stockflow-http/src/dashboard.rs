@@ -119,10 +119,11 @@ pub struct Start {
     ))]
 pub async fn start<S: super::backend::Backend>(
     State(state): State<Arc<S>>,
+    super::auth::By(by): super::auth::By,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let body: Start = json_body(&body)?;
-    state.simulator().start(body.rate)?;
+    state.simulator().start(body.rate, &by)?;
     Ok(Json(state.simulator().status()))
 }
 
@@ -170,10 +171,11 @@ fn whole_u32<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     ))]
 pub async fn send<S: super::backend::Backend>(
     State(state): State<Arc<S>>,
+    super::auth::By(by): super::auth::By,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let body: Send = json_body(&body)?;
-    Ok(Json(state.simulator().send(body.count).await?))
+    Ok(Json(state.simulator().send(body.count, &by).await?))
 }
 
 /// POST /v1/simulator/scenario
@@ -189,6 +191,7 @@ pub async fn send<S: super::backend::Backend>(
     ))]
 pub async fn scenario<S: super::backend::Backend>(
     State(state): State<Arc<S>>,
+    super::auth::By(by): super::auth::By,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(state.simulator().scenario().await?))
+    Ok(Json(state.simulator().scenario(&by).await?))
 }

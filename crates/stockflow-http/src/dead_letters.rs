@@ -148,6 +148,7 @@ pub async fn list<B: Backend>(
 pub async fn replay<B: Backend>(
     State(backend): State<Arc<B>>,
     Path(id): Path<u64>,
+    super::auth::By(by): super::auth::By,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
@@ -174,9 +175,9 @@ pub async fn replay<B: Backend>(
             let mut value: Value = serde_json::from_slice(payload)
                 .map_err(|e| ApiError::bad_request(format!("corrected payload: {e}")))?;
             let change = if letter.source.ends_with("products") {
-                super::catalog::product_change(&mut value, None)
+                super::catalog::product_change(&mut value, None, &by)
             } else {
-                super::catalog::location_change(&mut value, None)
+                super::catalog::location_change(&mut value, None, &by)
             };
             let change = change.map_err(|reason| {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "still_invalid", reason)
@@ -215,7 +216,9 @@ pub async fn replay<B: Backend>(
             (parsed, Vec::new())
         }
     };
-    let receipt = backend.replay(id, &letter, parsed, changes).await?;
+    let mut parsed = parsed;
+    parsed.batch.set_by(&by);
+    let receipt = backend.replay(id, &letter, parsed, changes, &by).await?;
     let resolved = receipt.rejected == 0;
     if resolved {
         metrics::counter!("stockflow_dead_letters_replayed_total").increment(1);
@@ -240,9 +243,10 @@ pub async fn replay<B: Backend>(
 pub async fn discard<B: Backend>(
     State(backend): State<Arc<B>>,
     Path(id): Path<u64>,
+    super::auth::By(by): super::auth::By,
 ) -> Result<StatusCode, ApiError> {
     backend.dead_letter(id).await?.ok_or_else(|| gone(id))?;
-    backend.discard(id).await?;
+    backend.discard(id, &by).await?;
     metrics::counter!("stockflow_dead_letters_discarded_total").increment(1);
     Ok(StatusCode::NO_CONTENT)
 }

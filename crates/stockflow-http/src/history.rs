@@ -39,6 +39,7 @@ fn entry_json(e: &Entry, policy: Policy) -> Value {
         "processedAt": e.processed.to_rfc3339(),
         "outcome": outcome_name(e.outcome),
         "level": numbers_json(&e.after, policy),
+        "by": e.by,
     });
     if e.in_transit {
         entry["part"] = json!("in_transit");

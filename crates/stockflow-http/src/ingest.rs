@@ -117,6 +117,7 @@ pub struct IngestQuery {
 pub async fn post_events<B: Backend>(
     State(backend): State<Arc<B>>,
     Query(query): Query<IngestQuery>,
+    by: super::auth::By,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Receipt>, ApiError> {
@@ -125,6 +126,7 @@ pub async fn post_events<B: Backend>(
     ingest(
         &*backend,
         wait,
+        &by,
         &headers,
         body,
         EVENTS_SOURCE,
@@ -163,6 +165,7 @@ pub async fn post_source_events<B: Backend>(
     State(backend): State<Arc<B>>,
     Path(format): Path<String>,
     Query(mut params): Query<BTreeMap<String, String>>,
+    by: super::auth::By,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Receipt>, ApiError> {
@@ -175,6 +178,7 @@ pub async fn post_source_events<B: Backend>(
     ingest(
         &*backend,
         wait,
+        &by,
         &headers,
         body,
         &source,
@@ -283,6 +287,7 @@ pub async fn read_body(
 async fn ingest<B: Backend>(
     backend: &B,
     wait: Wait,
+    by: &super::auth::By,
     headers: &HeaderMap,
     body: Body,
     source: &str,
@@ -306,7 +311,10 @@ async fn ingest<B: Backend>(
         parse(&bytes, format)
     };
     match parsed {
-        Ok(parsed) => Ok(Json(backend.submit(parsed, source, wait).await?)),
+        Ok(mut parsed) => {
+            parsed.batch.set_by(&by.0);
+            Ok(Json(backend.submit(parsed, source, wait).await?))
+        }
         Err(error @ BodyError::TooManyEvents { .. }) => Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too_many_events",

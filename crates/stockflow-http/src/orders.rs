@@ -15,6 +15,7 @@ use stockflow_core::limits::QUANTITY_ABS_MAX;
 use stockflow_core::orders::{Answer, LineRequest, Mode, OrderCommand, Status};
 
 use super::asks::Page;
+use super::auth::By;
 use super::backend::{Backend, Read};
 use super::ingest::read_body;
 use super::query::limit;
@@ -203,6 +204,7 @@ pub fn parse_place(bytes: &[u8], default_hold_seconds: u64) -> Result<PlaceReque
     ))]
 pub async fn place<B: Backend>(
     State(state): State<Arc<B>>,
+    By(by): By,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -217,6 +219,7 @@ pub async fn place<B: Backend>(
             hold_ns: request.hold_ns,
             sourcing: state.config().sourcing.clone(),
             fingerprint: request.fingerprint,
+            by,
         },
     )
     .await
@@ -244,6 +247,7 @@ pub(crate) struct FulfilBody {
 pub async fn fulfil<B: Backend>(
     State(state): State<Arc<B>>,
     Path(id): Path<String>,
+    By(by): By,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -254,6 +258,7 @@ pub async fn fulfil<B: Backend>(
         OrderCommand::Fulfil {
             order_id: id,
             lines,
+            by,
         },
     )
     .await
@@ -303,8 +308,9 @@ pub fn parse_extend(bytes: &[u8]) -> Result<i64, ApiError> {
 pub async fn cancel<B: Backend>(
     State(state): State<Arc<B>>,
     Path(id): Path<String>,
+    By(by): By,
 ) -> Result<Response, ApiError> {
-    submit(&*state, OrderCommand::Cancel { order_id: id }).await
+    submit(&*state, OrderCommand::Cancel { order_id: id, by }).await
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -329,6 +335,7 @@ pub(crate) struct ExtendBody {
 pub async fn extend<B: Backend>(
     State(state): State<Arc<B>>,
     Path(id): Path<String>,
+    By(by): By,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -339,6 +346,7 @@ pub async fn extend<B: Backend>(
         OrderCommand::Extend {
             order_id: id,
             hold_ns,
+            by,
         },
     )
     .await

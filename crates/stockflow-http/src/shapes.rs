@@ -97,6 +97,8 @@ pub struct Product {
     attributes: Option<std::collections::HashMap<String, serde_json::Value>>,
     #[schema(format = DateTime)]
     updated_at: Option<String>,
+    /// The token name that last wrote it (`anonymous` without one).
+    updated_by: Option<String>,
     price_history: Option<Vec<PricePoint>>,
     stock: Option<Totals>,
 }
@@ -142,6 +144,9 @@ pub struct Location {
     totals: Option<Totals>,
     /// Overrides the products' low-stock threshold for stock held here.
     low_stock_threshold: Option<i64>,
+    /// The token name that last wrote it; null for a location only seen
+    /// in events.
+    updated_by: Option<String>,
 }
 
 #[derive(serde::Serialize, utoipa::ToSchema)]
@@ -195,6 +200,11 @@ pub struct HistoryEntry {
     outcome: Option<String>,
     part: Option<String>,
     level: Option<LevelNumbers>,
+    /// Who sent the event: the token's name, `anonymous` (no token: an
+    /// unauthenticated server, a record produced to a topic without a
+    /// `by` header, an import into a data directory) or `stockflow` (the
+    /// server itself, e.g. releasing an expired hold).
+    by: Option<String>,
 }
 
 #[derive(serde::Serialize, utoipa::ToSchema)]

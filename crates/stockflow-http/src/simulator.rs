@@ -139,9 +139,17 @@ impl Simulator {
     /// Sends one NDJSON body to the backend and records it. Traffic waits
     /// until its events are durable; the scenario (`Wait::Applied`) until
     /// they are applied, as it then reads the levels they made.
-    async fn send_body(&self, body: String, wait: Wait) -> Result<Receipt, SimulatorError> {
-        let parsed = parse_body(body.as_bytes(), BodyFormat::Ndjson, self.events_max)
+    /// `by`: the token name that asked for the traffic, recorded as the
+    /// sender of its events.
+    async fn send_body(
+        &self,
+        body: String,
+        wait: Wait,
+        by: &str,
+    ) -> Result<Receipt, SimulatorError> {
+        let mut parsed = parse_body(body.as_bytes(), BodyFormat::Ndjson, self.events_max)
             .map_err(|e| SimulatorError::Invalid(e.to_string()))?;
+        parsed.batch.set_by(by);
         let sink = self.sink.upgrade().ok_or(SimulatorError::Stopping)?;
         let receipt = sink
             .submit(parsed, wait)
@@ -188,8 +196,8 @@ impl Simulator {
         }
     }
 
-    /// Sends `count` random events now, in one batch per 10,000.
-    pub async fn send(&self, count: u32) -> Result<Value, SimulatorError> {
+    /// Sends `count` random events now, in one batch per 10,000, as `by`.
+    pub async fn send(&self, count: u32, by: &str) -> Result<Value, SimulatorError> {
         self.check_enabled()?;
         if !(1..=SEND_MAX).contains(&count) {
             return Err(SimulatorError::Invalid(format!(
@@ -204,7 +212,7 @@ impl Simulator {
             left -= n;
             let mut body = String::new();
             (0..n).for_each(|_| traffic.push_event(&mut body));
-            let receipt = self.send_body(body, Wait::Durable).await?;
+            let receipt = self.send_body(body, Wait::Durable, by).await?;
             accepted += receipt.accepted;
             duplicates += receipt.duplicates;
             rejected += receipt.rejected;
@@ -215,8 +223,8 @@ impl Simulator {
     }
 
     /// Starts continuous random traffic at `rate` events/s (replacing a
-    /// running one).
-    pub fn start(self: &Arc<Self>, rate: u32) -> Result<(), SimulatorError> {
+    /// running one), sent as `by`.
+    pub fn start(self: &Arc<Self>, rate: u32, by: &str) -> Result<(), SimulatorError> {
         self.check_enabled()?;
         if !(1..=RATE_MAX).contains(&rate) {
             return Err(SimulatorError::Invalid(format!(
@@ -227,6 +235,7 @@ impl Simulator {
         // Weak: an abandoned simulator stops its traffic when dropped.
         let me = Arc::downgrade(self);
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let by = by.to_owned();
         let task = tokio::spawn(async move {
             let per_tick = f64::from(rate) * TICK.as_secs_f64();
             let mut due = 0.0f64;
@@ -246,7 +255,7 @@ impl Simulator {
                 let mut body = String::new();
                 (0..n).for_each(|_| traffic.push_event(&mut body));
                 let Some(me) = me.upgrade() else { return };
-                match me.send_body(body, Wait::Durable).await {
+                match me.send_body(body, Wait::Durable, &by).await {
                     Ok(_) => {}
                     // Overload is the engine protecting itself: skip a beat.
                     Err(SimulatorError::Overloaded) => {}
@@ -302,9 +311,9 @@ impl Simulator {
     /// Runs the controlled scenario ([`scenario::run`]): fixed events with
     /// documented results, and each expected level next to the one the
     /// engine now has.
-    pub async fn scenario(&self) -> Result<Value, SimulatorError> {
+    pub async fn scenario(&self, by: &str) -> Result<Value, SimulatorError> {
         self.check_enabled()?;
-        let run = scenario::run(self).await?;
+        let run = scenario::run(&Sender(self, by)).await?;
         let passed = run.passed();
         let levels: Vec<Value> = run
             .levels
@@ -356,13 +365,16 @@ impl Simulator {
     }
 }
 
+/// The simulator sending as a token name.
+struct Sender<'a>(&'a Simulator, &'a str);
+
 /// The scenario runs into the server's own backend, waiting for each
 /// body to be applied.
-impl scenario::Target for Simulator {
+impl scenario::Target for Sender<'_> {
     type Error = SimulatorError;
 
     async fn send_applied(&self, body: String) -> Result<Receipt, SimulatorError> {
-        self.send_body(body, Wait::Applied).await
+        self.0.send_body(body, Wait::Applied, self.1).await
     }
 
     async fn level(
@@ -370,7 +382,7 @@ impl scenario::Target for Simulator {
         sku: &str,
         location: &str,
     ) -> Result<Option<(i64, i64, i64)>, SimulatorError> {
-        Ok(Simulator::level(self, sku, location).await)
+        Ok(Simulator::level(self.0, sku, location).await)
     }
 }
 

@@ -199,12 +199,13 @@ impl Backend for KafkaApp {
         letter: &stockflow_http::asks::Letter,
         parsed: Parsed,
         changes: Vec<stockflow_http::asks::CatalogItem>,
+        by: &str,
     ) -> Result<Receipt, ApiError> {
-        super::dead_letters::replay(self, id, letter, parsed, changes).await
+        super::dead_letters::replay(self, id, letter, parsed, changes, by).await
     }
 
-    async fn discard(&self, id: u64) -> Result<(), ApiError> {
-        super::dead_letters::resolve(self, id, "discarded").await
+    async fn discard(&self, id: u64, by: &str) -> Result<(), ApiError> {
+        super::dead_letters::resolve(self, id, "discarded", by).await
     }
 
     fn simulator(&self) -> &Arc<stockflow_http::simulator::Simulator> {

@@ -2,7 +2,8 @@
 //! letter's id being its offset. Listing reads the topic; replaying (the
 //! stored or a corrected payload, through the letter's original route or
 //! raw topic's format) and discarding append a *resolution marker* to the
-//! same topic (headers `resolves` = the letter's id and `resolution`), so
+//! same topic (headers `resolves` = the letter's id, `resolution` and
+//! `by`, the token name that resolved it), so
 //! a resolved letter stays resolved for every instance and across
 //! restarts. Each instance follows the markers on a thread of its own
 //! ([`Resolved`](super::shared::Resolved)) and leaves resolved letters out of its lists.
@@ -85,6 +86,8 @@ pub fn letter_headers(reason: &str, origin: Origin<'_>) -> OwnedHeaders {
 const RESOLVES: &str = "resolves";
 /// Header of a resolution marker: `replayed` or `discarded`.
 const RESOLUTION: &str = "resolution";
+/// Header of a resolution marker: who resolved the letter (a token name).
+const BY: &str = "by";
 /// Longest wait for this instance to read back a marker it wrote.
 const READ_BACK_MAX: Duration = Duration::from_secs(10);
 
@@ -353,7 +356,12 @@ pub(super) async fn find(app: &KafkaApp, id: u64) -> Result<Option<Letter>, ApiE
 
 /// Appends the marker that resolves `id`, and waits until this instance
 /// has read it back (so its next list leaves the letter out).
-pub(super) async fn resolve(app: &KafkaApp, id: u64, resolution: &str) -> Result<(), ApiError> {
+pub(super) async fn resolve(
+    app: &KafkaApp,
+    id: u64,
+    resolution: &str,
+    by: &str,
+) -> Result<(), ApiError> {
     let id_text = id.to_string();
     let headers = OwnedHeaders::new()
         .insert(Header {
@@ -363,6 +371,10 @@ pub(super) async fn resolve(app: &KafkaApp, id: u64, resolution: &str) -> Result
         .insert(Header {
             key: RESOLUTION,
             value: Some(resolution),
+        })
+        .insert(Header {
+            key: BY,
+            value: Some(by),
         });
     let record = FutureRecord::<(), [u8]>::to(&app.settings.topics.dlq)
         .payload(&[])
@@ -378,6 +390,7 @@ pub(super) async fn resolve(app: &KafkaApp, id: u64, resolution: &str) -> Result
             )
         })?
         .offset;
+    tracing::info!(dead_letter = id, %resolution, by = %by, "dead letter resolved");
     let deadline = Instant::now() + READ_BACK_MAX;
     while app.resolved.read_to.load(Ordering::Acquire) <= offset && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -394,6 +407,7 @@ pub(super) async fn replay(
     letter: &Letter,
     parsed: Parsed,
     changes: Vec<CatalogItem>,
+    by: &str,
 ) -> Result<Receipt, ApiError> {
     let receipt = if changes.is_empty() {
         super::http::ingest_parsed(app, true, parsed, &letter.source).await?
@@ -401,7 +415,7 @@ pub(super) async fn replay(
         super::catalog::write(app, changes, Vec::new(), &letter.source).await?
     };
     if receipt.rejected == 0 {
-        resolve(app, id, "replayed").await?;
+        resolve(app, id, "replayed", by).await?;
     }
     Ok(receipt)
 }

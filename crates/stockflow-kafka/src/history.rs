@@ -56,11 +56,13 @@ use super::wire::Positions;
 use super::KafkaSettings;
 use stockflow_service::history::{Entry, Fixed, HistoryWriter};
 
-const VERSION: u8 = 1;
+/// 2: entries carry who sent the event (`by`).
+pub(crate) const VERSION: u8 = 2;
 const HEADER: usize = 1 + 4 * 8 + 2 + 8;
-/// Most entries in one history record: ~150 bytes each keeps a record
-/// well under Kafka's 1 MB default message size.
-pub const ENTRIES_PER_RECORD: usize = 4_000;
+/// Most entries in one history record: ~150 bytes each, ~280 at the
+/// longest ids and token name, keeps a record under Kafka's 1 MB default
+/// message size.
+pub const ENTRIES_PER_RECORD: usize = 3_000;
 /// Cycles remembered per partition to undo: orphans are at most the
 /// cycles after the last changelog record, one or two.
 const CYCLES_KEPT: usize = 32;
@@ -147,13 +149,13 @@ impl Records {
         self.entries = 0;
     }
 
-    pub fn push(&mut self, sku: &str, location: &str, fixed: &Fixed, event_id: &str) {
+    pub fn push(&mut self, sku: &str, location: &str, fixed: &Fixed, event_id: &str, by: &str) {
         for text in [sku, location] {
             self.buf
                 .extend_from_slice(&(text.len() as u16).to_le_bytes());
             self.buf.extend_from_slice(text.as_bytes());
         }
-        fixed.encode(event_id, &mut self.buf);
+        fixed.encode(event_id, by, &mut self.buf);
         self.entries += 1;
         if self.entries == ENTRIES_PER_RECORD {
             self.done.push(std::mem::take(&mut self.buf));
@@ -718,7 +720,7 @@ impl Local {
             entry.fixed.prev = prev;
             let head = self
                 .writer
-                .append(&entry.fixed, &entry.event_id)
+                .append(&entry.fixed, &entry.event_id, &entry.by)
                 .map_err(|e| e.to_string())?;
             cycle.undo.push((key.clone(), prev));
             self.heads.insert(key.clone(), head);
@@ -781,7 +783,7 @@ mod tests {
     fn feed(local: &mut Local, writer: u64, from: i64, to: i64, ids: &[&str]) {
         let mut records = Records::new(at(from), at(to), writer);
         for (i, id) in ids.iter().enumerate() {
-            records.push("S", "L", &fixed(i as i64), id);
+            records.push("S", "L", &fixed(i as i64), id, "pos");
         }
         for bytes in records.finish() {
             if !local.apply(&decode(&bytes).unwrap()).unwrap() {
@@ -915,7 +917,7 @@ mod tests {
             .collect();
         let mut records = Records::new(at(0), at(9), A);
         for (i, id) in ids.iter().enumerate() {
-            records.push("S", "L", &fixed(i as i64), id);
+            records.push("S", "L", &fixed(i as i64), id, "pos");
         }
         let records = records.finish();
         assert_eq!(records.len(), 2);
@@ -930,7 +932,7 @@ mod tests {
         // A second part alone (its first never read) is not followed.
         let mut orphan_part = Records::new(at(9), at(12), B);
         for (i, id) in ids.iter().enumerate() {
-            orphan_part.push("S", "L", &fixed(i as i64), id);
+            orphan_part.push("S", "L", &fixed(i as i64), id, "pos");
         }
         let parts = orphan_part.finish();
         assert!(!local.apply(&decode(&parts[1]).unwrap()).unwrap());

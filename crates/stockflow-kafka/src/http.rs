@@ -69,11 +69,14 @@ pub(crate) async fn ingest_parsed(
         let partition = route(event.sku, event.location_id, app.settings.partitions);
         let json = canonical_json(&event, now);
         let key = level_key(event.sku, event.location_id);
-        let record = FutureRecord::to(&app.settings.topics.canonical)
+        let mut record = FutureRecord::to(&app.settings.topics.canonical)
             .partition(i32::from(partition))
             .key(&key)
             .payload(&json)
             .timestamp(now.0 / 1_000_000);
+        if let Some(headers) = super::wire::by_headers(event.by) {
+            record = record.headers(headers);
+        }
         match app.producer.send_result(record) {
             Ok(delivery) => deliveries.push(delivery),
             Err((error, _)) => {

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::message::Message;
+use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use stockflow_core::{route, BodyFormat};
@@ -321,18 +321,27 @@ fn run(
             for rejected in &parsed.rejected {
                 dead(&format!("message {}: {}", rejected.index, rejected.reason));
             }
+            // Who sent the raw record, if it says (see `wire::BY_HEADER`).
+            let by = message
+                .headers()
+                .and_then(|h| h.iter().find(|h| h.key == super::wire::BY_HEADER))
+                .and_then(|h| h.value)
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .filter(|v| v.len() <= stockflow_core::limits::BY_BYTES_MAX)
+                .unwrap_or("");
             for event in parsed.batch.iter() {
                 let json = canonical_json(&event, received);
                 let key = super::level_key(event.sku, event.location_id);
                 let partition = route(event.sku, event.location_id, settings.partitions);
-                send(
-                    &producer,
-                    BaseRecord::to(&settings.topics.canonical)
-                        .partition(i32::from(partition))
-                        .key(&key)
-                        .payload(&json)
-                        .timestamp(received.0 / 1_000_000),
-                );
+                let mut record = BaseRecord::to(&settings.topics.canonical)
+                    .partition(i32::from(partition))
+                    .key(&key)
+                    .payload(&json)
+                    .timestamp(received.0 / 1_000_000);
+                if let Some(headers) = super::wire::by_headers(by) {
+                    record = record.headers(headers);
+                }
+                send(&producer, record);
             }
         }
         if seen == 0 {

@@ -249,6 +249,7 @@ fn most_available(found: &[(String, i64)], quantity: i64) -> Vec<String> {
 /// by the configured priority list, or by the most available location as
 /// the SKU's roll-up (at its home partition) has it; either way the
 /// candidates are tried in turn until one owner grants the whole line.
+#[allow(clippy::too_many_arguments)]
 async fn place(
     app: &KafkaApp,
     order_id: String,
@@ -257,6 +258,7 @@ async fn place(
     mode: Mode,
     hold_ns: i64,
     fingerprint: u64,
+    by: String,
 ) -> Result<Answer, ApiError> {
     let mut lines = Vec::with_capacity(request.len());
     let mut stock: HashMap<String, Vec<(String, i64)>> = HashMap::new();
@@ -316,6 +318,7 @@ async fn place(
                     mode,
                     hold_ns,
                     fingerprint,
+                    by,
                 },
             )
             .await?;
@@ -556,25 +559,49 @@ pub(super) async fn command(app: &KafkaApp, command: OrderCommand) -> Result<Ans
             hold_ns,
             sourcing,
             fingerprint,
-        } => place(app, order_id, lines, &sourcing, mode, hold_ns, fingerprint).await,
-        OrderCommand::Fulfil { order_id, lines } => {
+            by,
+        } => {
+            place(
+                app,
+                order_id,
+                lines,
+                &sourcing,
+                mode,
+                hold_ns,
+                fingerprint,
+                by,
+            )
+            .await
+        }
+        OrderCommand::Fulfil {
+            order_id,
+            lines,
+            by,
+        } => {
             let message = ToHome::Fulfil {
                 order_id: order_id.clone(),
                 lines,
+                by,
             };
             change(app, order_id, message).await
         }
-        OrderCommand::Cancel { order_id } => {
+        OrderCommand::Cancel { order_id, by } => {
             let message = ToHome::Cancel {
                 order_id: order_id.clone(),
+                by,
             };
             change(app, order_id, message).await
         }
         // The hold ends hold_ns from now, by this instance's clock.
-        OrderCommand::Extend { order_id, hold_ns } => {
+        OrderCommand::Extend {
+            order_id,
+            hold_ns,
+            by,
+        } => {
             let message = ToHome::Extend {
                 order_id: order_id.clone(),
                 until: wall_clock().saturating_add_ns(hold_ns),
+                by,
             };
             change(app, order_id, message).await
         }

@@ -32,6 +32,22 @@ pub fn canonical_json(event: &EventRef<'_>, timestamp: Timestamp) -> String {
     out.to_string()
 }
 
+/// The header of a canonical (or repartition) record that names who sent
+/// the event: a token name. Without it the event is `anonymous`. The
+/// topics are trusted: whoever may produce to them may set it.
+pub const BY_HEADER: &str = "stockflow-by";
+
+/// The headers that say `by` sent a record; `None` for `anonymous`, which
+/// needs none.
+pub fn by_headers(by: &str) -> Option<rdkafka::message::OwnedHeaders> {
+    (by != stockflow_core::ANONYMOUS && !by.is_empty()).then(|| {
+        rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
+            key: BY_HEADER,
+            value: Some(by),
+        })
+    })
+}
+
 /// A Kafka timestamp (ms since the epoch) as engine time.
 pub fn from_millis(ms: i64) -> Timestamp {
     Timestamp(ms.saturating_mul(1_000_000))
@@ -72,7 +88,7 @@ pub struct ChangelogRecord {
 /// snapshot chunk (postcard follows). Bump it whenever either encoding
 /// changes, so that a build never misreads another's changelog: it stops
 /// the restore and says which format it found.
-pub const CHANGELOG_FORMAT: u8 = 2;
+pub const CHANGELOG_FORMAT: u8 = 3;
 
 /// Why a changelog payload cannot be read.
 #[derive(Debug, thiserror::Error)]

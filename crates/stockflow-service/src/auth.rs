@@ -234,8 +234,27 @@ impl ClusterSecret {
     }
 }
 
-/// Names the server gives callers that hold no token of the file.
-pub const RESERVED: [&str; 2] = ["anonymous", "cluster"];
+/// Names the server gives callers that hold no token of the file, and
+/// itself (the audit's `by` of what it does on its own).
+pub const RESERVED: [&str; 3] = ["anonymous", "cluster", stockflow_core::SERVER];
+
+/// Why `name` cannot name a token: the audit records it with every
+/// change its holder makes, so it is short, printable and not a name the
+/// server uses itself.
+fn bad_name(name: &str) -> Option<String> {
+    let max = stockflow_core::limits::BY_BYTES_MAX;
+    if name.is_empty() || name.chars().any(|c| c.is_control()) {
+        Some("a token's name must be printable and not empty".into())
+    } else if name.len() > max {
+        Some(format!("a token's name must be at most {max} bytes"))
+    } else if RESERVED.contains(&name) {
+        Some(format!(
+            "{name:?} names the server's own callers; pick another name"
+        ))
+    } else {
+        None
+    }
+}
 
 /// Constant-time equality of two digests (hand-written: eight lines do
 /// not justify a dependency).
@@ -263,8 +282,11 @@ fn read(path: &Path) -> anyhow::Result<Vec<Loaded>> {
             .ok()
             .and_then(|d| <[u8; 32]>::try_from(d).ok())
             .with_context(|| format!("{}: sha256 must be 64 hex digits", at()))?;
-        if entry.name.is_empty() || entries.iter().any(|e| e.name == entry.name) {
-            bail!("{}: token names must be present and unique", at());
+        if let Some(why) = bad_name(&entry.name) {
+            bail!("{}: {why}", at());
+        }
+        if entries.iter().any(|e| e.name == entry.name) {
+            bail!("{}: token names must be unique", at());
         }
         entries.push(Loaded {
             name: entry.name,
@@ -278,11 +300,8 @@ fn read(path: &Path) -> anyhow::Result<Vec<Loaded>> {
 /// A new token: appends its entry to `path` (created with mode 0600 if
 /// missing) and returns the secret, which is kept nowhere else.
 pub fn create(path: &Path, name: &str, roles: &[Role]) -> anyhow::Result<String> {
-    if name.is_empty() || name.chars().any(|c| c.is_control()) {
-        bail!("a token's name must be printable and not empty");
-    }
-    if RESERVED.contains(&name) {
-        bail!("{name:?} names the server's own callers; pick another name");
+    if let Some(why) = bad_name(name) {
+        bail!("{why}");
     }
     if roles.is_empty() {
         bail!("a token needs at least one --role");
@@ -359,5 +378,34 @@ mod tests {
         let error = tokens.reload().unwrap_err().to_string();
         assert!(error.contains(":1"), "{error}");
         assert_eq!(tokens.identify(&first).unwrap().name, "first");
+    }
+
+    #[test]
+    fn a_name_the_audit_cannot_record_is_refused_when_made_and_when_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens");
+        let long = "n".repeat(stockflow_core::limits::BY_BYTES_MAX + 1);
+        for name in [
+            "",
+            "a\nb",
+            long.as_str(),
+            "anonymous",
+            "stockflow",
+            "cluster",
+        ] {
+            assert!(create(&path, name, &[Role::Read]).is_err(), "{name:?}");
+        }
+        create(
+            &path,
+            &"n".repeat(stockflow_core::limits::BY_BYTES_MAX),
+            &[Role::Read],
+        )
+        .unwrap();
+        // A hand-edited file naming a token as the server names itself.
+        let entry =
+            serde_json::json!({"name": "stockflow", "roles": ["admin"], "sha256": "0".repeat(64)});
+        std::fs::write(&path, format!("{entry}\n")).unwrap();
+        let error = Tokens::load(&path).unwrap_err().to_string();
+        assert!(error.contains(":1") && error.contains("server"), "{error}");
     }
 }

@@ -14,7 +14,10 @@
 //! entry: len u32 | prev u64 | processed i64 | event_time i64 | record u64
 //!        | event_type u8 | in_transit u8 | outcome u8 | quantity i64
 //!        | before (onHand, reserved, inTransit) 3×i64 | after 3×i64
-//!        | eventId bytes                                  (little-endian)
+//!        | by_len u8 | eventId bytes | by bytes            (little-endian)
+//! ```
+//! `by` is the token name that sent the event (empty: anonymous).
+//! ```text
 //! ```
 //! Cursors are `offset + 1` (0 = none). A checkpoint fsyncs the files and
 //! records the end offset; restart truncates history to it and the log
@@ -32,7 +35,10 @@ use stockflow_core::{Batch, Change, EventType, Numbers, Outcome, Partition, Reje
 
 /// A history segment is closed past this size.
 pub const SEGMENT_BYTES_MAX: u64 = 64 << 20;
-const FIXED: usize = 4 + 8 + 8 + 8 + 8 + 1 + 1 + 1 + 8 + 24 + 24;
+const FIXED: usize = 4 + 8 + 8 + 8 + 8 + 1 + 1 + 1 + 8 + 24 + 24 + 1;
+/// The longest entry a reader accepts.
+const ENTRY_BYTES_MAX: usize =
+    FIXED + 4 * stockflow_core::limits::ID_CHARS_MAX + stockflow_core::limits::BY_BYTES_MAX;
 /// Bytes buffered before a write; groups also flush.
 const BUFFER_BYTES: usize = 256 << 10;
 /// Written bytes after which writeback is started in the background, so a
@@ -161,19 +167,20 @@ impl HistoryWriter {
         for change in changes {
             let prev = partition.history_head(change.slot);
             let fixed = Fixed::of(change, batch, now, record, prev);
-            let head = self.append(&fixed, batch.event_id(change.position as usize))?;
+            let at = change.position as usize;
+            let head = self.append(&fixed, batch.event_id(at), batch.by(at))?;
             partition.set_history_head(change.slot, head);
         }
         Ok(())
     }
 
     /// Appends one entry (its `prev` as given); returns its cursor.
-    pub fn append(&mut self, fixed: &Fixed, event_id: &str) -> std::io::Result<u64> {
+    pub fn append(&mut self, fixed: &Fixed, event_id: &str, by: &str) -> std::io::Result<u64> {
         if self.end - self.segment_start >= self.segment_bytes_max {
             self.roll()?;
         }
         self.buf.clear();
-        fixed.encode(event_id, &mut self.buf);
+        fixed.encode(event_id, by, &mut self.buf);
         self.file.write_all(&self.buf)?;
         let head = self.end + 1;
         self.end += self.buf.len() as u64;
@@ -247,6 +254,8 @@ pub fn compact(data_dir: &Path, partition: u16, horizon: Timestamp) -> std::io::
 pub struct Entry {
     pub fixed: Fixed,
     pub event_id: String,
+    /// Who sent the event: a token name, or `anonymous`.
+    pub by: String,
 }
 
 impl std::ops::Deref for Entry {
@@ -302,9 +311,16 @@ impl Fixed {
         }
     }
 
-    /// Appends the entry's bytes (length first) to `out`.
-    pub fn encode(&self, event_id: &str, out: &mut Vec<u8>) {
-        let len = (FIXED + event_id.len()) as u32;
+    /// Appends the entry's bytes (length first) to `out`. `by` is cut to
+    /// [`BY_BYTES_MAX`] (token names are never longer).
+    ///
+    /// [`BY_BYTES_MAX`]: stockflow_core::limits::BY_BYTES_MAX
+    pub fn encode(&self, event_id: &str, by: &str, out: &mut Vec<u8>) {
+        let by = match by {
+            stockflow_core::ANONYMOUS => "",
+            by => cut(by, stockflow_core::limits::BY_BYTES_MAX),
+        };
+        let len = (FIXED + event_id.len() + by.len()) as u32;
         out.extend_from_slice(&len.to_le_bytes());
         out.extend_from_slice(&self.prev.to_le_bytes());
         out.extend_from_slice(&self.processed.0.to_le_bytes());
@@ -325,7 +341,9 @@ impl Fixed {
                 out.extend_from_slice(&v.to_le_bytes());
             }
         }
+        out.push(by.len() as u8);
         out.extend_from_slice(event_id.as_bytes());
+        out.extend_from_slice(by.as_bytes());
     }
 }
 
@@ -354,11 +372,28 @@ impl Entry {
             before: numbers(47),
             after: numbers(71),
         };
+        let by_len = bytes[FIXED - 1] as usize;
+        let by_at = bytes.len().checked_sub(by_len).filter(|at| *at >= FIXED)?;
+        let by = std::str::from_utf8(&bytes[by_at..]).ok()?;
         Some(Entry {
             fixed,
-            event_id: String::from_utf8(bytes[FIXED..].to_vec()).ok()?,
+            event_id: String::from_utf8(bytes[FIXED..by_at].to_vec()).ok()?,
+            by: match by {
+                "" => stockflow_core::ANONYMOUS.to_owned(),
+                by => by.to_owned(),
+            },
         })
     }
+}
+
+/// The longest prefix of `text` of at most `max` bytes, on a character
+/// boundary.
+fn cut(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 fn read_at(path: &Path, segment_start: u64, offset: u64) -> std::io::Result<Option<Entry>> {
@@ -373,7 +408,7 @@ fn read_at(path: &Path, segment_start: u64, offset: u64) -> std::io::Result<Opti
         return Ok(None);
     }
     let len = u32::from_le_bytes(len) as usize;
-    if !(FIXED..=FIXED + 4 * stockflow_core::limits::ID_CHARS_MAX).contains(&len) {
+    if !(FIXED..=ENTRY_BYTES_MAX).contains(&len) {
         return Ok(None);
     }
     let mut bytes = vec![0u8; len];
@@ -507,7 +542,7 @@ mod tests {
                     ..Numbers::default()
                 },
             };
-            head = writer.append(&fixed, &format!("e{t}")).unwrap();
+            head = writer.append(&fixed, &format!("e{t}"), "pos").unwrap();
         }
         writer.flush().unwrap();
         head

@@ -162,6 +162,27 @@ pub struct OrderOut<'a> {
     created_at: String,
     #[schema(format = DateTime)]
     updated_at: String,
+    /// Who placed the order and who changed it since, oldest first (the
+    /// first and the newest 31 when there were more).
+    transitions: Vec<TransitionOut<'a>>,
+}
+
+/// One change of an order.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = OrderTransition)]
+pub struct TransitionOut<'a> {
+    /// place, fulfil, cancel, extend, expire, or an event naming the
+    /// order: reservation_event, release_event, fulfillment_event.
+    action: &'static str,
+    /// The order's status right after it.
+    #[schema(value_type = OrderStatus)]
+    status: &'static str,
+    #[schema(format = DateTime)]
+    at: String,
+    /// The token's name, `anonymous` (no token) or `stockflow` (the
+    /// server: an expired hold).
+    by: &'a str,
 }
 
 #[derive(serde::Serialize, utoipa::ToSchema)]
@@ -220,6 +241,19 @@ impl<'a> OrderOut<'a> {
             expires_at: order.expires_at.map(|at| at.to_rfc3339()),
             created_at: order.created_at.to_rfc3339(),
             updated_at: order.updated_at.to_rfc3339(),
+            transitions: order
+                .transitions
+                .iter()
+                .map(|t| TransitionOut {
+                    action: t.action.as_str(),
+                    status: t.status.as_str(),
+                    at: t.at.to_rfc3339(),
+                    by: match t.by.as_str() {
+                        "" => stockflow_core::ANONYMOUS,
+                        by => by,
+                    },
+                })
+                .collect(),
         }
     }
 }

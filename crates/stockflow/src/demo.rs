@@ -36,7 +36,7 @@ pub async fn run(listen: SocketAddr, data_dir: Option<PathBuf>, rate: u32) -> an
     println!("  API description:      curl {url}/v1/openapi.json");
     println!("  Prometheus metrics:   curl {url}/metrics");
     if rate > 0 {
-        server.simulator.start(rate)?;
+        server.simulator.start(rate, stockflow_core::SERVER)?;
         println!(
             "A simulator is sending {rate} events/s of POS, WMS and e-commerce traffic \
              (stop or change it on the dashboard's Simulator page). Ctrl-C stops."

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::reference::{location, sku, Books, Command, Ev, Model, SECOND};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
-use stockflow_core::orders::{LineRequest, Mode, OrderBook, OrderCommand, Sourcing};
+use stockflow_core::orders::{Action, LineRequest, Mode, OrderBook, OrderCommand, Sourcing};
 use stockflow_core::{
     parse_body, Batch, BodyFormat, Dedup, DedupSnapshot, Engine, EngineConfig, Outcome, Partition,
     PartitionSnapshot, Timestamp,
@@ -45,18 +45,35 @@ fn to_engine(command: &Command) -> OrderCommand {
             hold_ns: hold_s * SECOND,
             sourcing: Sourcing::MostAvailable,
             fingerprint: 1,
+            by: "web".into(),
         },
         Command::Fulfil(o) => OrderCommand::Fulfil {
             order_id: format!("o{o}"),
             lines: None,
+            by: "wms".into(),
         },
         Command::Cancel(o) => OrderCommand::Cancel {
             order_id: format!("o{o}"),
+            by: "ops".into(),
         },
         Command::Extend(o, s) => OrderCommand::Extend {
             order_id: format!("o{o}"),
             hold_ns: s * SECOND,
+            by: "ops".into(),
         },
+    }
+}
+
+/// Who sends what in the stream: the events come from the tills, orders
+/// are placed by the web shop, fulfilled by the warehouse, cancelled and
+/// extended by an operator; the server expires holds itself.
+fn sender_of(action: Action) -> &'static str {
+    match action {
+        Action::Place => "web",
+        Action::Fulfil => "wms",
+        Action::Cancel | Action::Extend => "ops",
+        Action::Expire => stockflow_core::SERVER,
+        Action::ReservationEvent | Action::ReleaseEvent | Action::FulfillmentEvent => "pos",
     }
 }
 
@@ -196,6 +213,29 @@ fn check_invariants(engine: &Engine, model: &Model) -> Result<(), TestCaseError>
             order.status
         );
         prop_assert_eq!(order.status.is_live(), model.live(&order.order_id));
+        // The audit: every change of the order is a transition by whoever
+        // made it, the newest saying how the order now stands.
+        let last = order.transitions.last();
+        prop_assert!(
+            last.is_some(),
+            "order {} has no transitions",
+            &order.order_id
+        );
+        prop_assert!(order.transitions.len() <= stockflow_core::limits::ORDER_TRANSITIONS_MAX);
+        prop_assert_eq!(
+            last.map(|t| (t.status, t.at)),
+            Some((order.status, order.updated_at))
+        );
+        prop_assert!(order.transitions.windows(2).all(|w| w[0].at <= w[1].at));
+        for t in &order.transitions {
+            prop_assert_eq!(
+                &t.by,
+                sender_of(t.action),
+                "{:?} of {}",
+                t.action,
+                &order.order_id
+            );
+        }
         prop_assert_eq!(
             order.expires_at.map(|t| t.0),
             model
@@ -281,8 +321,9 @@ proptest! {
                 .iter()
                 .map(|events| {
                     let body: Vec<String> = events.iter().map(Ev::json).collect();
-                    let parsed = parse_body(body.join("\n").as_bytes(), BodyFormat::Ndjson, 1000).unwrap();
+                    let mut parsed = parse_body(body.join("\n").as_bytes(), BodyFormat::Ndjson, 1000).unwrap();
                     assert!(parsed.rejected.is_empty(), "{:?}", parsed.rejected);
+                    parsed.batch.set_by("pos");
                     parsed.batch
                 })
                 .collect();
@@ -351,6 +392,7 @@ fn a_refused_reservation_does_not_rewrite_how_an_order_ended() {
     );
     let cancel = OrderCommand::Cancel {
         order_id: "o-9".into(),
+        by: "ops".into(),
     };
     record(&mut engine, &[], &[cancel], 2);
     assert_eq!(

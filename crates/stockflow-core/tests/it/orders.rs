@@ -71,6 +71,7 @@ fn line(sku: &str, location: Option<&str>, quantity: i64) -> LineRequest {
 
 fn place(id: &str, lines: Vec<LineRequest>, mode: Mode, hold_s: i64) -> OrderCommand {
     OrderCommand::Place {
+        by: "web".into(),
         order_id: id.into(),
         fingerprint: lines.len() as u64,
         lines,
@@ -216,14 +217,17 @@ fn holds_expire_exactly_at_their_time_unless_extended_fulfilled_or_cancelled() {
         10,
         &[
             OrderCommand::Extend {
+                by: "ops".into(),
                 order_id: "extended".into(),
                 hold_ns: 60 * SECOND,
             },
             OrderCommand::Fulfil {
+                by: "wms".into(),
                 order_id: "fulfilled".into(),
                 lines: None,
             },
             OrderCommand::Cancel {
+                by: "ops".into(),
                 order_id: "cancelled".into(),
             },
         ],
@@ -237,6 +241,36 @@ fn holds_expire_exactly_at_their_time_unless_extended_fulfilled_or_cancelled() {
     assert_eq!(book.orders["expires"].status, Status::Expired);
     assert_eq!(book.orders["extended"].status, Status::Reserved);
     assert_eq!(stock.free("A", "S1"), 5);
+    // Who did what, in order, with the status each left.
+    let trail = |id: &str| -> Vec<(&'static str, Status, String)> {
+        book.orders[id]
+            .transitions
+            .iter()
+            .map(|t| (t.action.as_str(), t.status, t.by.clone()))
+            .collect()
+    };
+    assert_eq!(
+        trail("expires"),
+        [
+            ("place", Status::Reserved, "web".into()),
+            ("expire", Status::Expired, stockflow_core::SERVER.into())
+        ]
+    );
+    assert_eq!(
+        trail("extended"),
+        [
+            ("place", Status::Reserved, "web".into()),
+            ("extend", Status::Reserved, "ops".into())
+        ]
+    );
+    assert_eq!(
+        trail("fulfilled")[1],
+        ("fulfil", Status::Fulfilled, "wms".into())
+    );
+    assert_eq!(
+        trail("cancelled")[1],
+        ("cancel", Status::Cancelled, "ops".into())
+    );
     let (events, _) = book.decide(&[], Timestamp(70 * SECOND), &stock);
     stock.apply(&events);
     assert_eq!(book.orders["extended"].status, Status::Expired);
@@ -253,16 +287,20 @@ fn holds_expire_exactly_at_their_time_unless_extended_fulfilled_or_cancelled() {
         80,
         &[
             OrderCommand::Cancel {
+                by: "ops".into(),
                 order_id: "fulfilled".into(),
             },
             OrderCommand::Fulfil {
+                by: "wms".into(),
                 order_id: "expires".into(),
                 lines: None,
             },
             OrderCommand::Cancel {
+                by: "ops".into(),
                 order_id: "cancelled".into(),
             },
             OrderCommand::Cancel {
+                by: "ops".into(),
                 order_id: "nope".into(),
             },
         ],
@@ -302,6 +340,7 @@ fn lines_without_a_location_are_sourced_and_split() {
         .collect();
     assert_eq!(where_, [("S2", 5), ("S1", 2)], "most available first");
     let priority = OrderCommand::Place {
+        by: "web".into(),
         order_id: "o2".into(),
         lines: vec![line("A", None, 2)],
         mode: Mode::AllOrNothing,

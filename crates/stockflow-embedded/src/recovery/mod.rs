@@ -48,7 +48,9 @@ use stockflow_service::stream::Draft;
 
 /// 2: log records and checkpoints carry the catalog.
 /// 3: each partition's checkpoint part has its own log position.
-const FORMAT: u32 = 4;
+/// 4: holds live at their level.
+/// 5: who made each change (`by`) in log records, checkpoints, history.
+const FORMAT: u32 = 5;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct DataDirMeta {
@@ -355,7 +357,7 @@ pub fn recover(config: &Config) -> anyhow::Result<Recovered> {
             meta.next_dead_letter_id = meta.next_dead_letter_id.max(letter.id + 1);
             dead_letters.insert(letter);
         }
-        for id in group.discarded {
+        for (id, _) in group.discarded {
             dead_letters.remove(id);
         }
         meta.last_now = meta.last_now.max(group.now);

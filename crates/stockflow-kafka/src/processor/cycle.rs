@@ -164,6 +164,7 @@ impl Processor {
             );
         }
         let mut batch = parsed.batch;
+        batch.set_by_each(|index| lines[index as usize].by.as_deref().unwrap_or(""));
         // A record in the wrong partition would put its level where no
         // query looks: refuse it, saying how to produce it.
         let n = self.settings.partitions;
@@ -298,6 +299,7 @@ impl Processor {
                     timestamp_ms: i.timestamp_ms,
                     payload: i.payload.clone(),
                     kind: InputKind::Event,
+                    by: i.by.clone(),
                 })
                 .collect()
         };
@@ -392,12 +394,14 @@ impl Processor {
                 let event = events.get(position);
                 let key = level_key(event.sku, event.to_location_id.unwrap_or_default());
                 let payload = canonical_json(&event, now);
-                self.send(
-                    BaseRecord::to(&self.settings.topics.repartition)
-                        .partition(i32::from(d))
-                        .key(&key)
-                        .payload(&payload),
-                );
+                let mut record = BaseRecord::to(&self.settings.topics.repartition)
+                    .partition(i32::from(d))
+                    .key(&key)
+                    .payload(&payload);
+                if let Some(headers) = by_headers(event.by) {
+                    record = record.headers(headers);
+                }
+                self.send(record);
             }
         }
         // The newest level of each changed one, to the stock-levels topic
@@ -466,12 +470,8 @@ impl Processor {
             let (sku, location) = partition.names_of(change.slot);
             // The level's previous entry is the materialiser's to link.
             let fixed = stockflow_service::history::Fixed::of(change, batch, now, 0, 0);
-            history.push(
-                sku,
-                location,
-                &fixed,
-                batch.event_id(change.position as usize),
-            );
+            let at = change.position as usize;
+            history.push(sku, location, &fixed, batch.event_id(at), batch.by(at));
         }
         for record in history.finish() {
             self.send(

@@ -47,8 +47,8 @@ use stockflow_core::{
 
 use super::shared::{Reason, Shared, ACTIVE, NOT_OWNED, RESTORING};
 use super::wire::{
-    canonical_json, decode_reports, from_millis, push_report, ChangelogRecord, Positions,
-    SnapshotChunk, SnapshotIndex, SNAPSHOT_KEY_PREFIX,
+    by_headers, canonical_json, decode_reports, from_millis, push_report, ChangelogRecord,
+    Positions, SnapshotChunk, SnapshotIndex, SNAPSHOT_KEY_PREFIX,
 };
 use super::{level_key, Deliveries, KafkaSettings};
 use crate::dead_letters::{letter_headers, Origin};
@@ -166,6 +166,8 @@ struct Input {
     timestamp_ms: i64,
     payload: Vec<u8>,
     kind: InputKind,
+    /// Who sent it (the `stockflow-by` header), if anyone is named.
+    by: Option<Box<str>>,
 }
 
 /// What a repartition record carries, told by its header.
@@ -182,20 +184,65 @@ enum InputKind {
 
 impl Input {
     fn of<M: Message>(m: &M) -> Input {
+        let mut kind = InputKind::Event;
+        let mut by = None;
+        for header in m.headers().into_iter().flat_map(|h| h.iter()) {
+            match header.key {
+                ORDER_HEADER => kind = InputKind::Order,
+                ROLLUP_HEADER => kind = InputKind::Rollup,
+                super::wire::BY_HEADER => {
+                    by = header
+                        .value
+                        .and_then(|v| std::str::from_utf8(v).ok())
+                        .filter(|v| v.len() <= stockflow_core::limits::BY_BYTES_MAX)
+                        .map(Box::from);
+                }
+                _ => {}
+            }
+        }
         Input {
             offset: m.offset(),
             timestamp_ms: m.timestamp().to_millis().unwrap_or(0),
             payload: m.payload().unwrap_or_default().to_vec(),
-            kind: match m.headers().and_then(|h| {
-                h.iter()
-                    .find(|h| h.key == ORDER_HEADER || h.key == ROLLUP_HEADER)
-            }) {
-                Some(h) if h.key == ORDER_HEADER => InputKind::Order,
-                Some(_) => InputKind::Rollup,
-                None => InputKind::Event,
-            },
+            kind,
+            by,
         }
     }
+}
+
+/// The local files' format: the changelog's and the history records'.
+const LOCAL_FORMAT_FILE: &str = "FORMAT";
+
+/// Removes local snapshots and history files another build wrote in a
+/// format this one reads differently: both are derived from the topics
+/// and rebuilt from them, while misread they would answer wrongly.
+fn drop_other_formats(dir: &Path) -> anyhow::Result<()> {
+    let marker = dir.join(LOCAL_FORMAT_FILE);
+    let this = format!(
+        "changelog {} history {}\n",
+        super::wire::CHANGELOG_FORMAT,
+        crate::history::VERSION
+    );
+    if std::fs::read_to_string(&marker).ok().as_deref() == Some(this.as_str()) {
+        return Ok(());
+    }
+    let mut dropped = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name == "history" {
+            std::fs::remove_dir_all(&path)?;
+            dropped += 1;
+        } else if name.starts_with("partition-") && name.ends_with(".snap") {
+            std::fs::remove_file(&path)?;
+            dropped += 1;
+        }
+    }
+    if dropped > 0 {
+        tracing::warn!(dir = %dir.display(), "local snapshots and history of another format removed; rebuilding them from the topics");
+    }
+    std::fs::write(&marker, this)?;
+    Ok(())
 }
 
 /// The header that marks a repartition record as an order saga message.
@@ -246,6 +293,7 @@ pub fn start(
     let data_dir = data_dir.join("kafka");
     let history_dir = data_dir.clone();
     std::fs::create_dir_all(&data_dir)?;
+    drop_other_formats(&data_dir)?;
     let mut config = settings.producer_config();
     if settings.transactions {
         config.set("transactional.id", transactional_id(&settings, &data_dir)?);

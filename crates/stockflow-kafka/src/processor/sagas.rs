@@ -18,6 +18,7 @@ pub(super) fn line_action_json(action: &LineAction, now: Timestamp) -> String {
         source_system: Some("stockflow-orders"),
         correlation_id: Some(&action.order_id),
         hold_seconds: None,
+        by: &action.by,
         index: 0,
     };
     canonical_json(&event, now)
@@ -109,12 +110,14 @@ impl Processor {
         for action in &asked.actions {
             let payload = line_action_json(action, now);
             let key = level_key(&action.sku, &action.location_id);
-            self.send(
-                BaseRecord::to(&self.settings.topics.repartition)
-                    .partition(i32::from(route(&action.sku, &action.location_id, n)))
-                    .key(&key)
-                    .payload(&payload),
-            );
+            let mut record = BaseRecord::to(&self.settings.topics.repartition)
+                .partition(i32::from(route(&action.sku, &action.location_id, n)))
+                .key(&key)
+                .payload(&payload);
+            if let Some(headers) = by_headers(&action.by) {
+                record = record.headers(headers);
+            }
+            self.send(record);
         }
         for (home, reply) in replies {
             self.send_order_message(*home, reply);

@@ -1,6 +1,7 @@
 //! Integration tests of the stockflow server: one binary, several modules.
 
 mod alerts;
+pub mod audit;
 pub mod auth;
 mod catalog;
 mod contract;

@@ -21,13 +21,14 @@ fn a_secured_cluster_forwards_with_its_secret_and_keeps_its_own_endpoints_to_its
     let dirs = scratch("kafka-access");
     let tokens = dirs.join("tokens");
     let mut secret_of = BTreeMap::new();
-    for (name, roles) in [
-        ("reader", vec![Role::Read]),
-        ("till", vec![Role::Ingest]),
-        ("admin", Role::ALL.to_vec()),
-    ] {
+    for (name, roles) in [("reader", vec![Role::Read]), ("admin", Role::ALL.to_vec())] {
         let secret = stockflow_service::auth::create(&tokens, name, &roles).unwrap();
-        secret_of.insert(name, secret);
+        secret_of.insert(name.to_owned(), secret);
+    }
+    // The audit's writers: a till, a web shop, an operator.
+    let writers = crate::audit::writers_with_tokens(&tokens);
+    for writer in &writers {
+        secret_of.insert(writer.name.clone(), writer.secret.clone().unwrap());
     }
     let cluster = dirs.join("cluster.secret");
     let cluster_secret: String = (0..64)
@@ -157,6 +158,20 @@ fn a_secured_cluster_forwards_with_its_secret_and_keeps_its_own_endpoints_to_its
             .await
             .unwrap();
         assert_eq!(posted.status(), 403);
+        // Who changed what, as the embedded mode records it; the writes
+        // go to one instance, the reads to the other.
+        let [till, shop, ops] = &writers;
+        crate::audit::who_did_what(
+            &crate::audit::Target {
+                client: &client,
+                url: &b,
+                tag: "kafka",
+            },
+            till,
+            shop,
+            ops,
+        )
+        .await;
     });
     drop(instances);
     for i in 0..2 {
