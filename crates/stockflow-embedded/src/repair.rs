@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use stockflow_log::{find_damage, move_aside, Damage, LogWriter};
 
+use stockflow_core::event::DamagedBatch;
 use stockflow_core::{Batch, CatalogChange, Timestamp};
 
 use crate::record::CommitGroup;
@@ -221,7 +222,30 @@ fn read_damaged(bytes: &[u8]) -> Option<CommitGroup> {
         }
     }
     type Head = (Timestamp, Vec<CatalogChange>, Vec<Batch>);
-    let ((now, catalog, batches), _) = postcard::take_from_bytes::<Head>(&mended).ok()?;
+    let (now, catalog, batches) = match postcard::take_from_bytes::<Head>(&mended) {
+        Ok((head, _)) => head,
+        // A flip in an event's record may have moved a span out of the
+        // text: the ids still in it are read, the others counted.
+        Err(_) => {
+            type Damaged = (Timestamp, Vec<CatalogChange>, Vec<DamagedBatch>);
+            let ((now, catalog, damaged), _) =
+                postcard::take_from_bytes::<Damaged>(&mended).ok()?;
+            let batches = damaged
+                .into_iter()
+                .map(|d| {
+                    let (batch, unreadable) = d.salvage();
+                    if unreadable > 0 {
+                        tracing::warn!(
+                            unreadable,
+                            "events of a damaged record whose eventId cannot be read"
+                        );
+                    }
+                    batch
+                })
+                .collect();
+            (now, catalog, batches)
+        }
+    };
     Some(CommitGroup {
         now,
         catalog,
