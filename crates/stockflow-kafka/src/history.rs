@@ -798,7 +798,11 @@ mod tests {
         let reader = stockflow_service::history::HistoryReader::open(dir, 3).unwrap();
         let head = local.heads[&level("S", "L")];
         let (entries, _) = reader.walk(head, usize::MAX).unwrap();
-        let bytes: usize = entries.iter().map(|e| 95 + e.event_id.len()).sum();
+        // An entry: 96 fixed bytes, its eventId and who sent it.
+        let bytes: usize = entries
+            .iter()
+            .map(|e| 96 + e.event_id.len() + e.by.len())
+            .sum();
         assert_eq!(
             local.writer.end() as usize,
             bytes,
