@@ -113,13 +113,93 @@ pub fn parse_topic_prefix(text: &str) -> Result<String, String> {
     Ok(text.to_owned())
 }
 
+/// librdkafka properties (NAME, VALUE), in order: a later one wins. Its
+/// Debug form hides the values of secrets (`sasl.password`,
+/// `ssl.key.password`, …), so settings can be logged.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Properties(pub Vec<(String, String)>);
+
+impl std::ops::Deref for Properties {
+    type Target = Vec<(String, String)>;
+    fn deref(&self) -> &Vec<(String, String)> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Properties {
+    fn deref_mut(&mut self) -> &mut Vec<(String, String)> {
+        &mut self.0
+    }
+}
+
+impl From<Vec<(String, String)>> for Properties {
+    fn from(properties: Vec<(String, String)>) -> Properties {
+        Properties(properties)
+    }
+}
+
+/// Whether a property's value is a secret (librdkafka's names).
+fn secret_property(name: &str) -> bool {
+    [
+        "password",
+        "secret",
+        "key.pem",
+        "jaas",
+        "oauthbearer.config",
+    ]
+    .iter()
+    .any(|s| name.contains(s))
+}
+
+impl std::fmt::Debug for Properties {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(k, v)| {
+                let shown = if secret_property(k) {
+                    "…"
+                } else {
+                    v.as_str()
+                };
+                format!("{k}={shown}")
+            }))
+            .finish()
+    }
+}
+
+impl Properties {
+    /// Reads a properties file: one `NAME=VALUE` per line (white space
+    /// around each trimmed), `#` comments and blank lines skipped; for
+    /// secrets that must not be in a command line (`ps` shows those).
+    pub fn read_file(path: &std::path::Path) -> anyhow::Result<Properties> {
+        use anyhow::Context;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the Kafka properties file {}", path.display()))?;
+        let mut properties = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let Some((name, value)) = line.split_once('=') else {
+                anyhow::bail!(
+                    "{}:{}: not NAME=VALUE (a librdkafka property, e.g. sasl.password=…)",
+                    path.display(),
+                    n + 1
+                );
+            };
+            properties.push((name.trim().to_owned(), value.trim().to_owned()));
+        }
+        Ok(Properties(properties))
+    }
+}
+
 /// How to reach the cluster and what to call things there.
 #[derive(Clone, Debug)]
 pub struct KafkaSettings {
     pub bootstrap: String,
     pub group: String,
     /// librdkafka properties passed through (SASL, TLS, timeouts …).
-    pub extra: Vec<(String, String)>,
+    pub extra: Properties,
     pub topics: Topics,
     /// Partitions of the canonical, repartition and changelog topics: the
     /// engine's partition count in Kafka mode. Fixed once topics exist.
@@ -153,7 +233,7 @@ impl KafkaSettings {
         KafkaSettings {
             bootstrap: bootstrap.into(),
             group: "stockflow".into(),
-            extra: Vec::new(),
+            extra: Properties::default(),
             topics: Topics::default(),
             partitions: 12,
             commit_interval: Duration::from_millis(100),
@@ -173,7 +253,7 @@ impl KafkaSettings {
         for (k, v) in defaults {
             config.set(*k, *v);
         }
-        for (k, v) in &self.extra {
+        for (k, v) in self.extra.iter() {
             config.set(k, v);
         }
         config
@@ -821,6 +901,33 @@ impl Probe {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_properties_file_is_read_line_by_line_and_its_secrets_never_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kafka.properties");
+        std::fs::write(
+            &path,
+            "# the cluster's\nsecurity.protocol = SASL_SSL\n\nsasl.password=hunter2-very-secret\n",
+        )
+        .unwrap();
+        let properties = super::Properties::read_file(&path).unwrap();
+        assert_eq!(
+            *properties,
+            [
+                ("security.protocol".to_owned(), "SASL_SSL".to_owned()),
+                ("sasl.password".to_owned(), "hunter2-very-secret".to_owned())
+            ]
+        );
+        let mut settings = super::KafkaSettings::new("b:9092");
+        settings.extra = properties;
+        let shown = format!("{settings:?}");
+        assert!(shown.contains("security.protocol=SASL_SSL"), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        std::fs::write(&path, "ok=1\nno equals sign\n").unwrap();
+        let error = super::Properties::read_file(&path).unwrap_err().to_string();
+        assert!(error.contains(":2"), "{error}");
+    }
+
     use super::*;
 
     #[test]

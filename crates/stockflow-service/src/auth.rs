@@ -176,9 +176,14 @@ impl Tokens {
 /// other (`serve --cluster-secret-file`): it opens the endpoints only they
 /// call (`/v1/internal/…`) and the reads they forward, and no user token
 /// carries it. Every instance reads the same file.
+///
+/// The file's first line is the secret an instance presents; a second
+/// line is one it also accepts, so the secret can be changed without
+/// stopping the cluster (see the README's "Access").
 pub struct ClusterSecret {
     secret: String,
-    digest: [u8; 32],
+    /// Of the presented secret, then of the other accepted one.
+    digests: Vec<[u8; 32]>,
 }
 
 /// Never the secret.
@@ -192,29 +197,56 @@ impl ClusterSecret {
     /// Shorter secrets are refused: they could be guessed.
     pub const CHARS_MIN: usize = 32;
 
-    /// Reads the secret: the file's text without surrounding white space.
+    /// Reads the secret (the first non-empty line) and, if there is a
+    /// second, the other secret accepted.
     pub fn load(path: &Path) -> anyhow::Result<Arc<ClusterSecret>> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read the cluster secret file {}", path.display()))?;
-        let secret = text.trim();
-        // Sent in a header: printable ASCII only.
-        if secret.len() < Self::CHARS_MIN || !secret.bytes().all(|b| b.is_ascii_graphic()) {
+        let secrets: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        let make = || {
+            format!(
+                "make one with `openssl rand -hex 32 > {}` and give every instance the same file",
+                path.display()
+            )
+        };
+        if secrets.is_empty() || secrets.len() > 2 {
             bail!(
-                "the cluster secret in {} must be at least {} printable ASCII characters without spaces; \
-                 make one with `openssl rand -hex 32 > {0}` and give every instance the same file",
+                "{} must hold the cluster secret on its first line and at most one more accepted on a second; {}",
                 path.display(),
-                Self::CHARS_MIN
+                make()
             );
         }
+        for secret in &secrets {
+            // Sent in a header: printable ASCII only.
+            if secret.len() < Self::CHARS_MIN || !secret.bytes().all(|b| b.is_ascii_graphic()) {
+                bail!(
+                    "each cluster secret in {} must be at least {} printable ASCII characters without spaces; {}",
+                    path.display(),
+                    Self::CHARS_MIN,
+                    make()
+                );
+            }
+        }
         Ok(Arc::new(ClusterSecret {
-            digest: Sha256::digest(secret.as_bytes()).into(),
-            secret: secret.to_owned(),
+            digests: secrets
+                .iter()
+                .map(|s| Sha256::digest(s.as_bytes()).into())
+                .collect(),
+            secret: secrets[0].to_owned(),
         }))
     }
 
-    /// Whether `presented` is the secret (compared in constant time).
+    /// Whether `presented` is the secret or the other one accepted
+    /// (compared in constant time).
     pub fn matches(&self, presented: &str) -> bool {
-        same(&Sha256::digest(presented.as_bytes()).into(), &self.digest)
+        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        self.digests
+            .iter()
+            .fold(false, |any, d| any | same(&digest, d))
     }
 
     /// A key for `purpose` that every instance derives alike (the stream
@@ -407,5 +439,31 @@ mod tests {
         std::fs::write(&path, format!("{entry}\n")).unwrap();
         let error = Tokens::load(&path).unwrap_err().to_string();
         assert!(error.contains(":1") && error.contains("server"), "{error}");
+    }
+
+    #[test]
+    fn a_cluster_secret_file_may_name_a_second_secret_to_accept_while_it_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cluster.secret");
+        let (new, old) = ("n".repeat(40), "o".repeat(40));
+        std::fs::write(&path, format!("{new}\n{old}\n")).unwrap();
+        let secret = ClusterSecret::load(&path).unwrap();
+        assert_eq!(
+            secret.bearer(),
+            format!("Bearer {new}"),
+            "the first is presented"
+        );
+        assert!(secret.matches(&new) && secret.matches(&old));
+        assert!(!secret.matches(&"x".repeat(40)) && !secret.matches(""));
+        assert_eq!(format!("{secret:?}"), "ClusterSecret(..)");
+        for bad in [
+            format!("{new}\n{old}\n{}\n", "t".repeat(40)),
+            format!("{new}\nshort\n"),
+            "\n\n".to_owned(),
+        ] {
+            std::fs::write(&path, bad).unwrap();
+            let error = ClusterSecret::load(&path).unwrap_err().to_string();
+            assert!(error.contains("openssl rand"), "{error}");
+        }
     }
 }

@@ -404,6 +404,11 @@ struct KafkaArgs {
     /// A librdkafka property passed through, e.g. security.protocol=SASL_SSL (repeatable).
     #[arg(long = "kafka-config", value_parser = parse_param, requires = "kafka")]
     kafka_config: Vec<(String, String)>,
+    /// A file of librdkafka properties, one NAME=VALUE per line (# for
+    /// comments): for secrets such as sasl.password, which a command line
+    /// shows to every user of the machine. --kafka-config wins over it.
+    #[arg(long, env = "STOCKFLOW_KAFKA_CONFIG_FILE", requires = "kafka")]
+    kafka_config_file: Option<PathBuf>,
     /// Partitions of the canonical, repartition and changelog topics.
     #[arg(long, default_value_t = 12, value_parser = clap::value_parser!(u16).range(1..=1024))]
     kafka_partitions: u16,
@@ -427,17 +432,31 @@ struct KafkaArgs {
 }
 
 impl KafkaArgs {
-    fn settings(&self, bootstrap: &str) -> stockflow_kafka::KafkaSettings {
+    fn settings(&self, bootstrap: &str) -> anyhow::Result<stockflow_kafka::KafkaSettings> {
         let mut settings = stockflow_kafka::KafkaSettings::new(bootstrap);
         settings.group = self.group.clone();
         settings.topics = stockflow_kafka::Topics::named(&self.topic_prefix);
-        settings.extra = self.kafka_config.clone();
+        settings.extra = kafka_properties(self.kafka_config_file.as_deref(), &self.kafka_config)?;
         settings.partitions = self.kafka_partitions;
         settings.commit_interval = Duration::from_millis(self.commit_interval_ms);
         settings.transactions = self.kafka_transactions;
         settings.changelog_snapshot_every = self.changelog_snapshot_every;
-        settings
+        Ok(settings)
     }
+}
+
+/// The librdkafka properties of `--kafka-config-file`, then of each
+/// `--kafka-config` (a later one wins).
+fn kafka_properties(
+    file: Option<&std::path::Path>,
+    given: &[(String, String)],
+) -> anyhow::Result<stockflow_kafka::Properties> {
+    let mut properties = match file {
+        Some(file) => stockflow_kafka::Properties::read_file(file)?,
+        None => stockflow_kafka::Properties::default(),
+    };
+    properties.extend(given.iter().cloned());
+    Ok(properties)
 }
 
 #[derive(Subcommand, Debug)]
@@ -475,6 +494,10 @@ enum TopicsAction {
         /// security.protocol=SASL_SSL (repeatable).
         #[arg(long = "kafka-config", value_parser = parse_param)]
         kafka_config: Vec<(String, String)>,
+        /// A file of librdkafka properties, one NAME=VALUE per line (as
+        /// `serve --kafka-config-file`).
+        #[arg(long, env = "STOCKFLOW_KAFKA_CONFIG_FILE")]
+        kafka_config_file: Option<PathBuf>,
         /// Topic names start with this (`{prefix}.events.canonical`, …).
         #[arg(long, default_value = stockflow_kafka::TOPIC_PREFIX_DEFAULT, value_parser = stockflow_kafka::parse_topic_prefix)]
         topic_prefix: String,
@@ -550,6 +573,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 )?);
             } else if config.auth.is_some() && !listen.ip().is_loopback() {
                 tracing::warn!(%listen, "tokens cross the network in clear text: give --tls-cert and --tls-key");
+                if config.cluster_secret.is_some() {
+                    tracing::warn!(%listen, "the cluster secret crosses the network in clear text to the other instances: give every instance --tls-cert and --tls-key");
+                }
             }
             if let Some(file) = &tls_ca_file {
                 config.trust = stockflow_service::tls::Trust::load(file)?;
@@ -589,7 +615,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 burst_window_ns: i64::from(reservation_burst_seconds) * 1_000_000_000,
             };
             if let Some(bootstrap) = &kafka.kafka {
-                let settings = kafka.settings(bootstrap);
+                let settings = kafka.settings(bootstrap)?;
                 let server = stockflow_kafka::KafkaServer::start(
                     settings,
                     config,
@@ -661,6 +687,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 TopicsAction::Create {
                     kafka,
                     kafka_config,
+                    kafka_config_file,
                     topic_prefix,
                     partitions,
                     replication_factor,
@@ -669,7 +696,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         } => {
             let mut settings = stockflow_kafka::KafkaSettings::new(kafka);
             settings.topics = stockflow_kafka::Topics::named(&topic_prefix);
-            settings.extra = kafka_config;
+            settings.extra = kafka_properties(kafka_config_file.as_deref(), &kafka_config)?;
             settings.partitions = partitions;
             let sources = match sources {
                 Some(dir) => stockflow_service::sources::Sources::with_dir(&dir)?,
@@ -779,7 +806,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 let bootstrap = mock
                     .as_ref()
                     .map_or(bootstrap.to_owned(), |m| m.bootstrap_servers());
-                let settings = kafka.settings(&bootstrap);
+                let settings = kafka.settings(&bootstrap)?;
                 if matches!(mode, BenchMode::KafkaOrders) {
                     return stockflow::bench::kafka::orders(settings, mock.as_ref()).await;
                 }

@@ -103,12 +103,27 @@ impl Broker {
         config
     }
 
-    /// `--kafka-config` arguments for this broker's settings.
+    /// The arguments that give stockflow this broker's settings: a
+    /// `--kafka-config-file`, as an operator passes secrets.
     pub fn kafka_args(&self) -> Vec<String> {
-        self.settings
+        if self.settings.is_empty() {
+            return Vec::new();
+        }
+        let file = std::env::temp_dir().join(format!(
+            "stockflow-test-{}-{}.properties",
+            std::process::id(),
+            self.bootstrap.replace([':', '.'], "-")
+        ));
+        let text: String = self
+            .settings
             .iter()
-            .flat_map(|(k, v)| ["--kafka-config".to_owned(), format!("{k}={v}")])
-            .collect()
+            .map(|(k, v)| format!("{k}={v}\n"))
+            .collect();
+        std::fs::write(&file, format!("# this broker's settings\n{text}")).unwrap();
+        vec![
+            "--kafka-config-file".to_owned(),
+            file.to_str().unwrap().to_owned(),
+        ]
     }
 
     /// tansu listening on `port`, telling clients to find it at `advertised`.
