@@ -76,9 +76,10 @@ pub(crate) fn media_type(headers: &HeaderMap) -> Option<String> {
 }
 
 /// A WebSocket upgrade from a browser (it sends `Origin`) must come from a
-/// page of this server (the Origin's host is the request's Host) or of an
+/// page of this server (the Origin's host and port are the request's
+/// Host, its scheme the server's: https when it serves `tls`) or of an
 /// `allowed` origin. Clients that are not browsers send no Origin.
-pub fn same_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), ApiError> {
+pub fn same_origin(headers: &HeaderMap, allowed: &[String], tls: bool) -> Result<(), ApiError> {
     let Some(origin) = headers.get(header::ORIGIN) else {
         return Ok(());
     };
@@ -90,10 +91,8 @@ pub fn same_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), ApiErr
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("");
-    let origin_host = origin
-        .strip_prefix("http://")
-        .or_else(|| origin.strip_prefix("https://"))
-        .unwrap_or("");
+    let scheme = if tls { "https://" } else { "http://" };
+    let origin_host = origin.strip_prefix(scheme).unwrap_or("");
     if !host.is_empty() && origin_host.eq_ignore_ascii_case(host) {
         return Ok(());
     }
@@ -212,15 +211,20 @@ mod tests {
         let host = (header::HOST, "127.0.0.1:8080");
         let from = |origin: &str| headers(&[host.clone(), (header::ORIGIN, origin)]);
         assert!(
-            same_origin(&headers(std::slice::from_ref(&host)), &[]).is_ok(),
+            same_origin(&headers(std::slice::from_ref(&host)), &[], false).is_ok(),
             "not a browser"
         );
-        assert!(same_origin(&from("http://127.0.0.1:8080"), &[]).is_ok());
-        assert!(same_origin(&from("https://evil.example"), &[]).is_err());
-        assert!(same_origin(&from("null"), &[]).is_err());
+        assert!(same_origin(&from("http://127.0.0.1:8080"), &[], false).is_ok());
+        assert!(same_origin(&from("https://evil.example"), &[], false).is_err());
+        assert!(same_origin(&from("null"), &[], false).is_err());
+        // Another port, or the other scheme, is another origin.
+        assert!(same_origin(&from("http://127.0.0.1:9090"), &[], false).is_err());
+        assert!(same_origin(&from("https://127.0.0.1:8080"), &[], false).is_err());
+        assert!(same_origin(&from("http://127.0.0.1:8080"), &[], true).is_err());
+        assert!(same_origin(&from("https://127.0.0.1:8080"), &[], true).is_ok());
         let listed = ["https://shop.example".to_owned()];
-        assert!(same_origin(&from("https://shop.example"), &listed).is_ok());
-        assert!(same_origin(&from("https://evil.example"), &listed).is_err());
+        assert!(same_origin(&from("https://shop.example"), &listed, false).is_ok());
+        assert!(same_origin(&from("https://evil.example"), &listed, false).is_err());
     }
 
     #[test]

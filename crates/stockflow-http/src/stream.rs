@@ -192,6 +192,7 @@ pub async fn websocket<B: super::backend::Backend>(
         query,
         &headers,
         &backend.config().cors_origins,
+        backend.config().tls.is_some(),
         upgrade,
     )
 }
@@ -203,9 +204,10 @@ pub fn ws(
     query: StreamQuery,
     headers: &axum::http::HeaderMap,
     allowed: &[String],
+    tls: bool,
     upgrade: axum::extract::ws::WebSocketUpgrade,
 ) -> Result<axum::response::Response, ApiError> {
-    super::guard::same_origin(headers, allowed)?;
+    super::guard::same_origin(headers, allowed, tls)?;
     let (subscription, missed) = subscribe(hub, query, None)?;
     let epoch = hub.epoch;
     let mut closing = hub.closing();

@@ -236,6 +236,58 @@ pub async fn who_did_what(target: &Target<'_>, till: &Writer, shop: &Writer, ops
         [("RECEIPT".to_owned(), ops.name.clone())],
         "{history}"
     );
+    // Another refused event, which the operator discards: it leaves the
+    // list (who discarded it is in the log, see the callers).
+    let bad = json!({"eventId": format!("aud-drop-{tag}"), "eventType": "SALE",
+        "sku": sku, "locationId": "S3", "quantity": "two"});
+    let (status, refused) = target
+        .send(Method::POST, "/v1/events", till, Some(bad))
+        .await;
+    assert_eq!(
+        (status, &refused["rejected"]),
+        (200, &json!(1)),
+        "{refused}"
+    );
+    let id_of = |page: &Value| {
+        page["deadLetters"].as_array().and_then(|ls| {
+            ls.iter()
+                .find(|l| l["eventId"] == json!(format!("aud-drop-{tag}")))
+                .and_then(|l| l["id"].as_u64())
+        })
+    };
+    let listing = "/v1/dead-letters?reason=quantity&limit=1000";
+    let page = target
+        .read_until(listing, ops, |p| id_of(p).is_some())
+        .await;
+    let id = id_of(&page).unwrap();
+    let (status, _) = target
+        .send(Method::DELETE, &format!("/v1/dead-letters/{id}"), ops, None)
+        .await;
+    assert_eq!(status, 204);
+    target
+        .read_until(listing, ops, |p| id_of(p).is_none())
+        .await;
+}
+
+/// Whether a server's log says `by` resolved dead letters (a replay and
+/// a discard) at least twice.
+pub fn log_names_resolver(log: &str, by: &str) -> bool {
+    // Without the terminal's colour codes around each field.
+    let mut plain = String::with_capacity(log.len());
+    let mut in_code = false;
+    for c in log.chars() {
+        match c {
+            '\u{1b}' => in_code = true,
+            'm' if in_code => in_code = false,
+            _ if in_code => {}
+            c => plain.push(c),
+        }
+    }
+    plain
+        .lines()
+        .filter(|l| l.contains("dead letter resolved") && l.contains(&format!("by={by}")))
+        .count()
+        >= 2
 }
 
 /// The writers of [`WRITERS`] with tokens in `file` (created there).
@@ -264,6 +316,8 @@ async fn every_write_names_its_token_and_an_open_server_says_anonymous() {
     };
     who_did_what(&target, &till, &shop, &ops).await;
     drop(secured);
+    let log = std::fs::read_to_string(dir.path().join("secured.log")).unwrap();
+    assert!(log_names_resolver(&log, "ops"), "{log}");
 
     let (open, url) =
         crate::auth::serve(&dir.path().join("open"), &[], &dir.path().join("open.log"));

@@ -174,6 +174,10 @@ fn a_secured_cluster_forwards_with_its_secret_and_keeps_its_own_endpoints_to_its
         .await;
     });
     drop(instances);
+    // The instance that took the operator's replay and discard logged
+    // who resolved the letters (and its DLQ markers say so).
+    let log = std::fs::read_to_string(dirs.join("i1").with_extension("log")).unwrap();
+    assert!(crate::audit::log_names_resolver(&log, "ops"), "{log}");
     for i in 0..2 {
         let log =
             std::fs::read_to_string(dirs.join(format!("i{i}")).with_extension("log")).unwrap();
