@@ -253,20 +253,9 @@ pub async fn serve(
                     drive(io, service, limits, false, closed, stop_seen).await
                 }
                 Some(acceptor) => {
-                    let handshake = tokio::time::timeout(
-                        limits.header_read_timeout,
-                        handshake(acceptor, stream, peer),
-                    );
+                    let handshake = handshake(acceptor, stream, peer, limits.header_read_timeout);
                     let stream = tokio::select! {
-                        done = handshake => match done {
-                            Ok(Some(stream)) => Some(stream),
-                            Ok(None) => None,
-                            Err(_) => {
-                                metrics::counter!("stockflow_http_tls_handshakes_failed_total").increment(1);
-                                tracing::debug!(%peer, "no TLS handshake in time");
-                                None
-                            }
-                        },
+                        stream = handshake => stream,
                         // Evicted while shaking hands.
                         Ok(()) = &mut closed => None,
                     };
@@ -540,20 +529,35 @@ impl hyper::body::Body for CountedBody {
 const HTTPS_REQUIRED: &str = "{\"code\":\"https_required\",\"message\":\"this port speaks \
     HTTPS only: use https:// in the URL\"}";
 
-/// A TLS handshake with a new connection. A client that speaks plain HTTP
-/// instead (its first byte is not a TLS record's) is told to use https,
-/// as far as it reads an answer, and closed.
+/// A TLS handshake with a new connection, done `within` or failed (and
+/// counted, once, whatever the cause).
 async fn handshake(
     acceptor: tokio_rustls::TlsAcceptor,
     stream: tokio::net::TcpStream,
     peer: std::net::SocketAddr,
+    within: std::time::Duration,
 ) -> Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+    let why = match tokio::time::timeout(within, shake(acceptor, stream)).await {
+        Ok(Ok(stream)) => return Some(stream),
+        Ok(Err(why)) => why,
+        Err(_) => "no TLS handshake in time".to_owned(),
+    };
+    metrics::counter!("stockflow_http_tls_handshakes_failed_total").increment(1);
+    tracing::debug!(%peer, %why, "TLS handshake failed");
+    None
+}
+
+/// The handshake itself. A client that speaks plain HTTP instead (its
+/// first byte is not a TLS record's) is told to use https, as far as it
+/// reads an answer, and closed.
+async fn shake(
+    acceptor: tokio_rustls::TlsAcceptor,
+    stream: tokio::net::TcpStream,
+) -> Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, String> {
     use tokio::io::AsyncWriteExt;
     let mut first = [0u8; 1];
     // 0x16: a TLS handshake record.
     if matches!(stream.peek(&mut first).await, Ok(1)) && first[0] != 0x16 {
-        metrics::counter!("stockflow_http_tls_handshakes_failed_total").increment(1);
-        tracing::debug!(%peer, "plain HTTP on the TLS port");
         let mut stream = stream;
         let answer = format!(
             "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n\
@@ -562,16 +566,9 @@ async fn handshake(
         );
         let _ = stream.write_all(answer.as_bytes()).await;
         let _ = stream.shutdown().await;
-        return None;
+        return Err("plain HTTP on the TLS port".to_owned());
     }
-    match acceptor.accept(stream).await {
-        Ok(stream) => Some(stream),
-        Err(error) => {
-            metrics::counter!("stockflow_http_tls_handshakes_failed_total").increment(1);
-            tracing::debug!(%peer, %error, "TLS handshake failed");
-            None
-        }
-    }
+    acceptor.accept(stream).await.map_err(|e| e.to_string())
 }
 
 /// A connection's IO, through which hyper's own answers to a request head

@@ -178,11 +178,18 @@ pub async fn stream_cookie<B: Backend>(
     let expires_at = chrono::DateTime::from_timestamp(expires, 0)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
         .unwrap_or_default();
-    let mut response = Json(StreamCookie { expires_at }).into_response();
-    if let Ok(value) = HeaderValue::from_str(&cookie) {
+    Ok(with_cookie(
+        Json(StreamCookie { expires_at }).into_response(),
+        &cookie,
+    ))
+}
+
+/// `response` setting `cookie`.
+fn with_cookie(mut response: Response, cookie: &str) -> Response {
+    if let Ok(value) = HeaderValue::from_str(cookie) {
         response.headers_mut().insert(header::SET_COOKIE, value);
     }
-    Ok(response)
+    response
 }
 
 /// `; Secure` when this server speaks TLS.
@@ -206,11 +213,7 @@ pub async fn end_stream_cookie<B: Backend>(State(backend): State<Arc<B>>) -> Res
         "{COOKIE}=; Path=/v1; Max-Age=0; HttpOnly; SameSite=Strict{}",
         secure(backend.config())
     );
-    let mut response = StatusCode::NO_CONTENT.into_response();
-    if let Ok(value) = HeaderValue::from_str(&cookie) {
-        response.headers_mut().insert(header::SET_COOKIE, value);
-    }
-    response
+    with_cookie(StatusCode::NO_CONTENT.into_response(), &cookie)
 }
 
 use super::openapi;
