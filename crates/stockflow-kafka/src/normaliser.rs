@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use stockflow_core::{route, BodyFormat};
@@ -322,13 +322,7 @@ fn run(
                 dead(&format!("message {}: {}", rejected.index, rejected.reason));
             }
             // Who sent the raw record, if it says (see `wire::BY_HEADER`).
-            let by = message
-                .headers()
-                .and_then(|h| h.iter().find(|h| h.key == super::wire::BY_HEADER))
-                .and_then(|h| h.value)
-                .and_then(|v| std::str::from_utf8(v).ok())
-                .filter(|v| v.len() <= stockflow_core::limits::BY_BYTES_MAX)
-                .unwrap_or("");
+            let by = super::wire::sender(message.headers()).unwrap_or("");
             for event in parsed.batch.iter() {
                 let json = canonical_json(&event, received);
                 let key = super::level_key(event.sku, event.location_id);

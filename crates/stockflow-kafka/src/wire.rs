@@ -48,6 +48,17 @@ pub fn by_headers(by: &str) -> Option<rdkafka::message::OwnedHeaders> {
     })
 }
 
+/// Who a record says sent it: its `stockflow-by` header, if it has one
+/// that can be a token name.
+pub fn sender<H: rdkafka::message::Headers>(headers: Option<&H>) -> Option<&str> {
+    headers?
+        .iter()
+        .find(|h| h.key == BY_HEADER)?
+        .value
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .filter(|v| v.len() <= stockflow_core::limits::BY_BYTES_MAX)
+}
+
 /// A Kafka timestamp (ms since the epoch) as engine time.
 pub fn from_millis(ms: i64) -> Timestamp {
     Timestamp(ms.saturating_mul(1_000_000))

@@ -184,28 +184,19 @@ enum InputKind {
 
 impl Input {
     fn of<M: Message>(m: &M) -> Input {
-        let mut kind = InputKind::Event;
-        let mut by = None;
-        for header in m.headers().into_iter().flat_map(|h| h.iter()) {
-            match header.key {
-                ORDER_HEADER => kind = InputKind::Order,
-                ROLLUP_HEADER => kind = InputKind::Rollup,
-                super::wire::BY_HEADER => {
-                    by = header
-                        .value
-                        .and_then(|v| std::str::from_utf8(v).ok())
-                        .filter(|v| v.len() <= stockflow_core::limits::BY_BYTES_MAX)
-                        .map(Box::from);
-                }
-                _ => {}
-            }
-        }
         Input {
             offset: m.offset(),
             timestamp_ms: m.timestamp().to_millis().unwrap_or(0),
             payload: m.payload().unwrap_or_default().to_vec(),
-            kind,
-            by,
+            kind: match m.headers().and_then(|h| {
+                h.iter()
+                    .find(|h| h.key == ORDER_HEADER || h.key == ROLLUP_HEADER)
+            }) {
+                Some(h) if h.key == ORDER_HEADER => InputKind::Order,
+                Some(_) => InputKind::Rollup,
+                None => InputKind::Event,
+            },
+            by: super::wire::sender(m.headers()).map(Box::from),
         }
     }
 }
