@@ -57,6 +57,24 @@ impl Target<'_> {
         (status, answer.json().await.unwrap_or(Value::Null))
     }
 
+    /// Sends `event` (one refusal) as `by`; returns the id of the dead
+    /// letter it became, once `reader` sees it.
+    async fn refused(&self, event: Value, by: &Writer, reader: &Writer) -> u64 {
+        let event_id = event["eventId"].as_str().unwrap().to_owned();
+        let (status, receipt) = self
+            .send(reqwest::Method::POST, "/v1/events", by, Some(event))
+            .await;
+        assert_eq!(
+            (status, &receipt["rejected"]),
+            (200, &json!(1)),
+            "{receipt}"
+        );
+        let page = self
+            .read_until(LETTERS, reader, |p| letter_of(p, &event_id).is_some())
+            .await;
+        letter_of(&page, &event_id).unwrap()
+    }
+
     /// GETs `path` until `done` holds for the answer (Kafka mode applies
     /// and materialises a moment after it acknowledges).
     async fn read_until(&self, path: &str, by: &Writer, done: impl Fn(&Value) -> bool) -> Value {
@@ -73,6 +91,18 @@ impl Target<'_> {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// The dead letters the walk's refused events become.
+const LETTERS: &str = "/v1/dead-letters?reason=quantity&limit=1000";
+
+/// The id of the letter of `event_id` on a page of dead letters.
+fn letter_of(page: &Value, event_id: &str) -> Option<u64> {
+    page["deadLetters"]
+        .as_array()?
+        .iter()
+        .find(|l| l["eventId"] == event_id)?["id"]
+        .as_u64()
 }
 
 /// The level history's (eventType, by), oldest first.
@@ -188,35 +218,13 @@ pub async fn who_did_what(target: &Target<'_>, till: &Writer, shop: &Writer, ops
     // corrected, and the level says the operator sent it.
     let bad = json!({"eventId": format!("aud-bad-{tag}"), "eventType": "RECEIPT",
         "sku": sku, "locationId": "S2", "quantity": "five"});
-    let (status, refused) = target
-        .send(Method::POST, "/v1/events", till, Some(bad))
-        .await;
-    assert_eq!(
-        (status, &refused["rejected"]),
-        (200, &json!(1)),
-        "{refused}"
-    );
-    let letters = target
-        .read_until("/v1/dead-letters?reason=quantity&limit=1000", ops, |page| {
-            page["deadLetters"].as_array().is_some_and(|ls| {
-                ls.iter()
-                    .any(|l| l["eventId"] == json!(format!("aud-bad-{tag}")))
-            })
-        })
-        .await;
-    let letter = letters["deadLetters"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["eventId"] == json!(format!("aud-bad-{tag}")))
-        .unwrap()["id"]
-        .clone();
+    let letter = target.refused(bad, till, ops).await;
     let corrected = json!({"eventId": format!("aud-bad-{tag}"), "eventType": "RECEIPT",
         "sku": sku, "locationId": "S2", "quantity": 5});
     let (status, replayed) = target
         .send(
             Method::POST,
-            &format!("/v1/dead-letters/{}/replay", letter.as_u64().unwrap()),
+            &format!("/v1/dead-letters/{letter}/replay"),
             ops,
             Some(corrected),
         )
@@ -240,32 +248,14 @@ pub async fn who_did_what(target: &Target<'_>, till: &Writer, shop: &Writer, ops
     // list (who discarded it is in the log, see the callers).
     let bad = json!({"eventId": format!("aud-drop-{tag}"), "eventType": "SALE",
         "sku": sku, "locationId": "S3", "quantity": "two"});
-    let (status, refused) = target
-        .send(Method::POST, "/v1/events", till, Some(bad))
-        .await;
-    assert_eq!(
-        (status, &refused["rejected"]),
-        (200, &json!(1)),
-        "{refused}"
-    );
-    let id_of = |page: &Value| {
-        page["deadLetters"].as_array().and_then(|ls| {
-            ls.iter()
-                .find(|l| l["eventId"] == json!(format!("aud-drop-{tag}")))
-                .and_then(|l| l["id"].as_u64())
-        })
-    };
-    let listing = "/v1/dead-letters?reason=quantity&limit=1000";
-    let page = target
-        .read_until(listing, ops, |p| id_of(p).is_some())
-        .await;
-    let id = id_of(&page).unwrap();
+    let id = target.refused(bad, till, ops).await;
     let (status, _) = target
         .send(Method::DELETE, &format!("/v1/dead-letters/{id}"), ops, None)
         .await;
     assert_eq!(status, 204);
+    let event_id = format!("aud-drop-{tag}");
     target
-        .read_until(listing, ops, |p| id_of(p).is_none())
+        .read_until(LETTERS, ops, |p| letter_of(p, &event_id).is_none())
         .await;
 }
 
