@@ -224,7 +224,7 @@ pub(crate) fn location_change(
     params(("sku" = crate::openapi::Id, Path)),
     request_body(content = ProductInput, content_type = "application/json"),
     responses(
-        (status = 200, description = "The product as stored", body = crate::shapes::Product),
+        (status = 200, description = "The product as stored, with its stock (left out when the stock cannot be read right now, as during a rebalance in Kafka mode: the write stands)", body = crate::shapes::Product),
         (status = 404, description = "Not found; the message says what.", body = crate::error::ErrorBody),
         crate::openapi::WriteRefusals,
     ))]
@@ -239,7 +239,7 @@ pub async fn put_product<B: Backend>(
         product_change(v, Some(&sku), &by)
     })
     .await?;
-    get_product(State(backend), Path(sku)).await
+    product_answer(&*backend, &sku, true).await.map(Json)
 }
 
 /// POST /v1/products
@@ -278,12 +278,26 @@ pub async fn get_product<B: Backend>(
     State(backend): State<Arc<B>>,
     Path(sku): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let product = backend.catalog().products.get(&sku).cloned();
+    product_answer(&*backend, &sku, false).await.map(Json)
+}
+
+/// The product and its stock. After a write (`written`), the answer is
+/// what was stored: the stock is left out, rather than the write answered
+/// as failed, when it cannot be read right now (a rebalance in Kafka mode).
+async fn product_answer<B: Backend>(
+    backend: &B,
+    sku: &str,
+    written: bool,
+) -> Result<Value, ApiError> {
+    let product = backend.catalog().products.get(sku).cloned();
     let product = product.ok_or_else(|| ApiError::not_found(format!("no product {sku:?}")))?;
-    let (totals, _) = backend.item_totals(&sku).await?;
     let mut answer = product_json(&product);
-    answer["stock"] = totals_json(&totals);
-    Ok(Json(answer))
+    match backend.item_totals(sku).await {
+        Ok((totals, _)) => answer["stock"] = totals_json(&totals),
+        Err(error) if !(written && error.retry_after.is_some()) => return Err(error),
+        Err(_) => {}
+    }
+    Ok(answer)
 }
 
 #[derive(Deserialize)]
@@ -355,7 +369,7 @@ pub fn products_page(
     params(("locationId" = crate::openapi::Id, Path)),
     request_body(content = LocationInput, content_type = "application/json"),
     responses(
-        (status = 200, description = "The location as stored", body = crate::shapes::Location),
+        (status = 200, description = "The location as stored, with its totals (left out when they cannot be read right now, as during a rebalance in Kafka mode: the write stands)", body = crate::shapes::Location),
         (status = 404, description = "Not found; the message says what.", body = crate::error::ErrorBody),
         crate::openapi::WriteRefusals,
     ))]
@@ -370,8 +384,16 @@ pub async fn put_location<B: Backend>(
         location_change(v, Some(&id), &by)
     })
     .await?;
-    let totals = backend.location_totals(&id, &Read::default()).await?;
-    location_answer(&*backend, &id, totals).map(Json)
+    match backend.location_totals(&id, &Read::default()).await {
+        Ok(totals) => location_answer(&*backend, &id, totals).map(Json),
+        // Stored; its totals are left out for now (see `product_answer`).
+        Err(error) if error.retry_after.is_some() => {
+            let location = backend.catalog().locations.get(&id).cloned();
+            let location = location.unwrap_or_else(|| Location::unknown(&id));
+            Ok(Json(location_json(&location)))
+        }
+        Err(error) => Err(error),
+    }
 }
 
 /// POST /v1/locations

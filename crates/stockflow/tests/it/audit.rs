@@ -42,19 +42,28 @@ impl Target<'_> {
         by: &Writer,
         body: Option<Value>,
     ) -> (u16, Value) {
-        let mut request = self
-            .client
-            .request(method, format!("{}{path}", self.url))
-            .timeout(Duration::from_secs(60));
-        if let Some(secret) = &by.secret {
-            request = request.bearer_auth(secret);
+        // A 503 says "retry shortly" (a Kafka-mode cluster rebalancing);
+        // a client does, and every write of the walk is idempotent.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let mut request = self
+                .client
+                .request(method.clone(), format!("{}{path}", self.url))
+                .timeout(Duration::from_secs(60));
+            if let Some(secret) = &by.secret {
+                request = request.bearer_auth(secret);
+            }
+            if let Some(body) = &body {
+                request = request.json(body);
+            }
+            let answer = request.send().await.expect("the server answers");
+            let status = answer.status().as_u16();
+            let answer = answer.json().await.unwrap_or(Value::Null);
+            if status != 503 || Instant::now() > deadline {
+                return (status, answer);
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let answer = request.send().await.expect("the server answers");
-        let status = answer.status().as_u16();
-        (status, answer.json().await.unwrap_or(Value::Null))
     }
 
     /// Sends `event` (one refusal) as `by`; returns the id of the dead

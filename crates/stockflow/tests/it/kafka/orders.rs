@@ -124,7 +124,10 @@ fn rebalance_while_orders_race_for_the_last_units_never_oversells() {
     urls_all.push(instances[2].url.clone());
     std::thread::sleep(Duration::from_secs(2));
     instances[1].kill();
-    let told = runtime.block_on(claims).unwrap();
+    let told = runtime
+        .block_on(within_minutes(5, claims))
+        .expect("the claims finish in five minutes")
+        .unwrap();
     instances[1].restart();
     wait_settled(&instances[0].url, 3);
 
@@ -167,6 +170,15 @@ fn rebalance_while_orders_race_for_the_last_units_never_oversells() {
             "{key:?} was published oversold: {level}"
         );
     }
+}
+
+/// `work`, or `Err` if it takes longer than `minutes`: a race that never
+/// ends fails the test with a name instead of holding up the suite.
+async fn within_minutes<F: std::future::Future>(
+    minutes: u64,
+    work: F,
+) -> Result<F::Output, tokio::time::error::Elapsed> {
+    tokio::time::timeout(Duration::from_secs(60 * minutes), work).await
 }
 
 /// POSTs `body` to `path` on the instances in turn until one gives a
@@ -268,8 +280,12 @@ fn orders_across_partitions_never_oversell_survive_a_kill_and_expire() {
     instances[1].kill();
     std::thread::sleep(Duration::from_millis(1000));
     instances[1].restart();
-    let (answers, mut took): (Vec<Value>, Vec<Duration>) =
-        runtime.block_on(storm).unwrap().into_iter().unzip();
+    let (answers, mut took): (Vec<Value>, Vec<Duration>) = runtime
+        .block_on(within_minutes(5, storm))
+        .expect("the storm's orders finish in five minutes")
+        .unwrap()
+        .into_iter()
+        .unzip();
     took.sort();
     eprintln!(
         "saga orders through a kill: p50 {:?}, max {:?}",
