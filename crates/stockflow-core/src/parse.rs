@@ -41,7 +41,7 @@ pub struct Rejected {
 }
 
 /// Valid events (in body order) and the rejected ones.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Parsed {
     pub batch: Batch,
     pub rejected: Vec<Rejected>,

@@ -84,12 +84,19 @@ pub fn source_matches(letter: &str, wanted: &str) -> bool {
 
 /// The source format a letter's payload is in, by where it came from:
 /// `source:{format}` (POST /v1/sources/{format}/events), `import:{format}`,
+/// `amqp:{format}:{queue}` (a RabbitMQ queue's message),
 /// or `http:/v1/sources/{format}/events` (what Kafka mode said before both
 /// modes said `source:`; such letters stay in its DLQ topic).
 pub fn format_of(source: &str) -> Option<&str> {
     source
         .strip_prefix("source:")
         .or_else(|| source.strip_prefix("import:"))
+        .or_else(|| {
+            source
+                .strip_prefix("amqp:")
+                .and_then(|rest| rest.split_once(':'))
+                .map(|(format, _)| format)
+        })
         .or_else(|| {
             source
                 .strip_prefix("http:/v1/sources/")

@@ -8,6 +8,7 @@
 //! writer holds for more than one group's slice of a partition.
 
 pub mod alerts;
+pub mod amqp;
 pub mod asks;
 pub mod auth;
 pub mod backend;
@@ -182,6 +183,7 @@ pub fn operations<B: Backend>() -> Vec<Operation<B>> {
         prose_only(op(M::GET, "/ui/{*path}", get(ui::asset))),
         op(M::GET, "/healthz", get(healthz)),
         op(M::GET, "/readyz", get(ready::<B>)),
+        op(M::GET, "/v1/links", get(links::<B>)),
         op(M::GET, "/metrics", get(metrics::<B>)),
     ]
 }
@@ -271,14 +273,37 @@ async fn healthz() -> Json<serde_json::Value> {
 #[utoipa::path(get, path = "/readyz",
     operation_id = "readyz", tag = "operations", summary = "Readiness (recovery finished)",
     responses(
-        (status = 200, description = "Ready", content_type = "application/json"),
+        (status = 200, description = "Ready; `links` lists the connections to other systems (each RabbitMQ queue consumed: `kind`, `name`, `state` connecting, connected or disconnected; details at GET /v1/links), shown without deciding readiness.", content_type = "application/json"),
         (status = 503, description = "Recovering, joining the cluster or shutting down; see Retry-After.", body = error::ErrorBody),
     ))]
 async fn ready<B: Backend>(
     State(backend): State<Arc<B>>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     backend.ready()?;
-    Ok(Json(json!({"status": "ready"})))
+    // The links to other systems are shown, not judged: a RabbitMQ that is
+    // down does not make the HTTP API less ready. Anyone may ask here:
+    // only their state (GET /v1/links has the rest).
+    let links: Vec<serde_json::Value> = backend
+        .config()
+        .links
+        .all()
+        .into_iter()
+        .map(|l| json!({"kind": l.kind, "name": l.name, "state": l.state}))
+        .collect();
+    Ok(Json(json!({"status": "ready", "links": links})))
+}
+
+/// GET /v1/links: the connections to other systems, with their counts.
+#[utoipa::path(get, path = "/v1/links",
+    operation_id = "getLinks", tag = "operations",
+    summary = "The links to other systems (RabbitMQ queues)",
+    description = "Each RabbitMQ queue the server consumes (`serve --amqp-queue`): `kind` (amqp), `name` (the queue), `format`, `peer` (amqp://host:port/vhost, never with the credentials), `state` (connecting, connected, disconnected), `since`, `lastError`, `messages` (taken and acknowledged once durable) and `refused` (of those, kept whole as dead letters). Counts start at zero when the server starts; on a Kafka-mode cluster, each instance shows its own.",
+    responses(
+        (status = 200, description = "The links", body = shapes::Links),
+        openapi::ReadRefusals,
+    ))]
+async fn links<B: Backend>(State(backend): State<Arc<B>>) -> Json<serde_json::Value> {
+    Json(json!({"links": backend.config().links.all()}))
 }
 
 /// GET /v1/cluster: the members and who owns which partition.

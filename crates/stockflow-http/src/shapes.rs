@@ -468,3 +468,28 @@ pub struct Event {
     #[schema(minimum = 1, maximum = 604800)]
     hold_seconds: Option<i64>,
 }
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Links {
+    links: Vec<Link>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Link {
+    /// `amqp`.
+    kind: String,
+    /// The queue.
+    name: String,
+    /// The source format its messages are read in.
+    format: String,
+    /// `amqp://host:port/vhost`, never with the credentials.
+    peer: String,
+    #[schema(pattern = "^(connecting|connected|disconnected)$")]
+    state: String,
+    #[schema(format = DateTime)]
+    since: String,
+    last_error: Option<String>,
+    messages: u64,
+    refused: u64,
+}

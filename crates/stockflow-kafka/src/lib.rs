@@ -635,6 +635,7 @@ impl KafkaServer {
         });
         stockflow_http::bootstrap::load(&*app).await?;
         stockflow_http::webhooks::start(app.clone(), app.config.webhooks.clone())?;
+        stockflow_http::amqp::start(app.clone())?;
         let limits = stockflow_http::serve::ConnectionLimits::of(&app.config);
         let tls = app.config.tls.clone();
         let (stop, task) =

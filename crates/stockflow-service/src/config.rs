@@ -95,6 +95,10 @@ pub struct Config {
     /// Web origins (`https://shop.example`) whose pages may call the API
     /// (`serve --cors-origin`); none: only this server's own pages.
     pub cors_origins: Vec<String>,
+    /// RabbitMQ queues to consume (`serve --amqp`).
+    pub amqp: Option<Amqp>,
+    /// The state of the links to other systems (shared by every clone).
+    pub links: crate::links::Links,
 }
 
 impl Config {
@@ -135,6 +139,8 @@ impl Config {
             tls: None,
             trust: crate::tls::Trust::default(),
             cors_origins: Vec::new(),
+            amqp: None,
+            links: crate::links::Links::default(),
         }
     }
 }
@@ -145,4 +151,34 @@ pub struct Webhook {
     pub url: String,
     /// Signs bodies when set.
     pub secret: Option<String>,
+}
+
+/// RabbitMQ ingest (`serve --amqp`): the broker, the queues and how many
+/// unacknowledged messages each may hold.
+#[derive(Clone)]
+pub struct Amqp {
+    /// `amqp://user:password@host:port/vhost`: holds a secret, so it is
+    /// never logged (`Debug` leaves it out).
+    pub url: String,
+    pub queues: Vec<AmqpQueue>,
+    /// Unacknowledged messages per queue at most (AMQP prefetch): bounds
+    /// what a consumer holds in memory.
+    pub prefetch: u16,
+}
+
+impl std::fmt::Debug for Amqp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Amqp")
+            .field("url", &"<redacted>")
+            .field("queues", &self.queues)
+            .field("prefetch", &self.prefetch)
+            .finish()
+    }
+}
+
+/// A queue and the source format its messages are in.
+#[derive(Clone, Debug)]
+pub struct AmqpQueue {
+    pub format: String,
+    pub queue: String,
 }

@@ -65,6 +65,18 @@ fn describe() {
         "Fulfils and cancels answered before a level showed their units gone or back (Kafka mode)."
     );
     describe_counter!("stockflow_checkpoints_total", "Checkpoints completed.");
+    describe_counter!(
+        "stockflow_link_messages_total",
+        "Messages taken over a link (a RabbitMQ queue) and acknowledged once their events were durable."
+    );
+    describe_counter!(
+        "stockflow_link_refused_total",
+        "Messages taken over a link that could not be read at all, kept whole as dead letters."
+    );
+    describe_gauge!(
+        "stockflow_link_connected",
+        "1 while a link (a RabbitMQ queue) is connected, else 0."
+    );
     // Kafka mode.
     for (name, help) in [
         (

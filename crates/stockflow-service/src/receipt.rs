@@ -35,6 +35,7 @@ pub struct ReceiptError {
 }
 
 /// A body refused as a whole, to be kept as a dead letter.
+#[derive(Clone)]
 pub struct RefusedBody {
     pub reason: String,
     /// As received (kept verbatim, whatever its encoding).

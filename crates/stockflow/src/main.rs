@@ -202,6 +202,8 @@ enum Command {
         /// whose roles they get (clients without one still use tokens).
         #[arg(long, env = "STOCKFLOW_TLS_CLIENT_CA", requires_all = ["tls_cert", "auth_file"], help_heading = "TLS")]
         tls_client_ca: Option<PathBuf>,
+        #[command(flatten, next_help_heading = "RabbitMQ ingest")]
+        amqp: AmqpArgs,
         #[command(flatten, next_help_heading = "Kafka mode (with --kafka)")]
         kafka: KafkaArgs,
     },
@@ -331,8 +333,11 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    // lapin reports each failed RabbitMQ connection at ERROR from its IO
+    // loop, every retry; `amqp` says it once per attempt at WARN with the
+    // reason, so lapin's own are only for RUST_LOG to ask for.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,lapin=off".into());
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(|| Unfailing(std::io::stderr()));
@@ -521,6 +526,57 @@ fn parse_param(text: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("{text:?} is not NAME=VALUE"))
 }
 
+/// `serve --amqp`: the RabbitMQ queues to consume.
+#[derive(clap::Args)]
+struct AmqpArgs {
+    /// Consume RabbitMQ queues at this broker
+    /// (amqp://user:password@host:5672/vhost, `%2f` for the default vhost).
+    /// Each message is acknowledged once its events are durable; one that
+    /// cannot be read becomes a dead letter (source `amqp:QUEUE`) and is
+    /// acknowledged too.
+    #[arg(
+        long,
+        env = "STOCKFLOW_AMQP_URL",
+        requires = "amqp_queues",
+        hide_env_values = true
+    )]
+    amqp: Option<String>,
+    /// FORMAT=QUEUE: consume QUEUE, its messages in FORMAT (a source
+    /// format of GET /v1/sources, or `canonical`); repeat for more. A
+    /// queue that does not exist is declared durable. A format's
+    /// parameters (e.g. locationId) come from the message's headers.
+    #[arg(long = "amqp-queue", value_parser = parse_amqp_queue, requires = "amqp")]
+    amqp_queues: Vec<stockflow_service::config::AmqpQueue>,
+    /// Unacknowledged messages per queue at most (bounds what is held in
+    /// memory; a larger value makes larger commits).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u16).range(1..))]
+    amqp_prefetch: u16,
+}
+
+impl AmqpArgs {
+    fn settings(self) -> Option<stockflow_service::config::Amqp> {
+        Some(stockflow_service::config::Amqp {
+            url: self.amqp?,
+            queues: self.amqp_queues,
+            prefetch: self.amqp_prefetch,
+        })
+    }
+}
+
+fn parse_amqp_queue(text: &str) -> Result<stockflow_service::config::AmqpQueue, String> {
+    match text.split_once('=') {
+        Some((format, queue)) if !format.is_empty() && !queue.is_empty() => {
+            Ok(stockflow_service::config::AmqpQueue {
+                format: format.to_owned(),
+                queue: queue.to_owned(),
+            })
+        }
+        _ => Err(format!(
+            "{text:?} is not FORMAT=QUEUE (e.g. store-item=stores.raw)"
+        )),
+    }
+}
+
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve {
@@ -556,9 +612,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
             tls_key,
             tls_ca_file,
             tls_client_ca,
+            amqp,
             kafka,
         } => {
             let mut config = Config::new(data_dir);
+            config.amqp = amqp.settings();
             config.metrics_open = metrics_without_auth;
             config.cors_origins = cors_origins;
             if let Some(file) = &kafka.cluster_secret_file {

@@ -49,6 +49,7 @@ impl Server {
         });
         stockflow_http::bootstrap::load(&*state).await?;
         stockflow_http::webhooks::start(state.clone(), state.config.webhooks.clone())?;
+        stockflow_http::amqp::start(state.clone())?;
         let simulator = state.simulator.clone();
         let limits = stockflow_http::serve::ConnectionLimits::of(&state.config);
         let tls = state.config.tls.clone();

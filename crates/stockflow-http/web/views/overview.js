@@ -1,5 +1,6 @@
 // Overview: throughput and commit latency over time, stock totals, the
-// live feed of alerts, and when each source was last heard from.
+// live feed of alerts, when each source was last heard from, and the
+// state of the links to other systems (RabbitMQ queues), if any.
 
 import { api, all, live, every, coalesce, h, fill, num, ago, time, table, problem } from '../api.js';
 import { lineChart } from '../chart.js';
@@ -28,6 +29,7 @@ export function mount(main) {
   const latency = h('div', { class: 'panel' });
   const feed = h('ul', { class: 'feed', 'aria-live': 'polite', 'data-testid': 'alert-feed' });
   const sources = h('div', {});
+  const links = h('section', { class: 'panel', hidden: true, 'data-testid': 'links' });
   const errors = h('div', {});
   fill(main,
     h('h1', {}, 'Overview'),
@@ -38,7 +40,8 @@ export function mount(main) {
       h('section', {}, h('h2', {}, 'Commit latency'), latency)),
     h('div', { class: 'two' },
       h('section', { class: 'panel' }, h('h2', {}, 'Alerts: active, then live'), feed),
-      h('section', { class: 'panel' }, h('h2', {}, 'Source freshness'), sources)));
+      h('section', { class: 'panel' }, h('h2', {}, 'Source freshness'), sources)),
+    links);
 
   let activity = null;
   let totals = null;
@@ -111,6 +114,19 @@ export function mount(main) {
     activeAlerts = active.nextAfter ? '1,000+' : num(active.alerts.length);
     renderCards();
   });
+  const stopLinks = every(2000, async () => {
+    const { links: list } = await api('/v1/links');
+    links.hidden = list.length === 0;
+    const badge = { connected: 'ok', connecting: 'low', disconnected: 'out' };
+    fill(links, h('h2', {}, 'RabbitMQ queues'),
+      table([{ label: 'Queue' }, { label: 'Format' }, { label: 'Broker' }, { label: 'State' },
+        { label: 'Messages', num: true }, { label: 'Refused', num: true }, { label: 'Last error' }],
+      list.map((l) => h('tr', { 'data-testid': 'link-row' },
+        h('td', {}, l.name), h('td', {}, l.format), h('td', {}, l.peer),
+        h('td', { title: l.since }, h('span', { class: `badge ${badge[l.state]}` }, l.state), ' ', h('span', { class: 'muted' }, ago(l.since))),
+        h('td', { class: 'num' }, num(l.messages)), h('td', { class: 'num' }, num(l.refused)),
+        h('td', { class: 'muted' }, l.lastError ?? '')))));
+  });
   loadAlerts().catch((error) => fill(errors, problem(error)));
   // Alerts arriving in a burst are added once per frame.
   let arrived = [];
@@ -124,5 +140,5 @@ export function mount(main) {
     alerts: (a) => { arrived.push(a); flush(); },
     reload: () => loadAlerts().catch(() => {}),
   });
-  return () => { stopActivity(); stopTotals(); stopLive(); };
+  return () => { stopActivity(); stopTotals(); stopLinks(); stopLive(); };
 }

@@ -110,8 +110,17 @@ pub struct Context<'a> {
 }
 
 impl Mapping {
-    /// Checks what serde cannot: every required field has a source.
+    /// Checks what serde cannot: a name that fits in a URL path and a
+    /// dead letter's source (`amqp:{format}:{queue}`), and every required
+    /// field has a source.
     pub fn validate(&self) -> Result<(), String> {
+        let name_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+        if self.format.is_empty() || self.format.len() > 64 || !self.format.chars().all(name_char) {
+            return Err(format!(
+                "format {:?}: 1 to 64 letters, digits, '-', '_' or '.'",
+                self.format
+            ));
+        }
         let f = &self.fields;
         for (name, field) in [
             ("eventId", &f.event_id),

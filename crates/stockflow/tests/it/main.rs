@@ -1,6 +1,7 @@
 //! Integration tests of the stockflow server: one binary, several modules.
 
 mod alerts;
+pub mod amqp;
 pub mod audit;
 pub mod auth;
 mod catalog;

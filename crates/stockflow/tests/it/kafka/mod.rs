@@ -25,6 +25,7 @@ use crate::free_port;
 use crate::reference::{location, sku, Ev, Model};
 
 mod access;
+mod amqp;
 mod catalog;
 mod clients;
 pub mod harness;
