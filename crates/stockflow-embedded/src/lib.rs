@@ -10,6 +10,7 @@ mod reads;
 pub mod record;
 pub mod recovery;
 pub mod repair;
+pub mod sink;
 mod writes;
 
 use std::sync::Arc;

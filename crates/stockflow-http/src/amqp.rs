@@ -19,7 +19,7 @@ use futures_util::{FutureExt, StreamExt};
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Connection, ConnectionProperties};
-use stockflow_core::{parse_body, BodyFormat, Parsed};
+use stockflow_core::{parse_body, Parsed};
 use stockflow_service::config::{Amqp, AmqpQueue};
 use stockflow_service::links::{Links, State};
 use stockflow_service::receipt::RefusedBody;
@@ -38,6 +38,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// [`RETRY_MAX`]: the messages stay unacknowledged meanwhile.
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
+/// Longest wait for the broker to answer while a link is set up (a
+/// connection accepted by a proxy whose broker is gone answers nothing).
+const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where the dead letters of a queue's messages say they come from:
 /// `amqp:{format}:{queue}`, so that a replay reads them in their format.
@@ -45,16 +48,38 @@ pub fn source_of_queue(spec: &AmqpQueue) -> String {
     format!("amqp:{}:{}", spec.format, spec.queue)
 }
 
-/// Checks the settings (known formats, a URL lapin reads, no TLS) and
-/// starts one consumer per queue; their state is in the config's links.
+/// Checks the settings: a URL lapin reads, without TLS; known formats;
+/// each queue once. Called before anything else starts, so that a
+/// mistake is said at once.
+pub fn check(config: &stockflow_service::config::Config) -> anyhow::Result<()> {
+    let Some(amqp) = &config.amqp else {
+        return Ok(());
+    };
+    peer_of(&amqp.url)?;
+    let mut seen = std::collections::BTreeSet::new();
+    for spec in &amqp.queues {
+        reader_of(config, &spec.format)?;
+        if !seen.insert(spec.queue.as_str()) {
+            anyhow::bail!(
+                "--amqp-queue: queue {:?} is given twice; a queue's messages are in one format",
+                spec.queue
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Starts one consumer per queue (see [`check`]); their state is in the
+/// config's links.
 pub fn start<B: Backend>(backend: Arc<B>) -> anyhow::Result<()> {
+    check(backend.config())?;
     let Some(amqp) = backend.config().amqp.clone() else {
         return Ok(());
     };
     let peer = peer_of(&amqp.url)?;
     let mut readers = Vec::new();
     for spec in &amqp.queues {
-        readers.push((spec.clone(), reader_of(&*backend, &spec.format)?));
+        readers.push((spec.clone(), reader_of(backend.config(), &spec.format)?));
     }
     for (spec, reader) in readers {
         let links = backend.config().links.clone();
@@ -100,11 +125,11 @@ enum Reader {
     Source(Box<Mapping>),
 }
 
-fn reader_of<B: Backend>(backend: &B, format: &str) -> anyhow::Result<Reader> {
+fn reader_of(config: &stockflow_service::config::Config, format: &str) -> anyhow::Result<Reader> {
     if format == CANONICAL {
         return Ok(Reader::Canonical);
     }
-    super::ingest::source_mapping(&backend.config().sources, format)
+    super::ingest::source_mapping(&config.sources, format)
         .map(|mapping| Reader::Source(Box::new(mapping)))
         .map_err(|e| anyhow::anyhow!("--amqp-queue {format}=…: {}", e.message))
 }
@@ -143,24 +168,22 @@ impl<B: Backend> Consumer<B> {
     /// it ended).
     async fn session(&self) -> (bool, String) {
         let queue = self.spec.queue.as_str();
-        let connection =
-            match Connection::connect(&self.amqp.url, ConnectionProperties::default()).await {
-                Ok(connection) => connection,
-                Err(e) => return (false, format!("cannot connect: {e}")),
-            };
-        let channel = match self.channel(&connection).await {
+        let connect = Connection::connect(&self.amqp.url, ConnectionProperties::default());
+        let connection = match within_setup(connect).await {
+            Ok(connection) => connection,
+            Err(e) => return (false, format!("cannot connect: {e}")),
+        };
+        let channel = match within_setup(self.channel(&connection)).await {
             Ok(channel) => channel,
             Err(e) => return (false, format!("cannot use queue {queue:?}: {e}")),
         };
-        let consumer = channel
-            .basic_consume(
-                queue.into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await;
-        let mut consumer = match consumer {
+        let consumer = channel.basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        );
+        let mut consumer = match within_setup(consumer).await {
             Ok(consumer) => consumer,
             Err(e) => return (false, format!("cannot consume queue {queue:?}: {e}")),
         };
@@ -246,31 +269,40 @@ impl<B: Backend> Consumer<B> {
     async fn take(&self, batch: &[lapin::message::Delivery]) -> Result<usize, String> {
         let config = self.backend.config();
         let events_max = config.request_events_max;
-        // Runs of messages whose events fit one submission, with the
-        // positions of those messages in the batch.
-        let mut chunks: Vec<(Parsed, Vec<usize>)> = Vec::new();
+        // Runs of messages with the same format parameters whose events
+        // fit one submission, with the positions of those messages.
+        let mut chunks: Vec<Chunk> = Vec::new();
         let mut refused = Vec::new();
         for (index, delivery) in batch.iter().enumerate() {
-            match self.read(delivery, config.body_bytes_max, events_max) {
+            let params = params_of(delivery.properties.headers());
+            let source = super::ingest::with_params(self.source.clone(), &params);
+            match self.read(delivery, &params, config.body_bytes_max, events_max) {
                 Ok(parsed) => {
-                    let fits = chunks
-                        .last()
-                        .is_some_and(|(c, _)| c.total() + parsed.total() <= events_max);
+                    let fits = chunks.last().is_some_and(|c| {
+                        c.source == source && c.parsed.total() + parsed.total() <= events_max
+                    });
                     if !fits {
-                        chunks.push((Parsed::default(), Vec::new()));
+                        chunks.push(Chunk {
+                            parsed: Parsed::default(),
+                            source,
+                            messages: Vec::new(),
+                        });
                     }
-                    let (chunk, messages) = chunks.last_mut().expect("pushed");
-                    merge(chunk, parsed, index as u32);
-                    messages.push(index);
+                    let chunk = chunks.last_mut().expect("pushed");
+                    merge(&mut chunk.parsed, parsed);
+                    chunk.messages.push(index);
                 }
-                Err(reason) => refused.push(refused_body(reason, delivery, config.body_bytes_max)),
+                Err(reason) => {
+                    let body = refused_body(reason, delivery, config.body_bytes_max);
+                    refused.push((source, body));
+                }
             }
         }
-        for (chunk, messages) in chunks {
+        for chunk in chunks {
             let submitted = self
                 .offer(|| {
-                    self.backend
-                        .submit(chunk.clone(), &self.source, Wait::Durable)
+                    let parsed = chunk.parsed.clone();
+                    self.backend.submit(parsed, &chunk.source, Wait::Durable)
                 })
                 .await;
             if let Err(e) = submitted {
@@ -281,14 +313,15 @@ impl<B: Backend> Consumer<B> {
                     reason = e.message,
                     "RabbitMQ messages refused"
                 );
-                for index in messages {
+                for index in chunk.messages {
                     let reason = format!("refused: {}", e.message);
-                    refused.push(refused_body(reason, &batch[index], config.body_bytes_max));
+                    let body = refused_body(reason, &batch[index], config.body_bytes_max);
+                    refused.push((chunk.source.clone(), body));
                 }
             }
         }
-        for body in &refused {
-            self.offer(|| self.backend.keep_refused(body.clone(), &self.source))
+        for (source, body) in &refused {
+            self.offer(|| self.backend.keep_refused(body.clone(), source))
                 .await
                 .map_err(|e| format!("cannot keep a refused message: {}", e.message))?;
         }
@@ -307,6 +340,9 @@ impl<B: Backend> Consumer<B> {
                 Ok(done) => return Ok(done),
                 Err(e) if e.status.as_u16() == 429 || e.status.is_server_error() => {
                     tracing::debug!(queue = self.spec.queue, reason = e.message, "retrying");
+                    // Still connected; what holds the messages back is shown.
+                    let waiting = format!("waiting to write (retrying): {}", e.message);
+                    self.set(State::Connected, Some(waiting));
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(RETRY_MAX);
                 }
@@ -320,6 +356,7 @@ impl<B: Backend> Consumer<B> {
     fn read(
         &self,
         delivery: &lapin::message::Delivery,
+        params: &BTreeMap<String, String>,
         bytes_max: usize,
         events_max: usize,
     ) -> Result<Parsed, String> {
@@ -330,29 +367,50 @@ impl<B: Backend> Consumer<B> {
                 body.len()
             ));
         }
-        let framing = match delivery.properties.content_type() {
-            Some(t) if t.as_str().starts_with("application/x-ndjson") => BodyFormat::Ndjson,
-            _ => BodyFormat::Json,
-        };
+        let content_type = delivery.properties.content_type().as_ref();
+        let framing = super::ingest::framing_of(content_type.map(|t| t.as_str()));
         let parsed = match &self.reader {
             Reader::Canonical => parse_body(body, framing, events_max),
-            Reader::Source(mapping) => {
-                let params = params_of(delivery.properties.headers());
-                translate(mapping, body, framing, &params, events_max)
-            }
+            Reader::Source(mapping) => translate(mapping, body, framing, params, events_max),
         };
-        parsed.map_err(|e| e.to_string())
+        match parsed {
+            // A message is sent to say something: one that says nothing
+            // (`[]`, a CSV header alone, or rows without their header
+            // line, read as one) is kept, not dropped unseen.
+            Ok(parsed) if parsed.total() == 0 => Err(
+                "the message holds no events (a CSV message needs its header line, then its rows)"
+                    .to_owned(),
+            ),
+            Ok(parsed) => Ok(parsed),
+            Err(e) => Err(e.to_string()),
+        }
     }
 }
 
+/// Messages submitted together.
+struct Chunk {
+    parsed: Parsed,
+    /// The letters' source: the queue's, with the messages' parameters.
+    source: String,
+    /// Their positions in the batch.
+    messages: Vec<usize>,
+}
+
 /// A format's parameters (e.g. `locationId` for `order-line`) from the
-/// message's string headers.
+/// message's headers: strings, and whole numbers as their digits.
 fn params_of(headers: &Option<FieldTable>) -> BTreeMap<String, String> {
     let mut params = BTreeMap::new();
     for (name, value) in headers.iter().flat_map(|h| h.inner()) {
         let text = match value {
             AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
             AMQPValue::ShortString(s) => s.as_str().to_owned(),
+            AMQPValue::ShortShortInt(n) => n.to_string(),
+            AMQPValue::ShortShortUInt(n) => n.to_string(),
+            AMQPValue::ShortInt(n) => n.to_string(),
+            AMQPValue::ShortUInt(n) => n.to_string(),
+            AMQPValue::LongInt(n) => n.to_string(),
+            AMQPValue::LongUInt(n) => n.to_string(),
+            AMQPValue::LongLongInt(n) => n.to_string(),
             _ => continue,
         };
         params.insert(name.as_str().to_owned(), text);
@@ -360,19 +418,26 @@ fn params_of(headers: &Option<FieldTable>) -> BTreeMap<String, String> {
     params
 }
 
-/// Appends `parsed` (one message's) to `into`, its events and refusals
-/// numbered `index`: the message's position in the batch.
-fn merge(into: &mut Parsed, parsed: Parsed, index: u32) {
+/// Appends `parsed` (one message's) to `into`. Indexes stay the
+/// message's own (a row or line in it), as its letters say them.
+fn merge(into: &mut Parsed, parsed: Parsed) {
     for event in parsed.batch.iter() {
-        into.batch
-            .push(&stockflow_core::EventRef { index, ..event });
+        into.batch.push(&event);
     }
-    into.rejected.extend(
-        parsed
-            .rejected
-            .into_iter()
-            .map(|r| stockflow_core::Rejected { index, ..r }),
-    );
+    into.rejected.extend(parsed.rejected);
+}
+
+/// `step`, or an error if the broker takes longer than [`SETUP_TIMEOUT`].
+async fn within_setup<T>(
+    step: impl std::future::Future<Output = Result<T, lapin::Error>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(SETUP_TIMEOUT, step).await {
+        Ok(done) => done.map_err(|e| e.to_string()),
+        Err(_) => Err(format!(
+            "the broker did not answer within {} s",
+            SETUP_TIMEOUT.as_secs()
+        )),
+    }
 }
 
 /// A message refused whole, kept with its bytes up to `bytes_max`.

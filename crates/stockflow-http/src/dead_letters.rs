@@ -2,7 +2,6 @@
 //! discard. Replays and discards are log records like everything else, so
 //! a resolved letter stays resolved after a restart.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -88,6 +87,8 @@ pub fn source_matches(letter: &str, wanted: &str) -> bool {
 /// or `http:/v1/sources/{format}/events` (what Kafka mode said before both
 /// modes said `source:`; such letters stay in its DLQ topic).
 pub fn format_of(source: &str) -> Option<&str> {
+    // The format's parameters, if any, follow a `?`.
+    let source = source.split_once('?').map_or(source, |(source, _)| source);
     source
         .strip_prefix("source:")
         .or_else(|| source.strip_prefix("import:"))
@@ -216,7 +217,7 @@ pub async fn replay<B: Backend>(
                 format,
                 payload,
                 framing,
-                &BTreeMap::new(),
+                &super::ingest::params_of_source(source),
                 events_max,
             )
             .map_err(body_error)?;

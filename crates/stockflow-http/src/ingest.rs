@@ -140,9 +140,29 @@ pub const EVENTS_SOURCE: &str = "http:/v1/events";
 
 /// Where dead letters refused by POST /v1/sources/{format}/events come
 /// from (in both modes; before, Kafka mode said
-/// `http:/v1/sources/{format}/events`, which is still understood).
-pub fn source_of_format(format: &str) -> String {
-    format!("source:{format}")
+/// `http:/v1/sources/{format}/events`, which is still understood), with
+/// the format's parameters, if any, so that a replay reads the letter as
+/// it was read: `source:order-line?locationId=STORE-7`.
+pub fn source_of_format(format: &str, params: &BTreeMap<String, String>) -> String {
+    with_params(format!("source:{format}"), params)
+}
+
+/// `source` with `?params` (URL-encoded) when there are any.
+pub fn with_params(source: String, params: &BTreeMap<String, String>) -> String {
+    if params.is_empty() {
+        return source;
+    }
+    let query = serde_urlencoded::to_string(params).expect("strings encode");
+    format!("{source}?{query}")
+}
+
+/// The format parameters a letter's source carries (see
+/// [`source_of_format`]).
+pub fn params_of_source(source: &str) -> BTreeMap<String, String> {
+    source
+        .split_once('?')
+        .and_then(|(_, query)| serde_urlencoded::from_str(query).ok())
+        .unwrap_or_default()
 }
 
 /// POST /v1/sources/{format}/events: a source system's own messages,
@@ -174,7 +194,7 @@ pub async fn post_source_events<B: Backend>(
     body_fits_format(&headers, &format, mapping.input)?;
     let wait = Wait::from_query(params.remove("wait").as_deref())?;
     let events_max = config.request_events_max;
-    let source = source_of_format(&format);
+    let source = source_of_format(&format, &params);
     ingest(
         &*backend,
         wait,
@@ -269,16 +289,24 @@ pub async fn read_body(
             ApiError::bad_request(format!("could not read the body: {inner}"))
         }
     })?;
-    let format = match headers
+    let content_type = headers
         .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(t) if t.starts_with("application/x-ndjson") || t.starts_with("application/jsonl") => {
-            BodyFormat::Ndjson
-        }
-        _ => BodyFormat::Json,
-    };
-    Ok((bytes, format))
+        .and_then(|v| v.to_str().ok());
+    Ok((bytes, framing_of(content_type)))
+}
+
+/// How a JSON body of `content_type` is framed: NDJSON
+/// (`application/x-ndjson`, `application/jsonl`, in any case), else JSON.
+pub fn framing_of(content_type: Option<&str>) -> BodyFormat {
+    let ndjson = content_type.is_some_and(|t| {
+        let t = t.trim_start().to_ascii_lowercase();
+        t.starts_with("application/x-ndjson") || t.starts_with("application/jsonl")
+    });
+    if ndjson {
+        BodyFormat::Ndjson
+    } else {
+        BodyFormat::Json
+    }
 }
 
 /// The one ingest path of both modes: admission, body limits, parsing

@@ -184,6 +184,7 @@ pub fn operations<B: Backend>() -> Vec<Operation<B>> {
         op(M::GET, "/healthz", get(healthz)),
         op(M::GET, "/readyz", get(ready::<B>)),
         op(M::GET, "/v1/links", get(links::<B>)),
+        op(M::GET, "/v1/sinks", get(sinks::<B>)),
         op(M::GET, "/metrics", get(metrics::<B>)),
     ]
 }
@@ -304,6 +305,19 @@ async fn ready<B: Backend>(
     ))]
 async fn links<B: Backend>(State(backend): State<Arc<B>>) -> Json<serde_json::Value> {
     Json(json!({"links": backend.config().links.all()}))
+}
+
+/// GET /v1/sinks: where the server copies its data, and how far behind.
+#[utoipa::path(get, path = "/v1/sinks",
+    operation_id = "getSinks", tag = "operations",
+    summary = "The sinks (PostgreSQL) and their lag",
+    description = "Each sink the server writes (`serve --sink-postgres`): `kind` (postgres), `target` (postgres://host:port/database, never with the credentials), `state` (connecting, connected, disconnected), `since`, `lastError`, `behindBytes` (history written and not yet committed to it: 0 when caught up), `rows` (committed since the server started), `lastCommitAt` and `skippedBytes` (history the retention deleted before the sink had it). Embedded mode only: a Kafka-mode server has none.",
+    responses(
+        (status = 200, description = "The sinks", body = shapes::Sinks),
+        openapi::ReadRefusals,
+    ))]
+async fn sinks<B: Backend>(State(backend): State<Arc<B>>) -> Json<serde_json::Value> {
+    Json(json!({"sinks": backend.config().sinks.all()}))
 }
 
 /// GET /v1/cluster: the members and who owns which partition.

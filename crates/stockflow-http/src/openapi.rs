@@ -188,6 +188,8 @@ pub(crate) enum SourceBatch {
         super::ui::index,
         super::healthz,
         super::ready,
+        super::links,
+        super::sinks,
         super::metrics,
     ),
     components(schemas(

@@ -493,3 +493,28 @@ pub struct Link {
     messages: u64,
     refused: u64,
 }
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Sinks {
+    sinks: Vec<Sink>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Sink {
+    /// `postgres`.
+    kind: String,
+    /// `postgres://host:port/database`, never with the credentials.
+    target: String,
+    #[schema(pattern = "^(connecting|connected|disconnected)$")]
+    state: String,
+    #[schema(format = DateTime)]
+    since: String,
+    last_error: Option<String>,
+    /// History bytes written and not yet committed to the sink.
+    behind_bytes: u64,
+    rows: u64,
+    #[schema(format = DateTime)]
+    last_commit_at: Option<String>,
+    skipped_bytes: u64,
+}

@@ -35,10 +35,10 @@
 //! rebuilding from the topic's beginning.
 //!
 //! ```text
-//! record: version u8 (1) | from (canonical, repartition) 2×i64
+//! record: version u8 (3) | from (canonical, repartition) 2×i64
 //!         | to 2×i64 | part u16 | writer u64 | entries…   (little-endian)
-//! entry:  sku_len u16 | sku | location_len u16 | location
-//!         | the local entry (see stockflow_service::history), prev = 0
+//! entry:  the local entry (see stockflow_service::history), prev = 0;
+//!         it names its level (sku, location)
 //! ```
 
 use std::collections::HashMap;
@@ -54,10 +54,11 @@ use rdkafka::{Offset, TopicPartitionList};
 use super::shared::{Shared, NOT_OWNED};
 use super::wire::Positions;
 use super::KafkaSettings;
-use stockflow_service::history::{Entry, Fixed, HistoryWriter};
+use stockflow_service::history::{Entry, Fixed, HistoryWriter, Level};
 
-/// 2: entries carry who sent the event (`by`).
-pub(crate) const VERSION: u8 = 2;
+/// 2: entries carry who sent the event (`by`). 3: the local entry's
+/// layout names the level (no separate sku and location before it).
+pub(crate) const VERSION: u8 = 3;
 const HEADER: usize = 1 + 4 * 8 + 2 + 8;
 /// Most entries in one history record: ~150 bytes each, ~280 at the
 /// longest ids and token name, keeps a record under Kafka's 1 MB default
@@ -150,12 +151,7 @@ impl Records {
     }
 
     pub fn push(&mut self, sku: &str, location: &str, fixed: &Fixed, event_id: &str, by: &str) {
-        for text in [sku, location] {
-            self.buf
-                .extend_from_slice(&(text.len() as u16).to_le_bytes());
-            self.buf.extend_from_slice(text.as_bytes());
-        }
-        fixed.encode(event_id, by, &mut self.buf);
+        fixed.encode(event_id, by, Level { sku, location }, &mut self.buf);
         self.entries += 1;
         if self.entries == ENTRIES_PER_RECORD {
             self.done.push(std::mem::take(&mut self.buf));
@@ -203,21 +199,11 @@ fn decode(bytes: &[u8]) -> Option<Record<'_>> {
     })
 }
 
-/// A length-prefixed text at the start of `bytes`, and its size.
-fn text(bytes: &[u8]) -> Option<(&str, usize)> {
-    let len = u16::from_le_bytes(bytes.get(..2)?.try_into().ok()?) as usize;
-    let text = std::str::from_utf8(bytes.get(2..2 + len)?).ok()?;
-    Some((text, 2 + len))
-}
-
-/// The next (sku, location, entry) of `bytes` and the rest.
-fn next_entry(bytes: &[u8]) -> Option<(&str, &str, Entry, &[u8])> {
-    let (sku, a) = text(bytes)?;
-    let (location, b) = text(&bytes[a..])?;
-    let rest = &bytes[a + b..];
-    let len = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
-    let entry = Entry::decode(rest.get(..len)?)?;
-    Some((sku, location, entry, &rest[len..]))
+/// The next entry of `bytes` and the rest.
+fn next_entry(bytes: &[u8]) -> Option<(Entry, &[u8])> {
+    let len = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
+    let entry = Entry::decode(bytes.get(..len)?)?;
+    Some((entry, &bytes[len..]))
 }
 
 /// A cycle materialised: where its entries start in the local files, and
@@ -712,15 +698,18 @@ impl Local {
         cycle.parts += 1;
         let mut rest = record.entries;
         while !rest.is_empty() {
-            let (sku, location, mut entry, after) =
-                next_entry(rest).ok_or("an entry cannot be read")?;
+            let (mut entry, after) = next_entry(rest).ok_or("an entry cannot be read")?;
             rest = after;
-            let key = level(sku, location);
+            let key = level(&entry.sku, &entry.location);
             let prev = self.heads.get(&key).copied().unwrap_or(0);
             entry.fixed.prev = prev;
+            let at = Level {
+                sku: &entry.sku,
+                location: &entry.location,
+            };
             let head = self
                 .writer
-                .append(&entry.fixed, &entry.event_id, &entry.by)
+                .append(&entry.fixed, &entry.event_id, &entry.by, at)
                 .map_err(|e| e.to_string())?;
             cycle.undo.push((key.clone(), prev));
             self.heads.insert(key.clone(), head);
@@ -798,10 +787,10 @@ mod tests {
         let reader = stockflow_service::history::HistoryReader::open(dir, 3).unwrap();
         let head = local.heads[&level("S", "L")];
         let (entries, _) = reader.walk(head, usize::MAX).unwrap();
-        // An entry: 96 fixed bytes, its eventId and who sent it.
+        // An entry: 100 fixed bytes, its eventId, who sent it and its level.
         let bytes: usize = entries
             .iter()
-            .map(|e| 96 + e.event_id.len() + e.by.len())
+            .map(|e| 100 + e.event_id.len() + e.by.len() + e.sku.len() + e.location.len())
             .sum();
         assert_eq!(
             local.writer.end() as usize,

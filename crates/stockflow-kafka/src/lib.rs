@@ -543,6 +543,7 @@ impl KafkaServer {
         advertise: Option<String>,
     ) -> anyhow::Result<KafkaServer> {
         use anyhow::Context;
+        stockflow_http::amqp::check(&config)?;
         settings.order_hold_ns = config.order_hold_seconds as i64 * 1_000_000_000;
         settings.price_drop_percent = config.price_drop_percent;
         check_topics(&settings)?;

@@ -99,6 +99,22 @@ pub struct Config {
     pub amqp: Option<Amqp>,
     /// The state of the links to other systems (shared by every clone).
     pub links: crate::links::Links,
+    /// The PostgreSQL database the sink writes to (`serve
+    /// --sink-postgres`); holds a password, so never logged.
+    pub sink_postgres: Option<Secret>,
+    /// The state of the sinks (shared by every clone).
+    pub sinks: crate::sinks::Sinks,
+}
+
+/// A setting that holds a secret (a URL with a password): `Debug` never
+/// shows it.
+#[derive(Clone)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 impl Config {
@@ -141,6 +157,8 @@ impl Config {
             cors_origins: Vec::new(),
             amqp: None,
             links: crate::links::Links::default(),
+            sink_postgres: None,
+            sinks: crate::sinks::Sinks::default(),
         }
     }
 }

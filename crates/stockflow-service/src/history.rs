@@ -14,9 +14,12 @@
 //! entry: len u32 | prev u64 | processed i64 | event_time i64 | record u64
 //!        | event_type u8 | in_transit u8 | outcome u8 | quantity i64
 //!        | before (onHand, reserved, inTransit) 3×i64 | after 3×i64
-//!        | by_len u8 | eventId bytes | by bytes            (little-endian)
+//!        | by_len u8 | sku_len u16 | location_len u16
+//!        | eventId bytes | by bytes | sku bytes | location bytes  (little-endian)
 //! ```
-//! `by` is the token name that sent the event (empty: anonymous).
+//! `by` is the token name that sent the event (empty: anonymous); sku and
+//! location name the level, so that the files can be read in order by a
+//! sink as well as back along a level's chain.
 //! ```text
 //! ```
 //! Cursors are `offset + 1` (0 = none). A checkpoint fsyncs the files and
@@ -35,10 +38,14 @@ use stockflow_core::{Batch, Change, EventType, Numbers, Outcome, Partition, Reje
 
 /// A history segment is closed past this size.
 pub const SEGMENT_BYTES_MAX: u64 = 64 << 20;
-const FIXED: usize = 4 + 8 + 8 + 8 + 8 + 1 + 1 + 1 + 8 + 24 + 24 + 1;
-/// The longest entry a reader accepts.
+/// The version of the files' layout (a data directory's format and Kafka
+/// mode's local files follow it).
+pub const FILE_FORMAT: u32 = 2;
+const FIXED: usize = 4 + 8 + 8 + 8 + 8 + 1 + 1 + 1 + 8 + 24 + 24 + 1 + 2 + 2;
+/// The longest entry a reader accepts: three ids of at most
+/// `ID_CHARS_MAX` characters (4 bytes each at most) and a sender.
 const ENTRY_BYTES_MAX: usize =
-    FIXED + 4 * stockflow_core::limits::ID_CHARS_MAX + stockflow_core::limits::BY_BYTES_MAX;
+    FIXED + 3 * 4 * stockflow_core::limits::ID_CHARS_MAX + stockflow_core::limits::BY_BYTES_MAX;
 /// Bytes buffered before a write; groups also flush.
 const BUFFER_BYTES: usize = 256 << 10;
 /// Written bytes after which writeback is started in the background, so a
@@ -168,19 +175,28 @@ impl HistoryWriter {
             let prev = partition.history_head(change.slot);
             let fixed = Fixed::of(change, batch, now, record, prev);
             let at = change.position as usize;
-            let head = self.append(&fixed, batch.event_id(at), batch.by(at))?;
+            let (sku, location) = partition.names_of(change.slot);
+            let level = Level { sku, location };
+            let head = self.append(&fixed, batch.event_id(at), batch.by(at), level)?;
             partition.set_history_head(change.slot, head);
         }
         Ok(())
     }
 
-    /// Appends one entry (its `prev` as given); returns its cursor.
-    pub fn append(&mut self, fixed: &Fixed, event_id: &str, by: &str) -> std::io::Result<u64> {
+    /// Appends one entry of `level` (its `prev` as given); returns its
+    /// cursor.
+    pub fn append(
+        &mut self,
+        fixed: &Fixed,
+        event_id: &str,
+        by: &str,
+        level: Level<'_>,
+    ) -> std::io::Result<u64> {
         if self.end - self.segment_start >= self.segment_bytes_max {
             self.roll()?;
         }
         self.buf.clear();
-        fixed.encode(event_id, by, &mut self.buf);
+        fixed.encode(event_id, by, level, &mut self.buf);
         self.file.write_all(&self.buf)?;
         let head = self.end + 1;
         self.end += self.buf.len() as u64;
@@ -249,6 +265,13 @@ pub fn compact(data_dir: &Path, partition: u16, horizon: Timestamp) -> std::io::
     Ok(deleted)
 }
 
+/// The level an entry belongs to.
+#[derive(Clone, Copy, Debug)]
+pub struct Level<'a> {
+    pub sku: &'a str,
+    pub location: &'a str,
+}
+
 /// One history entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
@@ -256,6 +279,8 @@ pub struct Entry {
     pub event_id: String,
     /// Who sent the event: a token name, or `anonymous`.
     pub by: String,
+    pub sku: String,
+    pub location: String,
 }
 
 impl std::ops::Deref for Entry {
@@ -315,12 +340,13 @@ impl Fixed {
     /// [`BY_BYTES_MAX`] (token names are never longer).
     ///
     /// [`BY_BYTES_MAX`]: stockflow_core::limits::BY_BYTES_MAX
-    pub fn encode(&self, event_id: &str, by: &str, out: &mut Vec<u8>) {
+    pub fn encode(&self, event_id: &str, by: &str, level: Level<'_>, out: &mut Vec<u8>) {
         let by = match by {
             stockflow_core::ANONYMOUS => "",
             by => cut(by, stockflow_core::limits::BY_BYTES_MAX),
         };
-        let len = (FIXED + event_id.len() + by.len()) as u32;
+        let len =
+            (FIXED + event_id.len() + by.len() + level.sku.len() + level.location.len()) as u32;
         out.extend_from_slice(&len.to_le_bytes());
         out.extend_from_slice(&self.prev.to_le_bytes());
         out.extend_from_slice(&self.processed.0.to_le_bytes());
@@ -342,8 +368,12 @@ impl Fixed {
             }
         }
         out.push(by.len() as u8);
+        out.extend_from_slice(&(level.sku.len() as u16).to_le_bytes());
+        out.extend_from_slice(&(level.location.len() as u16).to_le_bytes());
         out.extend_from_slice(event_id.as_bytes());
         out.extend_from_slice(by.as_bytes());
+        out.extend_from_slice(level.sku.as_bytes());
+        out.extend_from_slice(level.location.as_bytes());
     }
 }
 
@@ -372,16 +402,23 @@ impl Entry {
             before: numbers(47),
             after: numbers(71),
         };
-        let by_len = bytes[FIXED - 1] as usize;
-        let by_at = bytes.len().checked_sub(by_len).filter(|at| *at >= FIXED)?;
-        let by = std::str::from_utf8(&bytes[by_at..]).ok()?;
+        let by_len = bytes[FIXED - 5] as usize;
+        let sku_len = u16::from_le_bytes([bytes[FIXED - 4], bytes[FIXED - 3]]) as usize;
+        let location_len = u16::from_le_bytes([bytes[FIXED - 2], bytes[FIXED - 1]]) as usize;
+        let location_at = bytes.len().checked_sub(location_len)?;
+        let sku_at = location_at.checked_sub(sku_len)?;
+        let by_at = sku_at.checked_sub(by_len).filter(|at| *at >= FIXED)?;
+        let text = |range: std::ops::Range<usize>| String::from_utf8(bytes[range].to_vec()).ok();
+        let by = text(by_at..sku_at)?;
         Some(Entry {
             fixed,
-            event_id: String::from_utf8(bytes[FIXED..by_at].to_vec()).ok()?,
-            by: match by {
+            event_id: text(FIXED..by_at)?,
+            by: match by.as_str() {
                 "" => stockflow_core::ANONYMOUS.to_owned(),
-                by => by.to_owned(),
+                _ => by,
             },
+            sku: text(sku_at..location_at)?,
+            location: text(location_at..bytes.len())?,
         })
     }
 }
@@ -416,6 +453,85 @@ fn read_at(path: &Path, segment_start: u64, offset: u64) -> std::io::Result<Opti
         return Ok(None);
     }
     Ok(Entry::decode(&bytes))
+}
+
+/// Entries of one partition read in the order they were written (what a
+/// sink reads), from an offset on.
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// Each entry with its offset.
+    pub entries: Vec<(u64, Entry)>,
+    /// Where the next scan starts.
+    pub next: u64,
+    /// Offsets asked for that the retention deleted: (from, to).
+    pub deleted: Option<(u64, u64)>,
+}
+
+/// The entries of `partition` from offset `from` on, as many as whole
+/// entries fit in `bytes_max` (at least one if any is there). An entry
+/// still being written (its bytes not all flushed) ends the scan: it is
+/// read by the next one.
+pub fn scan(data_dir: &Path, partition: u16, from: u64, bytes_max: usize) -> std::io::Result<Scan> {
+    let all = segments(&partition_dir(data_dir, partition))?;
+    let mut scan = Scan {
+        next: from,
+        ..Scan::default()
+    };
+    let Some(first) = all.first().map(|(start, _)| *start) else {
+        return Ok(scan);
+    };
+    if scan.next < first {
+        scan.deleted = Some((scan.next, first));
+        scan.next = first;
+    }
+    let mut index = all.partition_point(|(start, _)| *start <= scan.next) - 1;
+    let mut budget = bytes_max;
+    loop {
+        let (start, path) = &all[index];
+        let file = File::open(path)?;
+        let length = file.metadata()?.len();
+        let at = scan.next - start;
+        let wanted = (length.saturating_sub(at) as usize).min(budget.max(ENTRY_BYTES_MAX));
+        let mut bytes = vec![0u8; wanted];
+        let read = file.read_at(&mut bytes, at)?;
+        bytes.truncate(read);
+        let mut used = 0;
+        while bytes.len() - used >= 4 {
+            let len =
+                u32::from_le_bytes(bytes[used..used + 4].try_into().expect("4 bytes")) as usize;
+            if !(FIXED..=ENTRY_BYTES_MAX).contains(&len) || bytes.len() - used < len {
+                break;
+            }
+            let entry = Entry::decode(&bytes[used..used + len]).ok_or_else(|| {
+                std::io::Error::other(format!(
+                    "history entry at {} of partition {partition} cannot be read",
+                    scan.next + used as u64
+                ))
+            })?;
+            scan.entries.push((scan.next + used as u64, entry));
+            used += len;
+        }
+        scan.next += used as u64;
+        budget = budget.saturating_sub(used);
+        // A segment read to its end goes on in the next one.
+        let next_segment = all.get(index + 1).map(|(start, _)| *start);
+        match next_segment {
+            Some(next) if scan.next == start + length && budget > 0 => {
+                scan.next = next;
+                index += 1;
+            }
+            _ => return Ok(scan),
+        }
+    }
+}
+
+/// Where `partition`'s history ends on disk now (what a scan could reach).
+pub fn end_of(data_dir: &Path, partition: u16) -> std::io::Result<u64> {
+    let all = segments(&partition_dir(data_dir, partition))?;
+    match all.last() {
+        Some((start, path)) => Ok(start + fs::metadata(path)?.len()),
+        None => Ok(0),
+    }
 }
 
 /// Why a walk back through a level's history stopped.
@@ -542,7 +658,13 @@ mod tests {
                     ..Numbers::default()
                 },
             };
-            head = writer.append(&fixed, &format!("e{t}"), "pos").unwrap();
+            let level = Level {
+                sku: "A",
+                location: "S1",
+            };
+            head = writer
+                .append(&fixed, &format!("e{t}"), "pos", level)
+                .unwrap();
         }
         writer.flush().unwrap();
         head
@@ -573,6 +695,69 @@ mod tests {
             let (numbers, _) = reader.as_of(head, at).unwrap().unwrap();
             assert_eq!(numbers.on_hand, t + 1, "as of {t}.5 s");
         }
+    }
+
+    #[test]
+    fn a_scan_reads_every_entry_once_in_order_across_segments_and_stops_at_a_torn_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut writer = HistoryWriter::open_with(dir.path(), 1, 0, 1000).unwrap();
+        write(&mut writer, 0..100, 0);
+        // Budgets smaller than a segment, and than an entry.
+        for budget in [1, 150, 700, 5000] {
+            let (mut seen, mut from) = (Vec::new(), 0);
+            loop {
+                let scan = scan(dir.path(), 1, from, budget).unwrap();
+                assert!(scan.deleted.is_none());
+                if scan.entries.is_empty() {
+                    break;
+                }
+                seen.extend(scan.entries.into_iter().map(|(_, e)| e));
+                from = scan.next;
+            }
+            let ids: Vec<String> = seen.iter().map(|e| e.event_id.clone()).collect();
+            let want: Vec<String> = (0..100).map(|t| format!("e{t}")).collect();
+            assert_eq!(ids, want, "budget {budget}");
+            assert!(seen.iter().all(
+                |e| (e.sku.as_str(), e.location.as_str(), e.by.as_str()) == ("A", "S1", "pos")
+            ));
+            assert_eq!(from, end_of(dir.path(), 1).unwrap());
+        }
+        // Half an entry written: the scan stops before it, and reads it
+        // once it is whole.
+        let end = end_of(dir.path(), 1).unwrap();
+        let mut bytes = Vec::new();
+        let level = Level {
+            sku: "B",
+            location: "S2",
+        };
+        let fixed = scan(dir.path(), 1, 0, 1).unwrap().entries[0].1.fixed;
+        fixed.encode("torn", "", level, &mut bytes);
+        let (last, _) = segments(&partition_dir(dir.path(), 1))
+            .unwrap()
+            .pop()
+            .unwrap();
+        let path = partition_dir(dir.path(), 1).join(format!("{last:020}.hist"));
+        let mut file = fs::OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(&bytes[..bytes.len() / 2]).unwrap();
+        let torn = scan(dir.path(), 1, end, 1 << 20).unwrap();
+        assert!(torn.entries.is_empty());
+        assert_eq!(torn.next, end);
+        file.write_all(&bytes[bytes.len() / 2..]).unwrap();
+        let whole = scan(dir.path(), 1, end, 1 << 20).unwrap();
+        assert_eq!(whole.entries.len(), 1);
+        assert_eq!(
+            (
+                whole.entries[0].1.event_id.as_str(),
+                whole.entries[0].1.sku.as_str()
+            ),
+            ("torn", "B")
+        );
+        // Compacted away: the scan says what it skipped.
+        compact(dir.path(), 1, Timestamp(50 * SECOND)).unwrap();
+        let after = scan(dir.path(), 1, 0, 1 << 20).unwrap();
+        let (from, to) = after.deleted.unwrap();
+        assert_eq!(from, 0);
+        assert_eq!(after.entries[0].0, to);
     }
 
     #[test]

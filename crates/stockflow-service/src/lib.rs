@@ -18,6 +18,7 @@ pub mod links;
 pub mod metrics;
 pub mod receipt;
 pub mod scenario;
+pub mod sinks;
 pub mod sources;
 pub mod stream;
 pub mod tls;

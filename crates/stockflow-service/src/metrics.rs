@@ -74,6 +74,22 @@ fn describe() {
         "Messages taken over a link that could not be read at all, kept whole as dead letters."
     );
     describe_gauge!(
+        "stockflow_sink_connected",
+        "1 while a sink (PostgreSQL) is connected, else 0."
+    );
+    describe_gauge!(
+        "stockflow_sink_behind_bytes",
+        "History bytes written and not yet committed to the sink (0: caught up)."
+    );
+    describe_counter!(
+        "stockflow_sink_rows_total",
+        "History rows committed to the sink."
+    );
+    describe_counter!(
+        "stockflow_sink_skipped_bytes_total",
+        "History the retention deleted before the sink had it."
+    );
+    describe_gauge!(
         "stockflow_link_connected",
         "1 while a link (a RabbitMQ queue) is connected, else 0."
     );

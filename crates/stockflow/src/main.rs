@@ -204,6 +204,19 @@ enum Command {
         tls_client_ca: Option<PathBuf>,
         #[command(flatten, next_help_heading = "RabbitMQ ingest")]
         amqp: AmqpArgs,
+        /// Keep PostgreSQL tables of the levels and their history
+        /// (postgres://user:password@host:5432/database; created if
+        /// missing): each batch one transaction with the sink's position,
+        /// so they catch up exactly after a crash of either side. Status:
+        /// GET /v1/sinks. Embedded mode only.
+        #[arg(
+            long,
+            env = "STOCKFLOW_SINK_POSTGRES",
+            hide_env_values = true,
+            conflicts_with = "kafka",
+            help_heading = "Sinks"
+        )]
+        sink_postgres: Option<String>,
         #[command(flatten, next_help_heading = "Kafka mode (with --kafka)")]
         kafka: KafkaArgs,
     },
@@ -532,8 +545,8 @@ struct AmqpArgs {
     /// Consume RabbitMQ queues at this broker
     /// (amqp://user:password@host:5672/vhost, `%2f` for the default vhost).
     /// Each message is acknowledged once its events are durable; one that
-    /// cannot be read becomes a dead letter (source `amqp:QUEUE`) and is
-    /// acknowledged too.
+    /// cannot be read becomes a dead letter (source `amqp:FORMAT:QUEUE`)
+    /// and is acknowledged too.
     #[arg(
         long,
         env = "STOCKFLOW_AMQP_URL",
@@ -613,10 +626,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
             tls_ca_file,
             tls_client_ca,
             amqp,
+            sink_postgres,
             kafka,
         } => {
             let mut config = Config::new(data_dir);
             config.amqp = amqp.settings();
+            config.sink_postgres = sink_postgres.map(stockflow_service::config::Secret);
             config.metrics_open = metrics_without_auth;
             config.cors_origins = cors_origins;
             if let Some(file) = &kafka.cluster_secret_file {

@@ -29,6 +29,7 @@ pub struct Server {
 impl Server {
     /// Recovers the data directory, starts the write path and listens.
     pub async fn start(config: Config, listen: SocketAddr) -> anyhow::Result<Server> {
+        stockflow_http::amqp::check(&config)?;
         let recovering = config.clone();
         let recovered = tokio::task::spawn_blocking(move || recover(&recovering)).await??;
         let pipeline = Arc::new(Pipeline::start(&config, recovered)?);
@@ -50,6 +51,7 @@ impl Server {
         stockflow_http::bootstrap::load(&*state).await?;
         stockflow_http::webhooks::start(state.clone(), state.config.webhooks.clone())?;
         stockflow_http::amqp::start(state.clone())?;
+        stockflow_embedded::sink::start(&state.config, pipeline.shared.partition_count())?;
         let simulator = state.simulator.clone();
         let limits = stockflow_http::serve::ConnectionLimits::of(&state.config);
         let tls = state.config.tls.clone();

@@ -50,7 +50,8 @@ use stockflow_service::stream::Draft;
 /// 3: each partition's checkpoint part has its own log position.
 /// 4: holds live at their level.
 /// 5: who made each change (`by`) in log records, checkpoints, history.
-const FORMAT: u32 = 5;
+/// 6: history entries name their level (for sinks reading them in order).
+const FORMAT: u32 = 6;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct DataDirMeta {

@@ -16,7 +16,7 @@ use crate::crash::serve;
 use crate::{free_port, get};
 
 /// GET `path` as text: (status, body).
-async fn get_text(url: &str, path: &str) -> (u16, String) {
+pub async fn get_text(url: &str, path: &str) -> (u16, String) {
     let answer = reqwest::get(format!("{url}{path}"))
         .await
         .expect("server reachable");
@@ -401,4 +401,130 @@ pub async fn wait_links(url: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value
         assert!(Instant::now() < deadline, "links: {ready}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_letter_keeps_its_messages_parameters_and_a_message_of_nothing_is_kept() {
+    let tag: u32 = rand::random();
+    let (lines, rows) = (
+        format!("stockflow-test-{tag}.lines"),
+        format!("stockflow-test-{tag}.rows"),
+    );
+    let _queues = Queues(vec![lines.clone(), rows.clone()]);
+    let dir = tempfile::tempdir().unwrap();
+    let server = crate::start(dir.path(), |config| {
+        config.amqp = Some(stockflow_service::config::Amqp {
+            url: BROKER.to_owned(),
+            queues: [("order-line", &lines), ("csv", &rows)]
+                .map(|(format, queue)| stockflow_service::config::AmqpQueue {
+                    format: format.to_owned(),
+                    queue: queue.clone(),
+                })
+                .to_vec(),
+            prefetch: 100,
+        });
+    })
+    .await;
+    let url = server.url();
+    wait_links(&url, |links| {
+        links.len() == 2 && links.iter().all(|l| l["state"] == "connected")
+    })
+    .await;
+    let csv = "sku,locationId,eventType,quantity,timestamp,eventId\n";
+    let messages = [
+        // An order line for STORE-7 (its header), with a quantity that
+        // is no number; and a good one, a number header.
+        json!({"queue": lines, "headers": {"locationId": "STORE-7"},
+            "body": json!({"orderId": "r1", "productId": "RP1", "quantity": "abc",
+                "timestamp": "2026-12-01T10:00:00Z"}).to_string()}),
+        json!({"queue": lines, "headers": {"locationId": 7},
+            "body": json!({"orderId": "r2", "productId": "RP1", "quantity": 1,
+                "timestamp": "2026-12-01T10:00:00Z"}).to_string()}),
+        // CSV: rows with their header (two events), a row alone (nothing
+        // to read: kept), the header alone (kept).
+        json!({"queue": rows, "body": format!("{csv}CSV1,L1,RECEIPT,5,2026-12-01T10:00:00Z,c-1\nCSV1,L1,SALE,2,2026-12-01T10:01:00Z,c-2\n")}),
+        json!({"queue": rows, "body": "CSV1,L1,RECEIPT,9,2026-12-01T10:02:00Z,c-3\n"}),
+        json!({"queue": rows, "body": csv}),
+    ];
+    let input: String = messages.iter().map(|m| format!("{m}\n")).collect();
+    client(&["publish"], Some(&input));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let letters = loop {
+        let (_, page) = get(&url, "/v1/dead-letters").await;
+        let letters = page["deadLetters"].as_array().cloned().unwrap_or_default();
+        if letters.len() == 3 {
+            break letters;
+        }
+        assert!(Instant::now() < deadline, "{page}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (_, level) = get(&url, "/v1/stock/CSV1/L1").await;
+    assert_eq!(level["onHand"], 3, "{level}");
+    let (_, level) = get(&url, "/v1/stock/RP1/7").await;
+    assert_eq!(
+        level["onHand"], -1,
+        "a number header is a parameter: {level}"
+    );
+    let of = |needle: &str| {
+        letters
+            .iter()
+            .find(|l| l["payload"].as_str().unwrap().contains(needle))
+            .unwrap_or_else(|| panic!("{needle}: {letters:?}"))
+            .clone()
+    };
+    for needle in ["c-3", "sku,locationId"] {
+        let letter = of(needle);
+        assert!(
+            letter["reason"]
+                .as_str()
+                .unwrap()
+                .contains("holds no events"),
+            "{letter}"
+        );
+    }
+    // The order line's letter says its parameters, and its replay reads
+    // them: the fulfilment lands at STORE-7.
+    let letter = of("abc");
+    let source = letter["source"].as_str().unwrap();
+    assert_eq!(
+        source,
+        format!("amqp:order-line:{lines}?locationId=STORE-7")
+    );
+    let corrected = json!({"orderId": "r1", "productId": "RP1", "quantity": 2,
+        "timestamp": "2026-12-01T10:00:00Z"});
+    let (status, replayed) = crate::post_json(
+        &url,
+        &format!("/v1/dead-letters/{}/replay", letter["id"]),
+        corrected,
+    )
+    .await;
+    assert_eq!(
+        (status, &replayed["resolved"]),
+        (200, &json!(true)),
+        "{replayed}"
+    );
+    let (_, level) = get(&url, "/v1/stock/RP1/STORE-7").await;
+    assert_eq!(level["onHand"], -2, "{level}");
+    server.stop().await.unwrap();
+}
+
+#[test]
+fn a_queue_given_twice_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_stockflow"))
+        .args(["serve", "--data-dir", dir.path().to_str().unwrap()])
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--amqp", BROKER])
+        .args([
+            "--amqp-queue",
+            "canonical=twice",
+            "--amqp-queue",
+            "store-item=twice",
+        ])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{said}");
+    assert!(said.contains("\"twice\" is given twice"), "{said}");
+    assert!(!said.contains("guest:guest"), "{said}");
 }

@@ -22,6 +22,7 @@ mod parity;
 /// The reference model of orders' holds, shared with the core's tests.
 #[path = "../../../stockflow-core/tests/it/reference.rs"]
 pub mod reference;
+mod sink;
 mod sources;
 pub mod stream;
 pub mod tls;

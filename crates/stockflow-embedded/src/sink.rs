@@ -1,0 +1,358 @@
+//! The PostgreSQL sink (`serve --sink-postgres URL`): every level change
+//! the engine records in its history files, as rows of `level_history`,
+//! and each level's newest numbers in `stock_levels`.
+//!
+//! It reads the history files in the order they were written, from its
+//! own position (per partition), never from memory: a sink that is
+//! behind holds no more than one batch. Each batch is one transaction
+//! that inserts the rows, upserts the levels and moves the position rows
+//! (`stockflow_sink_positions`), so after a crash of either side the
+//! tables go on from exactly where the last commit left them: nothing
+//! missing, nothing twice. History files are rewritten identically by a
+//! restart's replay, so a position stays valid across crashes.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use stockflow_core::Timestamp;
+use stockflow_service::history::{self, outcome_name, Entry};
+use stockflow_service::sinks::{Sinks, State};
+use tokio_postgres::{Client, NoTls};
+
+const KIND: &str = "postgres";
+/// History read for one transaction at most, over all partitions.
+const BATCH_BYTES_MAX: usize = 16 << 20;
+/// How long an idle sink waits before it looks for new history.
+const IDLE: Duration = Duration::from_millis(100);
+const BACKOFF_MIN: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// The tables, created if missing. Documented in the README.
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS stock_levels (
+    sku text NOT NULL,
+    location_id text NOT NULL,
+    on_hand bigint NOT NULL,
+    reserved bigint NOT NULL,
+    in_transit bigint NOT NULL,
+    last_event_id text NOT NULL,
+    updated_at timestamptz NOT NULL,
+    PRIMARY KEY (sku, location_id)
+);
+CREATE TABLE IF NOT EXISTS level_history (
+    partition smallint NOT NULL,
+    history_offset bigint NOT NULL,
+    event_id text NOT NULL,
+    event_type text NOT NULL,
+    sku text NOT NULL,
+    location_id text NOT NULL,
+    part text NOT NULL,
+    quantity bigint NOT NULL,
+    outcome text NOT NULL,
+    event_time timestamptz NOT NULL,
+    processed_at timestamptz NOT NULL,
+    on_hand bigint NOT NULL,
+    reserved bigint NOT NULL,
+    in_transit bigint NOT NULL,
+    sent_by text NOT NULL,
+    PRIMARY KEY (partition, history_offset)
+);
+CREATE INDEX IF NOT EXISTS level_history_level ON level_history (sku, location_id);
+CREATE TABLE IF NOT EXISTS stockflow_sink_positions (
+    partition smallint PRIMARY KEY,
+    history_offset bigint NOT NULL,
+    updated_at timestamptz NOT NULL
+);
+";
+
+/// Checks the URL and starts the sink, if the config has one.
+pub fn start(config: &stockflow_service::config::Config, partitions: u16) -> anyhow::Result<()> {
+    let Some(url) = &config.sink_postgres else {
+        return Ok(());
+    };
+    let settings: tokio_postgres::Config = url.0.parse().map_err(|e| {
+        anyhow::anyhow!("--sink-postgres is not a PostgreSQL URL ({e}); expected postgres://user:password@host:5432/database")
+    })?;
+    let target = target_of(&settings);
+    config.sinks.add(KIND, &target);
+    tracing::info!(%target, "sinking history to PostgreSQL");
+    let sink = Sink {
+        settings,
+        data_dir: config.data_dir.clone(),
+        partitions,
+        sinks: config.sinks.clone(),
+        positions: parking_lot::Mutex::new(vec![0; partitions as usize]),
+    };
+    tokio::spawn(sink.run());
+    Ok(())
+}
+
+/// The database as `/v1/sinks` shows it: never the user or password.
+fn target_of(settings: &tokio_postgres::Config) -> String {
+    let host = match settings.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+        Some(tokio_postgres::config::Host::Unix(path)) => path.display().to_string(),
+        None => "localhost".to_owned(),
+    };
+    let port = settings.get_ports().first().copied().unwrap_or(5432);
+    let database = settings
+        .get_dbname()
+        .or(settings.get_user())
+        .unwrap_or("postgres");
+    format!("postgres://{host}:{port}/{database}")
+}
+
+struct Sink {
+    settings: tokio_postgres::Config,
+    data_dir: PathBuf,
+    partitions: u16,
+    sinks: Sinks,
+    /// The positions of the last commit seen (0 before the database was
+    /// first reached), for how far behind the sink is.
+    positions: parking_lot::Mutex<Vec<u64>>,
+}
+
+impl Sink {
+    /// Sinks until the process ends, reconnecting with backoff.
+    async fn run(self) {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            self.sinks.set(KIND, State::Connecting, None);
+            let (was_connected, error) = self.session().await;
+            tracing::warn!(%error, "PostgreSQL sink down; reconnecting");
+            self.sinks.set(KIND, State::Disconnected, Some(error));
+            if was_connected {
+                backoff = BACKOFF_MIN;
+            }
+            // Lag keeps counting while the database is away.
+            self.show_behind().await;
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// One connection's life: (whether it got as far as sinking, why it
+    /// ended).
+    async fn session(&self) -> (bool, String) {
+        let (mut client, connection) = match self.settings.connect(NoTls).await {
+            Ok(pair) => pair,
+            Err(e) => return (false, format!("cannot connect: {e}")),
+        };
+        let driver = tokio::spawn(connection);
+        let result = self.sink(&mut client).await;
+        driver.abort();
+        result
+    }
+
+    async fn sink(&self, client: &mut Client) -> (bool, String) {
+        if let Err(e) = client.batch_execute(SCHEMA).await {
+            return (false, format!("cannot create the tables: {e}"));
+        }
+        let mut positions = match load_positions(client, self.partitions).await {
+            Ok(positions) => positions,
+            Err(e) => return (false, format!("cannot read the positions: {e}")),
+        };
+        *self.positions.lock() = positions.clone();
+        self.sinks.set(KIND, State::Connected, None);
+        tracing::info!("PostgreSQL sink connected");
+        loop {
+            let (data_dir, partitions, from) =
+                (self.data_dir.clone(), self.partitions, positions.clone());
+            let read =
+                tokio::task::spawn_blocking(move || read_batch(&data_dir, partitions, &from))
+                    .await
+                    .expect("the reader does not panic");
+            let batch = match read {
+                Ok(batch) => batch,
+                Err(e) => return (true, format!("cannot read the history files: {e}")),
+            };
+            if batch.skipped > 0 {
+                tracing::warn!(
+                    bytes = batch.skipped,
+                    "history was deleted by the retention before the sink had it"
+                );
+                self.sinks.skipped(KIND, batch.skipped);
+            }
+            if batch.next == positions {
+                self.show_behind().await;
+                tokio::time::sleep(IDLE).await;
+                continue;
+            }
+            if let Err(e) = commit(client, &positions, &batch).await {
+                return (true, format!("cannot commit a batch: {e:#}"));
+            }
+            self.sinks.committed(KIND, batch.entries.len() as u64);
+            positions = batch.next;
+            *self.positions.lock() = positions.clone();
+            self.show_behind().await;
+        }
+    }
+
+    /// Shows how many history bytes are not yet sunk: the files' ends
+    /// past the last committed positions.
+    async fn show_behind(&self) {
+        let (data_dir, positions) = (self.data_dir.clone(), self.positions.lock().clone());
+        let behind = tokio::task::spawn_blocking(move || {
+            let mut behind = 0;
+            for (p, position) in positions.iter().enumerate() {
+                let end = history::end_of(&data_dir, p as u16)?;
+                behind += end.saturating_sub(*position);
+            }
+            Ok::<_, std::io::Error>(behind)
+        })
+        .await
+        .expect("the reader does not panic");
+        if let Ok(behind) = behind {
+            self.sinks.behind(KIND, behind);
+        }
+    }
+}
+
+/// The positions the database has (0 for a partition it has none of).
+async fn load_positions(
+    client: &Client,
+    partitions: u16,
+) -> Result<Vec<u64>, tokio_postgres::Error> {
+    let mut positions = vec![0u64; partitions as usize];
+    for row in client
+        .query(
+            "SELECT partition, history_offset FROM stockflow_sink_positions",
+            &[],
+        )
+        .await?
+    {
+        let (p, offset): (i16, i64) = (row.get(0), row.get(1));
+        if let Some(position) = positions.get_mut(p as usize) {
+            *position = offset as u64;
+        }
+    }
+    Ok(positions)
+}
+
+/// History entries of every partition from `from` on, and where each
+/// partition goes on next.
+struct Batch {
+    entries: Vec<(u16, u64, Entry)>,
+    next: Vec<u64>,
+    skipped: u64,
+}
+
+fn read_batch(data_dir: &std::path::Path, partitions: u16, from: &[u64]) -> std::io::Result<Batch> {
+    let mut batch = Batch {
+        entries: Vec::new(),
+        next: from.to_vec(),
+        skipped: 0,
+    };
+    let share = (BATCH_BYTES_MAX / partitions.max(1) as usize).max(1);
+    for p in 0..partitions {
+        let scan = history::scan(data_dir, p, from[p as usize], share)?;
+        if let Some((gone_from, gone_to)) = scan.deleted {
+            batch.skipped += gone_to - gone_from;
+        }
+        batch.next[p as usize] = scan.next;
+        batch
+            .entries
+            .extend(scan.entries.into_iter().map(|(offset, e)| (p, offset, e)));
+    }
+    Ok(batch)
+}
+
+fn time(t: Timestamp) -> DateTime<Utc> {
+    DateTime::from_timestamp_nanos(t.0)
+}
+
+/// One transaction: the positions are still `from` (no other writer
+/// moved them), the rows, the levels' newest numbers, the new positions.
+async fn commit(client: &mut Client, from: &[u64], batch: &Batch) -> anyhow::Result<()> {
+    let tx = client.transaction().await?;
+    let partitions: Vec<i16> = (0..from.len() as i16).collect();
+    // Lock the position rows; another writer having moved one means this
+    // batch is not the next: give up and start again from what is there.
+    tx.execute(
+        "INSERT INTO stockflow_sink_positions SELECT p, 0, now() FROM unnest($1::int2[]) AS t(p) ON CONFLICT DO NOTHING",
+        &[&partitions],
+    )
+    .await?;
+    let rows = tx
+        .query(
+            "SELECT partition, history_offset FROM stockflow_sink_positions ORDER BY partition FOR UPDATE",
+            &[],
+        )
+        .await?;
+    for row in rows {
+        let (p, offset): (i16, i64) = (row.get(0), row.get(1));
+        if from.get(p as usize).is_some_and(|f| *f as i64 != offset) {
+            tx.rollback().await?;
+            anyhow::bail!("another writer moved the sink's position of partition {p}; reading the positions again");
+        }
+    }
+    let n = batch.entries.len();
+    let mut partition = Vec::with_capacity(n);
+    let mut offset = Vec::with_capacity(n);
+    let mut event_id = Vec::with_capacity(n);
+    let mut event_type = Vec::with_capacity(n);
+    let mut sku = Vec::with_capacity(n);
+    let mut location = Vec::with_capacity(n);
+    let mut part = Vec::with_capacity(n);
+    let mut quantity = Vec::with_capacity(n);
+    let mut outcome = Vec::with_capacity(n);
+    let mut event_time = Vec::with_capacity(n);
+    let mut processed = Vec::with_capacity(n);
+    let (mut on_hand, mut reserved, mut in_transit) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let mut by = Vec::with_capacity(n);
+    // The newest entry of each level in the batch (entries of a level
+    // are in one partition, in order).
+    let mut newest: HashMap<(&str, &str), usize> = HashMap::new();
+    for (i, (p, at, e)) in batch.entries.iter().enumerate() {
+        partition.push(*p as i16);
+        offset.push(*at as i64);
+        event_id.push(e.event_id.as_str());
+        event_type.push(e.event_type.as_str());
+        sku.push(e.sku.as_str());
+        location.push(e.location.as_str());
+        part.push(if e.in_transit { "in_transit" } else { "level" });
+        quantity.push(e.quantity);
+        outcome.push(outcome_name(e.outcome));
+        event_time.push(time(e.event_time));
+        processed.push(time(e.processed));
+        on_hand.push(e.after.on_hand);
+        reserved.push(e.after.reserved);
+        in_transit.push(e.after.in_transit);
+        by.push(e.by.as_str());
+        newest.insert((e.sku.as_str(), e.location.as_str()), i);
+    }
+    tx.execute(
+        "INSERT INTO level_history SELECT * FROM unnest($1::int2[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::int8[], $9::text[], $10::timestamptz[], $11::timestamptz[], $12::int8[], $13::int8[], $14::int8[], $15::text[])",
+        &[&partition, &offset, &event_id, &event_type, &sku, &location, &part, &quantity, &outcome, &event_time, &processed, &on_hand, &reserved, &in_transit, &by],
+    )
+    .await?;
+    let mut levels: Vec<usize> = newest.into_values().collect();
+    levels.sort_unstable();
+    let pick = |values: &[i64]| levels.iter().map(|i| values[*i]).collect::<Vec<i64>>();
+    fn pick_text<'a>(levels: &[usize], values: &[&'a str]) -> Vec<&'a str> {
+        levels.iter().map(|i| values[*i]).collect()
+    }
+    let updated: Vec<DateTime<Utc>> = levels.iter().map(|i| processed[*i]).collect();
+    tx.execute(
+        "INSERT INTO stock_levels SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::int8[], $6::text[], $7::timestamptz[])
+         ON CONFLICT (sku, location_id) DO UPDATE SET on_hand = EXCLUDED.on_hand, reserved = EXCLUDED.reserved,
+           in_transit = EXCLUDED.in_transit, last_event_id = EXCLUDED.last_event_id, updated_at = EXCLUDED.updated_at",
+        &[&pick_text(&levels, &sku), &pick_text(&levels, &location), &pick(&on_hand), &pick(&reserved), &pick(&in_transit), &pick_text(&levels, &event_id), &updated],
+    )
+    .await?;
+    let next: Vec<i64> = batch.next.iter().map(|n| *n as i64).collect();
+    tx.execute(
+        "UPDATE stockflow_sink_positions AS s SET history_offset = t.o, updated_at = now()
+         FROM unnest($1::int2[], $2::int8[]) AS t(p, o) WHERE s.partition = t.p",
+        &[&partitions, &next],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
