@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use stockflow_core::Timestamp;
+use stockflow_core::{Outcome, Timestamp};
 use stockflow_service::history::{self, outcome_name, Entry};
 use stockflow_service::sinks::{Sinks, State};
 use tokio_postgres::{Client, NoTls};
@@ -37,8 +37,8 @@ CREATE TABLE IF NOT EXISTS stock_levels (
     on_hand bigint NOT NULL,
     reserved bigint NOT NULL,
     in_transit bigint NOT NULL,
-    last_event_id text NOT NULL,
-    updated_at timestamptz NOT NULL,
+    last_event_id text,
+    updated_at timestamptz,
     PRIMARY KEY (sku, location_id)
 );
 CREATE TABLE IF NOT EXISTS level_history (
@@ -65,16 +65,33 @@ CREATE TABLE IF NOT EXISTS stockflow_sink_positions (
     history_offset bigint NOT NULL,
     updated_at timestamptz NOT NULL
 );
+CREATE TABLE IF NOT EXISTS stockflow_sink_meta (
+    key text PRIMARY KEY,
+    value text NOT NULL
+);
 ";
+/// Longest a batch's transaction may take before the connection counts
+/// as lost (a network that drops packets sends no reset).
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Checks the URL and starts the sink, if the config has one.
 pub fn start(config: &stockflow_service::config::Config, partitions: u16) -> anyhow::Result<()> {
     let Some(url) = &config.sink_postgres else {
         return Ok(());
     };
-    let settings: tokio_postgres::Config = url.0.parse().map_err(|e| {
+    let mut settings: tokio_postgres::Config = url.0.parse().map_err(|e| {
         anyhow::anyhow!("--sink-postgres is not a PostgreSQL URL ({e}); expected postgres://user:password@host:5432/database")
     })?;
+    // A database that stops answering (no reset, as in a partition) is
+    // noticed, not waited for.
+    if settings.get_connect_timeout().is_none() {
+        settings.connect_timeout(Duration::from_secs(10));
+    }
+    settings
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(30))
+        .tcp_user_timeout(Duration::from_secs(60));
+    let data_dir_id = crate::recovery::data_dir_id(&config.data_dir)?;
     let target = target_of(&settings);
     config.sinks.add(KIND, &target);
     tracing::info!(%target, "sinking history to PostgreSQL");
@@ -82,6 +99,7 @@ pub fn start(config: &stockflow_service::config::Config, partitions: u16) -> any
         settings,
         data_dir: config.data_dir.clone(),
         partitions,
+        data_dir_id,
         sinks: config.sinks.clone(),
         positions: parking_lot::Mutex::new(vec![0; partitions as usize]),
     };
@@ -108,6 +126,8 @@ struct Sink {
     settings: tokio_postgres::Config,
     data_dir: PathBuf,
     partitions: u16,
+    /// Whose data the database holds (see `recovery::data_dir_id`).
+    data_dir_id: String,
     sinks: Sinks,
     /// The positions of the last commit seen (0 before the database was
     /// first reached), for how far behind the sink is.
@@ -150,10 +170,16 @@ impl Sink {
         if let Err(e) = client.batch_execute(SCHEMA).await {
             return (false, format!("cannot create the tables: {e}"));
         }
+        if let Err(e) = self.claim(client).await {
+            return (false, e);
+        }
         let mut positions = match load_positions(client, self.partitions).await {
             Ok(positions) => positions,
             Err(e) => return (false, format!("cannot read the positions: {e}")),
         };
+        if let Err(e) = self.positions_within_files(&positions).await {
+            return (false, e);
+        }
         *self.positions.lock() = positions.clone();
         self.sinks.set(KIND, State::Connected, None);
         tracing::info!("PostgreSQL sink connected");
@@ -168,6 +194,21 @@ impl Sink {
                 Ok(batch) => batch,
                 Err(e) => return (true, format!("cannot read the history files: {e}")),
             };
+            if batch.next == positions {
+                self.show_behind().await;
+                tokio::time::sleep(IDLE).await;
+                continue;
+            }
+            match tokio::time::timeout(COMMIT_TIMEOUT, commit(client, &positions, &batch)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return (true, format!("cannot commit a batch: {e:#}")),
+                Err(_) => {
+                    return (
+                        true,
+                        format!("a batch took over {} s to commit", COMMIT_TIMEOUT.as_secs()),
+                    )
+                }
+            }
             if batch.skipped > 0 {
                 tracing::warn!(
                     bytes = batch.skipped,
@@ -175,19 +216,56 @@ impl Sink {
                 );
                 self.sinks.skipped(KIND, batch.skipped);
             }
-            if batch.next == positions {
-                self.show_behind().await;
-                tokio::time::sleep(IDLE).await;
-                continue;
-            }
-            if let Err(e) = commit(client, &positions, &batch).await {
-                return (true, format!("cannot commit a batch: {e:#}"));
-            }
             self.sinks.committed(KIND, batch.entries.len() as u64);
             positions = batch.next;
             *self.positions.lock() = positions.clone();
             self.show_behind().await;
         }
+    }
+
+    /// Makes the database this data directory's sink, or says whose it
+    /// is: positions of another directory's files would mean nothing here.
+    async fn claim(&self, client: &Client) -> Result<(), String> {
+        let failed = |e: tokio_postgres::Error| format!("cannot read the sink's owner: {e}");
+        client
+            .execute(
+                "INSERT INTO stockflow_sink_meta VALUES ('data_dir_id', $1) ON CONFLICT DO NOTHING",
+                &[&self.data_dir_id],
+            )
+            .await
+            .map_err(failed)?;
+        let row = client
+            .query_one(
+                "SELECT value FROM stockflow_sink_meta WHERE key = 'data_dir_id'",
+                &[],
+            )
+            .await
+            .map_err(failed)?;
+        let owner: String = row.get(0);
+        if owner != self.data_dir_id {
+            return Err(format!(
+                "this database holds the sink of another data directory (id {owner}, this one is {}); give each data directory a database of its own",
+                self.data_dir_id
+            ));
+        }
+        Ok(())
+    }
+
+    /// Refuses positions past the end of the history files (files lost or
+    /// replaced under the same id): rows would be read from mid-entry.
+    async fn positions_within_files(&self, positions: &[u64]) -> Result<(), String> {
+        let (data_dir, positions) = (self.data_dir.clone(), positions.to_vec());
+        tokio::task::spawn_blocking(move || {
+            for (p, position) in positions.iter().enumerate() {
+                let end = history::end_of(&data_dir, p as u16).map_err(|e| e.to_string())?;
+                if *position > end {
+                    return Err(format!("the sink's position of partition {p} ({position}) is past the end of its history files ({end}): they were lost or replaced; give the sink a new database"));
+                }
+            }
+            Ok(())
+        })
+        .await
+        .expect("the check does not panic")
     }
 
     /// Shows how many history bytes are not yet sunk: the files' ends
@@ -308,7 +386,9 @@ async fn commit(client: &mut Client, from: &[u64], batch: &Batch) -> anyhow::Res
     let mut by = Vec::with_capacity(n);
     // The newest entry of each level in the batch (entries of a level
     // are in one partition, in order).
-    let mut newest: HashMap<(&str, &str), usize> = HashMap::new();
+    // ... and its newest that changed it as the API's `updatedAt` counts
+    // (applied or absorbed).
+    let mut newest: HashMap<(&str, &str), (usize, Option<usize>)> = HashMap::new();
     for (i, (p, at, e)) in batch.entries.iter().enumerate() {
         partition.push(*p as i16);
         offset.push(*at as i64);
@@ -325,25 +405,40 @@ async fn commit(client: &mut Client, from: &[u64], batch: &Batch) -> anyhow::Res
         reserved.push(e.after.reserved);
         in_transit.push(e.after.in_transit);
         by.push(e.by.as_str());
-        newest.insert((e.sku.as_str(), e.location.as_str()), i);
+        let changed = matches!(e.outcome, Outcome::Applied | Outcome::Absorbed);
+        let level = newest
+            .entry((e.sku.as_str(), e.location.as_str()))
+            .or_insert((i, None));
+        level.0 = i;
+        if changed {
+            level.1 = Some(i);
+        }
     }
     tx.execute(
         "INSERT INTO level_history SELECT * FROM unnest($1::int2[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::int8[], $9::text[], $10::timestamptz[], $11::timestamptz[], $12::int8[], $13::int8[], $14::int8[], $15::text[])",
         &[&partition, &offset, &event_id, &event_type, &sku, &location, &part, &quantity, &outcome, &event_time, &processed, &on_hand, &reserved, &in_transit, &by],
     )
     .await?;
-    let mut levels: Vec<usize> = newest.into_values().collect();
-    levels.sort_unstable();
+    let mut newest: Vec<(usize, Option<usize>)> = newest.into_values().collect();
+    newest.sort_unstable();
+    let levels: Vec<usize> = newest.iter().map(|(i, _)| *i).collect();
+    let changed_id: Vec<Option<&str>> =
+        newest.iter().map(|(_, c)| c.map(|c| event_id[c])).collect();
+    let changed_at: Vec<Option<DateTime<Utc>>> = newest
+        .iter()
+        .map(|(_, c)| c.map(|c| processed[c]))
+        .collect();
     let pick = |values: &[i64]| levels.iter().map(|i| values[*i]).collect::<Vec<i64>>();
     fn pick_text<'a>(levels: &[usize], values: &[&'a str]) -> Vec<&'a str> {
         levels.iter().map(|i| values[*i]).collect()
     }
-    let updated: Vec<DateTime<Utc>> = levels.iter().map(|i| processed[*i]).collect();
     tx.execute(
         "INSERT INTO stock_levels SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::int8[], $6::text[], $7::timestamptz[])
          ON CONFLICT (sku, location_id) DO UPDATE SET on_hand = EXCLUDED.on_hand, reserved = EXCLUDED.reserved,
-           in_transit = EXCLUDED.in_transit, last_event_id = EXCLUDED.last_event_id, updated_at = EXCLUDED.updated_at",
-        &[&pick_text(&levels, &sku), &pick_text(&levels, &location), &pick(&on_hand), &pick(&reserved), &pick(&in_transit), &pick_text(&levels, &event_id), &updated],
+           in_transit = EXCLUDED.in_transit,
+           last_event_id = COALESCE(EXCLUDED.last_event_id, stock_levels.last_event_id),
+           updated_at = COALESCE(EXCLUDED.updated_at, stock_levels.updated_at)",
+        &[&pick_text(&levels, &sku), &pick_text(&levels, &location), &pick(&on_hand), &pick(&reserved), &pick(&in_transit), &changed_id, &changed_at],
     )
     .await?;
     let next: Vec<i64> = batch.next.iter().map(|n| *n as i64).collect();

@@ -172,6 +172,7 @@ impl Records {
 
 /// A history record read back.
 struct Record<'a> {
+    version: u8,
     from: Positions,
     to: Positions,
     part: u16,
@@ -180,11 +181,14 @@ struct Record<'a> {
 }
 
 fn decode(bytes: &[u8]) -> Option<Record<'_>> {
-    if bytes.len() < HEADER || bytes[0] != VERSION {
+    // Version 2 is still read: a rolling upgrade, and the history an
+    // older build wrote, keep their entries.
+    if bytes.len() < HEADER || !(2..=VERSION).contains(&bytes[0]) {
         return None;
     }
     let i64_at = |at: usize| i64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
     Some(Record {
+        version: bytes[0],
         from: Positions {
             canonical: i64_at(1),
             repartition: i64_at(9),
@@ -199,8 +203,22 @@ fn decode(bytes: &[u8]) -> Option<Record<'_>> {
     })
 }
 
-/// The next entry of `bytes` and the rest.
-fn next_entry(bytes: &[u8]) -> Option<(Entry, &[u8])> {
+/// The next entry of `bytes` (of a record of `version`) and the rest.
+fn next_entry(version: u8, bytes: &[u8]) -> Option<(Entry, &[u8])> {
+    if version == 2 {
+        // sku_len u16 | sku | location_len u16 | location | entry
+        let text = |bytes: &[u8]| -> Option<(String, usize)> {
+            let len = u16::from_le_bytes(bytes.get(..2)?.try_into().ok()?) as usize;
+            let text = std::str::from_utf8(bytes.get(2..2 + len)?).ok()?;
+            Some((text.to_owned(), 2 + len))
+        };
+        let (sku, a) = text(bytes)?;
+        let (location, b) = text(&bytes[a..])?;
+        let rest = &bytes[a + b..];
+        let len = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+        let entry = Entry::decode_without_level(rest.get(..len)?, &sku, &location)?;
+        return Some((entry, &rest[len..]));
+    }
     let len = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
     let entry = Entry::decode(bytes.get(..len)?)?;
     Some((entry, &bytes[len..]))
@@ -698,7 +716,8 @@ impl Local {
         cycle.parts += 1;
         let mut rest = record.entries;
         while !rest.is_empty() {
-            let (mut entry, after) = next_entry(rest).ok_or("an entry cannot be read")?;
+            let (mut entry, after) =
+                next_entry(record.version, rest).ok_or("an entry cannot be read")?;
             rest = after;
             let key = level(&entry.sku, &entry.location);
             let prev = self.heads.get(&key).copied().unwrap_or(0);

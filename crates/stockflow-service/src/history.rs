@@ -423,6 +423,31 @@ impl Entry {
     }
 }
 
+impl Entry {
+    /// An entry of the layout before entries named their level (history
+    /// file format 1, Kafka history records of version 2), whose level
+    /// the record gave beside it.
+    pub fn decode_without_level(bytes: &[u8], sku: &str, location: &str) -> Option<Entry> {
+        const FIXED_BEFORE: usize = FIXED - 4;
+        if bytes.len() < FIXED_BEFORE {
+            return None;
+        }
+        // The same fixed part but for the level's lengths: decode it as
+        // a current entry with an empty level.
+        let by_len = bytes[FIXED_BEFORE - 1];
+        let mut current = Vec::with_capacity(bytes.len() + 4);
+        current.extend_from_slice(&((bytes.len() + 4) as u32).to_le_bytes());
+        current.extend_from_slice(&bytes[4..FIXED_BEFORE - 1]);
+        current.push(by_len);
+        current.extend_from_slice(&[0, 0, 0, 0]);
+        current.extend_from_slice(&bytes[FIXED_BEFORE..]);
+        let mut entry = Entry::decode(&current)?;
+        entry.sku = sku.to_owned();
+        entry.location = location.to_owned();
+        Some(entry)
+    }
+}
+
 /// The longest prefix of `text` of at most `max` bytes, on a character
 /// boundary.
 fn cut(text: &str, max: usize) -> &str {
@@ -499,7 +524,15 @@ pub fn scan(data_dir: &Path, partition: u16, from: u64, bytes_max: usize) -> std
         while bytes.len() - used >= 4 {
             let len =
                 u32::from_le_bytes(bytes[used..used + 4].try_into().expect("4 bytes")) as usize;
-            if !(FIXED..=ENTRY_BYTES_MAX).contains(&len) || bytes.len() - used < len {
+            // A length is written whole before its entry: one out of
+            // range is damage, never an entry still being written.
+            if !(FIXED..=ENTRY_BYTES_MAX).contains(&len) {
+                return Err(std::io::Error::other(format!(
+                    "history of partition {partition} is damaged at offset {}: an entry of {len} bytes",
+                    scan.next + used as u64
+                )));
+            }
+            if bytes.len() - used < len {
                 break;
             }
             let entry = Entry::decode(&bytes[used..used + len]).ok_or_else(|| {
@@ -513,10 +546,11 @@ pub fn scan(data_dir: &Path, partition: u16, from: u64, bytes_max: usize) -> std
         }
         scan.next += used as u64;
         budget = budget.saturating_sub(used);
-        // A segment read to its end goes on in the next one.
+        // A segment read to its end goes on in the next one (which starts
+        // where it ends: a segment being deleted, seen shorter, does not).
         let next_segment = all.get(index + 1).map(|(start, _)| *start);
         match next_segment {
-            Some(next) if scan.next == start + length && budget > 0 => {
+            Some(next) if scan.next == next && budget > 0 => {
                 scan.next = next;
                 index += 1;
             }
@@ -758,6 +792,28 @@ mod tests {
         let (from, to) = after.deleted.unwrap();
         assert_eq!(from, 0);
         assert_eq!(after.entries[0].0, to);
+    }
+
+    #[test]
+    fn an_entry_of_the_layout_before_levels_reads_with_the_level_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut writer = HistoryWriter::open(dir.path(), 0, 0).unwrap();
+        write(&mut writer, 0..1, 0);
+        let now = scan(dir.path(), 0, 0, 1 << 20).unwrap().entries.remove(0).1;
+        // The same entry as format 1 wrote it: no level lengths, no level.
+        let mut current = Vec::new();
+        let nowhere = Level {
+            sku: "",
+            location: "",
+        };
+        now.fixed
+            .encode(&now.event_id, &now.by, nowhere, &mut current);
+        let mut before = Vec::new();
+        before.extend_from_slice(&((current.len() - 4) as u32).to_le_bytes());
+        before.extend_from_slice(&current[4..FIXED - 4]);
+        before.extend_from_slice(&current[FIXED..]);
+        let read = Entry::decode_without_level(&before, "A", "S1").unwrap();
+        assert_eq!(read, now);
     }
 
     #[test]

@@ -57,6 +57,26 @@ const FORMAT: u32 = 6;
 struct DataDirMeta {
     format: u32,
     partitions: u16,
+    /// Names this data directory where its data is copied (the sink's
+    /// database), so that a copy is never taken for another's. Random,
+    /// made with the directory (or by the first start that lacks one).
+    #[serde(default)]
+    id: Option<String>,
+}
+
+/// The id of the data directory `dir` (see [`DataDirMeta::id`]), once a
+/// start has recovered it.
+pub fn data_dir_id(dir: &Path) -> anyhow::Result<String> {
+    let path = dir.join("stockflow.json");
+    let bytes = fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let meta: DataDirMeta =
+        serde_json::from_slice(&bytes).with_context(|| format!("{} is damaged", path.display()))?;
+    meta.id
+        .ok_or_else(|| anyhow::anyhow!("{} has no id yet", path.display()))
+}
+
+fn new_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
 }
 
 /// Everything a restart rebuilt.
@@ -430,12 +450,21 @@ fn partitions_of(dir: &Path, requested: u16) -> anyhow::Result<u16> {
             if meta.partitions != requested {
                 tracing::warn!(stored = meta.partitions, requested, "partition count is fixed when a data directory is created; using the stored one");
             }
-            Ok(meta.partitions)
+            let partitions = meta.partitions;
+            if meta.id.is_none() {
+                let meta = DataDirMeta {
+                    id: Some(new_id()),
+                    ..meta
+                };
+                write_snapshot_json(&path, &meta)?;
+            }
+            Ok(partitions)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let meta = DataDirMeta {
                 format: FORMAT,
                 partitions: requested,
+                id: Some(new_id()),
             };
             write_snapshot_json(&path, &meta)?;
             Ok(requested)

@@ -224,5 +224,20 @@ async fn postgres_tables_equal_the_api_across_kills_of_either_side() {
         assert!(history["nextBefore"].is_null(), "one page holds it");
         assert_eq!(count, entries.len(), "{sku}@{location} (seed={seed})");
     }
+    // Another data directory's server on the same database is refused:
+    // the positions are this one's.
+    let other = tempfile::tempdir().unwrap();
+    let intruder = crate::start(other.path(), |config| {
+        config.sink_postgres = Some(stockflow_service::config::Secret(sink_url.clone()));
+    })
+    .await;
+    let refused = wait_sink(&intruder.url(), "refused", |s| {
+        s["lastError"]
+            .as_str()
+            .is_some_and(|e| e.contains("another data directory"))
+    })
+    .await;
+    assert_ne!(refused["state"], "connected", "{refused}");
+    intruder.stop().await.unwrap();
     drop(server);
 }
