@@ -158,7 +158,7 @@ impl Sink {
     async fn session(&self) -> (bool, String) {
         let (mut client, connection) = match self.settings.connect(NoTls).await {
             Ok(pair) => pair,
-            Err(e) => return (false, format!("cannot connect: {e}")),
+            Err(e) => return (false, format!("cannot connect: {}", said(&e))),
         };
         let driver = tokio::spawn(connection);
         let result = self.sink(&mut client).await;
@@ -168,14 +168,14 @@ impl Sink {
 
     async fn sink(&self, client: &mut Client) -> (bool, String) {
         if let Err(e) = client.batch_execute(SCHEMA).await {
-            return (false, format!("cannot create the tables: {e}"));
+            return (false, format!("cannot create the tables: {}", said(&e)));
         }
         if let Err(e) = self.claim(client).await {
             return (false, e);
         }
         let mut positions = match load_positions(client, self.partitions).await {
             Ok(positions) => positions,
-            Err(e) => return (false, format!("cannot read the positions: {e}")),
+            Err(e) => return (false, format!("cannot read the positions: {}", said(&e))),
         };
         if let Err(e) = self.positions_within_files(&positions).await {
             return (false, e);
@@ -201,7 +201,13 @@ impl Sink {
             }
             match tokio::time::timeout(COMMIT_TIMEOUT, commit(client, &positions, &batch)).await {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => return (true, format!("cannot commit a batch: {e:#}")),
+                Ok(Err(e)) => {
+                    let why = match e.downcast_ref::<tokio_postgres::Error>() {
+                        Some(e) => said(e),
+                        None => format!("{e:#}"),
+                    };
+                    return (true, format!("cannot commit a batch: {why}"));
+                }
                 Err(_) => {
                     return (
                         true,
@@ -226,7 +232,8 @@ impl Sink {
     /// Makes the database this data directory's sink, or says whose it
     /// is: positions of another directory's files would mean nothing here.
     async fn claim(&self, client: &Client) -> Result<(), String> {
-        let failed = |e: tokio_postgres::Error| format!("cannot read the sink's owner: {e}");
+        let failed =
+            |e: tokio_postgres::Error| format!("cannot read the sink's owner: {}", said(&e));
         client
             .execute(
                 "INSERT INTO stockflow_sink_meta VALUES ('data_dir_id', $1) ON CONFLICT DO NOTHING",
@@ -337,6 +344,18 @@ fn read_batch(data_dir: &std::path::Path, partitions: u16, from: &[u64]) -> std:
     Ok(batch)
 }
 
+/// What PostgreSQL said: tokio-postgres shows a server's refusal as "db
+/// error", with the server's message only in its source.
+fn said(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{e}: {}", db.message()),
+        None => match std::error::Error::source(e) {
+            Some(source) => format!("{e}: {source}"),
+            None => e.to_string(),
+        },
+    }
+}
+
 fn time(t: Timestamp) -> DateTime<Utc> {
     DateTime::from_timestamp_nanos(t.0)
 }
@@ -414,11 +433,56 @@ async fn commit(client: &mut Client, from: &[u64], batch: &Batch) -> anyhow::Res
             level.1 = Some(i);
         }
     }
-    tx.execute(
-        "INSERT INTO level_history SELECT * FROM unnest($1::int2[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::int8[], $9::text[], $10::timestamptz[], $11::timestamptz[], $12::int8[], $13::int8[], $14::int8[], $15::text[])",
-        &[&partition, &offset, &event_id, &event_type, &sku, &location, &part, &quantity, &outcome, &event_time, &processed, &on_hand, &reserved, &in_transit, &by],
-    )
-    .await?;
+    // The rows by binary COPY: the fastest way in, several times an
+    // INSERT's rate.
+    let copy = tx
+        .copy_in(
+            "COPY level_history (partition, history_offset, event_id, event_type, sku, location_id, part, quantity, outcome, event_time, processed_at, on_hand, reserved, in_transit, sent_by) FROM STDIN BINARY",
+        )
+        .await?;
+    use tokio_postgres::types::Type;
+    let types = [
+        Type::INT2,
+        Type::INT8,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::INT8,
+        Type::TEXT,
+        Type::TIMESTAMPTZ,
+        Type::TIMESTAMPTZ,
+        Type::INT8,
+        Type::INT8,
+        Type::INT8,
+        Type::TEXT,
+    ];
+    let writer = tokio_postgres::binary_copy::BinaryCopyInWriter::new(copy, &types);
+    let mut writer = std::pin::pin!(writer);
+    for i in 0..n {
+        writer
+            .as_mut()
+            .write(&[
+                &partition[i],
+                &offset[i],
+                &event_id[i],
+                &event_type[i],
+                &sku[i],
+                &location[i],
+                &part[i],
+                &quantity[i],
+                &outcome[i],
+                &event_time[i],
+                &processed[i],
+                &on_hand[i],
+                &reserved[i],
+                &in_transit[i],
+                &by[i],
+            ])
+            .await?;
+    }
+    writer.finish().await?;
     let mut newest: Vec<(usize, Option<usize>)> = newest.into_values().collect();
     newest.sort_unstable();
     let levels: Vec<usize> = newest.iter().map(|(i, _)| *i).collect();
