@@ -502,9 +502,10 @@ pub struct Sinks {
 #[derive(serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Sink {
-    /// `postgres`.
+    #[schema(pattern = "^(postgres|lake)$")]
     kind: String,
-    /// `postgres://host:port/database`, never with the credentials.
+    /// `postgres://host:port/database`, never with the credentials; the
+    /// lake's directory.
     target: String,
     #[schema(pattern = "^(connecting|connected|disconnected)$")]
     state: String,

@@ -104,6 +104,16 @@ pub struct Config {
     pub sink_postgres: Option<Secret>,
     /// The state of the sinks (shared by every clone).
     pub sinks: crate::sinks::Sinks,
+    /// The Parquet lake the history is written to (`serve --lake`).
+    pub lake: Option<Lake>,
+}
+
+/// `serve --lake DIR --lake-flush-seconds N`.
+#[derive(Clone, Debug)]
+pub struct Lake {
+    pub dir: PathBuf,
+    /// The oldest history not yet in a file may be this old.
+    pub flush: std::time::Duration,
 }
 
 /// A setting that holds a secret (a URL with a password): `Debug` never
@@ -159,6 +169,7 @@ impl Config {
             links: crate::links::Links::default(),
             sink_postgres: None,
             sinks: crate::sinks::Sinks::default(),
+            lake: None,
         }
     }
 }

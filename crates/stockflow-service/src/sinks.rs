@@ -1,4 +1,4 @@
-//! The state of the server's sinks (`serve --sink-postgres`), as
+//! The state of the server's sinks (`serve --sink-postgres`, `--lake`), as
 //! `GET /v1/sinks`, `/metrics` and the dashboard show them. One registry
 //! per server, shared by the clones of its config; the sink tasks write
 //! it, the HTTP layer reads it.
@@ -15,9 +15,10 @@ pub use crate::links::State;
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Sink {
-    /// `postgres`.
+    /// `postgres` or `lake`.
     pub kind: &'static str,
-    /// Where it writes, without credentials (`postgres://host:5432/db`).
+    /// Where it writes, without credentials (`postgres://host:5432/db`,
+    /// the lake's directory).
     pub target: String,
     pub state: State,
     /// When `state` was entered (RFC 3339).

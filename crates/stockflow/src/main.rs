@@ -218,6 +218,30 @@ enum Command {
             help_heading = "Sinks"
         )]
         sink_postgres: Option<String>,
+        /// Write every history entry (applied or rejected event, with the
+        /// level after it) as Parquet files in this directory, one
+        /// folder per UTC day (`day=YYYY-MM-DD`); files appear whole
+        /// (written, then renamed) and a restart goes on where the last
+        /// file ended. Status: GET /v1/sinks. Embedded mode only.
+        #[arg(
+            long,
+            env = "STOCKFLOW_LAKE",
+            value_name = "DIR",
+            conflicts_with = "kafka",
+            help_heading = "Sinks"
+        )]
+        lake: Option<PathBuf>,
+        /// The longest an event waits for its lake file: history is
+        /// written to a file once it is this old (or fills a file).
+        #[arg(
+            long,
+            env = "STOCKFLOW_LAKE_FLUSH_SECONDS",
+            default_value_t = 60,
+            value_parser = clap::value_parser!(u64).range(1..=86_400),
+            requires = "lake",
+            help_heading = "Sinks"
+        )]
+        lake_flush_seconds: u64,
         #[command(flatten, next_help_heading = "Kafka mode (with --kafka)")]
         kafka: KafkaArgs,
     },
@@ -628,11 +652,17 @@ async fn run(command: Command) -> anyhow::Result<()> {
             tls_client_ca,
             amqp,
             sink_postgres,
+            lake,
+            lake_flush_seconds,
             kafka,
         } => {
             let mut config = Config::new(data_dir);
             config.amqp = amqp.settings();
             config.sink_postgres = sink_postgres.map(stockflow_service::config::Secret);
+            config.lake = lake.map(|dir| stockflow_service::config::Lake {
+                dir,
+                flush: std::time::Duration::from_secs(lake_flush_seconds),
+            });
             config.metrics_open = metrics_without_auth;
             config.cors_origins = cors_origins;
             if let Some(file) = &kafka.cluster_secret_file {

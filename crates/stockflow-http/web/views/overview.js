@@ -1,6 +1,7 @@
 // Overview: throughput and commit latency over time, stock totals, the
 // live feed of alerts, when each source was last heard from, and the
-// state of the links to other systems (RabbitMQ queues), if any.
+// state of the links to other systems (RabbitMQ queues) and of the
+// sinks (PostgreSQL, the Parquet lake), if any.
 
 import { api, all, live, every, coalesce, h, fill, num, ago, time, table, problem } from '../api.js';
 import { lineChart } from '../chart.js';
@@ -30,6 +31,7 @@ export function mount(main) {
   const feed = h('ul', { class: 'feed', 'aria-live': 'polite', 'data-testid': 'alert-feed' });
   const sources = h('div', {});
   const links = h('section', { class: 'panel', hidden: true, 'data-testid': 'links' });
+  const sinks = h('section', { class: 'panel', hidden: true, 'data-testid': 'sinks' });
   const errors = h('div', {});
   fill(main,
     h('h1', {}, 'Overview'),
@@ -41,7 +43,8 @@ export function mount(main) {
     h('div', { class: 'two' },
       h('section', { class: 'panel' }, h('h2', {}, 'Alerts: active, then live'), feed),
       h('section', { class: 'panel' }, h('h2', {}, 'Source freshness'), sources)),
-    links);
+    links,
+    sinks);
 
   let activity = null;
   let totals = null;
@@ -127,6 +130,22 @@ export function mount(main) {
         h('td', { class: 'num' }, num(l.messages)), h('td', { class: 'num' }, num(l.refused)),
         h('td', { class: 'muted' }, l.lastError ?? '')))));
   });
+  const stopSinks = every(2000, async () => {
+    const { sinks: list } = await api('/v1/sinks');
+    sinks.hidden = list.length === 0;
+    const badge = { connected: 'ok', connecting: 'low', disconnected: 'out' };
+    const kinds = { postgres: 'PostgreSQL', lake: 'Parquet lake' };
+    fill(sinks, h('h2', {}, 'Sinks'),
+      table([{ label: 'Sink' }, { label: 'Target' }, { label: 'State' },
+        { label: 'Behind', num: true }, { label: 'Rows', num: true }, { label: 'Last commit' }, { label: 'Last error' }],
+      list.map((s) => h('tr', { 'data-testid': 'sink-row' },
+        h('td', {}, kinds[s.kind] ?? s.kind), h('td', {}, s.target),
+        h('td', { title: s.since }, h('span', { class: `badge ${badge[s.state]}` }, s.state), ' ', h('span', { class: 'muted' }, ago(s.since))),
+        h('td', { class: 'num', 'data-testid': 'sink-behind' }, s.behindBytes === 0 ? 'caught up' : `${num(Math.ceil(s.behindBytes / 1024))} KiB`),
+        h('td', { class: 'num' }, num(s.rows)),
+        h('td', { class: 'muted' }, s.lastCommitAt ? ago(s.lastCommitAt) : 'none yet'),
+        h('td', { class: 'muted' }, s.lastError ?? '')))));
+  });
   loadAlerts().catch((error) => fill(errors, problem(error)));
   // Alerts arriving in a burst are added once per frame.
   let arrived = [];
@@ -140,5 +159,5 @@ export function mount(main) {
     alerts: (a) => { arrived.push(a); flush(); },
     reload: () => loadAlerts().catch(() => {}),
   });
-  return () => { stopActivity(); stopTotals(); stopLinks(); stopLive(); };
+  return () => { stopActivity(); stopTotals(); stopLinks(); stopSinks(); stopLive(); };
 }

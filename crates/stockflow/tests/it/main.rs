@@ -17,6 +17,7 @@ pub mod hostile;
 mod http;
 mod import;
 mod kafka;
+mod lake;
 mod orders;
 mod parity;
 /// The reference model of orders' holds, shared with the core's tests.

@@ -280,6 +280,8 @@ fn serve_flags_kafka_mode_cannot_honour_are_refused_at_start() {
         ("--disk-free-min-bytes", "1"),
         ("--checkpoint-events", "10"),
         ("--partitions", "4"),
+        ("--lake", "lake"),
+        ("--sink-postgres", "postgres://127.0.0.1/x"),
     ] {
         let output = std::process::Command::new(env!("CARGO_BIN_EXE_stockflow"))
             .args(["serve", "--kafka", "127.0.0.1:9", "--listen", "127.0.0.1:0"])

@@ -98,7 +98,7 @@ pub async fn wait_sink(url: &str, what: &str, done: impl Fn(&Value) -> bool) -> 
     }
 }
 
-const SHAPE: Shape = Shape {
+pub const SHAPE: Shape = Shape {
     events: 40_000,
     skus: 16,
     locations: 6,
@@ -108,7 +108,7 @@ const SHAPE: Shape = Shape {
 };
 
 /// Sends a step of the stream; a body must be taken whole (200).
-async fn send(url: &str, step: &Step) {
+pub async fn send(url: &str, step: &Step) {
     match step {
         Step::Events(events) => {
             let body: Vec<String> = events.iter().map(|e| e.json_with("s")).collect();

@@ -1,0 +1,410 @@
+//! The Parquet lake (`serve --lake DIR`): every entry of the history
+//! files (one per applied or rejected event and level, with the level
+//! after it) as rows of Parquet files an analyst reads with DuckDB,
+//! Spark or pandas.
+//!
+//! Like the PostgreSQL sink, it reads the history files from its own
+//! position per partition, never from memory: a lake that is behind holds
+//! at most one file's rows. A file is written under a temporary name,
+//! fsynced, then renamed into `DIR/day=YYYY-MM-DD/` (the UTC day the
+//! engine applied its rows), so a reader never sees half a file. Each
+//! file's metadata holds the history range it covers; a restart takes its
+//! positions from the files themselves, so a crash at any point goes on
+//! from the last renamed file: nothing missing, nothing twice.
+//!
+//! A partition's new history becomes a file once it is
+//! `--lake-flush-seconds` old, or sooner when it fills one.
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use parquet::basic::Compression;
+use parquet::data_type::{ByteArray, ByteArrayType, Int32Type, Int64Type};
+use parquet::file::metadata::KeyValue;
+use parquet::file::properties::{WriterProperties, WriterPropertiesPtr};
+use parquet::file::reader::{FileReader, SerializedFileReader};
+use parquet::file::writer::SerializedFileWriter;
+use parquet::schema::types::TypePtr;
+use stockflow_service::history::{self, outcome_name, Entry};
+use stockflow_service::sinks::{Sinks, State};
+
+const KIND: &str = "lake";
+/// History read into one file at most: about 200k rows.
+const FILE_HISTORY_BYTES: usize = 32 << 20;
+/// How often the history files' ends are looked at.
+const POLL: Duration = Duration::from_millis(250);
+/// How long a failed write (disk full, permissions) waits to try again.
+const RETRY: Duration = Duration::from_secs(5);
+
+/// A file's metadata keys: whose history it holds, and which part.
+const META_DATA_DIR: &str = "stockflow.dataDirId";
+const META_PARTITION: &str = "stockflow.partition";
+const META_FROM: &str = "stockflow.historyFrom";
+const META_TO: &str = "stockflow.historyTo";
+
+/// A column's values, from a row's partition, history offset and entry.
+enum Column {
+    Int(fn(u16, u64, &Entry) -> i64),
+    /// Nanoseconds since the epoch, as a UTC timestamp.
+    Time(fn(&Entry) -> i64),
+    Text(fn(&Entry) -> &str),
+}
+
+/// The columns, named like the API's fields (`GET .../history`). Only
+/// `part`, `partition` and `historyOffset` are the lake's own. Documented
+/// in the README.
+const COLUMNS: &[(&str, Column)] = &[
+    ("eventId", Column::Text(|e| &e.event_id)),
+    ("eventType", Column::Text(|e| e.event_type.as_str())),
+    ("sku", Column::Text(|e| &e.sku)),
+    ("locationId", Column::Text(|e| &e.location)),
+    (
+        "part",
+        Column::Text(|e| if e.in_transit { "in_transit" } else { "level" }),
+    ),
+    ("quantity", Column::Int(|_, _, e| e.quantity)),
+    ("outcome", Column::Text(|e| outcome_name(e.outcome))),
+    ("timestamp", Column::Time(|e| e.event_time.0)),
+    ("processedAt", Column::Time(|e| e.processed.0)),
+    ("onHand", Column::Int(|_, _, e| e.after.on_hand)),
+    ("reserved", Column::Int(|_, _, e| e.after.reserved)),
+    ("inTransit", Column::Int(|_, _, e| e.after.in_transit)),
+    (
+        "onHandChange",
+        Column::Int(|_, _, e| e.after.on_hand - e.before.on_hand),
+    ),
+    ("by", Column::Text(|e| &e.by)),
+    ("partition", Column::Int(|p, _, _| i64::from(p))),
+    ("historyOffset", Column::Int(|_, at, _| at as i64)),
+];
+
+fn schema() -> TypePtr {
+    let mut text = String::from("message stockflow_history {\n");
+    for (name, column) in COLUMNS {
+        text.push_str(&match (column, *name) {
+            (Column::Int(_), "partition") => format!("required int32 {name};\n"),
+            (Column::Int(_), _) => format!("required int64 {name};\n"),
+            (Column::Time(_), _) => format!("required int64 {name} (TIMESTAMP(NANOS,true));\n"),
+            (Column::Text(_), _) => format!("required binary {name} (STRING);\n"),
+        });
+    }
+    text.push('}');
+    Arc::new(parquet::schema::parser::parse_message_type(&text).expect("the schema parses"))
+}
+
+/// Checks the lake directory and starts writing it, if the config has
+/// one. Refuses a lake of another data directory, or one ahead of the
+/// history files (they were replaced): its positions mean nothing here.
+pub fn start(config: &stockflow_service::config::Config, partitions: u16) -> anyhow::Result<()> {
+    let Some(settings) = &config.lake else {
+        return Ok(());
+    };
+    let dir = settings.dir.clone();
+    fs::create_dir_all(&dir)
+        .with_context(|| format!("cannot create the lake {}", dir.display()))?;
+    let data_dir_id = crate::recovery::data_dir_id(&config.data_dir)?;
+    let positions = positions_of(&dir, &data_dir_id, partitions)?;
+    for (p, position) in positions.iter().enumerate() {
+        let end = history::end_of(&config.data_dir, p as u16)?;
+        anyhow::ensure!(
+            *position <= end,
+            "the lake {} holds history of partition {p} up to {position}, past the end of this data directory's history files ({end}): they were lost or replaced; give the server a new lake directory",
+            dir.display()
+        );
+    }
+    config.sinks.add(KIND, &dir.display().to_string());
+    tracing::info!(lake = %dir.display(), "writing history to the Parquet lake");
+    let lake = Lake {
+        dir,
+        data_dir: config.data_dir.clone(),
+        data_dir_id,
+        flush: settings.flush,
+        since: vec![None; positions.len()],
+        positions,
+        schema: schema(),
+        properties: Arc::new(
+            WriterProperties::builder()
+                .set_compression(Compression::SNAPPY)
+                .set_created_by(format!("stockflow {}", env!("CARGO_PKG_VERSION")))
+                .build(),
+        ),
+        sinks: config.sinks.clone(),
+    };
+    tokio::spawn(lake.run());
+    Ok(())
+}
+
+/// Where the lake's files end, per partition: the furthest `historyTo`
+/// of each. Removes what a crash left half-written.
+fn positions_of(dir: &Path, data_dir_id: &str, partitions: u16) -> anyhow::Result<Vec<u64>> {
+    let mut positions = vec![0u64; partitions as usize];
+    for day in
+        fs::read_dir(dir).with_context(|| format!("cannot read the lake {}", dir.display()))?
+    {
+        let day = day?.path();
+        if !day.is_dir() {
+            continue;
+        }
+        for file in fs::read_dir(&day)? {
+            let path = file?.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if name.starts_with('.') && name.ends_with(".tmp") {
+                fs::remove_file(&path)
+                    .with_context(|| format!("cannot remove {}", path.display()))?;
+                continue;
+            }
+            if !name.ends_with(".parquet") {
+                continue;
+            }
+            let meta = metadata_of(&path).with_context(|| {
+                format!(
+                    "cannot read the lake file {}; move it out of the lake",
+                    path.display()
+                )
+            })?;
+            let get = |key: &str| {
+                meta.iter()
+                    .find(|kv| kv.key == key)
+                    .and_then(|kv| kv.value.clone())
+            };
+            let Some(owner) = get(META_DATA_DIR) else {
+                tracing::warn!(file = %path.display(), "a Parquet file not written by stockflow is in the lake; ignored");
+                continue;
+            };
+            anyhow::ensure!(
+                owner == data_dir_id,
+                "the lake {} holds the history of another data directory (id {owner}, this one is {data_dir_id}); give each data directory a lake of its own",
+                dir.display()
+            );
+            let number = |key: &str| {
+                get(key)
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .with_context(|| format!("{} has no {key}", path.display()))
+            };
+            let (p, to) = (number(META_PARTITION)?, number(META_TO)?);
+            let position = positions.get_mut(p as usize).with_context(|| {
+                format!(
+                    "{} is of partition {p}; this data directory has {partitions}",
+                    path.display()
+                )
+            })?;
+            *position = (*position).max(to);
+        }
+    }
+    Ok(positions)
+}
+
+fn metadata_of(path: &Path) -> anyhow::Result<Vec<KeyValue>> {
+    let reader = SerializedFileReader::new(File::open(path)?)?;
+    Ok(reader
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .cloned()
+        .unwrap_or_default())
+}
+
+struct Lake {
+    dir: PathBuf,
+    data_dir: PathBuf,
+    data_dir_id: String,
+    flush: Duration,
+    /// Per partition: the end of the history in its files.
+    positions: Vec<u64>,
+    /// Per partition: since when history past its position was seen.
+    since: Vec<Option<Instant>>,
+    schema: TypePtr,
+    properties: WriterPropertiesPtr,
+    sinks: Sinks,
+}
+
+/// What one look at the history files did.
+struct Step {
+    rows: u64,
+    skipped: u64,
+    behind: u64,
+}
+
+impl Lake {
+    /// Writes files until the process ends; file IO off the runtime.
+    async fn run(mut self) {
+        self.sinks.set(KIND, State::Connected, None);
+        loop {
+            let (lake, step) = tokio::task::spawn_blocking(move || {
+                let step = self.step(Instant::now());
+                (self, step)
+            })
+            .await
+            .expect("the lake writer does not panic");
+            self = lake;
+            match step {
+                Ok(step) => {
+                    self.sinks.set(KIND, State::Connected, None);
+                    if step.rows > 0 {
+                        self.sinks.committed(KIND, step.rows);
+                    }
+                    if step.skipped > 0 {
+                        tracing::warn!(
+                            bytes = step.skipped,
+                            "history was deleted by the retention before the lake had it"
+                        );
+                        self.sinks.skipped(KIND, step.skipped);
+                    }
+                    self.sinks.behind(KIND, step.behind);
+                    tokio::time::sleep(POLL).await;
+                }
+                Err(error) => {
+                    tracing::warn!(error = %format!("{error:#}"), "cannot write the lake; trying again");
+                    self.sinks
+                        .set(KIND, State::Disconnected, Some(format!("{error:#}")));
+                    tokio::time::sleep(RETRY).await;
+                }
+            }
+        }
+    }
+
+    /// Writes the files that are due: a partition's history past its
+    /// position, once it is `flush` old or fills a file.
+    fn step(&mut self, now: Instant) -> anyhow::Result<Step> {
+        let mut step = Step {
+            rows: 0,
+            skipped: 0,
+            behind: 0,
+        };
+        for p in 0..self.positions.len() {
+            let end = history::end_of(&self.data_dir, p as u16)?;
+            let pending = end.saturating_sub(self.positions[p]);
+            if pending == 0 {
+                self.since[p] = None;
+                continue;
+            }
+            let since = *self.since[p].get_or_insert(now);
+            // Looked at every POLL: written by the deadline, not after it.
+            let due = now.duration_since(since) + POLL >= self.flush;
+            if due || pending >= FILE_HISTORY_BYTES as u64 {
+                self.write_partition(p as u16, end, &mut step)?;
+                if self.positions[p] >= end {
+                    self.since[p] = None;
+                }
+            }
+            step.behind += end.saturating_sub(self.positions[p]);
+        }
+        Ok(step)
+    }
+
+    /// Writes partition `p`'s history up to `end` (as far as whole
+    /// entries are there), a file per day and per [`FILE_HISTORY_BYTES`].
+    fn write_partition(&mut self, p: u16, end: u64, step: &mut Step) -> anyhow::Result<()> {
+        while self.positions[p as usize] < end {
+            let from = self.positions[p as usize];
+            let scan = history::scan(&self.data_dir, p, from, FILE_HISTORY_BYTES)?;
+            if let Some((gone_from, gone_to)) = scan.deleted {
+                step.skipped += gone_to - gone_from;
+            }
+            if scan.entries.is_empty() {
+                // Only an entry still being written: the next look.
+                if scan.next > from {
+                    self.positions[p as usize] = scan.next;
+                    continue;
+                }
+                break;
+            }
+            // A file per UTC day of the rows' processing, in order.
+            let mut start = 0;
+            while start < scan.entries.len() {
+                let day = day_of(&scan.entries[start].1);
+                let len = scan.entries[start..]
+                    .iter()
+                    .take_while(|(_, e)| day_of(e) == day)
+                    .count();
+                let rows = &scan.entries[start..start + len];
+                let to = scan
+                    .entries
+                    .get(start + len)
+                    .map_or(scan.next, |(at, _)| *at);
+                self.write_file(p, day, rows, to)?;
+                self.positions[p as usize] = to;
+                step.rows += len as u64;
+                start += len;
+            }
+        }
+        Ok(())
+    }
+
+    /// One file: written under a temporary name, fsynced, renamed.
+    fn write_file(&self, p: u16, day: i64, rows: &[(u64, Entry)], to: u64) -> anyhow::Result<()> {
+        let date = chrono::DateTime::from_timestamp(day * 86_400, 0)
+            .context("a day the calendar has")?
+            .format("%Y-%m-%d");
+        let dir = self.dir.join(format!("day={date}"));
+        if !dir.exists() {
+            fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            sync_dir(&self.dir)?;
+        }
+        let from = rows[0].0;
+        let name = format!("p{p:04}-{from:020}.parquet");
+        let temporary = dir.join(format!(".{name}.tmp"));
+        let file = File::create(&temporary)
+            .with_context(|| format!("cannot create {}", temporary.display()))?;
+        let mut writer =
+            SerializedFileWriter::new(file, self.schema.clone(), self.properties.clone())?;
+        let mut group = writer.next_row_group()?;
+        let mut columns = COLUMNS.iter();
+        while let Some(mut out) = group.next_column()? {
+            let (name, column) = columns.next().expect("a column per schema field");
+            match column {
+                Column::Int(_) if *name == "partition" => {
+                    let values: Vec<i32> = rows.iter().map(|_| i32::from(p)).collect();
+                    out.typed::<Int32Type>().write_batch(&values, None, None)?;
+                }
+                Column::Int(value) => {
+                    let values: Vec<i64> = rows.iter().map(|(at, e)| value(p, *at, e)).collect();
+                    out.typed::<Int64Type>().write_batch(&values, None, None)?;
+                }
+                Column::Time(value) => {
+                    let values: Vec<i64> = rows.iter().map(|(_, e)| value(e)).collect();
+                    out.typed::<Int64Type>().write_batch(&values, None, None)?;
+                }
+                Column::Text(value) => {
+                    let values: Vec<ByteArray> = rows
+                        .iter()
+                        .map(|(_, e)| ByteArray::from(value(e)))
+                        .collect();
+                    out.typed::<ByteArrayType>()
+                        .write_batch(&values, None, None)?;
+                }
+            }
+            out.close()?;
+        }
+        group.close()?;
+        for (key, value) in [
+            (META_DATA_DIR, self.data_dir_id.clone()),
+            (META_PARTITION, p.to_string()),
+            (META_FROM, from.to_string()),
+            (META_TO, to.to_string()),
+        ] {
+            writer.append_key_value_metadata(KeyValue::new(key.to_owned(), value));
+        }
+        let file = writer.into_inner()?;
+        file.sync_all()?;
+        drop(file);
+        fs::rename(&temporary, dir.join(&name))
+            .with_context(|| format!("cannot rename {}", temporary.display()))?;
+        sync_dir(&dir)
+    }
+}
+
+/// The UTC day (since the epoch) the engine applied an entry.
+fn day_of(entry: &Entry) -> i64 {
+    entry.processed.0.div_euclid(86_400 * 1_000_000_000)
+}
+
+/// Makes a rename or a new file in `dir` durable.
+fn sync_dir(dir: &Path) -> anyhow::Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("cannot sync {}", dir.display()))
+}

@@ -1,0 +1,268 @@
+//! The Parquet lake, read back with DuckDB (the Python package): a mixed
+//! stream (plain and order events, API orders, redeliveries, invalid
+//! events) with the server killed (-9) while it ingests and writes the
+//! lake; the lake must end with each level's history once, adding up to
+//! the API's levels, in whole files whose positions chain without a gap.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::crash::serve;
+use crate::holds::{mixed_stream, server_levels};
+use crate::sink::{send, wait_sink, SHAPE};
+use crate::{free_port, get};
+
+/// What DuckDB reads in the lake: per level, its rows; per file, its
+/// metadata; per day folder, the span of its rows' processedAt.
+const READ_LAKE: &str = r#"
+import duckdb, json, sys
+files = sys.argv[1] + "/*/*.parquet"
+con = duckdb.connect()
+lake = f"read_parquet('{files}', hive_partitioning = true)"
+levels = con.sql(f"""
+    SELECT sku, locationId, count(*), count(DISTINCT (eventId, part)),
+           sum(onHandChange)::BIGINT, arg_max(onHand, historyOffset)
+    FROM {lake} GROUP BY sku, locationId""").fetchall()
+meta = con.sql(f"""
+    SELECT file_name, key::VARCHAR, value::VARCHAR
+    FROM parquet_kv_metadata('{files}')""").fetchall()
+days = con.sql(f"""
+    SELECT day::VARCHAR, min(epoch_ns(processedAt)), max(epoch_ns(processedAt))
+    FROM {lake} GROUP BY day""").fetchall()
+print(json.dumps({"levels": levels, "meta": meta, "days": days}))
+"#;
+
+fn read_lake(lake: &Path) -> Value {
+    let output = Command::new("python3")
+        .args(["-c", READ_LAKE])
+        .arg(lake)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        output.status.success(),
+        "DuckDB (pip install duckdb) read the lake: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("the script prints JSON")
+}
+
+/// The lake's Parquet files, and what a crash left half-written.
+fn files(lake: &Path) -> (usize, usize) {
+    let (mut whole, mut temporary) = (0, 0);
+    for day in std::fs::read_dir(lake).unwrap() {
+        for file in std::fs::read_dir(day.unwrap().path()).unwrap() {
+            let name = file.unwrap().file_name().into_string().unwrap();
+            if name.ends_with(".parquet") {
+                whole += 1;
+            } else if name.ends_with(".tmp") {
+                temporary += 1;
+            }
+        }
+    }
+    (whole, temporary)
+}
+
+/// Per partition, the history ranges of its files (from their
+/// metadata), in order.
+fn ranges(read: &Value) -> BTreeMap<u64, Vec<(u64, u64)>> {
+    let mut files: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    for kv in read["meta"].as_array().unwrap() {
+        let (file, key, value) = (
+            kv[0].as_str().unwrap(),
+            kv[1].as_str().unwrap(),
+            kv[2].as_str().unwrap(),
+        );
+        if let Ok(number) = value.parse() {
+            files
+                .entry(file.to_owned())
+                .or_default()
+                .insert(key.to_owned(), number);
+        }
+    }
+    let mut chains: BTreeMap<u64, Vec<(u64, u64)>> = BTreeMap::new();
+    for range in files.values() {
+        chains
+            .entry(range["stockflow.partition"])
+            .or_default()
+            .push((range["stockflow.historyFrom"], range["stockflow.historyTo"]));
+    }
+    for chain in chains.values_mut() {
+        chain.sort_unstable();
+    }
+    chains
+}
+
+/// Where each partition's history files end (`DATA/history/PPPP/`, each
+/// segment named by its first offset).
+fn history_ends(data: &Path) -> BTreeMap<u64, u64> {
+    let mut ends = BTreeMap::new();
+    for partition in std::fs::read_dir(data.join("history")).unwrap() {
+        let partition = partition.unwrap().path();
+        let Ok(p) = partition
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+        else {
+            continue;
+        };
+        let mut end = 0;
+        for segment in std::fs::read_dir(&partition).unwrap() {
+            let segment = segment.unwrap().path();
+            if let Some(start) = segment
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .and_then(|s| s.parse::<u64>().ok())
+            {
+                end = end.max(start + segment.metadata().unwrap().len());
+            }
+        }
+        ends.insert(p, end);
+    }
+    ends
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lake_read_by_duckdb_adds_up_to_the_api_across_a_kill() {
+    let seed: u64 = rand::random();
+    println!("seed={seed}");
+    let steps = mixed_stream(seed, SHAPE);
+    let dir = tempfile::tempdir().unwrap();
+    let lake_dir = tempfile::tempdir().unwrap();
+    let lake = lake_dir.path().to_str().unwrap();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let args = [
+        "--lake",
+        lake,
+        "--lake-flush-seconds",
+        "2",
+        "--order-hold-seconds",
+        "604800",
+    ];
+    let mut server = serve(dir.path(), port, &args).await;
+    let half = steps.len() / 2;
+    for step in &steps[..half / 2] {
+        send(&url, step).await;
+    }
+    // The lake is being written while events go on arriving.
+    wait_sink(&url, "first files", |s| s["rows"].as_u64() > Some(0)).await;
+    for step in &steps[half / 2..half] {
+        send(&url, step).await;
+    }
+    let in_flight = {
+        let (url, step) = (url.clone(), steps[half].clone());
+        tokio::spawn(async move { send(&url, &step).await })
+    };
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let _ = in_flight.await;
+    // The kill came with files written and history not yet in any.
+    let at_kill = ranges(&read_lake(lake_dir.path()));
+    let ends = history_ends(dir.path());
+    assert!(
+        ends.iter()
+            .any(|(p, end)| at_kill.get(p).map_or(0, |c| c.last().unwrap().1) < *end),
+        "history not yet in the lake at the kill: lake {at_kill:?}, history {ends:?}"
+    );
+
+    let server = serve(dir.path(), port, &args).await;
+    assert_eq!(files(lake_dir.path()).1, 0, "half-written files removed");
+    for step in &steps[half - 5..] {
+        send(&url, step).await;
+    }
+    let caught_up = wait_sink(&url, "caught up", |s| {
+        s["state"] == "connected" && s["behindBytes"] == 0
+    })
+    .await;
+    assert_eq!(caught_up["kind"], "lake", "{caught_up}");
+
+    let read = read_lake(lake_dir.path());
+    // Per level: each event once, the onHand changes add up to the
+    // API's onHand, the newest row is the API's level, and the count is
+    // the API's history.
+    let api = server_levels(&url, SHAPE).await;
+    let levels = read["levels"].as_array().unwrap();
+    assert_eq!(levels.len(), api.len(), "levels (seed={seed})");
+    for level in levels {
+        let (sku, location) = (level[0].as_str().unwrap(), level[1].as_str().unwrap());
+        let n = |i: usize| level[i].as_i64().unwrap();
+        let (on_hand, _, _, _) = api[&(sku.to_owned(), location.to_owned())];
+        assert_eq!(n(2), n(3), "{sku}@{location}: an event twice (seed={seed})");
+        assert_eq!(
+            n(4),
+            on_hand,
+            "{sku}@{location}: onHandChange sum (seed={seed})"
+        );
+        assert_eq!(
+            n(5),
+            on_hand,
+            "{sku}@{location}: newest onHand (seed={seed})"
+        );
+        let (status, history) = get(
+            &url,
+            &format!("/v1/stock/{sku}/{location}/history?limit=1000"),
+        )
+        .await;
+        assert_eq!(status, 200, "{history}");
+        assert!(history["nextBefore"].is_null(), "one page holds it");
+        let entries = history["events"].as_array().unwrap().len() as i64;
+        assert_eq!(n(2), entries, "{sku}@{location}: rows (seed={seed})");
+    }
+    // Each partition's files chain: each begins where the one before it
+    // ended, from the start of the history to its end.
+    let chains = ranges(&read);
+    assert!(chains.len() > 1, "several partitions wrote files");
+    for (partition, chain) in &chains {
+        let mut end = 0;
+        for (from, to) in chain {
+            assert_eq!(*from, end, "partition {partition}: a gap or an overlap");
+            assert!(to > from);
+            end = *to;
+        }
+    }
+    assert_eq!(
+        chains
+            .iter()
+            .map(|(p, c)| (*p, c.last().unwrap().1))
+            .collect::<BTreeMap<_, _>>(),
+        history_ends(dir.path())
+            .into_iter()
+            .filter(|(_, end)| *end > 0)
+            .collect(),
+        "the lake holds the history files whole"
+    );
+    // A day folder holds the rows the engine applied that UTC day.
+    for day in read["days"].as_array().unwrap() {
+        let date = |i: usize| {
+            chrono::DateTime::from_timestamp_nanos(day[i].as_i64().unwrap())
+                .format("%Y-%m-%d")
+                .to_string()
+        };
+        assert_eq!(date(1), day[0].as_str().unwrap());
+        assert_eq!(date(2), day[0].as_str().unwrap());
+    }
+
+    // Another data directory's server is refused the lake at start.
+    let other = tempfile::tempdir().unwrap();
+    let mut config = stockflow_service::config::Config::new(other.path().to_owned());
+    config.lake = Some(stockflow_service::config::Lake {
+        dir: lake_dir.path().to_owned(),
+        flush: Duration::from_secs(1),
+    });
+    let refused = stockflow::server::Server::start(config, "127.0.0.1:0".parse().unwrap())
+        .await
+        .err()
+        .expect("another data directory's lake is refused");
+    assert!(
+        format!("{refused:#}").contains("another data directory"),
+        "{refused:#}"
+    );
+    drop(server);
+}
