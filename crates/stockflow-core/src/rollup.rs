@@ -1,5 +1,6 @@
-//! Roll-ups by SKU for the Kafka mode: the levels of a SKU, wherever
-//! they are owned, collected at the SKU's home partition.
+//! Roll-ups by SKU and by location for the Kafka mode: the levels of a
+//! SKU (of a location), wherever they are owned, collected at the SKU's
+//! (the location's) home partition.
 //!
 //! The embedded mode keeps a SKU's totals in each partition and adds the
 //! partitions up at query time: every partition is in one process. In
@@ -34,11 +35,45 @@ pub fn sku_home(sku: &str, partitions: u16) -> u16 {
     crate::route(sku, "", partitions)
 }
 
-/// The newest report of every level of the SKUs homed in one partition.
+/// The partition that keeps a location's roll-up.
+pub fn location_home(location_id: &str, partitions: u16) -> u16 {
+    crate::route("", location_id, partitions)
+}
+
+/// The newest report of every level of the SKUs homed in one partition,
+/// and of the locations homed there.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RollupBook {
     skus: FxHashMap<String, FxHashMap<String, (u64, Numbers)>>,
     levels: u64,
+    /// location → sku → the newest report.
+    locations: FxHashMap<String, FxHashMap<String, (u64, Numbers)>>,
+}
+
+/// Keeps `numbers` at `version` under (outer, inner) if newer than what
+/// is held; (whether it changed, whether the key is new).
+fn keep_newest(
+    book: &mut FxHashMap<String, FxHashMap<String, (u64, Numbers)>>,
+    outer: &str,
+    inner: &str,
+    version: u64,
+    numbers: Numbers,
+) -> (bool, bool) {
+    let held = match book.get_mut(outer) {
+        Some(held) => held,
+        None => book.entry(outer.to_owned()).or_default(),
+    };
+    match held.get_mut(inner) {
+        Some(held) if held.0 >= version => (false, false),
+        Some(held) => {
+            *held = (version, numbers);
+            (true, false)
+        }
+        None => {
+            held.insert(inner.to_owned(), (version, numbers));
+            (true, true)
+        }
+    }
 }
 
 impl RollupBook {
@@ -46,22 +81,31 @@ impl RollupBook {
     /// changes its owner applied) if it is newer than the one held; true
     /// if it changed the book.
     pub fn apply(&mut self, sku: &str, location_id: &str, version: u64, numbers: Numbers) -> bool {
-        let locations = match self.skus.get_mut(sku) {
-            Some(locations) => locations,
-            None => self.skus.entry(sku.to_owned()).or_default(),
-        };
-        match locations.get_mut(location_id) {
-            Some(held) if held.0 >= version => false,
-            Some(held) => {
-                *held = (version, numbers);
-                true
-            }
-            None => {
-                locations.insert(location_id.to_owned(), (version, numbers));
-                self.levels += 1;
-                true
-            }
+        let (changed, new) = keep_newest(&mut self.skus, sku, location_id, version, numbers);
+        self.levels += u64::from(new);
+        changed
+    }
+
+    /// The same for a level of a location homed here.
+    pub fn apply_location(
+        &mut self,
+        sku: &str,
+        location_id: &str,
+        version: u64,
+        numbers: Numbers,
+    ) -> bool {
+        keep_newest(&mut self.locations, location_id, sku, version, numbers).0
+    }
+
+    /// A location's totals over every SKU, under the catalog's rules;
+    /// `None` if no level of it was reported here.
+    pub fn location_totals(&self, location_id: &str, catalog: &Catalog) -> Option<Totals> {
+        let skus = self.locations.get(location_id)?;
+        let mut totals = Totals::default();
+        for (sku, (_, numbers)) in skus {
+            totals.add(&Totals::of(numbers, catalog.policy(sku, location_id)));
         }
+        Some(totals)
     }
 
     /// Levels in the book.

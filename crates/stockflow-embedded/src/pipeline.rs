@@ -111,6 +111,15 @@ pub struct Shared {
     pub activity: stockflow_service::activity::Activity,
     /// A price cut of at least this many percent is a PRICE_DROP alert.
     pub price_drop_percent: u8,
+    /// The SKUs and locations whose totals moved since the last totals
+    /// cycle (noted only while someone listens to them).
+    pub totals_dirty: Mutex<TotalsDirty>,
+}
+
+#[derive(Default)]
+pub struct TotalsDirty {
+    skus: std::collections::HashSet<Arc<str>>,
+    locations: std::collections::HashSet<Arc<str>>,
 }
 
 impl Shared {
@@ -300,7 +309,11 @@ impl Pipeline {
             dead_letters: RwLock::new(dead_letters),
             applied_records: AtomicU64::new(log.next_record()),
             dedup_entries: AtomicU64::new(engine.dedup.len() as u64),
+            totals_dirty: Mutex::default(),
         });
+        // Detached: it ends at its first cycle after the pipeline is gone.
+        let weak = Arc::downgrade(&shared);
+        spawn("stream-totals", move || publish_totals(&weak))?;
         let appliers = config.apply_threads.clamp(1, shared.partitions.len());
         let (ingest_tx, ingest_rx) = bounded::<Submission>(config.ingest_queue_max);
         let (sync_tx, sync_rx) = bounded::<Stage>(64);
@@ -1010,6 +1023,7 @@ fn applier(
                     let mut partition = shared.partitions[*id as usize].write();
                     for change in &group.catalog {
                         step.catalog(&mut partition, change);
+                        mark_catalog(shared, &partition, change);
                     }
                     if let Some(prices) = group.prices.get() {
                         if shared.hub.wanted(stockflow_service::stream::Kind::Alerts) {
@@ -1173,6 +1187,113 @@ fn build_drafts(
         alerts_since.filter(|_| alerts),
         drafts,
     );
+    mark_totals(shared, partition, changes);
+}
+
+/// Whether anyone listens to item totals, to location totals.
+fn totals_wanted(shared: &Shared) -> (bool, bool) {
+    use stockflow_service::stream::Kind;
+    (
+        shared.hub.wanted(Kind::Items),
+        shared.hub.wanted(Kind::Locations),
+    )
+}
+
+/// Notes the SKUs and locations `changes` moved, for the next totals
+/// cycle, while anyone listens to them.
+fn mark_totals(shared: &Shared, partition: &Partition, changes: &[stockflow_core::Change]) {
+    if changes.is_empty() {
+        return;
+    }
+    let (items, locations) = totals_wanted(shared);
+    if !items && !locations {
+        return;
+    }
+    let mut dirty = shared.totals_dirty.lock();
+    for change in changes {
+        let (sku, location) = partition.names_of(change.slot);
+        if items && !dirty.skus.contains(sku) {
+            dirty.skus.insert(sku.clone());
+        }
+        if locations && !dirty.locations.contains(location) {
+            dirty.locations.insert(location.clone());
+        }
+    }
+}
+
+/// Notes the totals a catalog change moves (a product's safety stock
+/// and threshold change its available and low counts everywhere it is).
+fn mark_catalog(shared: &Shared, partition: &Partition, change: &CatalogChange) {
+    let (items, locations) = totals_wanted(shared);
+    if !items && !locations {
+        return;
+    }
+    let mut dirty = shared.totals_dirty.lock();
+    match change {
+        CatalogChange::Product(product) => {
+            if items && partition.sku_totals(&product.sku).is_some() {
+                dirty.skus.insert(product.sku.as_str().into());
+            }
+            if locations {
+                dirty
+                    .locations
+                    .extend(partition.locations_of_sku(&product.sku));
+            }
+        }
+        CatalogChange::Location(location) => {
+            let id = location.location_id.as_str();
+            if locations && partition.location_totals(id).is_some() {
+                dirty.locations.insert(id.into());
+            }
+        }
+    }
+}
+
+/// Every [`TOTALS_CYCLE`], pushes the totals of the SKUs and locations
+/// that changed: the newest value per key, summed over the partitions
+/// (one at a time, so appliers wait for no more than one). A sum read
+/// while a key moves is followed by the next cycle's, as the move marked
+/// it again.
+///
+/// [`TOTALS_CYCLE`]: stockflow_service::stream::TOTALS_CYCLE
+fn publish_totals(shared: &std::sync::Weak<Shared>) {
+    use stockflow_core::Totals;
+    use stockflow_service::stream::{totals_drafts, TOTALS_CYCLE, TOTALS_STEP};
+    loop {
+        std::thread::sleep(TOTALS_CYCLE);
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let dirty = std::mem::take(&mut *shared.totals_dirty.lock());
+        if dirty.skus.is_empty() && dirty.locations.is_empty() {
+            continue;
+        }
+        let mut items: Vec<(Arc<str>, Option<Totals>)> =
+            dirty.skus.into_iter().map(|k| (k, None)).collect();
+        let mut locations: Vec<(Arc<str>, Option<Totals>)> =
+            dirty.locations.into_iter().map(|k| (k, None)).collect();
+        items.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        locations.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        for partition in &shared.partitions {
+            let partition = partition.read();
+            for (sku, sum) in &mut items {
+                if let Some(t) = partition.sku_totals(sku) {
+                    sum.get_or_insert_with(Totals::default).add(&t);
+                }
+            }
+            for (location, sum) in &mut locations {
+                if let Some(t) = partition.location_totals(location) {
+                    sum.get_or_insert_with(Totals::default).add(&t);
+                }
+            }
+        }
+        let known = |(key, sum): (Arc<str>, Option<Totals>)| Some((key, sum?));
+        let drafts = totals_drafts(
+            items.into_iter().filter_map(known),
+            locations.into_iter().filter_map(known),
+        );
+        shared.hub.publish(drafts, TOTALS_STEP, 0);
+    }
 }
 
 fn record_history(

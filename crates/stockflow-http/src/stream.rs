@@ -1,5 +1,5 @@
-//! GET /v1/stream: Server-Sent Events of stock changes, alerts and order
-//! decisions, filtered by sku, locationId and kinds, resumable with
+//! GET /v1/stream: Server-Sent Events of stock changes, alerts, order
+//! decisions and item and location totals, filtered by sku, locationId and kinds, resumable with
 //! Last-Event-ID (see `stockflow_service::stream`).
 
 use std::collections::VecDeque;
@@ -22,7 +22,8 @@ pub struct StreamQuery {
     sku: Option<String>,
     #[serde(rename = "locationId")]
     location_id: Option<String>,
-    /// Comma-separated: stock, alerts, orders (default all).
+    /// Comma-separated: stock, alerts, orders, items, locations (default
+    /// stock, alerts, orders).
     kinds: Option<String>,
     /// For clients that cannot set the Last-Event-ID header.
     #[serde(rename = "lastEventId")]
@@ -53,7 +54,7 @@ pub fn subscribe(
             .map(|k| {
                 Kind::from_wire(k.trim()).ok_or_else(|| {
                     ApiError::bad_request(format!(
-                        "kinds: {k:?} is not one of stock, alerts, orders"
+                        "kinds: {k:?} is not one of stock, alerts, orders, items, locations"
                     ))
                 })
             })
@@ -101,9 +102,9 @@ fn event(epoch: u64, m: &Message) -> Event {
 
 #[utoipa::path(get, path = "/v1/stream",
     operation_id = "stream", tag = "stream",
-    summary = "Live push (Server-Sent Events) of stock changes, alerts and order decisions",
-    description = "Events are named stock, alerts or orders; every one has an id `{epoch}-{seq}`. Reconnect with the Last-Event-ID header (or lastEventId) to receive exactly what was missed; ids and the last 100,000 messages survive restarts, kill -9 included. If that is no longer kept (older than that, or from a time when nobody listened and messages were not built) an event named gap says so. A subscriber whose buffer overflows receives what it held, then an event named resync, and the stream ends; reconnect with Last-Event-ID. Orders carry no sku, so they reach only subscribers without sku/locationId filters. In Kafka mode each instance pushes what the output topics carry: a stock message is the level as the stock-levels topic has it (the newest per level and processing cycle, with its version and the eventId and eventType that made it), and ids are the instance's own, so a resume on another instance (or after a restart) gets `gap`. The same messages come over a WebSocket at GET /v1/ws (same query parameters; each text frame is `{\"id\",\"event\",\"data\"}`); a browser may open it only from a page of this server (403 otherwise).",
-    params(("sku" = Option<String>, Query), ("locationId" = Option<String>, Query), ("kinds" = Option<String>, Query, pattern = "^(stock|alerts|orders)(,(stock|alerts|orders))*$", description = "Comma-separated: stock, alerts, orders (default all)."), ("Last-Event-ID" = Option<String>, Header, nullable = false), ("lastEventId" = Option<String>, Query)),
+    summary = "Live push (Server-Sent Events) of stock changes, alerts, order decisions and item and location totals",
+    description = "Events are named stock, alerts, orders, items or locations; every one has an id `{epoch}-{seq}`. Reconnect with the Last-Event-ID header (or lastEventId) to receive exactly what was missed; ids and the last 100,000 messages survive restarts, kill -9 included. If that is no longer kept (older than that, or from a time when nobody listened and messages were not built) an event named gap says so. A subscriber whose buffer overflows receives what it held, then an event named resync, and the stream ends; reconnect with Last-Event-ID. Orders carry no sku, so they reach only subscribers without sku/locationId filters. Items and locations (asked for by name in kinds) are a SKU's totals over every location (`sku` and the totals' fields: onHand, reserved, available, inTransit, levels, atZero, belowThreshold) and a location's over every SKU (`locationId` and the same fields), as GET /v1/items/{sku} and GET /v1/locations/{locationId} count them: the newest per key, pushed every 250 ms for the keys that changed, never one per event; an items message matches a sku filter, a locations message a locationId filter. They are not rebuilt after a restart: resuming across one gets `gap`. In Kafka mode each instance pushes what the output topics carry (totals from the compacted item-totals and location-totals topics, written by the SKU's or the location's home partition each cycle): a stock message is the level as the stock-levels topic has it (the newest per level and processing cycle, with its version and the eventId and eventType that made it), and ids are the instance's own, so a resume on another instance (or after a restart) gets `gap`. The same messages come over a WebSocket at GET /v1/ws (same query parameters; each text frame is `{\"id\",\"event\",\"data\"}`); a browser may open it only from a page of this server (403 otherwise).",
+    params(("sku" = Option<String>, Query), ("locationId" = Option<String>, Query), ("kinds" = Option<String>, Query, pattern = "^(stock|alerts|orders|items|locations)(,(stock|alerts|orders|items|locations))*$", description = "Comma-separated: stock, alerts, orders, items, locations (default stock, alerts, orders)."), ("Last-Event-ID" = Option<String>, Header, nullable = false), ("lastEventId" = Option<String>, Query)),
     responses(
         (status = 200, description = "An event stream", body = crate::shapes::StreamMessage, content_type = "text/event-stream"),
         crate::openapi::ReadRefusals,

@@ -294,7 +294,7 @@ fn scan(
         let wanted = filter.source.as_deref().is_none_or(|s| {
             stockflow_http::dead_letters::source_matches(&source, s)
                     // A raw topic's letters, by the format of the topic.
-                    || source.strip_prefix(settings.topics.raw_prefix.as_str()) == Some(s)
+                    || settings.topics.format_of_raw(&source) == Some(s)
         }) && reason
             .as_deref()
             .is_none_or(|r| why.to_lowercase().contains(r));
@@ -345,7 +345,7 @@ pub(super) async fn find(app: &KafkaApp, id: u64) -> Result<Option<Letter>, ApiE
     };
     let source = letter.source;
     let format = stockflow_http::dead_letters::format_of(&source)
-        .or_else(|| source.strip_prefix(app.settings.topics.raw_prefix.as_str()))
+        .or_else(|| app.settings.topics.format_of_raw(&source))
         .map(str::to_owned);
     Ok(Some(Letter {
         source,

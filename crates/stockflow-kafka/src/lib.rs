@@ -55,6 +55,11 @@ pub struct Topics {
     /// Where each changelog partition's latest snapshot starts.
     pub changelog_index: String,
     pub stock_levels: String,
+    /// A SKU's totals over every location, latest per SKU (its home
+    /// partition writes them).
+    pub item_totals: String,
+    /// A location's totals over every SKU, latest per location.
+    pub location_totals: String,
     pub alerts: String,
     /// Orders as their home decides them, latest per orderId.
     pub orders: String,
@@ -68,6 +73,9 @@ pub struct Topics {
     pub history: String,
     /// Raw topics are this prefix plus a source format's name.
     pub raw_prefix: String,
+    /// Other raw topics, with the source format of their messages
+    /// (`serve --raw-topic TOPIC=FORMAT`): producers keep their names.
+    pub raw_topics: Vec<(String, String)>,
 }
 
 /// The prefix of the default topic names (`inventory.events.canonical`, …).
@@ -84,6 +92,8 @@ impl Topics {
             changelog: name("changelog"),
             changelog_index: name("changelog-index"),
             stock_levels: name("stock-levels"),
+            item_totals: name("item-totals"),
+            location_totals: name("location-totals"),
             alerts: name("alerts"),
             orders: name("orders"),
             catalog: name("catalog"),
@@ -91,7 +101,79 @@ impl Topics {
             cluster: name("cluster"),
             history: name("history"),
             raw_prefix: name("events.raw."),
+            raw_topics: Vec::new(),
         }
+    }
+
+    /// The source format of a raw topic's messages: a `--raw-topic`'s,
+    /// or the name after the raw prefix.
+    pub fn format_of_raw<'a>(&'a self, topic: &'a str) -> Option<&'a str> {
+        self.raw_topics
+            .iter()
+            .find(|(name, _)| name == topic)
+            .map(|(_, format)| format.as_str())
+            .or_else(|| topic.strip_prefix(self.raw_prefix.as_str()))
+    }
+
+    /// Refuses a `--raw-topic` that names no format `sources` has, one
+    /// given twice, or one of stockflow's own topics (it would be read
+    /// twice, or be written by stockflow).
+    pub fn check_raw_topics(
+        &self,
+        sources: &stockflow_service::sources::Sources,
+    ) -> anyhow::Result<()> {
+        let own = [
+            &self.canonical,
+            &self.repartition,
+            &self.changelog,
+            &self.changelog_index,
+            &self.stock_levels,
+            &self.item_totals,
+            &self.location_totals,
+            &self.alerts,
+            &self.orders,
+            &self.catalog,
+            &self.dlq,
+            &self.cluster,
+            &self.history,
+        ];
+        for (i, (topic, format)) in self.raw_topics.iter().enumerate() {
+            let known = format == normaliser::CANONICAL || sources.names().any(|n| n == format);
+            anyhow::ensure!(
+                known,
+                "--raw-topic {topic}={format}: no source format is named {format:?}; GET /v1/sources lists them (and `canonical`)"
+            );
+            anyhow::ensure!(
+                !own.contains(&topic) && !topic.starts_with(&self.raw_prefix),
+                "--raw-topic {topic}: a topic of stockflow's own (prefix {:?}); map a topic your producers write",
+                self.raw_prefix
+            );
+            anyhow::ensure!(
+                !self.raw_topics[..i].iter().any(|(t, _)| t == topic),
+                "--raw-topic {topic} is given twice: a topic has one format"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// `--raw-topic TOPIC=FORMAT`: a Kafka topic name and a format name.
+pub fn parse_raw_topic(text: &str) -> Result<(String, String), String> {
+    let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    match text.split_once('=') {
+        Some((topic, format))
+            if !topic.is_empty()
+                && topic.len() <= 249
+                && topic != "."
+                && topic != ".."
+                && topic.chars().all(legal)
+                && !format.is_empty() =>
+        {
+            Ok((topic.to_owned(), format.to_owned()))
+        }
+        _ => Err(format!(
+            "{text:?}: expected TOPIC=FORMAT, e.g. raw.store=store-item (a topic is 1 to 249 of a-z, A-Z, 0-9, '.', '_' and '-')"
+        )),
     }
 }
 
@@ -544,6 +626,7 @@ impl KafkaServer {
     ) -> anyhow::Result<KafkaServer> {
         use anyhow::Context;
         stockflow_http::amqp::check(&config)?;
+        settings.topics.check_raw_topics(&config.sources)?;
         settings.order_hold_ns = config.order_hold_seconds as i64 * 1_000_000_000;
         settings.price_drop_percent = config.price_drop_percent;
         check_topics(&settings)?;

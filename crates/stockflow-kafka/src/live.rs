@@ -1,5 +1,6 @@
 //! The live stream in Kafka mode. Every instance reads the output topics
-//! (stock levels, alerts, orders: every partition, from their end) and
+//! (stock levels, alerts, orders, item and location totals: every
+//! partition, from their end) and
 //! pushes what arrives through its own hub to its SSE and WebSocket
 //! subscribers, with the embedded mode's filters, buffers and resync.
 //!
@@ -55,6 +56,8 @@ pub fn start(settings: &KafkaSettings, hub: Arc<Hub>) -> anyhow::Result<Feeder> 
         (t.stock_levels.clone(), Kind::Stock),
         (t.alerts.clone(), Kind::Alerts),
         (t.orders.clone(), Kind::Orders),
+        (t.item_totals.clone(), Kind::Items),
+        (t.location_totals.clone(), Kind::Locations),
     ];
     let mut list = TopicPartitionList::new();
     for (topic, _) in &topics {
@@ -105,7 +108,8 @@ pub fn start(settings: &KafkaSettings, hub: Arc<Hub>) -> anyhow::Result<Feeder> 
 }
 
 /// A hub message from an output record's JSON (levels and alerts carry
-/// sku and locationId; orders carry neither, as in the embedded mode).
+/// sku and locationId, item totals a sku, location totals a locationId;
+/// orders carry neither, as in the embedded mode).
 fn draft(kind: Kind, value: Value) -> Draft {
     let text = |field: &str| {
         (kind != Kind::Orders)

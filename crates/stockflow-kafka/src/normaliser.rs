@@ -1,5 +1,5 @@
-//! Raw topics to the canonical topic: each raw topic's suffix names a
-//! source format; its messages are translated with that format's mapping,
+//! Raw topics to the canonical topic: each raw topic's suffix (or its
+//! `--raw-topic`) names a source format; its messages are translated with that format's mapping,
 //! exactly as `POST /v1/sources/{format}/events` would, and produced to the
 //! canonical partition that owns their level. Refused input goes to the
 //! DLQ with the raw payload and a `reason` header.
@@ -141,6 +141,13 @@ pub fn start(
     let raw: Vec<String> = std::iter::once(CANONICAL)
         .chain(sources.names())
         .map(|format| format!("{}{format}", settings.topics.raw_prefix))
+        .chain(
+            settings
+                .topics
+                .raw_topics
+                .iter()
+                .map(|(topic, _)| topic.clone()),
+        )
         .collect();
     let stop = Arc::new(AtomicBool::new(false));
     let stopping = stop.clone();
@@ -270,9 +277,7 @@ fn run(
             }
             expected.lock().insert(slot, message.offset() + 1);
             let payload = message.payload().unwrap_or_default();
-            let format = topic
-                .strip_prefix(&settings.topics.raw_prefix)
-                .unwrap_or(&topic);
+            let format = settings.topics.format_of_raw(&topic).unwrap_or(&topic);
             let received = from_millis(message.timestamp().to_millis().unwrap_or(0));
             let dead = |reason: &str| {
                 let origin = Origin::Record {

@@ -53,6 +53,17 @@ pub fn specs<'a>(settings: &KafkaSettings, formats: impl Iterator<Item = &'a str
             partitions: n,
             config: compact.clone(),
         },
+        // Latest totals per SKU and per location, from their homes.
+        Spec {
+            name: t.item_totals.clone(),
+            partitions: n,
+            config: compact.clone(),
+        },
+        Spec {
+            name: t.location_totals.clone(),
+            partitions: n,
+            config: compact.clone(),
+        },
         Spec {
             name: t.alerts.clone(),
             partitions: n,

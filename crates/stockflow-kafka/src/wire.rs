@@ -90,8 +90,9 @@ pub struct ChangelogRecord {
     /// Messages to the orders homed here, in the order handled (the
     /// order step runs after the events, then holds due expire).
     pub orders: Vec<stockflow_core::saga::ToHome>,
-    /// Level reports for the SKUs homed here (their roll-ups): the
-    /// payloads of the repartition records that carried them, as read.
+    /// Level reports for the SKUs and locations homed here (their
+    /// roll-ups): the payloads of the repartition records that carried
+    /// them, as read.
     pub rollups: Vec<Vec<u8>>,
 }
 
@@ -99,7 +100,7 @@ pub struct ChangelogRecord {
 /// snapshot chunk (postcard follows). Bump it whenever either encoding
 /// changes, so that a build never misreads another's changelog: it stops
 /// the restore and says which format it found.
-pub const CHANGELOG_FORMAT: u8 = 3;
+pub const CHANGELOG_FORMAT: u8 = 4;
 
 /// Why a changelog payload cannot be read.
 #[derive(Debug, thiserror::Error)]

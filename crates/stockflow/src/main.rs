@@ -455,6 +455,12 @@ struct KafkaArgs {
     /// Partitions of the canonical, repartition and changelog topics.
     #[arg(long, default_value_t = 12, value_parser = clap::value_parser!(u16).range(1..=1024))]
     kafka_partitions: u16,
+    /// Read an existing topic as a raw topic of a source format
+    /// (TOPIC=FORMAT, e.g. raw.store=store-item), beside
+    /// `{prefix}.events.raw.{format}`: producers keep their topic names
+    /// (repeatable; not created by `topics create`).
+    #[arg(long = "raw-topic", value_name = "TOPIC=FORMAT", value_parser = stockflow_kafka::parse_raw_topic, requires = "kafka")]
+    raw_topic: Vec<(String, String)>,
     /// The URL other instances forward queries to (default: the listen address).
     #[arg(long, requires = "kafka")]
     advertise: Option<String>,
@@ -479,6 +485,7 @@ impl KafkaArgs {
         let mut settings = stockflow_kafka::KafkaSettings::new(bootstrap);
         settings.group = self.group.clone();
         settings.topics = stockflow_kafka::Topics::named(&self.topic_prefix);
+        settings.topics.raw_topics = self.raw_topic.clone();
         settings.extra = kafka_properties(self.kafka_config_file.as_deref(), &self.kafka_config)?;
         settings.partitions = self.kafka_partitions;
         settings.commit_interval = Duration::from_millis(self.commit_interval_ms);

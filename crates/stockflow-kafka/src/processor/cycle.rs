@@ -314,7 +314,7 @@ impl Processor {
             &owned_inputs(&transit_in),
         );
         let (messages, newest_c) = self.order_messages(p, &transit_in);
-        let reports = self.level_reports(p, &transit_in);
+        let (reports, moved) = self.level_reports(p, &transit_in);
         // Time is the input's: replaying the same records gives the same state.
         let now = owned
             .now
@@ -415,20 +415,23 @@ impl Processor {
         for &i in latest.values() {
             let slot = changes[i].slot;
             let view = partition.view(slot);
-            let home = sku_home(&view.sku, n);
-            let (payload, count) = to_homes.entry(home).or_default();
-            push_report(
-                payload,
-                &view.sku,
-                &view.location_id,
-                view.level.version,
-                view.level.numbers(),
-            );
-            *count += 1;
-            if *count == REPORTS_PER_MESSAGE {
-                self.send_reports(home, payload);
-                payload.clear();
-                *count = 0;
+            let homes = [sku_home(&view.sku, n), location_home(&view.location_id, n)];
+            let once = if homes[0] == homes[1] { 1 } else { 2 };
+            for &home in &homes[..once] {
+                let (payload, count) = to_homes.entry(home).or_default();
+                push_report(
+                    payload,
+                    &view.sku,
+                    &view.location_id,
+                    view.level.version,
+                    view.level.numbers(),
+                );
+                *count += 1;
+                if *count == REPORTS_PER_MESSAGE {
+                    self.send_reports(home, payload);
+                    payload.clear();
+                    *count = 0;
+                }
             }
             json.clear();
             let change = &changes[i];
@@ -482,6 +485,7 @@ impl Processor {
         }
         self.publish_alerts(p, &partition, alerts_before);
         drop(partition);
+        self.publish_totals(p, &moved);
         self.step_orders(p, &messages, &replies, now);
 
         let applied = events.len() + transit_batch.len();

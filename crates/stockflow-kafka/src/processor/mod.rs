@@ -38,7 +38,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use stockflow_core::orders::hold_changes;
-use stockflow_core::rollup::{sku_home, RollupBook};
+use stockflow_core::rollup::{location_home, sku_home, RollupBook};
 use stockflow_core::saga::{order_home, reservation_line, LineAction, SagaBook, StepOut, ToHome};
 use stockflow_core::{
     admit, parse_body, route, BodyFormat, Dedup, EngineConfig, Partition, PartitionImage,

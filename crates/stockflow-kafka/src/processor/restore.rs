@@ -579,7 +579,7 @@ impl Processor {
         let mut rollups = self.shared.rollups[p as usize].write();
         for payload in &record.rollups {
             for r in decode_reports(payload)? {
-                rollups.apply(r.sku, r.location_id, r.version, r.numbers);
+                super::sagas::apply_report(&mut rollups, p, n, &r);
             }
         }
         owned.positions = record.to;

@@ -1,6 +1,7 @@
 //! Orders in Kafka mode: the messages to and from an order's home
 //! partition (the saga coordinator's book), the roll-up reports to a
-//! SKU's home, and the Tick that expires due holds.
+//! SKU's and a location's home, the totals those homes publish, and the
+//! Tick that expires due holds.
 
 use super::*;
 
@@ -49,16 +50,25 @@ impl Processor {
     }
 
     /// Applies the level reports among a cycle's repartition records to
-    /// the roll-ups of the SKUs homed in `p`; the records' payloads, for
-    /// the changelog. Unreadable ones go to the DLQ, whole.
-    pub(super) fn level_reports(&self, p: u16, inputs: &[&Input]) -> Vec<Vec<u8>> {
+    /// the roll-ups of the SKUs and locations homed in `p`; the records'
+    /// payloads, for the changelog, and the keys whose totals moved.
+    /// Unreadable ones go to the DLQ, whole.
+    pub(super) fn level_reports(&self, p: u16, inputs: &[&Input]) -> (Vec<Vec<u8>>, Moved) {
         let mut payloads = Vec::new();
+        let mut moved = Moved::default();
         let mut book = self.shared.rollups[p as usize].write();
         for input in inputs.iter().filter(|i| i.kind == InputKind::Rollup) {
             match decode_reports(&input.payload) {
                 Ok(reports) => {
                     for r in reports {
-                        book.apply(r.sku, r.location_id, r.version, r.numbers);
+                        let (sku, location) =
+                            apply_report(&mut book, p, self.settings.partitions, &r);
+                        if sku {
+                            moved.skus.insert(r.sku.to_owned());
+                        }
+                        if location {
+                            moved.locations.insert(r.location_id.to_owned());
+                        }
                     }
                     payloads.push(input.payload.clone());
                 }
@@ -71,7 +81,41 @@ impl Processor {
                 ),
             }
         }
-        payloads
+        (payloads, moved)
+    }
+
+    /// Publishes the newest totals of the SKUs and locations homed in `p`
+    /// that this cycle moved, keyed, to the compacted totals topics: one
+    /// record per key per cycle, however many events moved it.
+    pub(super) fn publish_totals(&self, p: u16, moved: &Moved) {
+        use stockflow_service::stream::{totals_json, Kind};
+        if moved.skus.is_empty() && moved.locations.is_empty() {
+            return;
+        }
+        let book = self.shared.rollups[p as usize].read();
+        let catalog = self.shared.catalog.read();
+        let topics = &self.settings.topics;
+        for sku in &moved.skus {
+            let (totals, _) = book.totals(sku, &catalog);
+            let json = totals_json(Kind::Items, sku, &totals).to_string();
+            self.send(
+                BaseRecord::to(&topics.item_totals)
+                    .partition(i32::from(p))
+                    .key(sku.as_str())
+                    .payload(&json),
+            );
+        }
+        for location in &moved.locations {
+            if let Some(totals) = book.location_totals(location, &catalog) {
+                let json = totals_json(Kind::Locations, location, &totals).to_string();
+                self.send(
+                    BaseRecord::to(&topics.location_totals)
+                        .partition(i32::from(p))
+                        .key(location.as_str())
+                        .payload(&json),
+                );
+            }
+        }
     }
 
     /// Queues level reports to the home of their SKUs (repartition
@@ -183,4 +227,28 @@ impl Processor {
                 .headers(headers),
         );
     }
+}
+
+/// The SKUs and locations homed in a partition whose totals a cycle moved.
+#[derive(Default)]
+pub(super) struct Moved {
+    skus: std::collections::BTreeSet<String>,
+    locations: std::collections::BTreeSet<String>,
+}
+
+/// Applies a level report to the roll-ups of partition `p`: to its SKU's
+/// if `p` is the SKU's home, to its location's if `p` is the location's
+/// (a report goes once to each home, once if they are the same). Whether
+/// it moved each.
+pub(super) fn apply_report(
+    book: &mut RollupBook,
+    p: u16,
+    partitions: u16,
+    r: &crate::wire::LevelReport<'_>,
+) -> (bool, bool) {
+    let sku =
+        sku_home(r.sku, partitions) == p && book.apply(r.sku, r.location_id, r.version, r.numbers);
+    let location = location_home(r.location_id, partitions) == p
+        && book.apply_location(r.sku, r.location_id, r.version, r.numbers);
+    (sku, location)
 }

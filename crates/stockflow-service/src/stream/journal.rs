@@ -91,9 +91,7 @@ impl SavedMessage<'_> {
     }
 
     fn into_message(self, seq: u64) -> Option<Arc<Message>> {
-        let kind = [Kind::Stock, Kind::Alerts, Kind::Orders]
-            .get(self.kind as usize)
-            .copied()?;
+        let kind = Kind::ALL.get(self.kind as usize).copied()?;
         let data = match self.body {
             SavedBody::Stock {
                 numbers,
@@ -248,8 +246,11 @@ impl Loaded {
                     first_seq,
                     messages,
                 } => {
+                    // Totals are published per cycle, not per record.
+                    let mut per_cycle = 0;
                     let next = match source {
                         ORDER_STEP => &mut loaded.orders_next,
+                        TOTALS_STEP => &mut per_cycle,
                         p => loaded
                             .partition_next
                             .get_mut(p as usize)

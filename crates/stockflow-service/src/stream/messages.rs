@@ -131,3 +131,40 @@ pub fn price_drop_drafts(
         body: Body::Json(crate::json::price_drop_json(change)),
     }));
 }
+
+/// A SKU's or a location's totals as the stream and the Kafka totals
+/// topics carry them: `{"sku": …}` or `{"locationId": …}`, then the
+/// totals' fields (`onHand`, `reserved`, `available`, `inTransit`,
+/// `levels`, `atZero`, `belowThreshold`).
+pub fn totals_json(kind: Kind, key: &str, totals: &stockflow_core::Totals) -> Value {
+    let mut value = serde_json::to_value(totals).expect("totals serialize");
+    let field = match kind {
+        Kind::Locations => "locationId",
+        _ => "sku",
+    };
+    if let Value::Object(fields) = &mut value {
+        fields.insert(field.to_owned(), Value::from(key));
+    }
+    value
+}
+
+/// The messages of a totals cycle: each SKU's, then each location's,
+/// newest totals (one message per key, however many events moved it).
+pub fn totals_drafts(
+    items: impl IntoIterator<Item = (Arc<str>, stockflow_core::Totals)>,
+    locations: impl IntoIterator<Item = (Arc<str>, stockflow_core::Totals)>,
+) -> Vec<Draft> {
+    let items = items.into_iter().map(|(sku, totals)| Draft {
+        kind: Kind::Items,
+        body: Body::Json(totals_json(Kind::Items, &sku, &totals)),
+        sku: Some(sku),
+        location_id: None,
+    });
+    let locations = locations.into_iter().map(|(location, totals)| Draft {
+        kind: Kind::Locations,
+        body: Body::Json(totals_json(Kind::Locations, &location, &totals)),
+        sku: None,
+        location_id: Some(location),
+    });
+    items.chain(locations).collect()
+}

@@ -36,6 +36,7 @@ use journal::{journal_dir, Entry, JournalWriter, SavedMessage};
 pub use journal::{Loaded, Restored};
 pub use messages::{
     alert_draft, alert_drafts, drafts_of, order_drafts, price_drop_drafts, stock_draft,
+    totals_drafts, totals_json,
 };
 
 use std::collections::{HashMap, VecDeque};
@@ -64,26 +65,49 @@ pub const SUBSCRIBERS_MAX: usize = 10_000;
 /// The source of messages that are not a partition's: the order step.
 pub const ORDER_STEP: u16 = u16::MAX;
 
+/// The source of the item and location totals (see [`totals_drafts`]),
+/// published every [`TOTALS_CYCLE`] rather than per log record.
+pub const TOTALS_STEP: u16 = u16::MAX - 1;
+
+/// How often the totals of the SKUs and locations that changed are
+/// pushed: the newest value per key per cycle, never one per event.
+pub const TOTALS_CYCLE: Duration = Duration::from_millis(250);
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     Stock,
     Alerts,
     Orders,
+    /// A SKU's totals over every location.
+    Items,
+    /// A location's totals over every SKU.
+    Locations,
 }
 
+/// Kinds there are (the hub's per-kind arrays).
+const KINDS: usize = 5;
+
 impl Kind {
+    pub const ALL: [Kind; KINDS] = [
+        Kind::Stock,
+        Kind::Alerts,
+        Kind::Orders,
+        Kind::Items,
+        Kind::Locations,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Stock => "stock",
             Kind::Alerts => "alerts",
             Kind::Orders => "orders",
+            Kind::Items => "items",
+            Kind::Locations => "locations",
         }
     }
 
     pub fn from_wire(text: &str) -> Option<Kind> {
-        [Kind::Stock, Kind::Alerts, Kind::Orders]
-            .into_iter()
-            .find(|k| k.as_str() == text)
+        Kind::ALL.into_iter().find(|k| k.as_str() == text)
     }
 }
 
@@ -208,7 +232,7 @@ struct Inner {
     /// Per kind: messages of it after this seq were not all built (nobody
     /// was listening), so resuming from it or before is a gap for a client
     /// that wants that kind.
-    unbuilt_after: [u64; 3],
+    unbuilt_after: [u64; KINDS],
     ring: VecDeque<Arc<Message>>,
     next_id: u64,
     subscribers: HashMap<u64, Subscriber>,
@@ -226,9 +250,10 @@ pub struct Hub {
     keep_until: AtomicI64,
     /// Per kind: set when [`Hub::wanted`] said no since the last publish,
     /// so the gap is marked once, not per call.
-    skipping: [AtomicBool; 3],
-    /// Subscribers wanting each kind (stock, alerts, orders).
-    listening: [std::sync::atomic::AtomicUsize; 3],
+    skipping: [AtomicBool; KINDS],
+    /// Subscribers wanting each kind (stock, alerts, orders, items,
+    /// locations).
+    listening: [std::sync::atomic::AtomicUsize; KINDS],
     /// Becomes true when the server stops, to end every open stream (a
     /// graceful shutdown waits for open responses).
     closed: tokio::sync::watch::Sender<bool>,
@@ -452,10 +477,13 @@ impl Hub {
         let mut inner = self.inner.lock();
         let inner = &mut *inner;
         if let Some(journal) = &mut inner.journal {
+            let [stock, alerts, orders, ..] = inner.unbuilt_after;
             let entry = Entry::Through {
                 epoch: self.epoch,
                 seq: inner.seq,
-                unbuilt_after: inner.unbuilt_after,
+                // Totals are not rebuilt by a restart: never journaled
+                // as built (see `start`).
+                unbuilt_after: [stock, alerts, orders],
                 next,
                 partitions: partitions.to_vec(),
             };
@@ -479,11 +507,15 @@ impl Hub {
                 let Loaded {
                     epoch,
                     seq,
-                    mut unbuilt_after,
+                    unbuilt_after: journaled,
                     ring,
                     writer,
                     ..
                 } = restored.journal;
+                // Totals a restart does not build again: resuming across
+                // it is a gap for their clients, who reload them.
+                let mut unbuilt_after = [seq; KINDS];
+                unbuilt_after[..journaled.len()].copy_from_slice(&journaled);
                 for (kind, gap) in restored.gap.iter().enumerate() {
                     if *gap {
                         unbuilt_after[kind] = seq;

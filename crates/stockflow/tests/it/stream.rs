@@ -309,3 +309,118 @@ async fn a_graceful_restart_keeps_the_stream_resumable_and_a_lost_journal_says_g
     assert_eq!(stale.next().await.1, "gap");
     server.stop().await.unwrap();
 }
+
+/// Reads `reader` until it is quiet for 1.5 s: the newest message of each
+/// key (`sku` of items, `locationId` of locations) and how many came.
+async fn newest_totals(
+    reader: &mut Reader,
+) -> (std::collections::BTreeMap<(String, String), Value>, usize) {
+    let mut newest = std::collections::BTreeMap::new();
+    let mut count = 0;
+    while let Ok(Some((_, name, data))) =
+        tokio::time::timeout(Duration::from_millis(1500), reader.try_next()).await
+    {
+        let key = match name.as_str() {
+            "items" => data["sku"].as_str().unwrap().to_owned(),
+            "locations" => data["locationId"].as_str().unwrap().to_owned(),
+            other => panic!("only totals were asked for, got {other}: {data}"),
+        };
+        count += 1;
+        newest.insert((name, key), data);
+    }
+    (newest, count)
+}
+
+/// The fields a totals message shares with the REST roll-ups.
+fn totals_of(value: &Value) -> Vec<i64> {
+    [
+        "onHand",
+        "reserved",
+        "available",
+        "inTransit",
+        "levels",
+        "atZero",
+        "belowThreshold",
+    ]
+    .iter()
+    .map(|f| {
+        value[*f]
+            .as_i64()
+            .unwrap_or_else(|| panic!("{f} in {value}"))
+    })
+    .collect()
+}
+
+/// Item and location totals are pushed coalesced (a handful of messages
+/// for thousands of events, the newest per key per cycle), and the
+/// newest of each key is what GET /v1/items/{sku} and GET
+/// /v1/locations/{id} say; a sku filter gets that SKU's alone; a product's
+/// safety stock moves its totals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item_and_location_totals_are_pushed_coalesced_and_match_the_roll_ups() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), |_| {}).await;
+    let url = server.url();
+    let mut all = Reader::open(&format!("{url}/v1/stream?kinds=items,locations"), None).await;
+    let mut one = Reader::open(&format!("{url}/v1/stream?kinds=items&sku=TOT-1"), None).await;
+    let started = std::time::Instant::now();
+    let (bodies, per_body) = (20, 100);
+    for round in 0..bodies {
+        let body: Vec<String> = (0..per_body)
+            .map(|i| {
+                let n = round * per_body + i;
+                let kind = if n % 3 == 0 { "SALE" } else { "RECEIPT" };
+                serde_json::json!({"eventId": format!("tot-{n}"), "eventType": kind,
+                    "sku": format!("TOT-{}", n % 3), "locationId": format!("L{}", n % 4),
+                    "quantity": 1 + n % 5})
+                .to_string()
+            })
+            .collect();
+        let (status, receipt) = post(&url, "application/x-ndjson", body.join("\n")).await;
+        assert_eq!(status, 200, "{receipt}");
+    }
+    let cycles = started.elapsed().as_millis() as usize / 250 + 2;
+    let (newest, count) = newest_totals(&mut all).await;
+    let events = bodies * per_body;
+    // 3 SKUs and 4 locations: at most one message per key per cycle.
+    assert!(
+        count <= 7 * cycles && count < events / 10,
+        "{count} messages for {events} events over {cycles} cycles"
+    );
+    assert_eq!(newest.len(), 7, "{newest:?}");
+    for ((kind, key), data) in &newest {
+        let rest = match kind.as_str() {
+            "items" => crate::get(&url, &format!("/v1/items/{key}")).await,
+            _ => crate::get(&url, &format!("/v1/locations/{key}")).await,
+        };
+        assert_eq!(rest.0, 200, "{}", rest.1);
+        assert_eq!(
+            totals_of(data),
+            totals_of(&rest.1["totals"]),
+            "{kind} {key}"
+        );
+    }
+    let (only, _) = newest_totals(&mut one).await;
+    let keys: Vec<_> = only.keys().collect();
+    assert_eq!(keys, [&("items".to_owned(), "TOT-1".to_owned())]);
+    assert_eq!(
+        only.values().next(),
+        newest.get(&("items".into(), "TOT-1".into()))
+    );
+
+    // A safety stock of 2 holds back 2 units at each of its 4 locations.
+    let before = newest[&("items".to_owned(), "TOT-1".to_owned())]["available"]
+        .as_i64()
+        .unwrap();
+    let response = reqwest::Client::new()
+        .put(format!("{url}/v1/products/TOT-1"))
+        .json(&serde_json::json!({"name": "Totals", "safetyStock": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let (moved, _) = newest_totals(&mut one).await;
+    let after = &moved[&("items".to_owned(), "TOT-1".to_owned())];
+    assert_eq!(after["available"].as_i64(), Some(before - 8), "{after}");
+    server.stop().await.unwrap();
+}

@@ -31,6 +31,7 @@ mod clients;
 pub mod harness;
 mod model;
 mod orders;
+mod raw_topic;
 mod recovery;
 
 pub use harness::*;

@@ -207,6 +207,42 @@ fn three_instances_one_killed(broker: &Broker, dirs: &Path, size: usize) {
             );
         }
     }
+    // The homes publish each SKU's and each location's newest totals to
+    // the compacted totals topics (the location homes' books restored
+    // after the kill too): the reference's sums, key by key.
+    let mut per_location: BTreeMap<&str, [i64; 5]> = BTreeMap::new();
+    for ((_, location), (on_hand, reserved, in_transit)) in &want {
+        let sums = per_location.entry(location.as_str()).or_default();
+        let available = (on_hand - reserved).max(0);
+        for (sum, one) in sums
+            .iter_mut()
+            .zip([*on_hand, *reserved, available, *in_transit, 1])
+        {
+            *sum += one;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for (topic, sums) in [
+        ("inventory.item-totals", &per_sku),
+        ("inventory.location-totals", &per_location),
+    ] {
+        loop {
+            let latest = broker.latest(topic);
+            let fields = ["onHand", "reserved", "available", "inTransit", "levels"];
+            let published: BTreeMap<&str, [i64; 5]> = latest
+                .iter()
+                .map(|(key, v)| (key.as_str(), fields.map(|f| v[f].as_i64().unwrap())))
+                .collect();
+            if &published == sums {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{topic}: {published:?}, want {sums:?}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
     // The check gathered from every member, asked of every instance,
     // agrees: no order's hold is unbacked (the workload's plain
     // reservations are held by no order), the orders' homes and the
