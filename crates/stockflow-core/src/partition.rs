@@ -898,6 +898,15 @@ impl Partition {
 
     /// Up to `limit` levels of `location` with sku > `after` that `keep`
     /// (given the level and its product's policy), by sku.
+    /// The SKUs with a level at `location` in this partition.
+    pub fn skus_at_location(&self, location: &str) -> Vec<Arc<str>> {
+        self.symbols
+            .get(location)
+            .and_then(|s| self.by_location.get(s))
+            .map(|skus| skus.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
     pub fn levels_of_location(
         &self,
         location: &str,

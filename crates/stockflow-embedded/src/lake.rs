@@ -105,6 +105,17 @@ pub fn start(config: &stockflow_service::config::Config, partitions: u16) -> any
     let dir = settings.dir.clone();
     fs::create_dir_all(&dir)
         .with_context(|| format!("cannot create the lake {}", dir.display()))?;
+    // One writer per lake: two servers would both take it for theirs
+    // while it is empty, then interleave.
+    let lock = File::create(dir.join(".stockflow-lake.lock"))?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "the lake {} is being written by another server; give each server a lake of its own",
+            dir.display()
+        ),
+        Err(fs::TryLockError::Error(e)) => return Err(e.into()),
+    }
     let data_dir_id = crate::recovery::data_dir_id(&config.data_dir)?;
     let positions = positions_of(&dir, &data_dir_id, partitions)?;
     for (p, position) in positions.iter().enumerate() {
@@ -132,18 +143,30 @@ pub fn start(config: &stockflow_service::config::Config, partitions: u16) -> any
                 .build(),
         ),
         sinks: config.sinks.clone(),
+        _lock: lock,
     };
     tokio::spawn(lake.run());
     Ok(())
 }
 
-/// Where the lake's files end, per partition: the furthest `historyTo`
-/// of each. Removes what a crash left half-written.
+/// A lake file's partition and first history offset, from its name
+/// (`p0003-00000000000000123456.parquet`).
+fn named(name: &str) -> Option<(u16, u64)> {
+    let (p, from) = name
+        .strip_suffix(".parquet")?
+        .strip_prefix('p')?
+        .split_once('-')?;
+    Some((p.parse().ok()?, from.parse().ok()?))
+}
+
+/// Where the lake's files end, per partition: the `historyTo` of its
+/// file that starts furthest (its name says which, so that only that
+/// footer is read). Removes what a crash left half-written.
 fn positions_of(dir: &Path, data_dir_id: &str, partitions: u16) -> anyhow::Result<Vec<u64>> {
-    let mut positions = vec![0u64; partitions as usize];
-    for day in
-        fs::read_dir(dir).with_context(|| format!("cannot read the lake {}", dir.display()))?
-    {
+    let mut newest: Vec<Option<(u64, PathBuf)>> = vec![None; partitions as usize];
+    let days =
+        fs::read_dir(dir).with_context(|| format!("cannot read the lake {}", dir.display()))?;
+    for day in days {
         let day = day?.path();
         if !day.is_dir() {
             continue;
@@ -156,43 +179,57 @@ fn positions_of(dir: &Path, data_dir_id: &str, partitions: u16) -> anyhow::Resul
                     .with_context(|| format!("cannot remove {}", path.display()))?;
                 continue;
             }
-            if !name.ends_with(".parquet") {
-                continue;
-            }
-            let meta = metadata_of(&path).with_context(|| {
-                format!(
-                    "cannot read the lake file {}; move it out of the lake",
-                    path.display()
-                )
-            })?;
-            let get = |key: &str| {
-                meta.iter()
-                    .find(|kv| kv.key == key)
-                    .and_then(|kv| kv.value.clone())
-            };
-            let Some(owner) = get(META_DATA_DIR) else {
-                tracing::warn!(file = %path.display(), "a Parquet file not written by stockflow is in the lake; ignored");
+            let Some((p, from)) = named(name) else {
+                if name.ends_with(".parquet") {
+                    tracing::warn!(file = %path.display(), "a Parquet file not named by stockflow is in the lake; ignored");
+                }
                 continue;
             };
-            anyhow::ensure!(
-                owner == data_dir_id,
-                "the lake {} holds the history of another data directory (id {owner}, this one is {data_dir_id}); give each data directory a lake of its own",
-                dir.display()
-            );
-            let number = |key: &str| {
-                get(key)
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .with_context(|| format!("{} has no {key}", path.display()))
-            };
-            let (p, to) = (number(META_PARTITION)?, number(META_TO)?);
-            let position = positions.get_mut(p as usize).with_context(|| {
+            let slot = newest.get_mut(p as usize).with_context(|| {
                 format!(
                     "{} is of partition {p}; this data directory has {partitions}",
                     path.display()
                 )
             })?;
-            *position = (*position).max(to);
+            if slot.as_ref().is_none_or(|(held, _)| *held < from) {
+                *slot = Some((from, path));
+            }
         }
+    }
+    let mut positions = vec![0u64; partitions as usize];
+    for (p, newest) in newest.into_iter().enumerate() {
+        let Some((_, path)) = newest else {
+            continue;
+        };
+        let meta = metadata_of(&path).with_context(|| {
+            format!(
+                "cannot read the lake file {}; move it out of the lake",
+                path.display()
+            )
+        })?;
+        let get = |key: &str| {
+            meta.iter()
+                .find(|kv| kv.key == key)
+                .and_then(|kv| kv.value.clone())
+        };
+        let owner = get(META_DATA_DIR)
+            .with_context(|| format!("{} has no {META_DATA_DIR}", path.display()))?;
+        anyhow::ensure!(
+            owner == data_dir_id,
+            "the lake {} holds the history of another data directory (id {owner}, this one is {data_dir_id}); give each data directory a lake of its own",
+            dir.display()
+        );
+        let number = |key: &str| {
+            get(key)
+                .and_then(|v| v.parse::<u64>().ok())
+                .with_context(|| format!("{} has no {key}", path.display()))
+        };
+        anyhow::ensure!(
+            number(META_PARTITION)? == p as u64,
+            "{} holds another partition than its name says; move it out of the lake",
+            path.display()
+        );
+        positions[p] = number(META_TO)?;
     }
     Ok(positions)
 }
@@ -219,19 +256,18 @@ struct Lake {
     schema: TypePtr,
     properties: WriterPropertiesPtr,
     sinks: Sinks,
+    /// Held while the server runs (see `start`).
+    _lock: File,
 }
 
 /// What one look at the history files did.
 struct Step {
-    rows: u64,
     skipped: u64,
-    behind: u64,
 }
 
 impl Lake {
     /// Writes files until the process ends; file IO off the runtime.
     async fn run(mut self) {
-        self.sinks.set(KIND, State::Connected, None);
         loop {
             let (lake, step) = tokio::task::spawn_blocking(move || {
                 let step = self.step(Instant::now());
@@ -243,9 +279,6 @@ impl Lake {
             match step {
                 Ok(step) => {
                     self.sinks.set(KIND, State::Connected, None);
-                    if step.rows > 0 {
-                        self.sinks.committed(KIND, step.rows);
-                    }
                     if step.skipped > 0 {
                         tracing::warn!(
                             bytes = step.skipped,
@@ -253,7 +286,6 @@ impl Lake {
                         );
                         self.sinks.skipped(KIND, step.skipped);
                     }
-                    self.sinks.behind(KIND, step.behind);
                     tokio::time::sleep(POLL).await;
                 }
                 Err(error) => {
@@ -267,15 +299,15 @@ impl Lake {
     }
 
     /// Writes the files that are due: a partition's history past its
-    /// position, once it is `flush` old or fills a file.
+    /// position, once it is `flush` old or fills a file. How far behind
+    /// the lake is shows before and after each file.
     fn step(&mut self, now: Instant) -> anyhow::Result<Step> {
-        let mut step = Step {
-            rows: 0,
-            skipped: 0,
-            behind: 0,
-        };
-        for p in 0..self.positions.len() {
-            let end = history::end_of(&self.data_dir, p as u16)?;
+        let mut step = Step { skipped: 0 };
+        let ends = (0..self.positions.len())
+            .map(|p| history::end_of(&self.data_dir, p as u16))
+            .collect::<std::io::Result<Vec<u64>>>()?;
+        self.show_behind(&ends);
+        for (p, &end) in ends.iter().enumerate() {
             let pending = end.saturating_sub(self.positions[p]);
             if pending == 0 {
                 self.since[p] = None;
@@ -285,19 +317,34 @@ impl Lake {
             // Looked at every POLL: written by the deadline, not after it.
             let due = now.duration_since(since) + POLL >= self.flush;
             if due || pending >= FILE_HISTORY_BYTES as u64 {
-                self.write_partition(p as u16, end, &mut step)?;
+                self.write_partition(p as u16, end, &ends, &mut step)?;
                 if self.positions[p] >= end {
                     self.since[p] = None;
                 }
             }
-            step.behind += end.saturating_sub(self.positions[p]);
         }
         Ok(step)
     }
 
+    /// How many history bytes are not yet in files.
+    fn show_behind(&self, ends: &[u64]) {
+        let behind = ends
+            .iter()
+            .zip(&self.positions)
+            .map(|(end, at)| end.saturating_sub(*at))
+            .sum();
+        self.sinks.behind(KIND, behind);
+    }
+
     /// Writes partition `p`'s history up to `end` (as far as whole
     /// entries are there), a file per day and per [`FILE_HISTORY_BYTES`].
-    fn write_partition(&mut self, p: u16, end: u64, step: &mut Step) -> anyhow::Result<()> {
+    fn write_partition(
+        &mut self,
+        p: u16,
+        end: u64,
+        ends: &[u64],
+        step: &mut Step,
+    ) -> anyhow::Result<()> {
         while self.positions[p as usize] < end {
             let from = self.positions[p as usize];
             let scan = history::scan(&self.data_dir, p, from, FILE_HISTORY_BYTES)?;
@@ -327,7 +374,8 @@ impl Lake {
                     .map_or(scan.next, |(at, _)| *at);
                 self.write_file(p, day, rows, to)?;
                 self.positions[p as usize] = to;
-                step.rows += len as u64;
+                self.sinks.committed(KIND, len as u64);
+                self.show_behind(ends);
                 start += len;
             }
         }

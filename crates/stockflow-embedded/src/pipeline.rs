@@ -1221,8 +1221,9 @@ fn mark_totals(shared: &Shared, partition: &Partition, changes: &[stockflow_core
     }
 }
 
-/// Notes the totals a catalog change moves (a product's safety stock
-/// and threshold change its available and low counts everywhere it is).
+/// Notes the totals a catalog change moves: a product's safety stock and
+/// threshold change its available and low counts everywhere it is, a
+/// location's threshold the low counts of every SKU there.
 fn mark_catalog(shared: &Shared, partition: &Partition, change: &CatalogChange) {
     let (items, locations) = totals_wanted(shared);
     if !items && !locations {
@@ -1245,15 +1246,23 @@ fn mark_catalog(shared: &Shared, partition: &Partition, change: &CatalogChange) 
             if locations && partition.location_totals(id).is_some() {
                 dirty.locations.insert(id.into());
             }
+            if items {
+                dirty.skus.extend(partition.skus_at_location(id));
+            }
         }
     }
 }
 
+/// Keys pushed per totals cycle at most: the rest wait for the next
+/// cycles, so that a bulk import's cycle neither overflows a subscriber's
+/// buffer nor floods the stream's resume ring.
+const TOTALS_PER_CYCLE: usize = 2_048;
+
 /// Every [`TOTALS_CYCLE`], pushes the totals of the SKUs and locations
-/// that changed: the newest value per key, summed over the partitions
-/// (one at a time, so appliers wait for no more than one). A sum read
-/// while a key moves is followed by the next cycle's, as the move marked
-/// it again.
+/// that changed (at most [`TOTALS_PER_CYCLE`]): the newest value per key,
+/// summed over the partitions (one at a time, so appliers wait for no
+/// more than one). A sum read while a key moves is followed by the next
+/// cycle's, as the move marked it again.
 ///
 /// [`TOTALS_CYCLE`]: stockflow_service::stream::TOTALS_CYCLE
 fn publish_totals(shared: &std::sync::Weak<Shared>) {
@@ -1264,14 +1273,25 @@ fn publish_totals(shared: &std::sync::Weak<Shared>) {
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        let dirty = std::mem::take(&mut *shared.totals_dirty.lock());
-        if dirty.skus.is_empty() && dirty.locations.is_empty() {
+        let (mut items, mut locations) = {
+            let mut dirty = shared.totals_dirty.lock();
+            let take = |keys: &mut std::collections::HashSet<Arc<str>>, n: usize| {
+                let picked: Vec<Arc<str>> = keys.iter().take(n).cloned().collect();
+                for key in &picked {
+                    keys.remove(key);
+                }
+                picked
+                    .into_iter()
+                    .map(|k| (k, None::<Totals>))
+                    .collect::<Vec<_>>()
+            };
+            let items = take(&mut dirty.skus, TOTALS_PER_CYCLE);
+            let locations = take(&mut dirty.locations, TOTALS_PER_CYCLE - items.len());
+            (items, locations)
+        };
+        if items.is_empty() && locations.is_empty() {
             continue;
         }
-        let mut items: Vec<(Arc<str>, Option<Totals>)> =
-            dirty.skus.into_iter().map(|k| (k, None)).collect();
-        let mut locations: Vec<(Arc<str>, Option<Totals>)> =
-            dirty.locations.into_iter().map(|k| (k, None)).collect();
         items.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         locations.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         for partition in &shared.partitions {

@@ -799,6 +799,21 @@ fn check_topics(settings: &KafkaSettings) -> anyhow::Result<()> {
             spec.partitions
         );
     }
+    // A mapped raw topic is the producers': it must exist already (a
+    // misspelt name would otherwise be waited for in silence).
+    for (topic, _) in &settings.topics.raw_topics {
+        let metadata = client
+            .fetch_metadata(Some(topic), Duration::from_secs(15))
+            .map_err(|e| anyhow::anyhow!("cannot reach Kafka at {}: {e}", settings.bootstrap))?;
+        let found = metadata
+            .topics()
+            .first()
+            .map_or(0, |m| m.partitions().len());
+        anyhow::ensure!(
+            found > 0,
+            "--raw-topic {topic}: no such topic; check its name (stockflow does not create it)"
+        );
+    }
     Ok(())
 }
 
