@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
-# usage: scripts/sink-bench.sh on|off FILE (from the repository, after
-# `cargo build --release`): imports FILE (canonical NDJSON) into a fresh
-# server, with or without the PostgreSQL sink (a database of its own at
-# 127.0.0.1:5432, user postgres), and reports the ingest rate and, with
-# the sink, when its tables caught up.
+# usage: scripts/sink-bench.sh off|on|lake|both FILE (from the repository,
+# after `cargo build --release`): imports FILE (canonical NDJSON) into a
+# fresh server without sinks (off), with the PostgreSQL sink (on: a
+# database of its own at 127.0.0.1:5432, user postgres), with the Parquet
+# lake (lake: flushed every second), or with both, and reports the ingest
+# rate and when the sinks caught up.
 set -euo pipefail
 mode=$1; file=$2; bin=${STOCKFLOW:-target/release/stockflow}; port=18090
 db=stockflow_sinkbench
 dir=$(mktemp -d)
 args=()
-if [ "$mode" = on ]; then
+if [ "$mode" = on ] || [ "$mode" = both ]; then
   psql -q -h 127.0.0.1 -U postgres -d postgres -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db"
-  args=(--sink-postgres "postgres://postgres@127.0.0.1:5432/$db")
+  args+=(--sink-postgres "postgres://postgres@127.0.0.1:5432/$db")
 fi
-$bin serve --data-dir "$dir" --listen 127.0.0.1:$port "${args[@]}" > /tmp/sinkbench-server.log 2>&1 &
+if [ "$mode" = lake ] || [ "$mode" = both ]; then
+  args+=(--lake "$dir/lake" --lake-flush-seconds 1)
+fi
+$bin serve --data-dir "$dir/data" --listen 127.0.0.1:$port "${args[@]}" > /tmp/sinkbench-server.log 2>&1 &
 pid=$!
 until curl -sf localhost:$port/healthz >/dev/null; do sleep 0.1; done
 events=$(wc -l < "$file")
@@ -21,16 +25,21 @@ t0=$(date +%s.%N)
 $bin import "$file" --format canonical --url http://127.0.0.1:$port > /dev/null 2>&1
 t1=$(date +%s.%N)
 echo "$mode ingest: $(python3 -c "print(round($events/($t1-$t0)))") events/s"
-if [ "$mode" = on ]; then
+if [ "$mode" != off ]; then
   while :; do
     s=$(curl -s localhost:$port/v1/sinks)
-    behind=$(python3 -c "import json,sys; print(json.loads(sys.argv[1])['sinks'][0]['behindBytes'])" "$s")
+    behind=$(python3 -c "import json,sys; print(sum(k['behindBytes'] for k in json.loads(sys.argv[1])['sinks']))" "$s")
     [ "$behind" = 0 ] && break
     sleep 0.2
   done
   t2=$(date +%s.%N)
-  rows=$(python3 -c "import json,sys; print(json.loads(sys.argv[1])['sinks'][0]['rows'])" "$s")
-  echo "on sink: $rows rows, caught up $(python3 -c "print(round($t2-$t1,1))") s after ingest; $(python3 -c "print(round($rows/($t2-$t0)))") rows/s from the first event"
+  python3 - "$s" "$t0" "$t1" "$t2" <<'EOF'
+import json, sys
+sinks, t0, t1, t2 = json.loads(sys.argv[1])["sinks"], *map(float, sys.argv[2:])
+for k in sinks:
+    print(f"{k['kind']}: {k['rows']} rows, caught up {t2 - t1:.1f} s after ingest; "
+          f"{k['rows'] / (t2 - t0):.0f} rows/s from the first event")
+EOF
 fi
 kill $pid; wait $pid 2>/dev/null || true
 rm -rf "$dir"

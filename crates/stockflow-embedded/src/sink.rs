@@ -1,6 +1,7 @@
 //! The PostgreSQL sink (`serve --sink-postgres URL`): every level change
 //! the engine records in its history files, as rows of `level_history`,
-//! and each level's newest numbers in `stock_levels`.
+//! and each level's newest numbers in `stock_levels`; each order's newest
+//! state in `orders` and every alert transition in `alerts`.
 //!
 //! It reads the history files in the order they were written, from its
 //! own position (per partition), never from memory: a sink that is
@@ -10,16 +11,28 @@
 //! tables go on from exactly where the last commit left them: nothing
 //! missing, nothing twice. History files are rewritten identically by a
 //! restart's replay, so a position stays valid across crashes.
+//!
+//! Orders and alerts come from the stream hub (a subscriber of its own,
+//! in-process): the same transaction upserts them and stores the id of
+//! the last message it holds, from which the next session resumes (the
+//! hub's ids survive restarts). When the hub no longer has what follows
+//! that id, the sink copies every order and every kept alert again
+//! (upserts: harmless twice) and goes on live.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use stockflow_core::{Outcome, Timestamp};
 use stockflow_service::history::{self, outcome_name, Entry};
 use stockflow_service::sinks::{Sinks, State};
+use stockflow_service::stream::{Filter, Kind, Message, Resume, Subscription};
 use tokio_postgres::{Client, NoTls};
+
+use crate::pipeline::Shared;
 
 const KIND: &str = "postgres";
 /// History read for one transaction at most, over all partitions.
@@ -60,6 +73,27 @@ CREATE TABLE IF NOT EXISTS level_history (
     PRIMARY KEY (partition, history_offset)
 );
 CREATE INDEX IF NOT EXISTS level_history_level ON level_history (sku, location_id);
+CREATE TABLE IF NOT EXISTS orders (
+    order_id text PRIMARY KEY,
+    status text NOT NULL,
+    mode text NOT NULL,
+    created_at timestamptz NOT NULL,
+    updated_at timestamptz NOT NULL,
+    expires_at timestamptz,
+    lines jsonb NOT NULL,
+    transitions jsonb NOT NULL
+);
+CREATE TABLE IF NOT EXISTS alerts (
+    alert_id text PRIMARY KEY,
+    kind text NOT NULL,
+    state text NOT NULL,
+    severity text NOT NULL,
+    sku text NOT NULL,
+    location_id text,
+    at timestamptz NOT NULL,
+    alert jsonb NOT NULL
+);
+CREATE INDEX IF NOT EXISTS alerts_level ON alerts (sku, location_id);
 CREATE TABLE IF NOT EXISTS stockflow_sink_positions (
     partition smallint PRIMARY KEY,
     history_offset bigint NOT NULL,
@@ -74,8 +108,19 @@ CREATE TABLE IF NOT EXISTS stockflow_sink_meta (
 /// as lost (a network that drops packets sends no reset).
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// Order and alert messages committed in one transaction at most.
+const MESSAGES_MAX: usize = 5_000;
+/// Orders or alerts per transaction when copying them all again.
+const RESYNC_CHUNK: usize = 2_000;
+/// The `stockflow_sink_meta` key of the last stream message committed.
+const STREAM_POSITION: &str = "stream_position";
+
 /// Checks the URL and starts the sink, if the config has one.
-pub fn start(config: &stockflow_service::config::Config, partitions: u16) -> anyhow::Result<()> {
+pub fn start(
+    config: &stockflow_service::config::Config,
+    shared: Arc<Shared>,
+) -> anyhow::Result<()> {
+    let partitions = shared.partition_count();
     let Some(url) = &config.sink_postgres else {
         return Ok(());
     };
@@ -102,6 +147,7 @@ pub fn start(config: &stockflow_service::config::Config, partitions: u16) -> any
         data_dir_id,
         sinks: config.sinks.clone(),
         positions: parking_lot::Mutex::new(vec![0; partitions as usize]),
+        shared,
     };
     tokio::spawn(sink.run());
     Ok(())
@@ -132,6 +178,8 @@ struct Sink {
     /// The positions of the last commit seen (0 before the database was
     /// first reached), for how far behind the sink is.
     positions: parking_lot::Mutex<Vec<u64>>,
+    /// The hub orders and alerts come from, and what a resync copies.
+    shared: Arc<Shared>,
 }
 
 impl Sink {
@@ -181,6 +229,10 @@ impl Sink {
             return (false, e);
         }
         *self.positions.lock() = positions.clone();
+        let mut stream = match self.follow(client).await {
+            Ok(stream) => stream,
+            Err(e) => return (false, e),
+        };
         self.sinks.set(KIND, State::Connected, None);
         tracing::info!("PostgreSQL sink connected");
         loop {
@@ -194,12 +246,22 @@ impl Sink {
                 Ok(batch) => batch,
                 Err(e) => return (true, format!("cannot read the history files: {e}")),
             };
-            if batch.next == positions {
+            let (messages, ended) = stream.drain(self.shared.hub.epoch);
+            if batch.next == positions && messages.is_empty() {
+                if ended {
+                    // It fell behind: on from the last message committed.
+                    match self.follow(client).await {
+                        Ok(again) => stream = again,
+                        Err(e) => return (true, e),
+                    }
+                    continue;
+                }
                 self.show_behind().await;
                 tokio::time::sleep(IDLE).await;
                 continue;
             }
-            match tokio::time::timeout(COMMIT_TIMEOUT, commit(client, &positions, &batch)).await {
+            let commit = commit(client, &positions, &batch, &messages);
+            match tokio::time::timeout(COMMIT_TIMEOUT, commit).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
                     let why = match e.downcast_ref::<tokio_postgres::Error>() {
@@ -222,11 +284,91 @@ impl Sink {
                 );
                 self.sinks.skipped(KIND, batch.skipped);
             }
-            self.sinks.committed(KIND, batch.entries.len() as u64);
+            let rows = batch.entries.len() + messages.orders.len() + messages.alerts.len();
+            self.sinks.committed(KIND, rows as u64);
+            if ended {
+                match self.follow(client).await {
+                    Ok(again) => stream = again,
+                    Err(e) => return (true, e),
+                }
+            }
             positions = batch.next;
             *self.positions.lock() = positions.clone();
             self.show_behind().await;
         }
+    }
+
+    /// Subscribes to the orders and alerts after the last message the
+    /// database holds; copies them all again when the hub no longer has
+    /// what follows it (or the database has none yet).
+    async fn follow(&self, client: &mut Client) -> Result<Following, String> {
+        let failed =
+            |e: tokio_postgres::Error| format!("cannot follow orders and alerts: {}", said(&e));
+        let last: Option<String> = client
+            .query_opt(
+                "SELECT value FROM stockflow_sink_meta WHERE key = $1",
+                &[&STREAM_POSITION],
+            )
+            .await
+            .map_err(failed)?
+            .map(|row| row.get(0));
+        let filter = Filter {
+            sku: None,
+            location_id: None,
+            kinds: vec![Kind::Orders, Kind::Alerts],
+        };
+        let Some((subscription, resume)) = self.shared.hub.subscribe(filter, last.as_deref())
+        else {
+            return Err(
+                "the server has too many stream subscribers to follow orders and alerts".into(),
+            );
+        };
+        let missed = match (last, resume) {
+            (Some(_), Resume::From(missed)) => missed,
+            _ => {
+                self.resync(client).await?;
+                Vec::new()
+            }
+        };
+        Ok(Following {
+            subscription,
+            missed: missed
+                .into_iter()
+                .filter(|m| matches!(m.kind, Kind::Orders | Kind::Alerts))
+                .collect(),
+        })
+    }
+
+    /// Copies every order and every alert the server keeps, in chunks
+    /// (upserts: rows already there are written again the same).
+    async fn resync(&self, client: &mut Client) -> Result<(), String> {
+        let (orders, alerts) = everything(&self.shared);
+        tracing::info!(
+            orders = orders.len(),
+            alerts = alerts.len(),
+            "copying every order and alert to PostgreSQL"
+        );
+        let chunks = orders.len().max(alerts.len()).div_ceil(RESYNC_CHUNK);
+        for i in 0..chunks {
+            let part = |all: &[String]| {
+                let from = (i * RESYNC_CHUNK).min(all.len());
+                let to = ((i + 1) * RESYNC_CHUNK).min(all.len());
+                all[from..to].to_vec()
+            };
+            let messages = Messages {
+                orders: part(&orders),
+                alerts: part(&alerts),
+                position: None,
+            };
+            let result: Result<(), tokio_postgres::Error> = async {
+                let tx = client.transaction().await?;
+                write_messages(&tx, &messages).await?;
+                tx.commit().await
+            }
+            .await;
+            result.map_err(|e| format!("cannot copy orders and alerts: {}", said(&e)))?;
+        }
+        Ok(())
     }
 
     /// Makes the database this data directory's sink, or says whose it
@@ -344,6 +486,141 @@ fn read_batch(data_dir: &std::path::Path, partitions: u16, from: &[u64]) -> std:
     Ok(batch)
 }
 
+/// Every order, and every alert the partitions keep, as the stream's JSON.
+fn everything(shared: &Shared) -> (Vec<String>, Vec<String>) {
+    let orders = shared
+        .orders
+        .read()
+        .orders
+        .values()
+        .map(|o| stockflow_service::json::order_json(o).to_string())
+        .collect();
+    let mut alerts = Vec::new();
+    for (p, partition) in shared.partitions.iter().enumerate() {
+        let partition = partition.read();
+        let kept = &partition.alerts;
+        let mut seen = std::collections::HashSet::new();
+        for a in kept.recent.iter().chain(kept.active.values()) {
+            if seen.insert(a.seq) {
+                let (sku, location) = partition.names_of(a.slot);
+                let json = stockflow_service::json::alert_json(p as u16, a, sku, location);
+                alerts.push(json.to_string());
+            }
+        }
+    }
+    (orders, alerts)
+}
+
+/// The orders and alerts a session follows: what it missed, then live.
+struct Following {
+    subscription: Subscription,
+    missed: Vec<Arc<Message>>,
+}
+
+/// Order and alert messages for one transaction, as JSON, and the id of
+/// the last (`None`: a resync's, which moves no position).
+#[derive(Default)]
+struct Messages {
+    orders: Vec<String>,
+    alerts: Vec<String>,
+    position: Option<String>,
+}
+
+impl Messages {
+    fn is_empty(&self) -> bool {
+        self.position.is_none()
+    }
+}
+
+impl Following {
+    /// What has arrived (at most [`MESSAGES_MAX`]), and whether the hub
+    /// ended the subscription (it fell behind: resume from the database).
+    fn drain(&mut self, epoch: u64) -> (Messages, bool) {
+        let mut messages = Messages::default();
+        let mut ended = false;
+        let mut taken = std::mem::take(&mut self.missed);
+        while taken.len() < MESSAGES_MAX {
+            match self.subscription.receiver.try_recv() {
+                Ok(m) => taken.push(m),
+                Err(tokio::sync::mpsc::error::TryRecvError::Empty) => break,
+                Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => {
+                    ended = true;
+                    break;
+                }
+            }
+        }
+        // The newest state of an order wins (messages come in order).
+        let mut orders: HashMap<String, usize> = HashMap::new();
+        for m in &taken {
+            let data = m.data().to_string();
+            match m.kind {
+                Kind::Orders => {
+                    let id = serde_json::from_str::<serde_json::Value>(&data)
+                        .ok()
+                        .and_then(|v| v["orderId"].as_str().map(str::to_owned))
+                        .unwrap_or_default();
+                    match orders.get(&id) {
+                        Some(at) => messages.orders[*at] = data,
+                        None => {
+                            orders.insert(id, messages.orders.len());
+                            messages.orders.push(data);
+                        }
+                    }
+                }
+                Kind::Alerts => messages.alerts.push(data),
+                _ => {}
+            }
+            messages.position = Some(format!("{epoch}-{}", m.seq));
+        }
+        (messages, ended)
+    }
+}
+
+/// Upserts orders (their newest state) and inserts alerts (each
+/// transition once), and moves the stream position if the batch has one.
+async fn write_messages(
+    tx: &tokio_postgres::Transaction<'_>,
+    messages: &Messages,
+) -> Result<(), tokio_postgres::Error> {
+    if !messages.orders.is_empty() {
+        let json = format!("[{}]", messages.orders.join(","));
+        tx.execute(
+            "INSERT INTO orders
+             SELECT o->>'orderId', o->>'status', o->>'mode', (o->>'createdAt')::timestamptz,
+                    (o->>'updatedAt')::timestamptz, (o->>'expiresAt')::timestamptz,
+                    o->'lines', o->'transitions'
+             FROM jsonb_array_elements($1::text::jsonb) AS o
+             ON CONFLICT (order_id) DO UPDATE SET status = EXCLUDED.status, mode = EXCLUDED.mode,
+               created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at,
+               expires_at = EXCLUDED.expires_at, lines = EXCLUDED.lines,
+               transitions = EXCLUDED.transitions",
+            &[&json],
+        )
+        .await?;
+    }
+    if !messages.alerts.is_empty() {
+        let json = format!("[{}]", messages.alerts.join(","));
+        tx.execute(
+            "INSERT INTO alerts
+             SELECT a->>'id', a->>'kind', a->>'state', a->>'severity', a->>'sku',
+                    a->>'locationId', (a->>'at')::timestamptz, a
+             FROM jsonb_array_elements($1::text::jsonb) AS a
+             ON CONFLICT (alert_id) DO NOTHING",
+            &[&json],
+        )
+        .await?;
+    }
+    if let Some(position) = &messages.position {
+        tx.execute(
+            "INSERT INTO stockflow_sink_meta VALUES ($1, $2)
+             ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+            &[&STREAM_POSITION, position],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 /// What PostgreSQL said: tokio-postgres shows a server's refusal as "db
 /// error", with the server's message only in its source.
 fn said(e: &tokio_postgres::Error) -> String {
@@ -362,7 +639,12 @@ fn time(t: Timestamp) -> DateTime<Utc> {
 
 /// One transaction: the positions are still `from` (no other writer
 /// moved them), the rows, the levels' newest numbers, the new positions.
-async fn commit(client: &mut Client, from: &[u64], batch: &Batch) -> anyhow::Result<()> {
+async fn commit(
+    client: &mut Client,
+    from: &[u64],
+    batch: &Batch,
+    messages: &Messages,
+) -> anyhow::Result<()> {
     let tx = client.transaction().await?;
     let partitions: Vec<i16> = (0..from.len() as i16).collect();
     // Lock the position rows; another writer having moved one means this
@@ -505,6 +787,7 @@ async fn commit(client: &mut Client, from: &[u64], batch: &Batch) -> anyhow::Res
         &[&pick_text(&levels, &sku), &pick_text(&levels, &location), &pick(&on_hand), &pick(&reserved), &pick(&in_transit), &changed_id, &changed_at],
     )
     .await?;
+    write_messages(&tx, messages).await?;
     let next: Vec<i64> = batch.next.iter().map(|n| *n as i64).collect();
     tx.execute(
         "UPDATE stockflow_sink_positions AS s SET history_offset = t.o, updated_at = now()

@@ -204,12 +204,13 @@ enum Command {
         tls_client_ca: Option<PathBuf>,
         #[command(flatten, next_help_heading = "RabbitMQ ingest")]
         amqp: AmqpArgs,
-        /// Keep PostgreSQL tables of the levels and their history in this
-        /// database (postgres://user:password@host:5432/database; the
-        /// tables are created if missing, the database must exist): each
-        /// batch one transaction with the sink's position, so they catch
-        /// up exactly after a crash of either side. Status: GET
-        /// /v1/sinks. Embedded mode only.
+        /// Keep PostgreSQL tables of the levels, their history, the orders
+        /// and the alerts in this database
+        /// (postgres://user:password@host:5432/database; the tables are
+        /// created if missing, the database must exist): each batch one
+        /// transaction with the sink's position, so they catch up exactly
+        /// after a crash of either side. Status: GET /v1/sinks. Embedded
+        /// mode only.
         #[arg(
             long,
             env = "STOCKFLOW_SINK_POSTGRES",

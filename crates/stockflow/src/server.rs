@@ -51,7 +51,7 @@ impl Server {
         stockflow_http::bootstrap::load(&*state).await?;
         stockflow_http::webhooks::start(state.clone(), state.config.webhooks.clone())?;
         stockflow_http::amqp::start(state.clone())?;
-        stockflow_embedded::sink::start(&state.config, pipeline.shared.partition_count())?;
+        stockflow_embedded::sink::start(&state.config, pipeline.shared.clone())?;
         stockflow_embedded::lake::start(&state.config, pipeline.shared.partition_count())?;
         let simulator = state.simulator.clone();
         let limits = stockflow_http::serve::ConnectionLimits::of(&state.config);

@@ -3,7 +3,8 @@
 //! (plain and order events, API orders, redeliveries, invalid events)
 //! with the server killed (-9) mid-ingest, the sink's connections killed
 //! from the server side, and the database refusing connections for a
-//! while; the tables must end equal to the API, each event once.
+//! while; the tables must end equal to the API (levels, orders, alerts),
+//! each event once.
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::crash::serve;
-use crate::holds::{mixed_stream, send_command, server_levels, Shape, Step};
+use crate::holds::{mixed_stream, send_command, server_levels, server_orders, Shape, Step};
 use crate::{free_port, get, post};
 
 /// `sql` run by psql on `database`: its rows, fields split on `|`.
@@ -224,6 +225,67 @@ async fn postgres_tables_equal_the_api_across_kills_of_either_side() {
         assert!(history["nextBefore"].is_null(), "one page holds it");
         assert_eq!(count, entries.len(), "{sku}@{location} (seed={seed})");
     }
+    // orders holds each order's newest state, as the API answers it.
+    let mut api_orders = BTreeMap::new();
+    for id in server_orders(&url, SHAPE).await {
+        let (_, order) = get(&url, &format!("/v1/orders/{id}")).await;
+        let transitions = order["transitions"].as_array().unwrap().len();
+        api_orders.insert(
+            id,
+            (order["status"].as_str().unwrap().to_owned(), transitions),
+        );
+    }
+    assert!(!api_orders.is_empty(), "the stream placed orders");
+    // alerts holds every alert transition the API lists (the API keeps
+    // the newest 2,000 per partition; the table keeps them all).
+    let mut api_alerts = BTreeMap::new();
+    let mut after = String::new();
+    loop {
+        let (status, page) = get(&url, &format!("/v1/alerts?limit=1000{after}")).await;
+        assert_eq!(status, 200, "{page}");
+        for a in page["alerts"].as_array().unwrap() {
+            let id = a["id"].as_str().unwrap().to_owned();
+            api_alerts.insert(
+                id,
+                (
+                    a["kind"].as_str().unwrap().to_owned(),
+                    a["state"].as_str().unwrap().to_owned(),
+                ),
+            );
+        }
+        match page["nextAfter"].as_str() {
+            Some(next) => after = format!("&after={next}"),
+            None => break,
+        }
+    }
+    assert!(!api_alerts.is_empty(), "the stream raised alerts");
+    // Polled: a timer may raise an alert after the sink caught up.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let orders: BTreeMap<String, (String, usize)> = db
+            .query("SELECT order_id, status, jsonb_array_length(transitions) FROM orders")
+            .into_iter()
+            .map(|r| (r[0].clone(), (r[1].clone(), r[2].parse().unwrap())))
+            .collect();
+        let alerts: BTreeMap<String, (String, String)> = db
+            .query("SELECT alert_id, kind, state FROM alerts")
+            .into_iter()
+            .map(|r| (r[0].clone(), (r[1].clone(), r[2].clone())))
+            .collect();
+        let missing: Vec<_> = api_alerts
+            .iter()
+            .filter(|(id, a)| alerts.get(*id) != Some(a))
+            .collect();
+        if orders == api_orders && missing.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "orders {orders:?} against the API's {api_orders:?}; alerts missing or different: {missing:?} (seed={seed})"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
     // Another data directory's server on the same database is refused:
     // the positions are this one's.
     let other = tempfile::tempdir().unwrap();
