@@ -191,6 +191,27 @@ fn a_topic_of_any_name_is_read_in_the_format_it_is_mapped_to() {
             .unwrap();
         assert_eq!(letter["source"], topic, "{letter}");
     }
+    // A mapped topic that does not exist stops the start, named.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_stockflow"))
+        .args([
+            "serve",
+            "--kafka",
+            &broker.bootstrap,
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .args(broker.kafka_args())
+        .arg("--data-dir")
+        .arg(dirs.join("i1"))
+        .args(["--raw-topic", "shops.typo=store-item"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("shops.typo") && stderr.contains("no such topic"),
+        "{stderr}"
+    );
 }
 
 /// A mapping to no format, to one of stockflow's own topics, or a topic
