@@ -26,11 +26,14 @@ $bin import "$file" --format canonical --url http://127.0.0.1:$port > /dev/null 
 t1=$(date +%s.%N)
 echo "$mode ingest: $(python3 -c "print(round($events/($t1-$t0)))") events/s"
 if [ "$mode" != off ]; then
-  while :; do
+  # Caught up: nothing behind at two looks 0.5 s apart (a sink shows
+  # how far behind it is as of its last look at the history files).
+  zero=0
+  while [ $zero -lt 2 ]; do
     s=$(curl -s localhost:$port/v1/sinks)
     behind=$(python3 -c "import json,sys; print(sum(k['behindBytes'] for k in json.loads(sys.argv[1])['sinks']))" "$s")
-    [ "$behind" = 0 ] && break
-    sleep 0.2
+    if [ "$behind" = 0 ]; then zero=$((zero + 1)); else zero=0; fi
+    sleep 0.5
   done
   t2=$(date +%s.%N)
   python3 - "$s" "$t0" "$t1" "$t2" <<'EOF'

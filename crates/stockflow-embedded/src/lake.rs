@@ -134,6 +134,7 @@ pub fn start(config: &stockflow_service::config::Config, partitions: u16) -> any
         data_dir_id,
         flush: settings.flush,
         since: vec![None; positions.len()],
+        started: true,
         positions,
         schema: schema(),
         properties: Arc::new(
@@ -253,6 +254,8 @@ struct Lake {
     positions: Vec<u64>,
     /// Per partition: since when history past its position was seen.
     since: Vec<Option<Instant>>,
+    /// Until the first look is done: what is there is written at once.
+    started: bool,
     schema: TypePtr,
     properties: WriterPropertiesPtr,
     sinks: Sinks,
@@ -315,7 +318,8 @@ impl Lake {
             }
             let since = *self.since[p].get_or_insert(now);
             // Looked at every POLL: written by the deadline, not after it.
-            let due = now.duration_since(since) + POLL >= self.flush;
+            // History from before the start is as old as the start: due.
+            let due = self.started || now.duration_since(since) + POLL >= self.flush;
             if due || pending >= FILE_HISTORY_BYTES as u64 {
                 self.write_partition(p as u16, end, &ends, &mut step)?;
                 if self.positions[p] >= end {
@@ -323,6 +327,7 @@ impl Lake {
                 }
             }
         }
+        self.started = false;
         Ok(step)
     }
 
