@@ -97,6 +97,24 @@ impl RollupBook {
         keep_newest(&mut self.locations, location_id, sku, version, numbers).0
     }
 
+    /// The SKUs homed here with a level at `location_id`.
+    pub fn skus_at(&self, location_id: &str) -> Vec<String> {
+        self.skus
+            .iter()
+            .filter(|(_, locations)| locations.contains_key(location_id))
+            .map(|(sku, _)| sku.clone())
+            .collect()
+    }
+
+    /// The locations homed here with a level of `sku`.
+    pub fn locations_of(&self, sku: &str) -> Vec<String> {
+        self.locations
+            .iter()
+            .filter(|(_, skus)| skus.contains_key(sku))
+            .map(|(location, _)| location.clone())
+            .collect()
+    }
+
     /// A location's totals over every SKU, under the catalog's rules;
     /// `None` if no level of it was reported here.
     pub fn location_totals(&self, location_id: &str, catalog: &Catalog) -> Option<Totals> {

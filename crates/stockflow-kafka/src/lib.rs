@@ -144,7 +144,9 @@ impl Topics {
                 "--raw-topic {topic}={format}: no source format is named {format:?}; GET /v1/sources lists them (and `canonical`)"
             );
             anyhow::ensure!(
-                !own.contains(&topic) && !topic.starts_with(&self.raw_prefix),
+                !own.contains(&topic)
+                    && !topic.starts_with(&self.raw_prefix)
+                    && !topic.starts_with("__"),
                 "--raw-topic {topic}: a topic of stockflow's own (prefix {:?}); map a topic your producers write",
                 self.raw_prefix
             );

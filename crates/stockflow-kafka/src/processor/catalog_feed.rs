@@ -126,12 +126,50 @@ impl Processor {
             }
             told += (partition.alerts.next_seq - alerts_before) as usize;
             self.publish_alerts(p, &partition, alerts_before);
+            drop(partition);
+            let moved = self.totals_moved(p, &changes);
+            told += moved.skus.len() + moved.locations.len();
+            self.publish_totals(p, &moved);
         }
         if told > 0 && self.settings.transactions {
             // Visible only once committed; there may be no cycle to do it.
             self.commit_transaction(None, &[]);
         }
         self.shared.progress.notify_waiters();
+    }
+
+    /// The totals homed in `p` that catalog changes move: a product's
+    /// safety stock and threshold move its SKU's totals and those of the
+    /// locations it is at; a location's threshold, its own and those of
+    /// the SKUs there.
+    fn totals_moved(
+        &self,
+        p: u16,
+        changes: &[(stockflow_core::CatalogChange, i64)],
+    ) -> super::sagas::Moved {
+        use stockflow_core::CatalogChange;
+        let n = self.settings.partitions;
+        let book = self.shared.rollups[p as usize].read();
+        let mut moved = super::sagas::Moved::default();
+        for (change, _) in changes {
+            match change {
+                CatalogChange::Product(product) => {
+                    let sku = &product.sku;
+                    if sku_home(sku, n) == p && book.levels(sku).next().is_some() {
+                        moved.skus.insert(sku.clone());
+                    }
+                    moved.locations.extend(book.locations_of(sku));
+                }
+                CatalogChange::Location(location) => {
+                    let id = &location.location_id;
+                    if location_home(id, n) == p {
+                        moved.locations.insert(id.clone());
+                    }
+                    moved.skus.extend(book.skus_at(id));
+                }
+            }
+        }
+        moved
     }
 
     /// Queues the PRICE_DROP alerts among `prices`: each one by the owner

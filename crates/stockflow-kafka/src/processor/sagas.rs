@@ -232,8 +232,8 @@ impl Processor {
 /// The SKUs and locations homed in a partition whose totals a cycle moved.
 #[derive(Default)]
 pub(super) struct Moved {
-    skus: std::collections::BTreeSet<String>,
-    locations: std::collections::BTreeSet<String>,
+    pub(super) skus: std::collections::BTreeSet<String>,
+    pub(super) locations: std::collections::BTreeSet<String>,
 }
 
 /// Applies a level report to the roll-ups of partition `p`: to its SKU's

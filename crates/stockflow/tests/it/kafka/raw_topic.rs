@@ -191,6 +191,31 @@ fn a_topic_of_any_name_is_read_in_the_format_it_is_mapped_to() {
             .unwrap();
         assert_eq!(letter["source"], topic, "{letter}");
     }
+    // A product's safety stock moves its SKU's totals on the topic too:
+    // 3 units held back at each of its 3 shops.
+    let before = broker.latest("inventory.item-totals")["RAW-0"]["available"]
+        .as_i64()
+        .unwrap();
+    let (status, product) = runtime.block_on(send_json(
+        &reqwest::Client::new(),
+        reqwest::Method::PUT,
+        &format!("{}/v1/products/RAW-0", instance.url),
+        &serde_json::json!({"name": "Raw", "safetyStock": 3}),
+    ));
+    assert_eq!(status, 200, "{product}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = broker.latest("inventory.item-totals")["RAW-0"]["available"].as_i64();
+        if now == Some(before - 9) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "RAW-0 available {now:?}, want {}",
+            before - 9
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
     // A mapped topic that does not exist stops the start, named.
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_stockflow"))
         .args([
@@ -224,6 +249,7 @@ fn raw_topics_that_cannot_be_read_are_refused_at_start() {
         (&["shops.sales=shrug"][..], "no source format"),
         (&["inventory.dlq=canonical"][..], "stockflow's own"),
         (&["inventory.events.raw.x=canonical"][..], "stockflow's own"),
+        (&["__consumer_offsets=canonical"][..], "stockflow's own"),
         (&["a=canonical", "a=store-item"][..], "given twice"),
         (&["no-format"][..], "TOPIC=FORMAT"),
     ] {
