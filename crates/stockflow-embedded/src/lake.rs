@@ -107,7 +107,8 @@ pub fn start(config: &stockflow_service::config::Config, partitions: u16) -> any
         .with_context(|| format!("cannot create the lake {}", dir.display()))?;
     // One writer per lake: two servers would both take it for theirs
     // while it is empty, then interleave.
-    let lock = File::create(dir.join(".stockflow-lake.lock"))?;
+    let lock = File::create(dir.join(".stockflow-lake.lock"))
+        .with_context(|| format!("cannot write in the lake {}", dir.display()))?;
     match lock.try_lock() {
         Ok(()) => {}
         Err(fs::TryLockError::WouldBlock) => anyhow::bail!(

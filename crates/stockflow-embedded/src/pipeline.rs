@@ -1285,8 +1285,10 @@ fn publish_totals(shared: &std::sync::Weak<Shared>) {
                     .map(|k| (k, None::<Totals>))
                     .collect::<Vec<_>>()
             };
-            let items = take(&mut dirty.skus, TOTALS_PER_CYCLE);
-            let locations = take(&mut dirty.locations, TOTALS_PER_CYCLE - items.len());
+            // Half the cycle is the locations' if they need it: a flood
+            // of SKUs never holds a store's totals back.
+            let locations = take(&mut dirty.locations, TOTALS_PER_CYCLE / 2);
+            let items = take(&mut dirty.skus, TOTALS_PER_CYCLE - locations.len());
             (items, locations)
         };
         if items.is_empty() && locations.is_empty() {

@@ -311,7 +311,7 @@ async fn links<B: Backend>(State(backend): State<Arc<B>>) -> Json<serde_json::Va
 #[utoipa::path(get, path = "/v1/sinks",
     operation_id = "getSinks", tag = "operations",
     summary = "The sinks (PostgreSQL) and their lag",
-    description = "Each sink the server writes (`serve --sink-postgres`, `--lake`): `kind` (postgres, lake), `target` (postgres://host:port/database, never with the credentials; the lake's directory), `state` (connecting, connected, disconnected), `since`, `lastError`, `behindBytes` (history written and not yet committed to it: 0 when caught up; the lake holds history back up to `--lake-flush-seconds` on purpose), `rows` (committed since the server started), `lastCommitAt` and `skippedBytes` (history the retention deleted before the sink had it). Embedded mode only: a Kafka-mode server has none.",
+    description = "Each sink the server writes (`serve --sink-postgres`, `--lake`): `kind` (postgres, lake), `target` (postgres://host:port/database, never with the credentials; the lake's directory), `state` (connecting, connected, disconnected), `since`, `lastError` (the last failure, kept after recovery: `state` says whether it is still failing), `behindBytes` (history written and not yet committed to it, as of the sink's last look at the history files, every 100 ms for PostgreSQL when idle and every 250 ms for the lake: 0 when caught up; the lake holds history back up to `--lake-flush-seconds` on purpose), `rows` (committed since the server started), `lastCommitAt` and `skippedBytes` (history the retention deleted before the sink had it). Embedded mode only: a Kafka-mode server has none.",
     responses(
         (status = 200, description = "The sinks", body = shapes::Sinks),
         openapi::ReadRefusals,

@@ -453,3 +453,38 @@ async fn item_and_location_totals_are_pushed_coalesced_and_match_the_roll_ups() 
     assert_eq!(name, "gap", "totals are not rebuilt by a restart");
     server.stop().await.unwrap();
 }
+
+/// A flood of SKUs never holds a location's totals back: 10,000 SKUs
+/// moved at once take several cycles (2,048 keys each at most), and the
+/// location they share comes within the first of them, not after them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_skus_does_not_hold_location_totals_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), |_| {}).await;
+    let url = server.url();
+    let mut reader = Reader::open(&format!("{url}/v1/stream?kinds=items,locations"), None).await;
+    let skus = 10_000;
+    let body: Vec<String> = (0..skus)
+        .map(|n| {
+            serde_json::json!({"eventId": format!("flood-{n}"), "eventType": "RECEIPT",
+                "sku": format!("FLOOD-{n}"), "locationId": "FLOOD-LOC", "quantity": 1})
+            .to_string()
+        })
+        .collect();
+    let (status, receipt) = post(&url, "application/x-ndjson", body.join("\n")).await;
+    assert_eq!(status, 200, "{receipt}");
+    let mut items = 0;
+    loop {
+        let (_, name, data) = reader.next().await;
+        if name == "locations" {
+            assert_eq!(data["locationId"], "FLOOD-LOC");
+            break;
+        }
+        items += 1;
+    }
+    assert!(
+        items < skus / 2,
+        "the location came after {items} of the {skus} SKUs' totals"
+    );
+    server.stop().await.unwrap();
+}
