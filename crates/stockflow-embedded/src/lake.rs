@@ -358,11 +358,16 @@ impl Lake {
                 step.skipped += gone_to - gone_from;
             }
             if scan.entries.is_empty() {
-                // Only an entry still being written: the next look.
                 if scan.next > from {
+                    // All of it deleted by the retention: a file without
+                    // rows keeps the skip (a restart goes on after it,
+                    // and does not count it again).
+                    let today = chrono::Utc::now().timestamp().div_euclid(86_400);
+                    self.write_file(p, today, from, &[], scan.next)?;
                     self.positions[p as usize] = scan.next;
                     continue;
                 }
+                // Only an entry still being written: the next look.
                 break;
             }
             // A file per UTC day of the rows' processing, in order.
@@ -378,7 +383,10 @@ impl Lake {
                     .entries
                     .get(start + len)
                     .map_or(scan.next, |(at, _)| *at);
-                self.write_file(p, day, rows, to)?;
+                // The first file starts where the lake stood, so that a
+                // range the retention deleted is in its span.
+                let first = if start == 0 { from } else { rows[0].0 };
+                self.write_file(p, day, first, rows, to)?;
                 self.positions[p as usize] = to;
                 self.sinks.committed(KIND, len as u64);
                 self.show_behind(ends);
@@ -388,8 +396,16 @@ impl Lake {
         Ok(())
     }
 
-    /// One file: written under a temporary name, fsynced, renamed.
-    fn write_file(&self, p: u16, day: i64, rows: &[(u64, Entry)], to: u64) -> anyhow::Result<()> {
+    /// One file of history `from`..`to`: written under a temporary name,
+    /// fsynced, renamed.
+    fn write_file(
+        &self,
+        p: u16,
+        day: i64,
+        from: u64,
+        rows: &[(u64, Entry)],
+        to: u64,
+    ) -> anyhow::Result<()> {
         let date = chrono::DateTime::from_timestamp(day * 86_400, 0)
             .context("a day the calendar has")?
             .format("%Y-%m-%d");
@@ -398,42 +414,45 @@ impl Lake {
             fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
             sync_dir(&self.dir)?;
         }
-        let from = rows[0].0;
         let name = format!("p{p:04}-{from:020}.parquet");
         let temporary = dir.join(format!(".{name}.tmp"));
         let file = File::create(&temporary)
             .with_context(|| format!("cannot create {}", temporary.display()))?;
         let mut writer =
             SerializedFileWriter::new(file, self.schema.clone(), self.properties.clone())?;
-        let mut group = writer.next_row_group()?;
-        let mut columns = COLUMNS.iter();
-        while let Some(mut out) = group.next_column()? {
-            let (name, column) = columns.next().expect("a column per schema field");
-            match column {
-                Column::Int(_) if *name == "partition" => {
-                    let values: Vec<i32> = rows.iter().map(|_| i32::from(p)).collect();
-                    out.typed::<Int32Type>().write_batch(&values, None, None)?;
+        // A file without rows (a skip) has no row group.
+        if !rows.is_empty() {
+            let mut group = writer.next_row_group()?;
+            let mut columns = COLUMNS.iter();
+            while let Some(mut out) = group.next_column()? {
+                let (name, column) = columns.next().expect("a column per schema field");
+                match column {
+                    Column::Int(_) if *name == "partition" => {
+                        let values: Vec<i32> = rows.iter().map(|_| i32::from(p)).collect();
+                        out.typed::<Int32Type>().write_batch(&values, None, None)?;
+                    }
+                    Column::Int(value) => {
+                        let values: Vec<i64> =
+                            rows.iter().map(|(at, e)| value(p, *at, e)).collect();
+                        out.typed::<Int64Type>().write_batch(&values, None, None)?;
+                    }
+                    Column::Time(value) => {
+                        let values: Vec<i64> = rows.iter().map(|(_, e)| value(e)).collect();
+                        out.typed::<Int64Type>().write_batch(&values, None, None)?;
+                    }
+                    Column::Text(value) => {
+                        let values: Vec<ByteArray> = rows
+                            .iter()
+                            .map(|(_, e)| ByteArray::from(value(e)))
+                            .collect();
+                        out.typed::<ByteArrayType>()
+                            .write_batch(&values, None, None)?;
+                    }
                 }
-                Column::Int(value) => {
-                    let values: Vec<i64> = rows.iter().map(|(at, e)| value(p, *at, e)).collect();
-                    out.typed::<Int64Type>().write_batch(&values, None, None)?;
-                }
-                Column::Time(value) => {
-                    let values: Vec<i64> = rows.iter().map(|(_, e)| value(e)).collect();
-                    out.typed::<Int64Type>().write_batch(&values, None, None)?;
-                }
-                Column::Text(value) => {
-                    let values: Vec<ByteArray> = rows
-                        .iter()
-                        .map(|(_, e)| ByteArray::from(value(e)))
-                        .collect();
-                    out.typed::<ByteArrayType>()
-                        .write_batch(&values, None, None)?;
-                }
+                out.close()?;
             }
-            out.close()?;
+            group.close()?;
         }
-        group.close()?;
         for (key, value) in [
             (META_DATA_DIR, self.data_dir_id.clone()),
             (META_PARTITION, p.to_string()),
@@ -461,4 +480,131 @@ fn sync_dir(dir: &Path) -> anyhow::Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .with_context(|| format!("cannot sync {}", dir.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stockflow_core::{EventType, Numbers, Outcome, Timestamp};
+    use stockflow_service::history::{Fixed, HistoryWriter, Level};
+
+    const SECOND: i64 = 1_000_000_000;
+    const DAY: i64 = 86_400 * SECOND;
+
+    /// History of partition 0: one receipt a second from `start`, in
+    /// small segments (so that the retention can delete some).
+    fn history(data: &Path, start: i64, n: i64) {
+        let mut writer = HistoryWriter::open_with(data, 0, 0, 1000).unwrap();
+        for t in 0..n {
+            let at = Timestamp(start + t * SECOND);
+            let fixed = Fixed {
+                prev: 0,
+                processed: at,
+                event_time: at,
+                record: t as u64,
+                event_type: EventType::Receipt,
+                in_transit: false,
+                outcome: Outcome::Applied,
+                quantity: 1,
+                before: Numbers {
+                    on_hand: t,
+                    ..Numbers::default()
+                },
+                after: Numbers {
+                    on_hand: t + 1,
+                    ..Numbers::default()
+                },
+            };
+            let level = Level {
+                sku: "A",
+                location: "S1",
+            };
+            writer
+                .append(&fixed, &format!("e{t}"), "pos", level)
+                .unwrap();
+        }
+        writer.flush().unwrap();
+    }
+
+    fn lake(data: &Path, dir: &Path) -> Lake {
+        fs::create_dir_all(dir).unwrap();
+        Lake {
+            dir: dir.to_owned(),
+            data_dir: data.to_owned(),
+            data_dir_id: "test".into(),
+            flush: Duration::from_secs(60),
+            positions: positions_of(dir, "test", 1).unwrap(),
+            since: vec![None],
+            started: true,
+            schema: schema(),
+            properties: Arc::new(WriterProperties::builder().build()),
+            sinks: Sinks::default(),
+            _lock: File::create(dir.join(".stockflow-lake.lock")).unwrap(),
+        }
+    }
+
+    /// Every file's (day folder, historyFrom, historyTo, rows).
+    fn files(dir: &Path) -> Vec<(String, u64, u64, i64)> {
+        let mut found = Vec::new();
+        for day in fs::read_dir(dir).unwrap() {
+            let day = day.unwrap().path();
+            if !day.is_dir() {
+                continue;
+            }
+            for file in fs::read_dir(&day).unwrap() {
+                let path = file.unwrap().path();
+                let reader = SerializedFileReader::new(File::open(&path).unwrap()).unwrap();
+                let meta = reader.metadata().file_metadata();
+                let get = |key: &str| {
+                    let kv = meta.key_value_metadata().unwrap();
+                    let value = kv.iter().find(|kv| kv.key == key).unwrap();
+                    value.value.as_ref().unwrap().parse::<u64>().unwrap()
+                };
+                let folder = day.file_name().unwrap().to_str().unwrap().to_owned();
+                found.push((folder, get(META_FROM), get(META_TO), meta.num_rows()));
+            }
+        }
+        found.sort_by_key(|f| f.1);
+        found
+    }
+
+    #[test]
+    fn a_day_boundary_splits_the_files_and_the_chain_has_no_gap() {
+        let (data, dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        // 100 entries, the last 40 the next UTC day.
+        history(data.path(), DAY - 60 * SECOND, 100);
+        let mut lake = lake(data.path(), dir.path());
+        lake.step(Instant::now()).unwrap();
+        let end = history::end_of(data.path(), 0).unwrap();
+        let found = files(dir.path());
+        let days: Vec<(&str, i64)> = found.iter().map(|f| (f.0.as_str(), f.3)).collect();
+        assert_eq!(days, [("day=1970-01-01", 60), ("day=1970-01-02", 40)]);
+        assert_eq!((found[0].1, found[0].2), (0, found[1].1));
+        assert_eq!(found[1].2, end);
+        // A restart goes on from the files: nothing to write again.
+        assert_eq!(positions_of(dir.path(), "test", 1).unwrap(), [end]);
+    }
+
+    #[test]
+    fn history_the_retention_deleted_is_skipped_once_and_kept_in_the_chain() {
+        let (data, dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        history(data.path(), 0, 100);
+        // The lake has not read any of it when the retention deletes the
+        // oldest segments: the first file spans them.
+        let deleted = history::compact(data.path(), 0, Timestamp(50 * SECOND)).unwrap();
+        assert!(deleted > 0);
+        let mut lake = lake(data.path(), dir.path());
+        let step = lake.step(Instant::now()).unwrap();
+        assert!(step.skipped > 0);
+        let found = files(dir.path());
+        assert_eq!(found[0].1, 0, "the first file's span starts at 0");
+        assert!(found[0].3 < 100, "only what is left is rows");
+        let end = history::end_of(data.path(), 0).unwrap();
+        assert_eq!(found.last().unwrap().2, end);
+        // Restarted: nothing skipped again.
+        drop(lake);
+        let mut again = self::lake(data.path(), dir.path());
+        assert_eq!(again.positions, [end]);
+        assert_eq!(again.step(Instant::now()).unwrap().skipped, 0);
+    }
 }
