@@ -12,12 +12,15 @@
 //! missing, nothing twice. History files are rewritten identically by a
 //! restart's replay, so a position stays valid across crashes.
 //!
-//! Orders and alerts come from the stream hub (a subscriber of its own,
+//! Orders come from the stream hub (a subscriber of its own,
 //! in-process): the same transaction upserts them and stores the id of
 //! the last message it holds, from which the next session resumes (the
 //! hub's ids survive restarts). When the hub no longer has what follows
-//! that id, the sink copies every order and every kept alert again
-//! (upserts: harmless twice) and goes on live.
+//! that id, the sink copies every order again (upserts: harmless twice)
+//! and goes on live. Alerts, far more numerous in a bulk load (a level
+//! can go low and back with every event), are read from each partition's
+//! kept alerts by their sequence number, stored with the rows: a sink
+//! that fell more than the kept 2,000 behind skips, and counts, the rest.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -91,7 +94,11 @@ CREATE TABLE IF NOT EXISTS alerts (
     sku text NOT NULL,
     location_id text,
     at timestamptz NOT NULL,
-    alert jsonb NOT NULL
+    on_hand bigint,
+    available bigint,
+    threshold bigint,
+    event_id text,
+    detail text NOT NULL
 );
 CREATE INDEX IF NOT EXISTS alerts_level ON alerts (sku, location_id);
 CREATE TABLE IF NOT EXISTS stockflow_sink_positions (
@@ -109,7 +116,7 @@ CREATE TABLE IF NOT EXISTS stockflow_sink_meta (
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Order and alert messages committed in one transaction at most.
-const MESSAGES_MAX: usize = 5_000;
+const MESSAGES_MAX: usize = 20_000;
 /// Orders or alerts per transaction when copying them all again.
 const RESYNC_CHUNK: usize = 2_000;
 /// The `stockflow_sink_meta` key of the last stream message committed.
@@ -218,6 +225,12 @@ impl Sink {
         if let Err(e) = client.batch_execute(SCHEMA).await {
             return (false, format!("cannot create the tables: {}", said(&e)));
         }
+        // Alerts come by binary COPY into this, then once into `alerts`
+        // (a resumed or copied-again alert is there already).
+        let staging = "CREATE TEMP TABLE IF NOT EXISTS stockflow_alerts_in (LIKE alerts) ON COMMIT DELETE ROWS";
+        if let Err(e) = client.batch_execute(staging).await {
+            return (false, format!("cannot create the tables: {}", said(&e)));
+        }
         if let Err(e) = self.claim(client).await {
             return (false, e);
         }
@@ -229,6 +242,10 @@ impl Sink {
             return (false, e);
         }
         *self.positions.lock() = positions.clone();
+        let mut alerts_next = match load_alert_positions(client, self.partitions).await {
+            Ok(next) => next,
+            Err(e) => return (false, format!("cannot read the positions: {}", said(&e))),
+        };
         let mut stream = match self.follow(client).await {
             Ok(stream) => stream,
             Err(e) => return (false, e),
@@ -246,7 +263,10 @@ impl Sink {
                 Ok(batch) => batch,
                 Err(e) => return (true, format!("cannot read the history files: {e}")),
             };
-            let (messages, ended) = stream.drain(self.shared.hub.epoch);
+            let (mut messages, ended) = stream.drain(self.shared.hub.epoch);
+            let (alerts, moved, gone) = read_alerts(&self.shared, &alerts_next, MESSAGES_MAX);
+            messages.alerts = alerts;
+            messages.alerts_next = moved;
             if batch.next == positions && messages.is_empty() {
                 if ended {
                     // It fell behind: on from the last message committed.
@@ -286,6 +306,16 @@ impl Sink {
             }
             let rows = batch.entries.len() + messages.orders.len() + messages.alerts.len();
             self.sinks.committed(KIND, rows as u64);
+            for (p, next) in &messages.alerts_next {
+                alerts_next[*p as usize] = Some(*next);
+            }
+            if gone > 0 {
+                tracing::warn!(
+                    alerts = gone,
+                    "alerts were gone (each partition keeps its newest 2,000) before the sink had them"
+                );
+                metrics::counter!("stockflow_sink_alerts_skipped_total").increment(gone);
+            }
             if ended {
                 match self.follow(client).await {
                     Ok(again) => stream = again,
@@ -315,7 +345,7 @@ impl Sink {
         let filter = Filter {
             sku: None,
             location_id: None,
-            kinds: vec![Kind::Orders, Kind::Alerts],
+            kinds: vec![Kind::Orders],
         };
         let Some((subscription, resume)) = self.shared.hub.subscribe(filter, last.as_deref())
         else {
@@ -334,31 +364,27 @@ impl Sink {
             subscription,
             missed: missed
                 .into_iter()
-                .filter(|m| matches!(m.kind, Kind::Orders | Kind::Alerts))
+                .filter(|m| m.kind == Kind::Orders)
                 .collect(),
         })
     }
 
-    /// Copies every order and every alert the server keeps, in chunks
-    /// (upserts: rows already there are written again the same).
+    /// Copies every order, in chunks (upserts: rows already there are
+    /// written again the same).
     async fn resync(&self, client: &mut Client) -> Result<(), String> {
-        let (orders, alerts) = everything(&self.shared);
-        tracing::info!(
-            orders = orders.len(),
-            alerts = alerts.len(),
-            "copying every order and alert to PostgreSQL"
-        );
-        let chunks = orders.len().max(alerts.len()).div_ceil(RESYNC_CHUNK);
-        for i in 0..chunks {
-            let part = |all: &[String]| {
-                let from = (i * RESYNC_CHUNK).min(all.len());
-                let to = ((i + 1) * RESYNC_CHUNK).min(all.len());
-                all[from..to].to_vec()
-            };
+        let orders: Vec<String> = self
+            .shared
+            .orders
+            .read()
+            .orders
+            .values()
+            .map(|o| stockflow_service::json::order_json(o).to_string())
+            .collect();
+        tracing::info!(orders = orders.len(), "copying every order to PostgreSQL");
+        for chunk in orders.chunks(RESYNC_CHUNK) {
             let messages = Messages {
-                orders: part(&orders),
-                alerts: part(&alerts),
-                position: None,
+                orders: chunk.to_vec(),
+                ..Messages::default()
             };
             let result: Result<(), tokio_postgres::Error> = async {
                 let tx = client.transaction().await?;
@@ -366,7 +392,7 @@ impl Sink {
                 tx.commit().await
             }
             .await;
-            result.map_err(|e| format!("cannot copy orders and alerts: {}", said(&e)))?;
+            result.map_err(|e| format!("cannot copy the orders: {}", said(&e)))?;
         }
         Ok(())
     }
@@ -458,6 +484,29 @@ async fn load_positions(
     Ok(positions)
 }
 
+/// Where each partition's alerts go on (`None`: the database has none
+/// of that partition's yet).
+async fn load_alert_positions(
+    client: &Client,
+    partitions: u16,
+) -> Result<Vec<Option<u64>>, tokio_postgres::Error> {
+    let mut next = vec![None; partitions as usize];
+    for row in client
+        .query(
+            "SELECT key, value FROM stockflow_sink_meta WHERE key LIKE 'alert_seq:%'",
+            &[],
+        )
+        .await?
+    {
+        let (key, value): (String, String) = (row.get(0), row.get(1));
+        let p = key.trim_start_matches("alert_seq:").parse::<usize>().ok();
+        if let (Some(slot), Ok(n)) = (p.and_then(|p| next.get_mut(p)), value.parse::<u64>()) {
+            *slot = Some(n);
+        }
+    }
+    Ok(next)
+}
+
 /// History entries of every partition from `from` on, and where each
 /// partition goes on next.
 struct Batch {
@@ -486,49 +535,70 @@ fn read_batch(data_dir: &std::path::Path, partitions: u16, from: &[u64]) -> std:
     Ok(batch)
 }
 
-/// Every order, and every alert the partitions keep, as the stream's JSON.
-fn everything(shared: &Shared) -> (Vec<String>, Vec<String>) {
-    let orders = shared
-        .orders
-        .read()
-        .orders
-        .values()
-        .map(|o| stockflow_service::json::order_json(o).to_string())
-        .collect();
-    let mut alerts = Vec::new();
+/// The alerts partitions raised from `next` on (`None`: from the oldest
+/// kept), at most `max` in all, as the API's JSON; where each partition
+/// goes on next; and how many were gone (a partition keeps its newest
+/// 2,000) before they were read.
+fn read_alerts(
+    shared: &Shared,
+    next: &[Option<u64>],
+    max: usize,
+) -> (Vec<String>, Vec<(u16, u64)>, u64) {
+    let (mut out, mut moved, mut gone) = (Vec::new(), Vec::new(), 0);
     for (p, partition) in shared.partitions.iter().enumerate() {
+        if out.len() >= max {
+            break;
+        }
         let partition = partition.read();
-        let kept = &partition.alerts;
-        let mut seen = std::collections::HashSet::new();
-        for a in kept.recent.iter().chain(kept.active.values()) {
-            if seen.insert(a.seq) {
-                let (sku, location) = partition.names_of(a.slot);
-                let json = stockflow_service::json::alert_json(p as u16, a, sku, location);
-                alerts.push(json.to_string());
+        let recent = &partition.alerts.recent;
+        let Some(oldest) = recent.front().map(|a| a.seq) else {
+            continue;
+        };
+        let from = match next[p] {
+            Some(n) if n < oldest => {
+                gone += oldest - n;
+                oldest
             }
+            Some(n) => n,
+            None => oldest,
+        };
+        let start = recent.partition_point(|a| a.seq < from);
+        let mut last = None;
+        for a in recent.iter().skip(start).take(max - out.len()) {
+            let (sku, location) = partition.names_of(a.slot);
+            let json = stockflow_service::json::alert_json(p as u16, a, sku, location);
+            out.push(json.to_string());
+            last = Some(a.seq);
+        }
+        match last {
+            Some(last) => moved.push((p as u16, last + 1)),
+            None if next[p] != Some(from) => moved.push((p as u16, from)),
+            None => {}
         }
     }
-    (orders, alerts)
+    (out, moved, gone)
 }
 
-/// The orders and alerts a session follows: what it missed, then live.
+/// The orders a session follows: what it missed, then live.
 struct Following {
     subscription: Subscription,
     missed: Vec<Arc<Message>>,
 }
 
-/// Order and alert messages for one transaction, as JSON, and the id of
-/// the last (`None`: a resync's, which moves no position).
+/// Orders and alerts for one transaction, as JSON: the id of the last
+/// order message (`None`: a resync's, which moves no position), and
+/// where the alerts of each partition they come from go on next.
 #[derive(Default)]
 struct Messages {
     orders: Vec<String>,
     alerts: Vec<String>,
     position: Option<String>,
+    alerts_next: Vec<(u16, u64)>,
 }
 
 impl Messages {
     fn is_empty(&self) -> bool {
-        self.position.is_none()
+        self.position.is_none() && self.alerts_next.is_empty()
     }
 }
 
@@ -553,22 +623,18 @@ impl Following {
         let mut orders: HashMap<String, usize> = HashMap::new();
         for m in &taken {
             let data = m.data().to_string();
-            match m.kind {
-                Kind::Orders => {
-                    let id = serde_json::from_str::<serde_json::Value>(&data)
-                        .ok()
-                        .and_then(|v| v["orderId"].as_str().map(str::to_owned))
-                        .unwrap_or_default();
-                    match orders.get(&id) {
-                        Some(at) => messages.orders[*at] = data,
-                        None => {
-                            orders.insert(id, messages.orders.len());
-                            messages.orders.push(data);
-                        }
+            if m.kind == Kind::Orders {
+                let id = serde_json::from_str::<serde_json::Value>(&data)
+                    .ok()
+                    .and_then(|v| v["orderId"].as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                match orders.get(&id) {
+                    Some(at) => messages.orders[*at] = data,
+                    None => {
+                        orders.insert(id, messages.orders.len());
+                        messages.orders.push(data);
                     }
                 }
-                Kind::Alerts => messages.alerts.push(data),
-                _ => {}
             }
             messages.position = Some(format!("{epoch}-{}", m.seq));
         }
@@ -599,14 +665,19 @@ async fn write_messages(
         .await?;
     }
     if !messages.alerts.is_empty() {
-        let json = format!("[{}]", messages.alerts.join(","));
+        copy_alerts(tx, &messages.alerts).await?;
+    }
+    if !messages.alerts_next.is_empty() {
+        let (partitions, next): (Vec<i16>, Vec<i64>) = messages
+            .alerts_next
+            .iter()
+            .map(|(p, n)| (*p as i16, *n as i64))
+            .unzip();
         tx.execute(
-            "INSERT INTO alerts
-             SELECT a->>'id', a->>'kind', a->>'state', a->>'severity', a->>'sku',
-                    a->>'locationId', (a->>'at')::timestamptz, a
-             FROM jsonb_array_elements($1::text::jsonb) AS a
-             ON CONFLICT (alert_id) DO NOTHING",
-            &[&json],
+            "INSERT INTO stockflow_sink_meta SELECT 'alert_seq:' || p, n::text
+             FROM unnest($1::int2[], $2::int8[]) AS t(p, n)
+             ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+            &[&partitions, &next],
         )
         .await?;
     }
@@ -618,6 +689,87 @@ async fn write_messages(
         )
         .await?;
     }
+    Ok(())
+}
+
+/// Alerts (the stream's JSON) into `alerts`, each once: by binary COPY
+/// into the session's staging table (typed columns; the whole alert as
+/// text in `detail`, which costs PostgreSQL no parsing), then inserted;
+/// the staging rows go at commit.
+async fn copy_alerts(
+    tx: &tokio_postgres::Transaction<'_>,
+    alerts: &[String],
+) -> Result<(), tokio_postgres::Error> {
+    use tokio_postgres::types::{ToSql, Type};
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Alert {
+        id: String,
+        kind: String,
+        state: String,
+        severity: String,
+        sku: String,
+        location_id: Option<String>,
+        at: String,
+        on_hand: Option<i64>,
+        available: Option<i64>,
+        threshold: Option<i64>,
+        event_id: Option<String>,
+    }
+    let copy = tx
+        .copy_in("COPY stockflow_alerts_in FROM STDIN BINARY")
+        .await?;
+    let types = [
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TIMESTAMPTZ,
+        Type::INT8,
+        Type::INT8,
+        Type::INT8,
+        Type::TEXT,
+        Type::TEXT,
+    ];
+    let writer = tokio_postgres::binary_copy::BinaryCopyInWriter::new(copy, &types);
+    let mut writer = std::pin::pin!(writer);
+    for text in alerts {
+        // Written by this process from its own types: a parse failure
+        // would be a bug, and the alert is still kept whole in `detail`.
+        let parsed = serde_json::from_str::<Alert>(text).ok().and_then(|a| {
+            let at = DateTime::parse_from_rfc3339(&a.at)
+                .ok()?
+                .with_timezone(&Utc);
+            Some((a, at))
+        });
+        let Some((a, at)) = parsed else {
+            tracing::error!(alert = %text, "an alert the sink cannot read; this is a bug");
+            continue;
+        };
+        let row: [&(dyn ToSql + Sync); 12] = [
+            &a.id,
+            &a.kind,
+            &a.state,
+            &a.severity,
+            &a.sku,
+            &a.location_id,
+            &at,
+            &a.on_hand,
+            &a.available,
+            &a.threshold,
+            &a.event_id,
+            text,
+        ];
+        writer.as_mut().write(&row).await?;
+    }
+    writer.finish().await?;
+    tx.execute(
+        "INSERT INTO alerts SELECT * FROM stockflow_alerts_in ON CONFLICT (alert_id) DO NOTHING",
+        &[],
+    )
+    .await?;
     Ok(())
 }
 

@@ -89,6 +89,10 @@ fn describe() {
         "stockflow_sink_skipped_bytes_total",
         "History the retention deleted before the sink had it."
     );
+    describe_counter!(
+        "stockflow_sink_alerts_skipped_total",
+        "Alerts gone from the server (it keeps the newest 2,000 per partition) before the PostgreSQL sink had them."
+    );
     describe_gauge!(
         "stockflow_link_connected",
         "1 while a link (a RabbitMQ queue) is connected, else 0."
