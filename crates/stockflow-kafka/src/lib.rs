@@ -774,6 +774,16 @@ impl KafkaServer {
 fn check_topics(settings: &KafkaSettings) -> anyhow::Result<()> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     let client: BaseConsumer = settings.client(&[]).create()?;
+    // How many partitions a topic has (0: it does not exist).
+    let partitions_of = |topic: &str| -> anyhow::Result<usize> {
+        let metadata = client
+            .fetch_metadata(Some(topic), Duration::from_secs(15))
+            .map_err(|e| anyhow::anyhow!("cannot reach Kafka at {}: {e}", settings.bootstrap))?;
+        Ok(metadata
+            .topics()
+            .first()
+            .map_or(0, |m| m.partitions().len()))
+    };
     // Every topic an instance reads or writes (raw topics are the
     // normalisers', which wait for theirs): a missing one would stop the
     // processor at its first write there, e.g. after an upgrade that
@@ -783,13 +793,7 @@ fn check_topics(settings: &KafkaSettings) -> anyhow::Result<()> {
         .filter(|s| !s.name.starts_with(&settings.topics.raw_prefix))
     {
         let topic = &spec.name;
-        let metadata = client
-            .fetch_metadata(Some(topic), Duration::from_secs(15))
-            .map_err(|e| anyhow::anyhow!("cannot reach Kafka at {}: {e}", settings.bootstrap))?;
-        let found = metadata
-            .topics()
-            .first()
-            .map_or(0, |m| m.partitions().len());
+        let found = partitions_of(topic)?;
         anyhow::ensure!(
             found > 0,
             "topic {topic} does not exist: run `stockflow topics create --kafka {}` (it creates only what is missing)",
@@ -804,15 +808,8 @@ fn check_topics(settings: &KafkaSettings) -> anyhow::Result<()> {
     // A mapped raw topic is the producers': it must exist already (a
     // misspelt name would otherwise be waited for in silence).
     for (topic, _) in &settings.topics.raw_topics {
-        let metadata = client
-            .fetch_metadata(Some(topic), Duration::from_secs(15))
-            .map_err(|e| anyhow::anyhow!("cannot reach Kafka at {}: {e}", settings.bootstrap))?;
-        let found = metadata
-            .topics()
-            .first()
-            .map_or(0, |m| m.partitions().len());
         anyhow::ensure!(
-            found > 0,
+            partitions_of(topic)? > 0,
             "--raw-topic {topic}: no such topic; check its name (stockflow does not create it)"
         );
     }
