@@ -21,6 +21,12 @@
 //! can go low and back with every event), are read from each partition's
 //! kept alerts by their sequence number, stored with the rows: a sink
 //! that fell more than the kept 2,000 behind skips, and counts, the rest.
+//!
+//! The partitions are shared out among `--sink-postgres-connections`
+//! lanes, each with its own connection, transactions and position rows:
+//! PostgreSQL gives each connection one process, so one connection could
+//! use one core at most. A level belongs to one partition, so lanes never
+//! touch the same rows. The first lane also writes the orders.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -111,6 +117,8 @@ CREATE TABLE IF NOT EXISTS stockflow_sink_meta (
     value text NOT NULL
 );
 ";
+/// The advisory lock held while the tables are created or migrated.
+const SCHEMA_LOCK: i64 = 0x5354_4f43_4b46_4c57;
 /// Longest a batch's transaction may take before the connection counts
 /// as lost (a network that drops packets sends no reset).
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -146,18 +154,43 @@ pub fn start(
     let data_dir_id = crate::recovery::data_dir_id(&config.data_dir)?;
     let target = target_of(&settings);
     config.sinks.add(KIND, &target);
-    tracing::info!(%target, "sinking history to PostgreSQL");
-    let sink = Sink {
+    let lanes = config
+        .sink_postgres_connections
+        .clamp(1, partitions.max(1) as usize);
+    tracing::info!(%target, connections = lanes, "sinking history to PostgreSQL");
+    let sink = Arc::new(Sink {
         settings,
         data_dir: config.data_dir.clone(),
         partitions,
         data_dir_id,
         sinks: config.sinks.clone(),
         positions: parking_lot::Mutex::new(vec![0; partitions as usize]),
+        lanes: parking_lot::Mutex::new(vec![(State::Connecting, None); lanes]),
         shared,
-    };
-    tokio::spawn(sink.run());
+    });
+    for index in 0..lanes {
+        let lane = Lane {
+            index,
+            partitions: (0..partitions)
+                .filter(|p| *p as usize % lanes == index)
+                .collect(),
+        };
+        tokio::spawn(Arc::clone(&sink).run(lane));
+    }
     Ok(())
+}
+
+/// One connection's share of the partitions; the first lane also writes
+/// the orders.
+struct Lane {
+    index: usize,
+    partitions: Vec<u16>,
+}
+
+impl Lane {
+    fn writes_orders(&self) -> bool {
+        self.index == 0
+    }
 }
 
 /// The database as `/v1/sinks` shows it: never the user or password.
@@ -185,19 +218,22 @@ struct Sink {
     /// The positions of the last commit seen (0 before the database was
     /// first reached), for how far behind the sink is.
     positions: parking_lot::Mutex<Vec<u64>>,
+    /// Each lane's connection state and last error; `/v1/sinks` shows
+    /// the worst.
+    lanes: parking_lot::Mutex<Vec<(State, Option<String>)>>,
     /// The hub orders and alerts come from, and what a resync copies.
     shared: Arc<Shared>,
 }
 
 impl Sink {
     /// Sinks until the process ends, reconnecting with backoff.
-    async fn run(self) {
+    async fn run(self: Arc<Self>, lane: Lane) {
         let mut backoff = BACKOFF_MIN;
         loop {
-            self.sinks.set(KIND, State::Connecting, None);
-            let (was_connected, error) = self.session().await;
-            tracing::warn!(%error, "PostgreSQL sink down; reconnecting");
-            self.sinks.set(KIND, State::Disconnected, Some(error));
+            self.set_state(&lane, State::Connecting, None);
+            let (was_connected, error) = self.session(&lane).await;
+            tracing::warn!(%error, lane = lane.index, "PostgreSQL sink down; reconnecting");
+            self.set_state(&lane, State::Disconnected, Some(error));
             if was_connected {
                 backoff = BACKOFF_MIN;
             }
@@ -208,27 +244,44 @@ impl Sink {
         }
     }
 
+    /// Shows the worst state of any lane: down if one is down.
+    fn set_state(&self, lane: &Lane, state: State, error: Option<String>) {
+        let mut lanes = self.lanes.lock();
+        lanes[lane.index] = (state, error);
+        let worst = [State::Disconnected, State::Connecting]
+            .into_iter()
+            .find_map(|s| lanes.iter().find(|(l, _)| *l == s))
+            .unwrap_or(&lanes[lane.index]);
+        self.sinks.set(KIND, worst.0, worst.1.clone());
+    }
+
     /// One connection's life: (whether it got as far as sinking, why it
     /// ended).
-    async fn session(&self) -> (bool, String) {
+    async fn session(&self, lane: &Lane) -> (bool, String) {
         let (mut client, connection) = match self.settings.connect(NoTls).await {
             Ok(pair) => pair,
             Err(e) => return (false, format!("cannot connect: {}", said(&e))),
         };
         let driver = tokio::spawn(connection);
-        let result = self.sink(&mut client).await;
+        let result = self.sink(lane, &mut client).await;
         driver.abort();
         result
     }
 
-    async fn sink(&self, client: &mut Client) -> (bool, String) {
-        if let Err(e) = client.batch_execute(SCHEMA).await {
+    async fn sink(&self, lane: &Lane, client: &mut Client) -> (bool, String) {
+        // One lane at a time creates or migrates the tables: concurrent
+        // `CREATE TABLE IF NOT EXISTS` can fail on PostgreSQL's catalog.
+        let schema = format!("SELECT pg_advisory_xact_lock({SCHEMA_LOCK}); {SCHEMA}");
+        if let Err(e) = client.batch_execute(&schema).await {
             return (false, format!("cannot create the tables: {}", said(&e)));
         }
-        // Alerts come by binary COPY into this, then once into `alerts`
-        // (a resumed or copied-again alert is there already).
-        let staging = "CREATE TEMP TABLE IF NOT EXISTS stockflow_alerts_in (LIKE alerts) ON COMMIT DELETE ROWS";
-        if let Err(e) = client.batch_execute(staging).await {
+        // A commit need not wait for PostgreSQL's disk: a commit its crash
+        // loses took the position rows with it, and is read and written
+        // again from the history files.
+        // Alerts come by binary COPY into the staging table, then once
+        // into `alerts` (a resumed or copied-again alert is there already).
+        let session = "SET synchronous_commit = off; CREATE TEMP TABLE IF NOT EXISTS stockflow_alerts_in (LIKE alerts) ON COMMIT DELETE ROWS";
+        if let Err(e) = client.batch_execute(session).await {
             return (false, format!("cannot create the tables: {}", said(&e)));
         }
         if let Err(e) = self.claim(client).await {
@@ -238,40 +291,48 @@ impl Sink {
             Ok(positions) => positions,
             Err(e) => return (false, format!("cannot read the positions: {}", said(&e))),
         };
-        if let Err(e) = self.positions_within_files(&positions).await {
+        if let Err(e) = self.positions_within_files(lane, &positions).await {
             return (false, e);
         }
-        *self.positions.lock() = positions.clone();
+        self.show_positions(lane, &positions);
+        self.show_behind().await;
         let mut alerts_next = match load_alert_positions(client, self.partitions).await {
             Ok(next) => next,
             Err(e) => return (false, format!("cannot read the positions: {}", said(&e))),
         };
-        let mut stream = match self.follow(client).await {
-            Ok(stream) => stream,
-            Err(e) => return (false, e),
-        };
-        self.sinks.set(KIND, State::Connected, None);
-        tracing::info!("PostgreSQL sink connected");
+        let mut stream = None;
+        if lane.writes_orders() {
+            match self.follow(client).await {
+                Ok(following) => stream = Some(following),
+                Err(e) => return (false, e),
+            }
+        }
+        self.set_state(lane, State::Connected, None);
+        tracing::info!(lane = lane.index, "PostgreSQL sink connected");
+        // The next batch is read while the last one commits.
+        let mut ahead = None;
         loop {
-            let (data_dir, partitions, from) =
-                (self.data_dir.clone(), self.partitions, positions.clone());
-            let read =
-                tokio::task::spawn_blocking(move || read_batch(&data_dir, partitions, &from))
-                    .await
-                    .expect("the reader does not panic");
-            let batch = match read {
+            let read = match ahead.take() {
+                Some(read) => read,
+                None => self.read(lane, &positions),
+            };
+            let batch = match read.await.expect("the reader does not panic") {
                 Ok(batch) => batch,
                 Err(e) => return (true, format!("cannot read the history files: {e}")),
             };
-            let (mut messages, ended) = stream.drain(self.shared.hub.epoch);
-            let (alerts, moved, gone) = read_alerts(&self.shared, &alerts_next, MESSAGES_MAX);
+            let (mut messages, ended) = match &mut stream {
+                Some(stream) => stream.drain(self.shared.hub.epoch),
+                None => (Messages::default(), false),
+            };
+            let (alerts, moved, gone) =
+                read_alerts(&self.shared, &lane.partitions, &alerts_next, MESSAGES_MAX);
             messages.alerts = alerts;
             messages.alerts_next = moved;
             if batch.next == positions && messages.is_empty() {
                 if ended {
                     // It fell behind: on from the last message committed.
                     match self.follow(client).await {
-                        Ok(again) => stream = again,
+                        Ok(again) => stream = Some(again),
                         Err(e) => return (true, e),
                     }
                     continue;
@@ -280,7 +341,11 @@ impl Sink {
                 tokio::time::sleep(IDLE).await;
                 continue;
             }
-            let commit = commit(client, &positions, &batch, &messages);
+            if batch.next != positions {
+                ahead = Some(self.read(lane, &batch.next));
+            }
+            let started = std::time::Instant::now();
+            let commit = commit(client, &lane.partitions, &positions, &batch, &messages);
             match tokio::time::timeout(COMMIT_TIMEOUT, commit).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
@@ -305,6 +370,12 @@ impl Sink {
                 self.sinks.skipped(KIND, batch.skipped);
             }
             let rows = batch.entries.len() + messages.orders.len() + messages.alerts.len();
+            tracing::debug!(
+                lane = lane.index,
+                rows,
+                ms = started.elapsed().as_millis() as u64,
+                "sink batch committed"
+            );
             self.sinks.committed(KIND, rows as u64);
             for (p, next) in &messages.alerts_next {
                 alerts_next[*p as usize] = Some(*next);
@@ -318,13 +389,34 @@ impl Sink {
             }
             if ended {
                 match self.follow(client).await {
-                    Ok(again) => stream = again,
+                    Ok(again) => stream = Some(again),
                     Err(e) => return (true, e),
                 }
             }
             positions = batch.next;
-            *self.positions.lock() = positions.clone();
+            self.show_positions(lane, &positions);
             self.show_behind().await;
+        }
+    }
+
+    /// Reads a lane's next batch on a blocking thread.
+    fn read(&self, lane: &Lane, from: &[u64]) -> tokio::task::JoinHandle<std::io::Result<Batch>> {
+        let (data_dir, partitions, lane_partitions, from) = (
+            self.data_dir.clone(),
+            self.partitions,
+            lane.partitions.clone(),
+            from.to_vec(),
+        );
+        tokio::task::spawn_blocking(move || {
+            read_batch(&data_dir, partitions, &lane_partitions, &from)
+        })
+    }
+
+    /// Records a lane's committed positions, for how far behind it is.
+    fn show_positions(&self, lane: &Lane, positions: &[u64]) {
+        let mut shown = self.positions.lock();
+        for p in &lane.partitions {
+            shown[*p as usize] = positions[*p as usize];
         }
     }
 
@@ -428,12 +520,17 @@ impl Sink {
 
     /// Refuses positions past the end of the history files (files lost or
     /// replaced under the same id): rows would be read from mid-entry.
-    async fn positions_within_files(&self, positions: &[u64]) -> Result<(), String> {
-        let (data_dir, positions) = (self.data_dir.clone(), positions.to_vec());
+    async fn positions_within_files(&self, lane: &Lane, positions: &[u64]) -> Result<(), String> {
+        let (data_dir, positions, partitions) = (
+            self.data_dir.clone(),
+            positions.to_vec(),
+            lane.partitions.clone(),
+        );
         tokio::task::spawn_blocking(move || {
-            for (p, position) in positions.iter().enumerate() {
-                let end = history::end_of(&data_dir, p as u16).map_err(|e| e.to_string())?;
-                if *position > end {
+            for p in partitions {
+                let position = positions[p as usize];
+                let end = history::end_of(&data_dir, p).map_err(|e| e.to_string())?;
+                if position > end {
                     return Err(format!("the sink's position of partition {p} ({position}) is past the end of its history files ({end}): they were lost or replaced; give the sink a new database"));
                 }
             }
@@ -515,14 +612,21 @@ struct Batch {
     skipped: u64,
 }
 
-fn read_batch(data_dir: &std::path::Path, partitions: u16, from: &[u64]) -> std::io::Result<Batch> {
+/// A lane's partitions' entries (each partition its share of
+/// [`BATCH_BYTES_MAX`], so all lanes' batches together stay within it).
+fn read_batch(
+    data_dir: &std::path::Path,
+    partitions: u16,
+    lane: &[u16],
+    from: &[u64],
+) -> std::io::Result<Batch> {
     let mut batch = Batch {
         entries: Vec::new(),
         next: from.to_vec(),
         skipped: 0,
     };
     let share = (BATCH_BYTES_MAX / partitions.max(1) as usize).max(1);
-    for p in 0..partitions {
+    for &p in lane {
         let scan = history::scan(data_dir, p, from[p as usize], share)?;
         if let Some((gone_from, gone_to)) = scan.deleted {
             batch.skipped += gone_to - gone_from;
@@ -541,15 +645,17 @@ fn read_batch(data_dir: &std::path::Path, partitions: u16, from: &[u64]) -> std:
 /// 2,000) before they were read.
 fn read_alerts(
     shared: &Shared,
+    lane: &[u16],
     next: &[Option<u64>],
     max: usize,
 ) -> (Vec<String>, Vec<(u16, u64)>, u64) {
     let (mut out, mut moved, mut gone) = (Vec::new(), Vec::new(), 0);
-    for (p, partition) in shared.partitions.iter().enumerate() {
+    for &p in lane {
         if out.len() >= max {
             break;
         }
-        let partition = partition.read();
+        let p = p as usize;
+        let partition = shared.partitions[p].read();
         let recent = &partition.alerts.recent;
         let Some(oldest) = recent.front().map(|a| a.seq) else {
             continue;
@@ -793,12 +899,13 @@ fn time(t: Timestamp) -> DateTime<Utc> {
 /// moved them), the rows, the levels' newest numbers, the new positions.
 async fn commit(
     client: &mut Client,
+    lane: &[u16],
     from: &[u64],
     batch: &Batch,
     messages: &Messages,
 ) -> anyhow::Result<()> {
     let tx = client.transaction().await?;
-    let partitions: Vec<i16> = (0..from.len() as i16).collect();
+    let partitions: Vec<i16> = lane.iter().map(|p| *p as i16).collect();
     // Lock the position rows; another writer having moved one means this
     // batch is not the next: give up and start again from what is there.
     tx.execute(
@@ -808,8 +915,8 @@ async fn commit(
     .await?;
     let rows = tx
         .query(
-            "SELECT partition, history_offset FROM stockflow_sink_positions ORDER BY partition FOR UPDATE",
-            &[],
+            "SELECT partition, history_offset FROM stockflow_sink_positions WHERE partition = ANY($1) ORDER BY partition FOR UPDATE",
+            &[&partitions],
         )
         .await?;
     for row in rows {
@@ -940,7 +1047,10 @@ async fn commit(
     )
     .await?;
     write_messages(&tx, messages).await?;
-    let next: Vec<i64> = batch.next.iter().map(|n| *n as i64).collect();
+    let next: Vec<i64> = lane
+        .iter()
+        .map(|p| batch.next[*p as usize] as i64)
+        .collect();
     tx.execute(
         "UPDATE stockflow_sink_positions AS s SET history_offset = t.o, updated_at = now()
          FROM unnest($1::int2[], $2::int8[]) AS t(p, o) WHERE s.partition = t.p",

@@ -102,6 +102,9 @@ pub struct Config {
     /// The PostgreSQL database the sink writes to (`serve
     /// --sink-postgres`); holds a password, so never logged.
     pub sink_postgres: Option<Secret>,
+    /// Connections the sink writes with, each to its share of the
+    /// partitions (`serve --sink-postgres-connections`).
+    pub sink_postgres_connections: usize,
     /// The state of the sinks (shared by every clone).
     pub sinks: crate::sinks::Sinks,
     /// The Parquet lake the history is written to (`serve --lake`).
@@ -168,6 +171,7 @@ impl Config {
             amqp: None,
             links: crate::links::Links::default(),
             sink_postgres: None,
+            sink_postgres_connections: 2,
             sinks: crate::sinks::Sinks::default(),
             lake: None,
         }

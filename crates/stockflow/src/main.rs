@@ -219,6 +219,16 @@ enum Command {
             help_heading = "Sinks"
         )]
         sink_postgres: Option<String>,
+        /// Connections the PostgreSQL sink writes with, each to its share
+        /// of the partitions: PostgreSQL runs each connection on one core.
+        #[arg(
+            long,
+            env = "STOCKFLOW_SINK_POSTGRES_CONNECTIONS",
+            default_value_t = 2,
+            value_parser = clap::value_parser!(u16).range(1..=16),
+            help_heading = "Sinks"
+        )]
+        sink_postgres_connections: u16,
         /// Write every history entry (applied or rejected event, with the
         /// level after it) as Parquet files in this directory, one
         /// folder per UTC day (`day=YYYY-MM-DD`); files appear whole
@@ -660,6 +670,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             tls_client_ca,
             amqp,
             sink_postgres,
+            sink_postgres_connections,
             lake,
             lake_flush_seconds,
             kafka,
@@ -667,6 +678,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let mut config = Config::new(data_dir);
             config.amqp = amqp.settings();
             config.sink_postgres = sink_postgres.map(stockflow_service::config::Secret);
+            config.sink_postgres_connections = sink_postgres_connections.into();
             config.lake = lake.map(|dir| stockflow_service::config::Lake {
                 dir,
                 flush: std::time::Duration::from_secs(lake_flush_seconds),

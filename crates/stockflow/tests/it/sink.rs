@@ -130,9 +130,13 @@ async fn postgres_tables_equal_the_api_across_kills_of_either_side() {
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     let sink_url = db.url();
+    // Five connections over the twelve partitions: shares of unequal
+    // size.
     let args = [
         "--sink-postgres",
         &sink_url,
+        "--sink-postgres-connections",
+        "5",
         "--order-hold-seconds",
         "604800",
     ];
