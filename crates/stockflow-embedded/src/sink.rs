@@ -238,8 +238,15 @@ impl Sink {
                 backoff = BACKOFF_MIN;
             }
             // Lag keeps counting while the database is away.
-            self.show_behind().await;
-            tokio::time::sleep(backoff).await;
+            let until = tokio::time::Instant::now() + backoff;
+            loop {
+                self.show_behind().await;
+                let now = tokio::time::Instant::now();
+                if now >= until {
+                    break;
+                }
+                tokio::time::sleep((until - now).min(Duration::from_secs(1))).await;
+            }
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
     }
