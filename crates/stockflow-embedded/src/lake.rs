@@ -7,7 +7,8 @@
 //! position per partition, never from memory: a lake that is behind holds
 //! at most one file's rows. A file is written under a temporary name,
 //! fsynced, then renamed into `DIR/day=YYYY-MM-DD/` (the UTC day the
-//! engine applied its rows), so a reader never sees half a file. Each
+//! engine applied its rows; `.../hour=HH/` below it with
+//! `--lake-partition hour`), so a reader never sees half a file. Each
 //! file's metadata holds the history range it covers; a restart takes its
 //! positions from the files themselves, so a crash at any point goes on
 //! from the last renamed file: nothing missing, nothing twice.
@@ -21,6 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use chrono::DateTime;
 use parquet::basic::Compression;
 use parquet::data_type::{ByteArray, ByteArrayType, Int32Type, Int64Type};
 use parquet::file::metadata::KeyValue;
@@ -28,6 +30,7 @@ use parquet::file::properties::{WriterProperties, WriterPropertiesPtr};
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::types::TypePtr;
+use stockflow_core::Timestamp;
 use stockflow_service::history::{self, outcome_name, Entry};
 use stockflow_service::sinks::{Sinks, State};
 
@@ -118,7 +121,7 @@ pub fn start(config: &stockflow_service::config::Config, partitions: u16) -> any
         Err(fs::TryLockError::Error(e)) => return Err(e.into()),
     }
     let data_dir_id = crate::recovery::data_dir_id(&config.data_dir)?;
-    let positions = positions_of(&dir, &data_dir_id, partitions)?;
+    let positions = positions_of(&dir, &data_dir_id, partitions, settings.hourly)?;
     for (p, position) in positions.iter().enumerate() {
         let end = history::end_of(&config.data_dir, p as u16)?;
         anyhow::ensure!(
@@ -134,6 +137,7 @@ pub fn start(config: &stockflow_service::config::Config, partitions: u16) -> any
         data_dir: config.data_dir.clone(),
         data_dir_id,
         flush: settings.flush,
+        hourly: settings.hourly,
         since: vec![None; positions.len()],
         started: true,
         positions,
@@ -163,39 +167,36 @@ fn named(name: &str) -> Option<(u16, u64)> {
 
 /// Where the lake's files end, per partition: the `historyTo` of its
 /// file that starts furthest (its name says which, so that only that
-/// footer is read). Removes what a crash left half-written.
-fn positions_of(dir: &Path, data_dir_id: &str, partitions: u16) -> anyhow::Result<Vec<u64>> {
+/// footer is read). Removes what a crash left half-written. Refuses a
+/// lake laid out by the other `--lake-partition`: one layout per lake,
+/// or its readers' hive partitions would not line up.
+fn positions_of(
+    dir: &Path,
+    data_dir_id: &str,
+    partitions: u16,
+    hourly: bool,
+) -> anyhow::Result<Vec<u64>> {
     let mut newest: Vec<Option<(u64, PathBuf)>> = vec![None; partitions as usize];
-    let days =
-        fs::read_dir(dir).with_context(|| format!("cannot read the lake {}", dir.display()))?;
-    for day in days {
-        let day = day?.path();
-        if !day.is_dir() {
+    for path in files_of(dir, hourly)? {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.starts_with('.') && name.ends_with(".tmp") {
+            fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
             continue;
         }
-        for file in fs::read_dir(&day)? {
-            let path = file?.path();
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            if name.starts_with('.') && name.ends_with(".tmp") {
-                fs::remove_file(&path)
-                    .with_context(|| format!("cannot remove {}", path.display()))?;
-                continue;
+        let Some((p, from)) = named(name) else {
+            if name.ends_with(".parquet") {
+                tracing::warn!(file = %path.display(), "a Parquet file not named by stockflow is in the lake; ignored");
             }
-            let Some((p, from)) = named(name) else {
-                if name.ends_with(".parquet") {
-                    tracing::warn!(file = %path.display(), "a Parquet file not named by stockflow is in the lake; ignored");
-                }
-                continue;
-            };
-            let slot = newest.get_mut(p as usize).with_context(|| {
-                format!(
-                    "{} is of partition {p}; this data directory has {partitions}",
-                    path.display()
-                )
-            })?;
-            if slot.as_ref().is_none_or(|(held, _)| *held < from) {
-                *slot = Some((from, path));
-            }
+            continue;
+        };
+        let slot = newest.get_mut(p as usize).with_context(|| {
+            format!(
+                "{} is of partition {p}; this data directory has {partitions}",
+                path.display()
+            )
+        })?;
+        if slot.as_ref().is_none_or(|(held, _)| *held < from) {
+            *slot = Some((from, path));
         }
     }
     let mut positions = vec![0u64; partitions as usize];
@@ -236,6 +237,44 @@ fn positions_of(dir: &Path, data_dir_id: &str, partitions: u16) -> anyhow::Resul
     Ok(positions)
 }
 
+/// Every file in the lake's day (and hour) folders.
+fn files_of(dir: &Path, hourly: bool) -> anyhow::Result<Vec<PathBuf>> {
+    let other = |layout: &str, path: &Path| {
+        anyhow::anyhow!(
+            "the lake {} is partitioned by {layout} ({}); start with --lake-partition {layout}, or give the server a new lake directory",
+            dir.display(),
+            path.display()
+        )
+    };
+    let mut files = Vec::new();
+    let days =
+        fs::read_dir(dir).with_context(|| format!("cannot read the lake {}", dir.display()))?;
+    for day in days {
+        let day = day?.path();
+        if !day.is_dir() {
+            continue;
+        }
+        for entry in fs::read_dir(&day)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                if !hourly {
+                    return Err(other("hour", &path));
+                }
+                for file in fs::read_dir(&path)? {
+                    files.push(file?.path());
+                }
+            } else {
+                let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                if hourly && (name.ends_with(".parquet") || name.ends_with(".tmp")) {
+                    return Err(other("day", &path));
+                }
+                files.push(path);
+            }
+        }
+    }
+    Ok(files)
+}
+
 fn metadata_of(path: &Path) -> anyhow::Result<Vec<KeyValue>> {
     let reader = SerializedFileReader::new(File::open(path)?)?;
     Ok(reader
@@ -251,6 +290,8 @@ struct Lake {
     data_dir: PathBuf,
     data_dir_id: String,
     flush: Duration,
+    /// Files per UTC hour (else per day).
+    hourly: bool,
     /// Per partition: the end of the history in its files.
     positions: Vec<u64>,
     /// Per partition: since when history past its position was seen.
@@ -362,21 +403,22 @@ impl Lake {
                     // All of it deleted by the retention: a file without
                     // rows keeps the skip (a restart goes on after it,
                     // and does not count it again).
-                    let today = chrono::Utc::now().timestamp().div_euclid(86_400);
-                    self.write_file(p, today, from, &[], scan.next)?;
+                    let now = Timestamp(chrono::Utc::now().timestamp() * 1_000_000_000);
+                    self.write_file(p, self.folder_of(now), from, &[], scan.next)?;
                     self.positions[p as usize] = scan.next;
                     continue;
                 }
                 // Only an entry still being written: the next look.
                 break;
             }
-            // A file per UTC day of the rows' processing, in order.
+            // A file per UTC day (or hour) of the rows' processing, in
+            // order.
             let mut start = 0;
             while start < scan.entries.len() {
-                let day = day_of(&scan.entries[start].1);
+                let folder = self.folder_of(scan.entries[start].1.processed);
                 let len = scan.entries[start..]
                     .iter()
-                    .take_while(|(_, e)| day_of(e) == day)
+                    .take_while(|(_, e)| self.folder_of(e.processed) == folder)
                     .count();
                 let rows = &scan.entries[start..start + len];
                 let to = scan
@@ -386,7 +428,7 @@ impl Lake {
                 // The first file starts where the lake stood, so that a
                 // range the retention deleted is in its span.
                 let first = if start == 0 { from } else { rows[0].0 };
-                self.write_file(p, day, first, rows, to)?;
+                self.write_file(p, folder, first, rows, to)?;
                 self.positions[p as usize] = to;
                 self.sinks.committed(KIND, len as u64);
                 self.show_behind(ends);
@@ -396,23 +438,39 @@ impl Lake {
         Ok(())
     }
 
-    /// One file of history `from`..`to`: written under a temporary name,
-    /// fsynced, renamed.
+    /// The folder (under the lake) of rows the engine applied at `t`:
+    /// `day=YYYY-MM-DD`, or `day=YYYY-MM-DD/hour=HH`.
+    fn folder_of(&self, t: Timestamp) -> PathBuf {
+        let at = DateTime::from_timestamp_nanos(t.0);
+        let day = PathBuf::from(format!("day={}", at.format("%Y-%m-%d")));
+        match self.hourly {
+            true => day.join(format!("hour={}", at.format("%H"))),
+            false => day,
+        }
+    }
+
+    /// One file of history `from`..`to` in `folder`: written under a
+    /// temporary name, fsynced, renamed.
     fn write_file(
         &self,
         p: u16,
-        day: i64,
+        folder: PathBuf,
         from: u64,
         rows: &[(u64, Entry)],
         to: u64,
     ) -> anyhow::Result<()> {
-        let date = chrono::DateTime::from_timestamp(day * 86_400, 0)
-            .context("a day the calendar has")?
-            .format("%Y-%m-%d");
-        let dir = self.dir.join(format!("day={date}"));
+        let dir = self.dir.join(folder);
         if !dir.exists() {
             fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-            sync_dir(&self.dir)?;
+            // The new folders' names are durable in their parents.
+            let mut parent = dir.parent();
+            while let Some(folder) = parent {
+                sync_dir(folder)?;
+                if folder == self.dir {
+                    break;
+                }
+                parent = folder.parent();
+            }
         }
         let name = format!("p{p:04}-{from:020}.parquet");
         let temporary = dir.join(format!(".{name}.tmp"));
@@ -470,11 +528,6 @@ impl Lake {
     }
 }
 
-/// The UTC day (since the epoch) the engine applied an entry.
-fn day_of(entry: &Entry) -> i64 {
-    entry.processed.0.div_euclid(86_400 * 1_000_000_000)
-}
-
 /// Makes a rename or a new file in `dir` durable.
 fn sync_dir(dir: &Path) -> anyhow::Result<()> {
     File::open(dir)
@@ -527,13 +580,18 @@ mod tests {
     }
 
     fn lake(data: &Path, dir: &Path) -> Lake {
+        lake_by(data, dir, false)
+    }
+
+    fn lake_by(data: &Path, dir: &Path, hourly: bool) -> Lake {
         fs::create_dir_all(dir).unwrap();
         Lake {
             dir: dir.to_owned(),
             data_dir: data.to_owned(),
             data_dir_id: "test".into(),
             flush: Duration::from_secs(60),
-            positions: positions_of(dir, "test", 1).unwrap(),
+            hourly,
+            positions: positions_of(dir, "test", 1, hourly).unwrap(),
             since: vec![None],
             started: true,
             schema: schema(),
@@ -543,16 +601,20 @@ mod tests {
         }
     }
 
-    /// Every file's (day folder, historyFrom, historyTo, rows).
+    /// Every file's (folder, historyFrom, historyTo, rows).
     fn files(dir: &Path) -> Vec<(String, u64, u64, i64)> {
         let mut found = Vec::new();
-        for day in fs::read_dir(dir).unwrap() {
-            let day = day.unwrap().path();
-            if !day.is_dir() {
-                continue;
-            }
-            for file in fs::read_dir(&day).unwrap() {
-                let path = file.unwrap().path();
+        let mut folders = vec![dir.to_owned()];
+        while let Some(folder) = folders.pop() {
+            for entry in fs::read_dir(&folder).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    folders.push(path);
+                    continue;
+                }
+                if path.extension().is_none_or(|e| e != "parquet") {
+                    continue;
+                }
                 let reader = SerializedFileReader::new(File::open(&path).unwrap()).unwrap();
                 let meta = reader.metadata().file_metadata();
                 let get = |key: &str| {
@@ -560,7 +622,7 @@ mod tests {
                     let value = kv.iter().find(|kv| kv.key == key).unwrap();
                     value.value.as_ref().unwrap().parse::<u64>().unwrap()
                 };
-                let folder = day.file_name().unwrap().to_str().unwrap().to_owned();
+                let folder = folder.strip_prefix(dir).unwrap().display().to_string();
                 found.push((folder, get(META_FROM), get(META_TO), meta.num_rows()));
             }
         }
@@ -582,7 +644,47 @@ mod tests {
         assert_eq!((found[0].1, found[0].2), (0, found[1].1));
         assert_eq!(found[1].2, end);
         // A restart goes on from the files: nothing to write again.
-        assert_eq!(positions_of(dir.path(), "test", 1).unwrap(), [end]);
+        assert_eq!(positions_of(dir.path(), "test", 1, false).unwrap(), [end]);
+    }
+
+    #[test]
+    fn an_hourly_lake_splits_at_the_hour_and_keeps_its_layout() {
+        let (data, dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        // 100 entries a second apart, the last 40 past 01:00 UTC.
+        history(data.path(), 3_600 * SECOND - 60 * SECOND, 100);
+        let mut lake = lake_by(data.path(), dir.path(), true);
+        lake.step(Instant::now()).unwrap();
+        let end = history::end_of(data.path(), 0).unwrap();
+        let found = files(dir.path());
+        let hours: Vec<(&str, i64)> = found.iter().map(|f| (f.0.as_str(), f.3)).collect();
+        assert_eq!(
+            hours,
+            [
+                ("day=1970-01-01/hour=00", 60),
+                ("day=1970-01-01/hour=01", 40)
+            ]
+        );
+        assert_eq!((found[0].1, found[0].2, found[1].2), (0, found[1].1, end));
+        drop(lake);
+        // Restarted by hour: on from the files. By day: refused, as the
+        // two layouts in one lake would not read as one table.
+        assert_eq!(positions_of(dir.path(), "test", 1, true).unwrap(), [end]);
+        let refused = positions_of(dir.path(), "test", 1, false).unwrap_err();
+        assert!(
+            refused.to_string().contains("--lake-partition hour"),
+            "{refused}"
+        );
+        // And a lake by day is refused to a server by hour.
+        let (data, dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        history(data.path(), 0, 10);
+        lake_by(data.path(), dir.path(), false)
+            .step(Instant::now())
+            .unwrap();
+        let refused = positions_of(dir.path(), "test", 1, true).unwrap_err();
+        assert!(
+            refused.to_string().contains("--lake-partition day"),
+            "{refused}"
+        );
     }
 
     #[test]

@@ -117,6 +117,8 @@ pub struct Lake {
     pub dir: PathBuf,
     /// The oldest history not yet in a file may be this old.
     pub flush: std::time::Duration,
+    /// A folder per UTC hour below each day's (`--lake-partition hour`).
+    pub hourly: bool,
 }
 
 /// A setting that holds a secret (a URL with a password): `Debug` never

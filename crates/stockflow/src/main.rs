@@ -30,6 +30,14 @@ enum LogFormat {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum LakePartition {
+    /// A folder per UTC day.
+    Day,
+    /// A folder per UTC hour, below its day's.
+    Hour,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum Scenario {
     /// Realistic POS/WMS/e-commerce mix at the given rate.
     Random,
@@ -253,6 +261,18 @@ enum Command {
             help_heading = "Sinks"
         )]
         lake_flush_seconds: u64,
+        /// The lake's folders: one per UTC day (`day=YYYY-MM-DD`), or also
+        /// one per hour below it (`day=YYYY-MM-DD/hour=HH`) for a lake
+        /// that takes millions of events an hour. Fixed for a lake: a
+        /// server refuses one laid out the other way.
+        #[arg(
+            long,
+            env = "STOCKFLOW_LAKE_PARTITION",
+            value_enum,
+            default_value_t = LakePartition::Day,
+            help_heading = "Sinks"
+        )]
+        lake_partition: LakePartition,
         #[command(flatten, next_help_heading = "Kafka mode (with --kafka)")]
         kafka: KafkaArgs,
     },
@@ -673,6 +693,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             sink_postgres_connections,
             lake,
             lake_flush_seconds,
+            lake_partition,
             kafka,
         } => {
             let mut config = Config::new(data_dir);
@@ -682,6 +703,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             config.lake = lake.map(|dir| stockflow_service::config::Lake {
                 dir,
                 flush: std::time::Duration::from_secs(lake_flush_seconds),
+                hourly: matches!(lake_partition, LakePartition::Hour),
             });
             config.metrics_open = metrics_without_auth;
             config.cors_origins = cors_origins;

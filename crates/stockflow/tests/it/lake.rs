@@ -262,6 +262,7 @@ async fn the_lake_read_by_duckdb_adds_up_to_the_api_across_a_kill() {
         config.lake = Some(stockflow_service::config::Lake {
             dir: lake_dir.path().to_owned(),
             flush: Duration::from_secs(1),
+            hourly: false,
         });
         let refused = stockflow::server::Server::start(config, "127.0.0.1:0".parse().unwrap())
             .await
