@@ -15,6 +15,10 @@
 //!
 //! A partition's new history becomes a file once it is
 //! `--lake-flush-seconds` old, or sooner when it fills one.
+//!
+//! The lake can be an S3-compatible bucket (`--lake s3://bucket/prefix`,
+//! credentials and endpoint from the usual `AWS_*` variables): a file is
+//! one PUT, which S3 makes visible whole, so there is no temporary name.
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -23,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chrono::DateTime;
+use object_store::path::Path as ObjectPath;
 use parquet::basic::Compression;
 use parquet::data_type::{ByteArray, ByteArrayType, Int32Type, Int64Type};
 use parquet::file::metadata::KeyValue;
@@ -105,35 +110,20 @@ pub fn start(config: &stockflow_service::config::Config, partitions: u16) -> any
     let Some(settings) = &config.lake else {
         return Ok(());
     };
-    let dir = settings.dir.clone();
-    fs::create_dir_all(&dir)
-        .with_context(|| format!("cannot create the lake {}", dir.display()))?;
-    // One writer per lake: two servers would both take it for theirs
-    // while it is empty, then interleave.
-    let lock = File::create(dir.join(".stockflow-lake.lock"))
-        .with_context(|| format!("cannot write in the lake {}", dir.display()))?;
-    match lock.try_lock() {
-        Ok(()) => {}
-        Err(fs::TryLockError::WouldBlock) => anyhow::bail!(
-            "the lake {} is being written by another server; give each server a lake of its own",
-            dir.display()
-        ),
-        Err(fs::TryLockError::Error(e)) => return Err(e.into()),
-    }
+    let (store, lock) = Store::open(&settings.dir)?;
     let data_dir_id = crate::recovery::data_dir_id(&config.data_dir)?;
-    let positions = positions_of(&dir, &data_dir_id, partitions, settings.hourly)?;
+    let positions = positions_of(&store, &data_dir_id, partitions, settings.hourly)?;
     for (p, position) in positions.iter().enumerate() {
         let end = history::end_of(&config.data_dir, p as u16)?;
         anyhow::ensure!(
             *position <= end,
-            "the lake {} holds history of partition {p} up to {position}, past the end of this data directory's history files ({end}): they were lost or replaced; give the server a new lake directory",
-            dir.display()
+            "the lake {store} holds history of partition {p} up to {position}, past the end of this data directory's history files ({end}): they were lost or replaced; give the server a new lake directory",
         );
     }
-    config.sinks.add(KIND, &dir.display().to_string());
-    tracing::info!(lake = %dir.display(), "writing history to the Parquet lake");
+    config.sinks.add(KIND, &store.to_string());
+    tracing::info!(lake = %store, "writing history to the Parquet lake");
     let lake = Lake {
-        dir,
+        store,
         data_dir: config.data_dir.clone(),
         data_dir_id,
         flush: settings.flush,
@@ -155,6 +145,172 @@ pub fn start(config: &stockflow_service::config::Config, partitions: u16) -> any
     Ok(())
 }
 
+/// Where the lake is: a directory, or a bucket's prefix.
+enum Store {
+    Dir(PathBuf),
+    Bucket(Bucket),
+}
+
+/// An S3-compatible bucket, through `object_store` (async) from the
+/// lake's blocking thread.
+struct Bucket {
+    store: Arc<dyn object_store::ObjectStore>,
+    prefix: ObjectPath,
+    url: String,
+    runtime: tokio::runtime::Handle,
+}
+
+/// A file of the lake.
+enum Place {
+    Local(PathBuf),
+    Object(ObjectPath),
+}
+
+impl Place {
+    fn name(&self) -> &str {
+        match self {
+            Place::Local(path) => path.file_name().and_then(|n| n.to_str()).unwrap_or(""),
+            Place::Object(path) => path.filename().unwrap_or(""),
+        }
+    }
+}
+
+impl std::fmt::Display for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Store::Dir(dir) => write!(f, "{}", dir.display()),
+            Store::Bucket(bucket) => f.write_str(&bucket.url),
+        }
+    }
+}
+
+impl Store {
+    /// The lake `--lake` names, and for a directory the lock that keeps
+    /// other servers out.
+    fn open(lake: &Path) -> anyhow::Result<(Store, Option<File>)> {
+        if let Some(url) = lake.to_str().filter(|l| l.starts_with("s3://")) {
+            let store = object_store::aws::AmazonS3Builder::from_env()
+                .with_url(url)
+                .build()
+                .with_context(|| format!("cannot reach the lake {url}; set AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION and, for an S3-compatible store, AWS_ENDPOINT (and AWS_ALLOW_HTTP=true for http://)"))?;
+            let prefix = url
+                .trim_start_matches("s3://")
+                .split_once('/')
+                .map_or("", |(_, prefix)| prefix);
+            let bucket = Bucket {
+                store: Arc::new(store),
+                prefix: ObjectPath::from(prefix),
+                url: url.trim_end_matches('/').to_owned(),
+                runtime: tokio::runtime::Handle::current(),
+            };
+            return Ok((Store::Bucket(bucket), None));
+        }
+        let dir = lake.to_owned();
+        fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create the lake {}", dir.display()))?;
+        // One writer per lake: two servers would both take it for theirs
+        // while it is empty, then interleave.
+        let lock = File::create(dir.join(".stockflow-lake.lock"))
+            .with_context(|| format!("cannot write in the lake {}", dir.display()))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => anyhow::bail!(
+                "the lake {} is being written by another server; give each server a lake of its own",
+                dir.display()
+            ),
+            Err(fs::TryLockError::Error(e)) => return Err(e.into()),
+        }
+        Ok((Store::Dir(dir), Some(lock)))
+    }
+
+    /// Every file in the lake's day (and hour) folders; refuses a lake
+    /// laid out by the other `--lake-partition`.
+    fn files(&self, hourly: bool) -> anyhow::Result<Vec<Place>> {
+        let bucket = match self {
+            Store::Dir(dir) => {
+                return Ok(files_of(dir, hourly)?
+                    .into_iter()
+                    .map(Place::Local)
+                    .collect())
+            }
+            Store::Bucket(bucket) => bucket,
+        };
+        let other = |layout: &str, at: &ObjectPath| {
+            anyhow::anyhow!(
+                "the lake {self} is partitioned by {layout} ({at}); start with --lake-partition {layout}, or give the server a new lake"
+            )
+        };
+        bucket.wait(async {
+            let list = |prefix: ObjectPath| async move {
+                bucket
+                    .store
+                    .list_with_delimiter(Some(&prefix))
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "cannot list the lake {}: check that the bucket exists and that AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_ENDPOINT give access to it",
+                            bucket.url
+                        )
+                    })
+            };
+            let mut files = Vec::new();
+            for day in list(bucket.prefix.clone()).await?.common_prefixes {
+                let listed = list(day).await?;
+                if let Some(hour) = listed.common_prefixes.first() {
+                    if !hourly {
+                        return Err(other("hour", hour));
+                    }
+                }
+                for object in listed.objects {
+                    if hourly && object.location.extension() == Some("parquet") {
+                        return Err(other("day", &object.location));
+                    }
+                    files.push(Place::Object(object.location));
+                }
+                for hour in listed.common_prefixes {
+                    let objects = list(hour).await?.objects;
+                    files.extend(objects.into_iter().map(|o| Place::Object(o.location)));
+                }
+            }
+            Ok(files)
+        })
+    }
+
+    /// A lake file's key-value metadata (its footer).
+    fn metadata(&self, place: &Place) -> anyhow::Result<Vec<KeyValue>> {
+        let metadata = match (self, place) {
+            (_, Place::Local(path)) => SerializedFileReader::new(File::open(path)?)?
+                .metadata()
+                .file_metadata()
+                .key_value_metadata()
+                .cloned(),
+            (Store::Bucket(bucket), Place::Object(path)) => {
+                let bytes = bucket.wait(async { bucket.store.get(path).await?.bytes().await })?;
+                SerializedFileReader::new(bytes)?
+                    .metadata()
+                    .file_metadata()
+                    .key_value_metadata()
+                    .cloned()
+            }
+            (Store::Dir(_), Place::Object(_)) => unreachable!("a directory lists paths"),
+        };
+        Ok(metadata.unwrap_or_default())
+    }
+}
+
+impl Bucket {
+    /// Runs `work` to its end on the runtime, from a thread of its own
+    /// (the caller may be a runtime thread, at start, or a blocking one).
+    fn wait<T: Send>(&self, work: impl std::future::Future<Output = T> + Send) -> T {
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| self.runtime.block_on(work))
+                .join()
+                .expect("a lake request does not panic")
+        })
+    }
+}
+
 /// A lake file's partition and first history offset, from its name
 /// (`p0003-00000000000000123456.parquet`).
 fn named(name: &str) -> Option<(u16, u64)> {
@@ -171,66 +327,61 @@ fn named(name: &str) -> Option<(u16, u64)> {
 /// lake laid out by the other `--lake-partition`: one layout per lake,
 /// or its readers' hive partitions would not line up.
 fn positions_of(
-    dir: &Path,
+    store: &Store,
     data_dir_id: &str,
     partitions: u16,
     hourly: bool,
 ) -> anyhow::Result<Vec<u64>> {
-    let mut newest: Vec<Option<(u64, PathBuf)>> = vec![None; partitions as usize];
-    for path in files_of(dir, hourly)? {
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if name.starts_with('.') && name.ends_with(".tmp") {
-            fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
-            continue;
+    let mut newest: Vec<Option<(u64, Place)>> = (0..partitions).map(|_| None).collect();
+    for place in store.files(hourly)? {
+        let name = place.name().to_owned();
+        if let Place::Local(path) = &place {
+            if name.starts_with('.') && name.ends_with(".tmp") {
+                fs::remove_file(path)
+                    .with_context(|| format!("cannot remove {}", path.display()))?;
+                continue;
+            }
         }
-        let Some((p, from)) = named(name) else {
+        let Some((p, from)) = named(&name) else {
             if name.ends_with(".parquet") {
-                tracing::warn!(file = %path.display(), "a Parquet file not named by stockflow is in the lake; ignored");
+                tracing::warn!(file = %name, "a Parquet file not named by stockflow is in the lake; ignored");
             }
             continue;
         };
         let slot = newest.get_mut(p as usize).with_context(|| {
-            format!(
-                "{} is of partition {p}; this data directory has {partitions}",
-                path.display()
-            )
+            format!("{name} is of partition {p}; this data directory has {partitions}")
         })?;
         if slot.as_ref().is_none_or(|(held, _)| *held < from) {
-            *slot = Some((from, path));
+            *slot = Some((from, place));
         }
     }
     let mut positions = vec![0u64; partitions as usize];
     for (p, newest) in newest.into_iter().enumerate() {
-        let Some((_, path)) = newest else {
+        let Some((_, place)) = newest else {
             continue;
         };
-        let meta = metadata_of(&path).with_context(|| {
-            format!(
-                "cannot read the lake file {}; move it out of the lake",
-                path.display()
-            )
+        let name = place.name();
+        let meta = store.metadata(&place).with_context(|| {
+            format!("cannot read the lake file {name}; move it out of the lake {store}")
         })?;
         let get = |key: &str| {
             meta.iter()
                 .find(|kv| kv.key == key)
                 .and_then(|kv| kv.value.clone())
         };
-        let owner = get(META_DATA_DIR)
-            .with_context(|| format!("{} has no {META_DATA_DIR}", path.display()))?;
+        let owner = get(META_DATA_DIR).with_context(|| format!("{name} has no {META_DATA_DIR}"))?;
         anyhow::ensure!(
             owner == data_dir_id,
-            "the lake {} holds the history of another data directory (id {owner}, this one is {data_dir_id}); give each data directory a lake of its own",
-            dir.display()
+            "the lake {store} holds the history of another data directory (id {owner}, this one is {data_dir_id}); give each data directory a lake of its own",
         );
         let number = |key: &str| {
             get(key)
                 .and_then(|v| v.parse::<u64>().ok())
-                .with_context(|| format!("{} has no {key}", path.display()))
+                .with_context(|| format!("{name} has no {key}"))
         };
         anyhow::ensure!(
             number(META_PARTITION)? == p as u64,
-            "{} holds another partition than its name says; move it out of the lake",
-            path.display()
+            "{name} holds another partition than its name says; move it out of the lake {store}",
         );
         positions[p] = number(META_TO)?;
     }
@@ -275,18 +426,8 @@ fn files_of(dir: &Path, hourly: bool) -> anyhow::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-fn metadata_of(path: &Path) -> anyhow::Result<Vec<KeyValue>> {
-    let reader = SerializedFileReader::new(File::open(path)?)?;
-    Ok(reader
-        .metadata()
-        .file_metadata()
-        .key_value_metadata()
-        .cloned()
-        .unwrap_or_default())
-}
-
 struct Lake {
-    dir: PathBuf,
+    store: Store,
     data_dir: PathBuf,
     data_dir_id: String,
     flush: Duration,
@@ -302,7 +443,8 @@ struct Lake {
     properties: WriterPropertiesPtr,
     sinks: Sinks,
     /// Held while the server runs (see `start`).
-    _lock: File,
+    /// A directory's lock, held while the server runs.
+    _lock: Option<File>,
 }
 
 /// What one look at the history files did.
@@ -459,25 +601,57 @@ impl Lake {
         rows: &[(u64, Entry)],
         to: u64,
     ) -> anyhow::Result<()> {
-        let dir = self.dir.join(folder);
+        let name = format!("p{p:04}-{from:020}.parquet");
+        let lake = match &self.store {
+            Store::Dir(lake) => lake,
+            Store::Bucket(bucket) => {
+                // One PUT: S3 shows an object whole or not at all.
+                let bytes = self.encode(Vec::new(), p, from, rows, to)?;
+                let mut path = bucket.prefix.clone();
+                for part in folder.iter().chain([std::ffi::OsStr::new(&name)]) {
+                    path = path.child(part.to_str().expect("the lake names folders in ASCII"));
+                }
+                bucket
+                    .wait(bucket.store.put(&path, bytes.into()))
+                    .with_context(|| format!("cannot write {}/{path}", bucket.url))?;
+                return Ok(());
+            }
+        };
+        let dir = lake.join(&folder);
         if !dir.exists() {
             fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
             // The new folders' names are durable in their parents.
             let mut parent = dir.parent();
             while let Some(folder) = parent {
                 sync_dir(folder)?;
-                if folder == self.dir {
+                if folder == lake {
                     break;
                 }
                 parent = folder.parent();
             }
         }
-        let name = format!("p{p:04}-{from:020}.parquet");
         let temporary = dir.join(format!(".{name}.tmp"));
         let file = File::create(&temporary)
             .with_context(|| format!("cannot create {}", temporary.display()))?;
+        let file = self.encode(file, p, from, rows, to)?;
+        file.sync_all()?;
+        drop(file);
+        fs::rename(&temporary, dir.join(&name))
+            .with_context(|| format!("cannot rename {}", temporary.display()))?;
+        sync_dir(&dir)
+    }
+
+    /// History `from`..`to` of partition `p` as a Parquet file into `out`.
+    fn encode<W: std::io::Write + Send>(
+        &self,
+        out: W,
+        p: u16,
+        from: u64,
+        rows: &[(u64, Entry)],
+        to: u64,
+    ) -> anyhow::Result<W> {
         let mut writer =
-            SerializedFileWriter::new(file, self.schema.clone(), self.properties.clone())?;
+            SerializedFileWriter::new(out, self.schema.clone(), self.properties.clone())?;
         // A file without rows (a skip) has no row group.
         if !rows.is_empty() {
             let mut group = writer.next_row_group()?;
@@ -519,12 +693,7 @@ impl Lake {
         ] {
             writer.append_key_value_metadata(KeyValue::new(key.to_owned(), value));
         }
-        let file = writer.into_inner()?;
-        file.sync_all()?;
-        drop(file);
-        fs::rename(&temporary, dir.join(&name))
-            .with_context(|| format!("cannot rename {}", temporary.display()))?;
-        sync_dir(&dir)
+        Ok(writer.into_inner()?)
     }
 }
 
@@ -586,18 +755,18 @@ mod tests {
     fn lake_by(data: &Path, dir: &Path, hourly: bool) -> Lake {
         fs::create_dir_all(dir).unwrap();
         Lake {
-            dir: dir.to_owned(),
+            store: Store::Dir(dir.to_owned()),
             data_dir: data.to_owned(),
             data_dir_id: "test".into(),
             flush: Duration::from_secs(60),
             hourly,
-            positions: positions_of(dir, "test", 1, hourly).unwrap(),
+            positions: positions_of(&Store::Dir(dir.to_owned()), "test", 1, hourly).unwrap(),
             since: vec![None],
             started: true,
             schema: schema(),
             properties: Arc::new(WriterProperties::builder().build()),
             sinks: Sinks::default(),
-            _lock: File::create(dir.join(".stockflow-lake.lock")).unwrap(),
+            _lock: None,
         }
     }
 
@@ -644,7 +813,10 @@ mod tests {
         assert_eq!((found[0].1, found[0].2), (0, found[1].1));
         assert_eq!(found[1].2, end);
         // A restart goes on from the files: nothing to write again.
-        assert_eq!(positions_of(dir.path(), "test", 1, false).unwrap(), [end]);
+        assert_eq!(
+            positions_of(&Store::Dir(dir.path().to_owned()), "test", 1, false).unwrap(),
+            [end]
+        );
     }
 
     #[test]
@@ -668,8 +840,12 @@ mod tests {
         drop(lake);
         // Restarted by hour: on from the files. By day: refused, as the
         // two layouts in one lake would not read as one table.
-        assert_eq!(positions_of(dir.path(), "test", 1, true).unwrap(), [end]);
-        let refused = positions_of(dir.path(), "test", 1, false).unwrap_err();
+        assert_eq!(
+            positions_of(&Store::Dir(dir.path().to_owned()), "test", 1, true).unwrap(),
+            [end]
+        );
+        let refused =
+            positions_of(&Store::Dir(dir.path().to_owned()), "test", 1, false).unwrap_err();
         assert!(
             refused.to_string().contains("--lake-partition hour"),
             "{refused}"
@@ -680,7 +856,8 @@ mod tests {
         lake_by(data.path(), dir.path(), false)
             .step(Instant::now())
             .unwrap();
-        let refused = positions_of(dir.path(), "test", 1, true).unwrap_err();
+        let refused =
+            positions_of(&Store::Dir(dir.path().to_owned()), "test", 1, true).unwrap_err();
         assert!(
             refused.to_string().contains("--lake-partition day"),
             "{refused}"

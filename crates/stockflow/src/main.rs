@@ -241,11 +241,14 @@ enum Command {
         /// level after it) as Parquet files in this directory, one
         /// folder per UTC day (`day=YYYY-MM-DD`); files appear whole
         /// (written, then renamed) and a restart goes on where the last
-        /// file ended. Status: GET /v1/sinks. Embedded mode only.
+        /// file ended. Or an S3-compatible bucket, s3://bucket/prefix
+        /// (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, and
+        /// AWS_ENDPOINT with AWS_ALLOW_HTTP=true for one that is not AWS).
+        /// Status: GET /v1/sinks. Embedded mode only.
         #[arg(
             long,
             env = "STOCKFLOW_LAKE",
-            value_name = "DIR",
+            value_name = "DIR|S3_URL",
             conflicts_with = "kafka",
             help_heading = "Sinks"
         )]

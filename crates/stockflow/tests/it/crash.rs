@@ -104,7 +104,18 @@ async fn spawn_server(dir: &std::path::Path, port: u16) -> Server {
 
 /// Starts `stockflow serve` on `dir` with `args` and waits until it answers.
 pub(crate) async fn serve(dir: &std::path::Path, port: u16, args: &[&str]) -> Server {
+    serve_env(dir, port, args, &[]).await
+}
+
+/// [`serve`] with these environment variables.
+pub(crate) async fn serve_env(
+    dir: &std::path::Path,
+    port: u16,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Server {
     let child = Command::new(env!("CARGO_BIN_EXE_stockflow"))
+        .envs(env.iter().copied())
         .args([
             "serve",
             "--data-dir",

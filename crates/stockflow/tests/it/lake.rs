@@ -271,3 +271,213 @@ async fn the_lake_read_by_duckdb_adds_up_to_the_api_across_a_kill() {
         assert!(format!("{refused:#}").contains(said), "{refused:#}");
     }
 }
+
+/// moto's S3-compatible server (`pip install 'moto[server]'`) on a free
+/// port, stopped when dropped.
+struct S3Server(std::process::Child, u16);
+
+impl S3Server {
+    async fn start() -> S3Server {
+        let port = free_port();
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("moto_server runs (pip install 'moto[server]': .ci/install)");
+        let server = S3Server(child, port);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while reqwest::get(server.endpoint()).await.is_err() {
+            assert!(std::time::Instant::now() < deadline, "moto_server came up");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        server
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.1)
+    }
+
+    /// Copies every object under `prefix` of `bucket` into `to`, by key.
+    fn download(&self, bucket: &str, prefix: &str, to: &Path) {
+        let script = r#"
+import boto3, os, sys
+endpoint, bucket, prefix, to = sys.argv[1:]
+s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="test",
+                  aws_secret_access_key="test", region_name="us-east-1")
+for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/"):
+    for o in page.get("Contents", []):
+        path = os.path.join(to, o["Key"][len(prefix) + 1:])
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        s3.download_file(bucket, o["Key"], path)
+"#;
+        let output = Command::new("python3")
+            .args(["-c", script, &self.endpoint(), bucket, prefix])
+            .arg(to)
+            .output()
+            .expect("python3 runs");
+        assert!(
+            output.status.success(),
+            "boto3 read the bucket: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lake_in_an_s3_bucket_by_hour_adds_up_to_the_api_across_a_kill() {
+    let seed: u64 = rand::random();
+    println!("seed={seed}");
+    let steps = mixed_stream(seed, SHAPE);
+    let s3 = S3Server::start().await;
+    let created = reqwest::Client::new()
+        .put(format!("{}/lake", s3.endpoint()))
+        .send()
+        .await
+        .unwrap();
+    assert!(created.status().is_success(), "the bucket: {created:?}");
+    let endpoint = s3.endpoint();
+    let env = [
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ENDPOINT", endpoint.as_str()),
+        ("AWS_ALLOW_HTTP", "true"),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let args = [
+        "--lake",
+        "s3://lake/history",
+        "--lake-partition",
+        "hour",
+        "--lake-flush-seconds",
+        "1",
+        "--order-hold-seconds",
+        "604800",
+    ];
+    let mut server = crate::crash::serve_env(dir.path(), port, &args, &env).await;
+    let half = steps.len() / 2;
+    for step in &steps[..half / 2] {
+        send(&url, step).await;
+    }
+    wait_sink(&url, "first objects", |s| s["rows"].as_u64() > Some(0)).await;
+    for step in &steps[half / 2..half] {
+        send(&url, step).await;
+    }
+    let in_flight = {
+        let (url, step) = (url.clone(), steps[half].clone());
+        tokio::spawn(async move { send(&url, &step).await })
+    };
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let _ = in_flight.await;
+    // The kill came with objects written and history not yet in any.
+    let copy = tempfile::tempdir().unwrap();
+    s3.download("lake", "history", copy.path());
+    let at_kill = ranges(&read_lake_by_hour(copy.path()));
+    let ends = history_ends(dir.path());
+    assert!(
+        ends.iter()
+            .any(|(p, end)| at_kill.get(p).map_or(0, |c| c.last().unwrap().1) < *end),
+        "history not yet in the lake at the kill: lake {at_kill:?}, history {ends:?}"
+    );
+
+    let _server = crate::crash::serve_env(dir.path(), port, &args, &env).await;
+    for step in &steps[half - 5..] {
+        send(&url, step).await;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let read = loop {
+        let copy = tempfile::tempdir().unwrap();
+        s3.download("lake", "history", copy.path());
+        let read = read_lake_by_hour(copy.path());
+        let ends: BTreeMap<u64, u64> = history_ends(dir.path())
+            .into_iter()
+            .filter(|(_, end)| *end > 0)
+            .collect();
+        let chains: BTreeMap<u64, u64> = ranges(&read)
+            .iter()
+            .map(|(p, c)| (*p, c.last().unwrap().1))
+            .collect();
+        if chains == ends {
+            break read;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "lake {chains:?}, history {ends:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    // Each partition's objects chain without a gap or an overlap.
+    for (partition, chain) in &ranges(&read) {
+        let mut end = 0;
+        for (from, to) in chain {
+            assert_eq!(*from, end, "partition {partition}: a gap or an overlap");
+            end = *to;
+        }
+    }
+    // Per level: each event once, adding up to the API's onHand.
+    let api = server_levels(&url, SHAPE).await;
+    let levels = read["levels"].as_array().unwrap();
+    assert_eq!(levels.len(), api.len(), "levels (seed={seed})");
+    for level in levels {
+        let (sku, location) = (level[0].as_str().unwrap(), level[1].as_str().unwrap());
+        let n = |i: usize| level[i].as_i64().unwrap();
+        let (on_hand, _, _, _) = api[&(sku.to_owned(), location.to_owned())];
+        assert_eq!(n(2), n(3), "{sku}@{location}: an event twice (seed={seed})");
+        assert_eq!(
+            n(4),
+            on_hand,
+            "{sku}@{location}: onHandChange sum (seed={seed})"
+        );
+    }
+    // An hour folder holds the rows the engine applied that UTC hour.
+    for hour in read["days"].as_array().unwrap() {
+        let at = |i: usize| {
+            chrono::DateTime::from_timestamp_nanos(hour[i].as_i64().unwrap())
+                .format("%Y-%m-%d %H")
+                .to_string()
+        };
+        assert_eq!(at(1), hour[0].as_str().unwrap());
+        assert_eq!(at(2), hour[0].as_str().unwrap());
+    }
+}
+
+/// [`read_lake`] of a lake by hour: its files one folder deeper, and
+/// the span of processedAt per hour (`YYYY-MM-DD HH`).
+fn read_lake_by_hour(lake: &Path) -> Value {
+    let script = READ_LAKE
+        .replace("\"/*/*.parquet\"", "\"/*/*/*.parquet\"")
+        .replace(
+            "SELECT day::VARCHAR, min",
+            "SELECT day::VARCHAR || ' ' || lpad(hour::VARCHAR, 2, '0'), min",
+        )
+        .replace("GROUP BY day\"", "GROUP BY day, hour\"");
+    assert!(
+        script.contains("/*/*/*.parquet")
+            && script.contains("lpad(hour")
+            && script.contains("day, hour"),
+        "READ_LAKE changed: change this too"
+    );
+    let output = Command::new("python3")
+        .args(["-c", &script])
+        .arg(lake)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        output.status.success(),
+        "DuckDB read the lake: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("the script prints JSON")
+}
