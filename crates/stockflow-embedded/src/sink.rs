@@ -282,12 +282,9 @@ impl Sink {
         if let Err(e) = client.batch_execute(&schema).await {
             return (false, format!("cannot create the tables: {}", said(&e)));
         }
-        // A commit need not wait for PostgreSQL's disk: a commit its crash
-        // loses took the position rows with it, and is read and written
-        // again from the history files.
         // Alerts come by binary COPY into the staging table, then once
         // into `alerts` (a resumed or copied-again alert is there already).
-        let session = "SET synchronous_commit = off; CREATE TEMP TABLE IF NOT EXISTS stockflow_alerts_in (LIKE alerts) ON COMMIT DELETE ROWS";
+        let session = "CREATE TEMP TABLE IF NOT EXISTS stockflow_alerts_in (LIKE alerts) ON COMMIT DELETE ROWS";
         if let Err(e) = client.batch_execute(session).await {
             return (false, format!("cannot create the tables: {}", said(&e)));
         }

@@ -173,7 +173,7 @@ impl Config {
             amqp: None,
             links: crate::links::Links::default(),
             sink_postgres: None,
-            sink_postgres_connections: 2,
+            sink_postgres_connections: 1,
             sinks: crate::sinks::Sinks::default(),
             lake: None,
         }

@@ -228,11 +228,13 @@ enum Command {
         )]
         sink_postgres: Option<String>,
         /// Connections the PostgreSQL sink writes with, each to its share
-        /// of the partitions: PostgreSQL runs each connection on one core.
+        /// of the partitions: PostgreSQL runs each connection on one core,
+        /// so give it the cores the database has to spare (more take them
+        /// from ingest when the database shares this host).
         #[arg(
             long,
             env = "STOCKFLOW_SINK_POSTGRES_CONNECTIONS",
-            default_value_t = 2,
+            default_value_t = 1,
             value_parser = clap::value_parser!(u16).range(1..=16),
             help_heading = "Sinks"
         )]
@@ -242,8 +244,9 @@ enum Command {
         /// folder per UTC day (`day=YYYY-MM-DD`); files appear whole
         /// (written, then renamed) and a restart goes on where the last
         /// file ended. Or an S3-compatible bucket, s3://bucket/prefix
-        /// (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, and
-        /// AWS_ENDPOINT with AWS_ALLOW_HTTP=true for one that is not AWS).
+        /// (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION;
+        /// AWS_ENDPOINT for one that is not AWS, and AWS_ALLOW_HTTP=true
+        /// if that is http://).
         /// Status: GET /v1/sinks. Embedded mode only.
         #[arg(
             long,

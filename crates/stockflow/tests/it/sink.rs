@@ -148,7 +148,7 @@ async fn postgres_tables_equal_the_api_across_kills_of_either_side() {
         if i == third / 2 {
             // PostgreSQL ends the sink's connection: it reconnects and
             // goes on where its last commit left it.
-            assert!(db.terminate() >= 1, "the sink was connected");
+            assert!(db.terminate() >= 5, "the sink's five connections were up");
         }
     }
     // kill -9 while a body is in flight.
