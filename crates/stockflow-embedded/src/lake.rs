@@ -30,7 +30,7 @@ use chrono::DateTime;
 use object_store::path::Path as ObjectPath;
 use parquet::basic::Compression;
 use parquet::data_type::{ByteArray, ByteArrayType, Int32Type, Int64Type};
-use parquet::file::metadata::KeyValue;
+use parquet::file::metadata::{FooterTail, KeyValue, ParquetMetaDataReader};
 use parquet::file::properties::{WriterProperties, WriterPropertiesPtr};
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::file::writer::SerializedFileWriter;
@@ -160,17 +160,17 @@ struct Bucket {
     runtime: tokio::runtime::Handle,
 }
 
-/// A file of the lake.
+/// A file of the lake (an object with its size).
 enum Place {
     Local(PathBuf),
-    Object(ObjectPath),
+    Object(ObjectPath, u64),
 }
 
 impl Place {
     fn name(&self) -> &str {
         match self {
             Place::Local(path) => path.file_name().and_then(|n| n.to_str()).unwrap_or(""),
-            Place::Object(path) => path.filename().unwrap_or(""),
+            Place::Object(path, _) => path.filename().unwrap_or(""),
         }
     }
 }
@@ -223,9 +223,12 @@ impl Store {
         Ok((Store::Dir(dir), Some(lock)))
     }
 
-    /// Every file in the lake's day (and hour) folders; refuses a lake
-    /// laid out by the other `--lake-partition`.
-    fn files(&self, hourly: bool) -> anyhow::Result<Vec<Place>> {
+    /// The lake's files that hold each partition's newest: in a
+    /// directory, every file (and leftover temporary); in a bucket, the
+    /// folders newest first until each partition has had one (listing a
+    /// year of objects would slow every start). Refuses a lake laid out
+    /// by the other `--lake-partition`.
+    fn files(&self, hourly: bool, partitions: u16) -> anyhow::Result<Vec<Place>> {
         let bucket = match self {
             Store::Dir(dir) => {
                 return Ok(files_of(dir, hourly)?
@@ -242,7 +245,7 @@ impl Store {
         };
         bucket.wait(async {
             let list = |prefix: ObjectPath| async move {
-                bucket
+                let mut listed = bucket
                     .store
                     .list_with_delimiter(Some(&prefix))
                     .await
@@ -251,9 +254,26 @@ impl Store {
                             "cannot list the lake {}: check that the bucket exists and that AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_ENDPOINT give access to it",
                             bucket.url
                         )
-                    })
+                    })?;
+                // Newest first: `day=YYYY-MM-DD` and `hour=HH` sort by time.
+                listed.common_prefixes.sort_unstable_by(|a, b| b.cmp(a));
+                anyhow::Ok(listed)
             };
             let mut files = Vec::new();
+            let mut seen = vec![false; partitions as usize];
+            let objects = |listed: Vec<object_store::ObjectMeta>,
+                           files: &mut Vec<Place>,
+                           seen: &mut Vec<bool>| {
+                for object in listed {
+                    if let Some((p, _)) = object.location.filename().and_then(named) {
+                        if let Some(seen) = seen.get_mut(p as usize) {
+                            *seen = true;
+                        }
+                    }
+                    files.push(Place::Object(object.location, object.size));
+                }
+                seen.iter().all(|s| *s)
+            };
             for day in list(bucket.prefix.clone()).await?.common_prefixes {
                 let listed = list(day).await?;
                 if let Some(hour) = listed.common_prefixes.first() {
@@ -261,22 +281,28 @@ impl Store {
                         return Err(other("hour", hour));
                     }
                 }
-                for object in listed.objects {
+                if let Some(object) = listed.objects.first() {
                     if hourly && object.location.extension() == Some("parquet") {
                         return Err(other("day", &object.location));
                     }
-                    files.push(Place::Object(object.location));
                 }
+                let mut all = objects(listed.objects, &mut files, &mut seen);
                 for hour in listed.common_prefixes {
-                    let objects = list(hour).await?.objects;
-                    files.extend(objects.into_iter().map(|o| Place::Object(o.location)));
+                    if all {
+                        break;
+                    }
+                    all = objects(list(hour).await?.objects, &mut files, &mut seen);
+                }
+                if all {
+                    break;
                 }
             }
             Ok(files)
         })
     }
 
-    /// A lake file's key-value metadata (its footer).
+    /// A lake file's key-value metadata (its footer; of an object, only
+    /// the footer is read).
     fn metadata(&self, place: &Place) -> anyhow::Result<Vec<KeyValue>> {
         let metadata = match (self, place) {
             (_, Place::Local(path)) => SerializedFileReader::new(File::open(path)?)?
@@ -284,21 +310,37 @@ impl Store {
                 .file_metadata()
                 .key_value_metadata()
                 .cloned(),
-            (Store::Bucket(bucket), Place::Object(path)) => {
-                let bytes = bucket.wait(async { bucket.store.get(path).await?.bytes().await })?;
-                SerializedFileReader::new(bytes)?
-                    .metadata()
+            (Store::Bucket(bucket), Place::Object(path, size)) => {
+                let footer = bucket.wait(async {
+                    let tail = bucket
+                        .store
+                        .get_range(path, size.saturating_sub(8)..*size)
+                        .await?;
+                    let tail = FooterTail::try_from(&tail[..])?;
+                    let length = tail.metadata_length() as u64;
+                    let start = size
+                        .checked_sub(8 + length)
+                        .context("a footer longer than its file")?;
+                    anyhow::Ok(bucket.store.get_range(path, start..size - 8).await?)
+                })?;
+                ParquetMetaDataReader::decode_metadata(&footer)?
                     .file_metadata()
                     .key_value_metadata()
                     .cloned()
             }
-            (Store::Dir(_), Place::Object(_)) => unreachable!("a directory lists paths"),
+            (Store::Dir(_), Place::Object(..)) => unreachable!("a directory lists paths"),
         };
         Ok(metadata.unwrap_or_default())
     }
 }
 
 impl Bucket {
+    /// An object's URL, as a user would name it.
+    fn show(&self, path: &ObjectPath) -> String {
+        let bucket = self.url.trim_start_matches("s3://").split('/').next();
+        format!("s3://{}/{path}", bucket.unwrap_or_default())
+    }
+
     /// Runs `work` to its end on the runtime, from a thread of its own
     /// (the caller may be a runtime thread, at start, or a blocking one).
     fn wait<T: Send>(&self, work: impl std::future::Future<Output = T> + Send) -> T {
@@ -333,7 +375,7 @@ fn positions_of(
     hourly: bool,
 ) -> anyhow::Result<Vec<u64>> {
     let mut newest: Vec<Option<(u64, Place)>> = (0..partitions).map(|_| None).collect();
-    for place in store.files(hourly)? {
+    for place in store.files(hourly, partitions)? {
         let name = place.name().to_owned();
         if let Place::Local(path) = &place {
             if name.starts_with('.') && name.ends_with(".tmp") {
@@ -546,8 +588,8 @@ impl Lake {
                     // rows keeps the skip (a restart goes on after it,
                     // and does not count it again).
                     let now = Timestamp(chrono::Utc::now().timestamp() * 1_000_000_000);
-                    self.write_file(p, self.folder_of(now), from, &[], scan.next)?;
-                    self.positions[p as usize] = scan.next;
+                    self.positions[p as usize] =
+                        self.write_file(p, self.folder_of(now), from, &[], scan.next)?;
                     continue;
                 }
                 // Only an entry still being written: the next look.
@@ -570,10 +612,14 @@ impl Lake {
                 // The first file starts where the lake stood, so that a
                 // range the retention deleted is in its span.
                 let first = if start == 0 { from } else { rows[0].0 };
-                self.write_file(p, folder, first, rows, to)?;
-                self.positions[p as usize] = to;
+                let reached = self.write_file(p, folder, first, rows, to)?;
+                self.positions[p as usize] = reached;
                 self.sinks.committed(KIND, len as u64);
                 self.show_behind(ends);
+                if reached != to {
+                    // An earlier try's file was there: on from its end.
+                    break;
+                }
                 start += len;
             }
         }
@@ -592,7 +638,9 @@ impl Lake {
     }
 
     /// One file of history `from`..`to` in `folder`: written under a
-    /// temporary name, fsynced, renamed.
+    /// temporary name, fsynced, renamed (or put whole in a bucket).
+    /// Returns where the lake's history of `p` now ends: `to`, or the end
+    /// of the object an earlier try of this server left at that name.
     fn write_file(
         &self,
         p: u16,
@@ -600,7 +648,7 @@ impl Lake {
         from: u64,
         rows: &[(u64, Entry)],
         to: u64,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<u64> {
         let name = format!("p{p:04}-{from:020}.parquet");
         let lake = match &self.store {
             Store::Dir(lake) => lake,
@@ -611,10 +659,39 @@ impl Lake {
                 for part in folder.iter().chain([std::ffi::OsStr::new(&name)]) {
                     path = path.child(part.to_str().expect("the lake names folders in ASCII"));
                 }
-                bucket
-                    .wait(bucket.store.put(&path, bytes.into()))
-                    .with_context(|| format!("cannot write {}/{path}", bucket.url))?;
-                return Ok(());
+                // Never over another's: a file there already is this one,
+                // from a PUT whose answer was lost, or another server's.
+                let create = object_store::PutOptions {
+                    mode: object_store::PutMode::Create,
+                    ..Default::default()
+                };
+                match bucket.wait(bucket.store.put_opts(&path, bytes.into(), create)) {
+                    Ok(_) => return Ok(to),
+                    Err(object_store::Error::AlreadyExists { .. }) => {}
+                    Err(e) => {
+                        return Err(e)
+                            .with_context(|| format!("cannot write {}", bucket.show(&path)))
+                    }
+                }
+                let size = bucket
+                    .wait(bucket.store.head(&path))
+                    .with_context(|| format!("cannot read {}", bucket.show(&path)))?
+                    .size;
+                let there = self.store.metadata(&Place::Object(path.clone(), size))?;
+                let value = |key: &str| {
+                    there
+                        .iter()
+                        .find(|kv| kv.key == key)
+                        .and_then(|kv| kv.value.clone())
+                };
+                anyhow::ensure!(
+                    value(META_DATA_DIR).as_deref() == Some(self.data_dir_id.as_str()),
+                    "{} is there already, written by another server: give each server a lake of its own",
+                    bucket.show(&path)
+                );
+                return value(META_TO)
+                    .and_then(|to| to.parse().ok())
+                    .with_context(|| format!("{} has no {META_TO}", bucket.show(&path)));
             }
         };
         let dir = lake.join(&folder);
@@ -638,7 +715,8 @@ impl Lake {
         drop(file);
         fs::rename(&temporary, dir.join(&name))
             .with_context(|| format!("cannot rename {}", temporary.display()))?;
-        sync_dir(&dir)
+        sync_dir(&dir)?;
+        Ok(to)
     }
 
     /// History `from`..`to` of partition `p` as a Parquet file into `out`.

@@ -451,6 +451,28 @@ async fn a_lake_in_an_s3_bucket_by_hour_adds_up_to_the_api_across_a_kill() {
         assert_eq!(at(1), hour[0].as_str().unwrap());
         assert_eq!(at(2), hour[0].as_str().unwrap());
     }
+
+    // Refused at start, with what to do: another data directory's server
+    // on this prefix, and one that would lay it out by day.
+    let other = tempfile::tempdir().unwrap();
+    let refusals = [
+        (other.path(), "hour", "another data directory"),
+        (other.path(), "day", "--lake-partition hour"),
+    ];
+    for (data, layout, said) in refusals {
+        let mut args = args.map(str::to_owned);
+        args[3] = layout.to_owned();
+        let refused = Command::new(env!("CARGO_BIN_EXE_stockflow"))
+            .args(["serve", "--data-dir", data.to_str().unwrap()])
+            .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+            .args(&args)
+            .envs(env)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success(), "{stderr}");
+        assert!(stderr.contains(said), "{said}: {stderr}");
+    }
 }
 
 /// [`read_lake`] of a lake by hour: its files one folder deeper, and
