@@ -106,20 +106,27 @@ fn schema() -> TypePtr {
 /// Checks the lake directory and starts writing it, if the config has
 /// one. Refuses a lake of another data directory, or one ahead of the
 /// history files (they were replaced): its positions mean nothing here.
+/// A bucket is checked by the writer, not at start: a store across the
+/// network that is away must not keep the server from taking events.
 pub fn start(config: &stockflow_service::config::Config, partitions: u16) -> anyhow::Result<()> {
     let Some(settings) = &config.lake else {
         return Ok(());
     };
     let (store, lock) = Store::open(&settings.dir)?;
     let data_dir_id = crate::recovery::data_dir_id(&config.data_dir)?;
-    let positions = positions_of(&store, &data_dir_id, partitions, settings.hourly)?;
-    for (p, position) in positions.iter().enumerate() {
-        let end = history::end_of(&config.data_dir, p as u16)?;
-        anyhow::ensure!(
-            *position <= end,
-            "the lake {store} holds history of partition {p} up to {position}, past the end of this data directory's history files ({end}): they were lost or replaced; give the server a new lake directory",
-        );
-    }
+    let (positions, resumed) = match store {
+        Store::Dir(_) => (
+            resume(
+                &store,
+                &config.data_dir,
+                &data_dir_id,
+                partitions,
+                settings.hourly,
+            )?,
+            true,
+        ),
+        Store::Bucket(_) => (vec![0; partitions as usize], false),
+    };
     config.sinks.add(KIND, &store.to_string());
     tracing::info!(lake = %store, "writing history to the Parquet lake");
     let lake = Lake {
@@ -130,6 +137,7 @@ pub fn start(config: &stockflow_service::config::Config, partitions: u16) -> any
         hourly: settings.hourly,
         since: vec![None; positions.len()],
         started: true,
+        resumed,
         positions,
         schema: schema(),
         properties: Arc::new(
@@ -353,6 +361,26 @@ impl Bucket {
     }
 }
 
+/// Where the lake's files end, per partition, checked against the
+/// history files: refuses a lake ahead of them.
+fn resume(
+    store: &Store,
+    data_dir: &Path,
+    data_dir_id: &str,
+    partitions: u16,
+    hourly: bool,
+) -> anyhow::Result<Vec<u64>> {
+    let positions = positions_of(store, data_dir_id, partitions, hourly)?;
+    for (p, position) in positions.iter().enumerate() {
+        let end = history::end_of(data_dir, p as u16)?;
+        anyhow::ensure!(
+            *position <= end,
+            "the lake {store} holds history of partition {p} up to {position}, past the end of this data directory's history files ({end}): they were lost or replaced; give the server a new lake",
+        );
+    }
+    Ok(positions)
+}
+
 /// A lake file's partition and first history offset, from its name
 /// (`p0003-00000000000000123456.parquet`).
 fn named(name: &str) -> Option<(u16, u64)> {
@@ -481,6 +509,9 @@ struct Lake {
     since: Vec<Option<Instant>>,
     /// Until the first look is done: what is there is written at once.
     started: bool,
+    /// Whether `positions` are the lake's (a bucket's are read by the
+    /// writer's first step, and again until that works).
+    resumed: bool,
     schema: TypePtr,
     properties: WriterPropertiesPtr,
     sinks: Sinks,
@@ -531,6 +562,17 @@ impl Lake {
     /// position, once it is `flush` old or fills a file. How far behind
     /// the lake is shows before and after each file.
     fn step(&mut self, now: Instant) -> anyhow::Result<Step> {
+        if !self.resumed {
+            let partitions = self.positions.len() as u16;
+            self.positions = resume(
+                &self.store,
+                &self.data_dir,
+                &self.data_dir_id,
+                partitions,
+                self.hourly,
+            )?;
+            self.resumed = true;
+        }
         let mut step = Step { skipped: 0 };
         let ends = (0..self.positions.len())
             .map(|p| history::end_of(&self.data_dir, p as u16))
@@ -841,6 +883,7 @@ mod tests {
             positions: positions_of(&Store::Dir(dir.to_owned()), "test", 1, hourly).unwrap(),
             since: vec![None],
             started: true,
+            resumed: true,
             schema: schema(),
             properties: Arc::new(WriterProperties::builder().build()),
             sinks: Sinks::default(),
