@@ -381,6 +381,13 @@ fn resume(
     Ok(positions)
 }
 
+/// The value of `key` in a file's key-value metadata.
+fn value_of(meta: &[KeyValue], key: &str) -> Option<String> {
+    meta.iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.clone())
+}
+
 /// A lake file's partition and first history offset, from its name
 /// (`p0003-00000000000000123456.parquet`).
 fn named(name: &str) -> Option<(u16, u64)> {
@@ -434,11 +441,7 @@ fn positions_of(
         let meta = store.metadata(&place).with_context(|| {
             format!("cannot read the lake file {name}; move it out of the lake {store}")
         })?;
-        let get = |key: &str| {
-            meta.iter()
-                .find(|kv| kv.key == key)
-                .and_then(|kv| kv.value.clone())
-        };
+        let get = |key: &str| value_of(&meta, key);
         let owner = get(META_DATA_DIR).with_context(|| format!("{name} has no {META_DATA_DIR}"))?;
         anyhow::ensure!(
             owner == data_dir_id,
@@ -720,12 +723,7 @@ impl Lake {
                     .with_context(|| format!("cannot read {}", bucket.show(&path)))?
                     .size;
                 let there = self.store.metadata(&Place::Object(path.clone(), size))?;
-                let value = |key: &str| {
-                    there
-                        .iter()
-                        .find(|kv| kv.key == key)
-                        .and_then(|kv| kv.value.clone())
-                };
+                let value = |key: &str| value_of(&there, key);
                 anyhow::ensure!(
                     value(META_DATA_DIR).as_deref() == Some(self.data_dir_id.as_str()),
                     "{} is there already, written by another server: give each server a lake of its own",

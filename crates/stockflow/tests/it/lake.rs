@@ -120,6 +120,44 @@ fn history_ends(data: &Path) -> BTreeMap<u64, u64> {
     ends
 }
 
+/// What `read` reads of the lake once every partition's files end where
+/// its history (in `data`) does; fails after two minutes.
+async fn caught_up(data: &Path, read: impl Fn() -> Value) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let lake = read();
+        let ends: BTreeMap<u64, u64> = history_ends(data)
+            .into_iter()
+            .filter(|(_, end)| *end > 0)
+            .collect();
+        let chains: BTreeMap<u64, u64> = ranges(&lake)
+            .iter()
+            .map(|(p, c)| (*p, c.last().unwrap().1))
+            .collect();
+        if chains == ends {
+            return lake;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "lake {chains:?}, history {ends:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Each partition's files chain: each begins where the one before it
+/// ended, from the start of the history on, without a gap or an overlap.
+fn assert_chains(read: &Value) {
+    for (partition, chain) in &ranges(read) {
+        let mut end = 0;
+        for (from, to) in chain {
+            assert_eq!(*from, end, "partition {partition}: a gap or an overlap");
+            assert!(to > from);
+            end = *to;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lake_read_by_duckdb_adds_up_to_the_api_across_a_kill() {
     let seed: u64 = rand::random();
@@ -174,27 +212,7 @@ async fn the_lake_read_by_duckdb_adds_up_to_the_api_across_a_kill() {
     for step in &steps[half - 5..] {
         send(&url, step).await;
     }
-    // Caught up: every partition's files end where its history does.
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    let read = loop {
-        let read = read_lake(lake_dir.path());
-        let ends: BTreeMap<u64, u64> = history_ends(dir.path())
-            .into_iter()
-            .filter(|(_, end)| *end > 0)
-            .collect();
-        let chains: BTreeMap<u64, u64> = ranges(&read)
-            .iter()
-            .map(|(p, c)| (*p, c.last().unwrap().1))
-            .collect();
-        if chains == ends {
-            break read;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "lake {chains:?}, history {ends:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    let read = caught_up(dir.path(), || read_lake(lake_dir.path())).await;
     let (_, sinks) = get(&url, "/v1/sinks").await;
     assert_eq!(sinks["sinks"][0]["kind"], "lake", "{sinks}");
     // Per level: each event once, the onHand changes add up to the
@@ -228,18 +246,8 @@ async fn the_lake_read_by_duckdb_adds_up_to_the_api_across_a_kill() {
         let entries = history["events"].as_array().unwrap().len() as i64;
         assert_eq!(n(2), entries, "{sku}@{location}: rows (seed={seed})");
     }
-    // Each partition's files chain: each begins where the one before it
-    // ended, from the start of the history to its end.
-    let chains = ranges(&read);
-    assert!(chains.len() > 1, "several partitions wrote files");
-    for (partition, chain) in &chains {
-        let mut end = 0;
-        for (from, to) in chain {
-            assert_eq!(*from, end, "partition {partition}: a gap or an overlap");
-            assert!(to > from);
-            end = *to;
-        }
-    }
+    assert!(ranges(&read).len() > 1, "several partitions wrote files");
+    assert_chains(&read);
     // A day folder holds the rows the engine applied that UTC day.
     for day in read["days"].as_array().unwrap() {
         let date = |i: usize| {
@@ -396,36 +404,13 @@ async fn a_lake_in_an_s3_bucket_by_hour_adds_up_to_the_api_across_a_kill() {
     for step in &steps[half - 5..] {
         send(&url, step).await;
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    let read = loop {
+    let read = caught_up(dir.path(), || {
         let copy = tempfile::tempdir().unwrap();
         s3.download("lake", "history", copy.path());
-        let read = read_lake_by_hour(copy.path());
-        let ends: BTreeMap<u64, u64> = history_ends(dir.path())
-            .into_iter()
-            .filter(|(_, end)| *end > 0)
-            .collect();
-        let chains: BTreeMap<u64, u64> = ranges(&read)
-            .iter()
-            .map(|(p, c)| (*p, c.last().unwrap().1))
-            .collect();
-        if chains == ends {
-            break read;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "lake {chains:?}, history {ends:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
-    // Each partition's objects chain without a gap or an overlap.
-    for (partition, chain) in &ranges(&read) {
-        let mut end = 0;
-        for (from, to) in chain {
-            assert_eq!(*from, end, "partition {partition}: a gap or an overlap");
-            end = *to;
-        }
-    }
+        read_lake_by_hour(copy.path())
+    })
+    .await;
+    assert_chains(&read);
     // Per level: each event once, adding up to the API's onHand.
     let api = server_levels(&url, SHAPE).await;
     let levels = read["levels"].as_array().unwrap();
