@@ -514,6 +514,9 @@ pub struct Sink {
     last_error: Option<String>,
     /// History bytes written and not yet committed to the sink.
     behind_bytes: u64,
+    /// Kafka mode: history-topic records of the partitions this instance
+    /// owns not yet committed to the sink; absent in embedded mode.
+    behind_records: Option<u64>,
     rows: u64,
     #[schema(format = DateTime)]
     last_commit_at: Option<String>,

@@ -224,6 +224,19 @@ fn next_entry(version: u8, bytes: &[u8]) -> Option<(Entry, &[u8])> {
     Some((entry, &bytes[len..]))
 }
 
+/// The entries of a history record, in order (`None`: not a history
+/// record this build reads).
+pub(crate) fn entries_of(bytes: &[u8]) -> Option<Vec<Entry>> {
+    let record = decode(bytes)?;
+    let (mut rest, mut entries) = (record.entries, Vec::new());
+    while !rest.is_empty() {
+        let (entry, after) = next_entry(record.version, rest)?;
+        entries.push(entry);
+        rest = after;
+    }
+    Some(entries)
+}
+
 /// A cycle materialised: where its entries start in the local files, and
 /// the cursors they replaced, to undo it.
 #[derive(serde::Serialize, serde::Deserialize)]

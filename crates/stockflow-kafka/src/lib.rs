@@ -37,6 +37,7 @@ pub mod normaliser;
 pub mod orders;
 pub mod processor;
 pub mod shared;
+pub mod sink;
 pub mod topics;
 pub mod webhooks;
 pub mod wire;
@@ -550,6 +551,7 @@ pub struct KafkaServer {
     processor: processor::Running,
     normaliser: normaliser::Running,
     cluster: cluster::Running,
+    sink: Option<sink::PostgresSink>,
     running: RunningMark,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
@@ -632,6 +634,7 @@ impl KafkaServer {
         settings.order_hold_ns = config.order_hold_seconds as i64 * 1_000_000_000;
         settings.price_drop_percent = config.price_drop_percent;
         check_topics(&settings)?;
+        sink::check(&settings, &config)?;
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| {
@@ -666,6 +669,7 @@ impl KafkaServer {
             shared.clone(),
             config.history_retention_ns,
         )?;
+        let sink = sink::start(&settings, &config, shared.clone())?;
         let normaliser = normaliser::start(
             settings.clone(),
             config.sources.clone(),
@@ -737,6 +741,7 @@ impl KafkaServer {
             processor,
             normaliser,
             cluster,
+            sink,
             running,
             stop,
             task,
@@ -755,12 +760,15 @@ impl KafkaServer {
         self.hub.close();
         self.task.await??;
         let (processor, normaliser, cluster) = (self.processor, self.normaliser, self.cluster);
-        let (live, markers) = (self.live, self.markers);
+        let (live, markers, sink) = (self.live, self.markers, self.sink);
         tokio::task::spawn_blocking(move || {
             live.stop();
             markers.stop();
             normaliser.stop();
             processor.stop();
+            if let Some(sink) = sink {
+                sink.stop();
+            }
             cluster.stop();
         })
         .await?;

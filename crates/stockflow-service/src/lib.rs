@@ -18,6 +18,7 @@ pub mod links;
 pub mod metrics;
 pub mod receipt;
 pub mod scenario;
+pub mod sink_tables;
 pub mod sinks;
 pub mod sources;
 pub mod stream;

@@ -81,6 +81,10 @@ fn describe() {
         "stockflow_sink_behind_bytes",
         "History bytes written and not yet committed to the sink (0: caught up)."
     );
+    describe_gauge!(
+        "stockflow_sink_behind_records",
+        "Kafka mode: history-topic records of the owned partitions not yet committed to the sink (0: caught up)."
+    );
     describe_counter!(
         "stockflow_sink_rows_total",
         "History rows committed to the sink."

@@ -28,6 +28,9 @@ pub struct Sink {
     /// History bytes written by the server and not yet in the sink (0:
     /// caught up).
     pub behind_bytes: u64,
+    /// Kafka mode: history-topic records of the partitions this instance
+    /// owns not yet in the sink (0: caught up); `None` in embedded mode.
+    pub behind_records: Option<u64>,
     /// Rows of history committed since the server started.
     pub rows: u64,
     /// When the last batch was committed (RFC 3339).
@@ -50,6 +53,7 @@ impl Sinks {
             since: now(),
             last_error: None,
             behind_bytes: 0,
+            behind_records: None,
             rows: 0,
             last_commit_at: None,
             skipped_bytes: 0,
@@ -78,6 +82,14 @@ impl Sinks {
             sink.behind_bytes = bytes;
         }
         metrics::gauge!("stockflow_sink_behind_bytes", "sink" => kind).set(bytes as f64);
+    }
+
+    /// How far behind the sink is, in history-topic records (Kafka mode).
+    pub fn behind_records(&self, kind: &'static str, records: u64) {
+        if let Some(sink) = self.0.lock().get_mut(kind) {
+            sink.behind_records = Some(records);
+        }
+        metrics::gauge!("stockflow_sink_behind_records", "sink" => kind).set(records as f64);
     }
 
     /// A batch of `rows` committed.

@@ -217,20 +217,21 @@ enum Command {
         /// (postgres://user:password@host:5432/database; the tables are
         /// created if missing, the database must exist): each batch one
         /// transaction with the sink's position, so they catch up exactly
-        /// after a crash of either side. Status: GET /v1/sinks. Embedded
-        /// mode only.
+        /// after a crash of either side. Status: GET /v1/sinks. In Kafka
+        /// mode (needs --kafka-transactions) each instance sinks the
+        /// partitions it owns.
         #[arg(
             long,
             env = "STOCKFLOW_SINK_POSTGRES",
             hide_env_values = true,
-            conflicts_with = "kafka",
             help_heading = "Sinks"
         )]
         sink_postgres: Option<String>,
         /// Connections the PostgreSQL sink writes with, each to its share
         /// of the partitions: PostgreSQL runs each connection on one core,
         /// so give it the cores the database has to spare (more take them
-        /// from ingest when the database shares this host).
+        /// from ingest when the database shares this host). Kafka mode:
+        /// one per instance.
         #[arg(
             long,
             env = "STOCKFLOW_SINK_POSTGRES_CONNECTIONS",

@@ -135,13 +135,19 @@ export function mount(main) {
     sinks.hidden = list.length === 0;
     const badge = { connected: 'ok', connecting: 'low', disconnected: 'out' };
     const kinds = { postgres: 'PostgreSQL', lake: 'Parquet lake' };
+    // Kafka mode counts history-topic records, the embedded mode bytes.
+    const behind = (s) => {
+      const n = s.behindRecords ?? s.behindBytes;
+      if (n === 0) return 'caught up';
+      return s.behindRecords == null ? `${num(Math.ceil(n / 1024))} KiB` : `${num(n)} records`;
+    };
     fill(sinks, h('h2', {}, 'Sinks'),
       table([{ label: 'Sink' }, { label: 'Target' }, { label: 'State' },
         { label: 'Behind', num: true }, { label: 'Rows', num: true }, { label: 'Last commit' }, { label: 'Last error' }],
       list.map((s) => h('tr', { 'data-testid': 'sink-row' },
         h('td', {}, kinds[s.kind] ?? s.kind), h('td', {}, s.target),
         h('td', { title: s.since }, h('span', { class: `badge ${badge[s.state]}` }, s.state), ' ', h('span', { class: 'muted' }, ago(s.since))),
-        h('td', { class: 'num', 'data-testid': 'sink-behind' }, s.behindBytes === 0 ? 'caught up' : `${num(Math.ceil(s.behindBytes / 1024))} KiB`),
+        h('td', { class: 'num', 'data-testid': 'sink-behind' }, behind(s)),
         h('td', { class: 'num' }, num(s.rows)),
         h('td', { class: 'muted' }, s.lastCommitAt ? ago(s.lastCommitAt) : 'none yet'),
         h('td', { class: 'muted' }, s.lastError ?? '')))));

@@ -33,6 +33,7 @@ mod model;
 mod orders;
 mod raw_topic;
 mod recovery;
+mod sink;
 
 pub use harness::*;
 use model::*;
