@@ -5,7 +5,6 @@
 
 mod check;
 pub mod dead_letters;
-pub mod lake;
 pub mod pipeline;
 mod reads;
 pub mod record;

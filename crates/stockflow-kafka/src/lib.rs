@@ -32,6 +32,7 @@ pub mod cluster;
 pub mod dead_letters;
 pub mod history;
 pub mod http;
+pub mod lake;
 pub mod live;
 pub mod normaliser;
 pub mod orders;
@@ -552,6 +553,7 @@ pub struct KafkaServer {
     normaliser: normaliser::Running,
     cluster: cluster::Running,
     sink: Option<sink::PostgresSink>,
+    lake: Option<tokio::task::JoinHandle<()>>,
     running: RunningMark,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
@@ -670,6 +672,7 @@ impl KafkaServer {
             config.history_retention_ns,
         )?;
         let sink = sink::start(&settings, &config, shared.clone())?;
+        let lake = lake::start(&settings, &config, shared.clone())?;
         let normaliser = normaliser::start(
             settings.clone(),
             config.sources.clone(),
@@ -742,6 +745,7 @@ impl KafkaServer {
             normaliser,
             cluster,
             sink,
+            lake,
             running,
             stop,
             task,
@@ -761,6 +765,9 @@ impl KafkaServer {
         self.task.await??;
         let (processor, normaliser, cluster) = (self.processor, self.normaliser, self.cluster);
         let (live, markers, sink) = (self.live, self.markers, self.sink);
+        if let Some(lake) = self.lake {
+            lake.abort();
+        }
         tokio::task::spawn_blocking(move || {
             live.stop();
             markers.stop();

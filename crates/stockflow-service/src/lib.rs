@@ -14,6 +14,7 @@ pub mod config;
 pub mod dead_letter;
 pub mod history;
 pub mod json;
+pub mod lake;
 pub mod links;
 pub mod metrics;
 pub mod receipt;

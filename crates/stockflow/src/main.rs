@@ -248,12 +248,13 @@ enum Command {
         /// (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION;
         /// AWS_ENDPOINT for one that is not AWS, and AWS_ALLOW_HTTP=true
         /// if that is http://).
-        /// Status: GET /v1/sinks. Embedded mode only.
+        /// Status: GET /v1/sinks. In Kafka mode (needs
+        /// --kafka-transactions) every instance writes the partitions it
+        /// owns into the same lake.
         #[arg(
             long,
             env = "STOCKFLOW_LAKE",
             value_name = "DIR|S3_URL",
-            conflicts_with = "kafka",
             help_heading = "Sinks"
         )]
         lake: Option<PathBuf>,

@@ -52,7 +52,19 @@ impl Server {
         stockflow_http::webhooks::start(state.clone(), state.config.webhooks.clone())?;
         stockflow_http::amqp::start(state.clone())?;
         stockflow_embedded::sink::start(&state.config, pipeline.shared.clone())?;
-        stockflow_embedded::lake::start(&state.config, pipeline.shared.partition_count())?;
+        if state.config.lake.is_some() {
+            stockflow_service::lake::start(
+                &state.config,
+                pipeline.shared.partition_count(),
+                stockflow_service::lake::Writer {
+                    owner: stockflow_embedded::recovery::data_dir_id(&state.config.data_dir)?,
+                    shared: false,
+                },
+                Box::new(stockflow_service::lake::HistoryFiles(
+                    state.config.data_dir.clone(),
+                )),
+            )?;
+        }
         let simulator = state.simulator.clone();
         let limits = stockflow_http::serve::ConnectionLimits::of(&state.config);
         let tls = state.config.tls.clone();

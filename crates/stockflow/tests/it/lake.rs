@@ -36,7 +36,7 @@ days = con.sql(f"""
 print(json.dumps({"levels": levels, "meta": meta, "days": days}))
 "#;
 
-fn read_lake(lake: &Path) -> Value {
+pub fn read_lake(lake: &Path) -> Value {
     let output = Command::new("python3")
         .args(["-c", READ_LAKE])
         .arg(lake)
@@ -147,7 +147,7 @@ async fn caught_up(data: &Path, read: impl Fn() -> Value) -> Value {
 
 /// Each partition's files chain: each begins where the one before it
 /// ended, from the start of the history on, without a gap or an overlap.
-fn assert_chains(read: &Value) {
+pub fn assert_chains(read: &Value) {
     for (partition, chain) in &ranges(read) {
         let mut end = 0;
         for (from, to) in chain {

@@ -1,9 +1,12 @@
-//! The PostgreSQL sink in Kafka mode, on librdkafka's mock cluster (it
-//! has the transactions the sink needs; tansu has none) and the
-//! PostgreSQL running on the machine: two instances share the partitions,
-//! then one stops and the other takes its partitions over, while the
-//! sink's connections are killed from the server side. The tables must
-//! end equal to the API (levels), with each event's history once.
+//! The PostgreSQL sink and the Parquet lake in Kafka mode, on librdkafka's
+//! mock cluster (it has the transactions both need; tansu has none), the
+//! PostgreSQL running on the machine and one lake directory for both
+//! instances: two instances share the partitions, then one stops and the
+//! other takes its partitions over, while the sink's connections are
+//! killed from the server side. The tables must end equal to the API
+//! (levels), with each event's history once; the lake, read by DuckDB,
+//! must add up to the API's levels, each event once, its files chained
+//! without a gap.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -46,7 +49,7 @@ fn batch(rng: &mut SmallRng, sent: &mut Vec<String>, size: usize) -> String {
 }
 
 #[test]
-fn kafka_instances_sink_their_partitions_to_postgres_across_a_move() {
+fn kafka_instances_sink_their_partitions_to_postgres_and_the_lake_across_a_move() {
     let _heavy = crate::heavy();
     use rdkafka::mocking::MockCluster;
     use stockflow_kafka::{KafkaServer, KafkaSettings};
@@ -67,13 +70,20 @@ fn kafka_instances_sink_their_partitions_to_postgres_across_a_move() {
     let seed: u64 = rand::random();
     println!("seed={seed}");
     let mut rng = SmallRng::seed_from_u64(seed);
+    let lake_dir = tempfile::tempdir().unwrap();
+    let lake = lake_dir.path().to_owned();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let start = |dir: PathBuf, settings: KafkaSettings| {
-            let url = db.url();
+            let (url, lake) = (db.url(), lake.clone());
             async move {
                 let mut config = stockflow_service::config::Config::new(dir);
                 config.sink_postgres = Some(stockflow_service::config::Secret(url));
+                config.lake = Some(stockflow_service::config::Lake {
+                    dir: lake,
+                    flush: Duration::from_secs(1),
+                    hourly: false,
+                });
                 KafkaServer::start(settings, config, "127.0.0.1:0".parse().unwrap(), None).await
             }
         };
@@ -104,6 +114,12 @@ fn kafka_instances_sink_their_partitions_to_postgres_across_a_move() {
         }
         let a_sinks = caught_up(&a.url()).await;
         assert!(a_sinks["rows"].as_u64() > Some(0), "{a_sinks}");
+        // The first instance wrote lake files of its partitions.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while lake_status(&a.url()).await["rows"].as_u64() == Some(0) {
+            assert!(Instant::now() < deadline, "{}", lake_status(&a.url()).await);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         let moving: Vec<u16> = owned(&a.url()).await;
         assert!(!moving.is_empty(), "the first instance kept partitions");
         let before = positions(&db);
@@ -172,6 +188,34 @@ fn kafka_instances_sink_their_partitions_to_postgres_across_a_move() {
             let history = history_of(&b.url(), sku, location).await;
             assert_eq!(count, history, "{sku}@{location} (seed={seed})");
         }
+        // The lake: per level, as many rows as the API's history, each
+        // event once, the onHand changes adding up to the level; files
+        // chained per partition from 0 without a gap or an overlap.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let read = crate::lake::read_lake(&lake);
+            let levels: BTreeMap<(String, String), (u64, u64, i64)> = read["levels"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| {
+                    let key = (l[0].as_str().unwrap().to_owned(), l[1].as_str().unwrap().to_owned());
+                    (key, (l[2].as_u64().unwrap(), l[3].as_u64().unwrap(), l[4].as_i64().unwrap()))
+                })
+                .collect();
+            let mut wanted = BTreeMap::new();
+            for row in db.query("SELECT sku, location_id, count(*) FROM level_history GROUP BY 1, 2") {
+                let key = (row[0].clone(), row[1].clone());
+                let count: u64 = row[2].parse().unwrap();
+                wanted.insert(key.clone(), (count, count, api[&key].0));
+            }
+            if levels == wanted {
+                crate::lake::assert_chains(&read);
+                break;
+            }
+            assert!(Instant::now() < deadline, "the lake {levels:?} against {wanted:?} (seed={seed})");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
         let distinct_sent: std::collections::BTreeSet<&str> = sent
             .iter()
             .map(|l| l.split('"').nth(3).unwrap())
@@ -230,12 +274,37 @@ async fn owned(url: &str) -> Vec<u16> {
         .collect()
 }
 
-/// The sink's status once it is connected and has all it owns.
+/// The PostgreSQL sink's status once it is connected and has all it
+/// owns.
 async fn caught_up(url: &str) -> Value {
-    crate::sink::wait_sink(url, "caught up", |s| {
-        s["state"] == "connected" && s["behindRecords"] == 0
-    })
-    .await
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (_, answer) = crate::get(url, "/v1/sinks").await;
+        let sink = answer["sinks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["kind"] == "postgres")
+            .cloned()
+            .unwrap_or_default();
+        if sink["state"] == "connected" && sink["behindRecords"] == 0 {
+            return sink;
+        }
+        assert!(Instant::now() < deadline, "caught up: {answer}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The lake's status.
+async fn lake_status(url: &str) -> Value {
+    let (_, answer) = crate::get(url, "/v1/sinks").await;
+    answer["sinks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["kind"] == "lake")
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// The history offsets the sink's positions hold, by partition.

@@ -19,6 +19,13 @@
 //! The lake can be an S3-compatible bucket (`--lake s3://bucket/prefix`,
 //! credentials and endpoint from the usual `AWS_*` variables): a file is
 //! one PUT, which S3 makes visible whole, so there is no temporary name.
+//!
+//! The history comes from a [`Source`]: the embedded mode's history
+//! files ([`HistoryFiles`]), or in Kafka mode the history topic of the
+//! partitions an instance owns. Kafka instances share one lake: a file
+//! is published only where no file is (a bucket's create-only PUT, a
+//! directory's hard link), and one found there, written by the last
+//! owner of the partition, is where the lake goes on from.
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -36,8 +43,9 @@ use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::types::TypePtr;
 use stockflow_core::Timestamp;
-use stockflow_service::history::{self, outcome_name, Entry};
-use stockflow_service::sinks::{Sinks, State};
+
+use crate::history::{self, outcome_name, Entry};
+use crate::sinks::{Sinks, State};
 
 const KIND: &str = "lake";
 /// History read into one file at most: about 200k rows.
@@ -103,42 +111,90 @@ fn schema() -> TypePtr {
     Arc::new(parquet::schema::parser::parse_message_type(&text).expect("the schema parses"))
 }
 
-/// Checks the lake directory and starts writing it, if the config has
-/// one. Refuses a lake of another data directory, or one ahead of the
-/// history files (they were replaced): its positions mean nothing here.
-/// A bucket is checked by the writer, not at start: a store across the
-/// network that is away must not keep the server from taking events.
-pub fn start(config: &stockflow_service::config::Config, partitions: u16) -> anyhow::Result<()> {
+/// Where a lake's history comes from, in the source's offsets (the
+/// rows' `historyOffset`, the files' `historyFrom` and `historyTo`).
+pub trait Source: Send + 'static {
+    /// Per partition, where its history ends now; a partition this
+    /// server does not write ends where the lake stands (`positions`).
+    fn ends(&mut self, positions: &[u64]) -> anyhow::Result<Vec<u64>>;
+    /// The entries of `p` from `from` on, about `bytes_max` at most.
+    fn scan(&mut self, p: u16, from: u64, bytes_max: usize) -> anyhow::Result<history::Scan>;
+    /// Partitions this server began to write since the last call: their
+    /// positions are read from the lake again and given to `start_at`.
+    fn gained(&mut self) -> Vec<u16> {
+        Vec::new()
+    }
+    /// Where the lake stands for `p`: the source reads on from there.
+    fn start_at(&mut self, _p: u16, _position: u64) {}
+    /// Refuses a lake that holds more of `p` than the source has.
+    fn check(&self, _p: u16, _position: u64) -> anyhow::Result<()> {
+        Ok(())
+    }
+    /// Offsets per record, when the source counts records (a topic's
+    /// offsets × slots), not bytes: how far behind shows in records.
+    fn per_record(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// The embedded mode's history files, in the data directory.
+pub struct HistoryFiles(pub PathBuf);
+
+impl Source for HistoryFiles {
+    fn ends(&mut self, positions: &[u64]) -> anyhow::Result<Vec<u64>> {
+        Ok((0..positions.len())
+            .map(|p| history::end_of(&self.0, p as u16))
+            .collect::<std::io::Result<Vec<u64>>>()?)
+    }
+
+    fn scan(&mut self, p: u16, from: u64, bytes_max: usize) -> anyhow::Result<history::Scan> {
+        Ok(history::scan(&self.0, p, from, bytes_max)?)
+    }
+
+    fn check(&self, p: u16, position: u64) -> anyhow::Result<()> {
+        let end = history::end_of(&self.0, p)?;
+        anyhow::ensure!(
+            position <= end,
+            "the lake holds history of partition {p} up to {position}, past the end of this data directory's history files ({end}): they were lost or replaced; give the server a new lake",
+        );
+        Ok(())
+    }
+}
+
+/// Whose lake it is (`owner`: the data directory's id, or a Kafka
+/// cluster's) and whether servers share it (Kafka instances).
+pub struct Writer {
+    pub owner: String,
+    pub shared: bool,
+}
+
+/// Checks the lake and starts writing it, if the config has one.
+/// Refuses a lake of another owner, or (a directory, at start) one ahead
+/// of the source: its positions mean nothing here. A bucket is checked
+/// by the writer, not at start: a store across the network that is away
+/// must not keep the server from taking events. Runs until aborted.
+pub fn start(
+    config: &crate::config::Config,
+    partitions: u16,
+    writer: Writer,
+    source: Box<dyn Source>,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
     let Some(settings) = &config.lake else {
-        return Ok(());
+        return Ok(None);
     };
-    let (store, lock) = Store::open(&settings.dir)?;
-    let data_dir_id = crate::recovery::data_dir_id(&config.data_dir)?;
-    let (positions, resumed) = match store {
-        Store::Dir(_) => (
-            resume(
-                &store,
-                &config.data_dir,
-                &data_dir_id,
-                partitions,
-                settings.hourly,
-            )?,
-            true,
-        ),
-        Store::Bucket(_) => (vec![0; partitions as usize], false),
-    };
-    config.sinks.add(KIND, &store.to_string());
-    tracing::info!(lake = %store, "writing history to the Parquet lake");
-    let lake = Lake {
+    let (store, lock) = Store::open(&settings.dir, writer.shared)?;
+    let mut lake = Lake {
         store,
-        data_dir: config.data_dir.clone(),
-        data_dir_id,
+        source,
+        owner: writer.owner,
+        shared: writer.shared,
         flush: settings.flush,
         hourly: settings.hourly,
-        since: vec![None; positions.len()],
+        since: vec![None; partitions as usize],
         started: true,
-        resumed,
-        positions,
+        resumed: false,
+        positions: vec![0; partitions as usize],
+        gaining: Vec::new(),
         schema: schema(),
         properties: Arc::new(
             WriterProperties::builder()
@@ -149,8 +205,12 @@ pub fn start(config: &stockflow_service::config::Config, partitions: u16) -> any
         sinks: config.sinks.clone(),
         _lock: lock,
     };
-    tokio::spawn(lake.run());
-    Ok(())
+    if let Store::Dir(_) = lake.store {
+        lake.resume()?;
+    }
+    config.sinks.add(KIND, &lake.store.to_string());
+    tracing::info!(lake = %lake.store, "writing history to the Parquet lake");
+    Ok(Some(tokio::spawn(lake.run())))
 }
 
 /// Where the lake is: a directory, or a bucket's prefix.
@@ -195,7 +255,7 @@ impl std::fmt::Display for Store {
 impl Store {
     /// The lake `--lake` names, and for a directory the lock that keeps
     /// other servers out.
-    fn open(lake: &Path) -> anyhow::Result<(Store, Option<File>)> {
+    fn open(lake: &Path, shared: bool) -> anyhow::Result<(Store, Option<File>)> {
         if let Some(url) = lake.to_str().filter(|l| l.starts_with("s3://")) {
             let store = object_store::aws::AmazonS3Builder::from_env()
                 .with_url(url)
@@ -216,6 +276,9 @@ impl Store {
         let dir = lake.to_owned();
         fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create the lake {}", dir.display()))?;
+        if shared {
+            return Ok((Store::Dir(dir), None));
+        }
         // One writer per lake: two servers would both take it for theirs
         // while it is empty, then interleave.
         let lock = File::create(dir.join(".stockflow-lake.lock"))
@@ -361,26 +424,6 @@ impl Bucket {
     }
 }
 
-/// Where the lake's files end, per partition, checked against the
-/// history files: refuses a lake ahead of them.
-fn resume(
-    store: &Store,
-    data_dir: &Path,
-    data_dir_id: &str,
-    partitions: u16,
-    hourly: bool,
-) -> anyhow::Result<Vec<u64>> {
-    let positions = positions_of(store, data_dir_id, partitions, hourly)?;
-    for (p, position) in positions.iter().enumerate() {
-        let end = history::end_of(data_dir, p as u16)?;
-        anyhow::ensure!(
-            *position <= end,
-            "the lake {store} holds history of partition {p} up to {position}, past the end of this data directory's history files ({end}): they were lost or replaced; give the server a new lake",
-        );
-    }
-    Ok(positions)
-}
-
 /// The value of `key` in a file's key-value metadata.
 fn value_of(meta: &[KeyValue], key: &str) -> Option<String> {
     meta.iter()
@@ -405,7 +448,7 @@ fn named(name: &str) -> Option<(u16, u64)> {
 /// or its readers' hive partitions would not line up.
 fn positions_of(
     store: &Store,
-    data_dir_id: &str,
+    owner: &str,
     partitions: u16,
     hourly: bool,
 ) -> anyhow::Result<Vec<u64>> {
@@ -442,10 +485,10 @@ fn positions_of(
             format!("cannot read the lake file {name}; move it out of the lake {store}")
         })?;
         let get = |key: &str| value_of(&meta, key);
-        let owner = get(META_DATA_DIR).with_context(|| format!("{name} has no {META_DATA_DIR}"))?;
+        let found = get(META_DATA_DIR).with_context(|| format!("{name} has no {META_DATA_DIR}"))?;
         anyhow::ensure!(
-            owner == data_dir_id,
-            "the lake {store} holds the history of another data directory (id {owner}, this one is {data_dir_id}); give each data directory a lake of its own",
+            found == owner,
+            "the lake {store} holds the history of another data directory or cluster (id {found}, this one is {owner}); give each a lake of its own",
         );
         let number = |key: &str| {
             get(key)
@@ -501,8 +544,11 @@ fn files_of(dir: &Path, hourly: bool) -> anyhow::Result<Vec<PathBuf>> {
 
 struct Lake {
     store: Store,
-    data_dir: PathBuf,
-    data_dir_id: String,
+    source: Box<dyn Source>,
+    /// Whose lake it is (in each file's metadata).
+    owner: String,
+    /// Servers share it: files are published only where none is.
+    shared: bool,
     flush: Duration,
     /// Files per UTC hour (else per day).
     hourly: bool,
@@ -515,6 +561,9 @@ struct Lake {
     /// Whether `positions` are the lake's (a bucket's are read by the
     /// writer's first step, and again until that works).
     resumed: bool,
+    /// Partitions the source began to write whose positions are still to
+    /// be read from the lake.
+    gaining: Vec<u16>,
     schema: TypePtr,
     properties: WriterPropertiesPtr,
     sinks: Sinks,
@@ -552,6 +601,9 @@ impl Lake {
                     tokio::time::sleep(POLL).await;
                 }
                 Err(error) => {
+                    // Tried again from what the lake holds: a source may
+                    // have handed over rows that no file took.
+                    self.resumed = false;
                     tracing::warn!(error = %format!("{error:#}"), "cannot write the lake; trying again");
                     self.sinks
                         .set(KIND, State::Disconnected, Some(format!("{error:#}")));
@@ -566,20 +618,24 @@ impl Lake {
     /// the lake is shows before and after each file.
     fn step(&mut self, now: Instant) -> anyhow::Result<Step> {
         if !self.resumed {
-            let partitions = self.positions.len() as u16;
-            self.positions = resume(
+            self.resume()?;
+        }
+        self.gaining.extend(self.source.gained());
+        if !self.gaining.is_empty() {
+            let positions = positions_of(
                 &self.store,
-                &self.data_dir,
-                &self.data_dir_id,
-                partitions,
+                &self.owner,
+                self.positions.len() as u16,
                 self.hourly,
             )?;
-            self.resumed = true;
+            for p in std::mem::take(&mut self.gaining) {
+                self.positions[p as usize] = positions[p as usize];
+                self.since[p as usize] = None;
+                self.source.start_at(p, positions[p as usize]);
+            }
         }
         let mut step = Step { skipped: 0 };
-        let ends = (0..self.positions.len())
-            .map(|p| history::end_of(&self.data_dir, p as u16))
-            .collect::<std::io::Result<Vec<u64>>>()?;
+        let ends = self.source.ends(&self.positions)?;
         self.show_behind(&ends);
         for (p, &end) in ends.iter().enumerate() {
             let pending = end.saturating_sub(self.positions[p]);
@@ -602,14 +658,35 @@ impl Lake {
         Ok(step)
     }
 
-    /// How many history bytes are not yet in files.
+    /// Reads where the lake's files end (refusing a lake ahead of the
+    /// source) and has the source go on from there.
+    fn resume(&mut self) -> anyhow::Result<()> {
+        let partitions = self.positions.len() as u16;
+        let positions = positions_of(&self.store, &self.owner, partitions, self.hourly)?;
+        for (p, position) in positions.iter().enumerate() {
+            self.source
+                .check(p as u16, *position)
+                .with_context(|| format!("the lake {}", self.store))?;
+        }
+        for (p, position) in positions.iter().enumerate() {
+            self.source.start_at(p as u16, *position);
+        }
+        self.positions = positions;
+        self.resumed = true;
+        Ok(())
+    }
+
+    /// How much history is not yet in files: bytes, or a topic's records.
     fn show_behind(&self, ends: &[u64]) {
-        let behind = ends
+        let behind: u64 = ends
             .iter()
             .zip(&self.positions)
             .map(|(end, at)| end.saturating_sub(*at))
             .sum();
-        self.sinks.behind(KIND, behind);
+        match self.source.per_record() {
+            Some(per) => self.sinks.behind_records(KIND, behind.div_ceil(per)),
+            None => self.sinks.behind(KIND, behind),
+        }
     }
 
     /// Writes partition `p`'s history up to `end` (as far as whole
@@ -623,7 +700,7 @@ impl Lake {
     ) -> anyhow::Result<()> {
         while self.positions[p as usize] < end {
             let from = self.positions[p as usize];
-            let scan = history::scan(&self.data_dir, p, from, FILE_HISTORY_BYTES)?;
+            let scan = self.source.scan(p, from, FILE_HISTORY_BYTES)?;
             if let Some((gone_from, gone_to)) = scan.deleted {
                 step.skipped += gone_to - gone_from;
             }
@@ -662,7 +739,12 @@ impl Lake {
                 self.sinks.committed(KIND, len as u64);
                 self.show_behind(ends);
                 if reached != to {
-                    // An earlier try's file was there: on from its end.
+                    // An earlier try's file was there (or, in a shared
+                    // lake, the partition's last owner's): on from its
+                    // end, read again if it ends before these rows did.
+                    if reached < to {
+                        self.source.start_at(p, reached);
+                    }
                     break;
                 }
                 start += len;
@@ -725,7 +807,7 @@ impl Lake {
                 let there = self.store.metadata(&Place::Object(path.clone(), size))?;
                 let value = |key: &str| value_of(&there, key);
                 anyhow::ensure!(
-                    value(META_DATA_DIR).as_deref() == Some(self.data_dir_id.as_str()),
+                    value(META_DATA_DIR).as_deref() == Some(self.owner.as_str()),
                     "{} is there already, written by another server: give each server a lake of its own",
                     bucket.show(&path)
                 );
@@ -753,10 +835,37 @@ impl Lake {
         let file = self.encode(file, p, from, rows, to)?;
         file.sync_all()?;
         drop(file);
-        fs::rename(&temporary, dir.join(&name))
-            .with_context(|| format!("cannot rename {}", temporary.display()))?;
-        sync_dir(&dir)?;
-        Ok(to)
+        let path = dir.join(&name);
+        if !self.shared {
+            fs::rename(&temporary, &path)
+                .with_context(|| format!("cannot rename {}", temporary.display()))?;
+            sync_dir(&dir)?;
+            return Ok(to);
+        }
+        // Shared: never over another's (a link is made only where no
+        // file is); one there is the last owner's, and the lake goes on
+        // from its end.
+        let linked = fs::hard_link(&temporary, &path);
+        let _ = fs::remove_file(&temporary);
+        match linked {
+            Ok(()) => {
+                sync_dir(&dir)?;
+                Ok(to)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let there = self.store.metadata(&Place::Local(path.clone()))?;
+                let value = |key: &str| value_of(&there, key);
+                anyhow::ensure!(
+                    value(META_DATA_DIR).as_deref() == Some(self.owner.as_str()),
+                    "{} is there already, written by another server: give each server a lake of its own",
+                    path.display()
+                );
+                value(META_TO)
+                    .and_then(|to| to.parse().ok())
+                    .with_context(|| format!("{} has no {META_TO}", path.display()))
+            }
+            Err(e) => Err(e).with_context(|| format!("cannot publish {}", path.display())),
+        }
     }
 
     /// History `from`..`to` of partition `p` as a Parquet file into `out`.
@@ -804,7 +913,7 @@ impl Lake {
             group.close()?;
         }
         for (key, value) in [
-            (META_DATA_DIR, self.data_dir_id.clone()),
+            (META_DATA_DIR, self.owner.clone()),
             (META_PARTITION, p.to_string()),
             (META_FROM, from.to_string()),
             (META_TO, to.to_string()),
@@ -825,8 +934,8 @@ fn sync_dir(dir: &Path) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::history::{Fixed, HistoryWriter, Level};
     use stockflow_core::{EventType, Numbers, Outcome, Timestamp};
-    use stockflow_service::history::{Fixed, HistoryWriter, Level};
 
     const SECOND: i64 = 1_000_000_000;
     const DAY: i64 = 86_400 * SECOND;
@@ -874,14 +983,16 @@ mod tests {
         fs::create_dir_all(dir).unwrap();
         Lake {
             store: Store::Dir(dir.to_owned()),
-            data_dir: data.to_owned(),
-            data_dir_id: "test".into(),
+            source: Box::new(HistoryFiles(data.to_owned())),
+            owner: "test".into(),
+            shared: false,
             flush: Duration::from_secs(60),
             hourly,
             positions: positions_of(&Store::Dir(dir.to_owned()), "test", 1, hourly).unwrap(),
             since: vec![None],
             started: true,
             resumed: true,
+            gaining: Vec::new(),
             schema: schema(),
             properties: Arc::new(WriterProperties::builder().build()),
             sinks: Sinks::default(),
