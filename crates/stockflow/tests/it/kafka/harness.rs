@@ -306,20 +306,30 @@ impl Instance {
         sourcing: &str,
         extra: &[&str],
     ) -> Instance {
+        let mut extra: Vec<String> = extra.iter().map(|a| a.to_string()).collect();
+        extra.extend(broker.kafka_args());
+        Instance::at(&broker.bootstrap, group, dir, sourcing, extra)
+    }
+
+    /// An instance of the brokers at `bootstrap` (librdkafka's mock
+    /// cluster, say), with more `serve` arguments.
+    pub fn at(
+        bootstrap: &str,
+        group: &str,
+        dir: &Path,
+        sourcing: &str,
+        extra: Vec<String>,
+    ) -> Instance {
         let port = free_port();
         let mut instance = Instance {
             child: None,
             url: format!("http://127.0.0.1:{port}"),
             port,
             dir: dir.to_owned(),
-            bootstrap: broker.bootstrap.clone(),
+            bootstrap: bootstrap.to_owned(),
             group: group.to_owned(),
             sourcing: sourcing.to_owned(),
-            extra: extra
-                .iter()
-                .map(|a| a.to_string())
-                .chain(broker.kafka_args())
-                .collect(),
+            extra,
         };
         instance.spawn();
         instance

@@ -12,41 +12,19 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
-use crate::sink::Database;
+use crate::holds::{mixed_stream, Shape};
+use crate::sink::{send, Database};
 
-const SKUS: usize = 8;
-const LOCATIONS: usize = 5;
-
-/// A batch of plain events over every level, some of them deliveries
-/// again of earlier ones (same eventId, same body).
-fn batch(rng: &mut SmallRng, sent: &mut Vec<String>, size: usize) -> String {
-    let mut lines = Vec::with_capacity(size);
-    for _ in 0..size {
-        if !sent.is_empty() && rng.random_bool(0.05) {
-            lines.push(sent[rng.random_range(0..sent.len())].clone());
-            continue;
-        }
-        let (sku, location) = (rng.random_range(0..SKUS), rng.random_range(0..LOCATIONS));
-        let (kind, quantity) = match rng.random_range(0..10) {
-            0..=3 => ("RECEIPT", rng.random_range(1..20)),
-            4..=7 => ("SALE", rng.random_range(1..8)),
-            // Never 0: an adjustment of nothing is refused, not history.
-            8 => ("ADJUSTMENT", [-3, -2, -1, 1, 2, 3][rng.random_range(0..6)]),
-            _ => ("COUNT", rng.random_range(0..40)),
-        };
-        let line = format!(
-            r#"{{"eventId":"k{}","eventType":"{kind}","sku":"KS{sku}","locationId":"KL{location}","quantity":{quantity}}}"#,
-            sent.len()
-        );
-        sent.push(line.clone());
-        lines.push(line);
-    }
-    lines.join("\n")
-}
+const SHAPE: Shape = Shape {
+    events: 6_000,
+    skus: 8,
+    locations: 5,
+    orders: 16,
+    commands: 0.05,
+    batch_max: 200,
+};
 
 #[test]
 fn kafka_instances_sink_their_partitions_to_postgres_and_the_lake_across_a_move() {
@@ -69,7 +47,10 @@ fn kafka_instances_sink_their_partitions_to_postgres_and_the_lake_across_a_move(
     let db = Database::create();
     let seed: u64 = rand::random();
     println!("seed={seed}");
-    let mut rng = SmallRng::seed_from_u64(seed);
+    // Plain and correlated events, unknown order ids, late events, counts,
+    // transfers, redeliveries, invalid events, and API orders.
+    let steps = mixed_stream(seed, SHAPE);
+    let third = steps.len() / 3;
     let lake_dir = tempfile::tempdir().unwrap();
     let lake = lake_dir.path().to_owned();
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -92,26 +73,36 @@ fn kafka_instances_sink_their_partitions_to_postgres_and_the_lake_across_a_move(
         let mut plain = settings.clone();
         plain.transactions = false;
         let dir = tempfile::tempdir().unwrap();
-        let refused = start(dir.path().to_owned(), plain).await.err().expect("refused");
-        assert!(format!("{refused:#}").contains("--kafka-transactions"), "{refused:#}");
+        let refused = start(dir.path().to_owned(), plain)
+            .await
+            .err()
+            .expect("refused");
+        assert!(
+            format!("{refused:#}").contains("--kafka-transactions"),
+            "{refused:#}"
+        );
 
         let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let a = start(a_dir.path().to_owned(), settings.clone()).await.unwrap();
+        let a = start(a_dir.path().to_owned(), settings.clone())
+            .await
+            .unwrap();
         settled(&a.url(), 4).await;
-        let mut sent = Vec::new();
-        for _ in 0..10 {
-            post(&a.url(), batch(&mut rng, &mut sent, 200)).await;
+        for step in &steps[..third] {
+            send(&a.url(), step).await;
         }
         // A second instance: the group shares the partitions out.
-        let b = start(b_dir.path().to_owned(), settings.clone()).await.unwrap();
+        let b = start(b_dir.path().to_owned(), settings.clone())
+            .await
+            .unwrap();
         settled(&b.url(), 2).await;
-        for i in 0..10 {
+        for (i, step) in steps[third..2 * third].iter().enumerate() {
             let url = if i % 2 == 0 { a.url() } else { b.url() };
-            post(&url, batch(&mut rng, &mut sent, 200)).await;
-            if i == 5 {
+            send(&url, step).await;
+            if i == third / 2 {
                 assert!(db.terminate() >= 2, "both instances' sinks were connected");
             }
         }
+        applied(&a.url()).await;
         let a_sinks = caught_up(&a.url()).await;
         assert!(a_sinks["rows"].as_u64() > Some(0), "{a_sinks}");
         // The first instance wrote lake files of its partitions.
@@ -126,9 +117,10 @@ fn kafka_instances_sink_their_partitions_to_postgres_and_the_lake_across_a_move(
         a.stop().await.unwrap();
         // The partitions the first instance sank go on at the second.
         settled(&b.url(), 4).await;
-        for _ in 0..10 {
-            post(&b.url(), batch(&mut rng, &mut sent, 200)).await;
+        for step in &steps[2 * third..] {
+            send(&b.url(), step).await;
         }
+        applied(&b.url()).await;
         let b_sinks = caught_up(&b.url()).await;
         assert!(b_sinks["rows"].as_u64() > Some(0), "{b_sinks}");
         let after = positions(&db);
@@ -139,30 +131,111 @@ fn kafka_instances_sink_their_partitions_to_postgres_and_the_lake_across_a_move(
             );
         }
 
-        // stock_levels is the API's levels, row for row.
-        let client = reqwest::Client::new();
-        let mut api = BTreeMap::new();
-        for sku in 0..SKUS {
-            for location in 0..LOCATIONS {
-                let r = client
-                    .get(format!("{}/v1/stock/KS{sku}/KL{location}", b.url()))
-                    .send()
-                    .await
-                    .unwrap();
-                if r.status() == 404 {
-                    continue;
-                }
-                let level: Value = r.json().await.unwrap();
-                api.insert(
-                    (format!("KS{sku}"), format!("KL{location}")),
-                    (
-                        level["onHand"].as_i64().unwrap(),
-                        level["reserved"].as_i64().unwrap(),
-                        level["inTransit"].as_i64().unwrap(),
-                    ),
-                );
-            }
+        assert_sunk(&b.url(), &db, &lake, seed).await;
+        b.stop().await.unwrap();
+    });
+}
+
+/// A real `serve --kafka` process, SIGKILLed while its sink and lake are
+/// behind and a body is in flight, then started again on its data
+/// directory (its transactional id fences what the dead one left open):
+/// the tables and the lake end as the API says, nothing lost or twice.
+#[test]
+fn a_kafka_instance_killed_mid_stream_neither_loses_nor_doubles_rows() {
+    let _heavy = crate::heavy();
+    use rdkafka::mocking::MockCluster;
+    use stockflow_kafka::KafkaSettings;
+
+    let mock = MockCluster::new(1).unwrap();
+    let mut settings = KafkaSettings::new(mock.bootstrap_servers());
+    settings.partitions = 4;
+    let sources = stockflow_service::sources::Sources::default();
+    for spec in stockflow_kafka::topics::specs(&settings, sources.names()) {
+        mock.create_topic(&spec.name, spec.partitions, 1).unwrap();
+    }
+    let db = Database::create();
+    let seed: u64 = rand::random();
+    println!("seed={seed}");
+    let steps = mixed_stream(seed, SHAPE);
+    let half = steps.len() / 2;
+    let lake_dir = tempfile::tempdir().unwrap();
+    let lake = lake_dir.path().to_owned();
+    let data = tempfile::tempdir().unwrap();
+    let extra: Vec<String> = [
+        "--kafka-transactions",
+        "--kafka-partitions",
+        "4",
+        "--sink-postgres",
+        &db.url(),
+        "--lake",
+        lake.to_str().unwrap(),
+        "--lake-flush-seconds",
+        "1",
+        "--kafka-config",
+        "session.timeout.ms=6000",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    let mut instance = super::Instance::at(
+        &mock.bootstrap_servers(),
+        "sink-kill",
+        &data.path().join("a"),
+        "priority:WEB,BACKUP",
+        extra,
+    );
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let url = instance.url.clone();
+        settled(&url, 4).await;
+        for step in &steps[..half] {
+            send(&url, step).await;
         }
+        // Killed while the sink has history to write and a body is in
+        // flight: sent again below, with the same eventIds.
+        let mut behind = false;
+        for _ in 0..50 {
+            let (_, sinks) = crate::get(&url, "/v1/sinks").await;
+            behind = sinks["sinks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| s["kind"] == "postgres" && s["behindRecords"].as_u64() > Some(0));
+            if behind {
+                break;
+            }
+            send(&url, &steps[half]).await;
+        }
+        assert!(behind, "the sink was never behind when the kill came");
+        let in_flight = {
+            let (url, step) = (url.clone(), steps[half].clone());
+            tokio::spawn(async move { send(&url, &step).await })
+        };
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        // (The harness's calls block: off the runtime's workers.)
+        tokio::task::block_in_place(|| instance.kill());
+        let _ = in_flight.await;
+        tokio::task::block_in_place(|| instance.restart());
+        settled(&url, 4).await;
+        for step in &steps[half..] {
+            send(&url, step).await;
+        }
+        applied(&url).await;
+        caught_up(&url).await;
+        assert_sunk(&url, &db, &lake, seed).await;
+    });
+}
+
+/// The tables and the lake hold what the API at `url` answers: levels
+/// row for row, each level's history once (as many rows as the API's
+/// history), orders' newest states, the level alerts the API lists; the
+/// lake, read by DuckDB, the same history, chained without a gap.
+async fn assert_sunk(url: &str, db: &Database, lake: &std::path::Path, seed: u64) {
+    // stock_levels is the API's levels, row for row (polled: the
+    // last cycles may still be on their way to the sink).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (api, table) = loop {
+        let api = levels(url).await;
         let table: BTreeMap<(String, String), (i64, i64, i64)> = db
             .query("SELECT sku, location_id, on_hand, reserved, in_transit FROM stock_levels")
             .into_iter()
@@ -171,71 +244,155 @@ fn kafka_instances_sink_their_partitions_to_postgres_and_the_lake_across_a_move(
                 ((r[0].clone(), r[1].clone()), (n(2), n(3), n(4)))
             })
             .collect();
-        assert_eq!(table.len(), SKUS * LOCATIONS, "every level was sunk");
-        assert_eq!(table, api, "stock_levels against the API (seed={seed})");
-
-        // level_history holds each event once: as many rows per level as
-        // the API's history, no event twice, and every event sent.
-        let rows = db.query(
-            "SELECT sku, location_id, count(*), count(DISTINCT (event_id, part)) FROM level_history GROUP BY 1, 2",
+        if table == api {
+            break (api, table);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stock_levels {table:?} against the API's {api:?} (seed={seed})"
         );
-        assert_eq!(rows.len(), table.len());
-        for row in rows {
-            let (sku, location) = (&row[0], &row[1]);
-            let (count, distinct): (usize, usize) =
-                (row[2].parse().unwrap(), row[3].parse().unwrap());
-            assert_eq!(count, distinct, "{sku}@{location}: an event twice (seed={seed})");
-            let history = history_of(&b.url(), sku, location).await;
-            assert_eq!(count, history, "{sku}@{location} (seed={seed})");
-        }
-        // The lake: per level, as many rows as the API's history, each
-        // event once, the onHand changes adding up to the level; files
-        // chained per partition from 0 without a gap or an overlap.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let read = crate::lake::read_lake(&lake);
-            let levels: BTreeMap<(String, String), (u64, u64, i64)> = read["levels"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|l| {
-                    let key = (l[0].as_str().unwrap().to_owned(), l[1].as_str().unwrap().to_owned());
-                    (key, (l[2].as_u64().unwrap(), l[3].as_u64().unwrap(), l[4].as_i64().unwrap()))
-                })
-                .collect();
-            let mut wanted = BTreeMap::new();
-            for row in db.query("SELECT sku, location_id, count(*) FROM level_history GROUP BY 1, 2") {
-                let key = (row[0].clone(), row[1].clone());
-                let count: u64 = row[2].parse().unwrap();
-                wanted.insert(key.clone(), (count, count, api[&key].0));
-            }
-            if levels == wanted {
-                crate::lake::assert_chains(&read);
-                break;
-            }
-            assert!(Instant::now() < deadline, "the lake {levels:?} against {wanted:?} (seed={seed})");
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        let distinct_sent: std::collections::BTreeSet<&str> = sent
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert!(table.len() >= SHAPE.skus * 2, "levels were sunk: {table:?}");
+
+    // level_history holds each event once: as many rows per level as
+    // the API's history, no event twice, and every event sent.
+    let rows = db.query(
+        "SELECT sku, location_id, count(*), count(DISTINCT (event_id, part)) FROM level_history GROUP BY 1, 2",
+    );
+    assert_eq!(rows.len(), table.len());
+    for row in rows {
+        let (sku, location) = (&row[0], &row[1]);
+        let (count, distinct): (usize, usize) = (row[2].parse().unwrap(), row[3].parse().unwrap());
+        assert_eq!(
+            count, distinct,
+            "{sku}@{location}: an event twice (seed={seed})"
+        );
+        let history = history_of(url, sku, location).await;
+        assert_eq!(count, history, "{sku}@{location} (seed={seed})");
+    }
+    // The lake: per level, as many rows as the API's history, each
+    // event once, the onHand changes adding up to the level; files
+    // chained per partition from 0 without a gap or an overlap.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let read = crate::lake::read_lake(lake);
+        let levels: BTreeMap<(String, String), (u64, u64, i64)> = read["levels"]
+            .as_array()
+            .unwrap()
             .iter()
-            .map(|l| l.split('"').nth(3).unwrap())
+            .map(|l| {
+                let key = (
+                    l[0].as_str().unwrap().to_owned(),
+                    l[1].as_str().unwrap().to_owned(),
+                );
+                (
+                    key,
+                    (
+                        l[2].as_u64().unwrap(),
+                        l[3].as_u64().unwrap(),
+                        l[4].as_i64().unwrap(),
+                    ),
+                )
+            })
             .collect();
-        let events = db.query("SELECT count(DISTINCT event_id) FROM level_history");
-        assert_eq!(events[0][0].parse::<usize>().unwrap(), distinct_sent.len());
-        b.stop().await.unwrap();
-    });
+        let mut wanted = BTreeMap::new();
+        for row in db.query("SELECT sku, location_id, count(*) FROM level_history GROUP BY 1, 2") {
+            let key = (row[0].clone(), row[1].clone());
+            let count: u64 = row[2].parse().unwrap();
+            wanted.insert(key.clone(), (count, count, api[&key].0));
+        }
+        if levels == wanted {
+            crate::lake::assert_chains(&read);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the lake {levels:?} against {wanted:?} (seed={seed})"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // orders: each order's newest state, as the API answers it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut api_orders = BTreeMap::new();
+        for id in crate::holds::server_orders(url, SHAPE).await {
+            let (_, order) = crate::get(url, &format!("/v1/orders/{id}")).await;
+            let transitions = order["transitions"].as_array().unwrap().len();
+            api_orders.insert(
+                id,
+                (order["status"].as_str().unwrap().to_owned(), transitions),
+            );
+        }
+        let orders: BTreeMap<String, (String, usize)> = db
+            .query("SELECT order_id, status, jsonb_array_length(transitions) FROM orders")
+            .into_iter()
+            .map(|r| (r[0].clone(), (r[1].clone(), r[2].parse().unwrap())))
+            .collect();
+        if orders == api_orders && !orders.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "orders {orders:?} against the API's {api_orders:?} (seed={seed})"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // alerts: every level alert transition the API lists.
+    let (_, page) = crate::get(url, "/v1/alerts?limit=1000").await;
+    let alerts: BTreeMap<String, (String, String)> = db
+        .query("SELECT alert_id, kind, state FROM alerts")
+        .into_iter()
+        .map(|r| (r[0].clone(), (r[1].clone(), r[2].clone())))
+        .collect();
+    let listed: Vec<&Value> = page["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["kind"] != "PRICE_DROP")
+        .collect();
+    assert!(!listed.is_empty(), "the stream raised alerts: {page}");
+    for a in listed {
+        let id = a["id"].as_str().unwrap();
+        let want = (
+            a["kind"].as_str().unwrap().to_owned(),
+            a["state"].as_str().unwrap().to_owned(),
+        );
+        assert_eq!(alerts.get(id), Some(&want), "alert {id} (seed={seed})");
+    }
 }
 
-async fn post(url: &str, body: String) {
+/// Waits until what was sent to `url` is applied: a last event, with
+/// `?wait=applied` (an instance answers it once its cycle is done).
+async fn applied(url: &str) {
     let r = reqwest::Client::new()
         .post(format!("{url}/v1/events?wait=applied"))
-        .header("content-type", "application/x-ndjson")
-        .body(body)
+        .header("content-type", "application/json")
+        .body(r#"{"eventId":"settle","eventType":"RECEIPT","sku":"P0","locationId":"L0","quantity":1}"#)
         .send()
         .await
         .unwrap();
-    let status = r.status();
-    assert!(status.is_success(), "{status}: {:?}", r.text().await);
+    assert!(r.status().is_success(), "{:?}", r.text().await);
+}
+
+/// Every level of the stream's SKUs and locations, as the API answers.
+async fn levels(url: &str) -> BTreeMap<(String, String), (i64, i64, i64)> {
+    let mut levels = BTreeMap::new();
+    for sku in (0..SHAPE.skus).map(crate::reference::sku) {
+        for location in (0..SHAPE.locations).map(crate::reference::location) {
+            let (status, level) = crate::get(url, &format!("/v1/stock/{sku}/{location}")).await;
+            if status == 404 {
+                continue;
+            }
+            assert_eq!(status, 200, "{level}");
+            let n = |field: &str| level[field].as_i64().unwrap();
+            levels.insert(
+                (sku.clone(), location),
+                (n("onHand"), n("reserved"), n("inTransit")),
+            );
+        }
+    }
+    levels
 }
 
 /// Waits until `url`'s instance owns `partitions` partitions, all active.
