@@ -55,6 +55,12 @@ const POLL: Duration = Duration::from_millis(250);
 /// How long a failed write (disk full, permissions) waits to try again.
 const RETRY: Duration = Duration::from_secs(5);
 
+/// How a shared lake's temporary file ends (its name also has a random
+/// part: instances never write the same temporary), and the age after
+/// which one is taken for a crashed writer's and removed.
+const SHARED_TMP: &str = ".shared.tmp";
+const SHARED_TMP_TORN: Duration = Duration::from_secs(600);
+
 /// A file's metadata keys: whose history it holds, and which part.
 const META_DATA_DIR: &str = "stockflow.dataDirId";
 const META_PARTITION: &str = "stockflow.partition";
@@ -457,8 +463,16 @@ fn positions_of(
         let name = place.name().to_owned();
         if let Place::Local(path) = &place {
             if name.starts_with('.') && name.ends_with(".tmp") {
-                fs::remove_file(path)
-                    .with_context(|| format!("cannot remove {}", path.display()))?;
+                // A shared lake's temporary may be another instance's,
+                // being written: only one no write takes so long is torn.
+                let torn = !name.ends_with(SHARED_TMP)
+                    || fs::metadata(path)
+                        .and_then(|m| m.modified())
+                        .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > SHARED_TMP_TORN));
+                if torn {
+                    fs::remove_file(path)
+                        .with_context(|| format!("cannot remove {}", path.display()))?;
+                }
                 continue;
             }
         }
@@ -829,7 +843,13 @@ impl Lake {
                 parent = folder.parent();
             }
         }
-        let temporary = dir.join(format!(".{name}.tmp"));
+        let temporary = match self.shared {
+            false => dir.join(format!(".{name}.tmp")),
+            true => dir.join(format!(
+                ".{name}.{:016x}{SHARED_TMP}",
+                rand::random::<u64>()
+            )),
+        };
         let file = File::create(&temporary)
             .with_context(|| format!("cannot create {}", temporary.display()))?;
         let file = self.encode(file, p, from, rows, to)?;
