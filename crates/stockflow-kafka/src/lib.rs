@@ -635,8 +635,9 @@ impl KafkaServer {
         settings.topics.check_raw_topics(&config.sources)?;
         settings.order_hold_ns = config.order_hold_seconds as i64 * 1_000_000_000;
         settings.price_drop_percent = config.price_drop_percent;
-        check_topics(&settings)?;
+        // Before anything connects: a refusal needs no broker.
         sink::check(&settings, &config)?;
+        check_topics(&settings)?;
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| {

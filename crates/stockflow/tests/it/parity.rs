@@ -271,7 +271,8 @@ fn the_cli_controlled_scenario_gives_the_documented_levels_in_both_modes() {
 /// Every `serve` flag works in both modes or is refused at start: the
 /// embedded mode's own flags (its data directory's disk, checkpoints and
 /// partitions; Kafka mode has its own), given with `--kafka`, stop the
-/// start (exit code 2) naming both, before anything connects to a broker.
+/// start (exit code 2) naming both, before anything connects to a broker;
+/// so do the sinks without broker transactions.
 /// (`--catalog` and `--webhook` work in both: kafka.rs.)
 #[test]
 fn serve_flags_kafka_mode_cannot_honour_are_refused_at_start() {
@@ -280,8 +281,6 @@ fn serve_flags_kafka_mode_cannot_honour_are_refused_at_start() {
         ("--disk-free-min-bytes", "1"),
         ("--checkpoint-events", "10"),
         ("--partitions", "4"),
-        ("--lake", "lake"),
-        ("--sink-postgres", "postgres://127.0.0.1/x"),
     ] {
         let output = std::process::Command::new(env!("CARGO_BIN_EXE_stockflow"))
             .args(["serve", "--kafka", "127.0.0.1:9", "--listen", "127.0.0.1:0"])
@@ -296,6 +295,27 @@ fn serve_flags_kafka_mode_cannot_honour_are_refused_at_start() {
             said.contains(flag) && said.contains("--kafka"),
             "{flag}: {said}"
         );
+    }
+    // The sinks work in Kafka mode with broker transactions only: without
+    // them the start refuses, saying so, before it reaches for a broker.
+    for (flag, value) in [
+        ("--lake", "lake"),
+        ("--sink-postgres", "postgres://127.0.0.1/x"),
+    ] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_stockflow"))
+            .args(["serve", "--kafka", "127.0.0.1:9", "--listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args([flag, value])
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{flag}: {said}");
+        assert!(
+            said.contains(flag) && said.contains("needs --kafka-transactions"),
+            "{flag}: {said}"
+        );
+        assert!(!said.contains("cannot reach Kafka"), "{flag}: {said}");
     }
 }
 
