@@ -130,6 +130,11 @@ pub async fn run(
     if summary.rejected > summary.errors.len() as u64 {
         println!("  (all rejected messages are kept with their reasons at /v1/dead-letters)");
     }
+    // Last, for scripts: one line of key=value.
+    println!(
+        "summary: messages={} accepted={} duplicates={} rejected={} seconds={seconds:.3}",
+        summary.messages, summary.accepted, summary.duplicates, summary.rejected
+    );
     Ok(summary)
 }
 

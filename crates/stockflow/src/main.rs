@@ -299,18 +299,18 @@ enum Command {
     /// Into a running server (--url) or into a data directory no server is
     /// using (--data-dir). Re-importing a file changes nothing: eventIds
     /// are kept or derived deterministically.
+    #[command(group(clap::ArgGroup::new("target").required(true).args(["url", "data_dir"])))]
     Import {
         /// NDJSON, a JSON array, or CSV with a header row.
         file: PathBuf,
-        /// A source format (see GET /v1/sources), or `canonical`.
+        /// The file's format: canonical (the API's events), or a source
+        /// format: store-item, inventory-event, order-line, order-placed,
+        /// order-cancelled, csv, erp-snapshot, or one of --sources (GET
+        /// /v1/sources describes each).
         #[arg(long)]
         format: String,
-        /// Send to this server.
-        #[arg(
-            long,
-            conflicts_with = "data_dir",
-            required_unless_present = "data_dir"
-        )]
+        /// Send to this server (http://host:port).
+        #[arg(long, value_parser = parse_url)]
         url: Option<String>,
         /// Write into this data directory (the server must be stopped).
         #[arg(long)]
@@ -337,14 +337,15 @@ enum Command {
     /// Send simulated traffic to a running server.
     Simulate {
         /// The server to send to.
-        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        #[arg(long, default_value = "http://127.0.0.1:8080", value_parser = parse_url)]
         url: String,
-        /// Events per second.
+        /// Events per second (0: none).
         #[arg(long, default_value_t = 1000)]
         rate: u32,
         /// Seconds to run.
         #[arg(long, default_value_t = 10)]
         duration: u64,
+        /// Which traffic to send.
         #[arg(long, value_enum, default_value_t = Scenario::Random)]
         scenario: Scenario,
         /// Seed for the random scenario (eventIds include it).
@@ -356,6 +357,7 @@ enum Command {
     /// the eventIds lost. Run it, with the server stopped, when a start
     /// refuses a damaged log.
     Repair {
+        /// The data directory whose log to repair (its server stopped).
         #[arg(long, default_value = "./stockflow-data", env = "STOCKFLOW_DATA_DIR")]
         data_dir: PathBuf,
         /// Only report what would be done; change nothing.
@@ -367,12 +369,15 @@ enum Command {
     /// on any violation.
     Check {
         /// The server to check.
-        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        #[arg(long, default_value = "http://127.0.0.1:8080", value_parser = parse_url)]
         url: String,
         /// Also require reserved = Σ holds exactly (every reservation was
         /// made through an order).
         #[arg(long)]
         strict: bool,
+        /// Print the server's whole report as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Print the HTTP API's OpenAPI document (what a server serves at
     /// /v1/openapi.json), to generate a client without running one: as a
@@ -385,6 +390,7 @@ enum Command {
     },
     /// Measure throughput and latency on a temporary data directory.
     Bench {
+        /// What to measure.
         #[arg(long, value_enum, default_value_t = BenchMode::All)]
         mode: BenchMode,
         /// Events to send.
@@ -408,22 +414,56 @@ enum Command {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+/// `import` took the file but refused some of its messages (kept as dead
+/// letters): exit code 3, so a script can tell it from a failure (1).
+#[derive(Debug)]
+struct PartlyRefused(u64);
+
+impl std::fmt::Display for PartlyRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} messages refused: their reasons are above and in /v1/dead-letters",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for PartlyRefused {}
+
+/// Exit codes: 0 done, 1 failed (the error says why), 2 the command line
+/// was wrong (clap's), 3 `import` refused messages.
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // lapin reports each failed RabbitMQ connection at ERROR from its IO
     // loop, every retry; `amqp` says it once per attempt at WARN with the
     // reason, so lapin's own are only for RUST_LOG to ask for.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,lapin=off".into());
+    // Colour only for a person at a terminal, never into a file or pipe.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(|| Unfailing(std::io::stderr()));
     match cli.log_format {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().init(),
     }
-    let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(run(cli.command))
+    let result = tokio::runtime::Runtime::new()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| runtime.block_on(run(cli.command)));
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) if e.is::<PartlyRefused>() => {
+            eprintln!("{e}");
+            std::process::ExitCode::from(3)
+        }
+        Err(e) => {
+            eprintln!("Error: {e:?}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 /// A server's standard output and error may be files on the disk that
@@ -602,6 +642,59 @@ enum TopicsAction {
         #[arg(long, env = "STOCKFLOW_SOURCES")]
         sources: Option<PathBuf>,
     },
+}
+
+/// A server's URL: a scheme is required (`127.0.0.1:8080` would be taken
+/// for a URL of scheme `127.0.0.1`).
+fn parse_url(text: &str) -> Result<String, String> {
+    if !text.contains("://") {
+        return Err(format!(
+            "{text} has no scheme: did you mean http://{text} ?"
+        ));
+    }
+    let url = reqwest::Url::parse(text).map_err(|e| format!("{text} is not a URL: {e}"))?;
+    match url.scheme() {
+        "http" | "https" => Ok(text.to_owned()),
+        other => Err(format!(
+            "{text}: the scheme must be http or https, not {other}"
+        )),
+    }
+}
+
+/// `check`'s answer for a person: the verdict, what was looked at, and
+/// each problem on its own line.
+fn verdict(url: &str, strict: bool, report: &serde_json::Value) -> String {
+    let n = |field: &str| report[field].as_u64().unwrap_or(0);
+    let strict = if strict { " (strict)" } else { "" };
+    let mut out = match report["ok"] == true {
+        true => format!("{url}: the books hold together{strict}"),
+        false => format!("{url}: the books do not hold together{strict}"),
+    };
+    let mut facts = vec![format!(
+        "{} levels and {} live orders checked",
+        n("levels"),
+        n("liveOrders")
+    )];
+    for (field, what) in [
+        (
+            "holdViolations",
+            "levels whose reserved units and orders' holds disagree",
+        ),
+        ("rollupMismatches", "roll-ups differ from their levels"),
+        (
+            "reservationsNotHeldByOrders",
+            "levels reserve units no live order holds (allowed without --strict)",
+        ),
+    ] {
+        if n(field) > 0 {
+            facts.push(format!("{} {what}", n(field)));
+        }
+    }
+    out.push_str(&format!("\n  {}", facts.join("; ")));
+    for problem in report["problems"].as_array().into_iter().flatten() {
+        out.push_str(&format!("\n  - {}", problem.as_str().unwrap_or_default()));
+    }
+    out
 }
 
 fn parse_param(text: &str) -> Result<(String, String), String> {
@@ -828,7 +921,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 (None, None) => bail!("say where to import: --url URL or --data-dir DIR"),
             };
             let params = params.into_iter().collect();
-            stockflow::import::run(&file, &format, target, params, sources).await?;
+            let summary = stockflow::import::run(&file, &format, target, params, sources).await?;
+            if summary.rejected > 0 {
+                return Err(PartlyRefused(summary.rejected).into());
+            }
             Ok(())
         }
         Command::Demo {
@@ -882,8 +978,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
                         simulate::random(&url, rate, Duration::from_secs(duration), seed, false)
                             .await?;
                     println!(
-                        "seed {seed:x}: accepted {}, duplicates {}, rejected {}",
-                        totals.accepted, totals.duplicates, totals.rejected
+                        "seed {seed:x}: sent {} events: accepted {}, duplicates {}, rejected {}",
+                        totals.sent, totals.accepted, totals.duplicates, totals.rejected
                     );
                     Ok(())
                 }
@@ -909,18 +1005,27 @@ async fn run(command: Command) -> anyhow::Result<()> {
             print!("{}", repaired.report);
             Ok(())
         }
-        Command::Check { url, strict } => {
+        Command::Check { url, strict, json } => {
             let url = url.trim_end_matches('/');
-            let report: serde_json::Value = reqwest::get(format!("{url}/v1/check?strict={strict}"))
+            let response = reqwest::get(format!("{url}/v1/check?strict={strict}"))
                 .await
                 .map_err(|e| {
                     anyhow::anyhow!("cannot reach {url}: {e}; is `stockflow serve` running?")
-                })?
-                .json()
-                .await?;
-            println!("{}", serde_json::to_string_pretty(&report)?);
+                })?;
+            let status = response.status();
+            let report: serde_json::Value = response.json().await?;
+            if !status.is_success() {
+                bail!(
+                    "{url} cannot be checked now ({status}): {}",
+                    report["message"].as_str().unwrap_or("no reason given")
+                );
+            }
+            match json {
+                true => println!("{}", serde_json::to_string_pretty(&report)?),
+                false => println!("{}", verdict(url, strict, &report)),
+            }
             if report["ok"] != true {
-                bail!("invariants violated (see problems above)");
+                bail!("the books do not hold together (the problems are listed above)");
             }
             Ok(())
         }
@@ -1067,4 +1172,88 @@ fn reload_on_sighup(
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// `--help` explains every flag and argument of every command.
+    #[test]
+    fn every_flag_has_help() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                if matches!(id, "help" | "version") {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in command.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "stockflow", &mut missing);
+        assert!(missing.is_empty(), "without help: {missing:?}");
+    }
+
+    /// `import --help` names every built-in format.
+    #[test]
+    fn import_help_lists_the_formats() {
+        let mut cli = Cli::command();
+        let import = cli.find_subcommand_mut("import").unwrap();
+        let help = import.render_long_help().to_string();
+        for format in stockflow_service::sources::Sources::default().names() {
+            assert!(help.contains(format), "{format} in {help}");
+        }
+        assert!(help.contains("canonical"));
+    }
+
+    #[test]
+    fn a_url_needs_its_scheme() {
+        assert_eq!(
+            parse_url("http://127.0.0.1:8080").as_deref(),
+            Ok("http://127.0.0.1:8080")
+        );
+        let said = parse_url("127.0.0.1:8080").unwrap_err();
+        assert!(
+            said.contains("did you mean http://127.0.0.1:8080"),
+            "{said}"
+        );
+        assert!(parse_url("ftp://host")
+            .unwrap_err()
+            .contains("http or https"));
+    }
+
+    #[test]
+    fn check_says_its_verdict_in_words() {
+        let report = serde_json::json!({
+            "ok": false, "levels": 12, "liveOrders": 3, "holdViolations": 1,
+            "reservationsNotHeldByOrders": 0, "rollupMismatches": 0,
+            "problems": ["A@S1: reserved 5 but live orders hold 3"],
+        });
+        let said = verdict("http://x", true, &report);
+        assert!(
+            said.starts_with("http://x: the books do not hold together (strict)"),
+            "{said}"
+        );
+        assert!(
+            said.contains("12 levels and 3 live orders checked"),
+            "{said}"
+        );
+        assert!(said.contains("1 levels whose reserved units"), "{said}");
+        assert!(
+            said.contains("  - A@S1: reserved 5 but live orders hold 3"),
+            "{said}"
+        );
+        let ok = serde_json::json!({"ok": true, "levels": 2, "liveOrders": 0, "problems": []});
+        assert_eq!(
+            verdict("http://x", false, &ok),
+            "http://x: the books hold together\n  2 levels and 0 live orders checked"
+        );
+    }
 }

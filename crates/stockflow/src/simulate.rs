@@ -15,6 +15,9 @@ use stockflow_service::traffic::{Catalog, Traffic};
 /// What the server answered, summed.
 #[derive(Debug, Default, Deserialize)]
 pub struct Totals {
+    /// Events sent (a redelivery included: it comes back a duplicate).
+    #[serde(default)]
+    pub sent: u64,
     pub accepted: u64,
     pub duplicates: u64,
     pub rejected: u64,
@@ -63,10 +66,13 @@ pub async fn random(
     seed: u64,
     quiet: bool,
 ) -> anyhow::Result<Totals> {
+    if rate == 0 {
+        return Ok(Totals::default());
+    }
     let client = reqwest::Client::new();
     let mut traffic = Traffic::new(Catalog::demo(), seed);
     let tick = Duration::from_millis(100);
-    let per_tick = (rate as f64 / 10.0).max(1.0);
+    let per_tick = rate as f64 / 10.0;
     let total = (rate as f64 * duration.as_secs_f64()) as u64;
     let bar = if quiet {
         ProgressBar::hidden()
@@ -74,8 +80,14 @@ pub async fn random(
         ProgressBar::new(total)
     };
     bar.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} events {per_sec} eta {eta}")
-            .expect("valid template"),
+        ProgressStyle::with_template("{bar:40} {pos}/{len} events {rate} eta {eta}")
+            .expect("valid template")
+            .with_key(
+                "rate",
+                |state: &indicatif::ProgressState, out: &mut dyn std::fmt::Write| {
+                    let _ = write!(out, "{:.0}/s", state.per_sec());
+                },
+            ),
     );
     let mut sums = Totals::default();
     let started = Instant::now();
@@ -87,14 +99,21 @@ pub async fn random(
         due += per_tick;
         let n = due.floor() as u64;
         due -= n as f64;
+        if n == 0 {
+            continue;
+        }
         let mut body = String::new();
         (0..n).for_each(|_| traffic.push_event(&mut body));
+        // An event may come with another (a redelivery): count lines.
+        let lines = body.lines().count() as u64;
         let got = post_ndjson(&client, url, body).await?;
+        sums.sent += lines;
         sums.accepted += got.accepted;
         sums.duplicates += got.duplicates;
         sums.rejected += got.rejected;
-        sent += n;
-        bar.set_position(sent.min(total));
+        sent += lines;
+        bar.set_length(total.max(sent));
+        bar.set_position(sent);
     }
     bar.finish_and_clear();
     Ok(sums)
@@ -161,6 +180,7 @@ pub async fn controlled(url: &str) -> anyhow::Result<(Totals, Vec<String>)> {
         }
     }
     let totals = Totals {
+        sent: run.receipt.accepted + run.receipt.duplicates + run.receipt.rejected,
         accepted: run.receipt.accepted,
         duplicates: run.receipt.duplicates,
         rejected: run.receipt.rejected,
