@@ -138,19 +138,20 @@ pub async fn list<B: Backend>(
 /// POST /v1/dead-letters/{id}/replay: the body is the corrected payload in
 /// the letter's original form (empty: replay the stored payload as is). It
 /// goes through the letter's original source (its route, format or raw
-/// topic); the letter is resolved if nothing is refused again (what is
-/// refused again becomes a new letter).
+/// topic); the letter is resolved if nothing is refused again. A payload
+/// still refused is not applied at all: 422 with every reason, and the
+/// letter stays as it was (a replay never makes a new letter).
 #[utoipa::path(post, path = "/v1/dead-letters/{id}/replay",
     operation_id = "replayDeadLetter", tag = "dead letters",
     summary = "Replay a dead letter with a corrected payload",
-    description = "The body is the corrected payload in the letter's original form (empty body: the stored payload as is). It goes through the letter's original source (canonical events, a source format, products or locations); the letter is resolved in the same log record if nothing is rejected again.",
+    description = "The body is the corrected payload in the letter's original form (empty body: the stored payload as is). It goes through the letter's original source (canonical events, a source format, products or locations); the letter is resolved in the same log record. A payload that is still refused, in whole or in part, is not applied: 422 `still_invalid` naming every reason, and the letter stays as it was (no new letter).",
     params(("id" = u64, Path, minimum = 0)),
     request_body(content((serde_json::Value = "application/json"), (serde_json::Value = "application/x-ndjson"), (serde_json::Value = "text/csv")), description = "The corrected payload, in the form the letter's source takes."),
     responses(
         (status = 200, description = "Outcome", body = crate::shapes::ReplayOutcome),
         (status = 404, description = "No such dead letter.", body = crate::error::ErrorBody),
         (status = 409, description = "Letters from this source cannot be replayed.", body = crate::error::ErrorBody),
-        (status = 422, description = "A corrected product or location is still invalid.", body = crate::error::ErrorBody),
+        (status = 422, description = "The payload is still refused (every reason in the message); nothing applied, the letter stays.", body = crate::error::ErrorBody),
         crate::openapi::WriteRefusals,
     ))]
 pub async fn replay<B: Backend>(
@@ -224,6 +225,31 @@ pub async fn replay<B: Backend>(
             (parsed, Vec::new())
         }
     };
+    // All or nothing: a payload still refused would otherwise apply its
+    // good part and leave a new letter beside this one, at every try.
+    if !parsed.rejected.is_empty() {
+        let reasons: Vec<String> = parsed
+            .rejected
+            .iter()
+            .map(|r| match parsed.total() {
+                1 => r.reason.clone(),
+                _ => format!("event {}: {}", r.index, r.reason),
+            })
+            .collect();
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "still_invalid",
+            format!(
+                "still refused, so nothing was applied and the letter is kept: {}",
+                reasons.join("; ")
+            ),
+        ));
+    }
+    if parsed.batch.is_empty() && changes.is_empty() {
+        return Err(ApiError::bad_request(
+            "the corrected payload holds no event: send the corrected event, or discard the letter",
+        ));
+    }
     let mut parsed = parsed;
     parsed.batch.set_by(&by);
     let receipt = backend.replay(id, &letter, parsed, changes, &by).await?;

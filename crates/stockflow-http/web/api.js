@@ -31,13 +31,17 @@ export const can = (role) => session.roles.includes(role);
 
 /** Fetches `path` and returns the JSON answer, or throws an ApiError. A
  * 401 on a server that asks for tokens signs the console out. */
-export async function api(path, { method = 'GET', body } = {}) {
+export async function api(path, { method = 'GET', body, raw, type } = {}) {
   const init = { method, headers: {} };
   const secret = token.get();
   if (secret) init.headers.authorization = `Bearer ${secret}`;
   if (body !== undefined) {
     init.headers['content-type'] = 'application/json';
     init.body = JSON.stringify(body);
+  } else if (raw !== undefined) {
+    // A body as it is (`type`: its media type), e.g. an empty one.
+    init.headers['content-type'] = type;
+    init.body = raw;
   }
   let response;
   try {

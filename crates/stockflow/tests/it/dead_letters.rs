@@ -70,14 +70,46 @@ async fn dead_letters_are_filtered_replayed_and_discarded_durably() {
     let (_, level) = get(&url, "/v1/stock/A/S1").await;
     assert_eq!(level["onHand"], 5);
 
-    // Still wrong: not resolved, and the new rejection is kept too.
-    let (_, again) = request(
+    // Still wrong: refused with the reason, nothing applied, and the
+    // letter stays as it was, alone (a replay never makes a new letter),
+    // however often it is tried.
+    let (_, before) = get(&url, "/v1/dead-letters").await;
+    for _ in 0..2 {
+        let (status, again) = request(
+            reqwest::Method::POST,
+            &format!("{url}/v1/dead-letters/1/replay"),
+            bad[1],
+        )
+        .await;
+        assert_eq!(
+            (status, again["code"].as_str()),
+            (422, Some("still_invalid")),
+            "{again}"
+        );
+        let reason = before["deadLetters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["id"] == 1)
+            .unwrap()["reason"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            again["message"].as_str().unwrap().contains(&reason),
+            "{again}"
+        );
+    }
+    let (_, after) = get(&url, "/v1/dead-letters").await;
+    assert_eq!(ids(&after), ids(&before), "no letter made or lost");
+    // A payload of nothing resolves nothing.
+    let (status, empty) = request(
         reqwest::Method::POST,
         &format!("{url}/v1/dead-letters/1/replay"),
-        bad[1],
+        "[]",
     )
     .await;
-    assert_eq!(again["resolved"], false);
+    assert_eq!(status, 400, "{empty}");
     // A source message is replayed through its format.
     let fixed_item = store_item.replace("RESTOCKED", "RESTOCK");
     let (_, item) = request(
@@ -107,8 +139,8 @@ async fn dead_letters_are_filtered_replayed_and_discarded_durably() {
     let (_, left) = get(&url, "/v1/dead-letters").await;
     assert_eq!(
         ids(&left),
-        [3],
-        "only the failed replay's new letter is left"
+        Vec::<u64>::new(),
+        "resolved and discarded: none left"
     );
     let metrics = reqwest::get(format!("{url}/metrics"))
         .await
@@ -129,7 +161,7 @@ async fn dead_letters_are_filtered_replayed_and_discarded_durably() {
         }
         let server = start(dir.path(), |_| {}).await;
         let (_, left) = get(&server.url(), "/v1/dead-letters").await;
-        assert_eq!(ids(&left), [3], "replay={replay_everything}");
+        assert_eq!(ids(&left), Vec::<u64>::new(), "replay={replay_everything}");
         server.stop().await.unwrap();
     }
 }
