@@ -44,12 +44,20 @@ function totalsCards(totals) {
     h('div', { class: 'value', 'data-testid': `item-total-${f}` }, num(totals[f]))));
 }
 
-function rollup(title, groups) {
-  const names = Object.keys(groups ?? {});
+/** A roll-up table; with `total`, a row for what no group holds (e.g.
+ * locations without a region), so that the rows add up to the total. */
+function rollup(title, groups, total, rest) {
+  const rows = { ...(groups ?? {}) };
+  if (total) {
+    const held = Object.fromEntries(FIELDS.map((f) => [f, Object.values(rows).reduce((sum, g) => sum + (g[f] ?? 0), 0)]));
+    const left = Object.fromEntries(FIELDS.map((f) => [f, (total[f] ?? 0) - held[f]]));
+    if (FIELDS.some((f) => left[f] !== 0) || (total.levels ?? 0) > Object.values(rows).reduce((sum, g) => sum + (g.levels ?? 0), 0)) rows[rest] = left;
+  }
+  const names = Object.keys(rows);
   if (names.length === 0) return null;
   return h('section', { class: 'panel' }, h('h2', {}, title),
     table([{ label: title.replace('By ', '') }, ...FIELDS.map((f) => ({ label: LABELS[f], num: true }))],
-      names.map((n) => h('tr', {}, h('td', {}, n), FIELDS.map((f) => h('td', { class: 'num' }, num(groups[n][f])))))));
+      names.map((n) => h('tr', { 'data-group': n }, h('td', {}, n), FIELDS.map((f) => h('td', { class: 'num' }, num(rows[n][f])))))));
 }
 
 export function mount(main, [sku]) {
@@ -108,7 +116,9 @@ export function mount(main, [sku]) {
         }
       }
     }
-    entry.updated.textContent = level.updatedAt ? time(level.updatedAt) : 'just now';
+    // A live change without its time is stamped when it arrived, so the
+    // cell ages like the others.
+    entry.updated.textContent = time(level.updatedAt ?? new Date().toISOString());
     entry.level = { ...entry.level, ...level };
   };
   const renderTotals = () => {
@@ -129,7 +139,7 @@ export function mount(main, [sku]) {
           `low-stock threshold ${p.lowStockThreshold ?? 'default'}`].filter(Boolean).join(' · ')) : null);
       for (const level of stock.locations) show(level, false);
       renderTotals();
-      fill(rollups, rollup('By region', item.byRegion), rollup('By location type', item.byType));
+      fill(rollups, rollup('By region', item.byRegion, item.totals, '(no region)'), rollup('By location type', item.byType));
       fill(errors);
     } catch (error) { fill(errors, problem(error)); }
   };
@@ -183,7 +193,7 @@ export function mount(main, [sku]) {
   const refreshRollups = throttle(2000, async () => {
     try {
       const item = await api(`/v1/items/${encodeURIComponent(sku)}`);
-      fill(rollups, rollup('By region', item.byRegion), rollup('By location type', item.byType));
+      fill(rollups, rollup('By region', item.byRegion, item.totals, '(no region)'), rollup('By location type', item.byType));
     } catch { /* the next change retries */ }
   });
   const stop = live({ sku, kinds: 'stock' }, {

@@ -20,11 +20,17 @@ async function list(main) {
       h('td', {}, h('a', { href: `#/locations/${encodeURIComponent(l.locationId)}` }, l.locationId)),
       h('td', {}, l.name ?? ''), h('td', {}, l.type), h('td', {}, l.region ?? ''),
       FIELDS.map((f) => h('td', { class: 'num' }, num(l.totals[f]))),
-      h('td', { class: 'num' }, num(l.totals.belowThreshold))))));
+      h('td', { class: 'num' }, num(l.totals.belowThreshold))))),
+    // Why Available can exceed On hand: say how the totals are made.
+    h('p', { class: 'muted', 'data-testid': 'totals-note' },
+      'On hand adds every level as it is, negative ones included (sold before they were received); Available counts each level from 0, so it can be higher.'));
   } catch (error) { fill(out, problem(error)); }
 }
 
-const statusOf = (l) => (l.available <= 0 ? 'out' : l.available < l.lowStockThreshold ? 'low' : null);
+// Negative on hand (sold before it was received) is its own state, not
+// "out of stock".
+const statusOf = (l) => (l.onHand < 0 ? 'negative' : l.available <= 0 ? 'out' : l.available < l.lowStockThreshold ? 'low' : null);
+const BADGES = { negative: 'negative', out: 'out of stock', low: 'low' };
 
 export function mount(main, [id]) {
   if (!id) { list(main); return undefined; }
@@ -69,7 +75,7 @@ export function mount(main, [id]) {
       const badge = statusOf(l);
       const row = h('tr', { class: badge, 'data-sku': l.sku },
         h('th', { scope: 'row' }, h('a', { href: `#/items/${encodeURIComponent(l.sku)}` }, l.sku), ' ',
-          badge ? h('span', { class: `badge ${badge}` }, badge === 'out' ? 'out of stock' : 'low') : null),
+          badge ? h('span', { class: `badge ${badge}` }, BADGES[badge]) : null),
         FIELDS.map((f) => cells[f]));
       rows.set(l.sku, { row, cells, level: l });
       return row;

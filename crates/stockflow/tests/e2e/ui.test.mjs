@@ -390,6 +390,31 @@ test('a dead letter is corrected as you type, replayed, and says what became of 
   pageErrors.length = 0;
 });
 
+test('negative stock is called negative, and an item\'s regions add up to its total', async () => {
+  const sku = `NEG-${Date.now()}`;
+  // Sold before it was received at a store; stocked online, which has no
+  // region.
+  await api('/v1/events', [
+    { eventId: `${sku}-sale`, eventType: 'SALE', sku, locationId: 'STORE-001', quantity: 3 },
+    { eventId: `${sku}-receipt`, eventType: 'RECEIPT', sku, locationId: 'ONLINE', quantity: 7 },
+  ]);
+  await open('locations/STORE-001', '[data-testid="location-levels"] tbody tr');
+  await page.selectOption('#status-filter', 'negative');
+  const row = page.locator(`tr[data-sku="${sku}"]`);
+  await row.waitFor();
+  assert.equal(await row.locator('.badge').textContent(), 'negative');
+  await open(`items/${sku}`, '[data-testid="levels"] tbody tr');
+  const rest = page.locator('tr[data-group="(no region)"]');
+  await rest.waitFor();
+  assert.equal(number(await rest.locator('td').nth(1).textContent()), 7, 'ONLINE, without a region, is its own row');
+  const regions = await page.evaluate(() => [...document.querySelectorAll('tr[data-group]')]
+    .filter((r) => r.closest('section').querySelector('h2').textContent === 'By region')
+    .map((r) => Number(r.children[1].textContent.replace(/[,\u2212]/g, (c) => (c === ',' ? '' : '-')))));
+  assert.equal(regions.reduce((a, b) => a + b, 0), number(await page.textContent('[data-testid="item-total-onHand"]')), `regions ${regions}`);
+  assert.equal(number(await page.textContent('[data-testid="item-total-onHand"]')), 4);
+  assert.deepEqual(pageErrors, []);
+});
+
 test('alerts and dead letters filter', async () => {
   // Make one OUT_OF_STOCK alert that is surely there, and new: earlier
   // traffic may have sold this level out already (a SALE of 0 would be
