@@ -51,7 +51,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::shared::{Shared, NOT_OWNED};
+use super::shared::Shared;
 use super::wire::Positions;
 use super::KafkaSettings;
 use stockflow_service::history::{Entry, Fixed, HistoryWriter, Level};
@@ -349,9 +349,7 @@ impl Materialiser {
     /// Follows ownership: a newly owned partition is rebuilt from the
     /// topic's beginning, one no longer owned is dropped.
     fn sync(&mut self) {
-        let owned: Vec<u16> = (0..self.shared.partitions.len() as u16)
-            .filter(|p| self.shared.status(*p) != NOT_OWNED)
-            .collect();
+        let owned: Vec<u16> = self.shared.owned_partitions();
         let mut gone = TopicPartitionList::new();
         let dropped: Vec<u16> = self
             .locals

@@ -19,7 +19,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use stockflow_service::history::{Entry, Scan};
 use stockflow_service::lake::{self, Source, Writer};
 
-use super::shared::{Shared, NOT_OWNED};
+use super::shared::Shared;
 use super::sink::ENTRY_SLOTS;
 use super::KafkaSettings;
 
@@ -146,9 +146,7 @@ impl TopicSource {
 
 impl Source for TopicSource {
     fn gained(&mut self) -> Vec<u16> {
-        let owned: Vec<u16> = (0..self.shared.partitions.len() as u16)
-            .filter(|p| self.shared.status(*p) != NOT_OWNED)
-            .collect();
+        let owned: Vec<u16> = self.shared.owned_partitions();
         let lost: Vec<u16> = self
             .reading
             .keys()

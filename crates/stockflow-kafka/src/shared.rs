@@ -149,6 +149,13 @@ impl Shared {
         self.status[p as usize].load(Ordering::Acquire)
     }
 
+    /// The partitions this instance owns (restoring or active).
+    pub fn owned_partitions(&self) -> Vec<u16> {
+        (0..self.status.len() as u16)
+            .filter(|p| self.status(*p) != NOT_OWNED)
+            .collect()
+    }
+
     /// (partition, status, next canonical offset applied) of owned ones.
     pub fn owned(&self) -> Vec<(u16, u8, i64)> {
         (0..self.status.len() as u16)

@@ -39,7 +39,7 @@ use stockflow_service::sink_tables::{self as tables, said, Messages, Rows};
 use stockflow_service::sinks::{Sinks, State};
 use tokio_postgres::{Client, NoTls};
 
-use super::shared::{Shared, NOT_OWNED};
+use super::shared::Shared;
 use super::KafkaSettings;
 
 const KIND: &str = "postgres";
@@ -295,9 +295,7 @@ impl Sink {
     /// Sinks what this instance owns: a partition gained is read from the
     /// positions the database has, one lost is let go.
     async fn follow_ownership(&mut self, client: &Client) -> Result<(), tokio_postgres::Error> {
-        let owned: Vec<u16> = (0..self.shared.partitions.len() as u16)
-            .filter(|p| self.shared.status(*p) != NOT_OWNED)
-            .collect();
+        let owned: Vec<u16> = self.shared.owned_partitions();
         let lost: Vec<u16> = self
             .sunk
             .keys()
