@@ -212,13 +212,65 @@ export const time = (iso) => (iso ? new Date(iso).toLocaleString() : '–');
 /** An error as a line in the page. */
 export const problem = (error) => h('p', { class: 'error', role: 'alert' }, error.message ?? String(error));
 
+/** What a view shows when what its URL names does not exist: said plainly,
+ * with the way back (`back`: [href, text]). */
+export const notFound = (title, said, [href, text]) => [h('h1', {}, title),
+  h('p', { 'data-testid': 'not-found' }, said), h('p', {}, h('a', { href }, text))];
+
 /** A table: columns [{label, num, sort}] and rows of cells. */
 export function table(columns, rows, { caption } = {}) {
-  return h('div', { class: 'scroll' },
+  return h('div', { class: rows.length > 20 ? 'scroll tall' : 'scroll' },
     h('table', {},
       caption ? h('caption', { class: 'muted' }, caption) : null,
       h('thead', {}, h('tr', {}, columns.map((c) => h('th', { scope: 'col', class: c.num ? 'num' : null }, c.label)))),
       h('tbody', {}, rows)));
+}
+
+/** What this tab remembers for a page (its sort, filter, page), so that
+ * coming back to it finds it as it was left. */
+export const remembered = (key) => {
+  try { return JSON.parse(sessionStorage.getItem(`stockflow:${key}`)) ?? undefined; } catch { return undefined; }
+};
+export const remember = (key, value) => {
+  try { sessionStorage.setItem(`stockflow:${key}`, JSON.stringify(value)); } catch { /* private mode: not kept */ }
+};
+
+/** Orders two cell values: numbers as numbers (missing ones first), the
+ * rest as text. */
+export const compare = (x, y) => (typeof x === 'number' || typeof y === 'number'
+  ? (x ?? -Infinity) - (y ?? -Infinity) : String(x ?? '').localeCompare(String(y ?? '')));
+
+/**
+ * A table sorted by any column (click its header, again to reverse) and
+ * filtered by text, its header row kept in view while it scrolls.
+ * columns: [{label, num, value: (row) => what sorts, cell: (row) => text
+ * or node}]; filter: {label, text: (row) => what the filter searches};
+ * `keep` names what the tab remembers (see [remembered]).
+ */
+export function sortable({ columns, rows, filter, keep, testid, rowAttrs = () => ({}) }) {
+  const state = { key: 0, dir: 1, text: '', ...remembered(keep) };
+  const input = h('input', { type: 'search', id: `${keep}-filter`, value: state.text, autocomplete: 'off' });
+  const body = h('tbody', {});
+  const count = h('span', { class: 'muted', 'data-testid': `${keep}-count` });
+  const heads = columns.map((c, i) => h('th', { scope: 'col', class: c.num ? 'num' : null },
+    h('button', { type: 'button', onclick: () => { state.dir = state.key === i ? -state.dir : 1; state.key = i; render(); } }, c.label)));
+  const render = () => {
+    state.text = input.value;
+    const text = state.text.trim().toLowerCase();
+    const shown = rows.filter((r) => !text || filter.text(r).toLowerCase().includes(text));
+    const value = columns[state.key]?.value ?? columns[0].value;
+    shown.sort((a, b) => state.dir * compare(value(a), value(b)));
+    heads.forEach((th, i) => th.setAttribute('aria-sort', i === state.key ? (state.dir > 0 ? 'ascending' : 'descending') : 'none'));
+    fill(body, shown.map((r) => h('tr', rowAttrs(r), columns.map((c, i) => h(i === 0 ? 'th' : 'td',
+      { scope: i === 0 ? 'row' : null, class: c.num ? 'num' : null }, c.cell(r))))));
+    count.textContent = text ? `${num(shown.length)} of ${num(rows.length)} shown` : `${num(rows.length)} in all`;
+    remember(keep, state);
+  };
+  input.addEventListener('input', render);
+  render();
+  return h('div', {},
+    h('form', { class: 'bar', onsubmit: (e) => e.preventDefault() }, h('label', { for: input.id }, filter.label, input), count),
+    h('div', { class: 'scroll tall' }, h('table', { 'data-testid': testid }, h('thead', {}, h('tr', {}, heads)), body)));
 }
 
 /** Fetches every page of a paginated list (up to `max` items). */

@@ -38,7 +38,9 @@ function route() {
   const main = document.getElementById('view');
   document.title = `${title} · stockflow`;
   if (!view) {
-    fill(main, h('h1', {}, 'Not found'), h('p', {}, 'No such page. ', h('a', { href: '#/' }, 'Back to the overview')));
+    fill(main, h('h1', {}, 'Page not found'),
+      h('p', { 'data-testid': 'not-found' }, 'There is no page at ', h('code', {}, location.hash || '#/'), '. The pages are:'),
+      h('ul', {}, Object.entries(ROUTES).map(([path, [, label]]) => h('li', {}, h('a', { href: `#/${path}` }, label)))));
     return;
   }
   fill(main);
@@ -136,7 +138,17 @@ window.addEventListener('stockflow:signed-out', (e) => {
   askForToken(`Signed out: ${e.detail ?? 'the token is no longer accepted'}.`);
 });
 
+// Phones: the menu button folds the navigation; choosing a page folds it again.
+const menu = document.getElementById('menu');
+const setMenu = (open) => {
+  menu.setAttribute('aria-expanded', String(open));
+  document.querySelector('header.top').classList.toggle('open', open);
+};
+menu.addEventListener('click', () => setMenu(menu.getAttribute('aria-expanded') !== 'true'));
+document.addEventListener('keydown', (e) => { if (e.key === 'Escape' && menu.getAttribute('aria-expanded') === 'true') { setMenu(false); menu.focus(); } });
+
 window.addEventListener('hashchange', () => {
+  setMenu(false);
   if (session.authentication && !session.name) return;
   route();
   document.getElementById('view').focus({ preventScroll: true });

@@ -1,8 +1,22 @@
-// Alerts with filters; new ones matching the filters appear live.
+// Alerts with filters, as a list (new ones matching the filters appear
+// live) or grouped by kind, SKU or location with counts.
 
-import { api, query, live, coalesce, h, fill, num, time, table, problem } from '../api.js';
+import { api, all, query, live, coalesce, h, fill, num, time, ago, table, problem } from '../api.js';
 
 const KINDS = ['LOW_STOCK', 'OUT_OF_STOCK', 'BACK_IN_STOCK', 'NEGATIVE_ON_HAND', 'PRICE_DROP', 'STALE', 'RESERVATION_REJECTED'];
+
+/** What the alert is about, in the words of its kind: a threshold only
+ * where there is one. */
+function detail(a) {
+  const has = (v) => v !== undefined && v !== null;
+  switch (a.kind) {
+    case 'LOW_STOCK': return `available ${num(a.available)}${has(a.threshold) ? `, below ${num(a.threshold)}` : ''}`;
+    case 'OUT_OF_STOCK': case 'BACK_IN_STOCK': return has(a.available) ? `available ${num(a.available)}` : '';
+    case 'NEGATIVE_ON_HAND': return has(a.onHand) ? `on hand ${num(a.onHand)}` : '';
+    case 'PRICE_DROP': return `${a.previousPrice} → ${a.price} (−${a.dropPercent}%)`;
+    default: return has(a.available) ? `available ${num(a.available)}` : '';
+  }
+}
 
 function row(a) {
   return h('tr', { 'data-testid': 'alert-row' },
@@ -10,13 +24,20 @@ function row(a) {
     h('td', {}, h('span', { class: `badge ${a.severity}` }, a.kind.replaceAll('_', ' '))),
     h('td', {}, a.state),
     h('td', {}, h('a', { href: `#/items/${encodeURIComponent(a.sku)}` }, a.sku)),
-    h('td', {}, a.locationId ?? ''),
-    h('td', { class: 'num' }, a.available ?? ''),
-    h('td', { class: 'num' }, a.threshold ?? ''));
+    h('td', {}, a.locationId ? h('a', { href: `#/locations/${encodeURIComponent(a.locationId)}` }, a.locationId) : ''),
+    h('td', { 'data-testid': 'alert-detail' }, detail(a)));
 }
 
-export function mount(main) {
+const RANK = { CRITICAL: 3, WARNING: 2, INFO: 1 };
+/** Most alerts a grouping reads. */
+const GROUPED_MAX = 5000;
+const GROUPS = { kind: ['Kind', (a) => a.kind], sku: ['SKU', (a) => a.sku], locationId: ['Location', (a) => a.locationId ?? '(product-wide)'] };
+
+export function mount(main, [preset]) {
   const kind = h('select', { id: 'alert-kind' }, h('option', { value: '' }, 'any'), KINDS.map((k) => h('option', { value: k }, k)));
+  const group = h('select', { id: 'alert-group' }, h('option', { value: '' }, 'nothing: newest first'),
+    Object.entries(GROUPS).map(([k, [label]]) => h('option', { value: k }, label)));
+  const grouped = h('div', { hidden: true, 'data-testid': 'alert-groups' });
   const sku = h('input', { id: 'alert-sku', type: 'search', autocomplete: 'off' });
   const location = h('input', { id: 'alert-location', type: 'search', autocomplete: 'off' });
   const active = h('input', { id: 'alert-active', type: 'checkbox' });
@@ -28,12 +49,16 @@ export function mount(main) {
       h('label', { for: 'alert-kind' }, 'Kind', kind), h('label', { for: 'alert-sku' }, 'SKU', sku),
       h('label', { for: 'alert-location' }, 'Location', location),
       h('label', { class: 'inline', for: 'alert-active' }, active, 'active only'),
+      h('label', { for: 'alert-group' }, 'Group by', group),
       h('button', { type: 'submit', class: 'primary' }, 'Apply')),
     errors,
-    h('div', { class: 'scroll' }, h('table', {},
-      h('thead', {}, h('tr', {}, ['When', 'Kind', 'State', 'SKU', 'Location', 'Available', 'Threshold']
-        .map((c, i) => h('th', { scope: 'col', class: i >= 5 ? 'num' : null }, c)))), body)),
+    grouped,
+    h('div', { class: 'scroll tall', 'data-testid': 'alert-list' }, h('table', {},
+      h('thead', {}, h('tr', {}, ['When', 'Kind', 'State', 'SKU', 'Location', 'Detail']
+        .map((c) => h('th', { scope: 'col' }, c)))), body)),
     more);
+  const list = main.querySelector('[data-testid="alert-list"]');
+  if (preset && KINDS.includes(preset)) { kind.value = preset; active.checked = true; group.value = 'sku'; }
 
   let after = null;
   let filters = {};
@@ -47,15 +72,57 @@ export function mount(main) {
       if (mine !== latest) return;
       if (!append) fill(body);
       body.append(...answer.alerts.map(row));
-      if (!append && answer.alerts.length === 0) body.append(h('tr', {}, h('td', { colspan: 7, class: 'muted' }, 'No alerts match.')));
+      if (!append && answer.alerts.length === 0) body.append(h('tr', {}, h('td', { colspan: 6, class: 'muted' }, 'No alerts match.')));
       after = answer.nextAfter;
       more.hidden = !after;
       fill(errors);
     } catch (error) { if (mine === latest) fill(errors, problem(error)); }
   };
+  // Grouped: the newest GROUPED_MAX matching alerts counted per group,
+  // worst severity and newest first; a group opens as a filtered list.
+  const showGroups = async () => {
+    const mine = ++latest;
+    const [label, keyOf] = GROUPS[group.value];
+    try {
+      const alerts = await all('/v1/alerts', 'alerts', filters, GROUPED_MAX);
+      if (mine !== latest) return;
+      const groups = new Map();
+      for (const a of alerts) {
+        const key = keyOf(a);
+        const g = groups.get(key) ?? { key, n: 0, kinds: new Set(), severity: 'INFO', at: a.at };
+        g.n += 1;
+        g.kinds.add(a.kind);
+        if (RANK[a.severity] > RANK[g.severity]) g.severity = a.severity;
+        if (a.at > g.at) g.at = a.at;
+        groups.set(key, g);
+      }
+      const rows = [...groups.values()].sort((a, b) => RANK[b.severity] - RANK[a.severity] || b.n - a.n || a.key.localeCompare(b.key));
+      const open = (g) => {
+        const field = { kind: kind, sku, locationId: location }[group.value];
+        field.value = g.key === '(product-wide)' ? '' : g.key;
+        group.value = '';
+        load();
+      };
+      fill(grouped,
+        h('p', { class: 'muted', 'data-testid': 'alert-groups-said' }, `${num(alerts.length)} alerts${alerts.length >= GROUPED_MAX ? ' (the newest)' : ''} in ${num(rows.length)} groups by ${label.toLowerCase()}.`),
+        rows.length === 0 ? h('p', { class: 'muted' }, 'No alerts match.')
+          : table([{ label }, { label: 'Alerts', num: true }, { label: 'Kinds' }, { label: 'Newest' }, { label: '' }],
+            rows.map((g) => h('tr', { 'data-testid': 'alert-group' },
+              h('td', {}, h('span', { class: `badge ${g.severity}` }, g.severity.toLowerCase()), ' ', g.key.replaceAll('_', ' ')),
+              h('td', { class: 'num', 'data-testid': 'alert-group-count' }, num(g.n)),
+              h('td', {}, [...g.kinds].map((k) => k.replaceAll('_', ' ').toLowerCase()).join(', ')),
+              h('td', { title: g.at }, ago(g.at)),
+              h('td', {}, h('button', { type: 'button', onclick: () => open(g) }, 'Show'))))));
+      fill(errors);
+    } catch (error) { if (mine === latest) fill(errors, problem(error)); }
+  };
   const load = () => {
     filters = { kind: kind.value, sku: sku.value.trim(), locationId: location.value.trim(), active: active.checked ? 'true' : '' };
-    return page(false);
+    const byGroup = Boolean(group.value);
+    grouped.hidden = !byGroup;
+    list.hidden = byGroup;
+    more.hidden = true;
+    return byGroup ? showGroups() : page(false);
   };
   more.addEventListener('click', () => page(true));
 
@@ -72,7 +139,7 @@ export function mount(main) {
   const matches = (a) => (!filters.kind || a.kind === filters.kind) && (!filters.sku || a.sku === filters.sku)
     && (!filters.locationId || a.locationId === filters.locationId) && (!filters.active || a.state !== 'cleared');
   const stop = live({ kinds: 'alerts' }, {
-    alerts: (a) => { if (matches(a)) { arrived.push(a); flush(); } },
+    alerts: (a) => { if (!group.value && matches(a)) { arrived.push(a); flush(); } },
     reload: load,
   });
   load();

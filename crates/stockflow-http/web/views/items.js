@@ -2,39 +2,71 @@
 // levels updating live (changed cells flash), roll-ups by region and
 // location type, a history chart for one location, and an as-of picker.
 
-import { api, query, live, coalesce, throttle, flash, h, fill, num, time, table, problem } from '../api.js';
+import { api, query, live, coalesce, throttle, flash, h, fill, num, time, table, problem, notFound, remembered, remember, compare } from '../api.js';
 import { lineChart } from '../chart.js';
 
 const FIELDS = ['onHand', 'reserved', 'available', 'inTransit'];
 const LABELS = { onHand: 'On hand', reserved: 'Reserved', available: 'Available', inTransit: 'In transit' };
 
-function search(main, initial = '') {
-  const input = h('input', { type: 'search', id: 'item-search', name: 'q', value: initial, autocomplete: 'off',
+const ITEMS_PAGE = 50;
+const COLUMNS = [
+  { label: 'SKU', value: (p) => p.sku },
+  { label: 'Name', value: (p) => p.name },
+  { label: 'Category', value: (p) => p.category },
+  { label: 'Price', num: true, value: (p) => p.price },
+];
+
+function search(main) {
+  // The search, its page and its sort are kept for the tab: back from an
+  // item, the list is where it was.
+  const place = { q: '', cursors: [null], key: 0, dir: 1, ...remembered('items') };
+  const input = h('input', { type: 'search', id: 'item-search', name: 'q', value: place.q, autocomplete: 'off',
     placeholder: 'e.g. SKU-00001 or headlamp' });
   const results = h('div', { 'aria-live': 'polite' });
+  const prev = h('button', { type: 'button', onclick: () => { place.cursors.pop(); run(); } }, '← Previous');
+  const next = h('button', { type: 'button' }, 'Next →');
+  const info = h('span', { class: 'muted', 'data-testid': 'items-page' });
   let timer;
   let asked = 0;
+  let products = [];
+  const draw = (q) => {
+    if (products.length === 0) {
+      fill(results, h('p', { class: 'muted' }, q ? [`No product matches “${q}”. You can still open `,
+        h('a', { href: `#/items/${encodeURIComponent(q)}` }, q), ' as a SKU.'] : 'The catalog is empty.'));
+      return;
+    }
+    const shown = [...products].sort((a, b) => place.dir * compare(COLUMNS[place.key].value(a), COLUMNS[place.key].value(b)));
+    const heads = COLUMNS.map((c, i) => h('th', { scope: 'col', class: c.num ? 'num' : null,
+      'aria-sort': i === place.key ? (place.dir > 0 ? 'ascending' : 'descending') : 'none' },
+    h('button', { type: 'button', onclick: () => { place.dir = place.key === i ? -place.dir : 1; place.key = i; remember('items', place); draw(q); } }, c.label)));
+    fill(results, h('div', { class: 'scroll tall' }, h('table', { 'data-testid': 'products' }, h('thead', {}, h('tr', {}, heads)),
+      h('tbody', {}, shown.map((p) => h('tr', {},
+        h('th', { scope: 'row' }, h('a', { href: `#/items/${encodeURIComponent(p.sku)}` }, p.sku)),
+        h('td', {}, p.name), h('td', {}, p.category ?? ''),
+        h('td', { class: 'num' }, p.price != null ? p.price.toFixed(2) : '–')))))));
+  };
   const run = async () => {
     const ask = ++asked;
     const q = input.value.trim();
+    place.q = input.value;
     try {
-      const page = await api('/v1/products' + query({ q, limit: 25 }));
+      const after = place.cursors[place.cursors.length - 1] ?? undefined;
+      const page = await api('/v1/products' + query({ q, limit: ITEMS_PAGE, after }));
       if (ask !== asked) return;
-      fill(results, page.products.length === 0
-        ? h('p', { class: 'muted' }, q ? [`No product matches “${q}”. You can still open `,
-          h('a', { href: `#/items/${encodeURIComponent(q)}` }, q), ' as a SKU.'] : 'The catalog is empty.')
-        : table([{ label: 'SKU' }, { label: 'Name' }, { label: 'Category' }, { label: 'Price', num: true }],
-          page.products.map((p) => h('tr', {},
-            h('td', {}, h('a', { href: `#/items/${encodeURIComponent(p.sku)}` }, p.sku)),
-            h('td', {}, p.name), h('td', {}, p.category ?? ''),
-            h('td', { class: 'num' }, p.price != null ? p.price.toFixed(2) : '–')))));
+      products = page.products;
+      draw(q);
+      prev.disabled = place.cursors.length <= 1;
+      next.disabled = !page.nextAfter;
+      next.onclick = () => { place.cursors.push(page.nextAfter); run(); };
+      info.textContent = products.length ? `Page ${place.cursors.length}: ${products.length} products${page.nextAfter ? ', more on the next page' : ''}. Sorting orders this page.` : '';
+      remember('items', place);
     } catch (error) { fill(results, problem(error)); }
   };
-  input.addEventListener('input', () => { clearTimeout(timer); timer = setTimeout(run, 200); });
-  const form = h('form', { class: 'bar', role: 'search', onsubmit: (e) => { e.preventDefault(); run(); } },
+  input.addEventListener('input', () => { clearTimeout(timer); place.cursors = [null]; timer = setTimeout(run, 200); });
+  const form = h('form', { class: 'bar', role: 'search', onsubmit: (e) => { e.preventDefault(); place.cursors = [null]; run(); } },
     h('label', { for: 'item-search' }, 'Search products by SKU or name', input),
     h('button', { type: 'submit' }, 'Search'));
-  fill(main, h('h1', {}, 'Items'), form, results);
+  fill(main, h('h1', {}, 'Items'), form, results, h('div', { class: 'pager' }, prev, next, info));
   run();
   input.focus();
 }
@@ -141,11 +173,21 @@ export function mount(main, [sku]) {
       renderTotals();
       fill(rollups, rollup('By region', item.byRegion, item.totals, '(no region)'), rollup('By location type', item.byType));
       fill(errors);
-    } catch (error) { fill(errors, problem(error)); }
+    } catch (error) {
+      if (error.status === 404) {
+        gone = true;
+        fill(main, notFound('Item not found', `No item “${sku}”: it is not in the catalog and no event has named it.`,
+          ['#/items', '← All items']));
+        return;
+      }
+      fill(errors, problem(error));
+    }
   };
+  let gone = false;
 
   const showHistory = async () => {
     const location = picker.value;
+    if (gone) return undefined;
     if (!location) return fill(historyPanel, h('p', { class: 'muted' }, 'No location yet.'));
     try {
       const page = await api(`/v1/stock/${encodeURIComponent(sku)}/${encodeURIComponent(location)}/history?limit=500`);
@@ -155,8 +197,9 @@ export function mount(main, [sku]) {
         label: `On hand and available of ${sku} at ${location}, last ${events.length} events`,
         step: true,
         series: [
-          { name: 'on hand', color: '#0b5cad', points: events.map((e) => [at(e), e.level.onHand]) },
-          { name: 'available', color: '#116329', points: events.map((e) => [at(e), e.level.available]) },
+          // Often equal: the dashed line stays visible on the solid one.
+          { name: 'on hand', color: '#0b5cad', width: 3, points: events.map((e) => [at(e), e.level.onHand]) },
+          { name: 'available', color: '#bc4c00', dash: '6 4', points: events.map((e) => [at(e), e.level.available]) },
         ],
       }), h('p', { class: 'muted' }, `${events.length} most recent events at ${location}.`));
     } catch (error) { fill(historyPanel, problem(error)); }

@@ -3,7 +3,7 @@
 // filterable by stock status and SKU, low and out of stock highlighted,
 // visible rows updating live.
 
-import { api, all, query, live, coalesce, flash, h, fill, num, table, problem } from '../api.js';
+import { api, all, query, live, coalesce, flash, h, fill, num, problem, sortable, notFound, remembered, remember } from '../api.js';
 
 const FIELDS = ['onHand', 'reserved', 'available', 'inTransit'];
 const LABELS = { onHand: 'On hand', reserved: 'Reserved', available: 'Available', inTransit: 'In transit' };
@@ -14,13 +14,23 @@ async function list(main) {
   fill(main, h('h1', {}, 'Locations'), out);
   try {
     const locations = await all('/v1/locations', 'locations');
-    fill(out, table([{ label: 'Location' }, { label: 'Name' }, { label: 'Type' }, { label: 'Region' },
-      ...FIELDS.map((f) => ({ label: LABELS[f], num: true })), { label: 'Below threshold', num: true }],
-    locations.map((l) => h('tr', {},
-      h('td', {}, h('a', { href: `#/locations/${encodeURIComponent(l.locationId)}` }, l.locationId)),
-      h('td', {}, l.name ?? ''), h('td', {}, l.type), h('td', {}, l.region ?? ''),
-      FIELDS.map((f) => h('td', { class: 'num' }, num(l.totals[f]))),
-      h('td', { class: 'num' }, num(l.totals.belowThreshold))))),
+    fill(out, sortable({
+      keep: 'locations',
+      testid: 'locations',
+      rows: locations,
+      rowAttrs: (l) => ({ 'data-location': l.locationId }),
+      filter: { label: 'Filter by id, name, type or region', text: (l) => [l.locationId, l.name, l.type, l.region].join(' ') },
+      columns: [
+        { label: 'Location', value: (l) => l.locationId, cell: (l) => h('a', { href: `#/locations/${encodeURIComponent(l.locationId)}` }, l.locationId) },
+        { label: 'Name', value: (l) => l.name, cell: (l) => l.name ?? '' },
+        // A location only seen in events has no master data yet.
+        { label: 'Type', value: (l) => l.type, cell: (l) => (l.type === 'unknown'
+          ? h('span', { class: 'muted', title: 'Seen in events only: describe it with PUT /v1/locations/{id}' }, 'not described') : l.type) },
+        { label: 'Region', value: (l) => l.region, cell: (l) => l.region ?? '' },
+        ...FIELDS.map((f) => ({ label: LABELS[f], num: true, value: (l) => l.totals[f], cell: (l) => num(l.totals[f]) })),
+        { label: 'Below threshold', num: true, value: (l) => l.totals.belowThreshold, cell: (l) => num(l.totals.belowThreshold) },
+      ],
+    }),
     // Why Available can exceed On hand: say how the totals are made.
     h('p', { class: 'muted', 'data-testid': 'totals-note' },
       'On hand adds every level as it is, negative ones included (sold before they were received); Available counts each level from 0, so it can be higher.'));
@@ -54,12 +64,19 @@ export function mount(main, [id]) {
     h('form', { class: 'bar', onsubmit: (e) => e.preventDefault() },
       h('label', { for: 'status-filter' }, 'Show', status),
       h('label', { for: 'sku-filter' }, 'Filter this page by SKU', filter)),
-    h('div', { class: 'scroll' }, h('table', { 'data-testid': 'location-levels' },
+    h('div', { class: 'scroll tall' }, h('table', { 'data-testid': 'location-levels' },
       h('thead', {}, h('tr', {}, headers)), body)),
     h('div', { class: 'bar' }, prev, next, info));
 
   let levels = [];
-  let cursors = [undefined]; // `after` of each page visited
+  // Where the user was on this location (page, sort, filters): kept for
+  // the tab, so opening an item and coming back returns to it.
+  const place = remembered(`location:${id}`) ?? {};
+  let cursors = place.cursors ?? [undefined]; // `after` of each page visited
+  cursors = cursors.map((c) => c ?? undefined);
+  Object.assign(sort, place.sort ?? {});
+  status.value = place.status ?? '';
+  filter.value = place.filter ?? '';
   let nextAfter = null;
   const rows = new Map();
 
@@ -83,6 +100,7 @@ export function mount(main, [id]) {
     info.textContent = `Page ${cursors.length}: ${shown.length} of ${levels.length} levels shown${nextAfter ? '; more on the next page' : ''}.`;
     prev.disabled = cursors.length <= 1;
     next.disabled = !nextAfter;
+    remember(`location:${id}`, { cursors, sort, status: status.value, filter: filter.value });
   };
 
   const load = async () => {
@@ -102,7 +120,14 @@ export function mount(main, [id]) {
       nextAfter = page.nextAfter;
       render();
       fill(errors);
-    } catch (error) { fill(errors, problem(error)); }
+    } catch (error) {
+      if (error.status === 404) {
+        fill(main, notFound('Location not found', `No location “${id}”: it is not in the location master and no event has named it.`,
+          ['#/locations', '← All locations']));
+        return;
+      }
+      fill(errors, problem(error));
+    }
   };
   status.addEventListener('change', () => { cursors = [undefined]; load(); });
   filter.addEventListener('input', render);

@@ -7,6 +7,27 @@ import { api, all, live, every, coalesce, h, fill, num, ago, time, table, proble
 import { lineChart } from '../chart.js';
 
 const FEED_MAX = 50;
+/** Source groups shown before "Show all". */
+const SOURCES_SHOWN = 6;
+const SEVERITIES = [['CRITICAL', 'act now: out of stock or negative'], ['WARNING', 'soon: low stock, refused reservations'], ['INFO', 'for the record: back in stock, price drops']];
+
+/** Sources grouped by name whatever its case ("erp" and "ERP" are one
+ * system), each with its newest event, its locations and which of them
+ * went quiet; stale groups first. */
+function groupSources(sources) {
+  const groups = new Map();
+  for (const s of sources) {
+    const key = s.sourceSystem.toUpperCase();
+    const g = groups.get(key) ?? { name: key, last: null, events: 0, locations: [], stale: [] };
+    g.events += s.events;
+    g.locations.push(s.locationId);
+    if (!g.last || s.lastReceivedAt > g.last) g.last = s.lastReceivedAt;
+    if (s.stale) g.stale.push(s.locationId);
+    groups.set(key, g);
+  }
+  return [...groups.values()].sort((a, b) => (b.stale.length > 0) - (a.stale.length > 0) || b.stale.length - a.stale.length
+    || a.name.localeCompare(b.name));
+}
 
 function card(label, value, testid) {
   return h('div', { class: 'card' }, h('div', { class: 'label' }, label),
@@ -28,7 +49,10 @@ export function mount(main) {
   const cards = h('div', { class: 'cards' });
   const throughput = h('div', { class: 'panel' });
   const latency = h('div', { class: 'panel' });
-  const feed = h('ul', { class: 'feed', 'aria-live': 'polite', 'data-testid': 'alert-feed' });
+  // Not a live region: a busy feed read aloud would never stop talking.
+  const feed = h('ul', { class: 'feed', 'data-testid': 'alert-feed' });
+  const alertKinds = h('p', { class: 'kinds', 'data-testid': 'alert-kinds' });
+  let showAllSources = false;
   const sources = h('div', {});
   const links = h('section', { class: 'panel', hidden: true, 'data-testid': 'links' });
   const sinks = h('section', { class: 'panel', hidden: true, 'data-testid': 'sinks' });
@@ -40,8 +64,11 @@ export function mount(main) {
     h('div', { class: 'two' },
       h('section', {}, h('h2', {}, 'Events per second'), throughput),
       h('section', {}, h('h2', {}, 'Commit latency'), latency)),
-    h('div', { class: 'two' },
-      h('section', { class: 'panel' }, h('h2', {}, 'Alerts: active, then live'), feed),
+    h('div', { class: 'two aligned' },
+      h('section', { class: 'panel' }, h('h2', {}, 'Alerts: active, then live'),
+        h('p', { class: 'legend', 'data-testid': 'severity-legend' }, SEVERITIES.map(([s, meaning]) =>
+          h('span', {}, h('span', { class: `badge ${s}` }, s.toLowerCase()), ` ${meaning}`))),
+        alertKinds, feed, h('p', {}, h('a', { href: '#/alerts' }, 'All alerts, grouped →'))),
       h('section', { class: 'panel' }, h('h2', {}, 'Source freshness'), sources)),
     links,
     sinks);
@@ -83,15 +110,23 @@ export function mount(main) {
         { name: 'p99', color: '#bc4c00', points: seconds.map((s) => [at(s), s.commitP99Ms]) },
       ],
     }));
-    const list = [...activity.sources].sort((a, b) => (b.stale - a.stale) || a.sourceSystem.localeCompare(b.sourceSystem)
-      || a.locationId.localeCompare(b.locationId));
+    const groups = groupSources(activity.sources);
+    const shown = showAllSources ? groups : groups.slice(0, SOURCES_SHOWN);
+    const quiet = (g) => (g.stale.length === 0 ? h('span', { class: 'muted' }, 'all recent')
+      : h('span', {}, `${g.stale.length} of ${g.locations.length}: `, g.stale.slice(0, 3).map((id, i) => [i ? ', ' : '',
+        h('a', { href: `#/locations/${encodeURIComponent(id)}` }, id)]), g.stale.length > 3 ? ` and ${g.stale.length - 3} more` : ''));
     fill(sources,
-      h('p', { class: 'muted' }, `Highlighted: nothing heard for ${activity.staleAfterSeconds} s or more.`),
-      list.length === 0 ? h('p', { class: 'muted' }, 'No events received since the server started.')
-        : table([{ label: 'Source' }, { label: 'Location' }, { label: 'Last received' }, { label: 'Events', num: true }],
-          list.map((s) => h('tr', { class: s.stale ? 'stale' : null, 'data-testid': 'source-row' },
-            h('td', {}, s.sourceSystem), h('td', {}, h('a', { href: `#/locations/${encodeURIComponent(s.locationId)}` }, s.locationId)),
-            h('td', { title: s.lastReceivedAt }, ago(s.lastReceivedAt)), h('td', { class: 'num' }, num(s.events))))));
+      h('p', { class: 'muted' }, `Highlighted: a location not heard from for ${activity.staleAfterSeconds} s or more.`),
+      groups.length === 0 ? h('p', { class: 'muted' }, 'No events received since the server started.')
+        : table([{ label: 'Source' }, { label: 'Last received' }, { label: 'Locations', num: true }, { label: 'Quiet' }, { label: 'Events', num: true }],
+          shown.map((g) => h('tr', { class: g.stale.length ? 'stale' : null, 'data-testid': 'source-row' },
+            h('td', {}, g.name), h('td', { title: g.last }, ago(g.last)),
+            // A few locations are named; many are counted.
+            h('td', { class: 'num', title: g.locations.slice(0, 50).join(', ') }, g.locations.length <= 3 ? g.locations.sort().join(', ') : num(g.locations.length)),
+            h('td', {}, quiet(g)), h('td', { class: 'num' }, num(g.events))))),
+      groups.length > SOURCES_SHOWN ? h('button', { type: 'button', 'data-testid': 'sources-all',
+        onclick: () => { showAllSources = !showAllSources; renderActivity(); } },
+      showAllSources ? 'Show fewer' : `Show all ${groups.length} sources`) : null);
     renderCards();
   };
 
@@ -99,6 +134,13 @@ export function mount(main) {
     const page = await api('/v1/alerts?active=true&limit=' + FEED_MAX);
     fill(feed, page.alerts.length ? page.alerts.map(alertItem) : h('li', { class: 'muted' }, 'No active alerts.'));
     renderCards();
+  };
+  // What is active, by kind: the count tells more than a scrolling feed.
+  const renderKinds = (active) => {
+    const counts = new Map();
+    for (const a of active) counts.set(a.kind, { n: (counts.get(a.kind)?.n ?? 0) + 1, severity: a.severity });
+    fill(alertKinds, counts.size === 0 ? null : [...counts].sort((a, b) => b[1].n - a[1].n).map(([kind, { n, severity }]) =>
+      h('a', { class: `badge ${severity}`, href: `#/alerts/${encodeURIComponent(kind)}` }, `${kind.replaceAll('_', ' ').toLowerCase()} × ${num(n)}`)));
   };
 
   const stopActivity = every(1000, async () => {
@@ -115,6 +157,7 @@ export function mount(main) {
     totals = sum;
     const active = await api('/v1/alerts?active=true&limit=1000');
     activeAlerts = active.nextAfter ? '1,000+' : num(active.alerts.length);
+    renderKinds(active.alerts);
     renderCards();
   });
   const stopLinks = every(2000, async () => {

@@ -4,6 +4,8 @@
 
 import { api, all, live, coalesce, h, fill, num, time, problem } from '../api.js';
 
+const money = (n) => `$${n.toFixed(2)}`;
+
 const PAGE = 60;
 const HOLD_SECONDS = 900;
 const THRESHOLD_DEFAULT = 10;
@@ -17,7 +19,14 @@ function availabilityText(available, threshold) {
 export function mount(main) {
   const errors = h('div', {});
   const grid = h('div', { class: 'products', 'aria-label': 'Products' });
-  const cartList = h('ul', { class: 'feed' });
+  const cartList = h('ul', { class: 'cart-lines', 'data-testid': 'cart-lines' });
+  const subtotal = h('p', { class: 'subtotal', 'data-testid': 'cart-subtotal' });
+  const cartPanel = h('aside', { class: 'panel', id: 'cart', 'aria-label': 'Cart', tabindex: '-1' });
+  // Said once per add, politely: a screen reader hears it, nothing chatters.
+  const said = h('p', { class: 'sr-only', 'aria-live': 'polite', 'data-testid': 'cart-said' });
+  const barText = h('span', { 'data-testid': 'cart-bar-text' });
+  const bar = h('div', { class: 'cartbar', 'data-testid': 'cart-bar' }, barText,
+    h('button', { type: 'button', onclick: () => { cartPanel.scrollIntoView({ block: 'start' }); cartPanel.focus({ preventScroll: true }); } }, 'View cart'));
   const checkout = h('button', { type: 'button', class: 'primary', 'data-testid': 'checkout', 'data-needs': 'orders' }, 'Check out');
   const result = h('div', { 'aria-live': 'polite', 'data-testid': 'order-result' });
   const where = h('select', { id: 'shop-location' });
@@ -30,8 +39,10 @@ export function mount(main) {
     errors,
     h('div', { class: 'shop' },
       h('section', {}, grid),
-      h('aside', { class: 'panel', 'aria-label': 'Cart' }, h('h2', {}, 'Cart'), cartList, checkout,
-        h('p', { class: 'muted', 'data-lacks': 'orders' }, 'Checking out needs a token with the orders role.'), result)));
+      fill(cartPanel, h('h2', {}, 'Cart'), cartList, subtotal, checkout,
+        h('p', { class: 'muted', 'data-lacks': 'orders' }, 'Checking out needs a token with the orders role.'), result)),
+    said, bar);
+  main.classList.add('has-cartbar');
 
   let location = null;
   let products = [];
@@ -39,15 +50,34 @@ export function mount(main) {
   const cards = new Map(); // sku -> {status, button, product}
   const cart = new Map(); // sku -> quantity
 
+  const productOf = (sku) => products.find((x) => x.sku === sku);
+  const setQuantity = (sku, quantity) => {
+    if (quantity > 0) cart.set(sku, quantity); else cart.delete(sku);
+    renderCart();
+    renderCard(sku);
+  };
   const renderCart = () => {
     const lines = [...cart.entries()];
+    let count = 0;
+    let sum = 0;
     fill(cartList, lines.length === 0 ? h('li', { class: 'muted' }, 'Your cart is empty.')
       : lines.map(([sku, quantity]) => {
-        const p = products.find((x) => x.sku === sku);
-        return h('li', { 'data-testid': 'cart-line' }, `${quantity} × ${p?.name ?? sku} `,
-          h('button', { type: 'button', 'aria-label': `Remove one ${p?.name ?? sku}`,
-            onclick: () => { if (cart.get(sku) > 1) cart.set(sku, cart.get(sku) - 1); else cart.delete(sku); renderCart(); renderCard(sku); } }, '−'));
+        const p = productOf(sku);
+        const name = p?.name ?? sku;
+        count += quantity;
+        sum += (p?.price ?? 0) * quantity;
+        const most = stock.get(sku) ?? 0;
+        return h('li', { 'data-testid': 'cart-line', 'data-sku': sku },
+          h('span', {}, name, h('br', {}), h('span', { class: 'muted' }, p?.price != null ? `${money(p.price)} each` : sku)),
+          h('span', { class: 'num' }, p?.price != null ? money(p.price * quantity) : ''),
+          h('span', { class: 'qty' },
+            h('button', { type: 'button', 'aria-label': `One fewer ${name}`, onclick: () => setQuantity(sku, quantity - 1) }, '−'),
+            h('span', { 'data-testid': 'cart-quantity', 'aria-label': `${quantity} in cart` }, String(quantity)),
+            h('button', { type: 'button', 'aria-label': `One more ${name}`, disabled: quantity >= most, onclick: () => setQuantity(sku, quantity + 1) }, '+')));
       }));
+    const items = `${count} ${count === 1 ? 'item' : 'items'}`;
+    fill(subtotal, lines.length === 0 ? null : [h('span', {}, `Subtotal (${items})`), h('span', {}, money(sum))]);
+    barText.textContent = lines.length === 0 ? 'Your cart is empty' : `Cart: ${items} · ${money(sum)}`;
     checkout.disabled = lines.length === 0;
   };
 
@@ -69,9 +99,14 @@ export function mount(main) {
     fill(grid, shown.slice(0, showing).map((p) => {
       const status = h('p', { class: 'availability', 'data-testid': 'availability' });
       const button = h('button', { type: 'button', class: 'primary', onclick: () => {
-        cart.set(p.sku, (cart.get(p.sku) ?? 0) + 1);
-        renderCart();
-        renderCard(p.sku);
+        setQuantity(p.sku, (cart.get(p.sku) ?? 0) + 1);
+        // Seen where the user looks: the button says it, for a moment.
+        const inCart = cart.get(p.sku);
+        button.textContent = `Added ✓ (${inCart} in cart)`;
+        button.classList.add('added');
+        clearTimeout(button.reset);
+        button.reset = setTimeout(() => { button.textContent = 'Add to cart'; button.classList.remove('added'); }, 1500);
+        said.textContent = `Added ${p.name} to the cart: ${inCart} in cart.`;
       } }, 'Add to cart');
       cards.set(p.sku, { status, button, product: p });
       const card = h('article', { class: 'card product', 'data-sku': p.sku },
@@ -97,6 +132,7 @@ export function mount(main) {
   const paint = coalesce(() => {
     if (loading) return;
     for (const [sku, available] of pending) { stock.set(sku, available); renderCard(sku); }
+    if ([...pending.keys()].some((sku) => cart.has(sku))) renderCart();
     pending.clear();
   });
   const open = async () => {
@@ -120,11 +156,15 @@ export function mount(main) {
     try {
       const order = await api('/v1/orders', { method: 'POST', body: { orderId, lines, mode: 'all_or_nothing', holdSeconds: HOLD_SECONDS } });
       const ok = order.status === 'reserved';
+      const priced = (l) => (productOf(l.sku)?.price ?? 0) * l.reserved;
       fill(result,
         h('p', { class: ok ? 'ok' : 'error', 'data-testid': 'order-status' },
           ok ? `Reserved: order ${order.orderId}` : `Not reserved (${order.status.replaceAll('_', ' ')}): order ${order.orderId}`),
-        h('ul', {}, order.lines.map((l) => h('li', {}, `${l.sku}: ${l.reserved} of ${l.requested} reserved`,
+        h('ul', { 'data-testid': 'order-lines' }, order.lines.map((l) => h('li', {},
+          `${productOf(l.sku)?.name ?? l.sku}: ${l.reserved} of ${l.requested} reserved`,
+          l.reserved > 0 && productOf(l.sku)?.price != null ? `, ${money(priced(l))}` : '',
           l.reason ? ` (${l.reason.replaceAll('_', ' ')})` : ''))),
+        ok ? h('p', {}, `Total ${money(order.lines.reduce((sum, l) => sum + priced(l), 0))}`) : null,
         order.expiresAt ? h('p', { class: 'muted' }, `Held until ${time(order.expiresAt)}.`) : null);
       const bought = [...cart.keys()];
       if (ok) cart.clear();
@@ -142,15 +182,18 @@ export function mount(main) {
     try {
       const [catalog, locations] = await Promise.all([all('/v1/products', 'products'), all('/v1/locations', 'locations')]);
       products = catalog;
-      // Web shops first; any location can be sold from.
-      locations.sort((a, b) => (b.type === 'online') - (a.type === 'online') || a.locationId.localeCompare(b.locationId));
-      fill(where, locations.map((l) => h('option', { value: l.locationId }, `${l.name ?? l.locationId} (${l.locationId})`)));
-      location = locations[0]?.locationId ?? 'ONLINE';
+      // Web shops first; any described location can be sold from. One
+      // only seen in events (type unknown: no name, no address) is not a
+      // place a shopper could choose.
+      const described = locations.filter((l) => l.type !== 'unknown');
+      described.sort((a, b) => (b.type === 'online') - (a.type === 'online') || a.locationId.localeCompare(b.locationId));
+      fill(where, described.map((l) => h('option', { value: l.locationId }, `${l.name ?? l.locationId} (${l.locationId})`)));
+      location = described[0]?.locationId ?? 'ONLINE';
       where.value = location;
       renderCart();
       if (products.length === 0) fill(grid, h('p', { class: 'muted' }, 'The catalog is empty: POST /v1/products, or run `stockflow demo`.'));
       await open();
     } catch (error) { fill(errors, problem(error)); }
   })();
-  return () => stopLive();
+  return () => { stopLive(); main.classList.remove('has-cartbar'); };
 }

@@ -26,16 +26,45 @@ async function api(path, body) {
   return data;
 }
 
-async function open(hash, ready) {
+/** Opens a page afresh: what the tab remembered of earlier visits (a
+ * sort, a filter, a page) is forgotten first, so each test starts clean. */
+async function open(hash, ready, { keep = false } = {}) {
+  if (!keep) await page.evaluate(() => sessionStorage.clear()).catch(() => {});
   await page.goto(`${URL}/#/${hash}`);
   await page.locator(ready).first().waitFor();
+}
+
+/** What a person would notice is wrong with the page as it is now. */
+async function looksRight(what) {
+  const found = await page.evaluate(() => {
+    const main = document.querySelector('main');
+    return {
+      undefined: /\bundefined\b|\bNaN\b|\[object Object\]/.test(document.body.innerText),
+      sideways: document.documentElement.scrollWidth - window.innerWidth,
+      mainOverflow: main.scrollWidth - main.clientWidth,
+    };
+  });
+  assert.equal(found.undefined, false, `${what}: "undefined", NaN or [object Object] on screen`);
+  assert.ok(found.sideways <= 0, `${what}: the page scrolls sideways by ${found.sideways}px`);
+  assert.ok(found.mainOverflow <= 0, `${what}: the main column overflows by ${found.mainOverflow}px`);
+}
+
+/** Console errors of the expected 404s (a page for what does not exist)
+ * are taken out; anything else stays to fail the test. */
+function drop404s(count) {
+  const notFound = (e) => /status of 404/.test(e);
+  assert.equal(pageErrors.filter(notFound).length, count, JSON.stringify(pageErrors));
+  const rest = pageErrors.filter((e) => !notFound(e));
+  pageErrors.length = 0;
+  pageErrors.push(...rest);
 }
 
 async function shot(name) {
   await page.screenshot({ path: `${SHOTS}/${name}.png`, fullPage: true });
 }
 
-test('every view loads with no script errors', async () => {
+test('every page loads at 1440 and 390 px wide: no script errors, nothing off-screen, no "undefined"', async (t) => {
+  t.after(() => page.setViewportSize({ width: 1280, height: 900 }));
   const views = [
     ['', '[data-testid="events-per-second"]', 'overview'],
     ['items', 'input#item-search', 'items'],
@@ -46,12 +75,22 @@ test('every view loads with no script errors', async () => {
     ['simulator', '[data-testid="sim-state"]', 'simulator'],
     ['alerts', 'table tbody tr', 'alerts'],
     ['dead-letters', '[data-testid="dead-letter-row"], [data-testid="no-letters"]', 'dead-letters'],
+    ['no-such-page', '[data-testid="not-found"]', 'not-found'],
+    ['items/NO-SUCH-SKU', '[data-testid="not-found"]', 'item-not-found'],
   ];
-  for (const [hash, ready, name] of views) {
-    await open(hash, ready);
-    await page.waitForTimeout(300);
-    await shot(name);
+  for (const [width, height, size] of [[1440, 900, 'desktop'], [390, 844, 'phone']]) {
+    await page.setViewportSize({ width, height });
+    for (const [hash, ready, name] of views) {
+      await open(hash, ready);
+      await page.waitForTimeout(300);
+      await looksRight(`#/${hash} at ${width} px`);
+      await shot(`${name}-${size}`);
+    }
   }
+  // The unknown item's page asked for it (and its stock) twice.
+  drop404s(4);
+  assert.match(await page.textContent('main'), /No item “NO-SUCH-SKU”/);
+  await page.setViewportSize({ width: 1280, height: 900 });
   // The totals come from the seeded demo world, not from a placeholder.
   await open('', '[data-testid="events-per-second"]');
   await page.waitForFunction(() => /\d/.test(document.querySelector('[data-testid="total-on-hand"]').textContent));
@@ -153,8 +192,9 @@ test('checking out in the storefront reserves stock and the availability drops',
   await page.waitForFunction(() => /\d|Out/.test(document.querySelector('.product[data-sku="SKU-00007"] [data-testid="availability"]').textContent));
   const level = await api('/v1/stock/SKU-00007/ONLINE');
   assert.ok(level.available >= 2, 'the demo seeds stock online');
-  await card.locator('button', { hasText: 'Add to cart' }).click();
-  await card.locator('button', { hasText: 'Add to cart' }).click();
+  // The button says "Added ✓ (1 in cart)" for a moment, and adds again.
+  await card.locator('button').click();
+  await card.locator('button', { hasText: 'Added ✓ (1 in cart)' }).click();
   assert.equal(await page.locator('[data-testid="cart-line"]').count(), 1);
   await page.click('[data-testid="checkout"]');
   await page.locator('[data-testid="order-status"]').waitFor();
@@ -449,5 +489,152 @@ test('alerts and dead letters filter', async () => {
   assert.ok(await page.evaluate(filtered), 'a late unfiltered answer replaced the filtered list');
   await page.locator('[data-testid="alert-row"]', { hasText: 'STORE-002' }).first().waitFor();
   await shot('alerts-filtered');
+  assert.deepEqual(pageErrors, []);
+});
+
+test('on a phone the menu folds, and the cart follows the shopper with its count, prices and + and −', async (t) => {
+  await page.setViewportSize({ width: 390, height: 844 });
+  t.after(() => page.setViewportSize({ width: 1280, height: 900 }));
+  await open('shop', '.product[data-sku="SKU-00003"]');
+  // One header row: the pages are behind "Menu".
+  assert.equal(await page.isVisible('nav#pages a[href="#/items"]'), false, 'the menu starts folded');
+  const header = await page.locator('header.top').boundingBox();
+  assert.ok(header.height < 64, `the header is ${header.height}px tall`);
+  await page.click('#menu');
+  assert.equal(await page.getAttribute('#menu', 'aria-expanded'), 'true');
+  await page.click('nav#pages a[href="#/items"]');
+  await page.locator('#item-search').waitFor();
+  assert.equal(await page.isVisible('nav#pages a[href="#/items"]'), false, 'choosing a page folds the menu');
+
+  await open('shop', '.product[data-sku="SKU-00003"]');
+  await page.waitForFunction(() => /\d/.test(document.querySelector('.product[data-sku="SKU-00003"] [data-testid="availability"]').textContent));
+  const product = (await api('/v1/products?q=SKU-00003')).products.find((p) => p.sku === 'SKU-00003');
+  const level = await api('/v1/stock/SKU-00003/ONLINE');
+  assert.ok(level.available >= 3, 'the demo seeds stock online');
+  const card = page.locator('.product[data-sku="SKU-00003"]');
+  await card.scrollIntoViewIfNeeded();
+  await card.locator('button').click();
+  // Feedback where the shopper looks, and the bar in view wherever they are.
+  assert.match(await card.locator('button').textContent(), /Added ✓ \(1 in cart\)/);
+  const bar = page.locator('[data-testid="cart-bar"]');
+  const box = await bar.boundingBox();
+  assert.ok(box && box.y >= 0 && box.y + box.height <= 844, `the cart bar is off-screen: ${JSON.stringify(box)}`);
+  const money = (n) => `$${n.toFixed(2)}`;
+  assert.equal(await page.textContent('[data-testid="cart-bar-text"]'), `Cart: 1 item · ${money(product.price)}`);
+  await page.click('[data-testid="cart-bar"] button');
+  await page.waitForFunction(() => {
+    const r = document.getElementById('cart').getBoundingClientRect();
+    return r.top >= 0 && r.top < window.innerHeight;
+  });
+  const line = page.locator('[data-testid="cart-line"][data-sku="SKU-00003"]');
+  assert.match(await line.textContent(), new RegExp(`${product.name}.*${money(product.price).replace('$', '\\$')} each`));
+  await line.locator(`button[aria-label="One more ${product.name}"]`).click();
+  await line.locator(`button[aria-label="One more ${product.name}"]`).click();
+  assert.equal(await line.locator('[data-testid="cart-quantity"]').textContent(), '3');
+  await line.locator(`button[aria-label="One fewer ${product.name}"]`).click();
+  assert.equal(await line.locator('[data-testid="cart-quantity"]').textContent(), '2');
+  assert.match(await page.textContent('[data-testid="cart-subtotal"]'), new RegExp(`Subtotal \\(2 items\\)${money(2 * product.price).replace('$', '\\$')}`));
+  assert.equal(await page.textContent('[data-testid="cart-bar-text"]'), `Cart: 2 items · ${money(2 * product.price)}`);
+  await page.click('[data-testid="checkout"]');
+  await page.locator('[data-testid="order-status"]').waitFor();
+  assert.match(await page.textContent('[data-testid="order-status"]'), /^Reserved/);
+  assert.match(await page.textContent('[data-testid="order-lines"]'), new RegExp(`${product.name}: 2 of 2 reserved, ${money(2 * product.price).replace('$', '\\$')}`));
+  assert.equal(await page.textContent('[data-testid="cart-bar-text"]'), 'Your cart is empty');
+  // Where to sell from: only locations a shopper could choose.
+  const options = await page.$$eval('#shop-location option', (os) => os.map((o) => o.textContent));
+  assert.ok(options.length > 0 && options.every((o) => !/unknown/i.test(o)), JSON.stringify(options));
+  await looksRight('the storefront after checkout at 390 px');
+  await shot('storefront-cart-phone');
+  assert.deepEqual(pageErrors, []);
+});
+
+test('locations sort and filter, keep the header in view, and pages keep their place', async () => {
+  await open('locations', '[data-testid="locations"] tbody tr');
+  await page.fill('#locations-filter', 'west');
+  await page.waitForFunction(() => [...document.querySelectorAll('[data-testid="locations"] tbody tr')]
+    .every((r) => /west/i.test(r.textContent)));
+  const all = (await api('/v1/locations?limit=1000')).locations;
+  const west = all.filter((l) => [l.locationId, l.name, l.type, l.region].join(' ').toLowerCase().includes('west'));
+  assert.equal(await page.locator('[data-testid="locations"] tbody tr').count(), west.length);
+  assert.equal(await page.textContent('[data-testid="locations-count"]'), `${west.length} of ${all.length} shown`);
+  await page.click('[data-testid="locations"] th button:has-text("On hand")');
+  await page.click('[data-testid="locations"] th button:has-text("On hand")');
+  const onHand = await page.$$eval('[data-testid="locations"] tbody tr td:nth-child(5)', (tds) => tds.map((td) => Number(td.textContent.replace(/,/g, '').replace('\u2212', '-'))));
+  assert.deepEqual(onHand, [...onHand].sort((a, b) => b - a), 'descending by on hand');
+  // Away and back: the filter and the sort are as they were left.
+  await page.click('[data-testid="locations"] tbody tr th a');
+  await page.locator('[data-testid="location-levels"] tbody tr').first().waitFor();
+  await page.goBack();
+  await page.locator('[data-testid="locations"] tbody tr').first().waitFor();
+  assert.equal(await page.inputValue('#locations-filter'), 'west');
+  assert.equal(await page.getAttribute('[data-testid="locations"] th:has(button:has-text("On hand"))', 'aria-sort'), 'descending');
+
+  // A long table scrolls in its box with its header row in view.
+  await open('locations/BIG-DC', '[data-testid="location-levels"] tbody tr');
+  await page.click('button:has-text("Next")');
+  await page.locator('tr[data-sku="BIG-000200"]').waitFor();
+  await page.$eval('[data-testid="location-levels"]', (table) => { table.parentElement.scrollTop = 2000; });
+  const header = await page.$eval('[data-testid="location-levels"] thead th', (th) => {
+    const box = th.parentElement.closest('.scroll').getBoundingClientRect();
+    return th.getBoundingClientRect().top - box.top;
+  });
+  assert.ok(Math.abs(header) < 2, `the header row scrolled away (${header}px from the top of its box)`);
+  // Page 2, then an item, then back: still page 2.
+  await page.click('tr[data-sku="BIG-000200"] th a');
+  await page.locator('[data-testid="levels"] tbody tr').first().waitFor();
+  await page.goBack();
+  await page.locator('tr[data-sku="BIG-000200"]').waitFor();
+  assert.match(await page.textContent('main'), /Page 2:/);
+  assert.deepEqual(pageErrors, []);
+});
+
+test('alerts group by SKU with counts, say each kind in its own words, and the overview explains severities', async () => {
+  const sku = `GRP-${Date.now()}`;
+  await api('/v1/products', [{ sku, name: 'Grouped thing', lowStockThreshold: 5 }]);
+  // Two stores: low (3 < 5), then out of stock at one of them.
+  await api('/v1/events', [
+    { eventId: `${sku}-r1`, eventType: 'RECEIPT', sku, locationId: 'STORE-001', quantity: 3 },
+    { eventId: `${sku}-r2`, eventType: 'RECEIPT', sku, locationId: 'STORE-002', quantity: 3 },
+    { eventId: `${sku}-s2`, eventType: 'SALE', sku, locationId: 'STORE-002', quantity: 3 },
+  ]);
+  const alerts = (await api(`/v1/alerts?sku=${sku}`)).alerts;
+  assert.ok(alerts.length >= 3, JSON.stringify(alerts));
+  await open('alerts', 'table');
+  await page.fill('#alert-sku', sku);
+  await page.selectOption('#alert-group', 'locationId');
+  await page.click('button:has-text("Apply")');
+  await page.locator('[data-testid="alert-group"]').first().waitFor();
+  const groups = await page.$$eval('[data-testid="alert-group"]', (rows) => rows.map((r) => [r.children[0].textContent, Number(r.children[1].textContent)]));
+  const want = {};
+  for (const a of alerts) want[a.locationId] = (want[a.locationId] ?? 0) + 1;
+  assert.deepEqual(Object.fromEntries(groups.map(([name, n]) => [name.replace(/^(critical|warning|info) /, ''), n])), want);
+  assert.match(groups[0][0], /^critical STORE-002/, 'the worst group first');
+  // A group opens as the list of its alerts; a threshold only where one applies.
+  await page.locator('[data-testid="alert-group"]', { hasText: 'STORE-001' }).locator('button').click();
+  await page.locator('[data-testid="alert-row"]').first().waitFor();
+  assert.equal(await page.inputValue('#alert-location'), 'STORE-001');
+  assert.equal(await page.textContent('[data-testid="alert-row"] [data-testid="alert-detail"]'), 'available 3, below 5');
+  assert.equal(await page.locator('th', { hasText: 'Threshold' }).count(), 0);
+  await shot('alerts-grouped');
+  await open('', '[data-testid="severity-legend"]');
+  assert.match(await page.textContent('[data-testid="severity-legend"]'), /critical.*warning.*info/s);
+  await looksRight('the overview');
+  assert.deepEqual(pageErrors, []);
+});
+
+test('the charts show values on hover, and equal lines stay apart', async () => {
+  await open('', 'figure.chart svg');
+  await page.waitForFunction(() => document.querySelectorAll('figure.chart path').length >= 3);
+  const chart = page.locator('figure.chart svg').first();
+  const box = await chart.boundingBox();
+  await page.mouse.move(box.x + box.width - 20, box.y + box.height / 2);
+  const tip = page.locator('[data-testid="chart-tip"]').first();
+  await tip.waitFor();
+  assert.match(await tip.textContent(), /\d{2}:\d{2}:\d{2}.*accepted: [\d,]+/s);
+  // On hand and available are often the same: one solid, one dashed.
+  await open('items/SKU-00002', '[data-testid="levels"] tbody tr');
+  await page.locator('figure.chart svg path').nth(1).waitFor({ state: 'attached' });
+  const dashes = await page.$$eval('figure.chart svg path', (paths) => paths.map((p) => p.getAttribute('stroke-dasharray')));
+  assert.deepEqual(dashes, ['none', '6 4']);
   assert.deepEqual(pageErrors, []);
 });
