@@ -84,22 +84,24 @@ async fn seed_catalog(
         }
     }
     locations.push(serde_json::json!({"locationId": catalog.online, "name": "Web shop", "type": "online", "channel": "ecommerce"}));
-    const CATEGORIES: [(&str, &str); 5] = [
-        ("Footwear", "Trail shoe"),
-        ("Outerwear", "Rain jacket"),
-        ("Camping", "Headlamp"),
-        ("Accessories", "Wool socks"),
-        ("Electronics", "GPS watch"),
+    // Thresholds a planner would set: a few days of sales, fewer units
+    // of what costs more.
+    const CATEGORIES: [(&str, &str, i64); 5] = [
+        ("Footwear", "Trail shoe", 8),
+        ("Outerwear", "Rain jacket", 8),
+        ("Camping", "Headlamp", 10),
+        ("Accessories", "Wool socks", 12),
+        ("Electronics", "GPS watch", 4),
     ];
     let products: Vec<serde_json::Value> = catalog
         .skus
         .iter()
         .enumerate()
         .map(|(i, sku)| {
-            let (category, name) = CATEGORIES[i % CATEGORIES.len()];
+            let (category, name, threshold) = CATEGORIES[i % CATEGORIES.len()];
             serde_json::json!({"sku": sku, "name": format!("{name} {}", i + 1), "category": category,
                                "price": (1999 + (i as i64 * 250) % 18000) as f64 / 100.0,
-                               "lowStockThreshold": 15})
+                               "lowStockThreshold": threshold})
         })
         .collect();
     for (path, items) in [("locations", locations), ("products", products)] {
