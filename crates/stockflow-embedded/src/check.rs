@@ -47,16 +47,19 @@ fn verdict<P: std::ops::Deref<Target = Partition>>(
             let by_book = held.remove(&key).unwrap_or_default();
             let holds: i64 = by_book.values().sum();
             let reserved = view.level.reserved;
-            if reserved < holds || (strict && reserved != holds) {
+            // The same level is named the same way with and without
+            // `strict`, which only decides whether units reserved beyond
+            // the orders' holds fail the check.
+            if reserved < holds {
                 violations += 1;
-                if problems.len() < SHOWN_MAX {
-                    problems.push(format!(
-                        "{}@{}: reserved {reserved} but live orders hold {holds}",
-                        key.0, key.1
-                    ));
-                }
             } else if reserved > holds {
                 unheld += 1;
+            }
+            if (reserved < holds || (strict && reserved > holds)) && problems.len() < SHOWN_MAX {
+                problems.push(format!(
+                    "{}@{}: reserved {reserved} but live orders hold {holds}",
+                    key.0, key.1
+                ));
             }
             let at_level: BTreeMap<String, i64> = view
                 .level
@@ -118,7 +121,7 @@ fn verdict<P: std::ops::Deref<Target = Partition>>(
         }
     }
     json!({
-        "ok": violations == 0 && rollup_mismatches == 0,
+        "ok": violations == 0 && rollup_mismatches == 0 && !(strict && unheld > 0),
         "levels": levels,
         "liveOrders": book.orders.values().filter(|o| o.status.is_live()).count(),
         "holdViolations": violations,
@@ -171,7 +174,11 @@ mod tests {
         let answer = verdict_of(&engine, false);
         assert_eq!(answer["ok"], true, "{answer}");
         assert_eq!(answer["reservationsNotHeldByOrders"], 1);
+        // With strict, the same level under the same name, now failing.
         let strict = verdict_of(&engine, true);
+        assert_eq!(strict["ok"], false, "{strict}");
+        assert_eq!(strict["reservationsNotHeldByOrders"], 1);
+        assert_eq!(strict["holdViolations"], 0);
         assert_eq!(
             strict["problems"],
             json!(["A@S1: reserved 5 but live orders hold 3"])
