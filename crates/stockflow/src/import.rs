@@ -24,6 +24,9 @@ use stockflow_service::sources::{translate, Input, Sources};
 
 /// Messages per request or per submitted batch.
 pub const BATCH_MESSAGES: usize = 5_000;
+/// Batches submitted to the data directory's pipeline before the oldest
+/// one's receipt is awaited.
+const IN_FLIGHT: usize = 4;
 /// A JSON-array file is parsed whole; NDJSON has no such limit.
 pub const JSON_ARRAY_BYTES_MAX: u64 = 1 << 30;
 /// Attempts per batch when the server answers 429/503.
@@ -337,6 +340,24 @@ fn to_data_dir(
     let pipeline = Pipeline::start(&config, recovered)?;
     let source = format!("import:{format}");
     let mut summary = Summary::default();
+    // Several batches in flight: the next is parsed and sequenced while
+    // the last is fsynced and applied, and the log commits them as one
+    // group. Receipts are taken in order, each after its batch is
+    // durable and applied, as the server answers a request.
+    let mut in_flight = std::collections::VecDeque::with_capacity(IN_FLIGHT);
+    let settle = |(pending, first, messages, bytes): (
+        stockflow_embedded::pipeline::Pending,
+        u64,
+        usize,
+        u64,
+    ),
+                  summary: &mut Summary| {
+        let receipt = pending.blocking_recv()?;
+        summary.messages += messages as u64;
+        summary.add(first, &receipt);
+        progress.inc(bytes);
+        Ok::<_, anyhow::Error>(())
+    };
     let result = (|| {
         while let Some((chunk, bytes)) = chunks.blocking_recv() {
             let framing = BodyFormat::Ndjson;
@@ -346,13 +367,17 @@ fn to_data_dir(
                 }
                 None => parse_body(chunk.body.as_bytes(), framing, usize::MAX)?,
             };
-            let receipt = pipeline
+            let pending = pipeline
                 .submit_blocking(parsed, &source)
-                .map_err(anyhow::Error::from)?
-                .blocking_recv()?;
-            summary.messages += chunk.messages as u64;
-            summary.add(chunk.first_message, &receipt);
-            progress.inc(bytes);
+                .map_err(anyhow::Error::from)?;
+            in_flight.push_back((pending, chunk.first_message, chunk.messages, bytes));
+            if in_flight.len() >= IN_FLIGHT {
+                let oldest = in_flight.pop_front().expect("not empty");
+                settle(oldest, &mut summary)?;
+            }
+        }
+        while let Some(oldest) = in_flight.pop_front() {
+            settle(oldest, &mut summary)?;
         }
         Ok::<_, anyhow::Error>(())
     })();

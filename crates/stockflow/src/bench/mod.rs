@@ -224,6 +224,40 @@ async fn ingest(
 /// HTTP path: 4 clients at full speed, the same over TLS to a server
 /// that wants tokens and against a plain one again, then a paced run for
 /// latency, then GETs.
+/// `import --data-dir` of a canonical NDJSON file of the workload into an
+/// empty data directory, the whole process from file to state: read,
+/// parse, dedup, log, fsync, apply, history, roll-ups, alerts. Returns
+/// events/s.
+pub async fn import(options: &BenchOptions) -> anyhow::Result<f64> {
+    use std::io::Write;
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("events.ndjson");
+    {
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&file)?);
+        for body in workload(options, options.engine_batch) {
+            out.write_all(body.as_bytes())?;
+        }
+        out.flush()?;
+    }
+    let data = dir.path().join("data");
+    let started = Instant::now();
+    let summary = crate::import::run(
+        &file,
+        "canonical",
+        crate::import::Target::DataDir(data),
+        Default::default(),
+        stockflow_service::sources::Sources::default(),
+    )
+    .await?;
+    let seconds = started.elapsed().as_secs_f64();
+    let rate = summary.messages as f64 / seconds;
+    println!(
+        "import: {} events from a file into an empty data dir in {seconds:.2} s: {rate:.0} events/s",
+        summary.messages
+    );
+    Ok(rate)
+}
+
 pub async fn http(options: &BenchOptions) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let server = Server::start(Config::new(dir.path().to_owned()), "127.0.0.1:0".parse()?).await?;
