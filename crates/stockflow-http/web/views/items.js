@@ -22,10 +22,12 @@ function search(main) {
   const place = { q: '', cursors: [null], key: 0, dir: 1, ...remembered('items') };
   const input = h('input', { type: 'search', id: 'item-search', name: 'q', value: place.q, autocomplete: 'off',
     placeholder: 'e.g. SKU-00001 or headlamp' });
-  const results = h('div', { 'aria-live': 'polite' });
+  // Not a live region: a table read aloud at each keystroke is noise.
+  // The page line below says, politely, what was found.
+  const results = h('div', {});
   const prev = h('button', { type: 'button', onclick: () => { place.cursors.pop(); run(); } }, '← Previous');
   const next = h('button', { type: 'button' }, 'Next →');
-  const info = h('span', { class: 'muted', 'data-testid': 'items-page' });
+  const info = h('span', { class: 'muted', role: 'status', 'data-testid': 'items-page' });
   let timer;
   let asked = 0;
   let products = [];

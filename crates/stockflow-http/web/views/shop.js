@@ -184,8 +184,9 @@ export function mount(main) {
       products = catalog;
       // Web shops first; any described location can be sold from. One
       // only seen in events (type unknown: no name, no address) is not a
-      // place a shopper could choose.
-      const described = locations.filter((l) => l.type !== 'unknown');
+      // place a shopper could choose, unless no location is described.
+      const known = locations.filter((l) => l.type !== 'unknown');
+      const described = known.length > 0 ? known : locations;
       described.sort((a, b) => (b.type === 'online') - (a.type === 'online') || a.locationId.localeCompare(b.locationId));
       fill(where, described.map((l) => h('option', { value: l.locationId }, `${l.name ?? l.locationId} (${l.locationId})`)));
       location = described[0]?.locationId ?? 'ONLINE';

@@ -45,8 +45,44 @@ async function looksRight(what) {
     };
   });
   assert.equal(found.undefined, false, `${what}: "undefined", NaN or [object Object] on screen`);
+  const faint = await page.evaluate(lowContrast);
+  assert.deepEqual(faint, [], `${what}: text below WCAG AA contrast`);
   assert.ok(found.sideways <= 0, `${what}: the page scrolls sideways by ${found.sideways}px`);
   assert.ok(found.mainOverflow <= 0, `${what}: the main column overflows by ${found.mainOverflow}px`);
+}
+
+/** Visible text whose contrast with what is behind it is below WCAG AA
+ * (4.5:1, or 3:1 for large text); disabled controls are exempt. Runs in
+ * the page. */
+function lowContrast() {
+  const rgb = (c) => (c.match(/[\d.]+/g) ?? []).map(Number);
+  const lum = ([r, g, b]) => {
+    const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
+    return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
+  };
+  const behind = (el) => {
+    for (let e = el; e; e = e.parentElement) {
+      const c = rgb(getComputedStyle(e).backgroundColor);
+      if (c.length === 3 || (c.length === 4 && c[3] === 1)) return c.slice(0, 3);
+    }
+    return [255, 255, 255];
+  };
+  const out = [];
+  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+    const el = node.parentElement;
+    if (!node.textContent.trim() || !el.checkVisibility?.() || el.closest('[disabled], .sr-only, .skip, svg, option')) continue;
+    const box = el.getBoundingClientRect();
+    if (box.width === 0 || box.height === 0) continue;
+    const style = getComputedStyle(el);
+    const [a, b] = [lum(rgb(style.color).slice(0, 3)), lum(behind(el))];
+    const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+    const size = parseFloat(style.fontSize);
+    const large = size >= 24 || (size >= 18.66 && Number(style.fontWeight) >= 700);
+    if (ratio < (large ? 3 : 4.5)) out.push(`${node.textContent.trim().slice(0, 30)} (${ratio.toFixed(2)}:1)`);
+    if (out.length >= 5) break;
+  }
+  return out;
 }
 
 /** Console errors of the expected 404s (a page for what does not exist)
