@@ -237,12 +237,30 @@ export const remember = (key, value) => {
 
 /** Orders two cell values: numbers as numbers (missing ones first), the
  * rest as text. */
-export const compare = (x, y) => (typeof x === 'number' || typeof y === 'number'
+const compare = (x, y) => (typeof x === 'number' || typeof y === 'number'
   ? (x ?? -Infinity) - (y ?? -Infinity) : String(x ?? '').localeCompare(String(y ?? '')));
 
 /**
- * A table sorted by any column (click its header, again to reverse) and
- * filtered by text, its header row kept in view while it scrolls.
+ * Header cells that sort: a click on one orders by its column (again: the
+ * other way round) and calls `changed`. `state` is {key: the column's
+ * index, dir: 1 or -1}; columns are [{label, num, value: (row) => what
+ * sorts}]. `sorted(rows)` gives the rows in that order and marks the
+ * headers (aria-sort) as the state is now.
+ */
+export function sortHeads(columns, state, changed) {
+  const heads = columns.map((c, i) => h('th', { scope: 'col', class: c.num ? 'num' : null },
+    h('button', { type: 'button', onclick: () => { state.dir = state.key === i ? -state.dir : 1; state.key = i; changed(); } }, c.label)));
+  const sorted = (rows) => {
+    heads.forEach((th, i) => th.setAttribute('aria-sort', i === state.key ? (state.dir > 0 ? 'ascending' : 'descending') : 'none'));
+    const value = columns[state.key]?.value ?? columns[0].value;
+    return [...rows].sort((a, b) => state.dir * compare(value(a), value(b)));
+  };
+  return { heads, sorted };
+}
+
+/**
+ * A table sorted by any column (see [sortHeads]) and filtered by text,
+ * its header row kept in view while it scrolls.
  * columns: [{label, num, value: (row) => what sorts, cell: (row) => text
  * or node}]; filter: {label, text: (row) => what the filter searches};
  * `keep` names what the tab remembers (see [remembered]).
@@ -252,15 +270,11 @@ export function sortable({ columns, rows, filter, keep, testid, rowAttrs = () =>
   const input = h('input', { type: 'search', id: `${keep}-filter`, value: state.text, autocomplete: 'off' });
   const body = h('tbody', {});
   const count = h('span', { class: 'muted', 'data-testid': `${keep}-count` });
-  const heads = columns.map((c, i) => h('th', { scope: 'col', class: c.num ? 'num' : null },
-    h('button', { type: 'button', onclick: () => { state.dir = state.key === i ? -state.dir : 1; state.key = i; render(); } }, c.label)));
+  const { heads, sorted } = sortHeads(columns, state, () => render());
   const render = () => {
     state.text = input.value;
     const text = state.text.trim().toLowerCase();
-    const shown = rows.filter((r) => !text || filter.text(r).toLowerCase().includes(text));
-    const value = columns[state.key]?.value ?? columns[0].value;
-    shown.sort((a, b) => state.dir * compare(value(a), value(b)));
-    heads.forEach((th, i) => th.setAttribute('aria-sort', i === state.key ? (state.dir > 0 ? 'ascending' : 'descending') : 'none'));
+    const shown = sorted(rows.filter((r) => !text || filter.text(r).toLowerCase().includes(text)));
     fill(body, shown.map((r) => h('tr', rowAttrs(r), columns.map((c, i) => h(i === 0 ? 'th' : 'td',
       { scope: i === 0 ? 'row' : null, class: c.num ? 'num' : null }, c.cell(r))))));
     count.textContent = text ? `${num(shown.length)} of ${num(rows.length)} shown` : `${num(rows.length)} in all`;

@@ -2,7 +2,7 @@
 // levels updating live (changed cells flash), roll-ups by region and
 // location type, a history chart for one location, and an as-of picker.
 
-import { api, query, live, coalesce, throttle, flash, h, fill, num, time, table, problem, notFound, remembered, remember, compare } from '../api.js';
+import { api, query, live, coalesce, throttle, flash, h, fill, num, time, table, problem, notFound, remembered, remember, sortHeads } from '../api.js';
 import { lineChart } from '../chart.js';
 
 const FIELDS = ['onHand', 'reserved', 'available', 'inTransit'];
@@ -37,10 +37,8 @@ function search(main) {
         h('a', { href: `#/items/${encodeURIComponent(q)}` }, q), ' as a SKU.'] : 'The catalog is empty.'));
       return;
     }
-    const shown = [...products].sort((a, b) => place.dir * compare(COLUMNS[place.key].value(a), COLUMNS[place.key].value(b)));
-    const heads = COLUMNS.map((c, i) => h('th', { scope: 'col', class: c.num ? 'num' : null,
-      'aria-sort': i === place.key ? (place.dir > 0 ? 'ascending' : 'descending') : 'none' },
-    h('button', { type: 'button', onclick: () => { place.dir = place.key === i ? -place.dir : 1; place.key = i; remember('items', place); draw(q); } }, c.label)));
+    const { heads, sorted } = sortHeads(COLUMNS, place, () => { remember('items', place); draw(q); });
+    const shown = sorted(products);
     fill(results, h('div', { class: 'scroll tall' }, h('table', { 'data-testid': 'products' }, h('thead', {}, h('tr', {}, heads)),
       h('tbody', {}, shown.map((p) => h('tr', {},
         h('th', { scope: 'row' }, h('a', { href: `#/items/${encodeURIComponent(p.sku)}` }, p.sku)),

@@ -3,7 +3,7 @@
 // filterable by stock status and SKU, low and out of stock highlighted,
 // visible rows updating live.
 
-import { api, all, query, live, coalesce, flash, h, fill, num, problem, sortable, notFound, remembered, remember } from '../api.js';
+import { api, all, query, live, coalesce, flash, h, fill, num, problem, sortable, sortHeads, notFound, remembered, remember } from '../api.js';
 
 const FIELDS = ['onHand', 'reserved', 'available', 'inTransit'];
 const LABELS = { onHand: 'On hand', reserved: 'Reserved', available: 'Available', inTransit: 'In transit' };
@@ -54,10 +54,9 @@ export function mount(main, [id]) {
   const info = h('p', { class: 'muted', 'aria-live': 'polite' });
   const prev = h('button', { type: 'button' }, '← Previous');
   const next = h('button', { type: 'button' }, 'Next →');
-  const sort = { key: 'sku', dir: 1 };
-  const headers = ['sku', ...FIELDS].map((key) => h('th', { scope: 'col', class: key === 'sku' ? null : 'num', 'aria-sort': 'none' },
-    h('button', { type: 'button', onclick: () => { sort.dir = sort.key === key ? -sort.dir : 1; sort.key = key; render(); } },
-      key === 'sku' ? 'SKU' : LABELS[key])));
+  const sort = { key: 0, dir: 1 };
+  const { heads: headers, sorted } = sortHeads([{ label: 'SKU', value: (l) => l.sku },
+    ...FIELDS.map((f) => ({ label: LABELS[f], num: true, value: (l) => l[f] }))], sort, () => render());
   fill(main,
     h('p', {}, h('a', { href: '#/locations' }, '← All locations')),
     head, errors,
@@ -82,10 +81,7 @@ export function mount(main, [id]) {
 
   const render = () => {
     const text = filter.value.trim().toLowerCase();
-    const shown = levels.filter((l) => !text || l.sku.toLowerCase().includes(text));
-    shown.sort((a, b) => sort.dir * (sort.key === 'sku' ? a.sku.localeCompare(b.sku) : a[sort.key] - b[sort.key]));
-    headers.forEach((th, i) => th.setAttribute('aria-sort', ['sku', ...FIELDS][i] === sort.key
-      ? (sort.dir > 0 ? 'ascending' : 'descending') : 'none'));
+    const shown = sorted(levels.filter((l) => !text || l.sku.toLowerCase().includes(text)));
     rows.clear();
     fill(body, shown.map((l) => {
       const cells = Object.fromEntries(FIELDS.map((f) => [f, h('td', { class: 'num' }, num(l[f]))]));
