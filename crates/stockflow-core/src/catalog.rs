@@ -164,6 +164,10 @@ impl Location {
 pub enum CatalogChange {
     Product(Product),
     Location(Location),
+    /// Someone has seen an alert and owns it (see [`crate::marks`]).
+    Acknowledge(crate::marks::Acknowledgement),
+    /// Alerts of a scope are muted until then (0 minutes: no longer).
+    Mute(crate::marks::Mute),
 }
 
 /// Products by sku and locations by id.
@@ -171,6 +175,8 @@ pub enum CatalogChange {
 pub struct Catalog {
     pub products: BTreeMap<String, Product>,
     pub locations: BTreeMap<String, Location>,
+    /// Acknowledged alerts and mutes.
+    pub marks: crate::marks::Marks,
 }
 
 /// A product's price moving from one price to another: the history a
@@ -252,6 +258,14 @@ impl Catalog {
                 location.updated_at = now;
                 self.locations
                     .insert(location.location_id.clone(), location);
+                None
+            }
+            CatalogChange::Acknowledge(acknowledgement) => {
+                self.marks.acknowledge(acknowledgement, now);
+                None
+            }
+            CatalogChange::Mute(mute) => {
+                self.marks.mute(mute, now);
                 None
             }
         }

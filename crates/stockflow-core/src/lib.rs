@@ -29,6 +29,7 @@ pub mod engine;
 pub mod event;
 pub mod level;
 pub mod limits;
+pub mod marks;
 pub mod orders;
 pub mod parse;
 pub mod partition;

@@ -96,3 +96,15 @@ pub const BY_BYTES_MAX: usize = 64;
 /// Transitions an order remembers (its placement and the newest ones):
 /// an order extended every minute for a week must not grow without end.
 pub const ORDER_TRANSITIONS_MAX: usize = 32;
+
+/// Alert mutes in force at once (a new mute of a scope already muted
+/// replaces it).
+pub const MUTES_MAX: usize = 1_000;
+
+/// Longest a mute lasts, in minutes (30 days).
+pub const MUTE_MINUTES_MAX: i64 = 30 * 24 * 60;
+
+/// How long an acknowledgement is kept (an alert active for longer is
+/// shown unacknowledged again), and how many at most (oldest first out).
+pub const ACKNOWLEDGEMENT_KEPT_NS: i64 = 30 * 24 * 3600 * 1_000_000_000;
+pub const ACKNOWLEDGEMENTS_MAX: usize = 100_000;

@@ -749,6 +749,8 @@ impl Partition {
                     };
                 });
             }
+            // What people say about alerts changes no level.
+            CatalogChange::Acknowledge(_) | CatalogChange::Mute(_) => {}
         }
     }
 

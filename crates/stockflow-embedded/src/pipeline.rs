@@ -1250,6 +1250,7 @@ fn mark_catalog(shared: &Shared, partition: &Partition, change: &CatalogChange) 
                 dirty.skus.extend(partition.skus_at_location(id));
             }
         }
+        CatalogChange::Acknowledge(_) | CatalogChange::Mute(_) => {}
     }
 }
 

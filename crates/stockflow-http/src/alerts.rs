@@ -10,8 +10,16 @@ use serde_json::{json, Value};
 use stockflow_core::alerts::{Alert, AlertKind};
 
 use super::asks::{AlertFilter, Found};
+use super::auth::By;
+use super::backend::{Backend, Read};
+use super::ingest::read_body;
 use super::query::limit;
 use super::ApiError;
+use axum::extract::Path;
+use axum::http::{HeaderMap, StatusCode};
+use stockflow_core::marks::{Acknowledgement, Marks, Mute};
+use stockflow_core::{CatalogChange, Timestamp};
+use stockflow_service::clock::wall_clock;
 
 impl AlertFilter {
     /// The level kind asked for, and whether PRICE_DROP was asked for.
@@ -193,7 +201,13 @@ pub async fn list<B: super::backend::Backend>(
     // Price drops come from the catalog, which every Kafka-mode instance
     // holds whole: added here, never gathered.
     let percent = backend.config().price_drop_percent;
-    found.extend(filter.price_drops(kind.is_none() || price_drop, &backend.catalog(), percent));
+    {
+        let catalog = backend.catalog();
+        found.extend(filter.price_drops(kind.is_none() || price_drop, &catalog, percent));
+        // So are acknowledgements and mutes: marked here, once.
+        mark(&mut found, &catalog.marks, wall_clock());
+    }
+    found.retain(|(_, _, a)| filter.wants(a));
     page(found, filter.page.after.as_deref(), limit)
 }
 
@@ -212,4 +226,248 @@ impl AlertFilter {
         }
         price_drops(catalog, percent, self.sku.as_deref())
     }
+}
+
+impl AlertFilter {
+    /// Whether a marked alert passes the `acknowledged` and `muted`
+    /// filters.
+    fn wants(&self, alert: &Value) -> bool {
+        let has = |field: &str| !alert[field].is_null();
+        self.acknowledged.is_none_or(|a| a == has("acknowledged"))
+            && self.muted.is_none_or(|m| m == has("muted"))
+    }
+}
+
+/// Adds what people said of each alert: `acknowledged` (`{by, at, note}`:
+/// this very alert was acknowledged) and `muted` (`{id, by, until,
+/// reason}`: a mute in force at `now` covers it), each absent otherwise
+/// (so an alert no one marked reads as it was streamed).
+pub fn mark(found: &mut Found, marks: &Marks, now: Timestamp) {
+    for (_, _, alert) in found.iter_mut() {
+        let (Some(id), Some(kind), Some(sku)) = (
+            alert["id"].as_str(),
+            alert["kind"].as_str(),
+            alert["sku"].as_str(),
+        ) else {
+            continue;
+        };
+        let location = alert["locationId"].as_str();
+        let acknowledged = marks
+            .acknowledgement(id, kind, sku, location)
+            .map(|a| json!({"by": a.by, "at": a.at.to_rfc3339(), "note": a.note}));
+        let muted = marks.mute_over(kind, sku, location, now).map(
+            |m| json!({"id": m.id, "by": m.by, "until": m.until.to_rfc3339(), "reason": m.reason}),
+        );
+        if let Some(acknowledged) = acknowledged {
+            alert["acknowledged"] = acknowledged;
+        }
+        if let Some(muted) = muted {
+            alert["muted"] = muted;
+        }
+    }
+}
+
+/// A mute as the API shows it.
+pub fn mute_json(mute: &Mute) -> Value {
+    json!({
+        "id": mute.id,
+        "kind": mute.kind,
+        "sku": mute.sku,
+        "locationId": mute.location_id,
+        "minutes": mute.minutes,
+        "reason": mute.reason,
+        "by": mute.by,
+        "at": mute.at.to_rfc3339(),
+        "until": mute.until.to_rfc3339(),
+    })
+}
+
+/// Largest acknowledgement or mute body.
+const MARK_BODY_BYTES_MAX: usize = 16 << 10;
+
+/// A body's JSON object (an empty body is `{}`), or 400.
+async fn object_body(headers: &HeaderMap, body: axum::body::Body) -> Result<Value, ApiError> {
+    let (bytes, _) = read_body(headers, body, MARK_BODY_BYTES_MAX).await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(json!({}));
+    }
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(value @ Value::Object(_)) => Ok(value),
+        Ok(_) => Err(ApiError::bad_request("body: must be a JSON object")),
+        Err(e) => Err(ApiError::bad_request(format!(
+            "body is not valid JSON: {e}"
+        ))),
+    }
+}
+
+/// Writes one change through the catalog's path: the log in the
+/// embedded mode, the catalog topic in Kafka mode; answers once it is
+/// applied here.
+async fn write_mark<B: Backend>(
+    backend: &B,
+    change: CatalogChange,
+    json: Value,
+) -> Result<(), ApiError> {
+    let item = super::asks::CatalogItem { change, json };
+    backend
+        .write_catalog(vec![item], Vec::new(), "alerts")
+        .await
+        .map(drop)
+}
+
+/// POST /v1/alerts/{id}/acknowledge, optionally `{"note": "…"}`.
+#[utoipa::path(post, path = "/v1/alerts/{id}/acknowledge",
+    operation_id = "acknowledgeAlert", tag = "alerts",
+    summary = "Acknowledge an active alert: you have seen it and own it",
+    description = "Recorded with the caller's token name and the server time, durably (through the log in the embedded mode, the catalog topic in Kafka mode) and on every instance. The alert shows `acknowledged` ({by, at, note}) until it clears; the next alert of the same level and kind starts unacknowledged. Acknowledging again replaces the note. Acknowledgements are kept 30 days.",
+    params(("id" = String, Path, description = "The alert's id, as GET /v1/alerts?active=true lists it.")),
+    request_body(content = crate::shapes::AcknowledgeRequest, content_type = "application/json", description = "Optional; an empty body is no note."),
+    responses(
+        (status = 200, description = "The alert, acknowledged", body = crate::shapes::Alert),
+        (status = 404, description = "No active alert has this id (only an active alert can be acknowledged).", body = crate::error::ErrorBody),
+        crate::openapi::WriteRefusals,
+    ))]
+pub async fn acknowledge<B: Backend>(
+    State(backend): State<Arc<B>>,
+    Path(id): Path<String>,
+    By(by): By,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<Json<Value>, ApiError> {
+    let mut body = object_body(&headers, body).await?;
+    let filter = AlertFilter {
+        active: Some(true),
+        ..AlertFilter::default()
+    };
+    let found = backend
+        .level_alerts(&filter, None, &Read::default())
+        .await?;
+    let Some((at, key, alert)) = found.into_iter().find(|(_, _, a)| a["id"] == id.as_str()) else {
+        return Err(ApiError::not_found(format!(
+            "no active alert {id:?}; only an active alert can be acknowledged (see GET /v1/alerts?active=true)"
+        )));
+    };
+    for field in ["kind", "sku", "locationId"] {
+        body[field] = alert[field].clone();
+    }
+    body["alertId"] = json!(id);
+    body["by"] = json!(by);
+    let acknowledgement: Acknowledgement =
+        stockflow_core::marks::parse_acknowledgement(&body).map_err(ApiError::bad_request)?;
+    write_mark(&*backend, CatalogChange::Acknowledge(acknowledgement), body).await?;
+    let mut found = vec![(at, key, alert)];
+    mark(&mut found, &backend.catalog().marks, wall_clock());
+    Ok(Json(found.pop().expect("one alert").2))
+}
+
+/// GET /v1/alerts/mutes
+#[utoipa::path(get, path = "/v1/alerts/mutes",
+    operation_id = "listAlertMutes", tag = "alerts",
+    summary = "The mutes in force, soonest to end first",
+    responses(
+        (status = 200, description = "The mutes", body = crate::shapes::MuteList),
+        crate::openapi::ReadRefusals,
+    ))]
+pub async fn mutes<B: Backend>(State(backend): State<Arc<B>>) -> Json<Value> {
+    let catalog = backend.catalog();
+    let mut mutes: Vec<&Mute> = catalog.marks.mutes_at(wall_clock()).collect();
+    mutes.sort_by(|a, b| a.until.cmp(&b.until).then_with(|| a.id.cmp(&b.id)));
+    Json(json!({ "mutes": mutes.into_iter().map(mute_json).collect::<Vec<_>>() }))
+}
+
+/// POST /v1/alerts/mutes
+#[utoipa::path(post, path = "/v1/alerts/mutes",
+    operation_id = "muteAlerts", tag = "alerts",
+    summary = "Mute the alerts of a kind, SKU and/or location for a while",
+    description = "Every alert the mute covers (each given field matches; at least one is given) shows `muted` in GET /v1/alerts, can be left out with `muted=false`, and is not sent to webhooks while the mute is in force. Alerts are still raised and kept: a mute hides, it does not forget. The same scope muted again replaces the mute (its id is the scope's). Recorded with the caller's token name, durably and on every instance. At most 1,000 mutes at once.",
+    request_body(content = crate::shapes::MuteRequest, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The mute, in force", body = crate::shapes::MuteOut),
+        (status = 409, description = "1,000 mutes are in force already; end some first.", body = crate::error::ErrorBody),
+        crate::openapi::WriteRefusals,
+    ))]
+pub async fn mute<B: Backend>(
+    State(backend): State<Arc<B>>,
+    By(by): By,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let mut body = object_body(&headers, body).await?;
+    body["by"] = json!(by);
+    let mute = stockflow_core::marks::parse_mute(&body, None).map_err(ApiError::bad_request)?;
+    if mute.minutes == 0 {
+        return Err(ApiError::bad_request(
+            "minutes: must be from 1; to end a mute, DELETE /v1/alerts/mutes/{id}",
+        ));
+    }
+    {
+        let catalog = backend.catalog();
+        let now = wall_clock();
+        let replaces = catalog
+            .marks
+            .mutes
+            .get(&mute.id)
+            .is_some_and(|m| m.until > now);
+        if !replaces && catalog.marks.mutes_at(now).count() >= stockflow_core::limits::MUTES_MAX {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "too_many_mutes",
+                format!("{} mutes are in force already; end some first (DELETE /v1/alerts/mutes/{{id}})", stockflow_core::limits::MUTES_MAX),
+            ));
+        }
+    }
+    let id = mute.id.clone();
+    write_mark(&*backend, CatalogChange::Mute(mute), body).await?;
+    let catalog = backend.catalog();
+    let mute = catalog.marks.mutes.get(&id).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_read_back",
+            "the mute is written but not yet applied here; GET /v1/alerts/mutes shortly",
+        )
+    })?;
+    Ok((StatusCode::CREATED, Json(mute_json(mute))))
+}
+
+/// DELETE /v1/alerts/mutes/{id}
+#[utoipa::path(delete, path = "/v1/alerts/mutes/{id}",
+    operation_id = "unmuteAlerts", tag = "alerts",
+    summary = "End a mute now",
+    description = "Recorded with the caller's token name, like the mute.",
+    params(("id" = String, Path)),
+    responses(
+        (status = 200, description = "The mute as it was", body = crate::shapes::MuteOut),
+        (status = 404, description = "No mute with this id is in force.", body = crate::error::ErrorBody),
+        crate::openapi::WriteRefusals,
+    ))]
+pub async fn unmute<B: Backend>(
+    State(backend): State<Arc<B>>,
+    Path(id): Path<String>,
+    By(by): By,
+) -> Result<Json<Value>, ApiError> {
+    let ended = {
+        let catalog = backend.catalog();
+        catalog
+            .marks
+            .mutes
+            .get(&id)
+            .filter(|m| m.until > wall_clock())
+            .cloned()
+            .ok_or_else(|| {
+                ApiError::not_found(format!(
+                    "no mute {id:?} is in force (see GET /v1/alerts/mutes)"
+                ))
+            })?
+    };
+    let body = json!({
+        "kind": ended.kind,
+        "sku": ended.sku,
+        "locationId": ended.location_id,
+        "minutes": 0,
+        "by": by,
+    });
+    let change =
+        stockflow_core::marks::parse_mute(&body, Some(&id)).map_err(ApiError::bad_request)?;
+    write_mark(&*backend, CatalogChange::Mute(change), body).await?;
+    Ok(Json(mute_json(&ended)))
 }

@@ -44,13 +44,17 @@ pub struct Quantities {
     pub in_transit: i64,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 pub struct AlertFilter {
     pub kind: Option<String>,
     pub sku: Option<String>,
     #[serde(rename = "locationId")]
     pub location_id: Option<String>,
     pub active: Option<bool>,
+    /// Only alerts that are (true) or are not (false) acknowledged.
+    pub acknowledged: Option<bool>,
+    /// Only alerts that a mute in force covers (true) or does not (false).
+    pub muted: Option<bool>,
     /// Kafka mode: `local` asks one member for its own partitions' alerts.
     pub scope: Option<String>,
     #[serde(flatten)]

@@ -155,6 +155,18 @@ pub fn operations<B: Backend>() -> Vec<Operation<B>> {
         op(M::GET, "/v1/check", get(check::check::<B>)),
         op(M::GET, "/v1/cluster", get(cluster::<B>)),
         op(M::GET, "/v1/alerts", get(alerts::list::<B>)),
+        op(M::GET, "/v1/alerts/mutes", get(alerts::mutes::<B>)),
+        op(M::POST, "/v1/alerts/mutes", post(alerts::mute::<B>)),
+        op(
+            M::DELETE,
+            "/v1/alerts/mutes/{id}",
+            delete(alerts::unmute::<B>),
+        ),
+        op(
+            M::POST,
+            "/v1/alerts/{id}/acknowledge",
+            post(alerts::acknowledge::<B>),
+        ),
         op(M::GET, "/v1/session", get(session::get::<B>)),
         op(
             M::POST,

@@ -249,6 +249,76 @@ pub struct Alert {
     available: Option<i64>,
     threshold: Option<i64>,
     event_id: Option<String>,
+    /// Who acknowledged this alert, when, with what note; absent if no one.
+    acknowledged: Option<Acknowledged>,
+    /// The mute in force that covers it; absent if none.
+    muted: Option<MutedBy>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Acknowledged {
+    by: Option<String>,
+    #[schema(format = DateTime)]
+    at: Option<String>,
+    note: Option<String>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MutedBy {
+    id: Option<String>,
+    by: Option<String>,
+    #[schema(format = DateTime)]
+    until: Option<String>,
+    reason: Option<String>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AcknowledgeRequest {
+    /// Up to 512 characters.
+    note: Option<String>,
+}
+
+/// What to mute: at least one of kind, sku and locationId.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MuteRequest {
+    #[schema(
+        pattern = "^(LOW_STOCK|OUT_OF_STOCK|BACK_IN_STOCK|NEGATIVE_ON_HAND|STALE|RESERVATION_REJECTED|PRICE_DROP)$"
+    )]
+    kind: Option<String>,
+    sku: Option<String>,
+    location_id: Option<String>,
+    /// How long, from 1 to 43,200 (30 days).
+    #[schema(minimum = 1, maximum = 43200)]
+    minutes: i64,
+    /// Up to 512 characters.
+    reason: Option<String>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MuteOut {
+    id: Option<String>,
+    kind: Option<String>,
+    sku: Option<String>,
+    location_id: Option<String>,
+    minutes: Option<i64>,
+    reason: Option<String>,
+    /// The token name that muted.
+    by: Option<String>,
+    #[schema(format = DateTime)]
+    at: Option<String>,
+    #[schema(format = DateTime)]
+    until: Option<String>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MuteList {
+    mutes: Option<Vec<MuteOut>>,
 }
 
 /// One server-sent event: `event` is stock, alerts, orders, gap or resync; `data` its JSON.

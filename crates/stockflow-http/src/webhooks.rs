@@ -1,4 +1,5 @@
-//! Webhooks: every alert is POSTed as JSON to each configured URL, signed
+//! Webhooks: every alert is POSTed as JSON to each configured URL (but
+//! those a mute in force covers when it is its turn), signed
 //! (`X-Stockflow-Signature: sha256=<hex HMAC-SHA256 of the body>`), with
 //! retries and exponential backoff; after [`ATTEMPTS_MAX`] failures the
 //! alert is kept as a dead letter (source `webhook:URL`) with the reason.
@@ -58,11 +59,34 @@ async fn deliver<B: Backend>(backend: Arc<B>, hook: Webhook, mut feed: mpsc::Rec
         }
     };
     while let Some(delivery) = feed.recv().await {
-        send(&client, &*backend, &hook, &delivery.body).await;
+        if muted(&*backend, &delivery.body) {
+            metrics::counter!("stockflow_webhook_deliveries_total", "outcome" => "muted")
+                .increment(1);
+        } else {
+            send(&client, &*backend, &hook, &delivery.body).await;
+        }
         if let Some(done) = delivery.done {
             done();
         }
     }
+}
+
+/// Whether a mute in force now covers the alert (`POST
+/// /v1/alerts/mutes`): a muted alert is kept and listed, not sent.
+fn muted<B: Backend>(backend: &B, body: &str) -> bool {
+    let Ok(alert) = serde_json::from_str::<serde_json::Value>(body) else {
+        return false;
+    };
+    let (Some(kind), Some(sku)) = (alert["kind"].as_str(), alert["sku"].as_str()) else {
+        return false;
+    };
+    let location = alert["locationId"].as_str();
+    let now = stockflow_service::clock::wall_clock();
+    backend
+        .catalog()
+        .marks
+        .mute_over(kind, sku, location, now)
+        .is_some()
 }
 
 async fn send<B: Backend>(client: &reqwest::Client, backend: &B, hook: &Webhook, body: &str) {

@@ -79,6 +79,12 @@ pub(super) async fn write(
         let key = match &item.change {
             CatalogChange::Product(p) => format!("product:{}", p.sku),
             CatalogChange::Location(l) => format!("location:{}", l.location_id),
+            CatalogChange::Acknowledge(a) => format!(
+                "{}{}",
+                super::processor::ACKNOWLEDGEMENT,
+                stockflow_core::marks::scope_id(&a.key())
+            ),
+            CatalogChange::Mute(m) => format!("{}{}", super::processor::MUTE, m.id),
         };
         last = Some(produce(app, &key, &item.json).await?);
         receipt.accepted += 1;

@@ -29,8 +29,8 @@ pub enum Role {
     Ingest,
     /// Place, fulfil, cancel and extend orders.
     Orders,
-    /// Catalog writes, dead-letter replay and discard, the simulator,
-    /// check.
+    /// Catalog writes, alert acknowledgements and mutes, dead-letter
+    /// replay and discard, the simulator, check.
     Admin,
     /// GET /metrics (unless the server lets anyone scrape it).
     Metrics,

@@ -66,6 +66,10 @@ fn describe() {
     );
     describe_counter!("stockflow_checkpoints_total", "Checkpoints completed.");
     describe_counter!(
+        "stockflow_webhook_deliveries_total",
+        "Webhook deliveries by outcome: delivered, retried, dead_lettered, or muted (a mute in force covered the alert; not sent)."
+    );
+    describe_counter!(
         "stockflow_link_messages_total",
         "Messages taken over a link (a RabbitMQ queue) and acknowledged once their events were durable."
     );

@@ -51,7 +51,8 @@ use stockflow_service::stream::Draft;
 /// 4: holds live at their level.
 /// 5: who made each change (`by`) in log records, checkpoints, history.
 /// 6: history entries name their level (for sinks reading them in order).
-const FORMAT: u32 = 6;
+/// 7: the catalog carries alert acknowledgements and mutes.
+const FORMAT: u32 = 7;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct DataDirMeta {

@@ -48,8 +48,15 @@ pub(super) fn load_catalog(reader: &BaseConsumer, settings: &KafkaSettings, shar
     );
 }
 
-/// A catalog-topic record: key `product:{sku}` or `location:{id}`, value
-/// the API's JSON for it. `Ok(None)` for a tombstone.
+/// The catalog topic's key prefixes of acknowledgements (then the id of
+/// the level and kind: one record per level and kind is kept) and mutes
+/// (then the mute's id).
+pub const ACKNOWLEDGEMENT: &str = "alert-ack:";
+pub const MUTE: &str = "alert-mute:";
+
+/// A catalog-topic record: key `product:{sku}`, `location:{id}`,
+/// `alert-ack:{scope}` or `alert-mute:{id}`, value the API's JSON for it.
+/// `Ok(None)` for a tombstone.
 pub fn catalog_change<M: Message>(m: &M) -> Result<Option<stockflow_core::CatalogChange>, String> {
     let Some(payload) = m.payload() else {
         return Ok(None);
@@ -66,9 +73,15 @@ pub fn catalog_change<M: Message>(m: &M) -> Result<Option<stockflow_core::Catalo
     } else if let Some(id) = key.strip_prefix("location:") {
         stockflow_core::catalog::parse_location(&value, Some(id))
             .map(|l| Some(stockflow_core::CatalogChange::Location(l)))
+    } else if key.starts_with(ACKNOWLEDGEMENT) {
+        stockflow_core::marks::parse_acknowledgement(&value)
+            .map(|a| Some(stockflow_core::CatalogChange::Acknowledge(a)))
+    } else if let Some(id) = key.strip_prefix(MUTE) {
+        stockflow_core::marks::parse_mute(&value, Some(id))
+            .map(|m| Some(stockflow_core::CatalogChange::Mute(m)))
     } else {
         Err(format!(
-            "key {key:?}: a catalog record's key is product:{{sku}} or location:{{locationId}}"
+            "key {key:?}: a catalog record's key is product:{{sku}}, location:{{locationId}}, {ACKNOWLEDGEMENT}{{scope}} or {MUTE}{{id}}"
         ))
     }
 }
@@ -167,6 +180,7 @@ impl Processor {
                     }
                     moved.skus.extend(book.skus_at(id));
                 }
+                CatalogChange::Acknowledge(_) | CatalogChange::Mute(_) => {}
             }
         }
         moved

@@ -17,7 +17,7 @@ mod cycle;
 mod restore;
 mod sagas;
 
-pub use catalog_feed::catalog_change;
+pub use catalog_feed::{catalog_change, ACKNOWLEDGEMENT, MUTE};
 use catalog_feed::{catalog_reader, load_catalog};
 use changelog::Assembly;
 use cycle::unreadable;

@@ -646,7 +646,7 @@ test('alerts group by SKU with counts, say each kind in its own words, and the o
   assert.deepEqual(Object.fromEntries(groups.map(([name, n]) => [name.replace(/^(critical|warning|info) /, ''), n])), want);
   assert.match(groups[0][0], /^critical STORE-002/, 'the worst group first');
   // A group opens as the list of its alerts; a threshold only where one applies.
-  await page.locator('[data-testid="alert-group"]', { hasText: 'STORE-001' }).locator('button').click();
+  await page.locator('[data-testid="alert-group"]', { hasText: 'STORE-001' }).locator('button', { hasText: 'Show' }).click();
   await page.locator('[data-testid="alert-row"]').first().waitFor();
   assert.equal(await page.inputValue('#alert-location'), 'STORE-001');
   assert.equal(await page.textContent('[data-testid="alert-row"] [data-testid="alert-detail"]'), 'available 3, below 5');
@@ -655,6 +655,65 @@ test('alerts group by SKU with counts, say each kind in its own words, and the o
   await open('', '[data-testid="severity-legend"]');
   assert.match(await page.textContent('[data-testid="severity-legend"]'), /critical.*warning.*info/s);
   await looksRight('the overview');
+  assert.deepEqual(pageErrors, []);
+});
+
+test('an operator acknowledges an alert and mutes a SKU, and everyone sees who did', async () => {
+  const sku = `ACK-${Date.now()}`;
+  await api('/v1/products', [{ sku, name: 'Acknowledged thing', lowStockThreshold: 5 }]);
+  await api('/v1/events', [
+    { eventId: `${sku}-r1`, eventType: 'RECEIPT', sku, locationId: 'STORE-001', quantity: 3 },
+    { eventId: `${sku}-r2`, eventType: 'RECEIPT', sku, locationId: 'STORE-002', quantity: 2 },
+  ]);
+  const rows = () => page.$$eval('[data-testid="alert-row"]', (r) => r.map((row) => row.children[4].textContent).sort());
+  const show = async () => {
+    await page.fill('#alert-sku', sku);
+    await page.check('#alert-active');
+    await page.click('button:has-text("Apply")');
+  };
+  await open('alerts', 'table');
+  await show();
+  const row = page.locator('[data-testid="alert-row"]', { hasText: 'STORE-001' });
+  await row.locator('[data-testid="alert-acknowledge"]').click();
+  await row.locator('[data-testid="alert-acknowledged"]').waitFor();
+  assert.match(await row.locator('[data-testid="alert-acknowledged"]').textContent(), /^Acknowledged by anonymous \d+s ago$/);
+  assert.equal(await page.textContent('[data-testid="alert-said"]'), `Acknowledged low stock of ${sku} at STORE-001.`);
+  // It is the server's: a fresh page says who, and "hide acknowledged"
+  // leaves the other store's alert only.
+  await open('alerts', 'table');
+  await show();
+  await row.locator('[data-testid="alert-acknowledged"]').waitFor();
+  assert.equal(await page.locator('[data-testid="alert-row"]', { hasText: 'STORE-002' }).locator('[data-testid="alert-acknowledge"]').count(), 1);
+  await page.check('#alert-hide-acknowledged');
+  await page.click('button:has-text("Apply")');
+  await page.waitForFunction(() => document.querySelectorAll('[data-testid="alert-row"]').length === 1);
+  assert.deepEqual(await rows(), ['STORE-002']);
+  await page.uncheck('#alert-hide-acknowledged');
+  // Muting what the filters match (this SKU) for an hour, with a reason:
+  // the mute is listed with who and why, and its alerts leave the list.
+  await page.selectOption('#mute-minutes', '60');
+  await page.fill('#mute-reason', 'recount on Monday');
+  await page.click('[data-testid="mute-form"] button');
+  const mute = page.locator('[data-testid="alert-mute"]', { hasText: sku });
+  await mute.waitFor();
+  assert.match(await mute.textContent(), new RegExp(`^every alert of ${sku} · by anonymous, until .+ · recount on Monday Unmute$`));
+  await page.waitForFunction(() => document.querySelector('[data-testid="alert-list"] td.muted')?.textContent === 'No alerts match.');
+  assert.match(await page.textContent('[data-testid="alert-said"]'), new RegExp(`^Muted every alert of ${sku} until `));
+  // Shown on request, each saying who muted it.
+  await page.uncheck('#alert-hide-muted');
+  await page.click('button:has-text("Apply")');
+  await page.waitForFunction(() => document.querySelectorAll('[data-testid="alert-row"]').length === 2);
+  const badges = await page.$$eval('[data-testid="alert-row"] .muted-badge', (b) => b.map((x) => x.textContent));
+  assert.deepEqual(badges, ['muted by anonymous', 'muted by anonymous']);
+  await shot('alerts-muted');
+  await looksRight('the alerts page with a mute');
+  // Unmuted: the alerts are back with "hide muted" on.
+  await page.check('#alert-hide-muted');
+  await mute.locator('[data-testid="alert-unmute"]').click();
+  await mute.waitFor({ state: 'detached' });
+  await page.waitForFunction(() => document.querySelectorAll('[data-testid="alert-row"]').length === 2);
+  assert.deepEqual(await rows(), ['STORE-001', 'STORE-002']);
+  assert.deepEqual((await api('/v1/alerts/mutes')).mutes.filter((m) => m.sku === sku), []);
   assert.deepEqual(pageErrors, []);
 });
 

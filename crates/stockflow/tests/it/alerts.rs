@@ -308,3 +308,68 @@ async fn refused_checkouts_make_one_rejection_burst_alert() {
     );
     server.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledgements_and_mutes_survive_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), |_| {}).await;
+    let url = server.url();
+    let events = [
+        event("m1", "RECEIPT", "ACK", "S1", 10),
+        event("m2", "SALE", "ACK", "S1", 8),
+        event("m3", "RECEIPT", "MUTE", "S1", 3),
+    ];
+    post(&url, "application/x-ndjson", events.join("\n")).await;
+    let (_, low) = get(&url, "/v1/alerts?active=true&sku=ACK").await;
+    let id = low["alerts"][0]["id"].as_str().unwrap().to_owned();
+    let client = reqwest::Client::new();
+    let acknowledged = client
+        .post(format!("{url}/v1/alerts/{id}/acknowledge"))
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(acknowledged.status(), 200);
+    let muted = client
+        .post(format!("{url}/v1/alerts/mutes"))
+        .json(&json!({"sku": "MUTE", "minutes": 90}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(muted.status(), 201);
+    let (_, before) = get(&url, "/v1/alerts?active=true").await;
+    let mut marked: Vec<(&str, &Value, &Value)> = before["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["sku"].as_str().unwrap(),
+                &a["acknowledged"]["by"],
+                &a["muted"]["by"],
+            )
+        })
+        .collect();
+    marked.sort_by_key(|m| m.0);
+    assert_eq!(
+        marked,
+        [
+            ("ACK", &json!("anonymous"), &Value::Null),
+            ("MUTE", &Value::Null, &json!("anonymous"))
+        ],
+        "{before}"
+    );
+    let (_, mutes) = get(&url, "/v1/alerts/mutes").await;
+    server.stop().await.unwrap();
+    for replay_everything in [false, true] {
+        if replay_everything {
+            std::fs::remove_dir_all(dir.path().join("checkpoints")).unwrap();
+        }
+        let server = start(dir.path(), |_| {}).await;
+        let (_, after) = get(&server.url(), "/v1/alerts?active=true").await;
+        assert_eq!(after, before, "replay={replay_everything}");
+        let (_, again) = get(&server.url(), "/v1/alerts/mutes").await;
+        assert_eq!(again, mutes, "replay={replay_everything}");
+        server.stop().await.unwrap();
+    }
+}

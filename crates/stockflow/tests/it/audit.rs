@@ -266,6 +266,183 @@ pub async fn who_did_what(target: &Target<'_>, till: &Writer, shop: &Writer, ops
     target
         .read_until(LETTERS, ops, |p| letter_of(p, &event_id).is_none())
         .await;
+    alert_marks(target, till, shop, ops).await;
+}
+
+/// The active alerts of the walk's level (sku, S1), with `filter`.
+fn active_at_s1(tag: &str, filter: &str) -> String {
+    format!("/v1/alerts?active=true&sku=AUD-{tag}&locationId=S1{filter}")
+}
+
+fn alerts_of(page: &Value) -> Vec<Value> {
+    page["alerts"].as_array().cloned().unwrap_or_default()
+}
+
+/// The walk goes on: a sale makes the level low; the operator
+/// acknowledges the alert and mutes the SKU's low-stock alerts, then
+/// ends the mute; each says who, and reads back the same from the
+/// reader's side. The level's next alert starts unacknowledged.
+async fn alert_marks(target: &Target<'_>, till: &Writer, shop: &Writer, ops: &Writer) {
+    use reqwest::Method;
+    let tag = target.tag;
+    let sku = format!("AUD-{tag}");
+    let sale = json!({"eventId": format!("aud-s-{tag}"), "eventType": "SALE",
+        "sku": sku, "locationId": "S1", "quantity": 8});
+    let (status, body) = target
+        .send(Method::POST, "/v1/events", till, Some(sale))
+        .await;
+    assert_eq!((status, &body["accepted"]), (200, &json!(1)), "{body}");
+    let page = target
+        .read_until(&active_at_s1(tag, ""), till, |p| alerts_of(p).len() == 1)
+        .await;
+    let alert = &alerts_of(&page)[0];
+    assert_eq!(alert["kind"], "LOW_STOCK", "{page}");
+    assert!(alert.get("acknowledged").is_none(), "{alert}");
+    let id = alert["id"].as_str().unwrap().to_owned();
+    let acknowledge = format!("/v1/alerts/{id}/acknowledge");
+    if shop.secret.is_some() {
+        // Acknowledging is an operator's: the shop's token cannot.
+        let (status, refused) = target
+            .send(Method::POST, &acknowledge, shop, Some(json!({})))
+            .await;
+        assert_eq!(status, 403, "{refused}");
+    }
+    let (status, done) = target
+        .send(
+            Method::POST,
+            &acknowledge,
+            ops,
+            Some(json!({"note": "reorder placed"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(
+        (
+            &done["id"],
+            &done["acknowledged"]["by"],
+            &done["acknowledged"]["note"]
+        ),
+        (&json!(id), &json!(ops.name), &json!("reorder placed")),
+        "{done}"
+    );
+    // Anyone reading sees who acknowledged it; it leaves the list of the
+    // unacknowledged.
+    let page = target
+        .read_until(&active_at_s1(tag, ""), till, |p| {
+            alerts_of(p)
+                .first()
+                .is_some_and(|a| a["acknowledged"]["by"] == json!(ops.name))
+        })
+        .await;
+    assert_eq!(alerts_of(&page).len(), 1, "{page}");
+    let (_, open) = target
+        .send(
+            Method::GET,
+            &active_at_s1(tag, "&acknowledged=false"),
+            till,
+            None,
+        )
+        .await;
+    assert_eq!(alerts_of(&open), Vec::<Value>::new(), "{open}");
+    // An unknown or cleared alert cannot be acknowledged.
+    let (status, missing) = target
+        .send(
+            Method::POST,
+            "/v1/alerts/0-999999/acknowledge",
+            ops,
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 404, "{missing}");
+    // The operator mutes the SKU's low-stock alerts for an hour.
+    let mute = json!({"kind": "LOW_STOCK", "sku": sku, "minutes": 60, "reason": "recount due"});
+    let (status, muted) = target
+        .send(Method::POST, "/v1/alerts/mutes", ops, Some(mute))
+        .await;
+    assert_eq!(status, 201, "{muted}");
+    assert_eq!(
+        (&muted["by"], &muted["reason"]),
+        (&json!(ops.name), &json!("recount due")),
+        "{muted}"
+    );
+    let mute_id = muted["id"].as_str().unwrap().to_owned();
+    let page = target
+        .read_until(&active_at_s1(tag, "&muted=true"), till, |p| {
+            alerts_of(p).len() == 1
+        })
+        .await;
+    assert_eq!(alerts_of(&page)[0]["muted"]["id"], json!(mute_id), "{page}");
+    assert_eq!(
+        alerts_of(&page)[0]["muted"]["by"],
+        json!(ops.name),
+        "{page}"
+    );
+    let (_, unmuted) = target
+        .send(Method::GET, &active_at_s1(tag, "&muted=false"), till, None)
+        .await;
+    assert_eq!(alerts_of(&unmuted), Vec::<Value>::new(), "{unmuted}");
+    let (_, mutes) = target
+        .send(Method::GET, "/v1/alerts/mutes", till, None)
+        .await;
+    assert!(
+        mutes["mutes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["id"] == json!(mute_id) && m["sku"] == json!(sku)),
+        "{mutes}"
+    );
+    // Ending it: the alert is no longer muted, and the mute is gone.
+    let (status, ended) = target
+        .send(
+            Method::DELETE,
+            &format!("/v1/alerts/mutes/{mute_id}"),
+            ops,
+            None,
+        )
+        .await;
+    assert_eq!((status, &ended["id"]), (200, &json!(mute_id)), "{ended}");
+    target
+        .read_until(&active_at_s1(tag, "&muted=false"), till, |p| {
+            alerts_of(p).len() == 1
+        })
+        .await;
+    let (_, mutes) = target
+        .send(Method::GET, "/v1/alerts/mutes", till, None)
+        .await;
+    assert!(
+        !mutes["mutes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["id"] == json!(mute_id)),
+        "{mutes}"
+    );
+    let (status, _) = target
+        .send(
+            Method::DELETE,
+            &format!("/v1/alerts/mutes/{mute_id}"),
+            ops,
+            None,
+        )
+        .await;
+    assert_eq!(status, 404, "a mute ended twice");
+    // Restocked and sold again: the level's next LOW_STOCK is a new
+    // alert, which no one has acknowledged.
+    for (n, (kind, quantity)) in [("RECEIPT", 20), ("SALE", 19)].into_iter().enumerate() {
+        let event = json!({"eventId": format!("aud-again-{n}-{tag}"), "eventType": kind,
+            "sku": sku, "locationId": "S1", "quantity": quantity});
+        let (status, body) = target
+            .send(Method::POST, "/v1/events", till, Some(event))
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let page = target
+        .read_until(&active_at_s1(tag, ""), till, |p| {
+            alerts_of(p).first().is_some_and(|a| a["id"] != json!(id))
+        })
+        .await;
+    assert!(alerts_of(&page)[0].get("acknowledged").is_none(), "{page}");
 }
 
 /// Whether a server's log says `by` resolved dead letters (a replay and

@@ -226,3 +226,74 @@ async fn a_price_drop_is_streamed_posted_listed_and_kept_across_a_restart() {
     assert_eq!(relisted["alerts"], Value::Array(listed));
     server.stop().await.unwrap();
 }
+
+/// A mute in force keeps its alerts from the webhooks (they are still
+/// listed); once it ends, the next alerts go out again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn muted_alerts_are_not_posted() {
+    let (hook_url, hook) = receiver(0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let hooks = vec![Webhook {
+        url: hook_url,
+        secret: None,
+    }];
+    let server = start(dir.path(), |c| c.webhooks = hooks).await;
+    let url = server.url();
+    let client = reqwest::Client::new();
+    let muted = client
+        .post(format!("{url}/v1/alerts/mutes"))
+        .json(&serde_json::json!({"sku": "HUSH", "minutes": 10}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(muted.status(), 201);
+    let mute: Value = muted.json().await.unwrap();
+    // Low at both SKUs; only LOUD's alert is posted.
+    send_event(&url, "h1", "RECEIPT", "HUSH", "S1", 3).await;
+    send_event(&url, "h2", "RECEIPT", "LOUD", "S1", 3).await;
+    let skus = || -> Vec<String> {
+        hook.accepted
+            .lock()
+            .iter()
+            .map(|(body, _)| {
+                serde_json::from_str::<Value>(body).unwrap()["sku"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while skus().is_empty() {
+        assert!(Instant::now() < deadline, "nothing posted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // HUSH's alert came first; had it been sent, it would be here by now.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(skus(), ["LOUD"]);
+    let (_, listed) = get(&url, "/v1/alerts?sku=HUSH&muted=true").await;
+    assert_eq!(
+        listed["alerts"].as_array().map(Vec::len),
+        Some(1),
+        "{listed}"
+    );
+    // Unmuted: HUSH's next alert (out of stock) is posted.
+    let ended = client
+        .delete(format!(
+            "{url}/v1/alerts/mutes/{}",
+            mute["id"].as_str().unwrap()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ended.status(), 200);
+    send_event(&url, "h3", "SALE", "HUSH", "S1", 3).await;
+    while !skus().contains(&"HUSH".to_owned()) {
+        assert!(
+            Instant::now() < deadline,
+            "HUSH never posted after the mute ended"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.stop().await.unwrap();
+}

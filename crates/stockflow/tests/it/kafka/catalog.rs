@@ -241,6 +241,27 @@ fn the_catalog_reaches_every_instance_and_shapes_roll_ups_and_alerts() {
         "one record on the alerts topic"
     );
 
+    // A mute is a catalog record too: written on one instance, every
+    // instance has it, and so will one that starts with nothing.
+    let mute_id = runtime.block_on(async {
+        let mute = serde_json::json!({"kind": "LOW_STOCK", "sku": "CAT1", "minutes": 120, "reason": "recount"});
+        let (status, muted) = send_json(&client, Method::POST, &format!("{a}/v1/alerts/mutes"), &mute).await;
+        assert_eq!(status, 201, "{muted}");
+        muted["id"].as_str().unwrap().to_owned()
+    });
+    let mute_listed = |url: &str, why: &str| {
+        let mutes = wait_for(&format!("{url}/v1/alerts/mutes"), why, |m| {
+            m["mutes"].as_array().is_some_and(|m| !m.is_empty())
+        });
+        mutes["mutes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| (m["id"].as_str().unwrap().to_owned(), m["reason"].clone()))
+            .collect::<Vec<_>>()
+    };
+    let want = vec![(mute_id.clone(), serde_json::json!("recount"))];
+    assert_eq!(mute_listed(&b, "the mute, on the other instance"), want);
     // A member that starts with nothing reads the catalog before it
     // restores its partitions.
     instances[1].kill();
@@ -269,6 +290,10 @@ fn the_catalog_reaches_every_instance_and_shapes_roll_ups_and_alerts() {
     instances[1].restart();
     wait_settled(&instances[0].url, 3);
     let fresh = instances[2].url.clone();
+    assert_eq!(
+        mute_listed(&fresh, "the mute, on an instance that started after it"),
+        want
+    );
     let (_, north) = get_settled(&format!("{fresh}/v1/regions/north/stock/CAT1"));
     assert_eq!(north["totals"]["onHand"].as_i64(), Some(30), "{north}");
     let (_, product) = get_settled(&format!("{fresh}/v1/products/CAT1"));
