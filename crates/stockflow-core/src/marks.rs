@@ -7,8 +7,9 @@
 //! An acknowledgement is kept per level and kind, naming the alert it was
 //! of: the next alert of that level and kind starts unacknowledged. A
 //! mute covers every alert matching its kind, SKU and location (each
-//! optional, at least one given) until its end; muting the same scope
-//! again replaces it, and a mute of 0 minutes ends it.
+//! optional: none mutes every alert, say for a stocktake) until its end;
+//! muting the same scope again replaces it, and a mute of 0 minutes ends
+//! it.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -194,16 +195,13 @@ pub fn parse_acknowledgement(value: &Value) -> Result<Acknowledgement, String> {
     })
 }
 
-/// A mute from its JSON form (`kind`, `sku`, `locationId`, at least one;
+/// A mute from its JSON form (`kind`, `sku`, `locationId`, each optional;
 /// `minutes` from 0 to 30 days, 0 ending it; `reason`; `by`, which the
 /// shell sets). Its id follows from its scope; `id`, when given (a
 /// path's, or the catalog topic's key), must be that.
 pub fn parse_mute(value: &Value, given: Option<&str>) -> Result<Mute, String> {
     let object = value.as_object().ok_or("a mute must be a JSON object")?;
     let (kind, sku, location_id) = (kind(object)?, id(object, "sku")?, id(object, "locationId")?);
-    if kind.is_none() && sku.is_none() && location_id.is_none() {
-        return Err("a mute needs at least one of kind, sku and locationId (muting every alert would hide them all)".into());
-    }
     let minutes = match object.get("minutes") {
         None | Some(Value::Null) => return Err("minutes: required".into()),
         Some(v) => v
@@ -256,7 +254,9 @@ fn id(object: &Map<String, Value>, name: &str) -> Result<Option<String>, String>
 fn text(object: &Map<String, Value>, name: &str, max: usize) -> Result<Option<String>, String> {
     match object.get(name) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => {
+            Err(format!("{name}: must not be empty (leave it out for none)"))
+        }
         Some(Value::String(s)) if s.chars().count() > max => {
             Err(format!("{name}: longer than {max} characters"))
         }
@@ -364,7 +364,12 @@ mod tests {
     #[test]
     fn bad_marks_are_refused_with_the_reason() {
         let refused = |v: Value| parse_mute(&v, None).unwrap_err();
-        assert!(refused(json!({"minutes": 5})).contains("at least one of kind"));
+        assert!(refused(json!({"sku": "", "minutes": 5})).contains("sku: must not be empty"));
+        assert!(refused(json!({"sku": "A", "reason": "", "minutes": 5}))
+            .contains("reason: must not be empty"));
+        // No scope: every alert (a stocktake's mute).
+        let all = parse_mute(&json!({"minutes": 5}), None).unwrap();
+        assert!(all.covers("LOW_STOCK", "A", Some("S1")) && all.covers("PRICE_DROP", "B", None));
         assert!(refused(json!({"sku": "A"})).contains("minutes: required"));
         assert!(refused(json!({"sku": "A", "minutes": 50000})).contains("30 days"));
         assert!(refused(json!({"sku": "A", "minutes": 1.5})).contains("whole number"));

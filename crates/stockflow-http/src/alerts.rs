@@ -379,7 +379,7 @@ pub async fn mutes<B: Backend>(State(backend): State<Arc<B>>) -> Json<Value> {
 #[utoipa::path(post, path = "/v1/alerts/mutes",
     operation_id = "muteAlerts", tag = "alerts",
     summary = "Mute the alerts of a kind, SKU and/or location for a while",
-    description = "Every alert the mute covers (each given field matches; at least one is given) shows `muted` in GET /v1/alerts, can be left out with `muted=false`, and is not sent to webhooks while the mute is in force. Alerts are still raised and kept: a mute hides, it does not forget. The same scope muted again replaces the mute (its id is the scope's). Recorded with the caller's token name, durably and on every instance. At most 1,000 mutes at once.",
+    description = "Every alert the mute covers (each given field matches; none given: every alert, say for a stocktake) shows `muted` in GET /v1/alerts, can be left out with `muted=false`, and is not sent to webhooks while the mute is in force. Alerts are still raised and kept: a mute hides, it does not forget. The same scope muted again replaces the mute (its id is the scope's). Recorded with the caller's token name, durably and on every instance. At most 1,000 mutes at once.",
     request_body(content = crate::shapes::MuteRequest, content_type = "application/json"),
     responses(
         (status = 201, description = "The mute, in force", body = crate::shapes::MuteOut),

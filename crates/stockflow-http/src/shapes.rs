@@ -277,11 +277,12 @@ pub struct MutedBy {
 #[derive(serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AcknowledgeRequest {
-    /// Up to 512 characters.
+    #[schema(min_length = 1, max_length = 512)]
     note: Option<String>,
 }
 
-/// What to mute: at least one of kind, sku and locationId.
+/// What to mute: the alerts of this kind, SKU and location (each left
+/// out: any; all left out: every alert).
 #[derive(serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MuteRequest {
@@ -289,12 +290,14 @@ pub struct MuteRequest {
         pattern = "^(LOW_STOCK|OUT_OF_STOCK|BACK_IN_STOCK|NEGATIVE_ON_HAND|STALE|RESERVATION_REJECTED|PRICE_DROP)$"
     )]
     kind: Option<String>,
+    #[schema(value_type = Option<crate::openapi::Id>)]
     sku: Option<String>,
+    #[schema(value_type = Option<crate::openapi::Id>)]
     location_id: Option<String>,
     /// How long, from 1 to 43,200 (30 days).
     #[schema(minimum = 1, maximum = 43200)]
     minutes: i64,
-    /// Up to 512 characters.
+    #[schema(min_length = 1, max_length = 512)]
     reason: Option<String>,
 }
 
