@@ -2,6 +2,7 @@
 
 mod dedup;
 mod holds;
+mod location_pages;
 mod model;
 mod orders;
 mod parsing;
