@@ -125,17 +125,18 @@ impl Marks {
     }
 
     /// The acknowledgement of alert `id`, if its level and kind's newest
-    /// is of this very alert.
+    /// is of this very alert and not older than kept at `now`.
     pub fn acknowledgement(
         &self,
         id: &str,
         kind: &str,
         sku: &str,
         location: Option<&str>,
+        now: Timestamp,
     ) -> Option<&Acknowledgement> {
         self.acknowledgements
             .get(&scope_key(Some(kind), Some(sku), location))
-            .filter(|a| a.alert_id == id)
+            .filter(|a| a.alert_id == id && now.0.saturating_sub(a.at.0) < ACKNOWLEDGEMENT_KEPT_NS)
     }
 
     /// The mute in force at `now` that covers the alert (the one that
@@ -342,7 +343,7 @@ mod tests {
         let ack = parse_acknowledgement(&json!({"alertId": "3-7", "kind": "LOW_STOCK", "sku": "A", "locationId": "S1", "by": "ana", "note": "reorder placed"})).unwrap();
         marks.acknowledge(&ack, Timestamp(5));
         let found = marks
-            .acknowledgement("3-7", "LOW_STOCK", "A", Some("S1"))
+            .acknowledgement("3-7", "LOW_STOCK", "A", Some("S1"), Timestamp(6))
             .expect("acknowledged");
         assert_eq!(
             (found.by.as_str(), found.at, found.note.as_deref()),
@@ -350,13 +351,21 @@ mod tests {
         );
         assert!(
             marks
-                .acknowledgement("3-9", "LOW_STOCK", "A", Some("S1"))
+                .acknowledgement("3-9", "LOW_STOCK", "A", Some("S1"), Timestamp(6))
                 .is_none(),
             "a newer alert of the level"
         );
         assert!(marks
-            .acknowledgement("3-7", "LOW_STOCK", "A", None)
+            .acknowledgement("3-7", "LOW_STOCK", "A", None, Timestamp(6))
             .is_none());
+        // Kept 30 days, even if no acknowledgement comes after it.
+        let late = Timestamp(5 + ACKNOWLEDGEMENT_KEPT_NS);
+        assert!(
+            marks
+                .acknowledgement("3-7", "LOW_STOCK", "A", Some("S1"), late)
+                .is_none(),
+            "too old"
+        );
         marks.acknowledge(&ack, Timestamp(5 + ACKNOWLEDGEMENT_KEPT_NS));
         assert_eq!(marks.acknowledgements.len(), 1);
     }

@@ -221,10 +221,11 @@ impl LocationLevels {
         slots.1.push(slot);
     }
 
-    /// Every slot, in no particular order.
-    fn all(&self) -> Vec<u32> {
-        let slots = self.lock();
-        slots.0.iter().chain(&slots.1).copied().collect()
+    /// Every slot, in sku order (`name` gives a slot's sku): what is
+    /// done to them in turn (alerts numbered as they are raised) must
+    /// not depend on which reads came before.
+    fn all<'a>(&self, name: impl Fn(u32) -> &'a Arc<str>) -> Vec<u32> {
+        self.sorted(name).0.clone()
     }
 
     /// The slots in sku order (`name` gives a slot's sku): the new ones
@@ -798,7 +799,7 @@ impl Partition {
                 let slots: Vec<u32> = self
                     .by_location
                     .get(&id)
-                    .map(LocationLevels::all)
+                    .map(|levels| levels.all(|slot| self.sku_name(slot)))
                     .unwrap_or_default();
                 self.regroup(&slots, now, |p| {
                     p.location_groups.insert(id, groups);
@@ -957,16 +958,14 @@ impl Partition {
         slots.iter().map(|slot| self.view(*slot)).collect()
     }
 
-    /// Up to `limit` levels of `location` with sku > `after` that `keep`
-    /// (given the level and its product's policy), by sku.
-    /// The SKUs with a level at `location` in this partition.
+    /// The SKUs with a level at `location` in this partition, in order.
     pub fn skus_at_location(&self, location: &str) -> Vec<Arc<str>> {
         self.symbols
             .get(location)
             .and_then(|s| self.by_location.get(s))
             .map(|levels| {
                 levels
-                    .all()
+                    .all(|slot| self.sku_name(slot))
                     .into_iter()
                     .map(|slot| self.sku_name(slot).clone())
                     .collect()
@@ -979,6 +978,8 @@ impl Partition {
         &self.names[self.levels[slot as usize].0 as usize]
     }
 
+    /// Up to `limit` levels of `location` with sku > `after` that `keep`
+    /// (given the level and its product's policy), by sku.
     pub fn levels_of_location(
         &self,
         location: &str,

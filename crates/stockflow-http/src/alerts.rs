@@ -253,7 +253,7 @@ pub fn mark(found: &mut Found, marks: &Marks, now: Timestamp) {
         };
         let location = alert["locationId"].as_str();
         let acknowledged = marks
-            .acknowledgement(id, kind, sku, location)
+            .acknowledgement(id, kind, sku, location, now)
             .map(|a| json!({"by": a.by, "at": a.at.to_rfc3339(), "note": a.note}));
         let muted = marks.mute_over(kind, sku, location, now).map(
             |m| json!({"id": m.id, "by": m.by, "until": m.until.to_rfc3339(), "reason": m.reason}),
@@ -320,29 +320,48 @@ async fn write_mark<B: Backend>(
     operation_id = "acknowledgeAlert", tag = "alerts",
     summary = "Acknowledge an active alert: you have seen it and own it",
     description = "Recorded with the caller's token name and the server time, durably (through the log in the embedded mode, the catalog topic in Kafka mode) and on every instance. The alert shows `acknowledged` ({by, at, note}) until it clears; the next alert of the same level and kind starts unacknowledged. Acknowledging again replaces the note. Acknowledgements are kept 30 days.",
-    params(("id" = String, Path, description = "The alert's id, as GET /v1/alerts?active=true lists it.")),
+    params(("id" = String, Path, description = "The alert's id, as GET /v1/alerts?active=true lists it."),
+        ("kind" = Option<String>, Query, pattern = "^(LOW_STOCK|OUT_OF_STOCK|BACK_IN_STOCK|NEGATIVE_ON_HAND|STALE|RESERVATION_REJECTED)$", description = "The alert's kind, sku and locationId, as listed, to tell apart alerts rebuilt at a restart (their raise gone from the kept recent alerts), which share a stand-in id."),
+        ("sku" = Option<String>, Query), ("locationId" = Option<String>, Query)),
     request_body(content = crate::shapes::AcknowledgeRequest, content_type = "application/json", description = "Optional; an empty body is no note."),
     responses(
         (status = 200, description = "The alert, acknowledged", body = crate::shapes::Alert),
         (status = 404, description = "No active alert has this id (only an active alert can be acknowledged).", body = crate::error::ErrorBody),
+        (status = 409, description = "Several active alerts have this id (stand-ins after a restart): say which with kind, sku and locationId.", body = crate::error::ErrorBody),
         crate::openapi::WriteRefusals,
     ))]
 pub async fn acknowledge<B: Backend>(
     State(backend): State<Arc<B>>,
     Path(id): Path<String>,
+    Query(which): Query<AlertFilter>,
     By(by): By,
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Result<Json<Value>, ApiError> {
     let mut body = object_body(&headers, body).await?;
+    let (kind, _) = which.kind()?;
     let filter = AlertFilter {
         active: Some(true),
+        sku: which.sku.clone(),
+        location_id: which.location_id.clone(),
+        kind: which.kind.clone(),
         ..AlertFilter::default()
     };
     let found = backend
-        .level_alerts(&filter, None, &Read::default())
+        .level_alerts(&filter, kind, &Read::default())
         .await?;
-    let Some((at, key, alert)) = found.into_iter().find(|(_, _, a)| a["id"] == id.as_str()) else {
+    let mut matching: Vec<_> = found
+        .into_iter()
+        .filter(|(_, _, a)| a["id"] == id.as_str())
+        .collect();
+    if matching.len() > 1 {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "ambiguous_alert",
+            format!("{} active alerts have the id {id:?} (alerts rebuilt at a restart share a stand-in id); say which with ?kind=&sku=&locationId=", matching.len()),
+        ));
+    }
+    let Some((at, key, alert)) = matching.pop() else {
         return Err(ApiError::not_found(format!(
             "no active alert {id:?}; only an active alert can be acknowledged (see GET /v1/alerts?active=true)"
         )));

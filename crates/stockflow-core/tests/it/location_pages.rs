@@ -43,3 +43,52 @@ proptest! {
         prop_assert_eq!(at, want.into_iter().collect::<Vec<_>>());
     }
 }
+
+/// What a catalog change does to a location's levels (alerts numbered as
+/// they are cleared) is the same whether or not the location was read
+/// before: reads must never shape state.
+#[test]
+fn a_read_never_changes_what_a_catalog_change_does() {
+    use stockflow_core::catalog::parse_location;
+    let run = |read_first: bool| {
+        let mut engine = Engine::new(EngineConfig {
+            partitions: 1,
+            ..EngineConfig::default()
+        });
+        // Created B first, then A: both low (3 < 10).
+        let body = ["B", "A", "C"]
+            .iter()
+            .map(|sku| format!(r#"{{"eventId":"r-{sku}","eventType":"RECEIPT","sku":"{sku}","locationId":"L","quantity":3}}"#))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let mut parsed = parse_body(body.as_bytes(), BodyFormat::Ndjson, 10).unwrap();
+        engine.apply(&mut parsed.batch, Timestamp(1));
+        if read_first {
+            paged(&engine, 2);
+        }
+        // A threshold of 1 at L clears every LOW_STOCK there, one by one.
+        let location =
+            parse_location(&serde_json::json!({"lowStockThreshold": 1}), Some("L")).unwrap();
+        engine.apply_with_catalog(
+            &[stockflow_core::CatalogChange::Location(location)],
+            &mut stockflow_core::Batch::default(),
+            Timestamp(2),
+        );
+        let partition = &engine.partitions[0];
+        partition
+            .alerts
+            .recent
+            .iter()
+            .map(|a| {
+                (
+                    a.seq,
+                    partition.names_of(a.slot).0.to_string(),
+                    a.transition,
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let unread = run(false);
+    assert_eq!(unread.len(), 6, "three raised, three cleared: {unread:?}");
+    assert_eq!(run(true), unread);
+}

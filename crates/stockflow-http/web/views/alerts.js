@@ -205,7 +205,9 @@ export function mount(main, [preset]) {
   const acknowledge = async (a, button) => {
     button.disabled = true;
     try {
-      const done = await api(`/v1/alerts/${encodeURIComponent(a.id)}/acknowledge`, { method: 'POST', body: {} });
+      // Kind, SKU and location too: alerts rebuilt at a restart can share an id.
+      const which = query({ kind: a.kind, sku: a.sku, locationId: a.locationId });
+      const done = await api(`/v1/alerts/${encodeURIComponent(a.id)}/acknowledge${which}`, { method: 'POST', body: {} });
       button.closest('td').replaceChildren(owner(done, acknowledge));
       said.textContent = `Acknowledged ${a.kind.replaceAll('_', ' ').toLowerCase()} of ${a.sku}${a.locationId ? ` at ${a.locationId}` : ''}.`;
       fill(errors);
